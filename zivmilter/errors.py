@@ -1,0 +1,53 @@
+"""The one exception root of zivmilter.
+
+Expected outcomes (a recipient fails, an MX is too weak, a directive line is invalid) are values,
+never exceptions. Exceptions are for faults, and all of them derive from one root::
+
+    ZivmilterError
+    ├── ConfigError      a configuration or facts file is unreadable or invalid (names file + key)
+    ├── MessageError     input that is not an RFC 5322 message, or an unusable address
+    ├── StoreError       the encrypted store cannot be read or written; the milter tempfails
+    │   └── KeyFileError the key-encryption key is missing, malformed or too widely readable
+    ├── DeliveryError    re-injection or DSN submission to the MTA failed; the milter tempfails
+    └── ProbeError       internal fault of the transport prober (network outcomes are values)
+"""
+
+from __future__ import annotations
+
+
+class ZivmilterError(Exception):
+    """Root of every exception zivmilter raises on purpose."""
+
+
+class ConfigError(ZivmilterError):
+    """A configuration (or facts) file is unreadable or has an invalid key or value.
+
+    The message always names the file and, where there is one, the key path.
+    """
+
+    def __init__(self, file: str, key: str | None, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where}: {problem}")
+
+
+class MessageError(ZivmilterError):
+    """Input is not a usable message or address."""
+
+
+class StoreError(ZivmilterError):
+    """The encrypted store failed; nothing may be accepted."""
+
+
+class KeyFileError(StoreError):
+    """The key-encryption key file is missing, malformed or readable by others."""
+
+
+class DeliveryError(ZivmilterError):
+    """Handing a message back to the MTA (re-injection, DSN) failed."""
+
+
+class ProbeError(ZivmilterError):
+    """An internal fault of the transport prober (not a network outcome)."""
