@@ -141,7 +141,7 @@ def facts_from_mapping(data: Any, source: str = "<facts>") -> StaticFacts:
     idd = {_norm(normalize_domain, d, source, "idd") for d in _list(data, "idd", source)}
     odd = {_norm(normalize_domain, d, source, "odd") for d in _list(data, "odd", source)}
     nta = {
-        _norm(normalize_domain, d, source, "nta7516"): NtaFact(True, "NTA 7516 compliant (facts file)")
+        _norm(normalize_domain, d, source, "nta7516"): NtaFact(True, "listed in the facts file")
         for d in _list(data, "nta7516", source)
     }
     raw_levels = data.get("transport") or {}

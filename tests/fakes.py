@@ -1,0 +1,31 @@
+"""In-memory fakes and builders for the pure core's unit tests (the only place mocks live)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from zivmilter import config as config_mod
+from zivmilter.config import Config
+
+BASE_CONFIG: dict[str, Any] = {"organization": {"name": "Hospital", "domains": ["hospital.example"]}}
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of plain mappings: `over` wins, nested mappings merge."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def make_config(overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> Config:
+    return config_mod.from_mapping(merge(base or BASE_CONFIG, overrides or {}), "test.yaml")
+
+
+def split_header(line: str) -> tuple[str, str]:
+    name, _, value = line.partition(":")
+    return name, value.lstrip(" ")

@@ -1,0 +1,91 @@
+"""Configuration: every problem names the file and the key path; defaults are sensible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zivmilter import config
+from zivmilter.errors import ConfigError
+from zivmilter.levels import Level
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "zivmilter.yaml"
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "zivmilter.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_shipped_example_is_valid() -> None:
+    cfg = config.load(str(EXAMPLE))
+    assert cfg.organization.domains == ("hospital.example",)
+    assert cfg.policy.transport_security_compliance is Level.PKIX
+
+
+def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, "organization:\n  domains: [Example.ORG.]\n"))
+    assert cfg.organization.domains == ("example.org",)
+    assert cfg.organization.nta7516 is False
+    assert cfg.policy.transport_security_compliance is Level.NONE
+    assert cfg.policy.methods.sms and cfg.policy.methods.access_code
+    assert cfg.policy.outbound_direct_delivery.domains == ()
+    assert cfg.milter.socket == "unix:/run/zivmilter/zivmilter.sock"
+    assert cfg.selection.mode == "all"
+
+
+def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, "organization: {domains: [a.example]}\nstore: {path: data}\n"))
+    assert cfg.store.path == str(tmp_path / "data")
+
+
+def test_null_compliance_means_none(tmp_path: Path) -> None:
+    text = "organization: {domains: [a.example]}\npolicy: {transport_security_compliance: null}\n"
+    assert config.load(write(tmp_path, text)).policy.transport_security_compliance is Level.NONE
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "organization: {domains: [a.example]}\npolicy: {transport_security_compliance: pkx}\n",
+            "policy.transport_security_compliance: 'pkx' is not one of none, tls, pkix, pane, dane",
+        ),
+        ("organization: {name: x}\n", "organization.domains: required"),
+        ("{}\n", "organization.domains: required"),
+        ("organization: {domains: [a.example], color: red}\n", "organization.color: unknown key"),
+        ("organization: {domains: [a.example]}\nmilterz: {}\n", "milterz: unknown key"),
+        ("organization: {domains: [nodot]}\n", "organization.domains: 'nodot' is not a domain name"),
+        ("organization: {domains: a.example}\n", "organization.domains: expected a list"),
+        ("organization: {domains: [a.example], nta7516: maybe}\n", "organization.nta7516: expected true or false"),
+        (
+            "organization: {domains: [a.example]}\npolicy: {methods: {sms: 1}}\n",
+            "policy.methods.sms: expected true or false",
+        ),
+        (
+            "organization: {domains: [a.example]}\npolicy: {outbound_direct_delivery: {domains: ['*.x.example']}}\n",
+            "policy.outbound_direct_delivery.domains: '*.x.example' is not a domain name",
+        ),
+        ("organization: {domains: [a.example]}\nmilter: {socket: 'tcp:25'}\n", "milter.socket"),
+        ("organization: {domains: [a.example]}\nreinject: {port: 70000}\n", "reinject.port: 70000 is not a TCP port"),
+        (
+            "organization: {domains: [a.example]}\nsubmission: {trusted_networks: [10.0.0.0/33]}\n",
+            "submission.trusted_networks",
+        ),
+        ("organization: [\n", "not valid YAML (line"),
+        ("- just\n- a list\n", "(top level): expected a mapping"),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert str(info.value).startswith(path + ": ")
+    assert message in str(info.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="/nonexistent.yaml: cannot read"):
+        config.load("/nonexistent.yaml")

@@ -1,0 +1,117 @@
+"""The `zivmilter` command: one subcommand per job, each a thin shell over a module.
+
+Every expected failure (bad config, unreadable message, bad address) is one clear line on stderr
+and exit status 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from . import config as config_mod
+from .errors import MessageError, ZivmilterError
+from .facts import StaticFacts, load_facts
+
+Handler = Callable[[argparse.Namespace], int]
+
+# Modules that register further subcommands: `add_commands(subparsers)`; optional ones may be
+# absent from a slim install (the milter needs libmilter, the portal its web stack).
+_COMMAND_MODULES = (
+    "zivmilter.milter_commands",
+    "zivmilter.store_commands",
+    "zivmilter.transport.commands",
+    "zivmilter.portal.commands",
+)
+
+
+def _read_message(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise MessageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .assess import assess
+    from .explain import render_json, render_text
+    from .message import addresses, read_headers
+
+    cfg = config_mod.load(args.config)
+    facts = load_facts(args.facts) if args.facts else StaticFacts()
+    data = _read_message(args.message)
+    try:
+        headers = read_headers(data)
+    except MessageError as exc:
+        raise MessageError(f"{args.message}: {exc}") from None
+    rcpts = args.rcpt or addresses(headers, "To", "Cc", "Bcc")
+    if not rcpts:
+        raise MessageError(f"{args.message}: no recipients: give --rcpt or add To/Cc/Bcc headers")
+    sender = args.sender
+    if sender is None:
+        found = addresses(headers, "From")
+        sender = found[0] if found else ""
+    result = assess(headers, sender, rcpts, cfg, facts)
+    print(render_json(result) if args.json else render_text(result))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.file)
+    print(f"{cfg.source}: ok ({cfg.organization.name}; domains {', '.join(cfg.organization.domains)})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zivmilter", description="Secure outbound mail gateway (milter)."
+    )
+    parser.add_argument("--version", action="version", version=f"zivmilter {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("explain", help="dry run: what would happen to each recipient, and why")
+    p.add_argument("message", metavar="MESSAGE.eml")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--facts", metavar="FILE", help="YAML facts file (accounts, levels, ...)")
+    p.add_argument("--from", dest="sender", metavar="ADDR", help="envelope sender (default: From)")
+    p.add_argument(
+        "--rcpt", action="extend", nargs="+", metavar="ADDR",
+        help="envelope recipient, repeatable (default: To/Cc/Bcc addresses)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_explain)
+
+    p = sub.add_parser("check-config", help="validate a configuration file")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(handler=cmd_check_config)
+
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if name == missing or name.startswith(missing + ".") or not missing.startswith("zivmilter"):
+                continue  # that part (or its optional dependency) is not installed
+            raise
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ZivmilterError as exc:
+        print(f"zivmilter: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

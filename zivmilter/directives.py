@@ -1,0 +1,209 @@
+"""Parsing of the directive headers a sending application sets (SPEC section 2).
+
+Pure: header (name, value) pairs in, a frozen `Directives` value out. A bad line never raises:
+it becomes a `DirectiveIssue` that the policy core turns into a warning and `explain` shows.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+
+from .addresses import normalize_address
+from .errors import MessageError
+from .headers import ACCESS_RIGHT, DIRECT_DELIVERY, MINIMUM_VERIFICATION
+from .levels import TlsVersion
+
+
+class AccessKind(enum.Enum):
+    """How a custom access right lets the recipient in."""
+
+    SMS = "sms"
+    ACCESS_CODE = "access_code"
+
+
+# Every spelling seen in vendor documents, compared case-insensitively.
+_KIND_SPELLINGS = {
+    "sms": AccessKind.SMS,
+    "access-code": AccessKind.ACCESS_CODE,
+    "access_code": AccessKind.ACCESS_CODE,
+    "accesscode": AccessKind.ACCESS_CODE,
+    "sharedaccesscode": AccessKind.ACCESS_CODE,
+}
+_VERIFICATION_OVERRIDES = frozenset({"email-verification", "verification-email"})
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_FOLD = re.compile(r"\r?\n[ \t]*|\r[ \t]*")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRight:
+    recipient: str  # normalized address
+    kind: AccessKind
+    value: str = field(repr=False)  # phone number or access code: a secret, never printed
+
+
+@dataclass(frozen=True, slots=True)
+class DirectDeliveryRequest:
+    """`zivver-direct-delivery`: the minimum the recipient's MX must meet."""
+
+    tls_version: TlsVersion = TlsVersion.TLS1_2
+    certificate_validation: bool = True
+
+    def describe(self) -> str:
+        auth = " + CA-valid certificate" if self.certificate_validation else ""
+        return f"TLS {self.tls_version.value.removeprefix('tls')}+{auth}"
+
+
+#: What ODD domains and a header with missing/unknown values ask for (SPEC 2, 3).
+DEFAULT_DIRECT_DELIVERY = DirectDeliveryRequest()
+
+
+@dataclass(frozen=True, slots=True)
+class DirectiveIssue:
+    header: str
+    value: str  # the line as given, with secrets masked
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.header}: {self.value!r}: {self.problem}"
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    access_rights: dict[str, AccessRight] = field(default_factory=dict)  # by recipient
+    direct_delivery: DirectDeliveryRequest | None = None
+    email_verification_allowed: bool = False
+    issues: tuple[DirectiveIssue, ...] = ()
+
+
+NO_DIRECTIVES = Directives()
+
+
+def unfold(value: str) -> str:
+    """One logical line: folding removed, runs of white space collapsed."""
+    return " ".join(_FOLD.sub(" ", value).split())
+
+
+def _mask(tokens: list[str]) -> str:
+    """The line for reports: the secret value (third token on) is never echoed."""
+    shown = tokens[:2] + (["***"] if len(tokens) > 2 else [])
+    return " ".join(shown)
+
+
+def parse(
+    headers: Iterable[tuple[str, str]],
+    envelope_recipients: Collection[str],
+    *,
+    sms_enabled: bool = True,
+    access_code_enabled: bool = True,
+) -> Directives:
+    """Read the directive headers among `headers` (any others are ignored).
+
+    `envelope_recipients` are normalized addresses; an access right for anyone else is ignored.
+    A switched-off method's lines are reported and do not count (the next valid line may win).
+    """
+    rights: dict[str, AccessRight] = {}
+    issues: list[DirectiveIssue] = []
+    direct: DirectDeliveryRequest | None = None
+    override = False
+    seen_override = False
+    enabled = {AccessKind.SMS: sms_enabled, AccessKind.ACCESS_CODE: access_code_enabled}
+    recipients = envelope_recipients if isinstance(envelope_recipients, set | frozenset) else set(
+        envelope_recipients
+    )
+
+    for raw_name, raw_value in headers:
+        name = raw_name.strip().lower()
+        if name not in (ACCESS_RIGHT, DIRECT_DELIVERY, MINIMUM_VERIFICATION):
+            continue
+        value = unfold(str(raw_value))
+        if name == ACCESS_RIGHT:
+            right, problem = _access_right(value, recipients, enabled)
+            if problem is None and right is not None:
+                if right.recipient in rights:
+                    problem = f"{right.recipient} already has an access right; the first line wins"
+                else:
+                    rights[right.recipient] = right
+                    continue
+            issues.append(DirectiveIssue(ACCESS_RIGHT, _mask(value.split()), str(problem)))
+        elif name == DIRECT_DELIVERY:
+            if direct is not None:
+                issues.append(
+                    DirectiveIssue(DIRECT_DELIVERY, value, "repeated header; the first one counts")
+                )
+                continue
+            direct, problems = _direct_delivery(value)
+            issues.extend(DirectiveIssue(DIRECT_DELIVERY, value, p) for p in problems)
+        else:
+            if seen_override:
+                issues.append(
+                    DirectiveIssue(MINIMUM_VERIFICATION, value, "repeated header; the first one counts")
+                )
+                continue
+            seen_override = True
+            override = value.lower() in _VERIFICATION_OVERRIDES
+            if not override:
+                issues.append(
+                    DirectiveIssue(
+                        MINIMUM_VERIFICATION,
+                        value,
+                        "unknown value (expected email-verification); "
+                        "email verification stays subject to the transport minimum",
+                    )
+                )
+    return Directives(rights, direct, override, tuple(issues))
+
+
+def _access_right(
+    value: str, recipients: Collection[str], enabled: dict[AccessKind, bool]
+) -> tuple[AccessRight | None, str | None]:
+    tokens = value.split(" ")
+    if len(tokens) < 3 or not value:
+        return None, "expected '<recipient> <method> <value>'"
+    address_text, method_text = tokens[0], tokens[1]
+    secret = " ".join(tokens[2:])
+    try:
+        address = normalize_address(address_text)
+    except MessageError as exc:
+        return None, f"malformed recipient address ({exc})"
+    kind = _KIND_SPELLINGS.get(method_text.lower())
+    if kind is None:
+        return None, f"unknown method {method_text!r} (expected sms or access-code)"
+    if address not in recipients:
+        return None, f"{address} is not a recipient of this message"
+    if kind is AccessKind.SMS and (len(tokens) != 3 or not _E164.fullmatch(secret)):
+        return None, "phone number is not E.164 (a + and up to 15 digits, no spaces)"
+    if not enabled[kind]:
+        switch = "sms" if kind is AccessKind.SMS else "access_code"
+        return None, f"the {kind.value} method is switched off (policy.methods.{switch})"
+    return AccessRight(address, kind, secret), None
+
+
+def _direct_delivery(value: str) -> tuple[DirectDeliveryRequest, list[str]]:
+    """Options are key/value pairs; anything missing or unknown takes the default."""
+    tokens = [t for t in re.split(r"[\s,;=]+", value.lower()) if t]
+    problems: list[str] = []
+    version = DEFAULT_DIRECT_DELIVERY.tls_version
+    i = 0
+    while i < len(tokens):
+        key = tokens[i]
+        arg = tokens[i + 1] if i + 1 < len(tokens) else None
+        if key == "tls":
+            parsed = TlsVersion.parse(arg)
+            if parsed is None:
+                problems.append(f"unknown tls value {arg!r}; using tls1.2")
+            else:
+                version = parsed
+        elif key == "auth":
+            if arg != "certificate-validation":
+                problems.append(f"unknown auth value {arg!r}; using certificate-validation")
+        else:
+            problems.append(f"unknown option {key!r} ignored")
+            i += 1
+            continue
+        i += 2
+    if not tokens:
+        problems.append("no options; using tls1.2 + certificate-validation")
+    return DirectDeliveryRequest(version, True), problems

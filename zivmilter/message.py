@@ -1,0 +1,53 @@
+"""Reading what the core needs from a message's header block: robust against real-world mail.
+
+Headers are read with the compat32 policy (raw strings, never an exception on odd headers); the
+`email` package does all MIME work, nothing here parses MIME by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+from .addresses import header_addresses, normalize_address
+from .errors import MessageError
+from .policy import Envelope
+
+Headers = Sequence[tuple[str, str]]
+
+
+def read_headers(data: bytes) -> list[tuple[str, str]]:
+    """The header fields of a message, in order; MessageError when it has none."""
+    msg = BytesHeaderParser(policy=compat32).parsebytes(data)
+    items = [(str(k), str(v)) for k, v in msg.items()]
+    if not items:
+        raise MessageError("not an email message: no header fields found")
+    return items
+
+
+def values(headers: Iterable[tuple[str, str]], name: str) -> list[str]:
+    want = name.lower()
+    return [v for k, v in headers if k.lower() == want]
+
+
+def first(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    found = values(headers, name)
+    return found[0] if found else None
+
+
+def addresses(headers: Iterable[tuple[str, str]], *names: str) -> list[str]:
+    """Normalized mailboxes named in the given address headers, without duplicates."""
+    hs = list(headers)
+    return header_addresses([v for n in names for v in values(hs, n)])
+
+
+def build_envelope(sender: str, recipients: Iterable[str], headers: Headers) -> Envelope:
+    """Normalize an envelope as the MTA gave it; MessageError names an unusable address."""
+    rcpts: list[str] = []
+    for r in recipients:
+        norm = normalize_address(r)
+        if norm not in rcpts:
+            rcpts.append(norm)
+    sender_norm = normalize_address(sender) if sender and sender != "<>" else ""
+    return Envelope(sender_norm, tuple(rcpts), frozenset(addresses(headers, "To", "Cc")))
