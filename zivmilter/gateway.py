@@ -1,0 +1,385 @@
+"""The gateway: what happens to one message at end-of-data, independent of libmilter.
+
+The milter adapter (milter.py) hands over a `Transaction` (envelope, macros, headers, spooled
+message) and applies the `Plan` it gets back. In between, in this order:
+1. the policy core decides per recipient (assess.py — the same path `explain` shows);
+2. the content is encrypted into the store, durably, before anything is sent;
+3. notifications (one per recipient, personal link), direct copies (one per transport level,
+   tagged with the route header) and a DSN for failed recipients are built;
+4. one group stays in the current transaction; every other copy is re-injected and must be
+   accepted, or a DeliveryError makes the milter tempfail (nothing is lost).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from email.policy import SMTP as SMTP_POLICY
+from email.policy import default as default_policy
+from typing import BinaryIO
+
+from . import dsn, notification
+from .addresses import normalize_address
+from .assess import Assessment, assess
+from .config import Config
+from .directives import AccessKind
+from .errors import MessageError
+from .facts import Facts
+from .headers import ROUTE_HEADER, is_directive
+from .levels import Level
+from .policy import Delivery, Method, RecipientDecision
+from .reinject import Outgoing, Reinjector
+from .store import NewMessage, NewRecipient, SavedMessage, Store
+
+log = logging.getLogger("zivmilter.gateway")
+
+# Headers a stored or direct copy never carries: secrets, routing, and who else got a Bcc.
+_STRIP = frozenset({"bcc", ROUTE_HEADER.lower()})
+# Trace headers of our own MTA stay when the current transaction becomes a notification.
+_KEEP_ON_REWRITE = frozenset({"received", "return-path"})
+
+
+@dataclass
+class Transaction:
+    """What the MTA told the milter about one message."""
+
+    queue_id: str
+    sender: str  # envelope sender as given ("<>" or "" for the null sender)
+    recipients: list[str]  # RCPT TO arguments exactly as given (needed for delrcpt)
+    headers: list[tuple[str, str]]  # in order, values as the MTA sent them
+    message: BinaryIO  # the whole message (header block + body), CRLF line ends
+    body_offset: int  # where the body starts in `message`
+    client_address: str | None = None
+    auth_login: str | None = None
+
+    @property
+    def message_id(self) -> str:
+        for name, value in self.headers:
+            if name.lower() == "message-id":
+                return value.strip()
+        return "-"
+
+
+@dataclass
+class Plan:
+    """Changes to the current transaction, for the milter adapter to apply as they are."""
+
+    delete_headers: list[tuple[str, int]] = field(default_factory=list)  # (name, 1-based index)
+    add_headers: list[tuple[str, str]] = field(default_factory=list)
+    replace_body: bytes | None = None
+    delete_recipients: list[str] = field(default_factory=list)  # raw RCPT forms
+    discard: bool = False  # every recipient was handled elsewhere (re-injected or failed)
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """One outgoing message: who gets it and its headers + body."""
+
+    recipients: tuple[str, ...]  # normalized addresses
+    message: EmailMessage | None  # None: the original (direct copy), with header edits only
+    route: Level | None  # direct-delivery level, for the route header
+    what: str
+
+
+class Gateway:
+    def __init__(
+        self,
+        cfg: Config,
+        facts: Facts,
+        store: Store,
+        reinjector: Reinjector,
+        hostname: str | None = None,
+        clock: type[datetime] = datetime,
+    ) -> None:
+        self.cfg = cfg
+        self.facts = facts
+        self.store = store
+        self.reinjector = reinjector
+        self.hostname = hostname or socket.getfqdn()
+        self.clock = clock
+
+    # ------------------------------------------------------------------------------------
+    def process(self, tx: Transaction) -> Plan:
+        raw_by_norm = _raw_recipients(tx.recipients)
+        result = assess(tx.headers, _bare(tx.sender), list(raw_by_norm), self.cfg, self.facts)
+        for warning in result.decision.warnings:
+            log.warning("%s", warning, extra=_ctx(tx))
+        stripped = self._strip_plan(tx)
+        delivered = [d for d in result.decision.recipients if d.delivery is not Delivery.FAILED]
+        failed = [d for d in result.decision.recipients if d.delivery is Delivery.FAILED]
+        for d in result.decision.recipients:
+            log.info(
+                "to=<%s> delivery=%s method=%s level=%s rule=%s conversation=%s",
+                d.address, d.delivery.value, d.method.value, d.level.value if d.level else "-",
+                d.rule, d.conversation, extra=_ctx(tx),
+            )
+
+        original = _original_headers(tx)
+        saved: SavedMessage | None = None
+        if delivered:
+            saved = self._store(tx, result, delivered, original)
+        try:
+            copies = self._copies(tx, delivered, original, saved)
+            outgoing: list[Outgoing] = []
+            sender = _bare(tx.sender)
+            kept = copies[0] if copies else None
+            for copy in copies[1:]:
+                outgoing.append(self._outgoing(tx, copy, sender))
+            if failed and sender:
+                report = dsn.build_dsn(
+                    original, sender,
+                    [(d.address, "5.7.1", d.reason) for d in failed],
+                    self.hostname, self.clock.now(UTC),
+                )
+                outgoing.append(Outgoing("", [sender], report.as_bytes(policy=SMTP_POLICY), "DSN"))
+            replies = self.reinjector.send(outgoing)
+        except BaseException:
+            if saved is not None:
+                self.store.discard(saved.id)  # the client retries; don't keep a second copy
+            raise
+        for out, reply in zip(outgoing, replies, strict=True):
+            log.info("re-injected %s: %s", out.what, reply, extra=_ctx(tx))
+        if saved is not None:
+            for address in saved.tokens:
+                self.store.mark_notified(saved.id, address)
+
+        plan = self._plan_for_kept(tx, kept, raw_by_norm, stripped)
+        plan.summary = (
+            f"stored={saved.id if saved else '-'} delivered={len(delivered)} failed={len(failed)} "
+            f"reinjected={len(outgoing)} kept={kept.what if kept else 'nothing (discard)'}"
+        )
+        return plan
+
+    # ------------------------------------------------------------------------------------
+    def _store(
+        self,
+        tx: Transaction,
+        result: Assessment,
+        delivered: list[RecipientDecision],
+        original: EmailMessage,
+    ) -> SavedMessage:
+        expiry = self.cfg.policy.expiry_days
+        expires = self.clock.now(UTC) + timedelta(days=expiry) if expiry else None
+        with _clean_copy(tx) as content:
+            return self.store.save_message(
+                NewMessage(
+                    sender=result.envelope.sender or "mailer-daemon@" + self.cfg.organization.domains[0],
+                    subject=str(original.get("Subject", "")),
+                    content=content,
+                    recipients=[_new_recipient(d) for d in delivered],
+                    rfc822_id=tx.message_id if tx.message_id != "-" else None,
+                    queue_id=tx.queue_id,
+                    expires_at=expires,
+                )
+            )
+
+    def _copies(
+        self,
+        tx: Transaction,
+        delivered: list[RecipientDecision],
+        original: EmailMessage,
+        saved: SavedMessage | None,
+    ) -> list[_Copy]:
+        """Direct groups first (one per level), then one notification per recipient."""
+        copies: list[_Copy] = []
+        by_level: dict[Level, list[str]] = {}
+        for d in delivered:
+            if d.delivery is Delivery.DIRECT and d.level is not None:
+                by_level.setdefault(d.level, []).append(d.address)
+        for level in sorted(by_level, reverse=True):
+            copies.append(_Copy(tuple(by_level[level]), None, level, f"direct-{level.value} copy"))
+        for d in delivered:
+            if d.delivery is not Delivery.NOTIFICATION or saved is None:
+                continue
+            note = notification.notification_for(
+                original, d.address, saved.tokens[d.address], _verification_text(d), self.cfg
+            )
+            copies.append(_Copy((d.address,), note, None, f"notification to {d.address}"))
+        return copies
+
+    def _outgoing(self, tx: Transaction, copy: _Copy, sender: str) -> Outgoing:
+        if copy.message is not None:
+            return Outgoing(sender, copy.recipients, copy.message.as_bytes(policy=SMTP_POLICY), copy.what)
+        assert copy.route is not None
+        spool = tempfile.SpooledTemporaryFile(max_size=self.cfg.milter.spool_threshold)
+        spool.write(f"{ROUTE_HEADER}: direct-{copy.route.value}\r\n".encode())
+        with _clean_copy(tx) as content:
+            shutil.copyfileobj(content, spool)
+        return Outgoing(sender, copy.recipients, spool, copy.what)  # type: ignore[arg-type]
+
+    def _strip_plan(self, tx: Transaction) -> list[tuple[str, int]]:
+        """Header deletions every message gets: directive headers, Bcc, a client's route header."""
+        counts: dict[str, int] = {}
+        deletions: list[tuple[str, int]] = []
+        for name, _value in tx.headers:
+            key = name.lower()
+            counts[key] = counts.get(key, 0) + 1
+            if is_directive(name) or key in _STRIP:
+                deletions.append((name, counts[key]))
+        return deletions
+
+    def _plan_for_kept(
+        self,
+        tx: Transaction,
+        kept: _Copy | None,
+        raw_by_norm: dict[str, list[str]],
+        stripped: list[tuple[str, int]],
+    ) -> Plan:
+        if kept is None:
+            return Plan(delete_headers=stripped, discard=True)
+        keep = set(kept.recipients)
+        drop = [raw for norm, raws in raw_by_norm.items() if norm not in keep for raw in raws]
+        if kept.message is None:
+            assert kept.route is not None
+            return Plan(
+                delete_headers=stripped,
+                add_headers=[(ROUTE_HEADER, f"direct-{kept.route.value}")],
+                delete_recipients=drop,
+            )
+        # A notification replaces the message: every original header goes (but our trace
+        # headers), the notification's headers and body come in.
+        counts: dict[str, int] = {}
+        deletions: list[tuple[str, int]] = []
+        for name, _value in tx.headers:
+            key = name.lower()
+            counts[key] = counts.get(key, 0) + 1
+            if key not in _KEEP_ON_REWRITE:
+                deletions.append((name, counts[key]))
+        head, _, body = kept.message.as_bytes(policy=SMTP_POLICY).partition(b"\r\n\r\n")
+        return Plan(
+            delete_headers=deletions,
+            add_headers=_header_fields(head),
+            replace_body=body,
+            delete_recipients=drop,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _ctx(tx: Transaction) -> dict[str, str]:
+    return {"queue_id": tx.queue_id or "-", "message_id": tx.message_id}
+
+
+def _bare(address: str) -> str:
+    a = address.strip()
+    if a.startswith("<") and a.endswith(">"):
+        a = a[1:-1].strip()
+    return a
+
+
+def _raw_recipients(raw: Sequence[str]) -> dict[str, list[str]]:
+    """Normalized address -> the RCPT TO forms the MTA gave (delrcpt needs them as given)."""
+    out: dict[str, list[str]] = {}
+    for r in raw:
+        try:
+            norm = normalize_address(_bare(r))
+        except MessageError as exc:
+            raise MessageError(f"envelope recipient {r}: {exc}") from None
+        out.setdefault(norm, []).append(r)
+    return out
+
+
+def _new_recipient(d: RecipientDecision) -> NewRecipient:
+    verification: str | None
+    phone = code = None
+    if d.delivery is Delivery.DIRECT:
+        verification = None
+    elif d.method is Method.ACCOUNT:
+        verification = "account"
+    elif d.access_right is AccessKind.SMS:
+        verification, phone = "sms", d.secret
+    elif d.access_right is AccessKind.ACCESS_CODE:
+        verification, code = "access_code", d.secret
+    else:
+        verification = "email"
+    return NewRecipient(
+        address=d.address,
+        conversation=d.conversation or 1,
+        method=d.method.value,
+        delivery="direct" if d.delivery is Delivery.DIRECT else "notification",
+        rule=d.rule,
+        level=d.level.value if d.level else None,
+        verification=verification,  # type: ignore[arg-type]
+        phone=phone,
+        access_code=code,
+    )
+
+
+def _verification_text(d: RecipientDecision) -> notification.Verification:
+    if d.method is Method.ACCOUNT:
+        return notification.Verification("account")
+    if d.access_right is AccessKind.SMS:
+        return notification.Verification("sms", phone=d.secret)
+    if d.access_right is AccessKind.ACCESS_CODE:
+        return notification.Verification("access_code")
+    return notification.Verification("email")
+
+
+def _original_headers(tx: Transaction) -> EmailMessage:
+    tx.message.seek(0)
+    head = tx.message.read(tx.body_offset)
+    msg = BytesHeaderParser(policy=default_policy).parsebytes(head)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+class _clean_copy:
+    """The message without directive headers, Bcc and route headers, as a readable file."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self.tx = tx
+        self.spool: BinaryIO | None = None
+
+    def __enter__(self) -> BinaryIO:
+        tx = self.tx
+        tx.message.seek(0)
+        head = tx.message.read(tx.body_offset)
+        fields = head[:-2] if head.endswith(b"\r\n\r\n") else head  # the blank line apart
+        kept = b"".join(f for f in _raw_fields(fields) if not _field_is_stripped(f))
+        spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
+        spool.write(kept + b"\r\n")
+        shutil.copyfileobj(tx.message, spool)
+        spool.seek(0)
+        self.spool = spool  # type: ignore[assignment]
+        return spool  # type: ignore[return-value]
+
+    def __exit__(self, *exc: object) -> None:
+        if self.spool is not None:
+            self.spool.close()
+
+
+_FIELD_START = re.compile(rb"(?m)^(?![ \t])")
+
+
+def _raw_fields(head: bytes) -> list[bytes]:
+    """Split a header block into whole fields (with their folded lines and line ends)."""
+    parts = [p for p in _FIELD_START.split(head) if p]
+    return parts
+
+
+def _field_is_stripped(raw_field: bytes) -> bool:
+    name = raw_field.split(b":", 1)[0].decode("ascii", "replace").strip()
+    return not name or is_directive(name) or name.lower() in _STRIP
+
+
+def _header_fields(head: bytes) -> list[tuple[str, str]]:
+    """(name, value) pairs of a generated header block, folding kept as LF + white space."""
+    fields: list[tuple[str, str]] = []
+    for raw in _raw_fields(head + b"\r\n"):
+        text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+        if not text:
+            continue
+        name, _, value = text.partition(":")
+        fields.append((name, value.lstrip(" ").replace("\r\n", "\n")))
+    return fields

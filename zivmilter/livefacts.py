@@ -1,0 +1,54 @@
+"""The milter's live facts: accounts and the contact book from the store, transport levels,
+NTA 7516 and ODD lists from the prober's cache, IDD and NTA lists from the configuration.
+
+Every answer is local and fast; what is unknown is the safe side (no account, level `none`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .config import Config
+from .facts import Contact, NtaFact, TransportFact
+from .store import Store
+
+_UNKNOWN = TransportFact(reason="transport prober not running: level none")
+
+
+class TransportSource(Protocol):
+    def transport(self, domain: str) -> TransportFact: ...
+    def nta7516(self, domain: str) -> NtaFact: ...
+    def odd_listed(self, domain: str) -> bool: ...
+
+
+class LiveFacts:
+    def __init__(self, cfg: Config, store: Store, transport: TransportSource | None) -> None:
+        self.store = store
+        self.source = transport
+        self.idd = frozenset(cfg.idd.domains)
+        self.nta_listed = frozenset(cfg.nta7516.domains)
+        self.nta_excluded = frozenset(cfg.nta7516.exclude)
+
+    def has_account(self, address: str) -> bool:
+        return self.store.has_account(address)
+
+    def idd_enabled(self, domain: str) -> bool:
+        return domain in self.idd
+
+    def transport(self, domain: str) -> TransportFact:
+        return self.source.transport(domain) if self.source is not None else _UNKNOWN
+
+    def nta7516(self, domain: str) -> NtaFact:
+        if domain in self.nta_excluded:
+            return NtaFact(False, "excluded by nta7516.exclude")
+        if domain in self.nta_listed:
+            return NtaFact(True, "listed in nta7516.domains")
+        if self.source is None:
+            return NtaFact(False, "no NTA 7516 record checked")
+        return self.source.nta7516(domain)
+
+    def contact(self, address: str) -> Contact | None:
+        return self.store.contact(address)
+
+    def odd_listed(self, domain: str) -> bool:
+        return self.source.odd_listed(domain) if self.source is not None else False

@@ -1,0 +1,70 @@
+"""`zivmilter run` and `zivmilter keygen`: wiring of config, key, store, facts and milter."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from . import config as config_mod
+from . import crypto, logsetup
+from .errors import StoreError
+from .facts import Facts, load_facts
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    crypto.keygen(args.file)
+    print(f"{args.file}: new key-encryption key written (mode 0600); keep a backup apart")
+    return 0
+
+
+def _transport_source(cfg: config_mod.Config) -> Any:
+    try:
+        from .transport.live import TransportFacts
+    except ImportError:
+        return None
+    return TransportFacts.start(cfg)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import sdnotify
+    from .gateway import Gateway
+    from .livefacts import LiveFacts
+    from .milter import serve
+    from .reinject import SmtpReinjector
+    from .store import SqliteStore
+
+    cfg = config_mod.load(args.config)
+    logsetup.setup(cfg.logging.level)
+    kek = crypto.load_kek(cfg.store.key_file)
+    try:
+        os.makedirs(cfg.store.path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{cfg.store.path}: cannot create the store folder: {exc}") from None
+    store = SqliteStore.open(cfg.store.path, kek)
+    facts: Facts
+    if args.facts:
+        facts = load_facts(args.facts)
+    else:
+        facts = LiveFacts(cfg, store, _transport_source(cfg))
+    reinjector = SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout)
+    gateway = Gateway(cfg, facts, store, reinjector)
+    serve(
+        gateway,
+        cfg.milter.socket,
+        cfg.milter.timeout,
+        cfg.milter.spool_threshold,
+        ready=lambda: sdnotify.notify("READY=1"),
+    )
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the milter")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--facts", metavar="FILE", help="pin facts (testing, fixed answers)")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("keygen", help="create a key-encryption key file for the store")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(handler=cmd_keygen)

@@ -1,0 +1,109 @@
+"""Hand messages back to the MTA: SMTP to the milter-free Postfix listener (`reinject.*`).
+
+Used for every copy the current milter transaction cannot carry (other notification
+recipients, other direct-delivery levels, DSNs). Each message must be accepted with 250, or
+DeliveryError is raised and the milter tempfails the original: nothing is lost, at worst a copy
+is sent twice when the client retries. Bodies are streamed, never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from .errors import DeliveryError
+
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to hand back: envelope plus content (bytes, or a file read from its start)."""
+
+    sender: str  # "" for the null sender of a DSN
+    recipients: Sequence[str]
+    content: bytes | BinaryIO
+    what: str  # for logs: "notification to x", "direct-pkix copy", "DSN"
+
+
+class Reinjector(Protocol):
+    def send(self, messages: Sequence[Outgoing]) -> list[str]: ...
+
+
+def _dot_stuffed(content: bytes | BinaryIO) -> Iterable[bytes]:
+    """CRLF line endings and transparency (RFC 5321 4.5.2), chunk by chunk."""
+    if isinstance(content, bytes):
+        stream: Iterable[bytes] = [content]
+    else:
+        content.seek(0)
+        stream = iter(lambda: content.read(_CHUNK), b"")
+    carry = b""
+    at_line_start = True
+    for chunk in stream:
+        data = carry + chunk
+        # keep an incomplete trailing line (a CR of a split CRLF with it) for the next chunk
+        cut = data.rfind(b"\n") + 1
+        carry, data = data[cut:], data[:cut]
+        if not data:
+            continue
+        data = re.sub(rb"(?<!\r)\n", b"\r\n", data)
+        if at_line_start and data.startswith(b"."):
+            data = b"." + data
+        data = data.replace(b"\r\n.", b"\r\n..")
+        at_line_start = data.endswith(b"\n")
+        yield data
+    if carry:
+        data = re.sub(rb"\r$", b"", carry)
+        if at_line_start and data.startswith(b"."):
+            data = b"." + data
+        yield data + b"\r\n"
+
+
+class SmtpReinjector:
+    """Sends over one SMTP session per batch; any refusal is a DeliveryError."""
+
+    def __init__(self, host: str, port: int, timeout: float, helo: str | None = None) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.helo = helo or socket.getfqdn()
+
+    def send(self, messages: Sequence[Outgoing]) -> list[str]:
+        """Send all; returns the MTA's reply per message (with its queue id)."""
+        if not messages:
+            return []
+        replies: list[str] = []
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+                smtp.ehlo(self.helo)
+                for msg in messages:
+                    replies.append(self._one(smtp, msg))
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(
+                f"re-injection to {self.host}:{self.port} failed: {exc}"
+            ) from exc
+        return replies
+
+    def _one(self, smtp: smtplib.SMTP, msg: Outgoing) -> str:
+        code, reply = smtp.mail(msg.sender)
+        if code != 250:
+            raise DeliveryError(f"{msg.what}: MAIL FROM refused: {code} {reply.decode(errors='replace')}")
+        for rcpt in msg.recipients:
+            code, reply = smtp.rcpt(rcpt)
+            if code not in (250, 251):
+                raise DeliveryError(
+                    f"{msg.what}: RCPT TO {rcpt} refused: {code} {reply.decode(errors='replace')}"
+                )
+        code, reply = smtp.docmd("DATA")
+        if code != 354:
+            raise DeliveryError(f"{msg.what}: DATA refused: {code} {reply}")
+        for piece in _dot_stuffed(msg.content):
+            smtp.send(piece)
+        smtp.send(b".\r\n")
+        code, reply_bytes = smtp.getreply()
+        text = reply_bytes.decode(errors="replace")
+        if code != 250:
+            raise DeliveryError(f"{msg.what}: message refused: {code} {text}")
+        return text
