@@ -1,0 +1,295 @@
+"""zivmilter on a real Postfix, end to end: what the receiving servers get (SPEC 1, 2, 5, 10).
+
+One private Postfix with the real `zivmilter run` attached; receiving servers are aiosmtpd sinks
+on their own 127.x addresses, port 25, found through a bind-mounted /etc/hosts: each recipient
+domain's "MX" is its own sink. partner.example has a certificate from the CA Postfix trusts.
+"""
+
+from __future__ import annotations
+
+import email
+import os
+import re
+import smtplib
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from email import policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from tests.harness.postfix import PostfixInstance
+from tests.harness.sandbox import bind_mounted
+from tests.harness.sink import Sink, server_tls_context
+from tests.harness.zivmilter import ZivmilterProcess
+from zivmilter import crypto
+from zivmilter.store import SqliteStore
+
+pytestmark = pytest.mark.integration
+
+PLAIN_IP, TLS_IP, WEAK_IP = "127.0.0.30", "127.0.0.40", "127.0.0.41"
+HOSTS = (
+    "127.0.0.1 localhost\n"
+    f"{PLAIN_IP} oldmail.example x.example hospital.example\n"
+    f"{TLS_IP} partner.example\n"
+    f"{WEAK_IP} weak.example\n"
+)
+FACTS = {
+    "transport": {"partner.example": "pkix", "weak.example": "tls"},
+}
+CONFIG = {"policy": {"outbound_direct_delivery": {"domains": ["partner.example"]}}}
+BODY_MARKER = "PLAINTEXT-MARKER-7f3a the lab results are attached"
+PHONE = "+31612345678"
+CODE = "tulip-secret-42"
+LINK = re.compile(r"https://secure\.hospital\.example/m/([A-Za-z0-9_-]+)")
+
+
+def message(headers: str, body: str = BODY_MARKER) -> bytes:
+    base = (
+        "From: Dr. Alice <alice@hospital.example>\r\n"
+        "Date: Tue, 24 Nov 2026 09:00:00 +0100\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    )
+    return (base + headers.replace("\n", "\r\n") + "\r\n" + body + "\r\n").encode()
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[None]:
+    with bind_mounted("/etc/hosts", HOSTS):
+        yield
+
+
+@pytest.fixture(scope="module")
+def ca_file() -> Iterator[tuple[trustme.CA, str]]:
+    ca = trustme.CA()
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
+        f.write(ca.cert_pem.bytes())
+    os.chmod(f.name, 0o644)
+    yield ca, f.name
+    os.unlink(f.name)
+
+
+@pytest.fixture(scope="module")
+def sinks(hosts: None, ca_file: tuple[trustme.CA, str]) -> Iterator[dict[str, Sink]]:
+    ca, _ = ca_file
+    strange = trustme.CA()  # a CA Postfix does not trust
+    with (
+        Sink(PLAIN_IP, 25) as plain,
+        Sink(TLS_IP, 25, tls=server_tls_context(ca.issue_cert("partner.example"))) as tls,
+        Sink(WEAK_IP, 25, tls=server_tls_context(strange.issue_cert("weak.example"))) as weak,
+    ):
+        yield {"plain": plain, "tls": tls, "weak": weak}
+
+
+@pytest.fixture(scope="module")
+def gateway(sinks: dict[str, Sink], ca_file: tuple[trustme.CA, str]) -> Iterator[tuple[PostfixInstance, ZivmilterProcess]]:
+    pf = PostfixInstance(milter=None, tls_ca_file=ca_file[1])
+    z = ZivmilterProcess(reinject_port=pf.reinject_port, facts=FACTS, config=CONFIG)
+    pf.milter = z.postfix_socket
+    with z, pf:
+        yield pf, z
+
+
+def send(pf: PostfixInstance, sender: str, rcpts: list[str], data: bytes) -> Any:
+    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
+        return s.sendmail(sender, rcpts, data)
+
+
+def new_messages(sink: Sink, before: int, count: int) -> list[Any]:
+    return sink.wait_for(before + count)[before:]
+
+
+def open_store(z: ZivmilterProcess) -> SqliteStore:
+    return SqliteStore.open(str(z.store_path), crypto.load_kek(str(z.key_file)))
+
+
+def test_mixed_message_notifications_direct_and_bcc(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
+) -> None:
+    pf, z = gateway
+    plain, tls = sinks["plain"], sinks["tls"]
+    p0, t0 = len(plain.received), len(tls.received)
+    data = message(
+        "To: Bob <bob@partner.example>, Carol <carol@oldmail.example>\n"
+        "Cc: dave@oldmail.example\n"
+        "Subject: Lab results\n"
+        "Message-ID: <mixed-1@hospital.example>\n"
+        f"zivver-access-right: carol@oldmail.example sms {PHONE}\n"
+        f"ZIVVER-ACCESS-RIGHT: dave@oldmail.example access-code {CODE}\n"
+    )
+    rcpts = ["bob@partner.example", "carol@oldmail.example", "dave@oldmail.example",
+             "s@x.example", "t@x.example"]
+    assert send(pf, "alice@hospital.example", rcpts, data) == {}
+
+    notes = new_messages(plain, p0, 4)
+    time.sleep(1)
+    assert len(plain.received) == p0 + 4, "exactly one notification per notification recipient"
+    got = {r.rcpt_tos: r for r in notes}
+    assert set(got) == {("carol@oldmail.example",), ("dave@oldmail.example",), ("s@x.example",), ("t@x.example",)}
+    tokens = set()
+    for rcpts_of, r in got.items():
+        text = r.data.decode("utf-8", "replace")
+        assert BODY_MARKER.split()[0] not in text, f"body leaked to {rcpts_of}"
+        assert "zivver-" not in text.lower() and "X-Zivmilter-Route" not in text
+        assert PHONE not in text and CODE not in text
+        assert "bcc" not in r.data.lower().split(b"\r\n\r\n")[0].decode()
+        msg = r.message()
+        (sender,) = msg["From"].addresses
+        assert (sender.display_name, sender.addr_spec) == ("Dr. Alice", "alice@hospital.example")
+        assert msg.get_content_type() == "multipart/alternative"
+        plain_part = msg.get_body(("plain",))
+        assert plain_part is not None
+        found = LINK.findall(plain_part.get_content())
+        assert len(found) == 1 and len(found[0]) >= 22  # >= 128 bits
+        tokens.add(found[0])
+    assert len(tokens) == 4, "every recipient has a personal link"
+    # Bcc isolation: the To/Cc copies never name a Bcc recipient, nor one Bcc the other.
+    for who in ("carol@oldmail.example", "dave@oldmail.example", "s@x.example"):
+        assert b"t@x.example" not in got[(who,)].data
+    assert b"s@x.example" not in got[("t@x.example",)].data
+    assert "+31 6" in got[("carol@oldmail.example",)].message().get_body(("plain",)).get_content()
+
+    (direct,) = new_messages(tls, t0, 1)
+    assert direct.rcpt_tos == ("bob@partner.example",)
+    assert direct.tls_version in ("TLSv1.2", "TLSv1.3")
+    assert BODY_MARKER in direct.data.decode()
+    assert b"zivver-" not in direct.data.lower() and b"x-zivmilter-route" not in direct.data.lower()
+    pf.wait_for_log(r"postfix/zivmilter-pkix/smtp\[\d+\]: \w+: to=<bob@partner\.example>.*status=sent")
+
+    with sqlite3.connect(z.store_path / "store.sqlite3") as db:
+        saved = db.execute(
+            "SELECT id FROM messages WHERE rfc822_id = ?", ("<mixed-1@hospital.example>",)
+        ).fetchall()
+    assert len(saved) == 1
+    store = open_store(z)
+    try:
+        stream = store.open_content(saved[0][0])
+        assert stream is not None
+        content = stream.read()
+        assert content.endswith((BODY_MARKER + "\r\n").encode())
+        assert b"zivver-" not in content.lower()
+        for line in (b"Subject: Lab results", b"Cc: dave@oldmail.example", b"Message-ID: <mixed-1@hospital.example>"):
+            assert line in content
+    finally:
+        store.close()
+    blobs = list((z.store_path / "blobs").rglob("*.zmb"))
+    assert blobs
+    for blob in blobs:
+        assert b"PLAINTEXT-MARKER" not in blob.read_bytes()
+    assert b"PLAINTEXT-MARKER" not in (z.store_path / "store.sqlite3").read_bytes()
+
+
+def test_failed_recipient_gets_a_dsn_and_is_removed(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
+) -> None:
+    pf, _ = gateway
+    plain, tls, weak = sinks["plain"], sinks["tls"], sinks["weak"]
+    p0, t0, w0 = len(plain.received), len(tls.received), len(weak.received)
+    data = message(
+        "To: ok@partner.example, no@weak.example\nSubject: Results\n"
+        "Message-ID: <dsn-1@hospital.example>\n"
+        "zivver-direct-delivery: tls tls1.2 auth certificate-validation\n"
+    )
+    assert send(pf, "alice@hospital.example", ["ok@partner.example", "no@weak.example"], data) == {}
+    (report,) = new_messages(plain, p0, 1)
+    assert report.rcpt_tos == ("alice@hospital.example",)
+    assert report.mail_from == "<>" or report.mail_from == ""
+    msg = report.message()
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    text = msg.get_body(("plain",)).get_content()
+    assert "no@weak.example" in text and "does not meet" in text
+    assert b"Final-Recipient: rfc822; no@weak.example" in report.data
+    assert b"Action: failed" in report.data
+    assert b"zivver-direct-delivery" not in report.data.lower()
+    (direct,) = new_messages(tls, t0, 1)
+    assert direct.rcpt_tos == ("ok@partner.example",)
+    time.sleep(1)
+    assert len(weak.received) == w0, "nothing reaches the recipient that failed"
+
+
+def test_all_recipients_failed_message_discarded_with_dsn(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
+) -> None:
+    pf, _ = gateway
+    plain, weak = sinks["plain"], sinks["weak"]
+    p0, w0 = len(plain.received), len(weak.received)
+    data = message(
+        "To: no@weak.example\nSubject: x\nzivver-direct-delivery: tls tls1.3\n"
+    )
+    assert send(pf, "alice@hospital.example", ["no@weak.example"], data) == {}
+    (report,) = new_messages(plain, p0, 1)
+    assert b"no@weak.example" in report.data
+    pf.wait_for_log(r"milter-discard")
+    assert len(weak.received) == w0
+
+
+def test_single_notification_rewrites_the_transaction(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
+) -> None:
+    pf, _ = gateway
+    plain = sinks["plain"]
+    p0 = len(plain.received)
+    data = message(
+        "To: erin@oldmail.example\nSubject: =?utf-8?q?R=C3=B6ntgen_results?=\n"
+        "Message-ID: <one@hospital.example>\nIn-Reply-To: <earlier@partner.example>\n"
+        "References: <earlier@partner.example>\n"
+    )
+    assert send(pf, "alice@hospital.example", ["erin@oldmail.example"], data) == {}
+    (note,) = new_messages(plain, p0, 1)
+    msg = note.message()
+    assert str(msg["Subject"]) == "Röntgen results"
+    assert msg["In-Reply-To"] == "<earlier@partner.example>"
+    assert msg["References"] == "<earlier@partner.example>"
+    assert msg["Message-ID"] != "<one@hospital.example>"
+    assert BODY_MARKER.encode() not in note.data
+    # Postfix's own trace header stays, the original body is gone
+    assert note.data.startswith(b"Received: ")
+
+
+def test_client_route_header_is_not_obeyed(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
+) -> None:
+    pf, _ = gateway
+    plain, tls = sinks["plain"], sinks["tls"]
+    p0, t0 = len(plain.received), len(tls.received)
+    data = message("To: frank@oldmail.example\nSubject: x\nX-Zivmilter-Route: direct-tls\n")
+    assert send(pf, "alice@hospital.example", ["frank@oldmail.example"], data) == {}
+    (note,) = new_messages(plain, p0, 1)
+    assert b"X-Zivmilter-Route" not in note.data
+    assert BODY_MARKER.encode() not in note.data
+    assert len(tls.received) == t0
+
+
+def test_corpus_messages_all_pass_without_tempfail(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
+) -> None:
+    """Every real-world message of the shared corpus is secured: accepted, valid notification."""
+    pf, z = gateway
+    plain = sinks["plain"]
+    corpus = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "maildir"
+    files = sorted(p for p in corpus.rglob("*") if p.is_file())
+    assert len(files) > 300
+    p0 = len(plain.received)
+    refused: list[str] = []
+    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
+        for path in files:
+            raw = path.read_bytes()
+            try:
+                s.sendmail("alice@hospital.example", ["reader@oldmail.example"], raw)
+            except smtplib.SMTPException as exc:
+                refused.append(f"{path.name}: {exc}")
+                s.rset()
+    assert not refused, refused[:5]
+    notes = plain.wait_for(p0 + len(files), timeout=120)[p0:]
+    for note in notes:
+        msg = email.message_from_bytes(note.data, policy=policy.default)
+        assert msg.get_content_type() == "multipart/alternative"
+        assert not msg.defects
+        assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+        assert LINK.search(msg.get_body(("plain",)).get_content())
+    assert "tempfail" not in z.log()
