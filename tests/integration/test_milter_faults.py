@@ -1,0 +1,131 @@
+"""Faults never lose or leak a message (SPEC 10): the client gets 4xx and Postfix keeps nothing
+half-done when the milter dies, the re-injection listener is down, or the store is unwritable.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.postfix import PostfixInstance, free_port
+from tests.harness.sandbox import bind_mounted
+from tests.harness.sink import Sink
+from tests.harness.zivmilter import ZivmilterProcess
+
+pytestmark = pytest.mark.integration
+
+SINK_IP = "127.0.0.31"
+HOSTS = f"127.0.0.1 localhost\n{SINK_IP} oldmail.example x.example hospital.example\n"
+DATA = (
+    b"From: alice@hospital.example\r\nTo: a@oldmail.example, b@oldmail.example\r\n"
+    b"Subject: fault\r\n\r\nSECRET-BODY\r\n"
+)
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[Sink]:
+    with bind_mounted("/etc/hosts", HOSTS), Sink(SINK_IP, 25) as s:
+        yield s
+
+
+def _setup(reinject_port: int | None = None) -> tuple[PostfixInstance, ZivmilterProcess]:
+    pf = PostfixInstance(milter=None)
+    z = ZivmilterProcess(reinject_port=reinject_port or pf.reinject_port, facts={})
+    pf.milter = z.postfix_socket
+    return pf, z
+
+
+def _send_expect_4xx(pf: PostfixInstance, rcpts: list[str]) -> smtplib.SMTPResponseException:
+    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s, pytest.raises(
+        (smtplib.SMTPDataError, smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused)
+    ) as info:
+        s.sendmail("alice@hospital.example", rcpts, DATA)
+    exc = info.value
+    code = exc.smtp_code if isinstance(exc, smtplib.SMTPResponseException) else 0
+    assert 400 <= code < 500, f"expected a 4xx, got {exc}"
+    assert isinstance(exc, smtplib.SMTPResponseException)
+    return exc
+
+
+def _nothing_kept(pf: PostfixInstance, sink: Sink, before: int) -> None:
+    time.sleep(1.5)
+    assert pf.queue() == [], "Postfix kept a half-done message"
+    assert len(sink.received) == before, "something was delivered"
+
+
+def test_reinjection_listener_down_tempfails(sink: Sink) -> None:
+    closed = free_port()  # nothing listens there
+    pf, z = _setup(reinject_port=closed)
+    with z, pf:
+        before = len(sink.received)
+        exc = _send_expect_4xx(pf, ["a@oldmail.example", "b@oldmail.example"])
+        assert re.search(rb"4\.3\.0 zivmilter: temporary failure, ref [0-9a-f]{8}", exc.smtp_error)
+        ref = re.search(rb"ref ([0-9a-f]{8})", exc.smtp_error).group(1).decode()  # type: ignore[union-attr]
+        assert f"ref {ref}" in z.log() and "re-injection" in z.log()
+        _nothing_kept(pf, sink, before)
+        # nothing stays in the store for a message the client will send again
+        assert not list((z.store_path / "blobs").rglob("*.zmb"))
+
+
+def test_store_unwritable_tempfails(sink: Sink) -> None:
+    pf, z = _setup()
+    with z, pf:
+        blobs = z.store_path / "blobs"
+        blobs.mkdir(exist_ok=True)
+        # root ignores file modes: a read-only bind mount really refuses the write
+        subprocess.run(["mount", "--bind", str(blobs), str(blobs)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(blobs)], check=True)
+        try:
+            before = len(sink.received)
+            _send_expect_4xx(pf, ["a@oldmail.example"])
+            _nothing_kept(pf, sink, before)
+        finally:
+            subprocess.run(["umount", str(blobs)], check=True)
+        # and once the store is writable again, the same message goes through
+        with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
+            assert s.sendmail("alice@hospital.example", ["a@oldmail.example"], DATA) == {}
+        sink.wait_for(before + 1)
+
+
+def test_milter_killed_mid_transaction(sink: Sink) -> None:
+    pf, z = _setup()
+    with z, pf:
+        before = len(sink.received)
+        with socket.create_connection(("127.0.0.1", pf.smtp_port), timeout=30) as conn:
+            f = conn.makefile("rwb")
+
+            def cmd(line: bytes) -> bytes:
+                f.write(line + b"\r\n")
+                f.flush()
+                reply = b""
+                while True:
+                    got = f.readline()
+                    reply += got
+                    if got[3:4] != b"-":
+                        return reply
+
+            f.readline()
+            assert cmd(b"EHLO client.test").startswith(b"250")
+            assert cmd(b"MAIL FROM:<alice@hospital.example>").startswith(b"250")
+            assert cmd(b"RCPT TO:<a@oldmail.example>").startswith(b"250")
+            assert cmd(b"DATA").startswith(b"354")
+            f.write(DATA[: len(DATA) // 2])
+            f.flush()
+            z.kill()  # the milter dies with the transaction half sent
+            f.write(DATA[len(DATA) // 2 :] + b".\r\n")
+            f.flush()
+            reply = f.readline()
+            while reply[3:4] == b"-":
+                reply = f.readline()
+            assert reply[:1] == b"4", reply
+        _nothing_kept(pf, sink, before)
+        assert not Path(pf.directory).joinpath("queue", "incoming").exists() or not any(
+            Path(pf.directory, "queue", "incoming").iterdir()
+        )
