@@ -198,6 +198,24 @@ class PortalConfig:
 
 
 @dataclass(frozen=True)
+class SmsWebhookConfig:
+    url: str = ""
+    # e.g. "Authorization: Bearer TOKEN"; sent as it is
+    auth_header: str | None = None
+    # JSON body, a Jinja2 template with {{ phone }} and {{ text }} (JSON-escaped by the sender)
+    body: str = '{"to": {{ phone }}, "text": {{ text }}}'
+    timeout: float = field(default=10.0, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class SmsConfig:
+    # file: codes are appended to `file` (development); webhook: POSTed to an SMS provider
+    backend: Literal["file", "webhook"] = "file"
+    file: str = field(default="/var/lib/zivmilter/sms-outbox.log", metadata={"path": True})
+    webhook: SmsWebhookConfig = SmsWebhookConfig()
+
+
+@dataclass(frozen=True)
 class NotificationConfig:
     subject: Literal["show", "neutral"] = "show"
     language: Literal["en", "nl"] = "en"
@@ -253,6 +271,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     reinject: ReinjectConfig = ReinjectConfig()
     portal: PortalConfig = PortalConfig()
+    sms: SmsConfig = SmsConfig()
     notification: NotificationConfig = NotificationConfig()
     transport: TransportConfig = TransportConfig()
     submission: SubmissionConfig = SubmissionConfig()
