@@ -1,0 +1,300 @@
+"""The notification email: what the recipient sees, and what it must never carry."""
+
+from __future__ import annotations
+
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+import pytest
+
+from zivmilter import config, defaults
+from zivmilter.notification import (
+    NOTIFICATION_HEADER,
+    Verification,
+    build_notification,
+    language_for,
+    mask_phone,
+    notification_for,
+    portal_link,
+)
+
+LINK = "https://secure.example.org/m/Tok3n_abcdefghijklmnopqrstuvwxyz012345"
+BODY_MARK = "BODYMARKER-f00d"
+ATTACH_MARK = "ATTACHMARKER-beef"
+PHONE = "+31612345321"
+CODE = "CODE-7781"
+
+
+def original(subject: str = "Quarterly figures", extra: str = "") -> EmailMessage:
+    raw = (
+        "From: Alice Example <alice@example.org>\r\n"
+        "To: Bob <bob@example.net>, carol@example.com\r\n"
+        "Cc: dave@example.net\r\n"
+        "Bcc: eve-hidden@example.net\r\n"
+        f"Subject: {subject}\r\n"
+        "Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n"
+        "Message-ID: <orig-1@example.org>\r\n"
+        "In-Reply-To: <prev-1@example.net>\r\n"
+        "References: <root-1@example.net> <prev-1@example.net>\r\n"
+        f"zivver-access-right: bob@example.net sms {PHONE}\r\n"
+        f"ZIVVER-Access-Right: carol@example.com access-code {CODE}\r\n"
+        "Zivver-Direct-Delivery: tls tls1.2 auth certificate-validation\r\n"
+        "X-Custom-Secret: internal-routing-7\r\n"
+        f"{extra}"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b1"\r\n'
+        "\r\n"
+        "--b1\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "\r\n"
+        f"{BODY_MARK}\r\n"
+        "--b1\r\n"
+        'Content-Type: application/pdf; name="figures-q3.pdf"\r\n'
+        'Content-Disposition: attachment; filename="figures-q3.pdf"\r\n'
+        "\r\n"
+        f"{ATTACH_MARK}\r\n"
+        "--b1--\r\n"
+    )
+    msg = BytesParser(policy=policy.default).parsebytes(raw.encode("utf-8"))
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def build(
+    orig: EmailMessage | None = None,
+    verification: Verification | None = None,
+    language: str = "en",
+    subject_mode: str = "show",
+) -> EmailMessage:
+    return build_notification(
+        orig or original(),
+        recipient="bob@example.net",
+        link=LINK,
+        verification=verification or Verification("sms", phone=PHONE),
+        language=language,
+        subject_mode=subject_mode,  # type: ignore[arg-type]
+        org_domain="example.org",
+        org_name="Example Org",
+    )
+
+
+def wire(msg: EmailMessage) -> bytes:
+    return msg.as_bytes(policy=policy.SMTP)
+
+
+def reparse(msg: EmailMessage) -> EmailMessage:
+    out = BytesParser(policy=policy.default).parsebytes(wire(msg))
+    assert isinstance(out, EmailMessage)
+    return out
+
+
+def texts(msg: EmailMessage) -> tuple[str, str]:
+    plain = msg.get_body(("plain",))
+    html = msg.get_body(("html",))
+    assert plain is not None and html is not None
+    return plain.get_content(), html.get_content()
+
+
+# --- structure and headers ----------------------------------------------------------------
+
+
+def test_structure_and_headers() -> None:
+    msg = reparse(build())
+    assert msg.get_content_type() == "multipart/alternative"
+    parts = list(msg.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+    assert all(p.get_content_charset() == "utf-8" for p in parts)
+    assert msg["From"] == "Alice Example <alice@example.org>"
+    assert msg["To"] == "Bob <bob@example.net>, carol@example.com"
+    assert msg["Cc"] == "dave@example.net"
+    assert msg["Subject"] == "Quarterly figures"
+    assert msg["Date"] == "Mon, 01 Jan 2024 10:00:00 +0000"
+    assert msg["In-Reply-To"] == "<prev-1@example.net>"
+    assert msg["References"] == "<root-1@example.net> <prev-1@example.net>"
+    assert msg["Message-ID"] != "<orig-1@example.org>"
+    assert msg["Message-ID"].endswith("@example.org>")
+    assert msg[NOTIFICATION_HEADER] == "1"
+    assert msg["Content-Language"] == "en"
+    assert "Bcc" not in msg
+    assert "Auto-Submitted" not in msg
+    assert msg.get_all("MIME-Version") == ["1.0"]
+
+
+def test_each_notification_has_its_own_message_id() -> None:
+    assert build()["Message-ID"] != build()["Message-ID"]
+
+
+def test_link_in_both_parts() -> None:
+    plain, html = texts(reparse(build()))
+    assert LINK in plain
+    assert f'href="{LINK}"' in html
+
+
+# --- nothing of the content, no secrets -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "verification",
+    [
+        Verification("account"),
+        Verification("sms", phone=PHONE),
+        Verification("access_code", hint="the project name"),
+        Verification("email"),
+    ],
+)
+def test_no_content_no_secrets(verification: Verification) -> None:
+    data = wire(build(verification=verification))
+    decoded = str(reparse(build(verification=verification)))
+    plain, html = texts(reparse(build(verification=verification)))
+    for blob in (data.decode("ascii", "replace"), decoded, plain, html):
+        for forbidden in (
+            BODY_MARK,
+            ATTACH_MARK,
+            "figures-q3.pdf",
+            PHONE,
+            PHONE[1:],
+            "612345321",
+            CODE,
+            "eve-hidden",
+            "internal-routing-7",
+        ):
+            assert forbidden not in blob, forbidden
+        assert "zivver" not in blob.lower()
+
+
+def test_masked_number_shown_for_sms() -> None:
+    plain, html = texts(reparse(build(verification=Verification("sms", phone=PHONE))))
+    assert "+31 6•••••321" in plain
+    assert "+31 6•••••321" in html
+
+
+def test_verification_texts_en() -> None:
+    cases = {
+        "account": "Sign in with your Example Org account",
+        "sms": "verification code by text message",
+        "access_code": "access code that the sender gives you",
+        "email": "verification code by email",
+    }
+    for kind, phrase in cases.items():
+        plain, html = texts(build(verification=Verification(kind)))  # type: ignore[arg-type]
+        assert phrase in plain, kind
+        assert phrase in html, kind
+
+
+def test_hint_shown_and_escaped() -> None:
+    v = Verification("access_code", hint='<b onmouseover="x">our project</b>')
+    plain, html = texts(reparse(build(verification=v)))
+    assert 'The sender\'s hint: <b onmouseover="x">our project</b>' in plain
+    assert "&lt;b onmouseover=&#34;x&#34;&gt;our project&lt;/b&gt;" in html
+    assert "<b onmouseover" not in html
+
+
+# --- languages and subjects -------------------------------------------------------------------
+
+
+def test_english() -> None:
+    plain, html = texts(reparse(build(language="en")))
+    assert plain.startswith("Alice Example <alice@example.org> has sent you a secure message:")
+    assert "Quarterly figures" in plain
+    assert "do not forward this email" in plain
+    assert '<html lang="en">' in html
+    assert "Open the secure message" in html
+
+
+def test_dutch() -> None:
+    msg = reparse(build(language="nl"))
+    plain, html = texts(msg)
+    assert plain.startswith("Alice Example <alice@example.org> heeft u een beveiligd bericht")
+    assert "verificatiecode per sms op +31 6•••••321" in plain
+    assert "stuur deze e-mail niet door" in plain
+    assert '<html lang="nl">' in html
+    assert "Open het beveiligde bericht" in html
+    assert msg["Content-Language"] == "nl"
+
+
+def test_neutral_subject_hides_the_original() -> None:
+    for lang in ("en", "nl"):
+        msg = build(language=lang, subject_mode="neutral")
+        assert msg["Subject"] == defaults.NEUTRAL_SUBJECT[lang]
+        plain, html = texts(msg)
+        assert "Quarterly figures" not in wire(msg).decode("ascii", "replace")
+        assert "Quarterly figures" not in plain + html
+
+
+def test_non_ascii_subject_round_trips() -> None:
+    subject = "Überweisung für Zoë — 請求書 ✓"
+    encoded = "=?utf-8?b?" + __import__("base64").b64encode(subject.encode()).decode() + "?="
+    msg = build(original(encoded))
+    data = wire(msg)
+    header_block = data.split(b"\r\n\r\n", 1)[0]
+    assert header_block.isascii()  # RFC 2047 by the email package
+    back = reparse(msg)
+    assert back["Subject"] == subject
+    plain, html = texts(back)
+    assert subject in plain and subject in html
+
+
+def test_malicious_subject_is_escaped_in_html() -> None:
+    evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    plain, html = texts(reparse(build(original(evil))))
+    assert "<script>" not in html and "<img" not in html
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+    assert evil in plain  # plain text is not HTML: shown as written
+
+
+def test_folded_subject_does_not_break_headers() -> None:
+    msg = reparse(build(original("line one\r\n line two")))
+    assert msg["Subject"] == "line one line two"
+
+
+def test_unknown_language_is_refused() -> None:
+    with pytest.raises(ValueError):
+        build(language="de")
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("number", "masked"),
+    [
+        ("+31612345321", "+31 6•••••321"),
+        ("+12025550123", "+1 2••••••123"),
+        ("+447911123456", "+44 7••••••456"),
+        ("+3521234567", "+352 •••••67"),
+        ("+32 470 12 34 56", "+32 4•••••456"),
+        ("+123", "•••"),
+    ],
+)
+def test_mask_phone(number: str, masked: str) -> None:
+    assert mask_phone(number) == masked
+
+
+def test_language_for_domain_and_parents() -> None:
+    cfg = config.NotificationConfig(language="en", languages={"example.nl": "nl"})
+    assert language_for("a@example.nl", cfg) == "nl"
+    assert language_for("a@Mail.Example.NL", cfg) == "nl"
+    assert language_for("a@example.com", cfg) == "en"
+    assert language_for("a@notexample.nl", cfg) == "en"
+
+
+def test_portal_link() -> None:
+    assert portal_link("https://s.example.org/", "T") == "https://s.example.org/m/T"
+    assert portal_link("https://s.example.org/portal", "T") == "https://s.example.org/portal/m/T"
+
+
+def test_notification_for_uses_config() -> None:
+    cfg = config.from_mapping(
+        {
+            "organization": {"domains": ["example.org"], "name": "Gemeente Voorbeeld"},
+            "portal": {"base_url": "https://veilig.example.org/"},
+            "notification": {"subject": "neutral", "languages": {"example.net": "nl"}},
+        }
+    )
+    msg = notification_for(original(), "bob@example.net", "TOKEN123", Verification("email"), cfg)
+    plain, _ = texts(msg)
+    assert "https://veilig.example.org/m/TOKEN123" in plain
+    assert "Gemeente Voorbeeld" in plain
+    assert msg["Subject"] == defaults.NEUTRAL_SUBJECT["nl"]
+    assert msg["Message-ID"].endswith("@example.org>")

@@ -1,0 +1,502 @@
+"""The encrypted store: round trips, no plaintext at rest, keys, revocation, tokens, durability."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from zivmilter import crypto, store
+from zivmilter.errors import StoreError
+from zivmilter.facts import Contact
+from zivmilter.store import NewMessage, NewRecipient, SqliteStore
+
+MARK_BODY = "BODYMARKER-6c1e9d"
+MARK_SUBJECT = "SUBJECTMARKER-b27f"
+PHONE = "+31612345321"
+CODE = "ACCESSCODE-93kq"
+HINT = "HINTMARKER-the name of our project"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def kek() -> bytes:
+    return os.urandom(32)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def st(tmp_path: Path, kek: bytes, clock: Clock) -> Iterator[SqliteStore]:
+    s = SqliteStore.open(str(tmp_path / "store"), kek, now=clock)
+    yield s
+    s.close()
+
+
+def raw_message(marker: str = MARK_BODY, extra: bytes = b"") -> bytes:
+    return (
+        b"From: Alice <alice@example.org>\r\n"
+        b"To: bob@example.net, carol@example.com\r\n"
+        b"Subject: " + MARK_SUBJECT.encode() + b"\r\n"
+        b"Message-ID: <m1@example.org>\r\n"
+        b"\r\n"
+        b"Dear Bob,\r\n" + marker.encode() + b"\r\n" + extra + b"-- \r\nAlice\r\n"
+    )
+
+
+def recipients() -> list[NewRecipient]:
+    return [
+        NewRecipient(
+            "Bob@Example.NET", 1, "access_right", "notification", "A3", None, "sms", PHONE
+        ),
+        NewRecipient(
+            "carol@example.com",
+            1,
+            "access_right",
+            "notification",
+            "A3",
+            None,
+            "access_code",
+            access_code=CODE,
+            hint=HINT,
+        ),
+        NewRecipient("dave@example.net", 2, "email", "notification", "A7", verification="email"),
+        NewRecipient("erin@example.org", 1, "transport", "direct", "A4", level="pkix"),
+    ]
+
+
+def new_message(content: object = None, **kw: object) -> NewMessage:
+    args: dict[str, object] = {
+        "sender": "Alice@Example.ORG",
+        "subject": MARK_SUBJECT + " Grüße",
+        "content": raw_message() if content is None else content,
+        "recipients": recipients(),
+        "rfc822_id": "<m1@example.org>",
+        "queue_id": "4XyZ12",
+    }
+    args.update(kw)
+    return NewMessage(**args)  # type: ignore[arg-type]
+
+
+def store_files(root: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+# --- round trip -------------------------------------------------------------------------
+
+
+def test_saved_copy_decrypts_to_original_bytes(st: SqliteStore) -> None:
+    raw = raw_message()
+    saved = st.save_message(new_message(raw))
+    content = st.open_content(saved.id)
+    assert content is not None
+    assert content.read() == raw
+    assert saved.size == len(raw)
+
+
+@pytest.mark.parametrize("kind", ["bytes", "file", "path"])
+def test_content_sources(st: SqliteStore, tmp_path: Path, kind: str) -> None:
+    raw = raw_message(extra=os.urandom(3 * crypto.RECORD_SIZE + 5))
+    src: object = raw
+    if kind == "file":
+        src = io.BytesIO(raw)
+    elif kind == "path":
+        p = tmp_path / "spool.eml"
+        p.write_bytes(raw)
+        src = str(p)
+    saved = st.save_message(new_message(src))
+    content = st.open_content(saved.id)
+    assert content is not None
+    assert content.read() == raw
+
+
+def test_records_hold_the_decision(st: SqliteStore, clock: Clock) -> None:
+    expires = datetime.fromtimestamp(clock.t, UTC) + timedelta(days=30)
+    saved = st.save_message(new_message(expires_at=expires))
+    msg = st.message(saved.id)
+    assert msg is not None
+    assert msg.sender == "alice@example.org"
+    assert msg.subject == MARK_SUBJECT + " Grüße"
+    assert msg.rfc822_id == "<m1@example.org>" and msg.queue_id == "4XyZ12"
+    assert msg.expires_at == expires.replace(microsecond=0)
+    by_addr = {r.address: r for r in st.recipients(saved.id)}
+    assert set(by_addr) == {
+        "bob@example.net",
+        "carol@example.com",
+        "dave@example.net",
+        "erin@example.org",
+    }
+    assert by_addr["bob@example.net"].phone == PHONE
+    assert by_addr["erin@example.org"].delivery == "direct"
+    assert by_addr["erin@example.org"].level == "pkix"
+    assert by_addr["dave@example.net"].conversation == 2
+    carol = by_addr["carol@example.com"]
+    assert carol.hint == HINT
+    assert carol.access_code_hash is not None
+    assert crypto.verify_secret(carol.access_code_hash, CODE)
+    assert not crypto.verify_secret(carol.access_code_hash, CODE + "x")
+
+
+# --- nothing in clear at rest -------------------------------------------------------------
+
+
+def test_no_plaintext_in_any_store_file(st: SqliteStore, tmp_path: Path) -> None:
+    saved = st.save_message(new_message())
+    st.record_event("opened", saved.id, "bob@example.net")
+    files = store_files(tmp_path / "store")
+    assert any(name.endswith(".zmb") for name in files)
+    assert any(name.endswith("store.sqlite3") for name in files)
+    secrets_in_clear = [MARK_BODY, MARK_SUBJECT, PHONE, PHONE[3:], CODE, HINT[:10], "Dear Bob"]
+    secrets_in_clear += list(saved.tokens.values())
+    for name, data in files.items():
+        for secret in secrets_in_clear:
+            assert secret.encode() not in data, f"{secret!r} in clear in {name}"
+            assert secret.encode("utf-16-le") not in data
+
+
+def test_file_modes_are_private(st: SqliteStore, tmp_path: Path) -> None:
+    st.save_message(new_message())
+    root = tmp_path / "store"
+    for p in [root, *root.rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode & 0o077 == 0, f"{p} has mode {mode:o}"
+
+
+# --- keys -------------------------------------------------------------------------------
+
+
+def test_wrong_kek_fails_with_store_error(tmp_path: Path, kek: bytes) -> None:
+    path = str(tmp_path / "store")
+    s = SqliteStore.open(path, kek)
+    saved = s.save_message(new_message())
+    s.close()
+    with pytest.raises(StoreError, match="wrong key-encryption key"):
+        SqliteStore.open(path, os.urandom(32))
+    again = SqliteStore.open(path, kek)
+    content = again.open_content(saved.id)
+    assert content is not None and content.read() == raw_message()
+    again.close()
+
+
+def test_wrong_kek_never_yields_garbage_on_read(tmp_path: Path, kek: bytes) -> None:
+    # An empty store accepts any key at open; reading another key's message must still fail.
+    path = str(tmp_path / "store")
+    a = SqliteStore.open(path, kek)
+    b = SqliteStore.open(path, os.urandom(32))
+    saved = a.save_message(new_message())
+    with pytest.raises(StoreError):
+        b.open_content(saved.id)
+    with pytest.raises(StoreError):
+        b.message(saved.id)
+    a.close()
+    b.close()
+
+
+def test_damaged_blob_fails_with_store_error(st: SqliteStore, tmp_path: Path) -> None:
+    saved = st.save_message(new_message())
+    (blob,) = (tmp_path / "store" / "blobs").rglob("*.zmb")
+    data = bytearray(blob.read_bytes())
+    data[40] ^= 0x80
+    blob.write_bytes(bytes(data))
+    content = st.open_content(saved.id)
+    assert content is not None
+    with pytest.raises(StoreError):
+        content.read()
+
+
+# --- revocation and expiry ----------------------------------------------------------------
+
+
+def test_revoked_content_cannot_be_opened(st: SqliteStore, tmp_path: Path) -> None:
+    saved = st.save_message(new_message())
+    token = saved.tokens["bob@example.net"]
+    assert st.revoke(saved.id, "sender withdrew it")
+    assert st.open_content(saved.id) is None
+    assert not st.revoke(saved.id)
+    assert list((tmp_path / "store" / "blobs").rglob("*.zmb")) == []
+    rec = st.find_recipient_by_token(token)
+    assert rec is not None
+    assert rec.message.revoked_at is not None
+    assert rec.message.subject is None and rec.phone is None
+    assert not rec.message.available(datetime.now(UTC))
+    db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
+    assert db.execute("SELECT wrapped_key FROM messages").fetchall() == [(None,)]
+    db.close()
+    assert [e.event for e in st.events(saved.id)] == ["stored", "revoked"]
+
+
+def test_expired_content_cannot_be_opened(st: SqliteStore, clock: Clock) -> None:
+    expires = datetime.fromtimestamp(clock.t, UTC) + timedelta(days=1)
+    saved = st.save_message(new_message(expires_at=expires))
+    keep = st.save_message(new_message())
+    assert st.open_content(saved.id) is not None
+    clock.t += 2 * 86400
+    assert st.open_content(saved.id) is None
+    assert st.purge_expired() == 1
+    assert st.message(saved.id).revoked_at is not None  # type: ignore[union-attr]
+    assert st.open_content(keep.id) is not None
+
+
+def test_discard_forgets_everything(st: SqliteStore, tmp_path: Path) -> None:
+    saved = st.save_message(new_message())
+    st.discard(saved.id)
+    assert st.message(saved.id) is None
+    assert st.find_recipient_by_token(saved.tokens["bob@example.net"]) is None
+    assert list((tmp_path / "store" / "blobs").rglob("*.zmb")) == []
+
+
+# --- link tokens ------------------------------------------------------------------------
+
+
+def test_tokens_only_for_notification_recipients(st: SqliteStore) -> None:
+    saved = st.save_message(new_message())
+    assert set(saved.tokens) == {"bob@example.net", "carol@example.com", "dave@example.net"}
+    assert "erin@example.org" not in saved.tokens
+    assert "tokens=<3>" in repr(saved)
+    for token in saved.tokens.values():
+        assert token not in repr(saved)
+
+
+def test_tokens_are_unique_and_long(st: SqliteStore) -> None:
+    seen: set[str] = set()
+    quick = [r for r in recipients() if r.verification != "access_code"]  # no scrypt: fast
+    quick.append(NewRecipient("frank@example.net", 3, "email", "notification", "A7", None, "email"))
+    for _ in range(30):
+        saved = st.save_message(new_message(recipients=quick))
+        for token in saved.tokens.values():
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            assert len(raw) * 8 >= 128
+            seen.add(token)
+    assert len(seen) == 90
+
+
+def test_find_recipient_by_token(st: SqliteStore) -> None:
+    saved = st.save_message(new_message())
+    rec = st.find_recipient_by_token(saved.tokens["carol@example.com"])
+    assert rec is not None
+    assert rec.address == "carol@example.com"
+    assert rec.message.id == saved.id
+    assert rec.verification == "access_code"
+    assert st.find_recipient_by_token("not-a-token") is None
+    assert st.find_recipient_by_token(saved.tokens["carol@example.com"] + "x") is None
+    assert PHONE not in repr(st.find_recipient_by_token(saved.tokens["bob@example.net"]))
+
+
+def test_notified_and_opened_are_recorded(st: SqliteStore) -> None:
+    saved = st.save_message(new_message())
+    st.mark_notified(saved.id, "bob@example.net")
+    rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+    assert rec is not None and rec.notified_at is not None and rec.opened_at is None
+    st.mark_opened(rec.id)
+    st.mark_opened(rec.id)
+    rec2 = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+    assert rec2 is not None and rec2.opened_at is not None
+    events = [(e.event, e.recipient) for e in st.events(saved.id)]
+    assert events == [
+        ("stored", None),
+        ("notified", "bob@example.net"),
+        ("opened", "bob@example.net"),
+        ("opened", "bob@example.net"),
+    ]
+
+
+# --- durability ---------------------------------------------------------------------------
+
+
+def test_save_is_durable_before_it_returns(
+    st: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        calls.append(("replace", f"{src} -> {dst}"))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    saved = st.save_message(new_message())
+    monkeypatch.undo()
+
+    (blob,) = (tmp_path / "store" / "blobs").rglob("*.zmb")
+    tmp_name = f"{blob.parent}/.{blob.stem}.tmp"
+    kinds = [(k, v) for k, v in calls]
+    # The temp file is fsynced, then renamed onto its final name, then its folder is fsynced.
+    i_file = kinds.index(("fsync", tmp_name))
+    i_rename = kinds.index(("replace", f"{tmp_name} -> {blob}"))
+    i_dir = kinds.index(("fsync", str(blob.parent)))
+    assert i_file < i_rename < i_dir
+    # And the rows are committed when save returns: another connection sees them.
+    db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
+    assert db.execute("SELECT id FROM messages").fetchall() == [(saved.id,)]
+    db.close()
+
+
+def test_database_settings(st: SqliteStore, tmp_path: Path) -> None:
+    db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT version FROM schema_version").fetchall() == [(store.SCHEMA_VERSION,)]
+    db.close()
+    assert st._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_failed_insert_leaves_no_blob(
+    st: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_: object) -> bytes:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(crypto, "wrap_data_key", boom)
+    with pytest.raises(RuntimeError):
+        st.save_message(new_message())
+    assert list((tmp_path / "store" / "blobs").rglob("*.zmb")) == []
+    assert list((tmp_path / "store" / "blobs").rglob("*.tmp")) == []
+    db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
+    assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+    db.close()
+
+
+def test_reopen_keeps_data(tmp_path: Path, kek: bytes) -> None:
+    path = str(tmp_path / "store")
+    a = SqliteStore.open(path, kek)
+    saved = a.save_message(new_message())
+    a.close()
+    b = SqliteStore.open(path, kek)
+    assert b.find_recipient_by_token(saved.tokens["dave@example.net"]) is not None
+    b.close()
+
+
+def test_orphan_blobs_are_swept(st: SqliteStore, tmp_path: Path, clock: Clock) -> None:
+    saved = st.save_message(new_message())
+    orphan = tmp_path / "store" / "blobs" / "ab" / "abcd.zmb"
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"ZMB1...")
+    os.utime(orphan, (clock.t - 7200, clock.t - 7200))
+    assert st.sweep_orphans() == 1
+    assert not orphan.exists()
+    assert st.open_content(saved.id) is not None
+
+
+# --- concurrency ------------------------------------------------------------------------
+
+
+def test_eight_threads_save_at_once(st: SqliteStore) -> None:
+    barrier = threading.Barrier(8)
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            raw = raw_message(f"thread-{n}", extra=os.urandom(200_000))
+            barrier.wait()
+            saved = st.save_message(new_message(raw))
+            content = st.open_content(saved.id)
+            assert content is not None and content.read() == raw
+            results[n] = saved.id
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(set(results.values())) == 8
+    for n, mid in results.items():
+        content = st.open_content(mid)
+        assert content is not None and f"thread-{n}".encode() in content.read()
+
+
+# --- accounts and contact book ------------------------------------------------------------
+
+
+def test_accounts(st: SqliteStore) -> None:
+    assert not st.has_account("bob@example.net")
+    st.add_account("Bob@Example.NET", "recipient", password_hash="$argon2id$x", totp_secret=b"K")
+    assert st.has_account("bob@EXAMPLE.net")
+    acct = st.account("bob@example.net")
+    assert acct is not None and acct.kind == "recipient" and acct.has_totp and acct.active
+    assert st.totp_secret("bob@example.net") == b"K"
+    assert st.set_account_active("bob@example.net", False)
+    assert not st.has_account("bob@example.net")
+    assert not st.set_account_active("nobody@example.net", True)
+    assert not st.has_account("not an address")
+
+
+def test_contact_book_feeds_remembered_methods(st: SqliteStore, tmp_path: Path) -> None:
+    assert st.contact("bob@example.net") is None
+    st.remember_contact("Bob@example.net", sms=PHONE)
+    st.remember_contact("bob@example.net", access_code_hash=crypto.hash_secret(CODE))
+    assert st.contact("bob@example.net") == Contact(sms=PHONE, access_code=True)
+    # Rules 5/6: no number or code in the directive, the contact book supplies it.
+    msg = new_message(
+        recipients=[
+            NewRecipient("bob@example.net", 1, "sms", "notification", "A5", verification="sms"),
+        ]
+    )
+    saved = st.save_message(msg)
+    rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+    assert rec is not None and rec.phone == PHONE
+    msg2 = new_message(
+        recipients=[
+            NewRecipient(
+                "bob@example.net",
+                1,
+                "access_code",
+                "notification",
+                "A6",
+                verification="access_code",
+            ),
+        ]
+    )
+    saved2 = st.save_message(msg2)
+    rec2 = st.find_recipient_by_token(saved2.tokens["bob@example.net"])
+    assert rec2 is not None and rec2.access_code_hash is not None
+    assert crypto.verify_secret(rec2.access_code_hash, CODE)
+    for data in store_files(tmp_path / "store").values():
+        assert PHONE.encode() not in data
+
+
+def test_remembered_method_without_contact_is_an_error(st: SqliteStore) -> None:
+    msg = new_message(
+        recipients=[NewRecipient("x@example.net", 1, "sms", "notification", "A5", None, "sms")]
+    )
+    with pytest.raises(StoreError, match="no number"):
+        st.save_message(msg)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        NewRecipient("x@example.net", 1, "m", "notification", "A7"),  # no verification
+        NewRecipient("x@example.net", 1, "m", "direct", "A4", verification="email"),
+        NewRecipient("x@example.net", 1, "m", "notification", "A3", None, "email", PHONE),
+        NewRecipient("x@example.net", 1, "m", "elsewhere", "A3"),  # type: ignore[arg-type]
+    ],
+)
+def test_inconsistent_recipient_is_refused(st: SqliteStore, bad: NewRecipient) -> None:
+    with pytest.raises(ValueError):
+        st.save_message(new_message(recipients=[bad]))

@@ -1,0 +1,176 @@
+"""The notification email a notification recipient receives instead of the message (SPEC 1, 5).
+
+Pure: headers of the original in, an `EmailMessage` out; the milter sends it. It carries the
+original's From/To/Cc/threading headers, the personal link and how to verify, and nothing of the
+body, the attachments, the directive headers, a phone number (masked only) or an access code.
+Texts are Jinja2 templates in zivmilter/templates/ (HTML autoescaped).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage, Message
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import Literal
+
+import jinja2
+
+from . import defaults
+from .config import Config, NotificationConfig
+
+Kind = Literal["account", "sms", "access_code", "email"]
+
+#: Header that marks a notification (harmless to receivers; lets the milter recognize its own).
+NOTIFICATION_HEADER = "X-Zivmilter-Notification"
+
+# Headers taken over from the original, in this order. Bcc never: a Bcc recipient stays hidden.
+_KEPT = ("From", "Sender", "Reply-To", "To", "Cc", "Date", "In-Reply-To", "References")
+
+_TEMPLATES = Path(__file__).parent / "templates"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+@dataclass(frozen=True, repr=False)
+class Verification:
+    """How the recipient proves who they are. `phone` is the full number: only its mask is shown."""
+
+    kind: Kind
+    phone: str | None = None
+    hint: str | None = None  # the sender's hint for an access code
+
+    def __repr__(self) -> str:
+        return f"Verification(kind={self.kind!r})"
+
+
+def build_notification(
+    original: Message,
+    *,
+    recipient: str,
+    link: str,
+    verification: Verification,
+    language: str,
+    subject_mode: Literal["show", "neutral"],
+    org_domain: str,
+    org_name: str,
+) -> EmailMessage:
+    """The notification for one recipient; serialize it with `policy.SMTP` for the wire."""
+    if language not in defaults.LANGUAGES:
+        raise ValueError(f"unsupported notification language {language!r}")
+    original_subject = _clean(str(original.get("Subject", "") or ""))
+    neutral = defaults.NEUTRAL_SUBJECT[language]
+    shown = original_subject if subject_mode == "show" else ""
+
+    values = {
+        "sender": _sender_text(original),
+        "subject": shown,
+        "neutral": neutral,
+        "link": link,
+        "kind": verification.kind,
+        "phone": mask_phone(verification.phone) if verification.phone else "",
+        "hint": _clean(verification.hint or ""),
+        "org_name": org_name,
+        "recipient": recipient,  # for templates; the copy's To/Cc stay as the sender wrote them
+    }
+    env = _environment()
+    text = env.get_template(f"notification.{language}.txt").render(values)
+    html = env.get_template(f"notification.{language}.html").render(values)
+
+    msg = EmailMessage(policy=policy.default)
+    for name in _KEPT:
+        for value in original.get_all(name, []):
+            msg[name] = value
+    msg["Subject"] = shown or neutral
+    msg["Message-ID"] = make_msgid(domain=org_domain)
+    if "Date" not in msg:
+        msg["Date"] = formatdate(localtime=False, usegmt=True)
+    msg[NOTIFICATION_HEADER] = "1"
+    msg.set_content(text)
+    msg.add_alternative(html, subtype="html")
+    for part in msg.iter_parts():
+        del part["MIME-Version"]  # the email package repeats it on each part; once is right
+    msg["Content-Language"] = language  # after set_content, which drops Content-* headers
+    return msg
+
+
+def notification_for(
+    original: Message, recipient: str, token: str, verification: Verification, config: Config
+) -> EmailMessage:
+    """`build_notification` with link, language, subject mode and organization from the config."""
+    return build_notification(
+        original,
+        recipient=recipient,
+        link=portal_link(config.portal.base_url, token),
+        verification=verification,
+        language=language_for(recipient, config.notification),
+        subject_mode=config.notification.subject,
+        org_domain=config.organization.domains[0],
+        org_name=config.organization.name,
+    )
+
+
+def portal_link(base_url: str, token: str) -> str:
+    """The personal link `<base_url>/m/<token>`: the one place that joins them (the portal's
+    route for links must match)."""
+    return base_url.rstrip("/") + "/m/" + token
+
+
+def language_for(address: str, config: NotificationConfig) -> str:
+    """The language of a recipient's domain (or a parent domain) in config, else the default."""
+    labels = address.rpartition("@")[2].lower().rstrip(".").split(".")
+    for i in range(len(labels) - 1):
+        lang = config.languages.get(".".join(labels[i:]))
+        if lang is not None:
+            return lang
+    return config.language
+
+
+# E.164 country codes are prefix-free: 1 and 7 are one digit, these are two, all others three.
+_CC2_TABLE = (
+    "20 27 30 31 32 33 34 36 39 40 41 43 44 45 46 47 48 49 51 52 53 54 55 56 57 58 60 61 62 63"
+    " 64 65 66 81 82 84 86 90 91 92 93 94 95 98"
+)
+_CC2 = frozenset(_CC2_TABLE.split())
+
+
+def mask_phone(number: str) -> str:
+    """`+31612345321` -> `+31 6•••••321`: country code, first digit, last three; never more."""
+    digits = "".join(c for c in number if c.isdigit())
+    if len(digits) < 6:
+        return "•" * len(digits)
+    cc_len = 1 if digits[0] in "17" else 2 if digits[:2] in _CC2 else 3
+    cc, national = digits[:cc_len], digits[cc_len:]
+    # Show at most a third of the national number, so that short numbers stay mostly hidden.
+    head, tail = (1, 3) if len(national) >= 8 else (0, 2)
+    hidden = len(national) - head - tail
+    return f"+{cc} {national[:head]}{'•' * hidden}{national[len(national) - tail :]}"
+
+
+def _sender_text(original: Message) -> str:
+    header = original.get("From")
+    addresses: tuple[Address, ...] = getattr(header, "addresses", ())
+    if addresses:
+        a = addresses[0]
+        if a.display_name:
+            return _clean(f"{a.display_name} <{a.addr_spec}>")
+        return _clean(a.addr_spec)
+    return _clean(str(header or ""))
+
+
+def _clean(text: str) -> str:
+    """One line of text: control characters (header injection, template tricks) become spaces."""
+    return _CONTROL.sub(" ", text).strip()
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )

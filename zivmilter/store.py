@@ -1,0 +1,1018 @@
+"""The encrypted message store: what the milter saves before it accepts, what the portal reads.
+
+`Store` is the Protocol the milter and the portal program against; `SqliteStore` keeps metadata
+in SQLite (WAL, synchronous=FULL) and each message's content as an encrypted blob file under
+`<path>/blobs/`. All cryptography lives in crypto.py; this module only decides what is sealed
+with which key and in what order things reach the disk.
+
+Durability (SPEC 10: never accept before the encrypted copy is durably stored), in this order:
+1. the blob is encrypted into `blobs/XX/.ID.tmp`, flushed and fsynced;
+2. renamed to `blobs/XX/ID.zmb`, and the folder is fsynced (the name is durable);
+3. the rows are committed in one transaction (WAL + synchronous=FULL: fsynced at commit);
+4. only then does `save_message` return. A crash between 2 and 3 leaves an unreferenced blob
+   file of ciphertext (harmless; `sweep_orphans` removes it), never a row without its blob.
+
+Thread safety: one connection guarded by a lock; the slow part (encrypting the blob) runs outside
+it, so many milter threads can save at once. Other processes (the portal) use their own store
+object; SQLite's WAL and busy timeout arbitrate between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, BinaryIO, Literal, Protocol
+
+from . import crypto, defaults
+from .addresses import normalize_address
+from .errors import MessageError, StoreError
+from .facts import Contact
+
+Delivery = Literal["notification", "direct"]
+Verification = Literal["account", "sms", "access_code", "email"]
+AccountKind = Literal["sender", "recipient"]
+
+_DELIVERIES = ("notification", "direct")
+_VERIFICATIONS = ("account", "sms", "access_code", "email")
+
+
+# ---------------------------------------------------------------------------------------------
+# Values in and out
+
+
+@dataclass(frozen=True)
+class NewRecipient:
+    """One envelope recipient of a message being saved, as the policy decided it.
+
+    `phone` (sms) and `access_code` (access_code) come from the sender's directive; when they are
+    None for those kinds, the contact book's remembered number or code hash is used (rules 5/6).
+    """
+
+    address: str
+    conversation: int
+    method: str  # the policy's method name, e.g. "account", "access_right", "email"
+    delivery: Delivery
+    rule: str  # which rule decided, e.g. "A3"
+    level: str | None = None  # transport level of a direct delivery (levels.Level value)
+    verification: Verification | None = None  # how a notification recipient proves identity
+    phone: str | None = None
+    access_code: str | None = None
+    hint: str | None = None  # the sender's hint for an access code
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to store. `content` is the raw RFC 5322 message: a binary file, bytes or a path."""
+
+    sender: str
+    subject: str
+    content: BinaryIO | bytes | str | os.PathLike[str]
+    recipients: Sequence[NewRecipient]
+    rfc822_id: str | None = None
+    queue_id: str = ""
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, repr=False)
+class SavedMessage:
+    """The store's id of the message and the link tokens of notification recipients.
+
+    This is the only time the plaintext tokens exist: the store keeps their SHA-256 only.
+    """
+
+    id: str
+    tokens: dict[str, str]  # normalized recipient address -> link token
+    size: int  # bytes of the original message
+
+    def __repr__(self) -> str:  # tokens are credentials: keep them out of logs
+        return f"SavedMessage(id={self.id!r}, tokens=<{len(self.tokens)}>, size={self.size})"
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    id: str
+    rfc822_id: str | None
+    queue_id: str
+    sender: str
+    subject: str | None  # None once revoked
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    size: int
+
+    def available(self, now: datetime) -> bool:
+        """Content can still be opened: neither revoked nor expired."""
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+
+@dataclass(frozen=True, repr=False)
+class RecipientRecord:
+    id: int
+    message: MessageRecord
+    address: str
+    conversation: int
+    method: str
+    delivery: Delivery
+    rule: str
+    level: str | None
+    verification: Verification | None
+    phone: str | None  # decrypted; None once revoked
+    hint: str | None
+    access_code_hash: str | None  # check with crypto.verify_secret
+    notified_at: datetime | None
+    opened_at: datetime | None
+    failed_attempts: int
+    lockouts: int
+    locked_until: datetime | None
+
+    def __repr__(self) -> str:  # phone numbers never go to logs
+        return (
+            f"RecipientRecord(id={self.id}, message={self.message.id!r}, address={self.address!r},"
+            f" verification={self.verification!r})"
+        )
+
+
+@dataclass(frozen=True)
+class Account:
+    address: str
+    kind: AccountKind
+    active: bool
+    password_hash: str | None
+    has_totp: bool
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    at: datetime
+    message_id: str | None
+    recipient: str | None
+    event: str
+    detail: str
+
+
+class Store(Protocol):
+    """What the milter and the portal need from a store; a PostgreSQL backend implements it too."""
+
+    def save_message(self, message: NewMessage) -> SavedMessage: ...
+    def discard(self, message_id: str) -> None: ...
+    def open_content(self, message_id: str) -> BinaryIO | None: ...
+    def message(self, message_id: str) -> MessageRecord | None: ...
+    def find_recipient_by_token(self, token: str) -> RecipientRecord | None: ...
+    def recipients(self, message_id: str) -> list[RecipientRecord]: ...
+    def mark_notified(self, message_id: str, address: str) -> None: ...
+    def mark_opened(self, recipient_id: int) -> None: ...
+    def revoke(self, message_id: str, reason: str = "") -> bool: ...
+    def purge_expired(self) -> int: ...
+    def has_account(self, address: str) -> bool: ...
+    def account(self, address: str) -> Account | None: ...
+    def totp_secret(self, address: str) -> bytes | None: ...
+    def add_account(
+        self,
+        address: str,
+        kind: AccountKind,
+        password_hash: str | None = None,
+        totp_secret: bytes | None = None,
+    ) -> None: ...
+    def set_account_active(self, address: str, active: bool) -> bool: ...
+    def contact(self, address: str) -> Contact | None: ...
+    def remember_contact(
+        self, address: str, sms: str | None = None, access_code_hash: str | None = None
+    ) -> None: ...
+    def record_event(
+        self,
+        event: str,
+        message_id: str | None = None,
+        recipient: str | None = None,
+        detail: str = "",
+    ) -> None: ...
+    def events(self, message_id: str) -> list[AuditEvent]: ...
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema: each entry moves the database one version up; never edit an applied entry.
+
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE messages (
+        id          TEXT PRIMARY KEY,      -- random: appears in portal URLs, must not be guessable
+        rfc822_id   TEXT,                  -- Message-ID header
+        queue_id    TEXT NOT NULL DEFAULT '',
+        sender      TEXT NOT NULL,
+        subject     BLOB,                  -- sealed with the message field key; NULL once revoked
+        wrapped_key BLOB,                  -- data key, AES-KW under the KEK; NULL once revoked
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER,
+        revoked_at  INTEGER
+    );
+    CREATE INDEX messages_sender ON messages (sender, created_at);
+    CREATE INDEX messages_expiry ON messages (expires_at)
+        WHERE expires_at IS NOT NULL AND revoked_at IS NULL;
+
+    CREATE TABLE conversations (
+        id         INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        number     INTEGER NOT NULL,
+        UNIQUE (message_id, number)
+    );
+
+    CREATE TABLE recipients (
+        id               INTEGER PRIMARY KEY,
+        message_id       TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        address          TEXT NOT NULL,
+        conversation     INTEGER NOT NULL,
+        method           TEXT NOT NULL,
+        delivery         TEXT NOT NULL CHECK (delivery IN ('notification', 'direct')),
+        rule             TEXT NOT NULL,
+        level            TEXT,
+        token_hash       TEXT UNIQUE,      -- SHA-256 of the link token; the token is never stored
+        verification     TEXT CHECK (verification IN ('account', 'sms', 'access_code', 'email')),
+        phone            BLOB,             -- sealed with the message field key
+        access_code_hash TEXT,             -- crypto.hash_secret (scrypt)
+        hint             BLOB,             -- sealed with the message field key
+        notified_at      INTEGER,
+        opened_at        INTEGER,
+        failed_attempts  INTEGER NOT NULL DEFAULT 0,
+        lockouts         INTEGER NOT NULL DEFAULT 0,
+        locked_until     INTEGER,
+        UNIQUE (message_id, address),
+        FOREIGN KEY (message_id, conversation)
+            REFERENCES conversations (message_id, number) ON DELETE CASCADE
+    );
+    CREATE INDEX recipients_address ON recipients (address);
+
+    CREATE TABLE blobs (
+        id          TEXT PRIMARY KEY,      -- also names the content key (HKDF info)
+        message_id  TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        kind        TEXT NOT NULL,         -- 'message': the original; later 'attachment'
+        path        TEXT NOT NULL,         -- relative to the store folder
+        size        INTEGER NOT NULL,      -- plaintext bytes
+        cipher_size INTEGER NOT NULL,
+        sha256      TEXT NOT NULL,         -- of the blob file
+        deleted_at  INTEGER
+    );
+    CREATE INDEX blobs_message ON blobs (message_id);
+
+    CREATE TABLE contacts (                -- the organization's contact book (SPEC 8)
+        address          TEXT PRIMARY KEY,
+        sms              BLOB,             -- sealed with the KEK field key
+        access_code_hash TEXT,
+        used_at          INTEGER
+    );
+
+    CREATE TABLE accounts (
+        address       TEXT PRIMARY KEY,
+        kind          TEXT NOT NULL CHECK (kind IN ('sender', 'recipient')),
+        active        INTEGER NOT NULL DEFAULT 1,
+        password_hash TEXT,
+        totp_secret   BLOB,                -- sealed with the KEK field key
+        created_at    INTEGER NOT NULL
+    );
+
+    CREATE TABLE audit (                   -- no foreign key: the log outlives what it describes
+        id         INTEGER PRIMARY KEY,
+        at         INTEGER NOT NULL,
+        message_id TEXT,
+        recipient  TEXT,
+        event      TEXT NOT NULL,
+        detail     TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_message ON audit (message_id, id);
+    """,
+)
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+DB_NAME = "store.sqlite3"
+BLOB_DIR = "blobs"
+_BLOB_SUFFIX = ".zmb"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class SqliteStore:
+    """The SQLite + blob-file store. Create with `SqliteStore.open(path, kek)`."""
+
+    def __init__(
+        self, path: str, kek: crypto.Kek, conn: sqlite3.Connection, now: Callable[[], float]
+    ) -> None:
+        self._path = path
+        self._blobs = os.path.join(path, BLOB_DIR)
+        self._kek = kek
+        self._conn = conn
+        self._now = now
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, path: str, kek: bytes, *, now: Callable[[], float] = time.time) -> SqliteStore:
+        """Open (creating if needed) the store in folder `path`; `kek` from `crypto.load_kek`."""
+        key = crypto.Kek.from_bytes(kek)
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            os.makedirs(os.path.join(path, BLOB_DIR), mode=0o700, exist_ok=True)
+            db = os.path.join(path, DB_NAME)
+            # Create the file ourselves so it (and SQLite's -wal/-shm, which copy its mode) is 0600.
+            os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
+            conn = sqlite3.connect(
+                db,
+                timeout=defaults.STORE_BUSY_TIMEOUT,
+                isolation_level=None,  # transactions are explicit below
+                check_same_thread=False,  # guarded by the store's lock
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{path}: cannot open the store: {exc}") from None
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{path}: SQLite refused WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            # Revocation relies on destroying the wrapped key: make SQLite zero freed content.
+            conn.execute("PRAGMA secure_delete=ON")
+            _migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"{path}: cannot prepare the store database: {exc}") from None
+        except StoreError:
+            conn.close()
+            raise
+        store = cls(path, key, conn, now)
+        store._check_kek()
+        return store
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- saving ---------------------------------------------------------------------------
+
+    def save_message(self, message: NewMessage) -> SavedMessage:
+        """Encrypt and durably store a message; returns its id and the recipients' link tokens."""
+        recipients = [_checked(r) for r in message.recipients]
+        if not recipients:
+            raise ValueError("a stored message needs at least one recipient")
+        if len({r.address for r in recipients}) != len(recipients):
+            raise ValueError("a recipient appears twice")
+        sender = normalize_address(message.sender)
+        message_id = secrets.token_hex(16)
+        blob_id = secrets.token_hex(16)
+        data_key = crypto.new_data_key()
+        field_key = crypto.message_field_key(data_key)
+        created = int(self._now())
+
+        # scrypt takes ~0.1 s: hash before taking the store's lock, not inside the transaction.
+        secrets_of = {r.address: self._verification_data(r) for r in recipients}
+        relpath, written = self._write_blob(blob_id, data_key, message.content)
+        tokens: dict[str, str] = {}
+        try:
+            with self._transaction() as cur:
+                cur.execute(
+                    "INSERT INTO messages (id, rfc822_id, queue_id, sender, subject, wrapped_key,"
+                    " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        message_id,
+                        message.rfc822_id,
+                        message.queue_id,
+                        sender,
+                        crypto.seal(
+                            field_key, message.subject.encode("utf-8"), _ctx_subject(message_id)
+                        ),
+                        crypto.wrap_data_key(self._kek, data_key),
+                        created,
+                        _ts(message.expires_at),
+                    ),
+                )
+                cur.executemany(
+                    "INSERT INTO conversations (message_id, number) VALUES (?, ?)",
+                    [(message_id, n) for n in sorted({r.conversation for r in recipients})],
+                )
+                for r in recipients:
+                    token_hash = None
+                    if r.delivery == "notification":
+                        token = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
+                        tokens[r.address] = token
+                        token_hash = crypto.token_hash(token)
+                    phone, code_hash = secrets_of[r.address]
+                    ctx = f"{message_id}:{r.address}"
+                    cur.execute(
+                        "INSERT INTO recipients (message_id, address, conversation, method,"
+                        " delivery, rule, level, token_hash, verification, phone,"
+                        " access_code_hash, hint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            message_id,
+                            r.address,
+                            r.conversation,
+                            r.method,
+                            r.delivery,
+                            r.rule,
+                            r.level,
+                            token_hash,
+                            r.verification,
+                            None
+                            if phone is None
+                            else crypto.seal(field_key, phone.encode(), "recipients.phone:" + ctx),
+                            code_hash,
+                            None
+                            if r.hint is None
+                            else crypto.seal(field_key, r.hint.encode(), "recipients.hint:" + ctx),
+                        ),
+                    )
+                cur.execute(
+                    "INSERT INTO blobs (id, message_id, kind, path, size, cipher_size, sha256)"
+                    " VALUES (?, ?, 'message', ?, ?, ?, ?)",
+                    (
+                        blob_id,
+                        message_id,
+                        relpath,
+                        written.size,
+                        written.cipher_size,
+                        written.sha256,
+                    ),
+                )
+                _audit(cur, created, message_id, None, "stored", f"queue {message.queue_id}")
+        except BaseException:
+            self._remove_blob(relpath)
+            raise
+        return SavedMessage(id=message_id, tokens=tokens, size=written.size)
+
+    def _verification_data(self, r: NewRecipient) -> tuple[str | None, str | None]:
+        """(phone, access code hash) for a recipient, from the directive or the contact book."""
+        if r.verification == "sms":
+            if r.phone is not None:
+                return r.phone, None
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT sms FROM contacts WHERE address = ?", (r.address,)
+                ).fetchone()
+            if row is None or row[0] is None:
+                raise StoreError(
+                    f"{r.address}: sms verification, but no number given or remembered"
+                )
+            return self._unseal_contact(r.address, bytes(row[0])), None
+        if r.verification == "access_code":
+            if r.access_code is not None:
+                return None, crypto.hash_secret(r.access_code)
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT access_code_hash FROM contacts WHERE address = ?", (r.address,)
+                ).fetchone()
+            if row is None or row[0] is None:
+                raise StoreError(
+                    f"{r.address}: access-code verification, but no code given or remembered"
+                )
+            return None, str(row[0])
+        return None, None
+
+    def _write_blob(
+        self, blob_id: str, data_key: bytes, content: BinaryIO | bytes | str | os.PathLike[str]
+    ) -> tuple[str, crypto.Encrypted]:
+        folder = os.path.join(self._blobs, blob_id[:2])
+        relpath = os.path.join(BLOB_DIR, blob_id[:2], blob_id + _BLOB_SUFFIX)
+        final = os.path.join(self._path, relpath)
+        tmp = os.path.join(folder, f".{blob_id}.tmp")
+        try:
+            if not os.path.isdir(folder):
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+                _fsync_dir(self._blobs)  # the new folder's entry must survive a crash too
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as out, _source(content) as src:
+                    written = crypto.encrypt_stream(crypto.content_key(data_key, blob_id), src, out)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, final)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(folder)
+        except OSError as exc:
+            raise StoreError(f"cannot write the encrypted copy: {exc}") from None
+        return relpath, written
+
+    def _remove_blob(self, relpath: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self._path, relpath))
+
+    def discard(self, message_id: str) -> None:
+        """Forget a message entirely: the milter stored it but could not accept it after all."""
+        with self._transaction() as cur:
+            paths = [
+                str(row[0])
+                for row in cur.execute("SELECT path FROM blobs WHERE message_id = ?", (message_id,))
+            ]
+            cur.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+            _audit(cur, int(self._now()), message_id, None, "discarded", "")
+        for p in paths:
+            self._remove_blob(p)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def message(self, message_id: str) -> MessageRecord | None:
+        with self._lock:
+            row = self._conn.execute(_MESSAGE_SELECT + " WHERE m.id = ?", (message_id,)).fetchone()
+        return None if row is None else self._message_record(row)
+
+    def open_content(self, message_id: str) -> BinaryIO | None:
+        """The original message bytes, decrypted as read; None if unknown, revoked or expired.
+
+        Reading raises StoreError if the blob does not decrypt (wrong key, damage, truncation):
+        treat an error at any point, also at the end, as "no message".
+        """
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT m.wrapped_key, m.expires_at, b.id, b.path, b.sha256 FROM messages m"
+                " JOIN blobs b ON b.message_id = m.id AND b.kind = 'message'"
+                " WHERE m.id = ? AND m.revoked_at IS NULL AND b.deleted_at IS NULL",
+                (message_id,),
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        if row[1] is not None and int(self._now()) >= int(row[1]):
+            return None
+        data_key = crypto.unwrap_data_key(self._kek, bytes(row[0]))
+        try:
+            fh = open(os.path.join(self._path, str(row[3])), "rb")  # noqa: SIM115 - returned
+        except OSError as exc:
+            raise StoreError(f"message {message_id}: encrypted copy unreadable: {exc}") from None
+        try:
+            raw = crypto.DecryptingReader(
+                crypto.content_key(data_key, str(row[2])), fh, str(row[4])
+            )
+        except BaseException:
+            fh.close()
+            raise
+        return io.BufferedReader(raw, buffer_size=crypto.RECORD_SIZE)
+
+    def find_recipient_by_token(self, token: str) -> RecipientRecord | None:
+        """The recipient a link token belongs to (also when revoked or expired: check `message`)."""
+        digest = crypto.token_hash(token)
+        with self._lock:
+            row = self._conn.execute(
+                _RECIPIENT_SELECT + " WHERE r.token_hash = ?", (digest,)
+            ).fetchone()
+        return None if row is None else self._recipient_record(row)
+
+    def recipients(self, message_id: str) -> list[RecipientRecord]:
+        with self._lock:
+            rows = self._conn.execute(
+                _RECIPIENT_SELECT + " WHERE r.message_id = ? ORDER BY r.id", (message_id,)
+            ).fetchall()
+        return [self._recipient_record(row) for row in rows]
+
+    def mark_notified(self, message_id: str, address: str) -> None:
+        now = int(self._now())
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE recipients SET notified_at = ? WHERE message_id = ? AND address = ?",
+                (now, message_id, address),
+            )
+            _audit(cur, now, message_id, address, "notified", "")
+
+    def mark_opened(self, recipient_id: int) -> None:
+        """Record an open (SPEC 8: every open is recorded); the first one sets `opened_at`."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT message_id, address FROM recipients WHERE id = ?", (recipient_id,)
+            ).fetchone()
+            if row is None:
+                return
+            cur.execute(
+                "UPDATE recipients SET opened_at = COALESCE(opened_at, ?) WHERE id = ?",
+                (now, recipient_id),
+            )
+            _audit(cur, now, str(row[0]), str(row[1]), "opened", "")
+
+    # -- revocation and expiry ------------------------------------------------------------
+
+    def revoke(self, message_id: str, reason: str = "") -> bool:
+        """Destroy the message's wrapped data key and its encrypted copy; False if already gone."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            done = cur.execute(
+                "UPDATE messages SET wrapped_key = NULL, subject = NULL, revoked_at = ?"
+                " WHERE id = ? AND revoked_at IS NULL",
+                (now, message_id),
+            ).rowcount
+            if not done:
+                return False
+            cur.execute(
+                "UPDATE recipients SET phone = NULL, hint = NULL WHERE message_id = ?",
+                (message_id,),
+            )
+            paths = [
+                str(row[0])
+                for row in cur.execute(
+                    "SELECT path FROM blobs WHERE message_id = ? AND deleted_at IS NULL",
+                    (message_id,),
+                )
+            ]
+            cur.execute(
+                "UPDATE blobs SET deleted_at = ? WHERE message_id = ? AND deleted_at IS NULL",
+                (now, message_id),
+            )
+            _audit(cur, now, message_id, None, "revoked", reason)
+        for p in paths:
+            self._remove_blob(p)
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            # Old page images in the WAL still hold the wrapped key; fold them back and truncate.
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return True
+
+    def purge_expired(self) -> int:
+        """Revoke every message past its expiry (run from a timer); returns how many."""
+        with self._lock:
+            ids = [
+                str(row[0])
+                for row in self._conn.execute(
+                    "SELECT id FROM messages WHERE revoked_at IS NULL AND expires_at IS NOT NULL"
+                    " AND expires_at <= ?",
+                    (int(self._now()),),
+                )
+            ]
+        return sum(1 for i in ids if self.revoke(i, "expired"))
+
+    def sweep_orphans(self, older_than: float = 3600.0) -> int:
+        """Remove blob files no row refers to (left by a crash mid-save); returns how many."""
+        with self._lock:
+            known = {str(r[0]) for r in self._conn.execute("SELECT path FROM blobs")}
+        removed = 0
+        limit = self._now() - older_than
+        for folder, _dirs, files in os.walk(self._blobs):
+            for name in files:
+                full = os.path.join(folder, name)
+                rel = os.path.relpath(full, self._path)
+                if rel in known:
+                    continue
+                with contextlib.suppress(OSError):
+                    if os.stat(full).st_mtime < limit:
+                        os.unlink(full)
+                        removed += 1
+        return removed
+
+    # -- accounts and contact book ---------------------------------------------------------
+
+    def has_account(self, address: str) -> bool:
+        key = _key_or_none(address)
+        if key is None:
+            return False
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM accounts WHERE address = ? AND active = 1", (key,)
+            ).fetchone()
+        return row is not None
+
+    def account(self, address: str) -> Account | None:
+        key = _key_or_none(address)
+        if key is None:
+            return None
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT address, kind, active, password_hash, totp_secret IS NOT NULL"
+                " FROM accounts WHERE address = ?",
+                (key,),
+            ).fetchone()
+        if row is None:
+            return None
+        return Account(str(row[0]), row[1], bool(row[2]), row[3], bool(row[4]))
+
+    def totp_secret(self, address: str) -> bytes | None:
+        key = _key_or_none(address)
+        if key is None:
+            return None
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT totp_secret FROM accounts WHERE address = ?", (key,)
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return crypto.unseal(self._kek.field_key, bytes(row[0]), "accounts.totp_secret:" + key)
+
+    def add_account(
+        self,
+        address: str,
+        kind: AccountKind,
+        password_hash: str | None = None,
+        totp_secret: bytes | None = None,
+    ) -> None:
+        """Create or replace an account, active; the caller hashes `password_hash` itself."""
+        if kind not in ("sender", "recipient"):
+            raise ValueError(f"account kind {kind!r}")
+        key = normalize_address(address)
+        sealed = (
+            None
+            if totp_secret is None
+            else crypto.seal(self._kek.field_key, totp_secret, "accounts.totp_secret:" + key)
+        )
+        now = int(self._now())
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO accounts (address, kind, active, password_hash, totp_secret,"
+                " created_at) VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (address) DO UPDATE SET"
+                " kind = excluded.kind, active = 1, password_hash = excluded.password_hash,"
+                " totp_secret = excluded.totp_secret",
+                (key, kind, password_hash, sealed, now),
+            )
+            _audit(cur, now, None, key, "account-added", kind)
+
+    def set_account_active(self, address: str, active: bool) -> bool:
+        """Switch an account on or off; False when there is no such account."""
+        key = normalize_address(address)
+        now = int(self._now())
+        with self._transaction() as cur:
+            n = cur.execute(
+                "UPDATE accounts SET active = ? WHERE address = ?", (int(active), key)
+            ).rowcount
+            if n:
+                _audit(cur, now, None, key, "account-active" if active else "account-inactive", "")
+        return bool(n)
+
+    def contact(self, address: str) -> Contact | None:
+        key = _key_or_none(address)
+        if key is None:
+            return None
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT sms, access_code_hash FROM contacts WHERE address = ?", (key,)
+            ).fetchone()
+        if row is None:
+            return None
+        sms = None if row[0] is None else self._unseal_contact(key, bytes(row[0]))
+        return Contact(sms=sms, access_code=row[1] is not None)
+
+    def remember_contact(
+        self, address: str, sms: str | None = None, access_code_hash: str | None = None
+    ) -> None:
+        """Remember an SMS number or access code (hash) the recipient used successfully."""
+        key = normalize_address(address)
+        sealed = (
+            None
+            if sms is None
+            else crypto.seal(self._kek.field_key, sms.encode(), "contacts.sms:" + key)
+        )
+        now = int(self._now())
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO contacts (address, sms, access_code_hash, used_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (address) DO UPDATE SET sms = COALESCE(excluded.sms, sms),"
+                " access_code_hash = COALESCE(excluded.access_code_hash, access_code_hash),"
+                " used_at = excluded.used_at",
+                (key, sealed, access_code_hash, now),
+            )
+            _audit(cur, now, None, key, "contact-remembered", "sms" if sms else "access-code")
+
+    def _unseal_contact(self, key: str, sealed: bytes) -> str:
+        return crypto.unseal(self._kek.field_key, sealed, "contacts.sms:" + key).decode()
+
+    # -- audit log ------------------------------------------------------------------------
+
+    def record_event(
+        self,
+        event: str,
+        message_id: str | None = None,
+        recipient: str | None = None,
+        detail: str = "",
+    ) -> None:
+        with self._transaction() as cur:
+            _audit(cur, int(self._now()), message_id, recipient, event, detail)
+
+    def events(self, message_id: str) -> list[AuditEvent]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT at, message_id, recipient, event, detail FROM audit"
+                " WHERE message_id = ? ORDER BY id",
+                (message_id,),
+            ).fetchall()
+        return [AuditEvent(_dt(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+
+    # -- internals ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                # IMMEDIATE takes the write lock up front: no deadlock on a later upgrade.
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store database: {exc}") from exc
+            finally:
+                cur.close()
+
+    def _check_kek(self) -> None:
+        """Fail at start, not at the first portal visit, when the KEK is not the store's."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT wrapped_key FROM messages WHERE wrapped_key IS NOT NULL LIMIT 1"
+            ).fetchone()
+        if row is not None:
+            crypto.unwrap_data_key(self._kek, bytes(row[0]))
+
+    def _message_record(self, row: Any) -> MessageRecord:
+        mid, rfc822_id, queue_id, sender, subject, wrapped, created, expires, revoked, size = row
+        text = None
+        if subject is not None and wrapped is not None:
+            field_key = crypto.message_field_key(crypto.unwrap_data_key(self._kek, bytes(wrapped)))
+            text = crypto.unseal(field_key, bytes(subject), _ctx_subject(str(mid))).decode()
+        return MessageRecord(
+            id=str(mid),
+            rfc822_id=None if rfc822_id is None else str(rfc822_id),
+            queue_id=str(queue_id),
+            sender=str(sender),
+            subject=text,
+            created_at=_dt(created),
+            expires_at=_dt_or_none(expires),
+            revoked_at=_dt_or_none(revoked),
+            size=int(size or 0),
+        )
+
+    def _recipient_record(self, row: Any) -> RecipientRecord:
+        message = self._message_record(row[: len(_MESSAGE_FIELDS)])
+        r = dict(zip(_RECIPIENT_FIELDS, row[len(_MESSAGE_FIELDS) :], strict=True))
+        address = str(r["address"])
+        phone = hint = None
+        wrapped = r["wrapped_key"]
+        if wrapped is not None and (r["phone"] is not None or r["hint"] is not None):
+            field_key = crypto.message_field_key(crypto.unwrap_data_key(self._kek, bytes(wrapped)))
+            ctx = f"{message.id}:{address}"
+            if r["phone"] is not None:
+                phone = crypto.unseal(field_key, bytes(r["phone"]), "recipients.phone:" + ctx)
+            if r["hint"] is not None:
+                hint = crypto.unseal(field_key, bytes(r["hint"]), "recipients.hint:" + ctx)
+        return RecipientRecord(
+            id=int(r["id"]),
+            message=message,
+            address=address,
+            conversation=int(r["conversation"]),
+            method=str(r["method"]),
+            delivery=r["delivery"],
+            rule=str(r["rule"]),
+            level=r["level"],
+            verification=r["verification"],
+            phone=None if phone is None else phone.decode(),
+            hint=None if hint is None else hint.decode(),
+            access_code_hash=r["access_code_hash"],
+            notified_at=_dt_or_none(r["notified_at"]),
+            opened_at=_dt_or_none(r["opened_at"]),
+            failed_attempts=int(r["failed_attempts"]),
+            lockouts=int(r["lockouts"]),
+            locked_until=_dt_or_none(r["locked_until"]),
+        )
+
+
+_MESSAGE_FIELDS = (
+    "m.id", "m.rfc822_id", "m.queue_id", "m.sender", "m.subject", "m.wrapped_key",
+    "m.created_at", "m.expires_at", "m.revoked_at",
+    "(SELECT size FROM blobs b WHERE b.message_id = m.id AND b.kind = 'message')",
+)  # fmt: skip
+_RECIPIENT_FIELDS = (
+    "id", "address", "conversation", "method", "delivery", "rule", "level", "verification",
+    "phone", "access_code_hash", "hint", "notified_at", "opened_at", "failed_attempts",
+    "lockouts", "locked_until", "wrapped_key",
+)  # fmt: skip
+_MESSAGE_SELECT = f"SELECT {', '.join(_MESSAGE_FIELDS)} FROM messages m"
+_RECIPIENT_SELECT = (
+    f"SELECT {', '.join(_MESSAGE_FIELDS)}, "
+    + ", ".join("m.wrapped_key" if f == "wrapped_key" else "r." + f for f in _RECIPIENT_FIELDS)
+    + " FROM recipients r JOIN messages m ON m.id = r.message_id"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        current = 0 if row is None else int(row[0])
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"store schema version {current} is newer than this zivmilter ({SCHEMA_VERSION})"
+            )
+        for version in range(current, SCHEMA_VERSION):
+            for statement in _statements(_MIGRATIONS[version]):
+                conn.execute(statement)
+        if row is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        else:
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (executescript would commit our transaction)."""
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _checked(r: NewRecipient) -> NewRecipient:
+    """Validate a recipient and normalize its address (a caller's bug raises ValueError)."""
+    if r.delivery not in _DELIVERIES:
+        raise ValueError(f"{r.address}: delivery {r.delivery!r}")
+    if r.verification is not None and r.verification not in _VERIFICATIONS:
+        raise ValueError(f"{r.address}: verification {r.verification!r}")
+    if r.delivery == "notification" and r.verification is None:
+        raise ValueError(f"{r.address}: a notification recipient needs a verification kind")
+    if r.delivery == "direct" and (r.verification or r.phone or r.access_code):
+        raise ValueError(f"{r.address}: a direct recipient has no verification")
+    if r.phone is not None and r.verification != "sms":
+        raise ValueError(f"{r.address}: a phone number without sms verification")
+    if r.access_code is not None and r.verification != "access_code":
+        raise ValueError(f"{r.address}: an access code without access-code verification")
+    address = normalize_address(r.address)
+    return r if address == r.address else replace(r, address=address)
+
+
+def _key_or_none(address: str) -> str | None:
+    try:
+        return normalize_address(address)
+    except MessageError:
+        return None
+
+
+@contextlib.contextmanager
+def _source(content: BinaryIO | bytes | str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    if isinstance(content, bytes):
+        yield io.BytesIO(content)
+    elif isinstance(content, str | os.PathLike):
+        with open(content, "rb") as fh:
+            yield fh
+    else:
+        yield content  # the caller's file: the caller closes it
+
+
+def _audit(
+    cur: sqlite3.Cursor,
+    at: int,
+    message_id: str | None,
+    recipient: str | None,
+    event: str,
+    detail: str,
+) -> None:
+    cur.execute(
+        "INSERT INTO audit (at, message_id, recipient, event, detail) VALUES (?, ?, ?, ?, ?)",
+        (at, message_id, recipient, event, detail),
+    )
+
+
+def _ctx_subject(message_id: str) -> str:
+    return "messages.subject:" + message_id
+
+
+def _ts(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return int(value.timestamp())
+
+
+def _dt(value: Any) -> datetime:
+    return datetime.fromtimestamp(int(value), UTC)
+
+
+def _dt_or_none(value: Any) -> datetime | None:
+    return None if value is None else _dt(value)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = [
+    "Account",
+    "AuditEvent",
+    "MessageRecord",
+    "NewMessage",
+    "NewRecipient",
+    "RecipientRecord",
+    "SavedMessage",
+    "SqliteStore",
+    "Store",
+]
