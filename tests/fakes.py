@@ -8,7 +8,9 @@ from typing import Any
 from zivmilter import config as config_mod
 from zivmilter.config import Config
 
-BASE_CONFIG: dict[str, Any] = {"organization": {"name": "Hospital", "domains": ["hospital.example"]}}
+BASE_CONFIG: dict[str, Any] = {
+    "organization": {"name": "Hospital", "domains": ["hospital.example"]}
+}
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -22,7 +24,9 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def make_config(overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> Config:
+def make_config(
+    overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None
+) -> Config:
     return config_mod.from_mapping(merge(base or BASE_CONFIG, overrides or {}), "test.yaml")
 
 

@@ -19,8 +19,14 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def explain_json(*extra: str) -> dict:  # type: ignore[type-arg]
     proc = run(
-        "explain", str(EXAMPLES / "secure-message.eml"), "--config", str(EXAMPLES / "zivmilter.yaml"),
-        "--facts", str(EXAMPLES / "facts.yaml"), "--json", *extra,
+        "explain",
+        str(EXAMPLES / "secure-message.eml"),
+        "--config",
+        str(EXAMPLES / "zivmilter.yaml"),
+        "--facts",
+        str(EXAMPLES / "facts.yaml"),
+        "--json",
+        *extra,
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)  # exactly one JSON object
@@ -30,13 +36,31 @@ def test_json_shape_and_decisions() -> None:
     out = explain_json()
     assert set(out) >= {"recipients", "warnings"}
     by = {r["address"]: r for r in out["recipients"]}
-    assert list(by) == ["bob@partner.example", "carol@oldmail.example", "care@care.example", "s@x.example"]
+    assert list(by) == [
+        "bob@partner.example",
+        "carol@oldmail.example",
+        "care@care.example",
+        "s@x.example",
+    ]
     for r in out["recipients"]:
-        assert set(r) == {"address", "method", "delivery", "level", "rule", "conversation", "access_right", "reason"}
+        assert set(r) == {
+            "address",
+            "method",
+            "delivery",
+            "level",
+            "rule",
+            "conversation",
+            "access_right",
+            "reason",
+        }
     assert (by["carol@oldmail.example"]["method"], by["carol@oldmail.example"]["access_right"]) == (
-        "custom_access_right", "sms",
+        "custom_access_right",
+        "sms",
     )
-    assert (by["care@care.example"]["delivery"], by["care@care.example"]["level"]) == ("direct", "dane")
+    assert (by["care@care.example"]["delivery"], by["care@care.example"]["level"]) == (
+        "direct",
+        "dane",
+    )
     assert by["s@x.example"]["conversation"] == 2  # Bcc: a conversation of its own
     assert by["bob@partner.example"]["conversation"] == 1
     assert any("first line wins" in w for w in out["warnings"])
@@ -46,15 +70,32 @@ def test_json_shape_and_decisions() -> None:
 
 
 def test_rcpt_and_from_override_the_headers() -> None:
-    out = explain_json("--rcpt", "Carol@OldMail.example", "--rcpt", "new@else.example", "--from", "x@hospital.example")
-    assert [r["address"] for r in out["recipients"]] == ["carol@oldmail.example", "new@else.example"]
+    out = explain_json(
+        "--rcpt",
+        "Carol@OldMail.example",
+        "--rcpt",
+        "new@else.example",
+        "--from",
+        "x@hospital.example",
+    )
+    assert [r["address"] for r in out["recipients"]] == [
+        "carol@oldmail.example",
+        "new@else.example",
+    ]
     assert out["recipients"][1]["conversation"] == 2  # not in To/Cc: a Bcc
 
 
 def test_human_output_is_a_table() -> None:
-    proc = run("explain", str(EXAMPLES / "secure-message.eml"), "--config", str(EXAMPLES / "zivmilter.yaml"))
+    proc = run(
+        "explain",
+        str(EXAMPLES / "secure-message.eml"),
+        "--config",
+        str(EXAMPLES / "zivmilter.yaml"),
+    )
     assert proc.returncode == 0
-    assert "recipient" in proc.stdout and "email_verification" in proc.stdout and "Why:" in proc.stdout
+    assert (
+        "recipient" in proc.stdout and "email_verification" in proc.stdout and "Why:" in proc.stdout
+    )
 
 
 def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
@@ -62,12 +103,20 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
     bad_cfg = tmp_path / "bad.yaml"
-    bad_cfg.write_text("organization: {domains: [a.example]}\npolicy: {transport_security_compliance: pkx}\n")
+    bad_cfg.write_text(
+        "organization: {domains: [a.example]}\npolicy: {transport_security_compliance: pkx}\n"
+    )
     cases = [
         (("explain", str(junk), "--config", cfg), "not an email message"),
         (("explain", str(tmp_path / "missing.eml"), "--config", cfg), "cannot read"),
-        (("explain", str(EXAMPLES / "secure-message.eml"), "--config", str(bad_cfg)), "'pkx' is not one of"),
-        (("explain", str(EXAMPLES / "secure-message.eml"), "--config", cfg, "--rcpt", "bad@"), "not a valid address"),
+        (
+            ("explain", str(EXAMPLES / "secure-message.eml"), "--config", str(bad_cfg)),
+            "'pkx' is not one of",
+        ),
+        (
+            ("explain", str(EXAMPLES / "secure-message.eml"), "--config", cfg, "--rcpt", "bad@"),
+            "not a valid address",
+        ),
         (("check-config", str(bad_cfg)), "policy.transport_security_compliance"),
     ]
     for args, fragment in cases:

@@ -9,8 +9,22 @@ import zivmilter
 
 PURE_MODULES = ("policy", "directives", "levels", "facts", "assess", "message", "addresses")
 FORBIDDEN = {
-    "Milter", "milter", "dns", "ssl", "smtplib", "sqlite3", "socket", "http", "urllib", "asyncio",
-    "starlette", "uvicorn", "httpx", "subprocess", "zivmilter.milter", "zivmilter.store",
+    "Milter",
+    "milter",
+    "dns",
+    "ssl",
+    "smtplib",
+    "sqlite3",
+    "socket",
+    "http",
+    "urllib",
+    "asyncio",
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "subprocess",
+    "zivmilter.milter",
+    "zivmilter.store",
     "zivmilter.transport",
 }
 

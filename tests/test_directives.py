@@ -33,8 +33,12 @@ def test_access_code_may_contain_spaces() -> None:
 
 
 def test_direct_delivery_variants() -> None:
-    assert parse([("Zivver-Direct-Delivery", "tls tls1.3 auth certificate-validation")], RCPTS)\
-        .direct_delivery.tls_version is TlsVersion.TLS1_3  # type: ignore[union-attr]
+    assert (
+        parse(
+            [("Zivver-Direct-Delivery", "tls tls1.3 auth certificate-validation")], RCPTS
+        ).direct_delivery.tls_version
+        is TlsVersion.TLS1_3
+    )  # type: ignore[union-attr]
     second = parse(
         [("zivver-direct-delivery", "tls tls1.2"), ("zivver-direct-delivery", "tls tls1.3")], RCPTS
     )
@@ -47,8 +51,9 @@ def test_direct_delivery_variants() -> None:
 
 def test_verification_override_spellings() -> None:
     for value in ("email-verification", "verification-email", "EMAIL-VERIFICATION"):
-        assert parse([("zivver-minimum-recipient-verification", value)], RCPTS)\
-            .email_verification_allowed
+        assert parse(
+            [("zivver-minimum-recipient-verification", value)], RCPTS
+        ).email_verification_allowed
     bad = parse([("zivver-minimum-recipient-verification", "none")], RCPTS)
     assert not bad.email_verification_allowed and bad.issues
 
@@ -64,14 +69,19 @@ header_names = st.sampled_from(
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.tuples(header_names, st.text()), max_size=6), st.lists(st.text(), max_size=3))
-def test_arbitrary_header_text_never_raises(headers: list[tuple[str, str]], rcpts: list[str]) -> None:
+def test_arbitrary_header_text_never_raises(
+    headers: list[tuple[str, str]], rcpts: list[str]
+) -> None:
     found = parse(headers, frozenset(rcpts) | RCPTS)
     for issue in found.issues:
         assert str(issue)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=80), st.sampled_from(["sms", "access-code", "accessCode"]))
+@given(
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=80),
+    st.sampled_from(["sms", "access-code", "accessCode"]),
+)
 def test_arbitrary_values_after_a_valid_prefix(value: str, method: str) -> None:
     found = parse([("zivver-access-right", f"a@x.example {method} {value}")], RCPTS)
     assert len(found.access_rights) + len(found.issues) == 1

@@ -62,7 +62,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.file)
-    print(f"{cfg.source}: ok ({cfg.organization.name}; domains {', '.join(cfg.organization.domains)})")
+    print(
+        f"{cfg.source}: ok ({cfg.organization.name}; domains {', '.join(cfg.organization.domains)})"
+    )
     return 0
 
 
@@ -79,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--facts", metavar="FILE", help="YAML facts file (accounts, levels, ...)")
     p.add_argument("--from", dest="sender", metavar="ADDR", help="envelope sender (default: From)")
     p.add_argument(
-        "--rcpt", action="extend", nargs="+", metavar="ADDR",
+        "--rcpt",
+        action="extend",
+        nargs="+",
+        metavar="ADDR",
         help="envelope recipient, repeatable (default: To/Cc/Bcc addresses)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -94,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
             missing = exc.name or ""
-            if name == missing or name.startswith(missing + ".") or not missing.startswith("zivmilter"):
+            if (
+                name == missing
+                or name.startswith(missing + ".")
+                or not missing.startswith("zivmilter")
+            ):
                 continue  # that part (or its optional dependency) is not installed
             raise
         module.add_commands(sub)

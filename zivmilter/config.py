@@ -321,9 +321,7 @@ def _convert(tp: Any, value: Any, key: str, base_dir: str | None, meta: Mapping[
             return ()
         if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
             raise _Invalid(key, f"expected a list, got {_describe(value)}")
-        return tuple(
-            _convert(args[0], v, f"{key}[{i}]", base_dir, {}) for i, v in enumerate(value)
-        )
+        return tuple(_convert(args[0], v, f"{key}[{i}]", base_dir, {}) for i, v in enumerate(value))
     if origin is dict:
         if value is None:
             return {}
@@ -373,7 +371,9 @@ def _build(cls: type[Any], data: Any, prefix: str, base_dir: str | None) -> Any:
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name
         if name not in data:
-            no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            no_default = (
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            )
             if no_default and not dataclasses.is_dataclass(hints[name]):
                 raise _Invalid(key, "required, but missing")
             if no_default:

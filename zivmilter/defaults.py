@@ -52,3 +52,23 @@ ODD_STALE_MAX_SECONDS = 7 * 24 * 3600
 
 # --- submission (SPEC 7) -----------------------------------------------------------------
 TRUSTED_NETWORKS = ("127.0.0.0/8", "::1/128")
+
+# --- encrypted store (crypto.py, store.py) -----------------------------------------------
+STORE_RECORD_BYTES = 64 * 1024  # plaintext bytes per AES-GCM record of a stored blob
+SCRYPT_N = 2**15  # access-code hashes: scrypt cost (32 MiB with r=8), ~0.1 s per check
+SCRYPT_R = 8
+SCRYPT_P = 1
+STORE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's SQLite lock
+
+# --- transport prober: live side, cache and ODD lists (zivmilter/transport) -------------
+TRANSPORT_DB_FILE = "transport.sqlite3"  # in store.path: probe cache and ODD list copies
+PROBE_WORKERS = 8  # domains probed at once by the milter's background prober
+PROBE_HOSTS_PARALLEL = 4  # MX hosts of one domain probed at once
+PROBE_MAX_ADDRESSES = 5  # addresses tried per MX host (Postfix's smtp_mx_address_limit)
+CACHE_REFRESH_INTERVAL = 60.0  # seconds between the refresher's passes
+CACHE_IN_USE_SECONDS = 24 * 3600  # a domain looked up this recently is kept fresh
+SQLITE_BUSY_TIMEOUT = 5.0  # seconds the transport cache waits on another process's lock
+ODD_FETCH_TIMEOUT = 30.0
+ODD_MAX_LIST_BYTES = 10 * 1024 * 1024
+ODD_REFRESH_SLACK = 3600  # a list is due this much before 24 h, so a daily timer never skips it
+ODD_RELOAD_SECONDS = 60.0  # the milter re-reads the lists `odd-refresh` stored this often

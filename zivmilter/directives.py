@@ -110,8 +110,10 @@ def parse(
     override = False
     seen_override = False
     enabled = {AccessKind.SMS: sms_enabled, AccessKind.ACCESS_CODE: access_code_enabled}
-    recipients = envelope_recipients if isinstance(envelope_recipients, set | frozenset) else set(
+    recipients = (
         envelope_recipients
+        if isinstance(envelope_recipients, set | frozenset)
+        else set(envelope_recipients)
     )
 
     for raw_name, raw_value in headers:
@@ -139,7 +141,9 @@ def parse(
         else:
             if seen_override:
                 issues.append(
-                    DirectiveIssue(MINIMUM_VERIFICATION, value, "repeated header; the first one counts")
+                    DirectiveIssue(
+                        MINIMUM_VERIFICATION, value, "repeated header; the first one counts"
+                    )
                 )
                 continue
             seen_override = True

@@ -46,7 +46,11 @@ def render_text(result: Assessment) -> str:
             d.address,
             d.delivery.value,
             d.method.value
-            + (f" ({d.access_right.value})" if d.method is Method.CUSTOM_ACCESS_RIGHT and d.access_right else ""),
+            + (
+                f" ({d.access_right.value})"
+                if d.method is Method.CUSTOM_ACCESS_RIGHT and d.access_right
+                else ""
+            ),
             d.level.value if d.level else "-",
             d.rule,
             str(d.conversation) if d.conversation is not None else "-",

@@ -137,7 +137,9 @@ def facts_from_mapping(data: Any, source: str = "<facts>") -> StaticFacts:
     for key in data:
         if key not in _FACT_KEYS:
             raise ConfigError(source, str(key), f"unknown key (known: {', '.join(_FACT_KEYS)})")
-    accounts = {_norm(normalize_address, a, source, "accounts") for a in _list(data, "accounts", source)}
+    accounts = {
+        _norm(normalize_address, a, source, "accounts") for a in _list(data, "accounts", source)
+    }
     idd = {_norm(normalize_domain, d, source, "idd") for d in _list(data, "idd", source)}
     odd = {_norm(normalize_domain, d, source, "odd") for d in _list(data, "odd", source)}
     nta = {
@@ -148,7 +150,9 @@ def facts_from_mapping(data: Any, source: str = "<facts>") -> StaticFacts:
     if not isinstance(raw_levels, dict):
         raise ConfigError(source, "transport", "expected a mapping of domain: level")
     levels = {
-        _norm(normalize_domain, d, source, f"transport.{d}"): _transport_fact(v, source, f"transport.{d}")
+        _norm(normalize_domain, d, source, f"transport.{d}"): _transport_fact(
+            v, source, f"transport.{d}"
+        )
         for d, v in raw_levels.items()
     }
     raw_contacts = data.get("contacts") or {}
@@ -161,7 +165,9 @@ def facts_from_mapping(data: Any, source: str = "<facts>") -> StaticFacts:
             raise ConfigError(source, key, "expected {sms: '+31...', access_code: true}")
         sms = entry.get("sms")
         if sms is not None and not (isinstance(sms, str) and _is_e164(sms)):
-            raise ConfigError(source, f"{key}.sms", f"{sms!r} is not an E.164 number (+ and digits)")
+            raise ConfigError(
+                source, f"{key}.sms", f"{sms!r} is not an E.164 number (+ and digits)"
+            )
         code = entry.get("access_code", False)
         if not isinstance(code, bool):
             raise ConfigError(source, f"{key}.access_code", "expected true or false")
@@ -182,4 +188,10 @@ def load_facts(path: str) -> StaticFacts:
 
 def _is_e164(text: str) -> bool:
     digits = text[1:]
-    return text.startswith("+") and digits.isascii() and digits.isdigit() and 2 <= len(digits) <= 15 and digits[0] != "0"
+    return (
+        text.startswith("+")
+        and digits.isascii()
+        and digits.isdigit()
+        and 2 <= len(digits) <= 15
+        and digits[0] != "0"
+    )

@@ -119,8 +119,13 @@ class Gateway:
         for d in result.decision.recipients:
             log.info(
                 "to=<%s> delivery=%s method=%s level=%s rule=%s conversation=%s",
-                d.address, d.delivery.value, d.method.value, d.level.value if d.level else "-",
-                d.rule, d.conversation, extra=_ctx(tx),
+                d.address,
+                d.delivery.value,
+                d.method.value,
+                d.level.value if d.level else "-",
+                d.rule,
+                d.conversation,
+                extra=_ctx(tx),
             )
 
         original = _original_headers(tx)
@@ -136,9 +141,11 @@ class Gateway:
                 outgoing.append(self._outgoing(tx, copy, sender))
             if failed and sender:
                 report = dsn.build_dsn(
-                    original, sender,
+                    original,
+                    sender,
                     [(d.address, "5.7.1", d.reason) for d in failed],
-                    self.hostname, self.clock.now(UTC),
+                    self.hostname,
+                    self.clock.now(UTC),
                 )
                 outgoing.append(Outgoing("", [sender], report.as_bytes(policy=SMTP_POLICY), "DSN"))
             replies = self.reinjector.send(outgoing)
@@ -172,7 +179,8 @@ class Gateway:
         with _clean_copy(tx) as content:
             return self.store.save_message(
                 NewMessage(
-                    sender=result.envelope.sender or "mailer-daemon@" + self.cfg.organization.domains[0],
+                    sender=result.envelope.sender
+                    or "mailer-daemon@" + self.cfg.organization.domains[0],
                     subject=str(original.get("Subject", "")),
                     content=content,
                     recipients=[_new_recipient(d) for d in delivered],
@@ -208,9 +216,12 @@ class Gateway:
 
     def _outgoing(self, tx: Transaction, copy: _Copy, sender: str) -> Outgoing:
         if copy.message is not None:
-            return Outgoing(sender, copy.recipients, copy.message.as_bytes(policy=SMTP_POLICY), copy.what)
+            return Outgoing(
+                sender, copy.recipients, copy.message.as_bytes(policy=SMTP_POLICY), copy.what
+            )
         assert copy.route is not None
-        spool = tempfile.SpooledTemporaryFile(max_size=self.cfg.milter.spool_threshold)
+        # closed by the milter once the whole batch is sent (Outgoing.content is read once)
+        spool = tempfile.SpooledTemporaryFile(max_size=self.cfg.milter.spool_threshold)  # noqa: SIM115
         spool.write(f"{ROUTE_HEADER}: direct-{copy.route.value}\r\n".encode())
         with _clean_copy(tx) as content:
             shutil.copyfileobj(content, spool)

@@ -9,7 +9,7 @@ MINIMUM_VERIFICATION = "zivver-minimum-recipient-verification"
 #: Directive headers set by the sending application; always removed from every message (SPEC 2).
 DIRECTIVE_HEADERS = (ACCESS_RIGHT, DIRECT_DELIVERY, MINIMUM_VERIFICATION)
 
-#: Added by the milter to direct-delivery copies; Postfix routes on it and removes it on the way out.
+#: Added by the milter to direct-delivery copies; Postfix routes on it, removes it on the way out.
 ROUTE_HEADER = "X-Zivmilter-Route"
 
 _DIRECTIVES = frozenset(DIRECTIVE_HEADERS)

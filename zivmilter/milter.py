@@ -28,7 +28,7 @@ def _crlf(text: str) -> bytes:
 
 
 @Milter.header_leading_space
-class ZivMilter(Milter.Base):  # type: ignore[misc]
+class ZivMilter(Milter.Base):
     """One instance per SMTP connection (libmilter calls the factory per connection)."""
 
     gateway: Gateway  # set on the class by `serve`
@@ -46,7 +46,7 @@ class ZivMilter(Milter.Base):  # type: ignore[misc]
         self.body_offset = 0
 
     # -- collection ----------------------------------------------------------------------
-    @Milter.noreply  # type: ignore[misc]
+    @Milter.noreply
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
             self.client_address = str(hostaddr[0])
@@ -58,7 +58,7 @@ class ZivMilter(Milter.Base):  # type: ignore[misc]
         self.sender = mailfrom
         return Milter.CONTINUE
 
-    @Milter.noreply  # type: ignore[misc]
+    @Milter.noreply
     def envrcpt(self, to: str, *params: str) -> int:
         self.recipients.append(to)
         return Milter.CONTINUE
@@ -68,21 +68,22 @@ class ZivMilter(Milter.Base):  # type: ignore[misc]
         # stall per message: see POSTFIX-NOTES.
         return Milter.CONTINUE
 
-    @Milter.noreply  # type: ignore[misc]
+    @Milter.noreply
     def header(self, name: str, value: str) -> int:
         self.headers.append((name, value))
         return Milter.CONTINUE
 
-    @Milter.noreply  # type: ignore[misc]
+    @Milter.noreply
     def eoh(self) -> int:
-        self.spool = tempfile.SpooledTemporaryFile(max_size=self.spool_threshold)
+        # lives until end of message or abort: closed in _close_spool
+        self.spool = tempfile.SpooledTemporaryFile(max_size=self.spool_threshold)  # noqa: SIM115
         for name, value in self.headers:
             self.spool.write(name.encode("ascii", "replace") + b":" + _crlf(value) + b"\r\n")
         self.spool.write(b"\r\n")
         self.body_offset = self.spool.tell()
         return Milter.CONTINUE
 
-    @Milter.noreply  # type: ignore[misc]
+    @Milter.noreply
     def body(self, chunk: bytes) -> int:
         if self.spool is not None:
             self.spool.write(chunk)
@@ -110,7 +111,9 @@ class ZivMilter(Milter.Base):  # type: ignore[misc]
         except Exception:
             ref = secrets.token_hex(4)
             log.exception("tempfail, ref %s", ref, extra=extra)
-            self.setreply("451", "4.3.0", f"zivmilter: temporary failure, ref {ref}; try again later")
+            self.setreply(
+                "451", "4.3.0", f"zivmilter: temporary failure, ref {ref}; try again later"
+            )
             return Milter.TEMPFAIL
         finally:
             self._close_spool()

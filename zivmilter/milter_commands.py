@@ -23,11 +23,10 @@ def _transport_source(cfg: config_mod.Config) -> Any:
         from .transport.live import TransportFacts
     except ImportError:
         return None
-    return TransportFacts.start(cfg)
+    return TransportFacts(cfg).start()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import sdnotify
     from .gateway import Gateway
     from .livefacts import LiveFacts
     from .milter import serve
@@ -42,11 +41,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise StoreError(f"{cfg.store.path}: cannot create the store folder: {exc}") from None
     store = SqliteStore.open(cfg.store.path, kek)
-    facts: Facts
-    if args.facts:
-        facts = load_facts(args.facts)
-    else:
-        facts = LiveFacts(cfg, store, _transport_source(cfg))
+    facts: Facts = (
+        load_facts(args.facts) if args.facts else LiveFacts(cfg, store, _transport_source(cfg))
+    )
     reinjector = SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout)
     gateway = Gateway(cfg, facts, store, reinjector)
     serve(
@@ -54,9 +51,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.milter.socket,
         cfg.milter.timeout,
         cfg.milter.spool_threshold,
-        ready=lambda: sdnotify.notify("READY=1"),
+        ready=_ready,
     )
     return 0
+
+
+def _ready() -> None:
+    from . import sdnotify
+
+    sdnotify.notify("READY=1")  # no-op outside systemd
 
 
 def add_commands(sub: Any) -> None:

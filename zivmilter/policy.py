@@ -81,7 +81,7 @@ class Envelope:
 
 
 class _Ctx:
-    __slots__ = ("address", "cfg", "directives", "domain", "facts", "minimum", "_transport")
+    __slots__ = ("_transport", "address", "cfg", "directives", "domain", "facts", "minimum")
 
     def __init__(
         self,
@@ -108,21 +108,31 @@ class _Ctx:
     def meets(self, minimum: DirectDeliveryRequest) -> bool:
         t = self.transport
         floor = Level.PKIX if minimum.certificate_validation else Level.TLS
-        return t.level >= floor and t.tls_version is not None and t.tls_version >= minimum.tls_version
+        return (
+            t.level >= floor and t.tls_version is not None and t.tls_version >= minimum.tls_version
+        )
 
 
 _Rule = Callable[[_Ctx, str], RecipientDecision | None]
 
 
 def _direct(ctx: _Ctx, method: Method, rule: str, reason: str) -> RecipientDecision:
-    return RecipientDecision(ctx.address, method, Delivery.DIRECT, ctx.transport.level, rule, reason)
+    return RecipientDecision(
+        ctx.address, method, Delivery.DIRECT, ctx.transport.level, rule, reason
+    )
 
 
 def _notify(
-    ctx: _Ctx, method: Method, rule: str, reason: str, kind: AccessKind | None = None,
+    ctx: _Ctx,
+    method: Method,
+    rule: str,
+    reason: str,
+    kind: AccessKind | None = None,
     secret: str | None = None,
 ) -> RecipientDecision:
-    return RecipientDecision(ctx.address, method, Delivery.NOTIFICATION, None, rule, reason, kind, secret)
+    return RecipientDecision(
+        ctx.address, method, Delivery.NOTIFICATION, None, rule, reason, kind, secret
+    )
 
 
 def _account(ctx: _Ctx, rule: str) -> RecipientDecision | None:
@@ -132,12 +142,16 @@ def _account(ctx: _Ctx, rule: str) -> RecipientDecision | None:
         level = ctx.transport.level
         if level >= Level.PKIX:  # IDD requirement (SPEC 4): CA-valid TLS 1.2+, PANE or DANE
             return _direct(
-                ctx, Method.ACCOUNT, rule,
+                ctx,
+                Method.ACCOUNT,
+                rule,
                 f"recipient has an account; {ctx.domain} has inbound direct delivery and its MX "
                 f"meets the IDD requirement ({level.value})",
             )
         return _notify(
-            ctx, Method.ACCOUNT, rule,
+            ctx,
+            Method.ACCOUNT,
+            rule,
             f"recipient has an account; {ctx.domain} has inbound direct delivery but its MX "
             f"does not meet the IDD requirement (found {level.value}, needs pkix or better)",
         )
@@ -154,7 +168,9 @@ def _nta7516(ctx: _Ctx, rule: str) -> RecipientDecision | None:
     if level < Level.TLS:  # NTA 7516 mandates TLS; never deliver in clear text on its word
         return None
     return _direct(
-        ctx, Method.NTA7516, rule,
+        ctx,
+        Method.NTA7516,
+        rule,
         f"sender and {ctx.domain} are NTA 7516 compliant ({nta.reason}); best level {level.value}",
     )
 
@@ -164,7 +180,9 @@ def _direct_delivery(ctx: _Ctx, rule: str) -> RecipientDecision | None:
     if minimum is None or not ctx.meets(minimum):
         return None
     return _direct(
-        ctx, Method.DIRECT_DELIVERY, rule,
+        ctx,
+        Method.DIRECT_DELIVERY,
+        rule,
         f"{ctx.domain} MX meets the requested minimum {minimum.describe()} "
         f"(found {ctx.transport.level.value})",
     )
@@ -176,8 +194,12 @@ def _custom(ctx: _Ctx, rule: str) -> RecipientDecision | None:
         return None
     what = "SMS code" if right.kind is AccessKind.SMS else "access code"
     return _notify(
-        ctx, Method.CUSTOM_ACCESS_RIGHT, rule,
-        f"custom access right from zivver-access-right: {what}", right.kind, right.value,
+        ctx,
+        Method.CUSTOM_ACCESS_RIGHT,
+        rule,
+        f"custom access right from zivver-access-right: {what}",
+        right.kind,
+        right.value,
     )
 
 
@@ -189,8 +211,11 @@ def _transport_security(ctx: _Ctx, rule: str) -> RecipientDecision | None:
     if level < wanted:
         return None
     return _direct(
-        ctx, Method.TRANSPORT_SECURITY, rule,
-        f"transport security compliance: {ctx.domain} MX meets {wanted.value} (found {level.value})",
+        ctx,
+        Method.TRANSPORT_SECURITY,
+        rule,
+        f"transport security compliance: {ctx.domain} MX meets {wanted.value} "
+        f"(found {level.value})",
     )
 
 
@@ -201,8 +226,12 @@ def _sms(ctx: _Ctx, rule: str) -> RecipientDecision | None:
     if contact is None or not contact.sms:
         return None
     return _notify(
-        ctx, Method.SMS, rule, "contact book: SMS number this recipient used before",
-        AccessKind.SMS, contact.sms,
+        ctx,
+        Method.SMS,
+        rule,
+        "contact book: SMS number this recipient used before",
+        AccessKind.SMS,
+        contact.sms,
     )
 
 
@@ -213,7 +242,10 @@ def _access_code(ctx: _Ctx, rule: str) -> RecipientDecision | None:
     if contact is None or not contact.access_code:
         return None
     return _notify(
-        ctx, Method.ACCESS_CODE, rule, "contact book: access code this recipient used before",
+        ctx,
+        Method.ACCESS_CODE,
+        rule,
+        "contact book: access code this recipient used before",
         AccessKind.ACCESS_CODE,
     )
 
@@ -226,17 +258,25 @@ def _email_guarded(ctx: _Ctx, rule: str) -> RecipientDecision | None:
     minimum = ctx.minimum or DEFAULT_DIRECT_DELIVERY
     if ctx.directives.email_verification_allowed:
         return _notify(
-            ctx, Method.EMAIL_VERIFICATION, rule,
+            ctx,
+            Method.EMAIL_VERIFICATION,
+            rule,
             "email verification, allowed by zivver-minimum-recipient-verification",
         )
     if ctx.meets(minimum):
         return _notify(
-            ctx, Method.EMAIL_VERIFICATION, rule,
+            ctx,
+            Method.EMAIL_VERIFICATION,
+            rule,
             f"email verification: {ctx.domain} MX meets {minimum.describe()}",
         )
     found = ctx.transport.level.value
     return RecipientDecision(
-        ctx.address, Method.NONE, Delivery.FAILED, None, rule,
+        ctx.address,
+        Method.NONE,
+        Delivery.FAILED,
+        None,
+        rule,
         f"no delivery method allowed: {ctx.domain} MX does not meet the requested minimum "
         f"{minimum.describe()} (found {found}), and email verification over a weaker "
         "connection was not allowed (zivver-minimum-recipient-verification)",
@@ -315,8 +355,15 @@ def decide(envelope: Envelope, directives: Directives, cfg: Config, facts: Facts
             number, next_number = next_number, next_number + 1
         numbered.append(
             RecipientDecision(
-                d.address, d.method, d.delivery, d.level, d.rule, d.reason,
-                d.access_right, d.secret, number,
+                d.address,
+                d.method,
+                d.delivery,
+                d.level,
+                d.rule,
+                d.reason,
+                d.access_right,
+                d.secret,
+                number,
             )
         )
     warnings = tuple(str(issue) for issue in directives.issues)

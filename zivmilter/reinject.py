@@ -81,15 +81,15 @@ class SmtpReinjector:
                 for msg in messages:
                     replies.append(self._one(smtp, msg))
         except (OSError, smtplib.SMTPException) as exc:
-            raise DeliveryError(
-                f"re-injection to {self.host}:{self.port} failed: {exc}"
-            ) from exc
+            raise DeliveryError(f"re-injection to {self.host}:{self.port} failed: {exc}") from exc
         return replies
 
     def _one(self, smtp: smtplib.SMTP, msg: Outgoing) -> str:
         code, reply = smtp.mail(msg.sender)
         if code != 250:
-            raise DeliveryError(f"{msg.what}: MAIL FROM refused: {code} {reply.decode(errors='replace')}")
+            raise DeliveryError(
+                f"{msg.what}: MAIL FROM refused: {code} {reply.decode(errors='replace')}"
+            )
         for rcpt in msg.recipients:
             code, reply = smtp.rcpt(rcpt)
             if code not in (250, 251):
@@ -98,7 +98,8 @@ class SmtpReinjector:
                 )
         code, reply = smtp.docmd("DATA")
         if code != 354:
-            raise DeliveryError(f"{msg.what}: DATA refused: {code} {reply}")
+            text = reply.decode(errors="replace")
+            raise DeliveryError(f"{msg.what}: DATA refused: {code} {text}")
         for piece in _dot_stuffed(msg.content):
             smtp.send(piece)
         smtp.send(b".\r\n")

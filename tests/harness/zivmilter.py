@@ -65,10 +65,14 @@ class ZivmilterProcess:
         if not self.key_file.exists():
             subprocess.run(
                 [sys.executable, "-m", "zivmilter", "keygen", str(self.key_file)],
-                check=True, cwd=REPO, capture_output=True,
+                check=True,
+                cwd=REPO,
+                capture_output=True,
             )
         self.proc = subprocess.Popen(
-            self.command(), cwd=REPO, stdout=subprocess.DEVNULL,
+            self.command(),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
             stderr=self.log_file.open("ab"),
         )
         deadline = time.monotonic() + 20

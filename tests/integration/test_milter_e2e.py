@@ -86,7 +86,9 @@ def sinks(hosts: None, ca_file: tuple[trustme.CA, str]) -> Iterator[dict[str, Si
 
 
 @pytest.fixture(scope="module")
-def gateway(sinks: dict[str, Sink], ca_file: tuple[trustme.CA, str]) -> Iterator[tuple[PostfixInstance, ZivmilterProcess]]:
+def gateway(
+    sinks: dict[str, Sink], ca_file: tuple[trustme.CA, str]
+) -> Iterator[tuple[PostfixInstance, ZivmilterProcess]]:
     pf = PostfixInstance(milter=None, tls_ca_file=ca_file[1])
     z = ZivmilterProcess(reinject_port=pf.reinject_port, facts=FACTS, config=CONFIG)
     pf.milter = z.postfix_socket
@@ -121,15 +123,25 @@ def test_mixed_message_notifications_direct_and_bcc(
         f"zivver-access-right: carol@oldmail.example sms {PHONE}\n"
         f"ZIVVER-ACCESS-RIGHT: dave@oldmail.example access-code {CODE}\n"
     )
-    rcpts = ["bob@partner.example", "carol@oldmail.example", "dave@oldmail.example",
-             "s@x.example", "t@x.example"]
+    rcpts = [
+        "bob@partner.example",
+        "carol@oldmail.example",
+        "dave@oldmail.example",
+        "s@x.example",
+        "t@x.example",
+    ]
     assert send(pf, "alice@hospital.example", rcpts, data) == {}
 
     notes = new_messages(plain, p0, 4)
     time.sleep(1)
     assert len(plain.received) == p0 + 4, "exactly one notification per notification recipient"
     got = {r.rcpt_tos: r for r in notes}
-    assert set(got) == {("carol@oldmail.example",), ("dave@oldmail.example",), ("s@x.example",), ("t@x.example",)}
+    assert set(got) == {
+        ("carol@oldmail.example",),
+        ("dave@oldmail.example",),
+        ("s@x.example",),
+        ("t@x.example",),
+    }
     tokens = set()
     for rcpts_of, r in got.items():
         text = r.data.decode("utf-8", "replace")
@@ -158,7 +170,9 @@ def test_mixed_message_notifications_direct_and_bcc(
     assert direct.tls_version in ("TLSv1.2", "TLSv1.3")
     assert BODY_MARKER in direct.data.decode()
     assert b"zivver-" not in direct.data.lower() and b"x-zivmilter-route" not in direct.data.lower()
-    pf.wait_for_log(r"postfix/zivmilter-pkix/smtp\[\d+\]: \w+: to=<bob@partner\.example>.*status=sent")
+    pf.wait_for_log(
+        r"postfix/zivmilter-pkix/smtp\[\d+\]: \w+: to=<bob@partner\.example>.*status=sent"
+    )
 
     with sqlite3.connect(z.store_path / "store.sqlite3") as db:
         saved = db.execute(
@@ -172,7 +186,11 @@ def test_mixed_message_notifications_direct_and_bcc(
         content = stream.read()
         assert content.endswith((BODY_MARKER + "\r\n").encode())
         assert b"zivver-" not in content.lower()
-        for line in (b"Subject: Lab results", b"Cc: dave@oldmail.example", b"Message-ID: <mixed-1@hospital.example>"):
+        for line in (
+            b"Subject: Lab results",
+            b"Cc: dave@oldmail.example",
+            b"Message-ID: <mixed-1@hospital.example>",
+        ):
             assert line in content
     finally:
         store.close()
@@ -218,9 +236,7 @@ def test_all_recipients_failed_message_discarded_with_dsn(
     pf, _ = gateway
     plain, weak = sinks["plain"], sinks["weak"]
     p0, w0 = len(plain.received), len(weak.received)
-    data = message(
-        "To: no@weak.example\nSubject: x\nzivver-direct-delivery: tls tls1.3\n"
-    )
+    data = message("To: no@weak.example\nSubject: x\nzivver-direct-delivery: tls tls1.3\n")
     assert send(pf, "alice@hospital.example", ["no@weak.example"], data) == {}
     (report,) = new_messages(plain, p0, 1)
     assert b"no@weak.example" in report.data

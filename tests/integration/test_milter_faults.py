@@ -43,9 +43,12 @@ def _setup(reinject_port: int | None = None) -> tuple[PostfixInstance, Zivmilter
 
 
 def _send_expect_4xx(pf: PostfixInstance, rcpts: list[str]) -> smtplib.SMTPResponseException:
-    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s, pytest.raises(
-        (smtplib.SMTPDataError, smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused)
-    ) as info:
+    with (
+        smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s,
+        pytest.raises(
+            (smtplib.SMTPDataError, smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused)
+        ) as info,
+    ):
         s.sendmail("alice@hospital.example", rcpts, DATA)
     exc = info.value
     code = exc.smtp_code if isinstance(exc, smtplib.SMTPResponseException) else 0
