@@ -72,3 +72,22 @@ ODD_FETCH_TIMEOUT = 30.0
 ODD_MAX_LIST_BYTES = 10 * 1024 * 1024
 ODD_REFRESH_SLACK = 3600  # a list is due this much before 24 h, so a daily timer never skips it
 ODD_RELOAD_SECONDS = 60.0  # the milter re-reads the lists `odd-refresh` stored this often
+
+# --- submission and selection (SPEC 6, 7: submission.py, selection.py, spf.py) -----------
+LOCAL_CLIENT_ADDRESS = "127.0.0.1"  # a message without a network client counts as from here
+SPF_TIMEOUT = 20.0  # seconds for all DNS lookups of one SPF check (RFC 7208 4.6.4)
+SMTP_REPLY_TEXT_MAX = 400  # characters of a rejection text; libmilter refuses 980 and more
+
+# --- guest portal (zivmilter/portal) ------------------------------------------------------
+PORTAL_SESSION_SECONDS = 3600  # a verified session (cookie) lasts this long
+PORTAL_LINK_SECONDS = 24 * 3600  # the proof of having opened the link, before verification
+PORTAL_WORKERS = 1  # uvicorn worker processes (`zivmilter portal --workers`)
+PORTAL_PURGE_SECONDS = 300.0  # how often the portal revokes messages past their expiry
+PORTAL_MAIL_FROM = "noreply"  # local part, at the first organization domain, of portal mail
+PORTAL_MAX_REPLY_BYTES = 25 * 1024 * 1024  # text and attachments of one secure reply
+PORTAL_MAX_REPLY_FILES = 10
+OTP_DIGITS = 6
+OTP_MAX_SENDS = 10  # codes sent for one link before a successful verification
+LOCKOUT_MAX_SECONDS = 24 * 3600  # the growing lockout stops growing here
+TOTP_STEP_SECONDS = 30  # authenticator apps (RFC 6238 default)
+TOTP_DRIFT_STEPS = 1  # steps of clock drift accepted either side

@@ -1,0 +1,14 @@
+"""Transport security of recipient domains (SPEC 4, 4a, 9): probing, caching, NTA 7516, ODD lists.
+
+Pure parts: model.py (results), grade.py (levels), dane.py (TLSA matching), nta7516.py.
+I/O at the edge: resolver.py (DNS), starttls.py (SMTP+TLS), probe.py (one domain), cache.py and
+odd.py (SQLite, HTTP), live.py (the milter's `Facts` side), commands.py (CLI).
+"""
+
+from __future__ import annotations
+
+from .live import TransportFacts
+from .model import DomainResult, HostResult
+from .probe import Prober
+
+__all__ = ["DomainResult", "HostResult", "Prober", "TransportFacts"]

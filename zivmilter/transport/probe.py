@@ -1,0 +1,189 @@
+"""The prober: what transport security a recipient domain's MX hosts offer (SPEC 4, 4a).
+
+MX lookup (implicit MX, null MX), per host its addresses, TLSA records and STARTTLS outcome
+(starttls.py), all through the configured validating resolver (resolver.py); grade.py and dane.py
+judge; the apex NTA 7516 TXT record comes along. Every failure is a value with a reason: `probe`
+never raises. live.py runs it in the background, commands.py for `zivmilter probe`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import socket
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from .. import defaults
+from ..addresses import normalize_domain
+from ..config import TransportConfig
+from ..levels import Level
+from . import dane, grade, nta7516
+from .model import DaneOutcome, Dnssec, DomainResult, HostResult, NtaLookup, TlsaRecord, TlsResult
+from .resolver import DnsAnswer, Resolver
+from .starttls import probe_address
+
+log = logging.getLogger("zivmilter.transport")
+
+Clock = Callable[[], float]
+
+
+class Prober:
+    """`Prober(config.transport).probe("example.org") -> DomainResult`; thread-safe."""
+
+    def __init__(
+        self, config: TransportConfig, *, clock: Clock = time.time, ehlo: str | None = None
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.ehlo = ehlo or socket.gethostname() or "localhost"
+        self.resolver = Resolver(config.resolver)
+
+    def __call__(self, domain: str) -> DomainResult:
+        return self.probe(domain)
+
+    def probe(self, domain: str) -> DomainResult:
+        checked_at = self.clock()
+        try:
+            name = normalize_domain(domain)
+        except ValueError as exc:
+            return DomainResult(domain, Level.NONE, None, str(exc), checked_at)
+        try:
+            return self._probe(name, checked_at)
+        except Exception as exc:  # a fault here must not become an exception in the milter
+            log.exception("probe of %s failed", name)
+            return DomainResult(name, Level.NONE, None, f"internal error: {exc!r}", checked_at)
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def _left(self, deadline: float) -> float:
+        return min(self.config.timeout, deadline - time.monotonic())
+
+    def _probe(self, domain: str, checked_at: float) -> DomainResult:
+        deadline = time.monotonic() + self.config.domain_budget
+        with concurrent.futures.ThreadPoolExecutor(
+            max_workers=defaults.PROBE_HOSTS_PARALLEL, thread_name_prefix="probe"
+        ) as pool:
+            nta_future = pool.submit(self._nta, domain, deadline)
+            mx = self.resolver.query(domain, "MX", self._left(deadline))
+            hosts_or_reason = self._mx_hosts(domain, mx)
+            if isinstance(hosts_or_reason, str):
+                nta = nta_future.result()
+                return DomainResult(domain, Level.NONE, None, hosts_or_reason, checked_at, (), nta)
+            futures = [
+                pool.submit(self._host, host, pref, mx.secure, deadline)
+                for pref, host in hosts_or_reason
+            ]
+            hosts = tuple(f.result() for f in futures)
+            nta = nta_future.result()
+        level, version, reason = grade.grade_domain(hosts)
+        return DomainResult(domain, level, version, reason, checked_at, hosts, nta)
+
+    def _mx_hosts(self, domain: str, mx: DnsAnswer) -> list[tuple[int, str]] | str:
+        """MX hosts by preference, or why the domain takes no mail we could probe."""
+        if mx.status == "nxdomain":
+            return "the domain does not exist (NXDOMAIN)"
+        if mx.status == "error":
+            return f"MX lookup failed: {mx.error}"
+        if mx.status == "nodata":
+            return [(0, domain)]  # implicit MX (RFC 5321 5.1): the domain's own addresses
+        hosts: list[tuple[int, str]] = []
+        for rdata in mx.records:
+            target = rdata.exchange.to_text(omit_final_dot=True).lower()
+            if target in ("", "."):
+                return "null MX (RFC 7505): the domain accepts no mail"
+            if (rdata.preference, target) not in hosts:
+                hosts.append((int(rdata.preference), target))
+        return sorted(hosts)
+
+    def _addresses(self, host: str, deadline: float) -> tuple[list[str], bool, str | None]:
+        """Addresses of a host, whether all its address RRsets validated, and a lookup problem."""
+        found: list[str] = []
+        secure = True
+        problems: list[str] = []
+        for rdtype in ("A", "AAAA"):
+            answer = self.resolver.query(host, rdtype, self._left(deadline))
+            if answer.status == "error":
+                problems.append(answer.error or f"{rdtype} lookup failed")
+                secure = False
+                continue
+            secure = secure and answer.secure
+            found += [r.address for r in answer.records]
+        if not found:
+            return [], False, "; ".join(problems) or f"{host} has no address records"
+        # One family failing while the other answered is what Postfix shrugs off too.
+        return found, secure, None
+
+    def _tlsa(
+        self, host: str, deadline: float
+    ) -> tuple[tuple[TlsaRecord, ...], bool, str | None]:
+        name = f"_{self.config.smtp_port}._tcp.{host}"
+        answer = self.resolver.query(name, "TLSA", self._left(deadline))
+        if answer.status == "error":
+            return (), False, f"TLSA lookup failed: {answer.error}"
+        records = tuple(
+            TlsaRecord(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in answer.records
+        )
+        return records, answer.secure, None
+
+    def _host(self, host: str, preference: int, mx_secure: bool, deadline: float) -> HostResult:
+        addresses, address_secure, problem = self._addresses(host, deadline)
+        dnssec = Dnssec(mx=mx_secure, address=address_secure)
+        if problem is not None:
+            return HostResult(host, preference, dnssec=dnssec, error=problem, reason=problem)
+        tlsa: tuple[TlsaRecord, ...] = ()
+        tlsa_problem = None
+        # RFC 7672 2.2.2: TLSA records count only for hosts whose addresses validated.
+        if mx_secure and address_secure:
+            tlsa, tlsa_secure, tlsa_problem = self._tlsa(host, deadline)
+            dnssec = Dnssec(mx=True, address=True, tlsa=tlsa_secure)
+        graded: list[tuple[Level, str, TlsResult, DaneOutcome | None]] = []
+        for address in addresses[: defaults.PROBE_MAX_ADDRESSES]:
+            tls = probe_address(
+                address,
+                host,
+                self.config.smtp_port,
+                ca_file=self.config.ca_file,
+                ehlo=self.ehlo,
+                deadline=deadline,
+                step=self.config.timeout,
+            )
+            outcome = None
+            if tlsa and dnssec.tlsa and tls.chain:
+                outcome = dane.check(tlsa, tls.chain, host, datetime.now(UTC))
+            level, reason = grade.grade_connection(tls, dnssec, outcome)
+            graded.append((level, reason, tls, outcome))
+        answering = [g for g in graded if g[2].connected] or graded
+        level, reason, tls, outcome = min(answering, key=lambda g: g[0].rank)
+        usable = [r for r in tlsa if dane.usable(r)] if dnssec.tlsa else []
+        dane_valid = outcome.valid if outcome is not None and usable else None
+        if usable and outcome is None:
+            dane_valid = False  # there was something to match, but no certificate to match it on
+        errors = [e for e in (tls.error, tlsa_problem) if e]
+        if dane_valid is False and outcome is not None:
+            errors.append(f"DANE: {outcome.reason}")
+        return HostResult(
+            host=host,
+            preference=preference,
+            addresses=tuple(addresses),
+            starttls=tls.starttls,
+            tls_version=tls.tls_version,
+            pkix_valid=tls.pkix_valid,
+            pkix_error=tls.pkix_error,
+            dnssec=dnssec,
+            tlsa=tlsa,
+            dane_valid=dane_valid,
+            error="; ".join(errors) or None,
+            level=level,
+            reason=reason if not tlsa_problem else f"{reason} ({tlsa_problem})",
+        )
+
+    def _nta(self, domain: str, deadline: float) -> NtaLookup:
+        answer = self.resolver.query(domain, "TXT", self._left(deadline))
+        if answer.status == "error":
+            return NtaLookup(error=answer.error)
+        texts = [
+            b"".join(r.strings).decode("utf-8", "replace") for r in answer.records
+        ]
+        return NtaLookup(tuple(t for t in texts if nta7516.is_candidate(t)), answer.secure)
