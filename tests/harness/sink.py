@@ -66,7 +66,8 @@ class Sink:
         self.host = host
         self.port = port
         self._handler = _Handler()
-        kwargs: dict[str, Any] = {"server_hostname": hostname}
+        # room for the 50 MB messages of the memory bench (aiosmtpd's default is 32 MiB)
+        kwargs: dict[str, Any] = {"server_hostname": hostname, "data_size_limit": 256 * 2**20}
         if tls is not None:
             kwargs["tls_context"] = tls
         self._controller = Controller(
