@@ -86,6 +86,10 @@ def test_null_compliance_means_none(tmp_path: Path) -> None:
             "organization: {domains: [a.example]}\nsubmission: {trusted_networks: [10.0.0.0/33]}\n",
             "submission.trusted_networks",
         ),
+        (
+            "organization: {domains: [a.example]}\ntransport: {resolver: [dns.example]}\n",
+            "transport.resolver: 'dns.example' is not a resolver address",
+        ),
         ("organization: [\n", "not valid YAML (line"),
         ("- just\n- a list\n", "(top level): expected a mapping"),
     ],

@@ -71,6 +71,18 @@ def _socket(value: str) -> str:
     raise ValueError(f"{value!r} is not a milter socket (unix:/PATH or inet:PORT@HOST)")
 
 
+def _resolvers(values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:
+        host, _, port = v.partition("@")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a resolver address (IP or IP@PORT)") from None
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{v!r}: {port!r} is not a port")
+    return values
+
+
 def _port(value: int) -> int:
     if not 0 < value < 65536:
         raise ValueError(f"{value} is not a TCP port")
@@ -226,7 +238,7 @@ class NotificationConfig:
 @dataclass(frozen=True)
 class TransportConfig:
     # Resolver addresses ("IP" or "IP@PORT"); empty: the system's resolv.conf.
-    resolver: tuple[str, ...] = ()
+    resolver: tuple[str, ...] = field(default=(), metadata=_check(_resolvers))
     smtp_port: int = field(default=defaults.SMTP_PORT, metadata=_check(_port))
     timeout: float = field(default=defaults.PROBE_TIMEOUT, metadata=_check(_positive))
     domain_budget: float = field(default=defaults.PROBE_DOMAIN_BUDGET, metadata=_check(_positive))
