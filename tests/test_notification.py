@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from email import policy
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
 import pytest
@@ -66,7 +66,7 @@ def build(
     verification: Verification | None = None,
     language: str = "en",
     subject_mode: str = "show",
-) -> EmailMessage:
+) -> Message:
     return build_notification(
         orig or original(),
         recipient="bob@example.net",
@@ -79,17 +79,19 @@ def build(
     )
 
 
-def wire(msg: EmailMessage) -> bytes:
+def wire(msg: Message) -> bytes:
     return msg.as_bytes(policy=policy.SMTP)
 
 
-def reparse(msg: EmailMessage) -> EmailMessage:
+def reparse(msg: Message) -> EmailMessage:
     out = BytesParser(policy=policy.default).parsebytes(wire(msg))
     assert isinstance(out, EmailMessage)
     return out
 
 
-def texts(msg: EmailMessage) -> tuple[str, str]:
+def texts(msg: Message) -> tuple[str, str]:
+    """The two parts as a recipient's mail reader decodes them from the wire."""
+    msg = msg if isinstance(msg, EmailMessage) else reparse(msg)
     plain = msg.get_body(("plain",))
     html = msg.get_body(("html",))
     assert plain is not None and html is not None

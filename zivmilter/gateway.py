@@ -20,10 +20,10 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
+from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
-from email.policy import default as default_policy
+from email.policy import compat32
 from typing import BinaryIO
 
 from . import dsn, notification
@@ -85,7 +85,7 @@ class _Copy:
     """One outgoing message: who gets it and its headers + body."""
 
     recipients: tuple[str, ...]  # normalized addresses
-    message: EmailMessage | None  # None: the original (direct copy), with header edits only
+    message: Message | None  # None: the original (direct copy), with header edits only
     route: Level | None  # direct-delivery level, for the route header
     what: str
 
@@ -172,7 +172,7 @@ class Gateway:
         tx: Transaction,
         result: Assessment,
         delivered: list[RecipientDecision],
-        original: EmailMessage,
+        original: Message,
     ) -> SavedMessage:
         expiry = self.cfg.policy.expiry_days
         expires = self.clock.now(UTC) + timedelta(days=expiry) if expiry else None
@@ -194,7 +194,7 @@ class Gateway:
         self,
         tx: Transaction,
         delivered: list[RecipientDecision],
-        original: EmailMessage,
+        original: Message,
         saved: SavedMessage | None,
     ) -> list[_Copy]:
         """Direct groups first (one per level), then one notification per recipient."""
@@ -216,9 +216,7 @@ class Gateway:
 
     def _outgoing(self, tx: Transaction, copy: _Copy, sender: str) -> Outgoing:
         if copy.message is not None:
-            return Outgoing(
-                sender, copy.recipients, copy.message.as_bytes(policy=SMTP_POLICY), copy.what
-            )
+            return Outgoing(sender, copy.recipients, copy.message.as_bytes(), copy.what)
         assert copy.route is not None
         # closed by the milter once the whole batch is sent (Outgoing.content is read once)
         spool = tempfile.SpooledTemporaryFile(max_size=self.cfg.milter.spool_threshold)  # noqa: SIM115
@@ -265,7 +263,7 @@ class Gateway:
             counts[key] = counts.get(key, 0) + 1
             if key not in _KEEP_ON_REWRITE:
                 deletions.append((name, counts[key]))
-        head, _, body = kept.message.as_bytes(policy=SMTP_POLICY).partition(b"\r\n\r\n")
+        head, _, body = kept.message.as_bytes().partition(b"\r\n\r\n")
         return Plan(
             delete_headers=deletions,
             add_headers=_header_fields(head),
@@ -337,12 +335,11 @@ def _verification_text(d: RecipientDecision) -> notification.Verification:
     return notification.Verification("email")
 
 
-def _original_headers(tx: Transaction) -> EmailMessage:
+def _original_headers(tx: Transaction) -> Message:
     tx.message.seek(0)
     head = tx.message.read(tx.body_offset)
-    msg = BytesHeaderParser(policy=default_policy).parsebytes(head)
-    assert isinstance(msg, EmailMessage)
-    return msg
+    # compat32: raw values, no parsing of every header on the hot path
+    return BytesHeaderParser(policy=compat32).parsebytes(head)
 
 
 class _clean_copy:
