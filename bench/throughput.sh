@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Throughput of a private Postfix (built from the shipped postfix/ snippets) with and without a
+# milter: Postfix's smtp-source -> Postfix -> Postfix's smtp-sink, end to end (until the sink has
+# every message), inside scripts/sandbox. Run as root from anywhere:
+#
+#   bench/throughput.sh                  # 2000 messages of 5 KB over 10 sessions
+#   MESSAGES=500 SESSIONS=4 SIZE=20480 ROUNDS=3 bench/throughput.sh
+#
+# Cases: (a) no milter; (b) bench/noop_milter.py with the TCP fix of POSTFIX-NOTES, over TCP;
+# (b0) the same milter as pymilter ships it (--stock), to show what the fix is worth; (c)
+# zivmilter securing every message, when ZIVMILTER_BENCH_CMD is set. That command is run with
+# `bash -c`, must serve a milter on $ZIVMILTER_BENCH_SOCKET (inet:PORT@127.0.0.1) until it is
+# killed, and may re-inject to 127.0.0.1:$ZIVMILTER_BENCH_REINJECT_PORT; $ZIVMILTER_BENCH_DIR is
+# a scratch directory for its config and store. Every message goes to $ZIVMILTER_BENCH_RCPT; the
+# case counts deliveries (status=sent) at the sink: one per message is expected.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+if [[ "${ZIVMILTER_SANDBOX:-}" != 1 ]]; then
+    exec "$REPO/scripts/sandbox" "$REPO/bench/throughput.sh" "$@"
+fi
+cd "$REPO"
+
+export MESSAGES=${MESSAGES:-2000} SESSIONS=${SESSIONS:-10} SIZE=${SIZE:-5120}
+ROUNDS=${ROUNDS:-1}  # best of ROUNDS runs per case: the other load on a shared machine only slows
+export SINK_IP=127.0.0.40 RCPT=user@bench.test
+PY=.venv/bin/python
+
+# Inside the sandbox's private mount namespace: the recipient domain is the sink.
+hosts=$(mktemp)
+printf '127.0.0.1 localhost\n%s bench.test\n' "$SINK_IP" >"$hosts"
+chmod 644 "$hosts"
+mount --bind "$hosts" /etc/hosts
+
+smtp-sink -u postfix "$SINK_IP:25" 256 &
+sink_pid=$!
+cleanup() {
+    kill "$sink_pid" 2>/dev/null || true
+    umount /etc/hosts 2>/dev/null || true
+    rm -f "$hosts"
+}
+trap cleanup EXIT
+
+# One case: milter command (or none) -> prints "NAME RATE" on the last line of stdout.
+run_case() {
+    "$PY" - "$@" <<'PY'
+import os, shutil, socket, subprocess, sys, tempfile, time
+from tests.harness.postfix import PostfixInstance, free_port
+
+name, kind = sys.argv[1], sys.argv[2]
+messages, sessions, size = (int(os.environ[k]) for k in ("MESSAGES", "SESSIONS", "SIZE"))
+port = free_port()
+spec = f"inet:{port}@127.0.0.1"
+pf = PostfixInstance(milter=None if kind == "none" else spec, relayhost=f"[{os.environ['SINK_IP']}]:25")
+env = dict(os.environ)
+scratch = None
+if kind == "noop":
+    cmd = [sys.executable, "bench/noop_milter.py", spec]
+elif kind == "stock":
+    cmd = [sys.executable, "bench/noop_milter.py", spec, "--stock"]
+elif kind == "zivmilter":
+    scratch = tempfile.mkdtemp(prefix="zivmilter-bench-")
+    os.chmod(scratch, 0o755)
+    env.update(ZIVMILTER_BENCH_SOCKET=spec, ZIVMILTER_BENCH_REINJECT_PORT=str(pf.reinject_port),
+               ZIVMILTER_BENCH_DIR=scratch, ZIVMILTER_BENCH_RCPT=os.environ["RCPT"])
+    cmd = ["bash", "-c", os.environ["ZIVMILTER_BENCH_CMD"]]
+else:
+    cmd = []
+milter = subprocess.Popen(cmd, env=env, start_new_session=True) if cmd else None
+try:
+    if milter is not None:
+        deadline = time.monotonic() + 60
+        while True:
+            if milter.poll() is not None:
+                sys.exit(f"{name}: milter exited with {milter.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    sys.exit(f"{name}: milter did not listen on {spec}")
+                time.sleep(0.1)
+    with pf:
+        t0 = time.monotonic()
+        src = subprocess.run(
+            ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+             "-f", "bench@sender.test", "-t", os.environ["RCPT"], f"127.0.0.1:{pf.smtp_port}"],
+            capture_output=True, text=True)
+        accepted = time.monotonic() - t0
+        if src.returncode != 0:
+            sys.exit(f"{name}: smtp-source failed: {src.stderr.strip()[-500:]}")
+        deadline = time.monotonic() + max(120.0, messages / 5)
+        sent, rest = 0, b""
+        with open(pf.directory / "maillog", "rb") as log:  # read as it grows, not again and again
+            while sent < messages:
+                if time.monotonic() > deadline:
+                    sys.exit(f"{name}: only {sent} of {messages} delivered; queue: {len(pf.queue())}")
+                chunk = rest + log.read()
+                whole, _, rest = chunk.rpartition(b"\n")
+                sent += whole.count(b"status=sent")
+                time.sleep(0.02)
+        done = time.monotonic() - t0
+    print(f"  {name}: {messages} msgs in {done:.2f} s (all accepted after {accepted:.2f} s)",
+          file=sys.stderr)
+    print(f"{name} {messages / done:.1f}")
+finally:
+    if milter is not None:
+        os.killpg(milter.pid, 9)  # our own session: the milter and anything it started
+        milter.wait()
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+PY
+}
+
+echo "throughput: $MESSAGES messages of $SIZE bytes over $SESSIONS sessions," \
+    "smtp-source -> Postfix -> smtp-sink, best of $ROUNDS" >&2
+declare -A rate
+declare -a order
+for spec in "a-no-milter:none" "b-noop-milter-tcp-fix:noop" "b0-noop-milter-stock:stock" \
+    "c-zivmilter:zivmilter"; do
+    name=${spec%%:*}
+    kind=${spec#*:}
+    if [[ $kind == zivmilter && -z "${ZIVMILTER_BENCH_CMD:-}" ]]; then
+        echo "  $name: skipped (set ZIVMILTER_BENCH_CMD to a command serving zivmilter)" >&2
+        continue
+    fi
+    best=0
+    for ((round = 1; round <= ROUNDS; round++)); do
+        line=$(run_case "$name" "$kind" | tail -n 1)
+        best=$(awk -v a="$best" -v b="${line##* }" 'BEGIN { print (b > a) ? b : a }')
+    done
+    rate[$name]=$best
+    order+=("$name")
+done
+
+base=${rate[a-no-milter]}
+printf '\n%-26s %10s %8s\n' case msg/s "vs (a)"
+for name in "${order[@]}"; do
+    printf '%-26s %10s %8s\n' "$name" "${rate[$name]}" \
+        "$(awk -v r="${rate[$name]}" -v b="$base" 'BEGIN { printf "%.2f", r / b }')"
+done

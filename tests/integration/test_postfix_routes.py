@@ -1,0 +1,349 @@
+"""The shipped Postfix snippets (postfix/) on a real Postfix: X-Zivmilter-Route routing.
+
+A tiny pymilter milter stands in for zivmilter and adds the route header; receiving servers are
+aiosmtpd sinks on their own 127.x addresses, port 25, named through a bind-mounted /etc/hosts.
+Run as `python -m tests.integration.test_postfix_routes SOCKET`, this module is that milter.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from tests.harness.dns import SelfSigned, TestDns, Zone, shared_dns, tlsa_rdata
+from tests.harness.postfix import REPO, PostfixInstance
+from tests.harness.sandbox import bind_mounted
+from tests.harness.sink import Sink, server_tls_context
+
+pytestmark = pytest.mark.integration
+
+# Each receiving server has an address of its own; with dns=False its name is the "MX".
+TRUSTED_MX = ("pkix.example.test", "127.0.0.21")  # cert from the CA Postfix trusts
+UNTRUSTED_MX = ("pkix.untrusted.test", "127.0.0.22")  # cert from a CA nobody trusts
+PLAIN_MX = ("plain.test", "127.0.0.23")  # no STARTTLS at all
+RELAY = ("relay.test", "127.0.0.24")  # relayhost: routed mail must bypass it
+HOSTS = "127.0.0.1 localhost\n" + "".join(
+    f"{ip} {name}\n" for name, ip in (TRUSTED_MX, UNTRUSTED_MX, PLAIN_MX, RELAY)
+)
+ROUTE = "X-Zivmilter-Route"
+
+# With real DNS (the shared NSD + Unbound): the pane and dane transports need DNSSEC answers.
+# (Unbound refuses the special-use .test TLD, hence .example here.)
+_ = shared_dns  # the session fixture, imported so pytest finds it
+DANE_CERT = SelfSigned("mx.dane-route.example")
+DNS_MX = {  # zone -> (signed, MX address)
+    "pane-route.example": (True, "127.0.0.31"),
+    "unsigned-route.example": (False, "127.0.0.32"),
+    "dane-route.example": (True, "127.0.0.33"),
+    "notlsa-route.example": (True, "127.0.0.34"),
+}
+
+
+# --- the stand-in milter (runs in its own process: libmilter allows one main loop each) ------
+
+
+def run_milter(socket_spec: str) -> None:
+    """Add `X-Zivmilter-Route: direct-pkix` when a recipient's domain starts with `pkix.`."""
+    import Milter
+
+    class RouteMilter(Milter.Base):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.route = False
+
+        def envfrom(self, mailfrom: str, *args: str) -> int:
+            self.route = False
+            return int(Milter.CONTINUE)
+
+        def envrcpt(self, to: str, *args: str) -> int:
+            domain = to.strip("<>").rpartition("@")[2].lower()
+            self.route = self.route or domain.startswith("pkix.")
+            return int(Milter.CONTINUE)
+
+        def eom(self) -> int:
+            if self.route:
+                self.addheader(ROUTE, "direct-pkix")
+            return int(Milter.ACCEPT)
+
+    os.umask(0)  # the unix socket must be writable by Postfix's smtpd (user postfix)
+    Milter.factory = RouteMilter
+    Milter.set_flags(Milter.ADDHDRS)
+    Milter.runmilter("route-test", socket_spec, timeout=30)
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hosts() -> Iterator[None]:
+    with bind_mounted("/etc/hosts", HOSTS):
+        yield
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def ca_file(ca: Any) -> Iterator[str]:
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
+        f.write(ca.cert_pem.bytes())
+    os.chmod(f.name, 0o644)  # Postfix reads it as the postfix user
+    yield f.name
+    os.unlink(f.name)
+
+
+@pytest.fixture(scope="module")
+def shared_dir() -> Iterator[Path]:
+    # Reachable by the postfix user (pytest's tmp_path is 0700).
+    d = Path(tempfile.mkdtemp(prefix="zivmilter-routes-"))
+    d.chmod(0o755)
+    yield d
+    for child in d.iterdir():
+        child.unlink()
+    d.rmdir()
+
+
+@pytest.fixture(scope="module")
+def milter(shared_dir: Path) -> Iterator[str]:
+    path = shared_dir / "route-milter.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.test_postfix_routes", f"unix:{path}"],
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None, f"test milter exited with {proc.returncode}"
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(str(path))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "test milter did not listen"
+                time.sleep(0.05)
+        yield f"unix:{path}"
+    finally:
+        proc.kill()  # a stateless stub: SIGTERM would make libmilter linger for seconds
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def dns_zones(shared_dns: TestDns) -> TestDns:
+    zones = []
+    for zone, (signed, ip) in DNS_MX.items():
+        records = ["@ MX 10 mx", f"mx A {ip}"]
+        if zone == "dane-route.example":
+            records.append(f"_25._tcp.mx TLSA {tlsa_rdata(DANE_CERT.cert_der, 3, 1, 1)}")
+        zones.append(Zone(zone, signed=signed, records=records))
+    shared_dns.set_zones(zones)
+    return shared_dns
+
+
+def dns_sink(zone: str, cert: Any) -> Sink:
+    name = f"mx.{zone}"
+    return Sink(DNS_MX[zone][1], 25, tls=server_tls_context(cert), hostname=name)
+
+
+def tls_sink(mx: tuple[str, str], issuer: Any) -> Sink:
+    name, ip = mx
+    return Sink(ip, 25, tls=server_tls_context(issuer.issue_cert(name)), hostname=name)
+
+
+def send(port: int, rcpt: str, extra_headers: str = "") -> None:
+    body = (
+        f"From: app@sender.test\r\nTo: {rcpt}\r\nSubject: route test\r\n{extra_headers}\r\n"
+        "A secured message.\r\n"
+    )
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+        client.sendmail("app@sender.test", [rcpt], body.encode())
+
+
+def assert_no_route_header(data: bytes) -> None:
+    assert ROUTE.lower().encode() not in data.lower(), data.decode(errors="replace")
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+def test_route_header_sends_through_pkix_transport_to_the_mx(
+    milter: str, ca: Any, ca_file: str
+) -> None:
+    with (
+        tls_sink(TRUSTED_MX, ca) as mx,
+        Sink(RELAY[1], 25) as relay,
+        PostfixInstance(milter=milter, tls_ca_file=ca_file, relayhost=f"[{RELAY[0]}]:25") as pf,
+    ):
+        send(pf.smtp_port, f"user@{TRUSTED_MX[0]}")
+        (got,) = mx.wait_for(1)
+        assert got.rcpt_tos == (f"user@{TRUSTED_MX[0]}",)
+        assert got.tls_version in ("TLSv1.2", "TLSv1.3")
+        assert_no_route_header(got.data)
+        assert b"A secured message." in got.data
+        # Routed by milter_header_checks, i.e. because the milter (not the client) said so.
+        pf.wait_for_log(
+            r"milter-header-filter: header X-Zivmilter-Route: direct-pkix .*: zivmilter-pkix:$"
+        )
+        pf.wait_for_log(
+            rf"postfix/zivmilter-pkix/smtp\[\d+\]: Verified TLS connection established "
+            rf"to {TRUSTED_MX[0]}\[{TRUSTED_MX[1]}\]:25"
+        )
+        pf.wait_for_log(
+            rf"postfix/zivmilter-pkix/smtp\[\d+\]: \w+: to=<user@{TRUSTED_MX[0]}>, "
+            rf"relay={TRUSTED_MX[0]}\[{TRUSTED_MX[1]}\]:25, .*status=sent"
+        )
+        # The route's empty next hop means the recipient's own MX, not the relayhost.
+        assert relay.received == []
+
+
+def test_untrusted_certificate_is_deferred_not_delivered(
+    milter: str, ca: Any, ca_file: str
+) -> None:
+    with (
+        tls_sink(UNTRUSTED_MX, trustme.CA()) as mx,
+        PostfixInstance(milter=milter, tls_ca_file=ca_file) as pf,
+    ):
+        send(pf.smtp_port, f"user@{UNTRUSTED_MX[0]}")
+        found = pf.wait_for_log(
+            rf"postfix/zivmilter-pkix/smtp\[\d+\]: (\w+): to=<user@{UNTRUSTED_MX[0]}>, "
+            r".*status=deferred \((.*)\)"
+        )
+        assert "certificate" in found.group(2).lower(), found.group(0)
+        queued = {m["queue_id"]: m for m in pf.queue()}
+        assert found.group(1) in queued
+        assert queued[found.group(1)]["queue_name"] == "deferred"
+        time.sleep(1)  # a wrong retry would deliver within Postfix's 1 s backoff
+        assert mx.received == []
+        assert "status=sent" not in pf.log()
+
+
+def test_route_header_from_client_is_removed_and_not_obeyed(milter: str, ca_file: str) -> None:
+    with Sink(PLAIN_MX[1], 25) as mx, PostfixInstance(milter=milter, tls_ca_file=ca_file) as pf:
+        send(
+            pf.smtp_port,
+            f"user@{PLAIN_MX[0]}",
+            f"{ROUTE}: direct-pkix\r\nx-zivmilter-ROUTE:  direct-dane\r\n",
+        )
+        # Obeyed, the pkix transport would keep it deferred: this MX has no STARTTLS.
+        (got,) = mx.wait_for(1)
+        assert got.tls_version is None
+        assert_no_route_header(got.data)
+        pf.wait_for_log(rf"postfix/smtp\[\d+\]: \w+: to=<user@{PLAIN_MX[0]}>, .*status=sent")
+        assert "client-supplied X-Zivmilter-Route removed" in pf.log()
+        assert "zivmilter-pkix" not in pf.log()
+        assert "zivmilter-dane" not in pf.log()
+
+
+def test_reinjected_route_header_is_obeyed_without_milter(
+    shared_dir: Path, ca: Any, ca_file: str
+) -> None:
+    # The milter socket is dead: the main listener would tempfail, the re-injection
+    # listener must not consult any milter at all.
+    dead = f"unix:{shared_dir}/nobody-listens.sock"
+    with tls_sink(TRUSTED_MX, ca) as mx, PostfixInstance(milter=dead, tls_ca_file=ca_file) as pf:
+        send(pf.reinject_port, f"copy@{TRUSTED_MX[0]}", f"{ROUTE}: direct-pkix\r\n")
+        (got,) = mx.wait_for(1)
+        assert got.tls_version in ("TLSv1.2", "TLSv1.3")
+        assert_no_route_header(got.data)
+        pf.wait_for_log(
+            rf"postfix/zivmilter-pkix/smtp\[\d+\]: \w+: to=<copy@{TRUSTED_MX[0]}>, .*status=sent"
+        )
+
+
+def test_unknown_route_value_holds_the_message(shared_dir: Path, ca_file: str) -> None:
+    with Sink(PLAIN_MX[1], 25) as mx, PostfixInstance(tls_ca_file=ca_file) as pf:
+        send(pf.reinject_port, f"user@{PLAIN_MX[0]}", f"{ROUTE}: direct-bogus\r\n")
+        found = pf.wait_for_log(r"(\w+): hold: header X-Zivmilter-Route: direct-bogus")
+        queued = {m["queue_id"]: m for m in pf.queue()}
+        assert queued[found.group(1)]["queue_name"] == "hold"
+        assert mx.received == []
+
+
+def test_milter_down_tempfails_at_mail_from(shared_dir: Path) -> None:
+    dead = f"unix:{shared_dir}/nobody-listens.sock"
+    with PostfixInstance(milter=dead) as pf, smtplib.SMTP("127.0.0.1", pf.smtp_port) as client:
+        client.ehlo()
+        code, text = client.mail("app@sender.test")
+        assert code == 451, text
+        assert text.startswith(b"4.7.1"), text
+
+
+def test_pane_route_delivers_to_signed_mx_over_verified_tls(
+    dns_zones: TestDns, ca: Any, ca_file: str
+) -> None:
+    zone = "pane-route.example"
+    with (
+        dns_sink(zone, ca.issue_cert(f"mx.{zone}")) as mx,
+        PostfixInstance(dns=True, tls_ca_file=ca_file) as pf,
+    ):
+        send(pf.reinject_port, f"u@{zone}", f"{ROUTE}: direct-pane\r\n")
+        (got,) = mx.wait_for(1)
+        assert got.tls_version in ("TLSv1.2", "TLSv1.3")
+        assert_no_route_header(got.data)
+        pf.wait_for_log(
+            rf"zivmilter-pane/smtp\[\d+\]: Verified TLS connection established to mx\.{zone}"
+        )
+        pf.wait_for_log(
+            rf"zivmilter-pane/smtp\[\d+\]: \w+: to=<u@{zone}>, relay=mx\.{zone}.*status=sent"
+        )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Postfix has no level that requires DNSSEC-validated MX records without TLSA: "
+    "zivmilter-pane (verify + dnssec) enforces PKIX only; DNSSEC is checked at probe time",
+)
+def test_pane_route_refuses_an_unsigned_mx(dns_zones: TestDns, ca: Any, ca_file: str) -> None:
+    zone = "unsigned-route.example"
+    with (
+        dns_sink(zone, ca.issue_cert(f"mx.{zone}")) as mx,
+        PostfixInstance(dns=True, tls_ca_file=ca_file) as pf,
+    ):
+        send(pf.reinject_port, f"u@{zone}", f"{ROUTE}: direct-pane\r\n")
+        found = pf.wait_for_log(rf"zivmilter-pane/smtp\[\d+\]: \w+: to=<u@{zone}>.*status=(\w+)")
+        assert found.group(1) == "deferred"
+        assert mx.received == []
+
+
+def test_dane_route_delivers_when_tlsa_matches(dns_zones: TestDns, ca_file: str) -> None:
+    zone = "dane-route.example"
+    with dns_sink(zone, DANE_CERT) as mx, PostfixInstance(dns=True, tls_ca_file=ca_file) as pf:
+        send(pf.reinject_port, f"u@{zone}", f"{ROUTE}: direct-dane\r\n")
+        (got,) = mx.wait_for(1)
+        assert got.tls_version in ("TLSv1.2", "TLSv1.3")
+        assert_no_route_header(got.data)
+        # A self-signed certificate: only its TLSA record can have made this delivery verified.
+        pf.wait_for_log(
+            rf"zivmilter-dane/smtp\[\d+\]: Verified TLS connection established to mx\.{zone}"
+        )
+        pf.wait_for_log(
+            rf"zivmilter-dane/smtp\[\d+\]: \w+: to=<u@{zone}>, relay=mx\.{zone}.*status=sent"
+        )
+
+
+def test_dane_route_without_tlsa_is_deferred(dns_zones: TestDns, ca: Any, ca_file: str) -> None:
+    zone = "notlsa-route.example"
+    with (
+        dns_sink(zone, ca.issue_cert(f"mx.{zone}")) as mx,
+        PostfixInstance(dns=True, tls_ca_file=ca_file) as pf,
+    ):
+        send(pf.reinject_port, f"u@{zone}", f"{ROUTE}: direct-dane\r\n")
+        pf.wait_for_log(
+            rf"zivmilter-dane/smtp\[\d+\]: \w+: to=<u@{zone}>.*status=deferred \(no TLSA records"
+        )
+        assert mx.received == []
+
+
+if __name__ == "__main__":
+    run_milter(sys.argv[1])
