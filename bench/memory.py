@@ -65,7 +65,9 @@ def main() -> int:
         bind_mounted("/etc/hosts", HOSTS),
         Sink("127.0.0.30", 25) as plain,
         Sink("127.0.0.40", 25, tls=server_tls_context(ca.issue_cert("partner.example"))) as pkix,
-        Sink("127.0.0.41", 25, tls=server_tls_context(strange.issue_cert("tlsonly.example"))) as tls,
+        Sink(
+            "127.0.0.41", 25, tls=server_tls_context(strange.issue_cert("tlsonly.example"))
+        ) as tls,
     ):
         size = str(200 * 1024 * 1024)
         pf = PostfixInstance(
@@ -99,10 +101,13 @@ def main() -> int:
     ok = peak < TARGET_MB
     print(f"message size          {len(data) / 1e6:8.1f} MB")
     print(f"milter RSS idle       {idle:8.1f} MB")
-    print(f"milter peak RSS       {peak:8.1f} MB   (target < {TARGET_MB} MB: {'met' if ok else 'NOT met'})")
+    verdict = "met" if ok else "NOT met"
+    print(f"milter peak RSS       {peak:8.1f} MB   (target < {TARGET_MB} MB: {verdict})")
     print(f"accepted after        {accepted:8.1f} s  (store + re-injection of a {args.mb} MB copy)")
-    print(f"direct copies at the sinks: pkix {len(pkix.received[0].data) / 1e6:.1f} MB, "
-          f"tls {len(tls.received[0].data) / 1e6:.1f} MB")
+    print(
+        f"direct copies at the sinks: pkix {len(pkix.received[0].data) / 1e6:.1f} MB, "
+        f"tls {len(tls.received[0].data) / 1e6:.1f} MB"
+    )
     os.unlink(ca_file)
     return 0 if ok else 1
 

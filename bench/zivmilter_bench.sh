@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Case (c) of bench/throughput.sh: the real `zivmilter run`, securing every message.
+# Every message to $ZIVMILTER_BENCH_RCPT gets a notification (email verification): the milter
+# encrypts it into a fresh SQLite store (durable before accept) and rewrites the transaction.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+dir=${ZIVMILTER_BENCH_DIR:?}
+cat >"$dir/zivmilter.yaml" <<YAML
+organization: {name: Bench, domains: [sender.test]}
+milter: {socket: "${ZIVMILTER_BENCH_SOCKET:?}"}
+store: {path: $dir/store, key_file: $dir/store.key}
+reinject: {host: 127.0.0.1, port: ${ZIVMILTER_BENCH_REINJECT_PORT:?}}
+portal: {base_url: "https://secure.sender.test/"}
+logging: {level: warning}
+YAML
+echo "{}" >"$dir/facts.yaml"
+"$REPO/.venv/bin/python" -m zivmilter keygen "$dir/store.key" >/dev/null
+exec "$REPO/.venv/bin/python" -m zivmilter run --config "$dir/zivmilter.yaml" --facts "$dir/facts.yaml"
