@@ -254,19 +254,27 @@ class Gateway:
                 add_headers=[(ROUTE_HEADER, f"direct-{kept.route.value}")],
                 delete_recipients=drop,
             )
-        # A notification replaces the message: every original header goes (but our trace
-        # headers), the notification's headers and body come in.
+        # A notification replaces the message: its headers and body come in, every original
+        # header goes but our trace headers and those the notification carries unchanged
+        # (From, To, Cc, Date, threading): fewer edits for the MTA to apply.
+        head, _, body = kept.message.as_bytes().partition(b"\r\n\r\n")
+        wanted = _header_fields(head)
+        unchanged = {(n.lower(), _unfolded(v)) for n, v in wanted}
         counts: dict[str, int] = {}
         deletions: list[tuple[str, int]] = []
-        for name, _value in tx.headers:
+        kept_fields: set[tuple[str, str]] = set()
+        for name, value in tx.headers:
             key = name.lower()
             counts[key] = counts.get(key, 0) + 1
-            if key not in _KEEP_ON_REWRITE:
-                deletions.append((name, counts[key]))
-        head, _, body = kept.message.as_bytes().partition(b"\r\n\r\n")
+            field = (key, _unfolded(value))
+            if key in _KEEP_ON_REWRITE or (field in unchanged and field not in kept_fields):
+                kept_fields.add(field)
+                continue
+            deletions.append((name, counts[key]))
+        additions = [(n, v) for n, v in wanted if (n.lower(), _unfolded(v)) not in kept_fields]
         return Plan(
             delete_headers=deletions,
-            add_headers=_header_fields(head),
+            add_headers=additions,
             replace_body=body,
             delete_recipients=drop,
         )
@@ -379,6 +387,10 @@ def _raw_fields(head: bytes) -> list[bytes]:
 def _field_is_stripped(raw_field: bytes) -> bool:
     name = raw_field.split(b":", 1)[0].decode("ascii", "replace").strip()
     return not name or is_directive(name) or name.lower() in _STRIP
+
+
+def _unfolded(value: str) -> str:
+    return " ".join(value.split())
 
 
 def _header_fields(head: bytes) -> list[tuple[str, str]]:
