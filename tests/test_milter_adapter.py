@@ -1,0 +1,107 @@
+"""The pymilter adapter in-process, with pymilter's own TestCtx (fast; Postfix runs elsewhere).
+
+What the MTA is told to do is checked on TestCtx's record of it: header edits, body, recipients,
+and the reply on a fault.
+"""
+
+from __future__ import annotations
+
+import email
+import socket
+from pathlib import Path
+
+import Milter
+import pytest
+from Milter import testctx
+
+from tests.fakes import make_config
+from zivmilter import crypto
+from zivmilter.facts import facts_from_mapping
+from zivmilter.gateway import Gateway, Plan, Transaction
+from zivmilter.milter import ZivMilter
+from zivmilter.reinject import Outgoing
+from zivmilter.store import SqliteStore
+
+MESSAGE = (
+    b"From: alice@hospital.example\r\nTo: bob@partner.example, carol@oldmail.example\r\n"
+    b"Subject: results\r\nzivver-access-right: carol@oldmail.example sms +31612345678\r\n"
+    b"\r\nSECRET BODY\r\n"
+)
+
+
+class Collecting:
+    """Stands in for the Postfix listener: keeps what would be re-injected."""
+
+    def __init__(self) -> None:
+        self.sent: list[Outgoing] = []
+
+    def send(self, messages: list[Outgoing]) -> list[str]:
+        self.sent.extend(messages)
+        return ["250 2.0.0 Ok: queued" for _ in messages]
+
+
+def run(ctx: testctx.TestCtx, rcpts: list[str]) -> int:
+    """Drive the callbacks as libmilter would for one message.
+
+    TestCtx's own _feedFile stops at the first answer other than CONTINUE, and the collecting
+    callbacks answer NOREPLY (@noreply, for speed): so the callbacks are driven here, and
+    TestCtx records the actions (header edits, body, recipients, reply).
+    """
+    ctx._setsymval("i", "QID123")
+    Milter.factory = ZivMilter  # as serve() sets it: one instance per connection
+    ctx._negotiate()
+    Milter.connect_callback(ctx, "localhost", socket.AF_INET, ("127.0.0.1", 2525))
+    milter = ctx.getpriv()
+    ctx._msg = email.message_from_bytes(MESSAGE)
+    assert milter.envfrom("<alice@hospital.example>") == Milter.CONTINUE
+    for r in rcpts:
+        milter.envrcpt(f"<{r}>")
+    assert milter.data() == Milter.CONTINUE
+    head, _, body = MESSAGE.partition(b"\r\n\r\n")
+    for name, value in email.message_from_bytes(head + b"\r\n\r\n").items():
+        milter.header(name, " " + value)  # leading space kept (P_HDR_LEADSPC)
+    milter.eoh()
+    milter.body(body)
+    return int(ctx._eom())  # TestCtx records actions only from inside its own eom step
+
+
+def test_plan_is_applied(tmp_path: Path) -> None:
+    crypto.keygen(str(tmp_path / "k"))
+    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
+    sent = Collecting()
+    ZivMilter.gateway = Gateway(
+        make_config({"policy": {"outbound_direct_delivery": {"domains": ["partner.example"]}}}),
+        facts_from_mapping({"transport": {"partner.example": "pkix"}}),
+        store,
+        sent,
+        hostname="gw.test",
+    )
+    ctx = testctx.TestCtx()
+    rc = run(ctx, ["bob@partner.example", "carol@oldmail.example"])
+    assert rc == Milter.ACCEPT
+    # bob (direct, pkix) stays in this transaction; carol's notification is re-injected
+    assert ctx._delrcpt == ["<carol@oldmail.example>"]
+    assert ctx._headerschanged
+    assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"
+    assert ctx._msg["zivver-access-right"] is None
+    assert not ctx._bodyreplaced
+    (note,) = sent.sent
+    assert note.recipients == ("carol@oldmail.example",)
+    assert isinstance(note.content, bytes) and b"SECRET BODY" not in note.content
+    store.close()
+
+
+class Broken:
+    def process(self, tx: Transaction) -> Plan:
+        raise RuntimeError("disk on fire")
+
+
+def test_fault_answers_tempfail_with_a_reference(caplog: pytest.LogCaptureFixture) -> None:
+    ZivMilter.gateway = Broken()  # type: ignore[assignment]
+    ctx = testctx.TestCtx()
+    rc = run(ctx, ["bob@partner.example"])
+    assert rc == Milter.TEMPFAIL
+    code, xcode, text = ctx._reply
+    assert (code, xcode) == ("451", "4.3.0")
+    ref = text.split("ref ")[1].split(";")[0]
+    assert f"tempfail, ref {ref}" in caplog.text and "disk on fire" in caplog.text
