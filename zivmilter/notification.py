@@ -107,7 +107,8 @@ def build_notification(
     msg[NOTIFICATION_HEADER] = "1"
     msg["Content-Language"] = language
     for body, subtype in ((text, "plain"), (html, "html")):
-        part = MIMEText(body, subtype, _UTF8_QP, policy=_WIRE)
+        # typeshed says str, the email package takes a Charset too: it sets quoted-printable
+        part = MIMEText(body, subtype, _UTF8_QP, policy=_WIRE)  # type: ignore[arg-type]
         del part["MIME-Version"]  # once, at the top
         msg.attach(part)
     return msg
@@ -180,7 +181,7 @@ def _wire_value(name: str, value: object) -> str:
     text = str(value)
     if text.isascii():
         return _FOLDS.sub(" ", text).strip()
-    folded = _SMTP.fold(name, _SMTP.header_factory(name, text))
+    folded = str(_SMTP.fold(name, _SMTP.header_factory(name, text)))
     return folded.split(":", 1)[1].strip()
 
 
