@@ -130,3 +130,21 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 def test_check_config_ok() -> None:
     proc = run("check-config", str(EXAMPLES / "zivmilter.yaml"))
     assert proc.returncode == 0 and ": ok" in proc.stdout
+
+
+def test_json_shows_submission_and_selection() -> None:
+    # An unlisted login counts as none; 127.0.0.1 is trusted in the example configuration.
+    out = explain_json("--client-ip", "127.0.0.1", "--auth", "nobody")
+    assert set(out["submission"]) == {"accepted", "reply", "reason"}
+    assert isinstance(out["submission"]["accepted"], bool)
+    assert "client 127.0.0.1 is in trusted network 127.0.0.0/8" in out["submission"]["reason"]
+    assert out["selected"] is True
+    assert out["selection_reason"] == "selection.mode is all: every message is secured"
+
+
+def test_human_output_shows_submission_and_selection() -> None:
+    message, config = EXAMPLES / "secure-message.eml", EXAMPLES / "zivmilter.yaml"
+    proc = run("explain", str(message), "--config", str(config))
+    assert proc.returncode == 0
+    assert "Submission: " in proc.stdout and "Selected: yes" in proc.stdout
+    assert "assumed a local client (127.0.0.1)" in proc.stdout

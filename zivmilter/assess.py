@@ -1,5 +1,9 @@
 """From a message's envelope and headers to the core's decision: the one path that the milter
 and `explain` share, so that what `explain` prints is what the milter does. Pure.
+
+Selection (selection.py) comes first: a message that is not selected gets no policy decision,
+only pass-through entries; the submission check (submission.py) is separate, since it needs the
+client address and login, which `explain` takes from its command line.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from .config import Config
 from .directives import Directives
 from .facts import Facts
 from .message import Headers, build_envelope
-from .policy import Decision, Envelope, decide
+from .policy import Decision, Delivery, Envelope, Method, RecipientDecision, decide
+from .selection import Selection, select
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +25,7 @@ class Assessment:
     envelope: Envelope
     directives: Directives
     decision: Decision
+    selection: Selection
 
 
 def assess(
@@ -32,4 +38,18 @@ def assess(
         sms_enabled=cfg.policy.methods.sms,
         access_code_enabled=cfg.policy.methods.access_code,
     )
-    return Assessment(envelope, found, decide(envelope, found, cfg, facts))
+    chosen = select(cfg.selection, headers, envelope.sender)
+    if not chosen.selected:
+        return Assessment(envelope, found, pass_through(envelope, found, chosen), chosen)
+    return Assessment(envelope, found, decide(envelope, found, cfg, facts), chosen)
+
+
+def pass_through(envelope: Envelope, found: Directives, chosen: Selection) -> Decision:
+    """Every recipient gets the message as it is (but for the directive headers)."""
+    reason = f"not selected: {chosen.reason}"
+    entries = tuple(
+        RecipientDecision(address, Method.NONE, Delivery.PASS, None, "selection", reason)
+        for address in envelope.recipients
+    )
+    return Decision(entries, tuple(str(issue) for issue in found.issues))
+

@@ -7,11 +7,13 @@ and exit status 2; a traceback means a bug.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import ipaddress
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__
+from . import __version__, defaults, submission
 from . import config as config_mod
 from .errors import MessageError, ZivmilterError
 from .facts import StaticFacts, load_facts
@@ -22,6 +24,7 @@ Handler = Callable[[argparse.Namespace], int]
 # absent from a slim install (the milter needs libmilter, the portal its web stack).
 _COMMAND_MODULES = (
     "zivmilter.milter_commands",
+    "zivmilter.account_commands",
     "zivmilter.store_commands",
     "zivmilter.transport.commands",
     "zivmilter.portal.commands",
@@ -56,8 +59,55 @@ def cmd_explain(args: argparse.Namespace) -> int:
         found = addresses(headers, "From")
         sender = found[0] if found else ""
     result = assess(headers, sender, rcpts, cfg, facts)
-    print(render_json(result) if args.json else render_text(result))
+    verdict = _explain_submission(args, cfg, headers, sender, facts)
+    print(render_json(result, verdict) if args.json else render_text(result, verdict))
     return 0
+
+
+def _explain_submission(
+    args: argparse.Namespace,
+    cfg: config_mod.Config,
+    headers: list[tuple[str, str]],
+    sender: str,
+    facts: StaticFacts,
+) -> submission.SubmissionResult:
+    """The milter's submission check, with the client and login from the command line.
+
+    Without --client-ip the client is taken to be local (127.0.0.1) and SPF is not looked up;
+    with it, SPF is a live DNS lookup, as the milter would do it.
+    """
+    spf: submission.SpfChecker
+    if args.client_ip is None:
+        spf = _NoSpf("SPF not checked: no --client-ip given")
+        client = defaults.LOCAL_CLIENT_ADDRESS
+    else:
+        client = args.client_ip
+        try:
+            ipaddress.ip_address(client)
+        except ValueError:
+            raise MessageError(f"--client-ip: {client!r} is not an IP address") from None
+        try:
+            from .spf import PySpfChecker
+        except ImportError:
+            spf = _NoSpf("SPF not checked: pyspf is not installed")
+        else:
+            spf = PySpfChecker.from_config(cfg)
+    verdict = submission.check(
+        cfg, headers, client_ip=client, auth_login=args.auth, envelope_sender=sender,
+        spf=spf, accounts=facts,
+    )
+    if args.client_ip is None:
+        note = f"no --client-ip given: assumed a local client ({client})"
+        verdict = dataclasses.replace(verdict, reason=f"{note}; {verdict.reason}")
+    return verdict
+
+
+class _NoSpf:
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def check(self, client_ip: str, sender: str, helo: str | None = None) -> submission.SpfResult:
+        return submission.SpfResult(submission.SpfVerdict.NONE, self.why)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -87,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="envelope recipient, repeatable (default: To/Cc/Bcc addresses)",
     )
+    p.add_argument(
+        "--client-ip", metavar="IP",
+        help="SMTP client address for the submission check (default: a local client, no SPF)",
+    )
+    p.add_argument("--auth", metavar="LOGIN", help="SMTP AUTH login of the client ({auth_authen})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_explain)
 

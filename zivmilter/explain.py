@@ -1,7 +1,7 @@
 """`zivmilter explain`: the admin's dry run, as JSON or a readable table.
 
-Rendering only: the decision comes from assess.py, exactly as the milter gets it. Secrets
-(phone numbers, access codes) are never printed.
+Rendering only: the decision comes from assess.py and the submission verdict from submission.py,
+exactly as the milter gets them. Secrets (phone numbers, access codes) are never printed.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from .assess import Assessment
 from .policy import Method, RecipientDecision
+from .submission import SubmissionResult
 
 
 def recipient_json(d: RecipientDecision) -> dict[str, Any]:
@@ -26,20 +27,39 @@ def recipient_json(d: RecipientDecision) -> dict[str, Any]:
     }
 
 
-def to_json(result: Assessment) -> dict[str, Any]:
-    return {
-        "recipients": [recipient_json(d) for d in result.decision.recipients],
-        "warnings": list(result.decision.warnings),
-    }
+def submission_json(submission: SubmissionResult) -> dict[str, Any]:
+    return {"accepted": submission.accepted, "reply": submission.reply, "reason": submission.reason}
 
 
-def render_json(result: Assessment) -> str:
-    return json.dumps(to_json(result), indent=2, ensure_ascii=False)
+def to_json(result: Assessment, submission: SubmissionResult | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if submission is not None:
+        out["submission"] = submission_json(submission)
+    out["selected"] = result.selection.selected
+    out["selection_reason"] = result.selection.reason
+    out["new_subject"] = result.selection.new_subject
+    out["recipients"] = [recipient_json(d) for d in result.decision.recipients]
+    out["warnings"] = list(result.decision.warnings)
+    return out
 
 
-def render_text(result: Assessment) -> str:
+def render_json(result: Assessment, submission: SubmissionResult | None = None) -> str:
+    return json.dumps(to_json(result, submission), indent=2, ensure_ascii=False)
+
+
+def render_text(result: Assessment, submission: SubmissionResult | None = None) -> str:
     env = result.envelope
-    lines = [f"Envelope sender: {env.sender or '<>'}", ""]
+    lines = [f"Envelope sender: {env.sender or '<>'}"]
+    if submission is not None:
+        verdict = "accepted" if submission.accepted else f"REFUSED with {submission.reply}"
+        lines.append(f"Submission: {verdict}")
+        lines.append(f"  why: {submission.reason}")
+    sel = result.selection
+    lines.append(f"Selected: {'yes' if sel.selected else 'no (passes through unsecured)'}")
+    lines.append(f"  why: {sel.reason}")
+    if sel.new_subject is not None:
+        lines.append(f"  new subject: {sel.new_subject}")
+    lines.append("")
     header = ("recipient", "delivery", "method", "level", "rule", "conv")
     rows = [
         (

@@ -66,6 +66,7 @@ class StaticFacts:
     nta: dict[str, NtaFact] = field(default_factory=dict)
     contacts: dict[str, Contact] = field(default_factory=dict)
     odd: frozenset[str] = frozenset()
+    senders: frozenset[str] = frozenset()  # active sender accounts (submission.SenderAccounts)
 
     def has_account(self, address: str) -> bool:
         return address in self.accounts
@@ -85,11 +86,15 @@ class StaticFacts:
     def odd_listed(self, domain: str) -> bool:
         return domain in self.odd
 
+    def is_active_sender(self, address: str) -> bool | None:
+        """Listed under `senders`: active; otherwise unknown (the file has no disabled ones)."""
+        return True if address in self.senders else None
+
 
 _UNKNOWN_TRANSPORT = TransportFact(Level.NONE, None, "no transport facts for this domain")
 _NOT_NTA = NtaFact(False, "not listed as NTA 7516 compliant")
 
-_FACT_KEYS = ("accounts", "idd", "transport", "nta7516", "contacts", "odd")
+_FACT_KEYS = ("accounts", "idd", "transport", "nta7516", "contacts", "odd", "senders")
 
 
 def _list(data: dict[str, Any], key: str, source: str) -> list[str]:
@@ -141,6 +146,9 @@ def facts_from_mapping(data: Any, source: str = "<facts>") -> StaticFacts:
         _norm(normalize_address, a, source, "accounts") for a in _list(data, "accounts", source)
     }
     idd = {_norm(normalize_domain, d, source, "idd") for d in _list(data, "idd", source)}
+    senders = {
+        _norm(normalize_address, a, source, "senders") for a in _list(data, "senders", source)
+    }
     odd = {_norm(normalize_domain, d, source, "odd") for d in _list(data, "odd", source)}
     nta = {
         _norm(normalize_domain, d, source, "nta7516"): NtaFact(True, "listed in the facts file")
@@ -172,7 +180,10 @@ def facts_from_mapping(data: Any, source: str = "<facts>") -> StaticFacts:
         if not isinstance(code, bool):
             raise ConfigError(source, f"{key}.access_code", "expected true or false")
         contacts[_norm(normalize_address, str(addr), source, key)] = Contact(sms, code)
-    return StaticFacts(frozenset(accounts), frozenset(idd), levels, nta, contacts, frozenset(odd))
+    return StaticFacts(
+        frozenset(accounts), frozenset(idd), levels, nta, contacts, frozenset(odd),
+        frozenset(senders),
+    )
 
 
 def load_facts(path: str) -> StaticFacts:
