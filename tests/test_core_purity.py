@@ -7,7 +7,17 @@ from pathlib import Path
 
 import zivmilter
 
-PURE_MODULES = ("policy", "directives", "levels", "facts", "assess", "message", "addresses")
+PURE_MODULES = (
+    "policy",
+    "directives",
+    "levels",
+    "facts",
+    "assess",
+    "message",
+    "addresses",
+    "selection",
+    "submission",
+)
 FORBIDDEN = {
     "Milter",
     "milter",

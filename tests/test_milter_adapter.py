@@ -70,7 +70,13 @@ def test_plan_is_applied(tmp_path: Path) -> None:
     store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
     sent = Collecting()
     ZivMilter.gateway = Gateway(
-        make_config({"policy": {"outbound_direct_delivery": {"domains": ["partner.example"]}}}),
+        make_config(
+            {
+                "policy": {"outbound_direct_delivery": {"domains": ["partner.example"]}},
+                "submission": {"any_address_of_own_domains": True},
+            },
+            base={"organization": {"domains": ["hospital.example"]}},
+        ),
         facts_from_mapping({"transport": {"partner.example": "pkix"}}),
         store,
         sent,
@@ -105,3 +111,24 @@ def test_fault_answers_tempfail_with_a_reference(caplog: pytest.LogCaptureFixtur
     assert (code, xcode) == ("451", "4.3.0")
     ref = text.split("ref ")[1].split(";")[0]
     assert f"tempfail, ref {ref}" in caplog.text and "disk on fire" in caplog.text
+
+
+def test_refused_submission_is_rejected_with_the_reason(tmp_path: Path) -> None:
+    crypto.keygen(str(tmp_path / "k"))
+    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
+    sent = Collecting()
+    ZivMilter.gateway = Gateway(
+        make_config(base={"organization": {"domains": ["hospital.example"]}}),
+        facts_from_mapping({}),
+        store,
+        sent,
+        hostname="gw.test",
+    )
+    ctx = testctx.TestCtx()
+    assert run(ctx, ["bob@partner.example"]) == Milter.REJECT
+    code, xcode, text = ctx._reply
+    assert (code, xcode) == ("550", "5.7.1")
+    assert "alice@hospital.example" in text
+    assert sent.sent == []  # nothing stored or sent for a refused message
+    assert not list((tmp_path / "s" / "blobs").rglob("*.zmb"))
+    store.close()

@@ -183,6 +183,9 @@ class IddConfig:
 
 @dataclass(frozen=True)
 class MilterConfig:
+    # postfix: direct copies are routed by header (milter_header_checks); sendmail: every
+    # direct copy goes through the re-injection relay, which must enforce TLS itself
+    mta: Literal["postfix", "sendmail"] = "postfix"
     socket: str = field(default=defaults.MILTER_SOCKET, metadata=_check(_socket))
     timeout: int = field(default=defaults.MILTER_TIMEOUT, metadata=_check(_positive))
     spool_threshold: int = field(default=defaults.SPOOL_THRESHOLD, metadata=_check(_positive))

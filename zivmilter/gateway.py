@@ -26,7 +26,7 @@ from email.policy import SMTP as SMTP_POLICY
 from email.policy import compat32
 from typing import BinaryIO
 
-from . import dsn, notification
+from . import attachments, dsn, notification, submission
 from .addresses import normalize_address
 from .assess import Assessment, assess
 from .config import Config
@@ -38,6 +38,7 @@ from .levels import Level
 from .policy import Delivery, Method, RecipientDecision
 from .reinject import Outgoing, Reinjector
 from .store import NewMessage, NewRecipient, SavedMessage, Store
+from .submission import SenderAccounts, SpfChecker, SpfResult, SpfVerdict, StoreSenderAccounts
 
 log = logging.getLogger("zivmilter.gateway")
 
@@ -78,6 +79,10 @@ class Plan:
     delete_recipients: list[str] = field(default_factory=list)  # raw RCPT forms
     discard: bool = False  # every recipient was handled elsewhere (re-injected or failed)
     summary: str = ""
+    # Refuse the whole message: "550 5.7.1 text" or "451 4.7.1 text" (who may submit, SPEC 7).
+    reject: str | None = None
+    # (name, 1-based index, new value): the Subject without its trigger word (SPEC 6).
+    change_headers: list[tuple[str, int, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ class _Copy:
     """One outgoing message: who gets it and its headers + body."""
 
     recipients: tuple[str, ...]  # normalized addresses
-    message: Message | None  # None: the original (direct copy), with header edits only
+    content: bytes | None  # a new message (CRLF); None: the original, with header edits only
     route: Level | None  # direct-delivery level, for the route header
     what: str
 
@@ -99,7 +104,11 @@ class Gateway:
         reinjector: Reinjector,
         hostname: str | None = None,
         clock: type[datetime] = datetime,
+        spf: SpfChecker | None = None,
+        senders: SenderAccounts | None = None,
     ) -> None:
+        self.spf: SpfChecker = spf or _NoSpf()
+        self.senders: SenderAccounts = senders or StoreSenderAccounts(store)
         self.cfg = cfg
         self.facts = facts
         self.store = store
@@ -109,8 +118,28 @@ class Gateway:
 
     # ------------------------------------------------------------------------------------
     def process(self, tx: Transaction) -> Plan:
+        verdict = submission.check(
+            self.cfg,
+            tx.headers,
+            client_ip=tx.client_address,
+            auth_login=tx.auth_login,
+            envelope_sender=_bare(tx.sender),
+            spf=self.spf,
+            accounts=self.senders,
+        )
+        if not verdict.accepted:
+            log.warning("submission refused: %s", verdict.reason, extra=_ctx(tx))
+            return Plan(reject=verdict.reply, summary=f"refused: {verdict.reply}")
         raw_by_norm = _raw_recipients(tx.recipients)
         result = assess(tx.headers, _bare(tx.sender), list(raw_by_norm), self.cfg, self.facts)
+        if not result.selection.selected:
+            # Not secured: it passes as it is, but never with its directive headers (SPEC 2).
+            log.info("not selected: %s", result.selection.reason, extra=_ctx(tx))
+            return Plan(delete_headers=self._strip_plan(tx), summary="not selected: passed")
+        subject_change: list[tuple[str, int, str]] = []
+        if result.selection.new_subject is not None:
+            _set_subject(tx, result.selection.new_subject)
+            subject_change = [("Subject", 1, result.selection.new_subject)]
         for warning in result.decision.warnings:
             log.warning("%s", warning, extra=_ctx(tx))
         stripped = self._strip_plan(tx)
@@ -136,9 +165,10 @@ class Gateway:
             copies = self._copies(tx, delivered, original, saved)
             outgoing: list[Outgoing] = []
             sender = _bare(tx.sender)
-            kept = copies[0] if copies else None
-            for copy in copies[1:]:
-                outgoing.append(self._outgoing(tx, copy, sender))
+            kept = self._choose_kept(copies)
+            for copy in copies:
+                if copy is not kept:
+                    outgoing.append(self._outgoing(tx, copy, sender))
             if failed and sender:
                 report = dsn.build_dsn(
                     original,
@@ -160,6 +190,8 @@ class Gateway:
                 self.store.mark_notified(saved.id, address)
 
         plan = self._plan_for_kept(tx, kept, raw_by_norm, stripped)
+        if kept is not None and kept.content is None:  # the original stays: fix its Subject
+            plan.change_headers = subject_change
         plan.summary = (
             f"stored={saved.id if saved else '-'} delivered={len(delivered)} failed={len(failed)} "
             f"reinjected={len(outgoing)} kept={kept.what if kept else 'nothing (discard)'}"
@@ -203,24 +235,54 @@ class Gateway:
         for d in delivered:
             if d.delivery is Delivery.DIRECT and d.level is not None:
                 by_level.setdefault(d.level, []).append(d.address)
+        direct = self._direct_content(tx, saved) if by_level else None
         for level in sorted(by_level, reverse=True):
-            copies.append(_Copy(tuple(by_level[level]), None, level, f"direct-{level.value} copy"))
+            copies.append(
+                _Copy(tuple(by_level[level]), direct, level, f"direct-{level.value} copy")
+            )
         for d in delivered:
             if d.delivery is not Delivery.NOTIFICATION or saved is None:
                 continue
             note = notification.notification_for(
                 original, d.address, saved.tokens[d.address], _verification_text(d), self.cfg
             )
-            copies.append(_Copy((d.address,), note, None, f"notification to {d.address}"))
+            copies.append(
+                _Copy((d.address,), note.as_bytes(), None, f"notification to {d.address}")
+            )
         return copies
 
+    def _choose_kept(self, copies: list[_Copy]) -> _Copy | None:
+        """The copy that stays in the current transaction; the others are re-injected.
+
+        Sendmail cannot route one message to a TLS-enforcing transport on a header, so with
+        `milter.mta: sendmail` direct copies always go through the re-injection relay.
+        """
+        if self.cfg.milter.mta == "sendmail":
+            return next((c for c in copies if c.route is None), None)
+        return copies[0] if copies else None
+
+    def _direct_content(self, tx: Transaction, saved: SavedMessage | None) -> bytes | None:
+        """The direct copy with large attachments replaced by links, or None to send it as is."""
+        if saved is None:
+            return None
+        base = self.cfg.portal.base_url.rstrip("/") + "/d/"
+
+        def keep(filename: str, content_type: str, data: bytes) -> str:
+            kept = self.store.save_attachment(saved.id, filename, content_type, data)
+            log.info("large attachment %s kept for download", filename, extra=_ctx(tx))
+            return base + kept.token
+
+        with _clean_copy(tx) as content:
+            found = attachments.replace_large(content, self.cfg.policy.large_attachment_bytes, keep)
+        return None if found is None else found[0]
+
     def _outgoing(self, tx: Transaction, copy: _Copy, sender: str) -> Outgoing:
-        if copy.message is not None:
-            return Outgoing(sender, copy.recipients, copy.message.as_bytes(), copy.what)
-        assert copy.route is not None
-        # closed by the milter once the whole batch is sent (Outgoing.content is read once)
+        route = b"" if copy.route is None else _route_field(copy.route)
+        if copy.content is not None:
+            return Outgoing(sender, copy.recipients, route + copy.content, copy.what)
+        # closed with the Outgoing once the batch is sent (its content is read once)
         spool = tempfile.SpooledTemporaryFile(max_size=self.cfg.milter.spool_threshold)  # noqa: SIM115
-        spool.write(f"{ROUTE_HEADER}: direct-{copy.route.value}\r\n".encode())
+        spool.write(route)
         with _clean_copy(tx) as content:
             shutil.copyfileobj(content, spool)
         return Outgoing(sender, copy.recipients, spool, copy.what)  # type: ignore[arg-type]
@@ -247,17 +309,14 @@ class Gateway:
             return Plan(delete_headers=stripped, discard=True)
         keep = set(kept.recipients)
         drop = [raw for norm, raws in raw_by_norm.items() if norm not in keep for raw in raws]
-        if kept.message is None:
-            assert kept.route is not None
-            return Plan(
-                delete_headers=stripped,
-                add_headers=[(ROUTE_HEADER, f"direct-{kept.route.value}")],
-                delete_recipients=drop,
-            )
-        # A notification replaces the message: its headers and body come in, every original
-        # header goes but our trace headers and those the notification carries unchanged
-        # (From, To, Cc, Date, threading): fewer edits for the MTA to apply.
-        head, _, body = kept.message.as_bytes().partition(b"\r\n\r\n")
+        route = [] if kept.route is None else [(ROUTE_HEADER, f"direct-{kept.route.value}")]
+        if kept.content is None:
+            return Plan(delete_headers=stripped, add_headers=route, delete_recipients=drop)
+        # A new message (a notification, or a direct copy whose large attachments became links)
+        # replaces this one: its headers and body come in, every original header goes but our
+        # trace headers and those it carries unchanged (From, To, Cc, Date, threading): fewer
+        # edits for the MTA to apply.
+        head, _, body = kept.content.partition(b"\r\n\r\n")
         wanted = _header_fields(head)
         unchanged = {(n.lower(), _unfolded(v)) for n, v in wanted}
         counts: dict[str, int] = {}
@@ -272,6 +331,7 @@ class Gateway:
                 continue
             deletions.append((name, counts[key]))
         additions = [(n, v) for n, v in wanted if (n.lower(), _unfolded(v)) not in kept_fields]
+        additions += route
         return Plan(
             delete_headers=deletions,
             add_headers=additions,
@@ -282,6 +342,10 @@ class Gateway:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+def _route_field(level: Level) -> bytes:
+    return f"{ROUTE_HEADER}: direct-{level.value}\r\n".encode()
 
 
 def _ctx(tx: Transaction) -> dict[str, str]:
@@ -403,3 +467,34 @@ def _header_fields(head: bytes) -> list[tuple[str, str]]:
         name, _, value = text.partition(":")
         fields.append((name, value.lstrip(" ").replace("\r\n", "\n")))
     return fields
+
+
+class _NoSpf:
+    """No SPF checker configured: SPF never passes (logins and trusted networks still do)."""
+
+    def check(self, client_ip: str, sender: str, helo: str | None = None) -> SpfResult:
+        return SpfResult(SpfVerdict.NONE, "SPF checks are off (submission.spf)")
+
+
+def _set_subject(tx: Transaction, value: str) -> None:
+    """Rewrite the first Subject field of the spooled message, so that the stored copy, the
+    notifications and the direct copies all carry the subject without its trigger word.
+    `tx.headers` stays as the MTA holds them: header edits refer to those."""
+    tx.message.seek(0)
+    head = tx.message.read(tx.body_offset)
+    fields = _raw_fields(head[:-2] if head.endswith(b"\r\n\r\n") else head)
+    out: list[bytes] = []
+    done = False
+    for f in fields:
+        if not done and f.split(b":", 1)[0].strip().lower() == b"subject":
+            out.append(b"Subject: " + value.replace("\n", "\r\n").encode() + b"\r\n")
+            done = True
+        else:
+            out.append(f)
+    new_head = b"".join(out) + b"\r\n"
+    spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - replaces tx.message
+    spool.write(new_head)
+    shutil.copyfileobj(tx.message, spool)
+    tx.message.close()
+    tx.message = spool  # type: ignore[assignment]
+    tx.body_offset = len(new_head)

@@ -107,6 +107,12 @@ class ZivMilter(Milter.Base):
         extra = {"queue_id": queue_id, "message_id": tx.message_id}
         try:
             plan = self.gateway.process(tx)
+            if plan.reject is not None:
+                code, status, text = plan.reject.split(" ", 2)
+                # libmilter reads the text printf-style: a lone % would lose the whole reply
+                self.setreply(code, status, text.replace("%", "%%"))
+                log.info("refused: %s", plan.reject, extra=extra)
+                return Milter.TEMPFAIL if code.startswith("4") else Milter.REJECT
             self._apply(plan)
         except Exception:
             ref = secrets.token_hex(4)
@@ -116,6 +122,8 @@ class ZivMilter(Milter.Base):
             )
             return Milter.TEMPFAIL
         finally:
+            if tx.message is not self.spool:
+                tx.message.close()  # the gateway swapped in a rewritten copy
             self._close_spool()
         log.info("done: %s", plan.summary, extra=extra)
         return Milter.DISCARD if plan.discard else Milter.ACCEPT
@@ -124,6 +132,8 @@ class ZivMilter(Milter.Base):
         # Delete from the highest index down: later occurrences keep their numbers meanwhile.
         for name, index in sorted(plan.delete_headers, key=lambda d: (d[0].lower(), -d[1])):
             self.chgheader(name, index, "")
+        for name, index, value in plan.change_headers:
+            self.chgheader(name, index, value)
         for name, value in plan.add_headers:
             self.addheader(name, value)
         if plan.replace_body is not None:

@@ -9,7 +9,7 @@ from typing import Any
 from . import config as config_mod
 from . import crypto, logsetup
 from .errors import StoreError
-from .facts import Facts, load_facts
+from .facts import Facts, StaticFacts, load_facts
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -31,7 +31,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .livefacts import LiveFacts
     from .milter import serve
     from .reinject import SmtpReinjector
+    from .spf import PySpfChecker
     from .store import SqliteStore
+    from .submission import SenderAccounts, StoreSenderAccounts
 
     cfg = config_mod.load(args.config)
     logsetup.setup(cfg.logging.level)
@@ -45,7 +47,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         load_facts(args.facts) if args.facts else LiveFacts(cfg, store, _transport_source(cfg))
     )
     reinjector = SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout)
-    gateway = Gateway(cfg, facts, store, reinjector)
+    # Sender accounts: the facts file's `senders` with --facts, else the store's accounts.
+    senders: SenderAccounts = (
+        facts if isinstance(facts, StaticFacts) else StoreSenderAccounts(store)
+    )
+    spf = PySpfChecker.from_config(cfg) if cfg.submission.spf else None
+    gateway = Gateway(cfg, facts, store, reinjector, spf=spf, senders=senders)
     serve(
         gateway,
         cfg.milter.socket,

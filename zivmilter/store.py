@@ -160,6 +160,78 @@ class AuditEvent:
     detail: str
 
 
+# -- portal values (guest portal, `revoke`, `status`, `contacts`) ------------------------------
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """A link's portal state beyond `RecipientRecord`: its own revocation, consecutive failures,
+    and the one-time codes sent for it (rate limits)."""
+
+    revoked_at: datetime | None
+    failed_streak: int  # wrong codes since the last success or lockout
+    otp_sent_at: datetime | None
+    otp_sends: int  # codes sent since the last success
+
+
+@dataclass(frozen=True, repr=False)
+class OtpState:
+    """The secret of the last one-time code sent for a link, and when it was sent."""
+
+    secret: bytes
+    sent_at: datetime
+
+    def __repr__(self) -> str:
+        return f"OtpState(sent_at={self.sent_at.isoformat()})"
+
+
+@dataclass(frozen=True)
+class ReplyRecord:
+    id: str
+    message_id: str
+    recipient_id: int
+    conversation: int
+    created_at: datetime
+    sent_at: datetime | None
+    size: int
+
+
+@dataclass(frozen=True, repr=False)
+class ContactEntry:
+    """One contact-book entry, for `zivmilter contacts list` (the number decrypted)."""
+
+    address: str
+    sms: str | None
+    access_code: bool
+    used_at: datetime | None
+
+    def __repr__(self) -> str:
+        return f"ContactEntry(address={self.address!r})"
+
+
+@dataclass(frozen=True)
+class AttachmentRecord:
+    """A large attachment of a direct-delivered message, kept for download (SPEC 5)."""
+
+    id: str
+    message: MessageRecord
+    filename: str | None  # None once revoked
+    content_type: str
+    size: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, repr=False)
+class SavedAttachment:
+    """The attachment's id and its download token (the store keeps only the token's hash)."""
+
+    id: str
+    token: str
+
+    def __repr__(self) -> str:
+        return f"SavedAttachment(id={self.id!r})"
+
+
 class Store(Protocol):
     """What the milter and the portal need from a store; a PostgreSQL backend implements it too."""
 
@@ -196,6 +268,38 @@ class Store(Protocol):
         detail: str = "",
     ) -> None: ...
     def events(self, message_id: str) -> list[AuditEvent]: ...
+    # portal (zivmilter/portal): links, one-time codes, replies, contact book, large attachments
+    def recipient(self, recipient_id: int) -> RecipientRecord | None: ...
+    def link_state(self, recipient_id: int) -> LinkState | None: ...
+    def find_messages(self, ref: str) -> list[MessageRecord]: ...
+    def portal_view(self, message_id: str) -> bytes | None: ...
+    def save_portal_view(self, message_id: str, view: bytes) -> None: ...
+    def revoke_recipient(self, message_id: str, address: str, reason: str = "") -> bool: ...
+    def record_failed_attempt(
+        self, recipient_id: int, lockout: Callable[[int, int], float | None], detail: str = ""
+    ) -> datetime | None: ...
+    def record_verified(self, recipient_id: int, detail: str = "") -> None: ...
+    def claim_otp(
+        self, recipient_id: int, secret: bytes, min_interval: float, max_sends: int
+    ) -> float: ...
+    def otp(self, recipient_id: int) -> OtpState | None: ...
+    def clear_otp(self, recipient_id: int) -> None: ...
+    def save_reply(self, recipient_id: int, content: bytes) -> str: ...
+    def mark_reply_sent(self, reply_id: str, detail: str = "") -> None: ...
+    def replies(self, recipient_id: int) -> list[ReplyRecord]: ...
+    def open_reply(self, reply_id: str) -> BinaryIO | None: ...
+    def contacts(self) -> list[ContactEntry]: ...
+    def forget_contact(self, address: str) -> bool: ...
+    def save_attachment(
+        self,
+        message_id: str,
+        filename: str,
+        content_type: str,
+        content: BinaryIO | bytes | str | os.PathLike[str],
+    ) -> SavedAttachment: ...
+    def find_attachment_by_token(self, token: str) -> AttachmentRecord | None: ...
+    def attachment(self, attachment_id: str) -> AttachmentRecord | None: ...
+    def open_attachment(self, attachment_id: str) -> BinaryIO | None: ...
     def close(self) -> None: ...
 
 
@@ -288,6 +392,37 @@ _MIGRATIONS: tuple[str, ...] = (
         detail     TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX audit_message ON audit (message_id, id);
+    """,
+    # 2: the guest portal (zivmilter/portal)
+    """
+    ALTER TABLE recipients ADD COLUMN revoked_at INTEGER;    -- this recipient's link revoked
+    ALTER TABLE recipients ADD COLUMN failed_streak INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE recipients ADD COLUMN otp_secret BLOB;       -- sealed with the KEK field key
+    ALTER TABLE recipients ADD COLUMN otp_sent_at INTEGER;
+    ALTER TABLE recipients ADD COLUMN otp_sends INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN portal_view BLOB;        -- sealed with the message field key
+    CREATE INDEX messages_rfc822 ON messages (rfc822_id);
+
+    CREATE TABLE replies (                 -- secure replies written in the portal
+        id           TEXT PRIMARY KEY,
+        message_id   TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        recipient_id INTEGER NOT NULL REFERENCES recipients (id) ON DELETE CASCADE,
+        conversation INTEGER NOT NULL,
+        blob_id      TEXT NOT NULL,        -- the reply as sent, sealed with the message's data key
+        created_at   INTEGER NOT NULL,
+        sent_at      INTEGER
+    );
+    CREATE INDEX replies_recipient ON replies (recipient_id, created_at);
+
+    CREATE TABLE attachments (             -- large attachments of direct deliveries (SPEC 5)
+        id           TEXT PRIMARY KEY,
+        message_id   TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        blob_id      TEXT NOT NULL,
+        filename     BLOB,                 -- sealed with the message field key
+        content_type TEXT NOT NULL,
+        token_hash   TEXT NOT NULL UNIQUE, -- SHA-256 of the download token
+        created_at   INTEGER NOT NULL
+    );
     """,
 )
 
@@ -876,6 +1011,425 @@ class SqliteStore:
             locked_until=_dt_or_none(r["locked_until"]),
         )
 
+    # =========================================================================================
+    # portal: what the guest portal (zivmilter/portal) and its commands (`revoke`, `status`,
+    # `contacts`) need. Decisions (lockout length, rate limits) are made by the caller and
+    # passed in; this section only reads and writes, each change in one transaction.
+
+    def recipient(self, recipient_id: int) -> RecipientRecord | None:
+        with self._lock:
+            row = self._conn.execute(
+                _RECIPIENT_SELECT + " WHERE r.id = ?", (recipient_id,)
+            ).fetchone()
+        return None if row is None else self._recipient_record(row)
+
+    def link_state(self, recipient_id: int) -> LinkState | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT revoked_at, failed_streak, otp_sent_at, otp_sends FROM recipients"
+                " WHERE id = ?",
+                (recipient_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return LinkState(_dt_or_none(row[0]), int(row[1]), _dt_or_none(row[2]), int(row[3]))
+
+    def portal_view(self, message_id: str) -> bytes | None:
+        """What the portal keeps of a message to show it without parsing it again (its headers,
+        body text and attachment list); sealed with the message's own key, so revoking the
+        message (destroying that key) makes it unreadable too."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT portal_view, wrapped_key FROM messages WHERE id = ? AND revoked_at IS NULL",
+                (message_id,),
+            ).fetchone()
+        if row is None or row[0] is None or row[1] is None:
+            return None
+        field_key = crypto.message_field_key(crypto.unwrap_data_key(self._kek, bytes(row[1])))
+        return crypto.unseal(field_key, bytes(row[0]), "messages.portal_view:" + message_id)
+
+    def save_portal_view(self, message_id: str, view: bytes) -> None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT wrapped_key FROM messages WHERE id = ? AND revoked_at IS NULL",
+                (message_id,),
+            ).fetchone()
+        if row is None or row[0] is None:
+            return
+        field_key = crypto.message_field_key(crypto.unwrap_data_key(self._kek, bytes(row[0])))
+        sealed = crypto.seal(field_key, view, "messages.portal_view:" + message_id)
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE messages SET portal_view = ? WHERE id = ? AND revoked_at IS NULL",
+                (sealed, message_id),
+            )
+
+    def find_messages(self, ref: str) -> list[MessageRecord]:
+        """Messages by store id or RFC 822 Message-ID (angle brackets optional), oldest first."""
+        ref = ref.strip()
+        bare = ref[1:-1] if ref.startswith("<") and ref.endswith(">") else ref
+        with self._lock:
+            rows = self._conn.execute(
+                _MESSAGE_SELECT + " WHERE m.id = ? OR m.rfc822_id IN (?, ?)"
+                " ORDER BY m.created_at, m.id",
+                (bare, f"<{bare}>", bare),
+            ).fetchall()
+        return [self._message_record(r) for r in rows]
+
+    def revoke_recipient(self, message_id: str, address: str, reason: str = "") -> bool:
+        """Revoke one notification recipient's link; the last one revokes the whole message
+        (its data key destroyed). False when there is no such live link."""
+        key = normalize_address(address)
+        now = int(self._now())
+        with self._transaction() as cur:
+            done = cur.execute(
+                "UPDATE recipients SET revoked_at = ?, otp_secret = NULL WHERE message_id = ?"
+                " AND address = ? AND delivery = 'notification' AND revoked_at IS NULL",
+                (now, message_id, key),
+            ).rowcount
+            if not done:
+                return False
+            _audit(cur, now, message_id, key, "revoked", reason)
+            left = cur.execute(
+                "SELECT COUNT(*) FROM recipients WHERE message_id = ?"
+                " AND delivery = 'notification' AND revoked_at IS NULL",
+                (message_id,),
+            ).fetchone()[0]
+        if not left:
+            self.revoke(message_id, reason or "every link revoked")
+        return True
+
+    def record_failed_attempt(
+        self, recipient_id: int, lockout: Callable[[int, int], float | None], detail: str = ""
+    ) -> datetime | None:
+        """Count a wrong code or password; `lockout(streak, lockouts)` says for how many seconds
+        the link now locks (None: not yet). Returns the new lock's end, if any."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT message_id, address, failed_streak, lockouts FROM recipients WHERE id = ?",
+                (recipient_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            message_id, address, streak, lockouts = (
+                str(row[0]),
+                str(row[1]),
+                int(row[2]) + 1,
+                int(row[3]),
+            )
+            seconds = lockout(streak, lockouts)
+            until = None if seconds is None else now + int(seconds)
+            cur.execute(
+                "UPDATE recipients SET failed_attempts = failed_attempts + 1, failed_streak = ?,"
+                " lockouts = ?, locked_until = COALESCE(?, locked_until) WHERE id = ?",
+                (
+                    0 if until is not None else streak,
+                    lockouts + 1 if until is not None else lockouts,
+                    until,
+                    recipient_id,
+                ),
+            )
+            _audit(cur, now, message_id, address, "verify-failed", detail)
+            if until is not None:
+                _audit(cur, now, message_id, address, "locked", f"{int(seconds or 0)} s")
+        return _dt_or_none(until)
+
+    def record_verified(self, recipient_id: int, detail: str = "") -> None:
+        """A successful verification: the failure streak and the one-time code are spent."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT message_id, address FROM recipients WHERE id = ?", (recipient_id,)
+            ).fetchone()
+            if row is None:
+                return
+            cur.execute(
+                "UPDATE recipients SET failed_streak = 0, otp_secret = NULL, otp_sends = 0"
+                " WHERE id = ?",
+                (recipient_id,),
+            )
+            _audit(cur, now, str(row[0]), str(row[1]), "verified", detail)
+
+    def claim_otp(
+        self, recipient_id: int, secret: bytes, min_interval: float, max_sends: int
+    ) -> float:
+        """Store a new one-time code secret if the rate limits allow one now: returns 0.0 when
+        stored (the caller sends the code), else the seconds to wait (`inf`: none left)."""
+        now = int(self._now())
+        sealed = crypto.seal(self._kek.field_key, secret, f"recipients.otp:{recipient_id}")
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT message_id, address, otp_sent_at, otp_sends FROM recipients WHERE id = ?",
+                (recipient_id,),
+            ).fetchone()
+            if row is None:
+                return float("inf")
+            sent_at, sends = row[2], int(row[3])
+            if sends >= max_sends:
+                return float("inf")
+            if sent_at is not None and now - int(sent_at) < min_interval:
+                return float(min_interval - (now - int(sent_at)))
+            cur.execute(
+                "UPDATE recipients SET otp_secret = ?, otp_sent_at = ?, otp_sends = otp_sends + 1"
+                " WHERE id = ?",
+                (sealed, now, recipient_id),
+            )
+            _audit(cur, now, str(row[0]), str(row[1]), "code-issued", f"#{sends + 1}")
+        return 0.0
+
+    def otp(self, recipient_id: int) -> OtpState | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT otp_secret, otp_sent_at FROM recipients WHERE id = ?", (recipient_id,)
+            ).fetchone()
+        if row is None or row[0] is None or row[1] is None:
+            return None
+        secret = crypto.unseal(self._kek.field_key, bytes(row[0]), f"recipients.otp:{recipient_id}")
+        return OtpState(secret, _dt(row[1]))
+
+    def clear_otp(self, recipient_id: int) -> None:
+        """Forget the code secret and its send slot (sending it failed: let the user retry)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE recipients SET otp_secret = NULL, otp_sent_at = NULL,"
+                " otp_sends = MAX(otp_sends - 1, 0) WHERE id = ? AND otp_secret IS NOT NULL",
+                (recipient_id,),
+            )
+
+    def save_reply(self, recipient_id: int, content: bytes) -> str:
+        """Durably store a reply (RFC 5322 bytes) in the recipient's conversation; returns its id.
+
+        It is sealed with the message's data key, so revoking the message destroys it too.
+        """
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT r.message_id, r.address, r.conversation, m.wrapped_key FROM recipients r"
+                " JOIN messages m ON m.id = r.message_id WHERE r.id = ? AND m.revoked_at IS NULL",
+                (recipient_id,),
+            ).fetchone()
+        if row is None or row[3] is None:
+            raise StoreError(f"recipient {recipient_id}: message gone, cannot store a reply")
+        message_id, address, conversation = str(row[0]), str(row[1]), int(row[2])
+        data_key = crypto.unwrap_data_key(self._kek, bytes(row[3]))
+        reply_id = secrets.token_hex(16)
+        blob_id = secrets.token_hex(16)
+        relpath, written = self._write_blob(blob_id, data_key, content)
+        now = int(self._now())
+        try:
+            with self._transaction() as cur:
+                cur.execute(
+                    "INSERT INTO blobs (id, message_id, kind, path, size, cipher_size, sha256)"
+                    " VALUES (?, ?, 'reply', ?, ?, ?, ?)",
+                    (
+                        blob_id,
+                        message_id,
+                        relpath,
+                        written.size,
+                        written.cipher_size,
+                        written.sha256,
+                    ),
+                )
+                cur.execute(
+                    "INSERT INTO replies (id, message_id, recipient_id, conversation, blob_id,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (reply_id, message_id, recipient_id, conversation, blob_id, now),
+                )
+                _audit(cur, now, message_id, address, "reply-stored", reply_id)
+        except BaseException:
+            self._remove_blob(relpath)
+            raise
+        return reply_id
+
+    def mark_reply_sent(self, reply_id: str, detail: str = "") -> None:
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT p.message_id, r.address FROM replies p"
+                " JOIN recipients r ON r.id = p.recipient_id WHERE p.id = ?",
+                (reply_id,),
+            ).fetchone()
+            if row is None:
+                return
+            cur.execute("UPDATE replies SET sent_at = ? WHERE id = ?", (now, reply_id))
+            _audit(cur, now, str(row[0]), str(row[1]), "reply-sent", detail)
+
+    def replies(self, recipient_id: int) -> list[ReplyRecord]:
+        """The replies this recipient wrote, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT p.id, p.message_id, p.recipient_id, p.conversation, p.created_at,"
+                " p.sent_at, b.size FROM replies p JOIN blobs b ON b.id = p.blob_id"
+                " WHERE p.recipient_id = ? AND b.deleted_at IS NULL ORDER BY p.created_at, p.rowid",
+                (recipient_id,),
+            ).fetchall()
+        return [
+            ReplyRecord(
+                str(r[0]), str(r[1]), int(r[2]), int(r[3]), _dt(r[4]), _dt_or_none(r[5]), int(r[6])
+            )
+            for r in rows
+        ]
+
+    def open_reply(self, reply_id: str) -> BinaryIO | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT message_id, blob_id FROM replies WHERE id = ?", (reply_id,)
+            ).fetchone()
+        return None if row is None else self._open_blob(str(row[0]), str(row[1]))
+
+    def contacts(self) -> list[ContactEntry]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT address, sms, access_code_hash IS NOT NULL, used_at FROM contacts"
+                " ORDER BY address"
+            ).fetchall()
+        return [
+            ContactEntry(
+                str(r[0]),
+                None if r[1] is None else self._unseal_contact(str(r[0]), bytes(r[1])),
+                bool(r[2]),
+                _dt_or_none(r[3]),
+            )
+            for r in rows
+        ]
+
+    def forget_contact(self, address: str) -> bool:
+        key = normalize_address(address)
+        with self._transaction() as cur:
+            n = cur.execute("DELETE FROM contacts WHERE address = ?", (key,)).rowcount
+            if n:
+                _audit(cur, int(self._now()), None, key, "contact-forgotten", "")
+        return bool(n)
+
+    def save_attachment(
+        self,
+        message_id: str,
+        filename: str,
+        content_type: str,
+        content: BinaryIO | bytes | str | os.PathLike[str],
+    ) -> SavedAttachment:
+        """Keep a large attachment of a stored message for download; returns its token (the
+        only time it exists). The gateway puts the link in the direct copies instead."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT wrapped_key FROM messages WHERE id = ? AND revoked_at IS NULL",
+                (message_id,),
+            ).fetchone()
+        if row is None or row[0] is None:
+            raise StoreError(f"message {message_id}: unknown or revoked")
+        data_key = crypto.unwrap_data_key(self._kek, bytes(row[0]))
+        attachment_id = secrets.token_hex(16)
+        blob_id = secrets.token_hex(16)
+        token = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
+        relpath, written = self._write_blob(blob_id, data_key, content)
+        sealed_name = crypto.seal(
+            crypto.message_field_key(data_key),
+            filename.encode("utf-8"),
+            "attachments.filename:" + attachment_id,
+        )
+        now = int(self._now())
+        try:
+            with self._transaction() as cur:
+                cur.execute(
+                    "INSERT INTO blobs (id, message_id, kind, path, size, cipher_size, sha256)"
+                    " VALUES (?, ?, 'attachment', ?, ?, ?, ?)",
+                    (
+                        blob_id,
+                        message_id,
+                        relpath,
+                        written.size,
+                        written.cipher_size,
+                        written.sha256,
+                    ),
+                )
+                cur.execute(
+                    "INSERT INTO attachments (id, message_id, blob_id, filename, content_type,"
+                    " token_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        attachment_id,
+                        message_id,
+                        blob_id,
+                        sealed_name,
+                        content_type,
+                        crypto.token_hash(token),
+                        now,
+                    ),
+                )
+                _audit(cur, now, message_id, None, "attachment-stored", attachment_id)
+        except BaseException:
+            self._remove_blob(relpath)
+            raise
+        return SavedAttachment(attachment_id, token)
+
+    def find_attachment_by_token(self, token: str) -> AttachmentRecord | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id FROM attachments WHERE token_hash = ?", (crypto.token_hash(token),)
+            ).fetchone()
+        return None if row is None else self.attachment(str(row[0]))
+
+    def attachment(self, attachment_id: str) -> AttachmentRecord | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {', '.join(_MESSAGE_FIELDS)}, a.id, a.filename, a.content_type,"
+                " b.size, a.created_at FROM attachments a JOIN messages m ON m.id = a.message_id"
+                " JOIN blobs b ON b.id = a.blob_id WHERE a.id = ?",
+                (attachment_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        n = len(_MESSAGE_FIELDS)
+        message = self._message_record(row[:n])
+        aid, sealed, ctype, size, created = row[n:]
+        filename = None
+        with self._lock:
+            wrapped = self._conn.execute(
+                "SELECT wrapped_key FROM messages WHERE id = ?", (message.id,)
+            ).fetchone()
+        if sealed is not None and wrapped is not None and wrapped[0] is not None:
+            field_key = crypto.message_field_key(
+                crypto.unwrap_data_key(self._kek, bytes(wrapped[0]))
+            )
+            filename = crypto.unseal(
+                field_key, bytes(sealed), "attachments.filename:" + str(aid)
+            ).decode("utf-8")
+        return AttachmentRecord(str(aid), message, filename, str(ctype), int(size), _dt(created))
+
+    def open_attachment(self, attachment_id: str) -> BinaryIO | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT message_id, blob_id FROM attachments WHERE id = ?", (attachment_id,)
+            ).fetchone()
+        return None if row is None else self._open_blob(str(row[0]), str(row[1]))
+
+    def _open_blob(self, message_id: str, blob_id: str) -> BinaryIO | None:
+        """A blob's plaintext as read, like `open_content`; None once revoked or expired."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT m.wrapped_key, m.expires_at, b.path, b.sha256 FROM messages m"
+                " JOIN blobs b ON b.message_id = m.id AND b.id = ?"
+                " WHERE m.id = ? AND m.revoked_at IS NULL AND b.deleted_at IS NULL",
+                (blob_id, message_id),
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        if row[1] is not None and int(self._now()) >= int(row[1]):
+            return None
+        data_key = crypto.unwrap_data_key(self._kek, bytes(row[0]))
+        try:
+            fh = open(os.path.join(self._path, str(row[2])), "rb")  # noqa: SIM115 - returned
+        except OSError as exc:
+            raise StoreError(f"blob {blob_id}: encrypted copy unreadable: {exc}") from None
+        try:
+            raw = crypto.DecryptingReader(crypto.content_key(data_key, blob_id), fh, str(row[3]))
+        except BaseException:
+            fh.close()
+            raise
+        return io.BufferedReader(raw, buffer_size=crypto.RECORD_SIZE)
+
+    # end of the portal section
+    # =========================================================================================
+
 
 _MESSAGE_FIELDS = (
     "m.id", "m.rfc822_id", "m.queue_id", "m.sender", "m.subject", "m.wrapped_key",
@@ -1007,11 +1561,17 @@ def _fsync_dir(path: str) -> None:
 
 __all__ = [
     "Account",
+    "AttachmentRecord",
     "AuditEvent",
+    "ContactEntry",
+    "LinkState",
     "MessageRecord",
     "NewMessage",
     "NewRecipient",
+    "OtpState",
     "RecipientRecord",
+    "ReplyRecord",
+    "SavedAttachment",
     "SavedMessage",
     "SqliteStore",
     "Store",

@@ -8,6 +8,8 @@ domain's "MX" is its own sink. partner.example has a certificate from the CA Pos
 from __future__ import annotations
 
 import email
+import email.message
+import email.utils
 import os
 import re
 import smtplib
@@ -27,6 +29,8 @@ from tests.harness.sandbox import bind_mounted
 from tests.harness.sink import Sink, server_tls_context
 from tests.harness.zivmilter import ZivmilterProcess
 from zivmilter import crypto
+from zivmilter.addresses import normalize_address
+from zivmilter.errors import MessageError
 from zivmilter.store import SqliteStore
 
 pytestmark = pytest.mark.integration
@@ -41,7 +45,12 @@ HOSTS = (
 FACTS = {
     "transport": {"partner.example": "pkix", "weak.example": "tls"},
 }
-CONFIG = {"policy": {"outbound_direct_delivery": {"domains": ["partner.example"]}}}
+CONFIG = {
+    "policy": {
+        "outbound_direct_delivery": {"domains": ["partner.example"]},
+        "large_attachment_bytes": 200_000,  # small, so the test stays quick
+    }
+}
 BODY_MARKER = "PLAINTEXT-MARKER-7f3a the lab results are attached"
 PHONE = "+31612345678"
 CODE = "tulip-secret-42"
@@ -281,31 +290,99 @@ def test_client_route_header_is_not_obeyed(
     assert len(tls.received) == t0
 
 
-def test_corpus_messages_all_pass_without_tempfail(
-    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
-) -> None:
-    """Every real-world message of the shared corpus is secured: accepted, valid notification."""
-    pf, z = gateway
-    plain = sinks["plain"]
+def test_corpus_messages_all_pass_without_tempfail(sinks: dict[str, Sink]) -> None:
+    """Every real-world message of the shared corpus: secured (a valid notification) when its
+    From is a sender account, refused with 550 5.7.1 when it has no usable From; never a
+    tempfail, never a crash."""
     corpus = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "maildir"
     files = sorted(p for p in corpus.rglob("*") if p.is_file())
     assert len(files) > 300
-    p0 = len(plain.received)
-    refused: list[str] = []
-    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
-        for path in files:
-            raw = path.read_bytes()
+    senders: set[str] = set()
+    unusable: set[str] = set()  # no From, or a From/Sender address that is not valid: refused
+    # As a mail client sends them: Mac (CR) and Unix (LF) line ends become CRLF on the wire.
+    wire = {path: re.sub(rb"\r\n|\r|\n", b"\r\n", path.read_bytes()) for path in files}
+    for path in files:
+        msg = email.message_from_bytes(wire[path], policy=policy.compat32)
+        named = email.utils.getaddresses(msg.get_all("From", []) + msg.get_all("Sender", []))
+        claimed = [addr for _, addr in named if "@" in addr]
+        from_claimed = [a for _, a in email.utils.getaddresses(msg.get_all("From", [])) if "@" in a]
+        if not from_claimed:
+            unusable.add(path.name)
+        for addr in claimed:
             try:
-                s.sendmail("alice@hospital.example", ["reader@oldmail.example"], raw)
-            except smtplib.SMTPException as exc:
-                refused.append(f"{path.name}: {exc}")
-                s.rset()
-    assert not refused, refused[:5]
-    notes = plain.wait_for(p0 + len(files), timeout=120)[p0:]
+                senders.add(normalize_address(addr))
+            except MessageError:
+                unusable.add(path.name)
+    plain = sinks["plain"]
+    pf = PostfixInstance(milter=None)
+    facts = {"senders": sorted(senders), "transport": {}}
+    z = ZivmilterProcess(
+        reinject_port=pf.reinject_port,
+        facts=facts,
+        config={"submission": {"any_address_of_own_domains": False}},
+    )
+    pf.milter = z.postfix_socket
+    refused: list[str] = []
+    p0 = len(plain.received)
+    with z, pf:
+        s = smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60)
+        for path in files:
+            try:
+                s.sendmail("alice@hospital.example", ["reader@oldmail.example"], wire[path])
+            except smtplib.SMTPDataError as exc:
+                assert exc.smtp_code == 550 and b"5.7.1" in exc.smtp_error, (path, exc)
+                refused.append(path.name)
+                s.close()  # a new session: Postfix ends one after too many refusals
+                s = smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60)
+        s.quit()
+        notes = plain.wait_for(p0 + len(files) - len(refused), timeout=120)[p0:]
+        assert "tempfail" not in z.log()
+    assert set(refused) == unusable  # refused exactly when there is no usable From/Sender
+    assert len(unusable) < len(files) // 3
     for note in notes:
         msg = email.message_from_bytes(note.data, policy=policy.default)
         assert msg.get_content_type() == "multipart/alternative"
         assert not msg.defects
         assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
         assert LINK.search(msg.get_body(("plain",)).get_content())
-    assert "tempfail" not in z.log()
+
+
+def test_large_attachment_of_a_direct_copy_becomes_a_link(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
+) -> None:
+    pf, z = gateway
+    tls = sinks["tls"]
+    t0 = len(tls.received)
+    big = os.urandom(300_000)
+    small = b"small attachment stays"
+    msg = email.message.EmailMessage()
+    msg["From"] = "alice@hospital.example"
+    msg["To"] = "bob@partner.example"
+    msg["Subject"] = "scan"
+    msg.set_content(BODY_MARKER)
+    msg.add_attachment(big, maintype="application", subtype="pdf", filename="scan.pdf")
+    msg.add_attachment(small, maintype="text", subtype="plain", filename="note.txt")
+    assert send(pf, "alice@hospital.example", ["bob@partner.example"], msg.as_bytes()) == {}
+    (got,) = new_messages(tls, t0, 1)
+    assert len(got.data) < 100_000
+    received = got.message()
+    names = [p.get_filename() for p in received.walk() if p.get_filename()]
+    assert names == ["note.txt"]  # the large one is gone, the small one stays
+    assert received.get_body(("plain",)).get_content().strip() == BODY_MARKER
+    notice = [
+        p.get_content() for p in received.walk() if "scan.pdf" in str(p.get_payload(decode=True))
+    ]
+    assert notice and re.search(
+        r"https://secure\.hospital\.example/d/[A-Za-z0-9_-]{22,}", notice[0]
+    )
+    # the attachment is in the store, encrypted, and decrypts to the original bytes
+    with sqlite3.connect(z.store_path / "store.sqlite3") as db:
+        (aid,) = db.execute(
+            "SELECT id FROM attachments ORDER BY created_at DESC LIMIT 1"
+        ).fetchone()
+    store = open_store(z)
+    try:
+        stream = store.open_attachment(aid)
+        assert stream is not None and stream.read() == big
+    finally:
+        store.close()
