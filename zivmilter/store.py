@@ -542,7 +542,8 @@ class SqliteStore:
                     cur.execute(
                         "INSERT INTO recipients (message_id, address, conversation, method,"
                         " delivery, rule, level, token_hash, verification, phone,"
-                        " access_code_hash, hint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " access_code_hash, hint, notified_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             message_id,
                             r.address,
@@ -560,6 +561,9 @@ class SqliteStore:
                             None
                             if r.hint is None
                             else crypto.seal(field_key, r.hint.encode(), "recipients.hint:" + ctx),
+                            # The milter hands the notification to the MTA in the same
+                            # transaction, or discards this message: saved means notified.
+                            created if r.delivery == "notification" else None,
                         ),
                     )
                 cur.execute(

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Guest portal throughput: verified message views per second and p99 latency, measured with wrk
+# (Debian's `wrk`) at 50 concurrent connections against a real `zivmilter portal` process on
+# loopback. Targets on a 2-core machine: >= 300 views/s and p99 < 100 ms.
+#
+#   bench/portal.sh [--workers N] [--duration SECONDS] [--connections N]
+#
+# A throwaway store gets one message per kind; a verified session is obtained over HTTP exactly
+# as a browser does it (open the link, submit the access code), then wrk replays that session:
+#   text:  a plain-text message with a PDF attachment; one view = the message page;
+#   html:  an HTML message with an inline image; one view = the page plus its sandboxed frame.
+# Nothing leaves loopback; everything it started is stopped (by pid) and removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+WORKERS=2
+DURATION=15
+CONNECTIONS=50
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --workers) WORKERS=$2; shift 2 ;;
+        --duration) DURATION=$2; shift 2 ;;
+        --connections) CONNECTIONS=$2; shift 2 ;;
+        *) echo "usage: bench/portal.sh [--workers N] [--duration S] [--connections N]" >&2; exit 2 ;;
+    esac
+done
+command -v wrk >/dev/null || { echo "bench/portal.sh: needs wrk (apt-get install wrk)" >&2; exit 2; }
+
+work=$(mktemp -d /tmp/zivmilter-portal-bench.XXXXXX)
+portal_pid=""
+cleanup() {
+    if [[ -n $portal_pid ]]; then
+        kill "$portal_pid" 2>/dev/null || true
+        wait "$portal_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+port=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+$PY -m zivmilter keygen "$work/store.key" >/dev/null
+cat >"$work/zivmilter.yaml" <<YAML
+organization: {name: Bench Hospital, domains: [hospital.example]}
+store: {path: $work/store, key_file: $work/store.key}
+portal: {base_url: "http://127.0.0.1:$port/", listen: "127.0.0.1:$port"}
+sms: {backend: file, file: $work/sms.log}
+logging: {level: warning}
+YAML
+
+$PY -m zivmilter portal --config "$work/zivmilter.yaml" --workers "$WORKERS" 2>"$work/portal.log" &
+portal_pid=$!
+for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -fs "http://127.0.0.1:$port/healthz" >/dev/null || { cat "$work/portal.log"; exit 1; }
+
+# Store two messages and verify as their recipient over HTTP; prints KIND PATH COOKIE lines.
+sessions=$($PY - "$work/zivmilter.yaml" "$port" <<'PYTHON'
+import re, sys, urllib.parse, urllib.request
+from email.message import EmailMessage
+from email.policy import SMTP
+from zivmilter import config, crypto
+from zivmilter.store import NewMessage, NewRecipient, SqliteStore
+
+cfg = config.load(sys.argv[1])
+base = f"http://127.0.0.1:{sys.argv[2]}"
+store = SqliteStore.open(cfg.store.path, crypto.load_kek(cfg.store.key_file))
+
+def message(html: bool) -> bytes:
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "Dr. Alice <alice@hospital.example>", "bob@example.net", "Lab results"
+    m["Message-ID"] = "<bench@hospital.example>"
+    m.set_content("Dear Bob,\n\n" + "Your results are within the normal range. " * 40 + "\n\nAlice\n")
+    if html:
+        m.add_alternative("<h2>Results</h2><p>" + "Your results are <b>normal</b>. " * 40
+                          + "<img src='cid:logo@h'></p>", subtype="html")
+        m.get_body(("html",)).add_related(b"\x89PNG\r\n\x1a\n" + bytes(600), maintype="image",
+                                           subtype="png", cid="<logo@h>")
+    m.add_attachment(bytes(range(256)) * 200, maintype="application", subtype="pdf", filename="results.pdf")
+    return m.as_bytes(policy=SMTP)
+
+class Jar(urllib.request.HTTPCookieProcessor):
+    pass
+
+for kind in ("text", "html"):
+    saved = store.save_message(NewMessage(
+        sender="alice@hospital.example", subject="Lab results", content=message(kind == "html"),
+        recipients=[NewRecipient("bob@example.net", 1, "custom_access_right", "notification", "A3",
+                                 verification="access_code", access_code="bench-code-1")]))
+    jar = urllib.request.HTTPCookieProcessor()
+    opener = urllib.request.build_opener(jar)
+    first = opener.open(base + "/m/" + saved.tokens["bob@example.net"]).read().decode()
+    path = re.search(r'url=(/r/\d+/)"', first).group(1)
+    page = opener.open(base + path).read().decode()
+    token = re.search(r'action="[^"]*verify"[^>]*>\s*<input type="hidden" name="csrf" value="([^"]+)"', page).group(1)
+    data = urllib.parse.urlencode({"csrf": token, "code": "bench-code-1"}).encode()
+    shown = opener.open(urllib.request.Request(base + path + "verify", data=data,
+                                               headers={"Origin": base})).read().decode()
+    assert 'id="subject"' in shown, "verification failed"
+    cookie = "; ".join(f"{c.name}={c.value}" for c in jar.cookiejar)
+    print(kind, path, cookie)
+store.close()
+PYTHON
+)
+
+run() {  # KIND PATH COOKIE -> prints "requests/s p99_ms"
+    local kind=$1 path=$2 cookie=$3 lua="$work/$1.lua"
+    if [[ $kind == html ]]; then
+        printf 'local n = 0\nrequest = function()\n  n = n + 1\n  if n %% 2 == 0 then return wrk.format("GET", "%sbody") end\n  return wrk.format("GET", "%s")\nend\n' "$path" "$path" >"$lua"
+    else
+        printf 'request = function() return wrk.format("GET", "%s") end\n' "$path" >"$lua"
+    fi
+    # Warm up, then measure.
+    wrk -t2 -c"$CONNECTIONS" -d3s -H "Cookie: $cookie" -s "$lua" "http://127.0.0.1:$port" >/dev/null
+    wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Cookie: $cookie" -s "$lua" \
+        "http://127.0.0.1:$port" >"$work/$kind.out"
+    if grep -qE "Non-2xx|Socket errors" "$work/$kind.out"; then
+        echo "bench/portal.sh: errors during the $kind run:" >&2
+        cat "$work/$kind.out" >&2
+        exit 1
+    fi
+    local rps p99
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/$kind.out")
+    p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' "$work/$kind.out")
+    echo "$rps $p99"
+}
+
+echo "zivmilter portal bench: $WORKERS worker(s), $CONNECTIONS connections, ${DURATION}s per run, $(nproc) CPU(s)"
+status=0
+while read -r kind path cookie; do
+    read -r rps p99 < <(run "$kind" "$path" "$cookie")
+    per_view=1
+    [[ $kind == html ]] && per_view=2
+    views=$(awk -v r="$rps" -v k="$per_view" 'BEGIN {printf "%.0f", r / k}')
+    verdict=$(awk -v v="$views" -v p="$p99" 'BEGIN {print (v >= 300 && p < 100) ? "ok" : "BELOW TARGET"}')
+    [[ $verdict == ok ]] || status=1
+    printf '  %-4s views: %6s views/s (%s req/s, %d request(s) per view)  p99 %s ms  [%s]\n' \
+        "$kind" "$views" "$rps" "$per_view" "$p99" "$verdict"
+done <<<"$sessions"
+exit $status

@@ -1,0 +1,507 @@
+"""The guest portal in a real headless Chromium (Playwright), from a real notification.
+
+A message goes into a private Postfix with the real `zivmilter run` attached; the notification
+arrives at a receiving server (aiosmtpd); its personal link is opened in Chromium against the
+real `zivmilter portal` process on loopback (http: the `Secure` cookie flag follows the scheme of
+portal.base_url, tested in tests/test_portal_app.py). Codes come the way a recipient gets them:
+the SMS provider's webhook (a local HTTP server) and the verification email at the receiving
+server. Replies come back through Postfix to the sender's mailbox. Every page is saved as a
+screenshot under test-artifacts/portal/.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import smtplib
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import SMTP
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+
+from tests.harness.postfix import REPO, PostfixInstance, free_port
+from tests.harness.sandbox import bind_mounted
+from tests.harness.sink import Received, Sink
+from tests.harness.zivmilter import ZivmilterProcess
+from zivmilter import crypto
+from zivmilter.portal.accounts import add_recipient_account
+from zivmilter.store import SqliteStore
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+pytestmark = pytest.mark.integration
+
+MAIL_IP = "127.0.0.30"
+HOSTS = f"127.0.0.1 localhost\n{MAIL_IP} oldmail.example x.example hospital.example\n"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+ARTIFACTS = REPO / "test-artifacts" / "portal"
+PHONE = "+31612345678"
+CODE = "tulip-secret-42"
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
+
+
+def png(width: int = 8, height: int = 8) -> bytes:
+    """A real (red) PNG, so the browser can decode the inline image."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+
+class _Hook(BaseHTTPRequestHandler):
+    calls: ClassVar[list[tuple[dict[str, str], dict[str, Any]]]] = []
+    cond = threading.Condition()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        with self.cond:
+            self.calls.append((dict(self.headers), json.loads(body)))
+            self.cond.notify_all()
+        self.send_response(202)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class SmsProvider:
+    """A local stand-in for an SMS provider's JSON API: what the portal's webhook posts."""
+
+    def __init__(self) -> None:
+        self.handler: type[_Hook] = type(
+            "Hook", (_Hook,), {"calls": [], "cond": threading.Condition()}
+        )
+        self.server = HTTPServer(("127.0.0.1", 0), self.handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1/messages"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> SmsProvider:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(
+        self, count: int, timeout: float = 20
+    ) -> list[tuple[dict[str, str], dict[str, Any]]]:
+        deadline = time.monotonic() + timeout
+        with self.handler.cond:
+            while len(self.handler.calls) < count:
+                left = deadline - time.monotonic()
+                assert left > 0, f"SMS provider: expected {count} messages"
+                self.handler.cond.wait(left)
+            return list(self.handler.calls)
+
+
+class PortalProcess:
+    """`zivmilter portal --config FILE` as its own process, like systemd runs it."""
+
+    def __init__(self, config_file: Path, port: int, log: Path) -> None:
+        self.config_file, self.port, self.log = config_file, port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> PortalProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "zivmilter", "portal", "--config", str(self.config_file)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while True:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
+                    return self
+            except OSError:
+                assert time.monotonic() < deadline, (
+                    "portal did not come up:\n" + self.log.read_text()
+                )
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class World:
+    def __init__(
+        self, pf: PostfixInstance, z: ZivmilterProcess, sink: Sink, sms: SmsProvider, port: int
+    ) -> None:
+        self.pf, self.z, self.sink, self.sms, self.port = pf, z, sink, sms, port
+        self.link = re.compile(rf"http://127\.0\.0\.1:{port}/m/[A-Za-z0-9_-]+")
+
+    def send(self, msg: EmailMessage, rcpts: list[str]) -> None:
+        with smtplib.SMTP("127.0.0.1", self.pf.smtp_port, timeout=60) as s:
+            assert s.sendmail("alice@hospital.example", rcpts, msg.as_bytes(policy=SMTP)) == {}
+
+    def mail_for(self, address: str, before: int, what: str = "") -> Received:
+        """The first message for `address` that arrived after `before` messages (and has
+        `what` in it)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for r in self.sink.received[before:]:
+                if address in r.rcpt_tos and what.encode() in r.data:
+                    return r
+            time.sleep(0.1)
+        raise AssertionError(f"no mail for {address} containing {what!r}")
+
+    def notification_link(self, address: str, before: int) -> tuple[str, str]:
+        note = self.mail_for(address, before, "/m/")
+        body = note.message().get_body(("plain",))
+        assert body is not None
+        text = body.get_content()
+        (link,) = self.link.findall(text)
+        return link, text
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "zivmilter", *args, "--config", str(self.z.config_file)],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    def store(self) -> SqliteStore:
+        return SqliteStore.open(str(self.z.store_path), crypto.load_kek(str(self.z.key_file)))
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    port = free_port()
+    with bind_mounted("/etc/hosts", HOSTS), Sink(MAIL_IP, 25) as sink, SmsProvider() as sms:
+        pf = PostfixInstance(milter=None)
+        z = ZivmilterProcess(
+            reinject_port=pf.reinject_port,
+            config={
+                "portal": {
+                    "base_url": f"http://127.0.0.1:{port}/",
+                    "listen": f"127.0.0.1:{port}",
+                },
+                "sms": {
+                    "backend": "webhook",
+                    "webhook": {
+                        "url": sms.url,
+                        "auth_header": "Authorization: Bearer provider-key",
+                        "body": '{"recipient": {{ phone }}, "body": {{ text }}}',
+                    },
+                },
+            },
+        )  # no facts file: the milter's live facts (store accounts, contact book)
+        pf.milter = z.postfix_socket
+        with z, pf, PortalProcess(z.config_file, port, z.dir / "portal.log"):
+            w = World(pf, z, sink, sms, port)
+            with _store(w) as store:  # SPEC 7: only an active account may submit
+                store.add_account("alice@hospital.example", "sender")
+            yield w
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1000, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(15_000)
+    pg.dialogs = []
+    pg.on("dialog", lambda d: (pg.dialogs.append(d.message), d.dismiss()))
+    yield pg
+    # Where the test ended (the last screen of a failure too).
+    pg.screenshot(path=str(ARTIFACTS / f"last-{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+def shot(page: Any, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def rich_message(to: str, extra: dict[str, str]) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "Dr. Alice <alice@hospital.example>"
+    msg["To"] = to
+    msg["Subject"] = "Lab results"
+    msg["Message-ID"] = f"<portal-{time.monotonic_ns()}@hospital.example>"
+    for name, value in extra.items():
+        msg[name] = value
+    msg.set_content("HTML-ONLY-MARKER plain alternative")
+    msg.add_alternative(
+        "<h2 style='color:#1f5fbf'>BODY-MARKER Your lab results</h2>"
+        "<p>Everything is <b>fine</b>. <img src='cid:scan@hospital' alt='scan' width='8'></p>"
+        "<img src='https://tracker.example/open.gif'>"
+        "<script>document.title='pwned'; alert('xss')</script>"
+        "<img src='x' onerror=\"alert('xss')\">",
+        subtype="html",
+    )
+    html = msg.get_body(("html",))
+    assert html is not None
+    html.add_related(png(), maintype="image", subtype="png", cid="<scan@hospital>")
+    msg.add_attachment(PDF, maintype="application", subtype="pdf", filename="results.pdf")
+    return msg
+
+
+def plain_message(to: str, marker: str, extra: dict[str, str] | None = None) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "Dr. Alice <alice@hospital.example>"
+    msg["To"] = to
+    msg["Subject"] = f"Appointment {marker}"
+    msg["Message-ID"] = f"<{marker}-{time.monotonic_ns()}@hospital.example>"
+    for name, value in (extra or {}).items():
+        msg[name] = value
+    msg.set_content(f"{marker} see you on Tuesday")
+    return msg
+
+
+def open_link(page: Any, link: str) -> None:
+    page.goto(link)
+    page.wait_for_url(re.compile(r"/r/\d+/$"))
+    assert "/m/" not in page.url, "the token is gone from the address bar"
+
+
+class _store:
+    """The store as the milter and portal see it, opened from the test."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def __enter__(self) -> SqliteStore:
+        self.s = self.world.store()
+        return self.s
+
+    def __exit__(self, *exc: object) -> None:
+        self.s.close()
+
+
+# --- the tests -----------------------------------------------------------------------------------
+
+
+def test_access_code_read_download_reply_language_revoke(
+    world: World, page: Any, tmp_path: Path
+) -> None:
+    before = len(world.sink.received)
+    msg = rich_message(
+        "Dave <dave@oldmail.example>",
+        {"zivver-access-right": f"dave@oldmail.example access-code {CODE}"},
+    )
+    world.send(msg, ["dave@oldmail.example"])
+    link, text = world.notification_link("dave@oldmail.example", before)
+    assert CODE not in text
+
+    loaded: list[tuple[str, int]] = []
+    page.on("response", lambda r: loaded.append((r.url, r.status)))
+    open_link(page, link)
+    page.get_by_role("heading", name="Confirm that this message is for you").wait_for()
+    shot(page, "access-code-1-verify")
+
+    page.fill("#code", "not-the-code")
+    page.click("form.verify button")
+    page.locator("#error").wait_for()
+    assert "not right" in page.inner_text("#error")
+    shot(page, "access-code-2-wrong-code")
+
+    page.fill("#code", CODE)
+    page.click("form.verify button")
+    page.locator("#subject").wait_for()
+    assert page.inner_text("#subject") == "Lab results"
+    assert "Dr. Alice <alice@hospital.example>" in page.inner_text("#from")
+    frame = page.frame_locator("#body")
+    frame.get_by_text("BODY-MARKER Your lab results").wait_for()
+    page.wait_for_load_state("networkidle")
+    shot(page, "access-code-3-message")
+    # Sanitized: nothing ran, nothing remote loaded, the inline image came from the portal.
+    assert page.dialogs == [] and page.title() != "pwned"
+    assert frame.locator("script").count() == 0
+    assert not [u for u, _ in loaded if "tracker.example" in u]
+    assert [s for u, s in loaded if re.search(r"/r/\d+/part/\d+$", u)] == [200]
+    assert page.locator("#remote").is_visible()
+
+    with page.expect_download() as download:
+        page.click("text=results.pdf")
+    saved = tmp_path / "results.pdf"
+    download.value.save_as(saved)
+    assert download.value.suggested_filename == "results.pdf"
+    assert saved.read_bytes() == PDF, "the attachment downloads byte-identical"
+
+    attachment = tmp_path / "answers.csv"
+    attachment.write_bytes(b"question,answer\nfasting,yes\n")
+    page.fill("#reply-text", "REPLY-MARKER Thank you, doctor.")
+    page.set_input_files("#reply-files", str(attachment))
+    page.click("#send-reply")
+    page.locator("#notice").wait_for()
+    shot(page, "access-code-4-replied")
+    reply = world.mail_for("alice@hospital.example", before, "REPLY-MARKER").message()
+    assert reply["In-Reply-To"] == msg["Message-ID"]
+    assert reply["Reply-To"] == "dave@oldmail.example"
+    body = reply.get_body(("plain",))
+    assert body is not None and "REPLY-MARKER Thank you, doctor." in body.get_content()
+    (attached,) = reply.iter_attachments()
+    assert attached.get_filename() == "answers.csv"
+    assert attached.get_payload(decode=True) == attachment.read_bytes()
+
+    page.click("text=Nederlands")
+    page.get_by_role("heading", name="Beveiligd antwoorden").wait_for()
+    shot(page, "access-code-5-dutch")
+
+    status = world.cli("status", str(msg["Message-ID"]))
+    assert status.returncode == 0, status.stderr
+    assert "failed attempts 1" in status.stdout and "opened 20" in status.stdout
+    assert "1 reply" in status.stdout
+    revoke = world.cli("revoke", str(msg["Message-ID"]))
+    assert revoke.returncode == 0 and "data key destroyed" in revoke.stdout, revoke.stderr
+    page.reload()
+    page.get_by_role("heading", name="Dit bericht is ingetrokken").wait_for()
+    shot(page, "access-code-6-revoked")
+    page.goto(link)
+    page.get_by_role("heading", name="Dit bericht is ingetrokken").wait_for()
+
+    with _store(world) as store:
+        contact = store.contact("dave@oldmail.example")
+    assert contact is not None and contact.access_code
+
+
+def test_sms_code_then_the_contact_book_feeds_rule_5(world: World, page: Any) -> None:
+    before = len(world.sink.received)
+    world.send(
+        plain_message(
+            "carol@oldmail.example",
+            "SMS-MARKER",
+            {"zivver-access-right": f"carol@oldmail.example sms {PHONE}"},
+        ),
+        ["carol@oldmail.example"],
+    )
+    link, text = world.notification_link("carol@oldmail.example", before)
+    assert "+31 6•••••678" in text and PHONE not in text
+    open_link(page, link)
+    assert "+31 6•••••678" in page.inner_text("main")
+    shot(page, "sms-1-verify")
+    calls = len(world.sms.handler.calls)
+    page.click("#send")
+    page.locator("#notice").wait_for()
+    headers, body = world.sms.wait_for(calls + 1)[-1]
+    assert headers["Authorization"] == "Bearer provider-key"
+    assert body["recipient"] == PHONE
+    (code,) = re.findall(r"\b\d{6}\b", body["body"])
+    shot(page, "sms-2-code-sent")
+    page.fill("#code", code)
+    page.click("form.verify button")
+    page.locator("#text").wait_for()
+    assert "SMS-MARKER see you on Tuesday" in page.inner_text("#text")
+    shot(page, "sms-3-message")
+
+    # The next message to carol carries no directive: rule A5 finds her number in the contact
+    # book (through the milter's live facts) and the notification names it again.
+    before = len(world.sink.received)
+    second = plain_message("carol@oldmail.example", "SECOND-MARKER")
+    world.send(second, ["carol@oldmail.example"])
+    _, text = world.notification_link("carol@oldmail.example", before)
+    assert "+31 6•••••678" in text
+    status = world.cli("status", str(second["Message-ID"]))
+    assert "method sms (rule A5)" in status.stdout, status.stdout
+
+
+def test_email_verification_code_from_the_receiving_server(world: World, page: Any) -> None:
+    before = len(world.sink.received)
+    world.send(plain_message("s@x.example", "EMAIL-MARKER"), ["s@x.example"])
+    link, text = world.notification_link("s@x.example", before)
+    assert "verification code by email" in text
+    # Opened from another site (as from webmail): the SameSite=Strict cookie still works,
+    # because the portal moves on from the token URL by itself (same-site).
+    page.set_content(f'<a id="mail" href="{link}">open the secure message</a>')
+    page.click("#mail")
+    page.wait_for_url(re.compile(r"/r/\d+/$"))
+    page.locator("#send").wait_for()
+    shot(page, "email-1-verify")
+    page.click("#send")
+    page.locator("#notice").wait_for()
+    code_mail = world.mail_for("s@x.example", before, "Your verification code").message()
+    assert code_mail["From"].addresses[0].addr_spec == "noreply@hospital.example"
+    body = code_mail.get_body(("plain",))
+    assert body is not None and "EMAIL-MARKER" not in body.get_content()
+    (code,) = re.findall(r"\b\d{6}\b", body.get_content())
+    wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+    page.fill("#code", wrong)
+    page.click("form.verify button")
+    page.locator("#error").wait_for()
+    shot(page, "email-2-wrong-code")
+    page.fill("#code", code)
+    page.click("form.verify button")
+    page.locator("#text").wait_for()
+    assert "EMAIL-MARKER" in page.inner_text("#text")
+    shot(page, "email-3-message")
+
+
+def test_account_sign_in_enrols_an_authenticator(world: World, page: Any) -> None:
+    with _store(world) as store:
+        add_recipient_account(store, "erin@oldmail.example", "correct horse battery staple")
+    before = len(world.sink.received)
+    world.send(plain_message("erin@oldmail.example", "ACCOUNT-MARKER"), ["erin@oldmail.example"])
+    link, text = world.notification_link("erin@oldmail.example", before)
+    assert "Sign in with your Hospital account" in text
+    open_link(page, link)
+    shot(page, "account-1-sign-in")
+    page.fill("#password", "correct horse battery staple")
+    page.click("form.verify button")
+    page.locator("figure.qr svg").wait_for()
+    shot(page, "account-2-enrol")
+    b32 = page.inner_text("#secret").replace(" ", "")
+    secret = base64.b32decode(b32 + "=" * (-len(b32) % 8))
+    page.fill("#totp", TOTP(secret, 6, SHA1(), 30).generate(time.time()).decode())
+    page.click("form.verify button")
+    page.locator("#text").wait_for()
+    assert "ACCOUNT-MARKER" in page.inner_text("#text")
+    shot(page, "account-3-message")
+
+
+def test_portal_process_serves_only_what_it_should(world: World) -> None:
+    """Plain HTTP checks against the running process: headers, and no token in its log."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{world.port}/static/portal.css") as r:
+        assert r.status == 200 and r.headers["content-type"].startswith("text/css")
+    with socket.create_connection(("127.0.0.1", world.port)) as s:
+        s.sendall(b"GET /r/1/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head = s.recv(65536).decode("latin-1")
+    assert (
+        head.startswith("HTTP/1.1 403")
+        and "content-security-policy: default-src 'none'" in head.lower()
+    )
+    log = (world.z.dir / "portal.log").read_text()
+    assert "/m/" not in log, "the access log would leak link tokens"

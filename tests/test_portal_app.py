@@ -1,0 +1,822 @@
+"""The portal app in-process (Starlette's test client) on a real encrypted store: every rule a
+visitor meets — verification by each method, lockout, CSRF, links bound to one recipient,
+revocation, expiry, sanitizing, downloads, replies, languages, security headers.
+
+The SMS provider is the real `file` backend (and a real local HTTP server for the webhook); the
+MTA is a recording stand-in for the re-injection listener (the browser tests use real Postfix).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+
+with warnings.catch_warnings():  # Starlette 1.x deprecates its httpx-based client; it works
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+from zivmilter import config as config_mod
+from zivmilter import defaults
+from zivmilter.config import SmsWebhookConfig
+from zivmilter.errors import DeliveryError
+from zivmilter.portal import accounts
+from zivmilter.portal.app import Portal, create_app
+from zivmilter.portal.security import PortalKeys
+from zivmilter.portal.sms import FileSms, WebhookSms
+from zivmilter.reinject import Outgoing
+from zivmilter.store import NewMessage, NewRecipient, SqliteStore
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+CODE = "tulip-secret-42"
+PHONE = "+31612345678"
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40
+BASE = "http://portal.test"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = datetime(2026, 11, 24, 9, 0, tzinfo=UTC).timestamp()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class RecordingMailer:
+    """Stands in for the re-injection listener: keeps what would be handed to Postfix."""
+
+    def __init__(self) -> None:
+        self.sent: list[Outgoing] = []
+        self.fail = False
+
+    def send(self, messages: Sequence[Outgoing]) -> list[str]:
+        if self.fail:
+            raise DeliveryError("re-injection to 127.0.0.1:10026 failed: connection refused")
+        self.sent.extend(messages)
+        return ["250 2.0.0 Ok: queued as ABC123"] * len(messages)
+
+    def last(self) -> EmailMessage:
+        raw = self.sent[-1].content
+        assert isinstance(raw, bytes)
+        msg = message_from_bytes(raw, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+
+class Env:
+    def __init__(self, tmp: Path, overrides: dict[str, Any] | None = None) -> None:
+        self.clock = Clock()
+        self.kek = os.urandom(32)
+        self.store = SqliteStore.open(str(tmp / "store"), self.kek, now=self.clock)
+        data: dict[str, Any] = {
+            "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+            "portal": {"base_url": BASE + "/"},
+            "notification": {"languages": {"example.nl": "nl"}},
+        }
+        data.update(overrides or {})
+        self.cfg = config_mod.from_mapping(data)
+        self.sms_file = tmp / "sms.log"
+        self.mailer = RecordingMailer()
+        self.portal = Portal(
+            cfg=self.cfg,
+            store=self.store,
+            keys=PortalKeys.from_kek(self.kek),
+            sms=FileSms(str(self.sms_file)),
+            mailer=self.mailer,
+            clock=self.clock,
+        )
+        self.app = create_app(self.portal)
+
+    def client(self) -> TestClient:
+        return TestClient(self.app, base_url=self.cfg.portal.base_url.rstrip("/"))
+
+    def save(
+        self,
+        recipients: list[NewRecipient],
+        content: bytes | None = None,
+        expires_at: datetime | None = None,
+    ) -> tuple[str, dict[str, str]]:
+        saved = self.store.save_message(
+            NewMessage(
+                sender="alice@hospital.example",
+                subject="Lab results",
+                content=content or message_bytes(),
+                recipients=recipients,
+                rfc822_id="<lab-1@hospital.example>",
+                expires_at=expires_at,
+            )
+        )
+        return saved.id, saved.tokens
+
+    def rid(self, message_id: str, address: str) -> int:
+        (r,) = [r for r in self.store.recipients(message_id) if r.address == address]
+        return r.id
+
+
+def message_bytes(html: str | None = None) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Dr. Alice <alice@hospital.example>"
+    msg["To"] = "bob@example.net, carol@example.com"
+    msg["Subject"] = "Lab results"
+    msg["Message-ID"] = "<lab-1@hospital.example>"
+    msg.set_content("BODY-MARKER the results are fine")
+    msg.add_alternative(
+        html
+        or (
+            '<p>BODY-MARKER <b>fine</b><img src="cid:logo@h"><img src="https://t.example/p.gif">'
+            "<script>document.title='pwned'</script><img src=x onerror=\"alert(1)\"></p>"
+        ),
+        subtype="html",
+    )
+    body = msg.get_body(("html",))
+    assert body is not None
+    body.add_related(b"\x89PNG\r\n\x1a\nlogo", maintype="image", subtype="png", cid="<logo@h>")
+    msg.add_attachment(PDF, maintype="application", subtype="pdf", filename="résults.pdf")
+    return msg.as_bytes(policy=policy.SMTP)
+
+
+def code_rcpt(address: str, code: str = CODE) -> NewRecipient:
+    return NewRecipient(
+        address, 1, "custom_access_right", "notification", "A3",
+        verification="access_code", access_code=code, hint="our project's name",
+    )  # fmt: skip
+
+
+def rcpt(address: str, verification: str, **kw: Any) -> NewRecipient:
+    return NewRecipient(address, 1, "x", "notification", "A7", verification=verification, **kw)  # type: ignore[arg-type]
+
+
+def csrf(html: str, action: str) -> str:
+    m = re.search(
+        r'action="[^"]*/' + re.escape(action) + r'"[^>]*>\s*<input type="hidden" name="csrf" '
+        r'value="([^"]+)"',
+        html,
+    )
+    assert m, f"no form for {action}"
+    return m.group(1)
+
+
+def shows_message(r: Any) -> bool:
+    """The message page (headers, frame, attachments), as opposed to a verification page."""
+    return 'id="subject"' in r.text and "/body" in r.text
+
+
+def open_link(client: TestClient, token: str) -> str:
+    """Open a personal link like a browser: the first page, then where it sends us."""
+    first = client.get(f"/m/{token}")
+    assert first.status_code == 200
+    target = re.search(r'http-equiv="refresh" content="0;url=([^"]+)"', first.text)
+    assert target
+    return target.group(1)
+
+
+def verified(env: Env, client: TestClient, token: str, code: str = CODE) -> str:
+    here = open_link(client, token)
+    page = client.get(here)
+    r = client.post(here + "verify", data={"csrf": csrf(page.text, "verify"), "code": code})
+    assert r.status_code == 200 and shows_message(r), r.text
+    return here
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    e.store.close()
+
+
+# --- first visit, headers, cookies -----------------------------------------------------------
+
+
+def test_token_leaves_the_url_and_every_page_is_locked_down(env: Env) -> None:
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    token = tokens["bob@example.net"]
+    with env.client() as client:
+        first = client.get(f"/m/{token}")
+        assert first.status_code == 200
+        rid = env.rid(mid, "bob@example.net")
+        assert f'content="0;url=/r/{rid}/"' in first.text
+        assert token not in first.text
+        cookie = first.headers["set-cookie"]
+        assert cookie.startswith(f"zv_r{rid}=")
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+        assert "Secure" not in cookie  # the site is http here; see the https test below
+        page = client.get(f"/r/{rid}/")
+        assert page.status_code == 200
+        for r in (first, page):
+            h = r.headers
+            assert h["cache-control"] == "no-store"
+            assert h["referrer-policy"] == ("no-referrer" if r is first else "same-origin")
+            assert h["x-content-type-options"] == "nosniff"
+            assert h["x-frame-options"] == "DENY"
+            csp = h["content-security-policy"]
+            assert "default-src 'none'" in csp and "script-src" not in csp
+            assert "frame-ancestors 'none'" in csp and "form-action 'self'" in csp
+        assert "<script" not in page.text
+        assert "our project&#39;s name" in page.text  # the sender's hint is shown
+
+
+def test_https_site_gets_secure_cookies_and_hsts(tmp_path: Path) -> None:
+    env = Env(tmp_path, {"portal": {"base_url": "https://secure.hospital.example/portal/"}})
+    _, tokens = env.save([code_rcpt("bob@example.net")])
+    with env.client() as client:
+        first = client.get(f"/m/{tokens['bob@example.net']}")  # the client adds /portal
+        assert first.status_code == 200
+        assert "Secure" in first.headers["set-cookie"]
+        assert "Path=/portal/" in first.headers["set-cookie"]
+        assert first.headers["strict-transport-security"].startswith("max-age=")
+        assert "url=/portal/r/" in first.text
+    env.store.close()
+
+
+def test_unknown_or_malformed_link(env: Env) -> None:
+    with env.client() as client:
+        for token in ("A" * 32, "short", "with%20space"):
+            r = client.get(f"/m/{token}")
+            assert r.status_code == 404 and "This link does not work" in r.text
+            assert "set-cookie" not in r.headers
+        assert client.get("/m/a/../../etc").status_code == 404
+        assert client.get("/r/1/").status_code == 403  # no cookie: no page, not even its method
+
+
+# --- access code, lockout, contact book -----------------------------------------------------
+
+
+def test_access_code_wrong_then_right_then_remembered(env: Env) -> None:
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    with env.client() as client:
+        here = open_link(client, tokens["bob@example.net"])
+        page = client.get(here)
+        assert not shows_message(page)
+        wrong = client.post(here + "verify", data={"csrf": csrf(page.text, "verify"), "code": "x"})
+        assert wrong.status_code == 401 and 'id="error"' in wrong.text
+        assert client.get(here + "body").status_code == 200  # redirected back to verification
+        assert "BODY-MARKER" not in client.get(here + "body").text
+        right = client.post(here + "verify", data={"csrf": csrf(page.text, "verify"), "code": CODE})
+        assert right.status_code == 200 and shows_message(right)
+        assert right.history[0].status_code == 303
+    rec = env.store.recipient(env.rid(mid, "bob@example.net"))
+    assert rec is not None and rec.opened_at is not None and rec.failed_attempts == 1
+    contact = env.store.contact("bob@example.net")
+    assert contact is not None and contact.access_code  # rule A6 may use it from now on
+    events = [e.event for e in env.store.events(mid)]
+    assert events.count("verify-failed") == 1 and "verified" in events and "opened" in events
+
+
+def test_lockout_after_repeated_wrong_codes_grows(env: Env) -> None:
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    rid = env.rid(mid, "bob@example.net")
+    with env.client() as client:
+        here = open_link(client, tokens["bob@example.net"])
+        token = csrf(client.get(here).text, "verify")
+
+        def attempt(code: str) -> Any:
+            return client.post(here + "verify", data={"csrf": token, "code": code})
+
+        for _ in range(defaults.LOCKOUT_AFTER - 1):
+            assert attempt("wrong").status_code == 401
+        locked = attempt("wrong")
+        assert locked.status_code == 429 and 'id="locked"' in locked.text
+        assert attempt(CODE).status_code == 429, "the right code does not open a locked link"
+        rec = env.store.recipient(rid)
+        assert rec is not None and rec.locked_until is not None
+        first_lock = rec.locked_until.timestamp() - env.clock.t
+        assert first_lock == defaults.LOCKOUT_BASE_SECONDS
+        env.clock.t += first_lock + 1
+        for _ in range(defaults.LOCKOUT_AFTER):
+            attempt("wrong")
+        rec = env.store.recipient(rid)
+        assert rec is not None and rec.locked_until is not None
+        assert rec.locked_until.timestamp() - env.clock.t == 2 * defaults.LOCKOUT_BASE_SECONDS
+        env.clock.t += 2 * defaults.LOCKOUT_BASE_SECONDS + 1
+        assert attempt(CODE).status_code == 200
+    rec = env.store.recipient(rid)
+    assert rec is not None and rec.failed_attempts == 2 * defaults.LOCKOUT_AFTER
+    events = [e.event for e in env.store.events(mid)]
+    assert events.count("locked") == 2 and events.count("verify-failed") == 10
+    assert events.count("verify-while-locked") == 1  # refused, but in the audit log too
+
+
+# --- CSRF and binding -------------------------------------------------------------------------
+
+
+def test_forms_without_the_right_csrf_token_are_refused(env: Env) -> None:
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    with env.client() as client, env.client() as other:
+        here = open_link(client, tokens["bob@example.net"])
+        token = csrf(client.get(here).text, "verify")
+        open_link(other, tokens["bob@example.net"])
+        other_token = csrf(other.get(here).text, "verify")
+        for data, headers in (
+            ({"code": CODE}, {}),  # no token
+            ({"code": CODE, "csrf": other_token}, {}),  # another browser's token
+            ({"code": CODE, "csrf": "x"}, {}),  # a made-up token
+            ({"code": CODE, "csrf": token}, {"origin": "https://evil.example"}),
+        ):
+            r = client.post(here + "verify", data=data, headers=headers)
+            assert r.status_code == 403 and "form has expired" in r.text
+        assert client.post(here + "verify", data={"code": CODE, "csrf": token}).status_code == 200
+        page = client.get(here)
+        assert client.post(here + "reply", data={"text": "hi"}).status_code == 403
+        assert (
+            client.post(here + "logout", data={"csrf": csrf(page.text, "reply")}).status_code == 403
+        )
+    rec = env.store.recipient(env.rid(mid, "bob@example.net"))
+    assert rec is not None and rec.failed_attempts == 0, "a refused form is not an attempt"
+    assert env.mailer.sent == []
+
+
+def test_link_for_recipient_a_is_refused_for_recipient_b(env: Env) -> None:
+    mid, tokens = env.save(
+        [code_rcpt("a@example.net", "code-of-a"), code_rcpt("b@example.net", "code-of-b")]
+    )
+    rid_a, rid_b = env.rid(mid, "a@example.net"), env.rid(mid, "b@example.net")
+    with env.client() as b:
+        here_b = verified(env, b, tokens["b@example.net"], "code-of-b")
+        assert here_b == f"/r/{rid_b}/"
+        # B's verified session does not open A's pages, not even with the cookie renamed.
+        for path in ("", "body", "attachment/3"):
+            assert b.get(f"/r/{rid_a}/{path}").status_code == 403
+        session = b.cookies.get(f"zv_r{rid_b}")
+        assert session
+        b.cookies.set(f"zv_r{rid_a}", session, domain="portal.test")
+        assert b.get(f"/r/{rid_a}/").status_code == 403
+        # B holding A's link must prove to be A: B's own code does not work there.
+        here_a = open_link(b, tokens["a@example.net"])
+        page = b.get(here_a)
+        r = b.post(here_a + "verify", data={"csrf": csrf(page.text, "verify"), "code": "code-of-b"})
+        assert r.status_code == 401 and not shows_message(r)
+
+
+# --- revocation and expiry --------------------------------------------------------------------
+
+
+def test_revoked_message_is_unreadable_and_says_so(env: Env) -> None:
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    with env.client() as client:
+        here = verified(env, client, tokens["bob@example.net"])
+        assert env.store.revoke(mid, "test")
+        for path in ("", "body", "attachment/3"):
+            r = client.get(here + path)
+            assert r.status_code in (403, 410)
+            assert "BODY-MARKER" not in r.text
+        gone = client.get(f"/m/{tokens['bob@example.net']}")
+        page = client.get(here)
+        assert page.status_code == 410 and "withdrawn" in page.text, (gone.text, page.text)
+    assert env.store.open_content(mid) is None
+
+
+def test_revoking_one_recipient_keeps_the_others(env: Env) -> None:
+    mid, tokens = env.save([code_rcpt("a@example.net"), code_rcpt("b@example.net")])
+    with env.client() as a, env.client() as b:
+        here_a = verified(env, a, tokens["a@example.net"])
+        here_b = verified(env, b, tokens["b@example.net"])
+        assert env.store.revoke_recipient(mid, "A@example.net")
+        assert a.get(here_a).status_code == 410
+        assert shows_message(b.get(here_b))
+        message = env.store.message(mid)
+        assert message is not None and message.revoked_at is None
+        assert env.store.revoke_recipient(mid, "b@example.net")  # the last link: key destroyed
+        message = env.store.message(mid)
+        assert message is not None and message.revoked_at is not None
+        assert b.get(here_b).status_code == 410
+
+
+def test_expired_message_is_unreadable_before_and_after_purge(env: Env) -> None:
+    expires = datetime.fromtimestamp(env.clock.t, UTC) + timedelta(days=1)
+    _, tokens = env.save([code_rcpt("bob@example.net")], expires_at=expires)
+    with env.client() as client:
+        here = verified(env, client, tokens["bob@example.net"])
+        env.clock.t += 24 * 3600
+        assert client.get(here).status_code == 403  # the session ended long before
+        open_link(client, tokens["bob@example.net"])
+        page = client.get(here)
+        assert page.status_code == 410 and "expired" in page.text
+        assert not shows_message(page)
+        assert env.store.purge_expired() == 1
+        open_link(client, tokens["bob@example.net"])
+        assert "expired" in client.get(here).text
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def test_html_is_sanitized_and_framed(env: Env) -> None:
+    _, tokens = env.save([code_rcpt("bob@example.net")])
+    with env.client() as client:
+        here = verified(env, client, tokens["bob@example.net"])
+        page = client.get(here)
+        assert f'src="{here}body"' in page.text and 'sandbox="allow-same-origin' in page.text
+        assert 'id="remote"' in page.text  # remote images are held back, with a way to consent
+        body = client.get(here + "body")
+        assert body.status_code == 200 and "BODY-MARKER" in body.text
+        for bad in ("<script", "pwned", "onerror", "t.example"):
+            assert bad not in body.text
+        csp = body.headers["content-security-policy"]
+        assert "sandbox" in csp and "allow-scripts" not in csp and "frame-ancestors 'self'" in csp
+        assert "img-src 'self';" in csp
+        inline = re.search(r'src="(/r/\d+/part/\d+)"', body.text)
+        assert inline
+        image = client.get(inline.group(1))
+        assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+        assert image.content.endswith(b"logo")
+        consented = client.get(here + "body?remote=1")
+        assert "https://t.example/p.gif" in consented.text
+        assert "https:" in consented.headers["content-security-policy"]
+        assert client.get(here + "part/999").status_code == 404
+
+
+def test_attachment_downloads_byte_identical(env: Env) -> None:
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    with env.client() as client:
+        here = verified(env, client, tokens["bob@example.net"])
+        link = re.search(r'href="([^"]+/attachment/\d+)"', client.get(here).text)
+        assert link
+        r = client.get(link.group(1))
+        assert r.status_code == 200 and r.content == PDF
+        assert r.headers["content-type"] == "application/pdf"
+        assert r.headers["content-disposition"] == (
+            "attachment; filename=\"r_sults.pdf\"; filename*=UTF-8''r%C3%A9sults.pdf"
+        )
+    assert "attachment-downloaded" in [e.event for e in env.store.events(mid)]
+
+
+# --- SMS and email codes ----------------------------------------------------------------------
+
+
+def sms_codes(path: Path) -> list[tuple[str, str]]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(ln.split("\t")[1], re.findall(r"\b\d{6}\b", ln.split("\t")[2])[0]) for ln in lines]
+
+
+def test_sms_code_flow_rate_limit_and_contact_book(env: Env) -> None:
+    _, tokens = env.save([rcpt("carol@example.com", "sms", phone=PHONE)])
+    with env.client() as client:
+        here = open_link(client, tokens["carol@example.com"])
+        page = client.get(here)
+        assert "+31 6•••••678" in page.text and PHONE not in page.text
+        sent = client.post(here + "send", data={"csrf": csrf(page.text, "send")})
+        assert sent.status_code == 200 and 'id="notice"' in sent.text
+        ((phone, code),) = sms_codes(env.sms_file)
+        assert phone == PHONE
+        again = client.post(here + "send", data={"csrf": csrf(page.text, "send")})
+        assert again.status_code == 429 and "seconds" in again.text
+        assert len(sms_codes(env.sms_file)) == 1
+        r = client.post(here + "verify", data={"csrf": csrf(sent.text, "verify"), "code": code})
+        assert r.status_code == 200 and shows_message(r)
+    contact = env.store.contact("carol@example.com")
+    assert contact is not None and contact.sms == PHONE  # rule A5 may use it from now on
+
+
+def test_sms_code_expires_and_a_new_code_replaces_the_old(env: Env) -> None:
+    _, tokens = env.save([rcpt("carol@example.com", "sms", phone=PHONE)])
+    with env.client() as client:
+        here = open_link(client, tokens["carol@example.com"])
+        token = csrf(client.get(here).text, "send")
+        client.post(here + "send", data={"csrf": token})
+        env.clock.t += defaults.SMS_RESEND_SECONDS
+        page = client.post(here + "send", data={"csrf": token})
+        (_, old), (_, new) = sms_codes(env.sms_file)
+        verify_token = csrf(page.text, "verify")
+        if old != new:
+            r = client.post(here + "verify", data={"csrf": verify_token, "code": old})
+            assert r.status_code == 401
+        env.clock.t += defaults.OTP_VALIDITY_SECONDS + 1
+        r = client.post(here + "verify", data={"csrf": verify_token, "code": new})
+        assert r.status_code == 401, "a code past its validity"
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+    status = 200
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        type(self).received.append((dict(self.headers), body))
+        self.send_response(type(self).status)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, type[_Webhook]]]:
+    handler = type("Hook", (_Webhook,), {"received": [], "status": 200})
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/sms", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_webhook_sms_backend(webhook: tuple[str, type[_Webhook]]) -> None:
+    url, hook = webhook
+    sender = WebhookSms(
+        SmsWebhookConfig(
+            url=url,
+            auth_header="Authorization: Bearer s3cret",
+            body='{"to": {{ phone }}, "message": {{ text }}, "from": "Hospital"}',
+        )
+    )
+    sender.send(PHONE, 'Code 123456 "quoted"\nline')
+    ((headers, body),) = hook.received
+    assert headers["Authorization"] == "Bearer s3cret"
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {
+        "to": PHONE,
+        "message": 'Code 123456 "quoted"\nline',
+        "from": "Hospital",
+    }
+    hook.status = 500
+    with pytest.raises(DeliveryError, match="500"):
+        sender.send(PHONE, "x")
+
+
+def test_sms_provider_failure_lets_the_visitor_retry(
+    tmp_path: Path, webhook: tuple[str, type[_Webhook]]
+) -> None:
+    url, hook = webhook
+    env = Env(tmp_path, {"sms": {"backend": "webhook", "webhook": {"url": url}}})
+    env.portal.sms = WebhookSms(env.cfg.sms.webhook)
+    _, tokens = env.save([rcpt("carol@example.com", "sms", phone=PHONE)])
+    hook.status = 503
+    with env.client() as client:
+        here = open_link(client, tokens["carol@example.com"])
+        token = csrf(client.get(here).text, "send")
+        failed = client.post(here + "send", data={"csrf": token})
+        assert failed.status_code == 503 and "could not be sent" in failed.text
+        hook.status = 200
+        ok = client.post(here + "send", data={"csrf": token})  # no waiting after a failure
+        assert ok.status_code == 200 and 'id="notice"' in ok.text
+        assert json.loads(hook.received[-1][1])["to"] == PHONE
+    env.store.close()
+
+
+def test_email_verification_code_goes_through_the_mta(env: Env) -> None:
+    _, tokens = env.save([rcpt("s@example.org", "email")])
+    with env.client() as client:
+        here = open_link(client, tokens["s@example.org"])
+        page = client.post(here + "send", data={"csrf": csrf(client.get(here).text, "send")})
+        (out,) = env.mailer.sent
+        assert out.recipients == ["s@example.org"] and out.sender == "noreply@hospital.example"
+        mail = env.mailer.last()
+        body = mail.get_body(("plain",))
+        assert body is not None
+        (code,) = re.findall(r"\b\d{6}\b", body.get_content())
+        assert "BODY-MARKER" not in str(out.content)
+        r = client.post(here + "verify", data={"csrf": csrf(page.text, "verify"), "code": code})
+        assert r.status_code == 200 and shows_message(r)
+
+
+# --- accounts ---------------------------------------------------------------------------------
+
+
+def test_account_password_enrolment_then_two_factors(env: Env) -> None:
+    created = accounts.add_recipient_account(env.store, "Erin@Example.net", "long enough password")
+    assert created.address == "erin@example.net" and created.password is None
+    _, tokens = env.save([rcpt("erin@example.net", "account")])
+    with env.client() as client:
+        here = open_link(client, tokens["erin@example.net"])
+        page = client.get(here)
+        assert 'name="totp"' not in page.text  # nothing enrolled yet: password first
+        token = csrf(page.text, "verify")
+        wrong = client.post(here + "verify", data={"csrf": token, "password": "nope"})
+        assert wrong.status_code == 401
+        enrol = client.post(
+            here + "verify", data={"csrf": token, "password": "long enough password"}
+        )
+        assert enrol.status_code == 200 and "<svg" in enrol.text and not shows_message(enrol)
+        assert client.get(here + "body").status_code == 200
+        assert "BODY-MARKER" not in client.get(here + "body").text  # enrolment is not access
+        secret_text = re.search(r'<code id="secret">([A-Z2-7 ]+)</code>', enrol.text)
+        assert secret_text
+        import base64
+
+        b32 = secret_text.group(1).replace(" ", "")
+        secret = base64.b32decode(b32 + "=" * (-len(b32) % 8))
+        totp = TOTP(secret, 6, SHA1(), 30, enforce_key_length=False)
+        code = totp.generate(int(env.clock.t)).decode()
+        bad = client.post(
+            here + "enrol",
+            data={"csrf": csrf(enrol.text, "enrol"), "secret": "tampered", "totp": code},
+        )
+        assert bad.status_code == 400
+        sealed = re.search(r'name="secret" value="([^"]+)"', enrol.text)
+        assert sealed
+        done = client.post(
+            here + "enrol",
+            data={"csrf": csrf(enrol.text, "enrol"), "secret": sealed.group(1), "totp": code},
+        )
+        assert done.status_code == 200 and shows_message(done)
+    account = env.store.account("erin@example.net")
+    assert account is not None and account.has_totp
+    with env.client() as again:
+        here = open_link(again, tokens["erin@example.net"])
+        page = again.get(here)
+        assert 'name="totp"' in page.text
+        token = csrf(page.text, "verify")
+        r = again.post(
+            here + "verify",
+            data={"csrf": token, "password": "long enough password", "totp": "000000"},
+        )
+        assert r.status_code == 401
+        env.clock.t += 90
+        code = totp.generate(int(env.clock.t)).decode()
+        r = again.post(
+            here + "verify", data={"csrf": token, "password": "long enough password", "totp": code}
+        )
+        assert r.status_code == 200 and shows_message(r)
+
+
+def test_recipient_accounts_refuse_weak_passwords_and_sender_accounts(env: Env) -> None:
+    with pytest.raises(ValueError, match="at least"):
+        accounts.add_recipient_account(env.store, "x@example.net", "short")
+    generated = accounts.add_recipient_account(env.store, "y@example.net")
+    assert generated.password and len(generated.password) >= accounts.MIN_PASSWORD_LENGTH
+    assert generated.password not in repr(generated)
+    env.store.add_account("alice@hospital.example", "sender")
+    with pytest.raises(ValueError, match="sender account"):
+        accounts.add_recipient_account(env.store, "alice@hospital.example", "long enough password")
+
+
+# --- replies ----------------------------------------------------------------------------------
+
+
+def test_reply_is_stored_and_sent_to_the_sender(env: Env) -> None:
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    with env.client() as client:
+        here = verified(env, client, tokens["bob@example.net"])
+        page = client.get(here)
+        empty = client.post(here + "reply", data={"csrf": csrf(page.text, "reply"), "text": "  "})
+        assert empty.status_code == 400
+        r = client.post(
+            here + "reply",
+            data={"csrf": csrf(page.text, "reply"), "text": "REPLY-MARKER thank you"},
+            files=[("files", ("scan.pdf", PDF, "application/pdf"))],
+        )
+        assert r.status_code == 200 and 'id="notice"' in r.text
+        (out,) = env.mailer.sent
+        assert out.recipients == ["alice@hospital.example"]
+        reply = env.mailer.last()
+        assert reply["In-Reply-To"] == "<lab-1@hospital.example>"
+        assert reply["Reply-To"] == "bob@example.net"
+        text = reply.get_body(("plain",))
+        assert text is not None and "REPLY-MARKER thank you" in text.get_content()
+        (attached,) = reply.iter_attachments()
+        assert attached.get_filename() == "scan.pdf" and attached.get_content() == PDF
+        (stored,) = env.store.replies(env.rid(mid, "bob@example.net"))
+        assert stored.sent_at is not None
+        blob = env.store.open_reply(stored.id)
+        assert blob is not None and b"REPLY-MARKER" in blob.read()
+        env.mailer.fail = True
+        page = client.get(here)
+        failed = client.post(
+            here + "reply", data={"csrf": csrf(page.text, "reply"), "text": "second"}
+        )
+        assert failed.status_code == 503
+        assert [r.sent_at is None for r in env.store.replies(env.rid(mid, "bob@example.net"))] == [
+            False,
+            True,
+        ]
+
+
+def test_oversized_reply_is_refused_before_reading_it(env: Env) -> None:
+    _, tokens = env.save([code_rcpt("bob@example.net")])
+    with env.client() as client:
+        here = verified(env, client, tokens["bob@example.net"])
+        r = client.post(
+            here + "reply",
+            content=b"x",
+            headers={"content-length": str(defaults.PORTAL_MAX_REPLY_BYTES * 2)},
+        )
+        assert r.status_code == 413
+
+
+# --- languages --------------------------------------------------------------------------------
+
+
+def test_language_follows_the_notification_and_can_be_switched(env: Env) -> None:
+    _, tokens = env.save([code_rcpt("bob@example.net"), code_rcpt("piet@example.nl")])
+    with env.client() as client:
+        here = open_link(client, tokens["piet@example.nl"])
+        page = client.get(here)
+        assert '<html lang="nl">' in page.text and "Toegangscode" in page.text
+        en = client.get(here + "?lang=en")
+        assert '<html lang="en">' in en.text and "Access code" in en.text
+        assert "zv_lang=en" in en.headers["set-cookie"]
+        assert '<html lang="en">' in client.get(here).text  # the choice sticks
+    with env.client() as client:
+        here = open_link(client, tokens["bob@example.net"])
+        assert '<html lang="en">' in client.get(here).text
+        assert "Bevestig" in client.get(here + "?lang=nl").text
+
+
+# --- large attachments of direct deliveries ---------------------------------------------------
+
+
+def test_large_attachment_link_needs_email_verification(env: Env) -> None:
+    mid, _ = env.save(
+        [
+            NewRecipient("dan@partner.example", 1, "direct_delivery", "direct", "B3", level="pkix"),
+            NewRecipient("eve@partner.example", 1, "direct_delivery", "direct", "B3", level="pkix"),
+        ]
+    )
+    big = os.urandom(3 * 1024 * 1024 + 17)
+    saved = env.store.save_attachment(mid, "scan big.bin", "application/octet-stream", big)
+    with env.client() as client:
+        first = client.get(f"/d/{saved.token}")
+        here = re.search(r'url=([^"]+)"', first.text)
+        assert first.status_code == 200 and here
+        page = client.get(here.group(1))
+        assert 'name="address"' in page.text
+        assert client.get(here.group(1) + "file").status_code == 200  # back to the questions
+        assert client.get(here.group(1) + "file").headers["content-type"].startswith("text/html")
+        # Someone who is not a recipient learns nothing and gets no code.
+        r = client.post(
+            here.group(1) + "start",
+            data={"csrf": csrf(page.text, "start"), "address": "mallory@evil.example"},
+        )
+        r = client.post(here.group(1) + "send", data={"csrf": csrf(r.text, "send")})
+        assert r.status_code == 200 and env.mailer.sent == []
+        r = client.post(
+            here.group(1) + "verify", data={"csrf": csrf(r.text, "verify"), "code": "123456"}
+        )
+        assert r.status_code == 401
+        # The recipient.
+        r = client.post(
+            here.group(1) + "start",
+            data={"csrf": csrf(r.text, "start"), "address": "Dan@Partner.example"},
+        )
+        r = client.post(here.group(1) + "send", data={"csrf": csrf(r.text, "send")})
+        (out,) = env.mailer.sent
+        assert out.recipients == ["dan@partner.example"]
+        body = env.mailer.last().get_body(("plain",))
+        assert body is not None
+        (code,) = re.findall(r"\b\d{6}\b", body.get_content())
+        r = client.post(
+            here.group(1) + "verify", data={"csrf": csrf(r.text, "verify"), "code": code}
+        )
+        assert r.status_code == 200 and 'id="download"' in r.text
+        download = client.get(here.group(1) + "file")
+        assert download.status_code == 200 and download.content == big
+        assert "filename*=UTF-8''scan%20big.bin" in download.headers["content-disposition"]
+    events = [(e.event, e.recipient) for e in env.store.events(mid)]
+    assert ("attachment-downloaded", "dan@partner.example") in events
+
+
+@pytest.mark.parametrize("lang", ["en", "nl"])
+def test_every_page_renders_in_both_languages(env: Env, lang: str) -> None:
+    accounts.add_recipient_account(env.store, "erin@example.net", "long enough password")
+    mid, tokens = env.save(
+        [
+            code_rcpt("bob@example.net"),
+            rcpt("carol@example.com", "sms", phone=PHONE),
+            rcpt("s@example.org", "email"),
+            rcpt("erin@example.net", "account"),
+            rcpt("gone@example.net", "account"),  # no account (any more)
+            NewRecipient("dan@partner.example", 1, "x", "direct", "A4", level="pkix"),
+        ]
+    )
+    saved = env.store.save_attachment(mid, "big.bin", "application/octet-stream", b"x" * 100)
+    q = f"?lang={lang}"
+    marker = f'<html lang="{lang}">'
+    with env.client() as client:
+        assert marker in client.get("/nowhere" + q).text
+        assert marker in client.get("/m/" + "A" * 32 + q).text
+        assert marker in client.get("/r/99/" + q).text
+        for address, status in (
+            ("bob@example.net", 200), ("carol@example.com", 200), ("s@example.org", 200),
+            ("erin@example.net", 200), ("gone@example.net", 200),
+        ):  # fmt: skip
+            here = open_link(client, tokens[address])
+            page = client.get(here + q)
+            assert page.status_code == status and marker in page.text, address
+        here = verified(env, client, tokens["bob@example.net"])
+        assert marker in client.get(here + q).text
+        here = open_link(client, tokens["erin@example.net"])
+        page = client.get(here + q)
+        enrol = client.post(
+            here + "verify",
+            data={"csrf": csrf(page.text, "verify"), "password": "long enough password"},
+        )
+        assert marker in enrol.text and "<svg" in enrol.text
+        first = client.get(f"/d/{saved.token}")
+        target = re.search(r'url=([^"]+)"', first.text)
+        assert target
+        assert marker in client.get(target.group(1) + q).text

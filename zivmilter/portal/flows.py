@@ -1,0 +1,160 @@
+"""The verification steps that personal links (links.py) and attachment links (downloads.py)
+share: sending a one-time code, checking an answer, counting failures into a lockout.
+
+Synchronous (they run in the thread pool): the store, scrypt, argon2, SMTP and the SMS provider
+are all blocking. The decisions themselves are verify.py's; this module applies them.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from email.policy import SMTP
+
+from .. import defaults
+from ..errors import DeliveryError
+from ..notification import mask_phone
+from ..reinject import Outgoing
+from ..store import RecipientRecord
+from . import accounts, mail, verify
+from .app import Portal
+
+log = logging.getLogger("zivmilter.portal")
+
+
+class Sent(enum.Enum):
+    SENT = "sent"
+    WAIT = "wait"  # asked again too soon
+    EXHAUSTED = "exhausted"  # too many codes for this link
+    FAILED = "failed"  # the SMS provider or the MTA refused
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Sent
+    wait: int = 0  # seconds, for WAIT
+
+
+def send_code(portal: Portal, rec: RecipientRecord, via: str, language: str) -> SendResult:
+    """Issue a one-time code for `rec` and send it by `via` ("sms" or "email")."""
+    secret = verify.new_otp_secret()
+    wait = portal.store.claim_otp(
+        rec.id, secret, defaults.SMS_RESEND_SECONDS, defaults.OTP_MAX_SENDS
+    )
+    if wait == float("inf"):
+        return SendResult(Sent.EXHAUSTED)
+    if wait > 0:
+        return SendResult(Sent.WAIT, int(wait) + 1)
+    state = portal.store.otp(rec.id)
+    if state is None:  # revoked in between
+        return SendResult(Sent.FAILED)
+    code = verify.otp_code(state.secret, state.sent_at)
+    mid, address = rec.message.id, rec.address
+    try:
+        if via == "sms":
+            if not rec.phone:
+                raise DeliveryError("no phone number on file")
+            portal.sms.send(
+                rec.phone,
+                mail.sms_text(code=code, sender_text=rec.message.sender, language=language),
+            )
+            detail = "sms " + mask_phone(rec.phone)
+        else:
+            msg = mail.code_email(
+                to=address,
+                code=code,
+                sender_text=rec.message.sender,
+                language=language,
+                org_name=portal.org_name,
+                org_domain=portal.org_domain,
+            )
+            replies = portal.mailer.send(
+                [
+                    Outgoing(
+                        mail.portal_sender(portal.org_domain),
+                        [address],
+                        msg.as_bytes(policy=SMTP),
+                        f"verification code to {address}",
+                    )
+                ]
+            )
+            detail = "email " + (replies[0] if replies else "")
+    except DeliveryError as exc:
+        log.warning("code for %s of %s not sent: %s", address, mid, exc)
+        portal.store.clear_otp(rec.id)
+        portal.store.record_event("code-send-failed", mid, address, f"{via}: {exc}")
+        return SendResult(Sent.FAILED)
+    portal.store.record_event("code-sent", mid, address, detail)
+    return SendResult(Sent.SENT)
+
+
+class Answer(enum.Enum):
+    OK = "ok"
+    WRONG = "wrong"
+    LOCKED = "locked"  # the link is locked (now, or already before this answer)
+    ENROL = "enrol"  # password right; the account has no authenticator yet
+
+
+@dataclass(frozen=True)
+class AnswerResult:
+    outcome: Answer
+    locked_until: datetime | None = None
+
+
+def check_answer(
+    portal: Portal,
+    rec: RecipientRecord,
+    method: str,
+    *,
+    code: str = "",
+    password: str = "",
+    totp: str = "",
+) -> AnswerResult:
+    """Check what the visitor typed for `method`; failures count towards the lockout, and a
+    locked link refuses every answer (each refusal is in the audit log too)."""
+    now = portal.now()
+    if verify.locked(rec.locked_until, now):
+        portal.store.record_event("verify-while-locked", rec.message.id, rec.address, method)
+        return AnswerResult(Answer.LOCKED, rec.locked_until)
+    if method == "access_code":
+        ok = verify.access_code_valid(rec.access_code_hash, code)
+    elif method in ("sms", "email"):
+        state = portal.store.otp(rec.id)
+        ok = state is not None and verify.otp_valid(state.secret, state.sent_at, code, now)
+    elif method == "account":
+        account = portal.store.account(rec.address)
+        ok = (
+            account is not None
+            and account.active
+            and accounts.password_valid(account.password_hash, password)
+        )
+        if ok and account is not None and not account.has_totp:
+            portal.store.record_event(
+                "password-ok", rec.message.id, rec.address, "authenticator to enrol"
+            )
+            return AnswerResult(Answer.ENROL)
+        if ok:
+            secret = portal.store.totp_secret(rec.address)
+            ok = secret is not None and verify.totp_valid(secret, totp, now)
+    else:
+        ok = False
+    if ok:
+        portal.store.record_verified(rec.id, method)
+        return AnswerResult(Answer.OK)
+    until = portal.store.record_failed_attempt(rec.id, verify.lockout_seconds, method)
+    log.info("wrong %s answer for %s of %s", method, rec.address, rec.message.id)
+    if until is not None:
+        return AnswerResult(Answer.LOCKED, until)
+    return AnswerResult(Answer.WRONG)
+
+
+def gone_reason(rec: RecipientRecord, link_revoked: datetime | None, now: float) -> str | None:
+    """ "expired" or "revoked" when the content can no longer be read through this link."""
+    message = rec.message
+    if message.expires_at is not None and message.expires_at.timestamp() <= now:
+        return "expired"
+    if message.revoked_at is not None or link_revoked is not None:
+        return "revoked"
+    return None

@@ -1,0 +1,575 @@
+"""Pages of a personal link (`/m/<token>`, then `/r/<recipient id>/...`): verify, read, download,
+reply, sign out.
+
+The token is only in the first URL: that visit gives a cookie bound to the recipient and moves on
+to `/r/<id>/`, so the secret does not stay in the address bar, history or a Referer. Every later
+request needs that cookie (security.py); reading needs the verified stage of it. Each handler
+reads its input on the event loop and does the rest in the thread pool.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from dataclasses import dataclass
+from email.policy import SMTP
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+
+from .. import defaults
+from ..errors import DeliveryError, StoreError
+from ..notification import mask_phone
+from ..reinject import Outgoing
+from ..store import LinkState, RecipientRecord
+from . import accounts, flows, mail, render, verify
+from .app import Portal, timestamp, trusted_markup
+from .downloads import content_disposition, stream_bytes
+from .security import Pass, Stage, seal_value, unseal_value
+
+log = logging.getLogger("zivmilter.portal")
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_REMOTE_IMG = re.compile(r"(?i)<img\b[^>]*\bsrc\s*=\s*[\"']?\s*https?:")
+_SMALL_FORM = {"max_files": 0, "max_fields": 10, "max_part_size": 8192}
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    p: Pass
+    rec: RecipientRecord
+    state: LinkState
+    lang: str
+    here: str
+
+
+class LinkPages:
+    def __init__(self, portal: Portal) -> None:
+        self.portal = portal
+
+    # -- the first visit -------------------------------------------------------------------
+
+    async def open_link(self, request: Request) -> Response:
+        return await run_in_threadpool(self._open_link, request)
+
+    def _open_link(self, request: Request) -> Response:
+        portal = self.portal
+        token = request.path_params["token"]
+        rec = portal.store.find_recipient_by_token(token) if _TOKEN.match(token) else None
+        lang = portal.language(request, rec.address if rec else None)
+        if rec is None:
+            return portal.notice(
+                request, "unknown_link", lang=lang, here=portal.root + "/", status=404, kind="error"
+            )
+        here = self._here(rec.id)
+        response = portal.page(
+            request, "open.html", {"next": here, "referrer": "no-referrer"}, lang=lang, here=here,
+            headers={"referrer-policy": "no-referrer"},  # the URL of this page is the token
+        )  # fmt: skip
+        scope = _scope(rec.id)
+        current = portal.get_pass(request, scope)
+        if current is not None and current.stage is Stage.VERIFIED:
+            portal.store.mark_opened(rec.id)  # a returning reader whose session still holds
+        else:
+            portal.give_pass(response, portal.new_pass(scope, Stage.LINK))
+        portal.store.record_event("link-visited", rec.message.id, rec.address, "")
+        return response
+
+    # -- the page behind the link ------------------------------------------------------------
+
+    async def view(self, request: Request) -> Response:
+        return await run_in_threadpool(self._view, request)
+
+    def _view(self, request: Request) -> Response:
+        ctx, error = self._context(request, Stage.LINK)
+        if ctx is None:
+            return error
+        if ctx.p.stage is Stage.VERIFIED:
+            return self._message_page(request, ctx)
+        if ctx.p.stage is Stage.ENROL:
+            return self._enrol_page(request, ctx)
+        notice = "code_sent" if request.query_params.get("sent") == "1" else None
+        return self._verify_page(request, ctx, notice=notice)
+
+    # -- verification -----------------------------------------------------------------------
+
+    async def send_code(self, request: Request) -> Response:
+        form = await request.form(**_SMALL_FORM)
+        return await run_in_threadpool(self._send_code, request, _field(form, "csrf"))
+
+    def _send_code(self, request: Request, token: str) -> Response:
+        ctx, error = self._context(request, Stage.LINK)
+        if ctx is None:
+            return error
+        if not self.portal.form_allowed(request, ctx.p, "send", token):
+            return self._csrf_refused(request, ctx)
+        method = ctx.rec.verification
+        if method not in ("sms", "email") or ctx.p.stage is not Stage.LINK:
+            return RedirectResponse(ctx.here, status_code=303)
+        if verify.locked(ctx.rec.locked_until, self.portal.now()):
+            return self._verify_page(request, ctx, status=429)
+        result = flows.send_code(self.portal, ctx.rec, method, ctx.lang)
+        if result.outcome is flows.Sent.SENT:
+            return RedirectResponse(ctx.here + "?sent=1", status_code=303)
+        if result.outcome is flows.Sent.WAIT:
+            return self._verify_page(
+                request, ctx, error="code_wait", status=429, seconds=str(result.wait)
+            )
+        if result.outcome is flows.Sent.EXHAUSTED:
+            return self._verify_page(request, ctx, error="code_exhausted", status=429)
+        return self._verify_page(request, ctx, error="code_failed", status=503)
+
+    async def verify(self, request: Request) -> Response:
+        form = await request.form(**_SMALL_FORM)
+        fields = {k: _field(form, k) for k in ("csrf", "code", "password", "totp")}
+        return await run_in_threadpool(self._verify, request, fields)
+
+    def _verify(self, request: Request, fields: dict[str, str]) -> Response:
+        portal = self.portal
+        ctx, error = self._context(request, Stage.LINK)
+        if ctx is None:
+            return error
+        if not portal.form_allowed(request, ctx.p, "verify", fields["csrf"]):
+            return self._csrf_refused(request, ctx)
+        if ctx.p.stage is not Stage.LINK:
+            return RedirectResponse(ctx.here, status_code=303)
+        rec = ctx.rec
+        method = rec.verification or ""
+        result = flows.check_answer(
+            portal,
+            rec,
+            method,
+            code=fields["code"],
+            password=fields["password"],
+            totp=fields["totp"],
+        )
+        if result.outcome is flows.Answer.ENROL:
+            response = RedirectResponse(ctx.here, status_code=303)
+            portal.give_pass(response, portal.new_pass(ctx.p.scope, Stage.ENROL))
+            return response
+        if result.outcome is flows.Answer.LOCKED:
+            fresh = portal.store.recipient(rec.id) or rec
+            return self._verify_page(request, _with(ctx, rec=fresh), status=429)
+        if result.outcome is flows.Answer.WRONG:
+            wrong = "wrong_password" if method == "account" else "wrong_code"
+            return self._verify_page(request, ctx, error=wrong, status=401)
+        return self._verified(ctx, method)
+
+    def _verified(self, ctx: _Ctx, method: str) -> Response:
+        portal, rec = self.portal, ctx.rec
+        portal.store.mark_opened(rec.id)
+        # The contact book (SPEC 8; rules 5/6 of the policy): what worked, for next time.
+        if method == "sms" and rec.phone:
+            portal.store.remember_contact(rec.address, sms=rec.phone)
+        elif method == "access_code" and rec.access_code_hash:
+            portal.store.remember_contact(rec.address, access_code_hash=rec.access_code_hash)
+        response = RedirectResponse(ctx.here, status_code=303)
+        portal.give_pass(response, portal.new_pass(ctx.p.scope, Stage.VERIFIED))
+        return response
+
+    async def enrol(self, request: Request) -> Response:
+        form = await request.form(**_SMALL_FORM)
+        fields = {k: _field(form, k) for k in ("csrf", "secret", "totp")}
+        return await run_in_threadpool(self._enrol, request, fields)
+
+    def _enrol(self, request: Request, fields: dict[str, str]) -> Response:
+        portal = self.portal
+        ctx, error = self._context(request, Stage.ENROL)
+        if ctx is None:
+            return error
+        if not portal.form_allowed(request, ctx.p, "enrol", fields["csrf"]):
+            return self._csrf_refused(request, ctx)
+        if ctx.p.stage is not Stage.ENROL:
+            return RedirectResponse(ctx.here, status_code=303)
+        secret = unseal_value(portal.keys, fields["secret"], _enrol_context(ctx))
+        if secret is None:
+            return self._enrol_page(request, ctx, status=400)
+        if verify.locked(ctx.rec.locked_until, portal.now()):
+            return self._verify_page(request, ctx, status=429)
+        if not verify.totp_valid(secret, fields["totp"], portal.now()):
+            until = portal.store.record_failed_attempt(
+                ctx.rec.id, verify.lockout_seconds, "account enrolment"
+            )
+            if until is not None:
+                fresh = portal.store.recipient(ctx.rec.id) or ctx.rec
+                return self._verify_page(request, _with(ctx, rec=fresh), status=429)
+            return self._enrol_page(request, ctx, secret=secret, error="wrong_code", status=401)
+        if not accounts.enrol_authenticator(portal.store, ctx.rec.address, secret):
+            return self._verify_page(request, ctx, error="no_account", status=403)
+        portal.store.record_verified(ctx.rec.id, "account (authenticator enrolled)")
+        return self._verified(ctx, "account")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def body(self, request: Request) -> Response:
+        return await run_in_threadpool(self._body, request)
+
+    def _body(self, request: Request) -> Response:
+        ctx, error = self._context(request, Stage.VERIFIED)
+        if ctx is None:
+            return error
+        view = self._message_view(ctx)
+        if view is None or view.html is None:
+            return Response(status_code=404)
+        remote = request.query_params.get("remote") == "1"
+
+        def inline_url(cid: str) -> str | None:
+            index = view.inline.get(cid)
+            return None if index is None else f"{ctx.here}part/{index}"
+
+        safe = render.sanitize_html(view.html, inline_url, allow_remote=remote)
+        images = "'self' https: http:" if remote else "'self'"
+        csp = (
+            f"default-src 'none'; img-src {images}; style-src 'unsafe-inline'; "
+            "frame-ancestors 'self'; base-uri 'none'; form-action 'none'; "
+            "sandbox allow-same-origin allow-popups allow-popups-to-escape-sandbox"
+        )
+        return self.portal.page(
+            request,
+            "body.html",
+            {"content": trusted_markup(safe.html)},
+            lang=ctx.lang,
+            here=ctx.here,
+            headers={"content-security-policy": csp, "x-frame-options": "SAMEORIGIN"},
+        )
+
+    async def inline_part(self, request: Request) -> Response:
+        return await run_in_threadpool(self._inline_part, request)
+
+    def _inline_part(self, request: Request) -> Response:
+        ctx, error = self._context(request, Stage.VERIFIED)
+        if ctx is None:
+            return error
+        parsed = self._parsed(ctx)
+        index = int(request.path_params["index"])
+        if parsed is None or index not in parsed[1].inline.values():
+            return Response(status_code=404)
+        part = render.leaves(parsed[0])[index]
+        return Response(
+            render.leaf_payload(part),
+            media_type=part.get_content_type(),
+            headers={"content-security-policy": "default-src 'none'; sandbox"},
+        )
+
+    async def attachment(self, request: Request) -> Response:
+        return await run_in_threadpool(self._attachment, request)
+
+    def _attachment(self, request: Request) -> Response:
+        ctx, error = self._context(request, Stage.VERIFIED)
+        if ctx is None:
+            return error
+        parsed = self._parsed(ctx)
+        index = int(request.path_params["index"])
+        if parsed is None:
+            return self._gone_page(request, ctx, "revoked")
+        found = [a for a in parsed[1].attachments if a.index == index]
+        if not found:
+            return Response(status_code=404)
+        (item,) = found
+        data = render.leaf_payload(render.leaves(parsed[0])[index])
+        self.portal.store.record_event(
+            "attachment-downloaded", ctx.rec.message.id, ctx.rec.address, item.filename
+        )
+        return StreamingResponse(
+            stream_bytes(data),
+            media_type=item.content_type,
+            headers={
+                "content-disposition": content_disposition(item.filename),
+                "content-length": str(len(data)),
+                "content-security-policy": "default-src 'none'; sandbox",
+            },
+        )
+
+    # -- replying ----------------------------------------------------------------------------
+
+    async def reply(self, request: Request) -> Response:
+        size = request.headers.get("content-length", "")
+        limit = defaults.PORTAL_MAX_REPLY_BYTES + 64 * 1024
+        if not size.isdigit() or int(size) > limit:
+            lang = self.portal.language(request)
+            return self.portal.notice(
+                request, "reply_too_big", lang=lang, here=self._here(_rid(request)),
+                status=413, kind="error",
+                mb=str(defaults.PORTAL_MAX_REPLY_BYTES // (1024 * 1024)),
+            )  # fmt: skip
+        form = await request.form(
+            max_files=defaults.PORTAL_MAX_REPLY_FILES, max_fields=10, max_part_size=1024 * 1024
+        )
+        files: list[mail.ReplyFile] = []
+        for item in form.getlist("files"):
+            if isinstance(item, UploadFile) and item.filename:
+                data = await item.read()
+                files.append(
+                    mail.ReplyFile(
+                        render.clean_filename(item.filename) or "attachment",
+                        item.content_type or "application/octet-stream",
+                        data,
+                    )
+                )
+        fields = {k: _field(form, k) for k in ("csrf", "text")}
+        return await run_in_threadpool(self._reply, request, fields, files)
+
+    def _reply(
+        self, request: Request, fields: dict[str, str], files: list[mail.ReplyFile]
+    ) -> Response:
+        portal = self.portal
+        ctx, error = self._context(request, Stage.VERIFIED)
+        if ctx is None:
+            return error
+        if not portal.form_allowed(request, ctx.p, "reply", fields["csrf"]):
+            return self._csrf_refused(request, ctx)
+        text = fields["text"].replace("\r\n", "\n").strip()
+        if not text and not files:
+            return self._message_page(request, ctx, error="reply_empty", status=400)
+        rec = ctx.rec
+        message = rec.message
+        rfc822_id = message.rfc822_id or ""
+        msg = mail.reply_email(
+            author=rec.address,
+            to=message.sender,
+            subject=message.subject or "",
+            in_reply_to=rfc822_id,
+            references="",
+            sent=timestamp(message.created_at),
+            text=text,
+            files=files,
+            language=portal.cfg.notification.language,
+            org_name=portal.org_name,
+            org_domain=portal.org_domain,
+        )
+        data = msg.as_bytes(policy=SMTP)
+        try:
+            reply_id = portal.store.save_reply(rec.id, data)
+        except StoreError as exc:
+            log.error("reply of %s to %s not stored: %s", rec.address, message.id, exc)
+            return self._message_page(request, ctx, error="reply_failed", status=503)
+        try:
+            answers = portal.mailer.send(
+                [
+                    Outgoing(
+                        mail.portal_sender(portal.org_domain),
+                        [message.sender],
+                        data,
+                        f"portal reply from {rec.address}",
+                    )
+                ]
+            )
+        except DeliveryError as exc:
+            log.error("reply %s of %s not sent: %s", reply_id, message.id, exc)
+            portal.store.record_event("reply-send-failed", message.id, rec.address, str(exc))
+            return self._message_page(request, ctx, error="reply_failed", status=503)
+        portal.store.mark_reply_sent(reply_id, answers[0] if answers else "")
+        return RedirectResponse(ctx.here + "?replied=1", status_code=303)
+
+    async def logout(self, request: Request) -> Response:
+        form = await request.form(**_SMALL_FORM)
+        return await run_in_threadpool(self._logout, request, _field(form, "csrf"))
+
+    def _logout(self, request: Request, token: str) -> Response:
+        ctx, error = self._context(request, Stage.LINK)
+        if ctx is None:
+            return error
+        if not self.portal.form_allowed(request, ctx.p, "logout", token):
+            return self._csrf_refused(request, ctx)
+        response = self.portal.notice(
+            request, "signed_out", lang=ctx.lang, here=ctx.here, status=200
+        )
+        self.portal.drop_pass(response, ctx.p.scope)
+        return response
+
+    # -- pages -------------------------------------------------------------------------------
+
+    def _verify_page(
+        self,
+        request: Request,
+        ctx: _Ctx,
+        *,
+        error: str | None = None,
+        notice: str | None = None,
+        status: int = 200,
+        **fmt: str,
+    ) -> Response:
+        portal, rec = self.portal, ctx.rec
+        now = portal.now()
+        method = rec.verification or ""
+        lock = verify.locked(rec.locked_until, now)
+        code_sent = False
+        if method in ("sms", "email"):
+            otp = portal.store.otp(rec.id)
+            code_sent = (
+                otp is not None and now - otp.sent_at.timestamp() <= defaults.OTP_VALIDITY_SECONDS
+            )
+        account = portal.store.account(rec.address) if method == "account" else None
+        if method == "account" and (account is None or not account.active):
+            error = error or "no_account"
+        if lock and status < 400:
+            status = 429
+        show_subject = portal.cfg.notification.subject == "show"
+        values: dict[str, Any] = {
+            "method": method,
+            "sender": rec.message.sender,
+            "subject": (rec.message.subject or "") if show_subject else "",
+            "hint": rec.hint or "",
+            "phone": mask_phone(rec.phone) if rec.phone else "",
+            "address": rec.address,
+            "locked_minutes": int(lock // 60) + 1 if lock else 0,
+            "code_sent": code_sent,
+            "has_totp": bool(account and account.has_totp),
+            "csrf_send": portal.csrf(ctx.p, "send"),
+            "csrf_verify": portal.csrf(ctx.p, "verify"),
+            "error": error,
+            "notice": notice,
+            "fmt": fmt,
+            "action": ctx.here,
+        }
+        return portal.page(
+            request, "verify.html", values, lang=ctx.lang, here=ctx.here, status=status
+        )
+
+    def _enrol_page(
+        self,
+        request: Request,
+        ctx: _Ctx,
+        *,
+        secret: bytes | None = None,
+        error: str | None = None,
+        status: int = 200,
+    ) -> Response:
+        portal = self.portal
+        secret = secret or verify.new_totp_secret()
+        uri = accounts.enrolment_uri(secret, ctx.rec.address, portal.org_name)
+        text = base64.b32encode(secret).decode("ascii").rstrip("=")
+        values = {
+            "qr": trusted_markup(accounts.qr_svg(uri)),
+            "secret_text": " ".join(text[i : i + 4] for i in range(0, len(text), 4)),
+            "sealed": seal_value(portal.keys, secret, _enrol_context(ctx)),
+            "csrf_enrol": portal.csrf(ctx.p, "enrol"),
+            "error": error,
+            "address": ctx.rec.address,
+        }
+        return portal.page(
+            request, "enrol.html", values, lang=ctx.lang, here=ctx.here, status=status
+        )
+
+    def _message_page(
+        self, request: Request, ctx: _Ctx, *, error: str | None = None, status: int = 200
+    ) -> Response:
+        portal = self.portal
+        view = self._message_view(ctx)
+        if view is None:
+            return self._gone_page(request, ctx, "revoked")
+        remote = request.query_params.get("remote") == "1"
+        values = {
+            "view": view,
+            "received": ctx.rec.message.created_at,
+            "remote": remote,
+            "has_remote": bool(view.html and _REMOTE_IMG.search(view.html)),
+            "replies": portal.store.replies(ctx.rec.id),
+            "csrf_reply": portal.csrf(ctx.p, "reply"),
+            "csrf_logout": portal.csrf(ctx.p, "logout"),
+            "replied": request.query_params.get("replied") == "1",
+            "error": error,
+            "max_reply_mb": defaults.PORTAL_MAX_REPLY_BYTES // (1024 * 1024),
+        }
+        return portal.page(
+            request, "message.html", values, lang=ctx.lang, here=ctx.here, status=status
+        )
+
+    def _gone_page(self, request: Request, ctx: _Ctx, reason: str) -> Response:
+        response = self.portal.notice(
+            request, reason, lang=ctx.lang, here=ctx.here, status=410, kind="error"
+        )
+        self.portal.drop_pass(response, ctx.p.scope)
+        return response
+
+    def _csrf_refused(self, request: Request, ctx: _Ctx) -> Response:
+        self.portal.store.record_event("csrf-refused", ctx.rec.message.id, ctx.rec.address, "")
+        return self.portal.notice(
+            request, "csrf", lang=ctx.lang, here=ctx.here, status=403, kind="error"
+        )
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _here(self, rid: int) -> str:
+        return f"{self.portal.root}/r/{rid}/"
+
+    def _context(self, request: Request, need: Stage) -> tuple[_Ctx | None, Response]:
+        """The visitor's pass, the recipient and their link state; or the page to show instead."""
+        portal = self.portal
+        rid = _rid(request)
+        here = self._here(rid)
+        p = portal.get_pass(request, _scope(rid))
+        rec = portal.store.recipient(rid) if p is not None else None
+        lang = portal.language(request, rec.address if rec else None)
+        if p is None or rec is None or rec.delivery != "notification":
+            return None, portal.notice(
+                request, "no_pass", lang=lang, here=here, status=403, kind="error"
+            )
+        state = portal.store.link_state(rid)
+        assert state is not None  # the row was just read
+        ctx = _Ctx(p, rec, state, lang, here)
+        gone = flows.gone_reason(rec, state.revoked_at, portal.now())
+        if gone is not None:
+            return None, self._gone_page(request, ctx, gone)
+        if p.stage < need:
+            if request.method == "GET":
+                return None, RedirectResponse(here, status_code=303)
+            return None, portal.notice(
+                request, "no_pass", lang=lang, here=here, status=403, kind="error"
+            )
+        return ctx, Response()
+
+    def _parsed(self, ctx: _Ctx) -> tuple[Any, render.MessageView] | None:
+        content = self.portal.store.open_content(ctx.rec.message.id)
+        if content is None:
+            return None
+        try:
+            with content:
+                data = content.read()
+        except StoreError as exc:
+            log.error("message %s unreadable: %s", ctx.rec.message.id, exc)
+            return None
+        return render.parse(data)
+
+    def _message_view(self, ctx: _Ctx) -> render.MessageView | None:
+        """What the message page shows. Parsing MIME is the costly part of a view, so the
+        result is kept in the store, sealed with the message's key, after the first one."""
+        store, mid = self.portal.store, ctx.rec.message.id
+        kept = store.portal_view(mid)
+        view = render.view_from_bytes(kept) if kept is not None else None
+        if view is not None:
+            return view
+        parsed = self._parsed(ctx)
+        if parsed is None:
+            return None
+        data = render.view_to_bytes(parsed[1])
+        if data is not None:
+            store.save_portal_view(mid, data)
+        return parsed[1]
+
+
+def _with(ctx: _Ctx, **changes: Any) -> _Ctx:
+    values = {**ctx.__dict__, **changes}
+    return _Ctx(**values)
+
+
+def _scope(rid: int) -> str:
+    return f"r{rid}"
+
+
+def _rid(request: Request) -> int:
+    return int(request.path_params["rid"])
+
+
+def _enrol_context(ctx: _Ctx) -> str:
+    # Bound to this recipient and this cookie: a sealed secret cannot be replayed elsewhere.
+    return f"enrol:{ctx.rec.id}:{ctx.p.nonce}"
+
+
+def _field(form: Any, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""

@@ -1,0 +1,142 @@
+"""Email the portal sends through the MTA: verification codes to recipients, secure replies to the
+original sender. Pure builders (`EmailMessage` out); the app hands them to the re-injection
+listener (reinject.py), so they leave through the same Postfix as every other message.
+Texts are Jinja2 templates in portal/templates/mail/, one per language.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+import jinja2
+
+from .. import defaults
+from ..notification import NOTIFICATION_HEADER
+from .i18n import texts
+
+_TEMPLATES = Path(__file__).parent / "templates" / "mail"
+
+#: Marks a reply written in the portal (lets the milter and admins recognize it).
+REPLY_HEADER = "X-Zivmilter-Portal-Reply"
+
+
+@dataclass(frozen=True)
+class ReplyFile:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+def portal_sender(org_domain: str) -> str:
+    return f"{defaults.PORTAL_MAIL_FROM}@{org_domain}"
+
+
+def code_email(
+    *,
+    to: str,
+    code: str,
+    sender_text: str,
+    language: str,
+    org_name: str,
+    org_domain: str,
+) -> EmailMessage:
+    """The verification-code email for email-verification recipients."""
+    body = (
+        _env()
+        .get_template(f"code.{language}.txt")
+        .render(code=code, sender=sender_text, org_name=org_name, minutes=_minutes())
+    )
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = Address(org_name, addr_spec=portal_sender(org_domain))
+    msg["To"] = to
+    msg["Subject"] = texts(language)["code_mail_subject"]
+    msg["Date"] = formatdate(usegmt=True)
+    msg["Message-ID"] = make_msgid(domain=org_domain)
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to this
+    msg[NOTIFICATION_HEADER] = "code"
+    msg.set_content(body)
+    msg["Content-Language"] = language
+    return msg
+
+
+def sms_text(*, code: str, sender_text: str, language: str) -> str:
+    return (
+        _env()
+        .get_template(f"sms.{language}.txt")
+        .render(code=code, sender=sender_text, minutes=_minutes())
+        .strip()
+    )
+
+
+def reply_email(
+    *,
+    author: str,
+    to: str,
+    subject: str,
+    in_reply_to: str,
+    references: str,
+    sent: str,
+    text: str,
+    files: Sequence[ReplyFile],
+    language: str,
+    org_name: str,
+    org_domain: str,
+) -> EmailMessage:
+    """A recipient's secure reply, to the original sender (inside the organization).
+
+    From is the portal's own address with the author's name, so the organization's mail system
+    does not see a foreign domain it cannot authenticate; Reply-To is the author, and answering
+    it goes through the milter, which secures it again.
+    """
+    body = (
+        _env()
+        .get_template(f"reply.{language}.txt")
+        .render(
+            author=author,
+            org_name=org_name,
+            subject=subject,
+            sent=sent,
+            text=text,
+            files=[f.filename for f in files],
+        )
+    )
+    msg = EmailMessage(policy=policy.SMTP)
+    via = texts(language)["reply_via"].format(author=author)
+    msg["From"] = Address(via, addr_spec=portal_sender(org_domain))
+    msg["Reply-To"] = author
+    msg["To"] = to
+    msg["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}"
+    msg["Date"] = formatdate(usegmt=True)
+    msg["Message-ID"] = make_msgid(domain=org_domain)
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = f"{references} {in_reply_to}".strip()
+    msg[REPLY_HEADER] = author
+    msg.set_content(body)
+    for f in files:
+        maintype, _, subtype = f.content_type.partition("/")
+        if not subtype or "/" in subtype:
+            maintype, subtype = "application", "octet-stream"
+        msg.add_attachment(f.data, maintype=maintype, subtype=subtype, filename=f.filename)
+    return msg
+
+
+def _minutes() -> int:
+    return max(1, defaults.OTP_VALIDITY_SECONDS // 60)
+
+
+@functools.lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
+        autoescape=False,  # plain text mail
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )

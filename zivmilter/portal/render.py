@@ -1,0 +1,279 @@
+"""What the portal shows of a stored message: its headers, body, inline images and attachments.
+
+Pure: message bytes in, a `MessageView` out; the `email` package does all MIME work. HTML bodies
+are sanitized with nh3 (ammonia): no scripts, no event handlers, no forms, only a safe subset of
+CSS, and no remote loads unless the reader consents; `cid:` images point at the portal instead.
+The app (app.py) serves the sanitized HTML in a sandboxed frame under its own strict CSP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import mimetypes
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+
+import nh3
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_PATHISH = re.compile(r'[\\/:*?"<>|]+')
+
+
+@dataclass(frozen=True)
+class Attachment:
+    index: int  # position among the message's leaf parts (stable for one stored message)
+    filename: str
+    content_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class MessageView:
+    subject: str
+    sender: str
+    to: str
+    cc: str
+    date: str
+    message_id: str
+    text: str | None  # the plain-text body (or alternative)
+    html: str | None  # the HTML body, NOT sanitized: use `sanitize_html`
+    attachments: tuple[Attachment, ...]
+    inline: dict[str, int]  # Content-ID (without <>) -> leaf index, for cid: images
+
+
+def parse(data: bytes) -> tuple[EmailMessage, MessageView]:
+    msg = BytesParser(policy=policy.default).parsebytes(data)
+    assert isinstance(msg, EmailMessage)
+    parts = leaves(msg)
+    html_part = msg.get_body(preferencelist=("html",))
+    text_part = msg.get_body(preferencelist=("plain",))
+    html = _text(html_part) if html_part is not None else None
+    text = _text(text_part) if text_part is not None else None
+    bodies = {id(p) for p in (html_part, text_part) if p is not None}
+    referenced = set(re.findall(r"(?i)cid:([^\"'\s>)]+)", html or ""))
+    inline: dict[str, int] = {}
+    attachments: list[Attachment] = []
+    for index, part in enumerate(parts):
+        if id(part) in bodies:
+            continue
+        cid = _content_id(part)
+        if cid and cid in referenced and part.get_content_maintype() == "image":
+            inline[cid] = index
+            continue
+        payload = leaf_payload(part)
+        attachments.append(
+            Attachment(index, _filename(part, index), part.get_content_type(), len(payload))
+        )
+    view = MessageView(
+        subject=_header(msg, "Subject"),
+        sender=_addresses(msg, "From"),
+        to=_addresses(msg, "To"),
+        cc=_addresses(msg, "Cc"),
+        date=_header(msg, "Date"),
+        message_id=_header(msg, "Message-ID"),
+        text=text,
+        html=html,
+        attachments=tuple(attachments),
+        inline=inline,
+    )
+    return msg, view
+
+
+_VIEW_FORMAT = 1
+MAX_KEPT_VIEW = 2 * 1024 * 1024  # characters of text + HTML worth keeping, instead of parsing
+
+
+def view_to_bytes(view: MessageView) -> bytes | None:
+    """The view as JSON for the store (Store.save_portal_view); None when it is too large to be
+    worth keeping (such a message is parsed on every view instead)."""
+    if len(view.text or "") + len(view.html or "") > MAX_KEPT_VIEW:
+        return None
+    data = dataclasses.asdict(view)
+    data["format"] = _VIEW_FORMAT
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def view_from_bytes(data: bytes) -> MessageView | None:
+    """A kept view, or None when it is from another format (then the message is parsed)."""
+    try:
+        raw = json.loads(data)
+        if raw.pop("format", None) != _VIEW_FORMAT:
+            return None
+        raw["attachments"] = tuple(Attachment(**a) for a in raw["attachments"])
+        return MessageView(**raw)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def leaves(msg: Message) -> list[Message]:
+    """The non-multipart parts in order; an attached message (message/rfc822) is one leaf."""
+    out: list[Message] = []
+
+    def walk(part: Message) -> Iterator[Message]:
+        if part.get_content_maintype() == "multipart" and part.is_multipart():
+            for sub in part.get_payload():
+                if isinstance(sub, Message):
+                    yield from walk(sub)
+        else:
+            yield part
+
+    out.extend(walk(msg))
+    return out
+
+
+def leaf_payload(part: Message) -> bytes:
+    """The decoded bytes of a leaf part (an attached message as it was)."""
+    if part.get_content_type() == "message/rfc822" and part.is_multipart():
+        inner = part.get_payload(0)
+        if isinstance(inner, Message):
+            return inner.as_bytes(policy=policy.SMTP)
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def clean_filename(name: str) -> str:
+    """A file name safe to offer for download or to attach: no path, no control characters."""
+    return _PATHISH.sub("_", _CONTROL.sub(" ", name)).strip(" .")[:200]
+
+
+# --- HTML ------------------------------------------------------------------------------------
+
+_TAGS = set(nh3.ALLOWED_TAGS) | {"font"}
+_ATTRIBUTES: dict[str, set[str]] = {k: set(v) for k, v in nh3.ALLOWED_ATTRIBUTES.items()}
+_ATTRIBUTES["*"] = {"style", "title", "lang", "dir", "align", "valign", "bgcolor"}
+_ATTRIBUTES["font"] = {"color", "face", "size"}
+for _tag in ("table", "td", "th", "col", "colgroup"):
+    _ATTRIBUTES.setdefault(_tag, set()).update(
+        {"width", "height", "border", "cellpadding", "cellspacing"}
+    )
+for _tag in _ATTRIBUTES:
+    if _tag != "*":
+        _ATTRIBUTES[_tag] -= _ATTRIBUTES["*"]  # nh3 refuses an attribute listed twice
+# CSS that formats text and boxes; nothing that loads (url(), @import), positions over the
+# page or animates.
+_STYLE = {
+    "color", "background-color", "font", "font-family", "font-size", "font-style", "font-weight",
+    "font-variant", "text-align", "text-decoration", "text-indent", "text-transform",
+    "line-height", "letter-spacing", "word-spacing", "white-space", "vertical-align",
+    "margin", "margin-top", "margin-right", "margin-bottom", "margin-left",
+    "padding", "padding-top", "padding-right", "padding-bottom", "padding-left",
+    "border", "border-top", "border-right", "border-bottom", "border-left", "border-color",
+    "border-style", "border-width", "border-collapse", "border-spacing", "border-radius",
+    "width", "height", "max-width", "min-width", "max-height", "min-height",
+    "display", "list-style-type", "table-layout", "direction", "unicode-bidi",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SafeHtml:
+    html: str
+    blocked: int  # remote images left out (the reader may consent to load them)
+
+
+def sanitize_html(
+    html: str, inline_url: Callable[[str], str | None], allow_remote: bool = False
+) -> SafeHtml:
+    """The HTML without anything active; `inline_url(cid)` gives the portal URL of an image."""
+    blocked = 0
+    produced: set[str] = set()
+
+    def attribute(tag: str, attr: str, value: str) -> str | None:
+        nonlocal blocked
+        if tag == "img" and attr == "src":
+            v = value.strip()
+            if v.lower().startswith("cid:"):
+                url = inline_url(v[4:].strip("<>"))
+                if url is not None:
+                    produced.add(url)
+                return url
+            if v.lower().startswith(("https://", "http://")):
+                if allow_remote:
+                    return v
+                blocked += 1
+                return None
+            return None
+        if tag == "a" and attr == "href" and value.strip().lower().startswith("cid:"):
+            return None
+        return value
+
+    clean = nh3.clean(
+        html,
+        tags=_TAGS,
+        clean_content_tags={"script", "style", "title", "template", "noscript"},
+        attributes=_ATTRIBUTES,
+        attribute_filter=attribute,
+        # cid: must survive the scheme check to reach `attribute`, which rewrites it.
+        url_schemes={"http", "https", "mailto", "tel", "cid"},
+        # Relative URLs would reach the portal with the reader's cookies: only our own rewrites.
+        url_relative=lambda url: url if url in produced else None,
+        link_rel="noopener noreferrer nofollow",
+        set_tag_attribute_values={"a": {"target": "_blank"}},
+        filter_style_properties=_STYLE,
+        strip_comments=True,
+    )
+    return SafeHtml(clean, blocked)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _text(part: Message) -> str:
+    if isinstance(part, EmailMessage):
+        try:
+            content = part.get_content()
+            if isinstance(content, str):
+                return content
+        except (LookupError, UnicodeError, ValueError, AssertionError):
+            pass  # an unknown or lying charset: fall back to UTF-8 with replacements
+    raw = part.get_payload(decode=True)
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
+
+
+def _header(msg: Message, name: str) -> str:
+    try:
+        value = msg.get(name)
+    except (ValueError, IndexError, TypeError):
+        # A header the default policy cannot parse: show its raw text rather than fail.
+        value = next((v for k, v in msg.raw_items() if k.lower() == name.lower()), None)
+    return _CONTROL.sub(" ", str(value)).strip() if value is not None else ""
+
+
+def _addresses(msg: Message, name: str) -> str:
+    """Mailboxes as people write them (`Name <addr>`), without the quoting of the wire form."""
+    try:
+        header = msg.get(name)
+        found = getattr(header, "addresses", None)
+    except (ValueError, IndexError, TypeError):
+        found = None
+    if not found:
+        return _header(msg, name)
+    shown = [f"{a.display_name} <{a.addr_spec}>" if a.display_name else a.addr_spec for a in found]
+    return _CONTROL.sub(" ", ", ".join(shown)).strip()
+
+
+def _content_id(part: Message) -> str | None:
+    cid = part.get("Content-ID")
+    if not cid:
+        return None
+    return str(cid).strip().strip("<>").strip() or None
+
+
+def _filename(part: Message, index: int) -> str:
+    name = None
+    try:
+        name = part.get_filename()
+    except (ValueError, LookupError):
+        name = None
+    if not name and part.get_content_type() == "message/rfc822":
+        name = "message.eml"
+    if name:
+        name = clean_filename(name)
+    if not name:
+        ext = mimetypes.guess_extension(part.get_content_type()) or ".bin"
+        name = f"attachment-{index + 1}{ext}"
+    return name
