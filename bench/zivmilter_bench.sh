@@ -11,6 +11,7 @@ milter: {socket: "${ZIVMILTER_BENCH_SOCKET:?}"}
 store: {path: $dir/store, key_file: $dir/store.key}
 reinject: {host: 127.0.0.1, port: ${ZIVMILTER_BENCH_REINJECT_PORT:?}}
 portal: {base_url: "https://secure.sender.test/"}
+submission: {any_address_of_own_domains: true, spf: false}
 logging: {level: warning}
 YAML
 echo "{}" >"$dir/facts.yaml"

@@ -185,9 +185,6 @@ class Gateway:
             raise
         for out, reply in zip(outgoing, replies, strict=True):
             log.info("re-injected %s: %s", out.what, reply, extra=_ctx(tx))
-        if saved is not None:
-            for address in saved.tokens:
-                self.store.mark_notified(saved.id, address)
 
         plan = self._plan_for_kept(tx, kept, raw_by_norm, stripped)
         if kept is not None and kept.content is None:  # the original stays: fix its Subject
