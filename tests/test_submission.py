@@ -452,17 +452,13 @@ def test_account_add_with_password_stores_a_hash(
 
 
 def test_account_list(store_config: Path) -> None:
-    from zivmilter.store import SqliteStore
-
-    if not hasattr(SqliteStore, "accounts"):
-        pytest.skip("Store.accounts() is not there yet (asked of the store's owner)")
     account_cli(store_config, "add", "alice@hospital.example")
     account_cli(store_config, "add", "bob@partner.example", "--recipient")
     account_cli(store_config, "disable", "bob@partner.example")
     status, text = account_cli(store_config, "list")
     assert status == 0
     assert text.splitlines() == [
-        "bob@partner.example\trecipient disabled",
+        "bob@partner.example\trecipient disabled password",
         "alice@hospital.example\tsender active",
     ]
 

@@ -115,11 +115,8 @@ def cmd_disable(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     with _store(args) as store:
-        lister = getattr(store, "accounts", None)
-        if lister is None:
-            raise StoreError("this store cannot list accounts (Store.accounts() is missing)")
-        accounts: list[Account] = list(lister())
-    for a in sorted(accounts, key=lambda a: (a.kind, a.address)):
+        accounts: list[Account] = store.accounts()
+    for a in accounts:
         flags = [a.kind, "active" if a.active else "disabled"]
         if a.password_hash:
             flags.append("password")

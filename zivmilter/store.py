@@ -247,6 +247,7 @@ class Store(Protocol):
     def purge_expired(self) -> int: ...
     def has_account(self, address: str) -> bool: ...
     def account(self, address: str) -> Account | None: ...
+    def accounts(self) -> list[Account]: ...
     def totp_secret(self, address: str) -> bytes | None: ...
     def add_account(
         self,
@@ -825,6 +826,15 @@ class SqliteStore:
         if row is None:
             return None
         return Account(str(row[0]), row[1], bool(row[2]), row[3], bool(row[4]))
+
+    def accounts(self) -> list[Account]:
+        """Every account, senders and recipients, by kind and address."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT address, kind, active, password_hash, totp_secret IS NOT NULL"
+                " FROM accounts ORDER BY kind, address"
+            ).fetchall()
+        return [Account(str(r[0]), r[1], bool(r[2]), r[3], bool(r[4])) for r in rows]
 
     def totp_secret(self, address: str) -> bytes | None:
         key = _key_or_none(address)
