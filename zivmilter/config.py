@@ -210,6 +210,13 @@ class ReinjectConfig:
 class PortalConfig:
     base_url: str = field(default=defaults.PORTAL_BASE_URL, metadata=_check(_url))
     listen: str = defaults.PORTAL_LISTEN
+    workers: int = field(default=defaults.PORTAL_WORKERS, metadata=_check(_positive))
+    session_seconds: int = field(
+        default=defaults.PORTAL_SESSION_SECONDS, metadata=_check(_positive)
+    )
+    max_reply_bytes: int = field(
+        default=defaults.PORTAL_MAX_REPLY_BYTES, metadata=_check(_positive)
+    )
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,7 @@ class Portal:
 
     def new_pass(self, scope: str, stage: Stage, who: int = 0) -> Pass:
         lifetime = (
-            defaults.PORTAL_SESSION_SECONDS
+            self.cfg.portal.session_seconds
             if stage is Stage.VERIFIED
             else defaults.PORTAL_LINK_SECONDS
         )

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from .. import config as config_mod
-from .. import crypto, defaults, logsetup, sdnotify
+from .. import crypto, logsetup, sdnotify
 from ..errors import ConfigError, MessageError
 from ..notification import mask_phone
 from ..store import MessageRecord, RecipientRecord, SqliteStore, Store
@@ -79,11 +79,12 @@ def cmd_portal(args: argparse.Namespace) -> int:
         "log_config": None,  # keep our log format (logsetup)
         "timeout_graceful_shutdown": 10,
     }
-    if args.workers > 1:
+    workers = args.workers or cfg.portal.workers
+    if workers > 1:
         os.environ[_ENV_CONFIG] = os.path.abspath(args.config)
         uvicorn.run(
             "zivmilter.portal.commands:app_from_environment",
-            factory=True, host=host, port=port, workers=args.workers, **common,
+            factory=True, host=host, port=port, workers=workers, **common,
         )  # fmt: skip
         return 0
     app = create_app(build_portal(cfg), on_ready=lambda: sdnotify.notify("READY=1"))
@@ -291,8 +292,8 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("portal", help="run the guest portal (web app)")
     p.add_argument("--config", required=True, metavar="FILE")
     p.add_argument(
-        "--workers", type=int, default=defaults.PORTAL_WORKERS, metavar="N",
-        help=f"worker processes (default {defaults.PORTAL_WORKERS})",
+        "--workers", type=int, default=None, metavar="N",
+        help="worker processes (default: portal.workers)",
     )  # fmt: skip
     p.set_defaults(handler=cmd_portal)
 

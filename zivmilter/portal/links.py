@@ -288,13 +288,13 @@ class LinkPages:
 
     async def reply(self, request: Request) -> Response:
         size = request.headers.get("content-length", "")
-        limit = defaults.PORTAL_MAX_REPLY_BYTES + 64 * 1024
+        limit = self.portal.cfg.portal.max_reply_bytes + 64 * 1024
         if not size.isdigit() or int(size) > limit:
             lang = self.portal.language(request)
             return self.portal.notice(
                 request, "reply_too_big", lang=lang, here=self._here(_rid(request)),
                 status=413, kind="error",
-                mb=str(defaults.PORTAL_MAX_REPLY_BYTES // (1024 * 1024)),
+                mb=str(self.portal.cfg.portal.max_reply_bytes // (1024 * 1024)),
             )  # fmt: skip
         form = await request.form(
             max_files=defaults.PORTAL_MAX_REPLY_FILES, max_fields=10, max_part_size=1024 * 1024
@@ -473,7 +473,7 @@ class LinkPages:
             "csrf_logout": portal.csrf(ctx.p, "logout"),
             "replied": request.query_params.get("replied") == "1",
             "error": error,
-            "max_reply_mb": defaults.PORTAL_MAX_REPLY_BYTES // (1024 * 1024),
+            "max_reply_mb": self.portal.cfg.portal.max_reply_bytes // (1024 * 1024),
         }
         return portal.page(
             request, "message.html", values, lang=ctx.lang, here=ctx.here, status=status
