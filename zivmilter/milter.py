@@ -187,6 +187,39 @@ def _tune_listening_sockets() -> int:
     return tuned
 
 
+def listen(name: str, socket_spec: str, timeout: int, *, tcp_nodelay: bool = True) -> None:
+    """Register with libmilter and open its socket, as Milter.runmilter does, but split before
+    main() so the listening socket can be tuned (TCP_NODELAY); `Milter.factory` must be set."""
+    import milter  # pymilter's C module
+
+    milter.set_connect_callback(Milter.connect_callback)
+    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    milter.set_close_callback(Milter.close_callback)
+    unix = socket_spec.startswith(("unix:", "local:"))
+    if unix:
+        os.makedirs(os.path.dirname(socket_spec.split(":", 1)[1]) or ".", exist_ok=True)
+    milter.setconn(socket_spec)
+    milter.settimeout(timeout)
+    milter.register(
+        name,
+        data=lambda ctx: ctx.getpriv().data(),
+        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+        negotiate=Milter.negotiate_callback,
+    )
+    milter.opensocket(True)
+    if unix:
+        os.chmod(socket_spec.split(":", 1)[1], 0o660)  # Postfix (group) may connect, nobody else
+    elif tcp_nodelay and _tune_listening_sockets() == 0:
+        raise OSError(f"no TCP listening socket to tune for {socket_spec}")
+
+
 def serve(
     gateway: Gateway,
     socket_spec: str,
@@ -200,35 +233,8 @@ def serve(
     ZivMilter.gateway = gateway
     ZivMilter.spool_threshold = spool_threshold
     Milter.factory = ZivMilter
-    # The registration of Milter.runmilter, split so the socket can be tuned before main().
-    milter.set_connect_callback(Milter.connect_callback)
-    milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
-    milter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
-    milter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
-    milter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
-    milter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
-    milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
-    milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
-    milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
-    milter.set_close_callback(Milter.close_callback)
-    spec = socket_spec
-    if spec.startswith("unix:") or spec.startswith("local:"):
-        path = spec.split(":", 1)[1]
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    milter.setconn(spec)
-    milter.settimeout(timeout)
-    milter.register(
-        "zivmilter",
-        data=lambda ctx: ctx.getpriv().data(),
-        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
-        negotiate=Milter.negotiate_callback,
-    )
-    milter.opensocket(True)
-    if spec.startswith("unix:") or spec.startswith("local:"):
-        os.chmod(spec.split(":", 1)[1], 0o660)  # Postfix (group) may connect, nobody else
-    else:
-        _tune_listening_sockets()
-    log.info("listening on %s", spec, extra={"queue_id": "-", "message_id": "-"})
+    listen("zivmilter", socket_spec, timeout)
+    log.info("listening on %s", socket_spec, extra={"queue_id": "-", "message_id": "-"})
     if ready is not None:
         ready()
     milter.main()

@@ -24,8 +24,8 @@ import spf as pyspf
 
 from . import defaults
 from .config import Config
-from .errors import ConfigError
 from .submission import SpfResult, SpfVerdict
+from .transport.resolver import nameserver
 
 _VERDICTS = {v.value: v for v in SpfVerdict}
 
@@ -82,26 +82,13 @@ def _install() -> None:
             pyspf.DNSLookup = _lookup
 
 
-def _nameserver(text: str) -> dns.nameserver.Do53Nameserver:
-    host, sep, port = text.rpartition("@")
-    if not sep:
-        host, port = text, "53"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError("<config>", "transport.resolver", f"{text!r} is not IP or IP@PORT")
-    try:
-        return dns.nameserver.Do53Nameserver(host, int(port))
-    except ValueError:
-        problem = f"{text!r} is not an IP address"
-        raise ConfigError("<config>", "transport.resolver", problem) from None
-
-
 class PySpfChecker:
     """`submission.SpfChecker` with pyspf; thread-safe (each check has its own pyspf query)."""
 
     def __init__(self, resolver: Sequence[str] = (), timeout: float = defaults.SPF_TIMEOUT) -> None:
         if resolver:
             self._resolver = dns.resolver.Resolver(configure=False)
-            self._resolver.nameservers = [_nameserver(s) for s in resolver]
+            self._resolver.nameservers = [nameserver(s) for s in resolver]
         else:
             self._resolver = dns.resolver.Resolver()  # /etc/resolv.conf
         self._timeout = timeout

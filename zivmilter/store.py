@@ -671,28 +671,11 @@ class SqliteStore:
         """
         with self._lock:
             row = self._conn.execute(
-                "SELECT m.wrapped_key, m.expires_at, b.id, b.path, b.sha256 FROM messages m"
-                " JOIN blobs b ON b.message_id = m.id AND b.kind = 'message'"
-                " WHERE m.id = ? AND m.revoked_at IS NULL AND b.deleted_at IS NULL",
+                "SELECT id FROM blobs WHERE message_id = ? AND kind = 'message'"
+                " AND deleted_at IS NULL",
                 (message_id,),
             ).fetchone()
-        if row is None or row[0] is None:
-            return None
-        if row[1] is not None and int(self._now()) >= int(row[1]):
-            return None
-        data_key = crypto.unwrap_data_key(self._kek, bytes(row[0]))
-        try:
-            fh = open(os.path.join(self._path, str(row[3])), "rb")  # noqa: SIM115 - returned
-        except OSError as exc:
-            raise StoreError(f"message {message_id}: encrypted copy unreadable: {exc}") from None
-        try:
-            raw = crypto.DecryptingReader(
-                crypto.content_key(data_key, str(row[2])), fh, str(row[4])
-            )
-        except BaseException:
-            fh.close()
-            raise
-        return io.BufferedReader(raw, buffer_size=crypto.RECORD_SIZE)
+        return None if row is None else self._open_blob(message_id, str(row[0]))
 
     def find_recipient_by_token(self, token: str) -> RecipientRecord | None:
         """The recipient a link token belongs to (also when revoked or expired: check `message`)."""

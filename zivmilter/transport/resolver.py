@@ -28,7 +28,7 @@ class DnsAnswer:
     error: str | None = None
 
 
-def _nameserver(text: str) -> dns.nameserver.Do53Nameserver:
+def nameserver(text: str) -> dns.nameserver.Do53Nameserver:
     host, sep, port = text.rpartition("@")
     if not sep:
         host, port = text, "53"
@@ -47,7 +47,7 @@ class Resolver:
     def __init__(self, servers: tuple[str, ...] = ()) -> None:
         if servers:
             self._resolver = dns.resolver.Resolver(configure=False)
-            self._resolver.nameservers = [_nameserver(s) for s in servers]
+            self._resolver.nameservers = [nameserver(s) for s in servers]
         else:
             try:
                 self._resolver = dns.resolver.Resolver()  # /etc/resolv.conf
