@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from .errors import MessageError
 from .headers import is_directive
+from .message import decoded_header
 
 _STATUS = re.compile(r"^5\.\d{1,3}\.\d{1,3}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -77,7 +78,7 @@ def build_dsn(
 
 
 def _human_text(original: Message, failures: Sequence[Failure], host: str) -> str:
-    subject = _one_line(str(original.get("Subject", "") or ""))
+    subject = _one_line(decoded_header(original.get("Subject", "")))
     lines = [
         f"This is the mail system at host {host}.",
         "",

@@ -35,6 +35,7 @@ from .errors import MessageError
 from .facts import Facts
 from .headers import ROUTE_HEADER, is_directive
 from .levels import Level
+from .message import decoded_header
 from .policy import Delivery, Method, RecipientDecision
 from .reinject import Outgoing, Reinjector
 from .store import NewMessage, NewRecipient, SavedMessage, Store
@@ -210,7 +211,7 @@ class Gateway:
                 NewMessage(
                     sender=result.envelope.sender
                     or "mailer-daemon@" + self.cfg.organization.domains[0],
-                    subject=str(original.get("Subject", "")),
+                    subject=decoded_header(original.get("Subject", "")),
                     content=content,
                     recipients=[_new_recipient(d) for d in delivered],
                     rfc822_id=tx.message_id if tx.message_id != "-" else None,

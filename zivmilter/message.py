@@ -7,6 +7,7 @@ Headers are read with the compat32 policy (raw strings, never an exception on od
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
@@ -24,6 +25,16 @@ def read_headers(data: bytes) -> list[tuple[str, str]]:
     if not items:
         raise MessageError("not an email message: no header fields found")
     return items
+
+
+def decoded_header(value: object) -> str:
+    """Header text for people: RFC 2047 encoded words decoded (by `email`), folding undone."""
+    text = str(value or "")
+    try:
+        decoded = str(make_header(decode_header(text)))
+    except (ValueError, LookupError, UnicodeError):  # a broken encoded word: show it as it is
+        decoded = text
+    return " ".join(decoded.split())
 
 
 def values(headers: Iterable[tuple[str, str]], name: str) -> list[str]:

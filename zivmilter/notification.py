@@ -13,7 +13,6 @@ import re
 import secrets
 from dataclasses import dataclass
 from email import charset, policy
-from email.header import decode_header, make_header
 from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -25,6 +24,7 @@ import jinja2
 
 from . import defaults
 from .config import Config, NotificationConfig
+from .message import decoded_header
 
 Kind = Literal["account", "sms", "access_code", "email"]
 
@@ -77,7 +77,7 @@ def build_notification(
         raise ValueError(f"unsupported notification language {language!r}")
     neutral = defaults.NEUTRAL_SUBJECT[language]
     raw_subject = original.get("Subject")
-    shown = _clean(_decoded(raw_subject)) if subject_mode == "show" and raw_subject else ""
+    shown = _clean(decoded_header(raw_subject)) if subject_mode == "show" and raw_subject else ""
 
     values = {
         "sender": _sender_text(original),
@@ -167,15 +167,6 @@ def mask_phone(number: str) -> str:
     return f"+{cc} {national[:head]}{'•' * hidden}{national[len(national) - tail :]}"
 
 
-def _decoded(value: object) -> str:
-    """Header text for people: RFC 2047 encoded words decoded, folding undone."""
-    text = str(value or "")
-    try:
-        return str(make_header(decode_header(text)))
-    except (ValueError, LookupError, UnicodeError):  # a broken encoded word: show it as it is
-        return text
-
-
 def _wire_value(name: str, value: object) -> str:
     """A header value fit for the wire: ASCII as written, anything else encoded by `email`."""
     text = str(value)
@@ -186,10 +177,10 @@ def _wire_value(name: str, value: object) -> str:
 
 
 def _sender_text(original: Message) -> str:
-    name, address = parseaddr(_decoded(original.get("From")))
+    name, address = parseaddr(decoded_header(original.get("From")))
     if name and address:
         return _clean(f"{name} <{address}>")
-    return _clean(address or _decoded(original.get("From")))
+    return _clean(address or decoded_header(original.get("From")))
 
 
 def _clean(text: str) -> str:

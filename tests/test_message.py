@@ -1,0 +1,33 @@
+"""Header helpers shared by explain, the gateway, notifications and DSNs."""
+
+from __future__ import annotations
+
+import pytest
+
+from zivmilter.errors import MessageError
+from zivmilter.message import addresses, build_envelope, decoded_header, read_headers
+
+
+def test_decoded_header() -> None:
+    assert decoded_header("=?utf-8?q?R=C3=B6ntgen?= results") == "Röntgen results"
+    assert decoded_header("line one\r\n line two") == "line one line two"
+    assert decoded_header("=?bogus-charset?q?x?=") == "=?bogus-charset?q?x?="
+    assert decoded_header(None) == ""
+
+
+def test_read_headers_needs_a_header_block() -> None:
+    with pytest.raises(MessageError, match="no header fields"):
+        read_headers(b"\x89PNG\r\n\x1a\n")
+    assert read_headers(b"Subject: x\r\nTo: a@b.example\r\n\r\nbody")[0] == ("Subject", "x")
+
+
+def test_envelope_normalizes_and_dedupes() -> None:
+    headers = [("To", "Bob <BOB@Partner.example>"), ("Cc", "c@x.example, nonsense")]
+    env = build_envelope(
+        "<A@Hospital.example>", ["<bob@partner.example>", "BOB@partner.example"], headers
+    )
+    assert env.sender == "a@hospital.example"
+    assert env.recipients == ("bob@partner.example",)
+    assert env.to_cc == frozenset({"bob@partner.example", "c@x.example"})
+    assert addresses(headers, "Cc") == ["c@x.example"]
+    assert build_envelope("<>", ["x@y.example"], []).sender == ""
