@@ -421,8 +421,8 @@ def from_mapping(data: Any, source: str = "<memory>", base_dir: str | None = Non
     return dataclasses.replace(cfg, source=source)
 
 
-def load(path: str) -> Config:
-    """Read and validate a config file; every problem is a ConfigError naming file and key."""
+def read_yaml(path: str) -> Any:
+    """A YAML file's data (safe_load); a ConfigError names the file and, for bad YAML, where."""
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
@@ -435,4 +435,11 @@ def load(path: str) -> Config:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(path, None, f"not valid YAML{where}: {problem}") from None
-    return from_mapping(data, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+    return data
+
+
+def load(path: str) -> Config:
+    """Read and validate a config file; every problem is a ConfigError naming file and key."""
+    return from_mapping(
+        read_yaml(path), source=path, base_dir=os.path.dirname(os.path.abspath(path))
+    )

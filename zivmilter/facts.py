@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import yaml
-
 from .addresses import normalize_address, normalize_domain
+from .config import read_yaml
 from .errors import ConfigError, MessageError
 from .levels import Level, TlsVersion
 
@@ -181,20 +180,18 @@ def facts_from_mapping(data: Any, source: str = "<facts>") -> StaticFacts:
             raise ConfigError(source, f"{key}.access_code", "expected true or false")
         contacts[_norm(normalize_address, str(addr), source, key)] = Contact(sms, code)
     return StaticFacts(
-        frozenset(accounts), frozenset(idd), levels, nta, contacts, frozenset(odd),
+        frozenset(accounts),
+        frozenset(idd),
+        levels,
+        nta,
+        contacts,
+        frozenset(odd),
         frozenset(senders),
     )
 
 
 def load_facts(path: str) -> StaticFacts:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except OSError as exc:
-        raise ConfigError(path, None, f"cannot read: {exc.strerror or exc}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, None, f"not valid YAML: {exc}") from None
-    return facts_from_mapping(data, path)
+    return facts_from_mapping(read_yaml(path), path)
 
 
 def _is_e164(text: str) -> bool:
