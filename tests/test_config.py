@@ -102,6 +102,20 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> No
     assert message in str(info.value)
 
 
+def test_submission_listeners(tmp_path: Path) -> None:
+    text = (
+        "organization: {domains: [a.example]}\n"
+        "submission:\n  listeners:\n    submission: {trusted_networks: [], spf: false}\n"
+    )
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.submission.listeners["submission"].trusted_networks == ()
+    assert cfg.submission.trusted_networks == ("127.0.0.0/8", "::1/128")
+    bad = text.replace("spf: false", "spf: false, colour: red")
+    where = r"submission\.listeners\.submission\.colour: unknown key"
+    with pytest.raises(ConfigError, match=where):
+        config.load(write(tmp_path, bad))
+
+
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match=r"/nonexistent\.yaml: cannot read"):
         config.load("/nonexistent.yaml")

@@ -132,3 +132,29 @@ def test_refused_submission_is_rejected_with_the_reason(tmp_path: Path) -> None:
     assert sent.sent == []  # nothing stored or sent for a refused message
     assert not list((tmp_path / "s" / "blobs").rglob("*.zmb"))
     store.close()
+
+
+def test_listener_rules_apply_per_daemon_name(tmp_path: Path) -> None:
+    """`submission.listeners`: the submission port trusts no network, port 25 trusts loopback."""
+    crypto.keygen(str(tmp_path / "k"))
+    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
+    cfg = make_config(
+        {
+            "submission": {
+                "any_address_of_own_domains": True,
+                "listeners": {"submission": {"trusted_networks": [], "spf": False}},
+            }
+        },
+        base={"organization": {"domains": ["hospital.example"]}},
+    )
+    results = {}
+    for listener in ("smtpd", "submission"):
+        ZivMilter.gateway = Gateway(cfg, facts_from_mapping({}), store, Collecting(), hostname="gw")
+        ctx = testctx.TestCtx()
+        ctx._setsymval("{daemon_name}", listener)
+        results[listener] = (run(ctx, ["bob@partner.example"]), ctx._reply)
+    assert results["smtpd"][0] == Milter.ACCEPT
+    rc, (code, xcode, text) = results["submission"]
+    assert (rc, code, xcode) == (Milter.REJECT, "550", "5.7.1")
+    assert "127.0.0.1" in text
+    store.close()

@@ -78,7 +78,7 @@ def _explain_submission(
     """
     spf: submission.SpfChecker
     if args.client_ip is None:
-        spf = _NoSpf("SPF not checked: no --client-ip given")
+        spf = submission.NoSpf("SPF not checked: no --client-ip given")
         client = defaults.LOCAL_CLIENT_ADDRESS
     else:
         client = args.client_ip
@@ -89,25 +89,23 @@ def _explain_submission(
         try:
             from .spf import PySpfChecker
         except ImportError:
-            spf = _NoSpf("SPF not checked: pyspf is not installed")
+            spf = submission.NoSpf("SPF not checked: pyspf is not installed")
         else:
             spf = PySpfChecker.from_config(cfg)
     verdict = submission.check(
-        cfg, headers, client_ip=client, auth_login=args.auth, envelope_sender=sender,
-        spf=spf, accounts=facts,
+        cfg,
+        headers,
+        client_ip=client,
+        auth_login=args.auth,
+        envelope_sender=sender,
+        spf=spf,
+        accounts=facts,
+        rules=submission.rules_for(cfg, args.listener),
     )
     if args.client_ip is None:
         note = f"no --client-ip given: assumed a local client ({client})"
         verdict = dataclasses.replace(verdict, reason=f"{note}; {verdict.reason}")
     return verdict
-
-
-class _NoSpf:
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-    def check(self, client_ip: str, sender: str, helo: str | None = None) -> submission.SpfResult:
-        return submission.SpfResult(submission.SpfVerdict.NONE, self.why)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -138,10 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="envelope recipient, repeatable (default: To/Cc/Bcc addresses)",
     )
     p.add_argument(
-        "--client-ip", metavar="IP",
+        "--client-ip",
+        metavar="IP",
         help="SMTP client address for the submission check (default: a local client, no SPF)",
     )
     p.add_argument("--auth", metavar="LOGIN", help="SMTP AUTH login of the client ({auth_authen})")
+    p.add_argument(
+        "--listener",
+        metavar="NAME",
+        help="MTA listener ({daemon_name}) whose submission.listeners rules apply",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_explain)
 

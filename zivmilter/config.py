@@ -258,7 +258,7 @@ class TransportConfig:
 
 
 @dataclass(frozen=True)
-class SubmissionConfig:
+class SubmissionRules:
     trusted_networks: tuple[str, ...] = field(
         default=defaults.TRUSTED_NETWORKS, metadata=_check(_networks)
     )
@@ -266,6 +266,13 @@ class SubmissionConfig:
     logins: dict[str, tuple[str, ...]] = field(default_factory=dict, metadata=_check(_logins))
     spf: bool = True
     any_address_of_own_domains: bool = False
+
+
+@dataclass(frozen=True)
+class SubmissionConfig(SubmissionRules):
+    # Rules of their own for some MTA listeners, by the name Postfix passes as {daemon_name}
+    # (master.cf: -o milter_macro_daemon_name=NAME); every other listener uses the keys above.
+    listeners: dict[str, SubmissionRules] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

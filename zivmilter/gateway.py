@@ -39,7 +39,7 @@ from .message import decoded_header
 from .policy import Delivery, Method, RecipientDecision
 from .reinject import Outgoing, Reinjector
 from .store import NewMessage, NewRecipient, SavedMessage, Store
-from .submission import SenderAccounts, SpfChecker, SpfResult, SpfVerdict, StoreSenderAccounts
+from .submission import SenderAccounts, SpfChecker, StoreSenderAccounts
 
 log = logging.getLogger("zivmilter.gateway")
 
@@ -61,6 +61,7 @@ class Transaction:
     body_offset: int  # where the body starts in `message`
     client_address: str | None = None
     auth_login: str | None = None
+    listener: str | None = None  # the MTA's {daemon_name}: submission rules may differ per listener
 
     @property
     def message_id(self) -> str:
@@ -108,7 +109,7 @@ class Gateway:
         spf: SpfChecker | None = None,
         senders: SenderAccounts | None = None,
     ) -> None:
-        self.spf: SpfChecker = spf or _NoSpf()
+        self.spf: SpfChecker = spf or submission.NoSpf()
         self.senders: SenderAccounts = senders or StoreSenderAccounts(store)
         self.cfg = cfg
         self.facts = facts
@@ -127,6 +128,7 @@ class Gateway:
             envelope_sender=_bare(tx.sender),
             spf=self.spf,
             accounts=self.senders,
+            rules=submission.rules_for(self.cfg, tx.listener),
         )
         if not verdict.accepted:
             log.warning("submission refused: %s", verdict.reason, extra=_ctx(tx))
@@ -465,13 +467,6 @@ def _header_fields(head: bytes) -> list[tuple[str, str]]:
         name, _, value = text.partition(":")
         fields.append((name, value.lstrip(" ").replace("\r\n", "\n")))
     return fields
-
-
-class _NoSpf:
-    """No SPF checker configured: SPF never passes (logins and trusted networks still do)."""
-
-    def check(self, client_ip: str, sender: str, helo: str | None = None) -> SpfResult:
-        return SpfResult(SpfVerdict.NONE, "SPF checks are off (submission.spf)")
 
 
 def _set_subject(tx: Transaction, value: str) -> None:

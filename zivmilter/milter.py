@@ -36,6 +36,7 @@ class ZivMilter(Milter.Base):
 
     def __init__(self) -> None:
         self.client_address: str | None = None
+        self.listener: str | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -50,6 +51,7 @@ class ZivMilter(Milter.Base):
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
             self.client_address = str(hostaddr[0])
+        self.listener = self.getsymval("{daemon_name}") or None
         return Milter.CONTINUE
 
     def envfrom(self, mailfrom: str, *params: str) -> int:
@@ -103,6 +105,7 @@ class ZivMilter(Milter.Base):
             body_offset=self.body_offset,
             client_address=self.client_address,
             auth_login=self.getsymval("{auth_authen}") or None,
+            listener=self.listener,
         )
         extra = {"queue_id": queue_id, "message_id": tx.message_id}
         try:

@@ -48,7 +48,7 @@ from typing import Protocol
 
 from . import defaults
 from .addresses import domain_of, normalize_address
-from .config import Config, SubmissionConfig
+from .config import Config, SubmissionRules
 from .errors import MessageError
 
 Headers = Sequence[tuple[str, str]]
@@ -124,7 +124,7 @@ def check(
     spf: SpfChecker,
     accounts: SenderAccounts,
     helo: str | None = None,
-    rules: SubmissionConfig | None = None,
+    rules: SubmissionRules | None = None,
 ) -> SubmissionResult:
     """May this message be submitted? See the module docstring for the rules.
 
@@ -202,7 +202,7 @@ def _envelope_address(sender: str) -> str | None:
 
 def _authorize(
     cfg: Config,
-    sub: SubmissionConfig,
+    sub: SubmissionRules,
     claimed: tuple[str, ...],
     env: str | None,
     client_ip: str | None,
@@ -346,3 +346,21 @@ class StoreSenderAccounts:
         if account is None or account.kind != "sender":
             return None
         return bool(account.active)
+
+
+class NoSpf:
+    """An SpfChecker for where SPF is not looked up: it never passes (logins and trusted
+    networks still can)."""
+
+    def __init__(self, why: str = "SPF checks are off (submission.spf)") -> None:
+        self.why = why
+
+    def check(self, client_ip: str, sender: str, helo: str | None = None) -> SpfResult:
+        return SpfResult(SpfVerdict.NONE, self.why)
+
+
+def rules_for(cfg: Config, listener: str | None) -> SubmissionRules:
+    """The submission rules of an MTA listener ({daemon_name}); the general ones by default."""
+    if listener and listener in cfg.submission.listeners:
+        return cfg.submission.listeners[listener]
+    return cfg.submission
