@@ -16,16 +16,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import config as config_mod
-from . import crypto
 from .addresses import normalize_address
 from .errors import MessageError, StoreError
-from .store import Account, SqliteStore
+from .store import Account, SqliteStore, open_configured
 
 
 @contextmanager
 def _store(args: argparse.Namespace) -> Iterator[SqliteStore]:
-    cfg = config_mod.load(args.config)
-    store = SqliteStore.open(cfg.store.path, crypto.load_kek(cfg.store.key_file))
+    store = open_configured(config_mod.load(args.config))
     try:
         yield store
     finally:
@@ -138,11 +136,13 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("address", metavar="ADDRESS")
     p.add_argument(
-        "--recipient", action="store_true",
+        "--recipient",
+        action="store_true",
         help="a recipient's portal account (rule A1), not a sender of this organization",
     )
     p.add_argument(
-        "--password", action="store_true",
+        "--password",
+        action="store_true",
         help="recipient accounts: ask for the password (twice on a terminal, else one line of "
         "standard input) instead of generating one",
     )

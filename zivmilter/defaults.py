@@ -46,6 +46,8 @@ CACHE_TTL_FAILURE = 3600
 CACHE_REFRESH_BEFORE = 3600  # refresh domains in use this long before expiry
 FACTS_WAIT = 0.05  # seconds the milter waits on a cache miss before taking `none`
 
+IDD_REFRESH_SECONDS = 60.0  # the milter rereads the store's IDD domains (zivmilter idd) this often
+
 # --- ODD lists (SPEC 9) ------------------------------------------------------------------
 ODD_REFRESH_SECONDS = 24 * 3600
 ODD_STALE_MAX_SECONDS = 7 * 24 * 3600

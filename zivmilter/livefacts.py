@@ -6,8 +6,11 @@ Every answer is local and fast; what is unknown is the safe side (no account, le
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Protocol
 
+from . import defaults
 from .config import Config
 from .facts import Contact, NtaFact, TransportFact
 from .store import Store
@@ -22,10 +25,19 @@ class TransportSource(Protocol):
 
 
 class LiveFacts:
-    def __init__(self, cfg: Config, store: Store, transport: TransportSource | None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        transport: TransportSource | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.source = transport
-        self.idd = frozenset(cfg.idd.domains)
+        self.clock = clock
+        self.idd_config = frozenset(cfg.idd.domains)
+        self._idd = self.idd_config
+        self._idd_read = float("-inf")
         self.nta_listed = frozenset(cfg.nta7516.domains)
         self.nta_excluded = frozenset(cfg.nta7516.exclude)
 
@@ -33,7 +45,11 @@ class LiveFacts:
         return self.store.has_account(address)
 
     def idd_enabled(self, domain: str) -> bool:
-        return domain in self.idd
+        now = self.clock()
+        if now - self._idd_read > defaults.IDD_REFRESH_SECONDS:  # the admins' list, kept fresh
+            self._idd = self.idd_config | frozenset(self.store.idd_domains())
+            self._idd_read = now
+        return domain in self._idd
 
     def transport(self, domain: str) -> TransportFact:
         return self.source.transport(domain) if self.source is not None else _UNKNOWN

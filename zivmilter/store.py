@@ -33,6 +33,7 @@ from typing import Any, BinaryIO, Literal, Protocol
 
 from . import crypto, defaults
 from .addresses import normalize_address
+from .config import Config
 from .errors import MessageError, StoreError
 from .facts import Contact
 
@@ -258,6 +259,8 @@ class Store(Protocol):
     ) -> None: ...
     def set_account_active(self, address: str, active: bool) -> bool: ...
     def contact(self, address: str) -> Contact | None: ...
+    def idd_domains(self) -> list[str]: ...
+    def set_idd_domain(self, domain: str, enabled: bool) -> bool: ...
     def remember_contact(
         self, address: str, sms: str | None = None, access_code_hash: str | None = None
     ) -> None: ...
@@ -423,6 +426,13 @@ _MIGRATIONS: tuple[str, ...] = (
         content_type TEXT NOT NULL,
         token_hash   TEXT NOT NULL UNIQUE, -- SHA-256 of the download token
         created_at   INTEGER NOT NULL
+    );
+    """,
+    # 3: domains of organizations with inbound direct delivery, kept by admins (SPEC 4, rule 1)
+    """
+    CREATE TABLE idd_domains (
+        domain       TEXT PRIMARY KEY,     -- normalized, A-labels
+        added_at     INTEGER NOT NULL
     );
     """,
 )
@@ -869,6 +879,28 @@ class SqliteStore:
             if n:
                 _audit(cur, now, None, key, "account-active" if active else "account-inactive", "")
         return bool(n)
+
+    def idd_domains(self) -> list[str]:
+        """Domains an admin listed as having inbound direct delivery (besides idd.domains)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT domain FROM idd_domains ORDER BY domain").fetchall()
+        return [str(r[0]) for r in rows]
+
+    def set_idd_domain(self, domain: str, enabled: bool) -> bool:
+        """Add (enabled) or remove a domain; False when nothing changed."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            if enabled:
+                cur.execute(
+                    "INSERT OR IGNORE INTO idd_domains (domain, added_at) VALUES (?, ?)",
+                    (domain, now),
+                )
+            else:
+                cur.execute("DELETE FROM idd_domains WHERE domain = ?", (domain,))
+            changed = cur.rowcount > 0
+            if changed:
+                _audit(cur, now, None, None, "idd-added" if enabled else "idd-removed", domain)
+        return changed
 
     def contact(self, address: str) -> Contact | None:
         key = _key_or_none(address)
@@ -1447,6 +1479,12 @@ _RECIPIENT_SELECT = (
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def open_configured(cfg: Config) -> SqliteStore:
+    """The store a configuration names, opened with its key-encryption key (KeyFileError when
+    the key is missing or readable by others)."""
+    return SqliteStore.open(cfg.store.path, crypto.load_kek(cfg.store.key_file))
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
