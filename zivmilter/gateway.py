@@ -45,6 +45,9 @@ log = logging.getLogger("zivmilter.gateway")
 
 # Headers a stored or direct copy never carries: secrets, routing, and who else got a Bcc.
 _STRIP = frozenset({"bcc", ROUTE_HEADER.lower()})
+# Unselected mail passes as it is but for directive headers (and a client's route header, which
+# Postfix's header_checks already drops: never obeyed).
+_PASS_STRIP = frozenset({ROUTE_HEADER.lower()})
 # Trace headers of our own MTA stay when the current transaction becomes a notification.
 _KEEP_ON_REWRITE = frozenset({"received", "return-path"})
 
@@ -138,14 +141,16 @@ class Gateway:
         if not result.selection.selected:
             # Not secured: it passes as it is, but never with its directive headers (SPEC 2).
             log.info("not selected: %s", result.selection.reason, extra=_ctx(tx))
-            return Plan(delete_headers=self._strip_plan(tx), summary="not selected: passed")
+            return Plan(
+                delete_headers=self._strip_plan(tx, _PASS_STRIP), summary="not selected: passed"
+            )
         subject_change: list[tuple[str, int, str]] = []
         if result.selection.new_subject is not None:
             _set_subject(tx, result.selection.new_subject)
             subject_change = [("Subject", 1, result.selection.new_subject)]
         for warning in result.decision.warnings:
             log.warning("%s", warning, extra=_ctx(tx))
-        stripped = self._strip_plan(tx)
+        stripped = self._strip_plan(tx, _STRIP)
         delivered = [d for d in result.decision.recipients if d.delivery is not Delivery.FAILED]
         failed = [d for d in result.decision.recipients if d.delivery is Delivery.FAILED]
         for d in result.decision.recipients:
@@ -287,14 +292,14 @@ class Gateway:
             shutil.copyfileobj(content, spool)
         return Outgoing(sender, copy.recipients, spool, copy.what)  # type: ignore[arg-type]
 
-    def _strip_plan(self, tx: Transaction) -> list[tuple[str, int]]:
-        """Header deletions every message gets: directive headers, Bcc, a client's route header."""
+    def _strip_plan(self, tx: Transaction, strip: frozenset[str]) -> list[tuple[str, int]]:
+        """Deletions of the directive headers, and of the headers named in `strip`."""
         counts: dict[str, int] = {}
         deletions: list[tuple[str, int]] = []
         for name, _value in tx.headers:
             key = name.lower()
             counts[key] = counts.get(key, 0) + 1
-            if is_directive(name) or key in _STRIP:
+            if is_directive(name) or key in strip:
                 deletions.append((name, counts[key]))
         return deletions
 
