@@ -73,7 +73,6 @@ def test_unselected_message_is_unchanged_but_for_directive_headers(
     head = (
         "From: Dr. Alice <alice@hospital.example>\r\n"
         "To: Bob <bob@partner.example>\r\n"
-        "Bcc: carol@oldmail.example\r\n"  # not secured: not ours to edit either
         "Subject: Quarterly figures,\r\n  folded over two lines\r\n"
         "Date: Tue, 24 Nov 2026 09:00:00 +0100\r\n"
         "Message-ID: <unselected-1@hospital.example>\r\n"
