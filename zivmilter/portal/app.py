@@ -1,9 +1,10 @@
 """The portal's ASGI application: shared wiring, security headers, cookies, CSRF, languages.
 
 `create_app(portal)` builds the Starlette app; the pages live in links.py (personal links: verify,
-read, reply) and downloads.py (large attachments of direct deliveries). The only state is the
-store and signed cookies (security.py), so several instances can serve one site. Blocking work
-(SQLite, scrypt, argon2, SMTP, SMS) runs in Starlette's thread pool, never on the event loop.
+read, reply) and downloads.py (large attachments of direct deliveries), on what pages.py gives
+both. The only state is the store and signed cookies (security.py), so several instances can
+serve one site. Blocking work (SQLite, scrypt, argon2, SMTP, SMS) runs in Starlette's thread
+pool, never on the event loop.
 """
 
 from __future__ import annotations

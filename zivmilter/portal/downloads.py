@@ -24,50 +24,33 @@ from ..addresses import normalize_address
 from ..errors import MessageError, StoreError
 from ..store import AttachmentRecord, RecipientRecord
 from . import flows, verify
-from .app import Portal
-from .security import Pass, Stage
+from .pages import Ctx, GuestPages, code_sent, link_token, lock_view, sent_notice, small_form
+from .security import Stage
 
 log = logging.getLogger("zivmilter.portal")
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _AID = re.compile(r"^[0-9a-f]{32}$")
-_SMALL_FORM = {"max_files": 0, "max_fields": 10, "max_part_size": 8192}
 _CHUNK = 64 * 1024
 _NOBODY = -1  # `who` of a visitor whose address is not a recipient: every answer is wrong
 
 
 @dataclass(frozen=True)
-class _Ctx:
-    p: Pass
+class _Ctx(Ctx):
     att: AttachmentRecord
-    lang: str
-    here: str
 
 
-class DownloadPages:
-    def __init__(self, portal: Portal) -> None:
-        self.portal = portal
-
+class DownloadPages(GuestPages[_Ctx]):
     async def open_link(self, request: Request) -> Response:
         return await run_in_threadpool(self._open_link, request)
 
     def _open_link(self, request: Request) -> Response:
         portal = self.portal
-        token = request.path_params["token"]
-        att = portal.store.find_attachment_by_token(token) if _TOKEN.match(token) else None
+        token = link_token(request)
+        att = portal.store.find_attachment_by_token(token) if token else None
         lang = portal.language(request)
         if att is None:
-            return portal.notice(
-                request, "unknown_link", lang=lang, here=portal.root + "/", status=404, kind="error"
-            )
-        here = self._here(att.id)
-        response = portal.page(
-            request, "open.html", {"next": here, "referrer": "no-referrer"}, lang=lang, here=here,
-            headers={"referrer-policy": "no-referrer"},  # the URL of this page is the token
-        )  # fmt: skip
-        current = portal.get_pass(request, _scope(att.id))
-        if current is None or current.stage is not Stage.VERIFIED:
-            portal.give_pass(response, portal.new_pass(_scope(att.id), Stage.LINK))
+            return self._unknown_link(request, lang)
+        response, _ = self._first_visit(request, _scope(att.id), self._here(att.id), lang)
         return response
 
     async def view(self, request: Request) -> Response:
@@ -77,27 +60,23 @@ class DownloadPages:
         ctx, error = self._context(request, Stage.LINK)
         if ctx is None:
             return error
-        notice = "code_sent" if request.query_params.get("sent") == "1" else None
-        return self._page(request, ctx, notice=notice)
+        return self._verify_page(request, ctx, notice=sent_notice(request))
 
     async def start(self, request: Request) -> Response:
-        form = await request.form(**_SMALL_FORM)
-        fields = {k: _field(form, k) for k in ("csrf", "address")}
+        fields = await small_form(request, "csrf", "address")
         return await run_in_threadpool(self._start, request, fields)
 
     def _start(self, request: Request, fields: dict[str, str]) -> Response:
         """The visitor says who they are; nothing tells them whether that address is a
         recipient (the code simply never comes)."""
         portal = self.portal
-        ctx, error = self._context(request, Stage.LINK)
+        ctx, error = self._form_context(request, Stage.LINK, "start", fields)
         if ctx is None:
             return error
-        if not portal.form_allowed(request, ctx.p, "start", fields["csrf"]):
-            return self._csrf_refused(request, ctx)
         try:
             address = normalize_address(fields["address"])
         except MessageError:
-            return self._page(request, ctx, error="bad_address", status=400)
+            return self._verify_page(request, ctx, error="bad_address", status=400)
         found = [
             r
             for r in portal.store.recipients(ctx.att.message.id)
@@ -107,52 +86,35 @@ class DownloadPages:
         portal.store.record_event(
             "attachment-claimed", ctx.att.message.id, address, "recipient" if found else "unknown"
         )
-        response = RedirectResponse(ctx.here, status_code=303)
-        portal.give_pass(response, portal.new_pass(ctx.p.scope, Stage.LINK, who))
-        return response
+        return self._advance(ctx, Stage.LINK, who)
 
     async def send_code(self, request: Request) -> Response:
-        form = await request.form(**_SMALL_FORM)
-        return await run_in_threadpool(self._send_code, request, _field(form, "csrf"))
+        fields = await small_form(request, "csrf")
+        return await run_in_threadpool(self._send_code, request, fields)
 
-    def _send_code(self, request: Request, token: str) -> Response:
-        portal = self.portal
-        ctx, error = self._context(request, Stage.LINK)
+    def _send_code(self, request: Request, fields: dict[str, str]) -> Response:
+        ctx, error = self._form_context(request, Stage.LINK, "send", fields)
         if ctx is None:
             return error
-        if not portal.form_allowed(request, ctx.p, "send", token):
-            return self._csrf_refused(request, ctx)
         rec = self._claimed(ctx)
         if rec is None:  # not a recipient: behave as if a code went out
-            return RedirectResponse(ctx.here + "?sent=1", status_code=303)
-        if verify.locked(rec.locked_until, portal.now()):
-            return self._page(request, ctx, status=429)
-        result = flows.send_code(portal, rec, "email", ctx.lang)
-        if result.outcome is flows.Sent.SENT:
-            return RedirectResponse(ctx.here + "?sent=1", status_code=303)
-        if result.outcome is flows.Sent.WAIT:
-            return self._page(request, ctx, error="code_wait", status=429, seconds=str(result.wait))
-        if result.outcome is flows.Sent.EXHAUSTED:
-            return self._page(request, ctx, error="code_exhausted", status=429)
-        return self._page(request, ctx, error="code_failed", status=503)
+            return code_sent(ctx)
+        return self._send(request, ctx, rec, "email")
 
     async def verify(self, request: Request) -> Response:
-        form = await request.form(**_SMALL_FORM)
-        fields = {k: _field(form, k) for k in ("csrf", "code", "password", "totp")}
+        fields = await small_form(request, "csrf", "code", "password", "totp")
         return await run_in_threadpool(self._verify, request, fields)
 
     def _verify(self, request: Request, fields: dict[str, str]) -> Response:
         portal = self.portal
-        ctx, error = self._context(request, Stage.LINK)
+        ctx, error = self._form_context(request, Stage.LINK, "verify", fields)
         if ctx is None:
             return error
-        if not portal.form_allowed(request, ctx.p, "verify", fields["csrf"]):
-            return self._csrf_refused(request, ctx)
         if ctx.p.stage is Stage.VERIFIED:
             return RedirectResponse(ctx.here, status_code=303)
         rec = self._claimed(ctx)
         if rec is None:
-            return self._page(request, ctx, error="wrong_code", status=401)
+            return self._verify_page(request, ctx, error="wrong_code", status=401)
         method = "account" if self._uses_account(rec) else "email"
         result = flows.check_answer(
             portal, rec, method,
@@ -160,13 +122,10 @@ class DownloadPages:
         )  # fmt: skip
         if result.outcome is flows.Answer.OK:
             portal.store.record_event("attachment-verified", ctx.att.message.id, rec.address, "")
-            response = RedirectResponse(ctx.here, status_code=303)
-            portal.give_pass(response, portal.new_pass(ctx.p.scope, Stage.VERIFIED, rec.id))
-            return response
-        if result.outcome is flows.Answer.LOCKED:
-            return self._page(request, ctx, status=429)
-        wrong = "wrong_password" if method == "account" else "wrong_code"
-        return self._page(request, ctx, error=wrong, status=401)
+            return self._advance(ctx, Stage.VERIFIED, rec.id)
+        # The method is "account" only with an authenticator, so ENROL cannot come: if it
+        # did, it would be a wrong answer like any other.
+        return self._refused(request, ctx, method, result.outcome)
 
     async def file(self, request: Request) -> Response:
         result = await run_in_threadpool(self._file, request)
@@ -203,7 +162,7 @@ class DownloadPages:
 
     # -- pages -------------------------------------------------------------------------------
 
-    def _page(
+    def _verify_page(
         self,
         request: Request,
         ctx: _Ctx,
@@ -213,18 +172,18 @@ class DownloadPages:
         status: int = 200,
         **fmt: str,
     ) -> Response:
+        """The link's one page: say who you are, verify, then download."""
         portal = self.portal
-        rec = self._claimed(ctx)
+        rec = self._claimed(ctx)  # read now: its lockout may have just moved
         verified = ctx.p.stage is Stage.VERIFIED
         lock = verify.locked(rec.locked_until, portal.now()) if rec is not None else 0.0
-        if lock and status < 400:
-            status = 429
+        status, locked_minutes = lock_view(lock, status)
         values: dict[str, Any] = {
             "att": ctx.att,
             "verified": verified,
             "claimed": ctx.p.who != 0,
             "use_account": rec is not None and self._uses_account(rec),
-            "locked_minutes": int(lock // 60) + 1 if lock else 0,
+            "locked_minutes": locked_minutes,
             "csrf_start": portal.csrf(ctx.p, "start"),
             "csrf_send": portal.csrf(ctx.p, "send"),
             "csrf_verify": portal.csrf(ctx.p, "verify"),
@@ -237,18 +196,9 @@ class DownloadPages:
             request, "download.html", values, lang=ctx.lang, here=ctx.here, status=status
         )
 
-    def _gone(self, request: Request, ctx: _Ctx, reason: str) -> Response:
-        response = self.portal.notice(
-            request, reason, lang=ctx.lang, here=ctx.here, status=410, kind="error"
-        )
-        self.portal.drop_pass(response, ctx.p.scope)
-        return response
-
-    def _csrf_refused(self, request: Request, ctx: _Ctx) -> Response:
+    def _record_csrf_refusal(self, ctx: _Ctx) -> None:
+        # No address: the link is not personal, and who the visitor claims is not proven.
         self.portal.store.record_event("csrf-refused", ctx.att.message.id, None, "download")
-        return self.portal.notice(
-            request, "csrf", lang=ctx.lang, here=ctx.here, status=403, kind="error"
-        )
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -275,22 +225,9 @@ class DownloadPages:
         p = portal.get_pass(request, _scope(aid)) if _AID.match(aid) else None
         att = portal.store.attachment(aid) if p is not None else None
         if p is None or att is None:
-            return None, portal.notice(
-                request, "no_pass", lang=lang, here=here, status=403, kind="error"
-            )
-        ctx = _Ctx(p, att, lang, here)
-        message = att.message
-        if message.expires_at is not None and message.expires_at.timestamp() <= portal.now():
-            return None, self._gone(request, ctx, "expired")
-        if message.revoked_at is not None:
-            return None, self._gone(request, ctx, "revoked")
-        if p.stage < need:
-            if request.method == "GET":
-                return None, RedirectResponse(here, status_code=303)
-            return None, portal.notice(
-                request, "no_pass", lang=lang, here=here, status=403, kind="error"
-            )
-        return ctx, Response()
+            return None, self._no_pass(request, lang, here)
+        # An attachment link has no revocation of its own: only its message's.
+        return self._admit(request, _Ctx(p, lang, here, att), att.message, None, need)
 
 
 def content_disposition(filename: str, kind: str = "attachment") -> str:
@@ -324,11 +261,6 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
 
 def _scope(aid: str) -> str:
     return f"a{aid}"
-
-
-def _field(form: Any, name: str) -> str:
-    value = form.get(name)
-    return value if isinstance(value, str) else ""
 
 
 __all__ = ["DownloadPages", "content_disposition", "stream_bytes"]

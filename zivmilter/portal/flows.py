@@ -17,7 +17,7 @@ from .. import defaults
 from ..errors import DeliveryError
 from ..notification import mask_phone
 from ..reinject import Outgoing
-from ..store import RecipientRecord
+from ..store import MessageRecord, RecipientRecord
 from . import accounts, mail, verify
 from .app import Portal
 
@@ -150,9 +150,8 @@ def check_answer(
     return AnswerResult(Answer.WRONG)
 
 
-def gone_reason(rec: RecipientRecord, link_revoked: datetime | None, now: float) -> str | None:
+def gone_reason(message: MessageRecord, link_revoked: datetime | None, now: float) -> str | None:
     """ "expired" or "revoked" when the content can no longer be read through this link."""
-    message = rec.message
     if message.expires_at is not None and message.expires_at.timestamp() <= now:
         return "expired"
     if message.revoked_at is not None or link_revoked is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.policy import SMTP
 from typing import Any
 
@@ -27,30 +27,23 @@ from ..notification import mask_phone
 from ..reinject import Outgoing
 from ..store import LinkState, RecipientRecord
 from . import accounts, flows, mail, render, verify
-from .app import Portal, timestamp, trusted_markup
+from .app import timestamp, trusted_markup
 from .downloads import content_disposition, stream_bytes
-from .security import Pass, Stage, seal_value, unseal_value
+from .pages import Ctx, GuestPages, field, link_token, lock_view, sent_notice, small_form
+from .security import Stage, seal_value, unseal_value
 
 log = logging.getLogger("zivmilter.portal")
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _REMOTE_IMG = re.compile(r"(?i)<img\b[^>]*\bsrc\s*=\s*[\"']?\s*https?:")
-_SMALL_FORM = {"max_files": 0, "max_fields": 10, "max_part_size": 8192}
 
 
 @dataclass(frozen=True)
-class _Ctx:
-    p: Pass
+class _Ctx(Ctx):
     rec: RecipientRecord
     state: LinkState
-    lang: str
-    here: str
 
 
-class LinkPages:
-    def __init__(self, portal: Portal) -> None:
-        self.portal = portal
-
+class LinkPages(GuestPages[_Ctx]):
     # -- the first visit -------------------------------------------------------------------
 
     async def open_link(self, request: Request) -> Response:
@@ -58,24 +51,14 @@ class LinkPages:
 
     def _open_link(self, request: Request) -> Response:
         portal = self.portal
-        token = request.path_params["token"]
-        rec = portal.store.find_recipient_by_token(token) if _TOKEN.match(token) else None
+        token = link_token(request)
+        rec = portal.store.find_recipient_by_token(token) if token else None
         lang = portal.language(request, rec.address if rec else None)
         if rec is None:
-            return portal.notice(
-                request, "unknown_link", lang=lang, here=portal.root + "/", status=404, kind="error"
-            )
-        here = self._here(rec.id)
-        response = portal.page(
-            request, "open.html", {"next": here, "referrer": "no-referrer"}, lang=lang, here=here,
-            headers={"referrer-policy": "no-referrer"},  # the URL of this page is the token
-        )  # fmt: skip
-        scope = _scope(rec.id)
-        current = portal.get_pass(request, scope)
-        if current is not None and current.stage is Stage.VERIFIED:
+            return self._unknown_link(request, lang)
+        response, verified = self._first_visit(request, _scope(rec.id), self._here(rec.id), lang)
+        if verified:
             portal.store.mark_opened(rec.id)  # a returning reader whose session still holds
-        else:
-            portal.give_pass(response, portal.new_pass(scope, Stage.LINK))
         portal.store.record_event("link-visited", rec.message.id, rec.address, "")
         return response
 
@@ -92,49 +75,32 @@ class LinkPages:
             return self._message_page(request, ctx)
         if ctx.p.stage is Stage.ENROL:
             return self._enrol_page(request, ctx)
-        notice = "code_sent" if request.query_params.get("sent") == "1" else None
-        return self._verify_page(request, ctx, notice=notice)
+        return self._verify_page(request, ctx, notice=sent_notice(request))
 
     # -- verification -----------------------------------------------------------------------
 
     async def send_code(self, request: Request) -> Response:
-        form = await request.form(**_SMALL_FORM)
-        return await run_in_threadpool(self._send_code, request, _field(form, "csrf"))
+        fields = await small_form(request, "csrf")
+        return await run_in_threadpool(self._send_code, request, fields)
 
-    def _send_code(self, request: Request, token: str) -> Response:
-        ctx, error = self._context(request, Stage.LINK)
+    def _send_code(self, request: Request, fields: dict[str, str]) -> Response:
+        ctx, error = self._form_context(request, Stage.LINK, "send", fields)
         if ctx is None:
             return error
-        if not self.portal.form_allowed(request, ctx.p, "send", token):
-            return self._csrf_refused(request, ctx)
         method = ctx.rec.verification
         if method not in ("sms", "email") or ctx.p.stage is not Stage.LINK:
             return RedirectResponse(ctx.here, status_code=303)
-        if verify.locked(ctx.rec.locked_until, self.portal.now()):
-            return self._verify_page(request, ctx, status=429)
-        result = flows.send_code(self.portal, ctx.rec, method, ctx.lang)
-        if result.outcome is flows.Sent.SENT:
-            return RedirectResponse(ctx.here + "?sent=1", status_code=303)
-        if result.outcome is flows.Sent.WAIT:
-            return self._verify_page(
-                request, ctx, error="code_wait", status=429, seconds=str(result.wait)
-            )
-        if result.outcome is flows.Sent.EXHAUSTED:
-            return self._verify_page(request, ctx, error="code_exhausted", status=429)
-        return self._verify_page(request, ctx, error="code_failed", status=503)
+        return self._send(request, ctx, ctx.rec, method)
 
     async def verify(self, request: Request) -> Response:
-        form = await request.form(**_SMALL_FORM)
-        fields = {k: _field(form, k) for k in ("csrf", "code", "password", "totp")}
+        fields = await small_form(request, "csrf", "code", "password", "totp")
         return await run_in_threadpool(self._verify, request, fields)
 
     def _verify(self, request: Request, fields: dict[str, str]) -> Response:
         portal = self.portal
-        ctx, error = self._context(request, Stage.LINK)
+        ctx, error = self._form_context(request, Stage.LINK, "verify", fields)
         if ctx is None:
             return error
-        if not portal.form_allowed(request, ctx.p, "verify", fields["csrf"]):
-            return self._csrf_refused(request, ctx)
         if ctx.p.stage is not Stage.LINK:
             return RedirectResponse(ctx.here, status_code=303)
         rec = ctx.rec
@@ -148,16 +114,10 @@ class LinkPages:
             totp=fields["totp"],
         )
         if result.outcome is flows.Answer.ENROL:
-            response = RedirectResponse(ctx.here, status_code=303)
-            portal.give_pass(response, portal.new_pass(ctx.p.scope, Stage.ENROL))
-            return response
-        if result.outcome is flows.Answer.LOCKED:
-            fresh = portal.store.recipient(rec.id) or rec
-            return self._verify_page(request, _with(ctx, rec=fresh), status=429)
-        if result.outcome is flows.Answer.WRONG:
-            wrong = "wrong_password" if method == "account" else "wrong_code"
-            return self._verify_page(request, ctx, error=wrong, status=401)
-        return self._verified(ctx, method)
+            return self._advance(ctx, Stage.ENROL)
+        if result.outcome is flows.Answer.OK:
+            return self._verified(ctx, method)
+        return self._refused(request, ctx, method, result.outcome)
 
     def _verified(self, ctx: _Ctx, method: str) -> Response:
         portal, rec = self.portal, ctx.rec
@@ -167,22 +127,17 @@ class LinkPages:
             portal.store.remember_contact(rec.address, sms=rec.phone)
         elif method == "access_code" and rec.access_code_hash:
             portal.store.remember_contact(rec.address, access_code_hash=rec.access_code_hash)
-        response = RedirectResponse(ctx.here, status_code=303)
-        portal.give_pass(response, portal.new_pass(ctx.p.scope, Stage.VERIFIED))
-        return response
+        return self._advance(ctx, Stage.VERIFIED)
 
     async def enrol(self, request: Request) -> Response:
-        form = await request.form(**_SMALL_FORM)
-        fields = {k: _field(form, k) for k in ("csrf", "secret", "totp")}
+        fields = await small_form(request, "csrf", "secret", "totp")
         return await run_in_threadpool(self._enrol, request, fields)
 
     def _enrol(self, request: Request, fields: dict[str, str]) -> Response:
         portal = self.portal
-        ctx, error = self._context(request, Stage.ENROL)
+        ctx, error = self._form_context(request, Stage.ENROL, "enrol", fields)
         if ctx is None:
             return error
-        if not portal.form_allowed(request, ctx.p, "enrol", fields["csrf"]):
-            return self._csrf_refused(request, ctx)
         if ctx.p.stage is not Stage.ENROL:
             return RedirectResponse(ctx.here, status_code=303)
         secret = unseal_value(portal.keys, fields["secret"], _enrol_context(ctx))
@@ -195,8 +150,7 @@ class LinkPages:
                 ctx.rec.id, verify.lockout_seconds, "account enrolment"
             )
             if until is not None:
-                fresh = portal.store.recipient(ctx.rec.id) or ctx.rec
-                return self._verify_page(request, _with(ctx, rec=fresh), status=429)
+                return self._verify_page(request, self._fresh(ctx), status=429)
             return self._enrol_page(request, ctx, secret=secret, error="wrong_code", status=401)
         if not accounts.enrol_authenticator(portal.store, ctx.rec.address, secret):
             return self._verify_page(request, ctx, error="no_account", status=403)
@@ -265,7 +219,7 @@ class LinkPages:
         parsed = self._parsed(ctx)
         index = int(request.path_params["index"])
         if parsed is None:
-            return self._gone_page(request, ctx, "revoked")
+            return self._gone(request, ctx, "revoked")
         found = [a for a in parsed[1].attachments if a.index == index]
         if not found:
             return Response(status_code=404)
@@ -310,18 +264,16 @@ class LinkPages:
                         data,
                     )
                 )
-        fields = {k: _field(form, k) for k in ("csrf", "text")}
+        fields = {k: field(form, k) for k in ("csrf", "text")}
         return await run_in_threadpool(self._reply, request, fields, files)
 
     def _reply(
         self, request: Request, fields: dict[str, str], files: list[mail.ReplyFile]
     ) -> Response:
         portal = self.portal
-        ctx, error = self._context(request, Stage.VERIFIED)
+        ctx, error = self._form_context(request, Stage.VERIFIED, "reply", fields)
         if ctx is None:
             return error
-        if not portal.form_allowed(request, ctx.p, "reply", fields["csrf"]):
-            return self._csrf_refused(request, ctx)
         text = fields["text"].replace("\r\n", "\n").strip()
         if not text and not files:
             return self._message_page(request, ctx, error="reply_empty", status=400)
@@ -366,15 +318,13 @@ class LinkPages:
         return RedirectResponse(ctx.here + "?replied=1", status_code=303)
 
     async def logout(self, request: Request) -> Response:
-        form = await request.form(**_SMALL_FORM)
-        return await run_in_threadpool(self._logout, request, _field(form, "csrf"))
+        fields = await small_form(request, "csrf")
+        return await run_in_threadpool(self._logout, request, fields)
 
-    def _logout(self, request: Request, token: str) -> Response:
-        ctx, error = self._context(request, Stage.LINK)
+    def _logout(self, request: Request, fields: dict[str, str]) -> Response:
+        ctx, error = self._form_context(request, Stage.LINK, "logout", fields)
         if ctx is None:
             return error
-        if not self.portal.form_allowed(request, ctx.p, "logout", token):
-            return self._csrf_refused(request, ctx)
         response = self.portal.notice(
             request, "signed_out", lang=ctx.lang, here=ctx.here, status=200
         )
@@ -406,8 +356,7 @@ class LinkPages:
         account = portal.store.account(rec.address) if method == "account" else None
         if method == "account" and (account is None or not account.active):
             error = error or "no_account"
-        if lock and status < 400:
-            status = 429
+        status, locked_minutes = lock_view(lock, status)
         show_subject = portal.cfg.notification.subject == "show"
         values: dict[str, Any] = {
             "method": method,
@@ -416,7 +365,7 @@ class LinkPages:
             "hint": rec.hint or "",
             "phone": mask_phone(rec.phone) if rec.phone else "",
             "address": rec.address,
-            "locked_minutes": int(lock // 60) + 1 if lock else 0,
+            "locked_minutes": locked_minutes,
             "code_sent": code_sent,
             "has_totp": bool(account and account.has_totp),
             "csrf_send": portal.csrf(ctx.p, "send"),
@@ -461,7 +410,7 @@ class LinkPages:
         portal = self.portal
         view = self._message_view(ctx)
         if view is None:
-            return self._gone_page(request, ctx, "revoked")
+            return self._gone(request, ctx, "revoked")
         remote = request.query_params.get("remote") == "1"
         values = {
             "view": view,
@@ -479,18 +428,11 @@ class LinkPages:
             request, "message.html", values, lang=ctx.lang, here=ctx.here, status=status
         )
 
-    def _gone_page(self, request: Request, ctx: _Ctx, reason: str) -> Response:
-        response = self.portal.notice(
-            request, reason, lang=ctx.lang, here=ctx.here, status=410, kind="error"
-        )
-        self.portal.drop_pass(response, ctx.p.scope)
-        return response
-
-    def _csrf_refused(self, request: Request, ctx: _Ctx) -> Response:
+    def _record_csrf_refusal(self, ctx: _Ctx) -> None:
         self.portal.store.record_event("csrf-refused", ctx.rec.message.id, ctx.rec.address, "")
-        return self.portal.notice(
-            request, "csrf", lang=ctx.lang, here=ctx.here, status=403, kind="error"
-        )
+
+    def _fresh(self, ctx: _Ctx) -> _Ctx:
+        return replace(ctx, rec=self.portal.store.recipient(ctx.rec.id) or ctx.rec)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -506,22 +448,11 @@ class LinkPages:
         rec = portal.store.recipient(rid) if p is not None else None
         lang = portal.language(request, rec.address if rec else None)
         if p is None or rec is None or rec.delivery != "notification":
-            return None, portal.notice(
-                request, "no_pass", lang=lang, here=here, status=403, kind="error"
-            )
+            return None, self._no_pass(request, lang, here)
         state = portal.store.link_state(rid)
         assert state is not None  # the row was just read
-        ctx = _Ctx(p, rec, state, lang, here)
-        gone = flows.gone_reason(rec, state.revoked_at, portal.now())
-        if gone is not None:
-            return None, self._gone_page(request, ctx, gone)
-        if p.stage < need:
-            if request.method == "GET":
-                return None, RedirectResponse(here, status_code=303)
-            return None, portal.notice(
-                request, "no_pass", lang=lang, here=here, status=403, kind="error"
-            )
-        return ctx, Response()
+        ctx = _Ctx(p, lang, here, rec, state)
+        return self._admit(request, ctx, rec.message, state.revoked_at, need)
 
     def _parsed(self, ctx: _Ctx) -> tuple[Any, render.MessageView] | None:
         content = self.portal.store.open_content(ctx.rec.message.id)
@@ -552,11 +483,6 @@ class LinkPages:
         return parsed[1]
 
 
-def _with(ctx: _Ctx, **changes: Any) -> _Ctx:
-    values = {**ctx.__dict__, **changes}
-    return _Ctx(**values)
-
-
 def _scope(rid: int) -> str:
     return f"r{rid}"
 
@@ -568,8 +494,3 @@ def _rid(request: Request) -> int:
 def _enrol_context(ctx: _Ctx) -> str:
     # Bound to this recipient and this cookie: a sealed secret cannot be replayed elsewhere.
     return f"enrol:{ctx.rec.id}:{ctx.p.nonce}"
-
-
-def _field(form: Any, name: str) -> str:
-    value = form.get(name)
-    return value if isinstance(value, str) else ""
