@@ -40,21 +40,34 @@ def vm_hwm_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
-def big_message(mb: int) -> bytes:
-    line = b"A" * 76 + b"\r\n"  # base64-like lines, as a large attachment would be
+def big_message(mb: int, attachment: bool) -> bytes:
+    line = b"A" * 76 + b"\r\n"  # base64 lines, as a large attachment has them
+    lines = line * (mb * 1024 * 1024 // len(line))
     head = (
         b"From: alice@hospital.example\r\nTo: bob@partner.example, t@tlsonly.example\r\n"
         b"Cc: carol@oldmail.example\r\nSubject: big\r\nMIME-Version: 1.0\r\n"
-        b"Content-Type: text/plain\r\n\r\n"
     )
-    return head + line * (mb * 1024 * 1024 // len(line))
+    if not attachment:
+        return head + b"Content-Type: text/plain\r\n\r\n" + lines
+    return (
+        head + b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        b"Content-Type: text/plain\r\n\r\nsee the scan\r\n--b\r\n"
+        b'Content-Type: application/pdf; name="scan.pdf"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="scan.pdf"\r\n\r\n' + lines + b"--b--\r\n"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=50)
+    parser.add_argument(
+        "--attachment",
+        action="store_true",
+        help="one large attachment (direct copies then carry a download link instead)",
+    )
     args = parser.parse_args()
-    data = big_message(args.mb)
+    data = big_message(args.mb, args.attachment)
     ca = trustme.CA()
     ca_file = Path(tempfile.mkdtemp(prefix="zivmilter-bench-")) / "ca.pem"
     ca_file.parent.chmod(0o755)

@@ -60,3 +60,10 @@ def test_nested_multipart() -> None:
         io.BytesIO(outer.as_bytes()), 50_000, lambda n, t, d: names.append(n) or "L"
     )
     assert result is not None and names == ["deep.bin"]
+
+
+def test_single_part_message_is_never_parsed_whole() -> None:
+    msg = EmailMessage()
+    msg["Subject"] = "big text"
+    msg.set_content("x" * 200_000)
+    assert replace_large(io.BytesIO(msg.as_bytes()), 50_000, lambda n, t, d: "L") is None
