@@ -291,6 +291,7 @@ class Store(Protocol):
     def save_reply(self, recipient_id: int, content: bytes) -> str: ...
     def mark_reply_sent(self, reply_id: str, detail: str = "") -> None: ...
     def replies(self, recipient_id: int) -> list[ReplyRecord]: ...
+    def unsent_replies(self) -> list[ReplyRecord]: ...
     def open_reply(self, reply_id: str) -> BinaryIO | None: ...
     def contacts(self) -> list[ContactEntry]: ...
     def forget_contact(self, address: str) -> bool: ...
@@ -1285,12 +1286,19 @@ class SqliteStore:
 
     def replies(self, recipient_id: int) -> list[ReplyRecord]:
         """The replies this recipient wrote, oldest first."""
+        return self._reply_records("p.recipient_id = ?", (recipient_id,))
+
+    def unsent_replies(self) -> list[ReplyRecord]:
+        """Replies the MTA did not take yet (a failed hand-over in the portal), oldest first."""
+        return self._reply_records("p.sent_at IS NULL", ())
+
+    def _reply_records(self, where: str, args: tuple[Any, ...]) -> list[ReplyRecord]:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT p.id, p.message_id, p.recipient_id, p.conversation, p.created_at,"
                 " p.sent_at, b.size FROM replies p JOIN blobs b ON b.id = p.blob_id"
-                " WHERE p.recipient_id = ? AND b.deleted_at IS NULL ORDER BY p.created_at, p.rowid",
-                (recipient_id,),
+                f" WHERE {where} AND b.deleted_at IS NULL ORDER BY p.created_at, p.rowid",
+                args,
             ).fetchall()
         return [
             ReplyRecord(

@@ -1,7 +1,9 @@
-"""`zivmilter idd add|remove|list`: the store's list of domains with inbound direct delivery.
+"""Admin commands on the store: `zivmilter idd` and `zivmilter maintenance`.
 
-These count for rule 1 (SPEC 3) besides `idd.domains` of the configuration; the milter reads the
-list at most a minute old (livefacts.py).
+`idd add|remove|list`: domains with inbound direct delivery, counted for rule 1 (SPEC 3) besides
+`idd.domains`; the milter reads them at most a minute old (livefacts.py). `maintenance` (hourly,
+systemd timer): revoke expired messages, remove blob files a crash left without their rows, and
+hand the MTA the secure replies it did not take when they were written.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import contextlib
 from typing import Any
 
 from . import config as config_mod
+from . import defaults
 from .addresses import normalize_domain
-from .errors import MessageError
-from .store import open_configured
+from .errors import DeliveryError, MessageError
+from .reinject import Outgoing, SmtpReinjector
+from .store import SqliteStore, open_configured
 
 
 def cmd_idd(args: argparse.Namespace) -> int:
@@ -36,7 +40,49 @@ def cmd_idd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resend_replies(cfg: config_mod.Config, store: SqliteStore) -> tuple[int, int]:
+    """(sent, still failing) of the replies the MTA has not taken yet."""
+    reinjector = SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout)
+    sent = failed = 0
+    for reply in store.unsent_replies():
+        message = store.message(reply.message_id)
+        content = store.open_reply(reply.id)
+        if message is None or content is None:
+            continue  # revoked or expired meanwhile: nothing to deliver
+        with content:
+            data = content.read()
+        sender = f"{defaults.PORTAL_MAIL_FROM}@{cfg.organization.domains[0]}"
+        try:
+            (answer,) = reinjector.send(
+                [Outgoing(sender, [message.sender], data, f"portal reply {reply.id}")]
+            )
+        except DeliveryError as exc:
+            failed += 1
+            store.record_event("reply-send-failed", message.id, None, str(exc))
+            continue
+        store.mark_reply_sent(reply.id, answer)
+        sent += 1
+    return sent, failed
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    with contextlib.closing(open_configured(cfg)) as store:
+        expired = store.purge_expired()
+        orphans = store.sweep_orphans()
+        sent, failed = _resend_replies(cfg, store)
+    print(
+        f"expired messages revoked: {expired}; orphan blobs removed: {orphans}; "
+        f"replies handed to the MTA: {sent}; still failing: {failed}"
+    )
+    return 1 if failed else 0
+
+
 def add_commands(sub: Any) -> None:
+    p = sub.add_parser("maintenance", help="expiry, orphan blobs, unsent replies (hourly)")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.set_defaults(handler=cmd_maintenance)
+
     p = sub.add_parser("idd", help="domains of organizations with inbound direct delivery")
     p.add_argument("action", choices=("add", "remove", "list"))
     p.add_argument("domain", nargs="?", metavar="DOMAIN")

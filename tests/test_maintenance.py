@@ -1,0 +1,82 @@
+"""`zivmilter maintenance`: expiry, orphan blobs, and replies the MTA did not take (resent)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from tests.harness.postfix import free_port
+from tests.harness.sink import Sink
+from zivmilter import crypto
+from zivmilter.store import NewMessage, NewRecipient, SqliteStore
+
+ROOT = Path(__file__).parent.parent
+
+
+def maintenance(cfg: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zivmilter", "maintenance", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def test_maintenance(tmp_path: Path) -> None:
+    key, store_dir, port = tmp_path / "store.key", tmp_path / "store", free_port()
+    crypto.keygen(str(key))
+    cfg = tmp_path / "z.yaml"
+    cfg.write_text(
+        "organization: {domains: [hospital.example]}\n"
+        f"store: {{path: {store_dir}, key_file: {key}}}\n"
+        f"reinject: {{host: 127.0.0.1, port: {port}, timeout: 5}}\n"
+    )
+    store = SqliteStore.open(str(store_dir), crypto.load_kek(str(key)))
+    rcpt = NewRecipient(
+        "bob@partner.example", 1, "email_verification", "notification", "A7", verification="email"
+    )
+    kept = store.save_message(
+        NewMessage("alice@hospital.example", "s", b"Subject: s\r\n\r\nx\r\n", [rcpt])
+    )
+    store.save_message(
+        NewMessage(
+            "alice@hospital.example",
+            "old",
+            b"Subject: old\r\n\r\ny\r\n",
+            [rcpt],
+            expires_at=datetime.now(UTC) - timedelta(minutes=1),
+        )
+    )
+    recipient = store.find_recipient_by_token(kept.tokens["bob@partner.example"])
+    assert recipient is not None
+    reply = b"From: bob@partner.example\r\nSubject: Re: s\r\n\r\nthanks\r\n"
+    store.save_reply(recipient.id, reply)
+    store.close()
+    orphan = store_dir / "blobs" / "zz" / "deadbeef.zmb"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"ciphertext nobody refers to")
+    old = time.time() - 7200
+    os.utime(orphan, (old, old))
+
+    first = maintenance(cfg)  # nothing listens for re-injection yet
+    assert first.returncode == 1, first.stderr
+    assert "expired messages revoked: 1; orphan blobs removed: 1" in first.stdout
+    assert "replies handed to the MTA: 0; still failing: 1" in first.stdout
+    assert not orphan.exists()
+
+    with Sink("127.0.0.1", port) as mta:
+        second = maintenance(cfg)
+        assert second.returncode == 0, second.stderr
+        assert "replies handed to the MTA: 1; still failing: 0" in second.stdout
+        (got,) = mta.wait_for(1)
+        assert got.rcpt_tos == ("alice@hospital.example",)
+        assert got.mail_from == "noreply@hospital.example"
+        assert got.data.rstrip(b"\r\n") == reply.rstrip(b"\r\n")
+        third = maintenance(cfg)
+        assert "replies handed to the MTA: 0; still failing: 0" in third.stdout
+        assert len(mta.received) == 1
