@@ -636,12 +636,26 @@ def test_account_password_enrolment_then_two_factors(env: Env) -> None:
             data={"csrf": token, "password": "long enough password", "totp": "000000"},
         )
         assert r.status_code == 401
-        env.clock.t += 90
+        enrol_code = code
+        env.clock.t += 20  # the enrolment code is still inside its window, but spent
+        r = again.post(
+            here + "verify",
+            data={"csrf": token, "password": "long enough password", "totp": enrol_code},
+        )
+        assert r.status_code == 401
+        env.clock.t += 70
         code = totp.generate(int(env.clock.t)).decode()
         r = again.post(
             here + "verify", data={"csrf": token, "password": "long enough password", "totp": code}
         )
         assert r.status_code == 200 and shows_message(r)
+    with env.client() as replay:  # the same code, seconds later, from another browser
+        here = open_link(replay, tokens["erin@example.net"])
+        token = csrf(replay.get(here).text, "verify")
+        r = replay.post(
+            here + "verify", data={"csrf": token, "password": "long enough password", "totp": code}
+        )
+        assert r.status_code == 401
 
 
 def test_recipient_accounts_refuse_weak_passwords_and_sender_accounts(env: Env) -> None:

@@ -250,6 +250,7 @@ class Store(Protocol):
     def account(self, address: str) -> Account | None: ...
     def accounts(self) -> list[Account]: ...
     def totp_secret(self, address: str) -> bytes | None: ...
+    def use_totp_step(self, address: str, step: int) -> bool: ...
     def add_account(
         self,
         address: str,
@@ -435,6 +436,10 @@ _MIGRATIONS: tuple[str, ...] = (
         domain       TEXT PRIMARY KEY,     -- normalized, A-labels
         added_at     INTEGER NOT NULL
     );
+    """,
+    # 4: an authenticator code counts once: the last time step used, per account
+    """
+    ALTER TABLE accounts ADD COLUMN totp_last_step INTEGER;
     """,
 )
 
@@ -829,6 +834,19 @@ class SqliteStore:
                 " FROM accounts ORDER BY kind, address"
             ).fetchall()
         return [Account(str(r[0]), r[1], bool(r[2]), r[3], bool(r[4])) for r in rows]
+
+    def use_totp_step(self, address: str, step: int) -> bool:
+        """Spend an authenticator time step: True only for a step later than any used before."""
+        key = _key_or_none(address)
+        if key is None:
+            return False
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE accounts SET totp_last_step = ? WHERE address = ?"
+                " AND (totp_last_step IS NULL OR totp_last_step < ?)",
+                (step, key, step),
+            )
+            return cur.rowcount == 1
 
     def totp_secret(self, address: str) -> bytes | None:
         key = _key_or_none(address)

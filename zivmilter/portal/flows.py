@@ -137,7 +137,9 @@ def check_answer(
             return AnswerResult(Answer.ENROL)
         if ok:
             secret = portal.store.totp_secret(rec.address)
-            ok = secret is not None and verify.totp_valid(secret, totp, now)
+            step = None if secret is None else verify.totp_step(secret, totp, now)
+            # a code works once: replaying it (or an older one) within its window fails
+            ok = step is not None and portal.store.use_totp_step(rec.address, step)
     else:
         ok = False
     if ok:

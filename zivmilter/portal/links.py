@@ -145,7 +145,8 @@ class LinkPages(GuestPages[_Ctx]):
             return self._enrol_page(request, ctx, status=400)
         if verify.locked(ctx.rec.locked_until, portal.now()):
             return self._verify_page(request, ctx, status=429)
-        if not verify.totp_valid(secret, fields["totp"], portal.now()):
+        step = verify.totp_step(secret, fields["totp"], portal.now())
+        if step is None:
             until = portal.store.record_failed_attempt(
                 ctx.rec.id, verify.lockout_seconds, "account enrolment"
             )
@@ -154,6 +155,7 @@ class LinkPages(GuestPages[_Ctx]):
             return self._enrol_page(request, ctx, secret=secret, error="wrong_code", status=401)
         if not accounts.enrol_authenticator(portal.store, ctx.rec.address, secret):
             return self._verify_page(request, ctx, error="no_account", status=403)
+        portal.store.use_totp_step(ctx.rec.address, step)  # the enrolment code is spent too
         portal.store.record_verified(ctx.rec.id, "account (authenticator enrolled)")
         return self._verified(ctx, "account")
 

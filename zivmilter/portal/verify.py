@@ -81,14 +81,21 @@ def account_totp(secret: bytes) -> TOTP:
     return TOTP(secret, 6, SHA1(), defaults.TOTP_STEP_SECONDS, enforce_key_length=False)
 
 
-def totp_valid(secret: bytes, code: str, now: float) -> bool:
-    """An authenticator code for now, or a step either side (phone clocks drift)."""
+def totp_step(secret: bytes, code: str, now: float) -> int | None:
+    """The time step an authenticator code belongs to: now, or a step either side (phone
+    clocks drift); None when it matches none. The caller lets each step count once."""
     totp, code = account_totp(secret), clean_code(code)
     step = defaults.TOTP_STEP_SECONDS
-    return any(
-        _verify(totp, code, int(now) + k * step)
-        for k in range(-defaults.TOTP_DRIFT_STEPS, defaults.TOTP_DRIFT_STEPS + 1)
-    )
+    for k in range(-defaults.TOTP_DRIFT_STEPS, defaults.TOTP_DRIFT_STEPS + 1):
+        at = int(now) + k * step
+        if _verify(totp, code, at):
+            return at // step
+    return None
+
+
+def totp_valid(secret: bytes, code: str, now: float) -> bool:
+    """An authenticator code for now, or a step either side."""
+    return totp_step(secret, code, now) is not None
 
 
 def provisioning_uri(secret: bytes, address: str, issuer: str) -> str:
