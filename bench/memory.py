@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 from tests.harness.postfix import PostfixInstance  # noqa: E402
 from tests.harness.sandbox import bind_mounted  # noqa: E402
 from tests.harness.sink import Sink, server_tls_context  # noqa: E402
-from tests.harness.zivmilter import ZivmilterProcess  # noqa: E402
+from tests.harness.zivmilter import attach  # noqa: E402
 
 TARGET_MB = 200
 HOSTS = (
@@ -87,12 +87,11 @@ def main() -> int:
             tls_ca_file=str(ca_file),
             extra={"message_size_limit": size, "mailbox_size_limit": size},
         )
-        z = ZivmilterProcess(
-            reinject_port=pf.reinject_port,
+        z = attach(
+            pf,
             facts={"transport": {"partner.example": "pkix", "tlsonly.example": "tls"}},
             config={"policy": {"transport_security_compliance": "tls"}},
         )
-        pf.milter = z.postfix_socket
         with z, pf:
             assert z.proc is not None
             idle = vm_hwm_mb(z.proc.pid)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from tests.harness.postfix import PostfixInstance  # noqa: E402
 from tests.harness.sandbox import bind_mounted  # noqa: E402
 from tests.harness.sink import Sink, server_tls_context  # noqa: E402
-from tests.harness.zivmilter import ZivmilterProcess  # noqa: E402
+from tests.harness.zivmilter import attach  # noqa: E402
 
 HOSTS = (
     "127.0.0.1 localhost\n"
@@ -64,8 +64,8 @@ def main() -> int:
         facts = yaml.safe_load((REPO / "examples" / "facts.yaml").read_text())
         # The demo has no DNSSEC resolver: its NTA 7516 partner gets a CA-valid MX (pkix).
         facts["transport"]["care.example"] = "pkix"
-        z = ZivmilterProcess(
-            reinject_port=pf.reinject_port,
+        z = attach(
+            pf,
             config={
                 "organization": example["organization"],
                 "policy": example["policy"],
@@ -74,7 +74,6 @@ def main() -> int:
             facts=facts,
             workdir=workdir,
         )
-        pf.milter = z.postfix_socket
         with z, pf:
             print(
                 f"Postfix (private instance) listens on 127.0.0.1:{pf.smtp_port}; "

@@ -6,7 +6,7 @@ creates the key with `zivmilter keygen`, starts the milter and waits until it li
 
 from __future__ import annotations
 
-import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tests.harness.postfix import REPO, free_port
+from tests.harness.postfix import REPO, PostfixInstance, free_port
 
 
 class ZivmilterProcess:
@@ -30,6 +30,7 @@ class ZivmilterProcess:
         facts: dict[str, Any] | None = None,
         workdir: Path | None = None,
     ) -> None:
+        self._own_dir = workdir is None  # a folder of our own is removed when we stop
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="zivmilter-run-"))
         self.port = free_port()
         self.socket = f"inet:{self.port}@127.0.0.1"  # libmilter's syntax (milter.socket)
@@ -113,7 +114,17 @@ class ZivmilterProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def chmod_tree_readable(path: Path) -> None:
-    os.chmod(path, 0o755)
+def attach(
+    postfix: PostfixInstance, *, reinject_port: int | None = None, **kwargs: Any
+) -> ZivmilterProcess:
+    """A zivmilter for a (not yet started) Postfix: Postfix consults it, it re-injects there.
+
+    Start both with `with z, postfix:` (the milter first: Postfix tempfails without it).
+    """
+    z = ZivmilterProcess(reinject_port=reinject_port or postfix.reinject_port, **kwargs)
+    postfix.milter = z.postfix_socket
+    return z

@@ -27,7 +27,7 @@ import trustme
 from tests.harness.postfix import PostfixInstance
 from tests.harness.sandbox import bind_mounted
 from tests.harness.sink import Sink, server_tls_context
-from tests.harness.zivmilter import ZivmilterProcess
+from tests.harness.zivmilter import ZivmilterProcess, attach
 from zivmilter import crypto
 from zivmilter.addresses import normalize_address
 from zivmilter.errors import MessageError
@@ -98,9 +98,8 @@ def sinks(hosts: None, ca_file: tuple[trustme.CA, str]) -> Iterator[dict[str, Si
 def gateway(
     sinks: dict[str, Sink], ca_file: tuple[trustme.CA, str]
 ) -> Iterator[tuple[PostfixInstance, ZivmilterProcess]]:
-    pf = PostfixInstance(milter=None, tls_ca_file=ca_file[1])
-    z = ZivmilterProcess(reinject_port=pf.reinject_port, facts=FACTS, config=CONFIG)
-    pf.milter = z.postfix_socket
+    pf = PostfixInstance(tls_ca_file=ca_file[1])
+    z = attach(pf, facts=FACTS, config=CONFIG)
     with z, pf:
         yield pf, z
 
@@ -314,14 +313,9 @@ def test_corpus_messages_all_pass_without_tempfail(sinks: dict[str, Sink]) -> No
             except MessageError:
                 unusable.add(path.name)
     plain = sinks["plain"]
-    pf = PostfixInstance(milter=None)
+    pf = PostfixInstance()
     facts = {"senders": sorted(senders), "transport": {}}
-    z = ZivmilterProcess(
-        reinject_port=pf.reinject_port,
-        facts=facts,
-        config={"submission": {"any_address_of_own_domains": False}},
-    )
-    pf.milter = z.postfix_socket
+    z = attach(pf, facts=facts, config={"submission": {"any_address_of_own_domains": False}})
     refused: list[str] = []
     p0 = len(plain.received)
     with z, pf:

@@ -17,7 +17,7 @@ import pytest
 from tests.harness.postfix import PostfixInstance, free_port
 from tests.harness.sandbox import bind_mounted
 from tests.harness.sink import Sink
-from tests.harness.zivmilter import ZivmilterProcess
+from tests.harness.zivmilter import ZivmilterProcess, attach
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +36,8 @@ def sink() -> Iterator[Sink]:
 
 
 def _setup(reinject_port: int | None = None) -> tuple[PostfixInstance, ZivmilterProcess]:
-    pf = PostfixInstance(milter=None)
-    z = ZivmilterProcess(reinject_port=reinject_port or pf.reinject_port, facts={})
-    pf.milter = z.postfix_socket
-    return pf, z
+    pf = PostfixInstance()
+    return pf, attach(pf, reinject_port=reinject_port, facts={})
 
 
 def _send_expect_4xx(pf: PostfixInstance, rcpts: list[str]) -> smtplib.SMTPResponseException:

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from tests.harness.postfix import REPO, PostfixInstance, free_port
 from tests.harness.sandbox import bind_mounted
 from tests.harness.sink import Received, Sink
-from tests.harness.zivmilter import ZivmilterProcess
+from tests.harness.zivmilter import ZivmilterProcess, attach
 from zivmilter import crypto
 from zivmilter.portal.accounts import add_recipient_account
 from zivmilter.store import SqliteStore
@@ -204,9 +204,9 @@ class World:
 def world() -> Iterator[World]:
     port = free_port()
     with bind_mounted("/etc/hosts", HOSTS), Sink(MAIL_IP, 25) as sink, SmsProvider() as sms:
-        pf = PostfixInstance(milter=None)
-        z = ZivmilterProcess(
-            reinject_port=pf.reinject_port,
+        pf = PostfixInstance()
+        z = attach(
+            pf,
             config={
                 "portal": {
                     "base_url": f"http://127.0.0.1:{port}/",
@@ -222,7 +222,6 @@ def world() -> Iterator[World]:
                 },
             },
         )  # no facts file: the milter's live facts (store accounts, contact book)
-        pf.milter = z.postfix_socket
         with z, pf, PortalProcess(z.config_file, port, z.dir / "portal.log"):
             w = World(pf, z, sink, sms, port)
             with _store(w) as store:  # SPEC 7: only an active account may submit

@@ -8,7 +8,6 @@ trusts 127.0.0.1/32 only. Whatever is accepted ends at one sink (Postfix's relay
 
 from __future__ import annotations
 
-import shutil
 import smtplib
 import ssl
 import subprocess
@@ -25,7 +24,7 @@ import trustme
 from tests.harness.postfix import HOST, MYHOSTNAME, REPO, PostfixInstance, free_port
 from tests.harness.sasl import DovecotSasl
 from tests.harness.sink import Sink
-from tests.harness.zivmilter import ZivmilterProcess
+from tests.harness.zivmilter import ZivmilterProcess, attach
 
 pytestmark = pytest.mark.integration
 
@@ -120,9 +119,7 @@ def _gateway(
     facts: dict[str, Any] | None,
 ) -> tuple[SubmissionPostfix, ZivmilterProcess]:
     pf = SubmissionPostfix(sasl, tls[0], tls[1], relayhost=f"[{SINK_IP}]:25")
-    z = ZivmilterProcess(reinject_port=pf.reinject_port, config=config, facts=facts)
-    pf.milter = z.postfix_socket
-    return pf, z
+    return pf, attach(pf, config=config, facts=facts)
 
 
 @pytest.fixture(scope="module")
@@ -130,11 +127,8 @@ def gateway(
     sasl: DovecotSasl, tls_files: tuple[Path, Path, ssl.SSLContext], sink: Sink
 ) -> Iterator[SubmissionPostfix]:
     pf, z = _gateway(sasl, tls_files, CONFIG, FACTS)
-    try:
-        with z, pf:
-            yield pf
-    finally:
-        shutil.rmtree(z.dir, ignore_errors=True)  # the harness leaves its folder behind
+    with z, pf:
+        yield pf
 
 
 def message(sender: str, rcpt: str = "bob@partner.example", subject: str = "Lab results") -> bytes:
@@ -180,12 +174,15 @@ def test_authenticated_allowed_login_passes(
     gateway: SubmissionPostfix, tls_files: tuple[Path, Path, ssl.SSLContext], sink: Sink
 ) -> None:
     before = len(sink.received)
-    code, text = submit(gateway, tls_files[2], "alice@hospital.example",
-                        login=("app1", USERS["app1"]))
+    code, text = submit(
+        gateway, tls_files[2], "alice@hospital.example", login=("app1", USERS["app1"])
+    )
     assert code == 250, text
     arrived_for(sink, before)
-    gateway.wait_for_log(r"postfix/submission/smtpd\[\d+\]: \w+: client=\S+\[127\.0\.0\.9\].*"
-                         r"sasl_username=app1")
+    gateway.wait_for_log(
+        r"postfix/submission/smtpd\[\d+\]: \w+: client=\S+\[127\.0\.0\.9\].*"
+        r"sasl_username=app1"
+    )
 
 
 def test_login_allowed_for_one_address_only(
@@ -193,8 +190,9 @@ def test_login_allowed_for_one_address_only(
 ) -> None:
     code, _ = submit(gateway, tls_files[2], "lab@clinic.example", login=("app2", USERS["app2"]))
     assert code == 250
-    code, text = submit(gateway, tls_files[2], "other@clinic.example",
-                        login=("app2", USERS["app2"]))
+    code, text = submit(
+        gateway, tls_files[2], "other@clinic.example", login=("app2", USERS["app2"])
+    )
     assert (code, text) == (550, "5.7.1 login app2 may not send as other@clinic.example")
 
 
@@ -205,8 +203,13 @@ def test_login_sending_for_another_domain_is_rejected(
     code, text = submit(gateway, tls_files[2], "x@clinic.example", login=("app1", USERS["app1"]))
     assert code == 550 and text == "5.7.1 login app1 may not send as x@clinic.example"
     # Envelope and header disagreeing does not help: the From header is what counts.
-    code, text = submit(gateway, tls_files[2], "alice@hospital.example",
-                        login=("app1", USERS["app1"]), header_from="x@clinic.example")
+    code, text = submit(
+        gateway,
+        tls_files[2],
+        "alice@hospital.example",
+        login=("app1", USERS["app1"]),
+        header_from="x@clinic.example",
+    )
     assert code == 550 and "may not send as x@clinic.example" in text
     time.sleep(1)
     assert len(sink.received) == before
@@ -215,8 +218,9 @@ def test_login_sending_for_another_domain_is_rejected(
 def test_login_is_refused_even_from_a_trusted_client(
     gateway: SubmissionPostfix, tls_files: tuple[Path, Path, ssl.SSLContext]
 ) -> None:
-    code, text = submit(gateway, tls_files[2], "x@clinic.example", login=("app1", USERS["app1"]),
-                        source="127.0.0.1")
+    code, text = submit(
+        gateway, tls_files[2], "x@clinic.example", login=("app1", USERS["app1"]), source="127.0.0.1"
+    )
     assert code == 550 and "login app1 may not send as x@clinic.example" in text
 
 
@@ -234,8 +238,10 @@ def test_unauthenticated_client_outside_trusted_networks_is_rejected(
     before = len(sink.received)
     code, text = submit(gateway, tls_files[2], "alice@hospital.example")
     assert code == 550, text
-    assert text.startswith("5.7.1 not allowed to submit: not authenticated; client 127.0.0.9 is "
-                           "not in submission.trusted_networks"), text
+    assert text.startswith(
+        "5.7.1 not allowed to submit: not authenticated; client 127.0.0.9 is "
+        "not in submission.trusted_networks"
+    ), text
     time.sleep(1)
     assert len(sink.received) == before
 
@@ -253,8 +259,13 @@ def test_trusted_client_passes_without_login(
 
 
 def zivmilter_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "zivmilter", *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "zivmilter", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -264,11 +275,8 @@ def account_gateway(
     config = {**CONFIG, "submission": {**CONFIG["submission"], "any_address_of_own_domains": False}}
     # No facts file: the milter's live facts, and its accounts from the store.
     pf, z = _gateway(sasl, tls_files, config, None)
-    try:
-        with z, pf:
-            yield pf, z
-    finally:
-        shutil.rmtree(z.dir, ignore_errors=True)  # the harness leaves its folder behind
+    with z, pf:
+        yield pf, z
 
 
 def test_sender_must_be_an_active_account(
@@ -290,8 +298,9 @@ def test_sender_must_be_an_active_account(
     assert code == 250, text
     arrived_for(sink, before)
 
-    done = zivmilter_cli("account", "disable", "alice@hospital.example",
-                         "--config", str(z.config_file))
+    done = zivmilter_cli(
+        "account", "disable", "alice@hospital.example", "--config", str(z.config_file)
+    )
     assert done.returncode == 0, done.stderr
     code, text = submit(pf, client, "Alice@Hospital.example", login=login)
     assert (code, text) == (550, "5.7.1 sender account alice@hospital.example is disabled")

@@ -6,7 +6,6 @@ Received line); a message with a trigger word in its subject is secured, the wor
 from __future__ import annotations
 
 import re
-import shutil
 import smtplib
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 
 from tests.harness.postfix import HOST, PostfixInstance
 from tests.harness.sink import Sink
-from tests.harness.zivmilter import ZivmilterProcess
+from tests.harness.zivmilter import attach
 
 pytestmark = pytest.mark.integration
 
@@ -45,14 +44,9 @@ def sink() -> Iterator[Sink]:
 
 @pytest.fixture(scope="module")
 def gateway(sink: Sink) -> Iterator[PostfixInstance]:
-    pf = PostfixInstance(milter=None, relayhost=f"[{SINK_IP}]:25")
-    z = ZivmilterProcess(reinject_port=pf.reinject_port, config=CONFIG, facts=FACTS)
-    pf.milter = z.postfix_socket
-    try:
-        with z, pf:
-            yield pf
-    finally:
-        shutil.rmtree(z.dir, ignore_errors=True)  # the harness leaves its folder behind
+    pf = PostfixInstance(relayhost=f"[{SINK_IP}]:25")
+    with attach(pf, config=CONFIG, facts=FACTS), pf:
+        yield pf
 
 
 def send(pf: PostfixInstance, data: bytes) -> None:
@@ -64,7 +58,7 @@ def without_first_received(data: bytes) -> bytes:
     """The message as it left the client: Postfix's one Received field (with its folds) cut."""
     found = re.match(rb"Received: [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*", data)
     assert found is not None, data[:300]
-    return data[found.end():]
+    return data[found.end() :]
 
 
 def test_unselected_message_is_unchanged_but_for_directive_headers(

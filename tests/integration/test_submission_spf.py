@@ -8,7 +8,6 @@ real zivmilter, and the SMTP reply is what the test checks.
 
 from __future__ import annotations
 
-import shutil
 import smtplib
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 from tests.harness.dns import AUTH_ADDRESS, RESOLVER_ADDRESS, TestDns, Zone, shared_dns
 from tests.harness.postfix import HOST, PostfixInstance
 from tests.harness.sink import Sink
-from tests.harness.zivmilter import ZivmilterProcess
+from tests.harness.zivmilter import attach
 from zivmilter.spf import PySpfChecker
 from zivmilter.submission import SpfVerdict
 
@@ -39,11 +38,14 @@ SPF_RECORDS = {
     "temperror": f'@ TXT "v=spf1 ip4:{CLIENT} -all"',
 }
 # Pass through an include and an a: mechanism: more than one lookup, all through our resolver.
-INCLUDE_ZONE = Zone("spf-include.example", records=[
-    '@ TXT "v=spf1 include:_spf.spf-include.example -all"',
-    '_spf TXT "v=spf1 a:relay.spf-include.example -all"',
-    f"relay A {CLIENT}",
-])
+INCLUDE_ZONE = Zone(
+    "spf-include.example",
+    records=[
+        '@ TXT "v=spf1 include:_spf.spf-include.example -all"',
+        '_spf TXT "v=spf1 a:relay.spf-include.example -all"',
+        f"relay A {CLIENT}",
+    ],
+)
 
 
 def domain(result: str) -> str:
@@ -124,14 +126,9 @@ def sink() -> Iterator[Sink]:
 
 @pytest.fixture(scope="module")
 def gateway(dns_zones: TestDns, sink: Sink) -> Iterator[PostfixInstance]:
-    pf = PostfixInstance(milter=None, relayhost=f"[{SINK_IP}]:25")
-    z = ZivmilterProcess(reinject_port=pf.reinject_port, config=CONFIG, facts=FACTS)
-    pf.milter = z.postfix_socket
-    try:
-        with z, pf:
-            yield pf
-    finally:
-        shutil.rmtree(z.dir, ignore_errors=True)  # the harness leaves its folder behind
+    pf = PostfixInstance(relayhost=f"[{SINK_IP}]:25")
+    with attach(pf, config=CONFIG, facts=FACTS), pf:
+        yield pf
 
 
 def submit(pf: PostfixInstance, sender: str) -> tuple[int, str]:

@@ -21,7 +21,7 @@ import trustme
 from tests.harness.dns import SelfSigned, TestDns, Zone, shared_dns
 from tests.harness.postfix import REPO, PostfixInstance
 from tests.harness.sink import Sink, server_tls_context
-from tests.harness.zivmilter import ZivmilterProcess
+from tests.harness.zivmilter import ZivmilterProcess, attach
 
 pytestmark = pytest.mark.integration
 _ = shared_dns
@@ -47,8 +47,8 @@ def world(shared_dns: TestDns) -> Iterator[tuple[PostfixInstance, ZivmilterProce
             Sink(SELF_IP, 25, tls=server_tls_context(SelfSigned("mx.selfie.example"))) as selfie,
         ):
             pf = PostfixInstance(dns=True, tls_ca_file=f.name)
-            z = ZivmilterProcess(
-                reinject_port=pf.reinject_port,
+            z = attach(
+                pf,
                 config={
                     "policy": {"transport_security_compliance": "pkix"},
                     "transport": {"ca_file": f.name, "timeout": 5},
@@ -56,12 +56,21 @@ def world(shared_dns: TestDns) -> Iterator[tuple[PostfixInstance, ZivmilterProce
             )
             for domain in ("good.example", "selfie.example"):
                 probe = subprocess.run(
-                    [sys.executable, "-m", "zivmilter", "probe", domain,
-                     "--config", str(z.config_file)],
-                    cwd=REPO, capture_output=True, text=True, timeout=60,
+                    [
+                        sys.executable,
+                        "-m",
+                        "zivmilter",
+                        "probe",
+                        domain,
+                        "--config",
+                        str(z.config_file),
+                    ],
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
                 )
                 assert probe.returncode == 0, probe.stderr
-            pf.milter = z.postfix_socket
             with z, pf:
                 yield pf, z, good, selfie
     finally:
