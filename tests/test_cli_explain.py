@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.harness.cli import zivmilter
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "zivmilter", *args], capture_output=True, text=True, cwd=ROOT
-    )
+run = zivmilter
 
 
 def explain_json(*extra: str) -> dict:  # type: ignore[type-arg]

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.harness.cli import zivmilter
 
 ROOT = Path(__file__).parent.parent
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "zivmilter", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+run = zivmilter
 
 
 def config(tmp_path: Path, key: Path) -> Path:

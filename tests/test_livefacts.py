@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.fakes import make_config
+from tests.harness.cli import zivmilter
 from zivmilter import crypto
 from zivmilter.livefacts import LiveFacts
 from zivmilter.store import SqliteStore
@@ -44,12 +44,7 @@ def test_idd_command(tmp_path: Path) -> None:
     )
 
     def idd(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "zivmilter", "idd", *args, "--config", str(cfg)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
+        return zivmilter("idd", *args, "--config", str(cfg))
 
     assert idd("add", "Hospital.EXAMPLE").stdout.strip() == "hospital.example: added"
     assert idd("list").stdout.splitlines() == ["conf.example\tconfig", "hospital.example\tstore"]

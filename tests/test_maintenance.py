@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tests.harness.cli import zivmilter
 from tests.harness.postfix import free_port
 from tests.harness.sink import Sink
 from zivmilter import crypto
@@ -18,13 +18,7 @@ ROOT = Path(__file__).parent.parent
 
 
 def maintenance(cfg: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "zivmilter", "maintenance", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    return zivmilter("maintenance", "--config", str(cfg))
 
 
 def test_maintenance(tmp_path: Path) -> None:

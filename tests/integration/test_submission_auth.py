@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import smtplib
 import ssl
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,7 +19,8 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.harness.postfix import HOST, MYHOSTNAME, REPO, PostfixInstance, free_port
+from tests.harness.cli import zivmilter
+from tests.harness.postfix import HOST, MYHOSTNAME, PostfixInstance, free_port
 from tests.harness.sasl import DovecotSasl
 from tests.harness.sink import Sink
 from tests.harness.zivmilter import ZivmilterProcess, attach
@@ -258,14 +257,7 @@ def test_trusted_client_passes_without_login(
 # --- sender accounts from the store ----------------------------------------------------------
 
 
-def zivmilter_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "zivmilter", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
+zivmilter_cli = zivmilter
 
 
 @pytest.fixture(scope="module")

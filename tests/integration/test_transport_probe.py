@@ -10,17 +10,15 @@ import dataclasses
 import json
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
 
+from tests.harness.cli import zivmilter
 from tests.harness.dns import SelfSigned, TestDns, Zone, shared_dns, tlsa_rdata
 from tests.harness.sink import Sink, server_tls_context
 from zivmilter import config as config_mod
@@ -382,11 +380,7 @@ def test_live_facts_miss_is_none_then_cached(world: dict[str, Any]) -> None:
 # --- the CLI ----------------------------------------------------------------------------------
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "zivmilter", *args], capture_output=True, text=True, timeout=60,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+_cli = zivmilter
 
 
 def test_cli_probe_json(world: dict[str, Any]) -> None:
