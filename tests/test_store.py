@@ -8,13 +8,13 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from zivmilter import crypto, store
+from zivmilter import crypto, defaults, store
 from zivmilter.errors import StoreError
 from zivmilter.facts import Contact
 from zivmilter.store import NewMessage, NewRecipient, SqliteStore
@@ -44,11 +44,31 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def st(tmp_path: Path, kek: bytes, clock: Clock) -> Iterator[SqliteStore]:
-    s = SqliteStore.open(str(tmp_path / "store"), kek, now=clock)
+@pytest.fixture(params=["inline", "files"])
+def st(
+    request: pytest.FixtureRequest, tmp_path: Path, kek: bytes, clock: Clock
+) -> Iterator[SqliteStore]:
+    """Each test twice: contents kept in the database rows (the default for mail up to 256 KiB)
+    and in blob files (larger contents; `inline_max=0` puts every content there)."""
+    inline_max = defaults.STORE_INLINE_MAX if request.param == "inline" else 0
+    s = SqliteStore.open(str(tmp_path / "store"), kek, now=clock, inline_max=inline_max)
     yield s
     s.close()
+
+
+def inline(st: SqliteStore) -> bool:
+    return bool(st._inline_max)
+
+
+def stored_blobs(root: Path) -> list[tuple[str, bytes]]:
+    """Every encrypted content at rest: blob files, and ciphertexts kept in `blobs` rows."""
+    found = [(str(p), p.read_bytes()) for p in (root / "blobs").rglob("*.zmb")]
+    db = sqlite3.connect(str(root / store.DB_NAME))
+    try:
+        rows = db.execute("SELECT id, data FROM blobs WHERE data IS NOT NULL").fetchall()
+    finally:
+        db.close()
+    return found + [(f"row {r[0]}", bytes(r[1])) for r in rows]
 
 
 def raw_message(marker: str = MARK_BODY, extra: bytes = b"") -> bytes:
@@ -162,8 +182,9 @@ def test_no_plaintext_in_any_store_file(st: SqliteStore, tmp_path: Path) -> None
     saved = st.save_message(new_message())
     st.record_event("opened", saved.id, "bob@example.net")
     files = store_files(tmp_path / "store")
-    assert any(name.endswith(".zmb") for name in files)
+    assert any(name.endswith(".zmb") for name in files) != inline(st)
     assert any(name.endswith("store.sqlite3") for name in files)
+    assert len(stored_blobs(tmp_path / "store")) == 1
     secrets_in_clear = [MARK_BODY, MARK_SUBJECT, PHONE, PHONE[3:], CODE, HINT[:10], "Dear Bob"]
     secrets_in_clear += list(saved.tokens.values())
     for name, data in files.items():
@@ -212,10 +233,13 @@ def test_wrong_kek_never_yields_garbage_on_read(tmp_path: Path, kek: bytes) -> N
 
 def test_damaged_blob_fails_with_store_error(st: SqliteStore, tmp_path: Path) -> None:
     saved = st.save_message(new_message())
-    (blob,) = (tmp_path / "store" / "blobs").rglob("*.zmb")
-    data = bytearray(blob.read_bytes())
+    ((where, blob),) = stored_blobs(tmp_path / "store")
+    data = bytearray(blob)
     data[40] ^= 0x80
-    blob.write_bytes(bytes(data))
+    if inline(st):
+        st._conn.execute("UPDATE blobs SET data = ?", (bytes(data),))
+    else:
+        Path(where).write_bytes(bytes(data))
     content = st.open_content(saved.id)
     assert content is not None
     with pytest.raises(StoreError):
@@ -231,7 +255,7 @@ def test_revoked_content_cannot_be_opened(st: SqliteStore, tmp_path: Path) -> No
     assert st.revoke(saved.id, "sender withdrew it")
     assert st.open_content(saved.id) is None
     assert not st.revoke(saved.id)
-    assert list((tmp_path / "store" / "blobs").rglob("*.zmb")) == []
+    assert stored_blobs(tmp_path / "store") == []
     rec = st.find_recipient_by_token(token)
     assert rec is not None
     assert rec.message.revoked_at is not None
@@ -260,7 +284,7 @@ def test_discard_forgets_everything(st: SqliteStore, tmp_path: Path) -> None:
     st.discard(saved.id)
     assert st.message(saved.id) is None
     assert st.find_recipient_by_token(saved.tokens["bob@example.net"]) is None
-    assert list((tmp_path / "store" / "blobs").rglob("*.zmb")) == []
+    assert stored_blobs(tmp_path / "store") == []
 
 
 # --- link tokens ------------------------------------------------------------------------
@@ -340,6 +364,10 @@ def test_save_is_durable_before_it_returns(
     saved = st.save_message(new_message())
     monkeypatch.undo()
 
+    if inline(st):  # the ciphertext is in the row: nothing of its own to fsync
+        assert calls == []
+        _committed(tmp_path, [saved.id])
+        return
     (blob,) = (tmp_path / "store" / "blobs").rglob("*.zmb")
     tmp_name = f"{blob.parent}/.{blob.stem}.tmp"
     kinds = [(k, v) for k, v in calls]
@@ -348,9 +376,14 @@ def test_save_is_durable_before_it_returns(
     i_rename = kinds.index(("replace", f"{tmp_name} -> {blob}"))
     i_dir = kinds.index(("fsync", str(blob.parent)))
     assert i_file < i_rename < i_dir
-    # And the rows are committed when save returns: another connection sees them.
+    _committed(tmp_path, [saved.id])
+
+
+def _committed(tmp_path: Path, ids: list[str]) -> None:
+    """The rows are committed when save returns: another connection sees them."""
     db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
-    assert db.execute("SELECT id FROM messages").fetchall() == [(saved.id,)]
+    assert sorted(r[0] for r in db.execute("SELECT id FROM messages")) == sorted(ids)
+    assert db.execute("SELECT count(*) FROM blobs").fetchone()[0] == len(ids)
     db.close()
 
 
@@ -371,7 +404,7 @@ def test_failed_insert_leaves_no_blob(
     monkeypatch.setattr(crypto, "wrap_data_key", boom)
     with pytest.raises(RuntimeError):
         st.save_message(new_message())
-    assert list((tmp_path / "store" / "blobs").rglob("*.zmb")) == []
+    assert stored_blobs(tmp_path / "store") == []
     assert list((tmp_path / "store" / "blobs").rglob("*.tmp")) == []
     db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
     assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
@@ -500,3 +533,111 @@ def test_remembered_method_without_contact_is_an_error(st: SqliteStore) -> None:
 def test_inconsistent_recipient_is_refused(st: SqliteStore, bad: NewRecipient) -> None:
     with pytest.raises(ValueError):
         st.save_message(new_message(recipients=[bad]))
+
+
+# --- small contents in the rows, large ones in files; group commit -------------------------
+
+
+def test_contents_above_the_inline_limit_get_a_file(tmp_path: Path, kek: bytes) -> None:
+    s = SqliteStore.open(str(tmp_path / "store"), kek, inline_max=1000)
+    small = raw_message(extra=b"x" * (1000 - len(raw_message())))
+    large = raw_message(extra=b"y" * 5000)
+    assert len(small) == 1000
+    a = s.save_message(new_message(small))
+    b = s.save_message(new_message(io.BytesIO(large)))
+    kinds = sorted(where.startswith("row") for where, _ in stored_blobs(tmp_path / "store"))
+    assert kinds == [False, True]  # one file, one row
+    for saved, content in ((a, small), (b, large)):
+        stream = s.open_content(saved.id)
+        assert stream is not None and stream.read() == content
+    s.close()
+
+
+def test_a_store_of_files_is_read_after_the_upgrade(tmp_path: Path, kek: bytes) -> None:
+    # Stores written before contents moved into the rows (schema 4) keep their files readable.
+    path = str(tmp_path / "store")
+    old = SqliteStore.open(path, kek, inline_max=0)
+    first = old.save_message(new_message())
+    old._conn.execute("UPDATE schema_version SET version = 4")
+    old._conn.execute("ALTER TABLE blobs DROP COLUMN data")
+    old.close()
+    new = SqliteStore.open(path, kek)
+    second = new.save_message(new_message())
+    for saved in (first, second):
+        stream = new.open_content(saved.id)
+        assert stream is not None and stream.read() == raw_message()
+    assert [w.startswith("row") for w, _ in stored_blobs(tmp_path / "store")] == [False, True]
+    new.close()
+
+
+def _queued(st: SqliteStore, n: int) -> None:
+    for _ in range(500):
+        if len(st._queued) == n:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"{len(st._queued)} saves queued, expected {n}")
+
+
+def test_concurrent_saves_share_one_commit(
+    st: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches: list[int] = []
+    real = st._write_batch
+
+    def counted(batch: list[store._Pending]) -> None:
+        batches.append(len(batch))
+        real(batch)
+
+    monkeypatch.setattr(st, "_write_batch", counted)
+    quick = [r for r in recipients() if r.verification != "access_code"]
+    saved: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda: saved.append(st.save_message(new_message(recipients=quick)).id)
+        )
+        for _ in range(6)
+    ]
+    with st._lock:  # a commit under way: the six queue up behind it
+        for t in threads:
+            t.start()
+        _queued(st, 6)
+    for t in threads:
+        t.join()
+    assert batches == [6]
+    assert len(saved) == 6
+    _committed(tmp_path, saved)
+    for message_id in saved:
+        stream = st.open_content(message_id)
+        assert stream is not None and stream.read() == raw_message()
+
+
+def test_a_failing_save_fails_alone_in_its_batch(st: SqliteStore, tmp_path: Path) -> None:
+    def event(name: str) -> Callable[[sqlite3.Cursor], None]:
+        def write(cur: sqlite3.Cursor) -> None:
+            cur.execute("INSERT INTO audit (at, event) VALUES (1, ?)", (name,))
+            if name == "bad":
+                cur.execute("INSERT INTO no_such_table VALUES (1)")
+
+        return write
+
+    errors: dict[str, BaseException | None] = {}
+
+    def run(name: str) -> None:
+        try:
+            st._commit_grouped(event(name))
+            errors[name] = None
+        except BaseException as exc:
+            errors[name] = exc
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "bad", "c")]
+    with st._lock:
+        for t in threads:
+            t.start()
+            _queued(st, threads.index(t) + 1)  # in this order
+    for t in threads:
+        t.join()
+    assert errors["a"] is None and errors["c"] is None
+    assert isinstance(errors["bad"], sqlite3.OperationalError)
+    db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
+    assert [r[0] for r in db.execute("SELECT event FROM audit ORDER BY id")] == ["a", "c"]
+    db.close()

@@ -61,6 +61,9 @@ SCRYPT_N = 2**15  # access-code hashes: scrypt cost (32 MiB with r=8), ~0.1 s pe
 SCRYPT_R = 8
 SCRYPT_P = 1
 STORE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's SQLite lock
+# Encrypted contents up to this size live in the database row (one fsync at commit, shared by
+# concurrent saves); larger ones get a blob file of their own under blobs/.
+STORE_INLINE_MAX = 256 * 1024
 
 # --- transport prober: live side, cache and ODD lists (zivmilter/transport) -------------
 TRANSPORT_DB_FILE = "transport.sqlite3"  # in store.path: probe cache and ODD list copies

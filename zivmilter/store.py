@@ -1,20 +1,29 @@
 """The encrypted message store: what the milter saves before it accepts, what the portal reads.
 
 `Store` is the Protocol the milter and the portal program against; `SqliteStore` keeps metadata
-in SQLite (WAL, synchronous=FULL) and each message's content as an encrypted blob file under
-`<path>/blobs/`. All cryptography lives in crypto.py; this module only decides what is sealed
-with which key and in what order things reach the disk.
+in SQLite (WAL, synchronous=FULL) and each content encrypted: up to `inline_max` bytes (256 KiB by
+default: nearly all mail) in its `blobs` row, larger ones as a blob file under `<path>/blobs/`.
+All cryptography lives in crypto.py; this module only decides what is sealed with which key and
+in what order things reach the disk.
 
 Durability (SPEC 10: never accept before the encrypted copy is durably stored), in this order:
-1. the blob is encrypted into `blobs/XX/.ID.tmp`, flushed and fsynced;
-2. renamed to `blobs/XX/ID.zmb`, and the folder is fsynced (the name is durable);
-3. the rows are committed in one transaction (WAL + synchronous=FULL: fsynced at commit);
-4. only then does `save_message` return. A crash between 2 and 3 leaves an unreferenced blob
+1. a large content is encrypted into `blobs/XX/.ID.tmp`, flushed and fsynced, renamed to
+   `blobs/XX/ID.zmb`, and the folder is fsynced (the name is durable); a small one is
+   encrypted in memory;
+2. the rows (with a small content's ciphertext) are committed in one transaction (WAL +
+   synchronous=FULL: fsynced at commit);
+3. only then does `save_message` return. A crash between 1 and 2 leaves an unreferenced blob
    file of ciphertext (harmless; `sweep_orphans` removes it), never a row without its blob.
 
-Thread safety: one connection guarded by a lock; the slow part (encrypting the blob) runs outside
-it, so many milter threads can save at once. Other processes (the portal) use their own store
-object; SQLite's WAL and busy timeout arbitrate between them.
+Group commit: saves from many milter threads share commits. A saver queues its rows and takes
+the store's lock; whoever holds it writes every queued save in one transaction (each in a
+savepoint of its own, so one failing save fails alone) and commits once. A saver whose rows a
+previous holder already committed returns at once. One fsync then covers all the messages that
+arrived while the previous commit was on its way to the disk.
+
+Thread safety: one connection guarded by a lock; the slow parts (encryption, hashing) run
+outside it. Other processes (the portal) use their own store object; SQLite's WAL and busy
+timeout arbitrate between them.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, Literal, Protocol, cast
 
 from . import crypto, defaults
 from .addresses import normalize_address
@@ -441,6 +450,10 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE accounts ADD COLUMN totp_last_step INTEGER;
     """,
+    # 5: small contents inline (path ''): one fsync per commit instead of three per message
+    """
+    ALTER TABLE blobs ADD COLUMN data BLOB;  -- the ciphertext when path is ''; NULL once deleted
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -456,18 +469,35 @@ class SqliteStore:
     """The SQLite + blob-file store. Create with `SqliteStore.open(path, kek)`."""
 
     def __init__(
-        self, path: str, kek: crypto.Kek, conn: sqlite3.Connection, now: Callable[[], float]
+        self,
+        path: str,
+        kek: crypto.Kek,
+        conn: sqlite3.Connection,
+        now: Callable[[], float],
+        inline_max: int,
     ) -> None:
         self._path = path
         self._blobs = os.path.join(path, BLOB_DIR)
         self._kek = kek
         self._conn = conn
         self._now = now
+        self._inline_max = inline_max
         self._lock = threading.RLock()
+        self._queue_lock = threading.Lock()
+        self._queued: list[_Pending] = []
 
     @classmethod
-    def open(cls, path: str, kek: bytes, *, now: Callable[[], float] = time.time) -> SqliteStore:
-        """Open (creating if needed) the store in folder `path`; `kek` from `crypto.load_kek`."""
+    def open(
+        cls,
+        path: str,
+        kek: bytes,
+        *,
+        now: Callable[[], float] = time.time,
+        inline_max: int = defaults.STORE_INLINE_MAX,
+    ) -> SqliteStore:
+        """Open (creating if needed) the store in folder `path`; `kek` from `crypto.load_kek`.
+
+        Contents up to `inline_max` bytes are kept in the database, larger ones in blob files."""
         key = crypto.Kek.from_bytes(kek)
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
@@ -498,7 +528,7 @@ class SqliteStore:
         except StoreError:
             conn.close()
             raise
-        store = cls(path, key, conn, now)
+        store = cls(path, key, conn, now, inline_max)
         store._check_kek()
         return store
 
@@ -524,82 +554,79 @@ class SqliteStore:
 
         # scrypt takes ~0.1 s: hash before taking the store's lock, not inside the transaction.
         secrets_of = {r.address: self._verification_data(r) for r in recipients}
-        relpath, written = self._write_blob(blob_id, data_key, message.content)
         tokens: dict[str, str] = {}
+        for r in recipients:
+            if r.delivery == "notification":
+                tokens[r.address] = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
+        wrapped_key = crypto.wrap_data_key(self._kek, data_key)
+
+        # Everything sealed and hashed here, outside the lock; `write` only inserts.
+        message_row = (
+            message_id,
+            message.rfc822_id,
+            message.queue_id,
+            sender,
+            crypto.seal(field_key, message.subject.encode("utf-8"), _ctx_subject(message_id)),
+            wrapped_key,
+            created,
+            _ts(message.expires_at),
+        )
+        recipient_rows = []
+        for r in recipients:
+            token = tokens.get(r.address)
+            phone, code_hash = secrets_of[r.address]
+            ctx = f"{message_id}:{r.address}"
+            recipient_rows.append(
+                (
+                    message_id,
+                    r.address,
+                    r.conversation,
+                    r.method,
+                    r.delivery,
+                    r.rule,
+                    r.level,
+                    None if token is None else crypto.token_hash(token),
+                    r.verification,
+                    None
+                    if phone is None
+                    else crypto.seal(field_key, phone.encode(), "recipients.phone:" + ctx),
+                    code_hash,
+                    None
+                    if r.hint is None
+                    else crypto.seal(field_key, r.hint.encode(), "recipients.hint:" + ctx),
+                    # The milter hands the notification to the MTA in the same transaction,
+                    # or discards this message: saved means notified.
+                    created if r.delivery == "notification" else None,
+                )
+            )
+
+        blob = self._write_blob(blob_id, data_key, message.content)
+
+        def write(cur: sqlite3.Cursor) -> None:
+            cur.execute(
+                "INSERT INTO messages (id, rfc822_id, queue_id, sender, subject, wrapped_key,"
+                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                message_row,
+            )
+            cur.executemany(
+                "INSERT INTO conversations (message_id, number) VALUES (?, ?)",
+                [(message_id, n) for n in sorted({r.conversation for r in recipients})],
+            )
+            cur.executemany(
+                "INSERT INTO recipients (message_id, address, conversation, method, delivery,"
+                " rule, level, token_hash, verification, phone, access_code_hash, hint,"
+                " notified_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                recipient_rows,
+            )
+            _insert_blob(cur, blob, blob_id, message_id, "message")
+            _audit(cur, created, message_id, None, "stored", f"queue {message.queue_id}")
+
         try:
-            with self._transaction() as cur:
-                cur.execute(
-                    "INSERT INTO messages (id, rfc822_id, queue_id, sender, subject, wrapped_key,"
-                    " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        message_id,
-                        message.rfc822_id,
-                        message.queue_id,
-                        sender,
-                        crypto.seal(
-                            field_key, message.subject.encode("utf-8"), _ctx_subject(message_id)
-                        ),
-                        crypto.wrap_data_key(self._kek, data_key),
-                        created,
-                        _ts(message.expires_at),
-                    ),
-                )
-                cur.executemany(
-                    "INSERT INTO conversations (message_id, number) VALUES (?, ?)",
-                    [(message_id, n) for n in sorted({r.conversation for r in recipients})],
-                )
-                for r in recipients:
-                    token_hash = None
-                    if r.delivery == "notification":
-                        token = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
-                        tokens[r.address] = token
-                        token_hash = crypto.token_hash(token)
-                    phone, code_hash = secrets_of[r.address]
-                    ctx = f"{message_id}:{r.address}"
-                    cur.execute(
-                        "INSERT INTO recipients (message_id, address, conversation, method,"
-                        " delivery, rule, level, token_hash, verification, phone,"
-                        " access_code_hash, hint, notified_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            message_id,
-                            r.address,
-                            r.conversation,
-                            r.method,
-                            r.delivery,
-                            r.rule,
-                            r.level,
-                            token_hash,
-                            r.verification,
-                            None
-                            if phone is None
-                            else crypto.seal(field_key, phone.encode(), "recipients.phone:" + ctx),
-                            code_hash,
-                            None
-                            if r.hint is None
-                            else crypto.seal(field_key, r.hint.encode(), "recipients.hint:" + ctx),
-                            # The milter hands the notification to the MTA in the same
-                            # transaction, or discards this message: saved means notified.
-                            created if r.delivery == "notification" else None,
-                        ),
-                    )
-                cur.execute(
-                    "INSERT INTO blobs (id, message_id, kind, path, size, cipher_size, sha256)"
-                    " VALUES (?, ?, 'message', ?, ?, ?, ?)",
-                    (
-                        blob_id,
-                        message_id,
-                        relpath,
-                        written.size,
-                        written.cipher_size,
-                        written.sha256,
-                    ),
-                )
-                _audit(cur, created, message_id, None, "stored", f"queue {message.queue_id}")
+            self._commit_grouped(write)
         except BaseException:
-            self._remove_blob(relpath)
+            self._remove_blob(blob.path)
             raise
-        return SavedMessage(id=message_id, tokens=tokens, size=written.size)
+        return SavedMessage(id=message_id, tokens=tokens, size=blob.written.size)
 
     def _verification_data(self, r: NewRecipient) -> tuple[str | None, str | None]:
         """(phone, access code hash) for a recipient, from the directive or the contact book."""
@@ -631,7 +658,18 @@ class SqliteStore:
 
     def _write_blob(
         self, blob_id: str, data_key: bytes, content: BinaryIO | bytes | str | os.PathLike[str]
-    ) -> tuple[str, crypto.Encrypted]:
+    ) -> _Blob:
+        """Encrypt a content: in memory when small (the row will carry it), else to its file."""
+        key = crypto.content_key(data_key, blob_id)
+        with _source(content) as src:
+            head = _read_up_to(src, self._inline_max + 1)
+            if len(head) <= self._inline_max:
+                out = io.BytesIO()
+                written = crypto.encrypt_stream(key, io.BytesIO(head), out)
+                return _Blob("", written, out.getvalue())
+            return self._write_blob_file(blob_id, key, cast(BinaryIO, _Chained(head, src)))
+
+    def _write_blob_file(self, blob_id: str, key: bytes, src: BinaryIO) -> _Blob:
         folder = os.path.join(self._blobs, blob_id[:2])
         relpath = os.path.join(BLOB_DIR, blob_id[:2], blob_id + _BLOB_SUFFIX)
         final = os.path.join(self._path, relpath)
@@ -642,8 +680,8 @@ class SqliteStore:
                 _fsync_dir(self._blobs)  # the new folder's entry must survive a crash too
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                with os.fdopen(fd, "wb") as out, _source(content) as src:
-                    written = crypto.encrypt_stream(crypto.content_key(data_key, blob_id), src, out)
+                with os.fdopen(fd, "wb") as out:
+                    written = crypto.encrypt_stream(key, src, out)
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(tmp, final)
@@ -654,9 +692,11 @@ class SqliteStore:
             _fsync_dir(folder)
         except OSError as exc:
             raise StoreError(f"cannot write the encrypted copy: {exc}") from None
-        return relpath, written
+        return _Blob(relpath, written, None)
 
     def _remove_blob(self, relpath: str) -> None:
+        if not relpath:  # kept in its row: gone with the row (or its data set to NULL)
+            return
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(self._path, relpath))
 
@@ -758,7 +798,8 @@ class SqliteStore:
                 )
             ]
             cur.execute(
-                "UPDATE blobs SET deleted_at = ? WHERE message_id = ? AND deleted_at IS NULL",
+                "UPDATE blobs SET deleted_at = ?, data = NULL"
+                " WHERE message_id = ? AND deleted_at IS NULL",
                 (now, message_id),
             )
             _audit(cur, now, message_id, None, "revoked", reason)
@@ -980,6 +1021,38 @@ class SqliteStore:
         return [AuditEvent(_dt(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
     # -- internals ------------------------------------------------------------------------
+
+    def _commit_grouped(self, write: Callable[[sqlite3.Cursor], None]) -> None:
+        """Run `write` in a transaction, committed durably before this returns; concurrent
+        callers share transactions and so fsyncs (see the module docstring)."""
+        mine = _Pending(write)
+        with self._queue_lock:
+            self._queued.append(mine)
+        with self._lock:
+            if not mine.done:
+                with self._queue_lock:
+                    batch, self._queued = self._queued, []
+                self._write_batch(batch)
+        if mine.error is not None:
+            raise mine.error
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        try:
+            with self._transaction() as cur:
+                for job in batch:
+                    cur.execute("SAVEPOINT job")
+                    try:
+                        job.write(cur)
+                    except BaseException as exc:  # this save fails alone
+                        cur.execute("ROLLBACK TO job")
+                        job.error = exc
+                    cur.execute("RELEASE job")
+        except BaseException as exc:  # the commit failed: none of them is stored
+            for job in batch:
+                job.error = job.error or exc
+        finally:
+            for job in batch:
+                job.done = True
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
@@ -1262,22 +1335,11 @@ class SqliteStore:
         data_key = crypto.unwrap_data_key(self._kek, bytes(row[3]))
         reply_id = secrets.token_hex(16)
         blob_id = secrets.token_hex(16)
-        relpath, written = self._write_blob(blob_id, data_key, content)
+        blob = self._write_blob(blob_id, data_key, content)
         now = int(self._now())
         try:
             with self._transaction() as cur:
-                cur.execute(
-                    "INSERT INTO blobs (id, message_id, kind, path, size, cipher_size, sha256)"
-                    " VALUES (?, ?, 'reply', ?, ?, ?, ?)",
-                    (
-                        blob_id,
-                        message_id,
-                        relpath,
-                        written.size,
-                        written.cipher_size,
-                        written.sha256,
-                    ),
-                )
+                _insert_blob(cur, blob, blob_id, message_id, "reply")
                 cur.execute(
                     "INSERT INTO replies (id, message_id, recipient_id, conversation, blob_id,"
                     " created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -1285,7 +1347,7 @@ class SqliteStore:
                 )
                 _audit(cur, now, message_id, address, "reply-stored", reply_id)
         except BaseException:
-            self._remove_blob(relpath)
+            self._remove_blob(blob.path)
             raise
         return reply_id
 
@@ -1376,7 +1438,7 @@ class SqliteStore:
         attachment_id = secrets.token_hex(16)
         blob_id = secrets.token_hex(16)
         token = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
-        relpath, written = self._write_blob(blob_id, data_key, content)
+        blob = self._write_blob(blob_id, data_key, content)
         sealed_name = crypto.seal(
             crypto.message_field_key(data_key),
             filename.encode("utf-8"),
@@ -1385,18 +1447,7 @@ class SqliteStore:
         now = int(self._now())
         try:
             with self._transaction() as cur:
-                cur.execute(
-                    "INSERT INTO blobs (id, message_id, kind, path, size, cipher_size, sha256)"
-                    " VALUES (?, ?, 'attachment', ?, ?, ?, ?)",
-                    (
-                        blob_id,
-                        message_id,
-                        relpath,
-                        written.size,
-                        written.cipher_size,
-                        written.sha256,
-                    ),
-                )
+                _insert_blob(cur, blob, blob_id, message_id, "attachment")
                 cur.execute(
                     "INSERT INTO attachments (id, message_id, blob_id, filename, content_type,"
                     " token_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -1412,7 +1463,7 @@ class SqliteStore:
                 )
                 _audit(cur, now, message_id, None, "attachment-stored", attachment_id)
         except BaseException:
-            self._remove_blob(relpath)
+            self._remove_blob(blob.path)
             raise
         return SavedAttachment(attachment_id, token)
 
@@ -1461,7 +1512,7 @@ class SqliteStore:
         """A blob's plaintext as read, like `open_content`; None once revoked or expired."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT m.wrapped_key, m.expires_at, b.path, b.sha256 FROM messages m"
+                "SELECT m.wrapped_key, m.expires_at, b.path, b.sha256, b.data FROM messages m"
                 " JOIN blobs b ON b.message_id = m.id AND b.id = ?"
                 " WHERE m.id = ? AND m.revoked_at IS NULL AND b.deleted_at IS NULL",
                 (blob_id, message_id),
@@ -1471,10 +1522,16 @@ class SqliteStore:
         if row[1] is not None and int(self._now()) >= int(row[1]):
             return None
         data_key = crypto.unwrap_data_key(self._kek, bytes(row[0]))
-        try:
-            fh = open(os.path.join(self._path, str(row[2])), "rb")  # noqa: SIM115 - returned
-        except OSError as exc:
-            raise StoreError(f"blob {blob_id}: encrypted copy unreadable: {exc}") from None
+        fh: BinaryIO
+        if not row[2]:  # kept in the row
+            if row[4] is None:
+                raise StoreError(f"blob {blob_id}: encrypted copy missing from its row")
+            fh = io.BytesIO(bytes(row[4]))
+        else:
+            try:
+                fh = open(os.path.join(self._path, str(row[2])), "rb")  # noqa: SIM115 - returned
+            except OSError as exc:
+                raise StoreError(f"blob {blob_id}: encrypted copy unreadable: {exc}") from None
         try:
             raw = crypto.DecryptingReader(crypto.content_key(data_key, blob_id), fh, str(row[3]))
         except BaseException:
@@ -1565,6 +1622,78 @@ def _key_or_none(address: str) -> str | None:
         return normalize_address(address)
     except MessageError:
         return None
+
+
+@dataclass(eq=False)
+class _Blob:
+    """An encrypted content: in its file (`path`) or, small, in memory for its row (`data`)."""
+
+    path: str  # relative to the store folder; '' when the row carries the ciphertext
+    written: crypto.Encrypted
+    data: bytes | None
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A save waiting for a group commit."""
+
+    write: Callable[[sqlite3.Cursor], None]
+    done: bool = False
+    error: BaseException | None = None
+
+
+def _insert_blob(
+    cur: sqlite3.Cursor, blob: _Blob, blob_id: str, message_id: str, kind: str
+) -> None:
+    cur.execute(
+        "INSERT INTO blobs (id, message_id, kind, path, size, cipher_size, sha256, data)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            blob_id,
+            message_id,
+            kind,
+            blob.path,
+            blob.written.size,
+            blob.written.cipher_size,
+            blob.written.sha256,
+            blob.data,
+        ),
+    )
+
+
+def _read_up_to(src: BinaryIO, n: int) -> bytes:
+    """Up to n bytes, fewer only at EOF (raw streams may return short reads)."""
+    chunks: list[bytes] = []
+    left = n
+    while left > 0:
+        chunk = src.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+class _Chained(io.RawIOBase):
+    """Bytes already read, then the rest of the stream they came from."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        super().__init__()
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 @contextlib.contextmanager

@@ -4,9 +4,12 @@ half-done when the milter dies, the re-injection listener is down, or the store 
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
 import smtplib
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -72,10 +75,47 @@ def test_reinjection_listener_down_tempfails(sink: Sink) -> None:
         assert f"ref {ref}" in z.log() and "re-injection" in z.log()
         _nothing_kept(pf, sink, before)
         # nothing stays in the store for a message the client will send again
+        db = sqlite3.connect(str(z.store_path / "store.sqlite3"))
+        assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM blobs").fetchone()[0] == 0
+        db.close()
         assert not list((z.store_path / "blobs").rglob("*.zmb"))
 
 
-def test_store_unwritable_tempfails(sink: Sink) -> None:
+def test_store_disk_full_tempfails(sink: Sink) -> None:
+    # Mail up to 256 KiB is kept in the store's database: a full disk there must tempfail.
+    pf, z = _setup()
+    z.store_path.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(z.store_path)], check=True
+    )
+    try:
+        with z, pf:
+            filler = z.store_path / "filler"
+            with filler.open("wb") as fh, contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            before = len(sink.received)
+            exc = _send_expect_4xx(pf, ["a@oldmail.example"])
+            assert b"4.3.0 zivmilter: temporary failure" in exc.smtp_error
+            _nothing_kept(pf, sink, before)
+            filler.unlink()
+            # with room again, the same message goes through, and nothing of the failed try stays
+            with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
+                assert s.sendmail("alice@hospital.example", ["a@oldmail.example"], DATA) == {}
+            sink.wait_for(before + 1)
+            db = sqlite3.connect(str(z.store_path / "store.sqlite3"))
+            assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+            db.close()
+    finally:
+        subprocess.run(["umount", "-l", str(z.store_path)], check=True)
+        shutil.rmtree(z.dir, ignore_errors=True)
+
+
+def test_blob_folder_unwritable_tempfails(sink: Sink) -> None:
+    # Larger mail gets a blob file of its own: a folder that refuses it must tempfail.
+    large = DATA + (b"y" * 76 + b"\r\n") * 4000  # 312 KB: above the 256 KiB kept inline
     pf, z = _setup()
     with z, pf:
         blobs = z.store_path / "blobs"
@@ -85,14 +125,20 @@ def test_store_unwritable_tempfails(sink: Sink) -> None:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(blobs)], check=True)
         try:
             before = len(sink.received)
-            _send_expect_4xx(pf, ["a@oldmail.example"])
+            with (
+                smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s,
+                pytest.raises(smtplib.SMTPDataError) as info,
+            ):
+                s.sendmail("alice@hospital.example", ["a@oldmail.example"], large)
+            assert info.value.smtp_code == 451
             _nothing_kept(pf, sink, before)
         finally:
             subprocess.run(["umount", str(blobs)], check=True)
         # and once the store is writable again, the same message goes through
         with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
-            assert s.sendmail("alice@hospital.example", ["a@oldmail.example"], DATA) == {}
+            assert s.sendmail("alice@hospital.example", ["a@oldmail.example"], large) == {}
         sink.wait_for(before + 1)
+        assert len(list(blobs.rglob("*.zmb"))) == 1
 
 
 def test_milter_killed_mid_transaction(sink: Sink) -> None:
