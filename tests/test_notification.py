@@ -7,8 +7,11 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from zivmilter import config, defaults
+from zivmilter import config, defaults, notification
+from zivmilter.message import parse_header_block
 from zivmilter.notification import (
     NOTIFICATION_HEADER,
     Verification,
@@ -300,3 +303,56 @@ def test_notification_for_uses_config() -> None:
     assert "Gemeente Voorbeeld" in plain
     assert msg["Subject"] == defaults.NEUTRAL_SUBJECT["nl"]
     assert msg["Message-ID"].endswith("@example.org>")
+
+
+# --- the header short cut writes what compat32 folding writes ------------------------------
+
+_COMPAT32_CRLF = policy.compat32.clone(linesep="\r\n")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.sampled_from(
+        ["Subject", "To", "From", "Message-ID", "References", "X-Zivmilter-Notification"]
+    ),
+    st.text(
+        alphabet=st.characters(max_codepoint=0x7F)
+        | st.sampled_from([" ", "\t", ";", ",", "=", "?", "é", "€", "\x1e", "\x0b"]),
+        max_size=120,
+    ),
+)
+def test_header_short_cut_equals_compat32_folding(name: str, value: str) -> None:
+    # control characters, line breaks, non-ASCII and long values take compat32's own path
+    try:
+        expected: bytes | type[Exception] = _COMPAT32_CRLF.fold_binary(name, value)
+    except Exception as exc:  # compat32 refuses some values; so must we
+        expected = type(exc)
+    try:
+        got: bytes | type[Exception] = notification._WIRE.fold_binary(name, value)
+    except Exception as exc:
+        got = type(exc)
+    assert got == expected
+
+
+def test_raw_utf8_headers_read_as_utf8() -> None:
+    # RFC 6532 mail (8-bit header bytes, as many clients send): the names read right, not as
+    # one replacement character per byte, and the notification encodes them (RFC 2047).
+    head = "From: Jöhn Ström <john@example.org>\r\nTo: bob@example.net\r\nSubject: Résumé\r\n\r\n"
+    orig = parse_header_block(head.encode("utf-8"))
+    note = build_notification(
+        orig,
+        recipient="bob@example.net",
+        link=LINK,
+        verification=Verification("email"),
+        language="en",
+        subject_mode="show",
+        org_domain="example.org",
+        org_name="Example",
+    ).as_bytes()
+    assert note.isascii()
+    parsed = BytesParser(policy=policy.default).parsebytes(note)
+    assert str(parsed["From"]) == "Jöhn Ström <john@example.org>"
+    assert str(parsed["Subject"]) == "Résumé"
+    text = parsed.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Jöhn Ström <john@example.org>" in text and "Résumé" in text
+    assert "\ufffd" not in text

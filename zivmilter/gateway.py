@@ -21,9 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import Message
-from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
-from email.policy import compat32
 from typing import BinaryIO
 
 from . import attachments, dsn, notification, submission
@@ -35,7 +33,7 @@ from .errors import MessageError
 from .facts import Facts
 from .headers import ROUTE_HEADER, is_directive
 from .levels import Level
-from .message import decoded_header
+from .message import decoded_header, parse_header_block
 from .policy import Delivery, Method, RecipientDecision
 from .reinject import Outgoing, Reinjector
 from .store import NewMessage, NewRecipient, SavedMessage, Store
@@ -416,7 +414,7 @@ def _original_headers(tx: Transaction) -> Message:
     tx.message.seek(0)
     head = tx.message.read(tx.body_offset)
     # compat32: raw values, no parsing of every header on the hot path
-    return BytesHeaderParser(policy=compat32).parsebytes(head)
+    return parse_header_block(head)
 
 
 class _clean_copy:

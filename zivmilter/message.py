@@ -7,9 +7,10 @@ Headers are read with the compat32 policy (raw strings, never an exception on od
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from email._policybase import Compat32
 from email.header import decode_header, make_header
+from email.message import Message
 from email.parser import BytesHeaderParser
-from email.policy import compat32
 
 from .addresses import header_addresses, normalize_address
 from .errors import MessageError
@@ -18,9 +19,27 @@ from .policy import Envelope
 Headers = Sequence[tuple[str, str]]
 
 
+class _Utf8Headers(Compat32):
+    """compat32, except that 8-bit header bytes read as UTF-8 (RFC 6532), as pymilter reads
+    them, where compat32 would show U+FFFD for each byte (a sender named Jöhn became J��hn)."""
+
+    def header_fetch_parse(self, name: str, value: str) -> str:
+        if not value.isascii():  # the parser kept the bytes as surrogates
+            return value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+        return value
+
+
+READ_POLICY = _Utf8Headers()
+
+
+def parse_header_block(data: bytes) -> Message:
+    """The header block of a message as an `email` Message (compat32 values, UTF-8 read)."""
+    return BytesHeaderParser(policy=READ_POLICY).parsebytes(data)
+
+
 def read_headers(data: bytes) -> list[tuple[str, str]]:
     """The header fields of a message, in order; MessageError when it has none."""
-    msg = BytesHeaderParser(policy=compat32).parsebytes(data)
+    msg = parse_header_block(data)
     items = [(str(k), str(v)) for k, v in msg.items()]
     if not items:
         raise MessageError("not an email message: no header fields found")

@@ -8,14 +8,14 @@ Texts are Jinja2 templates in zivmilter/templates/ (HTML autoescaped).
 
 from __future__ import annotations
 
+import binascii
 import functools
 import re
 import secrets
 from dataclasses import dataclass
-from email import charset, policy
+from email import policy
+from email._policybase import Compat32
 from email.message import Message
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
 from typing import Literal
@@ -37,10 +37,27 @@ _KEPT = ("From", "Sender", "Reply-To", "To", "Cc", "Date", "In-Reply-To", "Refer
 _TEMPLATES = Path(__file__).parent / "templates"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _FOLDS = re.compile(r"\r?\n[ \t]+")
-_WIRE = policy.compat32.clone(linesep="\r\n")
+_PLAIN_LINE = re.compile(r"[\t -~]*")
+
+
+class _Wire(Compat32):
+    """compat32 with CRLF line ends, and a short cut for the usual header: a value of printable
+    ASCII (and tabs) that fits on its line, which compat32's folding leaves exactly as it is
+    (tests/test_notification.py proves the two equal), is written without building a `Header`.
+    That folding was a third of the time a notification took."""
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if (
+            isinstance(value, str)
+            and len(name) + 2 + len(value) <= (self.max_line_length or 78)
+            and _PLAIN_LINE.fullmatch(value)
+        ):
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+
+_WIRE = _Wire(linesep="\r\n")
 _SMTP = policy.SMTP
-_UTF8_QP = charset.Charset("utf-8")
-_UTF8_QP.body_encoding = charset.QP
 
 
 @dataclass(frozen=True, repr=False)
@@ -96,7 +113,9 @@ def build_notification(
 
     # A random boundary of our own: the generator would otherwise compile a regex per message
     # to prove its boundary absent from the parts (128 random bits cannot collide by chance).
-    msg = MIMEMultipart("alternative", boundary="=_zm_" + secrets.token_hex(16), policy=_WIRE)
+    msg = Message(policy=_WIRE)
+    msg["Content-Type"] = f'multipart/alternative; boundary="=_zm_{secrets.token_hex(16)}"'
+    msg["MIME-Version"] = "1.0"
     for name in _KEPT:
         for value in original.get_all(name, []):
             msg[name] = _wire_value(name, value)
@@ -107,9 +126,11 @@ def build_notification(
     msg[NOTIFICATION_HEADER] = "1"
     msg["Content-Language"] = language
     for body, subtype in ((text, "plain"), (html, "html")):
-        # typeshed says str, the email package takes a Charset too: it sets quoted-printable
-        part = MIMEText(body, subtype, _UTF8_QP, policy=_WIRE)  # type: ignore[arg-type]
-        del part["MIME-Version"]  # once, at the top
+        part = Message(policy=_WIRE)
+        part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
+        part["Content-Transfer-Encoding"] = "quoted-printable"
+        # the stdlib's quoted-printable codec (binascii, in C); the generator writes CRLF
+        part.set_payload(binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii"))
         msg.attach(part)
     return msg
 
