@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from zivmilter.errors import MessageError
-from zivmilter.message import addresses, build_envelope, decoded_header, read_headers
+from zivmilter.message import (
+    addresses,
+    build_envelope,
+    decoded_header,
+    header_message,
+    parse_header_block,
+    read_headers,
+)
 
 
 def test_decoded_header() -> None:
@@ -31,3 +38,16 @@ def test_envelope_normalizes_and_dedupes() -> None:
     assert env.to_cc == frozenset({"bob@partner.example", "c@x.example"})
     assert addresses(headers, "Cc") == ["c@x.example"]
     assert build_envelope("<>", ["x@y.example"], []).sender == ""
+
+
+def test_header_fields_read_as_utf8_however_they_come() -> None:
+    # pymilter hands 8-bit header values over as UTF-8 text (invalid bytes as surrogates); a
+    # header block parsed from bytes keeps them as surrogates: both read the same way.
+    raw = "From: Jöhn <j@example.org>\r\nSubject: Grüße \xa0\r\n\r\n".encode()
+    from_block = parse_header_block(raw)
+    from_fields = header_message([("From", "Jöhn <j@example.org>"), ("Subject", "Grüße \xa0")])
+    for msg in (from_block, from_fields):
+        assert msg["From"] == "Jöhn <j@example.org>"
+        assert decoded_header(msg["Subject"]) == "Grüße"
+    invalid = header_message([("Subject", b"caf\xe9".decode("utf-8", "surrogateescape"))])
+    assert invalid["Subject"] == "caf\ufffd"  # Latin-1 in a UTF-8 world: one replacement

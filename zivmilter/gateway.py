@@ -33,7 +33,7 @@ from .errors import MessageError
 from .facts import Facts
 from .headers import ROUTE_HEADER, is_directive
 from .levels import Level
-from .message import decoded_header, parse_header_block
+from .message import decoded_header, header_message
 from .policy import Delivery, Method, RecipientDecision
 from .reinject import Outgoing, Reinjector
 from .store import NewMessage, NewRecipient, SavedMessage, Store
@@ -411,10 +411,8 @@ def _verification_text(d: RecipientDecision) -> notification.Verification:
 
 
 def _original_headers(tx: Transaction) -> Message:
-    tx.message.seek(0)
-    head = tx.message.read(tx.body_offset)
-    # compat32: raw values, no parsing of every header on the hot path
-    return parse_header_block(head)
+    # the fields the milter collected (compat32: raw values), not the header block parsed again
+    return header_message(tx.headers)
 
 
 class _clean_copy:

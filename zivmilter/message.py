@@ -24,8 +24,8 @@ class _Utf8Headers(Compat32):
     them, where compat32 would show U+FFFD for each byte (a sender named Jöhn became J��hn)."""
 
     def header_fetch_parse(self, name: str, value: str) -> str:
-        if not value.isascii():  # the parser kept the bytes as surrogates
-            return value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+        if not value.isascii():  # 8-bit bytes kept as surrogates by the parser (or by pymilter)
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         return value
 
 
@@ -35,6 +35,15 @@ READ_POLICY = _Utf8Headers()
 def parse_header_block(data: bytes) -> Message:
     """The header block of a message as an `email` Message (compat32 values, UTF-8 read)."""
     return BytesHeaderParser(policy=READ_POLICY).parsebytes(data)
+
+
+def header_message(headers: Headers) -> Message:
+    """Header fields as the MTA gave them (name, value) as an `email` Message, without parsing
+    the header block again."""
+    msg = Message(policy=READ_POLICY)
+    for name, value in headers:
+        msg[name] = value
+    return msg
 
 
 def read_headers(data: bytes) -> list[tuple[str, str]]:

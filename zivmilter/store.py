@@ -1039,6 +1039,9 @@ class SqliteStore:
     def _write_batch(self, batch: list[_Pending]) -> None:
         try:
             with self._transaction() as cur:
+                if len(batch) == 1:  # alone: its failure rolls the transaction back
+                    batch[0].write(cur)
+                    return
                 for job in batch:
                     cur.execute("SAVEPOINT job")
                     try:
