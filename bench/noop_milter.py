@@ -3,8 +3,11 @@
 By default it carries the TCP fix of POSTFIX-NOTES ("the 40 ms trap"): TCP_NODELAY on the
 listening socket and an answered `data` callback, registered exactly as zivmilter registers
 (zivmilter.milter.listen). --stock runs pymilter's callbacks as shipped, for contrast.
+--rewrite is the floor of any rewriting milter in Python: it takes every callback (envelope,
+headers, body) and at the end replaces the body with a 2 KB text and edits three headers, with
+no policy, store or crypto.
 
-    python bench/noop_milter.py inet:9901@127.0.0.1 [--stock]
+    python bench/noop_milter.py inet:9901@127.0.0.1 [--stock | --rewrite]
 """
 
 from __future__ import annotations
@@ -29,15 +32,50 @@ class TunedNoop(Milter.Base):  # type: ignore[misc]
         return int(Milter.ACCEPT)
 
 
+_TEXT = b"A secure message is waiting for you: https://secure.example/m/0123456789abcdef\r\n" * 25
+
+
+class Rewrite(TunedNoop):
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self.headers: list[tuple[str, str]] = []
+        self.content = bytearray()
+        return int(Milter.CONTINUE)
+
+    @Milter.noreply  # type: ignore[misc]
+    def envrcpt(self, to: str, *params: str) -> int:
+        return int(Milter.CONTINUE)
+
+    @Milter.noreply  # type: ignore[misc]
+    def header(self, name: str, value: str) -> int:
+        self.headers.append((name, value))
+        return int(Milter.CONTINUE)
+
+    @Milter.noreply  # type: ignore[misc]
+    def eoh(self) -> int:
+        return int(Milter.CONTINUE)
+
+    @Milter.noreply  # type: ignore[misc]
+    def body(self, chunk: bytes) -> int:
+        self.content += chunk
+        return int(Milter.CONTINUE)
+
+    def eom(self) -> int:
+        self.chgheader("Subject", 1, "Secure message")
+        self.addheader("X-Rewritten", "1")
+        self.addheader("MIME-Version", "1.0")
+        self.replacebody(_TEXT)
+        return int(Milter.ACCEPT)
+
+
 class StockNoop(Milter.Base):  # type: ignore[misc]
     def eom(self) -> int:
         return int(Milter.ACCEPT)
 
 
-def serve(spec: str, *, stock: bool) -> None:
+def serve(spec: str, *, stock: bool, rewrite: bool = False) -> None:
     import milter  # pymilter's C module
 
-    Milter.factory = StockNoop if stock else TunedNoop
+    Milter.factory = StockNoop if stock else Rewrite if rewrite else TunedNoop
     listen("noop", spec, 60, tcp_nodelay=not stock)  # the same registration as zivmilter's
     milter.main()
 
@@ -45,9 +83,11 @@ def serve(spec: str, *, stock: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="a no-op milter for bench/throughput.sh")
     parser.add_argument("socket", help="libmilter socket, e.g. inet:9901@127.0.0.1")
-    parser.add_argument("--stock", action="store_true", help="without the TCP fix")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--stock", action="store_true", help="without the TCP fix")
+    kind.add_argument("--rewrite", action="store_true", help="take every callback, rewrite")
     args = parser.parse_args()
-    serve(args.socket, stock=args.stock)
+    serve(args.socket, stock=args.stock, rewrite=args.rewrite)
 
 
 if __name__ == "__main__":

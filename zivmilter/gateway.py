@@ -163,7 +163,7 @@ class Gateway:
                 extra=_ctx(tx),
             )
 
-        original = _original_headers(tx)
+        original = _original_headers(tx, result.selection.new_subject)
         saved: SavedMessage | None = None
         if delivered:
             saved = self._store(tx, result, delivered, original)
@@ -410,9 +410,15 @@ def _verification_text(d: RecipientDecision) -> notification.Verification:
     return notification.Verification("email")
 
 
-def _original_headers(tx: Transaction) -> Message:
-    # the fields the milter collected (compat32: raw values), not the header block parsed again
-    return header_message(tx.headers)
+def _original_headers(tx: Transaction, new_subject: str | None) -> Message:
+    """The fields the milter collected (compat32: raw values), not the header block parsed
+    again; with the first Subject as `_set_subject` rewrote it in the spool, if it did."""
+    fields = tx.headers
+    if new_subject is not None:
+        at = next((i for i, (n, _v) in enumerate(fields) if n.lower() == "subject"), None)
+        if at is not None:
+            fields = [*fields[:at], (fields[at][0], new_subject), *fields[at + 1 :]]
+    return header_message(fields)
 
 
 class _clean_copy:
