@@ -120,25 +120,29 @@ declare -a order
 for spec in "a-no-milter:none" "b-noop-milter-tcp-fix:noop" "b0-noop-milter-stock:stock" \
     "b1-rewriting-milter:rewrite" "c-zivmilter:zivmilter"; do
     name=${spec%%:*}
-    kind=${spec#*:}
-    if [[ $kind == zivmilter && -z "${ZIVMILTER_BENCH_CMD:-}" ]]; then
+    if [[ ${spec#*:} == zivmilter && -z "${ZIVMILTER_BENCH_CMD:-}" ]]; then
         echo "  $name: skipped (set ZIVMILTER_BENCH_CMD to a command serving zivmilter)" >&2
         continue
     fi
-    best=0
-    for ((round = 1; round <= ROUNDS; round++)); do
-        line=$(run_case "$name" "$kind" | tail -n 1)
-        best=$(awk -v a="$best" -v b="${line##* }" 'BEGIN { print (b > a) ? b : a }')
+    order+=("$spec")
+    rate[$name]=0
+done
+# Rounds go through every case in turn, so that a change in the machine's other load (a shared
+# VM moves by 15 % and more) falls on all cases alike instead of on one case's rounds.
+for ((round = 1; round <= ROUNDS; round++)); do
+    for spec in "${order[@]}"; do
+        name=${spec%%:*}
+        line=$(run_case "$name" "${spec#*:}" | tail -n 1)
+        rate[$name]=$(awk -v a="${rate[$name]}" -v b="${line##* }" 'BEGIN { print (b > a) ? b : a }')
     done
-    rate[$name]=$best
-    order+=("$name")
 done
 
 base=${rate[a-no-milter]}
 noop=${rate[b-noop-milter-tcp-fix]}
 ratio() { awk -v r="$1" -v b="$2" 'BEGIN { printf "%.2f", r / b }'; }
 printf '\n%-26s %10s %8s %8s\n' case msg/s "vs (a)" "vs (b)"
-for name in "${order[@]}"; do
+for spec in "${order[@]}"; do
+    name=${spec%%:*}
     printf '%-26s %10s %8s %8s\n' "$name" "${rate[$name]}" "$(ratio "${rate[$name]}" "$base")" \
         "$(ratio "${rate[$name]}" "$noop")"
 done
