@@ -215,7 +215,7 @@ def _record_nonce(index: int, final: bool) -> bytes:
     return index.to_bytes(_NONCE - 1, "big") + (b"\x01" if final else b"\x00")
 
 
-def _read_full(src: BinaryIO, n: int) -> bytes:
+def read_full(src: BinaryIO, n: int) -> bytes:
     """Read exactly n bytes unless EOF comes first (raw streams may return short reads)."""
     chunks: list[bytes] = []
     left = n
@@ -243,11 +243,11 @@ def encrypt_stream(key: bytes, src: BinaryIO, dst: BinaryIO) -> Encrypted:
 
     out(MAGIC)
     index = 0
-    current = _read_full(src, RECORD_SIZE)
+    current = read_full(src, RECORD_SIZE)
     while True:
         # Read ahead one record: the last record must be sealed as final, and only the next
         # read tells whether this one is the last.
-        following = _read_full(src, RECORD_SIZE) if len(current) == RECORD_SIZE else b""
+        following = read_full(src, RECORD_SIZE) if len(current) == RECORD_SIZE else b""
         final = not following
         out(aead.encrypt(_record_nonce(index, final), current, MAGIC))
         size += len(current)
@@ -275,14 +275,14 @@ class DecryptingReader(io.RawIOBase):
         self._buffer = b""
         self._pos = 0
         self._done = False
-        magic = _read_full(src, len(MAGIC))
+        magic = read_full(src, len(MAGIC))
         self._digest.update(magic)
         if magic != MAGIC:
             raise StoreError("stored blob has an unknown format (damaged store?)")
         self._next = self._read_record()
 
     def _read_record(self) -> bytes:
-        data = _read_full(self._src, RECORD_SIZE + _TAG)
+        data = read_full(self._src, RECORD_SIZE + _TAG)
         self._digest.update(data)
         return data
 

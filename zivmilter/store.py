@@ -662,7 +662,7 @@ class SqliteStore:
         """Encrypt a content: in memory when small (the row will carry it), else to its file."""
         key = crypto.content_key(data_key, blob_id)
         with _source(content) as src:
-            head = _read_up_to(src, self._inline_max + 1)
+            head = crypto.read_full(src, self._inline_max + 1)
             if len(head) <= self._inline_max:
                 out = io.BytesIO()
                 written = crypto.encrypt_stream(key, io.BytesIO(head), out)
@@ -1672,19 +1672,6 @@ def _ordered_id() -> str:
     (measured for 5 KB messages committed six at a time: 13 pages written per save before, 8
     after)."""
     return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(16)}"
-
-
-def _read_up_to(src: BinaryIO, n: int) -> bytes:
-    """Up to n bytes, fewer only at EOF (raw streams may return short reads)."""
-    chunks: list[bytes] = []
-    left = n
-    while left > 0:
-        chunk = src.read(left)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
 
 
 class _Chained(io.RawIOBase):
