@@ -413,12 +413,10 @@ def _verification_text(d: RecipientDecision) -> notification.Verification:
 def _original_headers(tx: Transaction, new_subject: str | None) -> Message:
     """The fields the milter collected (compat32: raw values), not the header block parsed
     again; with the first Subject as `_set_subject` rewrote it in the spool, if it did."""
-    fields = tx.headers
-    if new_subject is not None:
-        at = next((i for i, (n, _v) in enumerate(fields) if n.lower() == "subject"), None)
-        if at is not None:
-            fields = [*fields[:at], (fields[at][0], new_subject), *fields[at + 1 :]]
-    return header_message(fields)
+    original = header_message(tx.headers)
+    if new_subject is not None and "Subject" in original:
+        original.replace_header("Subject", new_subject)  # the first one, as _set_subject does
+    return original
 
 
 class _clean_copy:
