@@ -40,6 +40,7 @@ Claimed addresses, and the three awkward cases:
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -229,7 +230,7 @@ def _authorize(
     ip = _parse_ip(client_ip if client_ip is not None else LOCAL_CLIENT)
     if ip is not None:
         for text in sub.trusted_networks:
-            net = ipaddress.ip_network(text, strict=False)
+            net = _network(text)
             if ip.version == net.version and ip in net:
                 return f"client {shown_ip} is in trusted network {text}"
     why_not.append(f"client {shown_ip} is not in submission.trusted_networks")
@@ -289,6 +290,12 @@ def _spf(
     if temporary:
         return _SpfOutcome(False, True, "; ".join(temporary))
     return _SpfOutcome(True, False, f"SPF pass for client {ip} and {', '.join(passed)}")
+
+
+@functools.lru_cache(maxsize=256)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A trusted network of the configuration (validated at load), parsed once."""
+    return ipaddress.ip_network(text, strict=False)
 
 
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
