@@ -116,6 +116,27 @@ def test_trigger_removed_from_subject() -> None:
     assert got.new_subject == ""
 
 
+@pytest.mark.parametrize(
+    "order", [["secure", "zivver secure", "[secure]"], ["[secure]", "zivver secure", "secure"]]
+)
+@pytest.mark.parametrize(
+    ("subject", "left"),
+    [
+        ("Zivver Secure: lab results", "lab results"),
+        ("[secure] Lab results", "Lab results"),
+        ("Re: [Secure]: lab results", "Re: lab results"),
+        ("Lab results - secure", "Lab results"),
+        ("secure: [secure] zivver secure", ""),
+    ],
+)
+def test_trigger_removal_does_not_depend_on_the_order_of_triggers(
+    order: list[str], subject: str, left: str
+) -> None:
+    # A shorter trigger inside a longer one must not leave half of the longer behind.
+    got = sel(base(subject), subject_triggers=order, remove_trigger=True)
+    assert got.selected and got.new_subject == left
+
+
 def test_trigger_kept_without_remove_trigger() -> None:
     got = sel(base("Lab [secure] results"))
     assert got.selected and got.new_subject is None

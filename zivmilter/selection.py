@@ -106,16 +106,33 @@ def decode_header_value(raw: str) -> str:
 
 
 def _trigger_pattern(trigger: str) -> re.Pattern[str]:
+    return re.compile(_trigger_regex(trigger), re.IGNORECASE)
+
+
+def _trigger_regex(trigger: str) -> str:
     words = [re.escape(w) for w in trigger.split()]
     # Not \b: a trigger such as "[secure]" starts and ends with non-word characters.
-    return re.compile(r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)", re.IGNORECASE)
+    return r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)"
+
+
+_SEPARATORS = " \t:;|-\u2013\u2014"
 
 
 def remove_triggers(subject: str, triggers: Sequence[str]) -> str:
-    """The subject without the trigger words, white space left around them collapsed."""
-    text = subject
-    for trigger in triggers:
-        text = _trigger_pattern(trigger).sub(" ", text)
+    """The subject without the trigger words, white space left around them collapsed.
+
+    All triggers go in one pass, the longest first, so that a short trigger inside a longer one
+    ("secure" in "zivver secure") cannot leave half of the longer behind. A colon right after a
+    trigger goes with it ("Secure: results"), and separators the removal leaves at either end
+    ("results -") go too.
+    """
+    ordered = sorted({t for t in triggers if t.split()}, key=lambda t: -len(" ".join(t.split())))
+    if not ordered:
+        return " ".join(subject.split())
+    either = "|".join(f"(?:{_trigger_regex(t)})" for t in ordered)
+    text, count = re.subn(rf"(?:{either})(?:\s*:)?", " ", subject, flags=re.IGNORECASE)
+    if count:
+        text = text.strip(_SEPARATORS)
     return " ".join(text.split())
 
 
