@@ -50,6 +50,7 @@ def normalize_address(text: str) -> str:
             raw,
             check_deliverability=False,
             allow_smtputf8=True,
+            allow_quoted_local=True,  # RFC 5321: "john.doe"@x is john.doe@x, and valid
             test_environment=True,
         )
     except email_validator.EmailNotValidError as exc:

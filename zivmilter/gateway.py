@@ -134,7 +134,7 @@ class Gateway:
         if not verdict.accepted:
             log.warning("submission refused: %s", verdict.reason, extra=_ctx(tx))
             return Plan(reject=verdict.reply, summary=f"refused: {verdict.reply}")
-        raw_by_norm = _raw_recipients(tx.recipients)
+        raw_by_norm, unusable = _raw_recipients(tx.recipients)
         result = assess(tx.headers, _bare(tx.sender), list(raw_by_norm), self.cfg, self.facts)
         if not result.selection.selected:
             # Not secured: it passes as it is, but never with its directive headers (SPEC 2).
@@ -150,7 +150,16 @@ class Gateway:
             log.warning("%s", warning, extra=_ctx(tx))
         stripped = self._strip_plan(tx, _STRIP)
         delivered = [d for d in result.decision.recipients if d.delivery is not Delivery.FAILED]
-        failed = [d for d in result.decision.recipients if d.delivery is Delivery.FAILED]
+        failed = [
+            (d.address, "5.7.1", d.reason)
+            for d in result.decision.recipients
+            if d.delivery is Delivery.FAILED
+        ]
+        # An envelope recipient the MTA took but that is no valid address fails alone: a
+        # tempfail would only hold the whole message until it bounces.
+        for raw, problem in unusable:
+            log.warning("to=%s failed: %s", raw, problem, extra=_ctx(tx))
+            failed.append((_bare(raw), "5.1.3", problem))
         for d in result.decision.recipients:
             log.info(
                 "to=<%s> delivery=%s method=%s level=%s rule=%s conversation=%s",
@@ -179,7 +188,7 @@ class Gateway:
                 report = dsn.build_dsn(
                     original,
                     sender,
-                    [(d.address, "5.7.1", d.reason) for d in failed],
+                    failed,
                     self.hostname,
                     self.clock.now(UTC),
                 )
@@ -193,6 +202,7 @@ class Gateway:
             log.info("re-injected %s: %s", out.what, reply, extra=_ctx(tx))
 
         plan = self._plan_for_kept(tx, kept, raw_by_norm, stripped)
+        plan.delete_recipients += [raw for raw, _problem in unusable]
         if kept is not None and kept.content is None:  # the original stays: fix its Subject
             plan.change_headers = subject_change
         plan.summary = (
@@ -362,16 +372,19 @@ def _bare(address: str) -> str:
     return a
 
 
-def _raw_recipients(raw: Sequence[str]) -> dict[str, list[str]]:
-    """Normalized address -> the RCPT TO forms the MTA gave (delrcpt needs them as given)."""
+def _raw_recipients(raw: Sequence[str]) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
+    """Normalized address -> the RCPT TO forms the MTA gave (delrcpt needs them as given);
+    and the forms that are no valid address, each with the reason."""
     out: dict[str, list[str]] = {}
+    unusable: list[tuple[str, str]] = []
     for r in raw:
         try:
             norm = normalize_address(_bare(r))
         except MessageError as exc:
-            raise MessageError(f"envelope recipient {r}: {exc}") from None
+            unusable.append((r, str(exc)))
+            continue
         out.setdefault(norm, []).append(r)
-    return out
+    return out, unusable
 
 
 def _new_recipient(d: RecipientDecision) -> NewRecipient:

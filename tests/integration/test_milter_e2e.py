@@ -239,6 +239,30 @@ def test_failed_recipient_gets_a_dsn_and_is_removed(
     assert len(weak.received) == w0, "nothing reaches the recipient that failed"
 
 
+def test_quoted_local_part_is_secured_and_an_unusable_recipient_fails_alone(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
+) -> None:
+    # "john doe"@... is valid (RFC 5321); x@[127.0.0.30] passes Postfix but is no address the
+    # gateway can secure for: that one recipient fails with a DSN, the message is not held.
+    pf, _ = gateway
+    plain = sinks["plain"]
+    p0 = len(plain.received)
+    quoted, literal = '"john doe"@oldmail.example', "x@[127.0.0.30]"
+    data = message(f"To: {quoted}, {literal}\nSubject: Results\n")
+    assert send(pf, "alice@hospital.example", [quoted, literal], data) == {}
+    got = new_messages(plain, p0, 2)
+    time.sleep(1)
+    assert len(plain.received) == p0 + 2, "nothing goes to the unusable recipient"
+    by_rcpt = {m.rcpt_tos: m for m in got}
+    note = by_rcpt[(quoted,)]
+    assert BODY_MARKER.encode() not in note.data and LINK.search(note.data.decode())
+    report = by_rcpt[("alice@hospital.example",)]
+    assert report.message().get_content_type() == "multipart/report"
+    assert b"Final-Recipient: rfc822; x@[127.0.0.30]" in report.data
+    assert b"Status: 5.1.3" in report.data
+    assert BODY_MARKER.encode() not in report.data
+
+
 def test_all_recipients_failed_message_discarded_with_dsn(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
