@@ -46,7 +46,14 @@ class KeyFileError(StoreError):
 
 
 class DeliveryError(ZivmilterError):
-    """Handing a message back to the MTA (re-injection, DSN) failed."""
+    """Handing a message back to the MTA (re-injection, DSN) failed.
+
+    `accepted` counts the messages of the batch the MTA had already taken (they will go out).
+    """
+
+    def __init__(self, message: str, accepted: int = 0) -> None:
+        super().__init__(message)
+        self.accepted = accepted
 
 
 class ProbeError(ZivmilterError):

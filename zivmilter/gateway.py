@@ -29,7 +29,7 @@ from .addresses import normalize_address
 from .assess import Assessment, assess
 from .config import Config
 from .directives import AccessKind
-from .errors import MessageError
+from .errors import DeliveryError, MessageError
 from .facts import Facts
 from .headers import ROUTE_HEADER, is_directive
 from .levels import Level
@@ -194,9 +194,19 @@ class Gateway:
                 )
                 outgoing.append(Outgoing("", [sender], report.as_bytes(policy=SMTP_POLICY), "DSN"))
             replies = self.reinjector.send(outgoing)
-        except BaseException:
+        except BaseException as exc:
             if saved is not None:
-                self.store.discard(saved.id)  # the client retries; don't keep a second copy
+                if isinstance(exc, DeliveryError) and exc.accepted:
+                    # Copies the MTA took will go out: their links must keep working. The
+                    # client's retry stores and notifies again (a second notification at worst).
+                    log.warning(
+                        "re-injection failed after %d accepted copies; stored copy %s kept",
+                        exc.accepted,
+                        saved.id,
+                        extra=_ctx(tx),
+                    )
+                else:
+                    self.store.discard(saved.id)  # the client retries; no second copy
             raise
         for out, reply in zip(outgoing, replies, strict=True):
             log.info("re-injected %s: %s", out.what, reply, extra=_ctx(tx))

@@ -80,8 +80,12 @@ class SmtpReinjector:
                 smtp.ehlo(self.helo)
                 for msg in messages:
                     replies.append(self._one(smtp, msg))
+        except DeliveryError as exc:
+            raise DeliveryError(str(exc), accepted=len(replies)) from exc
         except (OSError, smtplib.SMTPException) as exc:
-            raise DeliveryError(f"re-injection to {self.host}:{self.port} failed: {exc}") from exc
+            raise DeliveryError(
+                f"re-injection to {self.host}:{self.port} failed: {exc}", accepted=len(replies)
+            ) from exc
         return replies
 
     def _one(self, smtp: smtplib.SMTP, msg: Outgoing) -> str:

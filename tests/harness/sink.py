@@ -36,8 +36,11 @@ class _Handler:
     received: list[Received] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
     reply: str = "250 2.0.0 Ok: kept"
+    refuse_after: int | None = None  # accept this many messages, then answer 452 to the rest
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.refuse_after is not None and len(self.received) >= self.refuse_after:
+            return "452 4.3.1 Insufficient system storage"
         ssl_obj = server.transport.get_extra_info("ssl_object") if server.transport else None
         data = envelope.original_content or envelope.content or b""
         item = Received(
@@ -62,10 +65,11 @@ class Sink:
         *,
         tls: ssl.SSLContext | None = None,
         hostname: str = "mx.test",
+        refuse_after: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
-        self._handler = _Handler()
+        self._handler = _Handler(refuse_after=refuse_after)
         # room for the 50 MB messages of the memory bench (aiosmtpd's default is 32 MiB)
         kwargs: dict[str, Any] = {"server_hostname": hostname, "data_size_limit": 256 * 2**20}
         if tls is not None:

@@ -21,6 +21,8 @@ from tests.harness.postfix import PostfixInstance, free_port
 from tests.harness.sandbox import bind_mounted
 from tests.harness.sink import Sink
 from tests.harness.zivmilter import ZivmilterProcess, attach
+from zivmilter import crypto
+from zivmilter.store import SqliteStore
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +82,29 @@ def test_reinjection_listener_down_tempfails(sink: Sink) -> None:
         assert db.execute("SELECT count(*) FROM blobs").fetchone()[0] == 0
         db.close()
         assert not list((z.store_path / "blobs").rglob("*.zmb"))
+
+
+def test_reinjection_refused_part_way_keeps_the_links_already_sent(sink: Sink) -> None:
+    # The listener takes the first re-injected notification and refuses the next: the client
+    # gets 4xx and will retry, but the notification already queued must keep a working link.
+    port = free_port()
+    with Sink("127.0.0.1", port, refuse_after=1) as listener:
+        pf, z = _setup(reinject_port=port)
+        with z, pf:
+            before = len(sink.received)
+            rcpts = ["a@oldmail.example", "b@oldmail.example", "c@oldmail.example"]
+            _send_expect_4xx(pf, rcpts)
+            (taken,) = listener.wait_for(1)
+            token = re.search(rb"/m/([A-Za-z0-9_-]+)", taken.data)
+            assert token is not None
+            _nothing_kept(pf, sink, before)
+            store = SqliteStore.open(str(z.store_path), crypto.load_kek(str(z.key_file)))
+            try:
+                found = store.find_recipient_by_token(token.group(1).decode())
+                assert found is not None and found.address == taken.rcpt_tos[0]
+            finally:
+                store.close()
+            assert "re-injection failed after 1 accepted" in z.log()
 
 
 def test_store_disk_full_tempfails(sink: Sink) -> None:
