@@ -150,8 +150,11 @@ class Gateway:
             log.warning("%s", warning, extra=_ctx(tx))
         stripped = self._strip_plan(tx, _STRIP)
         delivered = [d for d in result.decision.recipients if d.delivery is not Delivery.FAILED]
+        # Decisions use the normalized form; the MTA and reports get the address as given
+        # (RFC 5321: a local part may be case-sensitive).
+        as_given = {norm: _bare(raws[0]) for norm, raws in raw_by_norm.items()}
         failed = [
-            (d.address, "5.7.1", d.reason)
+            (as_given.get(d.address, d.address), "5.7.1", d.reason)
             for d in result.decision.recipients
             if d.delivery is Delivery.FAILED
         ]
@@ -183,7 +186,7 @@ class Gateway:
             kept = self._choose_kept(copies)
             for copy in copies:
                 if copy is not kept:
-                    outgoing.append(self._outgoing(tx, copy, sender))
+                    outgoing.append(self._outgoing(tx, copy, sender, as_given))
             if failed and sender:
                 report = dsn.build_dsn(
                     original,
@@ -299,16 +302,19 @@ class Gateway:
             found = attachments.replace_large(content, self.cfg.policy.large_attachment_bytes, keep)
         return None if found is None else found[0]
 
-    def _outgoing(self, tx: Transaction, copy: _Copy, sender: str) -> Outgoing:
+    def _outgoing(
+        self, tx: Transaction, copy: _Copy, sender: str, as_given: dict[str, str]
+    ) -> Outgoing:
         route = b"" if copy.route is None else _route_field(copy.route)
+        rcpts = tuple(as_given.get(r, r) for r in copy.recipients)
         if copy.content is not None:
-            return Outgoing(sender, copy.recipients, route + copy.content, copy.what)
+            return Outgoing(sender, rcpts, route + copy.content, copy.what)
         # closed with the Outgoing once the batch is sent (its content is read once)
         spool = tempfile.SpooledTemporaryFile(max_size=self.cfg.milter.spool_threshold)  # noqa: SIM115
         spool.write(route)
         with _clean_copy(tx) as content:
             shutil.copyfileobj(content, spool)
-        return Outgoing(sender, copy.recipients, spool, copy.what)  # type: ignore[arg-type]
+        return Outgoing(sender, rcpts, spool, copy.what)  # type: ignore[arg-type]
 
     def _strip_plan(self, tx: Transaction, strip: frozenset[str]) -> list[tuple[str, int]]:
         """Deletions of the directive headers, and of the headers named in `strip`."""
@@ -331,7 +337,12 @@ class Gateway:
         if kept is None:
             return Plan(delete_headers=stripped, discard=True)
         keep = set(kept.recipients)
-        drop = [raw for norm, raws in raw_by_norm.items() if norm not in keep for raw in raws]
+        # Not kept: every form goes. Kept: one form stays, its duplicates in other case go.
+        drop = [
+            raw
+            for norm, raws in raw_by_norm.items()
+            for raw in (raws if norm not in keep else raws[1:])
+        ]
         route = [] if kept.route is None else [(ROUTE_HEADER, f"direct-{kept.route.value}")]
         if kept.content is None:
             return Plan(delete_headers=stripped, add_headers=route, delete_recipients=drop)

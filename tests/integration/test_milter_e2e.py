@@ -263,6 +263,26 @@ def test_quoted_local_part_is_secured_and_an_unusable_recipient_fails_alone(
     assert BODY_MARKER.encode() not in report.data
 
 
+def test_recipients_keep_their_case_and_a_case_duplicate_gets_one_copy(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
+) -> None:
+    # Compared case-insensitively, but handed on as given (a local part may be case-sensitive);
+    # the same recipient twice in different case gets one notification.
+    pf, _ = gateway
+    plain = sinks["plain"]
+    p0 = len(plain.received)
+    data = message("To: Mixed.Case@oldmail.example, Other@oldmail.example\nSubject: Case\n")
+    rcpts = ["Mixed.Case@oldmail.example", "mixed.case@OLDMAIL.example", "Other@oldmail.example"]
+    assert send(pf, "alice@hospital.example", rcpts, data) == {}
+    got = new_messages(plain, p0, 2)
+    time.sleep(1.5)
+    assert len(plain.received) == p0 + 2, "one notification per recipient, not per spelling"
+    assert sorted(m.rcpt_tos for m in got) == [
+        ("Mixed.Case@oldmail.example",),
+        ("Other@oldmail.example",),
+    ]
+
+
 def test_all_recipients_failed_message_discarded_with_dsn(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
