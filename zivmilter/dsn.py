@@ -24,17 +24,19 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
 class Failure(NamedTuple):
-    """One failed recipient: address, RFC 3463 status (5.x.y) and the reason in plain words."""
+    """One failed recipient: address, RFC 3463 status (5.x.y) and the reason in plain words;
+    `original` is the client's ORCPT (RFC 3461), as `type; address`, when it gave one."""
 
     address: str
     status: str
     reason: str
+    original: str | None = None
 
 
 def build_dsn(
     original_headers: Message,
     envelope_sender: str,
-    failed: Sequence[tuple[str, str, str]],
+    failed: Sequence[tuple[str, str, str] | tuple[str, str, str, str | None]],
     reporting_mta: str,
     arrival: datetime,
 ) -> EmailMessage:
@@ -106,6 +108,8 @@ def _delivery_status(failures: Sequence[Failure], host: str, arrival: datetime) 
     blocks = [per_message]
     for f in failures:
         block = EmailMessage(policy=policy.default)
+        if f.original:
+            block["Original-Recipient"] = _ascii_line(f.original)
         kind = "rfc822" if f.address.isascii() else "utf-8"
         block["Final-Recipient"] = f"{kind}; {f.address}"
         block["Action"] = "failed"

@@ -63,6 +63,8 @@ class Transaction:
     client_address: str | None = None
     auth_login: str | None = None
     listener: str | None = None  # the MTA's {daemon_name}: submission rules may differ per listener
+    # ESMTP parameters of each RCPT TO (NOTIFY=..., ORCPT=...), by the argument as given
+    recipient_params: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def message_id(self) -> str:
@@ -154,7 +156,7 @@ class Gateway:
         # (RFC 5321: a local part may be case-sensitive).
         as_given = {norm: _bare(raws[0]) for norm, raws in raw_by_norm.items()}
         failed = [
-            (as_given.get(d.address, d.address), "5.7.1", d.reason)
+            (raw_by_norm[d.address][0], "5.7.1", d.reason)
             for d in result.decision.recipients
             if d.delivery is Delivery.FAILED
         ]
@@ -162,7 +164,8 @@ class Gateway:
         # tempfail would only hold the whole message until it bounces.
         for raw, problem in unusable:
             log.warning("to=%s failed: %s", raw, problem, extra=_ctx(tx))
-            failed.append((_bare(raw), "5.1.3", problem))
+            failed.append((raw, "5.1.3", problem))
+        reported = _reported_failures(tx, failed)
         for d in result.decision.recipients:
             log.info(
                 "to=<%s> delivery=%s method=%s level=%s rule=%s conversation=%s",
@@ -187,11 +190,11 @@ class Gateway:
             for copy in copies:
                 if copy is not kept:
                     outgoing.append(self._outgoing(tx, copy, sender, as_given))
-            if failed and sender:
+            if reported and sender:
                 report = dsn.build_dsn(
                     original,
                     sender,
-                    failed,
+                    reported,
                     self.hostname,
                     self.clock.now(UTC),
                 )
@@ -384,6 +387,34 @@ def _route_field(level: Level) -> bytes:
 
 def _ctx(tx: Transaction) -> dict[str, str]:
     return {"queue_id": tx.queue_id or "-", "message_id": tx.message_id}
+
+
+def _reported_failures(
+    tx: Transaction, failed: list[tuple[str, str, str]]
+) -> list[tuple[str, str, str, str | None]]:
+    """The failures the DSN reports, from (RCPT argument, status, reason): a recipient given
+    with NOTIFY=NEVER, or a NOTIFY without FAILURE, is left out (RFC 3461 4.1); its ORCPT
+    becomes the Original-Recipient field."""
+    out: list[tuple[str, str, str, str | None]] = []
+    for raw, status, reason in failed:
+        params: dict[str, str] = {}
+        for param in tx.recipient_params.get(raw, ()):
+            key, _, value = param.partition("=")
+            params.setdefault(key.strip().upper(), value.strip())
+        notify = {n.strip().upper() for n in params.get("NOTIFY", "FAILURE").split(",")}
+        if "FAILURE" not in notify:
+            continue
+        original = None
+        if "ORCPT" in params:
+            kind, _, xtext = params["ORCPT"].partition(";")
+            original = f"{kind.strip()}; {_xtext_decoded(xtext.strip())}"
+        out.append((_bare(raw), status, reason, original))
+    return out
+
+
+def _xtext_decoded(text: str) -> str:
+    """RFC 3461 xtext: "+" and two upper-case hex digits stand for one byte."""
+    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
 
 
 def _bare(address: str) -> str:

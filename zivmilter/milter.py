@@ -42,6 +42,7 @@ class ZivMilter(Milter.Base):
     def _reset(self) -> None:
         self.sender = ""
         self.recipients: list[str] = []
+        self.recipient_params: dict[str, tuple[str, ...]] = {}
         self.headers: list[tuple[str, str]] = []
         self.spool: Any = None
         self.body_offset = 0
@@ -63,6 +64,8 @@ class ZivMilter(Milter.Base):
     @Milter.noreply
     def envrcpt(self, to: str, *params: str) -> int:
         self.recipients.append(to)
+        if params:  # NOTIFY= and ORCPT= (RFC 3461) shape the DSN about a failed recipient
+            self.recipient_params[to] = params
         return Milter.CONTINUE
 
     def data(self) -> int:
@@ -100,6 +103,7 @@ class ZivMilter(Milter.Base):
             queue_id=queue_id,
             sender=self.sender,
             recipients=list(self.recipients),
+            recipient_params=dict(self.recipient_params),
             headers=[(n, v.removeprefix(" ")) for n, v in self.headers],
             message=self.spool,
             body_offset=self.body_offset,

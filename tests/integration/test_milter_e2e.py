@@ -283,6 +283,47 @@ def test_recipients_keep_their_case_and_a_case_duplicate_gets_one_copy(
     ]
 
 
+def test_dsn_follows_the_clients_notify_and_orcpt(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
+) -> None:
+    # RFC 3461: NOTIFY=NEVER asks for no report about that recipient; ORCPT is echoed back
+    # as Original-Recipient.
+    pf, _ = gateway
+    plain, tls, weak = sinks["plain"], sinks["tls"], sinks["weak"]
+    p0, t0, w0 = len(plain.received), len(tls.received), len(weak.received)
+    data = message(
+        "To: ok@partner.example, no1@weak.example, no2@weak.example\nSubject: Notify\n"
+        "zivver-direct-delivery: tls tls1.2 auth certificate-validation\n"
+    )
+    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
+        s.ehlo()
+        assert s.mail("alice@hospital.example")[0] == 250
+        assert s.rcpt("ok@partner.example")[0] == 250
+        assert s.rcpt("no1@weak.example", ["ORCPT=rfc822;Boss+2Bone@weak.example"])[0] == 250
+        assert s.rcpt("no2@weak.example", ["NOTIFY=NEVER"])[0] == 250
+        assert s.data(data)[0] == 250
+    (report,) = new_messages(plain, p0, 1)
+    assert b"Original-Recipient: rfc822; Boss+one@weak.example" in report.data
+    assert b"Final-Recipient: rfc822; no1@weak.example" in report.data
+    assert b"no2@weak.example" not in report.message().get_body(("plain",)).get_content().encode()
+    assert b"Final-Recipient: rfc822; no2@weak.example" not in report.data
+    new_messages(tls, t0, 1)
+    # only NOTIFY=NEVER recipients failed: no report at all
+    data = message("To: no2@weak.example\nSubject: Never\nzivver-direct-delivery: tls\n")
+    discards = pf.log().count("milter-discard")
+    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
+        s.ehlo()
+        s.mail("alice@hospital.example")
+        assert s.rcpt("no2@weak.example", ["NOTIFY=NEVER"])[0] == 250
+        assert s.data(data)[0] == 250
+    deadline = time.monotonic() + 30
+    while pf.log().count("milter-discard") == discards and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pf.log().count("milter-discard") == discards + 1
+    time.sleep(1.5)
+    assert len(plain.received) == p0 + 1 and len(weak.received) == w0
+
+
 def test_all_recipients_failed_message_discarded_with_dsn(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
