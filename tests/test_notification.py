@@ -356,3 +356,24 @@ def test_raw_utf8_headers_read_as_utf8() -> None:
     text = parsed.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert "Jöhn Ström <john@example.org>" in text and "Résumé" in text
     assert "\ufffd" not in text
+
+
+def test_internationalized_address_stays_utf8_and_a_non_ascii_name_is_encoded() -> None:
+    # RFC 2047 may encode a display name, never an address (RFC 6532 keeps that one UTF-8).
+    original = Message()
+    original["From"] = "Alice <alice@hospital.example>"
+    original["To"] = "Jörg <jörg@partner.example>, José <jose@partner.example>"
+    original["Cc"] = "José <jose@partner.example>"
+    note = notification.build_notification(
+        original,
+        recipient="jörg@partner.example",
+        link="https://secure.example/m/x",
+        verification=notification.Verification("email"),
+        language="en",
+        subject_mode="show",
+        org_domain="hospital.example",
+        org_name="Hospital",
+    ).as_bytes()
+    head = note.split(b"\r\n\r\n")[0]
+    assert "To: Jörg <jörg@partner.example>, José <jose@partner.example>\r\n".encode() in head
+    assert b"Cc: =?utf-8?" in head and "José".encode() not in head.split(b"Cc:")[1]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from email import policy
 from email._policybase import Compat32
 from email.message import Message
-from email.utils import formatdate, make_msgid, parseaddr
+from email.utils import formatdate, getaddresses, make_msgid, parseaddr
 from pathlib import Path
 from typing import Literal
 
@@ -33,11 +33,17 @@ NOTIFICATION_HEADER = "X-Zivmilter-Notification"
 
 # Headers taken over from the original, in this order. Bcc never: a Bcc recipient stays hidden.
 _KEPT = ("From", "Sender", "Reply-To", "To", "Cc", "Date", "In-Reply-To", "References")
+_ADDRESS_FIELDS = frozenset({"From", "Sender", "Reply-To", "To", "Cc"})
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _FOLDS = re.compile(r"\r?\n[ \t]+")
 _PLAIN_LINE = re.compile(r"[\t -~]*")
+
+
+class _Utf8Field(str):
+    """A header value written as UTF-8 (RFC 6532): an internationalized address, which
+    RFC 2047 may not encode (see _wire_value)."""
 
 
 class _Wire(Compat32):
@@ -53,6 +59,8 @@ class _Wire(Compat32):
             and _PLAIN_LINE.fullmatch(value)
         ):
             return f"{name}: {value}{self.linesep}".encode("ascii")
+        if isinstance(value, _Utf8Field):
+            return f"{name}: {value}{self.linesep}".encode()
         return super().fold_binary(name, value)
 
 
@@ -189,10 +197,14 @@ def mask_phone(number: str) -> str:
 
 
 def _wire_value(name: str, value: object) -> str:
-    """A header value fit for the wire: ASCII as written, anything else encoded by `email`."""
+    """A header value fit for the wire: ASCII as written, anything else encoded by `email`;
+    except an address field naming an internationalized address (RFC 6531: `jörg@…`), which
+    RFC 2047 may not encode: it stays UTF-8, as the original had it (RFC 6532)."""
     text = str(value)
     if text.isascii():
         return _FOLDS.sub(" ", text).strip()
+    if name in _ADDRESS_FIELDS and any(not a.isascii() for _n, a in getaddresses([text])):
+        return _Utf8Field(_CONTROL.sub(" ", _FOLDS.sub(" ", text)).strip())
     folded = str(_SMTP.fold(name, _SMTP.header_factory(name, text)))
     return folded.split(":", 1)[1].strip()
 

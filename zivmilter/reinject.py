@@ -89,7 +89,18 @@ class SmtpReinjector:
         return replies
 
     def _one(self, smtp: smtplib.SMTP, msg: Outgoing) -> str:
-        code, reply = smtp.mail(msg.sender)
+        options: list[str] = []
+        smtp.command_encoding = "ascii"
+        if not (msg.sender.isascii() and all(r.isascii() for r in msg.recipients)):
+            # an internationalized address (RFC 6531): only with the listener's SMTPUTF8
+            if not smtp.has_extn("smtputf8"):
+                raise DeliveryError(
+                    f"{msg.what}: the listener does not offer SMTPUTF8, which a non-ASCII"
+                    " address needs (Postfix: smtputf8_enable = yes)"
+                )
+            options.append("SMTPUTF8")
+            smtp.command_encoding = "utf-8"
+        code, reply = smtp.mail(msg.sender, options)
         if code != 250:
             raise DeliveryError(
                 f"{msg.what}: MAIL FROM refused: {code} {reply.decode(errors='replace')}"

@@ -71,7 +71,11 @@ class Sink:
         self.port = port
         self._handler = _Handler(refuse_after=refuse_after)
         # room for the 50 MB messages of the memory bench (aiosmtpd's default is 32 MiB)
-        kwargs: dict[str, Any] = {"server_hostname": hostname, "data_size_limit": 256 * 2**20}
+        kwargs: dict[str, Any] = {
+            "server_hostname": hostname,
+            "data_size_limit": 256 * 2**20,
+            "enable_SMTPUTF8": True,  # internationalized addresses (RFC 6531) arrive too
+        }
         if tls is not None:
             kwargs["tls_context"] = tls
         self._controller = Controller(

@@ -324,6 +324,26 @@ def test_dsn_follows_the_clients_notify_and_orcpt(
     assert len(plain.received) == p0 + 1 and len(weak.received) == w0
 
 
+def test_internationalized_recipient_gets_a_notification(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
+) -> None:
+    # RFC 6531/6532: jörg@… is re-injected with SMTPUTF8, and the notification's To keeps the
+    # address in UTF-8 (RFC 2047 may not encode an address).
+    pf, _ = gateway
+    plain = sinks["plain"]
+    p0 = len(plain.received)
+    eai = "jörg@oldmail.example"
+    data = message(f"To: Jörg <{eai}>, bob@oldmail.example\nSubject: Results\n")
+    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
+        s.sendmail("alice@hospital.example", [eai, "bob@oldmail.example"], data, ["SMTPUTF8"])
+    got = {m.rcpt_tos: m for m in new_messages(plain, p0, 2)}
+    note = got[(eai,)]
+    to = note.message()["To"]
+    assert eai in str(to) and "=?" not in note.data.split(b"\r\n\r\n")[0].decode()
+    assert BODY_MARKER.encode() not in note.data and LINK.search(note.data.decode())
+    assert LINK.search(got[("bob@oldmail.example",)].data.decode())
+
+
 def test_all_recipients_failed_message_discarded_with_dsn(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
