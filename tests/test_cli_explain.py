@@ -145,3 +145,35 @@ def test_human_output_shows_submission_and_selection() -> None:
     assert proc.returncode == 0
     assert "Submission: " in proc.stdout and "Selected: yes" in proc.stdout
     assert "assumed a local client (127.0.0.1)" in proc.stdout
+
+
+LEAKY_MESSAGE = """\
+From: alice@hospital.example
+To: carol@oldmail.example, dave@oldmail.example
+zivver-access-right: carol@oldmail.example +31612345678
+zivver-access-right: sms +31687654321 dave@oldmail.example
+zivver-access-right: dave@oldmail.example access-code:s3cretcode
+zivver-direct-delivery: tls 0611112222
+Subject: x
+
+body
+"""
+
+
+def test_misplaced_secrets_are_never_printed(tmp_path: Path) -> None:
+    message = tmp_path / "leak.eml"
+    message.write_text(LEAKY_MESSAGE)
+    args = ("explain", str(message), "--config", str(EXAMPLES / "zivmilter.yaml"))
+    text, as_json = run(*args), run(*args, "--json")
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    for secret in ("31612345678", "31687654321", "s3cretcode", "0611112222"):
+        assert secret not in text.stdout and secret not in as_json.stdout
+    assert json.loads(as_json.stdout)["warnings"] == [
+        "zivver-access-right: 'carol@oldmail.example ***': "
+        "expected '<recipient> <method> <value>'",
+        "zivver-access-right: '***': the first word is not a valid recipient address",
+        "zivver-access-right: 'dave@oldmail.example ***': "
+        "expected '<recipient> <method> <value>'",
+        "zivver-direct-delivery: 'tls ***': unknown tls value '***'; using tls1.2",
+    ]
+    assert "  - zivver-access-right: 'carol@oldmail.example ***'" in text.stdout

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zivmilter.directives import AccessKind, parse, unfold
+from zivmilter.headers import DIRECTIVE_HEADERS
 from zivmilter.levels import TlsVersion
 
 RCPTS = frozenset({"a@x.example", "b@y.example"})
@@ -24,6 +26,54 @@ def test_secrets_never_appear_in_reports() -> None:
     text = " ".join(str(i) for i in found.issues) + repr(found)
     assert "s3cret-code" not in text and "+31699999999" not in text and "other-secret" not in text
     assert len(found.issues) == 2
+
+
+# (header, value, the secret in it, the line as reports show it)
+LEAKY_LINES = [
+    ("zivver-access-right", "a@x.example +31612345678", "+31612345678", "a@x.example ***"),
+    ("zivver-access-right", "sms +31687654321 a@x.example", "+31687654321", "***"),
+    ("zivver-access-right", "a@x.example access-code:s3cretcode", "s3cretcode", "a@x.example ***"),
+    ("zivver-access-right", "+31612345678 sms a@x.example", "+31612345678", "*** sms ***"),
+    ("zivver-access-right", "a@x.example s3cretcode", "s3cretcode", "a@x.example ***"),
+    ("zivver-access-right", "a@x.example smss +31612345678", "+31612345678", "a@x.example ***"),
+    ("zivver-access-right", "z@x.example sms +31612345678", "+31612345678", "z@x.example sms ***"),
+    ("zivver-access-right", "=?utf-8?q?z@x.example_access-code_t=C3=BClip?=", "lip", None),
+    ("zivver-direct-delivery", "a@x.example sms +31612345678", "+31612345678", "***"),
+    ("zivver-direct-delivery", "tls s3cretcode", "s3cretcode", "tls ***"),
+    ("zivver-minimum-recipient-verification", "s3cretcode", "s3cretcode", "***"),
+]
+
+
+@pytest.mark.parametrize(("header", "value", "secret", "shown"), LEAKY_LINES)
+def test_a_secret_anywhere_in_a_line_is_never_reported(
+    header: str, value: str, secret: str, shown: str | None
+) -> None:
+    found = parse([(header, value)], RCPTS)
+    assert found.issues, "the line must be reported"
+    for issue in found.issues:
+        assert secret not in str(issue) and secret not in issue.problem
+        if shown is not None:
+            assert issue.value == shown
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(DIRECTIVE_HEADERS),
+    st.lists(
+        st.sampled_from(
+            ["a@x.example", "sms", "access-code", "tls", "auth", "tls1.3", "email-verification"]
+        )
+        | st.just("SECRET"),
+        max_size=5,
+    ),
+    st.from_regex(r"\A[A-Z0-9+]{6,12}\Z"),
+)
+def test_reports_show_only_words_that_are_no_secret(
+    header: str, words: list[str], secret: str
+) -> None:
+    line = " ".join(secret if w == "SECRET" else w for w in words)
+    for issue in parse([(header, line), (header, line)], RCPTS).issues:
+        assert secret not in str(issue)
 
 
 def test_access_code_may_contain_spaces() -> None:

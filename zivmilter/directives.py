@@ -35,6 +35,13 @@ _KIND_SPELLINGS = {
 _VERIFICATION_OVERRIDES = frozenset({"email-verification", "verification-email"})
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _FOLD = re.compile(r"\r?\n[ \t]*|\r[ \t]*")
+_DIRECT_SPLIT = re.compile(r"[\s,;=]+")
+# Words of `zivver-direct-delivery` that reports may show: its keys and values, and anything
+# shaped like a TLS version (so that an admin sees `tls1.1` refused). No secret looks like these.
+_DIRECT_WORD = re.compile(
+    r"tls|auth|certificate-validation|(tls|ssl)v?[0-9](\.[0-9])?|[0-9]\.[0-9]"
+)
+_HIDDEN = "***"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +69,13 @@ DEFAULT_DIRECT_DELIVERY = DirectDeliveryRequest()
 
 @dataclass(frozen=True, slots=True)
 class DirectiveIssue:
+    """A reported directive line. Build it with `_issue`, which masks the line: reports go to
+    `explain` and the milter's log, and a directive line carries phone numbers and access codes
+    (SPEC 10), wherever in the line a sender put them."""
+
     header: str
-    value: str  # the line as given, with secrets masked
-    problem: str
+    value: str  # the line as `_reported()` shows it: words that cannot be secrets, others ***
+    problem: str  # never quotes the line: fixed text or words `_reported()` would show
 
     def __str__(self) -> str:
         return f"{self.header}: {self.value!r}: {self.problem}"
@@ -86,10 +97,56 @@ def unfold(value: str) -> str:
     return " ".join(_FOLD.sub(" ", value).split())
 
 
-def _mask(tokens: list[str]) -> str:
-    """The line for reports: the secret value (third token on) is never echoed."""
-    shown = tokens[:2] + (["***"] if len(tokens) > 2 else [])
-    return " ".join(shown)
+def _reported(header: str, value: str) -> str:
+    """A directive line as reports show it, safe by construction: a word is shown only where it
+    cannot be a secret, every other run of words is one `***`.
+
+    zivver-access-right: the first word if it is an address, the second if it is a method
+    spelling. zivver-direct-delivery: its keys and values. The verification header: its known
+    values. A secret in the wrong place, a line too short to parse: still `***`.
+    """
+    if header == ACCESS_RIGHT:
+        tokens = value.split()
+        shown = [
+            token
+            if (i == 0 and _is_address(token)) or (i == 1 and token.lower() in _KIND_SPELLINGS)
+            else None
+            for i, token in enumerate(tokens)
+        ]
+    elif header == DIRECT_DELIVERY:
+        shown = [_direct_word(t) for t in _DIRECT_SPLIT.split(value) if t]
+    else:
+        shown = [t if t.lower() in _VERIFICATION_OVERRIDES else None for t in value.split()]
+    out: list[str] = []
+    for token in shown:
+        if token is not None:
+            out.append(token)
+        elif not out or out[-1] != _HIDDEN:
+            out.append(_HIDDEN)
+    return " ".join(out)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        normalize_address(text)
+    except MessageError:
+        return False
+    return True
+
+
+def _direct_word(token: str) -> str | None:
+    return token if _DIRECT_WORD.fullmatch(token.lower()) else None
+
+
+def _shown_word(token: str | None) -> str:
+    """One word of zivver-direct-delivery for a problem text."""
+    if token is None:
+        return "None"
+    return repr(_direct_word(token) or _HIDDEN)
+
+
+def _issue(header: str, value: str, problem: str) -> DirectiveIssue:
+    return DirectiveIssue(header, _reported(header, value), problem)
 
 
 def parse(
@@ -129,28 +186,26 @@ def parse(
                 else:
                     rights[right.recipient] = right
                     continue
-            issues.append(DirectiveIssue(ACCESS_RIGHT, _mask(value.split()), str(problem)))
+            issues.append(_issue(ACCESS_RIGHT, value, str(problem)))
         elif name == DIRECT_DELIVERY:
             if direct is not None:
                 issues.append(
-                    DirectiveIssue(DIRECT_DELIVERY, value, "repeated header; the first one counts")
+                    _issue(DIRECT_DELIVERY, value, "repeated header; the first one counts")
                 )
                 continue
             direct, problems = _direct_delivery(value)
-            issues.extend(DirectiveIssue(DIRECT_DELIVERY, value, p) for p in problems)
+            issues.extend(_issue(DIRECT_DELIVERY, value, p) for p in problems)
         else:
             if seen_override:
                 issues.append(
-                    DirectiveIssue(
-                        MINIMUM_VERIFICATION, value, "repeated header; the first one counts"
-                    )
+                    _issue(MINIMUM_VERIFICATION, value, "repeated header; the first one counts")
                 )
                 continue
             seen_override = True
             override = value.lower() in _VERIFICATION_OVERRIDES
             if not override:
                 issues.append(
-                    DirectiveIssue(
+                    _issue(
                         MINIMUM_VERIFICATION,
                         value,
                         "unknown value (expected email-verification); "
@@ -170,11 +225,11 @@ def _access_right(
     secret = " ".join(tokens[2:])
     try:
         address = normalize_address(address_text)
-    except MessageError as exc:
-        return None, f"malformed recipient address ({exc})"
+    except MessageError:
+        return None, "the first word is not a valid recipient address"
     kind = _KIND_SPELLINGS.get(method_text.lower())
     if kind is None:
-        return None, f"unknown method {method_text!r} (expected sms or access-code)"
+        return None, "unknown method (expected sms or access-code)"
     if address not in recipients:
         return None, f"{address} is not a recipient of this message"
     if kind is AccessKind.SMS and (len(tokens) != 3 or not _E164.fullmatch(secret)):
@@ -187,7 +242,7 @@ def _access_right(
 
 def _direct_delivery(value: str) -> tuple[DirectDeliveryRequest, list[str]]:
     """Options are key/value pairs; anything missing or unknown takes the default."""
-    tokens = [t for t in re.split(r"[\s,;=]+", value.lower()) if t]
+    tokens = [t for t in _DIRECT_SPLIT.split(value.lower()) if t]
     problems: list[str] = []
     version = DEFAULT_DIRECT_DELIVERY.tls_version
     i = 0
@@ -197,14 +252,16 @@ def _direct_delivery(value: str) -> tuple[DirectDeliveryRequest, list[str]]:
         if key == "tls":
             parsed = TlsVersion.parse(arg)
             if parsed is None:
-                problems.append(f"unknown tls value {arg!r}; using tls1.2")
+                problems.append(f"unknown tls value {_shown_word(arg)}; using tls1.2")
             else:
                 version = parsed
         elif key == "auth":
             if arg != "certificate-validation":
-                problems.append(f"unknown auth value {arg!r}; using certificate-validation")
+                problems.append(
+                    f"unknown auth value {_shown_word(arg)}; using certificate-validation"
+                )
         else:
-            problems.append(f"unknown option {key!r} ignored")
+            problems.append(f"unknown option {_shown_word(key)} ignored")
             i += 1
             continue
         i += 2
