@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from email.message import EmailMessage
+from email.policy import SMTP
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -80,6 +83,51 @@ def test_access_code_may_contain_spaces() -> None:
     found = parse([("zivver-access-right", "a@x.example access-code blue  tulip")], RCPTS)
     right = found.access_rights["a@x.example"]
     assert (right.kind, right.value) == (AccessKind.ACCESS_CODE, "blue tulip")
+
+
+def test_encoded_words_are_decoded() -> None:
+    # What an application using the email package sends for a non-ASCII access code.
+    msg = EmailMessage(policy=SMTP)
+    msg["zivver-access-right"] = "a@x.example access-code tülip"
+    sent = msg.as_bytes().decode("ascii").partition(":")[2].strip()
+    assert "=?utf-8?" in sent
+    found = parse([("zivver-access-right", sent)], RCPTS)
+    assert found.access_rights["a@x.example"].value == "tülip" and not found.issues
+    whole = parse(
+        [
+            ("zivver-access-right", "=?utf-8?q?b@y.example_access-code_t=C3=BClip?="),
+            ("zivver-direct-delivery", "=?utf-8?q?tls_tls1.3?="),
+        ],
+        RCPTS,
+    )
+    assert whole.access_rights["b@y.example"].value == "tülip" and not whole.issues
+    assert whole.direct_delivery is not None
+    assert whole.direct_delivery.tls_version is TlsVersion.TLS1_3
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a@x.example access-code =?x-no-such-charset?q?tulip?=",
+        "a@x.example access-code =?utf-8?q?t=FClip?=",  # not UTF-8
+        "a@x.example access-code =?unknown-8bit?q?t=FClip?=",
+        "a@x.example access-code tülip =?utf-8?q?x?=",  # 8-bit text beside an encoded word
+    ],
+)
+def test_undecodable_encoded_words_are_reported_and_ignored(value: str) -> None:
+    found = parse([("zivver-access-right", value)], RCPTS)
+    assert not found.access_rights
+    assert [str(i) for i in found.issues] == [
+        "zivver-access-right: 'a@x.example access-code ***': "
+        "undecodable RFC 2047 encoded word; ignored"
+    ]
+
+
+def test_undecodable_direct_delivery_still_counts_with_the_defaults() -> None:
+    found = parse([("zivver-direct-delivery", "=?x-no-such-charset?q?tls_tls1.3?=")], RCPTS)
+    assert found.direct_delivery is not None
+    assert found.direct_delivery.tls_version is TlsVersion.TLS1_2
+    assert "undecodable RFC 2047 encoded word" in found.issues[0].problem
 
 
 def test_direct_delivery_variants() -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import email
 import socket
+from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 
 import Milter
@@ -121,6 +123,33 @@ def test_log_never_shows_a_misplaced_secret(
     assert "zivver-access-right: 'carol@oldmail.example ***'" in caplog.text
     assert "zivver-access-right: '***'" in caplog.text
     assert "31612345678" not in caplog.text and "31687654321" not in caplog.text
+    store.close()
+
+
+def test_encoded_access_code_is_stored_decoded(tmp_path: Path) -> None:
+    crypto.keygen(str(tmp_path / "k"))
+    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
+    ZivMilter.gateway = Gateway(
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+        store,
+        Collecting(),
+        hostname="gw.test",
+    )
+    # As an application using the email package sends it: the code becomes an encoded word.
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = "alice@hospital.example"
+    msg["To"] = "carol@oldmail.example"
+    msg["Message-ID"] = "<tulip@hospital.example>"
+    msg["zivver-access-right"] = "carol@oldmail.example access-code tülip"
+    msg.set_content("SECRET BODY")
+    message = msg.as_bytes()
+    assert b"=?utf-8?" in message
+    run(testctx.TestCtx(), ["carol@oldmail.example"], message)
+    (saved,) = store.find_messages("tulip@hospital.example")
+    (carol,) = store.recipients(saved.id)
+    assert carol.verification == "access_code" and carol.access_code_hash is not None
+    assert crypto.verify_secret(carol.access_code_hash, "tülip")
     store.close()
 
 

@@ -10,6 +10,8 @@ import enum
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 
 from .addresses import normalize_address
 from .errors import MessageError
@@ -97,6 +99,30 @@ def unfold(value: str) -> str:
     return " ".join(_FOLD.sub(" ", value).split())
 
 
+def _decode_words(value: str) -> str | None:
+    """`value` with its RFC 2047 encoded words decoded by the `email` package; None when they
+    cannot be (unknown charset, bytes that are not of their charset, 8-bit text beside them).
+
+    Applications that build messages with the email package's SMTP policy send a non-ASCII
+    value as an encoded word (`access-code =?utf-8?q?t=C3=BClip?=`): the code the recipient
+    types is the decoded one.
+    """
+    if "=?" not in value:
+        return value
+    try:
+        parts = decode_header(value)
+        if len(parts) == 1 and isinstance(parts[0][0], str):
+            return value  # no encoded word after all
+        if not value.isascii():
+            return None  # the email package mis-decodes raw 8-bit text beside encoded words
+        text = str(make_header(parts))
+    except (HeaderParseError, LookupError, UnicodeError, ValueError):
+        return None
+    if "\ufffd" in text:
+        return None  # bytes the charset (e.g. unknown-8bit) could not map
+    return " ".join(text.split())
+
+
 def _reported(header: str, value: str) -> str:
     """A directive line as reports show it, safe by construction: a word is shown only where it
     cannot be a secret, every other run of words is one `***`.
@@ -178,6 +204,15 @@ def parse(
         if name not in (ACCESS_RIGHT, DIRECT_DELIVERY, MINIMUM_VERIFICATION):
             continue
         value = unfold(str(raw_value))
+        decoded = _decode_words(value)
+        if decoded is None:
+            if name == ACCESS_RIGHT:
+                issues.append(_issue(name, value, "undecodable RFC 2047 encoded word; ignored"))
+                continue
+            # Still present (zivver-direct-delivery switches to table B): read as it is.
+            issues.append(_issue(name, value, "undecodable RFC 2047 encoded word; read as it is"))
+        else:
+            value = decoded
         if name == ACCESS_RIGHT:
             right, problem = _access_right(value, recipients, enabled)
             if problem is None and right is not None:
