@@ -147,6 +147,24 @@ def test_direct_delivery_variants() -> None:
     assert absent.direct_delivery is None and not absent.issues
 
 
+@pytest.mark.parametrize(
+    ("value", "version", "problems"),
+    [
+        ("auth tls tls1.3", TlsVersion.TLS1_3, ["no value for auth; using certificate-validation"]),
+        ("tls auth certificate-validation", TlsVersion.TLS1_2, ["no value for tls; using tls1.2"]),
+        ("tls", TlsVersion.TLS1_2, ["no value for tls; using tls1.2"]),
+        ("tls tls1.3 auth", TlsVersion.TLS1_3, ["no value for auth; using certificate-validation"]),
+    ],
+)
+def test_a_key_without_its_value_leaves_the_next_key_alone(
+    value: str, version: TlsVersion, problems: list[str]
+) -> None:
+    found = parse([("zivver-direct-delivery", value)], RCPTS)
+    assert found.direct_delivery is not None
+    assert found.direct_delivery.tls_version is version
+    assert [i.problem for i in found.issues] == problems
+
+
 def test_verification_override_spellings() -> None:
     for value in ("email-verification", "verification-email", "EMAIL-VERIFICATION"):
         assert parse(

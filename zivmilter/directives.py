@@ -35,6 +35,7 @@ _KIND_SPELLINGS = {
     "sharedaccesscode": AccessKind.ACCESS_CODE,
 }
 _VERIFICATION_OVERRIDES = frozenset({"email-verification", "verification-email"})
+_DIRECT_KEYS = frozenset({"tls", "auth"})
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _FOLD = re.compile(r"\r?\n[ \t]*|\r[ \t]*")
 _DIRECT_SPLIT = re.compile(r"[\s,;=]+")
@@ -164,10 +165,8 @@ def _direct_word(token: str) -> str | None:
     return token if _DIRECT_WORD.fullmatch(token.lower()) else None
 
 
-def _shown_word(token: str | None) -> str:
+def _shown_word(token: str) -> str:
     """One word of zivver-direct-delivery for a problem text."""
-    if token is None:
-        return "None"
     return repr(_direct_word(token) or _HIDDEN)
 
 
@@ -276,30 +275,35 @@ def _access_right(
 
 
 def _direct_delivery(value: str) -> tuple[DirectDeliveryRequest, list[str]]:
-    """Options are key/value pairs; anything missing or unknown takes the default."""
+    """Options are key/value pairs; anything missing or unknown takes the default.
+
+    A key followed by another key has no value (`auth tls tls1.3`): it takes the default and
+    reading goes on at that next key, which keeps its own value.
+    """
     tokens = [t for t in _DIRECT_SPLIT.split(value.lower()) if t]
     problems: list[str] = []
     version = DEFAULT_DIRECT_DELIVERY.tls_version
     i = 0
     while i < len(tokens):
         key = tokens[i]
-        arg = tokens[i + 1] if i + 1 < len(tokens) else None
-        if key == "tls":
-            parsed = TlsVersion.parse(arg)
-            if parsed is None:
-                problems.append(f"unknown tls value {_shown_word(arg)}; using tls1.2")
-            else:
-                version = parsed
-        elif key == "auth":
-            if arg != "certificate-validation":
-                problems.append(
-                    f"unknown auth value {_shown_word(arg)}; using certificate-validation"
-                )
-        else:
+        if key not in _DIRECT_KEYS:
             problems.append(f"unknown option {_shown_word(key)} ignored")
             i += 1
             continue
-        i += 2
+        arg = tokens[i + 1] if i + 1 < len(tokens) and tokens[i + 1] not in _DIRECT_KEYS else None
+        i += 1 if arg is None else 2
+        if key == "tls":
+            parsed = TlsVersion.parse(arg)
+            if arg is None:
+                problems.append("no value for tls; using tls1.2")
+            elif parsed is None:
+                problems.append(f"unknown tls value {_shown_word(arg)}; using tls1.2")
+            else:
+                version = parsed
+        elif arg is None:
+            problems.append("no value for auth; using certificate-validation")
+        elif arg != "certificate-validation":
+            problems.append(f"unknown auth value {_shown_word(arg)}; using certificate-validation")
     if not tokens:
         problems.append("no options; using tls1.2 + certificate-validation")
     return DirectDeliveryRequest(version, True), problems
