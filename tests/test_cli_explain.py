@@ -103,6 +103,8 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     bad_cfg.write_text(
         "organization: {domains: [a.example]}\npolicy: {transport_security_compliance: pkx}\n"
     )
+    no_domains = tmp_path / "no-domains.yaml"
+    no_domains.write_text("organization: {domains: []}\n")
     cases = [
         (("explain", str(junk), "--config", cfg), "not an email message"),
         (("explain", str(tmp_path / "missing.eml"), "--config", cfg), "cannot read"),
@@ -115,6 +117,7 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
             "not a valid address",
         ),
         (("check-config", str(bad_cfg)), "policy.transport_security_compliance"),
+        (("check-config", str(no_domains)), f"{no_domains}: organization.domains: required"),
     ]
     for args, fragment in cases:
         proc = run(*args)

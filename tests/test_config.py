@@ -57,6 +57,8 @@ def test_null_compliance_means_none(tmp_path: Path) -> None:
         ),
         ("organization: {name: x}\n", "organization.domains: required"),
         ("{}\n", "organization.domains: required"),
+        ("organization: {domains: []}\n", "organization.domains: required: list at least one"),
+        ("organization: {domains: null}\n", "organization.domains: required: list at least one"),
         ("organization: {domains: [a.example], color: red}\n", "organization.color: unknown key"),
         ("organization: {domains: [a.example]}\nmilterz: {}\n", "milterz: unknown key"),
         (

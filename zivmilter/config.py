@@ -41,6 +41,12 @@ def _domain_list(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _required_domain_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values:  # the one key without a default: an empty list is no answer either
+        raise ValueError("required: list at least one domain")
+    return _domain_list(values)
+
+
 def _address_or_domain_list(values: tuple[str, ...]) -> tuple[str, ...]:
     out = []
     for v in values:
@@ -136,7 +142,7 @@ def _check(fn: Callable[[Any], Any], doc: str = "") -> Any:
 
 @dataclass(frozen=True)
 class OrganizationConfig:
-    domains: tuple[str, ...] = field(metadata=_check(_domain_list, "our own domains"))
+    domains: tuple[str, ...] = field(metadata=_check(_required_domain_list, "our own domains"))
     name: str = "Example Organization"
     nta7516: bool = False
 
