@@ -105,6 +105,8 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     )
     no_domains = tmp_path / "no-domains.yaml"
     no_domains.write_text("organization: {domains: []}\n")
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("organization: {domains: [a.example]}\n" * 2)
     cases = [
         (("explain", str(junk), "--config", cfg), "not an email message"),
         (("explain", str(tmp_path / "missing.eml"), "--config", cfg), "cannot read"),
@@ -118,6 +120,10 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         ),
         (("check-config", str(bad_cfg)), "policy.transport_security_compliance"),
         (("check-config", str(no_domains)), f"{no_domains}: organization.domains: required"),
+        (
+            ("check-config", str(twice)),
+            f"{twice}: organization: duplicate key on line 2 (first given on line 1)",
+        ),
     ]
     for args, fragment in cases:
         proc = run(*args)
