@@ -186,3 +186,42 @@ def test_misplaced_secrets_are_never_printed(tmp_path: Path) -> None:
         "zivver-direct-delivery: 'tls ***': unknown tls value '***'; using tls1.2",
     ]
     assert "  - zivver-access-right: 'carol@oldmail.example ***'" in text.stdout
+
+
+def explain_with(tmp_path: Path, config: str, facts: str, to: str) -> dict:  # type: ignore[type-arg]
+    """One recipient's JSON from `explain --facts` with the given config and facts files."""
+    cfg, facts_file, message = tmp_path / "z.yaml", tmp_path / "facts.yaml", tmp_path / "m.eml"
+    cfg.write_text("organization: {domains: [hospital.example], nta7516: true}\n" + config)
+    facts_file.write_text(facts)
+    message.write_text(f"From: a@hospital.example\nTo: {to}\nSubject: x\n\nbody\n")
+    proc = run(
+        "explain", str(message), "--config", str(cfg), "--facts", str(facts_file), "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    (recipient,) = json.loads(proc.stdout)["recipients"]
+    return recipient  # type: ignore[no-any-return]
+
+
+def test_config_lists_count_on_top_of_the_facts_file(tmp_path: Path) -> None:
+    idd = explain_with(
+        tmp_path,
+        "idd: {domains: [hospital2.example]}\n",
+        "accounts: [bob@hospital2.example]\ntransport: {hospital2.example: pkix}\n",
+        "bob@hospital2.example",
+    )
+    assert (idd["rule"], idd["delivery"], idd["level"]) == ("A1", "direct", "pkix")
+    nta = explain_with(
+        tmp_path,
+        "nta7516: {domains: [care.example]}\n",
+        "transport: {care.example: dane}\n",
+        "x@care.example",
+    )
+    assert (nta["rule"], nta["delivery"], nta["level"]) == ("A2", "direct", "dane")
+    assert "nta7516.domains" in nta["reason"]
+    excluded = explain_with(
+        tmp_path,
+        "nta7516: {exclude: [care2.example]}\n",
+        "nta7516: [care2.example]\ntransport: {care2.example: dane}\n",
+        "y@care2.example",
+    )
+    assert (excluded["rule"], excluded["delivery"]) == ("A7", "notification")

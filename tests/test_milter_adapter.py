@@ -153,6 +153,30 @@ def test_encoded_access_code_is_stored_decoded(tmp_path: Path) -> None:
     store.close()
 
 
+def test_config_idd_counts_with_pinned_facts(tmp_path: Path) -> None:
+    # What `zivmilter run --facts FILE` serves: the config's idd.domains count, as in explain.
+    crypto.keygen(str(tmp_path / "k"))
+    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
+    ZivMilter.gateway = Gateway(
+        make_config(
+            {
+                "submission": {"any_address_of_own_domains": True},
+                "idd": {"domains": ["partner.example"]},
+            }
+        ),
+        facts_from_mapping(
+            {"accounts": ["bob@partner.example"], "transport": {"partner.example": "pkix"}}
+        ),
+        store,
+        Collecting(),
+        hostname="gw.test",
+    )
+    ctx = testctx.TestCtx()
+    assert run(ctx, ["bob@partner.example"]) == Milter.ACCEPT
+    assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"  # A1 with IDD met: direct
+    store.close()
+
+
 class Broken:
     def process(self, tx: Transaction) -> Plan:
         raise RuntimeError("disk on fire")
