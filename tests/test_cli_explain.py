@@ -103,6 +103,10 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     bad_cfg.write_text(
         "organization: {domains: [a.example]}\npolicy: {transport_security_compliance: pkx}\n"
     )
+    no_domains = tmp_path / "no-domains.yaml"
+    no_domains.write_text("organization: {domains: []}\n")
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("organization: {domains: [a.example]}\n" * 2)
     cases = [
         (("explain", str(junk), "--config", cfg), "not an email message"),
         (("explain", str(tmp_path / "missing.eml"), "--config", cfg), "cannot read"),
@@ -115,6 +119,11 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
             "not a valid address",
         ),
         (("check-config", str(bad_cfg)), "policy.transport_security_compliance"),
+        (("check-config", str(no_domains)), f"{no_domains}: organization.domains: required"),
+        (
+            ("check-config", str(twice)),
+            f"{twice}: organization: duplicate key on line 2 (first given on line 1)",
+        ),
     ]
     for args, fragment in cases:
         proc = run(*args)
@@ -145,3 +154,74 @@ def test_human_output_shows_submission_and_selection() -> None:
     assert proc.returncode == 0
     assert "Submission: " in proc.stdout and "Selected: yes" in proc.stdout
     assert "assumed a local client (127.0.0.1)" in proc.stdout
+
+
+LEAKY_MESSAGE = """\
+From: alice@hospital.example
+To: carol@oldmail.example, dave@oldmail.example
+zivver-access-right: carol@oldmail.example +31612345678
+zivver-access-right: sms +31687654321 dave@oldmail.example
+zivver-access-right: dave@oldmail.example access-code:s3cretcode
+zivver-direct-delivery: tls 0611112222
+Subject: x
+
+body
+"""
+
+
+def test_misplaced_secrets_are_never_printed(tmp_path: Path) -> None:
+    message = tmp_path / "leak.eml"
+    message.write_text(LEAKY_MESSAGE)
+    args = ("explain", str(message), "--config", str(EXAMPLES / "zivmilter.yaml"))
+    text, as_json = run(*args), run(*args, "--json")
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    for secret in ("31612345678", "31687654321", "s3cretcode", "0611112222"):
+        assert secret not in text.stdout and secret not in as_json.stdout
+    assert json.loads(as_json.stdout)["warnings"] == [
+        "zivver-access-right: 'carol@oldmail.example ***': "
+        "expected '<recipient> <method> <value>'",
+        "zivver-access-right: '***': the first word is not a valid recipient address",
+        "zivver-access-right: 'dave@oldmail.example ***': "
+        "expected '<recipient> <method> <value>'",
+        "zivver-direct-delivery: 'tls ***': unknown tls value '***'; using tls1.2",
+    ]
+    assert "  - zivver-access-right: 'carol@oldmail.example ***'" in text.stdout
+
+
+def explain_with(tmp_path: Path, config: str, facts: str, to: str) -> dict:  # type: ignore[type-arg]
+    """One recipient's JSON from `explain --facts` with the given config and facts files."""
+    cfg, facts_file, message = tmp_path / "z.yaml", tmp_path / "facts.yaml", tmp_path / "m.eml"
+    cfg.write_text("organization: {domains: [hospital.example], nta7516: true}\n" + config)
+    facts_file.write_text(facts)
+    message.write_text(f"From: a@hospital.example\nTo: {to}\nSubject: x\n\nbody\n")
+    proc = run(
+        "explain", str(message), "--config", str(cfg), "--facts", str(facts_file), "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    (recipient,) = json.loads(proc.stdout)["recipients"]
+    return recipient  # type: ignore[no-any-return]
+
+
+def test_config_lists_count_on_top_of_the_facts_file(tmp_path: Path) -> None:
+    idd = explain_with(
+        tmp_path,
+        "idd: {domains: [hospital2.example]}\n",
+        "accounts: [bob@hospital2.example]\ntransport: {hospital2.example: pkix}\n",
+        "bob@hospital2.example",
+    )
+    assert (idd["rule"], idd["delivery"], idd["level"]) == ("A1", "direct", "pkix")
+    nta = explain_with(
+        tmp_path,
+        "nta7516: {domains: [care.example]}\n",
+        "transport: {care.example: dane}\n",
+        "x@care.example",
+    )
+    assert (nta["rule"], nta["delivery"], nta["level"]) == ("A2", "direct", "dane")
+    assert "nta7516.domains" in nta["reason"]
+    excluded = explain_with(
+        tmp_path,
+        "nta7516: {exclude: [care2.example]}\n",
+        "nta7516: [care2.example]\ntransport: {care2.example: dane}\n",
+        "y@care2.example",
+    )
+    assert (excluded["rule"], excluded["delivery"]) == ("A7", "notification")

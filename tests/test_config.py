@@ -8,6 +8,7 @@ import pytest
 
 from zivmilter import config
 from zivmilter.errors import ConfigError
+from zivmilter.facts import load_facts
 from zivmilter.levels import Level
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "zivmilter.yaml"
@@ -57,6 +58,8 @@ def test_null_compliance_means_none(tmp_path: Path) -> None:
         ),
         ("organization: {name: x}\n", "organization.domains: required"),
         ("{}\n", "organization.domains: required"),
+        ("organization: {domains: []}\n", "organization.domains: required: list at least one"),
+        ("organization: {domains: null}\n", "organization.domains: required: list at least one"),
         ("organization: {domains: [a.example], color: red}\n", "organization.color: unknown key"),
         ("organization: {domains: [a.example]}\nmilterz: {}\n", "milterz: unknown key"),
         (
@@ -91,6 +94,19 @@ def test_null_compliance_means_none(tmp_path: Path) -> None:
             "transport.resolver: 'dns.example' is not a resolver address",
         ),
         ("organization: [\n", "not valid YAML (line"),
+        (
+            "organization: {domains: [a.example]}\norganization: {domains: [b.example]}\n",
+            "organization: duplicate key on line 2 (first given on line 1)",
+        ),
+        (
+            "organization: {domains: [a.example]}\npolicy:\n  methods:\n"
+            "    sms: true\n    sms: false\n",
+            "policy.methods.sms: duplicate key on line 5 (first given on line 4)",
+        ),
+        (
+            "organization: {domains: [a.example, a.example], domains: [b.example]}\n",
+            "organization.domains: duplicate key on line 1 (first given on line 1)",
+        ),
         ("- just\n- a list\n", "(top level): expected a mapping"),
     ],
 )
@@ -119,3 +135,22 @@ def test_submission_listeners(tmp_path: Path) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match=r"/nonexistent\.yaml: cannot read"):
         config.load("/nonexistent.yaml")
+
+
+def test_yaml_merge_keys_may_still_override(tmp_path: Path) -> None:
+    text = (
+        "organization: {domains: [a.example]}\n"
+        "submission:\n  listeners:\n"
+        "    a: &rules {spf: false, trusted_networks: []}\n"
+        "    b:\n      <<: *rules\n      spf: true\n"
+    )
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.submission.listeners["a"].spf is False
+    assert cfg.submission.listeners["b"].spf is True
+
+
+def test_facts_file_refuses_duplicate_keys(tmp_path: Path) -> None:
+    path = tmp_path / "facts.yaml"
+    path.write_text("accounts: [a@x.example]\ntransport: {}\naccounts: [b@x.example]\n")
+    with pytest.raises(ConfigError, match=r"facts\.yaml: accounts: duplicate key on line 3"):
+        load_facts(str(path))

@@ -8,6 +8,7 @@ from pathlib import Path
 from tests.fakes import make_config
 from tests.harness.cli import zivmilter
 from zivmilter import crypto
+from zivmilter.facts import with_config
 from zivmilter.livefacts import LiveFacts
 from zivmilter.store import SqliteStore
 
@@ -18,9 +19,8 @@ def test_idd_from_config_and_store_refreshed(tmp_path: Path) -> None:
     crypto.keygen(str(tmp_path / "k"))
     store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
     now = [0.0]
-    facts = LiveFacts(
-        make_config({"idd": {"domains": ["conf.example"]}}), store, None, lambda: now[0]
-    )
+    cfg = make_config({"idd": {"domains": ["conf.example"]}})
+    facts = with_config(LiveFacts(cfg, store, None, lambda: now[0]), cfg)
     assert facts.idd_enabled("conf.example") and not facts.idd_enabled("store.example")
     assert store.set_idd_domain("store.example", True)
     assert not store.set_idd_domain("store.example", True)  # already there

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import email
 import socket
+from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 
 import Milter
@@ -40,7 +42,7 @@ class Collecting:
         return ["250 2.0.0 Ok: queued" for _ in messages]
 
 
-def run(ctx: testctx.TestCtx, rcpts: list[str]) -> int:
+def run(ctx: testctx.TestCtx, rcpts: list[str], message: bytes = MESSAGE) -> int:
     """Drive the callbacks as libmilter would for one message.
 
     TestCtx's own _feedFile stops at the first answer other than CONTINUE, and the collecting
@@ -52,12 +54,12 @@ def run(ctx: testctx.TestCtx, rcpts: list[str]) -> int:
     ctx._negotiate()
     Milter.connect_callback(ctx, "localhost", socket.AF_INET, ("127.0.0.1", 2525))
     milter = ctx.getpriv()
-    ctx._msg = email.message_from_bytes(MESSAGE)
+    ctx._msg = email.message_from_bytes(message)
     assert milter.envfrom("<alice@hospital.example>") == Milter.CONTINUE
     for r in rcpts:
         milter.envrcpt(f"<{r}>")
     assert milter.data() == Milter.CONTINUE
-    head, _, body = MESSAGE.partition(b"\r\n\r\n")
+    head, _, body = message.partition(b"\r\n\r\n")
     for name, value in email.message_from_bytes(head + b"\r\n\r\n").items():
         milter.header(name, " " + value)  # leading space kept (P_HDR_LEADSPC)
     milter.eoh()
@@ -94,6 +96,84 @@ def test_plan_is_applied(tmp_path: Path) -> None:
     (note,) = sent.sent
     assert note.recipients == ("carol@oldmail.example",)
     assert isinstance(note.content, bytes) and b"SECRET BODY" not in note.content
+    store.close()
+
+
+def test_log_never_shows_a_misplaced_secret(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    crypto.keygen(str(tmp_path / "k"))
+    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
+    ZivMilter.gateway = Gateway(
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+        store,
+        Collecting(),
+        hostname="gw.test",
+    )
+    leaky = MESSAGE.replace(
+        b"carol@oldmail.example sms +31612345678",
+        b"carol@oldmail.example +31612345678\r\nzivver-access-right: sms +31687654321 carol",
+    )
+    caplog.set_level("INFO", logger="zivmilter")
+    assert run(testctx.TestCtx(), ["carol@oldmail.example"], leaky) in (
+        Milter.ACCEPT,
+        Milter.DISCARD,
+    )
+    assert "zivver-access-right: 'carol@oldmail.example ***'" in caplog.text
+    assert "zivver-access-right: '***'" in caplog.text
+    assert "31612345678" not in caplog.text and "31687654321" not in caplog.text
+    store.close()
+
+
+def test_encoded_access_code_is_stored_decoded(tmp_path: Path) -> None:
+    crypto.keygen(str(tmp_path / "k"))
+    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
+    ZivMilter.gateway = Gateway(
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+        store,
+        Collecting(),
+        hostname="gw.test",
+    )
+    # As an application using the email package sends it: the code becomes an encoded word.
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = "alice@hospital.example"
+    msg["To"] = "carol@oldmail.example"
+    msg["Message-ID"] = "<tulip@hospital.example>"
+    msg["zivver-access-right"] = "carol@oldmail.example access-code tülip"
+    msg.set_content("SECRET BODY")
+    message = msg.as_bytes()
+    assert b"=?utf-8?" in message
+    run(testctx.TestCtx(), ["carol@oldmail.example"], message)
+    (saved,) = store.find_messages("tulip@hospital.example")
+    (carol,) = store.recipients(saved.id)
+    assert carol.verification == "access_code" and carol.access_code_hash is not None
+    assert crypto.verify_secret(carol.access_code_hash, "tülip")
+    store.close()
+
+
+def test_config_idd_counts_with_pinned_facts(tmp_path: Path) -> None:
+    # What `zivmilter run --facts FILE` serves: the config's idd.domains count, as in explain.
+    crypto.keygen(str(tmp_path / "k"))
+    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
+    ZivMilter.gateway = Gateway(
+        make_config(
+            {
+                "submission": {"any_address_of_own_domains": True},
+                "idd": {"domains": ["partner.example"]},
+            }
+        ),
+        facts_from_mapping(
+            {"accounts": ["bob@partner.example"], "transport": {"partner.example": "pkix"}}
+        ),
+        store,
+        Collecting(),
+        hostname="gw.test",
+    )
+    ctx = testctx.TestCtx()
+    assert run(ctx, ["bob@partner.example"]) == Milter.ACCEPT
+    assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"  # A1 with IDD met: direct
     store.close()
 
 

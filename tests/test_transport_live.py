@@ -15,6 +15,7 @@ import pytest
 from zivmilter import config as config_mod
 from zivmilter import defaults
 from zivmilter.config import Config
+from zivmilter.facts import with_config
 from zivmilter.levels import Level, TlsVersion
 from zivmilter.transport.cache import TransportCache, db_path
 from zivmilter.transport.live import TransportFacts
@@ -204,7 +205,8 @@ def test_nta7516(tmp_path: Path, clock: Clock) -> None:
     prober.nta["declared.example"] = NtaLookup((NTA,), True)
     prober.nta["declared-but-excluded.example"] = NtaLookup((NTA,), True)
     prober.nta["unsigned.example"] = NtaLookup((NTA,), False)
-    with _facts(cfg, prober, clock) as facts:
+    with _facts(cfg, prober, clock) as live:
+        facts = with_config(live, cfg)  # the config's lists go on top, as for the milter
         fact = facts.nta7516("declared.example")
         assert fact.compliant and fact.mx == ("nta-mx.example",)
         assert not facts.nta7516("declared-but-excluded.example").compliant

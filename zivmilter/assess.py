@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from . import directives as directive_parser
 from .config import Config
 from .directives import Directives
-from .facts import Facts
+from .facts import Facts, with_config
 from .message import Headers, build_envelope
 from .policy import Decision, Delivery, Envelope, Method, RecipientDecision, decide
 from .selection import Selection, select
@@ -41,7 +41,10 @@ def assess(
     chosen = select(cfg.selection, headers, envelope.sender)
     if not chosen.selected:
         return Assessment(envelope, found, pass_through(envelope, found, chosen), chosen)
-    return Assessment(envelope, found, decide(envelope, found, cfg, facts), chosen)
+    # The configuration's IDD and NTA 7516 lists count whatever the facts source (pinned, live).
+    return Assessment(
+        envelope, found, decide(envelope, found, cfg, with_config(facts, cfg)), chosen
+    )
 
 
 def pass_through(envelope: Envelope, found: Directives, chosen: Selection) -> Decision:
@@ -52,4 +55,3 @@ def pass_through(envelope: Envelope, found: Directives, chosen: Selection) -> De
         for address in envelope.recipients
     )
     return Decision(entries, tuple(str(issue) for issue in found.issues))
-

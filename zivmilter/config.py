@@ -1,4 +1,5 @@
-"""Configuration: one YAML file, read once with `yaml.safe_load`, validated into frozen objects.
+"""Configuration: one YAML file, read once with a strict `yaml.safe_load` (duplicate keys refused),
+validated into frozen objects.
 
 The schema *is* the dataclasses below: a small walker checks every key against their type hints,
 so an unknown key or a bad value is an error naming the file and the key path. Defaults come from
@@ -39,6 +40,12 @@ def _domain_list(values: tuple[str, ...]) -> tuple[str, ...]:
         if d not in out:
             out.append(d)
     return tuple(out)
+
+
+def _required_domain_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values:  # the one key without a default: an empty list is no answer either
+        raise ValueError("required: list at least one domain")
+    return _domain_list(values)
 
 
 def _address_or_domain_list(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -136,7 +143,7 @@ def _check(fn: Callable[[Any], Any], doc: str = "") -> Any:
 
 @dataclass(frozen=True)
 class OrganizationConfig:
-    domains: tuple[str, ...] = field(metadata=_check(_domain_list, "our own domains"))
+    domains: tuple[str, ...] = field(metadata=_check(_required_domain_list, "our own domains"))
     name: str = "Example Organization"
     nta7516: bool = False
 
@@ -428,11 +435,56 @@ def from_mapping(data: Any, source: str = "<memory>", base_dir: str | None = Non
     return dataclasses.replace(cfg, source=source)
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, except that a key given twice in one mapping is an error: PyYAML keeps
+    the last one silently, and an admin's second `organization:` block would quietly replace the
+    first. Each node's key path is noted on the way down, for the error."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._paths: dict[int, str] = {}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        prefix = self._paths.get(id(node), "")
+        first_line: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` merges; keys given beside it override on purpose
+            key = self.construct_object(key_node, deep=True)
+            path = f"{prefix}.{key}" if prefix else str(key)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_line:
+                    raise _DuplicateKey(path, line, first_line[key])
+                first_line[key] = line
+            except TypeError:
+                continue  # an unhashable key: the constructor below reports it
+            self._paths.setdefault(id(value_node), path)
+        return super().construct_mapping(node, deep)
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> list[Any]:
+        prefix = self._paths.get(id(node), "")
+        for i, child in enumerate(node.value):
+            self._paths.setdefault(id(child), f"{prefix}[{i}]")
+        return super().construct_sequence(node, deep)
+
+
 def read_yaml(path: str) -> Any:
-    """A YAML file's data (safe_load); a ConfigError names the file and, for bad YAML, where."""
+    """A YAML file's data (safe_load, but a duplicate key is an error); a ConfigError names the
+    file and, for bad YAML, where."""
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = yaml.load(fh, Loader=_StrictLoader)  # a SafeLoader: safe_load plus one check
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            path, exc.key, f"duplicate key on line {exc.line} (first given on line {exc.first})"
+        ) from None
     except OSError as exc:
         raise ConfigError(path, None, f"cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

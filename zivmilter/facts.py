@@ -2,8 +2,10 @@
 
 The core never looks anything up itself: it asks a `Facts` object. `StaticFacts` is read from a
 YAML facts file (tests, `explain`, admins who pin answers); the milter's live provider answers
-from the store and the transport prober's cache. Answers must be fast and never raise for an
-unknown domain or address: unknown means the safe side (no account, level `none`).
+from the store and the transport prober's cache. `ConfiguredFacts` puts the configuration's own
+lists (`idd.domains`, `nta7516.domains`/`exclude`) on top of either, for every caller alike.
+Answers must be fast and never raise for an unknown domain or address: unknown means the safe
+side (no account, level `none`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .addresses import normalize_address, normalize_domain
-from .config import read_yaml
+from .config import Config, Nta7516Config, read_yaml
 from .errors import ConfigError, MessageError
 from .levels import Level, TlsVersion
 
@@ -88,6 +90,57 @@ class StaticFacts:
     def is_active_sender(self, address: str) -> bool | None:
         """Listed under `senders`: active; otherwise unknown (the file has no disabled ones)."""
         return True if address in self.senders else None
+
+
+def nta_from_config(domain: str, lists: Nta7516Config) -> NtaFact | None:
+    """The admin's own answer for a domain, exclusion first; None when neither list names it."""
+    if domain in lists.exclude:
+        return NtaFact(False, "excluded in the configuration (nta7516.exclude)")
+    if domain in lists.domains:
+        return NtaFact(True, "listed in the configuration (nta7516.domains)")
+    return None
+
+
+class ConfiguredFacts:
+    """A facts source (pinned or live) with the configuration's lists on top: a domain in
+    `idd.domains` has IDD; `nta7516.exclude` and then `nta7516.domains` answer before the source.
+    The one place these lists apply, so that `explain`, `run --facts` and `run` decide alike."""
+
+    def __init__(self, source: Facts, cfg: Config) -> None:
+        self.source = source
+        self.cfg = cfg
+        self._idd = frozenset(cfg.idd.domains)
+        self._nta = cfg.nta7516
+        self._nta_named = frozenset(cfg.nta7516.domains) | frozenset(cfg.nta7516.exclude)
+
+    def has_account(self, address: str) -> bool:
+        return self.source.has_account(address)
+
+    def idd_enabled(self, domain: str) -> bool:
+        return domain in self._idd or self.source.idd_enabled(domain)
+
+    def transport(self, domain: str) -> TransportFact:
+        return self.source.transport(domain)
+
+    def nta7516(self, domain: str) -> NtaFact:
+        if domain in self._nta_named:
+            answer = nta_from_config(domain, self._nta)
+            if answer is not None:
+                return answer
+        return self.source.nta7516(domain)
+
+    def contact(self, address: str) -> Contact | None:
+        return self.source.contact(address)
+
+    def odd_listed(self, domain: str) -> bool:
+        return self.source.odd_listed(domain)
+
+
+def with_config(facts: Facts, cfg: Config) -> Facts:
+    """`facts` with `cfg`'s lists on top (see ConfiguredFacts); already done: as it is."""
+    if isinstance(facts, ConfiguredFacts) and facts.cfg is cfg:
+        return facts
+    return ConfiguredFacts(facts, cfg)
 
 
 _UNKNOWN_TRANSPORT = TransportFact(Level.NONE, None, "no transport facts for this domain")

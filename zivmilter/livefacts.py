@@ -1,5 +1,6 @@
-"""The milter's live facts: accounts and the contact book from the store, transport levels,
-NTA 7516 and ODD lists from the prober's cache, IDD and NTA lists from the configuration.
+"""The milter's live facts: accounts, the contact book and `zivmilter idd` domains from the
+store, transport levels, NTA 7516 records and ODD lists from the prober's cache. The
+configuration's IDD and NTA 7516 lists go on top in facts.ConfiguredFacts, as for pinned facts.
 
 Every answer is local and fast; what is unknown is the safe side (no account, level `none`).
 """
@@ -35,11 +36,8 @@ class LiveFacts:
         self.store = store
         self.source = transport
         self.clock = clock
-        self.idd_config = frozenset(cfg.idd.domains)
-        self._idd = self.idd_config
+        self._idd: frozenset[str] = frozenset()
         self._idd_read = float("-inf")
-        self.nta_listed = frozenset(cfg.nta7516.domains)
-        self.nta_excluded = frozenset(cfg.nta7516.exclude)
 
     def has_account(self, address: str) -> bool:
         return self.store.has_account(address)
@@ -47,7 +45,7 @@ class LiveFacts:
     def idd_enabled(self, domain: str) -> bool:
         now = self.clock()
         if now - self._idd_read > defaults.IDD_REFRESH_SECONDS:  # the admins' list, kept fresh
-            self._idd = self.idd_config | frozenset(self.store.idd_domains())
+            self._idd = frozenset(self.store.idd_domains())
             self._idd_read = now
         return domain in self._idd
 
@@ -55,10 +53,6 @@ class LiveFacts:
         return self.source.transport(domain) if self.source is not None else _UNKNOWN
 
     def nta7516(self, domain: str) -> NtaFact:
-        if domain in self.nta_excluded:
-            return NtaFact(False, "excluded by nta7516.exclude")
-        if domain in self.nta_listed:
-            return NtaFact(True, "listed in nta7516.domains")
         if self.source is None:
             return NtaFact(False, "no NTA 7516 record checked")
         return self.source.nta7516(domain)

@@ -9,7 +9,7 @@ from typing import Any
 from . import config as config_mod
 from . import crypto, logsetup
 from .errors import StoreError
-from .facts import Facts, StaticFacts, load_facts
+from .facts import Facts, StaticFacts, load_facts, with_config
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -43,13 +43,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise StoreError(f"{cfg.store.path}: cannot create the store folder: {exc}") from None
     store = SqliteStore.open(cfg.store.path, kek)
-    facts: Facts = (
+    source: Facts = (
         load_facts(args.facts) if args.facts else LiveFacts(cfg, store, _transport_source(cfg))
     )
+    # The config's IDD and NTA 7516 lists on top, once here rather than per message (assess.py
+    # would add them otherwise): pinned and live facts alike, as `explain` does.
+    facts = with_config(source, cfg)
     reinjector = SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout)
     # Sender accounts: the facts file's `senders` with --facts, else the store's accounts.
     senders: SenderAccounts = (
-        facts if isinstance(facts, StaticFacts) else StoreSenderAccounts(store)
+        source if isinstance(source, StaticFacts) else StoreSenderAccounts(store)
     )
     spf = PySpfChecker.from_config(cfg) if cfg.submission.spf else None
     gateway = Gateway(cfg, facts, store, reinjector, spf=spf, senders=senders)

@@ -79,8 +79,6 @@ class TransportFacts:
         self._probe = prober or Prober(config.transport, clock=clock)
         self._cache = TransportCache(db_path(config))
         self._odd = OddLists(config, clock)
-        self._nta_add = frozenset(config.nta7516.domains)
-        self._nta_exclude = frozenset(config.nta7516.exclude)
         self._entries: dict[str, _Entry] = {}
         self._used: dict[str, float] = {}
         self._inflight: dict[str, concurrent.futures.Future[_Entry | None]] = {}
@@ -129,13 +127,10 @@ class TransportFacts:
         return entry.fact
 
     def nta7516(self, domain: str) -> NtaFact:
+        # The domain's own record; the configuration's lists go on top in facts.ConfiguredFacts.
         name = _normalized(domain)
         if name is None:
             return _BAD_NAME_NTA
-        if name in self._nta_exclude:
-            return NtaFact(False, "excluded in the configuration (nta7516.exclude)")
-        if name in self._nta_add:
-            return NtaFact(True, "listed in the configuration (nta7516.domains)")
         entry = self._lookup(name)
         if entry is None:
             return _PENDING_NTA

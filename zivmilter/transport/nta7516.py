@@ -14,7 +14,7 @@ from datetime import date
 
 from ..addresses import normalize_domain
 from ..config import Nta7516Config
-from ..facts import NtaFact
+from ..facts import NtaFact, nta_from_config
 from .model import NtaLookup
 
 VERSION = "NTA7516-1"
@@ -118,8 +118,5 @@ def judge(found: NtaRecord | str, today: date) -> NtaFact:
 
 def evaluate(domain: str, found: NtaRecord | str, config: Nta7516Config, today: date) -> NtaFact:
     """The admin's lists first (exclusion wins), then the domain's own record."""
-    if domain in config.exclude:
-        return NtaFact(False, "excluded in the configuration (nta7516.exclude)")
-    if domain in config.domains:
-        return NtaFact(True, "listed in the configuration (nta7516.domains)")
-    return judge(found, today)
+    listed = nta_from_config(domain, config)
+    return listed if listed is not None else judge(found, today)
