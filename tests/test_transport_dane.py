@@ -73,6 +73,17 @@ def test_dane_ta_checks_the_name() -> None:
     assert not outcome.valid and "does not verify" in outcome.reason
 
 
+def test_dane_ta_accepts_the_cname_expansion_of_the_mx_name() -> None:
+    # MX host mx.alias.example is a CNAME for HOST, the only name in the certificate.
+    record = rec(tlsa_rdata(CHAIN[1], 2, 0, 1))
+    assert not dane.check([record], CHAIN, "mx.alias.example", NOW).valid
+    outcome = dane.check([record], CHAIN, "mx.alias.example", NOW, other_names=(HOST,))
+    assert outcome.valid, outcome.reason
+    # ...and the other way round: the certificate may name the original MX host.
+    outcome = dane.check([record], CHAIN, HOST, NOW, other_names=("mx.target.example",))
+    assert outcome.valid, outcome.reason
+
+
 def test_dane_ta_checks_expiry() -> None:
     expired = INTERMEDIATE.issue_cert(
         HOST, not_before=NOW - timedelta(days=30), not_after=NOW - timedelta(days=1)

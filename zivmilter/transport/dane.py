@@ -56,9 +56,18 @@ def _matches(record: TlsaRecord, cert_der: bytes) -> bool:
 
 
 def check(
-    records: Sequence[TlsaRecord], chain: Sequence[bytes], host: str, now: datetime
+    records: Sequence[TlsaRecord],
+    chain: Sequence[bytes],
+    host: str,
+    now: datetime,
+    *,
+    other_names: Sequence[str] = (),
 ) -> DaneOutcome:
-    """Does any usable record match the presented chain (leaf first) for MX host `host`?"""
+    """Does any usable record match the presented chain (leaf first) for MX host `host`?
+
+    `other_names` are further reference identifiers for DANE-TA name checks: the CNAME
+    expansion of the MX host name (RFC 7672 3.2.2).
+    """
     good = [r for r in records if usable(r)]
     if not records:
         return DaneOutcome(False, "no TLSA records")
@@ -79,10 +88,13 @@ def check(
         for anchor in chain[1:]:
             if not _matches(record, anchor):
                 continue
-            problem = _verify_below(anchor, chain, host, now)
+            names = (host, *other_names)
+            problem = _verify_below(anchor, chain, names, now)
             if problem is None:
                 return DaneOutcome(
-                    True, f"TLSA {_short(record)} matches a CA of the chain, valid for {host}"
+                    True,
+                    f"TLSA {_short(record)} matches a CA of the chain, valid for "
+                    + " or ".join(names),
                 )
             problems.append(f"TLSA {_short(record)} matches a CA but {problem}")
     if problems:
@@ -95,9 +107,9 @@ def _short(record: TlsaRecord) -> str:
 
 
 def _verify_below(
-    anchor_der: bytes, chain: Sequence[bytes], host: str, now: datetime
+    anchor_der: bytes, chain: Sequence[bytes], names: Sequence[str], now: datetime
 ) -> str | None:
-    """None when the leaf chains up to `anchor_der` and names `host`; else the problem."""
+    """None when the leaf chains up to `anchor_der` and names one of `names`; else the problem."""
     try:
         certs = [x509.load_der_x509_certificate(c) for c in chain]
         anchor = x509.load_der_x509_certificate(anchor_der)
@@ -111,15 +123,18 @@ def _verify_below(
     ee_policy = verification.ExtensionPolicy.permit_all().require_present(
         x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None
     )
-    try:
-        verifier = (
-            verification.PolicyBuilder()
-            .store(verification.Store([anchor]))
-            .time(now)
-            .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
-            .build_server_verifier(x509.DNSName(host))
-        )
-        verifier.verify(certs[0], certs[1:])
-    except (verification.VerificationError, ValueError) as exc:
-        return f"the chain does not verify: {exc}"
-    return None
+    builder = (
+        verification.PolicyBuilder()
+        .store(verification.Store([anchor]))
+        .time(now)
+        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
+    )
+    problem = "no reference name"
+    for name in names:
+        try:
+            builder.build_server_verifier(x509.DNSName(name)).verify(certs[0], certs[1:])
+        except (verification.VerificationError, ValueError) as exc:
+            problem = f"the chain does not verify: {exc}"
+            continue
+        return None
+    return problem
