@@ -129,8 +129,14 @@ class DomainResult:
 
     @property
     def failed(self) -> bool:
-        """Cached with the failure TTL: nothing usable, or some step went wrong."""
-        return self.level is Level.NONE or any(h.error for h in self.mx)
+        """Cached with the failure TTL: nothing usable, or some step went wrong.
+
+        A failed NTA 7516 TXT lookup counts too: it says nothing about the domain's
+        compliance, and rule 2 would be judged on that non-answer until the entry expires.
+        """
+        return (
+            self.level is Level.NONE or any(h.error for h in self.mx) or self.nta.error is not None
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The cache's stored form; commands.py picks the published keys from it."""
