@@ -441,19 +441,25 @@ def test_cli_probe_json(world: dict[str, Any]) -> None:
     done = _cli("probe", "multi.example", "--config", str(config_file), "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert set(out) == {"domain", "level", "checked_at", "cached", "mx", "nta7516"}
+    assert set(out) == {"domain", "level", "reason", "checked_at", "cached", "mx", "nta7516"}
     assert out["level"] == "tls" and out["cached"] is False
     assert set(out["mx"][0]) == {
         "host", "preference", "addresses", "starttls", "tls_version", "pkix_valid",
-        "pkix_error", "dnssec", "tlsa", "dane_valid", "error",
+        "pkix_error", "dnssec", "tlsa", "dane_valid", "error", "level", "reason",
     }
+    assert out["mx"][0]["dnssec"] == {"mx": True, "address": True, "tlsa": True}
     assert [m["host"] for m in out["mx"]] == [
         "mx1.multi.example", "mx2.multi.example", "mx3.multi.example",
     ]
+    # Which MX decided the level, and why: the admin's question.
+    assert [m["level"] for m in out["mx"]] == ["dane", "pane", "tls"]
+    assert out["reason"].startswith("weakest of 3 MX hosts is mx3.multi.example")
+    assert "certificate not CA-valid" in out["mx"][2]["reason"]
     again = json.loads(
         _cli("probe", "multi.example", "--json", "--config", str(config_file)).stdout
     )
     assert again["cached"] is True and again["level"] == "tls"
+    assert again["reason"] == out["reason"] and again["mx"] == out["mx"]  # the cache keeps them
     text = _cli("probe", "multi.example", "--config", str(config_file), "--no-cache")
     assert text.returncode == 0 and "multi.example: tls" in text.stdout
     assert "probed now" in text.stdout

@@ -96,6 +96,8 @@ class HostResult:
             "tlsa": [str(r) for r in self.tlsa],
             "dane_valid": self.dane_valid,
             "error": self.error,
+            "level": self.level.value,
+            "reason": self.reason,
         }
 
 
@@ -146,7 +148,7 @@ class DomainResult:
             "tls_version": self.tls_version.value if self.tls_version else None,
             "reason": self.reason,
             "checked_at": self.checked_at,
-            "mx": [h.to_json() | {"level": h.level.value, "reason": h.reason} for h in self.mx],
+            "mx": [h.to_json() for h in self.mx],
             "nta": self.nta.to_json(),
         }
 
