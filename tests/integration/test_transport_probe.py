@@ -19,7 +19,7 @@ import pytest
 import trustme
 
 from tests.harness.cli import zivmilter
-from tests.harness.dns import SelfSigned, TestDns, Zone, shared_dns, tlsa_rdata
+from tests.harness.dns import PrivateChain, SelfSigned, TestDns, Zone, shared_dns, tlsa_rdata
 from tests.harness.sink import Sink, server_tls_context
 from zivmilter import config as config_mod
 from zivmilter.levels import Level, TlsVersion
@@ -64,6 +64,7 @@ TA_LEAF = INTERMEDIATE.issue_cert("mx.danta.example")
 TA_WRONG_NAME = INTERMEDIATE.issue_cert("other.danta-wrong.example")
 INTERMEDIATE_DER = ssl.PEM_cert_to_DER_cert(INTERMEDIATE.cert_pem.bytes().decode())
 SELF_PROVIDER = SelfSigned("mx.provider.example")
+CN_ONLY = PrivateChain("mx.dantacn.example")  # DANE-TA leaf with a subject CN and no SAN
 
 SERVERS = {
     "mx.dane.example": Server("127.0.4.11", SELF_DANE),
@@ -83,6 +84,7 @@ SERVERS = {
     "mx3.multi.example": Server("127.0.4.23", SELF_MULTI3),
     "mx.bogus.example": Server("127.0.4.24", _leaf("mx.bogus.example")),
     "mx.unsignedhost.example": Server("127.0.4.25", _leaf("mx.unsignedhost.example")),
+    "mx.dantacn.example": Server("127.0.4.29", CN_ONLY),
     # CNAME targets of MX hosts (RFC 7672 2.2.3), in the signed zone provider.example.
     "mx.provider.example": Server("127.0.4.26", SELF_PROVIDER),
     "mxta.provider.example": Server("127.0.4.27", INTERMEDIATE.issue_cert("mxta.provider.example")),
@@ -110,6 +112,10 @@ ZONES = [
     Zone("danta-wrong.example", signed=True, records=[
         "@ MX 10 mx", _a("mx.danta-wrong.example"),
         f"_25._tcp.mx TLSA {tlsa_rdata(INTERMEDIATE_DER, 2, 0, 1)}",
+    ]),
+    Zone("dantacn.example", signed=True, records=[
+        "@ MX 10 mx", _a("mx.dantacn.example"),
+        f"_25._tcp.mx TLSA {tlsa_rdata(CN_ONLY.ca_der, 2, 0, 1)}",
     ]),
     Zone("pane.example", signed=True, records=["@ MX 10 mx", _a("mx.pane.example")]),
     Zone("pkix.example", records=["@ MX 10 mx", _a("mx.pkix.example")]),
@@ -218,6 +224,7 @@ def probe(world: dict[str, Any], domain: str) -> DomainResult:
     [
         ("dane.example", Level.DANE),  # DANE-EE 3 1 1 on a self-signed cert: no CA needed
         ("danta.example", Level.DANE),  # DANE-TA 2 0 1 on the presented intermediate
+        ("dantacn.example", Level.DANE),  # DANE-TA, leaf names the host in its CN only
         ("pane.example", Level.PANE),  # signed MX + CA cert, no TLSA
         ("pkix.example", Level.PKIX),  # unsigned MX + CA cert
         ("selfsigned.example", Level.TLS),

@@ -2,7 +2,8 @@
 
 DANE-EE(3) matches the leaf alone, names and dates ignored. DANE-TA(2) matches an issuer the
 server presented, and the chain from there down to the leaf must verify for the MX host name
-(cryptography's verifier, with that issuer as the only trust anchor). PKIX-TA(0) and PKIX-EE(1)
+(cryptography's verifier, with that issuer as the only trust anchor); a leaf without DNS
+subjectAltNames is checked by its subject CN (RFC 7672 3.2.3). PKIX-TA(0) and PKIX-EE(1)
 are unusable for SMTP. probe.py calls `check` once per connection.
 """
 
@@ -15,6 +16,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
+from cryptography.x509.oid import NameOID
 
 from .model import DaneOutcome, TlsaRecord
 
@@ -120,21 +122,53 @@ def _verify_below(
     ca_policy = verification.ExtensionPolicy.permit_all().require_present(
         x509.BasicConstraints, verification.Criticality.AGNOSTIC, None
     )
+    builder = verification.PolicyBuilder().store(verification.Store([anchor])).time(now)
+    leaf, intermediates = certs[0], certs[1:]
+    try:
+        sans = _dns_sans(leaf)
+    except ValueError as exc:  # a malformed extension: no name fallback around it
+        return f"the server's certificate cannot be parsed ({exc})"
+    if not sans:
+        # RFC 7672 3.2.3: without DNS-ID subjectAltNames the subject CN is the name to check.
+        # cryptography's server verifier insists on a SAN, so verify the chain with no name
+        # (a client verifier, extension rules off for the leaf) and compare the CN here.
+        try:
+            builder.extension_policies(
+                ca_policy=ca_policy, ee_policy=verification.ExtensionPolicy.permit_all()
+            ).build_client_verifier().verify(leaf, intermediates)
+        except (verification.VerificationError, ValueError) as exc:
+            return f"the chain does not verify: {exc}"
+        cns = [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if any(_cn_matches(cn, name) for cn in cns for name in names):
+            return None
+        return f"the certificate (no subjectAltName) has CN {', '.join(cns) or 'none'}"
     ee_policy = verification.ExtensionPolicy.permit_all().require_present(
         x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None
     )
-    builder = (
-        verification.PolicyBuilder()
-        .store(verification.Store([anchor]))
-        .time(now)
-        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
-    )
+    builder = builder.extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
     problem = "no reference name"
     for name in names:
         try:
-            builder.build_server_verifier(x509.DNSName(name)).verify(certs[0], certs[1:])
+            builder.build_server_verifier(x509.DNSName(name)).verify(leaf, intermediates)
         except (verification.VerificationError, ValueError) as exc:
             problem = f"the chain does not verify: {exc}"
             continue
         return None
     return problem
+
+
+def _dns_sans(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return san.value.get_values_for_type(x509.DNSName)
+
+
+def _cn_matches(cn: str, name: str) -> bool:
+    """A CN names `name`: equal ignoring case, or `*.` standing for exactly its first label."""
+    cn, name = cn.lower().rstrip("."), name.lower().rstrip(".")
+    if cn.startswith("*."):
+        first, dot, rest = name.partition(".")
+        return bool(first) and bool(dot) and rest == cn[2:] and "." in rest
+    return cn == name
