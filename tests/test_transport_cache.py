@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -65,3 +66,13 @@ def test_ttls() -> None:
         (HostResult("mx", 10, level=Level.PKIX, error="TLSA lookup failed: SERVFAIL"),),
     )
     assert ttl_for(errored, cfg) == 10
+
+
+def test_failed_nta_lookup_takes_the_failure_ttl() -> None:
+    # The MX is fine, but the apex TXT lookup timed out: compliance is unknown, ask again soon.
+    cfg = TransportConfig(cache_ttl_success=100, cache_ttl_failure=10)
+    nta_timeout = dataclasses.replace(RESULT, nta=NtaLookup(error="TXT partner.example: timeout"))
+    assert nta_timeout.failed
+    assert ttl_for(nta_timeout, cfg) == 10
+    no_record = dataclasses.replace(RESULT, nta=NtaLookup((), True))  # an answer: none published
+    assert ttl_for(no_record, cfg) == 100

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import trustme
 
-from tests.harness.dns import SelfSigned, tlsa_rdata
+from tests.harness.dns import PrivateChain, SelfSigned, tlsa_rdata
 from zivmilter.transport import dane
 from zivmilter.transport.model import TlsaRecord
 
@@ -70,6 +70,49 @@ def test_dane_ta_on_the_presented_intermediate(selector: int, mtype: int) -> Non
 def test_dane_ta_checks_the_name() -> None:
     record = rec(tlsa_rdata(CHAIN[1], 2, 0, 1))
     outcome = dane.check([record], CHAIN, "mx2.partner.example", NOW)
+    assert not outcome.valid and "does not verify" in outcome.reason
+
+
+def test_dane_ta_accepts_the_cname_expansion_of_the_mx_name() -> None:
+    # MX host mx.alias.example is a CNAME for HOST, the only name in the certificate.
+    record = rec(tlsa_rdata(CHAIN[1], 2, 0, 1))
+    assert not dane.check([record], CHAIN, "mx.alias.example", NOW).valid
+    outcome = dane.check([record], CHAIN, "mx.alias.example", NOW, other_names=(HOST,))
+    assert outcome.valid, outcome.reason
+    # ...and the other way round: the certificate may name the original MX host.
+    outcome = dane.check([record], CHAIN, HOST, NOW, other_names=("mx.target.example",))
+    assert outcome.valid, outcome.reason
+
+
+@pytest.mark.parametrize(
+    ("cn", "host", "valid"),
+    [
+        ("mx.partner.example", "mx.partner.example", True),
+        ("MX.Partner.Example", "mx.partner.example", True),
+        ("*.partner.example", "mx.partner.example", True),
+        ("*.partner.example", "a.mx.partner.example", False),  # one label only
+        ("*.example", "partner.example", False),
+        ("mx.partner.example", "mx2.partner.example", False),
+    ],
+)
+def test_dane_ta_leaf_without_san_is_checked_by_its_cn(cn: str, host: str, valid: bool) -> None:
+    c = PrivateChain(cn)
+    outcome = dane.check([rec(tlsa_rdata(c.ca_der, 2, 0, 1))], [c.leaf_der, c.ca_der], host, NOW)
+    assert outcome.valid is valid, outcome.reason
+
+
+def test_dane_ta_cn_only_leaf_still_needs_a_valid_chain() -> None:
+    expired = PrivateChain(HOST, days=-1)
+    record = rec(tlsa_rdata(expired.ca_der, 2, 0, 1))
+    assert not dane.check([record], [expired.leaf_der, expired.ca_der], HOST, NOW).valid
+    one, other = PrivateChain(HOST), PrivateChain(HOST)  # other's leaf, one's CA: no chain
+    record = rec(tlsa_rdata(one.ca_der, 2, 0, 1))
+    assert not dane.check([record], [other.leaf_der, one.ca_der], HOST, NOW).valid
+
+
+def test_dane_ta_with_a_san_ignores_the_cn() -> None:
+    c = PrivateChain(HOST, san=["other.partner.example"])
+    outcome = dane.check([rec(tlsa_rdata(c.ca_der, 2, 0, 1))], [c.leaf_der, c.ca_der], HOST, NOW)
     assert not outcome.valid and "does not verify" in outcome.reason
 
 

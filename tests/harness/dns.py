@@ -110,6 +110,70 @@ class SelfSigned:
             ctx.load_cert_chain(fh.name)
 
 
+class PrivateChain:
+    """A leaf signed by a private CA of its own, subject CN=`cn`, with a DNS SAN only if given.
+
+    For DANE-TA(2) cases trustme cannot make (its leaves always carry a SAN); the server presents
+    leaf + CA, so a TLSA record can name the CA. Offers `configure_cert(ctx)` like SelfSigned.
+    """
+
+    def __init__(self, cn: str, *, san: Sequence[str] | None = None, days: int = 30) -> None:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        leaf_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Private Mail CA")])
+        now = datetime.now(UTC)
+
+        def base(subject: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+            return (
+                x509.CertificateBuilder()
+                .subject_name(subject)
+                .issuer_name(ca_name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(days=2))
+                .not_valid_after(now + timedelta(days=days))
+            )
+
+        ca = (
+            base(ca_name, ca_key)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        builder = (
+            base(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]), leaf_key)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+        )
+        if san is not None:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in san]), critical=False
+            )
+        leaf = builder.sign(ca_key, hashes.SHA256())
+        self.ca_der = ca.public_bytes(serialization.Encoding.DER)
+        self.leaf_der = leaf.public_bytes(serialization.Encoding.DER)
+        self._pem = (
+            leaf.public_bytes(serialization.Encoding.PEM)
+            + ca.public_bytes(serialization.Encoding.PEM)
+            + leaf_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+    def configure_cert(self, ctx: ssl.SSLContext) -> None:
+        with tempfile.NamedTemporaryFile(suffix=".pem") as fh:
+            fh.write(self._pem)
+            fh.flush()
+            ctx.load_cert_chain(fh.name)
+
+
 def _tool(name: str) -> str:
     found = shutil.which(name) or f"/usr/sbin/{name}"
     return found

@@ -19,7 +19,7 @@ import pytest
 import trustme
 
 from tests.harness.cli import zivmilter
-from tests.harness.dns import SelfSigned, TestDns, Zone, shared_dns, tlsa_rdata
+from tests.harness.dns import PrivateChain, SelfSigned, TestDns, Zone, shared_dns, tlsa_rdata
 from tests.harness.sink import Sink, server_tls_context
 from zivmilter import config as config_mod
 from zivmilter.levels import Level, TlsVersion
@@ -63,6 +63,8 @@ SELF_MULTI3 = SelfSigned("mx3.multi.example")
 TA_LEAF = INTERMEDIATE.issue_cert("mx.danta.example")
 TA_WRONG_NAME = INTERMEDIATE.issue_cert("other.danta-wrong.example")
 INTERMEDIATE_DER = ssl.PEM_cert_to_DER_cert(INTERMEDIATE.cert_pem.bytes().decode())
+SELF_PROVIDER = SelfSigned("mx.provider.example")
+CN_ONLY = PrivateChain("mx.dantacn.example")  # DANE-TA leaf with a subject CN and no SAN
 
 SERVERS = {
     "mx.dane.example": Server("127.0.4.11", SELF_DANE),
@@ -82,6 +84,13 @@ SERVERS = {
     "mx3.multi.example": Server("127.0.4.23", SELF_MULTI3),
     "mx.bogus.example": Server("127.0.4.24", _leaf("mx.bogus.example")),
     "mx.unsignedhost.example": Server("127.0.4.25", _leaf("mx.unsignedhost.example")),
+    "mx.dantacn.example": Server("127.0.4.29", CN_ONLY),
+    # CNAME targets of MX hosts (RFC 7672 2.2.3), in the signed zone provider.example.
+    "mx.provider.example": Server("127.0.4.26", SELF_PROVIDER),
+    "mxta.provider.example": Server("127.0.4.27", INTERMEDIATE.issue_cert("mxta.provider.example")),
+    "mxorig.provider.example": Server(
+        "127.0.4.28", INTERMEDIATE.issue_cert("mx.cname-fallback.example")
+    ),
 }
 
 
@@ -103,6 +112,10 @@ ZONES = [
     Zone("danta-wrong.example", signed=True, records=[
         "@ MX 10 mx", _a("mx.danta-wrong.example"),
         f"_25._tcp.mx TLSA {tlsa_rdata(INTERMEDIATE_DER, 2, 0, 1)}",
+    ]),
+    Zone("dantacn.example", signed=True, records=[
+        "@ MX 10 mx", _a("mx.dantacn.example"),
+        f"_25._tcp.mx TLSA {tlsa_rdata(CN_ONLY.ca_der, 2, 0, 1)}",
     ]),
     Zone("pane.example", signed=True, records=["@ MX 10 mx", _a("mx.pane.example")]),
     Zone("pkix.example", records=["@ MX 10 mx", _a("mx.pkix.example")]),
@@ -126,6 +139,28 @@ ZONES = [
     # A signed zone whose MX host lives in an unsigned zone: MX secure, addresses not.
     Zone("signedmx.example", signed=True, records=["@ MX 10 mx.unsignedhost.example."]),
     Zone("unsignedhost.example", records=[_a("mx.unsignedhost.example")]),
+    # MX hosts that are CNAMEs: TLSA records are looked up at the expanded name first, then at
+    # the MX name; DANE-TA accepts either name in the certificate. An insecure link anywhere in
+    # the chain (alias-unsigned.example) leaves the addresses insecure: no DANE at all.
+    Zone("provider.example", signed=True, records=[
+        _a("mx.provider.example"), _a("mxta.provider.example"), _a("mxorig.provider.example"),
+        f"_25._tcp.mx TLSA {tlsa_rdata(SELF_PROVIDER.cert_der, 3, 1, 1)}",
+        f"_25._tcp.mxta TLSA {tlsa_rdata(INTERMEDIATE_DER, 2, 0, 1)}",
+    ]),
+    Zone("cname.example", signed=True, records=[
+        "@ MX 10 mx", "mx CNAME mx.provider.example.",
+    ]),
+    Zone("cname-ta.example", signed=True, records=[
+        "@ MX 10 mx", "mx CNAME mxta.provider.example.",
+    ]),
+    Zone("cname-fallback.example", signed=True, records=[
+        "@ MX 10 mx", "mx CNAME mxorig.provider.example.",
+        f"_25._tcp.mx TLSA {tlsa_rdata(INTERMEDIATE_DER, 2, 0, 1)}",
+    ]),
+    Zone("cname-insecure.example", signed=True, records=[
+        "@ MX 10 mx.alias-unsigned.example.",
+    ]),
+    Zone("alias-unsigned.example", records=["mx CNAME mx.provider.example."]),
     Zone("refused.example", records=["@ MX 10 mx", "mx A 127.0.4.40"]),  # nothing listens
     Zone("silent.example", records=["@ MX 10 mx", f"mx A {SILENT}"]),  # accepts, never greets
     Zone("noaddress.example", records=["@ MX 10 mx"]),
@@ -189,6 +224,7 @@ def probe(world: dict[str, Any], domain: str) -> DomainResult:
     [
         ("dane.example", Level.DANE),  # DANE-EE 3 1 1 on a self-signed cert: no CA needed
         ("danta.example", Level.DANE),  # DANE-TA 2 0 1 on the presented intermediate
+        ("dantacn.example", Level.DANE),  # DANE-TA, leaf names the host in its CN only
         ("pane.example", Level.PANE),  # signed MX + CA cert, no TLSA
         ("pkix.example", Level.PKIX),  # unsigned MX + CA cert
         ("selfsigned.example", Level.TLS),
@@ -200,6 +236,10 @@ def probe(world: dict[str, Any], domain: str) -> DomainResult:
         ("bogus.example", Level.NONE),  # expired signatures: the validator answers SERVFAIL
         ("signedmx.example", Level.PANE),  # MX signed, host's addresses not: no DANE, PANE fine
         ("nosuchdomain.example", Level.NONE),
+        ("cname.example", Level.DANE),  # DANE-EE at the CNAME target of the MX host
+        ("cname-ta.example", Level.DANE),  # DANE-TA there; the certificate names the target
+        ("cname-fallback.example", Level.DANE),  # no TLSA at the target: the MX name's count
+        ("cname-insecure.example", Level.TLS),  # unsigned CNAME: the target's TLSA do not count
     ],
 )
 def test_level(world: dict[str, Any], domain: str, level: Level) -> None:
@@ -227,6 +267,20 @@ def test_dane_ta_needs_the_right_name(world: dict[str, Any]) -> None:
     assert host.dane_valid is False
     assert result.level is Level.TLS  # PKIX fails on the name too
     assert host.error and "does not verify" in host.error
+
+
+def test_cname_mx_host_uses_the_targets_tlsa(world: dict[str, Any]) -> None:
+    (host,) = probe(world, "cname.example").mx
+    assert host.host == "mx.cname.example" and host.addresses == ("127.0.4.26",)
+    assert [str(r) for r in host.tlsa] == [tlsa_rdata(SELF_PROVIDER.cert_der, 3, 1, 1)]
+    assert host.dane_valid is True and host.dnssec.tlsa
+    assert "TLSA at mx.provider.example, the CNAME target of mx.cname.example" in host.reason
+
+
+def test_insecure_cname_gets_no_dane(world: dict[str, Any]) -> None:
+    (host,) = probe(world, "cname-insecure.example").mx
+    assert host.dnssec.mx and not host.dnssec.address
+    assert host.tlsa == () and host.dane_valid is None
 
 
 def test_tlsa_that_does_not_match(world: dict[str, Any]) -> None:
@@ -394,19 +448,25 @@ def test_cli_probe_json(world: dict[str, Any]) -> None:
     done = _cli("probe", "multi.example", "--config", str(config_file), "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert set(out) == {"domain", "level", "checked_at", "cached", "mx", "nta7516"}
+    assert set(out) == {"domain", "level", "reason", "checked_at", "cached", "mx", "nta7516"}
     assert out["level"] == "tls" and out["cached"] is False
     assert set(out["mx"][0]) == {
         "host", "preference", "addresses", "starttls", "tls_version", "pkix_valid",
-        "pkix_error", "dnssec", "tlsa", "dane_valid", "error",
+        "pkix_error", "dnssec", "tlsa", "dane_valid", "error", "level", "reason",
     }
+    assert out["mx"][0]["dnssec"] == {"mx": True, "address": True, "tlsa": True}
     assert [m["host"] for m in out["mx"]] == [
         "mx1.multi.example", "mx2.multi.example", "mx3.multi.example",
     ]
+    # Which MX decided the level, and why: the admin's question.
+    assert [m["level"] for m in out["mx"]] == ["dane", "pane", "tls"]
+    assert out["reason"].startswith("weakest of 3 MX hosts is mx3.multi.example")
+    assert "certificate not CA-valid" in out["mx"][2]["reason"]
     again = json.loads(
         _cli("probe", "multi.example", "--json", "--config", str(config_file)).stdout
     )
     assert again["cached"] is True and again["level"] == "tls"
+    assert again["reason"] == out["reason"] and again["mx"] == out["mx"]  # the cache keeps them
     text = _cli("probe", "multi.example", "--config", str(config_file), "--no-cache")
     assert text.returncode == 0 and "multi.example: tls" in text.stdout
     assert "probed now" in text.stdout

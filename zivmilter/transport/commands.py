@@ -31,7 +31,8 @@ def add_commands(subparsers: Any) -> None:
     )
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument(
-        "--config", metavar="FILE",
+        "--config",
+        metavar="FILE",
         help=f"configuration (default: {defaults.CONFIG_FILE} if present, else built-in defaults)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -96,9 +97,11 @@ def _iso(ts: float) -> str:
 
 
 def probe_json(result: DomainResult, cached: bool, nta: NtaFact) -> dict[str, Any]:
+    """The published shape; `reason` and each host's `level`/`reason` say which MX decided."""
     return {
         "domain": result.domain,
         "level": result.level.value,
+        "reason": result.reason,
         "checked_at": _iso(result.checked_at),
         "cached": cached,
         "mx": [h.to_json() for h in result.mx],
@@ -119,12 +122,11 @@ def _host_lines(h: HostResult) -> list[str]:
     cert = "CA-valid" if h.pkix_valid else f"not CA-valid ({h.pkix_error or 'no certificate'})"
     out.append(
         f"      STARTTLS {'yes' if h.starttls else 'no'}, {tls}, certificate {cert}"
-        if h.starttls else "      STARTTLS no"
+        if h.starttls
+        else "      STARTTLS no"
     )
     d = h.dnssec
-    out.append(
-        f"      DNSSEC: MX {_yn(d.mx)}, addresses {_yn(d.address)}, TLSA {_yn(d.tlsa)}"
-    )
+    out.append(f"      DNSSEC: MX {_yn(d.mx)}, addresses {_yn(d.address)}, TLSA {_yn(d.tlsa)}")
     for record in h.tlsa:
         out.append(f"      TLSA {record}")
     if h.dane_valid is not None:

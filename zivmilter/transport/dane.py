@@ -2,7 +2,8 @@
 
 DANE-EE(3) matches the leaf alone, names and dates ignored. DANE-TA(2) matches an issuer the
 server presented, and the chain from there down to the leaf must verify for the MX host name
-(cryptography's verifier, with that issuer as the only trust anchor). PKIX-TA(0) and PKIX-EE(1)
+(cryptography's verifier, with that issuer as the only trust anchor); a leaf without DNS
+subjectAltNames is checked by its subject CN (RFC 7672 3.2.3). PKIX-TA(0) and PKIX-EE(1)
 are unusable for SMTP. probe.py calls `check` once per connection.
 """
 
@@ -15,6 +16,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
+from cryptography.x509.oid import NameOID
 
 from .model import DaneOutcome, TlsaRecord
 
@@ -56,9 +58,18 @@ def _matches(record: TlsaRecord, cert_der: bytes) -> bool:
 
 
 def check(
-    records: Sequence[TlsaRecord], chain: Sequence[bytes], host: str, now: datetime
+    records: Sequence[TlsaRecord],
+    chain: Sequence[bytes],
+    host: str,
+    now: datetime,
+    *,
+    other_names: Sequence[str] = (),
 ) -> DaneOutcome:
-    """Does any usable record match the presented chain (leaf first) for MX host `host`?"""
+    """Does any usable record match the presented chain (leaf first) for MX host `host`?
+
+    `other_names` are further reference identifiers for DANE-TA name checks: the CNAME
+    expansion of the MX host name (RFC 7672 3.2.2).
+    """
     good = [r for r in records if usable(r)]
     if not records:
         return DaneOutcome(False, "no TLSA records")
@@ -79,10 +90,13 @@ def check(
         for anchor in chain[1:]:
             if not _matches(record, anchor):
                 continue
-            problem = _verify_below(anchor, chain, host, now)
+            names = (host, *other_names)
+            problem = _verify_below(anchor, chain, names, now)
             if problem is None:
                 return DaneOutcome(
-                    True, f"TLSA {_short(record)} matches a CA of the chain, valid for {host}"
+                    True,
+                    f"TLSA {_short(record)} matches a CA of the chain, valid for "
+                    + " or ".join(names),
                 )
             problems.append(f"TLSA {_short(record)} matches a CA but {problem}")
     if problems:
@@ -95,9 +109,9 @@ def _short(record: TlsaRecord) -> str:
 
 
 def _verify_below(
-    anchor_der: bytes, chain: Sequence[bytes], host: str, now: datetime
+    anchor_der: bytes, chain: Sequence[bytes], names: Sequence[str], now: datetime
 ) -> str | None:
-    """None when the leaf chains up to `anchor_der` and names `host`; else the problem."""
+    """None when the leaf chains up to `anchor_der` and names one of `names`; else the problem."""
     try:
         certs = [x509.load_der_x509_certificate(c) for c in chain]
         anchor = x509.load_der_x509_certificate(anchor_der)
@@ -108,18 +122,53 @@ def _verify_below(
     ca_policy = verification.ExtensionPolicy.permit_all().require_present(
         x509.BasicConstraints, verification.Criticality.AGNOSTIC, None
     )
+    builder = verification.PolicyBuilder().store(verification.Store([anchor])).time(now)
+    leaf, intermediates = certs[0], certs[1:]
+    try:
+        sans = _dns_sans(leaf)
+    except ValueError as exc:  # a malformed extension: no name fallback around it
+        return f"the server's certificate cannot be parsed ({exc})"
+    if not sans:
+        # RFC 7672 3.2.3: without DNS-ID subjectAltNames the subject CN is the name to check.
+        # cryptography's server verifier insists on a SAN, so verify the chain with no name
+        # (a client verifier, extension rules off for the leaf) and compare the CN here.
+        try:
+            builder.extension_policies(
+                ca_policy=ca_policy, ee_policy=verification.ExtensionPolicy.permit_all()
+            ).build_client_verifier().verify(leaf, intermediates)
+        except (verification.VerificationError, ValueError) as exc:
+            return f"the chain does not verify: {exc}"
+        cns = [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if any(_cn_matches(cn, name) for cn in cns for name in names):
+            return None
+        return f"the certificate (no subjectAltName) has CN {', '.join(cns) or 'none'}"
     ee_policy = verification.ExtensionPolicy.permit_all().require_present(
         x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None
     )
+    builder = builder.extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
+    problem = "no reference name"
+    for name in names:
+        try:
+            builder.build_server_verifier(x509.DNSName(name)).verify(leaf, intermediates)
+        except (verification.VerificationError, ValueError) as exc:
+            problem = f"the chain does not verify: {exc}"
+            continue
+        return None
+    return problem
+
+
+def _dns_sans(cert: x509.Certificate) -> list[str]:
     try:
-        verifier = (
-            verification.PolicyBuilder()
-            .store(verification.Store([anchor]))
-            .time(now)
-            .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
-            .build_server_verifier(x509.DNSName(host))
-        )
-        verifier.verify(certs[0], certs[1:])
-    except (verification.VerificationError, ValueError) as exc:
-        return f"the chain does not verify: {exc}"
-    return None
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return san.value.get_values_for_type(x509.DNSName)
+
+
+def _cn_matches(cn: str, name: str) -> bool:
+    """A CN names `name`: equal ignoring case, or `*.` standing for exactly its first label."""
+    cn, name = cn.lower().rstrip("."), name.lower().rstrip(".")
+    if cn.startswith("*."):
+        first, dot, rest = name.partition(".")
+        return bool(first) and bool(dot) and rest == cn[2:] and "." in rest
+    return cn == name

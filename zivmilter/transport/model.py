@@ -96,6 +96,8 @@ class HostResult:
             "tlsa": [str(r) for r in self.tlsa],
             "dane_valid": self.dane_valid,
             "error": self.error,
+            "level": self.level.value,
+            "reason": self.reason,
         }
 
 
@@ -129,8 +131,14 @@ class DomainResult:
 
     @property
     def failed(self) -> bool:
-        """Cached with the failure TTL: nothing usable, or some step went wrong."""
-        return self.level is Level.NONE or any(h.error for h in self.mx)
+        """Cached with the failure TTL: nothing usable, or some step went wrong.
+
+        A failed NTA 7516 TXT lookup counts too: it says nothing about the domain's
+        compliance, and rule 2 would be judged on that non-answer until the entry expires.
+        """
+        return (
+            self.level is Level.NONE or any(h.error for h in self.mx) or self.nta.error is not None
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The cache's stored form; commands.py picks the published keys from it."""
@@ -140,7 +148,7 @@ class DomainResult:
             "tls_version": self.tls_version.value if self.tls_version else None,
             "reason": self.reason,
             "checked_at": self.checked_at,
-            "mx": [h.to_json() | {"level": h.level.value, "reason": h.reason} for h in self.mx],
+            "mx": [h.to_json() for h in self.mx],
             "nta": self.nta.to_json(),
         }
 

@@ -13,6 +13,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .. import defaults
@@ -27,6 +28,22 @@ from .starttls import probe_address
 log = logging.getLogger("zivmilter.transport")
 
 Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class _Addresses:
+    addresses: list[str]
+    secure: bool  # every address RRset validated (AD), CNAME chain included
+    problem: str | None
+    canonical: str  # the host name after CNAME expansion; the host itself without a CNAME
+
+
+@dataclass(frozen=True)
+class _Tlsa:
+    records: tuple[TlsaRecord, ...]
+    secure: bool
+    problem: str | None
+    base: str  # the TLSA base domain these records (or their absence) belong to
 
 
 class Prober:
@@ -97,11 +114,12 @@ class Prober:
                 hosts.append((int(rdata.preference), target))
         return sorted(hosts)
 
-    def _addresses(self, host: str, deadline: float) -> tuple[list[str], bool, str | None]:
+    def _addresses(self, host: str, deadline: float) -> _Addresses:
         """Addresses of a host, whether all its address RRsets validated, and a lookup problem."""
         found: list[str] = []
         secure = True
         problems: list[str] = []
+        canonical = host
         for rdtype in ("A", "AAAA"):
             answer = self.resolver.query(host, rdtype, self._left(deadline))
             if answer.status == "error":
@@ -110,34 +128,56 @@ class Prober:
                 continue
             secure = secure and answer.secure
             found += [r.address for r in answer.records]
+            if answer.records and answer.canonical and canonical == host:
+                canonical = answer.canonical
         if not found:
-            return [], False, "; ".join(problems) or f"{host} has no address records"
+            problem = "; ".join(problems) or f"{host} has no address records"
+            return _Addresses([], False, problem, host)
         # One family failing while the other answered is what Postfix shrugs off too.
-        return found, secure, None
+        return _Addresses(found, secure, None, canonical)
 
-    def _tlsa(
-        self, host: str, deadline: float
-    ) -> tuple[tuple[TlsaRecord, ...], bool, str | None]:
-        name = f"_{self.config.smtp_port}._tcp.{host}"
-        answer = self.resolver.query(name, "TLSA", self._left(deadline))
-        if answer.status == "error":
-            return (), False, f"TLSA lookup failed: {answer.error}"
-        records = tuple(
-            TlsaRecord(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in answer.records
-        )
-        return records, answer.secure, None
+    def _tlsa(self, host: str, canonical: str, deadline: float) -> _Tlsa:
+        """The TLSA RRset of an MX host whose addresses validated (RFC 7672 2.2.3).
+
+        A CNAME'd host is looked up at its fully expanded name first (the caller only gets here
+        when the whole chain validated); when no secure TLSA records are there, at the MX name.
+        A failed lookup stops the search: it is no proof of absence.
+        """
+        names = [canonical, host] if canonical != host else [host]
+        result = _Tlsa((), False, None, host)
+        for base in names:
+            name = f"_{self.config.smtp_port}._tcp.{base}"
+            answer = self.resolver.query(name, "TLSA", self._left(deadline))
+            if answer.status == "error":
+                return _Tlsa((), False, f"TLSA lookup failed: {answer.error}", base)
+            records = tuple(
+                TlsaRecord(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in answer.records
+            )
+            result = _Tlsa(records, answer.secure, None, base)
+            if records and answer.secure:
+                break
+        return result
 
     def _host(self, host: str, preference: int, mx_secure: bool, deadline: float) -> HostResult:
-        addresses, address_secure, problem = self._addresses(host, deadline)
-        dnssec = Dnssec(mx=mx_secure, address=address_secure)
-        if problem is not None:
-            return HostResult(host, preference, dnssec=dnssec, error=problem, reason=problem)
+        found = self._addresses(host, deadline)
+        addresses = found.addresses
+        dnssec = Dnssec(mx=mx_secure, address=found.secure)
+        if found.problem is not None:
+            return HostResult(
+                host, preference, dnssec=dnssec, error=found.problem, reason=found.problem
+            )
         tlsa: tuple[TlsaRecord, ...] = ()
         tlsa_problem = None
+        # RFC 7672 3.2.2: DANE-TA name checks accept the MX name and its CNAME expansion.
+        names = (host,) if found.canonical == host else (host, found.canonical)
+        tlsa_note = ""
         # RFC 7672 2.2.2: TLSA records count only for hosts whose addresses validated.
-        if mx_secure and address_secure:
-            tlsa, tlsa_secure, tlsa_problem = self._tlsa(host, deadline)
-            dnssec = Dnssec(mx=True, address=True, tlsa=tlsa_secure)
+        if mx_secure and found.secure:
+            looked = self._tlsa(host, found.canonical, deadline)
+            tlsa, tlsa_problem = looked.records, looked.problem
+            dnssec = Dnssec(mx=True, address=True, tlsa=looked.secure)
+            if looked.base != host:
+                tlsa_note = f" (TLSA at {looked.base}, the CNAME target of {host})"
         graded: list[tuple[Level, str, TlsResult, DaneOutcome | None]] = []
         for address in addresses[: defaults.PROBE_MAX_ADDRESSES]:
             tls = probe_address(
@@ -151,7 +191,9 @@ class Prober:
             )
             outcome = None
             if tlsa and dnssec.tlsa and tls.chain:
-                outcome = dane.check(tlsa, tls.chain, host, datetime.now(UTC))
+                outcome = dane.check(
+                    tlsa, tls.chain, host, datetime.now(UTC), other_names=names[1:]
+                )
             level, reason = grade.grade_connection(tls, dnssec, outcome)
             graded.append((level, reason, tls, outcome))
         answering = [g for g in graded if g[2].connected] or graded
@@ -176,14 +218,12 @@ class Prober:
             dane_valid=dane_valid,
             error="; ".join(errors) or None,
             level=level,
-            reason=reason if not tlsa_problem else f"{reason} ({tlsa_problem})",
+            reason=reason + tlsa_note + (f" ({tlsa_problem})" if tlsa_problem else ""),
         )
 
     def _nta(self, domain: str, deadline: float) -> NtaLookup:
         answer = self.resolver.query(domain, "TXT", self._left(deadline))
         if answer.status == "error":
             return NtaLookup(error=answer.error)
-        texts = [
-            b"".join(r.strings).decode("utf-8", "replace") for r in answer.records
-        ]
+        texts = [b"".join(r.strings).decode("utf-8", "replace") for r in answer.records]
         return NtaLookup(tuple(t for t in texts if nta7516.is_candidate(t)), answer.secure)

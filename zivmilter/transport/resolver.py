@@ -26,6 +26,9 @@ class DnsAnswer:
     records: tuple[Any, ...] = ()  # dnspython rdata objects
     secure: bool = False  # the resolver set AD (for nodata/nxdomain: an authenticated denial)
     error: str | None = None
+    # The owner name of the answer after CNAME expansion (ok/nodata); equals the query name when
+    # there was no CNAME. RFC 7672 2.2.3 looks for TLSA records there first.
+    canonical: str | None = None
 
 
 def nameserver(text: str) -> dns.nameserver.Do53Nameserver:
@@ -83,7 +86,9 @@ class Resolver:
             return DnsAnswer("error", error=f"{rdtype} {name}: {why}")
         except dns.exception.DNSException as exc:
             return DnsAnswer("error", error=f"{rdtype} {name}: {exc}")
+        # AD covers the whole response, CNAME chain included: a secure answer is a secure chain.
         secure = bool(answer.response.flags & dns.flags.AD)
+        canonical = answer.canonical_name.to_text(omit_final_dot=True).lower()
         if answer.rrset is None:
-            return DnsAnswer("nodata", secure=secure)
-        return DnsAnswer("ok", tuple(answer.rrset), secure)
+            return DnsAnswer("nodata", secure=secure, canonical=canonical)
+        return DnsAnswer("ok", tuple(answer.rrset), secure, canonical=canonical)
