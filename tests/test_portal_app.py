@@ -311,6 +311,43 @@ def test_lockout_after_repeated_wrong_codes_grows(env: Env) -> None:
     assert events.count("verify-while-locked") == 1  # refused, but in the audit log too
 
 
+def test_wrong_codes_sent_at_once_get_no_more_guesses_than_the_lockout(env: Env) -> None:
+    """Sixteen answers posted at the same moment (each comparison takes scrypt's time, so they
+    are all in flight together): only the lockout's number of them is compared; the others, and
+    the right code after them, are refused with the lock page."""
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    n = 16
+    statuses: list[int] = []
+    shown: list[bool] = []
+    with env.client() as client:
+        here = open_link(client, tokens["bob@example.net"])
+        token = csrf(client.get(here).text, "verify")
+        barrier = threading.Barrier(n)
+
+        def guess(i: int) -> None:
+            barrier.wait()
+            r = client.post(here + "verify", data={"csrf": token, "code": f"guess-{i}"})
+            statuses.append(r.status_code)
+            shown.append(shows_message(r))
+
+        threads = [threading.Thread(target=guess, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(statuses) == n and set(statuses) <= {401, 429} and not any(shown)
+        assert statuses.count(429) >= n - defaults.LOCKOUT_AFTER + 1  # the locking one too
+        right = client.post(here + "verify", data={"csrf": token, "code": CODE})
+        assert right.status_code == 429 and 'id="locked"' in right.text
+        assert not shows_message(right)
+    events = [e.event for e in env.store.events(mid)]
+    assert events.count("verify-failed") == defaults.LOCKOUT_AFTER
+    assert events.count("locked") == 1 and "verified" not in events
+    assert events.count("verify-while-locked") == n - defaults.LOCKOUT_AFTER + 1
+    rec = env.store.recipient(env.rid(mid, "bob@example.net"))
+    assert rec is not None and rec.failed_attempts == defaults.LOCKOUT_AFTER
+
+
 # --- CSRF and binding -------------------------------------------------------------------------
 
 

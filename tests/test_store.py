@@ -8,6 +8,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -461,6 +462,73 @@ def test_eight_threads_save_at_once(st: SqliteStore) -> None:
     for n, mid in results.items():
         content = st.open_content(mid)
         assert content is not None and f"thread-{n}".encode() in content.read()
+
+
+def _lock_after_five(streak: int, lockouts: int) -> float | None:
+    return 60.0 * 2**lockouts if streak >= defaults.LOCKOUT_AFTER else None
+
+
+def test_answers_in_flight_at_once_cannot_pass_the_lockout(
+    tmp_path: Path, kek: bytes, clock: Clock
+) -> None:
+    """Sixteen wrong answers at once, from two portal processes (two store objects on one
+    database): only as many are compared as the lockout allows, the rest are refused."""
+    stores = [SqliteStore.open(str(tmp_path / "store"), kek, now=clock) for _ in range(2)]
+    saved = stores[0].save_message(new_message(recipients=recipients()[:1]))
+    (rec,) = [r for r in stores[0].recipients(saved.id) if r.delivery == "notification"]
+    n = 16
+    barrier = threading.Barrier(n)
+    admitted: list[bool] = []
+    errors: list[BaseException] = []
+
+    def answer(i: int) -> None:
+        st = stores[i % 2]
+        try:
+            barrier.wait()
+            attempt = st.claim_attempt(rec.id, _lock_after_five, "access_code")
+            admitted.append(attempt.admitted)
+            if attempt.admitted:
+                time.sleep(0.05)  # comparing (scrypt, argon2) takes about this long
+                st.settle_attempt(attempt, False, "access_code")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=answer, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert admitted.count(True) == defaults.LOCKOUT_AFTER
+    events = [e.event for e in stores[0].events(saved.id)]
+    assert events.count("verify-failed") == defaults.LOCKOUT_AFTER
+    assert events.count("locked") == 1
+    assert events.count("verify-while-locked") == n - defaults.LOCKOUT_AFTER
+    after = stores[1].recipient(rec.id)
+    assert after is not None and after.failed_attempts == defaults.LOCKOUT_AFTER
+    assert after.locked_until is not None and after.locked_until.timestamp() == clock.t + 60
+    assert not stores[0].claim_attempt(rec.id, _lock_after_five).admitted  # the right code too
+    for st in stores:
+        st.close()
+
+
+def test_a_right_answer_claimed_before_the_limit_still_counts(st: SqliteStore) -> None:
+    saved = st.save_message(new_message(recipients=recipients()[:1]))
+    (rec,) = st.recipients(saved.id)
+    for _ in range(defaults.LOCKOUT_AFTER - 1):
+        assert st.settle_attempt(st.claim_attempt(rec.id, _lock_after_five), False) is None
+    last = st.claim_attempt(rec.id, _lock_after_five)  # the fifth: it locks while in flight
+    assert last.admitted and last.locked_until is not None
+    late = st.claim_attempt(rec.id, _lock_after_five)
+    assert not late.admitted and late.locked_until == last.locked_until
+    assert st.settle_attempt(last, True) is None  # right after all: its own lock is lifted
+    after = st.recipient(rec.id)
+    assert after is not None and after.locked_until is None and after.lockouts == 0
+    assert after.failed_attempts == defaults.LOCKOUT_AFTER - 1
+    assert st.claim_attempt(rec.id, _lock_after_five).admitted
+    events = [e.event for e in st.events(saved.id)]
+    assert events.count("verify-failed") == defaults.LOCKOUT_AFTER - 1
+    assert "locked" not in events and events.count("verify-while-locked") == 1
 
 
 # --- accounts and contact book ------------------------------------------------------------

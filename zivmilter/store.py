@@ -184,6 +184,22 @@ class LinkState:
     otp_sends: int  # codes sent since the last success
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One answer to a link's verification, claimed against its lockout before it is checked
+    (`claim_attempt`) and settled after (`settle_attempt`).
+
+    A claimed answer counts as a wrong one until it is settled as right, so answers checked at
+    the same time (several requests, several portal processes) can never add up to more guesses
+    than the lockout allows: the claim that reaches the limit locks the link, and every claim
+    after it is refused."""
+
+    recipient_id: int
+    admitted: bool  # False: the link is locked; nothing may be compared
+    locked_until: datetime | None  # refused: the lock in force; admitted: the lock it set
+    lock_seconds: int = 0  # admitted: the length of the lock it set (0: none)
+
+
 @dataclass(frozen=True, repr=False)
 class OtpState:
     """The secret of the last one-time code sent for a link, and when it was sent."""
@@ -289,9 +305,10 @@ class Store(Protocol):
     def portal_view(self, message_id: str) -> bytes | None: ...
     def save_portal_view(self, message_id: str, view: bytes) -> None: ...
     def revoke_recipient(self, message_id: str, address: str, reason: str = "") -> bool: ...
-    def record_failed_attempt(
+    def claim_attempt(
         self, recipient_id: int, lockout: Callable[[int, int], float | None], detail: str = ""
-    ) -> datetime | None: ...
+    ) -> Attempt: ...
+    def settle_attempt(self, attempt: Attempt, ok: bool, detail: str = "") -> datetime | None: ...
     def record_verified(self, recipient_id: int, detail: str = "") -> None: ...
     def claim_otp(
         self, recipient_id: int, secret: bytes, min_interval: float, max_sends: int
@@ -1223,25 +1240,27 @@ class SqliteStore:
             self.revoke(message_id, reason or "every link revoked")
         return True
 
-    def record_failed_attempt(
+    def claim_attempt(
         self, recipient_id: int, lockout: Callable[[int, int], float | None], detail: str = ""
-    ) -> datetime | None:
-        """Count a wrong code or password; `lockout(streak, lockouts)` says for how many seconds
-        the link now locks (None: not yet). Returns the new lock's end, if any."""
+    ) -> Attempt:
+        """Claim one answer before comparing it: refused while the link is locked (audited as
+        `verify-while-locked`), otherwise counted as a wrong answer at once, in the same
+        transaction; `lockout(streak, lockouts)` says for how many seconds the link locks when
+        this answer reaches the limit (None: not yet). Settle it with `settle_attempt`."""
         now = int(self._now())
         with self._transaction() as cur:
             row = cur.execute(
-                "SELECT message_id, address, failed_streak, lockouts FROM recipients WHERE id = ?",
+                "SELECT message_id, address, failed_streak, lockouts, locked_until"
+                " FROM recipients WHERE id = ?",
                 (recipient_id,),
             ).fetchone()
             if row is None:
-                return None
-            message_id, address, streak, lockouts = (
-                str(row[0]),
-                str(row[1]),
-                int(row[2]) + 1,
-                int(row[3]),
-            )
+                return Attempt(recipient_id, False, None)
+            message_id, address = str(row[0]), str(row[1])
+            streak, lockouts, locked = int(row[2]) + 1, int(row[3]), row[4]
+            if locked is not None and now < int(locked):
+                _audit(cur, now, message_id, address, "verify-while-locked", detail)
+                return Attempt(recipient_id, False, _dt(locked))
             seconds = lockout(streak, lockouts)
             until = None if seconds is None else now + int(seconds)
             cur.execute(
@@ -1254,10 +1273,41 @@ class SqliteStore:
                     recipient_id,
                 ),
             )
-            _audit(cur, now, message_id, address, "verify-failed", detail)
-            if until is not None:
-                _audit(cur, now, message_id, address, "locked", f"{int(seconds or 0)} s")
-        return _dt_or_none(until)
+        return Attempt(recipient_id, True, _dt_or_none(until), int(seconds or 0))
+
+    def settle_attempt(self, attempt: Attempt, ok: bool, detail: str = "") -> datetime | None:
+        """The outcome of a claimed answer. Wrong: it stays counted (audited as `verify-failed`,
+        and `locked` when its claim locked the link). Right: its count is taken back, the streak
+        ends, and a lock its own claim set is lifted (the answer was in before the limit).
+        Returns the end of the lock in force now, if any."""
+        if not attempt.admitted:
+            return attempt.locked_until
+        now = int(self._now())
+        set_lock = _ts(attempt.locked_until)
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT message_id, address FROM recipients WHERE id = ?", (attempt.recipient_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            message_id, address = str(row[0]), str(row[1])
+            if ok:
+                cur.execute(
+                    "UPDATE recipients SET failed_attempts = MAX(failed_attempts - 1, 0),"
+                    " failed_streak = 0,"
+                    " lockouts = lockouts - (? IS NOT NULL AND locked_until IS ?),"
+                    " locked_until = CASE WHEN locked_until IS ? THEN NULL ELSE locked_until END"
+                    " WHERE id = ?",
+                    (set_lock, set_lock, set_lock, attempt.recipient_id),
+                )
+            else:
+                _audit(cur, now, message_id, address, "verify-failed", detail)
+                if set_lock is not None:
+                    _audit(cur, now, message_id, address, "locked", f"{attempt.lock_seconds} s")
+            locked = cur.execute(
+                "SELECT locked_until FROM recipients WHERE id = ?", (attempt.recipient_id,)
+            ).fetchone()[0]
+        return _dt(locked) if locked is not None and now < int(locked) else None
 
     def record_verified(self, recipient_id: int, detail: str = "") -> None:
         """A successful verification: the failure streak and the one-time code are spent."""
@@ -1752,6 +1802,7 @@ def _fsync_dir(path: str) -> None:
 __all__ = [
     "Account",
     "AttachmentRecord",
+    "Attempt",
     "AuditEvent",
     "ContactEntry",
     "LinkState",

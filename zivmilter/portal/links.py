@@ -143,16 +143,16 @@ class LinkPages(GuestPages[_Ctx]):
         secret = unseal_value(portal.keys, fields["secret"], _enrol_context(ctx))
         if secret is None:
             return self._enrol_page(request, ctx, status=400)
-        if verify.locked(ctx.rec.locked_until, portal.now()):
-            return self._verify_page(request, ctx, status=429)
+        what = "account enrolment"
+        attempt = portal.store.claim_attempt(ctx.rec.id, verify.lockout_seconds, what)
+        if not attempt.admitted:
+            return self._verify_page(request, self._fresh(ctx), status=429)
         step = verify.totp_step(secret, fields["totp"], portal.now())
         if step is None:
-            until = portal.store.record_failed_attempt(
-                ctx.rec.id, verify.lockout_seconds, "account enrolment"
-            )
-            if until is not None:
+            if portal.store.settle_attempt(attempt, False, what) is not None:
                 return self._verify_page(request, self._fresh(ctx), status=429)
             return self._enrol_page(request, ctx, secret=secret, error="wrong_code", status=401)
+        portal.store.settle_attempt(attempt, True, what)
         if not accounts.enrol_authenticator(portal.store, ctx.rec.address, secret):
             return self._verify_page(request, ctx, error="no_account", status=403)
         portal.store.use_totp_step(ctx.rec.address, step)  # the enrolment code is spent too
