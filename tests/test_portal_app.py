@@ -8,6 +8,7 @@ MTA is a recording stand-in for the re-injection listener (the browser tests use
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -693,6 +694,63 @@ def test_account_password_enrolment_then_two_factors(env: Env) -> None:
             here + "verify", data={"csrf": token, "password": "long enough password", "totp": code}
         )
         assert r.status_code == 401
+
+
+def _to_enrolment(client: TestClient, token: str) -> tuple[str, Any]:
+    """Open an account link and give the right password: the enrolment page."""
+    here = open_link(client, token)
+    page = client.get(here)
+    r = client.post(
+        here + "verify",
+        data={"csrf": csrf(page.text, "verify"), "password": "long enough password"},
+    )
+    assert r.status_code == 200 and "<svg" in r.text
+    return here, r
+
+
+def _enrolment_answer(env: Env, page: Any) -> tuple[bytes, dict[str, str]]:
+    """The secret an enrolment page offers, and the form that confirms it with a right code."""
+    text = re.search(r'<code id="secret">([A-Z2-7 ]+)</code>', page.text)
+    sealed = re.search(r'name="secret" value="([^"]+)"', page.text)
+    assert text and sealed
+    b32 = text.group(1).replace(" ", "")
+    secret = base64.b32decode(b32 + "=" * (-len(b32) % 8))
+    code = TOTP(secret, 6, SHA1(), 30, enforce_key_length=False).generate(int(env.clock.t))
+    form = {"csrf": csrf(page.text, "enrol"), "secret": sealed.group(1), "totp": code.decode()}
+    return secret, form
+
+
+def test_a_second_enrolment_never_replaces_the_authenticator(env: Env) -> None:
+    """Two browsers got to the enrolment page (the password is all it takes); once one has
+    enrolled, the other's enrolment page enrols nothing and asks for both factors instead."""
+    accounts.add_recipient_account(env.store, "erin@example.net", "long enough password")
+    mid, tokens = env.save([rcpt("erin@example.net", "account")])
+    with env.client() as user, env.client() as other:
+        here, user_page = _to_enrolment(user, tokens["erin@example.net"])
+        _, other_page = _to_enrolment(other, tokens["erin@example.net"])
+        user_secret, user_form = _enrolment_answer(env, user_page)
+        assert shows_message(user.post(here + "enrol", data=user_form))
+        env.clock.t += 3600
+        other_secret, other_form = _enrolment_answer(env, other_page)
+        refused = other.post(here + "enrol", data=other_form)
+        assert refused.status_code == 409 and not shows_message(refused)
+        assert "already set up for this account" in refused.text
+        assert 'name="totp"' in refused.text and "<svg" not in refused.text  # sign in, both
+        assert env.store.totp_secret("erin@example.net") == user_secret != other_secret
+        again = other.get(here)  # the enrolment pass is gone: the sign-in page
+        assert again.status_code == 200 and 'name="totp"' in again.text
+        assert "<svg" not in again.text and not shows_message(again)
+    with env.client() as stale:  # an enrolment pass from before an enrolment elsewhere
+        accounts.add_recipient_account(env.store, "erin@example.net", "long enough password")
+        here, _ = _to_enrolment(stale, tokens["erin@example.net"])
+        assert env.store.enrol_totp("erin@example.net", user_secret)
+        assert not env.store.enrol_totp("erin@example.net", other_secret)
+        shown = stale.get(here)
+        assert shown.status_code == 409 and "already set up for this account" in shown.text
+        assert "<svg" not in shown.text and 'name="totp"' in shown.text
+    assert env.store.totp_secret("erin@example.net") == user_secret
+    events = [e.event for e in env.store.events(mid)]
+    assert events.count("enrol-refused") == 2
 
 
 def test_recipient_accounts_refuse_weak_passwords_and_sender_accounts(env: Env) -> None:

@@ -547,6 +547,30 @@ def test_accounts(st: SqliteStore) -> None:
     assert not st.has_account("not an address")
 
 
+def test_only_one_authenticator_enrols_even_at_once(st: SqliteStore) -> None:
+    st.add_account("erin@example.net", "recipient", password_hash="$argon2id$x")
+    barrier = threading.Barrier(8)
+    won: list[bytes] = []
+
+    def enrol(n: int) -> None:
+        barrier.wait()
+        if st.enrol_totp("erin@example.net", bytes([n]) * 20):
+            won.append(bytes([n]) * 20)
+
+    threads = [threading.Thread(target=enrol, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(won) == 1 and st.totp_secret("erin@example.net") == won[0]
+    assert not st.enrol_totp("erin@example.net", b"K" * 20)  # later ones: never
+    assert st.totp_secret("erin@example.net") == won[0]
+    st.add_account("nobody@example.net", "recipient")
+    st.set_account_active("nobody@example.net", False)
+    assert not st.enrol_totp("nobody@example.net", b"K" * 20)  # disabled
+    assert not st.enrol_totp("ghost@example.net", b"K" * 20)  # no account
+
+
 def test_contact_book_feeds_remembered_methods(st: SqliteStore, tmp_path: Path) -> None:
     assert st.contact("bob@example.net") is None
     st.remember_contact("Bob@example.net", sms=PHONE)

@@ -275,6 +275,7 @@ class Store(Protocol):
     def account(self, address: str) -> Account | None: ...
     def accounts(self) -> list[Account]: ...
     def totp_secret(self, address: str) -> bytes | None: ...
+    def enrol_totp(self, address: str, secret: bytes) -> bool: ...
     def use_totp_step(self, address: str, step: int) -> bool: ...
     def add_account(
         self,
@@ -917,6 +918,25 @@ class SqliteStore:
         if row is None or row[0] is None:
             return None
         return crypto.unseal(self._kek.field_key, bytes(row[0]), "accounts.totp_secret:" + key)
+
+    def enrol_totp(self, address: str, secret: bytes) -> bool:
+        """Keep an authenticator secret for an active account that has none: checked and set in
+        one statement, so a second enrolment (another browser, a stale enrolment page) can never
+        replace the one in place. False when nothing was set."""
+        key = _key_or_none(address)
+        if key is None:
+            return False
+        sealed = crypto.seal(self._kek.field_key, secret, "accounts.totp_secret:" + key)
+        now = int(self._now())
+        with self._transaction() as cur:
+            done = cur.execute(
+                "UPDATE accounts SET totp_secret = ? WHERE address = ? AND active = 1"
+                " AND totp_secret IS NULL",
+                (sealed, key),
+            ).rowcount
+            if done:
+                _audit(cur, now, None, key, "authenticator-enrolled", "")
+        return bool(done)
 
     def add_account(
         self,

@@ -74,6 +74,8 @@ class LinkPages(GuestPages[_Ctx]):
         if ctx.p.stage is Stage.VERIFIED:
             return self._message_page(request, ctx)
         if ctx.p.stage is Stage.ENROL:
+            if self._enrolled(ctx):
+                return self._sign_in_again(request, ctx)
             return self._enrol_page(request, ctx)
         return self._verify_page(request, ctx, notice=sent_notice(request))
 
@@ -140,6 +142,8 @@ class LinkPages(GuestPages[_Ctx]):
             return error
         if ctx.p.stage is not Stage.ENROL:
             return RedirectResponse(ctx.here, status_code=303)
+        if self._enrolled(ctx):
+            return self._sign_in_again(request, ctx)
         secret = unseal_value(portal.keys, fields["secret"], _enrol_context(ctx))
         if secret is None:
             return self._enrol_page(request, ctx, status=400)
@@ -154,6 +158,8 @@ class LinkPages(GuestPages[_Ctx]):
             return self._enrol_page(request, ctx, secret=secret, error="wrong_code", status=401)
         portal.store.settle_attempt(attempt, True, what)
         if not accounts.enrol_authenticator(portal.store, ctx.rec.address, secret):
+            if self._enrolled(ctx):  # another enrolment got in first
+                return self._sign_in_again(request, ctx)
             return self._verify_page(request, ctx, error="no_account", status=403)
         portal.store.use_totp_step(ctx.rec.address, step)  # the enrolment code is spent too
         portal.store.record_verified(ctx.rec.id, "account (authenticator enrolled)")
@@ -429,6 +435,23 @@ class LinkPages(GuestPages[_Ctx]):
         return portal.page(
             request, "message.html", values, lang=ctx.lang, here=ctx.here, status=status
         )
+
+    def _enrolled(self, ctx: _Ctx) -> bool:
+        account = self.portal.store.account(ctx.rec.address)
+        return account is not None and account.has_totp
+
+    def _sign_in_again(self, request: Request, ctx: _Ctx) -> Response:
+        """An enrolment pass whose account has an authenticator by now (enrolled in another
+        browser, or this page was kept open): it enrols nothing; the visitor signs in with both
+        factors instead, on a fresh pass."""
+        portal = self.portal
+        portal.store.record_event(
+            "enrol-refused", ctx.rec.message.id, ctx.rec.address, "authenticator already enrolled"
+        )
+        fresh = replace(ctx, p=portal.new_pass(ctx.p.scope, Stage.LINK))
+        response = self._verify_page(request, fresh, error="already_enrolled", status=409)
+        portal.give_pass(response, fresh.p)
+        return response
 
     def _record_csrf_refusal(self, ctx: _Ctx) -> None:
         self.portal.store.record_event("csrf-refused", ctx.rec.message.id, ctx.rec.address, "")
