@@ -889,6 +889,58 @@ def test_large_attachment_link_needs_email_verification(env: Env) -> None:
     assert ("attachment-downloaded", "dan@partner.example") in events
 
 
+def _download(env: Env, token: str, address: str) -> Any:
+    """Open a large-attachment link, verify as `address` by email code, fetch the file."""
+    with env.client() as client:
+        first = client.get(f"/d/{token}")
+        target = re.search(r'url=([^"]+)"', first.text)
+        assert target
+        here = target.group(1)
+        page = client.get(here)
+        if page.status_code != 200:
+            return page
+        r = client.post(here + "start", data={"csrf": csrf(page.text, "start"), "address": address})
+        r = client.post(here + "send", data={"csrf": csrf(r.text, "send")})
+        body = env.mailer.last().get_body(("plain",))
+        assert body is not None
+        code = re.findall(r"\b\d{6}\b", body.get_content())[0]
+        r = client.post(here + "verify", data={"csrf": csrf(r.text, "verify"), "code": code})
+        assert r.status_code == 200 and 'id="download"' in r.text
+        return client.get(here + "file")
+
+
+@pytest.mark.parametrize("end", ["revoke", "expiry"])
+def test_revoke_and_expiry_end_the_links_but_not_direct_downloads(env: Env, end: str) -> None:
+    """SPEC 8: notification messages can be revoked and expire, direct-delivered ones cannot;
+    so the download link of a direct copy keeps working when the links of the same message end."""
+    expires = datetime.fromtimestamp(env.clock.t, UTC) + timedelta(days=30)
+    mid, tokens = env.save(
+        [
+            code_rcpt("bob@example.net"),
+            NewRecipient("dan@partner.example", 1, "direct_delivery", "direct", "B3", level="pkix"),
+        ],
+        expires_at=expires,
+    )
+    big = os.urandom(1024 * 1024 + 3)
+    saved = env.store.save_attachment(mid, "scan.bin", "application/octet-stream", big)
+    with env.client() as client:
+        here = verified(env, client, tokens["bob@example.net"])
+        if end == "revoke":
+            assert env.store.revoke(mid, "test")
+        else:
+            env.clock.t += 31 * 24 * 3600
+            assert env.store.purge_expired() == 1
+        open_link(client, tokens["bob@example.net"])
+        page = client.get(here)
+        gone_text = "withdrawn" if end == "revoke" else "expired"
+        assert page.status_code == 410 and gone_text in page.text and not shows_message(page)
+    download = _download(env, saved.token, "dan@partner.example")
+    assert download.status_code == 200 and download.content == big
+    assert env.store.open_content(mid) is None  # the original is gone: nobody needs it now
+    events = [(e.event, e.recipient) for e in env.store.events(mid)]
+    assert ("attachment-downloaded", "dan@partner.example") in events
+
+
 @pytest.mark.parametrize("lang", ["en", "nl"])
 def test_every_page_renders_in_both_languages(env: Env, lang: str) -> None:
     accounts.add_recipient_account(env.store, "erin@example.net", "long enough password")

@@ -280,6 +280,45 @@ def test_expired_content_cannot_be_opened(st: SqliteStore, clock: Clock) -> None
     assert st.open_content(keep.id) is not None
 
 
+def test_revocation_keeps_direct_attachments_and_drops_the_rest(
+    st: SqliteStore, tmp_path: Path
+) -> None:
+    """Revoking ends the notification links; the direct copy's large attachment (own key)
+    stays readable, everything sealed under the message's key goes."""
+    saved = st.save_message(new_message())
+    kept = st.save_attachment(saved.id, "scan.pdf", "application/pdf", b"ATTACHMENT" * 1000)
+    rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+    assert rec is not None
+    reply = st.save_reply(rec.id, b"Subject: Re\r\n\r\nREPLY\r\n")
+    st.save_portal_view(saved.id, b"VIEW")
+    assert st.revoke(saved.id)
+    assert st.open_content(saved.id) is None and st.open_reply(reply) is None
+    assert st.portal_view(saved.id) is None
+    att = st.attachment(kept.id)
+    assert att is not None and att.available and att.filename == "scan.pdf"
+    stream = st.open_attachment(kept.id)
+    assert stream is not None and stream.read() == b"ATTACHMENT" * 1000
+    assert len(stored_blobs(tmp_path / "store")) == 1  # the attachment's ciphertext
+    db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
+    assert db.execute("SELECT portal_view FROM messages").fetchall() == [(None,)]
+    assert db.execute("SELECT kind FROM blobs WHERE deleted_at IS NULL").fetchall() == [
+        ("attachment",)
+    ]
+    db.close()
+
+
+def test_a_direct_only_message_does_not_expire(st: SqliteStore, clock: Clock) -> None:
+    expires = datetime.fromtimestamp(clock.t, UTC) + timedelta(days=1)
+    direct = [r for r in recipients() if r.delivery == "direct"]
+    saved = st.save_message(new_message(recipients=direct, expires_at=expires))  # as stored once
+    kept = st.save_attachment(saved.id, "scan.pdf", "application/pdf", b"ATTACHMENT")
+    clock.t += 2 * 86400
+    assert st.purge_expired() == 0
+    assert st.message(saved.id).revoked_at is None  # type: ignore[union-attr]
+    stream = st.open_attachment(kept.id)
+    assert stream is not None and stream.read() == b"ATTACHMENT"
+
+
 def test_discard_forgets_everything(st: SqliteStore, tmp_path: Path) -> None:
     saved = st.save_message(new_message())
     st.discard(saved.id)
@@ -652,6 +691,7 @@ def test_a_store_of_files_is_read_after_the_upgrade(tmp_path: Path, kek: bytes) 
     first = old.save_message(new_message())
     old._conn.execute("UPDATE schema_version SET version = 4")
     old._conn.execute("ALTER TABLE blobs DROP COLUMN data")
+    old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")  # schema 6
     old.close()
     new = SqliteStore.open(path, kek)
     second = new.save_message(new_message())
@@ -659,6 +699,41 @@ def test_a_store_of_files_is_read_after_the_upgrade(tmp_path: Path, kek: bytes) 
         stream = new.open_content(saved.id)
         assert stream is not None and stream.read() == raw_message()
     assert [w.startswith("row") for w, _ in stored_blobs(tmp_path / "store")] == [False, True]
+    new.close()
+
+
+def test_attachments_of_an_older_store_outlive_their_message_after_the_upgrade(
+    tmp_path: Path, kek: bytes
+) -> None:
+    # Before schema 6 a large attachment was sealed under its message's data key.
+    path = str(tmp_path / "store")
+    old = SqliteStore.open(path, kek)
+    saved = old.save_message(new_message())
+    (wrapped,) = old._conn.execute(
+        "SELECT wrapped_key FROM messages WHERE id = ?", (saved.id,)
+    ).fetchone()
+    data_key = crypto.unwrap_data_key(crypto.Kek.from_bytes(kek), bytes(wrapped))
+    aid, blob_id = "a" * 32, "b" * 32
+    blob = old._write_blob(blob_id, data_key, b"LEGACY-ATTACHMENT")
+    field_key = crypto.message_field_key(data_key)
+    name = crypto.seal(field_key, b"old.pdf", "attachments.filename:" + aid)
+    with old._transaction() as cur:
+        store._insert_blob(cur, blob, blob_id, saved.id, "attachment")
+        cur.execute(
+            "INSERT INTO attachments (id, message_id, blob_id, filename, content_type,"
+            " token_hash, created_at) VALUES (?, ?, ?, ?, 'application/pdf', ?, 0)",
+            (aid, saved.id, blob_id, name, crypto.token_hash("t" * 32)),
+        )
+    old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")
+    old._conn.execute("UPDATE schema_version SET version = 5")
+    old.close()
+    new = SqliteStore.open(path, kek)
+    assert new.revoke(saved.id)
+    assert new.open_content(saved.id) is None
+    att = new.attachment(aid)
+    assert att is not None and att.available and att.filename == "old.pdf"
+    stream = new.open_attachment(aid)
+    assert stream is not None and stream.read() == b"LEGACY-ATTACHMENT"
     new.close()
 
 

@@ -209,8 +209,10 @@ class Gateway:
         delivered: list[RecipientDecision],
         original: Message,
     ) -> SavedMessage:
+        # Only notification messages expire: a direct copy is delivered and read (SPEC 8).
         expiry = self.cfg.policy.expiry_days
-        expires = self.clock.now(UTC) + timedelta(days=expiry) if expiry else None
+        notifies = any(d.delivery is Delivery.NOTIFICATION for d in delivered)
+        expires = self.clock.now(UTC) + timedelta(days=expiry) if expiry and notifies else None
         with _clean_copy(tx) as content:
             return self.store.save_message(
                 NewMessage(

@@ -237,14 +237,20 @@ class ContactEntry:
 
 @dataclass(frozen=True)
 class AttachmentRecord:
-    """A large attachment of a direct-delivered message, kept for download (SPEC 5)."""
+    """A large attachment of a direct-delivered message, kept for download (SPEC 5).
+
+    It has a data key of its own and outlives the message's revocation and expiry: those end
+    the notification links, and a direct copy can be neither revoked nor expired (SPEC 8)."""
 
     id: str
     message: MessageRecord
-    filename: str | None  # None once revoked
+    filename: str | None  # None when the content is gone (see `available`)
     content_type: str
     size: int
     created_at: datetime
+    # False when its content is gone: sealed under its message's key (stored by a zivmilter
+    # before schema 6), it went with that key when the message was revoked.
+    available: bool = True
 
 
 @dataclass(frozen=True, repr=False)
@@ -471,6 +477,15 @@ _MIGRATIONS: tuple[str, ...] = (
     # 5: small contents inline (path ''): one fsync per commit instead of three per message
     """
     ALTER TABLE blobs ADD COLUMN data BLOB;  -- the ciphertext when path is ''; NULL once deleted
+    """,
+    # 6: a large attachment of a direct delivery gets a data key of its own, so that revoking or
+    # expiring the message (which ends its notification links) leaves the download links of the
+    # direct copies working (SPEC 8). Attachments stored before were sealed under the message's
+    # key: they keep a copy of it (revocation deletes everything else sealed under that key).
+    """
+    ALTER TABLE attachments ADD COLUMN wrapped_key BLOB;  -- AES-KW under the KEK
+    UPDATE attachments SET wrapped_key =
+        (SELECT m.wrapped_key FROM messages m WHERE m.id = attachments.message_id);
     """,
 )
 
@@ -749,7 +764,8 @@ class SqliteStore:
                 " AND deleted_at IS NULL",
                 (message_id,),
             ).fetchone()
-        return None if row is None else self._open_blob(message_id, str(row[0]))
+        key = None if row is None else self._live_message_key(message_id)
+        return None if row is None or key is None else self._open_blob(str(row[0]), key)
 
     def find_recipient_by_token(self, token: str) -> RecipientRecord | None:
         """The recipient a link token belongs to (also when revoked or expired: check `message`)."""
@@ -794,12 +810,14 @@ class SqliteStore:
     # -- revocation and expiry ------------------------------------------------------------
 
     def revoke(self, message_id: str, reason: str = "") -> bool:
-        """Destroy the message's wrapped data key and its encrypted copy; False if already gone."""
+        """End the notification links: destroy the message's wrapped data key, its encrypted
+        copy, replies and kept view; False if already gone. Large attachments of direct copies
+        stay (their own keys): a direct delivery cannot be revoked (SPEC 8)."""
         now = int(self._now())
         with self._transaction() as cur:
             done = cur.execute(
-                "UPDATE messages SET wrapped_key = NULL, subject = NULL, revoked_at = ?"
-                " WHERE id = ? AND revoked_at IS NULL",
+                "UPDATE messages SET wrapped_key = NULL, subject = NULL, portal_view = NULL,"
+                " revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (now, message_id),
             ).rowcount
             if not done:
@@ -811,13 +829,14 @@ class SqliteStore:
             paths = [
                 str(row[0])
                 for row in cur.execute(
-                    "SELECT path FROM blobs WHERE message_id = ? AND deleted_at IS NULL",
+                    "SELECT path FROM blobs WHERE message_id = ? AND kind != 'attachment'"
+                    " AND deleted_at IS NULL",
                     (message_id,),
                 )
             ]
             cur.execute(
                 "UPDATE blobs SET deleted_at = ?, data = NULL"
-                " WHERE message_id = ? AND deleted_at IS NULL",
+                " WHERE message_id = ? AND kind != 'attachment' AND deleted_at IS NULL",
                 (now, message_id),
             )
             _audit(cur, now, message_id, None, "revoked", reason)
@@ -829,13 +848,15 @@ class SqliteStore:
         return True
 
     def purge_expired(self) -> int:
-        """Revoke every message past its expiry (run from a timer); returns how many."""
+        """Revoke every notification message past its expiry (run from a timer); returns how
+        many. A message delivered directly to every recipient does not expire (SPEC 8)."""
         with self._lock:
             ids = [
                 str(row[0])
                 for row in self._conn.execute(
-                    "SELECT id FROM messages WHERE revoked_at IS NULL AND expires_at IS NOT NULL"
-                    " AND expires_at <= ?",
+                    "SELECT id FROM messages m WHERE revoked_at IS NULL AND expires_at IS NOT NULL"
+                    " AND expires_at <= ? AND EXISTS (SELECT 1 FROM recipients r"
+                    " WHERE r.message_id = m.id AND r.delivery = 'notification')",
                     (int(self._now()),),
                 )
             ]
@@ -1465,7 +1486,8 @@ class SqliteStore:
             row = self._conn.execute(
                 "SELECT message_id, blob_id FROM replies WHERE id = ?", (reply_id,)
             ).fetchone()
-        return None if row is None else self._open_blob(str(row[0]), str(row[1]))
+        key = None if row is None else self._live_message_key(str(row[0]))
+        return None if row is None or key is None else self._open_blob(str(row[1]), key)
 
     def contacts(self) -> list[ContactEntry]:
         with self._lock:
@@ -1499,15 +1521,18 @@ class SqliteStore:
         content: BinaryIO | bytes | str | os.PathLike[str],
     ) -> SavedAttachment:
         """Keep a large attachment of a stored message for download; returns its token (the
-        only time it exists). The gateway puts the link in the direct copies instead."""
+        only time it exists). The gateway puts the link in the direct copies instead.
+
+        It is sealed under a data key of its own, not the message's: revoking or expiring the
+        message destroys that key, and the direct copy's link must keep working."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT wrapped_key FROM messages WHERE id = ? AND revoked_at IS NULL",
-                (message_id,),
+                "SELECT 1 FROM messages WHERE id = ? AND revoked_at IS NULL", (message_id,)
             ).fetchone()
-        if row is None or row[0] is None:
+        if row is None:
             raise StoreError(f"message {message_id}: unknown or revoked")
-        data_key = crypto.unwrap_data_key(self._kek, bytes(row[0]))
+        data_key = crypto.new_data_key()
+        wrapped_key = crypto.wrap_data_key(self._kek, data_key)
         attachment_id = secrets.token_hex(16)
         blob_id = secrets.token_hex(16)
         token = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
@@ -1523,7 +1548,7 @@ class SqliteStore:
                 _insert_blob(cur, blob, blob_id, message_id, "attachment")
                 cur.execute(
                     "INSERT INTO attachments (id, message_id, blob_id, filename, content_type,"
-                    " token_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " token_hash, created_at, wrapped_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         attachment_id,
                         message_id,
@@ -1532,6 +1557,7 @@ class SqliteStore:
                         content_type,
                         crypto.token_hash(token),
                         now,
+                        wrapped_key,
                     ),
                 )
                 _audit(cur, now, message_id, None, "attachment-stored", attachment_id)
@@ -1551,62 +1577,76 @@ class SqliteStore:
         with self._lock:
             row = self._conn.execute(
                 f"SELECT {', '.join(_MESSAGE_FIELDS)}, a.id, a.filename, a.content_type,"
-                " b.size, a.created_at FROM attachments a JOIN messages m ON m.id = a.message_id"
-                " JOIN blobs b ON b.id = a.blob_id WHERE a.id = ?",
+                " b.size, a.created_at, COALESCE(a.wrapped_key, m.wrapped_key), b.deleted_at"
+                " FROM attachments a"
+                " JOIN messages m ON m.id = a.message_id JOIN blobs b ON b.id = a.blob_id"
+                " WHERE a.id = ?",
                 (attachment_id,),
             ).fetchone()
         if row is None:
             return None
         n = len(_MESSAGE_FIELDS)
         message = self._message_record(row[:n])
-        aid, sealed, ctype, size, created = row[n:]
+        aid, sealed, ctype, size, created, wrapped, deleted = row[n:]
+        available = wrapped is not None and deleted is None
         filename = None
-        with self._lock:
-            wrapped = self._conn.execute(
-                "SELECT wrapped_key FROM messages WHERE id = ?", (message.id,)
-            ).fetchone()
-        if sealed is not None and wrapped is not None and wrapped[0] is not None:
-            field_key = crypto.message_field_key(
-                crypto.unwrap_data_key(self._kek, bytes(wrapped[0]))
-            )
+        if sealed is not None and available:
+            field_key = crypto.message_field_key(crypto.unwrap_data_key(self._kek, bytes(wrapped)))
             filename = crypto.unseal(
                 field_key, bytes(sealed), "attachments.filename:" + str(aid)
             ).decode("utf-8")
-        return AttachmentRecord(str(aid), message, filename, str(ctype), int(size), _dt(created))
+        return AttachmentRecord(
+            str(aid), message, filename, str(ctype), int(size), _dt(created), available
+        )
 
     def open_attachment(self, attachment_id: str) -> BinaryIO | None:
+        """The attachment's bytes, decrypted as read; it does not expire with its message."""
         with self._lock:
+            # An attachment without a key of its own (written by a zivmilter before schema 6 while
+            # this one ran) is still sealed under its message's key.
             row = self._conn.execute(
-                "SELECT message_id, blob_id FROM attachments WHERE id = ?", (attachment_id,)
+                "SELECT a.blob_id, COALESCE(a.wrapped_key, m.wrapped_key) FROM attachments a"
+                " JOIN messages m ON m.id = a.message_id WHERE a.id = ?",
+                (attachment_id,),
             ).fetchone()
-        return None if row is None else self._open_blob(str(row[0]), str(row[1]))
+        if row is None or row[1] is None:
+            return None
+        return self._open_blob(str(row[0]), crypto.unwrap_data_key(self._kek, bytes(row[1])))
 
-    def _open_blob(self, message_id: str, blob_id: str) -> BinaryIO | None:
-        """A blob's plaintext as read, like `open_content`; None once revoked or expired."""
+    def _live_message_key(self, message_id: str) -> bytes | None:
+        """The message's data key while its content may be read: None once revoked or expired."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT m.wrapped_key, m.expires_at, b.path, b.sha256, b.data FROM messages m"
-                " JOIN blobs b ON b.message_id = m.id AND b.id = ?"
-                " WHERE m.id = ? AND m.revoked_at IS NULL AND b.deleted_at IS NULL",
-                (blob_id, message_id),
+                "SELECT wrapped_key, expires_at FROM messages WHERE id = ? AND revoked_at IS NULL",
+                (message_id,),
             ).fetchone()
         if row is None or row[0] is None:
             return None
         if row[1] is not None and int(self._now()) >= int(row[1]):
             return None
-        data_key = crypto.unwrap_data_key(self._kek, bytes(row[0]))
+        return crypto.unwrap_data_key(self._kek, bytes(row[0]))
+
+    def _open_blob(self, blob_id: str, data_key: bytes) -> BinaryIO | None:
+        """A blob's plaintext as read, under `data_key`; None once the blob is deleted."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT path, sha256, data FROM blobs WHERE id = ? AND deleted_at IS NULL",
+                (blob_id,),
+            ).fetchone()
+        if row is None:
+            return None
         fh: BinaryIO
-        if not row[2]:  # kept in the row
-            if row[4] is None:
+        if not row[0]:  # kept in the row
+            if row[2] is None:
                 raise StoreError(f"blob {blob_id}: encrypted copy missing from its row")
-            fh = io.BytesIO(bytes(row[4]))
+            fh = io.BytesIO(bytes(row[2]))
         else:
             try:
-                fh = open(os.path.join(self._path, str(row[2])), "rb")  # noqa: SIM115 - returned
+                fh = open(os.path.join(self._path, str(row[0])), "rb")  # noqa: SIM115 - returned
             except OSError as exc:
                 raise StoreError(f"blob {blob_id}: encrypted copy unreadable: {exc}") from None
         try:
-            raw = crypto.DecryptingReader(crypto.content_key(data_key, blob_id), fh, str(row[3]))
+            raw = crypto.DecryptingReader(crypto.content_key(data_key, blob_id), fh, str(row[1]))
         except BaseException:
             fh.close()
             raise

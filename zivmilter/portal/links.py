@@ -477,7 +477,8 @@ class LinkPages(GuestPages[_Ctx]):
         state = portal.store.link_state(rid)
         assert state is not None  # the row was just read
         ctx = _Ctx(p, lang, here, rec, state)
-        return self._admit(request, ctx, rec.message, state.revoked_at, need)
+        gone = flows.gone_reason(rec.message, state.revoked_at, portal.now())
+        return self._admit(request, ctx, gone, need)
 
     def _parsed(self, ctx: _Ctx) -> tuple[Any, render.MessageView] | None:
         content = self.portal.store.open_content(ctx.rec.message.id)
