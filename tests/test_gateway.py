@@ -83,3 +83,13 @@ def test_only_messages_with_notifications_expire(store: SqliteStore) -> None:
     mixed = stored(store, "m2")
     assert mixed.expires_at is not None
     assert (mixed.expires_at - mixed.created_at).days == 30
+
+
+@pytest.mark.parametrize("envelope", ["<bounces+x1@hospital.example>", "<>"])
+def test_the_author_is_stored_not_the_envelope_sender(store: SqliteStore, envelope: str) -> None:
+    """Application relays send with a bounce or null envelope sender: replies and the portal's
+    "from" must name the message's author (its From), normalized."""
+    gw = gateway(store)
+    raw = message("m3", sender='"Dr. Alice" <Alice@Hospital.EXAMPLE>, lab@hospital.example')
+    gw.process(transaction(raw, envelope, ["carol@oldmail.example"]))
+    assert stored(store, "m3").sender == "alice@hospital.example"

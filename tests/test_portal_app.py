@@ -9,6 +9,7 @@ MTA is a recording stand-in for the re-injection listener (the browser tests use
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -30,10 +31,13 @@ with warnings.catch_warnings():  # Starlette 1.x deprecates its httpx-based clie
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from tests.fakes import make_config
 from zivmilter import config as config_mod
 from zivmilter import defaults
 from zivmilter.config import SmsWebhookConfig
 from zivmilter.errors import DeliveryError
+from zivmilter.facts import facts_from_mapping
+from zivmilter.gateway import Gateway, Transaction
 from zivmilter.portal import accounts
 from zivmilter.portal.app import Portal, create_app
 from zivmilter.portal.security import PortalKeys
@@ -803,6 +807,43 @@ def test_reply_is_stored_and_sent_to_the_sender(env: Env) -> None:
             False,
             True,
         ]
+
+
+def test_a_reply_to_a_relayed_message_reaches_its_author(env: Env) -> None:
+    """An application relay sends with a bounce envelope sender: the gateway stores the author
+    (From), so the portal names the author and the secure reply is delivered to them."""
+    relay = RecordingMailer()
+    cfg = make_config(
+        {"submission": {"any_address_of_own_domains": True}, "portal": {"base_url": BASE + "/"}}
+    )
+    gateway = Gateway(cfg, facts_from_mapping({}), env.store, relay, hostname="gw.test")
+    raw = (
+        "From: Dr. Alice <Alice@hospital.example>\r\nTo: bob@example.net\r\n"
+        "Subject: Lab results\r\nMessage-ID: <relayed-1@hospital.example>\r\n"
+        f"zivver-access-right: bob@example.net access-code {CODE}\r\n\r\nBODY-MARKER\r\n"
+    ).encode()
+    head = raw.partition(b"\r\n\r\n")[0]
+    headers = [(n, v) for n, _, v in (f.partition(": ") for f in head.decode().split("\r\n"))]
+    plan = gateway.process(
+        Transaction(
+            "QID7", "<bounces+7f3a@hospital.example>", ["<bob@example.net>"],
+            headers, io.BytesIO(raw), len(head) + 4, "127.0.0.1",
+        )
+    )  # fmt: skip
+    assert plan.replace_body is not None  # the notification to bob
+    token = re.search(rb"/m/([A-Za-z0-9_-]{16,})\r\n", plan.replace_body)
+    assert token
+    with env.client() as client:
+        here = open_link(client, token.group(1).decode())
+        assert "alice@hospital.example" in client.get(here).text
+        assert "bounces" not in client.get(here).text
+        here = verified(env, client, token.group(1).decode())
+        page = client.get(here)
+        r = client.post(here + "reply", data={"csrf": csrf(page.text, "reply"), "text": "thanks"})
+        assert r.status_code == 200 and 'id="notice"' in r.text
+    (out,) = env.mailer.sent
+    assert out.recipients == ["alice@hospital.example"]
+    assert env.mailer.last()["To"] == "alice@hospital.example"
 
 
 def test_oversized_reply_is_refused_before_reading_it(env: Env) -> None:

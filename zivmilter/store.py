@@ -82,7 +82,7 @@ class NewRecipient:
 class NewMessage:
     """A message to store. `content` is the raw RFC 5322 message: a binary file, bytes or a path."""
 
-    sender: str
+    sender: str  # the author (From): secure replies go here; not a bounce envelope sender
     subject: str
     content: BinaryIO | bytes | str | os.PathLike[str]
     recipients: Sequence[NewRecipient]
