@@ -454,6 +454,41 @@ def test_expired_message_is_unreadable_before_and_after_purge(env: Env) -> None:
         assert "expired" in client.get(here).text
 
 
+def test_every_showing_of_the_message_is_an_open_and_nothing_else_is(env: Env) -> None:
+    """SPEC 8: every open is recorded. An open is the message shown to a verified recipient:
+    each view counts; a visit that shows nothing (the verification page, the first page of the
+    link, a withdrawn message) does not."""
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    rid = env.rid(mid, "bob@example.net")
+
+    def opens() -> list[datetime]:
+        return [e.at for e in env.store.events(mid) if e.event == "opened"]
+
+    with env.client() as client:
+        here = open_link(client, tokens["bob@example.net"])
+        assert not shows_message(client.get(here)) and opens() == []  # not verified yet
+        page = client.get(here)
+        client.post(here + "verify", data={"csrf": csrf(page.text, "verify"), "code": CODE})
+        first = env.clock.t
+        assert len(opens()) == 1
+        env.clock.t += 600
+        for _ in range(3):
+            assert shows_message(client.get(here))
+        assert len(opens()) == 4 and opens()[-1].timestamp() == env.clock.t
+        rec = env.store.recipient(rid)
+        assert rec is not None and rec.opened_at is not None
+        assert rec.opened_at.timestamp() == first  # read status: the first open
+        open_link(client, tokens["bob@example.net"])  # the token's page shows nothing
+        assert len(opens()) == 4
+        assert shows_message(client.get(here))  # where it leads does
+        assert len(opens()) == 5
+        assert env.store.revoke(mid, "test")
+        open_link(client, tokens["bob@example.net"])
+        gone = client.get(here)
+        assert gone.status_code == 410 and not shows_message(gone)
+    assert len(opens()) == 5
+
+
 # --- reading ----------------------------------------------------------------------------------
 
 

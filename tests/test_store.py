@@ -371,6 +371,8 @@ def test_notified_and_opened_are_recorded(st: SqliteStore) -> None:
     assert rec is not None and rec.notified_at is not None and rec.opened_at is None
     st.mark_opened(rec.id)
     st.mark_opened(rec.id)
+    # opens commit without an fsync of their own; everything else stays synchronous=FULL
+    assert st._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     rec2 = st.find_recipient_by_token(saved.tokens["bob@example.net"])
     assert rec2 is not None and rec2.opened_at is not None
     events = [(e.event, e.recipient) for e in st.events(saved.id)]

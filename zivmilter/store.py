@@ -793,19 +793,29 @@ class SqliteStore:
             _audit(cur, now, message_id, address, "notified", "")
 
     def mark_opened(self, recipient_id: int) -> None:
-        """Record an open (SPEC 8: every open is recorded); the first one sets `opened_at`."""
+        """Record an open (SPEC 8: every open is recorded); the first one sets `opened_at`.
+
+        Every view of a message writes one, so it commits without an fsync of its own (WAL
+        with synchronous=NORMAL): it survives a crash of the process and reaches the disk with
+        the next durable commit or checkpoint; a power loss can drop the last few. With an fsync
+        per view, bench/portal.sh's p99 rose from ~65 ms to 80-330 ms (target: 100 ms)."""
         now = int(self._now())
-        with self._transaction() as cur:
-            row = cur.execute(
-                "SELECT message_id, address FROM recipients WHERE id = ?", (recipient_id,)
-            ).fetchone()
-            if row is None:
-                return
-            cur.execute(
-                "UPDATE recipients SET opened_at = COALESCE(opened_at, ?) WHERE id = ?",
-                (now, recipient_id),
-            )
-            _audit(cur, now, str(row[0]), str(row[1]), "opened", "")
+        with self._lock:  # the setting is the connection's: no other transaction meanwhile
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._transaction() as cur:
+                    row = cur.execute(
+                        "SELECT message_id, address FROM recipients WHERE id = ?", (recipient_id,)
+                    ).fetchone()
+                    if row is None:
+                        return
+                    cur.execute(
+                        "UPDATE recipients SET opened_at = COALESCE(opened_at, ?) WHERE id = ?",
+                        (now, recipient_id),
+                    )
+                    _audit(cur, now, str(row[0]), str(row[1]), "opened", "")
+            finally:
+                self._conn.execute("PRAGMA synchronous=FULL")
 
     # -- revocation and expiry ------------------------------------------------------------
 

@@ -56,9 +56,9 @@ class LinkPages(GuestPages[_Ctx]):
         lang = portal.language(request, rec.address if rec else None)
         if rec is None:
             return self._unknown_link(request, lang)
-        response, verified = self._first_visit(request, _scope(rec.id), self._here(rec.id), lang)
-        if verified:
-            portal.store.mark_opened(rec.id)  # a returning reader whose session still holds
+        # Nothing of the message is shown here (the page moves on to the link's page, which
+        # records the open if it shows the message): a visit, not an open.
+        response, _ = self._first_visit(request, _scope(rec.id), self._here(rec.id), lang)
         portal.store.record_event("link-visited", rec.message.id, rec.address, "")
         return response
 
@@ -123,7 +123,6 @@ class LinkPages(GuestPages[_Ctx]):
 
     def _verified(self, ctx: _Ctx, method: str) -> Response:
         portal, rec = self.portal, ctx.rec
-        portal.store.mark_opened(rec.id)
         # The contact book (SPEC 8; rules 5/6 of the policy): what worked, for next time.
         if method == "sms" and rec.phone:
             portal.store.remember_contact(rec.address, sms=rec.phone)
@@ -419,6 +418,9 @@ class LinkPages(GuestPages[_Ctx]):
         view = self._message_view(ctx)
         if view is None:
             return self._gone(request, ctx, "revoked")
+        # SPEC 8: every open is recorded. An open is this page showing the message to a
+        # verified recipient, each time (its frame and parts are part of the same open).
+        portal.store.mark_opened(ctx.rec.id)
         remote = request.query_params.get("remote") == "1"
         values = {
             "view": view,
