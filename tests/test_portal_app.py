@@ -8,6 +8,8 @@ MTA is a recording stand-in for the re-injection listener (the browser tests use
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
@@ -29,10 +31,13 @@ with warnings.catch_warnings():  # Starlette 1.x deprecates its httpx-based clie
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from tests.fakes import make_config
 from zivmilter import config as config_mod
 from zivmilter import defaults
 from zivmilter.config import SmsWebhookConfig
 from zivmilter.errors import DeliveryError
+from zivmilter.facts import facts_from_mapping
+from zivmilter.gateway import Gateway, Transaction
 from zivmilter.portal import accounts
 from zivmilter.portal.app import Portal, create_app
 from zivmilter.portal.security import PortalKeys
@@ -311,6 +316,43 @@ def test_lockout_after_repeated_wrong_codes_grows(env: Env) -> None:
     assert events.count("verify-while-locked") == 1  # refused, but in the audit log too
 
 
+def test_wrong_codes_sent_at_once_get_no_more_guesses_than_the_lockout(env: Env) -> None:
+    """Sixteen answers posted at the same moment (each comparison takes scrypt's time, so they
+    are all in flight together): only the lockout's number of them is compared; the others, and
+    the right code after them, are refused with the lock page."""
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    n = 16
+    statuses: list[int] = []
+    shown: list[bool] = []
+    with env.client() as client:
+        here = open_link(client, tokens["bob@example.net"])
+        token = csrf(client.get(here).text, "verify")
+        barrier = threading.Barrier(n)
+
+        def guess(i: int) -> None:
+            barrier.wait()
+            r = client.post(here + "verify", data={"csrf": token, "code": f"guess-{i}"})
+            statuses.append(r.status_code)
+            shown.append(shows_message(r))
+
+        threads = [threading.Thread(target=guess, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(statuses) == n and set(statuses) <= {401, 429} and not any(shown)
+        assert statuses.count(429) >= n - defaults.LOCKOUT_AFTER + 1  # the locking one too
+        right = client.post(here + "verify", data={"csrf": token, "code": CODE})
+        assert right.status_code == 429 and 'id="locked"' in right.text
+        assert not shows_message(right)
+    events = [e.event for e in env.store.events(mid)]
+    assert events.count("verify-failed") == defaults.LOCKOUT_AFTER
+    assert events.count("locked") == 1 and "verified" not in events
+    assert events.count("verify-while-locked") == n - defaults.LOCKOUT_AFTER + 1
+    rec = env.store.recipient(env.rid(mid, "bob@example.net"))
+    assert rec is not None and rec.failed_attempts == defaults.LOCKOUT_AFTER
+
+
 # --- CSRF and binding -------------------------------------------------------------------------
 
 
@@ -410,6 +452,41 @@ def test_expired_message_is_unreadable_before_and_after_purge(env: Env) -> None:
         assert env.store.purge_expired() == 1
         open_link(client, tokens["bob@example.net"])
         assert "expired" in client.get(here).text
+
+
+def test_every_showing_of_the_message_is_an_open_and_nothing_else_is(env: Env) -> None:
+    """SPEC 8: every open is recorded. An open is the message shown to a verified recipient:
+    each view counts; a visit that shows nothing (the verification page, the first page of the
+    link, a withdrawn message) does not."""
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    rid = env.rid(mid, "bob@example.net")
+
+    def opens() -> list[datetime]:
+        return [e.at for e in env.store.events(mid) if e.event == "opened"]
+
+    with env.client() as client:
+        here = open_link(client, tokens["bob@example.net"])
+        assert not shows_message(client.get(here)) and opens() == []  # not verified yet
+        page = client.get(here)
+        client.post(here + "verify", data={"csrf": csrf(page.text, "verify"), "code": CODE})
+        first = env.clock.t
+        assert len(opens()) == 1
+        env.clock.t += 600
+        for _ in range(3):
+            assert shows_message(client.get(here))
+        assert len(opens()) == 4 and opens()[-1].timestamp() == env.clock.t
+        rec = env.store.recipient(rid)
+        assert rec is not None and rec.opened_at is not None
+        assert rec.opened_at.timestamp() == first  # read status: the first open
+        open_link(client, tokens["bob@example.net"])  # the token's page shows nothing
+        assert len(opens()) == 4
+        assert shows_message(client.get(here))  # where it leads does
+        assert len(opens()) == 5
+        assert env.store.revoke(mid, "test")
+        open_link(client, tokens["bob@example.net"])
+        gone = client.get(here)
+        assert gone.status_code == 410 and not shows_message(gone)
+    assert len(opens()) == 5
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -658,6 +735,63 @@ def test_account_password_enrolment_then_two_factors(env: Env) -> None:
         assert r.status_code == 401
 
 
+def _to_enrolment(client: TestClient, token: str) -> tuple[str, Any]:
+    """Open an account link and give the right password: the enrolment page."""
+    here = open_link(client, token)
+    page = client.get(here)
+    r = client.post(
+        here + "verify",
+        data={"csrf": csrf(page.text, "verify"), "password": "long enough password"},
+    )
+    assert r.status_code == 200 and "<svg" in r.text
+    return here, r
+
+
+def _enrolment_answer(env: Env, page: Any) -> tuple[bytes, dict[str, str]]:
+    """The secret an enrolment page offers, and the form that confirms it with a right code."""
+    text = re.search(r'<code id="secret">([A-Z2-7 ]+)</code>', page.text)
+    sealed = re.search(r'name="secret" value="([^"]+)"', page.text)
+    assert text and sealed
+    b32 = text.group(1).replace(" ", "")
+    secret = base64.b32decode(b32 + "=" * (-len(b32) % 8))
+    code = TOTP(secret, 6, SHA1(), 30, enforce_key_length=False).generate(int(env.clock.t))
+    form = {"csrf": csrf(page.text, "enrol"), "secret": sealed.group(1), "totp": code.decode()}
+    return secret, form
+
+
+def test_a_second_enrolment_never_replaces_the_authenticator(env: Env) -> None:
+    """Two browsers got to the enrolment page (the password is all it takes); once one has
+    enrolled, the other's enrolment page enrols nothing and asks for both factors instead."""
+    accounts.add_recipient_account(env.store, "erin@example.net", "long enough password")
+    mid, tokens = env.save([rcpt("erin@example.net", "account")])
+    with env.client() as user, env.client() as other:
+        here, user_page = _to_enrolment(user, tokens["erin@example.net"])
+        _, other_page = _to_enrolment(other, tokens["erin@example.net"])
+        user_secret, user_form = _enrolment_answer(env, user_page)
+        assert shows_message(user.post(here + "enrol", data=user_form))
+        env.clock.t += 3600
+        other_secret, other_form = _enrolment_answer(env, other_page)
+        refused = other.post(here + "enrol", data=other_form)
+        assert refused.status_code == 409 and not shows_message(refused)
+        assert "already set up for this account" in refused.text
+        assert 'name="totp"' in refused.text and "<svg" not in refused.text  # sign in, both
+        assert env.store.totp_secret("erin@example.net") == user_secret != other_secret
+        again = other.get(here)  # the enrolment pass is gone: the sign-in page
+        assert again.status_code == 200 and 'name="totp"' in again.text
+        assert "<svg" not in again.text and not shows_message(again)
+    with env.client() as stale:  # an enrolment pass from before an enrolment elsewhere
+        accounts.add_recipient_account(env.store, "erin@example.net", "long enough password")
+        here, _ = _to_enrolment(stale, tokens["erin@example.net"])
+        assert env.store.enrol_totp("erin@example.net", user_secret)
+        assert not env.store.enrol_totp("erin@example.net", other_secret)
+        shown = stale.get(here)
+        assert shown.status_code == 409 and "already set up for this account" in shown.text
+        assert "<svg" not in shown.text and 'name="totp"' in shown.text
+    assert env.store.totp_secret("erin@example.net") == user_secret
+    events = [e.event for e in env.store.events(mid)]
+    assert events.count("enrol-refused") == 2
+
+
 def test_recipient_accounts_refuse_weak_passwords_and_sender_accounts(env: Env) -> None:
     with pytest.raises(ValueError, match="at least"):
         accounts.add_recipient_account(env.store, "x@example.net", "short")
@@ -708,6 +842,43 @@ def test_reply_is_stored_and_sent_to_the_sender(env: Env) -> None:
             False,
             True,
         ]
+
+
+def test_a_reply_to_a_relayed_message_reaches_its_author(env: Env) -> None:
+    """An application relay sends with a bounce envelope sender: the gateway stores the author
+    (From), so the portal names the author and the secure reply is delivered to them."""
+    relay = RecordingMailer()
+    cfg = make_config(
+        {"submission": {"any_address_of_own_domains": True}, "portal": {"base_url": BASE + "/"}}
+    )
+    gateway = Gateway(cfg, facts_from_mapping({}), env.store, relay, hostname="gw.test")
+    raw = (
+        "From: Dr. Alice <Alice@hospital.example>\r\nTo: bob@example.net\r\n"
+        "Subject: Lab results\r\nMessage-ID: <relayed-1@hospital.example>\r\n"
+        f"zivver-access-right: bob@example.net access-code {CODE}\r\n\r\nBODY-MARKER\r\n"
+    ).encode()
+    head = raw.partition(b"\r\n\r\n")[0]
+    headers = [(n, v) for n, _, v in (f.partition(": ") for f in head.decode().split("\r\n"))]
+    plan = gateway.process(
+        Transaction(
+            "QID7", "<bounces+7f3a@hospital.example>", ["<bob@example.net>"],
+            headers, io.BytesIO(raw), len(head) + 4, "127.0.0.1",
+        )
+    )  # fmt: skip
+    assert plan.replace_body is not None  # the notification to bob
+    token = re.search(rb"/m/([A-Za-z0-9_-]{16,})\r\n", plan.replace_body)
+    assert token
+    with env.client() as client:
+        here = open_link(client, token.group(1).decode())
+        assert "alice@hospital.example" in client.get(here).text
+        assert "bounces" not in client.get(here).text
+        here = verified(env, client, token.group(1).decode())
+        page = client.get(here)
+        r = client.post(here + "reply", data={"csrf": csrf(page.text, "reply"), "text": "thanks"})
+        assert r.status_code == 200 and 'id="notice"' in r.text
+    (out,) = env.mailer.sent
+    assert out.recipients == ["alice@hospital.example"]
+    assert env.mailer.last()["To"] == "alice@hospital.example"
 
 
 def test_oversized_reply_is_refused_before_reading_it(env: Env) -> None:
@@ -790,6 +961,58 @@ def test_large_attachment_link_needs_email_verification(env: Env) -> None:
         download = client.get(here.group(1) + "file")
         assert download.status_code == 200 and download.content == big
         assert "filename*=UTF-8''scan%20big.bin" in download.headers["content-disposition"]
+    events = [(e.event, e.recipient) for e in env.store.events(mid)]
+    assert ("attachment-downloaded", "dan@partner.example") in events
+
+
+def _download(env: Env, token: str, address: str) -> Any:
+    """Open a large-attachment link, verify as `address` by email code, fetch the file."""
+    with env.client() as client:
+        first = client.get(f"/d/{token}")
+        target = re.search(r'url=([^"]+)"', first.text)
+        assert target
+        here = target.group(1)
+        page = client.get(here)
+        if page.status_code != 200:
+            return page
+        r = client.post(here + "start", data={"csrf": csrf(page.text, "start"), "address": address})
+        r = client.post(here + "send", data={"csrf": csrf(r.text, "send")})
+        body = env.mailer.last().get_body(("plain",))
+        assert body is not None
+        code = re.findall(r"\b\d{6}\b", body.get_content())[0]
+        r = client.post(here + "verify", data={"csrf": csrf(r.text, "verify"), "code": code})
+        assert r.status_code == 200 and 'id="download"' in r.text
+        return client.get(here + "file")
+
+
+@pytest.mark.parametrize("end", ["revoke", "expiry"])
+def test_revoke_and_expiry_end_the_links_but_not_direct_downloads(env: Env, end: str) -> None:
+    """SPEC 8: notification messages can be revoked and expire, direct-delivered ones cannot;
+    so the download link of a direct copy keeps working when the links of the same message end."""
+    expires = datetime.fromtimestamp(env.clock.t, UTC) + timedelta(days=30)
+    mid, tokens = env.save(
+        [
+            code_rcpt("bob@example.net"),
+            NewRecipient("dan@partner.example", 1, "direct_delivery", "direct", "B3", level="pkix"),
+        ],
+        expires_at=expires,
+    )
+    big = os.urandom(1024 * 1024 + 3)
+    saved = env.store.save_attachment(mid, "scan.bin", "application/octet-stream", big)
+    with env.client() as client:
+        here = verified(env, client, tokens["bob@example.net"])
+        if end == "revoke":
+            assert env.store.revoke(mid, "test")
+        else:
+            env.clock.t += 31 * 24 * 3600
+            assert env.store.purge_expired() == 1
+        open_link(client, tokens["bob@example.net"])
+        page = client.get(here)
+        gone_text = "withdrawn" if end == "revoke" else "expired"
+        assert page.status_code == 410 and gone_text in page.text and not shows_message(page)
+    download = _download(env, saved.token, "dan@partner.example")
+    assert download.status_code == 200 and download.content == big
+    assert env.store.open_content(mid) is None  # the original is gone: nobody needs it now
     events = [(e.event, e.recipient) for e in env.store.events(mid)]
     assert ("attachment-downloaded", "dan@partner.example") in events
 

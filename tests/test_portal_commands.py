@@ -69,7 +69,8 @@ def test_status_shows_method_delivery_notified_opened_failures(
     )
     (bob, _) = store.recipients(mid)
     store.mark_notified(mid, "bob@example.net")
-    store.record_failed_attempt(bob.id, lambda streak, lockouts: None, "email")
+    attempt = store.claim_attempt(bob.id, lambda streak, lockouts: None, "email")
+    store.settle_attempt(attempt, False, "email")
     store.mark_opened(bob.id)
     code, out, _ = run(capsys, "status", "st-1@hospital.example", "--config", str(cfg))
     assert code == 0

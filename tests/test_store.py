@@ -8,6 +8,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -279,6 +280,45 @@ def test_expired_content_cannot_be_opened(st: SqliteStore, clock: Clock) -> None
     assert st.open_content(keep.id) is not None
 
 
+def test_revocation_keeps_direct_attachments_and_drops_the_rest(
+    st: SqliteStore, tmp_path: Path
+) -> None:
+    """Revoking ends the notification links; the direct copy's large attachment (own key)
+    stays readable, everything sealed under the message's key goes."""
+    saved = st.save_message(new_message())
+    kept = st.save_attachment(saved.id, "scan.pdf", "application/pdf", b"ATTACHMENT" * 1000)
+    rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+    assert rec is not None
+    reply = st.save_reply(rec.id, b"Subject: Re\r\n\r\nREPLY\r\n")
+    st.save_portal_view(saved.id, b"VIEW")
+    assert st.revoke(saved.id)
+    assert st.open_content(saved.id) is None and st.open_reply(reply) is None
+    assert st.portal_view(saved.id) is None
+    att = st.attachment(kept.id)
+    assert att is not None and att.available and att.filename == "scan.pdf"
+    stream = st.open_attachment(kept.id)
+    assert stream is not None and stream.read() == b"ATTACHMENT" * 1000
+    assert len(stored_blobs(tmp_path / "store")) == 1  # the attachment's ciphertext
+    db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
+    assert db.execute("SELECT portal_view FROM messages").fetchall() == [(None,)]
+    assert db.execute("SELECT kind FROM blobs WHERE deleted_at IS NULL").fetchall() == [
+        ("attachment",)
+    ]
+    db.close()
+
+
+def test_a_direct_only_message_does_not_expire(st: SqliteStore, clock: Clock) -> None:
+    expires = datetime.fromtimestamp(clock.t, UTC) + timedelta(days=1)
+    direct = [r for r in recipients() if r.delivery == "direct"]
+    saved = st.save_message(new_message(recipients=direct, expires_at=expires))  # as stored once
+    kept = st.save_attachment(saved.id, "scan.pdf", "application/pdf", b"ATTACHMENT")
+    clock.t += 2 * 86400
+    assert st.purge_expired() == 0
+    assert st.message(saved.id).revoked_at is None  # type: ignore[union-attr]
+    stream = st.open_attachment(kept.id)
+    assert stream is not None and stream.read() == b"ATTACHMENT"
+
+
 def test_discard_forgets_everything(st: SqliteStore, tmp_path: Path) -> None:
     saved = st.save_message(new_message())
     st.discard(saved.id)
@@ -331,6 +371,8 @@ def test_notified_and_opened_are_recorded(st: SqliteStore) -> None:
     assert rec is not None and rec.notified_at is not None and rec.opened_at is None
     st.mark_opened(rec.id)
     st.mark_opened(rec.id)
+    # opens commit without an fsync of their own; everything else stays synchronous=FULL
+    assert st._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     rec2 = st.find_recipient_by_token(saved.tokens["bob@example.net"])
     assert rec2 is not None and rec2.opened_at is not None
     events = [(e.event, e.recipient) for e in st.events(saved.id)]
@@ -463,6 +505,73 @@ def test_eight_threads_save_at_once(st: SqliteStore) -> None:
         assert content is not None and f"thread-{n}".encode() in content.read()
 
 
+def _lock_after_five(streak: int, lockouts: int) -> float | None:
+    return 60.0 * 2**lockouts if streak >= defaults.LOCKOUT_AFTER else None
+
+
+def test_answers_in_flight_at_once_cannot_pass_the_lockout(
+    tmp_path: Path, kek: bytes, clock: Clock
+) -> None:
+    """Sixteen wrong answers at once, from two portal processes (two store objects on one
+    database): only as many are compared as the lockout allows, the rest are refused."""
+    stores = [SqliteStore.open(str(tmp_path / "store"), kek, now=clock) for _ in range(2)]
+    saved = stores[0].save_message(new_message(recipients=recipients()[:1]))
+    (rec,) = [r for r in stores[0].recipients(saved.id) if r.delivery == "notification"]
+    n = 16
+    barrier = threading.Barrier(n)
+    admitted: list[bool] = []
+    errors: list[BaseException] = []
+
+    def answer(i: int) -> None:
+        st = stores[i % 2]
+        try:
+            barrier.wait()
+            attempt = st.claim_attempt(rec.id, _lock_after_five, "access_code")
+            admitted.append(attempt.admitted)
+            if attempt.admitted:
+                time.sleep(0.05)  # comparing (scrypt, argon2) takes about this long
+                st.settle_attempt(attempt, False, "access_code")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=answer, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert admitted.count(True) == defaults.LOCKOUT_AFTER
+    events = [e.event for e in stores[0].events(saved.id)]
+    assert events.count("verify-failed") == defaults.LOCKOUT_AFTER
+    assert events.count("locked") == 1
+    assert events.count("verify-while-locked") == n - defaults.LOCKOUT_AFTER
+    after = stores[1].recipient(rec.id)
+    assert after is not None and after.failed_attempts == defaults.LOCKOUT_AFTER
+    assert after.locked_until is not None and after.locked_until.timestamp() == clock.t + 60
+    assert not stores[0].claim_attempt(rec.id, _lock_after_five).admitted  # the right code too
+    for st in stores:
+        st.close()
+
+
+def test_a_right_answer_claimed_before_the_limit_still_counts(st: SqliteStore) -> None:
+    saved = st.save_message(new_message(recipients=recipients()[:1]))
+    (rec,) = st.recipients(saved.id)
+    for _ in range(defaults.LOCKOUT_AFTER - 1):
+        assert st.settle_attempt(st.claim_attempt(rec.id, _lock_after_five), False) is None
+    last = st.claim_attempt(rec.id, _lock_after_five)  # the fifth: it locks while in flight
+    assert last.admitted and last.locked_until is not None
+    late = st.claim_attempt(rec.id, _lock_after_five)
+    assert not late.admitted and late.locked_until == last.locked_until
+    assert st.settle_attempt(last, True) is None  # right after all: its own lock is lifted
+    after = st.recipient(rec.id)
+    assert after is not None and after.locked_until is None and after.lockouts == 0
+    assert after.failed_attempts == defaults.LOCKOUT_AFTER - 1
+    assert st.claim_attempt(rec.id, _lock_after_five).admitted
+    events = [e.event for e in st.events(saved.id)]
+    assert events.count("verify-failed") == defaults.LOCKOUT_AFTER - 1
+    assert "locked" not in events and events.count("verify-while-locked") == 1
+
+
 # --- accounts and contact book ------------------------------------------------------------
 
 
@@ -477,6 +586,30 @@ def test_accounts(st: SqliteStore) -> None:
     assert not st.has_account("bob@example.net")
     assert not st.set_account_active("nobody@example.net", True)
     assert not st.has_account("not an address")
+
+
+def test_only_one_authenticator_enrols_even_at_once(st: SqliteStore) -> None:
+    st.add_account("erin@example.net", "recipient", password_hash="$argon2id$x")
+    barrier = threading.Barrier(8)
+    won: list[bytes] = []
+
+    def enrol(n: int) -> None:
+        barrier.wait()
+        if st.enrol_totp("erin@example.net", bytes([n]) * 20):
+            won.append(bytes([n]) * 20)
+
+    threads = [threading.Thread(target=enrol, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(won) == 1 and st.totp_secret("erin@example.net") == won[0]
+    assert not st.enrol_totp("erin@example.net", b"K" * 20)  # later ones: never
+    assert st.totp_secret("erin@example.net") == won[0]
+    st.add_account("nobody@example.net", "recipient")
+    st.set_account_active("nobody@example.net", False)
+    assert not st.enrol_totp("nobody@example.net", b"K" * 20)  # disabled
+    assert not st.enrol_totp("ghost@example.net", b"K" * 20)  # no account
 
 
 def test_contact_book_feeds_remembered_methods(st: SqliteStore, tmp_path: Path) -> None:
@@ -560,6 +693,7 @@ def test_a_store_of_files_is_read_after_the_upgrade(tmp_path: Path, kek: bytes) 
     first = old.save_message(new_message())
     old._conn.execute("UPDATE schema_version SET version = 4")
     old._conn.execute("ALTER TABLE blobs DROP COLUMN data")
+    old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")  # schema 6
     old.close()
     new = SqliteStore.open(path, kek)
     second = new.save_message(new_message())
@@ -567,6 +701,41 @@ def test_a_store_of_files_is_read_after_the_upgrade(tmp_path: Path, kek: bytes) 
         stream = new.open_content(saved.id)
         assert stream is not None and stream.read() == raw_message()
     assert [w.startswith("row") for w, _ in stored_blobs(tmp_path / "store")] == [False, True]
+    new.close()
+
+
+def test_attachments_of_an_older_store_outlive_their_message_after_the_upgrade(
+    tmp_path: Path, kek: bytes
+) -> None:
+    # Before schema 6 a large attachment was sealed under its message's data key.
+    path = str(tmp_path / "store")
+    old = SqliteStore.open(path, kek)
+    saved = old.save_message(new_message())
+    (wrapped,) = old._conn.execute(
+        "SELECT wrapped_key FROM messages WHERE id = ?", (saved.id,)
+    ).fetchone()
+    data_key = crypto.unwrap_data_key(crypto.Kek.from_bytes(kek), bytes(wrapped))
+    aid, blob_id = "a" * 32, "b" * 32
+    blob = old._write_blob(blob_id, data_key, b"LEGACY-ATTACHMENT")
+    field_key = crypto.message_field_key(data_key)
+    name = crypto.seal(field_key, b"old.pdf", "attachments.filename:" + aid)
+    with old._transaction() as cur:
+        store._insert_blob(cur, blob, blob_id, saved.id, "attachment")
+        cur.execute(
+            "INSERT INTO attachments (id, message_id, blob_id, filename, content_type,"
+            " token_hash, created_at) VALUES (?, ?, ?, ?, 'application/pdf', ?, 0)",
+            (aid, saved.id, blob_id, name, crypto.token_hash("t" * 32)),
+        )
+    old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")
+    old._conn.execute("UPDATE schema_version SET version = 5")
+    old.close()
+    new = SqliteStore.open(path, kek)
+    assert new.revoke(saved.id)
+    assert new.open_content(saved.id) is None
+    att = new.attachment(aid)
+    assert att is not None and att.available and att.filename == "old.pdf"
+    stream = new.open_attachment(aid)
+    assert stream is not None and stream.read() == b"LEGACY-ATTACHMENT"
     new.close()
 
 

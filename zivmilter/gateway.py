@@ -235,13 +235,14 @@ class Gateway:
         delivered: list[RecipientDecision],
         original: Message,
     ) -> SavedMessage:
+        # Only notification messages expire: a direct copy is delivered and read (SPEC 8).
         expiry = self.cfg.policy.expiry_days
-        expires = self.clock.now(UTC) + timedelta(days=expiry) if expiry else None
+        notifies = any(d.delivery is Delivery.NOTIFICATION for d in delivered)
+        expires = self.clock.now(UTC) + timedelta(days=expiry) if expiry and notifies else None
         with _clean_copy(tx) as content:
             return self.store.save_message(
                 NewMessage(
-                    sender=result.envelope.sender
-                    or "mailer-daemon@" + self.cfg.organization.domains[0],
+                    sender=_author(tx, result.envelope.sender, self.cfg.organization.domains[0]),
                     subject=decoded_header(original.get("Subject", "")),
                     content=content,
                     recipients=[_new_recipient(d) for d in delivered],
@@ -422,6 +423,17 @@ def _bare(address: str) -> str:
     if a.startswith("<") and a.endswith(">"):
         a = a[1:-1].strip()
     return a
+
+
+def _author(tx: Transaction, envelope_sender: str, own_domain: str) -> str:
+    """Who wrote the message, as the store keeps it: secure replies go there, and the portal
+    and the codes it sends name it. The first From mailbox (the address submission checked);
+    not the envelope sender, which for an application relay is a bounce or null address. That
+    is only the fallback, for a message without a usable From."""
+    claimed = submission.claimed_addresses(tx.headers)
+    if not isinstance(claimed, str):
+        return claimed[0]
+    return envelope_sender or "mailer-daemon@" + own_domain
 
 
 def _raw_recipients(raw: Sequence[str]) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:

@@ -76,14 +76,10 @@ def add_recipient_account(
 
 
 def enrol_authenticator(store: Store, address: str, secret: bytes) -> bool:
-    """Keep the authenticator secret the recipient just confirmed; False if the account is gone."""
-    account = store.account(address)
-    if account is None or not account.active:
-        return False
-    store.add_account(
-        account.address, account.kind, password_hash=account.password_hash, totp_secret=secret
-    )
-    return True
+    """Keep the authenticator secret the recipient just confirmed, only while the account has
+    none (the store checks and sets it at once); False if the account is gone, disabled or has
+    an authenticator already. Only an admin's reset (`add_recipient_account`) clears one."""
+    return store.enrol_totp(address, secret)
 
 
 def qr_svg(uri: str) -> str:

@@ -226,8 +226,10 @@ class DownloadPages(GuestPages[_Ctx]):
         att = portal.store.attachment(aid) if p is not None else None
         if p is None or att is None:
             return None, self._no_pass(request, lang, here)
-        # An attachment link has no revocation of its own: only its message's.
-        return self._admit(request, _Ctx(p, lang, here, att), att.message, None, need)
+        # A direct delivery cannot be revoked and does not expire (SPEC 8): the link works as
+        # long as the attachment is kept, whatever became of its message's notification links.
+        gone = None if att.available else "revoked"
+        return self._admit(request, _Ctx(p, lang, here, att), gone, need)
 
 
 def content_disposition(filename: str, kind: str = "attachment") -> str:

@@ -112,12 +112,36 @@ def check_answer(
     password: str = "",
     totp: str = "",
 ) -> AnswerResult:
-    """Check what the visitor typed for `method`; failures count towards the lockout, and a
-    locked link refuses every answer (each refusal is in the audit log too)."""
+    """Check what the visitor typed for `method`. The answer is claimed against the lockout
+    before it is compared (the store counts it as wrong until it proves right), so answers in
+    flight at the same time cannot get past the lock; a locked link refuses every answer (each
+    refusal is in the audit log too)."""
+    attempt = portal.store.claim_attempt(rec.id, verify.lockout_seconds, method)
+    if not attempt.admitted:
+        return AnswerResult(Answer.LOCKED, attempt.locked_until)
+    outcome = _compare(portal, rec, method, code=code, password=password, totp=totp)
+    if outcome is Answer.ENROL:
+        portal.store.settle_attempt(attempt, True, method)
+        portal.store.record_event(
+            "password-ok", rec.message.id, rec.address, "authenticator to enrol"
+        )
+        return AnswerResult(Answer.ENROL)
+    if outcome is Answer.OK:
+        portal.store.settle_attempt(attempt, True, method)
+        portal.store.record_verified(rec.id, method)
+        return AnswerResult(Answer.OK)
+    until = portal.store.settle_attempt(attempt, False, method)
+    log.info("wrong %s answer for %s of %s", method, rec.address, rec.message.id)
+    if until is not None:
+        return AnswerResult(Answer.LOCKED, until)
+    return AnswerResult(Answer.WRONG)
+
+
+def _compare(
+    portal: Portal, rec: RecipientRecord, method: str, *, code: str, password: str, totp: str
+) -> Answer:
+    """OK, WRONG or ENROL (the password is right, the account has no authenticator yet)."""
     now = portal.now()
-    if verify.locked(rec.locked_until, now):
-        portal.store.record_event("verify-while-locked", rec.message.id, rec.address, method)
-        return AnswerResult(Answer.LOCKED, rec.locked_until)
     if method == "access_code":
         ok = verify.access_code_valid(rec.access_code_hash, code)
     elif method in ("sms", "email"):
@@ -131,10 +155,7 @@ def check_answer(
             and accounts.password_valid(account.password_hash, password)
         )
         if ok and account is not None and not account.has_totp:
-            portal.store.record_event(
-                "password-ok", rec.message.id, rec.address, "authenticator to enrol"
-            )
-            return AnswerResult(Answer.ENROL)
+            return Answer.ENROL
         if ok:
             secret = portal.store.totp_secret(rec.address)
             step = None if secret is None else verify.totp_step(secret, totp, now)
@@ -142,14 +163,7 @@ def check_answer(
             ok = step is not None and portal.store.use_totp_step(rec.address, step)
     else:
         ok = False
-    if ok:
-        portal.store.record_verified(rec.id, method)
-        return AnswerResult(Answer.OK)
-    until = portal.store.record_failed_attempt(rec.id, verify.lockout_seconds, method)
-    log.info("wrong %s answer for %s of %s", method, rec.address, rec.message.id)
-    if until is not None:
-        return AnswerResult(Answer.LOCKED, until)
-    return AnswerResult(Answer.WRONG)
+    return Answer.OK if ok else Answer.WRONG
 
 
 def gone_reason(message: MessageRecord, link_revoked: datetime | None, now: float) -> str | None:

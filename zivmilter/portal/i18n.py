@@ -47,6 +47,8 @@ _EN: dict[str, str] = {
     "message again.",
     "err_code_failed": "The code could not be sent right now. Please try again in a few minutes.",
     "err_no_account": "There is no active account for this address. Please contact the sender.",
+    "err_already_enrolled": "An authenticator app is already set up for this account. Sign in "
+    "with your password and the code it shows.",
     "err_reply_empty": "Write a reply or attach a file.",
     "err_reply_failed": "Your reply could not be sent right now. Please try again later.",
     "err_bad_address": "That is not an email address.",
@@ -151,6 +153,8 @@ _NL: dict[str, str] = {
     "err_code_failed": "De code kan nu niet worden verstuurd. Probeer het over een paar minuten "
     "opnieuw.",
     "err_no_account": "Er is geen actief account voor dit adres. Neem contact op met de afzender.",
+    "err_already_enrolled": "Voor dit account is al een authenticator-app ingesteld. Log in met "
+    "uw wachtwoord en de code die de app toont.",
     "err_reply_empty": "Schrijf een antwoord of voeg een bestand toe.",
     "err_reply_failed": "Uw antwoord kan nu niet worden verstuurd. Probeer het later opnieuw.",
     "err_bad_address": "Dat is geen e-mailadres.",

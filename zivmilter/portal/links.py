@@ -56,9 +56,9 @@ class LinkPages(GuestPages[_Ctx]):
         lang = portal.language(request, rec.address if rec else None)
         if rec is None:
             return self._unknown_link(request, lang)
-        response, verified = self._first_visit(request, _scope(rec.id), self._here(rec.id), lang)
-        if verified:
-            portal.store.mark_opened(rec.id)  # a returning reader whose session still holds
+        # Nothing of the message is shown here (the page moves on to the link's page, which
+        # records the open if it shows the message): a visit, not an open.
+        response, _ = self._first_visit(request, _scope(rec.id), self._here(rec.id), lang)
         portal.store.record_event("link-visited", rec.message.id, rec.address, "")
         return response
 
@@ -74,6 +74,8 @@ class LinkPages(GuestPages[_Ctx]):
         if ctx.p.stage is Stage.VERIFIED:
             return self._message_page(request, ctx)
         if ctx.p.stage is Stage.ENROL:
+            if self._enrolled(ctx):
+                return self._sign_in_again(request, ctx)
             return self._enrol_page(request, ctx)
         return self._verify_page(request, ctx, notice=sent_notice(request))
 
@@ -121,7 +123,6 @@ class LinkPages(GuestPages[_Ctx]):
 
     def _verified(self, ctx: _Ctx, method: str) -> Response:
         portal, rec = self.portal, ctx.rec
-        portal.store.mark_opened(rec.id)
         # The contact book (SPEC 8; rules 5/6 of the policy): what worked, for next time.
         if method == "sms" and rec.phone:
             portal.store.remember_contact(rec.address, sms=rec.phone)
@@ -140,20 +141,24 @@ class LinkPages(GuestPages[_Ctx]):
             return error
         if ctx.p.stage is not Stage.ENROL:
             return RedirectResponse(ctx.here, status_code=303)
+        if self._enrolled(ctx):
+            return self._sign_in_again(request, ctx)
         secret = unseal_value(portal.keys, fields["secret"], _enrol_context(ctx))
         if secret is None:
             return self._enrol_page(request, ctx, status=400)
-        if verify.locked(ctx.rec.locked_until, portal.now()):
-            return self._verify_page(request, ctx, status=429)
+        what = "account enrolment"
+        attempt = portal.store.claim_attempt(ctx.rec.id, verify.lockout_seconds, what)
+        if not attempt.admitted:
+            return self._verify_page(request, self._fresh(ctx), status=429)
         step = verify.totp_step(secret, fields["totp"], portal.now())
         if step is None:
-            until = portal.store.record_failed_attempt(
-                ctx.rec.id, verify.lockout_seconds, "account enrolment"
-            )
-            if until is not None:
+            if portal.store.settle_attempt(attempt, False, what) is not None:
                 return self._verify_page(request, self._fresh(ctx), status=429)
             return self._enrol_page(request, ctx, secret=secret, error="wrong_code", status=401)
+        portal.store.settle_attempt(attempt, True, what)
         if not accounts.enrol_authenticator(portal.store, ctx.rec.address, secret):
+            if self._enrolled(ctx):  # another enrolment got in first
+                return self._sign_in_again(request, ctx)
             return self._verify_page(request, ctx, error="no_account", status=403)
         portal.store.use_totp_step(ctx.rec.address, step)  # the enrolment code is spent too
         portal.store.record_verified(ctx.rec.id, "account (authenticator enrolled)")
@@ -413,6 +418,9 @@ class LinkPages(GuestPages[_Ctx]):
         view = self._message_view(ctx)
         if view is None:
             return self._gone(request, ctx, "revoked")
+        # SPEC 8: every open is recorded. An open is this page showing the message to a
+        # verified recipient, each time (its frame and parts are part of the same open).
+        portal.store.mark_opened(ctx.rec.id)
         remote = request.query_params.get("remote") == "1"
         values = {
             "view": view,
@@ -429,6 +437,23 @@ class LinkPages(GuestPages[_Ctx]):
         return portal.page(
             request, "message.html", values, lang=ctx.lang, here=ctx.here, status=status
         )
+
+    def _enrolled(self, ctx: _Ctx) -> bool:
+        account = self.portal.store.account(ctx.rec.address)
+        return account is not None and account.has_totp
+
+    def _sign_in_again(self, request: Request, ctx: _Ctx) -> Response:
+        """An enrolment pass whose account has an authenticator by now (enrolled in another
+        browser, or this page was kept open): it enrols nothing; the visitor signs in with both
+        factors instead, on a fresh pass."""
+        portal = self.portal
+        portal.store.record_event(
+            "enrol-refused", ctx.rec.message.id, ctx.rec.address, "authenticator already enrolled"
+        )
+        fresh = replace(ctx, p=portal.new_pass(ctx.p.scope, Stage.LINK))
+        response = self._verify_page(request, fresh, error="already_enrolled", status=409)
+        portal.give_pass(response, fresh.p)
+        return response
 
     def _record_csrf_refusal(self, ctx: _Ctx) -> None:
         self.portal.store.record_event("csrf-refused", ctx.rec.message.id, ctx.rec.address, "")
@@ -454,7 +479,8 @@ class LinkPages(GuestPages[_Ctx]):
         state = portal.store.link_state(rid)
         assert state is not None  # the row was just read
         ctx = _Ctx(p, lang, here, rec, state)
-        return self._admit(request, ctx, rec.message, state.revoked_at, need)
+        gone = flows.gone_reason(rec.message, state.revoked_at, portal.now())
+        return self._admit(request, ctx, gone, need)
 
     def _parsed(self, ctx: _Ctx) -> tuple[Any, render.MessageView] | None:
         content = self.portal.store.open_content(ctx.rec.message.id)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from ..store import MessageRecord, RecipientRecord
+from ..store import RecipientRecord
 from . import flows, verify
 from .app import Portal
 from .security import Pass, Stage
@@ -103,15 +102,10 @@ class GuestPages(ABC, Generic[C]):
         )
 
     def _admit(
-        self,
-        request: Request,
-        ctx: C,
-        message: MessageRecord,
-        link_revoked: datetime | None,
-        need: Stage,
+        self, request: Request, ctx: C, gone: str | None, need: Stage
     ) -> tuple[C | None, Response]:
-        """The end of `_context`: the content must still be there and the pass far enough."""
-        gone = flows.gone_reason(message, link_revoked, self.portal.now())
+        """The end of `_context`: the content must still be there (`gone`: why it is not,
+        "revoked" or "expired") and the pass far enough."""
         if gone is not None:
             return None, self._gone(request, ctx, gone)
         if ctx.p.stage < need:
