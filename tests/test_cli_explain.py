@@ -225,3 +225,23 @@ def test_config_lists_count_on_top_of_the_facts_file(tmp_path: Path) -> None:
         "y@care2.example",
     )
     assert (excluded["rule"], excluded["delivery"]) == ("A7", "notification")
+
+
+def test_ntamx_next_hop_is_shown_only_when_there_is_one(tmp_path: Path) -> None:
+    ntamx = explain_with(
+        tmp_path,
+        "",
+        "nta7516:\n  care.example: {ntamx: [mx1.nta.example, mx2.nta.example], transport: pkix}\n"
+        "transport: {care.example: none}\n",
+        "x@care.example",
+    )
+    assert (ntamx["rule"], ntamx["delivery"], ntamx["level"]) == ("A2", "direct", "pkix")
+    assert ntamx["next_hop"] == ["mx1.nta.example", "mx2.nta.example"]
+    assert "delivered to its ntamx hosts mx1.nta.example, mx2.nta.example" in ntamx["reason"]
+    assert list(ntamx)[-1] == "next_hop"  # added after the keys every recipient has
+    plain = explain_with(
+        tmp_path, "", "nta7516: [care.example]\ntransport: {care.example: pkix}\n", "x@care.example"
+    )
+    assert list(plain) == [
+        "address", "method", "delivery", "level", "rule", "conversation", "access_right", "reason",
+    ]

@@ -154,3 +154,45 @@ def test_facts_file_refuses_duplicate_keys(tmp_path: Path) -> None:
     path.write_text("accounts: [a@x.example]\ntransport: {}\naccounts: [b@x.example]\n")
     with pytest.raises(ConfigError, match=r"facts\.yaml: accounts: duplicate key on line 3"):
         load_facts(str(path))
+
+
+def test_facts_file_nta7516_list_and_mapping_forms(tmp_path: Path) -> None:
+    path = tmp_path / "facts.yaml"
+    path.write_text("nta7516: [care.example]\n")
+    listed = load_facts(str(path)).nta7516("care.example")
+    assert listed.compliant and listed.mx == () and listed.mx_transport is None
+    path.write_text(
+        "nta7516:\n"
+        "  care.example:\n"
+        "  zorg.example:\n"
+        "    ntamx: [MX1.Zorg.example, mx2.zorg.example, mx1.zorg.example]\n"
+        "    transport: {level: pkix, tls_version: tls1.3}\n"
+    )
+    facts = load_facts(str(path))
+    assert facts.nta7516("care.example").compliant
+    assert facts.nta7516("care.example").mx_transport is None
+    zorg = facts.nta7516("zorg.example")
+    assert zorg.compliant and zorg.mx == ("mx1.zorg.example", "mx2.zorg.example")
+    assert zorg.mx_transport is not None
+    assert zorg.mx_transport.level is Level.PKIX
+    assert zorg.mx_transport.tls_version is not None
+    assert zorg.mx_transport.tls_version.value == "tls1.3"
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ("{transport: pkix}", r"nta7516\.z\.example\.ntamx: expected a non-empty list"),
+        ("{ntamx: [mx.z.example]}", r"nta7516\.z\.example\.transport: the level .* is missing"),
+        ("{ntamx: [mx.z.example], transport: best}", r"nta7516\.z\.example\.transport: 'best'"),
+        ("{ntamx: ['[mx.z.example]:25'], transport: tls}", r"nta7516\.z\.example\.ntamx: "),
+        ("{ntamx: [mx.z.1x], transport: tls}", r"cannot be a next hop"),
+        ("{ntamx: [mx.z.example], transport: tls, via: x}", r"nta7516\.z\.example\.via: unknown"),
+        ("pkix", r"nta7516\.z\.example: expected null or"),
+    ],
+)
+def test_facts_file_nta7516_mapping_errors(tmp_path: Path, entry: str, problem: str) -> None:
+    path = tmp_path / "facts.yaml"
+    path.write_text(f"nta7516:\n  z.example: {entry}\n")
+    with pytest.raises(ConfigError, match=problem):
+        load_facts(str(path))

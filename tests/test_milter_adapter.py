@@ -177,6 +177,64 @@ def test_config_idd_counts_with_pinned_facts(tmp_path: Path) -> None:
     store.close()
 
 
+def test_ntamx_recipients_get_a_copy_of_their_own_routed_to_the_ntamx_hosts(
+    tmp_path: Path,
+) -> None:
+    # bob's MX is pkix (A4); care.example's record names ntamx hosts that are pkix too (A2):
+    # same level, different next hop, so two copies. The client's own route header is gone.
+    crypto.keygen(str(tmp_path / "k"))
+    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
+    sent = Collecting()
+    ZivMilter.gateway = Gateway(
+        make_config(
+            {
+                "organization": {"nta7516": True},
+                "policy": {"transport_security_compliance": "pkix"},
+                "submission": {"any_address_of_own_domains": True},
+            }
+        ),
+        facts_from_mapping(
+            {
+                "transport": {"partner.example": "pkix", "care.example": "none"},
+                "nta7516": {
+                    "care.example": {
+                        "ntamx": ["mx1.nta.example", "mx2.nta.example"],
+                        "transport": "pkix",
+                    }
+                },
+            }
+        ),
+        store,
+        sent,
+        hostname="gw.test",
+    )
+    message = (
+        b"From: alice@hospital.example\r\nTo: bob@partner.example, x@care.example\r\n"
+        b"Subject: results\r\nX-Zivmilter-Route: direct-dane nexthop=[evil.example]\r\n"
+        b"\r\nSECRET BODY\r\n"
+    )
+    ctx = testctx.TestCtx()
+    assert run(ctx, ["bob@partner.example", "x@care.example"], message) == Milter.ACCEPT
+    # bob's copy (the MX route sorts first) stays; the client's route header is deleted
+    assert ctx._delrcpt == ["<x@care.example>"]
+    assert ctx._msg.get_all("X-Zivmilter-Route") == ["direct-pkix"]
+    (copy,) = sent.sent
+    assert copy.recipients == ("x@care.example",)
+    assert copy.what == "direct-pkix copy via mx1.nta.example, mx2.nta.example"
+    if isinstance(copy.content, bytes):
+        data = copy.content
+    else:  # a spooled copy of the original, as the re-injector reads it
+        copy.content.seek(0)
+        data = copy.content.read()
+    head = data.partition(b"\r\n\r\n")[0]
+    assert head.startswith(
+        b"X-Zivmilter-Route: direct-pkix nexthop=[mx1.nta.example],[mx2.nta.example]\r\n"
+    )
+    assert head.count(b"X-Zivmilter-Route") == 1 and b"evil.example" not in data
+    assert b"SECRET BODY" in data
+    store.close()
+
+
 class Broken:
     def process(self, tx: Transaction) -> Plan:
         raise RuntimeError("disk on fire")

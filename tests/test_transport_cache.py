@@ -76,3 +76,29 @@ def test_failed_nta_lookup_takes_the_failure_ttl() -> None:
     assert ttl_for(nta_timeout, cfg) == 10
     no_record = dataclasses.replace(RESULT, nta=NtaLookup((), True))  # an answer: none published
     assert ttl_for(no_record, cfg) == 100
+
+
+def test_ntamx_hosts_round_trip_and_old_rows_still_load(tmp_path: Path) -> None:
+    ntamx = HostResult(
+        "ntamx.partner.example", 10, ("192.0.2.9",), True, "TLSv1.3", True, None,
+        Dnssec(True, False, False), (), None, None, Level.PANE, "CA-valid certificate",
+    )
+    with_ntamx = dataclasses.replace(RESULT, ntamx=(ntamx,))
+    assert DomainResult.from_json(with_ntamx.to_json()) == with_ntamx
+    # A row written before ntamx hosts were probed has no "ntamx" key: it loads, without them.
+    old = RESULT.to_json()
+    del old["ntamx"]
+    assert DomainResult.from_json(old) == RESULT
+    cache = TransportCache(str(tmp_path / "transport.sqlite3"))
+    try:
+        cache.put(with_ntamx, 1_900_086_400.0)
+        got = cache.get("partner.example")
+        assert got is not None and got.result.ntamx == (ntamx,)
+    finally:
+        cache.close()
+
+
+def test_an_ntamx_host_error_is_cached_as_a_failure() -> None:
+    cfg = TransportConfig(cache_ttl_success=100, cache_ttl_failure=10)
+    broken = HostResult("ntamx.partner.example", 10, error="no address records")
+    assert ttl_for(dataclasses.replace(RESULT, ntamx=(broken,)), cfg) == 10

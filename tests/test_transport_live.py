@@ -44,6 +44,7 @@ class FakeProber:
         self.gate = threading.Event()
         self.gate.set()
         self.nta: dict[str, NtaLookup] = {}
+        self.ntamx: dict[str, tuple[HostResult, ...]] = {}
 
     def __call__(self, domain: str) -> DomainResult:
         self.calls.append(domain)
@@ -54,6 +55,7 @@ class FakeProber:
         return DomainResult(
             domain, level, version, f"fake says {level.value}", self.clock(), (host,),
             self.nta.get(domain, NtaLookup()),
+            self.ntamx.get(domain, ()),
         )
 
 
@@ -213,6 +215,50 @@ def test_nta7516(tmp_path: Path, clock: Clock) -> None:
         assert facts.nta7516("added.example").compliant
         assert not facts.nta7516("unsigned.example").compliant
     assert "added.example" not in prober.calls  # the config alone answers
+
+
+def test_nta7516_carries_the_ntamx_level(tmp_path: Path, clock: Clock) -> None:
+    prober = FakeProber(clock, {"declared.example": Level.NONE})
+    prober.nta["declared.example"] = NtaLookup((NTA,), True)
+    prober.ntamx["declared.example"] = (
+        HostResult("nta-mx.example", 10, level=Level.PKIX, tls_version="TLSv1.3", reason="ca"),
+    )
+    with _facts(_config(tmp_path), prober, clock) as facts:
+        fact = facts.nta7516("declared.example")
+        assert fact.compliant and fact.mx == ("nta-mx.example",)
+        assert fact.mx_transport is not None
+        assert fact.mx_transport.level is Level.PKIX
+        assert fact.mx_transport.tls_version is TlsVersion.TLS1_3
+        assert fact.mx_transport.reason == "nta-mx.example: ca"
+        assert facts.transport("declared.example").level is Level.NONE  # the MX's own level
+
+
+def test_old_cache_row_without_ntamx_results_is_probed_again(
+    tmp_path: Path, clock: Clock
+) -> None:
+    cfg = _config(tmp_path)
+    old = DomainResult(
+        "declared.example", Level.PKIX, TlsVersion.TLS1_2, "mx ok", T0,
+        (HostResult("mx.declared.example", 10, level=Level.PKIX),), NtaLookup((NTA,), True),
+    )
+    cache = TransportCache(db_path(cfg))
+    cache.put(old, T0 + 86400)
+    cache.close()
+    prober = FakeProber(clock, {"declared.example": Level.PKIX})
+    prober.nta["declared.example"] = NtaLookup((NTA,), True)
+    prober.ntamx["declared.example"] = (HostResult("nta-mx.example", 10, level=Level.DANE),)
+    with _facts(cfg, prober, clock) as facts:
+        first = facts.nta7516("declared.example")
+        # Loaded as it is (the MX level still answers), but rule 2 waits for the ntamx probe.
+        assert first.compliant and first.mx_transport is None
+        assert facts.transport("declared.example").level is Level.PKIX
+        deadline = time.monotonic() + 5
+        while facts.nta7516("declared.example").mx_transport is None:
+            assert time.monotonic() < deadline, "the ntamx hosts were never probed"
+            time.sleep(0.01)
+        again = facts.nta7516("declared.example").mx_transport
+        assert again is not None and again.level is Level.DANE
+    assert prober.calls == ["declared.example"]
 
 
 def test_odd_listed(tmp_path: Path, clock: Clock) -> None:

@@ -7,6 +7,8 @@ from datetime import date
 import pytest
 
 from zivmilter.config import Nta7516Config
+from zivmilter.facts import TransportFact
+from zivmilter.levels import Level, TlsVersion
 from zivmilter.transport import nta7516
 from zivmilter.transport.model import NtaLookup
 
@@ -104,3 +106,29 @@ def test_config_lists() -> None:
     excluded = nta7516.evaluate("excluded.example", signed, cfg, today)
     assert not excluded.compliant and "nta7516.exclude" in excluded.reason
     assert nta7516.evaluate("other.example", signed, cfg, today).compliant
+
+
+def test_parse_keeps_ntamx_preferences_and_drops_repeated_hosts() -> None:
+    record = nta7516.parse(
+        GOOD + ";ntamx=30 b.example.org;ntamx=5 a.example.org;ntamx=40 A.example.org"
+    )
+    assert isinstance(record, nta7516.NtaRecord)
+    assert record.ntamx == [(5, "a.example.org"), (30, "b.example.org")]
+
+
+def test_parse_refuses_an_ntamx_host_that_cannot_be_a_next_hop() -> None:
+    # A valid domain name, but not one the Postfix route tables accept as a host.
+    result = nta7516.parse(GOOD + ";ntamx=10 mx.example.1x")
+    assert isinstance(result, str) and "not a host name" in result
+
+
+def test_judge_carries_what_the_ntamx_hosts_meet() -> None:
+    probed = TransportFact(Level.PKIX, TlsVersion.TLS1_2, "ntamx says pkix")
+    record = nta7516.parse(GOOD + ";ntamx=10 mx.example.org")
+    fact = nta7516.judge(record, date(2025, 1, 1), probed)
+    assert fact.compliant and fact.mx == ("mx.example.org",) and fact.mx_transport == probed
+    unprobed = nta7516.judge(record, date(2025, 1, 1))
+    assert unprobed.compliant and unprobed.mx_transport is None
+    # Without ntamx hosts in the record there is nothing for the probed level to describe.
+    plain = nta7516.judge(nta7516.parse(GOOD), date(2025, 1, 1), probed)
+    assert plain.mx == () and plain.mx_transport is None

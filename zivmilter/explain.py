@@ -15,7 +15,7 @@ from .submission import SubmissionResult
 
 
 def recipient_json(d: RecipientDecision) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "address": d.address,
         "method": d.method.value,
         "delivery": d.delivery.value,
@@ -25,6 +25,9 @@ def recipient_json(d: RecipientDecision) -> dict[str, Any]:
         "access_right": d.access_right.value if d.access_right is not None else None,
         "reason": d.reason,
     }
+    if d.next_hop:  # only NTA 7516 deliveries to ntamx hosts: other outputs stay as they were
+        out["next_hop"] = list(d.next_hop)
+    return out
 
 
 def submission_json(submission: SubmissionResult) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from .addresses import normalize_address, normalize_domain
 from .config import Config, Nta7516Config, read_yaml
 from .errors import ConfigError, MessageError
 from .levels import Level, TlsVersion
+from .route import is_route_host
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class NtaFact:
     compliant: bool = False
     reason: str = "no NTA 7516 record"
     mx: tuple[str, ...] = ()  # ntamx hosts, lowest preference first, when the record names them
+    # What the ntamx hosts meet, probed as MX hosts are (weakest host decides); None when the
+    # record names no ntamx hosts or they were not probed. With ntamx hosts, rule 2 judges and
+    # delivers on these, not on the domain's MX (SPEC 4a).
+    mx_transport: TransportFact | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,53 @@ def _norm(fn: Any, value: str, source: str, key: str) -> str:
     return result
 
 
+def _nta_entry(value: Any, source: str, key: str) -> NtaFact:
+    """One domain of the mapping form of `nta7516`: null (compliant, delivered to its MX) or
+    `{ntamx: [host, ...], transport: LEVEL | {level, tls_version}}` (hosts lowest preference
+    first; transport: what those hosts meet)."""
+    if value is None:
+        return NtaFact(True, "listed in the facts file")
+    if not isinstance(value, dict):
+        raise ConfigError(source, key, "expected null or {ntamx: [host, ...], transport: LEVEL}")
+    unknown = set(value) - {"ntamx", "transport"}
+    if unknown:
+        raise ConfigError(source, f"{key}.{sorted(unknown)[0]}", "unknown key")
+    hosts = _list(value, "ntamx", source) if "ntamx" in value else []
+    if not hosts:
+        raise ConfigError(source, f"{key}.ntamx", "expected a non-empty list of host names")
+    if "transport" not in value:
+        raise ConfigError(source, f"{key}.transport", "the level the ntamx hosts meet is missing")
+    mx: list[str] = []
+    for host in hosts:
+        name = _norm(normalize_domain, host, source, f"{key}.ntamx")
+        if not is_route_host(name):
+            raise ConfigError(source, f"{key}.ntamx", f"{host!r} cannot be a next hop")
+        if name not in mx:
+            mx.append(name)
+    fact = _transport_fact(value["transport"], source, f"{key}.transport")
+    return NtaFact(
+        True,
+        "listed in the facts file",
+        tuple(mx),
+        TransportFact(fact.level, fact.tls_version, f"{fact.level.value} (ntamx, from facts file)"),
+    )
+
+
+def _nta_facts(data: dict[str, Any], source: str) -> dict[str, NtaFact]:
+    raw = data.get("nta7516") or []
+    if isinstance(raw, dict):
+        return {
+            _norm(normalize_domain, str(d), source, f"nta7516.{d}"): _nta_entry(
+                v, source, f"nta7516.{d}"
+            )
+            for d, v in raw.items()
+        }
+    return {
+        _norm(normalize_domain, d, source, "nta7516"): NtaFact(True, "listed in the facts file")
+        for d in _list(data, "nta7516", source)
+    }
+
+
 def _transport_fact(value: Any, source: str, key: str) -> TransportFact:
     if isinstance(value, dict):
         unknown = set(value) - {"level", "tls_version"}
@@ -202,10 +254,7 @@ def facts_from_mapping(data: Any, source: str = "<facts>") -> StaticFacts:
         _norm(normalize_address, a, source, "senders") for a in _list(data, "senders", source)
     }
     odd = {_norm(normalize_domain, d, source, "odd") for d in _list(data, "odd", source)}
-    nta = {
-        _norm(normalize_domain, d, source, "nta7516"): NtaFact(True, "listed in the facts file")
-        for d in _list(data, "nta7516", source)
-    }
+    nta = _nta_facts(data, source)
     raw_levels = data.get("transport") or {}
     if not isinstance(raw_levels, dict):
         raise ConfigError(source, "transport", "expected a mapping of domain: level")

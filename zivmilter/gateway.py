@@ -4,8 +4,9 @@ The milter adapter (milter.py) hands over a `Transaction` (envelope, macros, hea
 message) and applies the `Plan` it gets back. In between, in this order:
 1. the policy core decides per recipient (assess.py — the same path `explain` shows);
 2. the content is encrypted into the store, durably, before anything is sent;
-3. notifications (one per recipient, personal link), direct copies (one per transport level,
-   tagged with the route header) and a DSN for failed recipients are built;
+3. notifications (one per recipient, personal link), direct copies (one per transport level
+   and next hop, tagged with the route header, see route.py) and a DSN for failed recipients
+   are built;
 4. one group stays in the current transaction; every other copy is re-injected and must be
    accepted, or a DeliveryError makes the milter tempfail (nothing is lost).
 """
@@ -36,6 +37,7 @@ from .levels import Level
 from .message import decoded_header, header_message
 from .policy import Delivery, Method, RecipientDecision
 from .reinject import Outgoing, Reinjector
+from .route import route_value
 from .store import NewMessage, NewRecipient, SavedMessage, Store
 from .submission import SenderAccounts, SpfChecker, StoreSenderAccounts
 
@@ -98,6 +100,11 @@ class _Copy:
     content: bytes | None  # a new message (CRLF); None: the original, with header edits only
     route: Level | None  # direct-delivery level, for the route header
     what: str
+    next_hop: tuple[str, ...] = ()  # ntamx hosts instead of the recipients' MX (NTA 7516)
+
+    @property
+    def route_value(self) -> str | None:
+        return None if self.route is None else route_value(self.route, self.next_hop)
 
 
 class Gateway:
@@ -168,13 +175,14 @@ class Gateway:
         reported = _reported_failures(tx, failed)
         for d in result.decision.recipients:
             log.info(
-                "to=<%s> delivery=%s method=%s level=%s rule=%s conversation=%s",
+                "to=<%s> delivery=%s method=%s level=%s rule=%s conversation=%s%s",
                 d.address,
                 d.delivery.value,
                 d.method.value,
                 d.level.value if d.level else "-",
                 d.rule,
                 d.conversation,
+                f" nexthop={','.join(d.next_hop)}" if d.next_hop else "",
                 extra=_ctx(tx),
             )
 
@@ -259,17 +267,19 @@ class Gateway:
         original: Message,
         saved: SavedMessage | None,
     ) -> list[_Copy]:
-        """Direct groups first (one per level), then one notification per recipient."""
+        """Direct groups first (one per level and next hop, strongest level first, the MX
+        before ntamx hosts), then one notification per recipient."""
         copies: list[_Copy] = []
-        by_level: dict[Level, list[str]] = {}
+        groups: dict[tuple[Level, tuple[str, ...]], list[str]] = {}
         for d in delivered:
             if d.delivery is Delivery.DIRECT and d.level is not None:
-                by_level.setdefault(d.level, []).append(d.address)
-        direct = self._direct_content(tx, saved) if by_level else None
-        for level in sorted(by_level, reverse=True):
-            copies.append(
-                _Copy(tuple(by_level[level]), direct, level, f"direct-{level.value} copy")
-            )
+                groups.setdefault((d.level, d.next_hop), []).append(d.address)
+        direct = self._direct_content(tx, saved) if groups else None
+        for level, next_hop in sorted(groups, key=lambda g: (-g[0].rank, g[1])):
+            what = f"direct-{level.value} copy"
+            if next_hop:
+                what += f" via {', '.join(next_hop)}"
+            copies.append(_Copy(tuple(groups[level, next_hop]), direct, level, what, next_hop))
         for d in delivered:
             if d.delivery is not Delivery.NOTIFICATION or saved is None:
                 continue
@@ -309,7 +319,7 @@ class Gateway:
     def _outgoing(
         self, tx: Transaction, copy: _Copy, sender: str, as_given: dict[str, str]
     ) -> Outgoing:
-        route = b"" if copy.route is None else _route_field(copy.route)
+        route = b"" if copy.route_value is None else _route_field(copy.route_value)
         rcpts = tuple(as_given.get(r, r) for r in copy.recipients)
         if copy.content is not None:
             return Outgoing(sender, rcpts, route + copy.content, copy.what)
@@ -347,7 +357,7 @@ class Gateway:
             for norm, raws in raw_by_norm.items()
             for raw in (raws if norm not in keep else raws[1:])
         ]
-        route = [] if kept.route is None else [(ROUTE_HEADER, f"direct-{kept.route.value}")]
+        route = [] if kept.route_value is None else [(ROUTE_HEADER, kept.route_value)]
         if kept.content is None:
             return Plan(delete_headers=stripped, add_headers=route, delete_recipients=drop)
         # A new message (a notification, or a direct copy whose large attachments became links)
@@ -382,8 +392,8 @@ class Gateway:
 # helpers
 
 
-def _route_field(level: Level) -> bytes:
-    return f"{ROUTE_HEADER}: direct-{level.value}\r\n".encode()
+def _route_field(value: str) -> bytes:
+    return f"{ROUTE_HEADER}: {value}\r\n".encode()
 
 
 def _ctx(tx: Transaction) -> dict[str, str]:

@@ -7,6 +7,7 @@ imports of milter, DNS, TLS, SMTP, SQL or web modules (a test keeps it that way)
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ class RecipientDecision:
     access_right: AccessKind | None = None  # what the recipient presents, for sms/access codes
     secret: str | None = field(default=None, repr=False)  # phone or access code from a directive
     conversation: int | None = None  # None for failed and pass-through recipients
+    # Where a direct delivery goes instead of the domain's MX: the ntamx hosts of its NTA 7516
+    # record, lowest preference first (rule 2); () for the domain's own MX.
+    next_hop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +168,23 @@ def _nta7516(ctx: _Ctx, rule: str) -> RecipientDecision | None:
     nta = ctx.facts.nta7516(ctx.domain)
     if not nta.compliant:
         return None
+    if nta.mx:
+        # The record's ntamx hosts replace the MX hosts for NTA delivery (SPEC 4a): their level
+        # decides, and the copy goes to them. Not probed (None) counts as none: the safe side.
+        hosts = nta.mx_transport
+        if hosts is None or hosts.level < Level.TLS:
+            return None
+        return RecipientDecision(
+            ctx.address,
+            Method.NTA7516,
+            Delivery.DIRECT,
+            hosts.level,
+            rule,
+            f"sender and {ctx.domain} are NTA 7516 compliant ({nta.reason}); delivered to its "
+            f"ntamx hosts {', '.join(nta.mx)} at their best level {hosts.level.value} "
+            f"({hosts.reason})",
+            next_hop=nta.mx,
+        )
     level = ctx.transport.level
     if level < Level.TLS:  # NTA 7516 mandates TLS; never deliver in clear text on its word
         return None
@@ -333,9 +354,7 @@ def decide_recipient(
 
 
 def _replace_reason(d: RecipientDecision, reason: str) -> RecipientDecision:
-    return RecipientDecision(
-        d.address, d.method, d.delivery, d.level, d.rule, reason, d.access_right, d.secret
-    )
+    return dataclasses.replace(d, reason=reason)
 
 
 def decide(envelope: Envelope, directives: Directives, cfg: Config, facts: Facts) -> Decision:
@@ -353,18 +372,6 @@ def decide(envelope: Envelope, directives: Directives, cfg: Config, facts: Facts
             number = 1
         else:
             number, next_number = next_number, next_number + 1
-        numbered.append(
-            RecipientDecision(
-                d.address,
-                d.method,
-                d.delivery,
-                d.level,
-                d.rule,
-                d.reason,
-                d.access_right,
-                d.secret,
-                number,
-            )
-        )
+        numbered.append(dataclasses.replace(d, conversation=number))
     warnings = tuple(str(issue) for issue in directives.issues)
     return Decision(tuple(numbered), warnings)

@@ -33,8 +33,10 @@ TRUSTED_MX = ("pkix.example.test", "127.0.0.21")  # cert from the CA Postfix tru
 UNTRUSTED_MX = ("pkix.untrusted.test", "127.0.0.22")  # cert from a CA nobody trusts
 PLAIN_MX = ("plain.test", "127.0.0.23")  # no STARTTLS at all
 RELAY = ("relay.test", "127.0.0.24")  # relayhost: routed mail must bypass it
+NTAMX = ("ntamx.example.test", "127.0.0.25")  # an NTA 7516 ntamx host, cert from the trusted CA
+DOWN_NTAMX = ("down.example.test", "127.0.0.26")  # an ntamx host where nobody listens
 HOSTS = "127.0.0.1 localhost\n" + "".join(
-    f"{ip} {name}\n" for name, ip in (TRUSTED_MX, UNTRUSTED_MX, PLAIN_MX, RELAY)
+    f"{ip} {name}\n" for name, ip in (TRUSTED_MX, UNTRUSTED_MX, PLAIN_MX, RELAY, NTAMX, DOWN_NTAMX)
 )
 ROUTE = "X-Zivmilter-Route"
 
@@ -54,25 +56,29 @@ DNS_MX = {  # zone -> (signed, MX address)
 
 
 def run_milter(socket_spec: str) -> None:
-    """Add `X-Zivmilter-Route: direct-pkix` when a recipient's domain starts with `pkix.`."""
+    """Add `X-Zivmilter-Route: direct-pkix` when a recipient's domain starts with `pkix.`, and
+    `direct-pkix nexthop=[ntamx.example.test]` (an NTA 7516 route) when it starts with `nta.`."""
     import Milter
 
     class RouteMilter(Milter.Base):  # type: ignore[misc]
         def __init__(self) -> None:
-            self.route = False
+            self.route: str | None = None
 
         def envfrom(self, mailfrom: str, *args: str) -> int:
-            self.route = False
+            self.route = None
             return int(Milter.CONTINUE)
 
         def envrcpt(self, to: str, *args: str) -> int:
             domain = to.strip("<>").rpartition("@")[2].lower()
-            self.route = self.route or domain.startswith("pkix.")
+            if domain.startswith("pkix."):
+                self.route = "direct-pkix"
+            elif domain.startswith("nta."):
+                self.route = f"direct-pkix nexthop=[{NTAMX[0]}]"
             return int(Milter.CONTINUE)
 
         def eom(self) -> int:
-            if self.route:
-                self.addheader(ROUTE, "direct-pkix")
+            if self.route is not None:
+                self.addheader(ROUTE, self.route)
             return int(Milter.ACCEPT)
 
     os.umask(0)  # the unix socket must be writable by Postfix's smtpd (user postfix)
@@ -277,6 +283,92 @@ def test_milter_down_tempfails_at_mail_from(shared_dir: Path) -> None:
         code, text = client.mail("app@sender.test")
         assert code == 451, text
         assert text.startswith(b"4.7.1"), text
+
+
+def test_nexthop_route_delivers_to_the_ntamx_host_not_the_mx(
+    milter: str, ca: Any, ca_file: str
+) -> None:
+    # nta.plain.test has no NTA route of its own: without the next hop, its "MX" would be
+    # plain.test's sink (no STARTTLS), where the pkix transport could not deliver at all.
+    rcpt = f"user@nta.{PLAIN_MX[0]}"
+    hosts = HOSTS + f"{PLAIN_MX[1]} nta.{PLAIN_MX[0]}\n"
+    with (
+        bind_mounted("/etc/hosts", hosts),
+        tls_sink(NTAMX, ca) as ntamx,
+        Sink(PLAIN_MX[1], 25) as mx,
+        PostfixInstance(milter=milter, tls_ca_file=ca_file) as pf,
+    ):
+        send(pf.smtp_port, rcpt)
+        (got,) = ntamx.wait_for(1)
+        assert got.rcpt_tos == (rcpt,)
+        assert got.tls_version in ("TLSv1.2", "TLSv1.3")
+        assert_no_route_header(got.data)
+        assert b"A secured message." in got.data
+        pf.wait_for_log(
+            rf"milter-header-filter: header X-Zivmilter-Route: direct-pkix "
+            rf"nexthop=\[{NTAMX[0]}\] .*: zivmilter-pkix:\[{NTAMX[0]}\]$"
+        )
+        pf.wait_for_log(
+            rf"postfix/zivmilter-pkix/smtp\[\d+\]: \w+: to=<{rcpt}>, "
+            rf"relay={NTAMX[0]}\[{NTAMX[1]}\]:25, .*status=sent"
+        )
+        assert mx.received == []
+
+
+def test_nexthop_list_is_tried_in_order(ca: Any, ca_file: str) -> None:
+    # The first ntamx host does not answer: Postfix goes on to the next one in the list.
+    route = f"direct-pkix nexthop=[{DOWN_NTAMX[0]}],[{NTAMX[0]}]"
+    with (
+        tls_sink(NTAMX, ca) as ntamx,
+        Sink(PLAIN_MX[1], 25) as mx,
+        PostfixInstance(tls_ca_file=ca_file) as pf,
+    ):
+        send(pf.reinject_port, f"user@{PLAIN_MX[0]}", f"{ROUTE}: {route}\r\n")
+        (got,) = ntamx.wait_for(1)
+        assert got.tls_version in ("TLSv1.2", "TLSv1.3")
+        assert_no_route_header(got.data)
+        pf.wait_for_log(rf"zivmilter-pkix/smtp\[\d+\]: connect to {DOWN_NTAMX[0]}\[")
+        pf.wait_for_log(
+            rf"postfix/zivmilter-pkix/smtp\[\d+\]: \w+: to=<user@{PLAIN_MX[0]}>, "
+            rf"relay={NTAMX[0]}\[{NTAMX[1]}\]:25, .*status=sent"
+        )
+        assert mx.received == []
+
+
+def test_client_nexthop_route_header_is_removed_and_not_obeyed(
+    milter: str, ca: Any, ca_file: str
+) -> None:
+    # A client names a host of its choice as next hop, and tries to smuggle a second
+    # transport in: neither is obeyed, the header never reaches a receiving server.
+    injected = (
+        f"{ROUTE}: direct-pkix nexthop=[{NTAMX[0]}]\r\n"
+        f"{ROUTE}: direct-tls nexthop=[{NTAMX[0]}] smtp:[{RELAY[0]}]\r\n"
+    )
+    with (
+        tls_sink(NTAMX, ca) as ntamx,
+        Sink(PLAIN_MX[1], 25) as mx,
+        PostfixInstance(milter=milter, tls_ca_file=ca_file) as pf,
+    ):
+        send(pf.smtp_port, f"user@{PLAIN_MX[0]}", injected)
+        (got,) = mx.wait_for(1)
+        assert got.tls_version is None
+        assert_no_route_header(got.data)
+        pf.wait_for_log(rf"postfix/smtp\[\d+\]: \w+: to=<user@{PLAIN_MX[0]}>, .*status=sent")
+        assert pf.log().count("client-supplied X-Zivmilter-Route removed") == 2
+        assert "zivmilter-pkix" not in pf.log() and "zivmilter-tls" not in pf.log()
+        assert ntamx.received == []
+
+
+def test_nexthop_route_with_anything_but_bracketed_names_is_held(ca_file: str) -> None:
+    # Even from zivmilter's side (re-injection), a next hop that is not a list of bracketed
+    # DNS names (here: a port, which could point the level's transport elsewhere) is a fault.
+    bad = f"direct-pkix nexthop=[{NTAMX[0]}]:2525"
+    with Sink(PLAIN_MX[1], 25) as mx, PostfixInstance(tls_ca_file=ca_file) as pf:
+        send(pf.reinject_port, f"user@{PLAIN_MX[0]}", f"{ROUTE}: {bad}\r\n")
+        found = pf.wait_for_log(r"(\w+): hold: header X-Zivmilter-Route: direct-pkix nexthop=")
+        queued = {m["queue_id"]: m for m in pf.queue()}
+        assert queued[found.group(1)]["queue_name"] == "hold"
+        assert mx.received == []
 
 
 def test_pane_route_delivers_to_signed_mx_over_verified_tls(

@@ -169,6 +169,12 @@ ZONES = [
         '@ TXT "v=NTA7516-1;startdate=2020-01;enddate=2099-12;provider=Example Mail;'
         'ntamx=20 mx2.nta.example;ntamx=10 mx1.nta.example"',
     ]),
+    # The MX has no STARTTLS; the ntamx hosts are a CA-valid one and a DANE-EE one.
+    Zone("ntamx.example", signed=True, records=[
+        "@ MX 10 mx.plain.example.",
+        '@ TXT "v=NTA7516-1;startdate=2020-01;enddate=2099-12;provider=Example Mail;'
+        'ntamx=20 mx.dane.example;ntamx=10 mx.pkix.example"',
+    ]),
     Zone("nta-expired.example", signed=True, records=[
         "@ MX 10 mx.pane.example.",
         '@ TXT "v=NTA7516-1;startdate=2019-01;enddate=2021-12;provider=Example Mail"',
@@ -384,6 +390,44 @@ def test_nta_valid_record(world: dict[str, Any]) -> None:
     assert fact.compliant, fact.reason
     assert fact.mx == ("mx1.nta.example", "mx2.nta.example")  # lowest preference first
     assert "Example Mail" in fact.reason
+
+
+def test_ntamx_hosts_are_probed_like_mx_hosts(world: dict[str, Any]) -> None:
+    result = probe(world, "ntamx.example")
+    assert result.level is Level.NONE  # its MX offers no STARTTLS
+    assert [(h.preference, h.host, h.level) for h in result.ntamx] == [
+        (10, "mx.pkix.example", Level.PANE),  # CA-valid; the signed NTA record stands for the MX
+        (20, "mx.dane.example", Level.DANE),  # its TLSA record matches
+    ]
+    assert result.ntamx[1].dane_valid is True
+    with _facts(world) as facts:
+        fact = facts.nta7516("ntamx.example")
+    assert fact.compliant and fact.mx == ("mx.pkix.example", "mx.dane.example")
+    assert fact.mx_transport is not None
+    assert fact.mx_transport.level is Level.PANE  # the weakest ntamx host decides
+    assert fact.mx_transport.reason.startswith("weakest of 2 ntamx hosts is mx.pkix.example")
+
+
+def test_cli_probe_shows_the_ntamx_hosts(world: dict[str, Any]) -> None:
+    config_file = world["tmp"] / "cli-ntamx.yaml"
+    config_file.write_text(json.dumps({
+        "organization": {"domains": ["sender.example"]},
+        "transport": {"resolver": [world["dns"].resolver],
+                      "ca_file": world["config"].transport.ca_file},
+    }))
+    done = _cli("probe", "ntamx.example", "--config", str(config_file), "--json", "--no-cache")
+    assert done.returncode == 0, done.stderr
+    nta = json.loads(done.stdout)["nta7516"]
+    assert nta["compliant"] is True and nta["mx"] == ["mx.pkix.example", "mx.dane.example"]
+    assert nta["ntamx_level"] == "pane" and nta["ntamx_tls_version"] in ("tls1.2", "tls1.3")
+    assert nta["ntamx_reason"].startswith("weakest of 2 ntamx hosts is mx.pkix.example")
+    assert [(h["host"], h["level"]) for h in nta["ntamx"]] == [
+        ("mx.pkix.example", "pane"), ("mx.dane.example", "dane"),
+    ]
+    text = _cli("probe", "ntamx.example", "--config", str(config_file), "--no-cache").stdout
+    assert "ntamx level: pane" in text
+    assert "  ntamx 10 mx.pkix.example [127.0.4.14]: pane" in text
+    assert "  ntamx 20 mx.dane.example [127.0.4.11]: dane" in text
 
 
 def test_nta_expired_record(world: dict[str, Any]) -> None:

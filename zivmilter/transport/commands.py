@@ -18,7 +18,7 @@ from .. import defaults
 from ..addresses import normalize_domain
 from ..errors import MessageError, StoreError
 from ..facts import NtaFact
-from . import nta7516
+from . import grade, nta7516
 from .cache import TransportCache, db_path, ttl_for
 from .model import DomainResult, HostResult
 from .odd import ListReport, refresh
@@ -85,7 +85,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
         if cache is not None:
             cache.close()
     nta = nta7516.evaluate(
-        domain, nta7516.interpret(result.nta), cfg.nta7516, datetime.now(UTC).date()
+        domain,
+        nta7516.interpret(result.nta),
+        cfg.nta7516,
+        datetime.now(UTC).date(),
+        grade.grade_ntamx(result.ntamx),
     )
     report = probe_json(result, cached, nta)
     print(json.dumps(report, indent=2) if args.json else render_probe(result, cached, nta))
@@ -97,7 +101,12 @@ def _iso(ts: float) -> str:
 
 
 def probe_json(result: DomainResult, cached: bool, nta: NtaFact) -> dict[str, Any]:
-    """The published shape; `reason` and each host's `level`/`reason` say which MX decided."""
+    """The published shape; `reason` and each host's `level`/`reason` say which MX decided.
+
+    `nta7516.ntamx` holds the ntamx hosts' details (as `mx` does for MX hosts) and
+    `ntamx_level`/`ntamx_tls_version`/`ntamx_reason` what they meet, i.e. what rule 2 judges
+    (null when the record names no ntamx hosts, or the configuration's lists decided)."""
+    ntamx = nta.mx_transport
     return {
         "domain": result.domain,
         "level": result.level.value,
@@ -111,13 +120,17 @@ def probe_json(result: DomainResult, cached: bool, nta: NtaFact) -> dict[str, An
             "mx": list(nta.mx),
             "records": list(result.nta.records),
             "signed": result.nta.secure,
+            "ntamx": [h.to_json() for h in result.ntamx],
+            "ntamx_level": ntamx.level.value if ntamx else None,
+            "ntamx_tls_version": ntamx.tls_version.value if ntamx and ntamx.tls_version else None,
+            "ntamx_reason": ntamx.reason if ntamx else None,
         },
     }
 
 
-def _host_lines(h: HostResult) -> list[str]:
+def _host_lines(h: HostResult, kind: str = "MX") -> list[str]:
     addresses = ", ".join(h.addresses) or "no address"
-    out = [f"  MX {h.preference} {h.host} [{addresses}]: {h.level.value} - {h.reason}"]
+    out = [f"  {kind} {h.preference} {h.host} [{addresses}]: {h.level.value} - {h.reason}"]
     tls = h.tls_version or "no TLS"
     cert = "CA-valid" if h.pkix_valid else f"not CA-valid ({h.pkix_error or 'no certificate'})"
     out.append(
@@ -154,6 +167,16 @@ def render_probe(result: DomainResult, cached: bool, nta: NtaFact) -> str:
     lines.append(f"  NTA 7516: {verdict} - {nta.reason}")
     if nta.mx:
         lines.append(f"      ntamx: {', '.join(nta.mx)}")
+        ntamx = nta.mx_transport
+        if ntamx is None:
+            lines.append("      ntamx hosts not probed: NTA 7516 delivery (rule 2) not possible")
+        else:
+            version = ntamx.tls_version.value if ntamx.tls_version else "-"
+            lines.append(
+                f"      ntamx level: {ntamx.level.value} (weakest TLS {version}) - {ntamx.reason}"
+            )
+    for host in result.ntamx:
+        lines += _host_lines(host, "ntamx")
     return "\n".join(lines)
 
 

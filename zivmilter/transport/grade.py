@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..facts import TransportFact
 from ..levels import Level, TlsVersion
 from .model import DaneOutcome, Dnssec, HostResult, TlsResult
 
@@ -19,9 +20,7 @@ def tls_version(openssl_name: str | None) -> TlsVersion | None:
     return _GOOD_TLS.get(openssl_name or "")
 
 
-def grade_connection(
-    tls: TlsResult, dnssec: Dnssec, dane: DaneOutcome | None
-) -> tuple[Level, str]:
+def grade_connection(tls: TlsResult, dnssec: Dnssec, dane: DaneOutcome | None) -> tuple[Level, str]:
     """The level one connection meets, and why."""
     if not tls.starttls:
         return Level.NONE, tls.error or "STARTTLS not offered"
@@ -48,17 +47,31 @@ def weakest_host(hosts: Sequence[HostResult]) -> HostResult | None:
     return best
 
 
-def grade_domain(hosts: Sequence[HostResult]) -> tuple[Level, TlsVersion | None, str]:
-    """Level, weakest negotiated TLS version, and reason of a domain from its MX hosts."""
+def grade_domain(
+    hosts: Sequence[HostResult], kind: str = "MX"
+) -> tuple[Level, TlsVersion | None, str]:
+    """Level, weakest negotiated TLS version, and reason of a domain from its MX hosts (or,
+    with kind="ntamx", from the ntamx hosts of its NTA 7516 record)."""
     worst = weakest_host(hosts)
     if worst is None:
-        return Level.NONE, None, "no MX host to deliver to"
+        return Level.NONE, None, f"no {kind} host to deliver to"
     versions = [tls_version(h.tls_version) for h in hosts]
     weakest_version = None if None in versions else min(v for v in versions if v is not None)
     if len(hosts) == 1:
         reason = f"{worst.host}: {worst.reason}"
     elif all(h.level == worst.level for h in hosts):
-        reason = f"all {len(hosts)} MX hosts are {worst.level.value} ({worst.host}: {worst.reason})"
+        reason = (
+            f"all {len(hosts)} {kind} hosts are {worst.level.value} ({worst.host}: {worst.reason})"
+        )
     else:
-        reason = f"weakest of {len(hosts)} MX hosts is {worst.host}: {worst.reason}"
+        reason = f"weakest of {len(hosts)} {kind} hosts is {worst.host}: {worst.reason}"
     return worst.level, weakest_version, reason
+
+
+def grade_ntamx(hosts: Sequence[HostResult]) -> TransportFact | None:
+    """What the ntamx hosts of an NTA 7516 record meet, for the policy core (NtaFact); None
+    when none were probed."""
+    if not hosts:
+        return None
+    level, version, reason = grade_domain(hosts, "ntamx")
+    return TransportFact(level, version, reason)

@@ -23,7 +23,7 @@ from ..config import Config
 from ..errors import StoreError
 from ..facts import NtaFact, TransportFact
 from ..levels import Level
-from . import nta7516
+from . import grade, nta7516
 from .cache import TransportCache, db_path, ttl_for
 from .model import DomainResult
 from .odd import OddLists
@@ -47,6 +47,12 @@ class _Entry:
     nta: nta7516.NtaRecord | str
     checked_at: float
     expires_at: float
+    ntamx: TransportFact | None = None  # what the record's ntamx hosts meet, when probed
+
+    @property
+    def ntamx_unprobed(self) -> bool:
+        """A cache row written before ntamx hosts were probed, for a record that names some."""
+        return isinstance(self.nta, nta7516.NtaRecord) and bool(self.nta.mx) and not self.ntamx
 
     @property
     def refresh_at(self) -> float:
@@ -58,7 +64,13 @@ class _Entry:
 
 def _entry(result: DomainResult, expires_at: float) -> _Entry:
     fact = TransportFact(result.level, result.tls_version, result.reason)
-    return _Entry(fact, nta7516.interpret(result.nta), result.checked_at, expires_at)
+    return _Entry(
+        fact,
+        nta7516.interpret(result.nta),
+        result.checked_at,
+        expires_at,
+        grade.grade_ntamx(result.ntamx),
+    )
 
 
 class TransportFacts:
@@ -134,7 +146,12 @@ class TransportFacts:
         entry = self._lookup(name)
         if entry is None:
             return _PENDING_NTA
-        return nta7516.judge(entry.nta, datetime.fromtimestamp(self.clock(), UTC).date())
+        if entry.ntamx_unprobed:
+            # Until the ntamx hosts are probed, rule 2 does not apply (NtaFact.mx_transport
+            # stays None): the safe side. The probe runs in the background.
+            self.schedule(name)
+        today = datetime.fromtimestamp(self.clock(), UTC).date()
+        return nta7516.judge(entry.nta, today, entry.ntamx)
 
     def odd_listed(self, domain: str) -> bool:
         if self._odd.is_listed(domain):

@@ -100,6 +100,24 @@ class HostResult:
             "reason": self.reason,
         }
 
+    @classmethod
+    def from_json(cls, h: dict[str, Any]) -> HostResult:
+        return cls(
+            host=h["host"],
+            preference=int(h["preference"]),
+            addresses=tuple(h.get("addresses", ())),
+            starttls=bool(h.get("starttls")),
+            tls_version=h.get("tls_version"),
+            pkix_valid=bool(h.get("pkix_valid")),
+            pkix_error=h.get("pkix_error"),
+            dnssec=Dnssec(**h.get("dnssec", {})),
+            tlsa=tuple(TlsaRecord.parse(t) for t in h.get("tlsa", ())),
+            dane_valid=h.get("dane_valid"),
+            error=h.get("error"),
+            level=Level.parse(h.get("level")),
+            reason=h.get("reason", ""),
+        )
+
 
 @dataclass(frozen=True)
 class NtaLookup:
@@ -119,7 +137,8 @@ class NtaLookup:
 
 @dataclass(frozen=True)
 class DomainResult:
-    """A whole probe: the domain's level (weakest host), its hosts and its NTA 7516 lookup."""
+    """A whole probe: the domain's level (weakest host), its hosts and its NTA 7516 lookup, and
+    the ntamx hosts its NTA 7516 record names, probed the same way (graded apart: grade.py)."""
 
     domain: str
     level: Level
@@ -128,16 +147,21 @@ class DomainResult:
     checked_at: float
     mx: tuple[HostResult, ...] = ()
     nta: NtaLookup = field(default_factory=NtaLookup)
+    ntamx: tuple[HostResult, ...] = ()  # lowest preference first; () when none were probed
 
     @property
     def failed(self) -> bool:
         """Cached with the failure TTL: nothing usable, or some step went wrong.
 
         A failed NTA 7516 TXT lookup counts too: it says nothing about the domain's
-        compliance, and rule 2 would be judged on that non-answer until the entry expires.
+        compliance, and rule 2 would be judged on that non-answer until the entry expires. So
+        does a failure at an ntamx host, on which rule 2 is judged when the record names any.
         """
         return (
-            self.level is Level.NONE or any(h.error for h in self.mx) or self.nta.error is not None
+            self.level is Level.NONE
+            or any(h.error for h in self.mx)
+            or self.nta.error is not None
+            or any(h.error for h in self.ntamx)
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -150,34 +174,19 @@ class DomainResult:
             "checked_at": self.checked_at,
             "mx": [h.to_json() for h in self.mx],
             "nta": self.nta.to_json(),
+            "ntamx": [h.to_json() for h in self.ntamx],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DomainResult:
-        hosts = tuple(
-            HostResult(
-                host=h["host"],
-                preference=int(h["preference"]),
-                addresses=tuple(h.get("addresses", ())),
-                starttls=bool(h.get("starttls")),
-                tls_version=h.get("tls_version"),
-                pkix_valid=bool(h.get("pkix_valid")),
-                pkix_error=h.get("pkix_error"),
-                dnssec=Dnssec(**h.get("dnssec", {})),
-                tlsa=tuple(TlsaRecord.parse(t) for t in h.get("tlsa", ())),
-                dane_valid=h.get("dane_valid"),
-                error=h.get("error"),
-                level=Level.parse(h.get("level")),
-                reason=h.get("reason", ""),
-            )
-            for h in data.get("mx", ())
-        )
         return cls(
             domain=data["domain"],
             level=Level.parse(data["level"]),
             tls_version=TlsVersion.parse(data.get("tls_version")),
             reason=data.get("reason", ""),
             checked_at=float(data["checked_at"]),
-            mx=hosts,
+            mx=tuple(HostResult.from_json(h) for h in data.get("mx", ())),
             nta=NtaLookup.from_json(data.get("nta", {})),
+            # absent from rows written before ntamx hosts were probed
+            ntamx=tuple(HostResult.from_json(h) for h in data.get("ntamx", ())),
         )

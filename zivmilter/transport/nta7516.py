@@ -14,7 +14,8 @@ from datetime import date
 
 from ..addresses import normalize_domain
 from ..config import Nta7516Config
-from ..facts import NtaFact, nta_from_config
+from ..facts import NtaFact, TransportFact, nta_from_config
+from ..route import is_route_host
 from .model import NtaLookup
 
 VERSION = "NTA7516-1"
@@ -30,6 +31,12 @@ class NtaRecord:
     end: date
     provider: str
     mx: tuple[str, ...] = ()  # ntamx hosts, lowest preference first
+    preferences: tuple[int, ...] = ()  # the preference of each host in `mx`
+
+    @property
+    def ntamx(self) -> list[tuple[int, str]]:
+        """(preference, host) of each ntamx host, lowest preference first (probe.py)."""
+        return list(zip(self.preferences, self.mx, strict=True))
 
 
 def is_candidate(txt: str) -> bool:
@@ -62,9 +69,13 @@ def parse(text: str) -> NtaRecord | str:
             if not pref.isdigit() or int(pref) > 65535:
                 return f"ntamx={value!r}: preference must be a number from 0 to 65535"
             try:
-                ntamx.append((int(pref), len(ntamx), normalize_domain(host.strip())))
+                name = normalize_domain(host.strip())
             except ValueError:
                 return f"ntamx={value!r}: {host.strip()!r} is not a host name"
+            if not is_route_host(name):  # e.g. a numeric top-level label
+                return f"ntamx={value!r}: {host.strip()!r} is not a host name"
+            if all(name != known for _, _, known in ntamx):
+                ntamx.append((int(pref), len(ntamx), name))
         elif key in _SINGLE_TAGS:
             if key in tags:
                 return f"{key} appears more than once"
@@ -83,7 +94,14 @@ def parse(text: str) -> NtaRecord | str:
         return f"enddate={tags['enddate']!r} is not YYYY-MM"
     if end < start:
         return "enddate lies before startdate"
-    return NtaRecord(start, end, tags["provider"], tuple(h for _, _, h in sorted(ntamx)))
+    ordered = sorted(ntamx)
+    return NtaRecord(
+        start,
+        end,
+        tags["provider"],
+        tuple(h for _, _, h in ordered),
+        tuple(p for p, _, _ in ordered),
+    )
 
 
 def interpret(lookup: NtaLookup) -> NtaRecord | str:
@@ -100,8 +118,9 @@ def interpret(lookup: NtaLookup) -> NtaRecord | str:
     return parsed if isinstance(parsed, NtaRecord) else f"malformed NTA 7516 record: {parsed}"
 
 
-def judge(found: NtaRecord | str, today: date) -> NtaFact:
-    """A record's verdict on a given day (config lists aside)."""
+def judge(found: NtaRecord | str, today: date, ntamx: TransportFact | None = None) -> NtaFact:
+    """A record's verdict on a given day (config lists aside); `ntamx`: what its ntamx hosts
+    were probed to meet, when it names any."""
     if isinstance(found, str):
         return NtaFact(False, found)
     if today < found.start:
@@ -113,10 +132,17 @@ def judge(found: NtaRecord | str, today: date) -> NtaFact:
         f"NTA 7516 record (provider {found.provider}) valid "
         f"{found.start.isoformat()} to {found.end.isoformat()}",
         found.mx,
+        ntamx if found.mx else None,
     )
 
 
-def evaluate(domain: str, found: NtaRecord | str, config: Nta7516Config, today: date) -> NtaFact:
+def evaluate(
+    domain: str,
+    found: NtaRecord | str,
+    config: Nta7516Config,
+    today: date,
+    ntamx: TransportFact | None = None,
+) -> NtaFact:
     """The admin's lists first (exclusion wins), then the domain's own record."""
     listed = nta_from_config(domain, config)
-    return listed if listed is not None else judge(found, today)
+    return listed if listed is not None else judge(found, today, ntamx)

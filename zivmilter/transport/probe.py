@@ -2,8 +2,9 @@
 
 MX lookup (implicit MX, null MX), per host its addresses, TLSA records and STARTTLS outcome
 (starttls.py), all through the configured validating resolver (resolver.py); grade.py and dane.py
-judge; the apex NTA 7516 TXT record comes along. Every failure is a value with a reason: `probe`
-never raises. live.py runs it in the background, commands.py for `zivmilter probe`.
+judge; the apex NTA 7516 TXT record comes along, and the ntamx hosts it names are probed like MX
+hosts. Every failure is a value with a reason: `probe` never raises. live.py runs it in the
+background, commands.py for `zivmilter probe`.
 """
 
 from __future__ import annotations
@@ -85,17 +86,30 @@ class Prober:
             nta_future = pool.submit(self._nta, domain, deadline)
             mx = self.resolver.query(domain, "MX", self._left(deadline))
             hosts_or_reason = self._mx_hosts(domain, mx)
-            if isinstance(hosts_or_reason, str):
-                nta = nta_future.result()
-                return DomainResult(domain, Level.NONE, None, hosts_or_reason, checked_at, (), nta)
-            futures = [
-                pool.submit(self._host, host, pref, mx.secure, deadline)
-                for pref, host in hosts_or_reason
+            futures = (
+                []
+                if isinstance(hosts_or_reason, str)
+                else [
+                    pool.submit(self._host, host, pref, mx.secure, deadline)
+                    for pref, host in hosts_or_reason
+                ]
+            )
+            nta = nta_future.result()
+            # The ntamx hosts replace the MX hosts for NTA 7516 delivery (SPEC 4a): each is
+            # probed as an MX host is. The record that names them stands in for the MX RRset,
+            # so its DNSSEC status is theirs (a record counts only when signed anyway).
+            ntamx_futures = [
+                pool.submit(self._host, host, pref, nta.secure, deadline)
+                for pref, host in _ntamx(nta)
             ]
             hosts = tuple(f.result() for f in futures)
-            nta = nta_future.result()
+            ntamx = tuple(f.result() for f in ntamx_futures)
+        if isinstance(hosts_or_reason, str):
+            return DomainResult(
+                domain, Level.NONE, None, hosts_or_reason, checked_at, (), nta, ntamx
+            )
         level, version, reason = grade.grade_domain(hosts)
-        return DomainResult(domain, level, version, reason, checked_at, hosts, nta)
+        return DomainResult(domain, level, version, reason, checked_at, hosts, nta, ntamx)
 
     def _mx_hosts(self, domain: str, mx: DnsAnswer) -> list[tuple[int, str]] | str:
         """MX hosts by preference, or why the domain takes no mail we could probe."""
@@ -227,3 +241,10 @@ class Prober:
             return NtaLookup(error=answer.error)
         texts = [b"".join(r.strings).decode("utf-8", "replace") for r in answer.records]
         return NtaLookup(tuple(t for t in texts if nta7516.is_candidate(t)), answer.secure)
+
+
+def _ntamx(lookup: NtaLookup) -> list[tuple[int, str]]:
+    """(preference, host) of the ntamx hosts of a domain's NTA 7516 record, if it has one that
+    is well-formed and signed (its dates are judged when it is used, not here)."""
+    record = nta7516.interpret(lookup)
+    return record.ntamx if isinstance(record, nta7516.NtaRecord) else []
