@@ -704,10 +704,11 @@ def test_a_store_of_files_is_read_after_the_upgrade(tmp_path: Path, kek: bytes) 
     new.close()
 
 
-def test_attachments_of_an_older_store_outlive_their_message_after_the_upgrade(
+def test_attachments_of_an_older_store_end_with_their_message_after_the_upgrade(
     tmp_path: Path, kek: bytes
 ) -> None:
-    # Before schema 6 a large attachment was sealed under its message's data key.
+    # Before schema 6 a large attachment was sealed under its message's data key: it stays
+    # readable until the message is revoked, and then it is not (no copy of the key survives).
     path = str(tmp_path / "store")
     old = SqliteStore.open(path, kek)
     saved = old.save_message(new_message())
@@ -730,12 +731,17 @@ def test_attachments_of_an_older_store_outlive_their_message_after_the_upgrade(
     old._conn.execute("UPDATE schema_version SET version = 5")
     old.close()
     new = SqliteStore.open(path, kek)
-    assert new.revoke(saved.id)
-    assert new.open_content(saved.id) is None
-    att = new.attachment(aid)
-    assert att is not None and att.available and att.filename == "old.pdf"
     stream = new.open_attachment(aid)
     assert stream is not None and stream.read() == b"LEGACY-ATTACHMENT"
+    assert new.revoke(saved.id)
+    assert new.open_content(saved.id) is None
+    assert new.open_attachment(aid) is None
+    keys = new._conn.execute(
+        "SELECT a.wrapped_key, m.wrapped_key FROM attachments a JOIN messages m"
+        " ON m.id = a.message_id WHERE a.id = ?",
+        (aid,),
+    ).fetchone()
+    assert keys == (None, None), "no copy of the revoked message's key may survive"
     new.close()
 
 

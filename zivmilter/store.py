@@ -481,11 +481,10 @@ _MIGRATIONS: tuple[str, ...] = (
     # 6: a large attachment of a direct delivery gets a data key of its own, so that revoking or
     # expiring the message (which ends its notification links) leaves the download links of the
     # direct copies working (SPEC 8). Attachments stored before were sealed under the message's
-    # key: they keep a copy of it (revocation deletes everything else sealed under that key).
+    # key and keep NULL here: they end with their message, because a copy of that key would
+    # keep the revoked message's content readable.
     """
     ALTER TABLE attachments ADD COLUMN wrapped_key BLOB;  -- AES-KW under the KEK
-    UPDATE attachments SET wrapped_key =
-        (SELECT m.wrapped_key FROM messages m WHERE m.id = attachments.message_id);
     """,
 )
 
