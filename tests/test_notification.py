@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -375,5 +376,27 @@ def test_internationalized_address_stays_utf8_and_a_non_ascii_name_is_encoded() 
         org_name="Hospital",
     ).as_bytes()
     head = note.split(b"\r\n\r\n")[0]
-    assert "To: Jörg <jörg@partner.example>, José <jose@partner.example>\r\n".encode() in head
+    assert 'To: "Jörg" <jörg@partner.example>, "José" <jose@partner.example>\r\n'.encode() in head
     assert b"Cc: =?utf-8?" in head and "José".encode() not in head.split(b"Cc:")[1]
+
+
+def test_a_long_utf8_address_field_is_folded_between_addresses() -> None:
+    original = Message()
+    original["From"] = "alice@hospital.example"
+    many = [f"Person {i} <person{i}@partner.example>" for i in range(40)]
+    original["To"] = ", ".join(["Jörg <jörg@partner.example>", *many])
+    note = notification.build_notification(
+        original,
+        recipient="jörg@partner.example",
+        link="https://secure.example/m/x",
+        verification=notification.Verification("email"),
+        language="en",
+        subject_mode="show",
+        org_domain="hospital.example",
+        org_name="Hospital",
+    ).as_bytes()
+    head = note.split(b"\r\n\r\n")[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78
+    parsed = email.message_from_string(note.decode("utf-8"), policy=policy.SMTPUTF8)
+    assert len(parsed["To"].addresses) == 41
+    assert parsed["To"].addresses[0].addr_spec == "jörg@partner.example"

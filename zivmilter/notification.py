@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from email import policy
 from email._policybase import Compat32
 from email.message import Message
-from email.utils import formatdate, getaddresses, make_msgid, parseaddr
+from email.utils import formatdate, getaddresses, make_msgid, parseaddr, quote
 from pathlib import Path
 from typing import Literal
 
@@ -203,10 +203,32 @@ def _wire_value(name: str, value: object) -> str:
     text = str(value)
     if text.isascii():
         return _FOLDS.sub(" ", text).strip()
-    if name in _ADDRESS_FIELDS and any(not a.isascii() for _n, a in getaddresses([text])):
-        return _Utf8Field(_CONTROL.sub(" ", _FOLDS.sub(" ", text)).strip())
+    if name in _ADDRESS_FIELDS:
+        pairs = getaddresses([text])
+        if any(not a.isascii() for _n, a in pairs):
+            return _utf8_addresses(name, pairs)
     folded = str(_SMTP.fold(name, _SMTP.header_factory(name, text)))
     return folded.split(":", 1)[1].strip()
+
+
+def _utf8_addresses(name: str, pairs: list[tuple[str, str]]) -> _Utf8Field:
+    """An address field in UTF-8 (RFC 6532), folded between its addresses so that no line
+    grows past 78 characters for want of a fold."""
+    items = []
+    for display, address in pairs:
+        if not address:
+            continue
+        display = _clean(display)
+        items.append(f'"{quote(display)}" <{address}>' if display else address)
+    lines = [""]
+    for item in items:
+        line = lines[-1]
+        if line and len(name) + 2 + len(line) + len(item) + 2 > 78:
+            lines[-1] = line + ","
+            lines.append(item)
+        else:
+            lines[-1] = f"{line}, {item}" if line else item
+    return _Utf8Field("\r\n ".join(_clean(line) for line in lines))
 
 
 def _sender_text(original: Message) -> str:

@@ -63,6 +63,18 @@ def _dot_stuffed(content: bytes | BinaryIO) -> Iterable[bytes]:
         yield data + b"\r\n"
 
 
+def _utf8_header(content: bytes | BinaryIO) -> bool:
+    """Whether the message's header block holds 8-bit bytes (read from the start of a file)."""
+    if isinstance(content, bytes):
+        head = content[:_CHUNK]
+    else:
+        content.seek(0)
+        head = content.read(_CHUNK)
+        content.seek(0)
+    end = head.find(b"\r\n\r\n")
+    return not (head if end < 0 else head[:end]).isascii()
+
+
 class SmtpReinjector:
     """Sends over one SMTP session per batch; any refusal is a DeliveryError."""
 
@@ -100,6 +112,8 @@ class SmtpReinjector:
                 )
             options.append("SMTPUTF8")
             smtp.command_encoding = "utf-8"
+        elif _utf8_header(msg.content) and smtp.has_extn("smtputf8"):
+            options.append("SMTPUTF8")  # UTF-8 in the header (RFC 6532), e.g. jörg@ in To
         code, reply = smtp.mail(msg.sender, options)
         if code != 250:
             raise DeliveryError(
