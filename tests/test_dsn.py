@@ -173,3 +173,21 @@ def test_needs_a_failure() -> None:
 def test_is_directive(name: str, expected: bool) -> None:
     assert is_directive(name) is expected
     assert len(DIRECTIVE_HEADERS) == 3
+
+
+def test_long_and_internationalized_original_recipient_stays_one_plain_field() -> None:
+    # An ORCPT echo is written as given, however long: never as RFC 2047 encoded words.
+    long_local = "a" * 70
+    report = build_dsn(
+        original(),
+        "jurgen@example.org",
+        [
+            Failure(f"{long_local}@example.net", "5.7.1", "no", f"rfc822;{long_local}@example.net"),
+            Failure("bob@example.net", "5.7.1", "no", "rfc822; Bob+one@example.net"),
+        ],
+        "gw.example.org",
+        ARRIVAL,
+    ).as_bytes()
+    assert f"Original-Recipient: rfc822;{long_local}@example.net\n".encode() in report
+    assert f"Final-Recipient: rfc822; {long_local}@example.net\n".encode() in report
+    assert b"=?" not in report.split(b"message/delivery-status")[1].split(b"\n--")[0]

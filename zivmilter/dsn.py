@@ -20,6 +20,11 @@ from .headers import is_directive
 from .message import decoded_header
 
 _STATUS = re.compile(r"^5\.\d{1,3}\.\d{1,3}$")
+# Per-recipient fields (RFC 3464) are one line each, never RFC 2047-encoded words, which the
+# default policy would make of a long value without spaces: lines may run to RFC 5322's limit.
+_FIELDS = policy.default.clone(max_line_length=998)
+#: The policy to write a report with (CRLF line ends).
+WIRE_POLICY = policy.SMTP.clone(max_line_length=998)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -57,7 +62,7 @@ def build_dsn(
         arrival = arrival.replace(tzinfo=UTC)
     host = reporting_mta.strip().rstrip(".")
 
-    msg = EmailMessage(policy=policy.default)
+    msg = EmailMessage(policy=_FIELDS)
     msg["From"] = f"Mail Delivery System <MAILER-DAEMON@{host}>"
     msg["To"] = envelope_sender.strip("<>")
     msg["Subject"] = "Undelivered Mail Returned to Sender"
@@ -107,7 +112,7 @@ def _delivery_status(failures: Sequence[Failure], host: str, arrival: datetime) 
     per_message["Arrival-Date"] = format_datetime(arrival)
     blocks = [per_message]
     for f in failures:
-        block = EmailMessage(policy=policy.default)
+        block = EmailMessage(policy=_FIELDS)
         if f.original:
             block["Original-Recipient"] = _ascii_line(f.original)
         kind = "rfc822" if f.address.isascii() else "utf-8"

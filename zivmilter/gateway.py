@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import Message
-from email.policy import SMTP as SMTP_POLICY
 from typing import BinaryIO
 
 from . import attachments, dsn, notification, submission
@@ -206,7 +205,8 @@ class Gateway:
                     self.hostname,
                     self.clock.now(UTC),
                 )
-                outgoing.append(Outgoing("", [sender], report.as_bytes(policy=SMTP_POLICY), "DSN"))
+                data = report.as_bytes(policy=dsn.WIRE_POLICY)
+                outgoing.append(Outgoing("", [sender], data, "DSN"))
             replies = self.reinjector.send(outgoing)
         except BaseException as exc:
             if saved is not None:
@@ -419,13 +419,21 @@ def _reported_failures(
         if "ORCPT" in params:
             kind, _, xtext = params["ORCPT"].partition(";")
             original = f"{kind.strip()}; {_xtext_decoded(xtext.strip())}"
-        out.append((_bare(raw), status, reason, original))
+        out.append((_text(_bare(raw)), status, _text(reason), original))
     return out
 
 
 def _xtext_decoded(text: str) -> str:
-    """RFC 3461 xtext: "+" and two upper-case hex digits stand for one byte."""
-    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
+    """RFC 3461 xtext: "+" and two upper-case hex digits stand for one byte (UTF-8 for an
+    internationalized address)."""
+    raw = text.encode("utf-8", "surrogateescape")
+    decoded = re.sub(rb"\+([0-9A-F]{2})", lambda m: bytes([int(m.group(1), 16)]), raw)
+    return decoded.decode("utf-8", "replace")
+
+
+def _text(value: str) -> str:
+    """A value pymilter decoded with surrogateescape, as text that can be written out."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _bare(address: str) -> str:
