@@ -127,6 +127,10 @@ def test_trigger_removed_from_subject() -> None:
         ("Re: [Secure]: lab results", "Re: lab results"),
         ("Lab results - secure", "Lab results"),
         ("secure: [secure] zivver secure", ""),
+        ("[secure] -1 balance on account", "-1 balance on account"),
+        ("[secure] :-) thanks", ":-) thanks"),
+        ("-- note -- [secure] x", "-- note -- x"),
+        ("Secure - results", "results"),
     ],
 )
 def test_trigger_removal_does_not_depend_on_the_order_of_triggers(

@@ -115,7 +115,12 @@ def _trigger_regex(trigger: str) -> str:
     return r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)"
 
 
-_SEPARATORS = " \t:;|-\u2013\u2014"
+_GONE = "\x00"  # where a trigger was, while the subject is tidied
+_SEP = r"[:;|\-\u2013\u2014]"
+# Separators a removed trigger leaves at the start ("Secure - results") or the end
+# ("results - secure"); only as whole words, so "-1 balance" or ":-)" keep theirs.
+_LEADING = re.compile(rf"^\s*{_GONE}(?:[\s{_GONE}]|{_SEP}+(?=\s|$))*")
+_TRAILING = re.compile(rf"(?:[\s{_GONE}]|(?<=\s){_SEP}+)*{_GONE}\s*$")
 
 
 def remove_triggers(subject: str, triggers: Sequence[str]) -> str:
@@ -123,17 +128,18 @@ def remove_triggers(subject: str, triggers: Sequence[str]) -> str:
 
     All triggers go in one pass, the longest first, so that a short trigger inside a longer one
     ("secure" in "zivver secure") cannot leave half of the longer behind. A colon right after a
-    trigger goes with it ("Secure: results"), and separators the removal leaves at either end
-    ("results -") go too.
+    trigger goes with it ("Secure: results"), and so does a separator word that the removal
+    leaves at either end ("Secure - results", "results - secure").
     """
     ordered = sorted({t for t in triggers if t.split()}, key=lambda t: -len(" ".join(t.split())))
-    if not ordered:
-        return " ".join(subject.split())
-    either = "|".join(f"(?:{_trigger_regex(t)})" for t in ordered)
-    text, count = re.subn(rf"(?:{either})(?:\s*:)?", " ", subject, flags=re.IGNORECASE)
-    if count:
-        text = text.strip(_SEPARATORS)
-    return " ".join(text.split())
+    text = subject.replace(_GONE, " ")
+    if ordered:
+        either = "|".join(f"(?:{_trigger_regex(t)})" for t in ordered)
+        text = re.sub(
+            rf"(?:{either})(?:\s*:(?=\s|$))?", f" {_GONE} ", text, flags=re.IGNORECASE
+        )
+        text = _TRAILING.sub("", _LEADING.sub("", text))
+    return " ".join(text.replace(_GONE, " ").split())
 
 
 def encode_subject(text: str) -> str:
