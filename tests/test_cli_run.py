@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from tests.harness.cli import zivmilter
@@ -49,3 +53,58 @@ def test_run_refuses_a_key_readable_by_others(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "store.key" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _serving(tmp_path: Path, spec: str) -> Path:
+    key = tmp_path / "store.key"
+    if not key.exists():
+        assert run("keygen", str(key)).returncode == 0
+    cfg = config(tmp_path, key)
+    cfg.write_text(cfg.read_text().replace("inet:1@127.0.0.1", spec))
+    return cfg
+
+
+def test_a_second_run_never_takes_the_socket_of_a_running_milter(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "zivmilter.sock"
+    cfg = _serving(tmp_path, f"unix:{path}")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "zivmilter", "run", "--config", str(cfg), "--facts", "/dev/null"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _accepts(path):
+            assert time.monotonic() < deadline and first.poll() is None, "first run never listened"
+            time.sleep(0.1)
+        inode = path.stat().st_ino
+        second = run("run", "--config", str(cfg), "--facts", "/dev/null")
+        assert second.returncode == 2
+        assert "another milter is listening" in second.stderr and "Traceback" not in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+        assert path.stat().st_ino == inode and _accepts(path), "the running milter lost its socket"
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run("run", "--config", str(_serving(tmp_path, f"inet:{port}@127.0.0.1")))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"milter.socket inet:{port}@127.0.0.1: cannot listen" in proc.stderr
+    assert "in use" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True

@@ -82,6 +82,14 @@ def test_null_compliance_means_none(tmp_path: Path) -> None:
         ),
         ("organization: {domains: [a.example]}\nmilter: {socket: 'tcp:25'}\n", "milter.socket"),
         (
+            "organization: {domains: [a.example]}\nmilter: {socket: 'unix:'}\n",
+            "milter.socket: 'unix:': a unix socket needs an absolute path",
+        ),
+        (
+            "organization: {domains: [a.example]}\nportal: {listen: nothing}\n",
+            "portal.listen: 'nothing' is not HOST:PORT",
+        ),
+        (
             "organization: {domains: [a.example]}\nreinject: {port: 70000}\n",
             "reinject.port: 70000 is not a TCP port",
         ),

@@ -70,12 +70,22 @@ def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
 
 def _socket(value: str) -> str:
     if value.startswith("unix:") or value.startswith("local:") or value.startswith("/"):
+        path = value.split(":", 1)[1] if ":" in value else value
+        if not path.startswith("/"):
+            raise ValueError(f"{value!r}: a unix socket needs an absolute path (unix:/PATH)")
         return value
     if value.startswith("inet:") or value.startswith("inet6:"):
         port = value.split(":", 1)[1].split("@", 1)[0]
         if port.isdigit() and 0 < int(port) < 65536:
             return value
     raise ValueError(f"{value!r} is not a milter socket (unix:/PATH or inet:PORT@HOST)")
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return value
 
 
 def _resolvers(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -216,7 +226,7 @@ class ReinjectConfig:
 @dataclass(frozen=True)
 class PortalConfig:
     base_url: str = field(default=defaults.PORTAL_BASE_URL, metadata=_check(_url))
-    listen: str = defaults.PORTAL_LISTEN
+    listen: str = field(default=defaults.PORTAL_LISTEN, metadata=_check(_host_port))
     workers: int = field(default=defaults.PORTAL_WORKERS, metadata=_check(_positive))
     session_seconds: int = field(
         default=defaults.PORTAL_SESSION_SECONDS, metadata=_check(_positive)

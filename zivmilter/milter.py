@@ -17,6 +17,7 @@ from typing import Any
 
 import Milter
 
+from .errors import ZivmilterError
 from .gateway import Gateway, Plan, Transaction
 
 log = logging.getLogger("zivmilter.milter")
@@ -194,6 +195,36 @@ def _tune_listening_sockets() -> int:
     return tuned
 
 
+def _someone_listens(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def _why_not(socket_spec: str) -> str:
+    """Why libmilter could not open its socket: it only says that it could not."""
+    kind, _, rest = socket_spec.partition(":")
+    try:
+        if kind in ("inet", "inet6"):
+            port, _, host = rest.partition("@")
+            family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host or ("::" if kind == "inet6" else "0.0.0.0"), int(port)))
+        else:
+            path = rest if kind in ("unix", "local") else socket_spec
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.bind(path)
+            os.unlink(path)
+    except (OSError, ValueError) as exc:
+        return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
+    return "libmilter gave no reason"
+
+
 def listen(name: str, socket_spec: str, timeout: int, *, tcp_nodelay: bool = True) -> None:
     """Register with libmilter and open its socket, as Milter.runmilter does, but split before
     main() so the listening socket can be tuned (TCP_NODELAY); `Milter.factory` must be set."""
@@ -211,7 +242,14 @@ def listen(name: str, socket_spec: str, timeout: int, *, tcp_nodelay: bool = Tru
     milter.set_close_callback(Milter.close_callback)
     unix = socket_spec.startswith(("unix:", "local:"))
     if unix:
-        os.makedirs(os.path.dirname(socket_spec.split(":", 1)[1]) or ".", exist_ok=True)
+        path = socket_spec.split(":", 1)[1]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        # libmilter removes a socket file it finds: a second instance would silently take the
+        # socket from one that is running (which then never hears from the MTA again).
+        if _someone_listens(path):
+            raise ZivmilterError(
+                f"milter.socket {socket_spec}: another milter is listening there; stop it first"
+            )
     milter.setconn(socket_spec)
     milter.settimeout(timeout)
     milter.register(
@@ -220,7 +258,12 @@ def listen(name: str, socket_spec: str, timeout: int, *, tcp_nodelay: bool = Tru
         unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
         negotiate=Milter.negotiate_callback,
     )
-    milter.opensocket(True)
+    try:
+        milter.opensocket(True)
+    except milter.error:
+        raise ZivmilterError(
+            f"milter.socket {socket_spec}: cannot listen ({_why_not(socket_spec)})"
+        ) from None
     if unix:
         os.chmod(socket_spec.split(":", 1)[1], 0o660)  # Postfix (group) may connect, nobody else
     elif tcp_nodelay and _tune_listening_sockets() == 0:
