@@ -803,9 +803,7 @@ class SqliteStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
                 with self._transaction() as cur:
-                    row = cur.execute(
-                        "SELECT message_id, address FROM recipients WHERE id = ?", (recipient_id,)
-                    ).fetchone()
+                    row = _recipient_ref(cur, recipient_id)
                     if row is None:
                         return
                     cur.execute(
@@ -1335,9 +1333,7 @@ class SqliteStore:
         now = int(self._now())
         set_lock = _ts(attempt.locked_until)
         with self._transaction() as cur:
-            row = cur.execute(
-                "SELECT message_id, address FROM recipients WHERE id = ?", (attempt.recipient_id,)
-            ).fetchone()
+            row = _recipient_ref(cur, attempt.recipient_id)
             if row is None:
                 return None
             message_id, address = str(row[0]), str(row[1])
@@ -1363,9 +1359,7 @@ class SqliteStore:
         """A successful verification: the failure streak and the one-time code are spent."""
         now = int(self._now())
         with self._transaction() as cur:
-            row = cur.execute(
-                "SELECT message_id, address FROM recipients WHERE id = ?", (recipient_id,)
-            ).fetchone()
+            row = _recipient_ref(cur, recipient_id)
             if row is None:
                 return
             cur.execute(
@@ -1824,6 +1818,13 @@ def _source(content: BinaryIO | bytes | str | os.PathLike[str]) -> Iterator[Bina
             yield fh
     else:
         yield content  # the caller's file: the caller closes it
+
+
+def _recipient_ref(cur: sqlite3.Cursor, recipient_id: int) -> Any:
+    """(message id, address) of a recipient row, for its audit events; None when it is gone."""
+    return cur.execute(
+        "SELECT message_id, address FROM recipients WHERE id = ?", (recipient_id,)
+    ).fetchone()
 
 
 def _audit(

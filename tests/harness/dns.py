@@ -75,7 +75,20 @@ def tlsa_rdata(cert_der: bytes, usage: int = 3, selector: int = 1, mtype: int = 
     return f"{usage} {selector} {mtype} {data.hex()}"
 
 
-class SelfSigned:
+class _ServerIdentity:
+    """Certificate chain and key as one PEM, served the way trustme's `configure_cert(ctx)`
+    does, so that `server_tls_context` of the sink takes it too."""
+
+    _pem: bytes
+
+    def configure_cert(self, ctx: ssl.SSLContext) -> None:
+        with tempfile.NamedTemporaryFile(suffix=".pem") as fh:
+            fh.write(self._pem)
+            fh.flush()
+            ctx.load_cert_chain(fh.name)
+
+
+class SelfSigned(_ServerIdentity):
     """A self-signed server certificate (DANE-EE and "tls only" cases); trustme makes CA ones.
 
     Offers trustme's `configure_cert(ctx)`, so `server_tls_context` of the sink takes it too.
@@ -103,14 +116,8 @@ class SelfSigned:
             serialization.NoEncryption(),
         )
 
-    def configure_cert(self, ctx: ssl.SSLContext) -> None:
-        with tempfile.NamedTemporaryFile(suffix=".pem") as fh:
-            fh.write(self._pem)
-            fh.flush()
-            ctx.load_cert_chain(fh.name)
 
-
-class PrivateChain:
+class PrivateChain(_ServerIdentity):
     """A leaf signed by a private CA of its own, subject CN=`cn`, with a DNS SAN only if given.
 
     For DANE-TA(2) cases trustme cannot make (its leaves always carry a SAN); the server presents
@@ -166,12 +173,6 @@ class PrivateChain:
                 serialization.NoEncryption(),
             )
         )
-
-    def configure_cert(self, ctx: ssl.SSLContext) -> None:
-        with tempfile.NamedTemporaryFile(suffix=".pem") as fh:
-            fh.write(self._pem)
-            fh.flush()
-            ctx.load_cert_chain(fh.name)
 
 
 def _tool(name: str) -> str:
