@@ -67,3 +67,16 @@ def test_single_part_message_is_never_parsed_whole() -> None:
     msg["Subject"] = "big text"
     msg.set_content("x" * 200_000)
     assert replace_large(io.BytesIO(msg.as_bytes()), 50_000, lambda n, t, d: "L") is None
+
+
+def test_a_disguised_name_is_kept_and_shown_without_its_format_characters() -> None:
+    # "invoice\u202efdp.exe" displays as "invoiceexe.pdf": the override goes, the name stays.
+    kept: list[str] = []
+    result = replace_large(
+        io.BytesIO(message(("invoice\u202efdp.exe", b"z" * 60_000))),
+        50_000,
+        lambda name, ctype, data: kept.append(name) or "https://portal.example/d/T",
+    )
+    assert result is not None and kept == ["invoicefdp.exe"]
+    assert "\u202e" not in result[0].decode("utf-8", "replace")
+    assert [r.filename for r in result[1]] == ["invoicefdp.exe"]

@@ -117,6 +117,9 @@ def test_clean_filename() -> None:
     assert render.clean_filename("a/b\\c:d*e?.pdf") == "a_b_c_d_e_.pdf"
     assert render.clean_filename("evil\r\nX-Header: 1.txt") == "evil X-Header_ 1.txt"
     assert render.clean_filename("...") == ""
+    # a right-to-left override would show "invoice\u202efdp.exe" as "invoiceexe.pdf"
+    assert render.clean_filename("invoice\u202efdp.exe") == "invoicefdp.exe"
+    assert render.clean_filename("a\u200bb\u2028c.txt") == "ab c.txt"
 
 
 def test_every_text_exists_in_both_languages() -> None:

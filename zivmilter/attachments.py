@@ -21,6 +21,8 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32
 from typing import BinaryIO
 
+from .message import clean_filename
+
 _WIRE = compat32.clone(linesep="\r\n")
 _HEADER_MAX = 1024 * 1024  # a header block larger than this is not looked at any further
 _UTF8_QP = charset.Charset("utf-8")
@@ -117,7 +119,7 @@ def replace_large(
             data = _decode(part)
             if len(data) <= limit:
                 continue
-            name = part.get_filename() or "attachment.bin"
+            name = clean_filename(part.get_filename() or "") or "attachment.bin"
             link = save(name, part.get_content_type(), data)
             r = Replaced(name, len(data), link)
             replaced.append(r)

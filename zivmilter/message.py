@@ -6,6 +6,8 @@ Headers are read with the compat32 policy (raw strings, never an exception on od
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from email._policybase import Compat32
 from email.header import decode_header, make_header
@@ -90,3 +92,15 @@ def build_envelope(sender: str, recipients: Iterable[str], headers: Headers) -> 
             rcpts.append(norm)
     sender_norm = normalize_address(sender) if sender and sender != "<>" else ""
     return Envelope(sender_norm, tuple(rcpts), frozenset(addresses(headers, "To", "Cc")))
+
+
+_NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+_PATHISH = re.compile(r'[\\/:*?"<>|]+')
+
+
+def clean_filename(name: str) -> str:
+    """A file name safe to show, offer for download or attach: no path, no control characters,
+    and no invisible format characters (a right-to-left override makes `invoice\u202efdp.exe`
+    look like a PDF)."""
+    visible = "".join(c for c in name if unicodedata.category(c) != "Cf")
+    return _PATHISH.sub("_", _NAME_CONTROL.sub(" ", visible)).strip(" .")[:200]

@@ -22,6 +22,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from ..addresses import normalize_address
 from ..errors import MessageError, StoreError
+from ..message import clean_filename
 from ..store import AttachmentRecord, RecipientRecord
 from . import flows, verify
 from .pages import Ctx, GuestPages, code_sent, link_token, lock_view, sent_notice, small_form
@@ -180,6 +181,7 @@ class DownloadPages(GuestPages[_Ctx]):
         status, locked_minutes = lock_view(lock, status)
         values: dict[str, Any] = {
             "att": ctx.att,
+            "filename": clean_filename(ctx.att.filename or "") or "attachment",
             "verified": verified,
             "claimed": ctx.p.who != 0,
             "use_account": rec is not None and self._uses_account(rec),
@@ -233,7 +235,9 @@ class DownloadPages(GuestPages[_Ctx]):
 
 
 def content_disposition(filename: str, kind: str = "attachment") -> str:
-    """RFC 6266: an ASCII fallback plus the exact UTF-8 name (RFC 8187)."""
+    """RFC 6266: an ASCII fallback plus the exact UTF-8 name (RFC 8187), of the name as
+    `clean_filename` leaves it."""
+    filename = clean_filename(filename) or "attachment"
     fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
     return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 

@@ -20,8 +20,11 @@ from email.parser import BytesParser
 
 import nh3
 
+from ..message import clean_filename
+
+__all__ = ["clean_filename"]  # re-exported: the portal's callers know it from here
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-_PATHISH = re.compile(r'[\\/:*?"<>|]+')
 
 
 @dataclass(frozen=True)
@@ -134,11 +137,6 @@ def leaf_payload(part: Message) -> bytes:
             return inner.as_bytes(policy=policy.SMTP)
     payload = part.get_payload(decode=True)
     return payload if isinstance(payload, bytes) else b""
-
-
-def clean_filename(name: str) -> str:
-    """A file name safe to offer for download or to attach: no path, no control characters."""
-    return _PATHISH.sub("_", _CONTROL.sub(" ", name)).strip(" .")[:200]
 
 
 # --- HTML ------------------------------------------------------------------------------------
