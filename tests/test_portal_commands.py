@@ -157,3 +157,21 @@ def test_contacts_list_and_forget(
     code, _, err = run(capsys, "contacts", "forget", "carol@example.com", "--config", str(cfg))
     assert code == 1 and "not in the contact book" in err
     assert os.path.exists(cfg)
+
+
+def test_status_shows_a_lock_only_while_it_lasts(
+    setup: tuple[Path, SqliteStore], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, store = setup
+    mid = save(store, "<st-2@hospital.example>", [notified("bob@example.net")])
+    (bob,) = store.recipients(mid)
+    store._conn.execute(
+        "UPDATE recipients SET locked_until = strftime('%s', 'now') + 600 WHERE id = ?", (bob.id,)
+    )
+    code, out, _ = run(capsys, "status", "st-2@hospital.example", "--json", "--config", str(cfg))
+    assert code == 0 and json.loads(out)[0]["recipients"][0]["locked_until"]
+    store._conn.execute(
+        "UPDATE recipients SET locked_until = strftime('%s', 'now') - 5 WHERE id = ?", (bob.id,)
+    )
+    code, out, _ = run(capsys, "status", "st-2@hospital.example", "--config", str(cfg))
+    assert code == 0 and "locked until" not in out

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from .. import config as config_mod
@@ -196,7 +197,10 @@ def _recipient_status(store: Store, message: MessageRecord, r: RecipientRecord) 
         "notified": _iso(r.notified_at) if r.notified_at else None,
         "opened": opened,
         "failed_attempts": r.failed_attempts,
-        "locked_until": _iso(r.locked_until) if r.locked_until else None,
+        # a lock that has ended is no lock: the next wrong code starts from the streak
+        "locked_until": _iso(r.locked_until)
+        if r.locked_until and r.locked_until > datetime.now(UTC)
+        else None,
         "revoked": _iso(revoked) if revoked and r.delivery == "notification" else None,
         "replies": len(store.replies(r.id)),
     }

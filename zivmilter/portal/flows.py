@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from email.policy import SMTP
@@ -46,7 +47,7 @@ def send_code(portal: Portal, rec: RecipientRecord, via: str, language: str) -> 
     if wait == float("inf"):
         return SendResult(Sent.EXHAUSTED)
     if wait > 0:
-        return SendResult(Sent.WAIT, int(wait) + 1)
+        return SendResult(Sent.WAIT, math.ceil(wait))
     state = portal.store.otp(rec.id)
     if state is None:  # revoked in between
         return SendResult(Sent.FAILED)
