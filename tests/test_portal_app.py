@@ -1057,3 +1057,48 @@ def test_every_page_renders_in_both_languages(env: Env, lang: str) -> None:
         target = re.search(r'url=([^"]+)"', first.text)
         assert target
         assert marker in client.get(target.group(1) + q).text
+
+
+def test_enrolment_page_keeps_its_secret_when_shown_again(env: Env) -> None:
+    # The recipient scans the QR code, then the page is reloaded (or its language switched):
+    # the code from the app they scanned must still be the right one.
+    accounts.add_recipient_account(env.store, "fay@example.net", "long enough password")
+    _, tokens = env.save([rcpt("fay@example.net", "account")])
+
+    def sign_in(client: Any) -> tuple[str, str]:
+        here = open_link(client, tokens["fay@example.net"])
+        token = csrf(client.get(here).text, "verify")
+        form = {"csrf": token, "password": "long enough password"}
+        page = client.post(here + "verify", data=form)
+        found = re.search(r'<code id="secret">([A-Z2-7 ]+)</code>', page.text)
+        assert found
+        return here, found.group(1)
+
+    with env.client() as client:
+        here, first = sign_in(client)
+        again = client.get(here)
+        shown = re.search(r'<code id="secret">([A-Z2-7 ]+)</code>', again.text)
+        assert shown and shown.group(1) == first
+        b32 = first.replace(" ", "")
+        totp = TOTP(base64.b32decode(b32 + "=" * (-len(b32) % 8)), 6, SHA1(), 30,
+                    enforce_key_length=False)  # fmt: skip
+        sealed = re.search(r'name="secret" value="([^"]+)"', again.text)
+        assert sealed
+        done = client.post(
+            here + "enrol",
+            data={
+                "csrf": csrf(again.text, "enrol"),
+                "secret": sealed.group(1),
+                "totp": totp.generate(int(env.clock.t)).decode(),
+            },
+        )
+        assert done.status_code == 200 and shows_message(done)
+    with env.client() as other:  # a new sign-in is a new enrolment: another secret
+        assert accounts.add_recipient_account(env.store, "gus@example.net", "long enough password")
+        _, more = env.save([rcpt("gus@example.net", "account")])
+        here = open_link(other, more["gus@example.net"])
+        token = csrf(other.get(here).text, "verify")
+        form = {"csrf": token, "password": "long enough password"}
+        page = other.post(here + "verify", data=form)
+        found = re.search(r'<code id="secret">([A-Z2-7 ]+)</code>', page.text)
+        assert found and found.group(1) != first

@@ -30,7 +30,7 @@ from . import accounts, flows, mail, render, verify
 from .app import timestamp, trusted_markup
 from .downloads import content_disposition, stream_bytes
 from .pages import Ctx, GuestPages, field, link_token, lock_view, sent_notice, small_form
-from .security import Stage, seal_value, unseal_value
+from .security import Stage, enrolment_secret, seal_value, unseal_value
 
 log = logging.getLogger("zivmilter.portal")
 
@@ -396,7 +396,7 @@ class LinkPages(GuestPages[_Ctx]):
         status: int = 200,
     ) -> Response:
         portal = self.portal
-        secret = secret or verify.new_totp_secret()
+        secret = secret or enrolment_secret(portal.keys, ctx.p, verify.OTP_SECRET_BYTES)
         uri = accounts.enrolment_uri(secret, ctx.rec.address, portal.org_name)
         text = base64.b32encode(secret).decode("ascii").rstrip("=")
         values = {

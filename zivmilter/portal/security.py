@@ -30,6 +30,7 @@ class PortalKeys:
     cookie: bytes  # HMAC-SHA256 of pass cookies
     csrf: bytes  # HMAC-SHA256 of CSRF tokens
     seal: bytes  # AES-256-GCM of values the portal hands to the browser to get back
+    enrol: bytes  # HMAC-SHA256 that derives an enrolment's authenticator secret
 
     @classmethod
     def from_kek(cls, raw_kek: bytes) -> PortalKeys:
@@ -37,6 +38,7 @@ class PortalKeys:
             _hkdf(raw_kek, b"zivmilter/portal/cookie/v1"),
             _hkdf(raw_kek, b"zivmilter/portal/csrf/v1"),
             _hkdf(raw_kek, b"zivmilter/portal/seal/v1"),
+            _hkdf(raw_kek, b"zivmilter/portal/enrol/v1"),
         )
 
     def __repr__(self) -> str:
@@ -106,6 +108,16 @@ def csrf_ok(keys: PortalKeys, p: Pass, form: str, token: str | None) -> bool:
     if not token:
         return False
     return hmac.compare_digest(token.encode("ascii", "replace"), csrf_token(keys, p, form).encode())
+
+
+def enrolment_secret(keys: PortalKeys, p: Pass, size: int) -> bytes:
+    """The authenticator secret one enrolment offers: the same for as long as its pass lasts,
+    so that reloading the page (or switching its language) does not change the QR code the
+    recipient has already scanned; a new sign-in (a new pass) gets a new one."""
+    if size > hashlib.sha256().digest_size:
+        raise ValueError("an enrolment secret is at most 32 bytes")
+    info = f"{p.scope}|{p.nonce}".encode("ascii")
+    return hmac.new(keys.enrol, info, hashlib.sha256).digest()[:size]
 
 
 def seal_value(keys: PortalKeys, data: bytes, context: str) -> str:
