@@ -282,6 +282,24 @@ def test_access_code_wrong_then_right_then_remembered(env: Env) -> None:
     assert events.count("verify-failed") == 1 and "verified" in events and "opened" in events
 
 
+def test_reloading_after_a_wrong_code_does_not_send_it_again(env: Env) -> None:
+    # The answer's response is a redirect to the link's page (POST/redirect/GET): a reload
+    # shows the same "not right" page and counts nothing more against the recipient.
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    with env.client() as client:
+        here = open_link(client, tokens["bob@example.net"])
+        page = client.get(here)
+        form = {"csrf": csrf(page.text, "verify"), "code": "wrong-1"}
+        wrong = client.post(here + "verify", data=form, follow_redirects=False)
+        assert wrong.status_code == 303
+        assert wrong.headers["location"].endswith("?refused=wrong_code")
+        for _ in range(3):  # the reloads
+            shown = client.get(wrong.headers["location"])
+            assert shown.status_code == 401 and 'id="error"' in shown.text
+    rec = env.store.recipient(env.rid(mid, "bob@example.net"))
+    assert rec is not None and rec.failed_attempts == 1
+
+
 def test_lockout_after_repeated_wrong_codes_grows(env: Env) -> None:
     mid, tokens = env.save([code_rcpt("bob@example.net")])
     rid = env.rid(mid, "bob@example.net")

@@ -25,7 +25,16 @@ from ..errors import MessageError, StoreError
 from ..message import clean_filename
 from ..store import AttachmentRecord, RecipientRecord
 from . import flows, verify
-from .pages import Ctx, GuestPages, code_sent, link_token, lock_view, sent_notice, small_form
+from .pages import (
+    Ctx,
+    GuestPages,
+    code_sent,
+    link_token,
+    lock_view,
+    refused_view,
+    sent_notice,
+    small_form,
+)
 from .security import Stage
 
 log = logging.getLogger("zivmilter.portal")
@@ -61,7 +70,7 @@ class DownloadPages(GuestPages[_Ctx]):
         ctx, error = self._context(request, Stage.LINK)
         if ctx is None:
             return error
-        return self._verify_page(request, ctx, notice=sent_notice(request))
+        return self._verify_page(request, ctx, notice=sent_notice(request), **refused_view(request))
 
     async def start(self, request: Request) -> Response:
         fields = await small_form(request, "csrf", "address")

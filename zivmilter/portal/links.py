@@ -29,7 +29,16 @@ from ..store import LinkState, RecipientRecord
 from . import accounts, flows, mail, render, verify
 from .app import timestamp, trusted_markup
 from .downloads import content_disposition, stream_bytes
-from .pages import Ctx, GuestPages, field, link_token, lock_view, sent_notice, small_form
+from .pages import (
+    Ctx,
+    GuestPages,
+    field,
+    link_token,
+    lock_view,
+    refused_view,
+    sent_notice,
+    small_form,
+)
 from .security import Stage, enrolment_secret, seal_value, unseal_value
 
 log = logging.getLogger("zivmilter.portal")
@@ -77,7 +86,7 @@ class LinkPages(GuestPages[_Ctx]):
             if self._enrolled(ctx):
                 return self._sign_in_again(request, ctx)
             return self._enrol_page(request, ctx)
-        return self._verify_page(request, ctx, notice=sent_notice(request))
+        return self._verify_page(request, ctx, notice=sent_notice(request), **refused_view(request))
 
     # -- verification -----------------------------------------------------------------------
 

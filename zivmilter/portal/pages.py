@@ -159,11 +159,15 @@ class GuestPages(ABC, Generic[C]):
         return self._verify_page(request, ctx, error="code_failed", status=503)
 
     def _refused(self, request: Request, ctx: C, method: str, outcome: flows.Answer) -> Response:
-        """The page after an answer that did not verify: locked (429), otherwise wrong (401)."""
+        """After an answer that did not verify: back to the link's page (POST/redirect/GET),
+        which then says so, locked (429) or wrong (401). A reload of that page asks nothing
+        again; a reload of the answer's own response would send the wrong answer once more,
+        and count it against the recipient."""
         if outcome is flows.Answer.LOCKED:
-            return self._verify_page(request, self._fresh(ctx), status=429)
-        wrong = "wrong_password" if method == "account" else "wrong_code"
-        return self._verify_page(request, ctx, error=wrong, status=401)
+            kind = "locked"
+        else:
+            kind = "wrong_password" if method == "account" else "wrong_code"
+        return RedirectResponse(f"{ctx.here}?refused={kind}", status_code=303)
 
 
 def lock_view(lock: float, status: int) -> tuple[int, int]:
@@ -181,6 +185,15 @@ def code_sent(ctx: Ctx) -> Response:
 
 def sent_notice(request: Request) -> str | None:
     return "code_sent" if request.query_params.get("sent") == "1" else None
+
+
+def refused_view(request: Request) -> dict[str, Any]:
+    """How the link's page shows the answer `_refused` redirected from: wrong (401), or
+    locked (429: the page reads the lock from the store, so it shows whether it still holds)."""
+    kind = request.query_params.get("refused")
+    if kind in ("wrong_code", "wrong_password"):
+        return {"error": kind, "status": 401}
+    return {}
 
 
 def link_token(request: Request) -> str | None:
