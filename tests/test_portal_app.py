@@ -1081,7 +1081,7 @@ def test_enrolment_page_keeps_its_secret_when_shown_again(env: Env) -> None:
     # The recipient scans the QR code, then the page is reloaded (or its language switched):
     # the code from the app they scanned must still be the right one.
     accounts.add_recipient_account(env.store, "fay@example.net", "long enough password")
-    _, tokens = env.save([rcpt("fay@example.net", "account")])
+    mid_fay, tokens = env.save([rcpt("fay@example.net", "account")])
 
     def sign_in(client: Any) -> tuple[str, str]:
         here = open_link(client, tokens["fay@example.net"])
@@ -1102,6 +1102,14 @@ def test_enrolment_page_keeps_its_secret_when_shown_again(env: Env) -> None:
                     enforce_key_length=False)  # fmt: skip
         sealed = re.search(r'name="secret" value="([^"]+)"', again.text)
         assert sealed
+        token = csrf(again.text, "enrol")
+        wrong_form = {"csrf": token, "secret": sealed.group(1), "totp": "000000"}
+        wrong = client.post(here + "enrol", data=wrong_form, follow_redirects=False)
+        assert wrong.status_code == 303
+        assert wrong.headers["location"].endswith("?refused=wrong_code")
+        for _ in range(2):  # reloading the "not right" page sends nothing again
+            shown = client.get(wrong.headers["location"])
+            assert shown.status_code == 401 and first in shown.text
         done = client.post(
             here + "enrol",
             data={
@@ -1111,6 +1119,8 @@ def test_enrolment_page_keeps_its_secret_when_shown_again(env: Env) -> None:
             },
         )
         assert done.status_code == 200 and shows_message(done)
+    fay = env.store.recipient(env.rid(mid_fay, "fay@example.net"))
+    assert fay is not None and fay.failed_attempts == 1
     with env.client() as other:  # a new sign-in is a new enrolment: another secret
         assert accounts.add_recipient_account(env.store, "gus@example.net", "long enough password")
         _, more = env.save([rcpt("gus@example.net", "account")])

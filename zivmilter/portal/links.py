@@ -85,7 +85,7 @@ class LinkPages(GuestPages[_Ctx]):
         if ctx.p.stage is Stage.ENROL:
             if self._enrolled(ctx):
                 return self._sign_in_again(request, ctx)
-            return self._enrol_page(request, ctx)
+            return self._enrol_page(request, ctx, **refused_view(request))
         return self._verify_page(request, ctx, notice=sent_notice(request), **refused_view(request))
 
     # -- verification -----------------------------------------------------------------------
@@ -163,7 +163,9 @@ class LinkPages(GuestPages[_Ctx]):
         if step is None:
             if portal.store.settle_attempt(attempt, False, what) is not None:
                 return self._verify_page(request, self._fresh(ctx), status=429)
-            return self._enrol_page(request, ctx, secret=secret, error="wrong_code", status=401)
+            # POST/redirect/GET, as for other answers: a reload must not send it again. The
+            # page shows the same secret again (it is the pass's, see enrolment_secret).
+            return RedirectResponse(f"{ctx.here}?refused=wrong_code", status_code=303)
         portal.store.settle_attempt(attempt, True, what)
         if not accounts.enrol_authenticator(portal.store, ctx.rec.address, secret):
             if self._enrolled(ctx):  # another enrolment got in first
