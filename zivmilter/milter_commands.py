@@ -10,6 +10,7 @@ from . import config as config_mod
 from . import crypto, logsetup
 from .errors import StoreError
 from .facts import Facts, StaticFacts, load_facts, with_config
+from .submission import SpfChecker
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -26,12 +27,22 @@ def _transport_source(cfg: config_mod.Config) -> Any:
     return TransportFacts(cfg).start()
 
 
+def spf_checker(cfg: config_mod.Config) -> SpfChecker | None:
+    """The SPF checker where any listener's rules use SPF (`submission.spf`, or
+    `submission.listeners.NAME.spf`); each check still asks its own listener's rules whether
+    SPF counts there. None (no SPF at all) otherwise."""
+    from .spf import PySpfChecker
+
+    if cfg.submission.spf or any(r.spf for r in cfg.submission.listeners.values()):
+        return PySpfChecker.from_config(cfg)
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .gateway import Gateway
     from .livefacts import LiveFacts
     from .milter import serve
     from .reinject import SmtpReinjector
-    from .spf import PySpfChecker
     from .store import SqliteStore
     from .submission import SenderAccounts, StoreSenderAccounts
 
@@ -54,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     senders: SenderAccounts = (
         source if isinstance(source, StaticFacts) else StoreSenderAccounts(store)
     )
-    spf = PySpfChecker.from_config(cfg) if cfg.submission.spf else None
+    spf = spf_checker(cfg)
     gateway = Gateway(cfg, facts, store, reinjector, spf=spf, senders=senders)
     serve(
         gateway,

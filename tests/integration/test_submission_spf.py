@@ -173,3 +173,33 @@ def test_spf_is_not_asked_for_a_domain_that_is_not_ours(gateway: PostfixInstance
     # Whatever its SPF says, the organization does not send for this domain.
     code, text = submit(gateway, "app@stranger.example")
     assert code == 550 and "stranger.example is not one of organization.domains" in text
+
+
+def test_spf_switched_on_for_one_listener_only(dns_zones: TestDns, sink: Sink) -> None:
+    # submission.spf is off; the listener Postfix names ({daemon_name}, by default its
+    # myhostname) has SPF on: its mail from an SPF-passing domain is accepted, and `run` must
+    # have built an SPF checker for that listener alone.
+    from tests.harness.postfix import MYHOSTNAME
+
+    config = {
+        **CONFIG,
+        "submission": {
+            "trusted_networks": [],
+            "spf": False,
+            "any_address_of_own_domains": True,
+            "listeners": {
+                MYHOSTNAME: {
+                    "trusted_networks": [],
+                    "spf": True,
+                    "any_address_of_own_domains": True,
+                }
+            },
+        },
+    }
+    pf = PostfixInstance(relayhost=f"[{SINK_IP}]:25")
+    with attach(pf, config=config, facts=FACTS), pf:
+        before = len(sink.received)
+        assert submit(pf, f"app@{domain('pass')}") == (250, "ok")
+        sink.wait_for(before + 1)
+        code, text = submit(pf, f"app@{domain('fail')}")
+        assert code == 550 and "SPF fail" in text, text
