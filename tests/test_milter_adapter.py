@@ -12,6 +12,7 @@ import socket
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
+from typing import Any
 
 import Milter
 import pytest
@@ -326,3 +327,76 @@ def test_failures_follow_notify_orcpt_and_survive_undecodable_bytes() -> None:
         ("orcpt@x.example", "5.7.1", "r", "rfc822; Jörg+x@x.example"),
         ("a@x.nl\ufffd", "5.1.3", "'a@x.nl\ufffd' is not a valid address", None),
     ]
+
+
+class _SeesHelo:
+    """An SPF checker that records the HELO name it is given and answers pass."""
+
+    def __init__(self) -> None:
+        self.helo: list[str | None] = []
+
+    def check(self, ip: str, sender: str, helo: str | None) -> Any:
+        from zivmilter.submission import SpfResult, SpfVerdict
+
+        self.helo.append(helo)
+        return SpfResult(SpfVerdict.PASS, "")
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"), [("Postfix 3.7.11", Milter.ACCEPT), ("8.17.1", Milter.TEMPFAIL)]
+)
+def test_a_sendmail_behind_milter_mta_postfix_is_held(
+    tmp_path: Path, version: str, expected: int
+) -> None:
+    # Sendmail cannot route a direct copy on its route header: with milter.mta: postfix that
+    # copy would leave under Sendmail's own TLS, so the mail waits (4xx) instead.
+    crypto.keygen(str(tmp_path / "k"))
+    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
+    sent = Collecting()
+    spf = _SeesHelo()
+    ZivMilter.gateway = Gateway(
+        make_config(
+            {
+                "policy": {"outbound_direct_delivery": {"domains": ["partner.example"]}},
+                "submission": {"any_address_of_own_domains": True, "trusted_networks": []},
+            },
+            base={"organization": {"domains": ["hospital.example"]}},
+        ),
+        facts_from_mapping({"transport": {"partner.example": "pkix"}}),
+        store,
+        sent,
+        hostname="gw.test",
+        spf=spf,
+    )
+    ctx = testctx.TestCtx()
+    ctx._setsymval("v", version)
+    Milter.factory = ZivMilter
+    ctx._negotiate()
+    Milter.connect_callback(ctx, "localhost", socket.AF_INET, ("192.0.2.7", 2525))
+    ctx.getpriv().hello("app.hospital.example")
+    rc = _rest_of_message(ctx, ["bob@partner.example"])
+    assert rc == expected
+    if expected == Milter.TEMPFAIL:
+        code, xcode, text = ctx._reply
+        assert (code, xcode) == ("451", "4.3.5") and "milter.mta" in text
+        assert sent.sent == [] and spf.helo == []
+    else:
+        assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"
+        assert spf.helo == ["app.hospital.example"]  # SPF got the client's HELO name
+    store.close()
+
+
+def _rest_of_message(ctx: testctx.TestCtx, rcpts: list[str]) -> int:
+    milter = ctx.getpriv()
+    ctx._setsymval("i", "QID124")
+    ctx._msg = email.message_from_bytes(MESSAGE)
+    milter.envfrom("<alice@hospital.example>")
+    for r in rcpts:
+        milter.envrcpt(f"<{r}>")
+    milter.data()
+    head, _, body = MESSAGE.partition(b"\r\n\r\n")
+    for name, value in email.message_from_bytes(head + b"\r\n\r\n").items():
+        milter.header(name, " " + value)
+    milter.eoh()
+    milter.body(body)
+    return int(ctx._eom())

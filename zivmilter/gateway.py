@@ -66,6 +66,8 @@ class Transaction:
     listener: str | None = None  # the MTA's {daemon_name}: submission rules may differ per listener
     # ESMTP parameters of each RCPT TO (NOTIFY=..., ORCPT=...), by the argument as given
     recipient_params: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    helo: str | None = None  # the client's HELO/EHLO name
+    mta: str | None = None  # the MTA's `v` macro: "Postfix 3.7.11", Sendmail's "8.17.1"
 
     @property
     def message_id(self) -> str:
@@ -129,6 +131,16 @@ class Gateway:
 
     # ------------------------------------------------------------------------------------
     def process(self, tx: Transaction) -> Plan:
+        if self.cfg.milter.mta == "postfix" and tx.mta and tx.mta[:1].isdigit():
+            # Sendmail names itself by its version alone. It cannot route a direct copy on the
+            # route header, so with milter.mta: postfix that copy would leave under Sendmail's
+            # own TLS settings: hold the mail (4xx) until the configuration says sendmail.
+            reply = (
+                f"451 4.3.5 zivmilter: the MTA is Sendmail {tx.mta}, but milter.mta is"
+                " postfix; set milter.mta: sendmail"
+            )
+            log.error("%s", reply, extra=_ctx(tx))
+            return Plan(reject=reply, summary=f"refused: {reply}")
         verdict = submission.check(
             self.cfg,
             tx.headers,
@@ -138,6 +150,7 @@ class Gateway:
             spf=self.spf,
             accounts=self.senders,
             rules=submission.rules_for(self.cfg, tx.listener),
+            helo=tx.helo,
         )
         if not verdict.accepted:
             log.warning("submission refused: %s", verdict.reason, extra=_ctx(tx))

@@ -38,6 +38,8 @@ class ZivMilter(Milter.Base):
     def __init__(self) -> None:
         self.client_address: str | None = None
         self.listener: str | None = None
+        self.helo: str | None = None
+        self.mta: str | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -54,6 +56,12 @@ class ZivMilter(Milter.Base):
         if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
             self.client_address = str(hostaddr[0])
         self.listener = self.getsymval("{daemon_name}") or None
+        self.mta = self.getsymval("v") or None  # "Postfix 3.7.11", or Sendmail's "8.17.1"
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def hello(self, hostname: str) -> int:
+        self.helo = hostname  # SPF's HELO identity and %{h}
         return Milter.CONTINUE
 
     def envfrom(self, mailfrom: str, *params: str) -> int:
@@ -111,6 +119,8 @@ class ZivMilter(Milter.Base):
             client_address=self.client_address,
             auth_login=self.getsymval("{auth_authen}") or None,
             listener=self.listener,
+            helo=self.helo,
+            mta=self.mta,
         )
         extra = {"queue_id": queue_id, "message_id": tx.message_id}
         try:
