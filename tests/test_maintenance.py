@@ -50,6 +50,10 @@ def test_maintenance(tmp_path: Path) -> None:
     assert recipient is not None
     reply = b"From: bob@partner.example\r\nSubject: Re: s\r\n\r\nthanks\r\n"
     store.save_reply(recipient.id, reply)
+    # Its hand-over failed an hour ago. A reply written just now may be on its way through the
+    # portal at this very moment: maintenance must leave it alone (no second copy).
+    store._conn.execute("UPDATE replies SET created_at = created_at - 3600")
+    store.save_reply(recipient.id, b"From: bob@partner.example\r\nSubject: Re: s\r\n\r\nnew\r\n")
     store.close()
     orphan = store_dir / "blobs" / "zz" / "deadbeef.zmb"
     orphan.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,9 @@ def _resend_replies(cfg: config_mod.Config, store: SqliteStore) -> tuple[int, in
     """(sent, still failing) of the replies the MTA has not taken yet."""
     reinjector = SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout)
     sent = failed = 0
-    for reply in store.unsent_replies():
+    # The portal hands a reply over as it is written and marks it sent after the MTA's answer
+    # (at most reinject.timeout per SMTP step): a younger reply may be on its way right now.
+    for reply in store.unsent_replies(older_than=3 * cfg.reinject.timeout + 60):
         message = store.message(reply.message_id)
         content = store.open_reply(reply.id)
         if message is None or content is None:
