@@ -359,13 +359,8 @@ def test_raw_utf8_headers_read_as_utf8() -> None:
     assert "\ufffd" not in text
 
 
-def test_internationalized_address_stays_utf8_and_a_non_ascii_name_is_encoded() -> None:
-    # RFC 2047 may encode a display name, never an address (RFC 6532 keeps that one UTF-8).
-    original = Message()
-    original["From"] = "Alice <alice@hospital.example>"
-    original["To"] = "Jörg <jörg@partner.example>, José <jose@partner.example>"
-    original["Cc"] = "José <jose@partner.example>"
-    note = notification.build_notification(
+def _note_for_jorg(original: Message) -> bytes:
+    return notification.build_notification(
         original,
         recipient="jörg@partner.example",
         link="https://secure.example/m/x",
@@ -375,6 +370,15 @@ def test_internationalized_address_stays_utf8_and_a_non_ascii_name_is_encoded() 
         org_domain="hospital.example",
         org_name="Hospital",
     ).as_bytes()
+
+
+def test_internationalized_address_stays_utf8_and_a_non_ascii_name_is_encoded() -> None:
+    # RFC 2047 may encode a display name, never an address (RFC 6532 keeps that one UTF-8).
+    original = Message()
+    original["From"] = "Alice <alice@hospital.example>"
+    original["To"] = "Jörg <jörg@partner.example>, José <jose@partner.example>"
+    original["Cc"] = "José <jose@partner.example>"
+    note = _note_for_jorg(original)
     head = note.split(b"\r\n\r\n")[0]
     assert 'To: "Jörg" <jörg@partner.example>, "José" <jose@partner.example>\r\n'.encode() in head
     assert b"Cc: =?utf-8?" in head and "José".encode() not in head.split(b"Cc:")[1]
@@ -385,16 +389,7 @@ def test_a_long_utf8_address_field_is_folded_between_addresses() -> None:
     original["From"] = "alice@hospital.example"
     many = [f"Person {i} <person{i}@partner.example>" for i in range(40)]
     original["To"] = ", ".join(["Jörg <jörg@partner.example>", *many])
-    note = notification.build_notification(
-        original,
-        recipient="jörg@partner.example",
-        link="https://secure.example/m/x",
-        verification=notification.Verification("email"),
-        language="en",
-        subject_mode="show",
-        org_domain="hospital.example",
-        org_name="Hospital",
-    ).as_bytes()
+    note = _note_for_jorg(original)
     head = note.split(b"\r\n\r\n")[0]
     assert max(len(line) for line in head.split(b"\r\n")) <= 78
     parsed = email.message_from_string(note.decode("utf-8"), policy=policy.SMTPUTF8)
