@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import io
 import socket
+from collections.abc import Iterator
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -20,7 +21,8 @@ from Milter import testctx
 
 from tests.fakes import make_config
 from zivmilter import crypto
-from zivmilter.facts import facts_from_mapping
+from zivmilter.config import Config
+from zivmilter.facts import Facts, facts_from_mapping
 from zivmilter.gateway import Gateway, Plan, Transaction
 from zivmilter.milter import ZivMilter
 from zivmilter.reinject import Outgoing
@@ -44,8 +46,31 @@ class Collecting:
         return ["250 2.0.0 Ok: queued" for _ in messages]
 
 
-def run(ctx: testctx.TestCtx, rcpts: list[str], message: bytes = MESSAGE) -> int:
-    """Drive the callbacks as libmilter would for one message.
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    crypto.keygen(str(tmp_path / "k"))
+    st = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
+    yield st
+    st.close()
+
+
+def use_gateway(store: SqliteStore, cfg: Config, facts: Facts, **kwargs: Any) -> Collecting:
+    """The gateway the milter serves (as `serve` sets it); returns what it re-injects."""
+    sent = Collecting()
+    ZivMilter.gateway = Gateway(cfg, facts, store, sent, hostname="gw.test", **kwargs)
+    return sent
+
+
+def run(
+    ctx: testctx.TestCtx,
+    rcpts: list[str],
+    message: bytes = MESSAGE,
+    *,
+    client: str = "127.0.0.1",
+    helo: str | None = None,
+) -> int:
+    """Drive the callbacks as libmilter would for one message (macros set on `ctx` before
+    are seen at connect).
 
     TestCtx's own _feedFile stops at the first answer other than CONTINUE, and the collecting
     callbacks answer NOREPLY (@noreply, for speed): so the callbacks are driven here, and
@@ -54,8 +79,10 @@ def run(ctx: testctx.TestCtx, rcpts: list[str], message: bytes = MESSAGE) -> int
     ctx._setsymval("i", "QID123")
     Milter.factory = ZivMilter  # as serve() sets it: one instance per connection
     ctx._negotiate()
-    Milter.connect_callback(ctx, "localhost", socket.AF_INET, ("127.0.0.1", 2525))
+    Milter.connect_callback(ctx, "localhost", socket.AF_INET, (client, 2525))
     milter = ctx.getpriv()
+    if helo is not None:
+        milter.hello(helo)
     ctx._msg = email.message_from_bytes(message)
     assert milter.envfrom("<alice@hospital.example>") == Milter.CONTINUE
     for r in rcpts:
@@ -69,11 +96,9 @@ def run(ctx: testctx.TestCtx, rcpts: list[str], message: bytes = MESSAGE) -> int
     return int(ctx._eom())  # TestCtx records actions only from inside its own eom step
 
 
-def test_plan_is_applied(tmp_path: Path) -> None:
-    crypto.keygen(str(tmp_path / "k"))
-    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
-    sent = Collecting()
-    ZivMilter.gateway = Gateway(
+def test_plan_is_applied(store: SqliteStore) -> None:
+    sent = use_gateway(
+        store,
         make_config(
             {
                 "policy": {"outbound_direct_delivery": {"domains": ["partner.example"]}},
@@ -82,9 +107,6 @@ def test_plan_is_applied(tmp_path: Path) -> None:
             base={"organization": {"domains": ["hospital.example"]}},
         ),
         facts_from_mapping({"transport": {"partner.example": "pkix"}}),
-        store,
-        sent,
-        hostname="gw.test",
     )
     ctx = testctx.TestCtx()
     rc = run(ctx, ["bob@partner.example", "carol@oldmail.example"])
@@ -98,20 +120,15 @@ def test_plan_is_applied(tmp_path: Path) -> None:
     (note,) = sent.sent
     assert note.recipients == ("carol@oldmail.example",)
     assert isinstance(note.content, bytes) and b"SECRET BODY" not in note.content
-    store.close()
 
 
 def test_log_never_shows_a_misplaced_secret(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    crypto.keygen(str(tmp_path / "k"))
-    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
-    ZivMilter.gateway = Gateway(
+    use_gateway(
+        store,
         make_config({"submission": {"any_address_of_own_domains": True}}),
         facts_from_mapping({}),
-        store,
-        Collecting(),
-        hostname="gw.test",
     )
     leaky = MESSAGE.replace(
         b"carol@oldmail.example sms +31612345678",
@@ -125,18 +142,13 @@ def test_log_never_shows_a_misplaced_secret(
     assert "zivver-access-right: 'carol@oldmail.example ***'" in caplog.text
     assert "zivver-access-right: '***'" in caplog.text
     assert "31612345678" not in caplog.text and "31687654321" not in caplog.text
-    store.close()
 
 
-def test_encoded_access_code_is_stored_decoded(tmp_path: Path) -> None:
-    crypto.keygen(str(tmp_path / "k"))
-    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
-    ZivMilter.gateway = Gateway(
+def test_encoded_access_code_is_stored_decoded(store: SqliteStore) -> None:
+    use_gateway(
+        store,
         make_config({"submission": {"any_address_of_own_domains": True}}),
         facts_from_mapping({}),
-        store,
-        Collecting(),
-        hostname="gw.test",
     )
     # As an application using the email package sends it: the code becomes an encoded word.
     msg = EmailMessage(policy=SMTP)
@@ -152,14 +164,12 @@ def test_encoded_access_code_is_stored_decoded(tmp_path: Path) -> None:
     (carol,) = store.recipients(saved.id)
     assert carol.verification == "access_code" and carol.access_code_hash is not None
     assert crypto.verify_secret(carol.access_code_hash, "tülip")
-    store.close()
 
 
-def test_config_idd_counts_with_pinned_facts(tmp_path: Path) -> None:
+def test_config_idd_counts_with_pinned_facts(store: SqliteStore) -> None:
     # What `zivmilter run --facts FILE` serves: the config's idd.domains count, as in explain.
-    crypto.keygen(str(tmp_path / "k"))
-    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
-    ZivMilter.gateway = Gateway(
+    use_gateway(
+        store,
         make_config(
             {
                 "submission": {"any_address_of_own_domains": True},
@@ -169,25 +179,19 @@ def test_config_idd_counts_with_pinned_facts(tmp_path: Path) -> None:
         facts_from_mapping(
             {"accounts": ["bob@partner.example"], "transport": {"partner.example": "pkix"}}
         ),
-        store,
-        Collecting(),
-        hostname="gw.test",
     )
     ctx = testctx.TestCtx()
     assert run(ctx, ["bob@partner.example"]) == Milter.ACCEPT
     assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"  # A1 with IDD met: direct
-    store.close()
 
 
 def test_ntamx_recipients_get_a_copy_of_their_own_routed_to_the_ntamx_hosts(
-    tmp_path: Path,
+    store: SqliteStore,
 ) -> None:
     # bob's MX is pkix (A4); care.example's record names ntamx hosts that are pkix too (A2):
     # same level, different next hop, so two copies. The client's own route header is gone.
-    crypto.keygen(str(tmp_path / "k"))
-    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
-    sent = Collecting()
-    ZivMilter.gateway = Gateway(
+    sent = use_gateway(
+        store,
         make_config(
             {
                 "organization": {"nta7516": True},
@@ -206,9 +210,6 @@ def test_ntamx_recipients_get_a_copy_of_their_own_routed_to_the_ntamx_hosts(
                 },
             }
         ),
-        store,
-        sent,
-        hostname="gw.test",
     )
     message = (
         b"From: alice@hospital.example\r\nTo: bob@partner.example, x@care.example\r\n"
@@ -234,7 +235,6 @@ def test_ntamx_recipients_get_a_copy_of_their_own_routed_to_the_ntamx_hosts(
     )
     assert head.count(b"X-Zivmilter-Route") == 1 and b"evil.example" not in data
     assert b"SECRET BODY" in data
-    store.close()
 
 
 class Broken:
@@ -253,16 +253,11 @@ def test_fault_answers_tempfail_with_a_reference(caplog: pytest.LogCaptureFixtur
     assert f"tempfail, ref {ref}" in caplog.text and "disk on fire" in caplog.text
 
 
-def test_refused_submission_is_rejected_with_the_reason(tmp_path: Path) -> None:
-    crypto.keygen(str(tmp_path / "k"))
-    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
-    sent = Collecting()
-    ZivMilter.gateway = Gateway(
+def test_refused_submission_is_rejected_with_the_reason(store: SqliteStore) -> None:
+    sent = use_gateway(
+        store,
         make_config(base={"organization": {"domains": ["hospital.example"]}}),
         facts_from_mapping({}),
-        store,
-        sent,
-        hostname="gw.test",
     )
     ctx = testctx.TestCtx()
     assert run(ctx, ["bob@partner.example"]) == Milter.REJECT
@@ -271,13 +266,10 @@ def test_refused_submission_is_rejected_with_the_reason(tmp_path: Path) -> None:
     assert "alice@hospital.example" in text
     assert sent.sent == []  # nothing stored or sent for a refused message
     assert store._conn.execute("SELECT count(*) FROM blobs").fetchone()[0] == 0
-    store.close()
 
 
-def test_listener_rules_apply_per_daemon_name(tmp_path: Path) -> None:
+def test_listener_rules_apply_per_daemon_name(store: SqliteStore) -> None:
     """`submission.listeners`: the submission port trusts no network, port 25 trusts loopback."""
-    crypto.keygen(str(tmp_path / "k"))
-    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
     cfg = make_config(
         {
             "submission": {
@@ -289,7 +281,7 @@ def test_listener_rules_apply_per_daemon_name(tmp_path: Path) -> None:
     )
     results = {}
     for listener in ("smtpd", "submission"):
-        ZivMilter.gateway = Gateway(cfg, facts_from_mapping({}), store, Collecting(), hostname="gw")
+        use_gateway(store, cfg, facts_from_mapping({}))
         ctx = testctx.TestCtx()
         ctx._setsymval("{daemon_name}", listener)
         results[listener] = (run(ctx, ["bob@partner.example"]), ctx._reply)
@@ -297,7 +289,6 @@ def test_listener_rules_apply_per_daemon_name(tmp_path: Path) -> None:
     rc, (code, xcode, text) = results["submission"]
     assert (rc, code, xcode) == (Milter.REJECT, "550", "5.7.1")
     assert "127.0.0.1" in text
-    store.close()
 
 
 def test_failures_follow_notify_orcpt_and_survive_undecodable_bytes() -> None:
@@ -346,15 +337,13 @@ class _SeesHelo:
     ("version", "expected"), [("Postfix 3.7.11", Milter.ACCEPT), ("8.17.1", Milter.TEMPFAIL)]
 )
 def test_a_sendmail_behind_milter_mta_postfix_is_held(
-    tmp_path: Path, version: str, expected: int
+    store: SqliteStore, version: str, expected: int
 ) -> None:
     # Sendmail cannot route a direct copy on its route header: with milter.mta: postfix that
     # copy would leave under Sendmail's own TLS, so the mail waits (4xx) instead.
-    crypto.keygen(str(tmp_path / "k"))
-    store = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
-    sent = Collecting()
     spf = _SeesHelo()
-    ZivMilter.gateway = Gateway(
+    sent = use_gateway(
+        store,
         make_config(
             {
                 "policy": {"outbound_direct_delivery": {"domains": ["partner.example"]}},
@@ -363,18 +352,11 @@ def test_a_sendmail_behind_milter_mta_postfix_is_held(
             base={"organization": {"domains": ["hospital.example"]}},
         ),
         facts_from_mapping({"transport": {"partner.example": "pkix"}}),
-        store,
-        sent,
-        hostname="gw.test",
         spf=spf,
     )
     ctx = testctx.TestCtx()
     ctx._setsymval("v", version)
-    Milter.factory = ZivMilter
-    ctx._negotiate()
-    Milter.connect_callback(ctx, "localhost", socket.AF_INET, ("192.0.2.7", 2525))
-    ctx.getpriv().hello("app.hospital.example")
-    rc = _rest_of_message(ctx, ["bob@partner.example"])
+    rc = run(ctx, ["bob@partner.example"], client="192.0.2.7", helo="app.hospital.example")
     assert rc == expected
     if expected == Milter.TEMPFAIL:
         code, xcode, text = ctx._reply
@@ -383,20 +365,3 @@ def test_a_sendmail_behind_milter_mta_postfix_is_held(
     else:
         assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"
         assert spf.helo == ["app.hospital.example"]  # SPF got the client's HELO name
-    store.close()
-
-
-def _rest_of_message(ctx: testctx.TestCtx, rcpts: list[str]) -> int:
-    milter = ctx.getpriv()
-    ctx._setsymval("i", "QID124")
-    ctx._msg = email.message_from_bytes(MESSAGE)
-    milter.envfrom("<alice@hospital.example>")
-    for r in rcpts:
-        milter.envrcpt(f"<{r}>")
-    milter.data()
-    head, _, body = MESSAGE.partition(b"\r\n\r\n")
-    for name, value in email.message_from_bytes(head + b"\r\n\r\n").items():
-        milter.header(name, " " + value)
-    milter.eoh()
-    milter.body(body)
-    return int(ctx._eom())
