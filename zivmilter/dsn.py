@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from .errors import MessageError
 from .headers import is_directive
-from .message import decoded_header
+from .message import decoded_header, utf8_text
 
 _STATUS = re.compile(r"^5\.\d{1,3}\.\d{1,3}$")
 # Per-recipient fields (RFC 3464) are one line each, never RFC 2047-encoded words, which the
@@ -132,8 +132,7 @@ def _headers_part(original: Message) -> EmailMessage:
     for name, value in original.raw_items():
         if is_directive(name) or name.strip().lower() == "bcc":
             continue
-        raw = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        lines.append(f"{name}: {raw}")
+        lines.append(f"{name}: {utf8_text(str(value))}")
     text = "\n".join(line.rstrip("\r\n") for line in lines) + "\n"
     part = EmailMessage(policy=policy.default)
     part.set_content(text, subtype="rfc822-headers")

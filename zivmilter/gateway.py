@@ -33,7 +33,7 @@ from .errors import DeliveryError, MessageError
 from .facts import Facts
 from .headers import ROUTE_HEADER, is_directive
 from .levels import Level
-from .message import decoded_header, header_message
+from .message import decoded_header, header_message, utf8_text
 from .policy import Delivery, Method, RecipientDecision
 from .reinject import Outgoing, Reinjector
 from .route import route_value
@@ -432,7 +432,7 @@ def _reported_failures(
         if "ORCPT" in params:
             kind, _, xtext = params["ORCPT"].partition(";")
             original = f"{kind.strip()}; {_xtext_decoded(xtext.strip())}"
-        out.append((_text(_bare(raw)), status, _text(reason), original))
+        out.append((utf8_text(_bare(raw)), status, utf8_text(reason), original))
     return out
 
 
@@ -442,11 +442,6 @@ def _xtext_decoded(text: str) -> str:
     raw = text.encode("utf-8", "surrogateescape")
     decoded = re.sub(rb"\+([0-9A-F]{2})", lambda m: bytes([int(m.group(1), 16)]), raw)
     return decoded.decode("utf-8", "replace")
-
-
-def _text(value: str) -> str:
-    """A value pymilter decoded with surrogateescape, as text that can be written out."""
-    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _bare(address: str) -> str:

@@ -21,14 +21,21 @@ from .policy import Envelope
 Headers = Sequence[tuple[str, str]]
 
 
+def utf8_text(value: str) -> str:
+    """A string read with surrogateescape (8-bit bytes kept as surrogates, as pymilter and the
+    `email` parser keep them) as text that can be written out: those bytes read as UTF-8, and
+    what is not UTF-8 as U+FFFD."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 class _Utf8Headers(Compat32):
     """compat32, except that 8-bit header bytes read as UTF-8 (RFC 6532), as pymilter reads
     them, where compat32 would show U+FFFD for each byte (a sender named Jöhn became J��hn)."""
 
     def header_fetch_parse(self, name: str, value: str) -> str:
-        if not value.isascii():  # 8-bit bytes kept as surrogates by the parser (or by pymilter)
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        return value
+        return utf8_text(value)
 
 
 READ_POLICY = _Utf8Headers()
