@@ -218,7 +218,7 @@ def _utf8_addresses(name: str, pairs: list[tuple[str, str]]) -> _Utf8Field:
     for display, address in pairs:
         if not address:
             continue
-        display = _clean(display)
+        display, address = _clean(display), _clean(address)
         items.append(f'"{quote(display)}" <{address}>' if display else address)
     lines = [""]
     for item in items:
@@ -228,7 +228,7 @@ def _utf8_addresses(name: str, pairs: list[tuple[str, str]]) -> _Utf8Field:
             lines.append(item)
         else:
             lines[-1] = f"{line}, {item}" if line else item
-    return _Utf8Field("\r\n ".join(_clean(line) for line in lines))
+    return _Utf8Field("\r\n ".join(lines))
 
 
 def _sender_text(original: Message) -> str:
