@@ -5,18 +5,24 @@ listening socket and an answered `data` callback, registered exactly as zivmilte
 (zivmilter.milter.listen). --stock runs pymilter's callbacks as shipped, for contrast.
 --rewrite is the floor of any rewriting milter in Python: it takes every callback (envelope,
 headers, body) and at the end replaces the body with a 2 KB text and edits three headers, with
-no policy, store or crypto.
+no policy, store or crypto. --store DIR is the floor of any milter that secures mail as SPEC 10
+asks: --rewrite, plus at end-of-message the message encrypted (AES-256-GCM, a fresh key) and
+committed durably (SQLite WAL, synchronous=FULL, commits shared by concurrent messages) before
+it accepts; one row per message, no policy, no notification to build.
 
-    python bench/noop_milter.py inet:9901@127.0.0.1 [--stock | --rewrite]
+    python bench/noop_milter.py inet:9901@127.0.0.1 [--stock | --rewrite | --store DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
+import threading
 
 import Milter
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from zivmilter.milter import listen
@@ -67,15 +73,59 @@ class Rewrite(TunedNoop):
         return int(Milter.ACCEPT)
 
 
+class _GroupCommit:
+    """One SQLite connection; concurrent savers share a transaction and its fsync."""
+
+    def __init__(self, folder: str) -> None:
+        self.conn = sqlite3.connect(
+            os.path.join(folder, "floor.sqlite3"), isolation_level=None, check_same_thread=False
+        )
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS blobs (id BLOB PRIMARY KEY, data BLOB)")
+        self.lock = threading.Lock()
+        self.queue_lock = threading.Lock()
+        self.queued: list[tuple[bytes, bytes]] = []
+        self.committed: set[bytes] = set()
+
+    def save(self, row: tuple[bytes, bytes]) -> None:
+        with self.queue_lock:
+            self.queued.append(row)
+        with self.lock:
+            if row[0] in self.committed:
+                self.committed.discard(row[0])
+                return
+            with self.queue_lock:
+                batch, self.queued = self.queued, []
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany("INSERT INTO blobs VALUES (?, ?)", batch)
+            self.conn.execute("COMMIT")
+            self.committed.update(r[0] for r in batch if r[0] != row[0])
+
+
+class Store(Rewrite):
+    store: _GroupCommit
+
+    def eom(self) -> int:
+        head = "".join(f"{n}: {v}\r\n" for n, v in self.headers).encode("utf-8", "replace")
+        key, nonce = AESGCM.generate_key(bit_length=256), os.urandom(12)
+        sealed = AESGCM(key).encrypt(nonce, head + b"\r\n" + bytes(self.content), None)
+        self.store.save((os.urandom(16), nonce + sealed))
+        return super().eom()
+
+
 class StockNoop(Milter.Base):  # type: ignore[misc]
     def eom(self) -> int:
         return int(Milter.ACCEPT)
 
 
-def serve(spec: str, *, stock: bool, rewrite: bool = False) -> None:
+def serve(spec: str, *, stock: bool, rewrite: bool = False, store: str | None = None) -> None:
     import milter  # pymilter's C module
 
     Milter.factory = StockNoop if stock else Rewrite if rewrite else TunedNoop
+    if store is not None:
+        Store.store = _GroupCommit(store)
+        Milter.factory = Store
     listen("noop", spec, 60, tcp_nodelay=not stock)  # the same registration as zivmilter's
     milter.main()
 
@@ -86,8 +136,9 @@ def main() -> None:
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--stock", action="store_true", help="without the TCP fix")
     kind.add_argument("--rewrite", action="store_true", help="take every callback, rewrite")
+    kind.add_argument("--store", metavar="DIR", help="--rewrite + encrypt + durable commit")
     args = parser.parse_args()
-    serve(args.socket, stock=args.stock, rewrite=args.rewrite)
+    serve(args.socket, stock=args.stock, rewrite=args.rewrite, store=args.store)
 
 
 if __name__ == "__main__":
