@@ -78,3 +78,48 @@ def test_maintenance(tmp_path: Path) -> None:
         third = maintenance(cfg)
         assert "replies handed to the MTA: 0; still failing: 0" in third.stdout
         assert len(mta.received) == 1
+
+
+def test_a_reply_the_mta_refuses_for_good_is_reported_once(tmp_path: Path) -> None:
+    """A 5xx is final: retrying the same reply every hour cannot help and would keep the
+    maintenance timer failing forever. It is reported once, recorded, and left alone."""
+    key, store_dir, port = tmp_path / "store.key", tmp_path / "store", free_port()
+    crypto.keygen(str(key))
+    cfg = tmp_path / "z.yaml"
+    cfg.write_text(
+        "organization: {domains: [hospital.example]}\n"
+        f"store: {{path: {store_dir}, key_file: {key}}}\n"
+        f"reinject: {{host: 127.0.0.1, port: {port}, timeout: 5}}\n"
+    )
+    store = SqliteStore.open(str(store_dir), crypto.load_kek(str(key)))
+    rcpt = NewRecipient(
+        "bob@partner.example", 1, "email_verification", "notification", "A7", verification="email"
+    )
+    saved = store.save_message(
+        NewMessage("alice@hospital.example", "s", b"Subject: s\r\n\r\nx\r\n", [rcpt])
+    )
+    recipient = store.find_recipient_by_token(saved.tokens["bob@partner.example"])
+    assert recipient is not None
+    reply_id = store.save_reply(recipient.id, b"Subject: Re: s\r\n\r\nthanks\r\n")
+    store._conn.execute("UPDATE replies SET created_at = created_at - 3600")
+    store.close()
+
+    refusal = "550 5.1.1 <alice@hospital.example>: Recipient address rejected: User unknown"
+    with Sink("127.0.0.1", port, refuse_rcpt=refusal) as mta:
+        first = maintenance(cfg)
+        assert first.returncode == 1, first.stderr
+        assert "still failing: 0; refused for good: 1" in first.stdout
+        assert f"reply {reply_id} to alice@hospital.example refused for good" in first.stdout
+        assert "550 5.1.1" in first.stdout
+        second = maintenance(cfg)
+        assert second.returncode == 0, second.stderr
+        assert "replies handed to the MTA: 0; still failing: 0; refused for good: 0" in (
+            second.stdout
+        )
+        assert mta.received == []
+    store = SqliteStore.open(str(store_dir), crypto.load_kek(str(key)))
+    (reply,) = store.replies(recipient.id)
+    assert reply.sent_at is None and reply.refused_at is not None
+    (event,) = [e for e in store.events(saved.id) if e.event == "reply-undeliverable"]
+    assert "550 5.1.1" in event.detail
+    store.close()

@@ -67,10 +67,16 @@ class RecordingMailer:
     def __init__(self) -> None:
         self.sent: list[Outgoing] = []
         self.fail = False
+        self.refuse = False  # for good: the MTA's 5xx
 
     def send(self, messages: Sequence[Outgoing]) -> list[str]:
         if self.fail:
             raise DeliveryError("re-injection to 127.0.0.1:10026 failed: connection refused")
+        if self.refuse:
+            raise DeliveryError(
+                "portal reply: RCPT TO alice@hospital.example refused: 550 5.1.1 User unknown",
+                permanent=True,
+            )
         self.sent.extend(messages)
         return ["250 2.0.0 Ok: queued as ABC123"] * len(messages)
 
@@ -850,16 +856,37 @@ def test_reply_is_stored_and_sent_to_the_sender(env: Env) -> None:
         assert stored.sent_at is not None
         blob = env.store.open_reply(stored.id)
         assert blob is not None and b"REPLY-MARKER" in blob.read()
+        # The MTA cannot take it now: it is kept for `zivmilter maintenance`, and the writer is
+        # told not to send it again (a reload does not write it twice).
         env.mailer.fail = True
         page = client.get(here)
-        failed = client.post(
+        later = client.post(
             here + "reply", data={"csrf": csrf(page.text, "reply"), "text": "second"}
         )
-        assert failed.status_code == 503
-        assert [r.sent_at is None for r in env.store.replies(env.rid(mid, "bob@example.net"))] == [
-            False,
-            True,
-        ]
+        assert later.status_code == 200 and later.url.query == b"replied=later"
+        assert "you do not need to send it again" in later.text
+        assert later.text.count("Not sent yet") == 1
+        assert len(client.get(str(later.url)).text.split("<li>You replied on")) == 3
+        rid = env.rid(mid, "bob@example.net")
+        assert [r.sent_at is None for r in env.store.replies(rid)] == [False, True]
+        assert [r.id for r in env.store.unsent_replies()] == [env.store.replies(rid)[1].id]
+
+
+def test_a_reply_the_mta_refuses_for_good_is_not_offered_again(env: Env) -> None:
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    env.mailer.refuse = True
+    with env.client() as client:
+        here = verified(env, client, tokens["bob@example.net"])
+        page = client.get(here)
+        r = client.post(here + "reply", data={"csrf": csrf(page.text, "reply"), "text": "hello"})
+        assert r.status_code == 200 and r.url.query == b"replied=refused"
+        assert 'id="error"' in r.text and "mail server refused it. It will not be sent." in r.text
+        assert "Refused by the mail server" in r.text and "Not sent yet" not in r.text
+    (reply,) = env.store.replies(env.rid(mid, "bob@example.net"))
+    assert reply.sent_at is None and reply.refused_at is not None
+    assert env.store.unsent_replies() == []  # maintenance leaves it alone
+    events = [e.event for e in env.store.events(mid)]
+    assert "reply-undeliverable" in events and "reply-send-failed" not in events
 
 
 def test_a_reply_to_a_relayed_message_reaches_its_author(env: Env) -> None:

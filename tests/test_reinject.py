@@ -62,3 +62,58 @@ def test_internationalized_address_needs_smtputf8(listener: tuple[_Keep, int, bo
         with pytest.raises(DeliveryError, match="SMTPUTF8"):
             SmtpReinjector("127.0.0.1", port, 10).send([out])
         assert keep.got == []
+
+
+class _Picky(_Keep):
+    """Refuses unknown@ for good (550) and busy@ for now (450) at RCPT; a message saying
+    REFUSE for good (554) after DATA."""
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address.startswith("unknown@"):
+            return "550 5.1.1 <unknown@x.example>: Recipient address rejected: User unknown"
+        if address.startswith("busy@"):
+            return "450 4.2.1 <busy@x.example>: Mailbox busy, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if b"REFUSE" in envelope.original_content:
+            return "554 5.7.1 Message refused by policy"
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "body", "permanent", "reply"),
+    [
+        ("unknown@x.example", b"hi", True, "RCPT TO unknown@x.example refused: 550 5.1.1"),
+        ("busy@x.example", b"hi", False, "RCPT TO busy@x.example refused: 450 4.2.1"),
+        ("bob@x.example", b"REFUSE", True, "message refused: 554 5.7.1 Message refused by policy"),
+    ],
+    ids=["5xx-rcpt", "4xx-rcpt", "5xx-data"],
+)
+def test_a_5xx_refusal_is_permanent_a_4xx_is_not(
+    rcpt: str, body: bytes, permanent: bool, reply: str
+) -> None:
+    keep, port = _Picky(), free_port()
+    ctl = Controller(keep, hostname="127.0.0.1", port=port)
+    ctl.start()
+    try:
+        first = Outgoing("a@org.example", ["bob@x.example"], b"Subject: a\r\n\r\nfine\r\n", "a")
+        second = Outgoing("a@org.example", [rcpt], b"Subject: b\r\n\r\n" + body + b"\r\n", "b")
+        with pytest.raises(DeliveryError) as caught:
+            SmtpReinjector("127.0.0.1", port, 10).send([first, second])
+    finally:
+        ctl.stop()
+    assert caught.value.permanent is permanent
+    assert caught.value.accepted == 1  # the first copy was taken: it goes out
+    assert reply in str(caught.value)
+    assert len(keep.got) == 1
+
+
+def test_a_listener_that_is_down_is_not_a_permanent_refusal() -> None:
+    out = Outgoing("a@org.example", ["bob@x.example"], b"Subject: a\r\n\r\nx\r\n", "a")
+    with pytest.raises(DeliveryError) as caught:
+        SmtpReinjector("127.0.0.1", free_port(), 5).send([out])
+    assert caught.value.permanent is False and caught.value.accepted == 0

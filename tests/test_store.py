@@ -694,6 +694,7 @@ def test_a_store_of_files_is_read_after_the_upgrade(tmp_path: Path, kek: bytes) 
     old._conn.execute("UPDATE schema_version SET version = 4")
     old._conn.execute("ALTER TABLE blobs DROP COLUMN data")
     old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")  # schema 6
+    old._conn.execute("ALTER TABLE replies DROP COLUMN refused_at")  # schema 7
     old.close()
     new = SqliteStore.open(path, kek)
     second = new.save_message(new_message())
@@ -728,6 +729,7 @@ def test_attachments_of_an_older_store_end_with_their_message_after_the_upgrade(
             (aid, saved.id, blob_id, name, crypto.token_hash("t" * 32)),
         )
     old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")
+    old._conn.execute("ALTER TABLE replies DROP COLUMN refused_at")
     old._conn.execute("UPDATE schema_version SET version = 5")
     old.close()
     new = SqliteStore.open(path, kek)

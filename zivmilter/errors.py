@@ -49,11 +49,14 @@ class DeliveryError(ZivmilterError):
     """Handing a message back to the MTA (re-injection, DSN) failed.
 
     `accepted` counts the messages of the batch the MTA had already taken (they will go out).
+    `permanent`: the MTA refused the message for good (a 5xx reply); sending it again as it is
+    cannot succeed.
     """
 
-    def __init__(self, message: str, accepted: int = 0) -> None:
+    def __init__(self, message: str, accepted: int = 0, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.accepted = accepted
+        self.permanent = permanent
 
 
 class ProbeError(ZivmilterError):

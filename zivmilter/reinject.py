@@ -93,7 +93,7 @@ class SmtpReinjector:
                 for msg in messages:
                     replies.append(self._one(smtp, msg))
         except DeliveryError as exc:
-            raise DeliveryError(str(exc), accepted=len(replies)) from exc
+            raise DeliveryError(str(exc), accepted=len(replies), permanent=exc.permanent) from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise DeliveryError(
                 f"re-injection to {self.host}:{self.port} failed: {exc}", accepted=len(replies)
@@ -116,24 +116,25 @@ class SmtpReinjector:
             options.append("SMTPUTF8")  # UTF-8 in the header (RFC 6532), e.g. jörg@ in To
         code, reply = smtp.mail(msg.sender, options)
         if code != 250:
-            raise DeliveryError(
-                f"{msg.what}: MAIL FROM refused: {code} {reply.decode(errors='replace')}"
-            )
+            raise _refused(f"{msg.what}: MAIL FROM refused", code, reply)
         for rcpt in msg.recipients:
             code, reply = smtp.rcpt(rcpt)
             if code not in (250, 251):
-                raise DeliveryError(
-                    f"{msg.what}: RCPT TO {rcpt} refused: {code} {reply.decode(errors='replace')}"
-                )
+                raise _refused(f"{msg.what}: RCPT TO {rcpt} refused", code, reply)
         code, reply = smtp.docmd("DATA")
         if code != 354:
-            text = reply.decode(errors="replace")
-            raise DeliveryError(f"{msg.what}: DATA refused: {code} {text}")
+            raise _refused(f"{msg.what}: DATA refused", code, reply)
         for piece in _dot_stuffed(msg.content):
             smtp.send(piece)
         smtp.send(b".\r\n")
         code, reply_bytes = smtp.getreply()
-        text = reply_bytes.decode(errors="replace")
         if code != 250:
-            raise DeliveryError(f"{msg.what}: message refused: {code} {text}")
-        return text
+            raise _refused(f"{msg.what}: message refused", code, reply_bytes)
+        return reply_bytes.decode(errors="replace")
+
+
+def _refused(what: str, code: int, reply: bytes) -> DeliveryError:
+    """The MTA's refusal: for good when it says so (5xx), else worth another try."""
+    return DeliveryError(
+        f"{what}: {code} {reply.decode(errors='replace')}", permanent=500 <= code <= 599
+    )

@@ -220,6 +220,7 @@ class ReplyRecord:
     created_at: datetime
     sent_at: datetime | None
     size: int
+    refused_at: datetime | None = None  # the MTA refused it for good: never sent, not retried
 
 
 @dataclass(frozen=True, repr=False)
@@ -324,6 +325,7 @@ class Store(Protocol):
     def clear_otp(self, recipient_id: int) -> None: ...
     def save_reply(self, recipient_id: int, content: bytes) -> str: ...
     def mark_reply_sent(self, reply_id: str, detail: str = "") -> None: ...
+    def mark_reply_undeliverable(self, reply_id: str, detail: str) -> None: ...
     def replies(self, recipient_id: int) -> list[ReplyRecord]: ...
     def unsent_replies(self, older_than: float = 0.0) -> list[ReplyRecord]: ...
     def open_reply(self, reply_id: str) -> BinaryIO | None: ...
@@ -485,6 +487,10 @@ _MIGRATIONS: tuple[str, ...] = (
     # keep the revoked message's content readable.
     """
     ALTER TABLE attachments ADD COLUMN wrapped_key BLOB;  -- AES-KW under the KEK
+    """,
+    # 7: a secure reply the MTA refused for good (5xx) is not handed over again and again
+    """
+    ALTER TABLE replies ADD COLUMN refused_at INTEGER;
     """,
 )
 
@@ -1461,6 +1467,20 @@ class SqliteStore:
             cur.execute("UPDATE replies SET sent_at = ? WHERE id = ?", (now, reply_id))
             _audit(cur, now, str(row[0]), str(row[1]), "reply-sent", detail)
 
+    def mark_reply_undeliverable(self, reply_id: str, detail: str) -> None:
+        """The MTA refused this reply for good: it is not offered again (`unsent_replies`)."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT p.message_id, r.address FROM replies p"
+                " JOIN recipients r ON r.id = p.recipient_id WHERE p.id = ?",
+                (reply_id,),
+            ).fetchone()
+            if row is None:
+                return
+            cur.execute("UPDATE replies SET refused_at = ? WHERE id = ?", (now, reply_id))
+            _audit(cur, now, str(row[0]), str(row[1]), "reply-undeliverable", detail)
+
     def replies(self, recipient_id: int) -> list[ReplyRecord]:
         """The replies this recipient wrote, oldest first."""
         return self._reply_records("p.recipient_id = ?", (recipient_id,))
@@ -1468,21 +1488,30 @@ class SqliteStore:
     def unsent_replies(self, older_than: float = 0.0) -> list[ReplyRecord]:
         """Replies the MTA did not take yet (a failed hand-over in the portal), oldest first;
         only those written `older_than` seconds ago or earlier (one the portal is handing over
-        right now is not unsent yet)."""
+        right now is not unsent yet), and none it refused for good."""
         cutoff = int(self._now() - older_than)
-        return self._reply_records("p.sent_at IS NULL AND p.created_at <= ?", (cutoff,))
+        return self._reply_records(
+            "p.sent_at IS NULL AND p.refused_at IS NULL AND p.created_at <= ?", (cutoff,)
+        )
 
     def _reply_records(self, where: str, args: tuple[Any, ...]) -> list[ReplyRecord]:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT p.id, p.message_id, p.recipient_id, p.conversation, p.created_at,"
-                " p.sent_at, b.size FROM replies p JOIN blobs b ON b.id = p.blob_id"
+                " p.sent_at, b.size, p.refused_at FROM replies p JOIN blobs b ON b.id = p.blob_id"
                 f" WHERE {where} AND b.deleted_at IS NULL ORDER BY p.created_at, p.rowid",
                 args,
             ).fetchall()
         return [
             ReplyRecord(
-                str(r[0]), str(r[1]), int(r[2]), int(r[3]), _dt(r[4]), _dt_or_none(r[5]), int(r[6])
+                str(r[0]),
+                str(r[1]),
+                int(r[2]),
+                int(r[3]),
+                _dt(r[4]),
+                _dt_or_none(r[5]),
+                int(r[6]),
+                _dt_or_none(r[7]),
             )
             for r in rows
         ]

@@ -3,7 +3,8 @@
 `idd add|remove|list`: domains with inbound direct delivery, counted for rule 1 (SPEC 3) besides
 `idd.domains`; the milter reads them at most a minute old (livefacts.py). `maintenance` (hourly,
 systemd timer): revoke expired messages, remove blob files a crash left without their rows, and
-hand the MTA the secure replies it did not take when they were written.
+hand the MTA the secure replies it did not take when they were written (a reply it refuses for
+good, 5xx, is reported once and not offered again).
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ def cmd_idd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resend_replies(cfg: config_mod.Config, store: SqliteStore) -> tuple[int, int]:
-    """(sent, still failing) of the replies the MTA has not taken yet."""
+def _resend_replies(cfg: config_mod.Config, store: SqliteStore) -> tuple[int, int, int]:
+    """(sent, still failing, refused for good) of the replies the MTA has not taken yet."""
     reinjector = SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout)
-    sent = failed = 0
+    sent = failed = refused = 0
     # The portal hands a reply over as it is written and marks it sent after the MTA's answer
     # (at most reinject.timeout per SMTP step): a younger reply may be on its way right now.
     for reply in store.unsent_replies(older_than=3 * cfg.reinject.timeout + 60):
@@ -59,12 +60,17 @@ def _resend_replies(cfg: config_mod.Config, store: SqliteStore) -> tuple[int, in
                 [Outgoing(sender, [message.sender], data, f"portal reply {reply.id}")]
             )
         except DeliveryError as exc:
+            if exc.permanent:  # as it is, it never will be taken: say so once, then stop
+                refused += 1
+                store.mark_reply_undeliverable(reply.id, str(exc))
+                print(f"reply {reply.id} to {message.sender} refused for good: {exc}")
+                continue
             failed += 1
             store.record_event("reply-send-failed", message.id, None, str(exc))
             continue
         store.mark_reply_sent(reply.id, answer)
         sent += 1
-    return sent, failed
+    return sent, failed, refused
 
 
 def cmd_maintenance(args: argparse.Namespace) -> int:
@@ -72,12 +78,12 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     with contextlib.closing(open_configured(cfg)) as store:
         expired = store.purge_expired()
         orphans = store.sweep_orphans()
-        sent, failed = _resend_replies(cfg, store)
+        sent, failed, refused = _resend_replies(cfg, store)
     print(
         f"expired messages revoked: {expired}; orphan blobs removed: {orphans}; "
-        f"replies handed to the MTA: {sent}; still failing: {failed}"
+        f"replies handed to the MTA: {sent}; still failing: {failed}; refused for good: {refused}"
     )
-    return 1 if failed else 0
+    return 1 if failed or refused else 0
 
 
 def add_commands(sub: Any) -> None:

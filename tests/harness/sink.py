@@ -37,6 +37,15 @@ class _Handler:
     cond: threading.Condition = field(default_factory=threading.Condition)
     reply: str = "250 2.0.0 Ok: kept"
     refuse_after: int | None = None  # accept this many messages, then answer 452 to the rest
+    refuse_rcpt: str | None = None  # the answer to every RCPT TO instead of 250, e.g. a 550
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.refuse_rcpt is not None:
+            return self.refuse_rcpt
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.refuse_after is not None and len(self.received) >= self.refuse_after:
@@ -66,10 +75,11 @@ class Sink:
         tls: ssl.SSLContext | None = None,
         hostname: str = "mx.test",
         refuse_after: int | None = None,
+        refuse_rcpt: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
-        self._handler = _Handler(refuse_after=refuse_after)
+        self._handler = _Handler(refuse_after=refuse_after, refuse_rcpt=refuse_rcpt)
         # room for the 50 MB messages of the memory bench (aiosmtpd's default is 32 MiB)
         kwargs: dict[str, Any] = {
             "server_hostname": hostname,

@@ -39,6 +39,10 @@ _EN: dict[str, str] = {
     "minute(s).",
     "note_code_sent": "A code is on its way: enter it below.",
     "note_replied": "Your reply was sent securely.",
+    "note_reply_later": (
+        "Your reply is saved. The mail server could not take it right now; it will be sent"
+        " automatically, so you do not need to send it again."
+    ),
     "err_wrong_code": "That code is not right. Check it and try again.",
     "err_wrong_password": "The password or the authenticator code is not right.",
     "err_code_wait": "A code was sent a moment ago. You can ask for a new one in {seconds} "
@@ -51,6 +55,10 @@ _EN: dict[str, str] = {
     "with your password and the code it shows.",
     "err_reply_empty": "Write a reply or attach a file.",
     "err_reply_failed": "Your reply could not be sent right now. Please try again later.",
+    "err_reply_refused": (
+        "Your reply could not be delivered: the sender's mail server refused it. It will not"
+        " be sent."
+    ),
     "err_bad_address": "That is not an email address.",
     # enrolment
     "enrol_title": "Set up your authenticator app",
@@ -75,6 +83,7 @@ _EN: dict[str, str] = {
     "reply_item": "You replied on {when}.",
     "reply_sent": "Sent",
     "reply_pending": "Not sent yet",
+    "reply_refused": "Refused by the mail server",
     "reply_label": "Your reply to the sender",
     "reply_files": "Attachments (up to {mb} MB in total)",
     "reply_send": "Send reply",
@@ -144,6 +153,10 @@ _NL: dict[str, str] = {
     "{minutes} minuut/minuten opnieuw.",
     "note_code_sent": "Er is een code onderweg: vul hem hieronder in.",
     "note_replied": "Uw antwoord is beveiligd verstuurd.",
+    "note_reply_later": (
+        "Uw antwoord is bewaard. De mailserver kon het nu niet aannemen; het wordt vanzelf"
+        " verstuurd, u hoeft het niet opnieuw te sturen."
+    ),
     "err_wrong_code": "Die code klopt niet. Controleer hem en probeer het opnieuw.",
     "err_wrong_password": "Het wachtwoord of de code uit de authenticator-app klopt niet.",
     "err_code_wait": "Er is net een code gestuurd. Over {seconds} seconden kunt u een nieuwe "
@@ -157,6 +170,10 @@ _NL: dict[str, str] = {
     "uw wachtwoord en de code die de app toont.",
     "err_reply_empty": "Schrijf een antwoord of voeg een bestand toe.",
     "err_reply_failed": "Uw antwoord kan nu niet worden verstuurd. Probeer het later opnieuw.",
+    "err_reply_refused": (
+        "Uw antwoord kon niet worden afgeleverd: de mailserver van de afzender weigerde het."
+        " Het wordt niet verstuurd."
+    ),
     "err_bad_address": "Dat is geen e-mailadres.",
     "enrol_title": "Stel uw authenticator-app in",
     "enrol_intro": "Uw wachtwoord klopt. Scan ter bescherming van uw account deze code met een "
@@ -178,6 +195,7 @@ _NL: dict[str, str] = {
     "reply_item": "U antwoordde op {when}.",
     "reply_sent": "Verstuurd",
     "reply_pending": "Nog niet verstuurd",
+    "reply_refused": "Geweigerd door de mailserver",
     "reply_label": "Uw antwoord aan de afzender",
     "reply_files": "Bijlagen (samen hoogstens {mb} MB)",
     "reply_send": "Verstuur antwoord",

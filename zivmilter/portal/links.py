@@ -44,6 +44,8 @@ from .security import Stage, enrolment_secret, seal_value, unseal_value
 log = logging.getLogger("zivmilter.portal")
 
 _REMOTE_IMG = re.compile(r"(?i)<img\b[^>]*\bsrc\s*=\s*[\"']?\s*https?:")
+# ?replied= after a reply: sent, or stored for `zivmilter maintenance` to hand over later
+_REPLIED = {"1": "note_replied", "later": "note_reply_later"}
 
 
 @dataclass(frozen=True)
@@ -330,8 +332,13 @@ class LinkPages(GuestPages[_Ctx]):
             )
         except DeliveryError as exc:
             log.error("reply %s of %s not sent: %s", reply_id, message.id, exc)
+            # The reply is stored either way: reloading the page must not write it again.
+            if exc.permanent:  # never taken as it is: not offered again, and the writer knows
+                portal.store.mark_reply_undeliverable(reply_id, str(exc))
+                return RedirectResponse(ctx.here + "?replied=refused", status_code=303)
+            # `zivmilter maintenance` hands it over later: the writer need not send it again.
             portal.store.record_event("reply-send-failed", message.id, rec.address, str(exc))
-            return self._message_page(request, ctx, error="reply_failed", status=503)
+            return RedirectResponse(ctx.here + "?replied=later", status_code=303)
         portal.store.mark_reply_sent(reply_id, answers[0] if answers else "")
         return RedirectResponse(ctx.here + "?replied=1", status_code=303)
 
@@ -433,6 +440,9 @@ class LinkPages(GuestPages[_Ctx]):
         # verified recipient, each time (its frame and parts are part of the same open).
         portal.store.mark_opened(ctx.rec.id)
         remote = request.query_params.get("remote") == "1"
+        replied = request.query_params.get("replied", "")
+        if replied == "refused" and error is None:
+            error = "reply_refused"
         values = {
             "view": view,
             "received": ctx.rec.message.created_at,
@@ -441,7 +451,7 @@ class LinkPages(GuestPages[_Ctx]):
             "replies": portal.store.replies(ctx.rec.id),
             "csrf_reply": portal.csrf(ctx.p, "reply"),
             "csrf_logout": portal.csrf(ctx.p, "logout"),
-            "replied": request.query_params.get("replied") == "1",
+            "replied": _REPLIED.get(replied),  # the note after a reply was handed over
             "error": error,
             "max_reply_mb": self.portal.cfg.portal.max_reply_bytes // (1024 * 1024),
         }
