@@ -123,3 +123,18 @@ def test_a_reply_the_mta_refuses_for_good_is_reported_once(tmp_path: Path) -> No
     (event,) = [e for e in store.events(saved.id) if e.event == "reply-undeliverable"]
     assert "550 5.1.1" in event.detail
     store.close()
+
+    # The cause mended (here: the MTA takes it now), the admin asks for another try.
+    with Sink("127.0.0.1", port) as mta:
+        assert "refused for good: 0" in maintenance(cfg).stdout and mta.received == []
+        again = zivmilter("maintenance", "--config", str(cfg), "--retry-refused")
+        assert again.returncode == 0, again.stderr
+        assert "replies handed to the MTA: 1; still failing: 0; refused for good: 0" in (
+            again.stdout
+        )
+        (got,) = mta.wait_for(1)
+        assert got.rcpt_tos == ("alice@hospital.example",) and b"thanks" in got.data
+    store = SqliteStore.open(str(store_dir), crypto.load_kek(str(key)))
+    (reply,) = store.replies(recipient.id)
+    assert reply.sent_at is not None
+    store.close()

@@ -854,6 +854,9 @@ def test_reply_is_stored_and_sent_to_the_sender(env: Env) -> None:
         assert attached.get_filename() == "scan.pdf" and attached.get_content() == PDF
         (stored,) = env.store.replies(env.rid(mid, "bob@example.net"))
         assert stored.sent_at is not None
+        for stale in ("later", "refused"):
+            page = client.get(f"{here}?replied={stale}")
+            assert 'id="notice"' not in page.text and 'id="error"' not in page.text
         blob = env.store.open_reply(stored.id)
         assert blob is not None and b"REPLY-MARKER" in blob.read()
         # The MTA cannot take it now: it is kept for `zivmilter maintenance`, and the writer is
@@ -880,8 +883,13 @@ def test_a_reply_the_mta_refuses_for_good_is_not_offered_again(env: Env) -> None
         page = client.get(here)
         r = client.post(here + "reply", data={"csrf": csrf(page.text, "reply"), "text": "hello"})
         assert r.status_code == 200 and r.url.query == b"replied=refused"
-        assert 'id="error"' in r.text and "mail server refused it. It will not be sent." in r.text
+        assert 'id="error"' in r.text and "refused it, so it has not been sent" in r.text
         assert "Refused by the mail server" in r.text and "Not sent yet" not in r.text
+        # the notes of ?replied= say only what is true of the last reply
+        for stale in ("1", "later"):
+            page = client.get(f"{here}?replied={stale}")
+            assert 'id="notice"' not in page.text
+            assert 'id="error"' not in page.text
     (reply,) = env.store.replies(env.rid(mid, "bob@example.net"))
     assert reply.sent_at is None and reply.refused_at is not None
     assert env.store.unsent_replies() == []  # maintenance leaves it alone

@@ -65,8 +65,18 @@ def test_internationalized_address_needs_smtputf8(listener: tuple[_Keep, int, bo
 
 
 class _Picky(_Keep):
-    """Refuses unknown@ for good (550) and busy@ for now (450) at RCPT; a message saying
-    REFUSE for good (554) after DATA."""
+    """Refuses unknown@ for good (550) and busy@ for now (450) at RCPT; the sender banned@ for
+    good (553) at MAIL; a message saying REFUSE for good (554), LATER for now (451) after its
+    data."""
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address.startswith("banned@"):
+            return "553 5.7.1 <banned@org.example>: Sender address rejected"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -81,27 +91,31 @@ class _Picky(_Keep):
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if b"REFUSE" in envelope.original_content:
             return "554 5.7.1 Message refused by policy"
+        if b"LATER" in envelope.original_content:
+            return "451 4.3.0 Try again later"
         return await super().handle_DATA(server, session, envelope)
 
 
 @pytest.mark.parametrize(
-    ("rcpt", "body", "permanent", "reply"),
+    ("sender", "rcpt", "body", "permanent", "reply"),
     [
-        ("unknown@x.example", b"hi", True, "RCPT TO unknown@x.example refused: 550 5.1.1"),
-        ("busy@x.example", b"hi", False, "RCPT TO busy@x.example refused: 450 4.2.1"),
-        ("bob@x.example", b"REFUSE", True, "message refused: 554 5.7.1 Message refused by policy"),
+        ("a@org.example", "unknown@x.example", b"hi", True, "unknown@x.example refused: 550"),
+        ("a@org.example", "busy@x.example", b"hi", False, "RCPT TO busy@x.example refused: 450"),
+        ("banned@org.example", "bob@x.example", b"hi", True, "MAIL FROM refused: 553 5.7.1"),
+        ("a@org.example", "bob@x.example", b"REFUSE", True, "message refused: 554 5.7.1"),
+        ("a@org.example", "bob@x.example", b"LATER", False, "message refused: 451 4.3.0"),
     ],
-    ids=["5xx-rcpt", "4xx-rcpt", "5xx-data"],
+    ids=["5xx-rcpt", "4xx-rcpt", "5xx-mail", "5xx-end-of-data", "4xx-end-of-data"],
 )
 def test_a_5xx_refusal_is_permanent_a_4xx_is_not(
-    rcpt: str, body: bytes, permanent: bool, reply: str
+    sender: str, rcpt: str, body: bytes, permanent: bool, reply: str
 ) -> None:
     keep, port = _Picky(), free_port()
     ctl = Controller(keep, hostname="127.0.0.1", port=port)
     ctl.start()
     try:
         first = Outgoing("a@org.example", ["bob@x.example"], b"Subject: a\r\n\r\nfine\r\n", "a")
-        second = Outgoing("a@org.example", [rcpt], b"Subject: b\r\n\r\n" + body + b"\r\n", "b")
+        second = Outgoing(sender, [rcpt], b"Subject: b\r\n\r\n" + body + b"\r\n", "b")
         with pytest.raises(DeliveryError) as caught:
             SmtpReinjector("127.0.0.1", port, 10).send([first, second])
     finally:

@@ -327,7 +327,9 @@ class Store(Protocol):
     def mark_reply_sent(self, reply_id: str, detail: str = "") -> None: ...
     def mark_reply_undeliverable(self, reply_id: str, detail: str) -> None: ...
     def replies(self, recipient_id: int) -> list[ReplyRecord]: ...
-    def unsent_replies(self, older_than: float = 0.0) -> list[ReplyRecord]: ...
+    def unsent_replies(
+        self, older_than: float = 0.0, *, refused: bool = False
+    ) -> list[ReplyRecord]: ...
     def open_reply(self, reply_id: str) -> BinaryIO | None: ...
     def contacts(self) -> list[ContactEntry]: ...
     def forget_contact(self, address: str) -> bool: ...
@@ -1468,7 +1470,8 @@ class SqliteStore:
             _audit(cur, now, str(row[0]), str(row[1]), "reply-sent", detail)
 
     def mark_reply_undeliverable(self, reply_id: str, detail: str) -> None:
-        """The MTA refused this reply for good: it is not offered again (`unsent_replies`)."""
+        """The MTA refused this reply for good: `unsent_replies` offers it again only when
+        asked to (`zivmilter maintenance --retry-refused`, once the cause is mended)."""
         now = int(self._now())
         with self._transaction() as cur:
             row = cur.execute(
@@ -1485,11 +1488,15 @@ class SqliteStore:
         """The replies this recipient wrote, oldest first."""
         return self._reply_records("p.recipient_id = ?", (recipient_id,))
 
-    def unsent_replies(self, older_than: float = 0.0) -> list[ReplyRecord]:
+    def unsent_replies(
+        self, older_than: float = 0.0, *, refused: bool = False
+    ) -> list[ReplyRecord]:
         """Replies the MTA did not take yet (a failed hand-over in the portal), oldest first;
         only those written `older_than` seconds ago or earlier (one the portal is handing over
-        right now is not unsent yet), and none it refused for good."""
+        right now is not unsent yet). Those it refused for good only with `refused`."""
         cutoff = int(self._now() - older_than)
+        if refused:
+            return self._reply_records("p.sent_at IS NULL AND p.created_at <= ?", (cutoff,))
         return self._reply_records(
             "p.sent_at IS NULL AND p.refused_at IS NULL AND p.created_at <= ?", (cutoff,)
         )

@@ -4,7 +4,8 @@
 `idd.domains`; the milter reads them at most a minute old (livefacts.py). `maintenance` (hourly,
 systemd timer): revoke expired messages, remove blob files a crash left without their rows, and
 hand the MTA the secure replies it did not take when they were written (a reply it refuses for
-good, 5xx, is reported once and not offered again).
+good, 5xx, is reported once and not offered again, unless `--retry-refused` asks for it after
+the cause, for example the re-injection listener's own restrictions, is mended).
 """
 
 from __future__ import annotations
@@ -41,13 +42,15 @@ def cmd_idd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resend_replies(cfg: config_mod.Config, store: SqliteStore) -> tuple[int, int, int]:
+def _resend_replies(
+    cfg: config_mod.Config, store: SqliteStore, retry_refused: bool
+) -> tuple[int, int, int]:
     """(sent, still failing, refused for good) of the replies the MTA has not taken yet."""
     reinjector = SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout)
     sent = failed = refused = 0
     # The portal hands a reply over as it is written and marks it sent after the MTA's answer
     # (at most reinject.timeout per SMTP step): a younger reply may be on its way right now.
-    for reply in store.unsent_replies(older_than=3 * cfg.reinject.timeout + 60):
+    for reply in store.unsent_replies(3 * cfg.reinject.timeout + 60, refused=retry_refused):
         message = store.message(reply.message_id)
         content = store.open_reply(reply.id)
         if message is None or content is None:
@@ -78,7 +81,7 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     with contextlib.closing(open_configured(cfg)) as store:
         expired = store.purge_expired()
         orphans = store.sweep_orphans()
-        sent, failed, refused = _resend_replies(cfg, store)
+        sent, failed, refused = _resend_replies(cfg, store, args.retry_refused)
     print(
         f"expired messages revoked: {expired}; orphan blobs removed: {orphans}; "
         f"replies handed to the MTA: {sent}; still failing: {failed}; refused for good: {refused}"
@@ -89,6 +92,11 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("maintenance", help="expiry, orphan blobs, unsent replies (hourly)")
     p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument(
+        "--retry-refused",
+        action="store_true",
+        help="offer the MTA again the replies it refused for good (after mending the cause)",
+    )
     p.set_defaults(handler=cmd_maintenance)
 
     p = sub.add_parser("idd", help="domains of organizations with inbound direct delivery")

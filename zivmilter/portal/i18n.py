@@ -56,8 +56,7 @@ _EN: dict[str, str] = {
     "err_reply_empty": "Write a reply or attach a file.",
     "err_reply_failed": "Your reply could not be sent right now. Please try again later.",
     "err_reply_refused": (
-        "Your reply could not be delivered: the sender's mail server refused it. It will not"
-        " be sent."
+        "Your reply could not be delivered: the mail server refused it, so it has not been sent."
     ),
     "err_bad_address": "That is not an email address.",
     # enrolment
@@ -171,8 +170,8 @@ _NL: dict[str, str] = {
     "err_reply_empty": "Schrijf een antwoord of voeg een bestand toe.",
     "err_reply_failed": "Uw antwoord kan nu niet worden verstuurd. Probeer het later opnieuw.",
     "err_reply_refused": (
-        "Uw antwoord kon niet worden afgeleverd: de mailserver van de afzender weigerde het."
-        " Het wordt niet verstuurd."
+        "Uw antwoord kon niet worden afgeleverd: de mailserver weigerde het, dus het is niet"
+        " verstuurd."
     ),
     "err_bad_address": "Dat is geen e-mailadres.",
     "enrol_title": "Stel uw authenticator-app in",

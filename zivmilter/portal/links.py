@@ -44,8 +44,6 @@ from .security import Stage, enrolment_secret, seal_value, unseal_value
 log = logging.getLogger("zivmilter.portal")
 
 _REMOTE_IMG = re.compile(r"(?i)<img\b[^>]*\bsrc\s*=\s*[\"']?\s*https?:")
-# ?replied= after a reply: sent, or stored for `zivmilter maintenance` to hand over later
-_REPLIED = {"1": "note_replied", "later": "note_reply_later"}
 
 
 @dataclass(frozen=True)
@@ -440,18 +438,26 @@ class LinkPages(GuestPages[_Ctx]):
         # verified recipient, each time (its frame and parts are part of the same open).
         portal.store.mark_opened(ctx.rec.id)
         remote = request.query_params.get("remote") == "1"
+        replies = portal.store.replies(ctx.rec.id)
+        # ?replied= after a reply was written: said only while it is true of the last reply
+        last = replies[-1] if replies else None
         replied = request.query_params.get("replied", "")
-        if replied == "refused" and error is None:
-            error = "reply_refused"
+        note = None
+        if last is not None and last.sent_at is not None:
+            note = "note_replied" if replied == "1" else None
+        elif last is not None and last.refused_at is not None:
+            error = error or ("reply_refused" if replied == "refused" else None)
+        elif last is not None:
+            note = "note_reply_later" if replied == "later" else None
         values = {
             "view": view,
             "received": ctx.rec.message.created_at,
             "remote": remote,
             "has_remote": bool(view.html and _REMOTE_IMG.search(view.html)),
-            "replies": portal.store.replies(ctx.rec.id),
+            "replies": replies,
             "csrf_reply": portal.csrf(ctx.p, "reply"),
             "csrf_logout": portal.csrf(ctx.p, "logout"),
-            "replied": _REPLIED.get(replied),  # the note after a reply was handed over
+            "replied": note,
             "error": error,
             "max_reply_mb": self.portal.cfg.portal.max_reply_bytes // (1024 * 1024),
         }
