@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +23,15 @@ def maintenance(cfg: Path) -> subprocess.CompletedProcess[str]:
     return zivmilter("maintenance", "--config", str(cfg))
 
 
-def test_maintenance(tmp_path: Path) -> None:
+@dataclass
+class _Site:
+    cfg: Path  # the config file
+    port: int  # where the re-injection listener is expected
+    open_store: Callable[[], SqliteStore]
+    rcpt: NewRecipient  # bob@partner.example, verified by email
+
+
+def _site(tmp_path: Path) -> _Site:
     key, store_dir, port = tmp_path / "store.key", tmp_path / "store", free_port()
     crypto.keygen(str(key))
     cfg = tmp_path / "z.yaml"
@@ -30,10 +40,17 @@ def test_maintenance(tmp_path: Path) -> None:
         f"store: {{path: {store_dir}, key_file: {key}}}\n"
         f"reinject: {{host: 127.0.0.1, port: {port}, timeout: 5}}\n"
     )
-    store = SqliteStore.open(str(store_dir), crypto.load_kek(str(key)))
     rcpt = NewRecipient(
         "bob@partner.example", 1, "email_verification", "notification", "A7", verification="email"
     )
+    return _Site(
+        cfg, port, lambda: SqliteStore.open(str(store_dir), crypto.load_kek(str(key))), rcpt
+    )
+
+
+def test_maintenance(tmp_path: Path) -> None:
+    site = _site(tmp_path)
+    cfg, port, rcpt, store = site.cfg, site.port, site.rcpt, site.open_store()
     kept = store.save_message(
         NewMessage("alice@hospital.example", "s", b"Subject: s\r\n\r\nx\r\n", [rcpt])
     )
@@ -55,7 +72,7 @@ def test_maintenance(tmp_path: Path) -> None:
     store._conn.execute("UPDATE replies SET created_at = created_at - 3600")
     store.save_reply(recipient.id, b"From: bob@partner.example\r\nSubject: Re: s\r\n\r\nnew\r\n")
     store.close()
-    orphan = store_dir / "blobs" / "zz" / "deadbeef.zmb"
+    orphan = tmp_path / "store" / "blobs" / "zz" / "deadbeef.zmb"
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"ciphertext nobody refers to")
     old = time.time() - 7200
@@ -83,18 +100,8 @@ def test_maintenance(tmp_path: Path) -> None:
 def test_a_reply_the_mta_refuses_for_good_is_reported_once(tmp_path: Path) -> None:
     """A 5xx is final: retrying the same reply every hour cannot help and would keep the
     maintenance timer failing forever. It is reported once, recorded, and left alone."""
-    key, store_dir, port = tmp_path / "store.key", tmp_path / "store", free_port()
-    crypto.keygen(str(key))
-    cfg = tmp_path / "z.yaml"
-    cfg.write_text(
-        "organization: {domains: [hospital.example]}\n"
-        f"store: {{path: {store_dir}, key_file: {key}}}\n"
-        f"reinject: {{host: 127.0.0.1, port: {port}, timeout: 5}}\n"
-    )
-    store = SqliteStore.open(str(store_dir), crypto.load_kek(str(key)))
-    rcpt = NewRecipient(
-        "bob@partner.example", 1, "email_verification", "notification", "A7", verification="email"
-    )
+    site = _site(tmp_path)
+    cfg, port, rcpt, store = site.cfg, site.port, site.rcpt, site.open_store()
     saved = store.save_message(
         NewMessage("alice@hospital.example", "s", b"Subject: s\r\n\r\nx\r\n", [rcpt])
     )
@@ -117,7 +124,7 @@ def test_a_reply_the_mta_refuses_for_good_is_reported_once(tmp_path: Path) -> No
             second.stdout
         )
         assert mta.received == []
-    store = SqliteStore.open(str(store_dir), crypto.load_kek(str(key)))
+    store = site.open_store()
     (reply,) = store.replies(recipient.id)
     assert reply.sent_at is None and reply.refused_at is not None
     (event,) = [e for e in store.events(saved.id) if e.event == "reply-undeliverable"]
@@ -134,7 +141,7 @@ def test_a_reply_the_mta_refuses_for_good_is_reported_once(tmp_path: Path) -> No
         )
         (got,) = mta.wait_for(1)
         assert got.rcpt_tos == ("alice@hospital.example",) and b"thanks" in got.data
-    store = SqliteStore.open(str(store_dir), crypto.load_kek(str(key)))
+    store = site.open_store()
     (reply,) = store.replies(recipient.id)
     assert reply.sent_at is not None
     store.close()

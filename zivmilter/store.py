@@ -220,7 +220,7 @@ class ReplyRecord:
     created_at: datetime
     sent_at: datetime | None
     size: int
-    refused_at: datetime | None = None  # the MTA refused it for good: never sent, not retried
+    refused_at: datetime | None = None  # the MTA refused it for good: retried only on request
 
 
 @dataclass(frozen=True, repr=False)
@@ -1457,21 +1457,16 @@ class SqliteStore:
         return reply_id
 
     def mark_reply_sent(self, reply_id: str, detail: str = "") -> None:
-        now = int(self._now())
-        with self._transaction() as cur:
-            row = cur.execute(
-                "SELECT p.message_id, r.address FROM replies p"
-                " JOIN recipients r ON r.id = p.recipient_id WHERE p.id = ?",
-                (reply_id,),
-            ).fetchone()
-            if row is None:
-                return
-            cur.execute("UPDATE replies SET sent_at = ? WHERE id = ?", (now, reply_id))
-            _audit(cur, now, str(row[0]), str(row[1]), "reply-sent", detail)
+        self._mark_reply(reply_id, "sent_at", "reply-sent", detail)
 
     def mark_reply_undeliverable(self, reply_id: str, detail: str) -> None:
         """The MTA refused this reply for good: `unsent_replies` offers it again only when
         asked to (`zivmilter maintenance --retry-refused`, once the cause is mended)."""
+        self._mark_reply(reply_id, "refused_at", "reply-undeliverable", detail)
+
+    def _mark_reply(
+        self, reply_id: str, column: Literal["sent_at", "refused_at"], event: str, detail: str
+    ) -> None:
         now = int(self._now())
         with self._transaction() as cur:
             row = cur.execute(
@@ -1481,8 +1476,8 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return
-            cur.execute("UPDATE replies SET refused_at = ? WHERE id = ?", (now, reply_id))
-            _audit(cur, now, str(row[0]), str(row[1]), "reply-undeliverable", detail)
+            cur.execute(f"UPDATE replies SET {column} = ? WHERE id = ?", (now, reply_id))
+            _audit(cur, now, str(row[0]), str(row[1]), event, detail)
 
     def replies(self, recipient_id: int) -> list[ReplyRecord]:
         """The replies this recipient wrote, oldest first."""
