@@ -6,9 +6,23 @@ Run everything with `scripts/test`; the fast unit tests alone with `pytest --fas
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from tests.harness.sandbox import in_sandbox
+from zivmilter import crypto
+from zivmilter.store import SqliteStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    """A fresh encrypted store with a key of its own."""
+    crypto.keygen(str(tmp_path / "k"))
+    st = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
+    yield st
+    st.close()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 from zivmilter import config as config_mod
 from zivmilter.config import Config
+from zivmilter.reinject import Outgoing
 
 BASE_CONFIG: dict[str, Any] = {
     "organization": {"name": "Hospital", "domains": ["hospital.example"]}
@@ -33,3 +35,14 @@ def make_config(
 def split_header(line: str) -> tuple[str, str]:
     name, _, value = line.partition(":")
     return name, value.lstrip(" ")
+
+
+class Collecting:
+    """Stands in for the Postfix listener: keeps what would be re-injected."""
+
+    def __init__(self) -> None:
+        self.sent: list[Outgoing] = []
+
+    def send(self, messages: Sequence[Outgoing]) -> list[str]:
+        self.sent.extend(messages)
+        return ["250 2.0.0 Ok: queued"] * len(messages)

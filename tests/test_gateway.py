@@ -4,34 +4,13 @@ the MTA is a recording stand-in, the Postfix runs are in tests/integration)."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import pytest
 
-from tests.fakes import make_config
-from zivmilter import crypto
+from tests.fakes import Collecting, make_config
 from zivmilter.facts import facts_from_mapping
 from zivmilter.gateway import Gateway, Transaction
-from zivmilter.reinject import Outgoing
 from zivmilter.store import MessageRecord, SqliteStore
-
-
-class Collecting:
-    def __init__(self) -> None:
-        self.sent: list[Outgoing] = []
-
-    def send(self, messages: Sequence[Outgoing]) -> list[str]:
-        self.sent.extend(messages)
-        return ["250 2.0.0 Ok: queued"] * len(messages)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    crypto.keygen(str(tmp_path / "k"))
-    s = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
-    yield s
-    s.close()
 
 
 def gateway(store: SqliteStore, **policy: object) -> Gateway:

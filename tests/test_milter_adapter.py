@@ -9,23 +9,20 @@ from __future__ import annotations
 import email
 import io
 import socket
-from collections.abc import Iterator
 from email.message import EmailMessage
 from email.policy import SMTP
-from pathlib import Path
 from typing import Any
 
 import Milter
 import pytest
 from Milter import testctx
 
-from tests.fakes import make_config
+from tests.fakes import Collecting, make_config
 from zivmilter import crypto
 from zivmilter.config import Config
 from zivmilter.facts import Facts, facts_from_mapping
 from zivmilter.gateway import Gateway, Plan, Transaction
 from zivmilter.milter import ZivMilter
-from zivmilter.reinject import Outgoing
 from zivmilter.store import SqliteStore
 
 MESSAGE = (
@@ -33,25 +30,6 @@ MESSAGE = (
     b"Subject: results\r\nzivver-access-right: carol@oldmail.example sms +31612345678\r\n"
     b"\r\nSECRET BODY\r\n"
 )
-
-
-class Collecting:
-    """Stands in for the Postfix listener: keeps what would be re-injected."""
-
-    def __init__(self) -> None:
-        self.sent: list[Outgoing] = []
-
-    def send(self, messages: list[Outgoing]) -> list[str]:
-        self.sent.extend(messages)
-        return ["250 2.0.0 Ok: queued" for _ in messages]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    crypto.keygen(str(tmp_path / "k"))
-    st = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
-    yield st
-    st.close()
 
 
 def use_gateway(store: SqliteStore, cfg: Config, facts: Facts, **kwargs: Any) -> Collecting:
