@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from email.header import decode_header, make_header
+
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from zivmilter.errors import MessageError
 from zivmilter.message import (
@@ -51,3 +55,16 @@ def test_header_fields_read_as_utf8_however_they_come() -> None:
         assert decoded_header(msg["Subject"]) == "Grüße"
     invalid = header_message([("Subject", b"caf\xe9".decode("utf-8", "surrogateescape"))])
     assert invalid["Subject"] == "caf\ufffd"  # Latin-1 in a UTF-8 world: one replacement
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(
+        alphabet=st.characters(codec="utf-8")
+        | st.sampled_from(["\r", "\n", " ", "=", "?", "\udcc3"])
+    )
+)
+def test_decoded_header_short_cut_equals_decoding(text: str) -> None:
+    # Text without "=?" has no encoded word: the short cut must say what decoding says.
+    assume("=?" not in text)
+    assert decoded_header(text) == " ".join(str(make_header(decode_header(text))).split())

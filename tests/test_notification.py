@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zivmilter import config, defaults, notification
-from zivmilter.message import parse_header_block
+from zivmilter.message import header_message, parse_header_block
 from zivmilter.notification import (
     NOTIFICATION_HEADER,
     Verification,
@@ -298,7 +298,8 @@ def test_notification_for_uses_config() -> None:
             "notification": {"subject": "neutral", "languages": {"example.net": "nl"}},
         }
     )
-    msg = notification_for(original(), "bob@example.net", "TOKEN123", Verification("email"), cfg)
+    draft = notification_for(original(), "bob@example.net", "TOKEN123", Verification("email"), cfg)
+    msg = draft.message()
     plain, _ = texts(msg)
     assert "https://veilig.example.org/m/TOKEN123" in plain
     assert "Gemeente Voorbeeld" in plain
@@ -395,3 +396,110 @@ def test_a_long_utf8_address_field_is_folded_between_addresses() -> None:
     parsed = email.message_from_string(note.decode("utf-8"), policy=policy.SMTPUTF8)
     assert len(parsed["To"].addresses) == 41
     assert parsed["To"].addresses[0].addr_spec == "jörg@partner.example"
+
+
+# --- the hot path writes what the email package writes ---------------------------------------
+
+_WORDS = st.lists(
+    st.text(
+        alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+        | st.sampled_from(["é", "€", "ß", "日", "\t", '"', ",", "<", ">", "@"]),
+        max_size=30,
+    )
+    | st.sampled_from(["Jörg <jörg@partner.example>", "=?utf-8?q?Caf=C3=A9?=", "a@b.example"]),
+    max_size=3,
+).map(" ".join)
+_FIELD_VALUES = st.lists(_WORDS, min_size=1, max_size=4).map("\n ".join)  # as the MTA folds
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    fields=st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    "From",
+                    "Sender",
+                    "Reply-To",
+                    "To",
+                    "Cc",
+                    "Date",
+                    "Subject",
+                    "In-Reply-To",
+                    "References",
+                    "Bcc",
+                    "X-Other",
+                ]
+            ),
+            _FIELD_VALUES,
+        ),
+        max_size=10,
+    ),
+    language=st.sampled_from(sorted(defaults.LANGUAGES)),
+    subject_mode=st.sampled_from(["show", "neutral"]),
+    verification=st.sampled_from(
+        [
+            Verification("account"),
+            Verification("sms", phone=PHONE),
+            Verification("access_code", hint="the café's name"),
+            Verification("email"),
+        ]
+    ),
+)
+def test_wire_writes_what_the_email_generator_writes(
+    fields: list[tuple[str, str]], language: str, subject_mode: str, verification: Verification
+) -> None:
+    draft = notification.draft_notification(
+        header_message(fields),
+        recipient="bob@example.net",
+        link=LINK,
+        verification=verification,
+        language=language,
+        subject_mode=subject_mode,  # type: ignore[arg-type]
+        org_domain="example.org",
+        org_name="Example Org",
+    )
+    assert draft.wire() == draft.message().as_bytes()
+
+
+@pytest.mark.parametrize(
+    ("fields", "want_from", "want_to", "want_subject"),
+    [
+        # raw UTF-8 fields as the MTA hands them over, folded: unfolded, then encoded
+        (
+            [
+                ("From", "Jöhn Ström\n <john@example.org>"),
+                ("To", "Ann <a@x.example>,\n\tBö <b@x.example>"),
+                ("Subject", "Résumé of the\n quarterly figures"),
+            ],
+            "Jöhn Ström <john@example.org>",
+            "Ann <a@x.example>, Bö <b@x.example>",
+            "Résumé of the quarterly figures",
+        ),
+        # a broken field the email package's parser cannot take (it raised IndexError):
+        (
+            [("From", "ß@"), ("To", "bob@example.net"), ("Subject", "x")],
+            '"ß@"',  # shown as the text it was: it holds no address
+            "bob@example.net",
+            "x",
+        ),
+    ],
+)
+def test_folded_or_broken_non_ascii_fields_make_a_notification(
+    fields: list[tuple[str, str]], want_from: str, want_to: str, want_subject: str
+) -> None:
+    note = build_notification(
+        header_message(fields),
+        recipient="bob@example.net",
+        link=LINK,
+        verification=Verification("email"),
+        language="en",
+        subject_mode="show",
+        org_domain="example.org",
+        org_name="Example",
+    ).as_bytes()
+    assert note.isascii()
+    parsed = BytesParser(policy=policy.default).parsebytes(note)
+    assert str(parsed["From"]) == want_from
+    assert str(parsed["To"]) == want_to
+    assert str(parsed["Subject"]) == want_subject

@@ -299,9 +299,7 @@ class Gateway:
             note = notification.notification_for(
                 original, d.address, saved.tokens[d.address], _verification_text(d), self.cfg
             )
-            copies.append(
-                _Copy((d.address,), note.as_bytes(), None, f"notification to {d.address}")
-            )
+            copies.append(_Copy((d.address,), note.wire(), None, f"notification to {d.address}"))
         return copies
 
     def _choose_kept(self, copies: list[_Copy]) -> _Copy | None:

@@ -67,6 +67,8 @@ def read_headers(data: bytes) -> list[tuple[str, str]]:
 def decoded_header(value: object) -> str:
     """Header text for people: RFC 2047 encoded words decoded (by `email`), folding undone."""
     text = str(value or "")
+    if "=?" not in text:  # no encoded word (what decode_header looks for): nothing to decode
+        return " ".join(text.split())
     try:
         decoded = str(make_header(decode_header(text)))
     except (ValueError, LookupError, UnicodeError):  # a broken encoded word: show it as it is

@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass
 from email import policy
 from email._policybase import Compat32
+from email.header import Header
 from email.message import Message
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr, quote
 from pathlib import Path
@@ -39,6 +40,7 @@ _TEMPLATES = Path(__file__).parent / "templates"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _FOLDS = re.compile(r"\r?\n[ \t]+")
 _PLAIN_LINE = re.compile(r"[\t -~]*")
+_LINE_END = re.compile(r"\r\n|\r|\n")  # what the generator writes as CRLF
 
 
 class _Utf8Field(str):
@@ -91,12 +93,85 @@ def build_notification(
     org_domain: str,
     org_name: str,
 ) -> Message:
-    """The notification for one recipient, ready for `as_bytes()` (CRLF line ends).
+    """The notification for one recipient as a `Message`, ready for `as_bytes()` (CRLF line
+    ends): `draft_notification(...).message()`."""
+    return draft_notification(
+        original,
+        recipient=recipient,
+        link=link,
+        verification=verification,
+        language=language,
+        subject_mode=subject_mode,
+        org_domain=org_domain,
+        org_name=org_name,
+    ).message()
 
-    Built with the `email` package's compat32 MIME classes: the original's header values are
-    taken over as they were written (already RFC 2047-encoded) instead of being parsed and
-    re-folded, which keeps them exact and costs a fraction of the modern API on the milter's
-    hot path. Non-ASCII values are encoded by the email package, never by hand.
+
+@dataclass(frozen=True, repr=False)
+class Draft:
+    """A notification's fields and parts, before it is written.
+
+    `message()` builds it with the `email` package's compat32 MIME classes; `wire()` writes the
+    same bytes as that message's `as_bytes()` without building it, for the milter's hot path:
+    each field is folded by the email package's policy (`_WIRE.fold_binary`, what its generator
+    calls), and the parts are laid out as its generator lays out a multipart
+    (tests/test_notification.py proves the two equal).
+    """
+
+    fields: tuple[tuple[str, str], ...]  # (name, wire value), in order
+    parts: tuple[tuple[str, str], ...]  # (subtype, quoted-printable text)
+    boundary: str
+
+    def message(self) -> Message:
+        msg = Message(policy=_WIRE)
+        for name, value in self.fields:
+            msg[name] = value
+        for subtype, payload in self.parts:
+            part = Message(policy=_WIRE)
+            for name, value in _part_fields(subtype):
+                part[name] = value
+            part.set_payload(payload)
+            msg.attach(part)
+        return msg
+
+    def wire(self) -> bytes:
+        fold = _WIRE.fold_binary
+        out = [fold(name, value) for name, value in self.fields]
+        out.append(b"\r\n")
+        delimiter = b"--" + self.boundary.encode("ascii") + b"\r\n"
+        for subtype, payload in self.parts:
+            out.append(delimiter)
+            out += [fold(name, value) for name, value in _part_fields(subtype)]
+            out.append(b"\r\n")
+            out.append(_LINE_END.sub("\r\n", payload).encode("ascii"))
+            delimiter = b"\r\n" + delimiter
+        out.append(b"\r\n--" + self.boundary.encode("ascii") + b"--\r\n")
+        return b"".join(out)
+
+
+def _part_fields(subtype: str) -> tuple[tuple[str, str], ...]:
+    return (
+        ("Content-Type", f'text/{subtype}; charset="utf-8"'),
+        ("Content-Transfer-Encoding", "quoted-printable"),
+    )
+
+
+def draft_notification(
+    original: Message,
+    *,
+    recipient: str,
+    link: str,
+    verification: Verification,
+    language: str,
+    subject_mode: Literal["show", "neutral"],
+    org_domain: str,
+    org_name: str,
+) -> Draft:
+    """The notification for one recipient.
+
+    The original's header values are taken over as they were written (already RFC 2047-encoded)
+    instead of being parsed and re-folded, which keeps them exact. Non-ASCII values are encoded
+    by the email package, never by hand.
     """
     if language not in defaults.LANGUAGES:
         raise ValueError(f"unsupported notification language {language!r}")
@@ -120,34 +195,41 @@ def build_notification(
     html = env.get_template(f"notification.{language}.html").render(values)
 
     # A random boundary of our own: the generator would otherwise compile a regex per message
-    # to prove its boundary absent from the parts (128 random bits cannot collide by chance).
-    msg = Message(policy=_WIRE)
-    msg["Content-Type"] = f'multipart/alternative; boundary="=_zm_{secrets.token_hex(16)}"'
-    msg["MIME-Version"] = "1.0"
+    # to prove its boundary absent from the parts (128 random bits cannot collide by chance;
+    # nor can "=_" start a quoted-printable line). Short enough for one header line.
+    boundary = f"=_zm_{secrets.token_urlsafe(16)}"
+    fields = [
+        ("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
+        ("MIME-Version", "1.0"),
+    ]
+    kept: dict[str, list[str]] = {name.lower(): [] for name in _KEPT}
+    for name, value in original.items():
+        found = kept.get(name.lower())
+        if found is not None:
+            found.append(value)
     for name in _KEPT:
-        for value in original.get_all(name, []):
-            msg[name] = _wire_value(name, value)
-    msg["Subject"] = _wire_value("Subject", raw_subject) if shown else neutral
-    msg["Message-ID"] = make_msgid(domain=org_domain)
-    if "Date" not in msg:
-        msg["Date"] = formatdate(localtime=False, usegmt=True)
-    msg[NOTIFICATION_HEADER] = "1"
-    msg["Content-Language"] = language
-    for body, subtype in ((text, "plain"), (html, "html")):
-        part = Message(policy=_WIRE)
-        part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
-        part["Content-Transfer-Encoding"] = "quoted-printable"
-        # the stdlib's quoted-printable codec (binascii, in C); the generator writes CRLF
-        part.set_payload(binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii"))
-        msg.attach(part)
-    return msg
+        for value in kept[name.lower()]:
+            fields.append((name, _wire_value(name, value)))
+    fields.append(("Subject", _wire_value("Subject", raw_subject) if shown else neutral))
+    fields.append(("Message-ID", make_msgid(domain=org_domain)))
+    if not kept["date"]:
+        fields.append(("Date", formatdate(localtime=False, usegmt=True)))
+    fields.append((NOTIFICATION_HEADER, "1"))
+    fields.append(("Content-Language", language))
+    # the stdlib's quoted-printable codec (binascii, in C); written with CRLF line ends
+    parts = tuple(
+        (subtype, binascii.b2a_qp(body.encode("utf-8"), istext=True).decode("ascii"))
+        for body, subtype in ((text, "plain"), (html, "html"))
+    )
+    return Draft(tuple(fields), parts, boundary)
 
 
 def notification_for(
     original: Message, recipient: str, token: str, verification: Verification, config: Config
-) -> Message:
-    """`build_notification` with link, language, subject mode and organization from the config."""
-    return build_notification(
+) -> Draft:
+    """`draft_notification` with link, language, subject mode and organization from the
+    config."""
+    return draft_notification(
         original,
         recipient=recipient,
         link=portal_link(config.portal.base_url, token),
@@ -199,15 +281,22 @@ def mask_phone(number: str) -> str:
 def _wire_value(name: str, value: object) -> str:
     """A header value fit for the wire: ASCII as written, anything else encoded by `email`;
     except an address field naming an internationalized address (RFC 6531: `jörg@…`), which
-    RFC 2047 may not encode: it stays UTF-8, as the original had it (RFC 6532)."""
-    text = str(value)
+    RFC 2047 may not encode: it stays UTF-8, as the original had it (RFC 6532). The value is
+    unfolded first (RFC 5322 2.2.3): a line break of the original's folding is no part of it."""
+    text = _FOLDS.sub(" ", str(value)).strip()
     if text.isascii():
-        return _FOLDS.sub(" ", text).strip()
+        return text
     if name in _ADDRESS_FIELDS:
         pairs = getaddresses([text])
         if any(not a.isascii() for _n, a in pairs):
             return _utf8_addresses(name, pairs)
-    folded = str(_SMTP.fold(name, _SMTP.header_factory(name, text)))
+    try:
+        folded = str(_SMTP.fold(name, _SMTP.header_factory(name, text)))
+    except Exception:
+        # The package's parser of structured fields fails on some broken values, with whatever
+        # error (`ß@`: IndexError; `ß :;0`: AttributeError): such a value is encoded as the
+        # text it is, never a reason to hold mail.
+        return Header(text, "utf-8", header_name=name).encode()
     return folded.split(":", 1)[1].strip()
 
 
