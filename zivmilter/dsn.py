@@ -69,10 +69,11 @@ def build_dsn(
     msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = make_msgid(domain=host)
     msg["Auto-Submitted"] = "auto-replied"
-    original_id = original_headers.get("Message-ID")
+    # unfolded: a long Message-ID often comes folded onto a line of its own
+    original_id = " ".join(str(original_headers.get("Message-ID", "")).split())
     if original_id:
-        msg["In-Reply-To"] = str(original_id)
-        msg["References"] = str(original_id)
+        msg["In-Reply-To"] = original_id
+        msg["References"] = original_id
 
     msg["MIME-Version"] = "1.0"
     msg["Content-Type"] = "multipart/report; report-type=delivery-status"

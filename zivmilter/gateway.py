@@ -71,9 +71,10 @@ class Transaction:
 
     @property
     def message_id(self) -> str:
+        """The Message-ID as text (raw 8-bit bytes read as UTF-8), for logs and the store."""
         for name, value in self.headers:
             if name.lower() == "message-id":
-                return value.strip()
+                return utf8_text(value.strip())
         return "-"
 
 
