@@ -1,0 +1,83 @@
+"""Every real-world message of the shared corpus through the gateway on every path at once: a
+direct copy whose attachments above a (small) limit become links, a notification, and a DSN
+for a recipient that fails. In-process (the Postfix run of the corpus, notification only, is in
+tests/integration/test_milter_e2e.py): a decision for each, never a fault."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+
+import pytest
+
+from tests.fakes import Collecting, make_config
+from zivmilter import crypto
+from zivmilter.errors import MessageError
+from zivmilter.facts import facts_from_mapping
+from zivmilter.gateway import Gateway, Transaction
+from zivmilter.message import read_headers
+from zivmilter.store import SqliteStore
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "maildir"
+FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file())
+
+
+class _EveryoneSends:
+    """Every From is an active sender account: every message reaches every path."""
+
+    def is_active_sender(self, address: str) -> bool:
+        return True
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    folder = tmp_path_factory.mktemp("corpus")
+    crypto.keygen(str(folder / "k"))
+    store = SqliteStore.open(str(folder / "s"), crypto.load_kek(str(folder / "k")))
+    cfg = make_config(
+        {
+            "submission": {"spf": False},
+            "policy": {
+                "outbound_direct_delivery": {"domains": ["partner.example"]},
+                "large_attachment_bytes": 2000,
+            },
+        }
+    )
+    facts = facts_from_mapping({"transport": {"partner.example": "pkix"}})
+    yield Gateway(cfg, facts, store, Collecting(), hostname="gw.test", senders=_EveryoneSends())
+    store.close()
+
+
+def test_the_corpus_is_there() -> None:
+    assert len(FILES) > 300, CORPUS
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_path_for_every_corpus_message(gateway: Gateway, path: Path) -> None:
+    raw = re.sub(rb"\r\n|\r|\n", b"\r\n", path.read_bytes())  # as a client sends it
+    head_end = raw.find(b"\r\n\r\n")
+    head_end = len(raw) if head_end < 0 else head_end + 4
+    try:
+        headers = read_headers(raw[:head_end])
+    except MessageError:
+        pytest.skip("no header fields: not a message a client can send")
+    rcpts = ["<bob@partner.example>", "<carol@oldmail.example>", "<not-an-address>"]
+    tx = Transaction("QCORPUS", "<alice@hospital.example>", rcpts, headers, io.BytesIO(raw),
+                     head_end, "127.0.0.1")  # fmt: skip
+    reinjector = gateway.reinjector
+    assert isinstance(reinjector, Collecting)
+    reinjector.sent.clear()
+
+    plan = gateway.process(tx)
+
+    assert plan.reject is None or plan.reject.startswith("5"), plan.reject
+    for out in reinjector.sent:
+        data = out.content if isinstance(out.content, bytes) else out.content.read()
+        parsed = BytesParser(policy=policy.default).parsebytes(data)
+        assert parsed.get_content_type(), out.what
+    if plan.replace_body is not None:  # the direct copy stays: its large attachments are links
+        assert b"/d/" in plan.replace_body
