@@ -145,3 +145,33 @@ def test_a_reply_the_mta_refuses_for_good_is_reported_once(tmp_path: Path) -> No
     (reply,) = store.replies(recipient.id)
     assert reply.sent_at is not None
     store.close()
+
+
+def test_a_reply_is_sent_before_its_message_expires(tmp_path: Path) -> None:
+    """Maintenance resends first and expires after: a reply written (and left for maintenance)
+    while its message was still open is not lost to the same run's expiry."""
+    site = _site(tmp_path)
+    cfg, store = site.cfg, site.open_store()
+    saved = store.save_message(
+        NewMessage("alice@hospital.example", "s", b"Subject: s\r\n\r\nx\r\n", [site.rcpt])
+    )
+    recipient = store.find_recipient_by_token(saved.tokens["bob@partner.example"])
+    assert recipient is not None
+    store.save_reply(recipient.id, b"Subject: Re: s\r\n\r\nlast words\r\n")
+    # its hand-over failed an hour ago; the message expired since
+    store._conn.execute("UPDATE replies SET created_at = created_at - 3600")
+    store._conn.execute("UPDATE messages SET expires_at = ?", (int(time.time()) - 60,))
+    store.close()
+    with Sink("127.0.0.1", site.port) as mta:
+        run = maintenance(cfg)
+        assert run.returncode == 0, run.stderr
+        assert "expired messages revoked: 1" in run.stdout
+        assert "replies handed to the MTA: 1" in run.stdout
+        (got,) = mta.wait_for(1)
+        assert b"last words" in got.data
+    store = site.open_store()
+    assert [e.event for e in store.events(saved.id) if e.event.startswith("reply-")] == [
+        "reply-stored",
+        "reply-sent",
+    ]
+    store.close()

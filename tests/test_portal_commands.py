@@ -111,6 +111,25 @@ def test_revoke_whole_message_destroys_the_key(
     assert "REVOKED" in out
 
 
+def test_revoke_drops_an_unsent_reply_on_record(
+    setup: tuple[Path, SqliteStore], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A secure reply the MTA did not take yet (left for `maintenance`) dies with the message's
+    key: the admin is told, and the audit log says which reply and whose it was."""
+    cfg, store = setup
+    mid = save(store, "<rv-3@hospital.example>", [notified("bob@example.net")])
+    (bob,) = store.recipients(mid)
+    sent = store.save_reply(bob.id, b"Subject: Re: s\r\n\r\nsent one\r\n")
+    store.mark_reply_sent(sent, "250 ok")
+    unsent = store.save_reply(bob.id, b"Subject: Re: s\r\n\r\nunsent one\r\n")
+    code, out, _ = run(capsys, "revoke", "<rv-3@hospital.example>", "--config", str(cfg))
+    assert code == 0
+    assert "1 secure reply(ies) the MTA had not taken yet will not be sent" in out
+    (dropped,) = [e for e in store.events(mid) if e.event == "reply-dropped"]
+    assert dropped.recipient == "bob@example.net" and dropped.detail.startswith(unsent)
+    assert store.unsent_replies(refused=True) == []
+
+
 def test_revoke_one_recipient_and_direct_ones_cannot(
     setup: tuple[Path, SqliteStore], capsys: pytest.CaptureFixture[str]
 ) -> None:

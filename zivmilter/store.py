@@ -841,6 +841,16 @@ class SqliteStore:
                 "UPDATE recipients SET phone = NULL, hint = NULL WHERE message_id = ?",
                 (message_id,),
             )
+            # A secure reply the MTA has not taken yet goes with the message's key: on record.
+            for reply_id, address in cur.execute(
+                "SELECT p.id, r.address FROM replies p JOIN recipients r ON r.id = p.recipient_id"
+                " WHERE p.message_id = ? AND p.sent_at IS NULL",
+                (message_id,),
+            ).fetchall():
+                _audit(
+                    cur, now, message_id, str(address), "reply-dropped",
+                    f"{reply_id}: not handed to the MTA before its message was revoked",
+                )  # fmt: skip
             paths = [
                 str(row[0])
                 for row in cur.execute(
@@ -1519,12 +1529,19 @@ class SqliteStore:
         ]
 
     def open_reply(self, reply_id: str) -> BinaryIO | None:
+        """A reply's content, to hand it to the MTA; None once its message is revoked. Also
+        past the message's expiry: the reply was written before it, and goes to the sender
+        (expiry closes the message to its recipients)."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT message_id, blob_id FROM replies WHERE id = ?", (reply_id,)
+                "SELECT p.blob_id, m.wrapped_key FROM replies p"
+                " JOIN messages m ON m.id = p.message_id"
+                " WHERE p.id = ? AND m.revoked_at IS NULL",
+                (reply_id,),
             ).fetchone()
-        key = None if row is None else self._live_message_key(str(row[0]))
-        return None if row is None or key is None else self._open_blob(str(row[1]), key)
+        if row is None or row[1] is None:
+            return None
+        return self._open_blob(str(row[0]), crypto.unwrap_data_key(self._kek, bytes(row[1])))
 
     def contacts(self) -> list[ContactEntry]:
         with self._lock:

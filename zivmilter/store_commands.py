@@ -79,9 +79,10 @@ def _resend_replies(
 def cmd_maintenance(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     with contextlib.closing(open_configured(cfg)) as store:
+        # Replies first: one written before its message expires still gets its chance.
+        sent, failed, refused = _resend_replies(cfg, store, args.retry_refused)
         expired = store.purge_expired()
         orphans = store.sweep_orphans()
-        sent, failed, refused = _resend_replies(cfg, store, args.retry_refused)
     print(
         f"expired messages revoked: {expired}; orphan blobs removed: {orphans}; "
         f"replies handed to the MTA: {sent}; still failing: {failed}; refused for good: {refused}"

@@ -171,10 +171,16 @@ def _revoke_one(store: Store, message: MessageRecord, recipient: str | None) -> 
             file=sys.stderr,
         )
         return False
+    unsent = [r for r in store.unsent_replies(refused=True) if r.message_id == message.id]
     store.revoke(message.id, "revoked by `zivmilter revoke`")
     print(
         f"{label}: revoked; data key destroyed, {len(notified)} link(s) no longer open"
         + (f"; {len(direct)} direct recipient(s) already have their copy" if direct else "")
+        + (
+            f"; {len(unsent)} secure reply(ies) the MTA had not taken yet will not be sent"
+            if unsent
+            else ""
+        )
     )
     return True
 
