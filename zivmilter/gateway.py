@@ -202,7 +202,8 @@ class Gateway:
         original = _original_headers(tx, result.selection.new_subject)
         saved: SavedMessage | None = None
         if delivered:
-            saved = self._store(tx, result, delivered, original)
+            author = _author(verdict.claimed, result.envelope.sender, self.cfg)
+            saved = self._store(tx, result, delivered, original, author)
         try:
             copies = self._copies(tx, delivered, original, saved)
             outgoing: list[Outgoing] = []
@@ -256,6 +257,7 @@ class Gateway:
         result: Assessment,
         delivered: list[RecipientDecision],
         original: Message,
+        author: str,
     ) -> SavedMessage:
         # Only notification messages expire: a direct copy is delivered and read (SPEC 8).
         expiry = self.cfg.policy.expiry_days
@@ -264,7 +266,7 @@ class Gateway:
         with _clean_copy(tx) as content:
             return self.store.save_message(
                 NewMessage(
-                    sender=_author(tx, result.envelope.sender, self.cfg.organization.domains[0]),
+                    sender=author,
                     subject=decoded_header(original.get("Subject", "")),
                     content=content,
                     recipients=[_new_recipient(d) for d in delivered],
@@ -450,15 +452,14 @@ def _bare(address: str) -> str:
     return a
 
 
-def _author(tx: Transaction, envelope_sender: str, own_domain: str) -> str:
+def _author(claimed: Sequence[str], envelope_sender: str, cfg: Config) -> str:
     """Who wrote the message, as the store keeps it: secure replies go there, and the portal
-    and the codes it sends name it. The first From mailbox (the address submission checked);
-    not the envelope sender, which for an application relay is a bounce or null address. That
-    is only the fallback, for a message without a usable From."""
-    claimed = submission.claimed_addresses(tx.headers)
-    if not isinstance(claimed, str):
+    and the codes it sends name it. The first From mailbox (`claimed`: the addresses
+    submission checked); not the envelope sender, which for an application relay is a bounce
+    or null address. That is only the fallback, for a message without a usable From."""
+    if claimed:
         return claimed[0]
-    return envelope_sender or "mailer-daemon@" + own_domain
+    return envelope_sender or "mailer-daemon@" + cfg.organization.domains[0]
 
 
 def _raw_recipients(raw: Sequence[str]) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:

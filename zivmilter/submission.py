@@ -93,6 +93,8 @@ class SubmissionResult:
     accepted: bool
     reply: str | None  # "550 5.7.1 text" / "451 4.7.1 text" when not accepted
     reason: str
+    # The From (then Sender) addresses the message claims, normalized, as checked
+    claimed: tuple[str, ...] = ()
 
     @property
     def code(self) -> str | None:
@@ -154,7 +156,7 @@ def check(
         if not state:
             return _reject("5", f"sender account {address} is disabled", how)
         why_active.append(f"{address} is an active sender account")
-    return SubmissionResult(True, None, f"{how}; {'; '.join(why_active)}")
+    return SubmissionResult(True, None, f"{how}; {'; '.join(why_active)}", claimed)
 
 
 def claimed_addresses(headers: Headers) -> tuple[str, ...] | str:
