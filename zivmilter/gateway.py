@@ -523,7 +523,8 @@ def _original_headers(tx: Transaction, new_subject: str | None) -> Message:
 
 
 class _clean_copy:
-    """The message without directive headers, Bcc and route headers, as a readable file."""
+    """The message without directive headers, Bcc and route headers, as a readable file (the
+    message's own spool when it has none of them: left open)."""
 
     def __init__(self, tx: Transaction) -> None:
         self.tx = tx
@@ -535,6 +536,9 @@ class _clean_copy:
         head = tx.message.read(tx.body_offset)
         fields = head[:-2] if head.endswith(b"\r\n\r\n") else head  # the blank line apart
         kept = b"".join(f for f in _raw_fields(fields) if not _field_is_stripped(f))
+        if len(kept) == len(fields):  # nothing to strip: the message itself, read from its start
+            tx.message.seek(0)
+            return tx.message
         spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
         spool.write(kept + b"\r\n")
         shutil.copyfileobj(tx.message, spool)
