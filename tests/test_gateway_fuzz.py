@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterator
 from email import policy
 from email.parser import BytesParser
@@ -23,6 +24,7 @@ from zivmilter.gateway import Gateway, Transaction
 from zivmilter.store import SqliteStore
 
 SECRET = b"SECRET-BODY-7f3a"
+_FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext
 
 _NAMES = [
     "From", "To", "Cc", "Bcc", "Sender", "Reply-To", "Subject", "Date", "Message-ID",
@@ -41,7 +43,9 @@ _PIECES = st.sampled_from(
 )  # fmt: skip
 _WORD = st.text(
     alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)
-    | st.sampled_from(["é", "€", "日", "\x7f", "\x01"]),
+    | st.sampled_from(
+        ["é", "€", "日", "\x7f", "\x01", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\r"]
+    ),
     max_size=12,
 )
 _VALUE = st.lists(_PIECES | _WORD, max_size=5).map(" ".join) | st.lists(
@@ -136,10 +140,25 @@ def test_any_header_fields_get_a_decision_never_a_fault(
         assert plan.reject.startswith("5"), plan.reject  # a reason, and no retries
         return
     for out in reinjector.sent:
-        data = out.content if isinstance(out.content, bytes) else out.content.read()
-        BytesParser(policy=policy.default).parsebytes(data)  # each copy is a message
+        if isinstance(out.content, bytes):
+            data = out.content
+        else:
+            out.content.seek(0)
+            data = out.content.read()
+        parsed = BytesParser(policy=policy.default).parsebytes(data)
         if out.what.startswith(("notification", "DSN")):
             assert SECRET not in data, out.what
+        if out.what.startswith("notification"):
+            # the header block holds to its end: a field that broke it early would drop these
+            # into the body
+            assert parsed.get_content_type() == "multipart/alternative", data[:300]
+            assert parsed["X-Zivmilter-Notification"] == "1" and parsed["Message-ID"]
+            assert not parsed.defects, parsed.defects
+        elif out.what == "DSN":
+            assert parsed.get_content_type() == "multipart/report", data[:300]
+            assert not parsed.defects, parsed.defects
+    # the kept copy's header edits: each a field name the MTA can write
+    assert all(_FIELD_NAME.fullmatch(n) for n, _ in plan.add_headers), plan.add_headers
     if plan.replace_body is not None and any(
         n == "X-Zivmilter-Notification" for n, _ in plan.add_headers
     ):

@@ -403,7 +403,8 @@ def test_a_long_utf8_address_field_is_folded_between_addresses() -> None:
 _WORDS = st.lists(
     st.text(
         alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)
-        | st.sampled_from(["é", "€", "ß", "日", "\t", '"', ",", "<", ">", "@"]),
+        | st.sampled_from(["é", "€", "ß", "日", "\t", '"', ",", "<", ">", "@"])
+        | st.sampled_from(["\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\r", "\x00"]),
         max_size=30,
     )
     | st.sampled_from(["Jörg <jörg@partner.example>", "=?utf-8?q?Caf=C3=A9?=", "a@b.example"]),
@@ -503,3 +504,34 @@ def test_folded_or_broken_non_ascii_fields_make_a_notification(
     assert str(parsed["From"]) == want_from
     assert str(parsed["To"]) == want_to
     assert str(parsed["Subject"]) == want_subject
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        # characters the email package's folding takes for line breaks: no field of their own
+        [("From", "alice@example.org"), ("Subject", "x\x0bBcc: eve@example.net")],
+        [("From", "alice@example.org"), ("To", "carol@example.com\x0cX-Injected: 1")],
+        [("From", "alice@example.org"), ("References", "<a@b>\u2028X-Injected: é")],
+        # the package's folder started a continuation line without white space here
+        [("From", "00000 000000{é sms:+31612345678 000000{é"), ("To", "bob@example.net")],
+    ],
+)
+def test_no_header_value_breaks_the_header_block(fields: list[tuple[str, str]]) -> None:
+    draft = notification.draft_notification(
+        header_message(fields),
+        recipient="bob@example.net",
+        link=LINK,
+        verification=Verification("email"),
+        language="en",
+        subject_mode="show",
+        org_domain="example.org",
+        org_name="Example",
+    )
+    note = draft.wire()
+    head = note.partition(b"\r\n\r\n")[0]
+    assert all(line[:1] in b" \t" or b":" in line for line in head.split(b"\r\n")), head
+    parsed = BytesParser(policy=policy.default).parsebytes(note)
+    assert parsed.get_content_type() == "multipart/alternative"
+    assert parsed[NOTIFICATION_HEADER] == "1"
+    assert "Bcc" not in parsed and "X-Injected" not in parsed

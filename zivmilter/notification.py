@@ -39,6 +39,12 @@ _ADDRESS_FIELDS = frozenset({"From", "Sender", "Reply-To", "To", "Cc"})
 _TEMPLATES = Path(__file__).parent / "templates"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _FOLDS = re.compile(r"\r?\n[ \t]+")
+_LINE_BREAKS = re.compile(r"[ \t]*\r?\n[ \t]*")
+# What may not stay in a header value once it is unfolded: line breaks and the characters the
+# email package's folding takes for them (vertical tab, form feed, \x1c-\x1e, NEL, U+2028/9).
+_BREAKS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]+")
+# A line end inside a written field that is no fold (CRLF + space or tab): never written.
+_BAD_LINE_END = re.compile(rb"\r(?!\n[ \t])|(?<!\r)\n")
 _PLAIN_LINE = re.compile(r"[\t -~]*")
 _LINE_END = re.compile(r"\r\n|\r|\n")  # what the generator writes as CRLF
 
@@ -137,6 +143,9 @@ class Draft:
     def wire(self) -> bytes:
         fold = _WIRE.fold_binary
         out = [fold(name, value) for name, value in self.fields]
+        for field in out:  # the generator's own guard in newer Pythons (gh-121650)
+            if _BAD_LINE_END.search(field, 0, len(field) - 2):
+                raise ValueError(f"header field would break the header block: {field[:40]!r}")
         out.append(b"\r\n")
         delimiter = b"--" + self.boundary.encode("ascii") + b"\r\n"
         for subtype, payload in self.parts:
@@ -282,8 +291,10 @@ def _wire_value(name: str, value: object) -> str:
     """A header value fit for the wire: ASCII as written, anything else encoded by `email`;
     except an address field naming an internationalized address (RFC 6531: `jörg@…`), which
     RFC 2047 may not encode: it stays UTF-8, as the original had it (RFC 6532). The value is
-    unfolded first (RFC 5322 2.2.3): a line break of the original's folding is no part of it."""
-    text = _FOLDS.sub(" ", str(value)).strip()
+    unfolded first (RFC 5322 2.2.3): a line break of the original's folding is no part of it;
+    any other line break or control character becomes a space (a header value that could end
+    its field, or the header block, is an injection)."""
+    text = _BREAKS.sub(" ", _FOLDS.sub(" ", str(value))).strip()
     if text.isascii():
         return text
     if name in _ADDRESS_FIELDS:
@@ -296,8 +307,10 @@ def _wire_value(name: str, value: object) -> str:
         # The package's parser of structured fields fails on some broken values, with whatever
         # error (`ß@`: IndexError; `ß :;0`: AttributeError): such a value is encoded as the
         # text it is, never a reason to hold mail.
-        return Header(text, "utf-8", header_name=name).encode()
-    return folded.split(":", 1)[1].strip()
+        folded = ": " + Header(text, "utf-8", header_name=name).encode()
+    # One line: the field is folded once, when it is written. (The package's folders can start
+    # a continuation line without white space: `sms:\r\n+316…` for a broken address field.)
+    return _LINE_BREAKS.sub(" ", folded.split(":", 1)[1]).strip()
 
 
 def _utf8_addresses(name: str, pairs: list[tuple[str, str]]) -> _Utf8Field:
