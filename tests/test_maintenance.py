@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.harness.cli import zivmilter
 from tests.harness.postfix import free_port
 from tests.harness.sink import Sink
-from zivmilter import crypto
+from zivmilter import crypto, defaults
 from zivmilter.store import NewMessage, NewRecipient, SqliteStore
 
 ROOT = Path(__file__).parent.parent
@@ -174,4 +174,39 @@ def test_a_reply_is_sent_before_its_message_expires(tmp_path: Path) -> None:
         "reply-stored",
         "reply-sent",
     ]
+    store.close()
+
+
+def test_an_expired_message_waits_for_its_unsent_reply_then_drops_it_on_record(
+    tmp_path: Path,
+) -> None:
+    """The MTA is down when maintenance runs: the expired message keeps its key (not its
+    readers: expiry is checked on every read) while its reply may still go out; after the grace
+    period it is revoked, and the audit log says the reply was dropped."""
+    site = _site(tmp_path)
+    cfg, store = site.cfg, site.open_store()
+    saved = store.save_message(
+        NewMessage("alice@hospital.example", "s", b"Subject: s\r\n\r\nx\r\n", [site.rcpt])
+    )
+    recipient = store.find_recipient_by_token(saved.tokens["bob@partner.example"])
+    assert recipient is not None
+    store.save_reply(recipient.id, b"Subject: Re: s\r\n\r\nlast words\r\n")
+    store._conn.execute("UPDATE replies SET created_at = created_at - 3600")
+    store._conn.execute("UPDATE messages SET expires_at = ?", (int(time.time()) - 60,))
+    store.close()
+
+    first = maintenance(cfg)  # nothing listens for re-injection
+    assert "replies handed to the MTA: 0; still failing: 1" in first.stdout
+    assert "expired messages revoked: 0" in first.stdout
+
+    store = site.open_store()
+    grace = defaults.UNSENT_REPLY_GRACE
+    store._conn.execute("UPDATE replies SET created_at = created_at - ?", (grace,))
+    store.close()
+    second = maintenance(cfg)
+    assert "expired messages revoked: 1" in second.stdout
+    store = site.open_store()
+    (dropped,) = [e for e in store.events(saved.id) if e.event == "reply-dropped"]
+    assert dropped.recipient == "bob@partner.example"
+    assert store.unsent_replies(refused=True) == []
     store.close()

@@ -124,10 +124,25 @@ def test_revoke_drops_an_unsent_reply_on_record(
     unsent = store.save_reply(bob.id, b"Subject: Re: s\r\n\r\nunsent one\r\n")
     code, out, _ = run(capsys, "revoke", "<rv-3@hospital.example>", "--config", str(cfg))
     assert code == 0
-    assert "1 secure reply(ies) the MTA had not taken yet will not be sent" in out
+    assert "1 secure reply(ies) not yet handed to the MTA will not be sent" in out
     (dropped,) = [e for e in store.events(mid) if e.event == "reply-dropped"]
     assert dropped.recipient == "bob@example.net" and dropped.detail.startswith(unsent)
     assert store.unsent_replies(refused=True) == []
+
+
+def test_revoking_the_last_link_also_says_which_replies_are_dropped(
+    setup: tuple[Path, SqliteStore], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg, store = setup
+    mid = save(store, "<rv-4@hospital.example>", [notified("bob@example.net")])
+    (bob,) = store.recipients(mid)
+    store.save_reply(bob.id, b"Subject: Re: s\r\n\r\nunsent\r\n")
+    code, out, _ = run(
+        capsys, "revoke", mid, "--recipient", "bob@example.net", "--config", str(cfg)
+    )
+    assert code == 0 and "data key is destroyed" in out
+    assert "1 secure reply(ies) not yet handed to the MTA will not be sent" in out
+    assert [e.event for e in store.events(mid)].count("reply-dropped") == 1
 
 
 def test_revoke_one_recipient_and_direct_ones_cannot(

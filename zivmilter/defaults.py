@@ -96,3 +96,6 @@ OTP_MAX_SENDS = 10  # codes sent for one link before a successful verification
 LOCKOUT_MAX_SECONDS = 24 * 3600  # the growing lockout stops growing here
 TOTP_STEP_SECONDS = 30  # authenticator apps (RFC 6238 default)
 TOTP_DRIFT_STEPS = 1  # steps of clock drift accepted either side
+# An expired message keeps its key this long after a secure reply to it that the MTA has not
+# taken yet was written, so that `zivmilter maintenance` can still send that reply.
+UNSENT_REPLY_GRACE = 3 * 24 * 3600

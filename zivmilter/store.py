@@ -277,7 +277,7 @@ class Store(Protocol):
     def mark_notified(self, message_id: str, address: str) -> None: ...
     def mark_opened(self, recipient_id: int) -> None: ...
     def revoke(self, message_id: str, reason: str = "") -> bool: ...
-    def purge_expired(self) -> int: ...
+    def purge_expired(self, reply_grace: float = ...) -> int: ...
     def has_account(self, address: str) -> bool: ...
     def account(self, address: str) -> Account | None: ...
     def accounts(self) -> list[Account]: ...
@@ -849,7 +849,8 @@ class SqliteStore:
             ).fetchall():
                 _audit(
                     cur, now, message_id, str(address), "reply-dropped",
-                    f"{reply_id}: not handed to the MTA before its message was revoked",
+                    f"{reply_id}: not yet handed to the MTA when its message was revoked;"
+                    " maintenance will not send it",
                 )  # fmt: skip
             paths = [
                 str(row[0])
@@ -872,17 +873,24 @@ class SqliteStore:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return True
 
-    def purge_expired(self) -> int:
+    def purge_expired(self, reply_grace: float = defaults.UNSENT_REPLY_GRACE) -> int:
         """Revoke every notification message past its expiry (run from a timer); returns how
-        many. A message delivered directly to every recipient does not expire (SPEC 8)."""
+        many. A message delivered directly to every recipient does not expire (SPEC 8).
+
+        A message with a secure reply the MTA has not taken yet (nor refused) keeps its key
+        for `reply_grace` seconds after that reply was written, so that maintenance can still
+        send it; its recipients cannot read it meanwhile (expiry is checked on every read)."""
+        now = int(self._now())
         with self._lock:
             ids = [
                 str(row[0])
                 for row in self._conn.execute(
                     "SELECT id FROM messages m WHERE revoked_at IS NULL AND expires_at IS NOT NULL"
                     " AND expires_at <= ? AND EXISTS (SELECT 1 FROM recipients r"
-                    " WHERE r.message_id = m.id AND r.delivery = 'notification')",
-                    (int(self._now()),),
+                    " WHERE r.message_id = m.id AND r.delivery = 'notification')"
+                    " AND NOT EXISTS (SELECT 1 FROM replies p WHERE p.message_id = m.id"
+                    " AND p.sent_at IS NULL AND p.refused_at IS NULL AND p.created_at > ?)",
+                    (now, now - int(reply_grace)),
                 )
             ]
         return sum(1 for i in ids if self.revoke(i, "expired"))

@@ -155,6 +155,7 @@ def _revoke_one(store: Store, message: MessageRecord, recipient: str | None) -> 
                 file=sys.stderr,
             )
             return False
+        unsent = _unsent_replies(store, message.id)
         if not store.revoke_recipient(message.id, key, "revoked by `zivmilter revoke`"):
             print(f"{label}: the link of {key} was already revoked")
             return False
@@ -163,6 +164,7 @@ def _revoke_one(store: Store, message: MessageRecord, recipient: str | None) -> 
         print(
             f"{label}: revoked for {key}"
             + ("; no open link was left, so the message's data key is destroyed" if whole else "")
+            + (_unsent_note(unsent) if whole else "")
         )
         return True
     if not notified:
@@ -171,18 +173,27 @@ def _revoke_one(store: Store, message: MessageRecord, recipient: str | None) -> 
             file=sys.stderr,
         )
         return False
-    unsent = [r for r in store.unsent_replies(refused=True) if r.message_id == message.id]
-    store.revoke(message.id, "revoked by `zivmilter revoke`")
+    unsent = _unsent_replies(store, message.id)
+    if not store.revoke(message.id, "revoked by `zivmilter revoke`"):
+        print(f"{label}: already revoked")
+        return False
     print(
         f"{label}: revoked; data key destroyed, {len(notified)} link(s) no longer open"
         + (f"; {len(direct)} direct recipient(s) already have their copy" if direct else "")
-        + (
-            f"; {len(unsent)} secure reply(ies) the MTA had not taken yet will not be sent"
-            if unsent
-            else ""
-        )
+        + _unsent_note(unsent)
     )
     return True
+
+
+def _unsent_replies(store: Store, message_id: str) -> int:
+    """Secure replies to a message that the MTA has not taken yet: revoking it drops them."""
+    return sum(1 for r in store.unsent_replies(refused=True) if r.message_id == message_id)
+
+
+def _unsent_note(count: int) -> str:
+    if not count:
+        return ""
+    return f"; {count} secure reply(ies) not yet handed to the MTA will not be sent"
 
 
 def _recipient_status(store: Store, message: MessageRecord, r: RecipientRecord) -> dict[str, Any]:
