@@ -565,8 +565,13 @@ def _field_is_stripped(raw_field: bytes) -> bool:
     return not name or is_directive(name) or name.lower() in _STRIP
 
 
+_FOLDING_WHITE_SPACE = re.compile(r"(?:\r?\n)?[ \t]+")
+
+
 def _unfolded(value: str) -> str:
-    return " ".join(value.split())
+    """A field value unfolded, its runs of spaces and tabs one space: how folding may differ.
+    (Not str.split(): a form feed or vertical tab in a value is no white space to fold.)"""
+    return " ".join(_FOLDING_WHITE_SPACE.split(value.strip(" \t\r\n")))
 
 
 def _header_fields(head: bytes) -> list[tuple[str, str]]:

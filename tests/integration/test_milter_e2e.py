@@ -263,6 +263,51 @@ def test_quoted_local_part_is_secured_and_an_unusable_recipient_fails_alone(
     assert BODY_MARKER.encode() not in report.data
 
 
+HOSTILE_FIELDS = [
+    # a folded raw UTF-8 From, a folded Message-ID, a Subject with a form feed (which the
+    # email package's folding takes for a line break), and a recipient that fails: each of
+    # these once held the whole message in tempfail until it bounced, or broke the
+    # notification's header block
+    b"From: J\xc3\xb6hn Str\xc3\xb6m\r\n <alice@hospital.example>\r\n"
+    b"Message-ID:\r\n <hostile-1.0123456789abcdef@hospital.example>\r\n"
+    b"Subject: results\x0cX-Injected: 1\r\n",
+    # raw 8-bit bytes that are not UTF-8 in the Message-ID
+    b"From: alice@hospital.example\r\nMessage-ID: <caf\xe9-2@hospital.example>\r\n"
+    b"Subject: results\r\n",
+]
+
+
+@pytest.mark.parametrize("fields", HOSTILE_FIELDS, ids=["folded-and-controls", "8bit-id"])
+def test_hostile_header_fields_are_secured_not_held(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink], fields: bytes
+) -> None:
+    pf, z = gateway
+    plain = sinks["plain"]
+    p0 = len(plain.received)
+    literal = "x@[127.0.0.30]"  # passes Postfix, fails at the gateway: a DSN
+    data = (
+        fields
+        + b"To: carol@oldmail.example\r\nDate: Tue, 24 Nov 2026 09:00:00 +0100\r\n\r\n"
+        + BODY_MARKER.encode()
+        + b"\r\n"
+    )
+    assert send(pf, "alice@hospital.example", ["carol@oldmail.example", literal], data) == {}
+    by_rcpt = {m.rcpt_tos: m for m in new_messages(plain, p0, 2)}
+    note = by_rcpt[("carol@oldmail.example",)]
+    msg = email.message_from_bytes(note.data, policy=policy.default)
+    assert msg.get_content_type() == "multipart/alternative" and not msg.defects
+    assert msg["X-Zivmilter-Notification"] == "1" and "X-Injected" not in msg
+    assert BODY_MARKER.encode() not in note.data and LINK.search(note.data.decode())
+    if fields.startswith(b"From: J"):
+        assert str(msg["From"]) == "J\u00f6hn Str\u00f6m <alice@hospital.example>"
+        assert str(msg["Subject"]) == "results X-Injected: 1"
+    report = by_rcpt[("alice@hospital.example",)]
+    assert report.message().get_content_type() == "multipart/report"
+    assert b"Final-Recipient: rfc822; x@[127.0.0.30]" in report.data
+    assert BODY_MARKER.encode() not in report.data
+    assert "tempfail" not in z.log()
+
+
 def test_recipients_keep_their_case_and_a_case_duplicate_gets_one_copy(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
