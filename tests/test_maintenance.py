@@ -147,21 +147,26 @@ def test_a_reply_the_mta_refuses_for_good_is_reported_once(tmp_path: Path) -> No
     store.close()
 
 
-def test_a_reply_is_sent_before_its_message_expires(tmp_path: Path) -> None:
-    """Maintenance resends first and expires after: a reply written (and left for maintenance)
-    while its message was still open is not lost to the same run's expiry."""
-    site = _site(tmp_path)
-    cfg, store = site.cfg, site.open_store()
+def _expired_with_an_unsent_reply(site: _Site) -> str:
+    """A message whose reply's hand-over failed an hour ago, and which has expired since."""
+    store = site.open_store()
     saved = store.save_message(
         NewMessage("alice@hospital.example", "s", b"Subject: s\r\n\r\nx\r\n", [site.rcpt])
     )
     recipient = store.find_recipient_by_token(saved.tokens["bob@partner.example"])
     assert recipient is not None
     store.save_reply(recipient.id, b"Subject: Re: s\r\n\r\nlast words\r\n")
-    # its hand-over failed an hour ago; the message expired since
     store._conn.execute("UPDATE replies SET created_at = created_at - 3600")
     store._conn.execute("UPDATE messages SET expires_at = ?", (int(time.time()) - 60,))
     store.close()
+    return saved.id
+
+
+def test_a_reply_is_sent_before_its_message_expires(tmp_path: Path) -> None:
+    """Maintenance resends first and expires after: a reply written (and left for maintenance)
+    while its message was still open is not lost to the same run's expiry."""
+    site = _site(tmp_path)
+    cfg, message_id = site.cfg, _expired_with_an_unsent_reply(site)
     with Sink("127.0.0.1", site.port) as mta:
         run = maintenance(cfg)
         assert run.returncode == 0, run.stderr
@@ -170,7 +175,7 @@ def test_a_reply_is_sent_before_its_message_expires(tmp_path: Path) -> None:
         (got,) = mta.wait_for(1)
         assert b"last words" in got.data
     store = site.open_store()
-    assert [e.event for e in store.events(saved.id) if e.event.startswith("reply-")] == [
+    assert [e.event for e in store.events(message_id) if e.event.startswith("reply-")] == [
         "reply-stored",
         "reply-sent",
     ]
@@ -184,16 +189,7 @@ def test_an_expired_message_waits_for_its_unsent_reply_then_drops_it_on_record(
     readers: expiry is checked on every read) while its reply may still go out; after the grace
     period it is revoked, and the audit log says the reply was dropped."""
     site = _site(tmp_path)
-    cfg, store = site.cfg, site.open_store()
-    saved = store.save_message(
-        NewMessage("alice@hospital.example", "s", b"Subject: s\r\n\r\nx\r\n", [site.rcpt])
-    )
-    recipient = store.find_recipient_by_token(saved.tokens["bob@partner.example"])
-    assert recipient is not None
-    store.save_reply(recipient.id, b"Subject: Re: s\r\n\r\nlast words\r\n")
-    store._conn.execute("UPDATE replies SET created_at = created_at - 3600")
-    store._conn.execute("UPDATE messages SET expires_at = ?", (int(time.time()) - 60,))
-    store.close()
+    cfg, message_id = site.cfg, _expired_with_an_unsent_reply(site)
 
     first = maintenance(cfg)  # nothing listens for re-injection
     assert "replies handed to the MTA: 0; still failing: 1" in first.stdout
@@ -206,7 +202,7 @@ def test_an_expired_message_waits_for_its_unsent_reply_then_drops_it_on_record(
     second = maintenance(cfg)
     assert "expired messages revoked: 1" in second.stdout
     store = site.open_store()
-    (dropped,) = [e for e in store.events(saved.id) if e.event == "reply-dropped"]
+    (dropped,) = [e for e in store.events(message_id) if e.event == "reply-dropped"]
     assert dropped.recipient == "bob@partner.example"
     assert store.unsent_replies(refused=True) == []
     store.close()

@@ -16,7 +16,6 @@ from zivmilter.message import header_message, parse_header_block
 from zivmilter.notification import (
     NOTIFICATION_HEADER,
     Verification,
-    build_notification,
     language_for,
     mask_phone,
     notification_for,
@@ -65,13 +64,13 @@ def original(subject: str = "Quarterly figures", extra: str = "") -> EmailMessag
     return msg
 
 
-def build(
-    orig: EmailMessage | None = None,
+def draft(
+    orig: Message | None = None,
     verification: Verification | None = None,
     language: str = "en",
     subject_mode: str = "show",
-) -> Message:
-    return build_notification(
+) -> notification.Draft:
+    return notification.draft_notification(
         orig or original(),
         recipient="bob@example.net",
         link=LINK,
@@ -81,6 +80,15 @@ def build(
         org_domain="example.org",
         org_name="Example Org",
     )
+
+
+def build(
+    orig: Message | None = None,
+    verification: Verification | None = None,
+    language: str = "en",
+    subject_mode: str = "show",
+) -> Message:
+    return draft(orig, verification, language, subject_mode).message()
 
 
 def wire(msg: Message) -> bytes:
@@ -341,16 +349,7 @@ def test_raw_utf8_headers_read_as_utf8() -> None:
     # one replacement character per byte, and the notification encodes them (RFC 2047).
     head = "From: Jöhn Ström <john@example.org>\r\nTo: bob@example.net\r\nSubject: Résumé\r\n\r\n"
     orig = parse_header_block(head.encode("utf-8"))
-    note = build_notification(
-        orig,
-        recipient="bob@example.net",
-        link=LINK,
-        verification=Verification("email"),
-        language="en",
-        subject_mode="show",
-        org_domain="example.org",
-        org_name="Example",
-    ).as_bytes()
+    note = draft(orig, Verification("email")).wire()
     assert note.isascii()
     parsed = BytesParser(policy=policy.default).parsebytes(note)
     assert str(parsed["From"]) == "Jöhn Ström <john@example.org>"
@@ -361,7 +360,7 @@ def test_raw_utf8_headers_read_as_utf8() -> None:
 
 
 def _note_for_jorg(original: Message) -> bytes:
-    return notification.build_notification(
+    return notification.draft_notification(
         original,
         recipient="jörg@partner.example",
         link="https://secure.example/m/x",
@@ -370,7 +369,7 @@ def _note_for_jorg(original: Message) -> bytes:
         subject_mode="show",
         org_domain="hospital.example",
         org_name="Hospital",
-    ).as_bytes()
+    ).wire()
 
 
 def test_internationalized_address_stays_utf8_and_a_non_ascii_name_is_encoded() -> None:
@@ -450,17 +449,8 @@ _FIELD_VALUES = st.lists(_WORDS, min_size=1, max_size=4).map("\n ".join)  # as t
 def test_wire_writes_what_the_email_generator_writes(
     fields: list[tuple[str, str]], language: str, subject_mode: str, verification: Verification
 ) -> None:
-    draft = notification.draft_notification(
-        header_message(fields),
-        recipient="bob@example.net",
-        link=LINK,
-        verification=verification,
-        language=language,
-        subject_mode=subject_mode,  # type: ignore[arg-type]
-        org_domain="example.org",
-        org_name="Example Org",
-    )
-    assert draft.wire() == draft.message().as_bytes()
+    note = draft(header_message(fields), verification, language, subject_mode)
+    assert note.wire() == note.message().as_bytes()
 
 
 @pytest.mark.parametrize(
@@ -489,16 +479,7 @@ def test_wire_writes_what_the_email_generator_writes(
 def test_folded_or_broken_non_ascii_fields_make_a_notification(
     fields: list[tuple[str, str]], want_from: str, want_to: str, want_subject: str
 ) -> None:
-    note = build_notification(
-        header_message(fields),
-        recipient="bob@example.net",
-        link=LINK,
-        verification=Verification("email"),
-        language="en",
-        subject_mode="show",
-        org_domain="example.org",
-        org_name="Example",
-    ).as_bytes()
+    note = draft(header_message(fields), Verification("email")).wire()
     assert note.isascii()
     parsed = BytesParser(policy=policy.default).parsebytes(note)
     assert str(parsed["From"]) == want_from
@@ -518,17 +499,7 @@ def test_folded_or_broken_non_ascii_fields_make_a_notification(
     ],
 )
 def test_no_header_value_breaks_the_header_block(fields: list[tuple[str, str]]) -> None:
-    draft = notification.draft_notification(
-        header_message(fields),
-        recipient="bob@example.net",
-        link=LINK,
-        verification=Verification("email"),
-        language="en",
-        subject_mode="show",
-        org_domain="example.org",
-        org_name="Example",
-    )
-    note = draft.wire()
+    note = draft(header_message(fields), Verification("email")).wire()
     head = note.partition(b"\r\n\r\n")[0]
     assert all(line[:1] in b" \t" or b":" in line for line in head.split(b"\r\n")), head
     parsed = BytesParser(policy=policy.default).parsebytes(note)

@@ -88,31 +88,6 @@ class Verification:
         return f"Verification(kind={self.kind!r})"
 
 
-def build_notification(
-    original: Message,
-    *,
-    recipient: str,
-    link: str,
-    verification: Verification,
-    language: str,
-    subject_mode: Literal["show", "neutral"],
-    org_domain: str,
-    org_name: str,
-) -> Message:
-    """The notification for one recipient as a `Message`, ready for `as_bytes()` (CRLF line
-    ends): `draft_notification(...).message()`."""
-    return draft_notification(
-        original,
-        recipient=recipient,
-        link=link,
-        verification=verification,
-        language=language,
-        subject_mode=subject_mode,
-        org_domain=org_domain,
-        org_name=org_name,
-    ).message()
-
-
 @dataclass(frozen=True, repr=False)
 class Draft:
     """A notification's fields and parts, before it is written.
