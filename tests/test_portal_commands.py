@@ -124,7 +124,7 @@ def test_revoke_drops_an_unsent_reply_on_record(
     unsent = store.save_reply(bob.id, b"Subject: Re: s\r\n\r\nunsent one\r\n")
     code, out, _ = run(capsys, "revoke", "<rv-3@hospital.example>", "--config", str(cfg))
     assert code == 0
-    assert "1 secure reply(ies) not yet handed to the MTA will not be sent" in out
+    assert "1 undelivered secure reply(ies) will not be sent" in out
     (dropped,) = [e for e in store.events(mid) if e.event == "reply-dropped"]
     assert dropped.recipient == "bob@example.net" and dropped.detail.startswith(unsent)
     assert store.unsent_replies(refused=True) == []
@@ -141,7 +141,7 @@ def test_revoking_the_last_link_also_says_which_replies_are_dropped(
         capsys, "revoke", mid, "--recipient", "bob@example.net", "--config", str(cfg)
     )
     assert code == 0 and "data key is destroyed" in out
-    assert "1 secure reply(ies) not yet handed to the MTA will not be sent" in out
+    assert "1 undelivered secure reply(ies) will not be sent" in out
     assert [e.event for e in store.events(mid)].count("reply-dropped") == 1
 
 

@@ -565,7 +565,7 @@ def _field_is_stripped(raw_field: bytes) -> bool:
     return not name or is_directive(name) or name.lower() in _STRIP
 
 
-_FOLDING_WHITE_SPACE = re.compile(r"(?:\r?\n)?[ \t]+")
+_FOLDING_WHITE_SPACE = re.compile(r"(?:[ \t]|\r?\n(?=[ \t]))+")
 
 
 def _unfolded(value: str) -> str:

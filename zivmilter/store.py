@@ -328,7 +328,7 @@ class Store(Protocol):
     def mark_reply_undeliverable(self, reply_id: str, detail: str) -> None: ...
     def replies(self, recipient_id: int) -> list[ReplyRecord]: ...
     def unsent_replies(
-        self, older_than: float = 0.0, *, refused: bool = False
+        self, older_than: float = 0.0, *, refused: bool = False, message_id: str | None = None
     ) -> list[ReplyRecord]: ...
     def open_reply(self, reply_id: str) -> BinaryIO | None: ...
     def contacts(self) -> list[ContactEntry]: ...
@@ -849,7 +849,7 @@ class SqliteStore:
             ).fetchall():
                 _audit(
                     cur, now, message_id, str(address), "reply-dropped",
-                    f"{reply_id}: not yet handed to the MTA when its message was revoked;"
+                    f"{reply_id}: not delivered when its message was revoked;"
                     " maintenance will not send it",
                 )  # fmt: skip
             paths = [
@@ -1502,17 +1502,20 @@ class SqliteStore:
         return self._reply_records("p.recipient_id = ?", (recipient_id,))
 
     def unsent_replies(
-        self, older_than: float = 0.0, *, refused: bool = False
+        self, older_than: float = 0.0, *, refused: bool = False, message_id: str | None = None
     ) -> list[ReplyRecord]:
         """Replies the MTA did not take yet (a failed hand-over in the portal), oldest first;
         only those written `older_than` seconds ago or earlier (one the portal is handing over
-        right now is not unsent yet). Those it refused for good only with `refused`."""
-        cutoff = int(self._now() - older_than)
-        if refused:
-            return self._reply_records("p.sent_at IS NULL AND p.created_at <= ?", (cutoff,))
-        return self._reply_records(
-            "p.sent_at IS NULL AND p.refused_at IS NULL AND p.created_at <= ?", (cutoff,)
-        )
+        right now is not unsent yet). Those it refused for good only with `refused`; only
+        those to `message_id` when given."""
+        where = "p.sent_at IS NULL AND p.created_at <= ?"
+        args: tuple[Any, ...] = (int(self._now() - older_than),)
+        if not refused:
+            where += " AND p.refused_at IS NULL"
+        if message_id is not None:
+            where += " AND p.message_id = ?"
+            args += (message_id,)
+        return self._reply_records(where, args)
 
     def _reply_records(self, where: str, args: tuple[Any, ...]) -> list[ReplyRecord]:
         with self._lock:

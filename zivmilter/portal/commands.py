@@ -186,14 +186,15 @@ def _revoke_one(store: Store, message: MessageRecord, recipient: str | None) -> 
 
 
 def _unsent_replies(store: Store, message_id: str) -> int:
-    """Secure replies to a message that the MTA has not taken yet: revoking it drops them."""
-    return sum(1 for r in store.unsent_replies(refused=True) if r.message_id == message_id)
+    """Secure replies to a message that were not delivered (the MTA has not taken them, or
+    refused them): revoking the message drops them."""
+    return len(store.unsent_replies(refused=True, message_id=message_id))
 
 
 def _unsent_note(count: int) -> str:
     if not count:
         return ""
-    return f"; {count} secure reply(ies) not yet handed to the MTA will not be sent"
+    return f"; {count} undelivered secure reply(ies) will not be sent"
 
 
 def _recipient_status(store: Store, message: MessageRecord, r: RecipientRecord) -> dict[str, Any]:
