@@ -10,10 +10,11 @@ import argparse
 import dataclasses
 import importlib
 import ipaddress
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__, defaults, submission
+from . import __version__, defaults, runas, submission
 from . import config as config_mod
 from .errors import MessageError, ZivmilterError
 from .facts import StaticFacts, load_facts
@@ -169,10 +170,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that open (and so may create or write) the store named by their --config; probe's
+# cache is a file in the store's folder.
+_STORE_COMMANDS = frozenset(
+    "run portal account idd maintenance odd-refresh revoke status contacts probe".split()  # noqa: SIM905
+)
+
+
+def _check_store_user(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """As root, refuse to open the service user's store (runas.py names the runuser command)."""
+    if args.command not in _STORE_COMMANDS:
+        return
+    path = args.config
+    if args.command == "probe":
+        if args.no_cache:
+            return  # the cache is the only part of the store probe touches
+        if path is None and os.path.exists(defaults.CONFIG_FILE):
+            path = defaults.CONFIG_FILE
+    if path is None:
+        return
+    cfg = config_mod.load(path)
+    runas.check_store_user(cfg.store.path, cfg.store.key_file, argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
+        _check_store_user(args, argv)
         return handler(args)
     except ZivmilterError as exc:
         print(f"zivmilter: error: {exc}", file=sys.stderr)

@@ -1,0 +1,136 @@
+"""Store-opening commands run as root refuse the service user's store, and say how to run them.
+
+The suite runs as root: a store folder (or key file) handed to another uid stands for the
+zivmilter user's store after `install -d -o zivmilter` (README, install step 3).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zivmilter import cli, crypto, runas
+from zivmilter.store import SqliteStore
+
+OTHER = 65534  # nobody: any uid but root's
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    key = tmp_path / "store.key"
+    crypto.keygen(str(key))
+    path = tmp_path / "zivmilter.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+                "store": {"path": str(tmp_path / "store"), "key_file": str(key)},
+            }
+        )
+    )
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+
+
+@needs_root
+def test_root_refuses_another_users_store_and_names_the_runuser_command(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = cfg.parent / "store"
+    store.mkdir(mode=0o700)
+    os.chown(store, OTHER, OTHER)
+    argv = ["account", "add", "alice@hospital.example", "--config", str(cfg)]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    command = err.rstrip("\n").rsplit(": ", 1)[1]
+    assert shlex.split(command) == ["runuser", "-u", "nobody", "--", "zivmilter", *argv]
+    assert f"{store} belongs to nobody" in err
+    assert os.listdir(store) == []  # nothing was opened, nothing made as root
+
+
+@needs_root
+def test_before_the_store_exists_its_key_files_owner_decides(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.chown(cfg.parent / "store.key", OTHER, OTHER)
+    code, _, err = run(capsys, "maintenance", "--config", str(cfg))
+    assert code == 2
+    assert "runuser -u nobody -- zivmilter maintenance --config" in err
+    assert not (cfg.parent / "store").exists()  # no root:root 0700 folder left behind
+
+
+@needs_root
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["idd", "list"],
+        ["status", "<m@x>"],
+        ["revoke", "<m@x>"],
+        ["contacts", "list"],
+        ["odd-refresh"],
+        ["account", "list"],
+        ["probe", "partner.example"],
+    ],
+)
+def test_every_store_command_refuses(
+    cfg: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    store = cfg.parent / "store"
+    store.mkdir(mode=0o700)
+    os.chown(store, OTHER, OTHER)
+    code, _, err = run(capsys, *argv, "--config", str(cfg))
+    assert code == 2
+    assert f"runuser -u nobody -- zivmilter {shlex.join(argv)} --config" in err
+
+
+@needs_root
+def test_commands_without_the_store_still_run_as_root(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = cfg.parent / "store"
+    store.mkdir(mode=0o700)
+    os.chown(store, OTHER, OTHER)
+    code, out, _ = run(capsys, "check-config", str(cfg))
+    assert code == 0 and "ok" in out
+
+
+def test_roots_own_store_works_as_before(cfg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "account", "add", "alice@hospital.example", "--config", str(cfg))
+    assert (code, err) == (0, "")
+    assert "sender account added" in out
+    store = SqliteStore.open(
+        str(cfg.parent / "store"), crypto.load_kek(str(cfg.parent / "store.key"))
+    )
+    try:
+        assert [a.address for a in store.accounts()] == ["alice@hospital.example"]
+    finally:
+        store.close()
+
+
+def test_not_root_is_never_refused(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    runas.check_store_user(str(store), str(tmp_path / "k"), ["idd", "list"], euid=1000)
+
+
+@needs_root
+def test_an_unknown_uid_is_named_by_number(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    os.chown(store, 48213, 48213)
+    with pytest.raises(Exception, match=r"runuser -u 48213 -- zivmilter idd list"):
+        runas.check_store_user(str(store), str(tmp_path / "k"), ["idd", "list"], euid=0)
