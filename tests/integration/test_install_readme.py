@@ -145,8 +145,10 @@ class Container:
                 self.nspawn.kill()
                 self.nspawn.wait(timeout=10)
         if self.mounted:
-            subprocess.run(["umount", str(self.root)], check=False, capture_output=True)
-            self.mounted = False
+            for umount in (["umount"], ["umount", "--lazy"]):  # lazy: something still holds it
+                if subprocess.run([*umount, str(self.root)], capture_output=True).returncode == 0:
+                    self.mounted = False
+                    break
 
 
 def copy_checkout(target: Path) -> None:
