@@ -9,9 +9,9 @@ from email.parser import BytesParser
 
 import pytest
 
-from zivmilter.dsn import Failure, build_dsn
+from zivmilter.core.headers import DIRECTIVE_HEADERS, is_directive
 from zivmilter.errors import MessageError
-from zivmilter.headers import DIRECTIVE_HEADERS, is_directive
+from zivmilter.mail.dsn import Failure, build_dsn
 
 PHONE = "+31612345321"
 CODE = "CODE-7781"

@@ -19,10 +19,10 @@ from Milter import testctx
 
 from tests.fakes import Collecting, make_config
 from zivmilter import crypto
-from zivmilter.config import Config
-from zivmilter.facts import Facts, facts_from_mapping
+from zivmilter.core.config import Config
+from zivmilter.core.facts import Facts, facts_from_mapping
 from zivmilter.gateway import Gateway, Plan, Transaction
-from zivmilter.milter import ZivMilter
+from zivmilter.mta.milter import ZivMilter
 from zivmilter.store import SqliteStore
 
 MESSAGE = (
@@ -270,7 +270,7 @@ def test_listener_rules_apply_per_daemon_name(store: SqliteStore) -> None:
 
 
 def test_failures_follow_notify_orcpt_and_survive_undecodable_bytes() -> None:
-    from zivmilter.gateway import _reported_failures
+    from zivmilter.gateway.gateway import _reported_failures
 
     tx = Transaction(
         queue_id="Q",
@@ -305,7 +305,7 @@ class _SeesHelo:
         self.helo: list[str | None] = []
 
     def check(self, ip: str, sender: str, helo: str | None) -> Any:
-        from zivmilter.submission import SpfResult, SpfVerdict
+        from zivmilter.core.submission import SpfResult, SpfVerdict
 
         self.helo.append(helo)
         return SpfResult(SpfVerdict.PASS, "")

@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zivmilter import config, defaults, notification
-from zivmilter.message import header_message, parse_header_block
-from zivmilter.notification import (
+from zivmilter import defaults
+from zivmilter.core import config
+from zivmilter.core.message import header_message, parse_header_block
+from zivmilter.mail import notification
+from zivmilter.mail.notification import (
     NOTIFICATION_HEADER,
     Verification,
     language_for,

@@ -10,8 +10,8 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.harness.postfix import free_port
+from zivmilter.delivery.reinject import Outgoing, SmtpReinjector
 from zivmilter.errors import DeliveryError
-from zivmilter.reinject import Outgoing, SmtpReinjector
 
 
 class _Keep:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from zivmilter import crypto, defaults, store
+from zivmilter.core.facts import Contact
 from zivmilter.errors import StoreError
-from zivmilter.facts import Contact
 from zivmilter.store import NewMessage, NewRecipient, SqliteStore
 
 MARK_BODY = "BODYMARKER-6c1e9d"

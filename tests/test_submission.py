@@ -17,16 +17,17 @@ import yaml
 import zivmilter
 from tests.fakes import BASE_CONFIG, make_config, merge
 from tests.test_core_purity import FORBIDDEN, _imports
-from zivmilter import account_commands, crypto
-from zivmilter.config import Config
-from zivmilter.errors import ZivmilterError
-from zivmilter.submission import (
+from zivmilter import crypto
+from zivmilter.cli import accounts as account_commands
+from zivmilter.core.config import Config
+from zivmilter.core.submission import (
     SpfResult,
     SpfVerdict,
     StoreSenderAccounts,
     SubmissionResult,
     check,
 )
+from zivmilter.errors import ZivmilterError
 
 ROOT = Path(__file__).parent.parent
 OUTSIDE = "192.0.2.9"  # no trusted network contains it
@@ -342,7 +343,7 @@ def test_listener_rules_replace_the_top_level_ones() -> None:
 
 
 def test_submission_is_pure() -> None:
-    path = Path(zivmilter.__file__).parent / "submission.py"
+    path = Path(zivmilter.__file__).parent / "core" / "submission.py"
     for imported in _imports(path):
         parts = imported.split(".")
         assert not {".".join(parts[: i + 1]) for i in range(len(parts))} & FORBIDDEN, imported

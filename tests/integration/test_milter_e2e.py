@@ -29,7 +29,7 @@ from tests.harness.sandbox import bind_mounted
 from tests.harness.sink import Sink, server_tls_context
 from tests.harness.zivmilter import ZivmilterProcess, attach
 from zivmilter import crypto
-from zivmilter.addresses import normalize_address
+from zivmilter.core.addresses import normalize_address
 from zivmilter.errors import MessageError
 from zivmilter.store import SqliteStore
 

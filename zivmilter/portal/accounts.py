@@ -15,11 +15,11 @@ import segno
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from .. import crypto
-from ..addresses import normalize_address
-from ..errors import StoreError
-from ..store import Store
-from . import verify
+from zivmilter import crypto
+from zivmilter.core.addresses import normalize_address
+from zivmilter.errors import StoreError
+from zivmilter.portal import verify
+from zivmilter.store import Store
 
 MIN_PASSWORD_LENGTH = 12
 _HASHER = PasswordHasher()  # argon2id, the library's current RFC 9106 parameters

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.policy import SMTP
 
-from .. import defaults
-from ..errors import DeliveryError
-from ..notification import mask_phone
-from ..reinject import Outgoing
-from ..store import MessageRecord, RecipientRecord
-from . import accounts, mail, verify
-from .app import Portal
+from zivmilter import defaults
+from zivmilter.delivery.reinject import Outgoing
+from zivmilter.errors import DeliveryError
+from zivmilter.mail.notification import mask_phone
+from zivmilter.portal import accounts, mail, verify
+from zivmilter.portal.app import Portal
+from zivmilter.store import MessageRecord, RecipientRecord
 
 log = logging.getLogger("zivmilter.portal")
 
