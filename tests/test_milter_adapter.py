@@ -7,7 +7,6 @@ and the reply on a fault.
 from __future__ import annotations
 
 import email
-import io
 import socket
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -267,35 +266,6 @@ def test_listener_rules_apply_per_daemon_name(store: SqliteStore) -> None:
     rc, (code, xcode, text) = results["submission"]
     assert (rc, code, xcode) == (Milter.REJECT, "550", "5.7.1")
     assert "127.0.0.1" in text
-
-
-def test_failures_follow_notify_orcpt_and_survive_undecodable_bytes() -> None:
-    from zivmilter.gateway.gateway import _reported_failures
-
-    tx = Transaction(
-        queue_id="Q",
-        sender="<alice@hospital.example>",
-        recipients=[],
-        headers=[],
-        message=io.BytesIO(b"\r\n"),
-        body_offset=2,
-        recipient_params={
-            "<never@x.example>": ("NOTIFY=NEVER",),
-            "<success@x.example>": ("NOTIFY=SUCCESS,DELAY",),
-            "<orcpt@x.example>": ("ORCPT=rfc822;J+C3+B6rg+2Bx@x.example", "NOTIFY=FAILURE"),
-        },
-    )
-    failed = [
-        ("<never@x.example>", "5.7.1", "r"),
-        ("<success@x.example>", "5.7.1", "r"),
-        ("<orcpt@x.example>", "5.7.1", "r"),
-        ("<a@x.nl\udcff>", "5.1.3", "'a@x.nl\udcff' is not a valid address"),
-    ]
-    got = _reported_failures(tx, failed)
-    assert got == [
-        ("orcpt@x.example", "5.7.1", "r", "rfc822; Jörg+x@x.example"),
-        ("a@x.nl\ufffd", "5.1.3", "'a@x.nl\ufffd' is not a valid address", None),
-    ]
 
 
 class _SeesHelo:
