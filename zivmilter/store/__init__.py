@@ -322,6 +322,9 @@ class Store(Protocol):
         self, recipient_id: int, secret: bytes, min_interval: float, max_sends: int
     ) -> float: ...
     def otp(self, recipient_id: int) -> OtpState | None: ...
+    def consume_otp(
+        self, recipient_id: int, valid: Callable[[bytes, datetime], bool], detail: str = ""
+    ) -> bool: ...
     def clear_otp(self, recipient_id: int) -> None: ...
     def save_reply(self, recipient_id: int, content: bytes) -> str: ...
     def mark_reply_sent(self, reply_id: str, detail: str = "") -> None: ...
@@ -1431,6 +1434,43 @@ class SqliteStore:
             return None
         secret = crypto.unseal(self._kek.field_key, bytes(row[0]), f"recipients.otp:{recipient_id}")
         return OtpState(secret, _dt(row[1]))
+
+    def consume_otp(
+        self, recipient_id: int, valid: Callable[[bytes, datetime], bool], detail: str = ""
+    ) -> bool:
+        """Spend the link's one-time code if `valid(secret, sent_at)` says the answer is that
+        code: compared and consumed in one transaction, and recorded as `verified` (with what
+        `record_verified` resets) in the same one. True for exactly one caller per code.
+
+        Compare-and-consume: the code is read, compared (the caller's check: the code is a TOTP
+        value of a sealed secret, which SQL cannot compute), then cleared by an UPDATE that
+        matches the very sealed value that was compared (a fresh nonce per code); its row
+        count decides. Here BEGIN IMMEDIATE already serializes the step; the conditional UPDATE
+        keeps it right where the read takes no lock (PostgreSQL, READ COMMITTED: the UPDATE
+        re-checks its WHERE on the row a concurrent consumer changed, and matches nothing).
+        A newer code (`claim_otp`), a revoked link, or a winner first: False. (A revoked
+        message is the caller's to refuse: its direct copies' download links still verify.)"""
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT message_id, address, otp_secret, otp_sent_at FROM recipients WHERE id = ?",
+                (recipient_id,),
+            ).fetchone()
+            if row is None or row[2] is None or row[3] is None:
+                return False
+            sealed = bytes(row[2])
+            secret = crypto.unseal(self._kek.field_key, sealed, f"recipients.otp:{recipient_id}")
+            if not valid(secret, _dt(row[3])):
+                return False
+            done = cur.execute(
+                "UPDATE recipients SET otp_secret = NULL, failed_streak = 0, otp_sends = 0"
+                " WHERE id = ? AND otp_secret = ? AND revoked_at IS NULL",
+                (recipient_id, sealed),
+            ).rowcount
+            if done != 1:
+                return False
+            _audit(cur, now, str(row[0]), str(row[1]), "verified", detail)
+        return True
 
     def clear_otp(self, recipient_id: int) -> None:
         """Forget the code secret and its send slot (sending it failed: let the user retry)."""
