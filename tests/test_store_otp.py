@@ -1,6 +1,9 @@
 """The store's contract for one-time codes (issue 24): a code is compared and consumed in one
 step, so it lets exactly one answer in, however many sessions, threads or processes race.
 
+The other check-then-acts on the portal's path that the store decides are here too (an open
+racing a revocation).
+
 Written against the `Store` protocol only, so every backend runs it: add a backend to BACKENDS
 (an opener of a fresh store, and of further handles on that same store, as other portal
 processes would hold).
@@ -175,3 +178,19 @@ def test_racing_consumers_of_one_code_let_exactly_one_in(
         won = race(backend, rid, answer(code, clock))
         assert sorted(won) == [False] * (RACERS - 1) + [True]
         assert verified(store, mid) == 1
+
+
+# --- other check-then-acts on the portal's path ------------------------------------------------
+
+
+def test_an_open_after_the_revocation_is_refused_and_not_logged(store: Store) -> None:
+    """The open is checked against the revocation in its own transaction: a page that read the
+    message just before a revoke committed is refused, so no open follows `revoked` in the log."""
+    mid, rid = link(store)
+    assert store.mark_opened(rid)
+    assert store.revoke(mid, "test")
+    assert not store.mark_opened(rid)
+    events = [e.event for e in store.events(mid)]
+    assert events.count("opened") == 1
+    assert events.index("opened") < events.index("revoked")
+    assert not store.mark_opened(rid + 1000)  # no such link

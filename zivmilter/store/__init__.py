@@ -275,7 +275,7 @@ class Store(Protocol):
     def find_recipient_by_token(self, token: str) -> RecipientRecord | None: ...
     def recipients(self, message_id: str) -> list[RecipientRecord]: ...
     def mark_notified(self, message_id: str, address: str) -> None: ...
-    def mark_opened(self, recipient_id: int) -> None: ...
+    def mark_opened(self, recipient_id: int) -> bool: ...
     def revoke(self, message_id: str, reason: str = "") -> bool: ...
     def purge_expired(self, reply_grace: float = ...) -> int: ...
     def has_account(self, address: str) -> bool: ...
@@ -802,8 +802,12 @@ class SqliteStore:
             )
             _audit(cur, now, message_id, address, "notified", "")
 
-    def mark_opened(self, recipient_id: int) -> None:
+    def mark_opened(self, recipient_id: int) -> bool:
         """Record an open (SPEC 8: every open is recorded); the first one sets `opened_at`.
+        False, recording nothing, when the message is revoked by now: checked in the open's
+        own transaction, so the audit log never shows an open after the revocation (a page
+        that read the message just before a revoke committed is not shown; the caller shows
+        the revoked page instead).
 
         Every view of a message writes one, so it commits without an fsync of its own (WAL
         with synchronous=NORMAL): it survives a crash of the process and reaches the disk with
@@ -814,9 +818,13 @@ class SqliteStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
                 with self._transaction() as cur:
-                    row = _recipient_ref(cur, recipient_id)
+                    row = cur.execute(
+                        "SELECT r.message_id, r.address FROM recipients r JOIN messages m"
+                        " ON m.id = r.message_id WHERE r.id = ? AND m.revoked_at IS NULL",
+                        (recipient_id,),
+                    ).fetchone()
                     if row is None:
-                        return
+                        return False
                     cur.execute(
                         "UPDATE recipients SET opened_at = COALESCE(opened_at, ?) WHERE id = ?",
                         (now, recipient_id),
@@ -824,6 +832,7 @@ class SqliteStore:
                     _audit(cur, now, str(row[0]), str(row[1]), "opened", "")
             finally:
                 self._conn.execute("PRAGMA synchronous=FULL")
+        return True
 
     # -- revocation and expiry ------------------------------------------------------------
 
