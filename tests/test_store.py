@@ -19,6 +19,8 @@ from zivmilter import crypto, defaults, store
 from zivmilter.core.facts import Contact
 from zivmilter.errors import StoreError
 from zivmilter.store import NewMessage, NewRecipient, SqliteStore
+from zivmilter.store.sqlite.connection import _Pending
+from zivmilter.store.sqlite.contents import insert_blob
 
 MARK_BODY = "BODYMARKER-6c1e9d"
 MARK_SUBJECT = "SUBJECTMARKER-b27f"
@@ -716,13 +718,13 @@ def test_attachments_of_an_older_store_end_with_their_message_after_the_upgrade(
     (wrapped,) = old._conn.execute(
         "SELECT wrapped_key FROM messages WHERE id = ?", (saved.id,)
     ).fetchone()
-    data_key = crypto.unwrap_data_key(crypto.Kek.from_bytes(kek), bytes(wrapped))
+    data_key = old._sealing.data_key(bytes(wrapped))
     aid, blob_id = "a" * 32, "b" * 32
     blob = old._write_blob(blob_id, data_key, b"LEGACY-ATTACHMENT")
-    field_key = crypto.message_field_key(data_key)
+    field_key = crypto.message_field_key(data_key.raw)
     name = crypto.seal(field_key, b"old.pdf", "attachments.filename:" + aid)
     with old._transaction() as cur:
-        store._insert_blob(cur, blob, blob_id, saved.id, "attachment")
+        insert_blob(cur, blob, blob_id, saved.id, "attachment")
         cur.execute(
             "INSERT INTO attachments (id, message_id, blob_id, filename, content_type,"
             " token_hash, created_at) VALUES (?, ?, ?, ?, 'application/pdf', ?, 0)",
@@ -761,7 +763,7 @@ def test_concurrent_saves_share_one_commit(
     batches: list[int] = []
     real = st._write_batch
 
-    def counted(batch: list[store._Pending]) -> None:
+    def counted(batch: list[_Pending]) -> None:
         batches.append(len(batch))
         real(batch)
 
