@@ -51,12 +51,13 @@ from zivmilter.store.records import (
 from zivmilter.store.sqlite import DB_NAME, SCHEMA_VERSION, SqliteStore
 
 
-def open_store(cfg: Config) -> SqliteStore:
+def open_store(cfg: Config) -> Store:
     """The store a configuration names, opened with its key-encryption key: the one way every
     command (milter, portal, maintenance, accounts, idd) opens it.
 
     KeyFileError when the key is missing or readable by others; StoreError when the folder
-    cannot be created or the store opened."""
+    cannot be created or the store opened. The one place that picks the backend (SQLite today:
+    a PostgreSQL store would be chosen here from the configuration)."""
     kek = crypto.load_kek(cfg.store.key_file)
     try:
         os.makedirs(cfg.store.path, mode=0o700, exist_ok=True)
@@ -65,7 +66,7 @@ def open_store(cfg: Config) -> SqliteStore:
     return SqliteStore.open(cfg.store.path, kek)
 
 
-def open_configured(cfg: Config) -> SqliteStore:
+def open_configured(cfg: Config) -> Store:
     """The former name of `open_store`, kept for code written against it."""
     return open_store(cfg)
 

@@ -169,8 +169,9 @@ class Store(
 # -- what one caller uses, named for it ----------------------------------------------------------
 
 
-class GatewayStore(MessageStore, AttachmentStore, Protocol):
-    """The end-of-message use case: it saves (or discards) a message and its large attachments."""
+class GatewayStore(MessageStore, AttachmentStore, AccountStore, Protocol):
+    """The end-of-message use case: it saves (or discards) a message and its large attachments,
+    and reads sender accounts when it is given none of its own."""
 
 
 class FactsStore(AccountStore, ContactBook, IddList, Protocol):
