@@ -40,7 +40,7 @@ from zivmilter.delivery.reinject import Outgoing, Reinjector
 from zivmilter.errors import DeliveryError, MessageError
 from zivmilter.gateway.transaction import Plan, Transaction
 from zivmilter.mail import attachments, dsn, notification
-from zivmilter.store import NewMessage, NewRecipient, SavedMessage, Store
+from zivmilter.store import GatewayStore, NewMessage, NewRecipient, SavedMessage
 
 log = logging.getLogger("zivmilter.gateway")
 
@@ -73,7 +73,7 @@ class Gateway:
         self,
         cfg: Config,
         facts: Facts,
-        store: Store,
+        store: GatewayStore,
         reinjector: Reinjector,
         hostname: str | None = None,
         clock: type[datetime] = datetime,

@@ -4,9 +4,9 @@ step, so it lets exactly one answer in, however many sessions, threads or proces
 The other check-then-acts on the portal's path that the store decides are here too (an open
 racing a revocation).
 
-Written against the `Store` protocol only, so every backend runs it: add a backend to BACKENDS
-(an opener of a fresh store, and of further handles on that same store, as other portal
-processes would hold).
+Written against the `Store` protocol only, so every backend in tests/store/conftest.py's BACKENDS
+runs it (opened twice on one place, a backend gives further handles on the same store, as other
+portal processes would hold).
 """
 
 from __future__ import annotations
@@ -20,20 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.store.common import Clock
+from tests.store.conftest import BACKENDS
 from zivmilter import defaults
 from zivmilter.portal import verify
-from zivmilter.store import NewMessage, NewRecipient, SqliteStore, Store
+from zivmilter.store import NewMessage, NewRecipient, Store
 
-BACKENDS = ["sqlite"]
 RACERS = 8
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Backend:
@@ -44,17 +37,10 @@ class Backend:
         self.kek = os.urandom(32)
 
     def open(self) -> Store:
-        if self.kind == "sqlite":
-            return SqliteStore.open(str(self.tmp / "store"), self.kek, now=self.clock)
-        raise AssertionError(f"no backend {self.kind}")
+        return BACKENDS[self.kind](self.tmp, self.kek, self.clock)
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Backend:
     return Backend(request.param, tmp_path, clock)
 
