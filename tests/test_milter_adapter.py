@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import email
 import io
+import os
 import socket
+import tempfile
+from collections.abc import Sequence
 from email.message import EmailMessage
 from email.policy import SMTP
+from pathlib import Path
 from typing import Any
 
 import Milter
@@ -21,6 +25,7 @@ from tests.fakes import Collecting, make_config
 from zivmilter import crypto
 from zivmilter.core.config import Config
 from zivmilter.core.facts import Facts, facts_from_mapping
+from zivmilter.delivery.reinject import Outgoing
 from zivmilter.gateway import Gateway, Plan, Transaction
 from zivmilter.mta.milter import ZivMilter
 from zivmilter.store import SqliteStore
@@ -343,3 +348,65 @@ def test_a_sendmail_behind_milter_mta_postfix_is_held(
     else:
         assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"
         assert spf.helo == ["app.hospital.example"]  # SPF got the client's HELO name
+
+
+def _spool_files(folder: Path) -> dict[str, bytes]:
+    """Every file in `folder`: those with a name, and the unnamed ones this process holds open
+    (a temporary file has no name on Linux, O_TMPFILE: only /proc/self/fd shows it)."""
+    found = {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(folder)):
+                with open(f"/proc/self/fd/{fd}", "rb") as f:
+                    found[target] = f.read()
+        except OSError:
+            continue  # the descriptor of the listing itself, gone by now
+    return found
+
+
+def test_a_large_message_is_never_on_disk_in_plaintext(
+    store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Above milter.spool_threshold (1 MiB) the message and the gateway's copies of it go to
+    # temporary files: after a crash (kill -9) those stay on the disk. They must be unreadable.
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    seen: list[dict[str, bytes]] = []
+
+    class Watching(Collecting):
+        def send(self, messages: Sequence[Outgoing]) -> list[str]:
+            seen.append(_spool_files(folder))  # in flight: spooled, stored, copies being sent
+            return super().send(messages)
+
+    sent = Watching()
+    ZivMilter.gateway = Gateway(
+        make_config(
+            {
+                "policy": {"transport_security_compliance": "tls"},
+                "submission": {"any_address_of_own_domains": True},
+            }
+        ),
+        facts_from_mapping({"transport": {"partner.example": "pkix", "tlsonly.example": "tls"}}),
+        store,
+        sent,
+        hostname="gw.test",
+    )
+    canary = b"CANARY-patient-4711 "
+    big = MESSAGE.replace(b"SECRET BODY\r\n", (canary * 3 + b"\r\n") * 40_000)
+    assert len(big) > 2 * 1024 * 1024
+    rcpts = ["bob@partner.example", "t@tlsonly.example", "carol@oldmail.example"]
+    assert run(testctx.TestCtx(), rcpts, big) == Milter.ACCEPT
+    # one direct copy stays in the transaction, the other is re-injected from a spool
+    copy = next(m for m in sent.sent if m.what.startswith("direct"))
+    assert not isinstance(copy.content, bytes)
+    copy.content.seek(0)
+    assert canary in copy.content.read()  # as the re-injector reads it: the plaintext
+    copy.content.close()
+    (in_flight,) = seen
+    spooled = [data for data in in_flight.values() if len(data) > 2 * 1024 * 1024]
+    assert len(spooled) >= 2, "the message and its copy were not on disk: nothing was checked"
+    for name, data in in_flight.items():
+        assert canary not in data, f"{name} holds the message in plaintext"
+    assert _spool_files(folder) == {}  # and nothing is left behind

@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import socket
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ import Milter
 
 from zivmilter.errors import ZivmilterError
 from zivmilter.gateway import Gateway, Plan, Transaction
+from zivmilter.spool import spool_file
 
 log = logging.getLogger("zivmilter.milter")
 
@@ -89,8 +89,9 @@ class ZivMilter(Milter.Base):
 
     @Milter.noreply
     def eoh(self) -> int:
-        # lives until end of message or abort: closed in _close_spool
-        self.spool = tempfile.SpooledTemporaryFile(max_size=self.spool_threshold)  # noqa: SIM115
+        # lives until end of message or abort: closed in _close_spool. Above the threshold the
+        # spool is on disk, encrypted under a key only this process holds (spool.py).
+        self.spool = spool_file(self.spool_threshold)
         for name, value in self.headers:
             self.spool.write(name.encode("ascii", "replace") + b":" + _crlf(value) + b"\r\n")
         self.spool.write(b"\r\n")
