@@ -79,6 +79,15 @@ def run(
     return int(ctx._eom())  # TestCtx records actions only from inside its own eom step
 
 
+def added(ctx: testctx.TestCtx, name: str) -> list[str]:
+    """The fields `name` the milter added or changed, as the MTA writes them. With
+    P_HDR_LEADSPC negotiated (ZivMilter asks for it) the MTA writes `name:value` with the value
+    exactly as given, the space after the colon included (libmilter's smfi_addheader; Postfix
+    milter8.c); without it, `name: value`."""
+    leading_space = ctx.getpriv()._protocol & Milter.P_HDR_LEADSPC
+    return [f"{name}{':' if leading_space else ': '}{v}" for v in ctx._msg.get_all(name, [])]
+
+
 def test_plan_is_applied(store: SqliteStore) -> None:
     sent = use_gateway(
         store,
@@ -97,7 +106,7 @@ def test_plan_is_applied(store: SqliteStore) -> None:
     # bob (direct, pkix) stays in this transaction; carol's notification is re-injected
     assert ctx._delrcpt == ["<carol@oldmail.example>"]
     assert ctx._headerschanged
-    assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"
+    assert added(ctx, "X-Zivmilter-Route") == ["X-Zivmilter-Route: direct-pkix"]
     assert ctx._msg["zivver-access-right"] is None
     assert not ctx._bodyreplaced
     (note,) = sent.sent
@@ -165,7 +174,7 @@ def test_config_idd_counts_with_pinned_facts(store: SqliteStore) -> None:
     )
     ctx = testctx.TestCtx()
     assert run(ctx, ["bob@partner.example"]) == Milter.ACCEPT
-    assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"  # A1 with IDD met: direct
+    assert added(ctx, "X-Zivmilter-Route") == ["X-Zivmilter-Route: direct-pkix"]  # A1, IDD met
 
 
 def test_ntamx_recipients_get_a_copy_of_their_own_routed_to_the_ntamx_hosts(
@@ -203,7 +212,7 @@ def test_ntamx_recipients_get_a_copy_of_their_own_routed_to_the_ntamx_hosts(
     assert run(ctx, ["bob@partner.example", "x@care.example"], message) == Milter.ACCEPT
     # bob's copy (the MX route sorts first) stays; the client's route header is deleted
     assert ctx._delrcpt == ["<x@care.example>"]
-    assert ctx._msg.get_all("X-Zivmilter-Route") == ["direct-pkix"]
+    assert added(ctx, "X-Zivmilter-Route") == ["X-Zivmilter-Route: direct-pkix"]
     (copy,) = sent.sent
     assert copy.recipients == ("x@care.example",)
     assert copy.what == "direct-pkix copy via mx1.nta.example, mx2.nta.example"
@@ -346,7 +355,7 @@ def test_a_sendmail_behind_milter_mta_postfix_is_held(
         assert (code, xcode) == ("451", "4.3.5") and "milter.mta" in text
         assert sent.sent == [] and spf.helo == []
     else:
-        assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"
+        assert added(ctx, "X-Zivmilter-Route") == ["X-Zivmilter-Route: direct-pkix"]
         assert spf.helo == ["app.hospital.example"]  # SPF got the client's HELO name
 
 
@@ -410,3 +419,37 @@ def test_a_large_message_is_never_on_disk_in_plaintext(
     for name, data in in_flight.items():
         assert canary not in data, f"{name} holds the message in plaintext"
     assert _spool_files(folder) == {}  # and nothing is left behind
+
+
+class _Recording(testctx.TestCtx):  # type: ignore[misc]
+    """TestCtx, keeping each header the milter adds in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added: list[tuple[str, str]] = []
+
+    def addheader(self, field: str, value: str, idx: int) -> None:
+        self.added.append((field, value))
+        super().addheader(field, value, idx)
+
+
+def test_a_kept_notification_has_a_space_after_each_colon(store: SqliteStore) -> None:
+    # One notification recipient: the notification replaces the message in this transaction,
+    # its header fields added through libmilter. Written as the MTA writes them, each must read
+    # `Name: value` as every mailer writes it (and as the re-injected notifications have it).
+    use_gateway(
+        store,
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+    )
+    ctx = _Recording()
+    assert run(ctx, ["carol@oldmail.example"]) == Milter.ACCEPT
+    assert ctx._bodyreplaced
+    names = [name for name, _ in ctx.added]
+    assert "Content-Type" in names and "X-Zivmilter-Notification" in names
+    leading_space = ctx.getpriv()._protocol & Milter.P_HDR_LEADSPC
+    for name, value in ctx.added:
+        written = f"{name}{':' if leading_space else ': '}{value}"
+        assert written.startswith(f"{name}: ") and not written.startswith(f"{name}:  ")
+    content_type = next(v for n, v in ctx.added if n == "Content-Type")
+    assert f"Content-Type:{content_type}".startswith("Content-Type: multipart/alternative;")

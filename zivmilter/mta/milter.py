@@ -152,9 +152,9 @@ class ZivMilter(Milter.Base):
         for name, index in sorted(plan.delete_headers, key=lambda d: (d[0].lower(), -d[1])):
             self.chgheader(name, index, "")
         for name, index, value in plan.change_headers:
-            self.chgheader(name, index, value)
+            self.chgheader(name, index, self._wire_value(value))
         for name, value in plan.add_headers:
-            self.addheader(name, value)
+            self.addheader(name, self._wire_value(value))
         if plan.replace_body is not None:
             body = plan.replace_body
             for start in range(0, len(body), 65536):
@@ -163,6 +163,15 @@ class ZivMilter(Milter.Base):
                 self.replacebody(b"")
         for rcpt in plan.delete_recipients:
             self.delrcpt(rcpt)
+
+    def _wire_value(self, value: str) -> str:
+        """A plan's header value as the MTA wants it. With P_HDR_LEADSPC negotiated (the class
+        decorator) the MTA writes `name:value` exactly as given, as it hands over the values it
+        read (whose leading space eom() takes off): the usual space after the colon is ours to
+        give, or the field goes out as `Content-Type:multipart/alternative`."""
+        if self._protocol & Milter.P_HDR_LEADSPC:
+            return " " + value
+        return value
 
     def abort(self) -> int:
         self._close_spool()
