@@ -17,7 +17,6 @@ import logging
 import re
 import shutil
 import socket
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +39,7 @@ from zivmilter.delivery.reinject import Outgoing, Reinjector
 from zivmilter.errors import DeliveryError, MessageError
 from zivmilter.gateway.transaction import Plan, Transaction
 from zivmilter.mail import attachments, dsn, notification
+from zivmilter.spool import spool_file
 from zivmilter.store import GatewayStore, NewMessage, NewRecipient, SavedMessage
 
 log = logging.getLogger("zivmilter.gateway")
@@ -297,11 +297,11 @@ class Gateway:
         if copy.content is not None:
             return Outgoing(sender, rcpts, route + copy.content, copy.what)
         # closed with the Outgoing once the batch is sent (its content is read once)
-        spool = tempfile.SpooledTemporaryFile(max_size=self.cfg.milter.spool_threshold)  # noqa: SIM115
+        spool = spool_file(self.cfg.milter.spool_threshold)
         spool.write(route)
         with _clean_copy(tx) as content:
             shutil.copyfileobj(content, spool)
-        return Outgoing(sender, rcpts, spool, copy.what)  # type: ignore[arg-type]
+        return Outgoing(sender, rcpts, spool, copy.what)
 
     def _strip_plan(self, tx: Transaction, strip: frozenset[str]) -> list[tuple[str, int]]:
         """Deletions of the directive headers, and of the headers named in `strip`."""
@@ -498,12 +498,12 @@ class _clean_copy:
         if len(kept) == len(fields):  # nothing to strip: the message itself, read from its start
             tx.message.seek(0)
             return tx.message
-        spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
+        spool = spool_file(8 * 1024 * 1024)
         spool.write(kept + b"\r\n")
         shutil.copyfileobj(tx.message, spool)
         spool.seek(0)
-        self.spool = spool  # type: ignore[assignment]
-        return spool  # type: ignore[return-value]
+        self.spool = spool
+        return spool
 
     def __exit__(self, *exc: object) -> None:
         if self.spool is not None:
@@ -561,9 +561,9 @@ def _set_subject(tx: Transaction, value: str) -> None:
         else:
             out.append(f)
     new_head = b"".join(out) + b"\r\n"
-    spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - replaces tx.message
+    spool = spool_file(8 * 1024 * 1024)  # replaces tx.message
     spool.write(new_head)
     shutil.copyfileobj(tx.message, spool)
     tx.message.close()
-    tx.message = spool  # type: ignore[assignment]
+    tx.message = spool
     tx.body_offset = len(new_head)
