@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,7 +39,8 @@ from zivmilter.errors import DeliveryError
 from zivmilter.gateway.spool import clean_copy, set_subject
 from zivmilter.gateway.transaction import Plan, Transaction
 from zivmilter.mail import attachments, dsn, notification
-from zivmilter.store import NewMessage, NewRecipient, SavedMessage, Store
+from zivmilter.spool import spool_file
+from zivmilter.store import GatewayStore, NewMessage, NewRecipient, SavedMessage
 
 log = logging.getLogger("zivmilter.gateway")
 
@@ -71,7 +71,7 @@ class Gateway:
         self,
         cfg: Config,
         facts: Facts,
-        store: Store,
+        store: GatewayStore,
         reinjector: Reinjector,
         hostname: str | None = None,
         clock: type[datetime] = datetime,
@@ -295,11 +295,11 @@ class Gateway:
         if copy.content is not None:
             return Outgoing(sender, rcpts, route + copy.content, copy.what)
         # closed with the Outgoing once the batch is sent (its content is read once)
-        spool = tempfile.SpooledTemporaryFile(max_size=self.cfg.milter.spool_threshold)  # noqa: SIM115
+        spool = spool_file(self.cfg.milter.spool_threshold)
         spool.write(route)
         with clean_copy(tx) as content:
             shutil.copyfileobj(content, spool)
-        return Outgoing(sender, rcpts, spool, copy.what)  # type: ignore[arg-type]
+        return Outgoing(sender, rcpts, spool, copy.what)
 
     def _strip_plan(self, tx: Transaction, strip: frozenset[str]) -> list[tuple[str, int]]:
         """Deletions of the directive headers, and of the headers named in `strip`."""

@@ -7,14 +7,14 @@ The byte work on the header block is core/header_block.py's; here only the files
 from __future__ import annotations
 
 import shutil
-import tempfile
 from typing import BinaryIO
 
 from zivmilter.core.header_block import with_subject, without_fields
 from zivmilter.core.headers import NOT_COPIED, is_directive
 from zivmilter.gateway.transaction import Transaction
+from zivmilter.spool import spool_file
 
-# In memory up to this size, then a temporary file.
+# In memory up to this size, then a temporary file encrypted under a throw-away key (spool.py).
 _SPOOL_MEMORY = 8 * 1024 * 1024
 
 
@@ -37,12 +37,12 @@ class clean_copy:
         if head is None:  # nothing to strip: the message itself, read from its start
             tx.message.seek(0)
             return tx.message
-        spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY)
+        spool = spool_file(_SPOOL_MEMORY)
         spool.write(head)
         shutil.copyfileobj(tx.message, spool)
         spool.seek(0)
-        self.spool = spool  # type: ignore[assignment]
-        return spool  # type: ignore[return-value]
+        self.spool = spool
+        return spool
 
     def __exit__(self, *exc: object) -> None:
         if self.spool is not None:
@@ -55,9 +55,9 @@ def set_subject(tx: Transaction, value: str) -> None:
     `tx.headers` stays as the MTA holds them: header edits refer to those."""
     tx.message.seek(0)
     new_head = with_subject(tx.message.read(tx.body_offset), value)
-    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY)  # noqa: SIM115 - replaces tx.message
+    spool = spool_file(_SPOOL_MEMORY)  # replaces tx.message
     spool.write(new_head)
     shutil.copyfileobj(tx.message, spool)
     tx.message.close()
-    tx.message = spool  # type: ignore[assignment]
+    tx.message = spool
     tx.body_offset = len(new_head)
