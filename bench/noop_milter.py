@@ -25,7 +25,7 @@ import Milter
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from zivmilter.milter import listen
+from zivmilter.mta.milter import listen
 
 
 class TunedNoop(Milter.Base):  # type: ignore[misc]

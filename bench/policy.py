@@ -13,12 +13,12 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from zivmilter import config
-from zivmilter.assess import assess
-from zivmilter.directives import parse
-from zivmilter.facts import facts_from_mapping
-from zivmilter.message import build_envelope
-from zivmilter.policy import decide
+from zivmilter.core import config
+from zivmilter.core.assess import assess
+from zivmilter.core.directives import parse
+from zivmilter.core.facts import facts_from_mapping
+from zivmilter.core.message import build_envelope
+from zivmilter.core.policy import decide
 
 TARGET = 100_000
 LEVELS = ["none", "tls", "pkix", "pane", "dane"]

@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.harness.sandbox import in_sandbox
-from zivmilter import config as config_mod
-from zivmilter.levels import Level, TlsVersion
+from zivmilter.core import config as config_mod
+from zivmilter.core.levels import Level, TlsVersion
 from zivmilter.transport.cache import TransportCache, db_path
 from zivmilter.transport.live import TransportFacts
 from zivmilter.transport.model import DomainResult, HostResult, NtaLookup

@@ -6,9 +6,9 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from zivmilter import config as config_mod
-from zivmilter.config import Config
-from zivmilter.reinject import Outgoing
+from zivmilter.core import config as config_mod
+from zivmilter.core.config import Config
+from zivmilter.delivery.reinject import Outgoing
 
 BASE_CONFIG: dict[str, Any] = {
     "organization": {"name": "Hospital", "domains": ["hospital.example"]}

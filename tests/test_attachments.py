@@ -6,7 +6,7 @@ import io
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
-from zivmilter.attachments import replace_large
+from zivmilter.mail.attachments import replace_large
 
 
 def message(*attachments: tuple[str, bytes]) -> bytes:

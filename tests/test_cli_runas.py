@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zivmilter import cli, crypto, runas
+from zivmilter import cli, crypto
+from zivmilter.cli import runas
 from zivmilter.store import SqliteStore
 
 OTHER = 65534  # nobody: any uid but root's

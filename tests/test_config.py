@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from zivmilter import config
+from zivmilter.core import config
+from zivmilter.core.facts import load_facts
+from zivmilter.core.levels import Level
 from zivmilter.errors import ConfigError
-from zivmilter.facts import load_facts
-from zivmilter.levels import Level
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "zivmilter.yaml"
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zivmilter.directives import AccessKind, parse, unfold
-from zivmilter.headers import DIRECTIVE_HEADERS
-from zivmilter.levels import TlsVersion
+from zivmilter.core.directives import AccessKind, parse, unfold
+from zivmilter.core.headers import DIRECTIVE_HEADERS
+from zivmilter.core.levels import TlsVersion
 
 RCPTS = frozenset({"a@x.example", "b@y.example"})
 

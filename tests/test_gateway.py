@@ -8,7 +8,7 @@ import io
 import pytest
 
 from tests.fakes import Collecting, make_config
-from zivmilter.facts import facts_from_mapping
+from zivmilter.core.facts import facts_from_mapping
 from zivmilter.gateway import Gateway, Transaction
 from zivmilter.store import MessageRecord, SqliteStore
 

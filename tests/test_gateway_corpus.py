@@ -16,10 +16,10 @@ import pytest
 
 from tests.fakes import Collecting, make_config
 from zivmilter import crypto
+from zivmilter.core.facts import facts_from_mapping
+from zivmilter.core.message import read_headers
 from zivmilter.errors import MessageError
-from zivmilter.facts import facts_from_mapping
 from zivmilter.gateway import Gateway, Transaction
-from zivmilter.message import read_headers
 from zivmilter.store import SqliteStore
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "maildir"

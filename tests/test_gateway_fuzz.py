@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tests.fakes import Collecting, make_config
 from zivmilter import crypto
-from zivmilter.facts import facts_from_mapping
+from zivmilter.core.facts import facts_from_mapping
 from zivmilter.gateway import Gateway, Transaction
 from zivmilter.store import SqliteStore
 

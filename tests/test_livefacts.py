@@ -8,8 +8,8 @@ from pathlib import Path
 from tests.fakes import make_config
 from tests.harness.cli import zivmilter
 from zivmilter import crypto
-from zivmilter.facts import with_config
-from zivmilter.livefacts import LiveFacts
+from zivmilter.core.facts import with_config
+from zivmilter.mta.livefacts import LiveFacts
 from zivmilter.store import SqliteStore
 
 ROOT = Path(__file__).parent.parent

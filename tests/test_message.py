@@ -8,8 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from zivmilter.errors import MessageError
-from zivmilter.message import (
+from zivmilter.core.message import (
     addresses,
     build_envelope,
     decoded_header,
@@ -17,6 +16,7 @@ from zivmilter.message import (
     parse_header_block,
     read_headers,
 )
+from zivmilter.errors import MessageError
 
 
 def test_decoded_header() -> None:

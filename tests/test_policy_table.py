@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from tests.fakes import make_config, split_header
-from zivmilter.assess import assess
-from zivmilter.explain import recipient_json
-from zivmilter.facts import facts_from_mapping
+from zivmilter.core.assess import assess
+from zivmilter.core.explain import recipient_json
+from zivmilter.core.facts import facts_from_mapping
 
 DATA = yaml.safe_load((Path(__file__).parent / "data" / "policy_cases.yaml").read_text())
 DEFAULT_RCPT = "r@partner.example"

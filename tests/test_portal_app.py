@@ -32,17 +32,17 @@ with warnings.catch_warnings():  # Starlette 1.x deprecates its httpx-based clie
     from starlette.testclient import TestClient
 
 from tests.fakes import make_config
-from zivmilter import config as config_mod
 from zivmilter import defaults
-from zivmilter.config import SmsWebhookConfig
+from zivmilter.core import config as config_mod
+from zivmilter.core.config import SmsWebhookConfig
+from zivmilter.core.facts import facts_from_mapping
+from zivmilter.delivery.reinject import Outgoing
 from zivmilter.errors import DeliveryError
-from zivmilter.facts import facts_from_mapping
 from zivmilter.gateway import Gateway, Transaction
 from zivmilter.portal import accounts
 from zivmilter.portal.app import Portal, create_app
 from zivmilter.portal.security import PortalKeys
 from zivmilter.portal.sms import FileSms, WebhookSms
-from zivmilter.reinject import Outgoing
 from zivmilter.store import NewMessage, NewRecipient, SqliteStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from zivmilter.levels import Level
-from zivmilter.route import MAX_VALUE, is_route_host, parse_route, route_value
+from zivmilter.core.levels import Level
+from zivmilter.core.route import MAX_VALUE, is_route_host, parse_route, route_value
 
 POSTFIX = Path(__file__).parent.parent / "postfix"
 Query = Callable[[str, str], str]  # (table file, header field) -> the action

@@ -6,16 +6,10 @@ import dataclasses
 import sqlite3
 from pathlib import Path
 
-from zivmilter.config import TransportConfig
-from zivmilter.levels import Level, TlsVersion
+from zivmilter.core.config import TransportConfig
+from zivmilter.core.levels import Level, TlsVersion
 from zivmilter.transport.cache import TransportCache, ttl_for
-from zivmilter.transport.model import (
-    Dnssec,
-    DomainResult,
-    HostResult,
-    NtaLookup,
-    TlsaRecord,
-)
+from zivmilter.transport.model import Dnssec, DomainResult, HostResult, NtaLookup, TlsaRecord
 
 RESULT = DomainResult(
     "partner.example",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zivmilter.levels import Level, TlsVersion
+from zivmilter.core.levels import Level, TlsVersion
 from zivmilter.transport.grade import grade_connection, grade_domain
 from zivmilter.transport.model import DaneOutcome, Dnssec, HostResult, TlsResult
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from zivmilter import config as config_mod
 from zivmilter import defaults
-from zivmilter.config import Config
-from zivmilter.facts import with_config
-from zivmilter.levels import Level, TlsVersion
+from zivmilter.core import config as config_mod
+from zivmilter.core.config import Config
+from zivmilter.core.facts import with_config
+from zivmilter.core.levels import Level, TlsVersion
 from zivmilter.transport.cache import TransportCache, db_path
 from zivmilter.transport.live import TransportFacts
 from zivmilter.transport.model import DomainResult, HostResult, NtaLookup

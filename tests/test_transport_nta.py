@@ -6,9 +6,9 @@ from datetime import date
 
 import pytest
 
-from zivmilter.config import Nta7516Config
-from zivmilter.facts import TransportFact
-from zivmilter.levels import Level, TlsVersion
+from zivmilter.core.config import Nta7516Config
+from zivmilter.core.facts import TransportFact
+from zivmilter.core.levels import Level, TlsVersion
 from zivmilter.transport import nta7516
 from zivmilter.transport.model import NtaLookup
 

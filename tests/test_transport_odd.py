@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zivmilter import config as config_mod
+from zivmilter.core import config as config_mod
 from zivmilter.transport.odd import listed_domains, parse_list, refresh
 
 T0 = 1_900_000_000.0

@@ -53,8 +53,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from . import defaults
-from .errors import KeyFileError, StoreError
+from zivmilter import defaults
+from zivmilter.errors import KeyFileError, StoreError
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

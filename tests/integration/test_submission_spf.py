@@ -19,8 +19,8 @@ from tests.harness.dns import AUTH_ADDRESS, RESOLVER_ADDRESS, TestDns, Zone, sha
 from tests.harness.postfix import HOST, PostfixInstance
 from tests.harness.sink import Sink
 from tests.harness.zivmilter import attach
-from zivmilter.spf import PySpfChecker
-from zivmilter.submission import SpfVerdict
+from zivmilter.core.submission import SpfVerdict
+from zivmilter.mta.spf import PySpfChecker
 
 pytestmark = pytest.mark.integration
 

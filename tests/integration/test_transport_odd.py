@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from zivmilter import config as config_mod
-from zivmilter.config import Config
+from zivmilter.core import config as config_mod
+from zivmilter.core.config import Config
 from zivmilter.transport.odd import OddLists, refresh
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ import trustme
 from tests.harness.cli import zivmilter
 from tests.harness.dns import PrivateChain, SelfSigned, TestDns, Zone, shared_dns, tlsa_rdata
 from tests.harness.sink import Sink, server_tls_context
-from zivmilter import config as config_mod
-from zivmilter.levels import Level, TlsVersion
+from zivmilter.core import config as config_mod
+from zivmilter.core.levels import Level, TlsVersion
 from zivmilter.transport.cache import TransportCache, db_path
 from zivmilter.transport.live import TransportFacts
 from zivmilter.transport.model import DomainResult

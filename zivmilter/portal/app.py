@@ -31,15 +31,23 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import defaults
-from ..config import Config
-from ..notification import language_for
-from ..reinject import Reinjector
-from ..store import Store
-from .i18n import LANGUAGE_NAMES, texts
-from .security import Pass, PortalKeys, Stage, cookie_name, csrf_ok, csrf_token, decode_pass
-from .security import encode_pass as _encode
-from .sms import SmsSender
+from zivmilter import defaults
+from zivmilter.core.config import Config
+from zivmilter.delivery.reinject import Reinjector
+from zivmilter.mail.notification import language_for
+from zivmilter.portal.i18n import LANGUAGE_NAMES, texts
+from zivmilter.portal.security import (
+    Pass,
+    PortalKeys,
+    Stage,
+    cookie_name,
+    csrf_ok,
+    csrf_token,
+    decode_pass,
+)
+from zivmilter.portal.security import encode_pass as _encode
+from zivmilter.portal.sms import SmsSender
+from zivmilter.store import Store
 
 log = logging.getLogger("zivmilter.portal")
 
@@ -280,8 +288,8 @@ class _Static(StaticFiles):
 
 
 def create_app(portal: Portal, on_ready: Callable[[], object] | None = None) -> Starlette:
-    from .downloads import DownloadPages
-    from .links import LinkPages
+    from zivmilter.portal.downloads import DownloadPages
+    from zivmilter.portal.links import LinkPages
 
     links = LinkPages(portal)
     downloads = DownloadPages(portal)

@@ -20,12 +20,11 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from ..addresses import normalize_address
-from ..errors import MessageError, StoreError
-from ..message import clean_filename
-from ..store import AttachmentRecord, RecipientRecord
-from . import flows, verify
-from .pages import (
+from zivmilter.core.addresses import normalize_address
+from zivmilter.core.message import clean_filename
+from zivmilter.errors import MessageError, StoreError
+from zivmilter.portal import flows, verify
+from zivmilter.portal.pages import (
     Ctx,
     GuestPages,
     code_sent,
@@ -35,7 +34,8 @@ from .pages import (
     sent_notice,
     small_form,
 )
-from .security import Stage
+from zivmilter.portal.security import Stage
+from zivmilter.store import AttachmentRecord, RecipientRecord
 
 log = logging.getLogger("zivmilter.portal")
 

@@ -21,15 +21,14 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from .. import defaults
-from ..errors import DeliveryError, StoreError
-from ..notification import mask_phone
-from ..reinject import Outgoing
-from ..store import LinkState, RecipientRecord
-from . import accounts, flows, mail, render, verify
-from .app import timestamp, trusted_markup
-from .downloads import content_disposition, stream_bytes
-from .pages import (
+from zivmilter import defaults
+from zivmilter.delivery.reinject import Outgoing
+from zivmilter.errors import DeliveryError, StoreError
+from zivmilter.mail.notification import mask_phone
+from zivmilter.portal import accounts, flows, mail, render, verify
+from zivmilter.portal.app import timestamp, trusted_markup
+from zivmilter.portal.downloads import content_disposition, stream_bytes
+from zivmilter.portal.pages import (
     Ctx,
     GuestPages,
     field,
@@ -39,7 +38,8 @@ from .pages import (
     sent_notice,
     small_form,
 )
-from .security import Stage, enrolment_secret, seal_value, unseal_value
+from zivmilter.portal.security import Stage, enrolment_secret, seal_value, unseal_value
+from zivmilter.store import LinkState, RecipientRecord
 
 log = logging.getLogger("zivmilter.portal")
 
@@ -436,7 +436,9 @@ class LinkPages(GuestPages[_Ctx]):
             return self._gone(request, ctx, "revoked")
         # SPEC 8: every open is recorded. An open is this page showing the message to a
         # verified recipient, each time (its frame and parts are part of the same open).
-        portal.store.mark_opened(ctx.rec.id)
+        # Revoked since the view was read: not shown, so no open is logged after a revoke.
+        if not portal.store.mark_opened(ctx.rec.id):
+            return self._gone(request, ctx, "revoked")
         remote = request.query_params.get("remote") == "1"
         replies = portal.store.replies(ctx.rec.id)
         # ?replied= after a reply was written: said only while it is true of the last reply

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import jinja2
 
-from .. import defaults
-from ..notification import NOTIFICATION_HEADER
-from .i18n import texts
+from zivmilter import defaults
+from zivmilter.mail.notification import NOTIFICATION_HEADER
+from zivmilter.portal.i18n import texts
 
 _TEMPLATES = Path(__file__).parent / "templates" / "mail"
 

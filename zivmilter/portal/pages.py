@@ -16,10 +16,10 @@ from typing import Any, Generic, TypeVar
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from ..store import RecipientRecord
-from . import flows, verify
-from .app import Portal
-from .security import Pass, Stage
+from zivmilter.portal import flows, verify
+from zivmilter.portal.app import Portal
+from zivmilter.portal.security import Pass, Stage
+from zivmilter.store import RecipientRecord
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 # Forms of a few short fields; only the reply form (links.py) takes files.

@@ -20,7 +20,7 @@ from email.parser import BytesParser
 
 import nh3
 
-from ..message import clean_filename
+from zivmilter.core.message import clean_filename
 
 __all__ = ["clean_filename"]  # re-exported: the portal's callers know it from here
 

@@ -19,8 +19,8 @@ from enum import IntEnum
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .. import crypto
-from ..errors import StoreError
+from zivmilter import crypto
+from zivmilter.errors import StoreError
 
 _VERSION = "1"
 

@@ -17,8 +17,8 @@ from typing import Protocol
 
 import jinja2
 
-from ..config import SmsConfig, SmsWebhookConfig
-from ..errors import ConfigError, DeliveryError
+from zivmilter.core.config import SmsConfig, SmsWebhookConfig
+from zivmilter.errors import ConfigError, DeliveryError
 
 
 class SmsSender(Protocol):

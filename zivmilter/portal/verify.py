@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor import InvalidToken
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
-from .. import crypto, defaults
-from ..errors import StoreError
+from zivmilter import crypto, defaults
+from zivmilter.errors import StoreError
 
 OTP_SECRET_BYTES = 20  # RFC 4226 recommends 160 bits
 

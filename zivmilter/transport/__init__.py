@@ -7,8 +7,8 @@ odd.py (SQLite, HTTP), live.py (the milter's `Facts` side), commands.py (CLI).
 
 from __future__ import annotations
 
-from .live import TransportFacts
-from .model import DomainResult, HostResult
-from .probe import Prober
+from zivmilter.transport.live import TransportFacts
+from zivmilter.transport.model import DomainResult, HostResult
+from zivmilter.transport.probe import Prober
 
 __all__ = ["DomainResult", "HostResult", "Prober", "TransportFacts"]

@@ -13,10 +13,10 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 
-from .. import defaults
-from ..config import Config, TransportConfig
-from ..errors import StoreError
-from .model import DomainResult
+from zivmilter import defaults
+from zivmilter.core.config import Config, TransportConfig
+from zivmilter.errors import StoreError
+from zivmilter.transport.model import DomainResult
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transport (

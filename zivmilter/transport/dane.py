@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 
-from .model import DaneOutcome, TlsaRecord
+from zivmilter.transport.model import DaneOutcome, TlsaRecord
 
 PKIX_TA, PKIX_EE, DANE_TA, DANE_EE = 0, 1, 2, 3
 _SELECTORS = (0, 1)  # full certificate, SubjectPublicKeyInfo

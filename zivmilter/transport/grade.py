@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..facts import TransportFact
-from ..levels import Level, TlsVersion
-from .model import DaneOutcome, Dnssec, HostResult, TlsResult
+from zivmilter.core.facts import TransportFact
+from zivmilter.core.levels import Level, TlsVersion
+from zivmilter.transport.model import DaneOutcome, Dnssec, HostResult, TlsResult
 
 _GOOD_TLS = {"TLSv1.2": TlsVersion.TLS1_2, "TLSv1.3": TlsVersion.TLS1_3}
 

@@ -17,17 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .. import defaults
-from ..addresses import normalize_domain
-from ..config import Config
-from ..errors import StoreError
-from ..facts import NtaFact, TransportFact
-from ..levels import Level
-from . import grade, nta7516
-from .cache import TransportCache, db_path, ttl_for
-from .model import DomainResult
-from .odd import OddLists
-from .probe import Prober
+from zivmilter import defaults
+from zivmilter.core.addresses import normalize_domain
+from zivmilter.core.config import Config
+from zivmilter.core.facts import NtaFact, TransportFact
+from zivmilter.core.levels import Level
+from zivmilter.errors import StoreError
+from zivmilter.transport import grade, nta7516
+from zivmilter.transport.cache import TransportCache, db_path, ttl_for
+from zivmilter.transport.model import DomainResult
+from zivmilter.transport.odd import OddLists
+from zivmilter.transport.probe import Prober
 
 log = logging.getLogger("zivmilter.transport")
 

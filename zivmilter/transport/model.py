@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..levels import Level, TlsVersion
+from zivmilter.core.levels import Level, TlsVersion
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
-from ..addresses import normalize_domain
-from ..config import Nta7516Config
-from ..facts import NtaFact, TransportFact, nta_from_config
-from ..route import is_route_host
-from .model import NtaLookup
+from zivmilter.core.addresses import normalize_domain
+from zivmilter.core.config import Nta7516Config
+from zivmilter.core.facts import NtaFact, TransportFact, nta_from_config
+from zivmilter.core.route import is_route_host
+from zivmilter.transport.model import NtaLookup
 
 VERSION = "NTA7516-1"
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")

@@ -19,11 +19,11 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .. import defaults
-from ..addresses import normalize_domain
-from ..config import Config
-from ..errors import StoreError
-from .cache import connect, db_path
+from zivmilter import defaults
+from zivmilter.core.addresses import normalize_domain
+from zivmilter.core.config import Config
+from zivmilter.errors import StoreError
+from zivmilter.transport.cache import connect, db_path
 
 Clock = Callable[[], float]
 Fetch = Callable[[str], bytes]  # URL -> body; raises OSError (URLError, HTTPError) on failure

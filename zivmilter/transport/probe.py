@@ -17,14 +17,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .. import defaults
-from ..addresses import normalize_domain
-from ..config import TransportConfig
-from ..levels import Level
-from . import dane, grade, nta7516
-from .model import DaneOutcome, Dnssec, DomainResult, HostResult, NtaLookup, TlsaRecord, TlsResult
-from .resolver import DnsAnswer, Resolver
-from .starttls import probe_address
+from zivmilter import defaults
+from zivmilter.core.addresses import normalize_domain
+from zivmilter.core.config import TransportConfig
+from zivmilter.core.levels import Level
+from zivmilter.transport import dane, grade, nta7516
+from zivmilter.transport.model import (
+    DaneOutcome,
+    Dnssec,
+    DomainResult,
+    HostResult,
+    NtaLookup,
+    TlsaRecord,
+    TlsResult,
+)
+from zivmilter.transport.resolver import DnsAnswer, Resolver
+from zivmilter.transport.starttls import probe_address
 
 log = logging.getLogger("zivmilter.transport")
 

@@ -17,7 +17,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from ..errors import ConfigError
+from zivmilter.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .model import TlsResult
+from zivmilter.transport.model import TlsResult
 
 _MAX_LINE = 4096
 _MAX_LINES = 200

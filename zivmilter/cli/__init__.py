@@ -1,0 +1,213 @@
+"""The `zivmilter` command: one subcommand per job, each a thin shell over a module.
+
+Every expected failure (bad config, unreadable message, bad address) is one clear line on stderr
+and exit status 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import ipaddress
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from zivmilter import __version__, defaults
+from zivmilter.cli import runas
+from zivmilter.core import config as config_mod
+from zivmilter.core import submission
+from zivmilter.core.facts import StaticFacts, load_facts
+from zivmilter.errors import MessageError, ZivmilterError
+
+Handler = Callable[[argparse.Namespace], int]
+
+# Modules that register further subcommands: `add_commands(subparsers)`; optional ones may be
+# absent from a slim install (the milter needs libmilter, the portal its web stack).
+_COMMAND_MODULES = (
+    "zivmilter.cli.run",
+    "zivmilter.cli.accounts",
+    "zivmilter.cli.maintenance",
+    "zivmilter.cli.transport",
+    "zivmilter.cli.portal",
+)
+
+
+def _read_message(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise MessageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from zivmilter.core.assess import assess
+    from zivmilter.core.explain import render_json, render_text
+    from zivmilter.core.message import addresses, read_headers
+
+    cfg = config_mod.load(args.config)
+    facts = load_facts(args.facts) if args.facts else StaticFacts()
+    data = _read_message(args.message)
+    try:
+        headers = read_headers(data)
+    except MessageError as exc:
+        raise MessageError(f"{args.message}: {exc}") from None
+    rcpts = args.rcpt or addresses(headers, "To", "Cc", "Bcc")
+    if not rcpts:
+        raise MessageError(f"{args.message}: no recipients: give --rcpt or add To/Cc/Bcc headers")
+    sender = args.sender
+    if sender is None:
+        found = addresses(headers, "From")
+        sender = found[0] if found else ""
+    result = assess(headers, sender, rcpts, cfg, facts)
+    verdict = _explain_submission(args, cfg, headers, sender, facts)
+    print(render_json(result, verdict) if args.json else render_text(result, verdict))
+    return 0
+
+
+def _explain_submission(
+    args: argparse.Namespace,
+    cfg: config_mod.Config,
+    headers: list[tuple[str, str]],
+    sender: str,
+    facts: StaticFacts,
+) -> submission.SubmissionResult:
+    """The milter's submission check, with the client and login from the command line.
+
+    Without --client-ip the client is taken to be local (127.0.0.1) and SPF is not looked up;
+    with it, SPF is a live DNS lookup, as the milter would do it.
+    """
+    spf: submission.SpfChecker
+    if args.client_ip is None:
+        spf = submission.NoSpf("SPF not checked: no --client-ip given")
+        client = defaults.LOCAL_CLIENT_ADDRESS
+    else:
+        client = args.client_ip
+        try:
+            ipaddress.ip_address(client)
+        except ValueError:
+            raise MessageError(f"--client-ip: {client!r} is not an IP address") from None
+        try:
+            from zivmilter.mta.spf import PySpfChecker
+        except ImportError:
+            spf = submission.NoSpf("SPF not checked: pyspf is not installed")
+        else:
+            spf = PySpfChecker.from_config(cfg)
+    verdict = submission.check(
+        cfg,
+        headers,
+        client_ip=client,
+        auth_login=args.auth,
+        envelope_sender=sender,
+        spf=spf,
+        accounts=facts,
+        rules=submission.rules_for(cfg, args.listener),
+    )
+    if args.client_ip is None:
+        note = f"no --client-ip given: assumed a local client ({client})"
+        verdict = dataclasses.replace(verdict, reason=f"{note}; {verdict.reason}")
+    return verdict
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.file)
+    print(
+        f"{cfg.source}: ok ({cfg.organization.name}; domains {', '.join(cfg.organization.domains)})"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zivmilter", description="Secure outbound mail gateway (milter)."
+    )
+    parser.add_argument("--version", action="version", version=f"zivmilter {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("explain", help="dry run: what would happen to each recipient, and why")
+    p.add_argument("message", metavar="MESSAGE.eml")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--facts", metavar="FILE", help="YAML facts file (accounts, levels, ...)")
+    p.add_argument("--from", dest="sender", metavar="ADDR", help="envelope sender (default: From)")
+    p.add_argument(
+        "--rcpt",
+        action="extend",
+        nargs="+",
+        metavar="ADDR",
+        help="envelope recipient, repeatable (default: To/Cc/Bcc addresses)",
+    )
+    p.add_argument(
+        "--client-ip",
+        metavar="IP",
+        help="SMTP client address for the submission check (default: a local client, no SPF)",
+    )
+    p.add_argument("--auth", metavar="LOGIN", help="SMTP AUTH login of the client ({auth_authen})")
+    p.add_argument(
+        "--listener",
+        metavar="NAME",
+        help="MTA listener ({daemon_name}) whose submission.listeners rules apply",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_explain)
+
+    p = sub.add_parser("check-config", help="validate a configuration file")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(handler=cmd_check_config)
+
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if (
+                name == missing
+                or name.startswith(missing + ".")
+                or not missing.startswith("zivmilter")
+            ):
+                continue  # that part (or its optional dependency) is not installed
+            raise
+        module.add_commands(sub)
+    return parser
+
+
+# Commands that open (and so may create or write) the store named by their --config; probe's
+# cache is a file in the store's folder.
+_STORE_COMMANDS = frozenset(
+    "run portal account idd maintenance odd-refresh revoke status contacts probe".split()  # noqa: SIM905
+)
+
+
+def _check_store_user(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """As root, refuse to open the service user's store (runas.py names the runuser command)."""
+    if args.command not in _STORE_COMMANDS:
+        return
+    path = args.config
+    if args.command == "probe":
+        if args.no_cache:
+            return  # the cache is the only part of the store probe touches
+        if path is None and os.path.exists(defaults.CONFIG_FILE):
+            path = defaults.CONFIG_FILE
+    if path is None:
+        return
+    cfg = config_mod.load(path)
+    runas.check_store_user(cfg.store.path, cfg.store.key_file, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        _check_store_user(args, argv)
+        return handler(args)
+    except ZivmilterError as exc:
+        print(f"zivmilter: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

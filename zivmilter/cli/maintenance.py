@@ -1,0 +1,107 @@
+"""Admin commands on the store: `zivmilter idd` and `zivmilter maintenance`.
+
+`idd add|remove|list`: domains with inbound direct delivery, counted for rule 1 (SPEC 3) besides
+`idd.domains`; the milter reads them at most a minute old (livefacts.py). `maintenance` (hourly,
+systemd timer): revoke expired messages, remove blob files a crash left without their rows, and
+hand the MTA the secure replies it did not take when they were written (a reply it refuses for
+good, 5xx, is reported once and not offered again, unless `--retry-refused` asks for it after
+the cause, for example the re-injection listener's own restrictions, is mended).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from typing import Any
+
+from zivmilter import defaults
+from zivmilter.core import config as config_mod
+from zivmilter.core.addresses import normalize_domain
+from zivmilter.delivery.reinject import Outgoing, SmtpReinjector
+from zivmilter.errors import DeliveryError, MessageError
+from zivmilter.store import Store, open_store
+
+
+def cmd_idd(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    with contextlib.closing(open_store(cfg)) as store:
+        if args.action == "list":
+            for domain in sorted(set(store.idd_domains()) | set(cfg.idd.domains)):
+                where = "config" if domain in cfg.idd.domains else "store"
+                print(f"{domain}\t{where}")
+            return 0
+        if args.domain is None:
+            raise MessageError(f"idd {args.action}: give a DOMAIN")
+        try:
+            domain = normalize_domain(args.domain)
+        except ValueError as exc:
+            raise MessageError(f"idd {args.action}: {exc}") from None
+        changed = store.set_idd_domain(domain, args.action == "add")
+    what = "added" if args.action == "add" else "removed"
+    print(f"{domain}: {what}" if changed else f"{domain}: nothing to change")
+    return 0
+
+
+def _resend_replies(
+    cfg: config_mod.Config, store: Store, retry_refused: bool
+) -> tuple[int, int, int]:
+    """(sent, still failing, refused for good) of the replies the MTA has not taken yet."""
+    reinjector = SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout)
+    sent = failed = refused = 0
+    # The portal hands a reply over as it is written and marks it sent after the MTA's answer
+    # (at most reinject.timeout per SMTP step): a younger reply may be on its way right now.
+    for reply in store.unsent_replies(3 * cfg.reinject.timeout + 60, refused=retry_refused):
+        message = store.message(reply.message_id)
+        content = store.open_reply(reply.id)
+        if message is None or content is None:
+            continue  # revoked or expired meanwhile: nothing to deliver
+        with content:
+            data = content.read()
+        sender = f"{defaults.PORTAL_MAIL_FROM}@{cfg.organization.domains[0]}"
+        try:
+            (answer,) = reinjector.send(
+                [Outgoing(sender, [message.sender], data, f"portal reply {reply.id}")]
+            )
+        except DeliveryError as exc:
+            if exc.permanent:  # as it is, it never will be taken: say so once, then stop
+                refused += 1
+                store.mark_reply_undeliverable(reply.id, str(exc))
+                print(f"reply {reply.id} to {message.sender} refused for good: {exc}")
+                continue
+            failed += 1
+            store.record_event("reply-send-failed", message.id, None, str(exc))
+            continue
+        store.mark_reply_sent(reply.id, answer)
+        sent += 1
+    return sent, failed, refused
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    with contextlib.closing(open_store(cfg)) as store:
+        # Replies first: one written before its message expires still gets its chance.
+        sent, failed, refused = _resend_replies(cfg, store, args.retry_refused)
+        expired = store.purge_expired()
+        orphans = store.sweep_orphans()
+    print(
+        f"expired messages revoked: {expired}; orphan blobs removed: {orphans}; "
+        f"replies handed to the MTA: {sent}; still failing: {failed}; refused for good: {refused}"
+    )
+    return 1 if failed or refused else 0
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("maintenance", help="expiry, orphan blobs, unsent replies (hourly)")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument(
+        "--retry-refused",
+        action="store_true",
+        help="offer the MTA again the replies it refused for good (after mending the cause)",
+    )
+    p.set_defaults(handler=cmd_maintenance)
+
+    p = sub.add_parser("idd", help="domains of organizations with inbound direct delivery")
+    p.add_argument("action", choices=("add", "remove", "list"))
+    p.add_argument("domain", nargs="?", metavar="DOMAIN")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.set_defaults(handler=cmd_idd)

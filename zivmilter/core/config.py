@@ -1,0 +1,514 @@
+"""Configuration: one YAML file, read once with a strict `yaml.safe_load` (duplicate keys refused),
+validated into frozen objects.
+
+The schema *is* the dataclasses below: a small walker checks every key against their type hints,
+so an unknown key or a bad value is an error naming the file and the key path. Defaults come from
+defaults.py. Relative paths are taken relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from zivmilter import defaults
+from zivmilter.core.addresses import normalize_address, normalize_domain
+from zivmilter.core.levels import Level
+from zivmilter.errors import ConfigError, MessageError
+
+# ---------------------------------------------------------------------------------------------
+# Value checks, attached to fields as metadata["check"]; they raise ValueError with the problem.
+
+
+def _domain(value: str) -> str:
+    return normalize_domain(value)
+
+
+def _domain_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    for v in values:
+        d = normalize_domain(v)
+        if d not in out:
+            out.append(d)
+    return tuple(out)
+
+
+def _required_domain_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values:  # the one key without a default: an empty list is no answer either
+        raise ValueError("required: list at least one domain")
+    return _domain_list(values)
+
+
+def _address_or_domain_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    out = []
+    for v in values:
+        out.append(normalize_address(v) if "@" in v else normalize_domain(v))
+    return tuple(out)
+
+
+def _address_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(normalize_address(v) for v in values)
+
+
+def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a network (CIDR, e.g. 192.0.2.0/24)") from None
+    return values
+
+
+def _socket(value: str) -> str:
+    if value.startswith("unix:") or value.startswith("local:") or value.startswith("/"):
+        path = value.split(":", 1)[1] if ":" in value else value
+        if not path.startswith("/"):
+            raise ValueError(f"{value!r}: a unix socket needs an absolute path (unix:/PATH)")
+        return value
+    if value.startswith("inet:") or value.startswith("inet6:"):
+        port = value.split(":", 1)[1].split("@", 1)[0]
+        if port.isdigit() and 0 < int(port) < 65536:
+            return value
+    raise ValueError(f"{value!r} is not a milter socket (unix:/PATH or inet:PORT@HOST)")
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return value
+
+
+def _resolvers(values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:
+        host, _, port = v.partition("@")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a resolver address (IP or IP@PORT)") from None
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{v!r}: {port!r} is not a port")
+    return values
+
+
+def _port(value: int) -> int:
+    if not 0 < value < 65536:
+        raise ValueError(f"{value} is not a TCP port")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"{value} must be greater than 0")
+    return value
+
+
+def _not_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"{value} must not be negative")
+    return value
+
+
+def _url(value: str) -> str:
+    if not (value.startswith("https://") or value.startswith("http://")):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value
+
+
+def _url_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:
+        _url(v)
+    return values
+
+
+def _languages(values: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for dom, lang in values.items():
+        if lang not in defaults.LANGUAGES:
+            raise ValueError(f"{dom}: {lang!r} is not one of {', '.join(defaults.LANGUAGES)}")
+        out[normalize_domain(dom)] = lang
+    return out
+
+
+def _logins(values: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    return {login: _address_or_domain_list(v) for login, v in values.items()}
+
+
+def _check(fn: Callable[[Any], Any], doc: str = "") -> Any:
+    return {"check": fn, "doc": doc}
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema.
+
+
+@dataclass(frozen=True)
+class OrganizationConfig:
+    domains: tuple[str, ...] = field(metadata=_check(_required_domain_list, "our own domains"))
+    name: str = "Example Organization"
+    nta7516: bool = False
+
+
+@dataclass(frozen=True)
+class OddConfig:
+    domains: tuple[str, ...] = field(default=(), metadata=_check(_domain_list))
+    lists: tuple[str, ...] = field(default=(), metadata=_check(_url_list))
+
+
+@dataclass(frozen=True)
+class MethodsConfig:
+    sms: bool = True
+    access_code: bool = True
+    # Interactive use only: submitted mail always keeps email verification as last resort.
+    email_verification: bool = True
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    transport_security_compliance: Level = Level.NONE
+    outbound_direct_delivery: OddConfig = OddConfig()
+    methods: MethodsConfig = MethodsConfig()
+    expiry_days: int = field(default=defaults.EXPIRY_DAYS, metadata=_check(_not_negative))
+    large_attachment_bytes: int = field(
+        default=defaults.LARGE_ATTACHMENT_BYTES, metadata=_check(_positive)
+    )
+
+
+@dataclass(frozen=True)
+class Nta7516Config:
+    """Admins' own lists of NTA 7516 compliant recipient domains, and exclusions."""
+
+    domains: tuple[str, ...] = field(default=(), metadata=_check(_domain_list))
+    exclude: tuple[str, ...] = field(default=(), metadata=_check(_domain_list))
+
+
+@dataclass(frozen=True)
+class IddConfig:
+    """Domains of organizations with inbound direct delivery enabled."""
+
+    domains: tuple[str, ...] = field(default=(), metadata=_check(_domain_list))
+
+
+@dataclass(frozen=True)
+class MilterConfig:
+    # postfix: direct copies are routed by header (milter_header_checks); sendmail: every
+    # direct copy goes through the re-injection relay, which must enforce TLS itself
+    mta: Literal["postfix", "sendmail"] = "postfix"
+    socket: str = field(default=defaults.MILTER_SOCKET, metadata=_check(_socket))
+    timeout: int = field(default=defaults.MILTER_TIMEOUT, metadata=_check(_positive))
+    spool_threshold: int = field(default=defaults.SPOOL_THRESHOLD, metadata=_check(_positive))
+    max_message_bytes: int = field(default=defaults.MAX_MESSAGE_BYTES, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    backend: Literal["sqlite"] = "sqlite"
+    path: str = field(default=defaults.STORE_PATH, metadata={"path": True})
+    key_file: str = field(default=defaults.STORE_KEY_FILE, metadata={"path": True})
+
+
+@dataclass(frozen=True)
+class ReinjectConfig:
+    host: str = defaults.REINJECT_HOST
+    port: int = field(default=defaults.REINJECT_PORT, metadata=_check(_port))
+    timeout: float = field(default=defaults.REINJECT_TIMEOUT, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class PortalConfig:
+    base_url: str = field(default=defaults.PORTAL_BASE_URL, metadata=_check(_url))
+    listen: str = field(default=defaults.PORTAL_LISTEN, metadata=_check(_host_port))
+    workers: int = field(default=defaults.PORTAL_WORKERS, metadata=_check(_positive))
+    session_seconds: int = field(
+        default=defaults.PORTAL_SESSION_SECONDS, metadata=_check(_positive)
+    )
+    max_reply_bytes: int = field(
+        default=defaults.PORTAL_MAX_REPLY_BYTES, metadata=_check(_positive)
+    )
+
+
+@dataclass(frozen=True)
+class SmsWebhookConfig:
+    url: str = ""
+    # e.g. "Authorization: Bearer TOKEN"; sent as it is
+    auth_header: str | None = None
+    # JSON body, a Jinja2 template with {{ phone }} and {{ text }} (JSON-escaped by the sender)
+    body: str = '{"to": {{ phone }}, "text": {{ text }}}'
+    timeout: float = field(default=10.0, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class SmsConfig:
+    # file: codes are appended to `file` (development); webhook: POSTed to an SMS provider
+    backend: Literal["file", "webhook"] = "file"
+    file: str = field(default="/var/lib/zivmilter/sms-outbox.log", metadata={"path": True})
+    webhook: SmsWebhookConfig = SmsWebhookConfig()
+
+
+@dataclass(frozen=True)
+class NotificationConfig:
+    subject: Literal["show", "neutral"] = "show"
+    language: Literal["en", "nl"] = "en"
+    # recipient domain -> language; the default language serves every other domain
+    languages: dict[str, str] = field(default_factory=dict, metadata=_check(_languages))
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    # Resolver addresses ("IP" or "IP@PORT"); empty: the system's resolv.conf.
+    resolver: tuple[str, ...] = field(default=(), metadata=_check(_resolvers))
+    smtp_port: int = field(default=defaults.SMTP_PORT, metadata=_check(_port))
+    timeout: float = field(default=defaults.PROBE_TIMEOUT, metadata=_check(_positive))
+    domain_budget: float = field(default=defaults.PROBE_DOMAIN_BUDGET, metadata=_check(_positive))
+    ca_file: str | None = field(default=None, metadata={"path": True})
+    cache_ttl_success: int = field(default=defaults.CACHE_TTL_SUCCESS, metadata=_check(_positive))
+    cache_ttl_failure: int = field(default=defaults.CACHE_TTL_FAILURE, metadata=_check(_positive))
+
+
+@dataclass(frozen=True)
+class SubmissionRules:
+    trusted_networks: tuple[str, ...] = field(
+        default=defaults.TRUSTED_NETWORKS, metadata=_check(_networks)
+    )
+    # SMTP AUTH login -> addresses or domains it may send as
+    logins: dict[str, tuple[str, ...]] = field(default_factory=dict, metadata=_check(_logins))
+    spf: bool = True
+    any_address_of_own_domains: bool = False
+
+
+@dataclass(frozen=True)
+class SubmissionConfig(SubmissionRules):
+    # Rules of their own for some MTA listeners, by the name Postfix passes as {daemon_name}
+    # (master.cf: -o milter_macro_daemon_name=NAME); every other listener uses the keys above.
+    listeners: dict[str, SubmissionRules] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    mode: Literal["all", "rules"] = "all"
+    subject_triggers: tuple[str, ...] = ()
+    remove_trigger: bool = False
+    senders: tuple[str, ...] = field(default=(), metadata=_check(_address_list))
+    sensitivity_labels: tuple[str, ...] = ()
+    directive_headers: bool = True
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    organization: OrganizationConfig
+    policy: PolicyConfig = PolicyConfig()
+    nta7516: Nta7516Config = Nta7516Config()
+    idd: IddConfig = IddConfig()
+    milter: MilterConfig = MilterConfig()
+    store: StoreConfig = StoreConfig()
+    reinject: ReinjectConfig = ReinjectConfig()
+    portal: PortalConfig = PortalConfig()
+    sms: SmsConfig = SmsConfig()
+    notification: NotificationConfig = NotificationConfig()
+    transport: TransportConfig = TransportConfig()
+    submission: SubmissionConfig = SubmissionConfig()
+    selection: SelectionConfig = SelectionConfig()
+    logging: LoggingConfig = LoggingConfig()
+    source: str = field(default="<memory>", metadata={"internal": True})
+
+
+# ---------------------------------------------------------------------------------------------
+# The walker.
+
+
+class _Invalid(Exception):
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+        self.problem = problem
+
+
+def _describe(value: object) -> str:
+    return repr(value) if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+
+
+def _convert(tp: Any, value: Any, key: str, base_dir: str | None, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, key, base_dir, meta)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, base_dir)  # type: ignore[arg-type]
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(str(a) for a in args)
+            raise _Invalid(key, f"{_describe(value)} is not one of {choices}")
+        return value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp.parse(value) if hasattr(tp, "parse") else tp(value)
+        except ValueError:
+            choices = ", ".join(str(m.value) for m in tp)
+            raise _Invalid(key, f"{_describe(value)} is not one of {choices}") from None
+    if origin is tuple:
+        if value is None:
+            return ()
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise _Invalid(key, f"expected a list, got {_describe(value)}")
+        return tuple(_convert(args[0], v, f"{key}[{i}]", base_dir, {}) for i, v in enumerate(value))
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise _Invalid(key, f"expected a mapping, got {_describe(value)}")
+        return {
+            _convert(args[0], k, f"{key}.{k}", base_dir, {}): _convert(
+                args[1], v, f"{key}.{k}", base_dir, {}
+            )
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _Invalid(key, f"expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(key, f"expected a whole number, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(key, f"expected a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise _Invalid(key, f"expected a string, got {_describe(value)}")
+        text = str(value)
+        if meta.get("path") and base_dir and not os.path.isabs(text):
+            text = os.path.normpath(os.path.join(base_dir, text))
+        return text
+    raise TypeError(f"config schema: unsupported type {tp!r} at {key}")  # a bug, not bad input
+
+
+def _build(cls: type[Any], data: Any, prefix: str, base_dir: str | None) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise _Invalid(prefix or "(top level)", f"expected a mapping, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for name in data:
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            where = f"{prefix}.{name}" if prefix else str(name)
+            raise _Invalid(where, f"unknown key (known here: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            no_default = (
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            )
+            if no_default and not dataclasses.is_dataclass(hints[name]):
+                raise _Invalid(key, "required, but missing")
+            if no_default:
+                kwargs[name] = _build(hints[name], {}, key, base_dir)
+            continue
+        value = _convert(hints[name], data[name], key, base_dir, f.metadata)
+        check = f.metadata.get("check")
+        if check is not None and value is not None:
+            try:
+                value = check(value)
+            except (ValueError, MessageError) as exc:
+                raise _Invalid(key, str(exc)) from None
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_mapping(data: Any, source: str = "<memory>", base_dir: str | None = None) -> Config:
+    """Validate an already parsed mapping (tests, embedded defaults)."""
+    try:
+        cfg: Config = _build(Config, data, "", base_dir)
+    except _Invalid as exc:
+        raise ConfigError(source, exc.key, exc.problem) from None
+    return dataclasses.replace(cfg, source=source)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, except that a key given twice in one mapping is an error: PyYAML keeps
+    the last one silently, and an admin's second `organization:` block would quietly replace the
+    first. Each node's key path is noted on the way down, for the error."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._paths: dict[int, str] = {}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        prefix = self._paths.get(id(node), "")
+        first_line: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` merges; keys given beside it override on purpose
+            key = self.construct_object(key_node, deep=True)
+            path = f"{prefix}.{key}" if prefix else str(key)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_line:
+                    raise _DuplicateKey(path, line, first_line[key])
+                first_line[key] = line
+            except TypeError:
+                continue  # an unhashable key: the constructor below reports it
+            self._paths.setdefault(id(value_node), path)
+        return super().construct_mapping(node, deep)
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> list[Any]:
+        prefix = self._paths.get(id(node), "")
+        for i, child in enumerate(node.value):
+            self._paths.setdefault(id(child), f"{prefix}[{i}]")
+        return super().construct_sequence(node, deep)
+
+
+def read_yaml(path: str) -> Any:
+    """A YAML file's data (safe_load, but a duplicate key is an error); a ConfigError names the
+    file and, for bad YAML, where."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.load(fh, Loader=_StrictLoader)  # a SafeLoader: safe_load plus one check
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            path, exc.key, f"duplicate key on line {exc.line} (first given on line {exc.first})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, "not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, None, f"not valid YAML{where}: {problem}") from None
+    return data
+
+
+def load(path: str) -> Config:
+    """Read and validate a config file; every problem is a ConfigError naming file and key."""
+    return from_mapping(
+        read_yaml(path), source=path, base_dir=os.path.dirname(os.path.abspath(path))
+    )

@@ -1,0 +1,95 @@
+"""`zivmilter explain`: the admin's dry run, as JSON or a readable table.
+
+Rendering only: the decision comes from assess.py and the submission verdict from submission.py,
+exactly as the milter gets them. Secrets (phone numbers, access codes) are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from zivmilter.core.assess import Assessment
+from zivmilter.core.policy import Method, RecipientDecision
+from zivmilter.core.submission import SubmissionResult
+
+
+def recipient_json(d: RecipientDecision) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "address": d.address,
+        "method": d.method.value,
+        "delivery": d.delivery.value,
+        "level": d.level.value if d.level is not None else None,
+        "rule": d.rule,
+        "conversation": d.conversation,
+        "access_right": d.access_right.value if d.access_right is not None else None,
+        "reason": d.reason,
+    }
+    if d.next_hop:  # only NTA 7516 deliveries to ntamx hosts: other outputs stay as they were
+        out["next_hop"] = list(d.next_hop)
+    return out
+
+
+def submission_json(submission: SubmissionResult) -> dict[str, Any]:
+    return {"accepted": submission.accepted, "reply": submission.reply, "reason": submission.reason}
+
+
+def to_json(result: Assessment, submission: SubmissionResult | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if submission is not None:
+        out["submission"] = submission_json(submission)
+    out["selected"] = result.selection.selected
+    out["selection_reason"] = result.selection.reason
+    out["new_subject"] = result.selection.new_subject
+    out["recipients"] = [recipient_json(d) for d in result.decision.recipients]
+    out["warnings"] = list(result.decision.warnings)
+    return out
+
+
+def render_json(result: Assessment, submission: SubmissionResult | None = None) -> str:
+    return json.dumps(to_json(result, submission), indent=2, ensure_ascii=False)
+
+
+def render_text(result: Assessment, submission: SubmissionResult | None = None) -> str:
+    env = result.envelope
+    lines = [f"Envelope sender: {env.sender or '<>'}"]
+    if submission is not None:
+        verdict = "accepted" if submission.accepted else f"REFUSED with {submission.reply}"
+        lines.append(f"Submission: {verdict}")
+        lines.append(f"  why: {submission.reason}")
+    sel = result.selection
+    lines.append(f"Selected: {'yes' if sel.selected else 'no (passes through unsecured)'}")
+    lines.append(f"  why: {sel.reason}")
+    if sel.new_subject is not None:
+        lines.append(f"  new subject: {sel.new_subject}")
+    lines.append("")
+    header = ("recipient", "delivery", "method", "level", "rule", "conv")
+    rows = [
+        (
+            d.address,
+            d.delivery.value,
+            d.method.value
+            + (
+                f" ({d.access_right.value})"
+                if d.method is Method.CUSTOM_ACCESS_RIGHT and d.access_right
+                else ""
+            ),
+            d.level.value if d.level else "-",
+            d.rule,
+            str(d.conversation) if d.conversation is not None else "-",
+        )
+        for d in result.decision.recipients
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines.append(fmt.format(*header).rstrip())
+    lines.append(fmt.format(*("-" * w for w in widths)).rstrip())
+    lines.extend(fmt.format(*r).rstrip() for r in rows)
+    lines.append("")
+    lines.append("Why:")
+    lines.extend(f"  {d.address} [{d.rule}]: {d.reason}" for d in result.decision.recipients)
+    if result.decision.warnings:
+        lines.append("")
+        lines.append("Warnings:")
+        lines.extend(f"  - {w}" for w in result.decision.warnings)
+    return "\n".join(lines)

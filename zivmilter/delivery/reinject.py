@@ -1,0 +1,151 @@
+"""Hand messages back to the MTA: SMTP to the milter-free Postfix listener (`reinject.*`).
+
+Used for every copy the current milter transaction cannot carry (other notification
+recipients, other direct-delivery levels, DSNs). Each message must be accepted with 250, or
+DeliveryError is raised and the milter tempfails the original: nothing is lost, at worst a copy
+is sent twice when the client retries. Bodies are streamed, never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from zivmilter.errors import DeliveryError
+
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to hand back: envelope plus content (bytes, or a file read from its start)."""
+
+    sender: str  # "" for the null sender of a DSN
+    recipients: Sequence[str]
+    content: bytes | BinaryIO
+    what: str  # for logs: "notification to x", "direct-pkix copy", "DSN"
+
+
+class Reinjector(Protocol):
+    def send(self, messages: Sequence[Outgoing]) -> list[str]: ...
+
+
+def _dot_stuffed(content: bytes | BinaryIO) -> Iterable[bytes]:
+    """CRLF line endings and transparency (RFC 5321 4.5.2), chunk by chunk."""
+    if isinstance(content, bytes):
+        stream: Iterable[bytes] = [content]
+    else:
+        content.seek(0)
+        stream = iter(lambda: content.read(_CHUNK), b"")
+    carry = b""
+    at_line_start = True
+    for chunk in stream:
+        data = carry + chunk
+        # keep an incomplete trailing line (a CR of a split CRLF with it) for the next chunk
+        cut = data.rfind(b"\n") + 1
+        carry, data = data[cut:], data[:cut]
+        if not data:
+            continue
+        data = re.sub(rb"(?<!\r)\n", b"\r\n", data)
+        if at_line_start and data.startswith(b"."):
+            data = b"." + data
+        data = data.replace(b"\r\n.", b"\r\n..")
+        at_line_start = data.endswith(b"\n")
+        yield data
+    if carry:
+        data = re.sub(rb"\r$", b"", carry)
+        if at_line_start and data.startswith(b"."):
+            data = b"." + data
+        yield data + b"\r\n"
+
+
+def _utf8_header(content: bytes | BinaryIO) -> bool:
+    """Whether the message's header block holds 8-bit bytes (read from the start of a file)."""
+    if isinstance(content, bytes):
+        head = content[:_CHUNK]
+    else:
+        content.seek(0)
+        head = content.read(_CHUNK)
+        content.seek(0)
+    end = head.find(b"\r\n\r\n")
+    return not (head if end < 0 else head[:end]).isascii()
+
+
+class SmtpReinjector:
+    """Sends over one SMTP session per batch; any refusal is a DeliveryError."""
+
+    def __init__(self, host: str, port: int, timeout: float, helo: str | None = None) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.helo = helo or socket.getfqdn()
+
+    def send(self, messages: Sequence[Outgoing]) -> list[str]:
+        """Send all; returns the MTA's reply per message (with its queue id)."""
+        if not messages:
+            return []
+        replies: list[str] = []
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+                _no_delay(smtp)
+                smtp.ehlo(self.helo)
+                for msg in messages:
+                    replies.append(self._one(smtp, msg))
+        except DeliveryError as exc:
+            raise DeliveryError(str(exc), accepted=len(replies), permanent=exc.permanent) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(
+                f"re-injection to {self.host}:{self.port} failed: {exc}", accepted=len(replies)
+            ) from exc
+        return replies
+
+    def _one(self, smtp: smtplib.SMTP, msg: Outgoing) -> str:
+        options: list[str] = []
+        smtp.command_encoding = "ascii"
+        if not (msg.sender.isascii() and all(r.isascii() for r in msg.recipients)):
+            # an internationalized address (RFC 6531): only with the listener's SMTPUTF8
+            if not smtp.has_extn("smtputf8"):
+                raise DeliveryError(
+                    f"{msg.what}: the listener does not offer SMTPUTF8, which a non-ASCII"
+                    " address needs (Postfix: smtputf8_enable = yes)"
+                )
+            options.append("SMTPUTF8")
+            smtp.command_encoding = "utf-8"
+        elif _utf8_header(msg.content) and smtp.has_extn("smtputf8"):
+            options.append("SMTPUTF8")  # UTF-8 in the header (RFC 6532), e.g. jörg@ in To
+        code, reply = smtp.mail(msg.sender, options)
+        if code != 250:
+            raise _refused(f"{msg.what}: MAIL FROM refused", code, reply)
+        for rcpt in msg.recipients:
+            code, reply = smtp.rcpt(rcpt)
+            if code not in (250, 251):
+                raise _refused(f"{msg.what}: RCPT TO {rcpt} refused", code, reply)
+        code, reply = smtp.docmd("DATA")
+        if code != 354:
+            raise _refused(f"{msg.what}: DATA refused", code, reply)
+        for piece in _dot_stuffed(msg.content):
+            smtp.send(piece)
+        smtp.send(b".\r\n")
+        code, reply_bytes = smtp.getreply()
+        if code != 250:
+            raise _refused(f"{msg.what}: message refused", code, reply_bytes)
+        return reply_bytes.decode(errors="replace")
+
+
+def _no_delay(smtp: smtplib.SMTP) -> None:
+    """TCP_NODELAY on the client's socket. The final "." of each copy is a small write right
+    after the content; with Nagle's algorithm it waits for the ACK of that content, which the
+    MTA delays: 40 ms per copy, 4 s for a message to 100 notification recipients (the trap
+    POSTFIX-NOTES describes for the milter socket). Every command waits for its reply anyway:
+    the kernel gains nothing by holding small writes back."""
+    if smtp.sock is not None:
+        smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _refused(what: str, code: int, reply: bytes) -> DeliveryError:
+    """The MTA's refusal: for good when it says so (5xx), else worth another try."""
+    return DeliveryError(
+        f"{what}: {code} {reply.decode(errors='replace')}", permanent=500 <= code <= 599
+    )

@@ -1,0 +1,426 @@
+"""The gateway: what happens to one message at end-of-data, independent of libmilter.
+
+The milter adapter (milter.py) hands over a `Transaction` (envelope, macros, headers, spooled
+message) and applies the `Plan` it gets back. In between, in this order:
+1. the policy core decides per recipient (assess.py — the same path `explain` shows);
+2. the content is encrypted into the store, durably, before anything is sent;
+3. notifications (one per recipient, personal link), direct copies (one per transport level
+   and next hop, tagged with the route header, see route.py) and a DSN for failed recipients
+   are built;
+4. one group stays in the current transaction; every other copy is re-injected and must be
+   accepted, or a DeliveryError makes the milter tempfail (nothing is lost).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import Message
+
+from zivmilter.core import submission
+from zivmilter.core.addresses import bare_address, envelope_recipients
+from zivmilter.core.assess import Assessment, assess
+from zivmilter.core.config import Config
+from zivmilter.core.directives import AccessKind
+from zivmilter.core.facts import Facts
+from zivmilter.core.header_block import header_fields, unfolded
+from zivmilter.core.headers import NOT_COPIED, ROUTE_HEADER, is_directive
+from zivmilter.core.levels import Level
+from zivmilter.core.message import decoded_header, header_message
+from zivmilter.core.policy import Delivery, Method, RecipientDecision
+from zivmilter.core.route import route_value
+from zivmilter.core.submission import SenderAccounts, SpfChecker, StoreSenderAccounts
+from zivmilter.delivery.reinject import Outgoing, Reinjector
+from zivmilter.errors import DeliveryError
+from zivmilter.gateway.spool import clean_copy, set_subject
+from zivmilter.gateway.transaction import Plan, Transaction
+from zivmilter.mail import attachments, dsn, notification
+from zivmilter.spool import spool_file
+from zivmilter.store import GatewayStore, NewMessage, NewRecipient, SavedMessage
+
+log = logging.getLogger("zivmilter.gateway")
+
+# Unselected mail passes as it is but for directive headers (and a client's route header, which
+# Postfix's header_checks already drops: never obeyed).
+_PASS_STRIP = frozenset({ROUTE_HEADER.lower()})
+# Trace headers of our own MTA stay when the current transaction becomes a notification.
+_KEEP_ON_REWRITE = frozenset({"received", "return-path"})
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """One outgoing message: who gets it and its headers + body."""
+
+    recipients: tuple[str, ...]  # normalized addresses
+    content: bytes | None  # a new message (CRLF); None: the original, with header edits only
+    route: Level | None  # direct-delivery level, for the route header
+    what: str
+    next_hop: tuple[str, ...] = ()  # ntamx hosts instead of the recipients' MX (NTA 7516)
+
+    @property
+    def route_value(self) -> str | None:
+        return None if self.route is None else route_value(self.route, self.next_hop)
+
+
+class Gateway:
+    def __init__(
+        self,
+        cfg: Config,
+        facts: Facts,
+        store: GatewayStore,
+        reinjector: Reinjector,
+        hostname: str | None = None,
+        clock: type[datetime] = datetime,
+        spf: SpfChecker | None = None,
+        senders: SenderAccounts | None = None,
+    ) -> None:
+        self.spf: SpfChecker = spf or submission.NoSpf()
+        self.senders: SenderAccounts = senders or StoreSenderAccounts(store)
+        self.cfg = cfg
+        self.facts = facts
+        self.store = store
+        self.reinjector = reinjector
+        self.hostname = hostname or socket.getfqdn()
+        self.clock = clock
+
+    # ------------------------------------------------------------------------------------
+    def process(self, tx: Transaction) -> Plan:
+        if self.cfg.milter.mta == "postfix" and tx.mta and tx.mta[:1].isdigit():
+            # Sendmail names itself by its version alone. It cannot route a direct copy on the
+            # route header, so with milter.mta: postfix that copy would leave under Sendmail's
+            # own TLS settings: hold the mail (4xx) until the configuration says sendmail.
+            reply = (
+                f"451 4.3.5 zivmilter: the MTA is Sendmail {tx.mta}, but milter.mta is"
+                " postfix; set milter.mta: sendmail"
+            )
+            log.error("%s", reply, extra=_ctx(tx))
+            return Plan(reject=reply, summary=f"refused: {reply}")
+        sender = bare_address(tx.sender)  # "" for the null sender
+        verdict = submission.check(
+            self.cfg,
+            tx.headers,
+            client_ip=tx.client_address,
+            auth_login=tx.auth_login,
+            envelope_sender=sender,
+            spf=self.spf,
+            accounts=self.senders,
+            rules=submission.rules_for(self.cfg, tx.listener),
+            helo=tx.helo,
+        )
+        if not verdict.accepted:
+            log.warning("submission refused: %s", verdict.reason, extra=_ctx(tx))
+            return Plan(reject=verdict.reply, summary=f"refused: {verdict.reply}")
+        raw_by_norm, unusable = envelope_recipients(tx.recipients)
+        result = assess(tx.headers, sender, list(raw_by_norm), self.cfg, self.facts)
+        if not result.selection.selected:
+            # Not secured: it passes as it is, but never with its directive headers (SPEC 2).
+            log.info("not selected: %s", result.selection.reason, extra=_ctx(tx))
+            return Plan(
+                delete_headers=self._strip_plan(tx, _PASS_STRIP), summary="not selected: passed"
+            )
+        subject_change: list[tuple[str, int, str]] = []
+        if result.selection.new_subject is not None:
+            set_subject(tx, result.selection.new_subject)
+            subject_change = [("Subject", 1, result.selection.new_subject)]
+        for warning in result.decision.warnings:
+            log.warning("%s", warning, extra=_ctx(tx))
+        stripped = self._strip_plan(tx, NOT_COPIED)
+        delivered = [d for d in result.decision.recipients if d.delivery is not Delivery.FAILED]
+        # Decisions use the normalized form; the MTA and reports get the address as given
+        # (RFC 5321: a local part may be case-sensitive).
+        as_given = {norm: bare_address(raws[0]) for norm, raws in raw_by_norm.items()}
+        failed = [
+            (raw_by_norm[d.address][0], "5.7.1", d.reason)
+            for d in result.decision.recipients
+            if d.delivery is Delivery.FAILED
+        ]
+        # An envelope recipient the MTA took but that is no valid address fails alone: a
+        # tempfail would only hold the whole message until it bounces.
+        for raw, problem in unusable:
+            log.warning("to=%s failed: %s", raw, problem, extra=_ctx(tx))
+            failed.append((raw, "5.1.3", problem))
+        reported = dsn.reported_failures(failed, tx.recipient_params)
+        for d in result.decision.recipients:
+            log.info(
+                "to=<%s> delivery=%s method=%s level=%s rule=%s conversation=%s%s",
+                d.address,
+                d.delivery.value,
+                d.method.value,
+                d.level.value if d.level else "-",
+                d.rule,
+                d.conversation,
+                f" nexthop={','.join(d.next_hop)}" if d.next_hop else "",
+                extra=_ctx(tx),
+            )
+
+        original = _original_headers(tx, result.selection.new_subject)
+        saved: SavedMessage | None = None
+        if delivered:
+            author = _author(verdict.claimed, result.envelope.sender, self.cfg)
+            saved = self._store(tx, result, delivered, original, author)
+        try:
+            copies = self._copies(tx, delivered, original, saved)
+            outgoing: list[Outgoing] = []
+            kept = self._choose_kept(copies)
+            for copy in copies:
+                if copy is not kept:
+                    outgoing.append(self._outgoing(tx, copy, sender, as_given))
+            if reported and sender:
+                report = dsn.build_dsn(
+                    original,
+                    sender,
+                    reported,
+                    self.hostname,
+                    self.clock.now(UTC),
+                )
+                data = report.as_bytes(policy=dsn.WIRE_POLICY)
+                outgoing.append(Outgoing("", [sender], data, "DSN"))
+            replies = self.reinjector.send(outgoing)
+        except BaseException as exc:
+            if saved is not None:
+                if isinstance(exc, DeliveryError) and exc.accepted:
+                    # Copies the MTA took will go out: their links must keep working. The
+                    # client's retry stores and notifies again (a second notification at worst).
+                    log.warning(
+                        "re-injection failed after %d accepted copies; stored copy %s kept",
+                        exc.accepted,
+                        saved.id,
+                        extra=_ctx(tx),
+                    )
+                else:
+                    self.store.discard(saved.id)  # the client retries; no second copy
+            raise
+        for out, reply in zip(outgoing, replies, strict=True):
+            log.info("re-injected %s: %s", out.what, reply, extra=_ctx(tx))
+
+        plan = self._plan_for_kept(tx, kept, raw_by_norm, stripped)
+        plan.delete_recipients += [raw for raw, _problem in unusable]
+        if kept is not None and kept.content is None:  # the original stays: fix its Subject
+            plan.change_headers = subject_change
+        plan.summary = (
+            f"stored={saved.id if saved else '-'} delivered={len(delivered)} failed={len(failed)} "
+            f"reinjected={len(outgoing)} kept={kept.what if kept else 'nothing (discard)'}"
+        )
+        return plan
+
+    # ------------------------------------------------------------------------------------
+    def _store(
+        self,
+        tx: Transaction,
+        result: Assessment,
+        delivered: list[RecipientDecision],
+        original: Message,
+        author: str,
+    ) -> SavedMessage:
+        # Only notification messages expire: a direct copy is delivered and read (SPEC 8).
+        expiry = self.cfg.policy.expiry_days
+        notifies = any(d.delivery is Delivery.NOTIFICATION for d in delivered)
+        expires = self.clock.now(UTC) + timedelta(days=expiry) if expiry and notifies else None
+        with clean_copy(tx) as content:
+            return self.store.save_message(
+                NewMessage(
+                    sender=author,
+                    subject=decoded_header(original.get("Subject", "")),
+                    content=content,
+                    recipients=[_new_recipient(d) for d in delivered],
+                    rfc822_id=tx.message_id if tx.message_id != "-" else None,
+                    queue_id=tx.queue_id,
+                    expires_at=expires,
+                )
+            )
+
+    def _copies(
+        self,
+        tx: Transaction,
+        delivered: list[RecipientDecision],
+        original: Message,
+        saved: SavedMessage | None,
+    ) -> list[_Copy]:
+        """Direct groups first (one per level and next hop, strongest level first, the MX
+        before ntamx hosts), then one notification per recipient."""
+        copies: list[_Copy] = []
+        groups: dict[tuple[Level, tuple[str, ...]], list[str]] = {}
+        for d in delivered:
+            if d.delivery is Delivery.DIRECT and d.level is not None:
+                groups.setdefault((d.level, d.next_hop), []).append(d.address)
+        direct = self._direct_content(tx, saved) if groups else None
+        for level, next_hop in sorted(groups, key=lambda g: (-g[0].rank, g[1])):
+            what = f"direct-{level.value} copy"
+            if next_hop:
+                what += f" via {', '.join(next_hop)}"
+            copies.append(_Copy(tuple(groups[level, next_hop]), direct, level, what, next_hop))
+        for d in delivered:
+            if d.delivery is not Delivery.NOTIFICATION or saved is None:
+                continue
+            note = notification.notification_for(
+                original, d.address, saved.tokens[d.address], _verification_text(d), self.cfg
+            )
+            copies.append(_Copy((d.address,), note.wire(), None, f"notification to {d.address}"))
+        return copies
+
+    def _choose_kept(self, copies: list[_Copy]) -> _Copy | None:
+        """The copy that stays in the current transaction; the others are re-injected.
+
+        Sendmail cannot route one message to a TLS-enforcing transport on a header, so with
+        `milter.mta: sendmail` direct copies always go through the re-injection relay.
+        """
+        if self.cfg.milter.mta == "sendmail":
+            return next((c for c in copies if c.route is None), None)
+        return copies[0] if copies else None
+
+    def _direct_content(self, tx: Transaction, saved: SavedMessage | None) -> bytes | None:
+        """The direct copy with large attachments replaced by links, or None to send it as is."""
+        if saved is None:
+            return None
+        base = self.cfg.portal.base_url.rstrip("/") + "/d/"
+
+        def keep(filename: str, content_type: str, data: bytes) -> str:
+            kept = self.store.save_attachment(saved.id, filename, content_type, data)
+            log.info("large attachment %s kept for download", filename, extra=_ctx(tx))
+            return base + kept.token
+
+        with clean_copy(tx) as content:
+            found = attachments.replace_large(content, self.cfg.policy.large_attachment_bytes, keep)
+        return None if found is None else found[0]
+
+    def _outgoing(
+        self, tx: Transaction, copy: _Copy, sender: str, as_given: dict[str, str]
+    ) -> Outgoing:
+        route = b"" if copy.route_value is None else _route_field(copy.route_value)
+        rcpts = tuple(as_given.get(r, r) for r in copy.recipients)
+        if copy.content is not None:
+            return Outgoing(sender, rcpts, route + copy.content, copy.what)
+        # closed with the Outgoing once the batch is sent (its content is read once)
+        spool = spool_file(self.cfg.milter.spool_threshold)
+        spool.write(route)
+        with clean_copy(tx) as content:
+            shutil.copyfileobj(content, spool)
+        return Outgoing(sender, rcpts, spool, copy.what)
+
+    def _strip_plan(self, tx: Transaction, strip: frozenset[str]) -> list[tuple[str, int]]:
+        """Deletions of the directive headers, and of the headers named in `strip`."""
+        counts: dict[str, int] = {}
+        deletions: list[tuple[str, int]] = []
+        for name, _value in tx.headers:
+            key = name.lower()
+            counts[key] = counts.get(key, 0) + 1
+            if is_directive(name) or key in strip:
+                deletions.append((name, counts[key]))
+        return deletions
+
+    def _plan_for_kept(
+        self,
+        tx: Transaction,
+        kept: _Copy | None,
+        raw_by_norm: dict[str, list[str]],
+        stripped: list[tuple[str, int]],
+    ) -> Plan:
+        if kept is None:
+            return Plan(delete_headers=stripped, discard=True)
+        keep = set(kept.recipients)
+        # Not kept: every form goes. Kept: one form stays, its duplicates in other case go.
+        drop = [
+            raw
+            for norm, raws in raw_by_norm.items()
+            for raw in (raws if norm not in keep else raws[1:])
+        ]
+        route = [] if kept.route_value is None else [(ROUTE_HEADER, kept.route_value)]
+        if kept.content is None:
+            return Plan(delete_headers=stripped, add_headers=route, delete_recipients=drop)
+        # A new message (a notification, or a direct copy whose large attachments became links)
+        # replaces this one: its headers and body come in, every original header goes but our
+        # trace headers and those it carries unchanged (From, To, Cc, Date, threading): fewer
+        # edits for the MTA to apply.
+        head, _, body = kept.content.partition(b"\r\n\r\n")
+        wanted = header_fields(head)
+        unchanged = {(n.lower(), unfolded(v)) for n, v in wanted}
+        counts: dict[str, int] = {}
+        deletions: list[tuple[str, int]] = []
+        kept_fields: set[tuple[str, str]] = set()
+        for name, value in tx.headers:
+            key = name.lower()
+            counts[key] = counts.get(key, 0) + 1
+            field = (key, unfolded(value))
+            if key in _KEEP_ON_REWRITE or (field in unchanged and field not in kept_fields):
+                kept_fields.add(field)
+                continue
+            deletions.append((name, counts[key]))
+        additions = [(n, v) for n, v in wanted if (n.lower(), unfolded(v)) not in kept_fields]
+        additions += route
+        return Plan(
+            delete_headers=deletions,
+            add_headers=additions,
+            replace_body=body,
+            delete_recipients=drop,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _route_field(value: str) -> bytes:
+    return f"{ROUTE_HEADER}: {value}\r\n".encode()
+
+
+def _ctx(tx: Transaction) -> dict[str, str]:
+    return {"queue_id": tx.queue_id or "-", "message_id": tx.message_id}
+
+
+def _author(claimed: Sequence[str], envelope_sender: str, cfg: Config) -> str:
+    """Who wrote the message, as the store keeps it: secure replies go there, and the portal
+    and the codes it sends name it. The first From mailbox (`claimed`: the addresses
+    submission checked); not the envelope sender, which for an application relay is a bounce
+    or null address. That is only the fallback, for a message without a usable From."""
+    if claimed:
+        return claimed[0]
+    return envelope_sender or "mailer-daemon@" + cfg.organization.domains[0]
+
+
+def _new_recipient(d: RecipientDecision) -> NewRecipient:
+    verification: str | None
+    phone = code = None
+    if d.delivery is Delivery.DIRECT:
+        verification = None
+    elif d.method is Method.ACCOUNT:
+        verification = "account"
+    elif d.access_right is AccessKind.SMS:
+        verification, phone = "sms", d.secret
+    elif d.access_right is AccessKind.ACCESS_CODE:
+        verification, code = "access_code", d.secret
+    else:
+        verification = "email"
+    return NewRecipient(
+        address=d.address,
+        conversation=d.conversation or 1,
+        method=d.method.value,
+        delivery="direct" if d.delivery is Delivery.DIRECT else "notification",
+        rule=d.rule,
+        level=d.level.value if d.level else None,
+        verification=verification,  # type: ignore[arg-type]
+        phone=phone,
+        access_code=code,
+    )
+
+
+def _verification_text(d: RecipientDecision) -> notification.Verification:
+    if d.method is Method.ACCOUNT:
+        return notification.Verification("account")
+    if d.access_right is AccessKind.SMS:
+        return notification.Verification("sms", phone=d.secret)
+    if d.access_right is AccessKind.ACCESS_CODE:
+        return notification.Verification("access_code")
+    return notification.Verification("email")
+
+
+def _original_headers(tx: Transaction, new_subject: str | None) -> Message:
+    """The fields the milter collected (compat32: raw values), not the header block parsed
+    again; with the first Subject as `set_subject` rewrote it in the spool, if it did."""
+    original = header_message(tx.headers)
+    if new_subject is not None and "Subject" in original:
+        original.replace_header("Subject", new_subject)  # the first one, as set_subject does
+    return original
