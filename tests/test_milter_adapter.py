@@ -92,12 +92,49 @@ def test_plan_is_applied(store: SqliteStore) -> None:
     # bob (direct, pkix) stays in this transaction; carol's notification is re-injected
     assert ctx._delrcpt == ["<carol@oldmail.example>"]
     assert ctx._headerschanged
-    assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"
+    assert ctx._msg["X-Zivmilter-Route"] == " direct-pkix"  # as given: see test_values_..._space
     assert ctx._msg["zivver-access-right"] is None
     assert not ctx._bodyreplaced
     (note,) = sent.sent
     assert note.recipients == ("carol@oldmail.example",)
     assert isinstance(note.content, bytes) and b"SECRET BODY" not in note.content
+
+
+class _EditsCtx(testctx.TestCtx):  # type: ignore[misc]
+    """TestCtx that also keeps every header value handed to the MTA, as given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[tuple[str, str]] = []
+
+    def addheader(self, field: str, value: str, idx: int) -> None:
+        self.values.append((field, value))
+        super().addheader(field, value, idx)
+
+    def chgheader(self, field: str, idx: int, value: str) -> None:
+        if value:  # "" deletes the field
+            self.values.append((field, value))
+        super().chgheader(field, idx, value)
+
+
+def test_values_given_to_the_mta_start_with_a_space(store: SqliteStore) -> None:
+    # With header_leading_space negotiated, Sendmail writes "Name:" + the value exactly as
+    # given ("Date:Mon, ..." without it); Postfix adds a space only to a value lacking one.
+    use_gateway(
+        store,
+        make_config(
+            {"submission": {"any_address_of_own_domains": True}},
+            base={"organization": {"domains": ["hospital.example"]}},
+        ),
+        facts_from_mapping({}),
+    )
+    ctx = _EditsCtx()
+    # one notification recipient: the notification rewrites this transaction's header
+    assert run(ctx, ["carol@oldmail.example"]) == Milter.ACCEPT
+    assert ctx._bodyreplaced
+    names = {name.lower() for name, _ in ctx.values}
+    assert {"content-type", "mime-version", "x-zivmilter-notification"} <= names
+    assert all(value.startswith(" ") for _, value in ctx.values), ctx.values
 
 
 def test_log_never_shows_a_misplaced_secret(
@@ -160,7 +197,7 @@ def test_config_idd_counts_with_pinned_facts(store: SqliteStore) -> None:
     )
     ctx = testctx.TestCtx()
     assert run(ctx, ["bob@partner.example"]) == Milter.ACCEPT
-    assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"  # A1 with IDD met: direct
+    assert ctx._msg["X-Zivmilter-Route"] == " direct-pkix"  # A1 with IDD met: direct
 
 
 def test_ntamx_recipients_get_a_copy_of_their_own_routed_to_the_ntamx_hosts(
@@ -198,7 +235,7 @@ def test_ntamx_recipients_get_a_copy_of_their_own_routed_to_the_ntamx_hosts(
     assert run(ctx, ["bob@partner.example", "x@care.example"], message) == Milter.ACCEPT
     # bob's copy (the MX route sorts first) stays; the client's route header is deleted
     assert ctx._delrcpt == ["<x@care.example>"]
-    assert ctx._msg.get_all("X-Zivmilter-Route") == ["direct-pkix"]
+    assert ctx._msg.get_all("X-Zivmilter-Route") == [" direct-pkix"]
     (copy,) = sent.sent
     assert copy.recipients == ("x@care.example",)
     assert copy.what == "direct-pkix copy via mx1.nta.example, mx2.nta.example"
@@ -341,5 +378,5 @@ def test_a_sendmail_behind_milter_mta_postfix_is_held(
         assert (code, xcode) == ("451", "4.3.5") and "milter.mta" in text
         assert sent.sent == [] and spf.helo == []
     else:
-        assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"
+        assert ctx._msg["X-Zivmilter-Route"] == " direct-pkix"
         assert spf.helo == ["app.hospital.example"]  # SPF got the client's HELO name

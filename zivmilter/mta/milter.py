@@ -23,6 +23,13 @@ from zivmilter.gateway import Gateway, Plan, Transaction
 log = logging.getLogger("zivmilter.milter")
 
 
+def _spaced(value: str) -> str:
+    """A header value as the MTA must write it after "Name:". With header_leading_space
+    negotiated the MTA adds no space of its own: Sendmail would write "Name:value". Postfix
+    adds one only when the value starts without, so both write "Name: value"."""
+    return value if value[:1] in (" ", "\t") else " " + value
+
+
 def _crlf(text: str) -> bytes:
     data = text.encode("utf-8", "surrogateescape")
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
@@ -151,9 +158,9 @@ class ZivMilter(Milter.Base):
         for name, index in sorted(plan.delete_headers, key=lambda d: (d[0].lower(), -d[1])):
             self.chgheader(name, index, "")
         for name, index, value in plan.change_headers:
-            self.chgheader(name, index, value)
+            self.chgheader(name, index, _spaced(value))
         for name, value in plan.add_headers:
-            self.addheader(name, value)
+            self.addheader(name, _spaced(value))
         if plan.replace_body is not None:
             body = plan.replace_body
             for start in range(0, len(body), 65536):
