@@ -15,6 +15,7 @@ Sendmail's syslog lines (the sandbox has no syslog daemon).
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -155,6 +156,28 @@ class SendmailInstance:
         ]
         return "\n".join(lines) + "\n"
 
+    def submit_mc(self) -> str:
+        """The MSP's submit.mc, as Debian's: sendmail(1) on the host queues in its own
+        clientmqueue and relays over SMTP to the daemon's listener, so the milter sees it."""
+        d = self.directory
+        lines = [
+            "divert(-1)",
+            "divert(0)dnl",
+            "define(`confCF_VERSION', `Submit')dnl",
+            "define(`__OSTYPE__',`')dnl",
+            "define(`confTIME_ZONE', `USE_TZ')dnl",
+            "define(`confDONT_INIT_GROUPS', `True')dnl",
+            # test only: no smmsp user on this machine; the paths of this instance
+            "define(`confRUN_AS_USER', `mail:mail')dnl",
+            f"define(`MSP_QUEUE_DIR', `{d}/clientmqueue')dnl",
+            f"define(`confPID_FILE', `{d}/run/sm-client.pid')dnl",
+            f"define(`STATUS_FILE', `{d}/run/sm-client.st')dnl",
+            f"define(`confSERVICE_SWITCH_FILE', `{d}/etc/service.switch')dnl",
+            f"define(`RELAY_MAILER_ARGS', `TCP $h {self.smtp_port}')dnl",
+            f"FEATURE(`msp', `[{HOST}]')dnl",
+        ]
+        return "\n".join(lines) + "\n"
+
     def zivmilter_mc(self) -> str:
         shipped = SHIPPED_MC.read_text()
         if SHIPPED_SOCKET not in shipped:
@@ -172,14 +195,19 @@ class SendmailInstance:
         (etc / "nsswitch.conf").write_text("hosts: files\n")
         (etc / "zivmilter.mc").write_text(self.zivmilter_mc())
         (etc / "sendmail.mc").write_text(self.site_mc())
-        built = subprocess.run(
-            [_m4(), str(CF_M4), str(etc / "sendmail.mc")], capture_output=True, timeout=30
-        )
-        if built.returncode != 0 or built.stderr.strip():
-            raise SendmailError(f"m4 failed: {built.stderr.decode(errors='replace')}")
-        cf = etc / "sendmail.cf"
-        cf.write_bytes(built.stdout)
-        return cf
+        (etc / "submit.mc").write_text(self.submit_mc())
+        client_queue = d / "clientmqueue"
+        client_queue.mkdir(mode=0o770)
+        mail = pwd.getpwnam("mail")
+        os.chown(client_queue, mail.pw_uid, mail.pw_gid)  # the MSP runs as mail (RunAsUser)
+        for name in ("submit", "sendmail"):
+            built = subprocess.run(
+                [_m4(), str(CF_M4), str(etc / f"{name}.mc")], capture_output=True, timeout=30
+            )
+            if built.returncode != 0 or built.stderr.strip():
+                raise SendmailError(f"m4 {name}.mc: {built.stderr.decode(errors='replace')}")
+            (etc / f"{name}.cf").write_bytes(built.stdout)
+        return etc / "sendmail.cf"
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -187,6 +215,7 @@ class SendmailInstance:
         if not available():
             raise SendmailError(f"no Sendmail unpacked under {SENDMAIL_ROOT}: run scripts/install")
         self.directory = Path(tempfile.mkdtemp(prefix="zivmilter-sendmail-"))
+        self.directory.chmod(0o755)  # the MSP (user mail) reaches its clientmqueue inside
         try:
             cf = self._write_config()
             self._syslog = _SyslogReceiver(self.directory / "log.sock")
@@ -269,21 +298,32 @@ class SendmailInstance:
                 )
             time.sleep(0.1)
 
-    def queue(self) -> list[str]:
-        """Queue ids of the messages in Sendmail's queue (its qf files)."""
-        return sorted(p.name[2:] for p in (self.directory / "queue").glob("qf*"))
+    def queue(self, which: str = "queue") -> list[str]:
+        """Queue ids of the messages in the daemon's queue, or the MSP's ("clientmqueue")."""
+        return sorted(p.name[2:] for p in (self.directory / which).glob("qf*"))
 
-    def run_queue(self) -> str:
-        """Deliver what is queued now, in the foreground (`sendmail -q -v`); its transcript."""
+    def _run(self, cf: str, args: Sequence[str], data: bytes | None = None) -> str:
         if self._proc is None:
-            raise SendmailError("run_queue: the instance is not running")
+            raise SendmailError("the instance is not running")
         # in the daemon's namespaces: its dotted hostname, its /dev/log
         enter = ["nsenter", "-t", str(self._proc.pid), "--uts", "--mount", "--"]
-        cf = str(self.directory / "etc/sendmail.cf")
         done = subprocess.run(
-            [*enter, str(BINARY), "-C", cf, "-q", "-v"],
+            [*enter, str(BINARY), "-C", str(self.directory / "etc" / cf), *args],
+            input=data,
             env=dict(os.environ, LD_LIBRARY_PATH=str(LIBS)),
             capture_output=True,
             timeout=60,
         )
-        return done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+        out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+        if done.returncode != 0:
+            raise SendmailError(f"sendmail -C {cf} {' '.join(args)}: exit {done.returncode}: {out}")
+        return out
+
+    def submit(self, data: bytes, sender: str) -> str:
+        """`sendmail -f SENDER -oi -t` on the host, through the MSP (submit.cf), as a program
+        would (without -f the envelope sender is the user at this host's name)."""
+        return self._run("submit.cf", ["-f", sender, "-oi", "-t"], data)
+
+    def run_client_queue(self) -> str:
+        """The MSP's queue run (`sendmail -Ac -q -v`: its cron job or daemon); the transcript."""
+        return self._run("submit.cf", ["-q", "-v"])

@@ -33,9 +33,10 @@ pytestmark = [
 ]
 
 PLAIN_IP, TLS_IP, WEAK_IP, STALE_IP = "127.0.0.30", "127.0.0.40", "127.0.0.41", "127.0.0.42"
+# One line per name: Sendmail's MSP canonifies a domain to the first name of its hosts line.
 HOSTS = (
     "127.0.0.1 localhost\n"
-    f"{PLAIN_IP} oldmail.example x.example hospital.example\n"
+    f"{PLAIN_IP} oldmail.example\n{PLAIN_IP} x.example\n{PLAIN_IP} hospital.example\n"
     f"{TLS_IP} partner.example\n"
     f"{WEAK_IP} weak.example\n"
     f"{STALE_IP} stale.example\n"
@@ -93,10 +94,18 @@ class Gateway:
     """Sendmail in front, zivmilter attached, the relay Postfix beside them (README order:
     relay, then zivmilter, then Sendmail)."""
 
-    def __init__(self, ca_path: str, *, reinject_port: int | None = None) -> None:
+    def __init__(
+        self,
+        ca_path: str,
+        *,
+        reinject_port: int | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.relay = PostfixInstance(tls_ca_file=ca_path)  # milter=None: no smtpd_milters
         self.z = ZivmilterProcess(
-            reinject_port=reinject_port or self.relay.reinject_port, config=CONFIG, facts=FACTS
+            reinject_port=reinject_port or self.relay.reinject_port,
+            config=config or CONFIG,
+            facts=FACTS,
         )
         self.sm = sendmail.SendmailInstance(milter=self.z.socket)
 
@@ -306,3 +315,54 @@ def test_milter_fault_answers_tempfail_and_nothing_leaves(
         time.sleep(1)
         assert plain.received[p0:] == []
         g.sm.wait_for_log(r"Milter: data, reject=451 4\.3\.0")
+
+
+def test_milter_mta_postfix_behind_a_sendmail_holds_the_mail(
+    sinks: dict[str, Sink], ca_file: tuple[trustme.CA, str]
+) -> None:
+    # The fragment passes `v`: zivmilter sees a Sendmail, and with the key still at postfix it
+    # holds every message (a direct copy would otherwise leave under Sendmail's own TLS).
+    plain, tls = sinks["plain"], sinks["tls"]
+    with Gateway(ca_file[1], config={**CONFIG, "milter": {"mta": "postfix"}}) as g:
+        p0, t0 = len(plain.received), len(tls.received)
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            g.send(["bob@partner.example"], message("To: bob@partner.example\nSubject: x\n"))
+        assert info.value.smtp_code == 451 and b"4.3.5" in info.value.smtp_error
+        assert b"milter.mta is postfix; set milter.mta: sendmail" in info.value.smtp_error
+        assert b"Sendmail 8.17" in info.value.smtp_error
+        time.sleep(1)
+        assert plain.received[p0:] == [] and tls.received[t0:] == []
+
+
+def test_local_submission_waits_in_sendmails_queue_while_the_milter_is_down(
+    sinks: dict[str, Sink], ca_file: tuple[trustme.CA, str]
+) -> None:
+    # A program on the host runs sendmail(1): the MSP relays to the daemon's listener, which
+    # answers 4xx while zivmilter is down (F=T). The MSP keeps the message in its queue and
+    # delivers it, secured, once zivmilter is back: never unprotected, never lost.
+    plain = sinks["plain"]
+    data = message(
+        "To: a@oldmail.example, b@oldmail.example\nSubject: Queued\n"
+        "Message-ID: <sm-queued@hospital.example>\n"
+        "zivver-access-right: a@oldmail.example access-code tulip-7\n",
+        "SECRET-QUEUED-BODY",
+    )
+    with Gateway(ca_file[1]) as g:
+        g.z.stop()
+        p0 = len(plain.received)
+        g.sm.submit(data, "alice@hospital.example")
+        (queued,) = g.sm.queue("clientmqueue")
+        g.sm.wait_for_log(r"Milter \(zivmilter\): to error state")
+        time.sleep(1)
+        assert plain.received[p0:] == []
+
+        g.z.start()
+        g.sm.run_client_queue()
+        notes = new_messages(plain, p0, 2)
+        assert {r.rcpt_tos for r in notes} == {("a@oldmail.example",), ("b@oldmail.example",)}
+        for r in notes:
+            assert b"SECRET-QUEUED-BODY" not in r.data and b"tulip-7" not in r.data
+            assert_no_directives(r.data)
+            assert LINK.search(r.message().get_body(("plain",)).get_content())
+        assert g.sm.queue("clientmqueue") == [] and g.sm.queue() == []
+        assert queued
