@@ -334,6 +334,24 @@ def test_milter_mta_postfix_behind_a_sendmail_holds_the_mail(
         assert plain.received[p0:] == [] and tls.received[t0:] == []
 
 
+def test_listener_rules_follow_the_daemon_options_name(
+    sinks: dict[str, Sink], ca_file: tuple[trustme.CA, str]
+) -> None:
+    # DAEMON_OPTIONS(`Name=MTA, ...') arrives as {daemon_name}: rules for listener MTA that
+    # trust no network refuse the loopback client, which the general rules would accept.
+    plain = sinks["plain"]
+    listeners = {"listeners": {sendmail.DAEMON_NAME: {"trusted_networks": [], "spf": False}}}
+    config = {**CONFIG, "submission": {"any_address_of_own_domains": True, **listeners}}
+    with Gateway(ca_file[1], config=config) as g:
+        p0 = len(plain.received)
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            g.send(["a@oldmail.example"], message("To: a@oldmail.example\nSubject: x\n"))
+        assert info.value.smtp_code == 550 and b"5.7.1" in info.value.smtp_error
+        assert b"127.0.0.1" in info.value.smtp_error
+        time.sleep(1)
+        assert plain.received[p0:] == []
+
+
 def test_local_submission_waits_in_sendmails_queue_while_the_milter_is_down(
     sinks: dict[str, Sink], ca_file: tuple[trustme.CA, str]
 ) -> None:
