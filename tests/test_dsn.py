@@ -11,7 +11,7 @@ import pytest
 
 from zivmilter.core.headers import DIRECTIVE_HEADERS, is_directive
 from zivmilter.errors import MessageError
-from zivmilter.mail.dsn import Failure, build_dsn
+from zivmilter.mail.dsn import Failure, build_dsn, reported_failures
 
 PHONE = "+31612345321"
 CODE = "CODE-7781"
@@ -191,3 +191,23 @@ def test_long_and_internationalized_original_recipient_stays_one_plain_field() -
     assert f"Original-Recipient: rfc822;{long_local}@example.net\n".encode() in report
     assert f"Final-Recipient: rfc822; {long_local}@example.net\n".encode() in report
     assert b"=?" not in report.split(b"message/delivery-status")[1].split(b"\n--")[0]
+
+
+def test_failures_follow_notify_orcpt_and_survive_undecodable_bytes() -> None:
+    # (moved from test_milter_adapter.py with the function, which left gateway.py)
+    params = {
+        "<never@x.example>": ("NOTIFY=NEVER",),
+        "<success@x.example>": ("NOTIFY=SUCCESS,DELAY",),
+        "<orcpt@x.example>": ("ORCPT=rfc822;J+C3+B6rg+2Bx@x.example", "NOTIFY=FAILURE"),
+    }
+    failed = [
+        ("<never@x.example>", "5.7.1", "r"),
+        ("<success@x.example>", "5.7.1", "r"),
+        ("<orcpt@x.example>", "5.7.1", "r"),
+        ("<a@x.nl\udcff>", "5.1.3", "'a@x.nl\udcff' is not a valid address"),
+    ]
+    got = reported_failures(failed, params)
+    assert got == [
+        ("orcpt@x.example", "5.7.1", "r", "rfc822; Jörg+x@x.example"),
+        ("a@x.nl\ufffd", "5.1.3", "'a@x.nl\ufffd' is not a valid address", None),
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -10,10 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from tests.harness.cli import zivmilter
 from tests.harness.postfix import free_port
 from tests.harness.sink import Sink
-from zivmilter import crypto, defaults
+from zivmilter import cli, crypto, defaults
+from zivmilter.cli import maintenance as maintenance_cmd
 from zivmilter.store import NewMessage, NewRecipient, SqliteStore
 
 ROOT = Path(__file__).parent.parent
@@ -27,7 +31,7 @@ def maintenance(cfg: Path) -> subprocess.CompletedProcess[str]:
 class _Site:
     cfg: Path  # the config file
     port: int  # where the re-injection listener is expected
-    open_store: Callable[[], SqliteStore]
+    open_store: Callable[..., SqliteStore]  # (ago=seconds): a store whose clock runs behind
     rcpt: NewRecipient  # bob@partner.example, verified by email
 
 
@@ -43,9 +47,15 @@ def _site(tmp_path: Path) -> _Site:
     rcpt = NewRecipient(
         "bob@partner.example", 1, "email_verification", "notification", "A7", verification="email"
     )
-    return _Site(
-        cfg, port, lambda: SqliteStore.open(str(store_dir), crypto.load_kek(str(key))), rcpt
-    )
+
+    def open_store(ago: float = 0.0) -> SqliteStore:
+        """The site's store; with `ago`, one whose clock is that many seconds behind (what it
+        writes was written then): tests travel in time through the store's clock."""
+        return SqliteStore.open(
+            str(store_dir), crypto.load_kek(str(key)), now=lambda: time.time() - ago
+        )
+
+    return _Site(cfg, port, open_store, rcpt)
 
 
 def test_maintenance(tmp_path: Path) -> None:
@@ -66,10 +76,10 @@ def test_maintenance(tmp_path: Path) -> None:
     recipient = store.find_recipient_by_token(kept.tokens["bob@partner.example"])
     assert recipient is not None
     reply = b"From: bob@partner.example\r\nSubject: Re: s\r\n\r\nthanks\r\n"
-    store.save_reply(recipient.id, reply)
     # Its hand-over failed an hour ago. A reply written just now may be on its way through the
     # portal at this very moment: maintenance must leave it alone (no second copy).
-    store._conn.execute("UPDATE replies SET created_at = created_at - 3600")
+    with contextlib.closing(site.open_store(ago=3600)) as an_hour_ago:
+        an_hour_ago.save_reply(recipient.id, reply)
     store.save_reply(recipient.id, b"From: bob@partner.example\r\nSubject: Re: s\r\n\r\nnew\r\n")
     store.close()
     orphan = tmp_path / "store" / "blobs" / "zz" / "deadbeef.zmb"
@@ -107,9 +117,9 @@ def test_a_reply_the_mta_refuses_for_good_is_reported_once(tmp_path: Path) -> No
     )
     recipient = store.find_recipient_by_token(saved.tokens["bob@partner.example"])
     assert recipient is not None
-    reply_id = store.save_reply(recipient.id, b"Subject: Re: s\r\n\r\nthanks\r\n")
-    store._conn.execute("UPDATE replies SET created_at = created_at - 3600")
     store.close()
+    with contextlib.closing(site.open_store(ago=3600)) as an_hour_ago:
+        reply_id = an_hour_ago.save_reply(recipient.id, b"Subject: Re: s\r\n\r\nthanks\r\n")
 
     refusal = "550 5.1.1 <alice@hospital.example>: Recipient address rejected: User unknown"
     with Sink("127.0.0.1", port, refuse_rcpt=refusal) as mta:
@@ -149,15 +159,19 @@ def test_a_reply_the_mta_refuses_for_good_is_reported_once(tmp_path: Path) -> No
 
 def _expired_with_an_unsent_reply(site: _Site) -> str:
     """A message whose reply's hand-over failed an hour ago, and which has expired since."""
-    store = site.open_store()
+    store = site.open_store(ago=3600)  # written an hour ago, expired a minute ago
     saved = store.save_message(
-        NewMessage("alice@hospital.example", "s", b"Subject: s\r\n\r\nx\r\n", [site.rcpt])
+        NewMessage(
+            "alice@hospital.example",
+            "s",
+            b"Subject: s\r\n\r\nx\r\n",
+            [site.rcpt],
+            expires_at=datetime.now(UTC) - timedelta(minutes=1),
+        )
     )
     recipient = store.find_recipient_by_token(saved.tokens["bob@partner.example"])
     assert recipient is not None
     store.save_reply(recipient.id, b"Subject: Re: s\r\n\r\nlast words\r\n")
-    store._conn.execute("UPDATE replies SET created_at = created_at - 3600")
-    store._conn.execute("UPDATE messages SET expires_at = ?", (int(time.time()) - 60,))
     store.close()
     return saved.id
 
@@ -183,7 +197,7 @@ def test_a_reply_is_sent_before_its_message_expires(tmp_path: Path) -> None:
 
 
 def test_an_expired_message_waits_for_its_unsent_reply_then_drops_it_on_record(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The MTA is down when maintenance runs: the expired message keeps its key (not its
     readers: expiry is checked on every read) while its reply may still go out; after the grace
@@ -195,12 +209,11 @@ def test_an_expired_message_waits_for_its_unsent_reply_then_drops_it_on_record(
     assert "replies handed to the MTA: 0; still failing: 1" in first.stdout
     assert "expired messages revoked: 0" in first.stdout
 
-    store = site.open_store()
+    # The grace period later: the same command in-process, its store's clock that far ahead.
     grace = defaults.UNSENT_REPLY_GRACE
-    store._conn.execute("UPDATE replies SET created_at = created_at - ?", (grace,))
-    store.close()
-    second = maintenance(cfg)
-    assert "expired messages revoked: 1" in second.stdout
+    monkeypatch.setattr(maintenance_cmd, "open_store", lambda _cfg: site.open_store(ago=-grace))
+    cli.main(["maintenance", "--config", str(cfg)])
+    assert "expired messages revoked: 1" in capsys.readouterr().out
     store = site.open_store()
     (dropped,) = [e for e in store.events(message_id) if e.event == "reply-dropped"]
     assert dropped.recipient == "bob@partner.example"

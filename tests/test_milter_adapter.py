@@ -7,10 +7,13 @@ and the reply on a fault.
 from __future__ import annotations
 
 import email
-import io
+import os
 import socket
+import tempfile
+from collections.abc import Sequence
 from email.message import EmailMessage
 from email.policy import SMTP
+from pathlib import Path
 from typing import Any
 
 import Milter
@@ -21,6 +24,7 @@ from tests.fakes import Collecting, make_config
 from zivmilter import crypto
 from zivmilter.core.config import Config
 from zivmilter.core.facts import Facts, facts_from_mapping
+from zivmilter.delivery.reinject import Outgoing
 from zivmilter.gateway import Gateway, Plan, Transaction
 from zivmilter.mta.milter import ZivMilter
 from zivmilter.store import SqliteStore
@@ -74,6 +78,15 @@ def run(
     return int(ctx._eom())  # TestCtx records actions only from inside its own eom step
 
 
+def added(ctx: testctx.TestCtx, name: str) -> list[str]:
+    """The fields `name` the milter added or changed, as the MTA writes them. With
+    P_HDR_LEADSPC negotiated (ZivMilter asks for it) the MTA writes `name:value` with the value
+    exactly as given, the space after the colon included (libmilter's smfi_addheader; Postfix
+    milter8.c); without it, `name: value`."""
+    leading_space = ctx.getpriv()._protocol & Milter.P_HDR_LEADSPC
+    return [f"{name}{':' if leading_space else ': '}{v}" for v in ctx._msg.get_all(name, [])]
+
+
 def test_plan_is_applied(store: SqliteStore) -> None:
     sent = use_gateway(
         store,
@@ -92,49 +105,12 @@ def test_plan_is_applied(store: SqliteStore) -> None:
     # bob (direct, pkix) stays in this transaction; carol's notification is re-injected
     assert ctx._delrcpt == ["<carol@oldmail.example>"]
     assert ctx._headerschanged
-    assert ctx._msg["X-Zivmilter-Route"] == " direct-pkix"  # as given: see test_values_..._space
+    assert added(ctx, "X-Zivmilter-Route") == ["X-Zivmilter-Route: direct-pkix"]
     assert ctx._msg["zivver-access-right"] is None
     assert not ctx._bodyreplaced
     (note,) = sent.sent
     assert note.recipients == ("carol@oldmail.example",)
     assert isinstance(note.content, bytes) and b"SECRET BODY" not in note.content
-
-
-class _EditsCtx(testctx.TestCtx):  # type: ignore[misc]
-    """TestCtx that also keeps every header value handed to the MTA, as given."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.values: list[tuple[str, str]] = []
-
-    def addheader(self, field: str, value: str, idx: int) -> None:
-        self.values.append((field, value))
-        super().addheader(field, value, idx)
-
-    def chgheader(self, field: str, idx: int, value: str) -> None:
-        if value:  # "" deletes the field
-            self.values.append((field, value))
-        super().chgheader(field, idx, value)
-
-
-def test_values_given_to_the_mta_start_with_a_space(store: SqliteStore) -> None:
-    # With header_leading_space negotiated, Sendmail writes "Name:" + the value exactly as
-    # given ("Date:Mon, ..." without it); Postfix adds a space only to a value lacking one.
-    use_gateway(
-        store,
-        make_config(
-            {"submission": {"any_address_of_own_domains": True}},
-            base={"organization": {"domains": ["hospital.example"]}},
-        ),
-        facts_from_mapping({}),
-    )
-    ctx = _EditsCtx()
-    # one notification recipient: the notification rewrites this transaction's header
-    assert run(ctx, ["carol@oldmail.example"]) == Milter.ACCEPT
-    assert ctx._bodyreplaced
-    names = {name.lower() for name, _ in ctx.values}
-    assert {"content-type", "mime-version", "x-zivmilter-notification"} <= names
-    assert all(value.startswith(" ") for _, value in ctx.values), ctx.values
 
 
 def test_log_never_shows_a_misplaced_secret(
@@ -197,7 +173,7 @@ def test_config_idd_counts_with_pinned_facts(store: SqliteStore) -> None:
     )
     ctx = testctx.TestCtx()
     assert run(ctx, ["bob@partner.example"]) == Milter.ACCEPT
-    assert ctx._msg["X-Zivmilter-Route"] == " direct-pkix"  # A1 with IDD met: direct
+    assert added(ctx, "X-Zivmilter-Route") == ["X-Zivmilter-Route: direct-pkix"]  # A1, IDD met
 
 
 def test_ntamx_recipients_get_a_copy_of_their_own_routed_to_the_ntamx_hosts(
@@ -235,7 +211,7 @@ def test_ntamx_recipients_get_a_copy_of_their_own_routed_to_the_ntamx_hosts(
     assert run(ctx, ["bob@partner.example", "x@care.example"], message) == Milter.ACCEPT
     # bob's copy (the MX route sorts first) stays; the client's route header is deleted
     assert ctx._delrcpt == ["<x@care.example>"]
-    assert ctx._msg.get_all("X-Zivmilter-Route") == [" direct-pkix"]
+    assert added(ctx, "X-Zivmilter-Route") == ["X-Zivmilter-Route: direct-pkix"]
     (copy,) = sent.sent
     assert copy.recipients == ("x@care.example",)
     assert copy.what == "direct-pkix copy via mx1.nta.example, mx2.nta.example"
@@ -306,35 +282,6 @@ def test_listener_rules_apply_per_daemon_name(store: SqliteStore) -> None:
     assert "127.0.0.1" in text
 
 
-def test_failures_follow_notify_orcpt_and_survive_undecodable_bytes() -> None:
-    from zivmilter.gateway.gateway import _reported_failures
-
-    tx = Transaction(
-        queue_id="Q",
-        sender="<alice@hospital.example>",
-        recipients=[],
-        headers=[],
-        message=io.BytesIO(b"\r\n"),
-        body_offset=2,
-        recipient_params={
-            "<never@x.example>": ("NOTIFY=NEVER",),
-            "<success@x.example>": ("NOTIFY=SUCCESS,DELAY",),
-            "<orcpt@x.example>": ("ORCPT=rfc822;J+C3+B6rg+2Bx@x.example", "NOTIFY=FAILURE"),
-        },
-    )
-    failed = [
-        ("<never@x.example>", "5.7.1", "r"),
-        ("<success@x.example>", "5.7.1", "r"),
-        ("<orcpt@x.example>", "5.7.1", "r"),
-        ("<a@x.nl\udcff>", "5.1.3", "'a@x.nl\udcff' is not a valid address"),
-    ]
-    got = _reported_failures(tx, failed)
-    assert got == [
-        ("orcpt@x.example", "5.7.1", "r", "rfc822; Jörg+x@x.example"),
-        ("a@x.nl\ufffd", "5.1.3", "'a@x.nl\ufffd' is not a valid address", None),
-    ]
-
-
 class _SeesHelo:
     """An SPF checker that records the HELO name it is given and answers pass."""
 
@@ -378,5 +325,101 @@ def test_a_sendmail_behind_milter_mta_postfix_is_held(
         assert (code, xcode) == ("451", "4.3.5") and "milter.mta" in text
         assert sent.sent == [] and spf.helo == []
     else:
-        assert ctx._msg["X-Zivmilter-Route"] == " direct-pkix"
+        assert added(ctx, "X-Zivmilter-Route") == ["X-Zivmilter-Route: direct-pkix"]
         assert spf.helo == ["app.hospital.example"]  # SPF got the client's HELO name
+
+
+def _spool_files(folder: Path) -> dict[str, bytes]:
+    """Every file in `folder`: those with a name, and the unnamed ones this process holds open
+    (a temporary file has no name on Linux, O_TMPFILE: only /proc/self/fd shows it)."""
+    found = {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(folder)):
+                with open(f"/proc/self/fd/{fd}", "rb") as f:
+                    found[target] = f.read()
+        except OSError:
+            continue  # the descriptor of the listing itself, gone by now
+    return found
+
+
+def test_a_large_message_is_never_on_disk_in_plaintext(
+    store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Above milter.spool_threshold (1 MiB) the message and the gateway's copies of it go to
+    # temporary files: after a crash (kill -9) those stay on the disk. They must be unreadable.
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    seen: list[dict[str, bytes]] = []
+
+    class Watching(Collecting):
+        def send(self, messages: Sequence[Outgoing]) -> list[str]:
+            seen.append(_spool_files(folder))  # in flight: spooled, stored, copies being sent
+            return super().send(messages)
+
+    sent = Watching()
+    ZivMilter.gateway = Gateway(
+        make_config(
+            {
+                "policy": {"transport_security_compliance": "tls"},
+                "submission": {"any_address_of_own_domains": True},
+            }
+        ),
+        facts_from_mapping({"transport": {"partner.example": "pkix", "tlsonly.example": "tls"}}),
+        store,
+        sent,
+        hostname="gw.test",
+    )
+    canary = b"CANARY-patient-4711 "
+    big = MESSAGE.replace(b"SECRET BODY\r\n", (canary * 3 + b"\r\n") * 40_000)
+    assert len(big) > 2 * 1024 * 1024
+    rcpts = ["bob@partner.example", "t@tlsonly.example", "carol@oldmail.example"]
+    assert run(testctx.TestCtx(), rcpts, big) == Milter.ACCEPT
+    # one direct copy stays in the transaction, the other is re-injected from a spool
+    copy = next(m for m in sent.sent if m.what.startswith("direct"))
+    assert not isinstance(copy.content, bytes)
+    copy.content.seek(0)
+    assert canary in copy.content.read()  # as the re-injector reads it: the plaintext
+    copy.content.close()
+    (in_flight,) = seen
+    spooled = [data for data in in_flight.values() if len(data) > 2 * 1024 * 1024]
+    assert len(spooled) >= 2, "the message and its copy were not on disk: nothing was checked"
+    for name, data in in_flight.items():
+        assert canary not in data, f"{name} holds the message in plaintext"
+    assert _spool_files(folder) == {}  # and nothing is left behind
+
+
+class _Recording(testctx.TestCtx):  # type: ignore[misc]
+    """TestCtx, keeping each header the milter adds in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added: list[tuple[str, str]] = []
+
+    def addheader(self, field: str, value: str, idx: int) -> None:
+        self.added.append((field, value))
+        super().addheader(field, value, idx)
+
+
+def test_a_kept_notification_has_a_space_after_each_colon(store: SqliteStore) -> None:
+    # One notification recipient: the notification replaces the message in this transaction,
+    # its header fields added through libmilter. Written as the MTA writes them, each must read
+    # `Name: value` as every mailer writes it (and as the re-injected notifications have it).
+    use_gateway(
+        store,
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+    )
+    ctx = _Recording()
+    assert run(ctx, ["carol@oldmail.example"]) == Milter.ACCEPT
+    assert ctx._bodyreplaced
+    names = [name for name, _ in ctx.added]
+    assert "Content-Type" in names and "X-Zivmilter-Notification" in names
+    leading_space = ctx.getpriv()._protocol & Milter.P_HDR_LEADSPC
+    for name, value in ctx.added:
+        written = f"{name}{':' if leading_space else ': '}{value}"
+        assert written.startswith(f"{name}: ") and not written.startswith(f"{name}:  ")
+    content_type = next(v for n, v in ctx.added if n == "Content-Type")
+    assert f"Content-Type:{content_type}".startswith("Content-Type: multipart/alternative;")

@@ -452,7 +452,25 @@ def test_wire_writes_what_the_email_generator_writes(
     fields: list[tuple[str, str]], language: str, subject_mode: str, verification: Verification
 ) -> None:
     note = draft(header_message(fields), verification, language, subject_mode)
-    assert note.wire() == note.message().as_bytes()
+    data = note.wire()
+    assert data == note.message().as_bytes()
+    # Equal to the generator, and as every mailer writes: a space after each field's colon
+    # (the generator is no proof of that by itself; the milter once lost it, see
+    # test_a_kept_notification_has_a_space_after_each_colon)
+    for block in (data.partition(b"\r\n\r\n")[0], *_part_heads(data)):
+        for field in block.split(b"\r\n"):
+            if field and not field.startswith((b" ", b"\t")):
+                name, colon, rest = field.partition(b":")
+                assert colon and rest.startswith(b" ") and name.strip() == name, field
+
+
+def _part_heads(data: bytes) -> list[bytes]:
+    """The header blocks of a notification's two parts."""
+    boundary = email.message_from_bytes(data).get_boundary()
+    assert boundary is not None
+    parts = data.split(b"--" + boundary.encode() + b"\r\n")[1:]
+    assert len(parts) == 2
+    return [part.partition(b"\r\n\r\n")[0] for part in parts]
 
 
 @pytest.mark.parametrize(

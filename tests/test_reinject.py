@@ -3,6 +3,8 @@ what it does when a message needs more than the listener offers."""
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,3 +133,47 @@ def test_a_listener_that_is_down_is_not_a_permanent_refusal() -> None:
     with pytest.raises(DeliveryError) as caught:
         SmtpReinjector("127.0.0.1", free_port(), 5).send([out])
     assert caught.value.permanent is False and caught.value.accepted == 0
+
+
+def _nodelay_of_socket_named(address: tuple[str, int]) -> int:
+    """TCP_NODELAY of this process's TCP socket bound to `address` (the re-injector's end)."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:
+            continue  # not a socket
+        with sock:
+            if sock.family == socket.AF_INET and sock.getsockname() == address:
+                return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    raise AssertionError(f"no socket of this process is bound to {address}")
+
+
+class _SeesTheClient(_Keep):
+    """Looks at the client's end of each connection while its message comes in: the
+    re-injector runs in this process, so that socket is one of ours."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodelay: list[int] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.nodelay.append(_nodelay_of_socket_named(tuple(session.peer[:2])))
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_copies_are_written_without_nagle_delay() -> None:
+    # The final "." of each copy is a small write after the content: with Nagle's algorithm it
+    # waits for the ACK of the content, which the MTA delays (40 ms per copy, POSTFIX-NOTES).
+    keep, port = _SeesTheClient(), free_port()
+    ctl = Controller(keep, hostname="127.0.0.1", port=port)
+    ctl.start()
+    try:
+        copies = [
+            Outgoing("a@org.example", [f"r{i}@x.example"], b"Subject: a\r\n\r\nx\r\n", "a")
+            for i in range(2)
+        ]
+        SmtpReinjector("127.0.0.1", port, 10).send(copies)
+    finally:
+        ctl.stop()
+    assert len(keep.got) == 2
+    assert keep.nodelay and all(keep.nodelay)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from email.header import decode_header, make_header
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-import zivmilter
 from tests.fakes import make_config
-from tests.test_core_purity import FORBIDDEN, _imports
 from zivmilter.core.assess import assess
 from zivmilter.core.facts import StaticFacts
 from zivmilter.core.policy import Delivery, Method
@@ -294,10 +291,3 @@ def test_selected_message_gets_the_policy_decision() -> None:
     assert result.selection.selected
     (d,) = result.decision.recipients
     assert (d.method, d.delivery) == (Method.ACCOUNT, Delivery.NOTIFICATION)
-
-
-def test_selection_is_pure() -> None:
-    path = Path(zivmilter.__file__).parent / "core" / "selection.py"
-    for imported in _imports(path):
-        parts = imported.split(".")
-        assert not {".".join(parts[: i + 1]) for i in range(len(parts))} & FORBIDDEN, imported

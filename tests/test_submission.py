@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-import zivmilter
 from tests.fakes import BASE_CONFIG, make_config, merge
-from tests.test_core_purity import FORBIDDEN, _imports
 from zivmilter import crypto
 from zivmilter.cli import accounts as account_commands
 from zivmilter.core.config import Config
@@ -340,13 +338,6 @@ def test_listener_rules_replace_the_top_level_ones() -> None:
                 envelope_sender="alice@hospital.example", spf=FakeSpf(), accounts=ACTIVE,
                 rules=strict)
     assert_rejected(got, "client 10.1.0.1 is not in submission.trusted_networks")
-
-
-def test_submission_is_pure() -> None:
-    path = Path(zivmilter.__file__).parent / "core" / "submission.py"
-    for imported in _imports(path):
-        parts = imported.split(".")
-        assert not {".".join(parts[: i + 1]) for i in range(len(parts))} & FORBIDDEN, imported
 
 
 # --- the store as SenderAccounts, and `zivmilter account` --------------------------------------

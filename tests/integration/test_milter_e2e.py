@@ -425,6 +425,11 @@ def test_single_notification_rewrites_the_transaction(
     assert BODY_MARKER.encode() not in note.data
     # Postfix's own trace header stays, the original body is gone
     assert note.data.startswith(b"Received: ")
+    # The fields the milter added read `Name: value`, as every mailer writes them
+    head = note.data.partition(b"\r\n\r\n")[0]
+    assert b"\r\nContent-Type: multipart/alternative; boundary=" in head
+    fields = [f for f in head.split(b"\r\n") if not f.startswith((b" ", b"\t"))]
+    assert all(re.match(rb"[!-9;-~]+: \S", f) for f in fields), fields
 
 
 def test_client_route_header_is_not_obeyed(

@@ -18,12 +18,12 @@ from typing import Any
 from zivmilter.core import config as config_mod
 from zivmilter.core.addresses import normalize_address
 from zivmilter.errors import MessageError, StoreError
-from zivmilter.store import Account, SqliteStore, open_configured
+from zivmilter.store import Account, AccountStore, open_store
 
 
 @contextmanager
-def _store(args: argparse.Namespace) -> Iterator[SqliteStore]:
-    store = open_configured(config_mod.load(args.config))
+def _store(args: argparse.Namespace) -> Iterator[AccountStore]:
+    store = open_store(config_mod.load(args.config))
     try:
         yield store
     finally:
@@ -76,7 +76,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_recipient(args: argparse.Namespace, store: SqliteStore, address: str) -> int:
+def _add_recipient(args: argparse.Namespace, store: AccountStore, address: str) -> int:
     try:
         from zivmilter.portal.accounts import add_recipient_account
     except ImportError as exc:

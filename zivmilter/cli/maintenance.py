@@ -19,12 +19,12 @@ from zivmilter.core import config as config_mod
 from zivmilter.core.addresses import normalize_domain
 from zivmilter.delivery.reinject import Outgoing, SmtpReinjector
 from zivmilter.errors import DeliveryError, MessageError
-from zivmilter.store import SqliteStore, open_configured
+from zivmilter.store import Store, open_store
 
 
 def cmd_idd(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    with contextlib.closing(open_configured(cfg)) as store:
+    with contextlib.closing(open_store(cfg)) as store:
         if args.action == "list":
             for domain in sorted(set(store.idd_domains()) | set(cfg.idd.domains)):
                 where = "config" if domain in cfg.idd.domains else "store"
@@ -43,7 +43,7 @@ def cmd_idd(args: argparse.Namespace) -> int:
 
 
 def _resend_replies(
-    cfg: config_mod.Config, store: SqliteStore, retry_refused: bool
+    cfg: config_mod.Config, store: Store, retry_refused: bool
 ) -> tuple[int, int, int]:
     """(sent, still failing, refused for good) of the replies the MTA has not taken yet."""
     reinjector = SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout)
@@ -78,7 +78,7 @@ def _resend_replies(
 
 def cmd_maintenance(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    with contextlib.closing(open_configured(cfg)) as store:
+    with contextlib.closing(open_store(cfg)) as store:
         # Replies first: one written before its message expires still gets its chance.
         sent, failed, refused = _resend_replies(cfg, store, args.retry_refused)
         expired = store.purge_expired()

@@ -20,15 +20,10 @@ from zivmilter import crypto, logsetup, sdnotify
 from zivmilter.core import config as config_mod
 from zivmilter.errors import ConfigError, MessageError
 from zivmilter.mail.notification import mask_phone
-from zivmilter.store import MessageRecord, RecipientRecord, SqliteStore, Store
+from zivmilter.store import MessageRecord, RecipientRecord, Store, open_store
 
 _ENV_CONFIG = "ZIVMILTER_PORTAL_CONFIG"
 log = logging.getLogger("zivmilter.portal")
-
-
-def open_store(cfg: config_mod.Config) -> tuple[SqliteStore, bytes]:
-    kek = crypto.load_kek(cfg.store.key_file)
-    return SqliteStore.open(cfg.store.path, kek), kek
 
 
 def build_portal(cfg: config_mod.Config) -> Any:
@@ -38,11 +33,11 @@ def build_portal(cfg: config_mod.Config) -> Any:
     from zivmilter.portal.security import PortalKeys
     from zivmilter.portal.sms import sms_sender
 
-    store, kek = open_store(cfg)
+    store = open_store(cfg)
     return Portal(
         cfg=cfg,
         store=store,
-        keys=PortalKeys.from_kek(kek),
+        keys=PortalKeys.from_kek(crypto.load_kek(cfg.store.key_file)),
         sms=sms_sender(cfg.sms, cfg.source),
         mailer=SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout),
     )
@@ -117,7 +112,7 @@ def _messages(store: Store, ref: str) -> list[MessageRecord]:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    store, _ = open_store(cfg)
+    store = open_store(cfg)
     try:
         found = _messages(store, args.message_id)
         acted = 0
@@ -226,7 +221,7 @@ def _recipient_status(store: Store, message: MessageRecord, r: RecipientRecord) 
 
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    store, _ = open_store(cfg)
+    store = open_store(cfg)
     try:
         found = _messages(store, args.message_id)
         report = []
@@ -285,7 +280,7 @@ def _print_status(m: dict[str, Any]) -> None:
 
 def cmd_contacts(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    store, _ = open_store(cfg)
+    store = open_store(cfg)
     try:
         if args.action == "forget":
             if not args.address:

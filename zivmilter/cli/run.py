@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from zivmilter import crypto, logsetup
 from zivmilter.core import config as config_mod
 from zivmilter.core.facts import Facts, StaticFacts, load_facts, with_config
 from zivmilter.core.submission import SpfChecker
-from zivmilter.errors import StoreError
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -44,16 +42,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from zivmilter.gateway import Gateway
     from zivmilter.mta.livefacts import LiveFacts
     from zivmilter.mta.milter import serve
-    from zivmilter.store import SqliteStore
+    from zivmilter.store import open_store
 
     cfg = config_mod.load(args.config)
     logsetup.setup(cfg.logging.level)
-    kek = crypto.load_kek(cfg.store.key_file)
-    try:
-        os.makedirs(cfg.store.path, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"{cfg.store.path}: cannot create the store folder: {exc}") from None
-    store = SqliteStore.open(cfg.store.path, kek)
+    store = open_store(cfg)
     source: Facts = (
         load_facts(args.facts) if args.facts else LiveFacts(cfg, store, _transport_source(cfg))
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from email.utils import getaddresses
 
 import email_validator
@@ -36,15 +37,22 @@ def normalize_domain(text: str) -> str:
     return ascii_name
 
 
+def bare_address(text: str) -> str:
+    """An address as SMTP gives it (`<a@b>`, with white space perhaps) without its angle
+    brackets; not normalized: the null sender `<>` becomes ""."""
+    bare = text.strip()
+    if bare.startswith("<") and bare.endswith(">"):
+        bare = bare[1:-1].strip()
+    return bare
+
+
 @functools.lru_cache(maxsize=65536)
 def normalize_address(text: str) -> str:
     """The comparison key of a mailbox: `local@domain`, lower-cased, domain in A-labels.
 
     Raises MessageError with the reason when the syntax is invalid.
     """
-    raw = str(text).strip()
-    if raw.startswith("<") and raw.endswith(">"):
-        raw = raw[1:-1].strip()
+    raw = bare_address(str(text))
     try:
         valid = email_validator.validate_email(
             raw,
@@ -76,3 +84,21 @@ def header_addresses(values: list[str]) -> list[str]:
         if norm not in found:
             found.append(norm)
     return found
+
+
+def envelope_recipients(
+    raw: Iterable[str],
+) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
+    """RCPT TO arguments grouped by normalized address (in order, each with the forms the MTA
+    gave: removing a recipient needs them as given); and the arguments that are no valid
+    address, each with the reason."""
+    out: dict[str, list[str]] = {}
+    unusable: list[tuple[str, str]] = []
+    for r in raw:
+        try:
+            norm = normalize_address(bare_address(r))
+        except MessageError as exc:
+            unusable.append((r, str(exc)))
+            continue
+        out.setdefault(norm, []).append(r)
+    return out, unusable

@@ -48,7 +48,7 @@ from email.utils import getaddresses
 from typing import Protocol
 
 from zivmilter import defaults
-from zivmilter.core.addresses import domain_of, normalize_address
+from zivmilter.core.addresses import bare_address, domain_of, normalize_address
 from zivmilter.core.config import Config, SubmissionRules
 from zivmilter.errors import MessageError
 
@@ -192,9 +192,7 @@ def _mailboxes(values: list[str], header: str) -> list[str] | str:
 
 
 def _envelope_address(sender: str) -> str | None:
-    bare = sender.strip()
-    if bare.startswith("<") and bare.endswith(">"):
-        bare = bare[1:-1].strip()
+    bare = bare_address(sender)
     if not bare:
         return None
     try:

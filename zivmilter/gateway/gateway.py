@@ -14,38 +14,36 @@ message) and applies the `Plan` it gets back. In between, in this order:
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import socket
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import Message
-from typing import BinaryIO
 
 from zivmilter.core import submission
-from zivmilter.core.addresses import normalize_address
+from zivmilter.core.addresses import bare_address, envelope_recipients
 from zivmilter.core.assess import Assessment, assess
 from zivmilter.core.config import Config
 from zivmilter.core.directives import AccessKind
 from zivmilter.core.facts import Facts
-from zivmilter.core.headers import ROUTE_HEADER, is_directive
+from zivmilter.core.header_block import header_fields, unfolded
+from zivmilter.core.headers import NOT_COPIED, ROUTE_HEADER, is_directive
 from zivmilter.core.levels import Level
-from zivmilter.core.message import decoded_header, header_message, utf8_text
+from zivmilter.core.message import decoded_header, header_message
 from zivmilter.core.policy import Delivery, Method, RecipientDecision
 from zivmilter.core.route import route_value
 from zivmilter.core.submission import SenderAccounts, SpfChecker, StoreSenderAccounts
 from zivmilter.delivery.reinject import Outgoing, Reinjector
-from zivmilter.errors import DeliveryError, MessageError
+from zivmilter.errors import DeliveryError
+from zivmilter.gateway.spool import clean_copy, set_subject
 from zivmilter.gateway.transaction import Plan, Transaction
 from zivmilter.mail import attachments, dsn, notification
-from zivmilter.store import NewMessage, NewRecipient, SavedMessage, Store
+from zivmilter.spool import spool_file
+from zivmilter.store import GatewayStore, NewMessage, NewRecipient, SavedMessage
 
 log = logging.getLogger("zivmilter.gateway")
 
-# Headers a stored or direct copy never carries: secrets, routing, and who else got a Bcc.
-_STRIP = frozenset({"bcc", ROUTE_HEADER.lower()})
 # Unselected mail passes as it is but for directive headers (and a client's route header, which
 # Postfix's header_checks already drops: never obeyed).
 _PASS_STRIP = frozenset({ROUTE_HEADER.lower()})
@@ -73,7 +71,7 @@ class Gateway:
         self,
         cfg: Config,
         facts: Facts,
-        store: Store,
+        store: GatewayStore,
         reinjector: Reinjector,
         hostname: str | None = None,
         clock: type[datetime] = datetime,
@@ -101,12 +99,13 @@ class Gateway:
             )
             log.error("%s", reply, extra=_ctx(tx))
             return Plan(reject=reply, summary=f"refused: {reply}")
+        sender = bare_address(tx.sender)  # "" for the null sender
         verdict = submission.check(
             self.cfg,
             tx.headers,
             client_ip=tx.client_address,
             auth_login=tx.auth_login,
-            envelope_sender=_bare(tx.sender),
+            envelope_sender=sender,
             spf=self.spf,
             accounts=self.senders,
             rules=submission.rules_for(self.cfg, tx.listener),
@@ -115,8 +114,8 @@ class Gateway:
         if not verdict.accepted:
             log.warning("submission refused: %s", verdict.reason, extra=_ctx(tx))
             return Plan(reject=verdict.reply, summary=f"refused: {verdict.reply}")
-        raw_by_norm, unusable = _raw_recipients(tx.recipients)
-        result = assess(tx.headers, _bare(tx.sender), list(raw_by_norm), self.cfg, self.facts)
+        raw_by_norm, unusable = envelope_recipients(tx.recipients)
+        result = assess(tx.headers, sender, list(raw_by_norm), self.cfg, self.facts)
         if not result.selection.selected:
             # Not secured: it passes as it is, but never with its directive headers (SPEC 2).
             log.info("not selected: %s", result.selection.reason, extra=_ctx(tx))
@@ -125,15 +124,15 @@ class Gateway:
             )
         subject_change: list[tuple[str, int, str]] = []
         if result.selection.new_subject is not None:
-            _set_subject(tx, result.selection.new_subject)
+            set_subject(tx, result.selection.new_subject)
             subject_change = [("Subject", 1, result.selection.new_subject)]
         for warning in result.decision.warnings:
             log.warning("%s", warning, extra=_ctx(tx))
-        stripped = self._strip_plan(tx, _STRIP)
+        stripped = self._strip_plan(tx, NOT_COPIED)
         delivered = [d for d in result.decision.recipients if d.delivery is not Delivery.FAILED]
         # Decisions use the normalized form; the MTA and reports get the address as given
         # (RFC 5321: a local part may be case-sensitive).
-        as_given = {norm: _bare(raws[0]) for norm, raws in raw_by_norm.items()}
+        as_given = {norm: bare_address(raws[0]) for norm, raws in raw_by_norm.items()}
         failed = [
             (raw_by_norm[d.address][0], "5.7.1", d.reason)
             for d in result.decision.recipients
@@ -144,7 +143,7 @@ class Gateway:
         for raw, problem in unusable:
             log.warning("to=%s failed: %s", raw, problem, extra=_ctx(tx))
             failed.append((raw, "5.1.3", problem))
-        reported = _reported_failures(tx, failed)
+        reported = dsn.reported_failures(failed, tx.recipient_params)
         for d in result.decision.recipients:
             log.info(
                 "to=<%s> delivery=%s method=%s level=%s rule=%s conversation=%s%s",
@@ -166,7 +165,6 @@ class Gateway:
         try:
             copies = self._copies(tx, delivered, original, saved)
             outgoing: list[Outgoing] = []
-            sender = _bare(tx.sender)
             kept = self._choose_kept(copies)
             for copy in copies:
                 if copy is not kept:
@@ -222,7 +220,7 @@ class Gateway:
         expiry = self.cfg.policy.expiry_days
         notifies = any(d.delivery is Delivery.NOTIFICATION for d in delivered)
         expires = self.clock.now(UTC) + timedelta(days=expiry) if expiry and notifies else None
-        with _clean_copy(tx) as content:
+        with clean_copy(tx) as content:
             return self.store.save_message(
                 NewMessage(
                     sender=author,
@@ -285,7 +283,7 @@ class Gateway:
             log.info("large attachment %s kept for download", filename, extra=_ctx(tx))
             return base + kept.token
 
-        with _clean_copy(tx) as content:
+        with clean_copy(tx) as content:
             found = attachments.replace_large(content, self.cfg.policy.large_attachment_bytes, keep)
         return None if found is None else found[0]
 
@@ -297,11 +295,11 @@ class Gateway:
         if copy.content is not None:
             return Outgoing(sender, rcpts, route + copy.content, copy.what)
         # closed with the Outgoing once the batch is sent (its content is read once)
-        spool = tempfile.SpooledTemporaryFile(max_size=self.cfg.milter.spool_threshold)  # noqa: SIM115
+        spool = spool_file(self.cfg.milter.spool_threshold)
         spool.write(route)
-        with _clean_copy(tx) as content:
+        with clean_copy(tx) as content:
             shutil.copyfileobj(content, spool)
-        return Outgoing(sender, rcpts, spool, copy.what)  # type: ignore[arg-type]
+        return Outgoing(sender, rcpts, spool, copy.what)
 
     def _strip_plan(self, tx: Transaction, strip: frozenset[str]) -> list[tuple[str, int]]:
         """Deletions of the directive headers, and of the headers named in `strip`."""
@@ -338,20 +336,20 @@ class Gateway:
         # trace headers and those it carries unchanged (From, To, Cc, Date, threading): fewer
         # edits for the MTA to apply.
         head, _, body = kept.content.partition(b"\r\n\r\n")
-        wanted = _header_fields(head)
-        unchanged = {(n.lower(), _unfolded(v)) for n, v in wanted}
+        wanted = header_fields(head)
+        unchanged = {(n.lower(), unfolded(v)) for n, v in wanted}
         counts: dict[str, int] = {}
         deletions: list[tuple[str, int]] = []
         kept_fields: set[tuple[str, str]] = set()
         for name, value in tx.headers:
             key = name.lower()
             counts[key] = counts.get(key, 0) + 1
-            field = (key, _unfolded(value))
+            field = (key, unfolded(value))
             if key in _KEEP_ON_REWRITE or (field in unchanged and field not in kept_fields):
                 kept_fields.add(field)
                 continue
             deletions.append((name, counts[key]))
-        additions = [(n, v) for n, v in wanted if (n.lower(), _unfolded(v)) not in kept_fields]
+        additions = [(n, v) for n, v in wanted if (n.lower(), unfolded(v)) not in kept_fields]
         additions += route
         return Plan(
             delete_headers=deletions,
@@ -373,44 +371,6 @@ def _ctx(tx: Transaction) -> dict[str, str]:
     return {"queue_id": tx.queue_id or "-", "message_id": tx.message_id}
 
 
-def _reported_failures(
-    tx: Transaction, failed: list[tuple[str, str, str]]
-) -> list[tuple[str, str, str, str | None]]:
-    """The failures the DSN reports, from (RCPT argument, status, reason): a recipient given
-    with NOTIFY=NEVER, or a NOTIFY without FAILURE, is left out (RFC 3461 4.1); its ORCPT
-    becomes the Original-Recipient field."""
-    out: list[tuple[str, str, str, str | None]] = []
-    for raw, status, reason in failed:
-        params: dict[str, str] = {}
-        for param in tx.recipient_params.get(raw, ()):
-            key, _, value = param.partition("=")
-            params.setdefault(key.strip().upper(), value.strip())
-        notify = {n.strip().upper() for n in params.get("NOTIFY", "FAILURE").split(",")}
-        if "FAILURE" not in notify:
-            continue
-        original = None
-        if "ORCPT" in params:
-            kind, _, xtext = params["ORCPT"].partition(";")
-            original = f"{kind.strip()}; {_xtext_decoded(xtext.strip())}"
-        out.append((utf8_text(_bare(raw)), status, utf8_text(reason), original))
-    return out
-
-
-def _xtext_decoded(text: str) -> str:
-    """RFC 3461 xtext: "+" and two upper-case hex digits stand for one byte (UTF-8 for an
-    internationalized address)."""
-    raw = text.encode("utf-8", "surrogateescape")
-    decoded = re.sub(rb"\+([0-9A-F]{2})", lambda m: bytes([int(m.group(1), 16)]), raw)
-    return decoded.decode("utf-8", "replace")
-
-
-def _bare(address: str) -> str:
-    a = address.strip()
-    if a.startswith("<") and a.endswith(">"):
-        a = a[1:-1].strip()
-    return a
-
-
 def _author(claimed: Sequence[str], envelope_sender: str, cfg: Config) -> str:
     """Who wrote the message, as the store keeps it: secure replies go there, and the portal
     and the codes it sends name it. The first From mailbox (`claimed`: the addresses
@@ -419,21 +379,6 @@ def _author(claimed: Sequence[str], envelope_sender: str, cfg: Config) -> str:
     if claimed:
         return claimed[0]
     return envelope_sender or "mailer-daemon@" + cfg.organization.domains[0]
-
-
-def _raw_recipients(raw: Sequence[str]) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
-    """Normalized address -> the RCPT TO forms the MTA gave (delrcpt needs them as given);
-    and the forms that are no valid address, each with the reason."""
-    out: dict[str, list[str]] = {}
-    unusable: list[tuple[str, str]] = []
-    for r in raw:
-        try:
-            norm = normalize_address(_bare(r))
-        except MessageError as exc:
-            unusable.append((r, str(exc)))
-            continue
-        out.setdefault(norm, []).append(r)
-    return out, unusable
 
 
 def _new_recipient(d: RecipientDecision) -> NewRecipient:
@@ -474,96 +419,8 @@ def _verification_text(d: RecipientDecision) -> notification.Verification:
 
 def _original_headers(tx: Transaction, new_subject: str | None) -> Message:
     """The fields the milter collected (compat32: raw values), not the header block parsed
-    again; with the first Subject as `_set_subject` rewrote it in the spool, if it did."""
+    again; with the first Subject as `set_subject` rewrote it in the spool, if it did."""
     original = header_message(tx.headers)
     if new_subject is not None and "Subject" in original:
-        original.replace_header("Subject", new_subject)  # the first one, as _set_subject does
+        original.replace_header("Subject", new_subject)  # the first one, as set_subject does
     return original
-
-
-class _clean_copy:
-    """The message without directive headers, Bcc and route headers, as a readable file (the
-    message's own spool when it has none of them: left open)."""
-
-    def __init__(self, tx: Transaction) -> None:
-        self.tx = tx
-        self.spool: BinaryIO | None = None
-
-    def __enter__(self) -> BinaryIO:
-        tx = self.tx
-        tx.message.seek(0)
-        head = tx.message.read(tx.body_offset)
-        fields = head[:-2] if head.endswith(b"\r\n\r\n") else head  # the blank line apart
-        kept = b"".join(f for f in _raw_fields(fields) if not _field_is_stripped(f))
-        if len(kept) == len(fields):  # nothing to strip: the message itself, read from its start
-            tx.message.seek(0)
-            return tx.message
-        spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
-        spool.write(kept + b"\r\n")
-        shutil.copyfileobj(tx.message, spool)
-        spool.seek(0)
-        self.spool = spool  # type: ignore[assignment]
-        return spool  # type: ignore[return-value]
-
-    def __exit__(self, *exc: object) -> None:
-        if self.spool is not None:
-            self.spool.close()
-
-
-_FIELD_START = re.compile(rb"(?m)^(?![ \t])")
-
-
-def _raw_fields(head: bytes) -> list[bytes]:
-    """Split a header block into whole fields (with their folded lines and line ends)."""
-    parts = [p for p in _FIELD_START.split(head) if p]
-    return parts
-
-
-def _field_is_stripped(raw_field: bytes) -> bool:
-    name = raw_field.split(b":", 1)[0].decode("ascii", "replace").strip()
-    return not name or is_directive(name) or name.lower() in _STRIP
-
-
-_FOLDING_WHITE_SPACE = re.compile(r"(?:[ \t]|\r?\n(?=[ \t]))+")
-
-
-def _unfolded(value: str) -> str:
-    """A field value unfolded, its runs of spaces and tabs one space: how folding may differ.
-    (Not str.split(): a form feed or vertical tab in a value is no white space to fold.)"""
-    return " ".join(_FOLDING_WHITE_SPACE.split(value.strip(" \t\r\n")))
-
-
-def _header_fields(head: bytes) -> list[tuple[str, str]]:
-    """(name, value) pairs of a generated header block, folding kept as LF + white space."""
-    fields: list[tuple[str, str]] = []
-    for raw in _raw_fields(head + b"\r\n"):
-        text = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
-        if not text:
-            continue
-        name, _, value = text.partition(":")
-        fields.append((name, value.lstrip(" ").replace("\r\n", "\n")))
-    return fields
-
-
-def _set_subject(tx: Transaction, value: str) -> None:
-    """Rewrite the first Subject field of the spooled message, so that the stored copy, the
-    notifications and the direct copies all carry the subject without its trigger word.
-    `tx.headers` stays as the MTA holds them: header edits refer to those."""
-    tx.message.seek(0)
-    head = tx.message.read(tx.body_offset)
-    fields = _raw_fields(head[:-2] if head.endswith(b"\r\n\r\n") else head)
-    out: list[bytes] = []
-    done = False
-    for f in fields:
-        if not done and f.split(b":", 1)[0].strip().lower() == b"subject":
-            out.append(b"Subject: " + value.replace("\n", "\r\n").encode() + b"\r\n")
-            done = True
-        else:
-            out.append(f)
-    new_head = b"".join(out) + b"\r\n"
-    spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 - replaces tx.message
-    spool.write(new_head)
-    shutil.copyfileobj(tx.message, spool)
-    tx.message.close()
-    tx.message = spool  # type: ignore[assignment]
-    tx.body_offset = len(new_head)

@@ -3,18 +3,20 @@
 Pure: the original's headers, the envelope sender and the failures in, an `EmailMessage` out;
 the milter submits it with an empty envelope sender (MAIL FROM:<>). The copy of the original's
 headers drops the directive headers (they carry access codes and phone numbers) and Bcc.
+Which failures it reports follows the client's RCPT TO parameters (RFC 3461 NOTIFY, ORCPT).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage, Message
 from email.utils import format_datetime, make_msgid
 from typing import NamedTuple
 
+from zivmilter.core.addresses import bare_address
 from zivmilter.core.headers import is_directive
 from zivmilter.core.message import decoded_header, utf8_text
 from zivmilter.errors import MessageError
@@ -36,6 +38,38 @@ class Failure(NamedTuple):
     status: str
     reason: str
     original: str | None = None
+
+
+def reported_failures(
+    failed: Iterable[tuple[str, str, str]], params: Mapping[str, Sequence[str]]
+) -> list[Failure]:
+    """The failures the DSN reports, from (RCPT argument, status, reason) and the ESMTP
+    parameters of each RCPT argument: a recipient given with NOTIFY=NEVER, or a NOTIFY
+    without FAILURE, is left out (RFC 3461 4.1); its ORCPT becomes the Original-Recipient
+    field."""
+    out: list[Failure] = []
+    for raw, status, reason in failed:
+        given: dict[str, str] = {}
+        for param in params.get(raw, ()):
+            key, _, value = param.partition("=")
+            given.setdefault(key.strip().upper(), value.strip())
+        notify = {n.strip().upper() for n in given.get("NOTIFY", "FAILURE").split(",")}
+        if "FAILURE" not in notify:
+            continue
+        original = None
+        if "ORCPT" in given:
+            kind, _, xtext = given["ORCPT"].partition(";")
+            original = f"{kind.strip()}; {xtext_decoded(xtext.strip())}"
+        out.append(Failure(utf8_text(bare_address(raw)), status, utf8_text(reason), original))
+    return out
+
+
+def xtext_decoded(text: str) -> str:
+    """RFC 3461 xtext: "+" and two upper-case hex digits stand for one byte (UTF-8 for an
+    internationalized address)."""
+    raw = text.encode("utf-8", "surrogateescape")
+    decoded = re.sub(rb"\+([0-9A-F]{2})", lambda m: bytes([int(m.group(1), 16)]), raw)
+    return decoded.decode("utf-8", "replace")
 
 
 def build_dsn(

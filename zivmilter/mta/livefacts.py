@@ -14,7 +14,7 @@ from typing import Protocol
 from zivmilter import defaults
 from zivmilter.core.config import Config
 from zivmilter.core.facts import Contact, NtaFact, TransportFact
-from zivmilter.store import Store
+from zivmilter.store import FactsStore
 
 _UNKNOWN = TransportFact(reason="transport prober not running: level none")
 
@@ -29,7 +29,7 @@ class LiveFacts:
     def __init__(
         self,
         cfg: Config,
-        store: Store,
+        store: FactsStore,
         transport: TransportSource | None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -11,7 +11,6 @@ import logging
 import os
 import secrets
 import socket
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -19,15 +18,9 @@ import Milter
 
 from zivmilter.errors import ZivmilterError
 from zivmilter.gateway import Gateway, Plan, Transaction
+from zivmilter.spool import spool_file
 
 log = logging.getLogger("zivmilter.milter")
-
-
-def _spaced(value: str) -> str:
-    """A header value as the MTA must write it after "Name:". With header_leading_space
-    negotiated the MTA adds no space of its own: Sendmail would write "Name:value". Postfix
-    adds one only when the value starts without, so both write "Name: value"."""
-    return value if value[:1] in (" ", "\t") else " " + value
 
 
 def _crlf(text: str) -> bytes:
@@ -96,8 +89,9 @@ class ZivMilter(Milter.Base):
 
     @Milter.noreply
     def eoh(self) -> int:
-        # lives until end of message or abort: closed in _close_spool
-        self.spool = tempfile.SpooledTemporaryFile(max_size=self.spool_threshold)  # noqa: SIM115
+        # lives until end of message or abort: closed in _close_spool. Above the threshold the
+        # spool is on disk, encrypted under a key only this process holds (spool.py).
+        self.spool = spool_file(self.spool_threshold)
         for name, value in self.headers:
             self.spool.write(name.encode("ascii", "replace") + b":" + _crlf(value) + b"\r\n")
         self.spool.write(b"\r\n")
@@ -158,9 +152,9 @@ class ZivMilter(Milter.Base):
         for name, index in sorted(plan.delete_headers, key=lambda d: (d[0].lower(), -d[1])):
             self.chgheader(name, index, "")
         for name, index, value in plan.change_headers:
-            self.chgheader(name, index, _spaced(value))
+            self.chgheader(name, index, self._wire_value(value))
         for name, value in plan.add_headers:
-            self.addheader(name, _spaced(value))
+            self.addheader(name, self._wire_value(value))
         if plan.replace_body is not None:
             body = plan.replace_body
             for start in range(0, len(body), 65536):
@@ -169,6 +163,16 @@ class ZivMilter(Milter.Base):
                 self.replacebody(b"")
         for rcpt in plan.delete_recipients:
             self.delrcpt(rcpt)
+
+    def _wire_value(self, value: str) -> str:
+        """A plan's header value as the MTA wants it. With P_HDR_LEADSPC negotiated (the class
+        decorator) the MTA writes `name:value` exactly as given, as it hands over the values it
+        read (whose leading space eom() takes off): the usual space after the colon is ours to
+        give, or the field goes out as `Content-Type:multipart/alternative` (Postfix) or
+        `Date:Mon, ...` (Sendmail). A value that already starts with white space keeps it."""
+        if self._protocol & Milter.P_HDR_LEADSPC and value[:1] not in (" ", "\t"):
+            return " " + value
+        return value
 
     def abort(self) -> int:
         self._close_spool()

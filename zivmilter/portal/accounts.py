@@ -19,7 +19,7 @@ from zivmilter import crypto
 from zivmilter.core.addresses import normalize_address
 from zivmilter.errors import StoreError
 from zivmilter.portal import verify
-from zivmilter.store import Store
+from zivmilter.store import AccountStore
 
 MIN_PASSWORD_LENGTH = 12
 _HASHER = PasswordHasher()  # argon2id, the library's current RFC 9106 parameters
@@ -54,7 +54,7 @@ def password_valid(stored_hash: str | None, password: str) -> bool:
 
 
 def add_recipient_account(
-    store: Store, address: str, password: str | None = None
+    store: AccountStore, address: str, password: str | None = None
 ) -> NewRecipientAccount:
     """Create (or reset) a recipient account. Without `password`, one is generated and returned.
 
@@ -75,7 +75,7 @@ def add_recipient_account(
     return NewRecipientAccount(key, generated)
 
 
-def enrol_authenticator(store: Store, address: str, secret: bytes) -> bool:
+def enrol_authenticator(store: AccountStore, address: str, secret: bytes) -> bool:
     """Keep the authenticator secret the recipient just confirmed, only while the account has
     none (the store checks and sets it at once); False if the account is gone, disabled or has
     an authenticator already. Only an admin's reset (`add_recipient_account`) clears one."""

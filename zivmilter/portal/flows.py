@@ -91,6 +91,9 @@ def send_code(portal: Portal, rec: RecipientRecord, via: str, language: str) -> 
     return SendResult(Sent.SENT)
 
 
+_ONE_TIME = ("sms", "email")  # methods whose code `consume_otp` spends
+
+
 class Answer(enum.Enum):
     OK = "ok"
     WRONG = "wrong"
@@ -129,7 +132,8 @@ def check_answer(
         return AnswerResult(Answer.ENROL)
     if outcome is Answer.OK:
         portal.store.settle_attempt(attempt, True, method)
-        portal.store.record_verified(rec.id, method)
+        if method not in _ONE_TIME:  # a one-time code was recorded with its consumption
+            portal.store.record_verified(rec.id, method)
         return AnswerResult(Answer.OK)
     until = portal.store.settle_attempt(attempt, False, method)
     log.info("wrong %s answer for %s of %s", method, rec.address, rec.message.id)
@@ -145,9 +149,12 @@ def _compare(
     now = portal.now()
     if method == "access_code":
         ok = verify.access_code_valid(rec.access_code_hash, code)
-    elif method in ("sms", "email"):
-        state = portal.store.otp(rec.id)
-        ok = state is not None and verify.otp_valid(state.secret, state.sent_at, code, now)
+    elif method in _ONE_TIME:
+        # compared and spent in one store step: of answers racing with the same code (other
+        # sessions, other portal processes), one gets in; the others find it used (WRONG)
+        ok = portal.store.consume_otp(
+            rec.id, lambda secret, sent_at: verify.otp_valid(secret, sent_at, code, now), method
+        )
     elif method == "account":
         account = portal.store.account(rec.address)
         ok = (

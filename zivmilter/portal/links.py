@@ -436,7 +436,9 @@ class LinkPages(GuestPages[_Ctx]):
             return self._gone(request, ctx, "revoked")
         # SPEC 8: every open is recorded. An open is this page showing the message to a
         # verified recipient, each time (its frame and parts are part of the same open).
-        portal.store.mark_opened(ctx.rec.id)
+        # Revoked since the view was read: not shown, so no open is logged after a revoke.
+        if not portal.store.mark_opened(ctx.rec.id):
+            return self._gone(request, ctx, "revoked")
         remote = request.query_params.get("remote") == "1"
         replies = portal.store.replies(ctx.rec.id)
         # ?replied= after a reply was written: said only while it is true of the last reply

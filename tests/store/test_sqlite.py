@@ -1,136 +1,43 @@
-"""The encrypted store: round trips, no plaintext at rest, keys, revocation, tokens, durability."""
+"""What is SQLite's own: files at rest and their modes, PRAGMAs and WAL, blob files, upgrades from
+older schema versions, group commit."""
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from tests.store.common import (
+    CODE,
+    HINT,
+    MARK_BODY,
+    MARK_SUBJECT,
+    PHONE,
+    Clock,
+    _committed,
+    _lock_after_five,
+    _queued,
+    inline,
+    new_message,
+    raw_message,
+    recipients,
+    store_files,
+    stored_blobs,
+)
 from zivmilter import crypto, defaults, store
 from zivmilter.core.facts import Contact
 from zivmilter.errors import StoreError
-from zivmilter.store import NewMessage, NewRecipient, SqliteStore
-
-MARK_BODY = "BODYMARKER-6c1e9d"
-MARK_SUBJECT = "SUBJECTMARKER-b27f"
-PHONE = "+31612345321"
-CODE = "ACCESSCODE-93kq"
-HINT = "HINTMARKER-the name of our project"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def kek() -> bytes:
-    return os.urandom(32)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=["inline", "files"])
-def st(
-    request: pytest.FixtureRequest, tmp_path: Path, kek: bytes, clock: Clock
-) -> Iterator[SqliteStore]:
-    """Each test twice: contents kept in the database rows (the default for mail up to 256 KiB)
-    and in blob files (larger contents; `inline_max=0` puts every content there)."""
-    inline_max = defaults.STORE_INLINE_MAX if request.param == "inline" else 0
-    s = SqliteStore.open(str(tmp_path / "store"), kek, now=clock, inline_max=inline_max)
-    yield s
-    s.close()
-
-
-def inline(st: SqliteStore) -> bool:
-    return bool(st._inline_max)
-
-
-def stored_blobs(root: Path) -> list[tuple[str, bytes]]:
-    """Every encrypted content at rest: blob files, and ciphertexts kept in `blobs` rows."""
-    found = [(str(p), p.read_bytes()) for p in (root / "blobs").rglob("*.zmb")]
-    db = sqlite3.connect(str(root / store.DB_NAME))
-    try:
-        rows = db.execute("SELECT id, data FROM blobs WHERE data IS NOT NULL").fetchall()
-    finally:
-        db.close()
-    return found + [(f"row {r[0]}", bytes(r[1])) for r in rows]
-
-
-def raw_message(marker: str = MARK_BODY, extra: bytes = b"") -> bytes:
-    return (
-        b"From: Alice <alice@example.org>\r\n"
-        b"To: bob@example.net, carol@example.com\r\n"
-        b"Subject: " + MARK_SUBJECT.encode() + b"\r\n"
-        b"Message-ID: <m1@example.org>\r\n"
-        b"\r\n"
-        b"Dear Bob,\r\n" + marker.encode() + b"\r\n" + extra + b"-- \r\nAlice\r\n"
-    )
-
-
-def recipients() -> list[NewRecipient]:
-    return [
-        NewRecipient(
-            "Bob@Example.NET", 1, "access_right", "notification", "A3", None, "sms", PHONE
-        ),
-        NewRecipient(
-            "carol@example.com",
-            1,
-            "access_right",
-            "notification",
-            "A3",
-            None,
-            "access_code",
-            access_code=CODE,
-            hint=HINT,
-        ),
-        NewRecipient("dave@example.net", 2, "email", "notification", "A7", verification="email"),
-        NewRecipient("erin@example.org", 1, "transport", "direct", "A4", level="pkix"),
-    ]
-
-
-def new_message(content: object = None, **kw: object) -> NewMessage:
-    args: dict[str, object] = {
-        "sender": "Alice@Example.ORG",
-        "subject": MARK_SUBJECT + " Grüße",
-        "content": raw_message() if content is None else content,
-        "recipients": recipients(),
-        "rfc822_id": "<m1@example.org>",
-        "queue_id": "4XyZ12",
-    }
-    args.update(kw)
-    return NewMessage(**args)  # type: ignore[arg-type]
-
-
-def store_files(root: Path) -> dict[str, bytes]:
-    return {str(p): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-# --- round trip -------------------------------------------------------------------------
-
-
-def test_saved_copy_decrypts_to_original_bytes(st: SqliteStore) -> None:
-    raw = raw_message()
-    saved = st.save_message(new_message(raw))
-    content = st.open_content(saved.id)
-    assert content is not None
-    assert content.read() == raw
-    assert saved.size == len(raw)
+from zivmilter.store import NewRecipient, SqliteStore
+from zivmilter.store.sqlite.connection import _Pending
+from zivmilter.store.sqlite.contents import insert_blob
 
 
 @pytest.mark.parametrize("kind", ["bytes", "file", "path"])
@@ -147,36 +54,6 @@ def test_content_sources(st: SqliteStore, tmp_path: Path, kind: str) -> None:
     content = st.open_content(saved.id)
     assert content is not None
     assert content.read() == raw
-
-
-def test_records_hold_the_decision(st: SqliteStore, clock: Clock) -> None:
-    expires = datetime.fromtimestamp(clock.t, UTC) + timedelta(days=30)
-    saved = st.save_message(new_message(expires_at=expires))
-    msg = st.message(saved.id)
-    assert msg is not None
-    assert msg.sender == "alice@example.org"
-    assert msg.subject == MARK_SUBJECT + " Grüße"
-    assert msg.rfc822_id == "<m1@example.org>" and msg.queue_id == "4XyZ12"
-    assert msg.expires_at == expires.replace(microsecond=0)
-    by_addr = {r.address: r for r in st.recipients(saved.id)}
-    assert set(by_addr) == {
-        "bob@example.net",
-        "carol@example.com",
-        "dave@example.net",
-        "erin@example.org",
-    }
-    assert by_addr["bob@example.net"].phone == PHONE
-    assert by_addr["erin@example.org"].delivery == "direct"
-    assert by_addr["erin@example.org"].level == "pkix"
-    assert by_addr["dave@example.net"].conversation == 2
-    carol = by_addr["carol@example.com"]
-    assert carol.hint == HINT
-    assert carol.access_code_hash is not None
-    assert crypto.verify_secret(carol.access_code_hash, CODE)
-    assert not crypto.verify_secret(carol.access_code_hash, CODE + "x")
-
-
-# --- nothing in clear at rest -------------------------------------------------------------
 
 
 def test_no_plaintext_in_any_store_file(st: SqliteStore, tmp_path: Path) -> None:
@@ -200,9 +77,6 @@ def test_file_modes_are_private(st: SqliteStore, tmp_path: Path) -> None:
     for p in [root, *root.rglob("*")]:
         mode = stat.S_IMODE(p.stat().st_mode)
         assert mode & 0o077 == 0, f"{p} has mode {mode:o}"
-
-
-# --- keys -------------------------------------------------------------------------------
 
 
 def test_wrong_kek_fails_with_store_error(tmp_path: Path, kek: bytes) -> None:
@@ -247,9 +121,6 @@ def test_damaged_blob_fails_with_store_error(st: SqliteStore, tmp_path: Path) ->
         content.read()
 
 
-# --- revocation and expiry ----------------------------------------------------------------
-
-
 def test_revoked_content_cannot_be_opened(st: SqliteStore, tmp_path: Path) -> None:
     saved = st.save_message(new_message())
     token = saved.tokens["bob@example.net"]
@@ -266,18 +137,6 @@ def test_revoked_content_cannot_be_opened(st: SqliteStore, tmp_path: Path) -> No
     assert db.execute("SELECT wrapped_key FROM messages").fetchall() == [(None,)]
     db.close()
     assert [e.event for e in st.events(saved.id)] == ["stored", "revoked"]
-
-
-def test_expired_content_cannot_be_opened(st: SqliteStore, clock: Clock) -> None:
-    expires = datetime.fromtimestamp(clock.t, UTC) + timedelta(days=1)
-    saved = st.save_message(new_message(expires_at=expires))
-    keep = st.save_message(new_message())
-    assert st.open_content(saved.id) is not None
-    clock.t += 2 * 86400
-    assert st.open_content(saved.id) is None
-    assert st.purge_expired() == 1
-    assert st.message(saved.id).revoked_at is not None  # type: ignore[union-attr]
-    assert st.open_content(keep.id) is not None
 
 
 def test_revocation_keeps_direct_attachments_and_drops_the_rest(
@@ -307,61 +166,12 @@ def test_revocation_keeps_direct_attachments_and_drops_the_rest(
     db.close()
 
 
-def test_a_direct_only_message_does_not_expire(st: SqliteStore, clock: Clock) -> None:
-    expires = datetime.fromtimestamp(clock.t, UTC) + timedelta(days=1)
-    direct = [r for r in recipients() if r.delivery == "direct"]
-    saved = st.save_message(new_message(recipients=direct, expires_at=expires))  # as stored once
-    kept = st.save_attachment(saved.id, "scan.pdf", "application/pdf", b"ATTACHMENT")
-    clock.t += 2 * 86400
-    assert st.purge_expired() == 0
-    assert st.message(saved.id).revoked_at is None  # type: ignore[union-attr]
-    stream = st.open_attachment(kept.id)
-    assert stream is not None and stream.read() == b"ATTACHMENT"
-
-
 def test_discard_forgets_everything(st: SqliteStore, tmp_path: Path) -> None:
     saved = st.save_message(new_message())
     st.discard(saved.id)
     assert st.message(saved.id) is None
     assert st.find_recipient_by_token(saved.tokens["bob@example.net"]) is None
     assert stored_blobs(tmp_path / "store") == []
-
-
-# --- link tokens ------------------------------------------------------------------------
-
-
-def test_tokens_only_for_notification_recipients(st: SqliteStore) -> None:
-    saved = st.save_message(new_message())
-    assert set(saved.tokens) == {"bob@example.net", "carol@example.com", "dave@example.net"}
-    assert "erin@example.org" not in saved.tokens
-    assert "tokens=<3>" in repr(saved)
-    for token in saved.tokens.values():
-        assert token not in repr(saved)
-
-
-def test_tokens_are_unique_and_long(st: SqliteStore) -> None:
-    seen: set[str] = set()
-    quick = [r for r in recipients() if r.verification != "access_code"]  # no scrypt: fast
-    quick.append(NewRecipient("frank@example.net", 3, "email", "notification", "A7", None, "email"))
-    for _ in range(30):
-        saved = st.save_message(new_message(recipients=quick))
-        for token in saved.tokens.values():
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            assert len(raw) * 8 >= 128
-            seen.add(token)
-    assert len(seen) == 90
-
-
-def test_find_recipient_by_token(st: SqliteStore) -> None:
-    saved = st.save_message(new_message())
-    rec = st.find_recipient_by_token(saved.tokens["carol@example.com"])
-    assert rec is not None
-    assert rec.address == "carol@example.com"
-    assert rec.message.id == saved.id
-    assert rec.verification == "access_code"
-    assert st.find_recipient_by_token("not-a-token") is None
-    assert st.find_recipient_by_token(saved.tokens["carol@example.com"] + "x") is None
-    assert PHONE not in repr(st.find_recipient_by_token(saved.tokens["bob@example.net"]))
 
 
 def test_notified_and_opened_are_recorded(st: SqliteStore) -> None:
@@ -382,9 +192,6 @@ def test_notified_and_opened_are_recorded(st: SqliteStore) -> None:
         ("opened", "bob@example.net"),
         ("opened", "bob@example.net"),
     ]
-
-
-# --- durability ---------------------------------------------------------------------------
 
 
 def test_save_is_durable_before_it_returns(
@@ -419,14 +226,6 @@ def test_save_is_durable_before_it_returns(
     i_dir = kinds.index(("fsync", str(blob.parent)))
     assert i_file < i_rename < i_dir
     _committed(tmp_path, [saved.id])
-
-
-def _committed(tmp_path: Path, ids: list[str]) -> None:
-    """The rows are committed when save returns: another connection sees them."""
-    db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
-    assert sorted(r[0] for r in db.execute("SELECT id FROM messages")) == sorted(ids)
-    assert db.execute("SELECT count(*) FROM blobs").fetchone()[0] == len(ids)
-    db.close()
 
 
 def test_database_settings(st: SqliteStore, tmp_path: Path) -> None:
@@ -474,41 +273,6 @@ def test_orphan_blobs_are_swept(st: SqliteStore, tmp_path: Path, clock: Clock) -
     assert st.open_content(saved.id) is not None
 
 
-# --- concurrency ------------------------------------------------------------------------
-
-
-def test_eight_threads_save_at_once(st: SqliteStore) -> None:
-    barrier = threading.Barrier(8)
-    results: dict[int, str] = {}
-    errors: list[BaseException] = []
-
-    def worker(n: int) -> None:
-        try:
-            raw = raw_message(f"thread-{n}", extra=os.urandom(200_000))
-            barrier.wait()
-            saved = st.save_message(new_message(raw))
-            content = st.open_content(saved.id)
-            assert content is not None and content.read() == raw
-            results[n] = saved.id
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
-    assert len(set(results.values())) == 8
-    for n, mid in results.items():
-        content = st.open_content(mid)
-        assert content is not None and f"thread-{n}".encode() in content.read()
-
-
-def _lock_after_five(streak: int, lockouts: int) -> float | None:
-    return 60.0 * 2**lockouts if streak >= defaults.LOCKOUT_AFTER else None
-
-
 def test_answers_in_flight_at_once_cannot_pass_the_lockout(
     tmp_path: Path, kek: bytes, clock: Clock
 ) -> None:
@@ -553,65 +317,6 @@ def test_answers_in_flight_at_once_cannot_pass_the_lockout(
         st.close()
 
 
-def test_a_right_answer_claimed_before_the_limit_still_counts(st: SqliteStore) -> None:
-    saved = st.save_message(new_message(recipients=recipients()[:1]))
-    (rec,) = st.recipients(saved.id)
-    for _ in range(defaults.LOCKOUT_AFTER - 1):
-        assert st.settle_attempt(st.claim_attempt(rec.id, _lock_after_five), False) is None
-    last = st.claim_attempt(rec.id, _lock_after_five)  # the fifth: it locks while in flight
-    assert last.admitted and last.locked_until is not None
-    late = st.claim_attempt(rec.id, _lock_after_five)
-    assert not late.admitted and late.locked_until == last.locked_until
-    assert st.settle_attempt(last, True) is None  # right after all: its own lock is lifted
-    after = st.recipient(rec.id)
-    assert after is not None and after.locked_until is None and after.lockouts == 0
-    assert after.failed_attempts == defaults.LOCKOUT_AFTER - 1
-    assert st.claim_attempt(rec.id, _lock_after_five).admitted
-    events = [e.event for e in st.events(saved.id)]
-    assert events.count("verify-failed") == defaults.LOCKOUT_AFTER - 1
-    assert "locked" not in events and events.count("verify-while-locked") == 1
-
-
-# --- accounts and contact book ------------------------------------------------------------
-
-
-def test_accounts(st: SqliteStore) -> None:
-    assert not st.has_account("bob@example.net")
-    st.add_account("Bob@Example.NET", "recipient", password_hash="$argon2id$x", totp_secret=b"K")
-    assert st.has_account("bob@EXAMPLE.net")
-    acct = st.account("bob@example.net")
-    assert acct is not None and acct.kind == "recipient" and acct.has_totp and acct.active
-    assert st.totp_secret("bob@example.net") == b"K"
-    assert st.set_account_active("bob@example.net", False)
-    assert not st.has_account("bob@example.net")
-    assert not st.set_account_active("nobody@example.net", True)
-    assert not st.has_account("not an address")
-
-
-def test_only_one_authenticator_enrols_even_at_once(st: SqliteStore) -> None:
-    st.add_account("erin@example.net", "recipient", password_hash="$argon2id$x")
-    barrier = threading.Barrier(8)
-    won: list[bytes] = []
-
-    def enrol(n: int) -> None:
-        barrier.wait()
-        if st.enrol_totp("erin@example.net", bytes([n]) * 20):
-            won.append(bytes([n]) * 20)
-
-    threads = [threading.Thread(target=enrol, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(won) == 1 and st.totp_secret("erin@example.net") == won[0]
-    assert not st.enrol_totp("erin@example.net", b"K" * 20)  # later ones: never
-    assert st.totp_secret("erin@example.net") == won[0]
-    st.add_account("nobody@example.net", "recipient")
-    st.set_account_active("nobody@example.net", False)
-    assert not st.enrol_totp("nobody@example.net", b"K" * 20)  # disabled
-    assert not st.enrol_totp("ghost@example.net", b"K" * 20)  # no account
-
-
 def test_contact_book_feeds_remembered_methods(st: SqliteStore, tmp_path: Path) -> None:
     assert st.contact("bob@example.net") is None
     st.remember_contact("Bob@example.net", sms=PHONE)
@@ -644,31 +349,6 @@ def test_contact_book_feeds_remembered_methods(st: SqliteStore, tmp_path: Path) 
     assert crypto.verify_secret(rec2.access_code_hash, CODE)
     for data in store_files(tmp_path / "store").values():
         assert PHONE.encode() not in data
-
-
-def test_remembered_method_without_contact_is_an_error(st: SqliteStore) -> None:
-    msg = new_message(
-        recipients=[NewRecipient("x@example.net", 1, "sms", "notification", "A5", None, "sms")]
-    )
-    with pytest.raises(StoreError, match="no number"):
-        st.save_message(msg)
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        NewRecipient("x@example.net", 1, "m", "notification", "A7"),  # no verification
-        NewRecipient("x@example.net", 1, "m", "direct", "A4", verification="email"),
-        NewRecipient("x@example.net", 1, "m", "notification", "A3", None, "email", PHONE),
-        NewRecipient("x@example.net", 1, "m", "elsewhere", "A3"),  # type: ignore[arg-type]
-    ],
-)
-def test_inconsistent_recipient_is_refused(st: SqliteStore, bad: NewRecipient) -> None:
-    with pytest.raises(ValueError):
-        st.save_message(new_message(recipients=[bad]))
-
-
-# --- small contents in the rows, large ones in files; group commit -------------------------
 
 
 def test_contents_above_the_inline_limit_get_a_file(tmp_path: Path, kek: bytes) -> None:
@@ -716,13 +396,13 @@ def test_attachments_of_an_older_store_end_with_their_message_after_the_upgrade(
     (wrapped,) = old._conn.execute(
         "SELECT wrapped_key FROM messages WHERE id = ?", (saved.id,)
     ).fetchone()
-    data_key = crypto.unwrap_data_key(crypto.Kek.from_bytes(kek), bytes(wrapped))
+    data_key = old._sealing.data_key(bytes(wrapped))
     aid, blob_id = "a" * 32, "b" * 32
     blob = old._write_blob(blob_id, data_key, b"LEGACY-ATTACHMENT")
-    field_key = crypto.message_field_key(data_key)
+    field_key = crypto.message_field_key(data_key.raw)
     name = crypto.seal(field_key, b"old.pdf", "attachments.filename:" + aid)
     with old._transaction() as cur:
-        store._insert_blob(cur, blob, blob_id, saved.id, "attachment")
+        insert_blob(cur, blob, blob_id, saved.id, "attachment")
         cur.execute(
             "INSERT INTO attachments (id, message_id, blob_id, filename, content_type,"
             " token_hash, created_at) VALUES (?, ?, ?, ?, 'application/pdf', ?, 0)",
@@ -747,21 +427,13 @@ def test_attachments_of_an_older_store_end_with_their_message_after_the_upgrade(
     new.close()
 
 
-def _queued(st: SqliteStore, n: int) -> None:
-    for _ in range(500):
-        if len(st._queued) == n:
-            return
-        threading.Event().wait(0.01)
-    raise AssertionError(f"{len(st._queued)} saves queued, expected {n}")
-
-
 def test_concurrent_saves_share_one_commit(
     st: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batches: list[int] = []
     real = st._write_batch
 
-    def counted(batch: list[store._Pending]) -> None:
+    def counted(batch: list[_Pending]) -> None:
         batches.append(len(batch))
         real(batch)
 

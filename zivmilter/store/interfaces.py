@@ -1,0 +1,181 @@
+"""What callers need from a store, one small Protocol per aggregate, and `Store`, their union.
+
+Each caller is typed to the narrowest one it uses (the gateway: `GatewayStore`; the live facts:
+`FactsStore`; the account commands: `AccountStore`), so a new backend (PostgreSQL) and a test fake
+see at a glance what a caller relies on. Every change a method makes is one transaction; a
+check-then-act (attempt counters, one-time codes, the last link of a message) is checked and set
+in that same transaction, so it holds when several processes share one database.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import datetime
+from typing import BinaryIO, Protocol
+
+from zivmilter import defaults
+from zivmilter.core.facts import Contact
+from zivmilter.store.records import (
+    Account,
+    AccountKind,
+    AttachmentRecord,
+    Attempt,
+    AuditEvent,
+    ContactEntry,
+    LinkState,
+    MessageRecord,
+    NewMessage,
+    OtpState,
+    RecipientRecord,
+    ReplyRecord,
+    SavedAttachment,
+    SavedMessage,
+)
+
+
+class MessageStore(Protocol):
+    """Messages, their recipients and links, with the portal's verification state of a link."""
+
+    def save_message(self, message: NewMessage) -> SavedMessage: ...
+    def discard(self, message_id: str) -> None: ...
+    def open_content(self, message_id: str) -> BinaryIO | None: ...
+    def message(self, message_id: str) -> MessageRecord | None: ...
+    def find_messages(self, ref: str) -> list[MessageRecord]: ...
+    def find_recipient_by_token(self, token: str) -> RecipientRecord | None: ...
+    def recipient(self, recipient_id: int) -> RecipientRecord | None: ...
+    def recipients(self, message_id: str) -> list[RecipientRecord]: ...
+    def mark_notified(self, message_id: str, address: str) -> None: ...
+    def mark_opened(self, recipient_id: int) -> bool: ...
+    def revoke(self, message_id: str, reason: str = "") -> bool: ...
+    def revoke_recipient(self, message_id: str, address: str, reason: str = "") -> bool: ...
+    def purge_expired(self, reply_grace: float = defaults.UNSENT_REPLY_GRACE) -> int: ...
+    def portal_view(self, message_id: str) -> bytes | None: ...
+    def save_portal_view(self, message_id: str, view: bytes) -> None: ...
+    # a link's verification state (the portal decides lockouts and rate limits, passed in)
+    def link_state(self, recipient_id: int) -> LinkState | None: ...
+    def claim_attempt(
+        self, recipient_id: int, lockout: Callable[[int, int], float | None], detail: str = ""
+    ) -> Attempt: ...
+    def settle_attempt(self, attempt: Attempt, ok: bool, detail: str = "") -> datetime | None: ...
+    def record_verified(self, recipient_id: int, detail: str = "") -> None: ...
+    def claim_otp(
+        self, recipient_id: int, secret: bytes, min_interval: float, max_sends: int
+    ) -> float: ...
+    def otp(self, recipient_id: int) -> OtpState | None: ...
+    def consume_otp(
+        self, recipient_id: int, valid: Callable[[bytes, datetime], bool], detail: str = ""
+    ) -> bool: ...
+    def clear_otp(self, recipient_id: int) -> None: ...
+
+
+class AttachmentStore(Protocol):
+    """Large attachments of direct deliveries, kept for download (SPEC 5)."""
+
+    def save_attachment(
+        self,
+        message_id: str,
+        filename: str,
+        content_type: str,
+        content: BinaryIO | bytes | str | os.PathLike[str],
+    ) -> SavedAttachment: ...
+    def find_attachment_by_token(self, token: str) -> AttachmentRecord | None: ...
+    def attachment(self, attachment_id: str) -> AttachmentRecord | None: ...
+    def open_attachment(self, attachment_id: str) -> BinaryIO | None: ...
+
+
+class ReplyStore(Protocol):
+    """Secure replies written in the portal, until the MTA has taken them."""
+
+    def save_reply(self, recipient_id: int, content: bytes) -> str: ...
+    def mark_reply_sent(self, reply_id: str, detail: str = "") -> None: ...
+    def mark_reply_undeliverable(self, reply_id: str, detail: str) -> None: ...
+    def replies(self, recipient_id: int) -> list[ReplyRecord]: ...
+    def unsent_replies(
+        self, older_than: float = 0.0, *, refused: bool = False, message_id: str | None = None
+    ) -> list[ReplyRecord]: ...
+    def open_reply(self, reply_id: str) -> BinaryIO | None: ...
+
+
+class AccountStore(Protocol):
+    """Sender and recipient accounts, with their authenticator secrets."""
+
+    def has_account(self, address: str) -> bool: ...
+    def account(self, address: str) -> Account | None: ...
+    def accounts(self) -> list[Account]: ...
+    def add_account(
+        self,
+        address: str,
+        kind: AccountKind,
+        password_hash: str | None = None,
+        totp_secret: bytes | None = None,
+    ) -> None: ...
+    def set_account_active(self, address: str, active: bool) -> bool: ...
+    def totp_secret(self, address: str) -> bytes | None: ...
+    def enrol_totp(self, address: str, secret: bytes) -> bool: ...
+    def use_totp_step(self, address: str, step: int) -> bool: ...
+
+
+class ContactBook(Protocol):
+    """The organization's contact book: what recipients used successfully (SPEC 8)."""
+
+    def contact(self, address: str) -> Contact | None: ...
+    def contacts(self) -> list[ContactEntry]: ...
+    def remember_contact(
+        self, address: str, sms: str | None = None, access_code_hash: str | None = None
+    ) -> None: ...
+    def forget_contact(self, address: str) -> bool: ...
+
+
+class IddList(Protocol):
+    """Domains an admin listed as having inbound direct delivery (SPEC 4, rule 1)."""
+
+    def idd_domains(self) -> list[str]: ...
+    def set_idd_domain(self, domain: str, enabled: bool) -> bool: ...
+
+
+class AuditLog(Protocol):
+    """The audit log: it outlives what it describes."""
+
+    def record_event(
+        self,
+        event: str,
+        message_id: str | None = None,
+        recipient: str | None = None,
+        detail: str = "",
+    ) -> None: ...
+    def events(self, message_id: str) -> list[AuditEvent]: ...
+
+
+class Housekeeping(Protocol):
+    """What `zivmilter maintenance` runs besides expiry: blob files a crash left behind."""
+
+    def sweep_orphans(self, older_than: float = 3600.0) -> int: ...
+
+
+class Store(
+    MessageStore,
+    AttachmentStore,
+    ReplyStore,
+    AccountStore,
+    ContactBook,
+    IddList,
+    AuditLog,
+    Housekeeping,
+    Protocol,
+):
+    """All of it, for those who need all (the portal, the maintenance and portal commands)."""
+
+    def close(self) -> None: ...
+
+
+# -- what one caller uses, named for it ----------------------------------------------------------
+
+
+class GatewayStore(MessageStore, AttachmentStore, AccountStore, Protocol):
+    """The end-of-message use case: it saves (or discards) a message and its large attachments,
+    and reads sender accounts when it is given none of its own."""
+
+
+class FactsStore(AccountStore, ContactBook, IddList, Protocol):
+    """The milter's live facts: accounts, the contact book and the IDD list."""

@@ -1,0 +1,63 @@
+"""The SQLite backend: metadata in SQLite (WAL, synchronous=FULL), each content encrypted, up to
+`inline_max` bytes (256 KiB by default: nearly all mail) in its `blobs` row, larger ones as a blob
+file under `<path>/blobs/`.
+
+`SqliteStore` is composed of one mixin per aggregate (messages.py, links.py, attachments.py,
+replies.py, accounts.py, contacts.py, audit.py) over `SqliteBase` (connection.py: the connection,
+its lock, transactions, group commit). Mixins rather than one object per aggregate because the
+aggregates share one connection, one lock and often one transaction (a save writes messages,
+blobs and the audit log at once; revoking the last link revokes the message): separate objects
+would hand a cursor or the lock back and forth, and every call from the milter would pay one
+more indirection on its hot path. A PostgreSQL backend would bring its own mixins over its own
+base; the sealing (sealing.py) and the blob files (blobs.py) are shared.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from zivmilter import defaults
+from zivmilter.store.blobs import FileBlobStore
+from zivmilter.store.sealing import Sealing
+from zivmilter.store.sqlite.accounts import AccountsMixin
+from zivmilter.store.sqlite.attachments import AttachmentsMixin
+from zivmilter.store.sqlite.audit import AuditMixin
+from zivmilter.store.sqlite.connection import connect
+from zivmilter.store.sqlite.contacts import ContactsMixin, IddMixin
+from zivmilter.store.sqlite.links import LinksMixin
+from zivmilter.store.sqlite.replies import RepliesMixin
+from zivmilter.store.sqlite.schema import DB_NAME, SCHEMA_VERSION
+
+
+class SqliteStore(
+    LinksMixin,
+    AttachmentsMixin,
+    RepliesMixin,
+    AccountsMixin,
+    ContactsMixin,
+    IddMixin,
+    AuditMixin,
+):
+    """The SQLite + blob-file store. Create with `SqliteStore.open(path, kek)`."""
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        kek: bytes,
+        *,
+        now: Callable[[], float] = time.time,
+        inline_max: int = defaults.STORE_INLINE_MAX,
+    ) -> SqliteStore:
+        """Open (creating if needed) the store in folder `path`; `kek` from `crypto.load_kek`.
+
+        Contents up to `inline_max` bytes are kept in the database, larger ones in blob files."""
+        sealing = Sealing.from_bytes(kek)
+        conn = connect(path)
+        store = cls(path, sealing, conn, FileBlobStore(path), now, inline_max)
+        store._check_kek()
+        return store
+
+
+__all__ = ["DB_NAME", "SCHEMA_VERSION", "SqliteStore"]

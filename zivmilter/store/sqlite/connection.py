@@ -1,0 +1,195 @@
+"""The SQLite connection: opening it (PRAGMAs, migrations), transactions, and group commit.
+
+`SqliteBase` holds what every aggregate's SQL shares: one connection, the lock that guards it,
+the clock, the sealing keys and the blob store. The aggregate modules are mixins over it.
+
+Thread safety: one connection guarded by one re-entrant lock; the slow parts (encryption, scrypt,
+hashing) run outside it. Other processes (the portal) open a store object of their own; SQLite's
+WAL and busy timeout arbitrate between them. Every change is one `BEGIN IMMEDIATE` transaction
+(the write lock taken up front: no deadlock on a later upgrade), so a check-then-act in one
+method holds against other processes too.
+
+Group commit: saves from many milter threads share commits. A saver queues its rows and takes
+the lock; whoever holds it writes every queued save in one transaction (each in a savepoint of
+its own, so one failing save fails alone) and commits once. A saver whose rows a previous holder
+already committed returns at once. One fsync (WAL, synchronous=FULL) then covers all the
+messages that arrived while the previous commit was on its way to the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from zivmilter import defaults
+from zivmilter.errors import StoreError
+from zivmilter.store.blobs import BLOB_DIR, BlobStore
+from zivmilter.store.sealing import Sealing
+from zivmilter.store.sqlite.schema import DB_NAME, migrate
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open (creating if needed) the store folder `path` and its database, migrated."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.join(path, BLOB_DIR), mode=0o700, exist_ok=True)
+        db = os.path.join(path, DB_NAME)
+        # Create the file ourselves so it (and SQLite's -wal/-shm, which copy its mode) is 0600.
+        os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
+        conn = sqlite3.connect(
+            db,
+            timeout=defaults.STORE_BUSY_TIMEOUT,
+            isolation_level=None,  # transactions are explicit below
+            check_same_thread=False,  # guarded by the store's lock
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"{path}: cannot open the store: {exc}") from None
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{path}: SQLite refused WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        # Revocation relies on destroying the wrapped key: make SQLite zero freed content.
+        conn.execute("PRAGMA secure_delete=ON")
+        migrate(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"{path}: cannot prepare the store database: {exc}") from None
+    except StoreError:
+        conn.close()
+        raise
+    return conn
+
+
+class SqliteBase:
+    """One connection and its lock, transactions and group commit; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str,
+        sealing: Sealing,
+        conn: sqlite3.Connection,
+        blobs: BlobStore,
+        now: Callable[[], float],
+        inline_max: int,
+    ) -> None:
+        self._path = path
+        self._sealing = sealing
+        self._conn = conn
+        self._blobs = blobs
+        self._now = now
+        self._inline_max = inline_max
+        self._lock = threading.RLock()
+        self._queue_lock = threading.Lock()
+        self._queued: list[_Pending] = []
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _commit_grouped(self, write: Callable[[sqlite3.Cursor], None]) -> None:
+        """Run `write` in a transaction, committed durably before this returns; concurrent
+        callers share transactions and so fsyncs (see the module docstring)."""
+        mine = _Pending(write)
+        with self._queue_lock:
+            self._queued.append(mine)
+        with self._lock:
+            if not mine.done:
+                with self._queue_lock:
+                    batch, self._queued = self._queued, []
+                self._write_batch(batch)
+        if mine.error is not None:
+            raise mine.error
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        try:
+            with self._transaction() as cur:
+                if len(batch) == 1:  # alone: its failure rolls the transaction back
+                    batch[0].write(cur)
+                    return
+                for job in batch:
+                    cur.execute("SAVEPOINT job")
+                    try:
+                        job.write(cur)
+                    except BaseException as exc:  # this save fails alone
+                        cur.execute("ROLLBACK TO job")
+                        job.error = exc
+                    cur.execute("RELEASE job")
+        except BaseException as exc:  # the commit failed: none of them is stored
+            for job in batch:
+                job.error = job.error or exc
+        finally:
+            for job in batch:
+                job.done = True
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                # IMMEDIATE takes the write lock up front: no deadlock on a later upgrade.
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store database: {exc}") from exc
+            finally:
+                cur.close()
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A save waiting for a group commit."""
+
+    write: Callable[[sqlite3.Cursor], None]
+    done: bool = False
+    error: BaseException | None = None
+
+
+def audit(
+    cur: sqlite3.Cursor,
+    at: int,
+    message_id: str | None,
+    recipient: str | None,
+    event: str,
+    detail: str,
+) -> None:
+    """Append to the audit log inside the caller's transaction."""
+    cur.execute(
+        "INSERT INTO audit (at, message_id, recipient, event, detail) VALUES (?, ?, ?, ?, ?)",
+        (at, message_id, recipient, event, detail),
+    )
+
+
+def recipient_ref(cur: sqlite3.Cursor, recipient_id: int) -> Any:
+    """(message id, address) of a recipient row, for its audit events; None when it is gone."""
+    return cur.execute(
+        "SELECT message_id, address FROM recipients WHERE id = ?", (recipient_id,)
+    ).fetchone()
+
+
+def ts(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return int(value.timestamp())
+
+
+def dt(value: Any) -> datetime:
+    return datetime.fromtimestamp(int(value), UTC)
+
+
+def dt_or_none(value: Any) -> datetime | None:
+    return None if value is None else dt(value)

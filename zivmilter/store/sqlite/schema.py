@@ -1,0 +1,191 @@
+"""The SQLite schema: each migration moves a database one version up, in one transaction.
+
+A database newer than this zivmilter is refused. Never edit an applied entry: add one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from zivmilter.errors import StoreError
+
+# Each entry moves the database one version up; never edit an applied entry.
+
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE messages (
+        id          TEXT PRIMARY KEY,      -- random: appears in portal URLs, must not be guessable
+        rfc822_id   TEXT,                  -- Message-ID header
+        queue_id    TEXT NOT NULL DEFAULT '',
+        sender      TEXT NOT NULL,
+        subject     BLOB,                  -- sealed with the message field key; NULL once revoked
+        wrapped_key BLOB,                  -- data key, AES-KW under the KEK; NULL once revoked
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER,
+        revoked_at  INTEGER
+    );
+    CREATE INDEX messages_sender ON messages (sender, created_at);
+    CREATE INDEX messages_expiry ON messages (expires_at)
+        WHERE expires_at IS NOT NULL AND revoked_at IS NULL;
+
+    CREATE TABLE conversations (
+        id         INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        number     INTEGER NOT NULL,
+        UNIQUE (message_id, number)
+    );
+
+    CREATE TABLE recipients (
+        id               INTEGER PRIMARY KEY,
+        message_id       TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        address          TEXT NOT NULL,
+        conversation     INTEGER NOT NULL,
+        method           TEXT NOT NULL,
+        delivery         TEXT NOT NULL CHECK (delivery IN ('notification', 'direct')),
+        rule             TEXT NOT NULL,
+        level            TEXT,
+        token_hash       TEXT UNIQUE,      -- SHA-256 of the link token; the token is never stored
+        verification     TEXT CHECK (verification IN ('account', 'sms', 'access_code', 'email')),
+        phone            BLOB,             -- sealed with the message field key
+        access_code_hash TEXT,             -- crypto.hash_secret (scrypt)
+        hint             BLOB,             -- sealed with the message field key
+        notified_at      INTEGER,
+        opened_at        INTEGER,
+        failed_attempts  INTEGER NOT NULL DEFAULT 0,
+        lockouts         INTEGER NOT NULL DEFAULT 0,
+        locked_until     INTEGER,
+        UNIQUE (message_id, address),
+        FOREIGN KEY (message_id, conversation)
+            REFERENCES conversations (message_id, number) ON DELETE CASCADE
+    );
+    CREATE INDEX recipients_address ON recipients (address);
+
+    CREATE TABLE blobs (
+        id          TEXT PRIMARY KEY,      -- also names the content key (HKDF info)
+        message_id  TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        kind        TEXT NOT NULL,         -- 'message': the original; later 'attachment'
+        path        TEXT NOT NULL,         -- relative to the store folder
+        size        INTEGER NOT NULL,      -- plaintext bytes
+        cipher_size INTEGER NOT NULL,
+        sha256      TEXT NOT NULL,         -- of the blob file
+        deleted_at  INTEGER
+    );
+    CREATE INDEX blobs_message ON blobs (message_id);
+
+    CREATE TABLE contacts (                -- the organization's contact book (SPEC 8)
+        address          TEXT PRIMARY KEY,
+        sms              BLOB,             -- sealed with the KEK field key
+        access_code_hash TEXT,
+        used_at          INTEGER
+    );
+
+    CREATE TABLE accounts (
+        address       TEXT PRIMARY KEY,
+        kind          TEXT NOT NULL CHECK (kind IN ('sender', 'recipient')),
+        active        INTEGER NOT NULL DEFAULT 1,
+        password_hash TEXT,
+        totp_secret   BLOB,                -- sealed with the KEK field key
+        created_at    INTEGER NOT NULL
+    );
+
+    CREATE TABLE audit (                   -- no foreign key: the log outlives what it describes
+        id         INTEGER PRIMARY KEY,
+        at         INTEGER NOT NULL,
+        message_id TEXT,
+        recipient  TEXT,
+        event      TEXT NOT NULL,
+        detail     TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_message ON audit (message_id, id);
+    """,
+    # 2: the guest portal (zivmilter/portal)
+    """
+    ALTER TABLE recipients ADD COLUMN revoked_at INTEGER;    -- this recipient's link revoked
+    ALTER TABLE recipients ADD COLUMN failed_streak INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE recipients ADD COLUMN otp_secret BLOB;       -- sealed with the KEK field key
+    ALTER TABLE recipients ADD COLUMN otp_sent_at INTEGER;
+    ALTER TABLE recipients ADD COLUMN otp_sends INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN portal_view BLOB;        -- sealed with the message field key
+    CREATE INDEX messages_rfc822 ON messages (rfc822_id);
+
+    CREATE TABLE replies (                 -- secure replies written in the portal
+        id           TEXT PRIMARY KEY,
+        message_id   TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        recipient_id INTEGER NOT NULL REFERENCES recipients (id) ON DELETE CASCADE,
+        conversation INTEGER NOT NULL,
+        blob_id      TEXT NOT NULL,        -- the reply as sent, sealed with the message's data key
+        created_at   INTEGER NOT NULL,
+        sent_at      INTEGER
+    );
+    CREATE INDEX replies_recipient ON replies (recipient_id, created_at);
+
+    CREATE TABLE attachments (             -- large attachments of direct deliveries (SPEC 5)
+        id           TEXT PRIMARY KEY,
+        message_id   TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        blob_id      TEXT NOT NULL,
+        filename     BLOB,                 -- sealed with the message field key
+        content_type TEXT NOT NULL,
+        token_hash   TEXT NOT NULL UNIQUE, -- SHA-256 of the download token
+        created_at   INTEGER NOT NULL
+    );
+    """,
+    # 3: domains of organizations with inbound direct delivery, kept by admins (SPEC 4, rule 1)
+    """
+    CREATE TABLE idd_domains (
+        domain       TEXT PRIMARY KEY,     -- normalized, A-labels
+        added_at     INTEGER NOT NULL
+    );
+    """,
+    # 4: an authenticator code counts once: the last time step used, per account
+    """
+    ALTER TABLE accounts ADD COLUMN totp_last_step INTEGER;
+    """,
+    # 5: small contents inline (path ''): one fsync per commit instead of three per message
+    """
+    ALTER TABLE blobs ADD COLUMN data BLOB;  -- the ciphertext when path is ''; NULL once deleted
+    """,
+    # 6: a large attachment of a direct delivery gets a data key of its own, so that revoking or
+    # expiring the message (which ends its notification links) leaves the download links of the
+    # direct copies working (SPEC 8). Attachments stored before were sealed under the message's
+    # key and keep NULL here: they end with their message, because a copy of that key would
+    # keep the revoked message's content readable.
+    """
+    ALTER TABLE attachments ADD COLUMN wrapped_key BLOB;  -- AES-KW under the KEK
+    """,
+    # 7: a secure reply the MTA refused for good (5xx) is not handed over again and again
+    """
+    ALTER TABLE replies ADD COLUMN refused_at INTEGER;
+    """,
+)
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+DB_NAME = "store.sqlite3"
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        current = 0 if row is None else int(row[0])
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"store schema version {current} is newer than this zivmilter ({SCHEMA_VERSION})"
+            )
+        for version in range(current, SCHEMA_VERSION):
+            for statement in _statements(_MIGRATIONS[version]):
+                conn.execute(statement)
+        if row is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        else:
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (executescript would commit our transaction)."""
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
