@@ -168,8 +168,9 @@ class ZivMilter(Milter.Base):
         """A plan's header value as the MTA wants it. With P_HDR_LEADSPC negotiated (the class
         decorator) the MTA writes `name:value` exactly as given, as it hands over the values it
         read (whose leading space eom() takes off): the usual space after the colon is ours to
-        give, or the field goes out as `Content-Type:multipart/alternative`."""
-        if self._protocol & Milter.P_HDR_LEADSPC:
+        give, or the field goes out as `Content-Type:multipart/alternative` (Postfix) or
+        `Date:Mon, ...` (Sendmail). A value that already starts with white space keeps it."""
+        if self._protocol & Milter.P_HDR_LEADSPC and value[:1] not in (" ", "\t"):
             return " " + value
         return value
 
