@@ -191,3 +191,15 @@ def test_long_and_internationalized_original_recipient_stays_one_plain_field() -
     assert f"Original-Recipient: rfc822;{long_local}@example.net\n".encode() in report
     assert f"Final-Recipient: rfc822; {long_local}@example.net\n".encode() in report
     assert b"=?" not in report.split(b"message/delivery-status")[1].split(b"\n--")[0]
+
+
+def test_from_is_the_organizations_address_when_given() -> None:
+    # At the organization's domain, a per-domain DKIM signer signs it and it aligns (issue 23).
+    msg = reparse(
+        build_dsn(
+            original(), "jurgen@example.org", FAILED, "mail.example.org", ARRIVAL,
+            from_address="MAILER-DAEMON@example.org",
+        )
+    )  # fmt: skip
+    assert msg["From"].addresses[0].addr_spec == "MAILER-DAEMON@example.org"
+    assert b"Reporting-MTA: dns; mail.example.org" in msg.as_bytes()
