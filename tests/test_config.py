@@ -204,3 +204,30 @@ def test_facts_file_nta7516_mapping_errors(tmp_path: Path, entry: str, problem: 
     path.write_text(f"nta7516:\n  z.example: {entry}\n")
     with pytest.raises(ConfigError, match=problem):
         load_facts(str(path))
+
+
+def test_own_mail_from_defaults_to_the_first_organization_domain(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, "organization:\n  domains: [hospital.example, b.example]\n"))
+    assert cfg.organization.dsn_from == "MAILER-DAEMON@hospital.example"
+    assert cfg.organization.portal_from == "noreply@hospital.example"
+    text = "organization:\n  domains: [hospital.example, b.example]\n  mail_from: Post@B.example\n"
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.organization.dsn_from == cfg.organization.portal_from == "post@b.example"
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (
+            "postmaster@elsewhere.example",
+            "'postmaster@elsewhere.example' is not at an organization",
+        ),
+        ("nobody", ""),
+    ],
+)
+def test_own_mail_from_must_be_an_address_at_an_organization_domain(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    text = f"organization:\n  domains: [hospital.example]\n  mail_from: {value}\n"
+    with pytest.raises(ConfigError, match=r"zivmilter\.yaml: organization\.mail_from: " + problem):
+        config.load(write(tmp_path, text))

@@ -211,3 +211,15 @@ def test_failures_follow_notify_orcpt_and_survive_undecodable_bytes() -> None:
         ("orcpt@x.example", "5.7.1", "r", "rfc822; Jörg+x@x.example"),
         ("a@x.nl\ufffd", "5.1.3", "'a@x.nl\ufffd' is not a valid address", None),
     ]
+
+
+def test_from_is_the_organizations_address_when_given() -> None:
+    # At the organization's domain, a per-domain DKIM signer signs it and it aligns (issue 23).
+    msg = reparse(
+        build_dsn(
+            original(), "jurgen@example.org", FAILED, "mail.example.org", ARRIVAL,
+            from_address="MAILER-DAEMON@example.org",
+        )
+    )  # fmt: skip
+    assert msg["From"].addresses[0].addr_spec == "MAILER-DAEMON@example.org"
+    assert b"Reporting-MTA: dns; mail.example.org" in msg.as_bytes()

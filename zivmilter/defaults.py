@@ -88,6 +88,7 @@ PORTAL_SESSION_SECONDS = 3600  # a verified session (cookie) lasts this long
 PORTAL_LINK_SECONDS = 24 * 3600  # the proof of having opened the link, before verification
 PORTAL_WORKERS = 1  # uvicorn worker processes (`zivmilter portal --workers`)
 PORTAL_PURGE_SECONDS = 300.0  # how often the portal revokes messages past their expiry
+DSN_MAIL_FROM = "MAILER-DAEMON"  # local part, at the first organization domain, of DSNs
 PORTAL_MAIL_FROM = "noreply"  # local part, at the first organization domain, of portal mail
 PORTAL_MAX_REPLY_BYTES = 25 * 1024 * 1024  # text and attachments of one secure reply
 PORTAL_MAX_REPLY_FILES = 10

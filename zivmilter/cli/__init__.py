@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "zivmilter.cli.maintenance",
     "zivmilter.cli.transport",
     "zivmilter.cli.portal",
+    "zivmilter.cli.dns",
 )
 
 

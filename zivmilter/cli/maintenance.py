@@ -14,7 +14,6 @@ import argparse
 import contextlib
 from typing import Any
 
-from zivmilter import defaults
 from zivmilter.core import config as config_mod
 from zivmilter.core.addresses import normalize_domain
 from zivmilter.delivery.reinject import Outgoing, SmtpReinjector
@@ -57,7 +56,7 @@ def _resend_replies(
             continue  # revoked or expired meanwhile: nothing to deliver
         with content:
             data = content.read()
-        sender = f"{defaults.PORTAL_MAIL_FROM}@{cfg.organization.domains[0]}"
+        sender = cfg.organization.portal_from
         try:
             (answer,) = reinjector.send(
                 [Outgoing(sender, [message.sender], data, f"portal reply {reply.id}")]

@@ -55,6 +55,10 @@ def _address_or_domain_list(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _address(value: str) -> str:
+    return normalize_address(value)
+
+
 def _address_list(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(normalize_address(v) for v in values)
 
@@ -156,6 +160,30 @@ class OrganizationConfig:
     domains: tuple[str, ...] = field(metadata=_check(_required_domain_list, "our own domains"))
     name: str = "Example Organization"
     nta7516: bool = False
+    # From of the mail zivmilter writes in its own name (the DSN, the portal's code mail and
+    # replies): at an organization domain, so the organization's DKIM signer signs it and it
+    # aligns with DMARC. None: MAILER-DAEMON@ (DSN) and noreply@ (portal) the first domain.
+    mail_from: str | None = field(default=None, metadata=_check(_address, "our own sender"))
+
+    def __post_init__(self) -> None:
+        if self.mail_from is not None:
+            domain = self.mail_from.rpartition("@")[2]
+            if domain not in self.domains:
+                problem = (
+                    f"{self.mail_from!r} is not at an organization domain"
+                    f" ({', '.join(self.domains)}): its DKIM signature would not align"
+                )
+                raise _Invalid("organization.mail_from", problem)
+
+    @property
+    def dsn_from(self) -> str:
+        """The DSN's From: MAILER-DAEMON, as every MTA signs its reports, at our own domain."""
+        return self.mail_from or f"{defaults.DSN_MAIL_FROM}@{self.domains[0]}"
+
+    @property
+    def portal_from(self) -> str:
+        """From and envelope sender of the portal's code mail and secure replies."""
+        return self.mail_from or f"{defaults.PORTAL_MAIL_FROM}@{self.domains[0]}"
 
 
 @dataclass(frozen=True)

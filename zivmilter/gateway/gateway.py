@@ -176,6 +176,7 @@ class Gateway:
                     reported,
                     self.hostname,
                     self.clock.now(UTC),
+                    from_address=self.cfg.organization.dsn_from,
                 )
                 data = report.as_bytes(policy=dsn.WIRE_POLICY)
                 outgoing.append(Outgoing("", [sender], data, "DSN"))

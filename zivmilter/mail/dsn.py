@@ -78,6 +78,7 @@ def build_dsn(
     failed: Sequence[tuple[str, str, str] | tuple[str, str, str, str | None]],
     reporting_mta: str,
     arrival: datetime,
+    from_address: str | None = None,
 ) -> EmailMessage:
     """A multipart/report DSN to `envelope_sender` about the `failed` (address, status, reason).
 
@@ -97,7 +98,8 @@ def build_dsn(
     host = reporting_mta.strip().rstrip(".")
 
     msg = EmailMessage(policy=_FIELDS)
-    msg["From"] = f"Mail Delivery System <MAILER-DAEMON@{host}>"
+    # From: at the organization's domain (from_address) so its DKIM signer signs and aligns it.
+    msg["From"] = f"Mail Delivery System <{from_address or f'MAILER-DAEMON@{host}'}>"
     msg["To"] = envelope_sender.strip("<>")
     msg["Subject"] = "Undelivered Mail Returned to Sender"
     msg["Date"] = format_datetime(datetime.now(UTC))

@@ -11,11 +11,13 @@ import logging
 import os
 import secrets
 import socket
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import Milter
 
+from zivmilter.core import dkim
 from zivmilter.errors import ZivmilterError
 from zivmilter.gateway import Gateway, Plan, Transaction
 from zivmilter.spool import spool_file
@@ -34,6 +36,9 @@ class ZivMilter(Milter.Base):
 
     gateway: Gateway  # set on the class by `serve`
     spool_threshold: int = 1024 * 1024
+    # Causes of a DKIM warning already logged, (domain, listener): once each per process.
+    _dkim_warned: ClassVar[set[tuple[str, str]]] = set()
+    _dkim_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self) -> None:
         self.client_address: str | None = None
@@ -132,6 +137,7 @@ class ZivMilter(Milter.Base):
                 self.setreply(code, status, text.replace("%", "%%"))
                 log.info("refused: %s", plan.reject, extra=extra)
                 return Milter.TEMPFAIL if code.startswith("4") else Milter.REJECT
+            self._warn_signed_before(tx, plan, extra)
             self._apply(plan)
         except Exception:
             ref = secrets.token_hex(4)
@@ -163,6 +169,25 @@ class ZivMilter(Milter.Base):
                 self.replacebody(b"")
         for rcpt in plan.delete_recipients:
             self.delrcpt(rcpt)
+
+    def _warn_signed_before(self, tx: Transaction, plan: Plan, extra: dict[str, Any]) -> None:
+        """A signer listed before zivmilter is not silent (issue 23): Postfix shows us its
+        DKIM-Signature, which our rewrite breaks. Logged once per domain and listener."""
+        rewrites = plan.replace_body is not None or bool(plan.delete_headers or plan.change_headers)
+        own = self.gateway.cfg.organization.domains
+        for domain in dkim.signed_before_rewrite(tx.headers, own, rewrites):
+            cause = (domain, self.listener or "-")
+            with self._dkim_lock:
+                if cause in self._dkim_warned:
+                    continue
+                self._dkim_warned.add(cause)
+            log.warning(
+                "the message carried a DKIM-Signature of %s before zivmilter rewrote it, so it"
+                " leaves without a valid one: %s",
+                domain,
+                dkim.FIX,
+                extra=extra,
+            )
 
     def _wire_value(self, value: str) -> str:
         """A plan's header value as the MTA wants it. With P_HDR_LEADSPC negotiated (the class

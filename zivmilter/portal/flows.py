@@ -70,11 +70,12 @@ def send_code(portal: Portal, rec: RecipientRecord, via: str, language: str) -> 
                 language=language,
                 org_name=portal.org_name,
                 org_domain=portal.org_domain,
+                mail_from=portal.cfg.organization.mail_from,
             )
             replies = portal.mailer.send(
                 [
                     Outgoing(
-                        mail.portal_sender(portal.org_domain),
+                        mail.portal_sender(portal.org_domain, portal.cfg.organization.mail_from),
                         [address],
                         msg.as_bytes(policy=SMTP),
                         f"verification code to {address}",

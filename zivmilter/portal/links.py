@@ -310,6 +310,7 @@ class LinkPages(GuestPages[_Ctx]):
             language=portal.cfg.notification.language,
             org_name=portal.org_name,
             org_domain=portal.org_domain,
+            mail_from=portal.cfg.organization.mail_from,
         )
         data = msg.as_bytes(policy=SMTP)
         try:
@@ -321,7 +322,7 @@ class LinkPages(GuestPages[_Ctx]):
             answers = portal.mailer.send(
                 [
                     Outgoing(
-                        mail.portal_sender(portal.org_domain),
+                        mail.portal_sender(portal.org_domain, portal.cfg.organization.mail_from),
                         [message.sender],
                         data,
                         f"portal reply from {rec.address}",

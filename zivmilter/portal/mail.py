@@ -34,8 +34,9 @@ class ReplyFile:
     data: bytes
 
 
-def portal_sender(org_domain: str) -> str:
-    return f"{defaults.PORTAL_MAIL_FROM}@{org_domain}"
+def portal_sender(org_domain: str, mail_from: str | None = None) -> str:
+    """From and envelope sender of portal mail: organization.mail_from, else noreply@domain."""
+    return mail_from or f"{defaults.PORTAL_MAIL_FROM}@{org_domain}"
 
 
 def code_email(
@@ -46,6 +47,7 @@ def code_email(
     language: str,
     org_name: str,
     org_domain: str,
+    mail_from: str | None = None,
 ) -> EmailMessage:
     """The verification-code email for email-verification recipients."""
     body = (
@@ -54,7 +56,7 @@ def code_email(
         .render(code=code, sender=sender_text, org_name=org_name, minutes=_minutes())
     )
     msg = EmailMessage(policy=policy.SMTP)
-    msg["From"] = Address(org_name, addr_spec=portal_sender(org_domain))
+    msg["From"] = Address(org_name, addr_spec=portal_sender(org_domain, mail_from))
     msg["To"] = to
     msg["Subject"] = texts(language)["code_mail_subject"]
     msg["Date"] = formatdate(usegmt=True)
@@ -88,6 +90,7 @@ def reply_email(
     language: str,
     org_name: str,
     org_domain: str,
+    mail_from: str | None = None,
 ) -> EmailMessage:
     """A recipient's secure reply, to the original sender (inside the organization).
 
@@ -109,7 +112,7 @@ def reply_email(
     )
     msg = EmailMessage(policy=policy.SMTP)
     via = texts(language)["reply_via"].format(author=author)
-    msg["From"] = Address(via, addr_spec=portal_sender(org_domain))
+    msg["From"] = Address(via, addr_spec=portal_sender(org_domain, mail_from))
     msg["Reply-To"] = author
     msg["To"] = to
     msg["Subject"] = subject if subject.lower().startswith("re:") else f"Re: {subject}"
