@@ -20,7 +20,7 @@ from tests.harness.postfix import HOST, PostfixInstance
 from tests.harness.sink import Sink
 from tests.harness.zivmilter import attach
 from zivmilter.core.submission import SpfVerdict
-from zivmilter.mta.spf import PySpfChecker
+from zivmilter.transport.spf import PySpfChecker
 
 pytestmark = pytest.mark.integration
 

@@ -91,7 +91,7 @@ def _explain_submission(
         except ValueError:
             raise MessageError(f"--client-ip: {client!r} is not an IP address") from None
         try:
-            from zivmilter.mta.spf import PySpfChecker
+            from zivmilter.transport.spf import PySpfChecker
         except ImportError:
             spf = submission.NoSpf("SPF not checked: pyspf is not installed")
         else:

@@ -29,7 +29,7 @@ def spf_checker(cfg: config_mod.Config) -> SpfChecker | None:
     """The SPF checker where any listener's rules use SPF (`submission.spf`, or
     `submission.listeners.NAME.spf`); each check still asks its own listener's rules whether
     SPF counts there. None (no SPF at all) otherwise."""
-    from zivmilter.mta.spf import PySpfChecker
+    from zivmilter.transport.spf import PySpfChecker
 
     if cfg.submission.spf or any(r.spf for r in cfg.submission.listeners.values()):
         return PySpfChecker.from_config(cfg)

@@ -2,8 +2,8 @@
 
 `check_domain` looks each record up through the configured resolver (dnspython, as the prober)
 and returns `Finding` values, each problem with the record to publish. SPF is evaluated by pyspf
-(RFC 7208, as a receiver would, through zivmilter.mta.spf's resolver-aware checker); DMARC's
-tag list (RFC 7489 6.3) is parsed here. Used by `zivmilter dns-check` and the future doctor.
+(RFC 7208, as a receiver would, through spf.py's resolver-aware checker, the milter's own);
+DMARC's tag list (RFC 7489 6.3) is parsed here. Used by `zivmilter dns-check`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import dns.rdatatype
 import dns.resolver
 from cryptography.hazmat.primitives import serialization
 
-from zivmilter.mta.spf import PySpfChecker
 from zivmilter.transport.resolver import nameserver
+from zivmilter.transport.spf import PySpfChecker
 
 Check = Literal["spf", "dkim", "dmarc", "mta-sts", "tls-rpt"]
 
