@@ -40,7 +40,8 @@ from zivmilter.delivery.reinject import Outgoing
 from zivmilter.errors import DeliveryError
 from zivmilter.gateway import Gateway, Transaction
 from zivmilter.portal import accounts
-from zivmilter.portal.app import Portal, create_app
+from zivmilter.portal.app import create_app
+from zivmilter.portal.context import Portal
 from zivmilter.portal.security import PortalKeys
 from zivmilter.portal.sms import FileSms, WebhookSms
 from zivmilter.store import NewMessage, NewRecipient, SqliteStore

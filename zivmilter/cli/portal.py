@@ -34,7 +34,7 @@ def open_store(cfg: config_mod.Config) -> tuple[SqliteStore, bytes]:
 def build_portal(cfg: config_mod.Config) -> Any:
     """The app's wiring from the configuration (also used by uvicorn's worker processes)."""
     from zivmilter.delivery.reinject import SmtpReinjector
-    from zivmilter.portal.app import Portal
+    from zivmilter.portal.context import Portal
     from zivmilter.portal.security import PortalKeys
     from zivmilter.portal.sms import sms_sender
 

@@ -26,7 +26,7 @@ from zivmilter.delivery.reinject import Outgoing
 from zivmilter.errors import DeliveryError, StoreError
 from zivmilter.mail.notification import mask_phone
 from zivmilter.portal import accounts, flows, mail, render, verify
-from zivmilter.portal.app import timestamp, trusted_markup
+from zivmilter.portal.context import timestamp, trusted_markup
 from zivmilter.portal.downloads import content_disposition, stream_bytes
 from zivmilter.portal.pages import (
     Ctx,
