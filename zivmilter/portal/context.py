@@ -44,7 +44,7 @@ LANG_COOKIE = "zv_lang"
 
 @dataclass
 class Portal:
-    """Everything the pages need; built once per process by `cli/portal.py` (or a test)."""
+    """Everything the pages need; built once per process by `asgi.build_portal` (or a test)."""
 
     cfg: Config
     store: Store
