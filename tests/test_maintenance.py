@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.harness.cli import zivmilter
+from tests.harness.cli import zivmilter_in_process
 from tests.harness.postfix import free_port
 from tests.harness.sink import Sink
 from zivmilter import crypto, defaults
@@ -20,7 +20,7 @@ ROOT = Path(__file__).parent.parent
 
 
 def maintenance(cfg: Path) -> subprocess.CompletedProcess[str]:
-    return zivmilter("maintenance", "--config", str(cfg))
+    return zivmilter_in_process("maintenance", "--config", str(cfg))
 
 
 @dataclass
@@ -134,7 +134,7 @@ def test_a_reply_the_mta_refuses_for_good_is_reported_once(tmp_path: Path) -> No
     # The cause mended (here: the MTA takes it now), the admin asks for another try.
     with Sink("127.0.0.1", port) as mta:
         assert "refused for good: 0" in maintenance(cfg).stdout and mta.received == []
-        again = zivmilter("maintenance", "--config", str(cfg), "--retry-refused")
+        again = zivmilter_in_process("maintenance", "--config", str(cfg), "--retry-refused")
         assert again.returncode == 0, again.stderr
         assert "replies handed to the MTA: 1; still failing: 0; refused for good: 0" in (
             again.stdout
