@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.sandbox import in_sandbox
-from zivmilter import crypto
+from zivmilter import crypto, defaults
 from zivmilter.store import SqliteStore
 
 
@@ -23,6 +23,19 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
     st = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
     yield st
     st.close()
+
+
+@pytest.fixture
+def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scrypt (access codes) and argon2 (passwords) at a test's cost, for tests that hash to set a
+    case up rather than to test the hashing: each hash names its own cost, so checking an answer
+    works as in production. test_crypto.py and test_portal_verify.py keep the real costs."""
+    from argon2 import PasswordHasher, profiles
+
+    from zivmilter.portal import accounts
+
+    monkeypatch.setattr(defaults, "SCRYPT_N", 2**10)
+    monkeypatch.setattr(accounts, "_HASHER", PasswordHasher.from_parameters(profiles.CHEAPEST))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

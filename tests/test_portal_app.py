@@ -46,7 +46,10 @@ from zivmilter.portal.security import PortalKeys
 from zivmilter.portal.sms import FileSms, WebhookSms
 from zivmilter.store import NewMessage, NewRecipient, SqliteStore
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.usefixtures("cheap_hashes"),  # what is hashed here is set-up, not under test
+]
 
 CODE = "tulip-secret-42"
 PHONE = "+31612345678"
@@ -620,7 +623,7 @@ class _Webhook(BaseHTTPRequestHandler):
 def webhook() -> Iterator[tuple[str, type[_Webhook]]]:
     handler = type("Hook", (_Webhook,), {"received": [], "status": 200})
     server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}/sms", handler
     server.shutdown()

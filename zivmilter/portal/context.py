@@ -7,6 +7,7 @@ app.py wires the routes; the pages (pages.py, links.py, downloads.py) and the st
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -62,15 +63,7 @@ class Portal:
         self.root = url.path.rstrip("/")
         self.origin = f"{url.scheme}://{url.netloc}"
         self.secure = url.scheme == "https"
-        self.templates = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(_HERE / "templates")),
-            autoescape=jinja2.select_autoescape(("html",), default=True),
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.templates.filters["filesize"] = _filesize
-        self.templates.filters["when"] = _when
+        self.templates = _templates()
 
     @property
     def org_name(self) -> str:
@@ -201,6 +194,22 @@ class Portal:
         if origin is not None and origin not in (self.origin, "null"):
             return False
         return csrf_ok(self.keys, p, form, token)
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The page templates, compiled once per process and shared by every `Portal` in it: they
+    are part of the package and do not change while it runs."""
+    templates = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_HERE / "templates")),
+        autoescape=jinja2.select_autoescape(("html",), default=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    templates.filters["filesize"] = _filesize
+    templates.filters["when"] = _when
+    return templates
 
 
 def timestamp(dt: datetime | None) -> str:
