@@ -46,10 +46,7 @@ from zivmilter.portal.security import PortalKeys
 from zivmilter.portal.sms import FileSms, WebhookSms
 from zivmilter.store import NewMessage, NewRecipient, SqliteStore
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.usefixtures("cheap_hashes"),  # what is hashed here is set-up, not under test
-]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 CODE = "tulip-secret-42"
 PHONE = "+31612345678"
