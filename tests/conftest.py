@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.sandbox import in_sandbox
-from zivmilter import crypto
+from zivmilter import crypto, defaults
 from zivmilter.store import SqliteStore
 
 
@@ -23,6 +23,23 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
     st = SqliteStore.open(str(tmp_path / "s"), crypto.load_kek(str(tmp_path / "k")))
     yield st
     st.close()
+
+
+@pytest.fixture(autouse=True)
+def cheap_hashes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """scrypt (access codes) and argon2 (passwords) at a test's cost: most tests hash to set a
+    case up, not to test the hashing, and each hash names its own cost, so checking an answer
+    works as in production. Tests of the hashing itself are marked `real_hash_cost`."""
+    if request.node.get_closest_marker("real_hash_cost") is not None:
+        return
+    monkeypatch.setattr(defaults, "SCRYPT_N", 2**10)
+    try:
+        from argon2 import PasswordHasher, profiles
+
+        from zivmilter.portal import accounts
+    except ImportError:  # a slim install without the portal
+        return
+    monkeypatch.setattr(accounts, "_HASHER", PasswordHasher.from_parameters(profiles.CHEAPEST))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

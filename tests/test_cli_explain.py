@@ -1,17 +1,18 @@
-"""`zivmilter explain` and `check-config` as an admin runs them: real process, real files."""
+"""`zivmilter explain` and `check-config` as an admin runs them, on real files: through
+`cli.main` in this process, and `check-config` once as a real `python -m zivmilter` process."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from tests.harness.cli import zivmilter
+from tests.harness.cli import zivmilter, zivmilter_in_process
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
 
 
-run = zivmilter
+run = zivmilter_in_process
 
 
 def explain_json(*extra: str) -> dict:  # type: ignore[type-arg]
@@ -134,7 +135,7 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 
 
 def test_check_config_ok() -> None:
-    proc = run("check-config", str(EXAMPLES / "zivmilter.yaml"))
+    proc = zivmilter("check-config", str(EXAMPLES / "zivmilter.yaml"))  # the real entry point
     assert proc.returncode == 0 and ": ok" in proc.stdout
 
 

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from tests.fakes import make_config
-from tests.harness.cli import zivmilter
+from tests.harness.cli import zivmilter_in_process
 from zivmilter import crypto
 from zivmilter.core.facts import with_config
 from zivmilter.mta.livefacts import LiveFacts
@@ -44,7 +44,7 @@ def test_idd_command(tmp_path: Path) -> None:
     )
 
     def idd(*args: str) -> subprocess.CompletedProcess[str]:
-        return zivmilter("idd", *args, "--config", str(cfg))
+        return zivmilter_in_process("idd", *args, "--config", str(cfg))
 
     assert idd("add", "Hospital.EXAMPLE").stdout.strip() == "hospital.example: added"
     assert idd("list").stdout.splitlines() == ["conf.example\tconfig", "hospital.example\tstore"]

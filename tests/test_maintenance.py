@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.cli import zivmilter
+from tests.harness.cli import zivmilter_in_process
 from tests.harness.postfix import free_port
 from tests.harness.sink import Sink
 from zivmilter import cli, crypto, defaults
@@ -24,7 +24,7 @@ ROOT = Path(__file__).parent.parent
 
 
 def maintenance(cfg: Path) -> subprocess.CompletedProcess[str]:
-    return zivmilter("maintenance", "--config", str(cfg))
+    return zivmilter_in_process("maintenance", "--config", str(cfg))
 
 
 @dataclass
@@ -144,7 +144,7 @@ def test_a_reply_the_mta_refuses_for_good_is_reported_once(tmp_path: Path) -> No
     # The cause mended (here: the MTA takes it now), the admin asks for another try.
     with Sink("127.0.0.1", port) as mta:
         assert "refused for good: 0" in maintenance(cfg).stdout and mta.received == []
-        again = zivmilter("maintenance", "--config", str(cfg), "--retry-refused")
+        again = zivmilter_in_process("maintenance", "--config", str(cfg), "--retry-refused")
         assert again.returncode == 0, again.stderr
         assert "replies handed to the MTA: 1; still failing: 0; refused for good: 0" in (
             again.stdout

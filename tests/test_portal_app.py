@@ -40,7 +40,8 @@ from zivmilter.delivery.reinject import Outgoing
 from zivmilter.errors import DeliveryError
 from zivmilter.gateway import Gateway, Transaction
 from zivmilter.portal import accounts
-from zivmilter.portal.app import Portal, create_app
+from zivmilter.portal.app import create_app
+from zivmilter.portal.context import Portal
 from zivmilter.portal.security import PortalKeys
 from zivmilter.portal.sms import FileSms, WebhookSms
 from zivmilter.store import NewMessage, NewRecipient, SqliteStore
@@ -619,7 +620,7 @@ class _Webhook(BaseHTTPRequestHandler):
 def webhook() -> Iterator[tuple[str, type[_Webhook]]]:
     handler = type("Hook", (_Webhook,), {"received": [], "status": 200})
     server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}/sms", handler
     server.shutdown()

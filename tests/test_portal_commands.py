@@ -209,3 +209,29 @@ def test_status_shows_a_lock_only_while_it_lasts(
     )
     code, out, _ = run(capsys, "status", "st-2@hospital.example", "--config", str(cfg))
     assert code == 0 and "locked until" not in out
+
+
+def test_portal_workers_find_the_app_through_the_factory_string(
+    setup: tuple[Path, SqliteStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`zivmilter portal --workers N` hands uvicorn a factory string; each worker process
+    imports it, reads the configuration named in the environment and serves the portal."""
+    import logging
+    import warnings
+
+    from uvicorn.importer import import_from_string
+
+    from zivmilter.portal.asgi import ASGI_FACTORY, ENV_CONFIG
+
+    with warnings.catch_warnings():  # Starlette 1.x deprecates its httpx-based client
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    cfg, _ = setup
+    monkeypatch.setenv(ENV_CONFIG, str(cfg))
+    root = logging.getLogger()  # the factory sets up logging as a worker's own process would
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    app = import_from_string(ASGI_FACTORY)()
+    response = TestClient(app).get("/healthz")
+    assert (response.status_code, response.text) == (200, "ok")

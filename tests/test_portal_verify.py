@@ -84,6 +84,7 @@ def test_authenticator_codes_accept_one_step_of_drift() -> None:
     assert base64.b32encode(secret).decode().rstrip("=") in uri
 
 
+@pytest.mark.real_hash_cost
 def test_access_code_compared_against_its_hash() -> None:
     stored = crypto.hash_secret("tulip-42")
     assert verify.access_code_valid(stored, "tulip-42")
@@ -93,6 +94,7 @@ def test_access_code_compared_against_its_hash() -> None:
     assert not verify.access_code_valid("garbage", "tulip-42")
 
 
+@pytest.mark.real_hash_cost
 def test_passwords_argon2_and_scrypt() -> None:
     hashed = accounts.hash_password("correct horse battery")
     assert hashed.startswith("$argon2id$")

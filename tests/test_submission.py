@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from tests.fakes import BASE_CONFIG, make_config, merge
+from tests.harness.cli import zivmilter_in_process
 from zivmilter import crypto
 from zivmilter.cli import accounts as account_commands
 from zivmilter.core.config import Config
@@ -470,13 +470,12 @@ def explain(tmp_path: Path, config: dict[str, Any], facts: dict[str, Any] | None
     cfg_file.write_text(yaml.safe_dump(merge(BASE_CONFIG, config)))
     msg = tmp_path / "m.eml"
     msg.write_bytes(MESSAGE.format(subject=subject).encode())
-    args = [sys.executable, "-m", "zivmilter", "explain", str(msg), "--config", str(cfg_file),
-            "--json", *extra]
+    args = ["explain", str(msg), "--config", str(cfg_file), "--json", *extra]
     if facts is not None:
         facts_file = tmp_path / "facts.yaml"
         facts_file.write_text(yaml.safe_dump(facts))
         args += ["--facts", str(facts_file)]
-    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    proc = zivmilter_in_process(*args)
     assert proc.returncode == 0, proc.stderr
     out: dict[str, Any] = json.loads(proc.stdout)
     return out
@@ -540,10 +539,7 @@ def test_explain_text_output_shows_both(tmp_path: Path) -> None:
     cfg_file.write_text(yaml.safe_dump(merge(BASE_CONFIG, {"selection": {"mode": "rules"}})))
     msg = tmp_path / "m.eml"
     msg.write_bytes(MESSAGE.format(subject="x").encode())
-    proc = subprocess.run(
-        [sys.executable, "-m", "zivmilter", "explain", str(msg), "--config", str(cfg_file)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-    )
+    proc = zivmilter_in_process("explain", str(msg), "--config", str(cfg_file))
     assert proc.returncode == 0, proc.stderr
     assert "Submission: REFUSED with 550 5.7.1 sender alice@hospital.example" in proc.stdout
     assert "Selected: no" in proc.stdout
@@ -555,9 +551,8 @@ def test_explain_bad_client_ip_is_one_line(tmp_path: Path) -> None:
     cfg_file.write_text(yaml.safe_dump(BASE_CONFIG))
     msg = tmp_path / "m.eml"
     msg.write_bytes(MESSAGE.format(subject="x").encode())
-    proc = subprocess.run(
-        [sys.executable, "-m", "zivmilter", "explain", str(msg), "--config", str(cfg_file),
-         "--client-ip", "nonsense"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+    proc = zivmilter_in_process(
+        "explain", str(msg), "--config", str(cfg_file), "--client-ip", "nonsense"
     )
     assert proc.returncode == 2 and "--client-ip: 'nonsense' is not an IP address" in proc.stderr
     assert "Traceback" not in proc.stderr

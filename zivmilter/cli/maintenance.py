@@ -16,8 +16,9 @@ from typing import Any
 
 from zivmilter.core import config as config_mod
 from zivmilter.core.addresses import normalize_domain
-from zivmilter.delivery.reinject import Outgoing, SmtpReinjector
-from zivmilter.errors import DeliveryError, MessageError
+from zivmilter.delivery.reinject import SmtpReinjector
+from zivmilter.delivery.replies import resend_replies
+from zivmilter.errors import MessageError
 from zivmilter.store import Store, open_store
 
 
@@ -46,33 +47,15 @@ def _resend_replies(
 ) -> tuple[int, int, int]:
     """(sent, still failing, refused for good) of the replies the MTA has not taken yet."""
     reinjector = SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout)
-    sent = failed = refused = 0
     # The portal hands a reply over as it is written and marks it sent after the MTA's answer
     # (at most reinject.timeout per SMTP step): a younger reply may be on its way right now.
-    for reply in store.unsent_replies(3 * cfg.reinject.timeout + 60, refused=retry_refused):
-        message = store.message(reply.message_id)
-        content = store.open_reply(reply.id)
-        if message is None or content is None:
-            continue  # revoked or expired meanwhile: nothing to deliver
-        with content:
-            data = content.read()
-        sender = cfg.organization.portal_from
-        try:
-            (answer,) = reinjector.send(
-                [Outgoing(sender, [message.sender], data, f"portal reply {reply.id}")]
-            )
-        except DeliveryError as exc:
-            if exc.permanent:  # as it is, it never will be taken: say so once, then stop
-                refused += 1
-                store.mark_reply_undeliverable(reply.id, str(exc))
-                print(f"reply {reply.id} to {message.sender} refused for good: {exc}")
-                continue
-            failed += 1
-            store.record_event("reply-send-failed", message.id, None, str(exc))
-            continue
-        store.mark_reply_sent(reply.id, answer)
-        sent += 1
-    return sent, failed, refused
+    done = resend_replies(
+        store, reinjector, cfg.organization.portal_from,
+        older_than=3 * cfg.reinject.timeout + 60, retry_refused=retry_refused,
+    )  # fmt: skip
+    for refusal in done.refused:  # as it is, it never will be taken: say so once
+        print(f"reply {refusal.reply_id} to {refusal.to} refused for good: {refusal.detail}")
+    return done.sent, done.failed, len(done.refused)
 
 
 def cmd_maintenance(args: argparse.Namespace) -> int:

@@ -1,8 +1,9 @@
 """`zivmilter portal`, `revoke`, `status` and `contacts`: thin shells over the store and the app.
 
-`portal` serves the app with uvicorn on `portal.listen`; the access log stays off because the
-first URL of a visit holds the link token. The other commands are for admins and senders'
-helpdesks; each prints one line per fact and exits 1 when there was nothing to act on.
+`portal` serves the app (its wiring is portal/asgi.py) with uvicorn on `portal.listen`; the
+access log stays off because the first URL of a visit holds the link token. The other commands
+are for admins and senders' helpdesks; each prints one line per fact and exits 1 when there was
+nothing to act on.
 """
 
 from __future__ import annotations
@@ -16,54 +17,20 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from zivmilter import crypto, logsetup, sdnotify
+from zivmilter import logsetup, sdnotify
 from zivmilter.core import config as config_mod
 from zivmilter.errors import ConfigError, MessageError
 from zivmilter.mail.notification import mask_phone
 from zivmilter.store import MessageRecord, RecipientRecord, Store, open_store
 
-_ENV_CONFIG = "ZIVMILTER_PORTAL_CONFIG"
 log = logging.getLogger("zivmilter.portal")
-
-
-def build_portal(cfg: config_mod.Config) -> Any:
-    """The app's wiring from the configuration (also used by uvicorn's worker processes)."""
-    from zivmilter.delivery.reinject import SmtpReinjector
-    from zivmilter.portal.app import Portal
-    from zivmilter.portal.security import PortalKeys
-    from zivmilter.portal.sms import sms_sender
-
-    store = open_store(cfg)
-    return Portal(
-        cfg=cfg,
-        store=store,
-        keys=PortalKeys.from_kek(crypto.load_kek(cfg.store.key_file)),
-        sms=sms_sender(cfg.sms, cfg.source),
-        mailer=SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout),
-    )
-
-
-def app_from_environment() -> Any:
-    """uvicorn's factory in worker processes (`--workers` > 1)."""
-    from zivmilter.portal.app import create_app
-
-    cfg = config_mod.load(os.environ[_ENV_CONFIG])
-    logsetup.setup(cfg.logging.level)
-    return create_app(build_portal(cfg), on_ready=lambda: sdnotify.notify("READY=1"))
-
-
-def parse_listen(value: str, source: str = "<config>") -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(source, "portal.listen", f"{value!r} is not HOST:PORT")
-    return host, int(port)
 
 
 def cmd_portal(args: argparse.Namespace) -> int:
     import uvicorn
 
     from zivmilter.portal.app import create_app
+    from zivmilter.portal.asgi import ASGI_FACTORY, ENV_CONFIG, build_portal, parse_listen
 
     cfg = config_mod.load(args.config)
     logsetup.setup(cfg.logging.level)
@@ -77,9 +44,9 @@ def cmd_portal(args: argparse.Namespace) -> int:
     }
     workers = args.workers or cfg.portal.workers
     if workers > 1:
-        os.environ[_ENV_CONFIG] = os.path.abspath(args.config)
+        os.environ[ENV_CONFIG] = os.path.abspath(args.config)
         uvicorn.run(
-            "zivmilter.cli.portal:app_from_environment",
+            ASGI_FACTORY,
             factory=True, host=host, port=port, workers=workers, **common,
         )  # fmt: skip
         return 0

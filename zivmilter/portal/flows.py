@@ -19,7 +19,7 @@ from zivmilter.delivery.reinject import Outgoing
 from zivmilter.errors import DeliveryError
 from zivmilter.mail.notification import mask_phone
 from zivmilter.portal import accounts, mail, verify
-from zivmilter.portal.app import Portal
+from zivmilter.portal.context import Portal
 from zivmilter.store import MessageRecord, RecipientRecord
 
 log = logging.getLogger("zivmilter.portal")

@@ -22,11 +22,11 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from zivmilter import defaults
-from zivmilter.delivery.reinject import Outgoing
-from zivmilter.errors import DeliveryError, StoreError
+from zivmilter.delivery.replies import Handed, hand_over_reply
+from zivmilter.errors import StoreError
 from zivmilter.mail.notification import mask_phone
 from zivmilter.portal import accounts, flows, mail, render, verify
-from zivmilter.portal.app import timestamp, trusted_markup
+from zivmilter.portal.context import timestamp, trusted_markup
 from zivmilter.portal.downloads import content_disposition, stream_bytes
 from zivmilter.portal.pages import (
     Ctx,
@@ -318,28 +318,20 @@ class LinkPages(GuestPages[_Ctx]):
         except StoreError as exc:
             log.error("reply of %s to %s not stored: %s", rec.address, message.id, exc)
             return self._message_page(request, ctx, error="reply_failed", status=503)
-        try:
-            answers = portal.mailer.send(
-                [
-                    Outgoing(
-                        mail.portal_sender(portal.org_domain, portal.cfg.organization.mail_from),
-                        [message.sender],
-                        data,
-                        f"portal reply from {rec.address}",
-                    )
-                ]
-            )
-        except DeliveryError as exc:
-            log.error("reply %s of %s not sent: %s", reply_id, message.id, exc)
-            # The reply is stored either way: reloading the page must not write it again.
-            if exc.permanent:  # never taken as it is: not offered again, and the writer knows
-                portal.store.mark_reply_undeliverable(reply_id, str(exc))
-                return RedirectResponse(ctx.here + "?replied=refused", status_code=303)
-            # `zivmilter maintenance` hands it over later: the writer need not send it again.
-            portal.store.record_event("reply-send-failed", message.id, rec.address, str(exc))
-            return RedirectResponse(ctx.here + "?replied=later", status_code=303)
-        portal.store.mark_reply_sent(reply_id, answers[0] if answers else "")
-        return RedirectResponse(ctx.here + "?replied=1", status_code=303)
+        # The reply is stored either way: reloading the page must not write it again.
+        handed = hand_over_reply(
+            portal.store, portal.mailer,
+            reply_id=reply_id, message_id=message.id, to=message.sender, content=data,
+            sender=portal.cfg.organization.portal_from, what=f"portal reply from {rec.address}",
+            author=rec.address,
+        )  # fmt: skip
+        if handed.outcome is Handed.SENT:
+            return RedirectResponse(ctx.here + "?replied=1", status_code=303)
+        log.error("reply %s of %s not sent: %s", reply_id, message.id, handed.detail)
+        if handed.outcome is Handed.REFUSED:  # never taken as it is: the writer knows
+            return RedirectResponse(ctx.here + "?replied=refused", status_code=303)
+        # `zivmilter maintenance` hands it over later: the writer need not send it again.
+        return RedirectResponse(ctx.here + "?replied=later", status_code=303)
 
     async def logout(self, request: Request) -> Response:
         fields = await small_form(request, "csrf")

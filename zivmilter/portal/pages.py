@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from zivmilter.portal import flows, verify
-from zivmilter.portal.app import Portal
+from zivmilter.portal.context import Portal
 from zivmilter.portal.security import Pass, Stage
 from zivmilter.store import RecipientRecord
 

@@ -66,11 +66,6 @@ def open_store(cfg: Config) -> Store:
     return SqliteStore.open(cfg.store.path, kek)
 
 
-def open_configured(cfg: Config) -> Store:
-    """The former name of `open_store`, kept for code written against it."""
-    return open_store(cfg)
-
-
 __all__ = [
     "DB_NAME",
     "SCHEMA_VERSION",
@@ -103,6 +98,5 @@ __all__ = [
     "SqliteStore",
     "Store",
     "Verification",
-    "open_configured",
     "open_store",
 ]
