@@ -238,12 +238,13 @@ def test_refused_submission_is_rejected_with_the_reason(store: SqliteStore) -> N
         facts_from_mapping({}),
     )
     ctx = testctx.TestCtx()
-    assert run(ctx, ["bob@partner.example"]) == Milter.REJECT
+    message = b"Message-ID: <refused@hospital.example>\r\n" + MESSAGE
+    assert run(ctx, ["bob@partner.example"], message) == Milter.REJECT
     code, xcode, text = ctx._reply
     assert (code, xcode) == ("550", "5.7.1")
     assert "alice@hospital.example" in text
     assert sent.sent == []  # nothing stored or sent for a refused message
-    assert store._conn.execute("SELECT count(*) FROM blobs").fetchone()[0] == 0
+    assert store.find_messages("<refused@hospital.example>") == []
 
 
 def test_listener_rules_apply_per_daemon_name(store: SqliteStore) -> None:
