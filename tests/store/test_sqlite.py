@@ -7,6 +7,8 @@ import io
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -334,3 +336,42 @@ def test_a_failing_save_fails_alone_in_its_batch(st: SqliteStore, tmp_path: Path
     db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
     assert [r[0] for r in db.execute("SELECT event FROM audit ORDER BY id")] == ["a", "c"]
     db.close()
+
+
+_TAKE_EXCLUSIVELY = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
+try:
+    db.execute("PRAGMA locking_mode=EXCLUSIVE")
+    db.execute("BEGIN EXCLUSIVE")
+    db.execute("ROLLBACK")
+    print("taken")
+except sqlite3.OperationalError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_second_store_in_one_process_keeps_the_first_ones_locks(
+    tmp_path: Path, kek: bytes
+) -> None:
+    """SQLite's locks are POSIX locks: per process and file, and closing any descriptor of the
+    file drops all of them. Opening and closing another store on the same database in this
+    process must leave store A's hold on it: another process still cannot take the database
+    exclusively (and so cannot, for example, delete the WAL under A)."""
+    path = str(tmp_path / "store")
+    db = os.path.join(path, store.DB_NAME)
+
+    def other_process() -> str:
+        probe = [sys.executable, "-c", _TAKE_EXCLUSIVELY, db]
+        return subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+
+    a = SqliteStore.open(path, kek)
+    saved = a.save_message(new_message())
+    assert other_process().startswith("refused: database is locked")
+    b = SqliteStore.open(path, kek)
+    b.close()
+    assert other_process().startswith("refused: database is locked")
+    content = a.open_content(saved.id)
+    assert content is not None and content.read() == raw_message()
+    a.close()
+    assert other_process() == "taken"  # the probe itself can take it once A is gone
