@@ -61,6 +61,10 @@ SCRYPT_N = 2**15  # access-code hashes: scrypt cost (32 MiB with r=8), ~0.1 s pe
 SCRYPT_R = 8
 SCRYPT_P = 1
 STORE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's SQLite lock
+# After a revocation the old pages holding the destroyed key stay in SQLite's write-ahead log
+# until a checkpoint folds it back and truncates it; a reader's open transaction holds that up.
+# How long a revocation (and `maintenance`) waits for such readers before reporting it pending.
+STORE_CHECKPOINT_WAIT = 1.0
 # Encrypted contents up to this size live in the database row (one fsync at commit, shared by
 # concurrent saves); larger ones get a blob file of their own under blobs/.
 STORE_INLINE_MAX = 256 * 1024

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.store.common import (
     CODE,
@@ -31,7 +32,7 @@ from tests.store.common import (
     store_files,
     stored_blobs,
 )
-from zivmilter import crypto, store
+from zivmilter import cli, crypto, store
 from zivmilter.errors import StoreError
 from zivmilter.store import NewRecipient, SqliteStore
 from zivmilter.store.sqlite.connection import _Pending
@@ -375,3 +376,66 @@ def test_a_second_store_in_one_process_keeps_the_first_ones_locks(
     assert content is not None and content.read() == raw_message()
     a.close()
     assert other_process() == "taken"  # the probe itself can take it once A is gone
+
+
+def _files_holding(root: Path, data: bytes) -> list[str]:
+    return [name for name, content in store_files(root).items() if data in content]
+
+
+def test_a_reader_delays_the_erasure_of_a_revoked_key_and_it_is_reported(
+    st: SqliteStore, tmp_path: Path
+) -> None:
+    """A revoked message's wrapped key lives on in the WAL while another connection holds a
+    read transaction: `finish_erasure` says so, and says when it is gone."""
+    saved = st.save_message(new_message())
+    db = os.path.join(tmp_path / "store", store.DB_NAME)
+    reader = sqlite3.connect(db, isolation_level=None)
+    (wrapped,) = reader.execute("SELECT wrapped_key FROM messages").fetchone()
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM messages").fetchone()  # a snapshot from before
+    assert st.revoke(saved.id)
+    assert _files_holding(tmp_path / "store", bytes(wrapped)) != []  # still on the disk
+    assert not st.finish_erasure(wait=0.1)
+    reader.execute("COMMIT")
+    reader.close()
+    assert st.finish_erasure()
+    assert _files_holding(tmp_path / "store", bytes(wrapped)) == []
+
+
+def test_revoke_says_the_key_is_destroyed_only_when_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`zivmilter revoke` while another process reads the store: it does not claim the key
+    destroyed, it says when it will be; `maintenance` then finishes it and says so."""
+    crypto.keygen(str(tmp_path / "store.key"))
+    cfg = tmp_path / "zivmilter.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+                "store": {"path": str(tmp_path / "store"), "key_file": str(tmp_path / "store.key")},
+            }
+        )
+    )
+    s = SqliteStore.open(str(tmp_path / "store"), crypto.load_kek(str(tmp_path / "store.key")))
+    saved = s.save_message(new_message(rfc822_id="<held@hospital.example>"))
+    s.close()
+    reader = sqlite3.connect(os.path.join(tmp_path / "store", store.DB_NAME), isolation_level=None)
+    (wrapped,) = reader.execute("SELECT wrapped_key FROM messages").fetchone()
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM messages").fetchone()
+
+    assert cli.main(["revoke", "<held@hospital.example>", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert f"{saved.id} (<held@hospital.example>): revoked" in out
+    assert "data key destroyed" not in out
+    assert "gone at the next checkpoint" in out and "zivmilter maintenance" in out
+    assert _files_holding(tmp_path / "store", bytes(wrapped)) != []
+
+    assert cli.main(["maintenance", "--config", str(cfg)]) == 1  # the reader still holds it
+    assert "a copy may remain in the write-ahead log" in capsys.readouterr().out
+    reader.execute("COMMIT")
+    reader.close()
+    assert cli.main(["maintenance", "--config", str(cfg)]) == 0
+    assert "revoked data keys: erased from the disk" in capsys.readouterr().out
+    assert _files_holding(tmp_path / "store", bytes(wrapped)) == []

@@ -145,9 +145,15 @@ class AuditLog(Protocol):
 
 
 class Housekeeping(Protocol):
-    """What `zivmilter maintenance` runs besides expiry: blob files a crash left behind."""
+    """What `zivmilter maintenance` runs besides expiry: blob files a crash left behind, and
+    the erasure of what revocations destroyed."""
 
     def sweep_orphans(self, older_than: float = 3600.0) -> int: ...
+    def finish_erasure(self, wait: float = defaults.STORE_CHECKPOINT_WAIT) -> bool:
+        """Make what revocations destroyed unreadable on the disk too (for SQLite: fold back
+        and truncate its write-ahead log); False while a reader still holds the old pages
+        (then the next checkpoint, or maintenance, finishes it)."""
+        ...
 
 
 class Store(

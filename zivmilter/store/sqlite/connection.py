@@ -105,6 +105,23 @@ class SqliteBase:
         with self._lock:
             self._conn.close()
 
+    def finish_erasure(self, wait: float = defaults.STORE_CHECKPOINT_WAIT) -> bool:
+        """Fold the write-ahead log back into the database and truncate it, so that what a
+        revocation destroyed (a wrapped key, with secure_delete zeroing its freed pages) is
+        gone from the disk too. Waits up to `wait` seconds for readers; False when a reader's
+        transaction still holds old pages (they go at the next checkpoint: maintenance runs
+        one)."""
+        with self._lock:
+            try:
+                self._conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+                busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error:
+                return False
+            finally:
+                restore = int(defaults.STORE_BUSY_TIMEOUT * 1000)
+                self._conn.execute(f"PRAGMA busy_timeout = {restore}")
+        return int(busy) == 0
+
     def _commit_grouped(self, write: Callable[[sqlite3.Cursor], None]) -> None:
         """Run `write` in a transaction, committed durably before this returns; concurrent
         callers share transactions and so fsyncs (see the module docstring)."""

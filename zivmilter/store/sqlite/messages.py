@@ -5,7 +5,6 @@ Everything sealed or hashed happens before the store's lock is taken; inside it,
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import sqlite3
 import time
@@ -316,9 +315,9 @@ class MessagesMixin(ContentsMixin):
             audit(cur, now, message_id, None, "revoked", reason)
         for p in paths:
             self._remove_blob(p)
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            # Old page images in the WAL still hold the wrapped key; fold them back and truncate.
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Old page images in the WAL still hold the wrapped key; fold them back and truncate.
+        # A reader may hold them a while longer: `finish_erasure` says whether they are gone.
+        self.finish_erasure()
         return True
 
     def purge_expired(self, reply_grace: float = defaults.UNSENT_REPLY_GRACE) -> int:
