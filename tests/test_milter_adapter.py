@@ -18,7 +18,6 @@ import pytest
 from Milter import testctx
 
 from tests.fakes import Collecting, make_config
-from zivmilter import crypto
 from zivmilter.core.config import Config
 from zivmilter.core.facts import Facts, facts_from_mapping
 from zivmilter.gateway import Gateway, Plan, Transaction
@@ -141,7 +140,7 @@ def test_encoded_access_code_is_stored_decoded(store: SqliteStore) -> None:
     (saved,) = store.find_messages("tulip@hospital.example")
     (carol,) = store.recipients(saved.id)
     assert carol.verification == "access_code" and carol.access_code_hash is not None
-    assert crypto.verify_secret(carol.access_code_hash, "tülip")
+    assert store.access_code_matches(carol.access_code_hash, "tülip")
 
 
 def test_config_idd_counts_with_pinned_facts(store: SqliteStore) -> None:
@@ -344,3 +343,27 @@ def test_a_sendmail_behind_milter_mta_postfix_is_held(
     else:
         assert ctx._msg["X-Zivmilter-Route"] == "direct-pkix"
         assert spf.helo == ["app.hospital.example"]  # SPF got the client's HELO name
+
+
+def test_a_short_access_code_is_used_and_logged_as_weak(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    use_gateway(
+        store,
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+    )
+    message = (
+        b"From: alice@hospital.example\r\nTo: carol@oldmail.example\r\n"
+        b"Message-ID: <short@hospital.example>\r\n"
+        b"zivver-access-right: carol@oldmail.example access-code 4711\r\n"
+        b"Subject: results\r\n\r\nSECRET BODY\r\n"
+    )
+    with caplog.at_level("INFO"):
+        run(testctx.TestCtx(), ["carol@oldmail.example"], message)
+    assert "access code shorter than 6 characters" in caplog.text
+    assert "4711" not in caplog.text
+    (saved,) = store.find_messages("short@hospital.example")
+    (carol,) = store.recipients(saved.id)
+    assert carol.verification == "access_code"
+    assert store.access_code_matches(carol.access_code_hash, "4711")

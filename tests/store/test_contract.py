@@ -107,8 +107,26 @@ def test_records_hold_the_decision(st: Store, clock: Clock) -> None:
     carol = by_addr["carol@example.com"]
     assert carol.hint == HINT
     assert carol.access_code_hash is not None
-    assert crypto.verify_secret(carol.access_code_hash, CODE)
-    assert not crypto.verify_secret(carol.access_code_hash, CODE + "x")
+    assert st.access_code_matches(carol.access_code_hash, CODE)
+    assert not st.access_code_matches(carol.access_code_hash, CODE + "x")
+
+
+def test_an_access_code_hash_does_not_verify_without_the_kek(st: Store) -> None:
+    """Against a stolen database: the stored hash takes the KEK's pepper to check a guess."""
+    saved = st.save_message(new_message())
+    carol = {r.address: r for r in st.recipients(saved.id)}["carol@example.com"]
+    assert carol.access_code_hash is not None
+    assert st.access_code_matches(carol.access_code_hash, CODE)
+    assert not crypto.verify_secret(carol.access_code_hash, CODE)  # scrypt alone
+    assert not crypto.verify_secret(carol.access_code_hash, CODE, pepper=os.urandom(32))
+
+
+def test_access_code_hashes_written_before_the_pepper_still_verify(st: Store) -> None:
+    old = crypto.hash_secret(CODE)  # as stored by a zivmilter before the pepper
+    assert st.access_code_matches(old, CODE)
+    assert not st.access_code_matches(old, CODE + "x")
+    assert not st.access_code_matches(None, CODE)
+    assert not st.access_code_matches("garbage", CODE)
 
 
 def test_expired_content_cannot_be_opened(st: Store, clock: Clock) -> None:
@@ -383,7 +401,7 @@ def test_contact_book_feeds_remembered_methods(st: Store) -> None:
     saved2 = st.save_message(msg2)
     rec2 = st.find_recipient_by_token(saved2.tokens["bob@example.net"])
     assert rec2 is not None and rec2.access_code_hash is not None
-    assert crypto.verify_secret(rec2.access_code_hash, CODE)
+    assert st.access_code_matches(rec2.access_code_hash, CODE)  # remembered before the pepper
 
 
 def test_remembered_method_without_contact_is_an_error(st: Store) -> None:

@@ -144,7 +144,7 @@ def _compare(
     """OK, WRONG or ENROL (the password is right, the account has no authenticator yet)."""
     now = portal.now()
     if method == "access_code":
-        ok = verify.access_code_valid(rec.access_code_hash, code)
+        ok = verify.access_code_valid(rec.access_code_hash, code, portal.store.access_code_matches)
     elif method in ("sms", "email"):
         state = portal.store.otp(rec.id)
         ok = state is not None and verify.otp_valid(state.secret, state.sent_at, code, now)

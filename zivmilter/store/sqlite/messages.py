@@ -128,7 +128,7 @@ class MessagesMixin(ContentsMixin):
             return self._sealing.unseal_contact_sms(r.address, bytes(row[0])), None
         if r.verification == "access_code":
             if r.access_code is not None:
-                return None, crypto.hash_secret(r.access_code)
+                return None, self._sealing.hash_access_code(r.access_code)
             with self._lock:
                 row = self._conn.execute(
                     "SELECT access_code_hash FROM contacts WHERE address = ?", (r.address,)
@@ -139,6 +139,16 @@ class MessagesMixin(ContentsMixin):
                 )
             return None, str(row[0])
         return None, None
+
+    def access_code_matches(self, stored_hash: str | None, code: str) -> bool:
+        """Whether `code` is the one a recipient's (or the contact book's) `access_code_hash`
+        was made from; False for no hash or a malformed one."""
+        if not stored_hash:
+            return False
+        try:
+            return self._sealing.access_code_matches(stored_hash, code)
+        except StoreError:
+            return False
 
     def discard(self, message_id: str) -> None:
         """Forget a message entirely: the milter stored it but could not accept it after all."""
