@@ -2,14 +2,15 @@
 
 The store (store.py) calls this module; nothing here touches the database. Design:
 
-**Keys.** The key-encryption key (KEK) file holds 32 random bytes. Independent subkeys are
-derived from it with HKDF-SHA256 (distinct `info` labels): a *wrap key*, a *field key* and a
-*pepper* for access-code hashes, so the KEK itself never keys two algorithms. Each stored message gets its own random 256-bit *data
-key*, wrapped with the wrap key by AES key wrap (RFC 3394, `keywrap.aes_key_wrap`):
-deterministic, integrity-checked, and made for wrapping keys; a wrong KEK fails the integrity
-check instead of yielding a wrong key. Revoking a message destroys its wrapped data key. From
-the data key, HKDF again derives one *content key* per blob and one *message field key* (for the
-encrypted subject, phone number and hint), so no AES-GCM key is ever used with two nonce schemes.
+**Keys.** The key-encryption key (KEK) file holds 32 random bytes. Independent subkeys are derived
+from it with HKDF-SHA256 (distinct `info` labels): a *wrap key*, a *field key* and a *pepper* for
+access-code hashes, so the KEK itself never keys two algorithms. Each stored message gets its own
+random 256-bit *data key*, wrapped with the wrap key by AES key wrap (RFC 3394,
+`keywrap.aes_key_wrap`): deterministic, integrity-checked, and made for wrapping keys; a wrong KEK
+fails the integrity check instead of yielding a wrong key. Revoking a message destroys its wrapped
+data key. From the data key, HKDF again derives one *content key* per blob and one *message field
+key* (for the encrypted subject, phone number and hint), so no AES-GCM key is ever used with two
+nonce schemes.
 
 **Content (streaming).** A blob is `MAGIC` followed by records. The plaintext is cut into
 `RECORD_SIZE` (64 KiB) pieces; record *i* is sealed with AES-256-GCM under the content key with
