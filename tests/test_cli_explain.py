@@ -246,3 +246,32 @@ def test_ntamx_next_hop_is_shown_only_when_there_is_one(tmp_path: Path) -> None:
     assert list(plain) == [
         "address", "method", "delivery", "level", "rule", "conversation", "access_right", "reason",
     ]
+
+
+def test_short_access_codes_are_used_but_warned_about(tmp_path: Path) -> None:
+    """A code of a few characters is guessed quickly from a stolen database: SPEC 10 does not
+    let us refuse it, so explain (and the milter's log) warns, without printing it."""
+    message = tmp_path / "short.eml"
+    message.write_text(
+        "From: alice@hospital.example\nTo: carol@oldmail.example, dave@oldmail.example\n"
+        "zivver-access-right: carol@oldmail.example access-code 4711\n"
+        "zivver-access-right: dave@oldmail.example access-code tulip-field-42\n"
+        "Subject: x\n\nbody\n"
+    )
+    args = ("explain", str(message), "--config", str(EXAMPLES / "zivmilter.yaml"))
+    text, as_json = run(*args), run(*args, "--json")
+    assert text.returncode == 0 and as_json.returncode == 0, text.stderr + as_json.stderr
+    out = json.loads(as_json.stdout)
+    assert out["warnings"] == [
+        "zivver-access-right: 'carol@oldmail.example access-code ***': "
+        "access code shorter than 6 characters: used, but easy to guess; give a longer one"
+    ]
+    assert {r["address"]: r["access_right"] for r in out["recipients"]} == {
+        "carol@oldmail.example": "access_code",
+        "dave@oldmail.example": "access_code",
+    }
+    assert "  - zivver-access-right: 'carol@oldmail.example access-code ***': access code" in (
+        text.stdout
+    )
+    for secret in ("4711", "tulip-field-42"):
+        assert secret not in text.stdout and secret not in as_json.stdout

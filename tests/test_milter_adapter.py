@@ -21,7 +21,6 @@ import pytest
 from Milter import testctx
 
 from tests.fakes import Collecting, make_config
-from zivmilter import crypto
 from zivmilter.core.config import Config
 from zivmilter.core.facts import Facts, facts_from_mapping
 from zivmilter.delivery.reinject import Outgoing
@@ -154,7 +153,7 @@ def test_encoded_access_code_is_stored_decoded(store: SqliteStore) -> None:
     (saved,) = store.find_messages("tulip@hospital.example")
     (carol,) = store.recipients(saved.id)
     assert carol.verification == "access_code" and carol.access_code_hash is not None
-    assert crypto.verify_secret(carol.access_code_hash, "tülip")
+    assert store.access_code_matches(carol.access_code_hash, "tülip")
 
 
 def test_config_idd_counts_with_pinned_facts(store: SqliteStore) -> None:
@@ -251,12 +250,13 @@ def test_refused_submission_is_rejected_with_the_reason(store: SqliteStore) -> N
         facts_from_mapping({}),
     )
     ctx = testctx.TestCtx()
-    assert run(ctx, ["bob@partner.example"]) == Milter.REJECT
+    message = b"Message-ID: <refused@hospital.example>\r\n" + MESSAGE
+    assert run(ctx, ["bob@partner.example"], message) == Milter.REJECT
     code, xcode, text = ctx._reply
     assert (code, xcode) == ("550", "5.7.1")
     assert "alice@hospital.example" in text
     assert sent.sent == []  # nothing stored or sent for a refused message
-    assert store._conn.execute("SELECT count(*) FROM blobs").fetchone()[0] == 0
+    assert store.find_messages("<refused@hospital.example>") == []
 
 
 def test_listener_rules_apply_per_daemon_name(store: SqliteStore) -> None:
@@ -423,3 +423,27 @@ def test_a_kept_notification_has_a_space_after_each_colon(store: SqliteStore) ->
         assert written.startswith(f"{name}: ") and not written.startswith(f"{name}:  ")
     content_type = next(v for n, v in ctx.added if n == "Content-Type")
     assert f"Content-Type:{content_type}".startswith("Content-Type: multipart/alternative;")
+
+
+def test_a_short_access_code_is_used_and_logged_as_weak(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    use_gateway(
+        store,
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+    )
+    message = (
+        b"From: alice@hospital.example\r\nTo: carol@oldmail.example\r\n"
+        b"Message-ID: <short@hospital.example>\r\n"
+        b"zivver-access-right: carol@oldmail.example access-code 4711\r\n"
+        b"Subject: results\r\n\r\nSECRET BODY\r\n"
+    )
+    with caplog.at_level("INFO"):
+        run(testctx.TestCtx(), ["carol@oldmail.example"], message)
+    assert "access code shorter than 6 characters" in caplog.text
+    assert "4711" not in caplog.text
+    (saved,) = store.find_messages("short@hospital.example")
+    (carol,) = store.recipients(saved.id)
+    assert carol.verification == "access_code"
+    assert store.access_code_matches(carol.access_code_hash, "4711")

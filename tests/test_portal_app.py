@@ -1071,6 +1071,63 @@ def test_revoke_and_expiry_end_the_links_but_not_direct_downloads(env: Env, end:
     assert ("attachment-downloaded", "dan@partner.example") in events
 
 
+def test_attachment_names_stay_out_of_the_audit_log_and_the_logs(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """File names often name a patient: after `revoke` no audit event and no log line keeps
+    one, neither of a large attachment kept by the gateway for a direct copy (downloaded
+    through its link) nor of an attachment of a message opened in the portal."""
+    name = "Jansen-Pieter-MRI-1961.pdf"
+    cfg = make_config(
+        {
+            "submission": {"any_address_of_own_domains": True},
+            "portal": {"base_url": BASE + "/"},
+            "policy": {
+                "outbound_direct_delivery": {"domains": ["partner.example"]},
+                "large_attachment_bytes": 2000,
+            },
+        }
+    )
+    facts = facts_from_mapping({"transport": {"partner.example": "pkix"}})
+    gateway = Gateway(cfg, facts, env.store, RecordingMailer(), hostname="gw.test")
+    msg = EmailMessage()
+    msg["From"] = "alice@hospital.example"
+    msg["To"] = "dan@partner.example"
+    msg["Subject"] = "Scan"
+    msg["Message-ID"] = "<scan-1@hospital.example>"
+    msg.set_content("The scan is attached.")
+    msg.add_attachment(PDF, maintype="application", subtype="pdf", filename=name)
+    raw = msg.as_bytes(policy=policy.SMTP)
+    head = raw.partition(b"\r\n\r\n")[0]
+    headers = [(n, v) for n, _, v in (f.partition(": ") for f in head.decode().split("\r\n"))]
+    with caplog.at_level("DEBUG"):
+        plan = gateway.process(
+            Transaction(
+                "QID9", "<alice@hospital.example>", ["<dan@partner.example>"],
+                headers, io.BytesIO(raw), len(head) + 4, "127.0.0.1",
+            )
+        )  # fmt: skip
+        assert plan.replace_body is not None  # the direct copy, its attachment a link
+        token = re.search(rb"/d/([A-Za-z0-9_-]{16,})", plan.replace_body)
+        assert token
+        download = _download(env, token.group(1).decode(), "dan@partner.example")
+        assert download.status_code == 200 and download.content == PDF
+        mid, tokens = env.save([code_rcpt("bob@example.net")])  # its attachment: résults.pdf
+        with env.client() as client:
+            here = verified(env, client, tokens["bob@example.net"])
+            link = re.search(r'href="([^"]+/attachment/\d+)"', client.get(here).text)
+            assert link and client.get(link.group(1)).status_code == 200
+        (direct,) = env.store.find_messages("<scan-1@hospital.example>")
+        for message_id in (direct.id, mid):
+            env.store.revoke(message_id, "test")
+    for message_id in (direct.id, mid):
+        events = env.store.events(message_id)
+        assert "attachment-downloaded" in [e.event for e in events]
+        for e in events:
+            assert "Jansen" not in e.detail and "sults" not in e.detail, e
+    assert "Jansen" not in caplog.text and "sults.pdf" not in caplog.text
+
+
 @pytest.mark.parametrize("lang", ["en", "nl"])
 def test_every_page_renders_in_both_languages(env: Env, lang: str) -> None:
     accounts.add_recipient_account(env.store, "erin@example.net", "long enough password")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -199,16 +200,23 @@ def test_status_shows_a_lock_only_while_it_lasts(
     cfg, store = setup
     mid = save(store, "<st-2@hospital.example>", [notified("bob@example.net")])
     (bob,) = store.recipients(mid)
-    store._conn.execute(
-        "UPDATE recipients SET locked_until = strftime('%s', 'now') + 600 WHERE id = ?", (bob.id,)
-    )
-    code, out, _ = run(capsys, "status", "st-2@hospital.example", "--json", "--config", str(cfg))
-    assert code == 0 and json.loads(out)[0]["recipients"][0]["locked_until"]
-    store._conn.execute(
-        "UPDATE recipients SET locked_until = strftime('%s', 'now') - 5 WHERE id = ?", (bob.id,)
-    )
+
+    def ten_minutes(streak: int, lockouts: int) -> float:
+        return 600.0
+
+    # A wrong answer 605 s ago locked the link for 600 s (a store whose clock is behind).
+    kek = crypto.load_kek(str(cfg.parent / "store.key"))
+    earlier = SqliteStore.open(str(cfg.parent / "store"), kek, now=lambda: time.time() - 605)
+    assert earlier.claim_attempt(bob.id, ten_minutes).locked_until is not None
+    earlier.close()
     code, out, _ = run(capsys, "status", "st-2@hospital.example", "--config", str(cfg))
     assert code == 0 and "locked until" not in out
+    # A wrong answer now locks it for the next ten minutes.
+    assert store.claim_attempt(bob.id, ten_minutes).locked_until is not None
+    code, out, _ = run(capsys, "status", "st-2@hospital.example", "--json", "--config", str(cfg))
+    assert code == 0 and json.loads(out)[0]["recipients"][0]["locked_until"]
+    code, out, _ = run(capsys, "status", "st-2@hospital.example", "--config", str(cfg))
+    assert code == 0 and "locked until" in out
 
 
 def test_portal_workers_find_the_app_through_the_factory_string(

@@ -2,14 +2,15 @@
 
 The store (store.py) calls this module; nothing here touches the database. Design:
 
-**Keys.** The key-encryption key (KEK) file holds 32 random bytes. Two independent subkeys are
-derived from it with HKDF-SHA256 (distinct `info` labels): a *wrap key* and a *field key*, so the
-KEK itself never keys two algorithms. Each stored message gets its own random 256-bit *data
-key*, wrapped with the wrap key by AES key wrap (RFC 3394, `keywrap.aes_key_wrap`):
-deterministic, integrity-checked, and made for wrapping keys; a wrong KEK fails the integrity
-check instead of yielding a wrong key. Revoking a message destroys its wrapped data key. From
-the data key, HKDF again derives one *content key* per blob and one *message field key* (for the
-encrypted subject, phone number and hint), so no AES-GCM key is ever used with two nonce schemes.
+**Keys.** The key-encryption key (KEK) file holds 32 random bytes. Independent subkeys are derived
+from it with HKDF-SHA256 (distinct `info` labels): a *wrap key*, a *field key* and a *pepper* for
+access-code hashes, so the KEK itself never keys two algorithms. Each stored message gets its own
+random 256-bit *data key*, wrapped with the wrap key by AES key wrap (RFC 3394,
+`keywrap.aes_key_wrap`): deterministic, integrity-checked, and made for wrapping keys; a wrong KEK
+fails the integrity check instead of yielding a wrong key. Revoking a message destroys its wrapped
+data key. From the data key, HKDF again derives one *content key* per blob and one *message field
+key* (for the encrypted subject, phone number and hint), so no AES-GCM key is ever used with two
+nonce schemes.
 
 **Content (streaming).** A blob is `MAGIC` followed by records. The plaintext is cut into
 `RECORD_SIZE` (64 KiB) pieces; record *i* is sealed with AES-256-GCM under the content key with
@@ -30,7 +31,9 @@ At most one record plus one read-ahead record is in memory, whatever the message
 96-bit nonce (safe far beyond any count of fields this store will hold) and associated data that
 names the table, column and row, so a ciphertext cannot be moved to another row.
 
-**Secrets that are only compared** (access codes) are hashed with scrypt (`hash_secret`).
+**Secrets that are only compared** (access codes) are hashed with scrypt (`hash_secret`), over an
+HMAC with the KEK's pepper: a stolen database without the KEK file gives nothing to try codes
+against. The hash names its scheme (`scrypt-hmac$`, older ones `scrypt$`), so both verify.
 """
 
 from __future__ import annotations
@@ -77,12 +80,19 @@ class Kek:
 
     wrap_key: bytes
     field_key: bytes
+    # Mixed into access-code hashes (`hash_secret(..., pepper=)`): a stolen database alone
+    # does not let anyone try codes against them.
+    pepper: bytes
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Kek:
         if len(raw) != KEY_BYTES:
             raise KeyFileError(f"a key-encryption key is {KEY_BYTES} bytes, not {len(raw)}")
-        return cls(_hkdf(raw, b"zivmilter/kek/wrap/v1"), _hkdf(raw, b"zivmilter/kek/fields/v1"))
+        return cls(
+            _hkdf(raw, b"zivmilter/kek/wrap/v1"),
+            _hkdf(raw, b"zivmilter/kek/fields/v1"),
+            _hkdf(raw, b"zivmilter/kek/secret-pepper/v1"),
+        )
 
     def __repr__(self) -> str:  # never print key material into a log or a traceback
         return "Kek(<secret>)"
@@ -333,26 +343,44 @@ class DecryptingReader(io.RawIOBase):
 # Hashed secrets
 
 
-def hash_secret(secret: str) -> str:
-    """A salted scrypt hash of a low-entropy secret (access code), self-describing."""
+def hash_secret(secret: str, pepper: bytes | None = None) -> str:
+    """A salted scrypt hash of a low-entropy secret (access code), self-describing.
+
+    With a `pepper` (the KEK's, for access codes) scrypt hashes HMAC-SHA256(pepper, secret),
+    marked `scrypt-hmac`: without the KEK, a copy of the database gives nothing to guess
+    against. Plain `scrypt` hashes (written before, and sender passwords) still verify."""
     n, r, p = defaults.SCRYPT_N, defaults.SCRYPT_R, defaults.SCRYPT_P
     salt = secrets.token_bytes(16)
-    digest = Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(secret.encode("utf-8"))
-    return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(digest)}"
+    scheme, material = _SCRYPT, secret.encode("utf-8")
+    if pepper is not None:
+        scheme, material = _SCRYPT_HMAC, hmac.digest(pepper, material, "sha256")
+    digest = Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(material)
+    return f"{scheme}${n}${r}${p}${_b64(salt)}${_b64(digest)}"
 
 
-def verify_secret(stored: str, secret: str) -> bool:
-    """True when `secret` matches a `hash_secret` value; a malformed hash is StoreError."""
+def verify_secret(stored: str, secret: str, pepper: bytes | None = None) -> bool:
+    """True when `secret` matches a `hash_secret` value; a malformed hash is StoreError.
+
+    A peppered hash never matches without its pepper."""
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt":
+        if scheme not in (_SCRYPT, _SCRYPT_HMAC):
             raise ValueError(scheme)
         want = _unb64(digest)
         kdf = Scrypt(salt=_unb64(salt), length=len(want), n=int(n), r=int(r), p=int(p))
     except ValueError:
         raise StoreError("a stored secret hash is malformed (damaged store?)") from None
-    got = kdf.derive(secret.encode("utf-8"))
+    material = secret.encode("utf-8")
+    if scheme == _SCRYPT_HMAC:
+        if pepper is None:
+            return False
+        material = hmac.digest(pepper, material, "sha256")
+    got = kdf.derive(material)
     return hmac.compare_digest(got, want)
+
+
+_SCRYPT = "scrypt"  # scrypt(secret)
+_SCRYPT_HMAC = "scrypt-hmac"  # scrypt(HMAC-SHA256(KEK pepper, secret))
 
 
 def token_hash(token: str) -> str:

@@ -4,9 +4,13 @@ revocation, expiry, tokens, verification state, accounts, the contact book, conc
 from __future__ import annotations
 
 import base64
+import io
 import os
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -22,11 +26,12 @@ from tests.store.common import (
     recipients,
 )
 from zivmilter import crypto, defaults
+from zivmilter.core.facts import Contact
 from zivmilter.errors import StoreError
-from zivmilter.store import NewRecipient, SqliteStore
+from zivmilter.store import NewRecipient, Store
 
 
-def test_saved_copy_decrypts_to_original_bytes(st: SqliteStore) -> None:
+def test_saved_copy_decrypts_to_original_bytes(st: Store) -> None:
     raw = raw_message()
     saved = st.save_message(new_message(raw))
     content = st.open_content(saved.id)
@@ -35,7 +40,51 @@ def test_saved_copy_decrypts_to_original_bytes(st: SqliteStore) -> None:
     assert saved.size == len(raw)
 
 
-def test_records_hold_the_decision(st: SqliteStore, clock: Clock) -> None:
+@pytest.mark.parametrize("kind", ["bytes", "file", "path"])
+def test_content_sources(st: Store, tmp_path: Path, kind: str) -> None:
+    raw = raw_message(extra=os.urandom(3 * crypto.RECORD_SIZE + 5))
+    src: object = raw
+    if kind == "file":
+        src = io.BytesIO(raw)
+    elif kind == "path":
+        p = tmp_path / "spool.eml"
+        p.write_bytes(raw)
+        src = str(p)
+    saved = st.save_message(new_message(src))
+    content = st.open_content(saved.id)
+    assert content is not None
+    assert content.read() == raw
+
+
+def test_reopen_keeps_data(st: Store, reopen: Callable[..., Store]) -> None:
+    saved = st.save_message(new_message())
+    st.close()
+    again = reopen()
+    assert again.find_recipient_by_token(saved.tokens["dave@example.net"]) is not None
+    content = again.open_content(saved.id)
+    assert content is not None and content.read() == raw_message()
+
+
+def test_wrong_kek_fails_with_store_error(st: Store, reopen: Callable[..., Store]) -> None:
+    saved = st.save_message(new_message())
+    with pytest.raises(StoreError, match="wrong key-encryption key"):
+        reopen(kek=os.urandom(32))
+    content = reopen().open_content(saved.id)  # the right key still reads it
+    assert content is not None and content.read() == raw_message()
+
+
+def test_wrong_kek_never_yields_garbage_on_read(reopen: Callable[..., Store]) -> None:
+    # An empty store accepts any key at open; reading another key's message must still fail.
+    a = reopen()
+    b = reopen(kek=os.urandom(32))
+    saved = a.save_message(new_message())
+    with pytest.raises(StoreError):
+        b.open_content(saved.id)
+    with pytest.raises(StoreError):
+        b.message(saved.id)
+
+
+def test_records_hold_the_decision(st: Store, clock: Clock) -> None:
     expires = datetime.fromtimestamp(clock.t, UTC) + timedelta(days=30)
     saved = st.save_message(new_message(expires_at=expires))
     msg = st.message(saved.id)
@@ -58,11 +107,29 @@ def test_records_hold_the_decision(st: SqliteStore, clock: Clock) -> None:
     carol = by_addr["carol@example.com"]
     assert carol.hint == HINT
     assert carol.access_code_hash is not None
-    assert crypto.verify_secret(carol.access_code_hash, CODE)
-    assert not crypto.verify_secret(carol.access_code_hash, CODE + "x")
+    assert st.access_code_matches(carol.access_code_hash, CODE)
+    assert not st.access_code_matches(carol.access_code_hash, CODE + "x")
 
 
-def test_expired_content_cannot_be_opened(st: SqliteStore, clock: Clock) -> None:
+def test_an_access_code_hash_does_not_verify_without_the_kek(st: Store) -> None:
+    """Against a stolen database: the stored hash takes the KEK's pepper to check a guess."""
+    saved = st.save_message(new_message())
+    carol = {r.address: r for r in st.recipients(saved.id)}["carol@example.com"]
+    assert carol.access_code_hash is not None
+    assert st.access_code_matches(carol.access_code_hash, CODE)
+    assert not crypto.verify_secret(carol.access_code_hash, CODE)  # scrypt alone
+    assert not crypto.verify_secret(carol.access_code_hash, CODE, pepper=os.urandom(32))
+
+
+def test_access_code_hashes_written_before_the_pepper_still_verify(st: Store) -> None:
+    old = crypto.hash_secret(CODE)  # as stored by a zivmilter before the pepper
+    assert st.access_code_matches(old, CODE)
+    assert not st.access_code_matches(old, CODE + "x")
+    assert not st.access_code_matches(None, CODE)
+    assert not st.access_code_matches("garbage", CODE)
+
+
+def test_expired_content_cannot_be_opened(st: Store, clock: Clock) -> None:
     expires = datetime.fromtimestamp(clock.t, UTC) + timedelta(days=1)
     saved = st.save_message(new_message(expires_at=expires))
     keep = st.save_message(new_message())
@@ -74,7 +141,66 @@ def test_expired_content_cannot_be_opened(st: SqliteStore, clock: Clock) -> None
     assert st.open_content(keep.id) is not None
 
 
-def test_a_direct_only_message_does_not_expire(st: SqliteStore, clock: Clock) -> None:
+def test_revoked_content_cannot_be_opened(st: Store) -> None:
+    saved = st.save_message(new_message())
+    token = saved.tokens["bob@example.net"]
+    assert st.revoke(saved.id, "sender withdrew it")
+    assert st.open_content(saved.id) is None
+    assert not st.revoke(saved.id)
+    rec = st.find_recipient_by_token(token)
+    assert rec is not None
+    assert rec.message.revoked_at is not None
+    assert rec.message.subject is None and rec.phone is None
+    assert not rec.message.available(datetime.now(UTC))
+    assert [e.event for e in st.events(saved.id)] == ["stored", "revoked"]
+
+
+def test_revocation_keeps_direct_attachments_and_drops_the_rest(st: Store) -> None:
+    """Revoking ends the notification links; the direct copy's large attachment (own key)
+    stays readable, everything sealed under the message's key goes."""
+    saved = st.save_message(new_message())
+    kept = st.save_attachment(saved.id, "scan.pdf", "application/pdf", b"ATTACHMENT" * 1000)
+    rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+    assert rec is not None
+    reply = st.save_reply(rec.id, b"Subject: Re\r\n\r\nREPLY\r\n")
+    st.save_portal_view(saved.id, b"VIEW")
+    assert st.portal_view(saved.id) == b"VIEW"
+    assert st.revoke(saved.id)
+    assert st.open_content(saved.id) is None and st.open_reply(reply) is None
+    assert st.portal_view(saved.id) is None
+    att = st.attachment(kept.id)
+    assert att is not None and att.available and att.filename == "scan.pdf"
+    stream = st.open_attachment(kept.id)
+    assert stream is not None and stream.read() == b"ATTACHMENT" * 1000
+
+
+def test_discard_forgets_everything(st: Store) -> None:
+    saved = st.save_message(new_message())
+    st.discard(saved.id)
+    assert st.message(saved.id) is None
+    assert st.open_content(saved.id) is None
+    assert st.find_recipient_by_token(saved.tokens["bob@example.net"]) is None
+
+
+def test_notified_and_opened_are_recorded(st: Store) -> None:
+    saved = st.save_message(new_message())
+    st.mark_notified(saved.id, "bob@example.net")
+    rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+    assert rec is not None and rec.notified_at is not None and rec.opened_at is None
+    st.mark_opened(rec.id)
+    st.mark_opened(rec.id)
+    rec2 = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+    assert rec2 is not None and rec2.opened_at is not None
+    events = [(e.event, e.recipient) for e in st.events(saved.id)]
+    assert events == [
+        ("stored", None),
+        ("notified", "bob@example.net"),
+        ("opened", "bob@example.net"),
+        ("opened", "bob@example.net"),
+    ]
+
+
+def test_a_direct_only_message_does_not_expire(st: Store, clock: Clock) -> None:
     expires = datetime.fromtimestamp(clock.t, UTC) + timedelta(days=1)
     direct = [r for r in recipients() if r.delivery == "direct"]
     saved = st.save_message(new_message(recipients=direct, expires_at=expires))  # as stored once
@@ -86,7 +212,7 @@ def test_a_direct_only_message_does_not_expire(st: SqliteStore, clock: Clock) ->
     assert stream is not None and stream.read() == b"ATTACHMENT"
 
 
-def test_tokens_only_for_notification_recipients(st: SqliteStore) -> None:
+def test_tokens_only_for_notification_recipients(st: Store) -> None:
     saved = st.save_message(new_message())
     assert set(saved.tokens) == {"bob@example.net", "carol@example.com", "dave@example.net"}
     assert "erin@example.org" not in saved.tokens
@@ -95,7 +221,7 @@ def test_tokens_only_for_notification_recipients(st: SqliteStore) -> None:
         assert token not in repr(saved)
 
 
-def test_tokens_are_unique_and_long(st: SqliteStore) -> None:
+def test_tokens_are_unique_and_long(st: Store) -> None:
     seen: set[str] = set()
     quick = [r for r in recipients() if r.verification != "access_code"]  # no scrypt: fast
     quick.append(NewRecipient("frank@example.net", 3, "email", "notification", "A7", None, "email"))
@@ -108,7 +234,7 @@ def test_tokens_are_unique_and_long(st: SqliteStore) -> None:
     assert len(seen) == 90
 
 
-def test_find_recipient_by_token(st: SqliteStore) -> None:
+def test_find_recipient_by_token(st: Store) -> None:
     saved = st.save_message(new_message())
     rec = st.find_recipient_by_token(saved.tokens["carol@example.com"])
     assert rec is not None
@@ -120,7 +246,7 @@ def test_find_recipient_by_token(st: SqliteStore) -> None:
     assert PHONE not in repr(st.find_recipient_by_token(saved.tokens["bob@example.net"]))
 
 
-def test_eight_threads_save_at_once(st: SqliteStore) -> None:
+def test_eight_threads_save_at_once(st: Store) -> None:
     barrier = threading.Barrier(8)
     results: dict[int, str] = {}
     errors: list[BaseException] = []
@@ -148,7 +274,7 @@ def test_eight_threads_save_at_once(st: SqliteStore) -> None:
         assert content is not None and f"thread-{n}".encode() in content.read()
 
 
-def test_a_right_answer_claimed_before_the_limit_still_counts(st: SqliteStore) -> None:
+def test_a_right_answer_claimed_before_the_limit_still_counts(st: Store) -> None:
     saved = st.save_message(new_message(recipients=recipients()[:1]))
     (rec,) = st.recipients(saved.id)
     for _ in range(defaults.LOCKOUT_AFTER - 1):
@@ -167,7 +293,49 @@ def test_a_right_answer_claimed_before_the_limit_still_counts(st: SqliteStore) -
     assert "locked" not in events and events.count("verify-while-locked") == 1
 
 
-def test_accounts(st: SqliteStore) -> None:
+def test_answers_in_flight_at_once_cannot_pass_the_lockout(
+    st: Store, reopen: Callable[..., Store], clock: Clock
+) -> None:
+    """Sixteen wrong answers at once, from two portal processes (two store objects on one
+    database): only as many are compared as the lockout allows, the rest are refused."""
+    stores = [st, reopen()]
+    saved = stores[0].save_message(new_message(recipients=recipients()[:1]))
+    (rec,) = [r for r in stores[0].recipients(saved.id) if r.delivery == "notification"]
+    n = 16
+    barrier = threading.Barrier(n)
+    admitted: list[bool] = []
+    errors: list[BaseException] = []
+
+    def answer(i: int) -> None:
+        s = stores[i % 2]
+        try:
+            barrier.wait()
+            attempt = s.claim_attempt(rec.id, _lock_after_five, "access_code")
+            admitted.append(attempt.admitted)
+            if attempt.admitted:
+                time.sleep(0.05)  # comparing (scrypt, argon2) takes about this long
+                s.settle_attempt(attempt, False, "access_code")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=answer, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert admitted.count(True) == defaults.LOCKOUT_AFTER
+    events = [e.event for e in stores[0].events(saved.id)]
+    assert events.count("verify-failed") == defaults.LOCKOUT_AFTER
+    assert events.count("locked") == 1
+    assert events.count("verify-while-locked") == n - defaults.LOCKOUT_AFTER
+    after = stores[1].recipient(rec.id)
+    assert after is not None and after.failed_attempts == defaults.LOCKOUT_AFTER
+    assert after.locked_until is not None and after.locked_until.timestamp() == clock.t + 60
+    assert not stores[0].claim_attempt(rec.id, _lock_after_five).admitted  # the right code too
+
+
+def test_accounts(st: Store) -> None:
     assert not st.has_account("bob@example.net")
     st.add_account("Bob@Example.NET", "recipient", password_hash="$argon2id$x", totp_secret=b"K")
     assert st.has_account("bob@EXAMPLE.net")
@@ -180,7 +348,7 @@ def test_accounts(st: SqliteStore) -> None:
     assert not st.has_account("not an address")
 
 
-def test_only_one_authenticator_enrols_even_at_once(st: SqliteStore) -> None:
+def test_only_one_authenticator_enrols_even_at_once(st: Store) -> None:
     st.add_account("erin@example.net", "recipient", password_hash="$argon2id$x")
     barrier = threading.Barrier(8)
     won: list[bytes] = []
@@ -204,7 +372,39 @@ def test_only_one_authenticator_enrols_even_at_once(st: SqliteStore) -> None:
     assert not st.enrol_totp("ghost@example.net", b"K" * 20)  # no account
 
 
-def test_remembered_method_without_contact_is_an_error(st: SqliteStore) -> None:
+def test_contact_book_feeds_remembered_methods(st: Store) -> None:
+    assert st.contact("bob@example.net") is None
+    st.remember_contact("Bob@example.net", sms=PHONE)
+    st.remember_contact("bob@example.net", access_code_hash=crypto.hash_secret(CODE))
+    assert st.contact("bob@example.net") == Contact(sms=PHONE, access_code=True)
+    # Rules 5/6: no number or code in the directive, the contact book supplies it.
+    msg = new_message(
+        recipients=[
+            NewRecipient("bob@example.net", 1, "sms", "notification", "A5", verification="sms"),
+        ]
+    )
+    saved = st.save_message(msg)
+    rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+    assert rec is not None and rec.phone == PHONE
+    msg2 = new_message(
+        recipients=[
+            NewRecipient(
+                "bob@example.net",
+                1,
+                "access_code",
+                "notification",
+                "A6",
+                verification="access_code",
+            ),
+        ]
+    )
+    saved2 = st.save_message(msg2)
+    rec2 = st.find_recipient_by_token(saved2.tokens["bob@example.net"])
+    assert rec2 is not None and rec2.access_code_hash is not None
+    assert st.access_code_matches(rec2.access_code_hash, CODE)  # remembered before the pepper
+
+
+def test_remembered_method_without_contact_is_an_error(st: Store) -> None:
     msg = new_message(
         recipients=[NewRecipient("x@example.net", 1, "sms", "notification", "A5", None, "sms")]
     )
@@ -221,6 +421,6 @@ def test_remembered_method_without_contact_is_an_error(st: SqliteStore) -> None:
         NewRecipient("x@example.net", 1, "m", "elsewhere", "A3"),  # type: ignore[arg-type]
     ],
 )
-def test_inconsistent_recipient_is_refused(st: SqliteStore, bad: NewRecipient) -> None:
+def test_inconsistent_recipient_is_refused(st: Store, bad: NewRecipient) -> None:
     with pytest.raises(ValueError):
         st.save_message(new_message(recipients=[bad]))

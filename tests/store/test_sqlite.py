@@ -7,13 +7,14 @@ import io
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.store.common import (
     CODE,
@@ -23,7 +24,6 @@ from tests.store.common import (
     PHONE,
     Clock,
     _committed,
-    _lock_after_five,
     _queued,
     inline,
     new_message,
@@ -32,28 +32,17 @@ from tests.store.common import (
     store_files,
     stored_blobs,
 )
-from zivmilter import crypto, defaults, store
-from zivmilter.core.facts import Contact
+from zivmilter import cli, crypto, store
 from zivmilter.errors import StoreError
 from zivmilter.store import NewRecipient, SqliteStore
 from zivmilter.store.sqlite.connection import _Pending
 from zivmilter.store.sqlite.contents import insert_blob
 
 
-@pytest.mark.parametrize("kind", ["bytes", "file", "path"])
-def test_content_sources(st: SqliteStore, tmp_path: Path, kind: str) -> None:
-    raw = raw_message(extra=os.urandom(3 * crypto.RECORD_SIZE + 5))
-    src: object = raw
-    if kind == "file":
-        src = io.BytesIO(raw)
-    elif kind == "path":
-        p = tmp_path / "spool.eml"
-        p.write_bytes(raw)
-        src = str(p)
-    saved = st.save_message(new_message(src))
-    content = st.open_content(saved.id)
-    assert content is not None
-    assert content.read() == raw
+@pytest.fixture
+def st(sqlite_st: SqliteStore) -> SqliteStore:
+    """These checks are SQLite's own: they run on its variants, not over every backend."""
+    return sqlite_st
 
 
 def test_no_plaintext_in_any_store_file(st: SqliteStore, tmp_path: Path) -> None:
@@ -79,33 +68,6 @@ def test_file_modes_are_private(st: SqliteStore, tmp_path: Path) -> None:
         assert mode & 0o077 == 0, f"{p} has mode {mode:o}"
 
 
-def test_wrong_kek_fails_with_store_error(tmp_path: Path, kek: bytes) -> None:
-    path = str(tmp_path / "store")
-    s = SqliteStore.open(path, kek)
-    saved = s.save_message(new_message())
-    s.close()
-    with pytest.raises(StoreError, match="wrong key-encryption key"):
-        SqliteStore.open(path, os.urandom(32))
-    again = SqliteStore.open(path, kek)
-    content = again.open_content(saved.id)
-    assert content is not None and content.read() == raw_message()
-    again.close()
-
-
-def test_wrong_kek_never_yields_garbage_on_read(tmp_path: Path, kek: bytes) -> None:
-    # An empty store accepts any key at open; reading another key's message must still fail.
-    path = str(tmp_path / "store")
-    a = SqliteStore.open(path, kek)
-    b = SqliteStore.open(path, os.urandom(32))
-    saved = a.save_message(new_message())
-    with pytest.raises(StoreError):
-        b.open_content(saved.id)
-    with pytest.raises(StoreError):
-        b.message(saved.id)
-    a.close()
-    b.close()
-
-
 def test_damaged_blob_fails_with_store_error(st: SqliteStore, tmp_path: Path) -> None:
     saved = st.save_message(new_message())
     ((where, blob),) = stored_blobs(tmp_path / "store")
@@ -121,77 +83,50 @@ def test_damaged_blob_fails_with_store_error(st: SqliteStore, tmp_path: Path) ->
         content.read()
 
 
-def test_revoked_content_cannot_be_opened(st: SqliteStore, tmp_path: Path) -> None:
+def test_revocation_leaves_no_key_or_content_at_rest(st: SqliteStore, tmp_path: Path) -> None:
+    """What the contract's revocation tests read through the store is also gone from the files:
+    no wrapped key, no kept view, only the direct copy's attachment ciphertext."""
     saved = st.save_message(new_message())
-    token = saved.tokens["bob@example.net"]
-    assert st.revoke(saved.id, "sender withdrew it")
-    assert st.open_content(saved.id) is None
-    assert not st.revoke(saved.id)
-    assert stored_blobs(tmp_path / "store") == []
-    rec = st.find_recipient_by_token(token)
-    assert rec is not None
-    assert rec.message.revoked_at is not None
-    assert rec.message.subject is None and rec.phone is None
-    assert not rec.message.available(datetime.now(UTC))
-    db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
-    assert db.execute("SELECT wrapped_key FROM messages").fetchall() == [(None,)]
-    db.close()
-    assert [e.event for e in st.events(saved.id)] == ["stored", "revoked"]
-
-
-def test_revocation_keeps_direct_attachments_and_drops_the_rest(
-    st: SqliteStore, tmp_path: Path
-) -> None:
-    """Revoking ends the notification links; the direct copy's large attachment (own key)
-    stays readable, everything sealed under the message's key goes."""
-    saved = st.save_message(new_message())
-    kept = st.save_attachment(saved.id, "scan.pdf", "application/pdf", b"ATTACHMENT" * 1000)
-    rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
-    assert rec is not None
-    reply = st.save_reply(rec.id, b"Subject: Re\r\n\r\nREPLY\r\n")
+    st.save_attachment(saved.id, "scan.pdf", "application/pdf", b"ATTACHMENT" * 1000)
     st.save_portal_view(saved.id, b"VIEW")
-    assert st.revoke(saved.id)
-    assert st.open_content(saved.id) is None and st.open_reply(reply) is None
-    assert st.portal_view(saved.id) is None
-    att = st.attachment(kept.id)
-    assert att is not None and att.available and att.filename == "scan.pdf"
-    stream = st.open_attachment(kept.id)
-    assert stream is not None and stream.read() == b"ATTACHMENT" * 1000
+    assert st.revoke(saved.id, "sender withdrew it")
     assert len(stored_blobs(tmp_path / "store")) == 1  # the attachment's ciphertext
     db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
-    assert db.execute("SELECT portal_view FROM messages").fetchall() == [(None,)]
+    assert db.execute("SELECT wrapped_key, portal_view FROM messages").fetchall() == [(None, None)]
     assert db.execute("SELECT kind FROM blobs WHERE deleted_at IS NULL").fetchall() == [
         ("attachment",)
     ]
     db.close()
+    plain = st.save_message(new_message())
+    assert st.revoke(plain.id)
+    assert len(stored_blobs(tmp_path / "store")) == 1  # nothing more of the second one
 
 
-def test_discard_forgets_everything(st: SqliteStore, tmp_path: Path) -> None:
+def test_discarded_message_leaves_no_blob(st: SqliteStore, tmp_path: Path) -> None:
     saved = st.save_message(new_message())
     st.discard(saved.id)
-    assert st.message(saved.id) is None
-    assert st.find_recipient_by_token(saved.tokens["bob@example.net"]) is None
     assert stored_blobs(tmp_path / "store") == []
 
 
-def test_notified_and_opened_are_recorded(st: SqliteStore) -> None:
+def test_opens_commit_without_an_fsync_of_their_own(st: SqliteStore) -> None:
     saved = st.save_message(new_message())
-    st.mark_notified(saved.id, "bob@example.net")
-    rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
-    assert rec is not None and rec.notified_at is not None and rec.opened_at is None
-    st.mark_opened(rec.id)
+    (rec, *_) = st.recipients(saved.id)
     st.mark_opened(rec.id)
     # opens commit without an fsync of their own; everything else stays synchronous=FULL
     assert st._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
-    rec2 = st.find_recipient_by_token(saved.tokens["bob@example.net"])
-    assert rec2 is not None and rec2.opened_at is not None
-    events = [(e.event, e.recipient) for e in st.events(saved.id)]
-    assert events == [
-        ("stored", None),
-        ("notified", "bob@example.net"),
-        ("opened", "bob@example.net"),
-        ("opened", "bob@example.net"),
-    ]
+
+
+def test_remembered_numbers_are_not_in_clear_at_rest(st: SqliteStore, tmp_path: Path) -> None:
+    st.remember_contact("bob@example.net", sms=PHONE)
+    st.save_message(
+        new_message(
+            recipients=[
+                NewRecipient("bob@example.net", 1, "sms", "notification", "A5", verification="sms")
+            ]
+        )
+    )
+    for data in store_files(tmp_path / "store").values():
+        assert PHONE.encode() not in data
 
 
 def test_save_is_durable_before_it_returns(
@@ -252,16 +187,6 @@ def test_failed_insert_leaves_no_blob(
     db.close()
 
 
-def test_reopen_keeps_data(tmp_path: Path, kek: bytes) -> None:
-    path = str(tmp_path / "store")
-    a = SqliteStore.open(path, kek)
-    saved = a.save_message(new_message())
-    a.close()
-    b = SqliteStore.open(path, kek)
-    assert b.find_recipient_by_token(saved.tokens["dave@example.net"]) is not None
-    b.close()
-
-
 def test_orphan_blobs_are_swept(st: SqliteStore, tmp_path: Path, clock: Clock) -> None:
     saved = st.save_message(new_message())
     orphan = tmp_path / "store" / "blobs" / "ab" / "abcd.zmb"
@@ -271,84 +196,6 @@ def test_orphan_blobs_are_swept(st: SqliteStore, tmp_path: Path, clock: Clock) -
     assert st.sweep_orphans() == 1
     assert not orphan.exists()
     assert st.open_content(saved.id) is not None
-
-
-def test_answers_in_flight_at_once_cannot_pass_the_lockout(
-    tmp_path: Path, kek: bytes, clock: Clock
-) -> None:
-    """Sixteen wrong answers at once, from two portal processes (two store objects on one
-    database): only as many are compared as the lockout allows, the rest are refused."""
-    stores = [SqliteStore.open(str(tmp_path / "store"), kek, now=clock) for _ in range(2)]
-    saved = stores[0].save_message(new_message(recipients=recipients()[:1]))
-    (rec,) = [r for r in stores[0].recipients(saved.id) if r.delivery == "notification"]
-    n = 16
-    barrier = threading.Barrier(n)
-    admitted: list[bool] = []
-    errors: list[BaseException] = []
-
-    def answer(i: int) -> None:
-        st = stores[i % 2]
-        try:
-            barrier.wait()
-            attempt = st.claim_attempt(rec.id, _lock_after_five, "access_code")
-            admitted.append(attempt.admitted)
-            if attempt.admitted:
-                time.sleep(0.05)  # comparing (scrypt, argon2) takes about this long
-                st.settle_attempt(attempt, False, "access_code")
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=answer, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
-    assert admitted.count(True) == defaults.LOCKOUT_AFTER
-    events = [e.event for e in stores[0].events(saved.id)]
-    assert events.count("verify-failed") == defaults.LOCKOUT_AFTER
-    assert events.count("locked") == 1
-    assert events.count("verify-while-locked") == n - defaults.LOCKOUT_AFTER
-    after = stores[1].recipient(rec.id)
-    assert after is not None and after.failed_attempts == defaults.LOCKOUT_AFTER
-    assert after.locked_until is not None and after.locked_until.timestamp() == clock.t + 60
-    assert not stores[0].claim_attempt(rec.id, _lock_after_five).admitted  # the right code too
-    for st in stores:
-        st.close()
-
-
-def test_contact_book_feeds_remembered_methods(st: SqliteStore, tmp_path: Path) -> None:
-    assert st.contact("bob@example.net") is None
-    st.remember_contact("Bob@example.net", sms=PHONE)
-    st.remember_contact("bob@example.net", access_code_hash=crypto.hash_secret(CODE))
-    assert st.contact("bob@example.net") == Contact(sms=PHONE, access_code=True)
-    # Rules 5/6: no number or code in the directive, the contact book supplies it.
-    msg = new_message(
-        recipients=[
-            NewRecipient("bob@example.net", 1, "sms", "notification", "A5", verification="sms"),
-        ]
-    )
-    saved = st.save_message(msg)
-    rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
-    assert rec is not None and rec.phone == PHONE
-    msg2 = new_message(
-        recipients=[
-            NewRecipient(
-                "bob@example.net",
-                1,
-                "access_code",
-                "notification",
-                "A6",
-                verification="access_code",
-            ),
-        ]
-    )
-    saved2 = st.save_message(msg2)
-    rec2 = st.find_recipient_by_token(saved2.tokens["bob@example.net"])
-    assert rec2 is not None and rec2.access_code_hash is not None
-    assert crypto.verify_secret(rec2.access_code_hash, CODE)
-    for data in store_files(tmp_path / "store").values():
-        assert PHONE.encode() not in data
 
 
 def test_contents_above_the_inline_limit_get_a_file(tmp_path: Path, kek: bytes) -> None:
@@ -490,3 +337,105 @@ def test_a_failing_save_fails_alone_in_its_batch(st: SqliteStore, tmp_path: Path
     db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
     assert [r[0] for r in db.execute("SELECT event FROM audit ORDER BY id")] == ["a", "c"]
     db.close()
+
+
+_TAKE_EXCLUSIVELY = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)
+try:
+    db.execute("PRAGMA locking_mode=EXCLUSIVE")
+    db.execute("BEGIN EXCLUSIVE")
+    db.execute("ROLLBACK")
+    print("taken")
+except sqlite3.OperationalError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_second_store_in_one_process_keeps_the_first_ones_locks(
+    tmp_path: Path, kek: bytes
+) -> None:
+    """SQLite's locks are POSIX locks: per process and file, and closing any descriptor of the
+    file drops all of them. Opening and closing another store on the same database in this
+    process must leave store A's hold on it: another process still cannot take the database
+    exclusively (and so cannot, for example, delete the WAL under A)."""
+    path = str(tmp_path / "store")
+    db = os.path.join(path, store.DB_NAME)
+
+    def other_process() -> str:
+        probe = [sys.executable, "-c", _TAKE_EXCLUSIVELY, db]
+        return subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+
+    a = SqliteStore.open(path, kek)
+    saved = a.save_message(new_message())
+    assert other_process().startswith("refused: database is locked")
+    b = SqliteStore.open(path, kek)
+    b.close()
+    assert other_process().startswith("refused: database is locked")
+    content = a.open_content(saved.id)
+    assert content is not None and content.read() == raw_message()
+    a.close()
+    assert other_process() == "taken"  # the probe itself can take it once A is gone
+
+
+def _files_holding(root: Path, data: bytes) -> list[str]:
+    return [name for name, content in store_files(root).items() if data in content]
+
+
+def test_a_reader_delays_the_erasure_of_a_revoked_key_and_it_is_reported(
+    st: SqliteStore, tmp_path: Path
+) -> None:
+    """A revoked message's wrapped key lives on in the WAL while another connection holds a
+    read transaction: `finish_erasure` says so, and says when it is gone."""
+    saved = st.save_message(new_message())
+    db = os.path.join(tmp_path / "store", store.DB_NAME)
+    reader = sqlite3.connect(db, isolation_level=None)
+    (wrapped,) = reader.execute("SELECT wrapped_key FROM messages").fetchone()
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM messages").fetchone()  # a snapshot from before
+    assert st.revoke(saved.id)
+    assert _files_holding(tmp_path / "store", bytes(wrapped)) != []  # still on the disk
+    assert not st.finish_erasure(wait=0.1)
+    reader.execute("COMMIT")
+    reader.close()
+    assert st.finish_erasure()
+    assert _files_holding(tmp_path / "store", bytes(wrapped)) == []
+
+
+def test_revoke_says_the_key_is_destroyed_only_when_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`zivmilter revoke` while another process reads the store: it does not claim the key
+    destroyed, it says when it will be; `maintenance` then finishes it and says so."""
+    crypto.keygen(str(tmp_path / "store.key"))
+    cfg = tmp_path / "zivmilter.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+                "store": {"path": str(tmp_path / "store"), "key_file": str(tmp_path / "store.key")},
+            }
+        )
+    )
+    s = SqliteStore.open(str(tmp_path / "store"), crypto.load_kek(str(tmp_path / "store.key")))
+    saved = s.save_message(new_message(rfc822_id="<held@hospital.example>"))
+    s.close()
+    reader = sqlite3.connect(os.path.join(tmp_path / "store", store.DB_NAME), isolation_level=None)
+    (wrapped,) = reader.execute("SELECT wrapped_key FROM messages").fetchone()
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM messages").fetchone()
+
+    assert cli.main(["revoke", "<held@hospital.example>", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert f"{saved.id} (<held@hospital.example>): revoked" in out
+    assert "data key destroyed" not in out
+    assert "gone at the next checkpoint" in out and "zivmilter maintenance" in out
+    assert _files_holding(tmp_path / "store", bytes(wrapped)) != []
+
+    assert cli.main(["maintenance", "--config", str(cfg)]) == 1  # the reader still holds it
+    assert "a copy may remain in the write-ahead log" in capsys.readouterr().out
+    reader.execute("COMMIT")
+    reader.close()
+    assert cli.main(["maintenance", "--config", str(cfg)]) == 0
+    assert "revoked data keys: erased from the disk" in capsys.readouterr().out
+    assert _files_holding(tmp_path / "store", bytes(wrapped)) == []

@@ -5,7 +5,8 @@
 systemd timer): revoke expired messages, remove blob files a crash left without their rows, and
 hand the MTA the secure replies it did not take when they were written (a reply it refuses for
 good, 5xx, is reported once and not offered again, unless `--retry-refused` asks for it after
-the cause, for example the re-injection listener's own restrictions, is mended).
+the cause, for example the re-injection listener's own restrictions, is mended), and finish the
+erasure of revoked data keys that a reader kept in the write-ahead log.
 """
 
 from __future__ import annotations
@@ -65,11 +66,20 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
         sent, failed, refused = _resend_replies(cfg, store, args.retry_refused)
         expired = store.purge_expired()
         orphans = store.sweep_orphans()
+        # Revocations (by `revoke`, the portal or expiry) whose old pages a reader held.
+        erased = store.finish_erasure()
     print(
         f"expired messages revoked: {expired}; orphan blobs removed: {orphans}; "
         f"replies handed to the MTA: {sent}; still failing: {failed}; refused for good: {refused}"
     )
-    return 1 if failed or refused else 0
+    if erased:
+        print("revoked data keys: erased from the disk (write-ahead log checkpointed)")
+    else:
+        print(
+            "revoked data keys: a copy may remain in the write-ahead log, which another process"
+            " is reading; the next checkpoint or maintenance run erases it"
+        )
+    return 1 if failed or refused or not erased else 0
 
 
 def add_commands(sub: Any) -> None:

@@ -125,7 +125,12 @@ def _revoke_one(store: Store, message: MessageRecord, recipient: str | None) -> 
         whole = gone is not None and gone.revoked_at is not None
         print(
             f"{label}: revoked for {key}"
-            + ("; no open link was left, so the message's data key is destroyed" if whole else "")
+            + (
+                "; no open link was left, so the message's data key is "
+                + ("destroyed" if store.finish_erasure() else _KEY_PENDING)
+                if whole
+                else ""
+            )
             + (_unsent_note(unsent) if whole else "")
         )
         return True
@@ -139,12 +144,20 @@ def _revoke_one(store: Store, message: MessageRecord, recipient: str | None) -> 
     if not store.revoke(message.id, "revoked by `zivmilter revoke`"):
         print(f"{label}: already revoked")
         return False
+    destroyed = "data key destroyed" if store.finish_erasure() else f"data key {_KEY_PENDING}"
     print(
-        f"{label}: revoked; data key destroyed, {len(notified)} link(s) no longer open"
+        f"{label}: revoked; {destroyed}, {len(notified)} link(s) no longer open"
         + (f"; {len(direct)} direct recipient(s) already have their copy" if direct else "")
         + _unsent_note(unsent)
     )
     return True
+
+
+# Revoked, but another process's open read still holds the old pages with the wrapped key.
+_KEY_PENDING = (
+    "deleted (a copy stays in the store's write-ahead log while another process reads it: "
+    "it is gone at the next checkpoint; `zivmilter maintenance` finishes it)"
+)
 
 
 def _unsent_replies(store: Store, message_id: str) -> int:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 
+from zivmilter import defaults
 from zivmilter.core.addresses import normalize_address
 from zivmilter.core.headers import ACCESS_RIGHT, DIRECT_DELIVERY, MINIMUM_VERIFICATION
 from zivmilter.core.levels import TlsVersion
@@ -89,7 +90,10 @@ class Directives:
     access_rights: dict[str, AccessRight] = field(default_factory=dict)  # by recipient
     direct_delivery: DirectDeliveryRequest | None = None
     email_verification_allowed: bool = False
-    issues: tuple[DirectiveIssue, ...] = ()
+    issues: tuple[DirectiveIssue, ...] = ()  # lines not used as written
+    # Lines used as written, but with an access code a stolen database gives away quickly
+    # (shorter than defaults.ACCESS_CODE_MIN_LENGTH): warned about, not refused (SPEC 10).
+    weak_codes: tuple[DirectiveIssue, ...] = ()
 
 
 NO_DIRECTIVES = Directives()
@@ -188,6 +192,7 @@ def parse(
     """
     rights: dict[str, AccessRight] = {}
     issues: list[DirectiveIssue] = []
+    weak: list[DirectiveIssue] = []
     direct: DirectDeliveryRequest | None = None
     override = False
     seen_override = False
@@ -219,6 +224,8 @@ def parse(
                     problem = f"{right.recipient} already has an access right; the first line wins"
                 else:
                     rights[right.recipient] = right
+                    if _short_code(right):
+                        weak.append(_issue(ACCESS_RIGHT, value, _SHORT_CODE))
                     continue
             issues.append(_issue(ACCESS_RIGHT, value, str(problem)))
         elif name == DIRECT_DELIVERY:
@@ -246,7 +253,7 @@ def parse(
                         "email verification stays subject to the transport minimum",
                     )
                 )
-    return Directives(rights, direct, override, tuple(issues))
+    return Directives(rights, direct, override, tuple(issues), tuple(weak))
 
 
 def _access_right(
@@ -272,6 +279,21 @@ def _access_right(
         switch = "sms" if kind is AccessKind.SMS else "access_code"
         return None, f"the {kind.value} method is switched off (policy.methods.{switch})"
     return AccessRight(address, kind, secret), None
+
+
+# SPEC 10 does not let us refuse a short access code: it is used, and reported (milter log and
+# `explain`), since a few characters are guessed quickly from a stolen database.
+_SHORT_CODE = (
+    f"access code shorter than {defaults.ACCESS_CODE_MIN_LENGTH} characters: used,"
+    " but easy to guess; give a longer one"
+)
+
+
+def _short_code(right: AccessRight) -> bool:
+    return (
+        right.kind is AccessKind.ACCESS_CODE
+        and len(right.value.strip()) < defaults.ACCESS_CODE_MIN_LENGTH
+    )
 
 
 def _direct_delivery(value: str) -> tuple[DirectDeliveryRequest, list[str]]:

@@ -381,5 +381,5 @@ def decide(envelope: Envelope, directives: Directives, cfg: Config, facts: Facts
         else:
             number, next_number = next_number, next_number + 1
         numbered.append(_copy(d, d.reason, number))
-    warnings = tuple(str(issue) for issue in directives.issues)
+    warnings = tuple(str(issue) for issue in (*directives.issues, *directives.weak_codes))
     return Decision(tuple(numbered), warnings)

@@ -281,7 +281,8 @@ class Gateway:
 
         def keep(filename: str, content_type: str, data: bytes) -> str:
             kept = self.store.save_attachment(saved.id, filename, content_type, data)
-            log.info("large attachment %s kept for download", filename, extra=_ctx(tx))
+            # Its id, never its name: file names often name a patient (and outlive revoke here).
+            log.info("large attachment %s kept for download", kept.id, extra=_ctx(tx))
             return base + kept.token
 
         with clean_copy(tx) as content:

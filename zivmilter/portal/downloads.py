@@ -166,7 +166,7 @@ class DownloadPages(GuestPages[_Ctx]):
             "attachment-downloaded",
             ctx.att.message.id,
             rec.address if rec else None,
-            ctx.att.filename or "",
+            ctx.att.id,  # not its name: the audit log outlives revocation (names name patients)
         )
         return stream, ctx
 

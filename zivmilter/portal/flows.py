@@ -149,7 +149,7 @@ def _compare(
     """OK, WRONG or ENROL (the password is right, the account has no authenticator yet)."""
     now = portal.now()
     if method == "access_code":
-        ok = verify.access_code_valid(rec.access_code_hash, code)
+        ok = verify.access_code_valid(rec.access_code_hash, code, portal.store.access_code_matches)
     elif method in _ONE_TIME:
         # compared and spent in one store step: of answers racing with the same code (other
         # sessions, other portal processes), one gets in; the others find it used (WRONG)

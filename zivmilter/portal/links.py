@@ -244,8 +244,8 @@ class LinkPages(GuestPages[_Ctx]):
         (item,) = found
         data = render.leaf_payload(render.leaves(parsed[0])[index])
         self.portal.store.record_event(
-            "attachment-downloaded", ctx.rec.message.id, ctx.rec.address, item.filename
-        )
+            "attachment-downloaded", ctx.rec.message.id, ctx.rec.address, f"part {index}"
+        )  # the part's index, not its name: the audit log outlives revocation
         return StreamingResponse(
             stream_bytes(data),
             media_type=item.content_type,

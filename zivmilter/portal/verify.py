@@ -9,6 +9,7 @@ are standard RFC 6238 TOTP; passwords are argon2id (accounts.py hashes them).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import datetime
 
 from cryptography.hazmat.primitives.hashes import SHA1
@@ -105,12 +106,15 @@ def provisioning_uri(secret: bytes, address: str, issuer: str) -> str:
 # --- access codes and passwords -------------------------------------------------------------------
 
 
-def access_code_valid(stored_hash: str | None, code: str) -> bool:
-    """Compare against the scrypt hash (constant time inside `crypto.verify_secret`)."""
+def access_code_valid(
+    stored_hash: str | None, code: str, matches: Callable[[str, str], bool] = crypto.verify_secret
+) -> bool:
+    """Compare against the scrypt hash (constant time inside `crypto.verify_secret`); `matches`
+    is the store's `access_code_matches`, which knows the KEK's pepper."""
     if not stored_hash:
         return False
     try:
-        return crypto.verify_secret(stored_hash, code.strip())
+        return matches(stored_hash, code.strip())
     except StoreError:
         return False
 

@@ -105,7 +105,7 @@ class RecipientRecord:
     verification: Verification | None
     phone: str | None  # decrypted; None once revoked
     hint: str | None
-    access_code_hash: str | None  # check with crypto.verify_secret
+    access_code_hash: str | None  # check with the store's access_code_matches
     notified_at: datetime | None
     opened_at: datetime | None
     failed_attempts: int

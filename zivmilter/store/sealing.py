@@ -3,7 +3,7 @@
 Key hierarchy (the algorithms are crypto.py's; this module only picks keys and contexts):
 - the KEK (key-encryption key, a file outside the store) wraps each message's data key (AES-KW)
   and, through its field key, seals what belongs to no message: account authenticator secrets,
-  contact-book numbers, one-time code secrets;
+  contact-book numbers, one-time code secrets; its pepper goes into every access-code hash;
 - a message's data key derives its contents' keys (one per blob: the original, secure replies)
   and its field key, which seals the subject, recipients' numbers and hints, and the portal's
   kept view. Revoking a message destroys its wrapped data key: all of these go with it;
@@ -116,6 +116,16 @@ class Sealing:
 
     def unseal_contact_sms(self, address: str, sealed: bytes) -> str:
         return crypto.unseal(self._kek.field_key, sealed, _contact_sms(address)).decode()
+
+    # -- access codes: hashed with the KEK's pepper ---------------------------------------
+
+    def hash_access_code(self, code: str) -> str:
+        return crypto.hash_secret(code, pepper=self._kek.pepper)
+
+    def access_code_matches(self, stored_hash: str, code: str) -> bool:
+        """Also true for a hash written before the pepper (plain scrypt); StoreError when the
+        stored hash is malformed."""
+        return crypto.verify_secret(stored_hash, code, pepper=self._kek.pepper)
 
     def seal_otp(self, recipient_id: int, secret: bytes) -> bytes:
         return crypto.seal(self._kek.field_key, secret, _otp(recipient_id))

@@ -40,8 +40,7 @@ def connect(path: str) -> sqlite3.Connection:
         os.makedirs(path, mode=0o700, exist_ok=True)
         os.makedirs(os.path.join(path, BLOB_DIR), mode=0o700, exist_ok=True)
         db = os.path.join(path, DB_NAME)
-        # Create the file ourselves so it (and SQLite's -wal/-shm, which copy its mode) is 0600.
-        os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
+        _create_private(db)
         conn = sqlite3.connect(
             db,
             timeout=defaults.STORE_BUSY_TIMEOUT,
@@ -66,6 +65,18 @@ def connect(path: str) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _create_private(db: str) -> None:
+    """Create the database file 0600 (SQLite's -wal/-shm copy its mode), and only when it does
+    not exist: SQLite's locks are POSIX locks, held per process and per file, and closing *any*
+    descriptor of the file drops all of this process's locks on it. Opening an existing database
+    here besides SQLite (a second store in one process: the portal beside maintenance, a test)
+    would silently release the first store's locks, and another process could then take the
+    database exclusively (or delete its WAL) under it. A file that does not exist yet has no
+    locks of ours to lose."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(db, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 class SqliteBase:
@@ -93,6 +104,23 @@ class SqliteBase:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def finish_erasure(self, wait: float = defaults.STORE_CHECKPOINT_WAIT) -> bool:
+        """Fold the write-ahead log back into the database and truncate it, so that what a
+        revocation destroyed (a wrapped key, with secure_delete zeroing its freed pages) is
+        gone from the disk too. Waits up to `wait` seconds for readers; False when a reader's
+        transaction still holds old pages (they go at the next checkpoint: maintenance runs
+        one)."""
+        with self._lock:
+            try:
+                self._conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+                busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error:
+                return False
+            finally:
+                restore = int(defaults.STORE_BUSY_TIMEOUT * 1000)
+                self._conn.execute(f"PRAGMA busy_timeout = {restore}")
+        return int(busy) == 0
 
     def _commit_grouped(self, write: Callable[[sqlite3.Cursor], None]) -> None:
         """Run `write` in a transaction, committed durably before this returns; concurrent

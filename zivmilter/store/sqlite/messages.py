@@ -5,7 +5,6 @@ Everything sealed or hashed happens before the store's lock is taken; inside it,
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import sqlite3
 import time
@@ -129,7 +128,7 @@ class MessagesMixin(ContentsMixin):
             return self._sealing.unseal_contact_sms(r.address, bytes(row[0])), None
         if r.verification == "access_code":
             if r.access_code is not None:
-                return None, crypto.hash_secret(r.access_code)
+                return None, self._sealing.hash_access_code(r.access_code)
             with self._lock:
                 row = self._conn.execute(
                     "SELECT access_code_hash FROM contacts WHERE address = ?", (r.address,)
@@ -140,6 +139,16 @@ class MessagesMixin(ContentsMixin):
                 )
             return None, str(row[0])
         return None, None
+
+    def access_code_matches(self, stored_hash: str | None, code: str) -> bool:
+        """Whether `code` is the one a recipient's (or the contact book's) `access_code_hash`
+        was made from; False for no hash or a malformed one."""
+        if not stored_hash:
+            return False
+        try:
+            return self._sealing.access_code_matches(stored_hash, code)
+        except StoreError:
+            return False
 
     def discard(self, message_id: str) -> None:
         """Forget a message entirely: the milter stored it but could not accept it after all."""
@@ -325,9 +334,9 @@ class MessagesMixin(ContentsMixin):
             audit(cur, now, message_id, None, "revoked", reason)
         for p in paths:
             self._remove_blob(p)
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            # Old page images in the WAL still hold the wrapped key; fold them back and truncate.
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Old page images in the WAL still hold the wrapped key; fold them back and truncate.
+        # A reader may hold them a while longer: `finish_erasure` says whether they are gone.
+        self.finish_erasure()
         return True
 
     def purge_expired(self, reply_grace: float = defaults.UNSENT_REPLY_GRACE) -> int:
