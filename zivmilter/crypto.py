@@ -1,6 +1,6 @@
 """Envelope encryption of stored messages, built only from `cryptography` primitives.
 
-The store (store.py) calls this module; nothing here touches the database. Design:
+The store (store/sealing.py, store/blobs.py) calls this module; nothing here touches a database.
 
 **Keys.** The key-encryption key (KEK) file holds 32 random bytes. Independent subkeys are derived
 from it with HKDF-SHA256 (distinct `info` labels): a *wrap key*, a *field key* and a *pepper* for

@@ -55,7 +55,7 @@ ODD_STALE_MAX_SECONDS = 7 * 24 * 3600
 # --- submission (SPEC 7) -----------------------------------------------------------------
 TRUSTED_NETWORKS = ("127.0.0.0/8", "::1/128")
 
-# --- encrypted store (crypto.py, store.py) -----------------------------------------------
+# --- encrypted store (crypto.py, store/) -----------------------------------------------
 STORE_RECORD_BYTES = 64 * 1024  # plaintext bytes per AES-GCM record of a stored blob
 # An access code shorter than this is used (SPEC 10 does not let us refuse it) but reported as
 # weak in the milter's log and in `explain`.

@@ -1,6 +1,6 @@
 """The value of the X-Zivmilter-Route header: how a direct copy tells Postfix where it may go.
 
-gateway.py writes it; postfix/zivmilter_milter_header_checks (and the re-injection table) read it
+gateway/ writes it; postfix/zivmilter_milter_header_checks (and the re-injection table) read it
 with the same strict syntax and FILTER the message to `zivmilter-<level>[:<next hop list>]`:
 
     direct-<level>                                  the recipient domain's own MX

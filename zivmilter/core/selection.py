@@ -2,7 +2,7 @@
 Microsoft sensitivity labels and directive headers. Pure: header fields in, a `Selection` out.
 
 assess.py asks this before the policy core; a message that is not selected passes through with
-only its directive headers removed (gateway.py), and `explain` prints the reason given here.
+only its directive headers removed (gateway/gateway.py), and `explain` prints the reason given here.
 
 Rules (mode `rules`; any one match selects):
 - a subject trigger word: whole word, case-insensitive, in the subject as decoded from RFC 2047

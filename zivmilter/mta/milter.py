@@ -1,7 +1,7 @@
 """The pymilter adapter: a thin shell between libmilter and the gateway.
 
 Callbacks only collect what the MTA says (envelope, macros, headers, body into a spool file);
-end-of-message hands a `Transaction` to gateway.py and applies the `Plan` it returns. No policy
+end-of-message hands a `Transaction` to the gateway and applies the `Plan` it returns. No policy
 here. Any fault answers tempfail with a log reference, so the MTA keeps the message (SPEC 10).
 """
 

@@ -1,6 +1,6 @@
 """Recipient accounts of the guest portal: password (argon2id) plus an authenticator (TOTP).
 
-`zivmilter account add ADDRESS --recipient` (account_commands.py) calls
+`zivmilter account add ADDRESS --recipient` (cli/accounts.py) calls
 `add_recipient_account`; the authenticator is enrolled at the first sign-in in the portal, where
 the recipient scans a QR code (segno: pure Python, no imaging library, SVG output that needs no
 inline script or style). Sender accounts are not managed here.
