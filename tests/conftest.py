@@ -6,6 +6,7 @@ Run everything with `scripts/test`; the fast unit tests alone with `pytest --fas
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,8 +45,17 @@ def cheap_hashes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--fast", action="store_true", help="unit tests only: deselect @pytest.mark.integration"
+        "--fast",
+        action="store_true",
+        help="unit tests only (deselect @pytest.mark.integration), long property and corpus "
+        "tests sampled (tests/budget.py)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--fast"):
+        # Read by tests/budget.py when test modules are imported, after this hook.
+        os.environ["ZIVMILTER_FAST_SUITE"] = "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

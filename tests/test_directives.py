@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.budget import examples
 from zivmilter.core.directives import AccessKind, parse, unfold
 from zivmilter.core.headers import DIRECTIVE_HEADERS
 from zivmilter.core.levels import TlsVersion
@@ -59,7 +60,7 @@ def test_a_secret_anywhere_in_a_line_is_never_reported(
             assert issue.value == shown
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     st.sampled_from(DIRECTIVE_HEADERS),
     st.lists(
@@ -183,7 +184,7 @@ header_names = st.sampled_from(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.lists(st.tuples(header_names, st.text()), max_size=6), st.lists(st.text(), max_size=3))
 def test_arbitrary_header_text_never_raises(
     headers: list[tuple[str, str]], rcpts: list[str]
@@ -193,7 +194,7 @@ def test_arbitrary_header_text_never_raises(
         assert str(issue)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.text(alphabet=st.characters(codec="utf-8"), max_size=80),
     st.sampled_from(["sms", "access-code", "accessCode"]),

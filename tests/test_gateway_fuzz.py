@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from tests.budget import examples
 from tests.fakes import Collecting, make_config
 from zivmilter import crypto
 from zivmilter.core.facts import facts_from_mapping
@@ -100,7 +101,7 @@ def _transaction(headers: list[tuple[str, str]], sender: str, rcpts: list[str]) 
 
 
 @settings(
-    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")),
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", examples(300))),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

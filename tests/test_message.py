@@ -8,6 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from tests.budget import examples
 from zivmilter.core.message import (
     addresses,
     build_envelope,
@@ -57,7 +58,7 @@ def test_header_fields_read_as_utf8_however_they_come() -> None:
     assert invalid["Subject"] == "caf\ufffd"  # Latin-1 in a UTF-8 world: one replacement
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(
     st.text(
         alphabet=st.characters(codec="utf-8")

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.budget import examples
 from zivmilter import defaults
 from zivmilter.core import config
 from zivmilter.core.message import header_message, parse_header_block
@@ -322,7 +323,7 @@ def test_notification_for_uses_config() -> None:
 _COMPAT32_CRLF = policy.compat32.clone(linesep="\r\n")
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(
     st.sampled_from(
         ["Subject", "To", "From", "Message-ID", "References", "X-Zivmilter-Notification"]
@@ -414,7 +415,7 @@ _WORDS = st.lists(
 _FIELD_VALUES = st.lists(_WORDS, min_size=1, max_size=4).map("\n ".join)  # as the MTA folds
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     fields=st.lists(
         st.tuples(
