@@ -176,6 +176,8 @@ def test_a_pattern_that_would_backtrack_forever_in_re_ends() -> None:
 def test_html_reduced_to_text() -> None:
     assert html_text("<p>BSN</p><p>1234<b>.56.</b>782</p>").split() == ["BSN", "1234.56.782"]
     assert html_text("<style>p{}</style>a&amp;b<td>1</td><td>2</td>").split() == ["a&b", "1", "2"]
+    assert html_text("<!-- 111222333 --><SCRIPT>x</script >y").split() == ["y"]
+    assert "a" in html_text("<a <a " * 20000)  # unclosed tags: ends (linear), keeps the text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ made from the header fields the MTA already gave, and `email` decodes it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
-from html.parser import HTMLParser
+from html import unescape
 
 from zivmilter import defaults
 from zivmilter.core.content import ATTACHMENT_NAME, TEXT_HTML, TEXT_PLAIN, Part
@@ -91,35 +92,34 @@ _BLOCK = frozenset(
         "th", "thead", "tr", "ul",
     }
 )  # fmt: skip
-_SKIP = frozenset({"script", "style", "head", "title"})
-
-
-class _Text(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.chunks: list[str] = []
-        self.skipping = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIP:
-            self.skipping += 1
-        elif tag in _BLOCK:
-            self.chunks.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIP:
-            self.skipping = max(0, self.skipping - 1)
-        elif tag in _BLOCK:
-            self.chunks.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self.skipping:
-            self.chunks.append(data)
+_SKIP = frozenset({"script", "style", "head", "title", "template"})
+# A tag, a comment (to its end, or the end of the text) or a declaration. A tag ends at the next
+# `<` at the latest, so that unclosed tags cost linear time, not quadratic.
+_TAG = re.compile(r"<!--.*?(?:-->|\Z)|<(/?)([A-Za-z][A-Za-z0-9]*)\b[^<>]*>|<[!?/][^<>]*>", re.S)
 
 
 def html_text(html: str) -> str:
-    """The text a reader sees of an HTML part: tags gone, entities decoded, no script or style."""
-    parser = _Text()
-    parser.feed(html)
-    parser.close()
-    return "".join(parser.chunks)
+    """The text a reader sees of an HTML part: tags gone, entities decoded, no script or style.
+
+    Not an HTML parser (html.parser costs ten times as much per message): tags are cut where a
+    browser would see them, which is all a search for numbers needs.
+    """
+    chunks: list[str] = []
+    skipping: str | None = None  # inside <script> and the like, until its end tag
+    pos = 0
+    for m in _TAG.finditer(html):
+        if skipping is None:
+            chunks.append(html[pos : m.start()])
+        pos = m.end()
+        closing, name = m.group(1), (m.group(2) or "").lower()
+        if skipping is not None:
+            if closing and name == skipping:
+                skipping = None
+            continue
+        if name in _SKIP and not closing:
+            skipping = name
+        elif name in _BLOCK:
+            chunks.append("\n")
+    if skipping is None:
+        chunks.append(html[pos:])
+    return unescape("".join(chunks))

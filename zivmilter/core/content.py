@@ -95,11 +95,11 @@ def mask(found: str) -> str:
 # BSN: nine digits passing the eleven-test, as Dutch letters write them: 123456782, 1234.56.782,
 # 123.456.782, 123 456 782, 123.45.67.82 (dots or spaces).
 
-_BSN = re2.compile(
+_BSN_SOURCE = (
     rb"\b(?:\d{9}|\d{4}[. ]\d{2}[. ]\d{3}|\d{3}[. ]\d{3}[. ]\d{3}"
-    rb"|\d{3}[. ]\d{2}[. ]\d{2}[. ]\d{2})\b",
-    _options(),
+    rb"|\d{3}[. ]\d{2}[. ]\d{2}[. ]\d{2})\b"
 )
+_BSN = re2.compile(_BSN_SOURCE, _options())
 
 
 def bsn_valid(digits: str) -> bool:
@@ -107,8 +107,9 @@ def bsn_valid(digits: str) -> bool:
     is a multiple of 11 (and not all zeros)."""
     if len(digits) != 9 or not digits.isdigit() or digits == "000000000":
         return False
-    total = sum(int(d) * w for d, w in zip(digits[:8], range(9, 1, -1), strict=True))
-    return (total - int(digits[8])) % 11 == 0
+    d = digits.encode("ascii")
+    total = 9 * d[0] + 8 * d[1] + 7 * d[2] + 6 * d[3] + 5 * d[4] + 4 * d[5] + 3 * d[6] + 2 * d[7]
+    return (total - d[8] - 48 * 43) % 11 == 0  # 48: b"0"; 43: the weights' sum, 44, less 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ IBAN_LENGTHS = {
 }  # fmt: skip
 
 # Greedy: it may run on into the next words; the country's length decides where it ends.
-_IBAN = re2.compile(rb"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}", _options())
+_IBAN_SOURCE = rb"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}"
 
 
 def iban_valid(iban: str) -> bool:
@@ -184,7 +185,7 @@ _ISSUERS: tuple[tuple[int, int, frozenset[int]], ...] = (
     (6759, 6763, frozenset(range(13, 20))),
 )
 
-_CARD = re2.compile(rb"\b\d(?:[ -]?\d){12,18}\b", _options())
+_CARD_SOURCE = rb"\b\d(?:[ -]?\d){12,18}\b"
 
 
 def luhn_valid(digits: str) -> bool:
@@ -247,48 +248,92 @@ def _near(data: bytes, start: int, end: int, words: Sequence[bytes]) -> bool:
     return any(w in window for w in words)
 
 
-def _bsns(data: bytes, context: Sequence[bytes] | None) -> Iterable[str]:
-    for m in _BSN.finditer(data):
-        start, end = m.span()
-        written = m.group().decode("ascii")
-        if not (_before_ok(data, start) and _after_ok(data, end)):
-            continue
-        if " " in written and (
-            (data[end : end + 1] == b" " and data[end + 1 : end + 2].isdigit())
-            or (data[start - 1 : start] == b" " and data[start - 2 : start - 1].isdigit())
-        ):
-            continue  # one more group of a longer number written in groups
-        if not bsn_valid(written.replace(".", "").replace(" ", "")):
-            continue
-        if context is not None and not _near(data, start, end, context):
-            continue
-        yield written
+def _bsn_at(data: bytes, start: int, end: int, context: Sequence[bytes] | None) -> str | None:
+    """The BSN candidate data[start:end], if it is one where it stands."""
+    written = data[start:end].decode("ascii")
+    if not bsn_valid(written.replace(".", "").replace(" ", "")):
+        return None  # most candidates: the eleven-test first, it is the cheapest check
+    if not (_before_ok(data, start) and _after_ok(data, end)):
+        return None
+    if " " in written and (
+        (data[end : end + 1] == b" " and data[end + 1 : end + 2].isdigit())
+        or (data[start - 1 : start] == b" " and data[start - 2 : start - 1].isdigit())
+    ):
+        return None  # one more group of a longer number written in groups
+    if context is not None and not _near(data, start, end, context):
+        return None
+    return written
 
 
-def _ibans(data: bytes) -> Iterable[str]:
-    for m in _IBAN.finditer(data):
-        found = _iban_at(m.group().decode("ascii"))
-        if found is not None:
-            yield found
+_SOURCES = {"payment_card": _CARD_SOURCE, "bsn": _BSN_SOURCE, "iban": _IBAN_SOURCE}
+_COMBINED: dict[tuple[str, ...], Any] = {}
 
 
-def _cards(data: bytes) -> Iterable[str]:
-    for m in _CARD.finditer(data):
-        start, end = m.span()
-        if not (_before_ok(data, start) and _after_ok(data, end)):
-            continue
-        found = _card_in(m.group().decode("ascii"))
-        if found is not None:
-            yield found
+def _candidates(rules: tuple[str, ...]) -> Any:
+    """One RE2 pass finds the candidates of every built-in rule that is on: the card first (a
+    run of 13 digits or more is not read as a BSN and the rest), then the BSN, then the IBAN."""
+    found = _COMBINED.get(rules)
+    if found is None:
+        found = re2.compile(b"|".join(_SOURCES[r] for r in rules), _options())
+        _COMBINED[rules] = found
+    return found
+
+
+def _builtin(data: bytes, cfg: ContentConfig) -> list[tuple[str, str]]:
+    rules = tuple(r for r in _SOURCES if getattr(cfg, r))
+    if not rules:
+        return []
+    context = (
+        [w.lower().encode() for w in cfg.bsn_context_words] if cfg.bsn_require_context else None
+    )
+    hits: list[tuple[str, str]] = []
+    pattern = _candidates(rules)
+    pos: int | None = 0
+    while pos is not None and len(hits) <= defaults.CONTENT_MAX_MATCHES:
+        restart, pos = pos, None
+        for m in pattern.finditer(data, restart):
+            start, end = m.span()
+            if end - start <= 12:  # a BSN's length as written (a card has 13 digits or more)
+                bsn = _bsn_at(data, start, end, context)
+                if bsn is not None:
+                    hits.append(("bsn", bsn))
+            elif data[start] > 57:  # a letter: an IBAN, perhaps run on into the next words
+                written = _iban_at(data[start:end].decode("ascii"))
+                if written is not None:
+                    hits.append(("iban", written))
+                if start + len(written or "....") < end:
+                    pos = start + len(written or "....")  # look again after it
+                    break
+            else:
+                hits.extend(_card_or_bsn(data, start, end, cfg.bsn, context))
+            if len(hits) > defaults.CONTENT_MAX_MATCHES:
+                break
+    return hits
+
+
+def _card_or_bsn(
+    data: bytes, start: int, end: int, bsn: bool, context: Sequence[bytes] | None
+) -> list[tuple[str, str]]:
+    card = None
+    if _before_ok(data, start) and _after_ok(data, end):
+        card = _card_in(data[start:end].decode("ascii"))
+    if card is not None:
+        return [("payment_card", card)]
+    if not bsn:
+        return []
+    # not a card: a BSN may still be written beside other numbers
+    found = []
+    for b in _BSN.finditer(data[start:end]):
+        written = _bsn_at(data, start + b.start(), start + b.end(), context)
+        if written is not None:
+            found.append(("bsn", written))
+    return found
 
 
 def scan(cfg: ContentConfig, parts: Iterable[Part]) -> tuple[ContentMatch, ...]:
     """The matches of the configured content rules, masked, each (rule, where, masked) once, at
     most defaults.CONTENT_MAX_MATCHES of them; only the first CONTENT_MAX_TEXT_BYTES of text are
     read."""
-    context = (
-        [w.lower().encode() for w in cfg.bsn_context_words] if cfg.bsn_require_context else None
-    )
     budget = defaults.CONTENT_MAX_TEXT_BYTES
     found: dict[ContentMatch, None] = {}
     for part in parts:
@@ -298,13 +343,7 @@ def scan(cfg: ContentConfig, parts: Iterable[Part]) -> tuple[ContentMatch, ...]:
         text = part.text.replace("\u00a0", " ").replace("\u202f", " ")
         data = text.encode("utf-8", "surrogatepass")[:budget]
         budget -= len(data)
-        hits: list[tuple[str, str]] = []
-        if cfg.bsn:
-            hits += [("bsn", h) for h in _bsns(data, context)]
-        if cfg.iban:
-            hits += [("iban", h) for h in _ibans(data)]
-        if cfg.payment_card:
-            hits += [("payment_card", h) for h in _cards(data)]
+        hits = _builtin(data, cfg)
         for name, pattern in cfg.compiled_patterns:
             for m in pattern.finditer(data):
                 hits.append((name, m.group().decode("utf-8", "replace")))
