@@ -67,14 +67,18 @@ def nine_digits(rnd: random.Random) -> int:
             return n
 
 
-def letter_text(size: int, seed: int = 1, secrets: float = 0.0) -> tuple[str, int]:
+def letter_text(
+    size: int, seed: int = 1, secrets: float = 0.0, references: bool = True
+) -> tuple[str, int]:
     """About `size` characters of letters, and how many secrets (a `secrets` share of the
-    sentences) were planted in them."""
+    sentences) were planted in them. `references`: with the sentence that carries a nine-digit
+    number (about one sentence in nine), each a candidate the BSN rule must check."""
     rnd = random.Random(seed)
+    sentences = SENTENCES if references else [s for s in SENTENCES if "{n9}" not in s]
     out: list[str] = []
     total = planted = 0
     while total < size:
-        s = rnd.choice(SENTENCES).format(
+        s = rnd.choice(sentences).format(
             d=rnd.randint(1, 9),
             n4=rnd.randint(1000, 9999),
             n6=rnd.randint(100000, 999999),
@@ -119,10 +123,15 @@ def scanning_speed() -> float:
     return rate
 
 
-def five_kb(kind: str, secret: bool = False) -> bytes:
-    text = letter_text(4600 if kind == "plain" else 2000, seed=7)[0]
-    if secret:
-        text += "\nBSN 1234.56.782\n"
+# The 5 KB messages: a letter (dates, times, phone numbers, amounts, postcodes, order numbers:
+# no nine-digit number), the same with nine-digit references (about 9 BSN candidates that fail
+# the eleven-test), and a multipart/alternative one (text + HTML + a small PDF).
+KINDS = ("letter", "references", "multipart")
+
+
+def five_kb(kind: str) -> bytes:
+    size = 2000 if kind == "multipart" else 4600
+    text = letter_text(size, seed=7, references=kind == "references")[0]
     msg = EmailMessage()
     msg["From"] = "alice@hospital.example"
     msg["To"] = "bob@partner.example"
@@ -149,7 +158,7 @@ def per_message() -> None:
         {"organization": {"domains": ["h.example"]}, "selection": {"content": RULES}}
     )
     content = cfg.selection.content
-    for kind in ("plain", "multipart"):
+    for kind in KINDS:
         raw = five_kb(kind)
         headers = read_headers(raw)
         offset = raw.index(b"\r\n\r\n") + 4
@@ -165,7 +174,7 @@ def per_message() -> None:
         )
 
 
-def gateway_cpu() -> float:
+def gateway_cpu(kind: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         crypto.keygen(f"{tmp}/k")
         store = SqliteStore.open(f"{tmp}/s", crypto.load_kek(f"{tmp}/k"))
@@ -184,7 +193,7 @@ def gateway_cpu() -> float:
             )
             for name, rules in (("off", {}), ("on", RULES))
         }
-        raw = five_kb("plain")
+        raw = five_kb(kind)
         per: dict[str, list[float]] = {"off": [], "on": []}
         order = list(gateways)
         for i in range(ROUNDS * MESSAGES):
@@ -199,12 +208,12 @@ def gateway_cpu() -> float:
     off, on = statistics.median(per["off"]) * 1000, statistics.median(per["on"]) * 1000
     added = on - off
     print(
-        f"gateway end-of-message CPU per 5 KB message ({len(raw)} bytes), median of"
+        f"gateway end-of-message CPU per 5 KB message ({kind}, {len(raw)} bytes), median of"
         f" {ROUNDS * MESSAGES}: rules off {off:.3f} ms, on {on:.3f} ms, added {added * 1000:.0f} us"
     )
     share = added / MILTER_MS_PER_MSG
     print(
-        f"added CPU per message: {share:.1%} of the milter's {MILTER_MS_PER_MSG} ms/msg"
+        f"added CPU per message ({kind}): {share:.1%} of the milter's {MILTER_MS_PER_MSG} ms/msg"
         f" (bench/throughput.sh case c); target < {TARGET_ADDED:.0%}"
     )
     return share
@@ -213,10 +222,14 @@ def gateway_cpu() -> float:
 def main() -> int:
     rate = scanning_speed()
     per_message()
-    share = gateway_cpu()
-    ok = rate >= TARGET_MB_S and share < TARGET_ADDED
-    verdict = "met" if ok else "NOT met"
-    print(f"targets (>= {TARGET_MB_S:.0f} MB/s, < {TARGET_ADDED:.0%} added CPU): {verdict}")
+    shares = {kind: gateway_cpu(kind) for kind in ("letter", "references")}
+    print(
+        f"scanning speed >= {TARGET_MB_S:.0f} MB/s: {'met' if rate >= TARGET_MB_S else 'NOT met'}"
+    )
+    for kind, share in shares.items():
+        verdict = "met" if share < TARGET_ADDED else "NOT met"
+        print(f"added CPU < {TARGET_ADDED:.0%} ({kind}): {verdict}")
+    ok = rate >= TARGET_MB_S and all(s < TARGET_ADDED for s in shares.values())
     return 0 if ok else 1
 
 
