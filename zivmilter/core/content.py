@@ -15,6 +15,7 @@ issuer prefixes decide in Python, on the few candidates there are.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -279,34 +280,39 @@ def _candidates(rules: tuple[str, ...]) -> Any:
     return found
 
 
-def _builtin(data: bytes, cfg: ContentConfig) -> list[tuple[str, str]]:
+def _builtin(data: bytes, cfg: ContentConfig) -> list[tuple[int, str, str]]:
+    """(position, rule, match as written) of the built-in rules that are on."""
     rules = tuple(r for r in _SOURCES if getattr(cfg, r))
     if not rules:
         return []
     context = (
         [w.lower().encode() for w in cfg.bsn_context_words] if cfg.bsn_require_context else None
     )
-    hits: list[tuple[str, str]] = []
+    hits: list[tuple[int, str, str]] = []
+    distinct: set[str] = set()  # a number written many times counts once toward the limit
     pattern = _candidates(rules)
     pos: int | None = 0
-    while pos is not None and len(hits) <= defaults.CONTENT_MAX_MATCHES:
+    while pos is not None and len(distinct) <= defaults.CONTENT_MAX_MATCHES:
         restart, pos = pos, None
         for m in pattern.finditer(data, restart):
             start, end = m.span()
+            found: list[tuple[str, str]] = []
             if end - start <= 12:  # a BSN's length as written (a card has 13 digits or more)
                 bsn = _bsn_at(data, start, end, context)
                 if bsn is not None:
-                    hits.append(("bsn", bsn))
+                    found.append(("bsn", bsn))
             elif data[start] > 57:  # a letter: an IBAN, perhaps run on into the next words
                 written = _iban_at(data[start:end].decode("ascii"))
                 if written is not None:
-                    hits.append(("iban", written))
+                    found.append(("iban", written))
                 if start + len(written or "....") < end:
                     pos = start + len(written or "....")  # look again after it
-                    break
             else:
-                hits.extend(_card_or_bsn(data, start, end, cfg.bsn, context))
-            if len(hits) > defaults.CONTENT_MAX_MATCHES:
+                found = _card_or_bsn(data, start, end, cfg.bsn, context)
+            for rule, written in found:
+                hits.append((start, rule, written))
+                distinct.add(written)
+            if pos is not None or len(distinct) > defaults.CONTENT_MAX_MATCHES:
                 break
     return hits
 
@@ -333,22 +339,38 @@ def _card_or_bsn(
 def scan(cfg: ContentConfig, parts: Iterable[Part]) -> tuple[ContentMatch, ...]:
     """The matches of the configured content rules, masked, each (rule, where, masked) once, at
     most defaults.CONTENT_MAX_MATCHES of them; only the first CONTENT_MAX_TEXT_BYTES of text are
-    read."""
+    read.
+
+    The parts are scanned as one text, a blank line between them (no built-in rule reads across
+    a line end): each RE2 call has a fixed cost that is large next to scanning a few KB.
+    """
     budget = defaults.CONTENT_MAX_TEXT_BYTES
-    found: dict[ContentMatch, None] = {}
+    chunks: list[bytes] = []
+    starts: list[int] = []
+    wheres: list[str] = []
+    at = 0
     for part in parts:
-        if budget <= 0 or len(found) >= defaults.CONTENT_MAX_MATCHES:
+        if budget <= 0:
             break
         # a no-break space (&nbsp; in HTML) separates groups as a space does
         text = part.text.replace("\u00a0", " ").replace("\u202f", " ")
         data = text.encode("utf-8", "surrogatepass")[:budget]
         budget -= len(data)
-        hits = _builtin(data, cfg)
-        for name, pattern in cfg.compiled_patterns:
-            for m in pattern.finditer(data):
-                hits.append((name, m.group().decode("utf-8", "replace")))
-                if len(hits) > defaults.CONTENT_MAX_MATCHES:
-                    break
-        for rule, written in hits:
-            found.setdefault(ContentMatch(rule, part.where, mask(written)), None)
+        chunks.append(data)
+        starts.append(at)
+        wheres.append(part.where)
+        at += len(data) + 2
+    if not chunks:
+        return ()
+    text_all = b"\n\n".join(chunks)
+    hits = _builtin(text_all, cfg)
+    for name, pattern in cfg.compiled_patterns:
+        for n, m in enumerate(pattern.finditer(text_all)):
+            hits.append((m.start(), name, m.group().decode("utf-8", "replace")))
+            if n >= defaults.CONTENT_MAX_MATCHES:
+                break
+    found: dict[ContentMatch, None] = {}
+    for start, rule, written in sorted(hits, key=lambda h: h[0]):
+        where = wheres[bisect.bisect_right(starts, start) - 1]
+        found.setdefault(ContentMatch(rule, where, mask(written)), None)
     return tuple(found)[: defaults.CONTENT_MAX_MATCHES]
