@@ -206,3 +206,9 @@ def test_config_errors(tmp_path: Path, content: dict[str, Any], key: str, proble
     assert caught.value.file == str(path)
     assert caught.value.key == key
     assert problem in caught.value.problem
+
+
+def test_a_number_written_many_times_counts_once_toward_the_limit() -> None:
+    body = "BSN 111222333. " * (defaults.CONTENT_MAX_MATCHES * 2) + "IBAN NL91ABNA0417164300"
+    out = explained(config(), eml(body))
+    assert [m["rule"] for m in out["selection_matches"]] == ["bsn", "iban"]
