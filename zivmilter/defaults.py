@@ -5,6 +5,8 @@ The config schema (config.py) takes its defaults from here; so do modules that n
 
 from __future__ import annotations
 
+from typing import Literal
+
 # --- files and sockets -------------------------------------------------------------------
 CONFIG_FILE = "/etc/zivmilter/zivmilter.yaml"
 MILTER_SOCKET = "unix:/run/zivmilter/zivmilter.sock"
@@ -89,6 +91,19 @@ ODD_RELOAD_SECONDS = 60.0  # the milter re-reads the lists `odd-refresh` stored 
 LOCAL_CLIENT_ADDRESS = "127.0.0.1"  # a message without a network client counts as from here
 SPF_TIMEOUT = 20.0  # seconds for all DNS lookups of one SPF check (RFC 7208 4.6.4)
 SMTP_REPLY_TEXT_MAX = 400  # characters of a rejection text; libmilter refuses 980 and more
+
+# --- content rules (selection.content: content.py, bodytext.py) --------------------------
+BSN_CONTEXT_WORDS = ("bsn", "burgerservicenummer", "sofinummer", "sofi-nummer")
+CONTENT_CONTEXT_CHARS = 60  # how near (before or after) a context word must be to a BSN
+CONTENT_SCOPE: tuple[Literal["subject", "text", "attachment_names"], ...] = (
+    "subject",
+    "text",
+    "attachment_names",
+)
+CONTENT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # message bytes parsed for text; the rest unread
+CONTENT_MAX_TEXT_BYTES = 2 * 1024 * 1024  # text scanned per message (UTF-8), the first N
+CONTENT_MAX_MATCHES = 20  # matches reported per message
+CONTENT_PATTERN_MAX_MEM = 8 * 1024 * 1024  # RE2 memory per compiled site pattern: a size bound
 
 # --- guest portal (zivmilter/portal) ------------------------------------------------------
 PORTAL_SESSION_SECONDS = 3600  # a verified session (cookie) lasts this long

@@ -32,6 +32,7 @@ _COMMAND_MODULES = (
     "zivmilter.cli.transport",
     "zivmilter.cli.portal",
     "zivmilter.cli.dns",
+    "zivmilter.cli.scan",
 )
 
 
@@ -45,6 +46,7 @@ def _read_message(path: str) -> bytes:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from zivmilter.core.assess import assess
+    from zivmilter.core.bodytext import parts_of_message
     from zivmilter.core.explain import render_json, render_text
     from zivmilter.core.message import addresses, read_headers
 
@@ -62,7 +64,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if sender is None:
         found = addresses(headers, "From")
         sender = found[0] if found else ""
-    result = assess(headers, sender, rcpts, cfg, facts)
+    content = cfg.selection.content
+    parts = parts_of_message(data, content.scope) if content.active else []
+    result = assess(headers, sender, rcpts, cfg, facts, parts)
     verdict = _explain_submission(args, cfg, headers, sender, facts)
     print(render_json(result, verdict) if args.json else render_text(result, verdict))
     return 0

@@ -8,11 +8,12 @@ client address and login, which `explain` takes from its command line.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from zivmilter.core import directives as directive_parser
 from zivmilter.core.config import Config
+from zivmilter.core.content import Part
 from zivmilter.core.directives import Directives
 from zivmilter.core.facts import Facts, with_config
 from zivmilter.core.message import Headers, build_envelope
@@ -29,8 +30,14 @@ class Assessment:
 
 
 def assess(
-    headers: Headers, sender: str, recipients: Iterable[str], cfg: Config, facts: Facts
+    headers: Headers,
+    sender: str,
+    recipients: Iterable[str],
+    cfg: Config,
+    facts: Facts,
+    parts: Sequence[Part] = (),
 ) -> Assessment:
+    """`parts`: the message's text for the content rules (bodytext.py), when they are on."""
     envelope = build_envelope(sender, recipients, headers)
     found = directive_parser.parse(
         headers,
@@ -38,7 +45,7 @@ def assess(
         sms_enabled=cfg.policy.methods.sms,
         access_code_enabled=cfg.policy.methods.access_code,
     )
-    chosen = select(cfg.selection, headers, envelope.sender)
+    chosen = select(cfg.selection, headers, envelope.sender, parts)
     if not chosen.selected:
         return Assessment(envelope, found, pass_through(envelope, found, chosen), chosen)
     # The configuration's IDD and NTA 7516 lists count whatever the facts source (pinned, live).

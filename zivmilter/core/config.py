@@ -22,6 +22,7 @@ import yaml
 
 from zivmilter import defaults
 from zivmilter.core.addresses import normalize_address, normalize_domain
+from zivmilter.core.content import compile_pattern
 from zivmilter.core.levels import Level
 from zivmilter.errors import ConfigError, MessageError
 
@@ -145,6 +146,15 @@ def _languages(values: Mapping[str, str]) -> dict[str, str]:
 
 def _logins(values: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
     return {login: _address_or_domain_list(v) for login, v in values.items()}
+
+
+def _patterns(values: Mapping[str, str]) -> dict[str, str]:
+    for name, source in values.items():
+        try:
+            compile_pattern(source)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    return dict(values)
 
 
 def _check(fn: Callable[[Any], Any], doc: str = "") -> Any:
@@ -320,6 +330,39 @@ class SubmissionConfig(SubmissionRules):
     listeners: dict[str, SubmissionRules] = field(default_factory=dict)
 
 
+ContentScope = Literal["subject", "text", "attachment_names"]
+
+
+@dataclass(frozen=True)
+class ContentConfig:
+    """Content rules (content.py): built-in detectors, the site's own RE2 patterns, and where
+    to look."""
+
+    bsn: bool = False
+    bsn_require_context: bool = False  # only a BSN within reach of one of the words below
+    bsn_context_words: tuple[str, ...] = defaults.BSN_CONTEXT_WORDS
+    iban: bool = False
+    payment_card: bool = False
+    # name -> RE2 pattern, checked at load
+    patterns: dict[str, str] = field(default_factory=dict, metadata=_check(_patterns))
+    scope: tuple[ContentScope, ...] = defaults.CONTENT_SCOPE
+    # compiled once, at load; not a key
+    compiled_patterns: tuple[tuple[str, Any], ...] = field(
+        default=(), init=False, repr=False, compare=False, metadata={"internal": True}
+    )
+
+    def __post_init__(self) -> None:
+        compiled = tuple((name, compile_pattern(src)) for name, src in self.patterns.items())
+        object.__setattr__(self, "compiled_patterns", compiled)
+
+    @property
+    def active(self) -> bool:
+        """Whether any rule is on (else the message's text is not even read)."""
+        return bool(self.bsn or self.iban or self.payment_card or self.patterns) and bool(
+            self.scope
+        )
+
+
 @dataclass(frozen=True)
 class SelectionConfig:
     mode: Literal["all", "rules"] = "all"
@@ -328,6 +371,7 @@ class SelectionConfig:
     senders: tuple[str, ...] = field(default=(), metadata=_check(_address_list))
     sensitivity_labels: tuple[str, ...] = ()
     directive_headers: bool = True
+    content: ContentConfig = ContentConfig()
 
 
 @dataclass(frozen=True)

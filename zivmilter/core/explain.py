@@ -1,7 +1,8 @@
 """`zivmilter explain`: the admin's dry run, as JSON or a readable table.
 
 Rendering only: the decision comes from assess.py and the submission verdict from submission.py,
-exactly as the milter gets them. Secrets (phone numbers, access codes) are never printed.
+exactly as the milter gets them. Secrets (phone numbers, access codes) are never printed, and what
+the content rules found only masked.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 from typing import Any
 
 from zivmilter.core.assess import Assessment
+from zivmilter.core.content import ContentMatch
 from zivmilter.core.policy import Method, RecipientDecision
 from zivmilter.core.submission import SubmissionResult
 
@@ -30,6 +32,14 @@ def recipient_json(d: RecipientDecision) -> dict[str, Any]:
     return out
 
 
+def match_json(m: ContentMatch) -> dict[str, str]:
+    return {"rule": m.rule, "where": m.where, "masked": m.masked}
+
+
+def match_text(m: ContentMatch) -> str:
+    return f"{m.rule} in {m.where}: {m.masked}"
+
+
 def submission_json(submission: SubmissionResult) -> dict[str, Any]:
     return {"accepted": submission.accepted, "reply": submission.reply, "reason": submission.reason}
 
@@ -40,6 +50,7 @@ def to_json(result: Assessment, submission: SubmissionResult | None = None) -> d
         out["submission"] = submission_json(submission)
     out["selected"] = result.selection.selected
     out["selection_reason"] = result.selection.reason
+    out["selection_matches"] = [match_json(m) for m in result.selection.matches]
     out["new_subject"] = result.selection.new_subject
     out["recipients"] = [recipient_json(d) for d in result.decision.recipients]
     out["warnings"] = list(result.decision.warnings)
@@ -62,6 +73,9 @@ def render_text(result: Assessment, submission: SubmissionResult | None = None) 
     lines.append(f"  why: {sel.reason}")
     if sel.new_subject is not None:
         lines.append(f"  new subject: {sel.new_subject}")
+    if sel.matches:
+        lines.append("  content rules found (masked):")
+        lines.extend(f"    {match_text(m)}" for m in sel.matches)
     lines.append("")
     header = ("recipient", "delivery", "method", "level", "rule", "conv")
     rows = [

@@ -12,7 +12,10 @@ Rules (mode `rules`; any one match selects):
   is the safe side);
 - an enabled label of the `msip_labels` header (Microsoft Purview sensitivity labels) whose id
   (GUID) or name is in `selection.sensitivity_labels`, compared case-insensitively;
-- any directive header present (`selection.directive_headers`).
+- any directive header present (`selection.directive_headers`);
+- a content rule (`selection.content`, content.py): a BSN, IBAN, card number or site pattern in
+  the subject, the text parts or an attachment name. In mode `all` the content rules only report:
+  `matches` lists what they found (masked), for explain and the log.
 
 With `selection.remove_trigger`, every trigger word found is cut from the subject in either mode
 (the recipient should not see the sender's marker); `new_subject` then holds the new header
@@ -29,6 +32,7 @@ from email import policy as email_policy
 
 from zivmilter.core.addresses import header_addresses, normalize_address
 from zivmilter.core.config import SelectionConfig
+from zivmilter.core.content import SUBJECT, ContentMatch, Part, scan
 from zivmilter.core.headers import is_directive
 from zivmilter.errors import MessageError
 
@@ -43,8 +47,10 @@ class Selection:
     reason: str
     # The Subject header's new value when a trigger word is removed; None: leave it as it is.
     new_subject: str | None = None
-    # Rules that matched: "mode", "subject", "sender", "label", "directive".
+    # Rules that matched: "mode", "subject", "sender", "label", "directive", "content".
     matched: tuple[str, ...] = ()
+    # What the content rules found, masked (in mode all too, where they only report).
+    matches: tuple[ContentMatch, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +62,14 @@ class Label:
     enabled: bool
 
 
-def select(cfg: SelectionConfig, headers: Headers, sender: str) -> Selection:
-    """Whether the message is secured, why, and the subject without trigger words if asked."""
+def select(
+    cfg: SelectionConfig, headers: Headers, sender: str, parts: Sequence[Part] = ()
+) -> Selection:
+    """Whether the message is secured, why, and the subject without trigger words if asked.
+
+    `parts` is the message's text for the content rules (bodytext.py); the subject is taken from
+    `headers` here.
+    """
     subject_raw = _first(headers, "Subject")
     subject = decode_header_value(subject_raw) if subject_raw is not None else ""
     triggers = [t for t in cfg.subject_triggers if t.strip()]
@@ -65,10 +77,11 @@ def select(cfg: SelectionConfig, headers: Headers, sender: str) -> Selection:
     new_subject = None
     if cfg.remove_trigger and found:
         new_subject = encode_subject(remove_triggers(subject, found))
+    matches = _content_matches(cfg, subject, parts)
 
     if cfg.mode == "all":
         reason = "selection.mode is all: every message is secured"
-        return Selection(True, reason, new_subject, ("mode",))
+        return Selection(True, reason, new_subject, ("mode",), matches)
 
     reasons: list[str] = []
     matched: list[str] = []
@@ -90,9 +103,23 @@ def select(cfg: SelectionConfig, headers: Headers, sender: str) -> Selection:
         if names:
             reasons.append(f"directive header {', '.join(names)} present")
             matched.append("directive")
+    if matches:
+        shown = ", ".join(f"{m.rule} in {m.where} ({m.masked})" for m in matches)
+        reasons.append(f"content rule matched: {shown}")
+        matched.append("content")
     if reasons:
-        return Selection(True, "; ".join(reasons), new_subject, tuple(matched))
+        return Selection(True, "; ".join(reasons), new_subject, tuple(matched), matches)
     return Selection(False, "no selection rule matched (selection.mode is rules)")
+
+
+def _content_matches(
+    cfg: SelectionConfig, subject: str, parts: Sequence[Part]
+) -> tuple[ContentMatch, ...]:
+    content = cfg.content
+    if not content.active:
+        return ()
+    texts = [Part(SUBJECT, subject)] if subject and "subject" in content.scope else []
+    return scan(content, [*texts, *parts])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,10 +21,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 
+from zivmilter import defaults
 from zivmilter.core import submission
 from zivmilter.core.addresses import bare_address, envelope_recipients
 from zivmilter.core.assess import Assessment, assess
+from zivmilter.core.bodytext import parts_of_body
 from zivmilter.core.config import Config
+from zivmilter.core.content import Part
 from zivmilter.core.directives import AccessKind
 from zivmilter.core.facts import Facts
 from zivmilter.core.header_block import header_fields, unfolded
@@ -115,7 +118,10 @@ class Gateway:
             log.warning("submission refused: %s", verdict.reason, extra=_ctx(tx))
             return Plan(reject=verdict.reply, summary=f"refused: {verdict.reply}")
         raw_by_norm, unusable = envelope_recipients(tx.recipients)
-        result = assess(tx.headers, sender, list(raw_by_norm), self.cfg, self.facts)
+        text = _text(tx, self.cfg)
+        result = assess(tx.headers, sender, list(raw_by_norm), self.cfg, self.facts, text)
+        for m in result.selection.matches:  # masked: never the number itself in the log
+            log.info("content rule %s matched in %s: %s", m.rule, m.where, m.masked, extra=_ctx(tx))
         if not result.selection.selected:
             # Not secured: it passes as it is, but never with its directive headers (SPEC 2).
             log.info("not selected: %s", result.selection.reason, extra=_ctx(tx))
@@ -367,6 +373,16 @@ class Gateway:
 
 def _route_field(value: str) -> bytes:
     return f"{ROUTE_HEADER}: {value}\r\n".encode()
+
+
+def _text(tx: Transaction, cfg: Config) -> list[Part]:
+    """The message's text for the content rules, when any is on (bounded: bodytext.py)."""
+    content = cfg.selection.content
+    if not content.active:
+        return []
+    tx.message.seek(0)
+    data = tx.message.read(tx.body_offset + defaults.CONTENT_MAX_MESSAGE_BYTES)
+    return parts_of_body(tx.headers, data, tx.body_offset, content.scope)
 
 
 def _ctx(tx: Transaction) -> dict[str, str]:
