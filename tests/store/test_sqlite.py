@@ -9,9 +9,10 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,12 +33,21 @@ from tests.store.common import (
     store_files,
     stored_blobs,
 )
+from tests.store.conftest import BACKENDS
 from zivmilter import crypto, defaults, store
 from zivmilter.core.facts import Contact
 from zivmilter.errors import StoreError
 from zivmilter.store import NewRecipient, SqliteStore
 from zivmilter.store.sqlite.connection import _Pending
 from zivmilter.store.sqlite.contents import insert_blob
+
+
+@pytest.fixture(params=["sqlite-files", "sqlite-inline"])
+def st(request: pytest.FixtureRequest, tmp_path: Path, kek: bytes, clock: Clock) -> Iterator[Any]:
+    """conftest's `st`, on the SQLite backends only: these tests look at SQLite's own files."""
+    s = BACKENDS[request.param](tmp_path, kek, clock)
+    yield s
+    s.close()
 
 
 @pytest.mark.parametrize("kind", ["bytes", "file", "path"])
