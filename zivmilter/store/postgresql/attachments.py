@@ -78,7 +78,7 @@ class AttachmentsMixin(MessagesMixin):
         with self._read() as cur:
             row = cur.execute(
                 f"SELECT {', '.join(MESSAGE_FIELDS)}, a.id, a.filename, a.content_type,"
-                " b.size, a.created_at, a.wrapped_key, b.deleted_at"
+                " b.size, a.created_at, COALESCE(a.wrapped_key, k.wrapped_key), b.deleted_at"
                 " FROM attachments a"
                 " JOIN messages m ON m.id = a.message_id JOIN blobs b ON b.id = a.blob_id"
                 + KEY_JOIN
@@ -102,10 +102,12 @@ class AttachmentsMixin(MessagesMixin):
     def open_attachment(self, attachment_id: str) -> BinaryIO | None:
         """The attachment's bytes, decrypted as read; it does not expire with its message."""
         with self._read() as cur:
-            # Every attachment here has a key of its own (SQLite's pre-schema-6 ones, sealed
-            # under their message's key, are given theirs by `zivmilter store copy`).
+            # An attachment without a key of its own (stored by SQLite before its schema 6, then
+            # copied here by `zivmilter store copy`) is sealed under its message's key, and ends
+            # with it: a copy of that key would keep the revoked message's content readable.
             row = cur.execute(
-                "SELECT blob_id, wrapped_key FROM attachments WHERE id = %s",
+                "SELECT a.blob_id, COALESCE(a.wrapped_key, k.wrapped_key) FROM attachments a"
+                " LEFT JOIN message_keys k ON k.message_id = a.message_id WHERE a.id = %s",
                 (attachment_id,),
             ).fetchone()
         if row is None or row[1] is None:
