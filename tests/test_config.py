@@ -231,3 +231,48 @@ def test_own_mail_from_must_be_an_address_at_an_organization_domain(
     text = f"organization:\n  domains: [hospital.example]\n  mail_from: {value}\n"
     with pytest.raises(ConfigError, match=r"zivmilter\.yaml: organization\.mail_from: " + problem):
         config.load(write(tmp_path, text))
+
+_ORG = "organization: {domains: [a.example]}\n"
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        ("{backend: mysql}", "store.backend: 'mysql' is not one of sqlite, postgresql"),
+        ("{backend: postgresql}", "store.dsn: required with backend postgresql"),
+        ("{dsn: 'host=db'}", "store.dsn: only for backend postgresql"),
+        (
+            "{backend: postgresql, dsn: 'host=db user=z password=hunter2'}",
+            "store.dsn: the DSN holds a password",
+        ),
+        (
+            "{backend: postgresql, dsn: 'postgresql://z:hunter2@db/zivmilter'}",
+            "store.dsn: the DSN holds a password",
+        ),
+        (
+            "{backend: postgresql, dsn: 'postgresql://z@db/zivmilter?password=hunter2'}",
+            "store.dsn: the DSN holds a password",
+        ),
+        ("{backend: postgresql, dsn: 'host=db', pool_size: 0}", "store.pool_size: 0 must be"),
+    ],
+)
+def test_store_backend_errors_name_the_key(tmp_path: Path, store: str, message: str) -> None:
+    path = write(tmp_path, _ORG + f"store: {store}\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert str(info.value).startswith(path + ": ")
+    assert message in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_store_postgresql(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        _ORG + "store:\n  backend: postgresql\n  dsn: 'postgresql://zivmilter@db.example/zivmilter'"
+        "\n  password_file: pgpass\n",
+    )
+    cfg = config.load(path)
+    assert cfg.store.backend == "postgresql"
+    assert cfg.store.dsn == "postgresql://zivmilter@db.example/zivmilter"
+    assert cfg.store.password_file == str(tmp_path / "pgpass")
+    assert cfg.store.pool_size == 10

@@ -73,6 +73,7 @@ STORE_CHECKPOINT_WAIT = 1.0
 # Encrypted contents up to this size live in the database row (one fsync at commit, shared by
 # concurrent saves); larger ones get a blob file of their own under blobs/.
 STORE_INLINE_MAX = 256 * 1024
+STORE_POOL_SIZE = 10  # PostgreSQL connections per process (store.pool_size)
 
 # --- transport prober: live side, cache and ODD lists (zivmilter/transport) -------------
 TRANSPORT_DB_FILE = "transport.sqlite3"  # in store.path: probe cache and ODD list copies

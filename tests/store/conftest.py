@@ -1,12 +1,17 @@
-"""The store fixtures. `st` runs each contract test against every backend: a new backend
-(PostgreSQL) is one entry in BACKENDS and one factory. SQLite's own tests (test_sqlite.py) take
-the SQLite variants only."""
+"""The store fixtures. `st` runs each contract test against every backend: a backend is one
+entry in BACKENDS and one factory. SQLite's own tests (test_sqlite.py) take the SQLite variants
+only (`sqlite_st`).
+
+The PostgreSQL entries start a private cluster (tests/harness/postgres.py: initdb and pg_ctl as
+the postgres user), so they are integration tests: `pytest --fast` deselects them, and they run
+inside scripts/sandbox, where the cluster's port is private."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,9 +19,20 @@ from tests.store.common import Clock
 from zivmilter import defaults
 from zivmilter.store import SqliteStore, Store
 
+INTEGRATION = {"postgresql", "postgresql-chunks"}
+
 
 def _sqlite(path: Path, kek: bytes, clock: Clock, inline_max: int) -> SqliteStore:
     return SqliteStore.open(str(path / "store"), kek, now=clock, inline_max=inline_max)
+
+
+def _postgresql(path: Path, kek: bytes, clock: Clock, inline_max: int) -> Store:
+    from tests.harness.postgres import shared_cluster
+    from zivmilter.store.postgresql import PostgresStore
+
+    # One database per test (per tmp_path): every handle a test opens reaches the same one.
+    dsn = shared_cluster().database_for(path)
+    return PostgresStore.open(dsn, kek, now=clock, inline_max=inline_max, pool_size=12)
 
 
 # SQLite with the variants it must pass in: contents kept in its rows (the default for mail up
@@ -27,8 +43,32 @@ SQLITE: dict[str, Callable[[Path, bytes, Clock], SqliteStore]] = {
 }
 
 # Every backend the contract suite runs against. A factory opens one more store object on the
-# same database each time it is called (as another process would).
-BACKENDS: dict[str, Callable[[Path, bytes, Clock], Store]] = {**SQLITE}
+# same database each time it is called (as another process would). PostgreSQL keeps contents in
+# their rows or in `blob_chunks`.
+BACKENDS: dict[str, Callable[[Path, bytes, Clock], Store]] = {
+    **SQLITE,
+    "postgresql": lambda p, k, c: _postgresql(p, k, c, defaults.STORE_INLINE_MAX),
+    "postgresql-chunks": lambda p, k, c: _postgresql(p, k, c, 0),
+}
+
+
+def backend_params() -> list[Any]:
+    """BACKENDS as pytest parameters, the PostgreSQL ones marked integration."""
+    return [
+        pytest.param(name, marks=pytest.mark.integration) if name in INTEGRATION else name
+        for name in sorted(BACKENDS)
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _drop_databases() -> Iterator[None]:
+    """Drop the PostgreSQL databases a test used (the cluster itself lives for the session)."""
+    yield
+    from tests.harness import postgres
+
+    cluster = postgres.started()
+    if cluster is not None:
+        cluster.drop_all()
 
 
 @pytest.fixture
@@ -41,7 +81,7 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=backend_params())
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.store.common import Clock
-from tests.store.conftest import BACKENDS
+from tests.store.conftest import BACKENDS, backend_params
 from zivmilter import defaults
 from zivmilter.portal import verify
 from zivmilter.store import NewMessage, NewRecipient, Store
@@ -40,7 +40,7 @@ class Backend:
         return BACKENDS[self.kind](self.tmp, self.kek, self.clock)
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=backend_params())
 def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Backend:
     return Backend(request.param, tmp_path, clock)
 

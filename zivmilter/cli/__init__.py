@@ -33,6 +33,7 @@ _COMMAND_MODULES = (
     "zivmilter.cli.portal",
     "zivmilter.cli.dns",
     "zivmilter.cli.scan",
+    "zivmilter.cli.store",
 )
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import ipaddress
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ from zivmilter.core.addresses import normalize_address, normalize_domain
 from zivmilter.core.content import compile_pattern
 from zivmilter.core.levels import Level
 from zivmilter.errors import ConfigError, MessageError
+
+_re_password = re.compile(r"(?:^|\s)password\s*=")
 
 # ---------------------------------------------------------------------------------------------
 # Value checks, attached to fields as metadata["check"]; they raise ValueError with the problem.
@@ -156,6 +159,28 @@ def _patterns(values: Mapping[str, str]) -> dict[str, str]:
             raise ValueError(f"{name}: {exc}") from None
     return dict(values)
 
+def _dsn(value: str) -> str:
+    """A libpq connection string or URI, which must not carry a password: that belongs in a
+    password file (PGPASSFILE, ~/.pgpass or store.password_file), not in the configuration."""
+    text = value.strip()
+    if not text:
+        raise ValueError("empty: give a libpq connection string or postgresql:// URI")
+    if text.startswith(("postgresql://", "postgres://")):
+        rest = text.split("://", 1)[1]
+        userinfo = rest.split("@", 1)[0] if "@" in rest.split("/", 1)[0] else ""
+        query = rest.split("?", 1)[1] if "?" in rest else ""
+        if ":" in userinfo or any(p.split("=", 1)[0] == "password" for p in query.split("&")):
+            raise ValueError(_NO_PASSWORD)
+    elif _re_password.search(text):
+        raise ValueError(_NO_PASSWORD)
+    return text
+
+
+_NO_PASSWORD = (
+    "the DSN holds a password: remove it and put it in a password file"
+    " (PGPASSFILE, ~/.pgpass or store.password_file)"
+)
+
 
 def _check(fn: Callable[[Any], Any], doc: str = "") -> Any:
     return {"check": fn, "doc": doc}
@@ -249,9 +274,20 @@ class MilterConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    backend: Literal["sqlite"] = "sqlite"
-    path: str = field(default=defaults.STORE_PATH, metadata={"path": True})
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    path: str = field(default=defaults.STORE_PATH, metadata={"path": True})  # sqlite
     key_file: str = field(default=defaults.STORE_KEY_FILE, metadata={"path": True})
+    # postgresql: a libpq connection string or URI without a password; the password comes
+    # from password_file (a libpq passfile) or else PGPASSFILE / ~/.pgpass
+    dsn: str = field(default="", metadata=_check(_dsn))
+    password_file: str | None = field(default=None, metadata={"path": True})
+    pool_size: int = field(default=defaults.STORE_POOL_SIZE, metadata=_check(_positive))
+
+    def __post_init__(self) -> None:
+        if self.backend == "postgresql" and not self.dsn:
+            raise _FieldProblem("dsn", "required with backend postgresql")
+        if self.backend == "sqlite" and self.dsn:
+            raise _FieldProblem("dsn", "only for backend postgresql (backend is sqlite)")
 
 
 @dataclass(frozen=True)
@@ -402,6 +438,15 @@ class Config:
 # The walker.
 
 
+class _FieldProblem(ValueError):
+    """A problem a dataclass finds across its fields (__post_init__), naming the field."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(problem)
+        self.name = name
+        self.problem = problem
+
+
 class _Invalid(Exception):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(problem)
@@ -505,7 +550,10 @@ def _build(cls: type[Any], data: Any, prefix: str, base_dir: str | None) -> Any:
             except (ValueError, MessageError) as exc:
                 raise _Invalid(key, str(exc)) from None
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except _FieldProblem as exc:
+        raise _Invalid(f"{prefix}.{exc.name}" if prefix else exc.name, exc.problem) from None
 
 
 def from_mapping(data: Any, source: str = "<memory>", base_dir: str | None = None) -> Config:

@@ -4,7 +4,9 @@
   their union (callers take the narrowest one they use);
 - sealing.py: the key hierarchy and every encryption context (the only caller of crypto's
   seal/unseal/wrap in the store); blobs.py: encrypted contents, and the blob files;
-- sqlite/: the backend (connection and group commit, schema, one module of SQL per aggregate).
+- sqlite/: the single-machine backend (connection and group commit, schema, one module of SQL
+  per aggregate); postgresql/: the backend for several nodes on one PostgreSQL (the same shape,
+  its own SQL, contents in the database; needs the `postgresql` extra).
 
 Every command opens the store with `open_store(config)`.
 """
@@ -56,9 +58,22 @@ def open_store(cfg: Config) -> Store:
     command (milter, portal, maintenance, accounts, idd) opens it.
 
     KeyFileError when the key is missing or readable by others; StoreError when the folder
-    cannot be created or the store opened. The one place that picks the backend (SQLite today:
-    a PostgreSQL store would be chosen here from the configuration)."""
+    cannot be created or the store opened (PostgreSQL: unreachable, or its schema older than
+    this zivmilter). The one place that picks the backend."""
     kek = crypto.load_kek(cfg.store.key_file)
+    if cfg.store.backend == "postgresql":
+        try:
+            from zivmilter.store.postgresql import PostgresStore
+        except ImportError as exc:
+            raise StoreError(
+                f"store.backend postgresql needs psycopg ({exc}): install zivmilter[postgresql]"
+            ) from None
+        return PostgresStore.open(
+            cfg.store.dsn,
+            kek,
+            passfile=cfg.store.password_file,
+            pool_size=cfg.store.pool_size,
+        )
     try:
         os.makedirs(cfg.store.path, mode=0o700, exist_ok=True)
     except OSError as exc:

@@ -1,0 +1,154 @@
+"""What is PostgreSQL's own: the schema upgraded by `zivmilter store migrate` only (an older one
+refused at start), revocation's deleted keys leaving the table's file, and `zivmilter store
+copy` from SQLite to PostgreSQL and back. A private cluster (tests/harness/postgres.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.harness.postgres import Cluster, shared_cluster
+from tests.store.common import new_message, raw_message
+from zivmilter import crypto
+from zivmilter.cli import main
+from zivmilter.core import config
+from zivmilter.errors import StoreError
+from zivmilter.store import open_store
+from zivmilter.store.postgresql import PostgresStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cluster() -> Cluster:
+    return shared_cluster()
+
+
+def write_config(tmp: Path, name: str, store: str) -> str:
+    path = tmp / f"{name}.yaml"
+    path.write_text(
+        f"organization: {{domains: [hospital.example]}}\nstore:\n  key_file: {tmp / 'store.key'}\n"
+        + store
+    )
+    return str(path)
+
+
+def pg_config(tmp: Path, name: str, dsn: str) -> str:
+    return write_config(
+        tmp,
+        name,
+        f"  backend: postgresql\n  dsn: '{dsn}'\n  password_file: {os.environ['PGPASSFILE']}\n",
+    )
+
+
+def test_an_unmigrated_database_is_refused_until_store_migrate(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    crypto.keygen(str(tmp_path / "store.key"))
+    cfg_path = pg_config(tmp_path, "pg", cluster.dsn(cluster.empty_database()))
+    cfg = config.load(cfg_path)
+    with pytest.raises(StoreError, match=r"no zivmilter schema yet: run `zivmilter store migrate"):
+        open_store(cfg)
+    assert main(["store", "migrate", "--config", cfg_path]) == 0
+    assert "schema version 0 -> 1" in capsys.readouterr().out
+    assert main(["store", "migrate", "--config", cfg_path]) == 0  # again: nothing to do
+    assert "up to date" in capsys.readouterr().out
+    with contextlib.closing(open_store(cfg)) as st:
+        assert st.open_content(st.save_message(new_message()).id) is not None
+
+
+def test_an_older_schema_is_refused_at_start_naming_the_command(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zivmilter one schema version ahead of the database (as after an upgrade of the code)."""
+    from zivmilter.store.postgresql import schema
+
+    dsn = cluster.database_for(tmp_path)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", schema.SCHEMA_VERSION + 1)
+    with pytest.raises(StoreError) as info:
+        PostgresStore.open(dsn, os.urandom(32))
+    assert "older than this zivmilter" in str(info.value)
+    assert "zivmilter store migrate --config FILE" in str(info.value)
+
+
+def _key_table_file(cluster: Cluster, database: str) -> bytes:
+    cluster.psql("CHECKPOINT", database)
+    rel = cluster.psql("SELECT pg_relation_filepath('message_keys')", database).strip()
+    return (cluster.data / rel).read_bytes()
+
+
+def test_a_revoked_key_leaves_the_key_tables_file_at_maintenance(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """README "Several nodes": revoking deletes the wrapped key at once (no node can read the
+    message); the deleted row lives on in its page until maintenance rewrites the key table;
+    after that, the table's file no longer holds the key."""
+    dsn = cluster.database_for(tmp_path)
+    database = dsn.split("dbname=")[1].split()[0]
+    st = PostgresStore.open(dsn, os.urandom(32))
+    try:
+        saved = st.save_message(new_message())
+        keep = st.save_message(new_message())
+        hexkey = cluster.psql(
+            f"SELECT encode(wrapped_key, 'hex') FROM message_keys WHERE message_id = '{saved.id}'",
+            database,
+        ).strip()
+        wrapped = bytes.fromhex(hexkey)
+        assert wrapped in _key_table_file(cluster, database)
+        assert st.revoke(saved.id, "test")
+        assert st.open_content(saved.id) is None
+        assert cluster.psql("SELECT count(*) FROM message_keys", database).strip() == "1"
+        assert wrapped in _key_table_file(cluster, database)  # a dead tuple, still in its page
+        st.purge_expired()  # maintenance: rewrites the key table
+        assert wrapped not in _key_table_file(cluster, database)
+        content = st.open_content(keep.id)
+        assert content is not None and content.read() == raw_message()
+    finally:
+        st.close()
+
+
+def test_store_copy_sqlite_to_postgresql_and_back(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    crypto.keygen(str(tmp_path / "store.key"))
+    first = write_config(tmp_path, "first", f"  path: {tmp_path / 'first'}\n")
+    pg = pg_config(tmp_path, "pg", cluster.database_for(tmp_path))
+    back = write_config(tmp_path, "back", f"  path: {tmp_path / 'back'}\n")
+    big = raw_message("BIG", extra=os.urandom(600_000))  # a blob file in SQLite
+    with contextlib.closing(open_store(config.load(first))) as st:
+        small = st.save_message(new_message())
+        large = st.save_message(new_message(big))
+        revoked = st.save_message(new_message())
+        st.revoke(revoked.id, "test")
+        (rec, *_) = st.recipients(small.id)
+        reply = st.save_reply(rec.id, b"Subject: Re\r\n\r\nthanks\r\n")
+        kept = st.save_attachment(large.id, "scan.pdf", "application/pdf", os.urandom(400_000))
+        st.add_account(
+            "bob@example.net", "recipient", password_hash="$argon2id$x", totp_secret=b"K"
+        )
+        st.remember_contact("carol@example.com", sms="+31612345678")
+    assert main(["store", "copy", "--from", first, "--to", pg]) == 0
+    out = capsys.readouterr().out
+    assert "copied sqlite -> postgresql: messages 3," in out and "checked: 5 " in out
+    assert main(["store", "copy", "--from", pg, "--to", back]) == 0
+    assert "copied postgresql -> sqlite: messages 3," in capsys.readouterr().out
+    for cfg in (pg, back):
+        with contextlib.closing(open_store(config.load(cfg))) as st:
+            content = st.open_content(large.id)
+            assert content is not None and content.read() == big
+            assert st.open_content(revoked.id) is None
+            rep = st.open_reply(reply)
+            assert rep is not None and rep.read() == b"Subject: Re\r\n\r\nthanks\r\n"
+            assert st.open_attachment(kept.id) is not None
+            assert st.find_recipient_by_token(small.tokens["bob@example.net"]) is not None
+            assert st.totp_secret("bob@example.net") == b"K"
+            contact = st.contact("carol@example.com")
+            assert contact is not None and contact.sms == "+31612345678"
+            new = st.save_message(new_message())  # ids continue after the copied ones
+            assert len(st.recipients(new.id)) == 4
+    # Into a store that is not empty: refused, nothing written.
+    assert main(["store", "copy", "--from", first, "--to", pg]) == 2
+    assert "not empty" in capsys.readouterr().err

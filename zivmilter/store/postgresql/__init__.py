@@ -1,0 +1,78 @@
+"""The PostgreSQL backend, for several gateway nodes on one database (README "Several nodes").
+
+Metadata and every content in PostgreSQL: contents up to `inline_max` bytes in their `blobs` row,
+larger ones in `blob_chunks` (blobs.py: the `BlobStore` of this backend), so a node needs no
+shared filesystem. `PostgresStore` is composed like `SqliteStore`: one mixin per aggregate
+(messages.py, links.py, attachments.py, replies.py, accounts.py, contacts.py, audit.py), each with
+its own SQL in PostgreSQL's dialect, over `PgBase` (connection.py: the pool and transactions).
+The sealing (store/sealing.py) is shared with SQLite: the same key file opens both.
+
+Each check-then-act is one transaction that locks what it decides on; the methods say how.
+The schema is migrated by `zivmilter store migrate` (schema.py), never at start: a database
+whose schema is older than this zivmilter is refused with a message naming that command.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from zivmilter import defaults
+from zivmilter.errors import StoreError
+from zivmilter.store.postgresql.accounts import AccountsMixin
+from zivmilter.store.postgresql.attachments import AttachmentsMixin
+from zivmilter.store.postgresql.audit import AuditMixin
+from zivmilter.store.postgresql.blobs import PgBlobStore
+from zivmilter.store.postgresql.connection import describe, open_pool
+from zivmilter.store.postgresql.contacts import ContactsMixin, IddMixin
+from zivmilter.store.postgresql.links import LinksMixin
+from zivmilter.store.postgresql.replies import RepliesMixin
+from zivmilter.store.postgresql.schema import SCHEMA_VERSION, check_version, migrate_database
+from zivmilter.store.sealing import Sealing
+
+
+class PostgresStore(
+    LinksMixin,
+    AttachmentsMixin,
+    RepliesMixin,
+    AccountsMixin,
+    ContactsMixin,
+    IddMixin,
+    AuditMixin,
+):
+    """The PostgreSQL store. Create with `PostgresStore.open(dsn, kek)`."""
+
+    @classmethod
+    def open(
+        cls,
+        dsn: str,
+        kek: bytes,
+        *,
+        passfile: str | None = None,
+        pool_size: int = defaults.STORE_POOL_SIZE,
+        now: Callable[[], float] = time.time,
+        inline_max: int = defaults.STORE_INLINE_MAX,
+    ) -> PostgresStore:
+        """Open the store in the database `dsn` (a libpq connection string or URI, without a
+        password: libpq reads it from `passfile`, PGPASSFILE or ~/.pgpass); `kek` from
+        `crypto.load_kek`. StoreError when the database is unreachable or its schema is not
+        this zivmilter's (`zivmilter store migrate` upgrades it)."""
+        sealing = Sealing.from_bytes(kek)
+        pool = open_pool(dsn, passfile, pool_size)
+        try:
+            with pool.connection() as conn, conn.cursor() as cur:
+                check_version(cur, dsn)
+            store = cls(dsn, passfile, sealing, pool, PgBlobStore(pool, now), now, inline_max)
+            store._check_kek()
+        except psycopg.Error as exc:
+            pool.close()
+            raise StoreError(f"PostgreSQL {describe(dsn)}: {exc}") from None
+        except BaseException:
+            pool.close()
+            raise
+        return store
+
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "migrate_database"]

@@ -1,0 +1,160 @@
+"""The PostgreSQL connections: a pool shared by the threads of one process, transactions, and what
+every aggregate's SQL shares (`PgBase`: the pool, the clock, the sealing keys, the blob store).
+
+Thread safety: each transaction takes a connection of its own from the pool (psycopg_pool), so
+the milter's threads write in parallel; PostgreSQL itself groups the commits that arrive while a
+WAL flush is on its way (what SQLite's group commit does by hand in sqlite/connection.py).
+
+Isolation: READ COMMITTED, PostgreSQL's default. A check-then-act therefore never relies on a
+plain read: each method that decides on what it read locks the rows it decides on (`SELECT ...
+FOR UPDATE`, or a conditional UPDATE whose row count decides: an UPDATE waits for a concurrent
+writer of the row and re-checks its WHERE on the new version). Each such method says which in
+its docstring. Durability: synchronous_commit as the server sets it (on: see README "Several
+nodes"); only an open's audit record commits without waiting for its flush (mark_opened).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from zivmilter.errors import StoreError
+from zivmilter.store.blobs import BlobStore
+from zivmilter.store.sealing import Sealing
+
+Cursor = psycopg.Cursor[Any]
+
+
+def connection_kwargs(passfile: str | None) -> dict[str, Any]:
+    """libpq options besides the DSN: the password file when the configuration names one (else
+    libpq reads PGPASSFILE or ~/.pgpass itself)."""
+    kwargs: dict[str, Any] = {"application_name": "zivmilter"}
+    if passfile:
+        kwargs["passfile"] = passfile
+    return kwargs
+
+
+def connect(
+    dsn: str, passfile: str | None = None, *, autocommit: bool = False
+) -> psycopg.Connection[Any]:
+    """One connection outside the pool (migrations, maintenance's locks, `store copy`)."""
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit, **connection_kwargs(passfile))
+    except psycopg.Error as exc:
+        raise StoreError(f"PostgreSQL {describe(dsn)}: cannot connect: {exc}") from None
+
+
+def open_pool(dsn: str, passfile: str | None, size: int) -> ConnectionPool:
+    pool = ConnectionPool(
+        dsn,
+        kwargs=connection_kwargs(passfile),
+        min_size=1,
+        max_size=size,
+        open=False,
+        name="zivmilter-store",
+        timeout=30.0,
+    )
+    try:
+        pool.open(wait=True, timeout=30.0)
+    except (PoolTimeout, psycopg.Error) as exc:
+        pool.close()
+        raise StoreError(f"PostgreSQL {describe(dsn)}: cannot connect: {exc}") from None
+    return pool
+
+
+def describe(dsn: str) -> str:
+    """A DSN for messages: host, port and database, never anything else it may hold."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "(unparsable DSN)"
+    host = parts.get("host", "(default host)")
+    port = parts.get("port", "5432")
+    return f"{host}:{port}/{parts.get('dbname', '(default database)')}"
+
+
+class PgBase:
+    """The pool, the clock, the keys and the blob store; see the module docstring."""
+
+    def __init__(
+        self,
+        dsn: str,
+        passfile: str | None,
+        sealing: Sealing,
+        pool: ConnectionPool,
+        blobs: BlobStore,
+        now: Callable[[], float],
+        inline_max: int,
+    ) -> None:
+        self._dsn = dsn
+        self._passfile = passfile
+        self._sealing = sealing
+        self._pool = pool
+        self._blobs = blobs
+        self._now = now
+        self._inline_max = inline_max
+
+    def close(self) -> None:
+        self._pool.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Cursor]:
+        """One transaction on a pooled connection: committed when the block ends, rolled back
+        when it raises. Database faults become StoreError."""
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                yield cur
+        except psycopg.Error as exc:
+            raise StoreError(f"store database: {exc}") from exc
+        except PoolTimeout as exc:
+            raise StoreError(f"store database: no connection free: {exc}") from exc
+
+    # Reads are transactions too (one statement each, or a consistent few).
+    _read = _transaction
+
+
+def audit(
+    cur: Cursor,
+    at: int,
+    message_id: str | None,
+    recipient: str | None,
+    event: str,
+    detail: str,
+) -> None:
+    """Append to the audit log inside the caller's transaction."""
+    cur.execute(
+        "INSERT INTO audit (at, message_id, recipient, event, detail) VALUES (%s, %s, %s, %s, %s)",
+        (at, message_id, recipient, event, detail),
+    )
+
+
+def recipient_ref(cur: Cursor, recipient_id: int, *, lock: bool = False) -> Any:
+    """(message id, address) of a recipient row, for its audit events; None when it is gone.
+    With `lock`, the row stays locked (FOR UPDATE) until the transaction ends."""
+    cur.execute(
+        "SELECT message_id, address FROM recipients WHERE id = %s"
+        + (" FOR UPDATE" if lock else ""),
+        (recipient_id,),
+    )
+    return cur.fetchone()
+
+
+def ts(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return int(value.timestamp())
+
+
+def dt(value: Any) -> datetime:
+    return datetime.fromtimestamp(int(value), UTC)
+
+
+def dt_or_none(value: Any) -> datetime | None:
+    return None if value is None else dt(value)

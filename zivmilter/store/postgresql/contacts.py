@@ -1,0 +1,91 @@
+"""SQL of the organization's contact book (SPEC 8) and of the admins' IDD domain list
+(PostgreSQL)."""
+
+from __future__ import annotations
+
+from zivmilter.core.addresses import normalize_address
+from zivmilter.core.facts import Contact
+from zivmilter.store.postgresql.connection import PgBase, audit, dt_or_none
+from zivmilter.store.records import ContactEntry, address_key
+
+
+class ContactsMixin(PgBase):
+    def contact(self, address: str) -> Contact | None:
+        key = address_key(address)
+        if key is None:
+            return None
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT sms, access_code_hash FROM contacts WHERE address = %s", (key,)
+            ).fetchone()
+        if row is None:
+            return None
+        sms = None if row[0] is None else self._sealing.unseal_contact_sms(key, bytes(row[0]))
+        return Contact(sms=sms, access_code=row[1] is not None)
+
+    def remember_contact(
+        self, address: str, sms: str | None = None, access_code_hash: str | None = None
+    ) -> None:
+        """Remember an SMS number or access code (hash) the recipient used successfully."""
+        key = normalize_address(address)
+        sealed = None if sms is None else self._sealing.seal_contact_sms(key, sms)
+        now = int(self._now())
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO contacts AS c (address, sms, access_code_hash, used_at)"
+                " VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (address) DO UPDATE SET sms = COALESCE(excluded.sms, c.sms),"
+                " access_code_hash = COALESCE(excluded.access_code_hash, c.access_code_hash),"
+                " used_at = excluded.used_at",
+                (key, sealed, access_code_hash, now),
+            )
+            audit(cur, now, None, key, "contact-remembered", "sms" if sms else "access-code")
+
+    def contacts(self) -> list[ContactEntry]:
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT address, sms, access_code_hash IS NOT NULL, used_at FROM contacts"
+                " ORDER BY address"
+            ).fetchall()
+        return [
+            ContactEntry(
+                str(r[0]),
+                None if r[1] is None else self._sealing.unseal_contact_sms(str(r[0]), bytes(r[1])),
+                bool(r[2]),
+                dt_or_none(r[3]),
+            )
+            for r in rows
+        ]
+
+    def forget_contact(self, address: str) -> bool:
+        key = normalize_address(address)
+        with self._transaction() as cur:
+            n = cur.execute("DELETE FROM contacts WHERE address = %s", (key,)).rowcount
+            if n:
+                audit(cur, int(self._now()), None, key, "contact-forgotten", "")
+        return bool(n)
+
+
+class IddMixin(PgBase):
+    def idd_domains(self) -> list[str]:
+        """Domains an admin listed as having inbound direct delivery (besides idd.domains)."""
+        with self._read() as cur:
+            rows = cur.execute("SELECT domain FROM idd_domains ORDER BY domain").fetchall()
+        return [str(r[0]) for r in rows]
+
+    def set_idd_domain(self, domain: str, enabled: bool) -> bool:
+        """Add (enabled) or remove a domain; False when nothing changed."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            if enabled:
+                cur.execute(
+                    "INSERT INTO idd_domains (domain, added_at) VALUES (%s, %s)"
+                    " ON CONFLICT (domain) DO NOTHING",
+                    (domain, now),
+                )
+            else:
+                cur.execute("DELETE FROM idd_domains WHERE domain = %s", (domain,))
+            changed = cur.rowcount > 0
+            if changed:
+                audit(cur, now, None, None, "idd-added" if enabled else "idd-removed", domain)
+        return changed

@@ -1,0 +1,241 @@
+"""SQL of a link's portal state (PostgreSQL): its revocation, verification attempts and one-time
+codes.
+
+Decisions (lockout length, rate limits) are the portal's, passed in; each method here reads and
+writes in one transaction and locks what it decides on (each says how), so a check-then-act
+holds when the portals of several nodes share the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from zivmilter.core.addresses import normalize_address
+from zivmilter.store.postgresql.connection import audit, dt, dt_or_none, recipient_ref, ts
+from zivmilter.store.postgresql.messages import MessagesMixin
+from zivmilter.store.records import Attempt, LinkState, OtpState
+
+
+class LinksMixin(MessagesMixin):
+    def link_state(self, recipient_id: int) -> LinkState | None:
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT revoked_at, failed_streak, otp_sent_at, otp_sends FROM recipients"
+                " WHERE id = %s",
+                (recipient_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return LinkState(dt_or_none(row[0]), int(row[1]), dt_or_none(row[2]), int(row[3]))
+
+    def revoke_recipient(self, message_id: str, address: str, reason: str = "") -> bool:
+        """Revoke one notification recipient's link; the last one revokes the whole message
+        (its data key destroyed). False when there is no such live link.
+
+        Locking: the message row FOR UPDATE first, so revocations of links of one message run
+        one after the other: two nodes revoking the last two links at once cannot each see the
+        other's link still live, and the last one revokes the message in the same transaction.
+        """
+        key = normalize_address(address)
+        now = int(self._now())
+        with self._transaction() as cur:
+            cur.execute("SELECT 1 FROM messages WHERE id = %s FOR UPDATE", (message_id,))
+            done = cur.execute(
+                "UPDATE recipients SET revoked_at = %s, otp_secret = NULL WHERE message_id = %s"
+                " AND address = %s AND delivery = 'notification' AND revoked_at IS NULL",
+                (now, message_id, key),
+            ).rowcount
+            if not done:
+                return False
+            audit(cur, now, message_id, key, "revoked", reason)
+            row = cur.execute(
+                "SELECT COUNT(*) FROM recipients WHERE message_id = %s"
+                " AND delivery = 'notification' AND revoked_at IS NULL",
+                (message_id,),
+            ).fetchone()
+            paths: list[str] | None = None
+            if row is not None and not row[0]:
+                paths = self._revoke_in(cur, message_id, reason or "every link revoked", now)
+        for p in paths or ():
+            self._remove_blob(p)
+        return True
+
+    def claim_attempt(
+        self, recipient_id: int, lockout: Callable[[int, int], float | None], detail: str = ""
+    ) -> Attempt:
+        """Claim one answer before comparing it: refused while the link is locked (audited as
+        `verify-while-locked`), otherwise counted as a wrong answer at once, in the same
+        transaction; `lockout(streak, lockouts)` says for how many seconds the link locks when
+        this answer reaches the limit (None: not yet). Settle it with `settle_attempt`.
+
+        Locking: the recipient row FOR UPDATE: claims on one link, from any portal node, are
+        counted one after the other, so the limit holds however many arrive at once."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT message_id, address, failed_streak, lockouts, locked_until"
+                " FROM recipients WHERE id = %s FOR UPDATE",
+                (recipient_id,),
+            ).fetchone()
+            if row is None:
+                return Attempt(recipient_id, False, None)
+            message_id, address = str(row[0]), str(row[1])
+            streak, lockouts, locked = int(row[2]) + 1, int(row[3]), row[4]
+            if locked is not None and now < int(locked):
+                audit(cur, now, message_id, address, "verify-while-locked", detail)
+                return Attempt(recipient_id, False, dt(locked))
+            seconds = lockout(streak, lockouts)
+            until = None if seconds is None else now + int(seconds)
+            cur.execute(
+                "UPDATE recipients SET failed_attempts = failed_attempts + 1, failed_streak = %s,"
+                " lockouts = %s, locked_until = COALESCE(%s, locked_until) WHERE id = %s",
+                (
+                    0 if until is not None else streak,
+                    lockouts + 1 if until is not None else lockouts,
+                    until,
+                    recipient_id,
+                ),
+            )
+        return Attempt(recipient_id, True, dt_or_none(until), int(seconds or 0))
+
+    def settle_attempt(self, attempt: Attempt, ok: bool, detail: str = "") -> datetime | None:
+        """The outcome of a claimed answer. Wrong: it stays counted (audited as `verify-failed`,
+        and `locked` when its claim locked the link). Right: its count is taken back, the streak
+        ends, and a lock its own claim set is lifted (the answer was in before the limit).
+        Returns the end of the lock in force now, if any.
+
+        Locking: the recipient row FOR UPDATE, then one UPDATE whose conditions compare with
+        the lock this claim set (a later claim's lock is left alone)."""
+        if not attempt.admitted:
+            return attempt.locked_until
+        now = int(self._now())
+        set_lock = ts(attempt.locked_until)
+        with self._transaction() as cur:
+            row = recipient_ref(cur, attempt.recipient_id, lock=True)
+            if row is None:
+                return None
+            message_id, address = str(row[0]), str(row[1])
+            if ok:
+                cur.execute(
+                    "UPDATE recipients SET failed_attempts = GREATEST(failed_attempts - 1, 0),"
+                    " failed_streak = 0,"
+                    " lockouts = lockouts - CASE WHEN %s::bigint IS NOT NULL"
+                    " AND locked_until IS NOT DISTINCT FROM %s::bigint THEN 1 ELSE 0 END,"
+                    " locked_until = CASE WHEN locked_until IS NOT DISTINCT FROM %s::bigint"
+                    " THEN NULL ELSE locked_until END"
+                    " WHERE id = %s",
+                    (set_lock, set_lock, set_lock, attempt.recipient_id),
+                )
+            else:
+                audit(cur, now, message_id, address, "verify-failed", detail)
+                if set_lock is not None:
+                    audit(cur, now, message_id, address, "locked", f"{attempt.lock_seconds} s")
+            found = cur.execute(
+                "SELECT locked_until FROM recipients WHERE id = %s", (attempt.recipient_id,)
+            ).fetchone()
+            locked = None if found is None else found[0]
+        return dt(locked) if locked is not None and now < int(locked) else None
+
+    def record_verified(self, recipient_id: int, detail: str = "") -> None:
+        """A successful verification: the failure streak and the one-time code are spent.
+        (Plain UPDATEs of one row: no decision on what was read.)"""
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = recipient_ref(cur, recipient_id)
+            if row is None:
+                return
+            cur.execute(
+                "UPDATE recipients SET failed_streak = 0, otp_secret = NULL, otp_sends = 0"
+                " WHERE id = %s",
+                (recipient_id,),
+            )
+            audit(cur, now, str(row[0]), str(row[1]), "verified", detail)
+
+    def claim_otp(
+        self, recipient_id: int, secret: bytes, min_interval: float, max_sends: int
+    ) -> float:
+        """Store a new one-time code secret if the rate limits allow one now: returns 0.0 when
+        stored (the caller sends the code), else the seconds to wait (`inf`: none left).
+
+        Locking: the recipient row FOR UPDATE: requests from several nodes at once are rate
+        limited one after the other (one of them gets the slot)."""
+        now = int(self._now())
+        sealed = self._sealing.seal_otp(recipient_id, secret)
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT message_id, address, otp_sent_at, otp_sends FROM recipients WHERE id = %s"
+                " FOR UPDATE",
+                (recipient_id,),
+            ).fetchone()
+            if row is None:
+                return float("inf")
+            sent_at, sends = row[2], int(row[3])
+            if sends >= max_sends:
+                return float("inf")
+            if sent_at is not None and now - int(sent_at) < min_interval:
+                return float(min_interval - (now - int(sent_at)))
+            cur.execute(
+                "UPDATE recipients SET otp_secret = %s, otp_sent_at = %s, otp_sends = otp_sends + 1"
+                " WHERE id = %s",
+                (sealed, now, recipient_id),
+            )
+            audit(cur, now, str(row[0]), str(row[1]), "code-issued", f"#{sends + 1}")
+        return 0.0
+
+    def otp(self, recipient_id: int) -> OtpState | None:
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT otp_secret, otp_sent_at FROM recipients WHERE id = %s", (recipient_id,)
+            ).fetchone()
+        if row is None or row[0] is None or row[1] is None:
+            return None
+        secret = self._sealing.unseal_otp(recipient_id, bytes(row[0]))
+        return OtpState(secret, dt(row[1]))
+
+    def consume_otp(
+        self, recipient_id: int, valid: Callable[[bytes, datetime], bool], detail: str = ""
+    ) -> bool:
+        """Spend the link's one-time code if `valid(secret, sent_at)` says the answer is that
+        code: compared and consumed in one transaction, and recorded as `verified` (with what
+        `record_verified` resets) in the same one. True for exactly one caller per code.
+
+        Compare-and-consume: the code is read, compared (the caller's check: the code is a TOTP
+        value of a sealed secret, which SQL cannot compute), then cleared by an UPDATE that
+        matches the very sealed value that was compared (a fresh nonce per code); its row
+        count decides. Locking: the read is FOR UPDATE, so consumers on several nodes compare
+        one after the other; the conditional UPDATE would keep it right even without that
+        (READ COMMITTED re-checks its WHERE on the row a concurrent consumer changed).
+        A newer code (`claim_otp`), a revoked link, or a winner first: False. (A revoked
+        message is the caller's to refuse: its direct copies' download links still verify.)"""
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT message_id, address, otp_secret, otp_sent_at FROM recipients WHERE id = %s"
+                " FOR UPDATE",
+                (recipient_id,),
+            ).fetchone()
+            if row is None or row[2] is None or row[3] is None:
+                return False
+            sealed = bytes(row[2])
+            secret = self._sealing.unseal_otp(recipient_id, sealed)
+            if not valid(secret, dt(row[3])):
+                return False
+            done = cur.execute(
+                "UPDATE recipients SET otp_secret = NULL, failed_streak = 0, otp_sends = 0"
+                " WHERE id = %s AND otp_secret = %s AND revoked_at IS NULL",
+                (recipient_id, sealed),
+            ).rowcount
+            if done != 1:
+                return False
+            audit(cur, now, str(row[0]), str(row[1]), "verified", detail)
+        return True
+
+    def clear_otp(self, recipient_id: int) -> None:
+        """Forget the code secret and its send slot (sending it failed: let the user retry)."""
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE recipients SET otp_secret = NULL, otp_sent_at = NULL,"
+                " otp_sends = GREATEST(otp_sends - 1, 0) WHERE id = %s AND otp_secret IS NOT NULL",
+                (recipient_id,),
+            )

@@ -1,0 +1,536 @@
+"""SQL of messages and their recipients (PostgreSQL): saving (the milter's hot path), reading,
+revocation and expiry.
+
+Everything sealed or hashed happens before the transaction starts; inside it, only inserts. A
+message's wrapped data key is a row of `message_keys` (schema.py): revocation deletes it, and
+expiry's maintenance run rewrites that small table so the deleted keys leave its file too.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, BinaryIO
+
+import psycopg
+
+from zivmilter import crypto, defaults
+from zivmilter.core.addresses import normalize_address
+from zivmilter.errors import StoreError
+from zivmilter.store.postgresql.connection import Cursor, audit, dt, dt_or_none, ts
+from zivmilter.store.postgresql.contents import ContentsMixin, insert_blob
+from zivmilter.store.postgresql.schema import MAINTENANCE_LOCK
+from zivmilter.store.records import (
+    MessageRecord,
+    NewMessage,
+    NewRecipient,
+    RecipientRecord,
+    SavedMessage,
+    checked_recipient,
+)
+from zivmilter.store.sealing import DataKey
+
+
+class MessagesMixin(ContentsMixin):
+    # -- saving ---------------------------------------------------------------------------
+
+    def save_message(self, message: NewMessage) -> SavedMessage:
+        """Encrypt and durably store a message; returns its id and the recipients' link tokens."""
+        recipients = [checked_recipient(r) for r in message.recipients]
+        if not recipients:
+            raise ValueError("a stored message needs at least one recipient")
+        if len({r.address for r in recipients}) != len(recipients):
+            raise ValueError("a recipient appears twice")
+        sender = normalize_address(message.sender)
+        message_id = _ordered_id()
+        blob_id = _ordered_id()
+        key = self._sealing.new_data_key()
+        created = int(self._now())
+
+        # scrypt takes ~0.1 s: hash before the transaction starts, not inside it.
+        secrets_of = {r.address: self._verification_data(r) for r in recipients}
+        tokens: dict[str, str] = {}
+        for r in recipients:
+            if r.delivery == "notification":
+                tokens[r.address] = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
+
+        # Everything sealed and hashed here, outside the transaction, which only inserts.
+        message_row = (
+            message_id,
+            message.rfc822_id,
+            message.queue_id,
+            sender,
+            key.seal_subject(message_id, message.subject),
+            created,
+            ts(message.expires_at),
+        )
+        recipient_rows = []
+        for r in recipients:
+            token = tokens.get(r.address)
+            phone, code_hash = secrets_of[r.address]
+            recipient_rows.append(
+                (
+                    message_id,
+                    r.address,
+                    r.conversation,
+                    r.method,
+                    r.delivery,
+                    r.rule,
+                    r.level,
+                    None if token is None else crypto.token_hash(token),
+                    r.verification,
+                    None if phone is None else key.seal_phone(message_id, r.address, phone),
+                    code_hash,
+                    None if r.hint is None else key.seal_hint(message_id, r.address, r.hint),
+                    # The milter hands the notification to the MTA in the same transaction,
+                    # or discards this message: saved means notified.
+                    created if r.delivery == "notification" else None,
+                )
+            )
+
+        blob = self._write_blob(blob_id, key, message.content)
+
+        def write(cur: Cursor) -> None:
+            cur.execute(
+                "INSERT INTO messages (id, rfc822_id, queue_id, sender, subject, created_at,"
+                " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                message_row,
+            )
+            cur.execute(
+                "INSERT INTO message_keys (message_id, wrapped_key) VALUES (%s, %s)",
+                (message_id, key.wrapped),
+            )
+            cur.executemany(
+                "INSERT INTO conversations (message_id, number) VALUES (%s, %s)",
+                [(message_id, n) for n in sorted({r.conversation for r in recipients})],
+            )
+            cur.executemany(
+                "INSERT INTO recipients (message_id, address, conversation, method, delivery,"
+                " rule, level, token_hash, verification, phone, access_code_hash, hint,"
+                " notified_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                recipient_rows,
+            )
+            insert_blob(cur, blob, blob_id, message_id, "message")
+            audit(cur, created, message_id, None, "stored", f"queue {message.queue_id}")
+
+        try:
+            # No group commit by hand: each thread commits on a connection of its own, and
+            # PostgreSQL flushes the commits that arrive together with one WAL write.
+            with self._transaction() as cur:
+                write(cur)
+        except BaseException:
+            self._remove_blob(blob.ref)
+            raise
+        return SavedMessage(id=message_id, tokens=tokens, size=blob.written.size)
+
+    def _verification_data(self, r: NewRecipient) -> tuple[str | None, str | None]:
+        """(phone, access code hash) for a recipient, from the directive or the contact book."""
+        if r.verification == "sms":
+            if r.phone is not None:
+                return r.phone, None
+            with self._read() as cur:
+                row = cur.execute(
+                    "SELECT sms FROM contacts WHERE address = %s", (r.address,)
+                ).fetchone()
+            if row is None or row[0] is None:
+                raise StoreError(
+                    f"{r.address}: sms verification, but no number given or remembered"
+                )
+            return self._sealing.unseal_contact_sms(r.address, bytes(row[0])), None
+        if r.verification == "access_code":
+            if r.access_code is not None:
+                return None, self._sealing.hash_access_code(r.access_code)
+            with self._read() as cur:
+                row = cur.execute(
+                    "SELECT access_code_hash FROM contacts WHERE address = %s", (r.address,)
+                ).fetchone()
+            if row is None or row[0] is None:
+                raise StoreError(
+                    f"{r.address}: access-code verification, but no code given or remembered"
+                )
+            return None, str(row[0])
+        return None, None
+
+    def access_code_matches(self, stored_hash: str | None, code: str) -> bool:
+        """Whether `code` is the one a recipient's (or the contact book's) `access_code_hash`
+        was made from; False for no hash or a malformed one."""
+        if not stored_hash:
+            return False
+        try:
+            return self._sealing.access_code_matches(stored_hash, code)
+        except StoreError:
+            return False
+
+    def discard(self, message_id: str) -> None:
+        """Forget a message entirely: the milter stored it but could not accept it after all."""
+        with self._transaction() as cur:
+            paths = [
+                str(row[0])
+                for row in cur.execute(
+                    "SELECT path FROM blobs WHERE message_id = %s", (message_id,)
+                ).fetchall()
+            ]
+            cur.execute("DELETE FROM messages WHERE id = %s", (message_id,))
+            audit(cur, int(self._now()), message_id, None, "discarded", "")
+        for p in paths:
+            self._remove_blob(p)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def message(self, message_id: str) -> MessageRecord | None:
+        with self._read() as cur:
+            row = cur.execute(_MESSAGE_SELECT + " WHERE m.id = %s", (message_id,)).fetchone()
+        return None if row is None else self._message_record(row)
+
+    def find_messages(self, ref: str) -> list[MessageRecord]:
+        """Messages by store id or RFC 822 Message-ID (angle brackets optional), oldest first."""
+        ref = ref.strip()
+        bare = ref[1:-1] if ref.startswith("<") and ref.endswith(">") else ref
+        with self._read() as cur:
+            rows = cur.execute(
+                _MESSAGE_SELECT + " WHERE m.id = %s OR m.rfc822_id IN (%s, %s)"
+                " ORDER BY m.created_at, m.id",
+                (bare, f"<{bare}>", bare),
+            ).fetchall()
+        return [self._message_record(r) for r in rows]
+
+    def open_content(self, message_id: str) -> BinaryIO | None:
+        """The original message bytes, decrypted as read; None if unknown, revoked or expired.
+
+        Reading raises StoreError if the blob does not decrypt (wrong key, damage, truncation):
+        treat an error at any point, also at the end, as "no message".
+        """
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT id FROM blobs WHERE message_id = %s AND kind = 'message'"
+                " AND deleted_at IS NULL",
+                (message_id,),
+            ).fetchone()
+        key = None if row is None else self._live_message_key(message_id)
+        return None if row is None or key is None else self._open_blob(str(row[0]), key)
+
+    def find_recipient_by_token(self, token: str) -> RecipientRecord | None:
+        """The recipient a link token belongs to (also when revoked or expired: check `message`)."""
+        digest = crypto.token_hash(token)
+        with self._read() as cur:
+            row = cur.execute(_RECIPIENT_SELECT + " WHERE r.token_hash = %s", (digest,)).fetchone()
+        return None if row is None else self._recipient_record(row)
+
+    def recipient(self, recipient_id: int) -> RecipientRecord | None:
+        with self._read() as cur:
+            row = cur.execute(_RECIPIENT_SELECT + " WHERE r.id = %s", (recipient_id,)).fetchone()
+        return None if row is None else self._recipient_record(row)
+
+    def recipients(self, message_id: str) -> list[RecipientRecord]:
+        with self._read() as cur:
+            rows = cur.execute(
+                _RECIPIENT_SELECT + " WHERE r.message_id = %s ORDER BY r.id", (message_id,)
+            ).fetchall()
+        return [self._recipient_record(row) for row in rows]
+
+    def mark_notified(self, message_id: str, address: str) -> None:
+        now = int(self._now())
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE recipients SET notified_at = %s WHERE message_id = %s AND address = %s",
+                (now, message_id, address),
+            )
+            audit(cur, now, message_id, address, "notified", "")
+
+    def mark_opened(self, recipient_id: int) -> bool:
+        """Record an open (SPEC 8: every open is recorded); the first one sets `opened_at`.
+        False, recording nothing, when the message is revoked by now.
+
+        Locking: the message row is read FOR SHARE in the open's own transaction: a revocation
+        (an UPDATE of that row) committed first makes the read find nothing; one in flight
+        waits until this open commits. So the audit log never shows an open after the
+        revocation, on any node.
+
+        Every view of a message writes one, so it commits without waiting for its WAL flush
+        (synchronous_commit=off for this transaction only, as SQLite's synchronous=NORMAL):
+        it survives a crash of any zivmilter process; a crash of the database server itself
+        can drop the last few (at most 3 x wal_writer_delay)."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            cur.execute("SET LOCAL synchronous_commit = off")
+            row = cur.execute(
+                "SELECT r.message_id, r.address FROM recipients r JOIN messages m"
+                " ON m.id = r.message_id WHERE r.id = %s AND m.revoked_at IS NULL"
+                " FOR SHARE OF m",
+                (recipient_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            cur.execute(
+                "UPDATE recipients SET opened_at = COALESCE(opened_at, %s) WHERE id = %s",
+                (now, recipient_id),
+            )
+            audit(cur, now, str(row[0]), str(row[1]), "opened", "")
+        return True
+
+    def portal_view(self, message_id: str) -> bytes | None:
+        """What the portal keeps of a message to show it without parsing it again (its headers,
+        body text and attachment list); sealed with the message's own key, so revoking the
+        message (destroying that key) makes it unreadable too."""
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT m.portal_view, k.wrapped_key FROM messages m"
+                " JOIN message_keys k ON k.message_id = m.id"
+                " WHERE m.id = %s AND m.revoked_at IS NULL",
+                (message_id,),
+            ).fetchone()
+        if row is None or row[0] is None or row[1] is None:
+            return None
+        return self._sealing.data_key(bytes(row[1])).unseal_portal_view(message_id, bytes(row[0]))
+
+    def save_portal_view(self, message_id: str, view: bytes) -> None:
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT k.wrapped_key FROM messages m JOIN message_keys k ON k.message_id = m.id"
+                " WHERE m.id = %s AND m.revoked_at IS NULL",
+                (message_id,),
+            ).fetchone()
+        if row is None or row[0] is None:
+            return
+        sealed = self._sealing.data_key(bytes(row[0])).seal_portal_view(message_id, view)
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE messages SET portal_view = %s WHERE id = %s AND revoked_at IS NULL",
+                (sealed, message_id),
+            )
+
+    # -- revocation and expiry ------------------------------------------------------------
+
+    def revoke(self, message_id: str, reason: str = "") -> bool:
+        """End the notification links: delete the message's wrapped data key, its encrypted
+        copy, replies and kept view; False if already gone. Large attachments of direct copies
+        stay (their own keys): a direct delivery cannot be revoked (SPEC 8).
+
+        Locking: the conditional UPDATE of the message row decides (a second revoker, on any
+        node, waits for the first and then matches nothing). What the deletion guarantees on
+        PostgreSQL: README "Several nodes"."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            paths = self._revoke_in(cur, message_id, reason, now)
+        if paths is None:
+            return False
+        for p in paths:
+            self._remove_blob(p)
+        return True
+
+    def _revoke_in(self, cur: Cursor, message_id: str, reason: str, now: int) -> list[str] | None:
+        """Revoke inside the caller's transaction: the references of the contents to remove
+        after it commits, or None when the message was revoked already."""
+        done = cur.execute(
+            "UPDATE messages SET subject = NULL, portal_view = NULL, revoked_at = %s"
+            " WHERE id = %s AND revoked_at IS NULL",
+            (now, message_id),
+        ).rowcount
+        if not done:
+            return None
+        cur.execute("DELETE FROM message_keys WHERE message_id = %s", (message_id,))
+        cur.execute(
+            "UPDATE recipients SET phone = NULL, hint = NULL WHERE message_id = %s",
+            (message_id,),
+        )
+        # A secure reply the MTA has not taken yet goes with the message's key: on record.
+        for reply_id, address in cur.execute(
+            "SELECT p.id, r.address FROM replies p JOIN recipients r ON r.id = p.recipient_id"
+            " WHERE p.message_id = %s AND p.sent_at IS NULL",
+            (message_id,),
+        ).fetchall():
+            audit(
+                cur, now, message_id, str(address), "reply-dropped",
+                f"{reply_id}: not delivered when its message was revoked;"
+                " maintenance will not send it",
+            )  # fmt: skip
+        paths = [
+            str(row[0])
+            for row in cur.execute(
+                "SELECT path FROM blobs WHERE message_id = %s AND kind != 'attachment'"
+                " AND deleted_at IS NULL",
+                (message_id,),
+            ).fetchall()
+        ]
+        cur.execute(
+            "UPDATE blobs SET deleted_at = %s, data = NULL"
+            " WHERE message_id = %s AND kind != 'attachment' AND deleted_at IS NULL",
+            (now, message_id),
+        )
+        audit(cur, now, message_id, None, "revoked", reason)
+        return [p for p in paths if p]
+
+    def purge_expired(self, reply_grace: float = defaults.UNSENT_REPLY_GRACE) -> int:
+        """Revoke every notification message past its expiry (run from a timer); returns how
+        many. A message delivered directly to every recipient does not expire (SPEC 8).
+
+        A message with a secure reply the MTA has not taken yet (nor refused) keeps its key
+        for `reply_grace` seconds after that reply was written, so that maintenance can still
+        send it; its recipients cannot read it meanwhile (expiry is checked on every read).
+
+        Locking: each message is revoked by `revoke` (its conditional UPDATE decides), so two
+        runs at once, on two nodes, revoke each message once. Then `shred_keys` rewrites the
+        key table, under an advisory lock (one run does it; the other skips it)."""
+        now = int(self._now())
+        with self._read() as cur:
+            ids = [
+                str(row[0])
+                for row in cur.execute(
+                    "SELECT id FROM messages m WHERE revoked_at IS NULL AND expires_at IS NOT NULL"
+                    " AND expires_at <= %s AND EXISTS (SELECT 1 FROM recipients r"
+                    " WHERE r.message_id = m.id AND r.delivery = 'notification')"
+                    " AND NOT EXISTS (SELECT 1 FROM replies p WHERE p.message_id = m.id"
+                    " AND p.sent_at IS NULL AND p.refused_at IS NULL AND p.created_at > %s)",
+                    (now, now - int(reply_grace)),
+                ).fetchall()
+            ]
+        revoked = sum(1 for i in ids if self.revoke(i, "expired"))
+        self.shred_keys()
+        return revoked
+
+    def shred_keys(self) -> bool:
+        """Rewrite `message_keys` into a new file (VACUUM FULL), so that the wrapped keys of
+        messages revoked since the last run leave the live table's file: a deleted row lives
+        on in its page until then (README "Several nodes"). False when another node is doing
+        it, or the table's lock was not granted within a few seconds (the next run does it).
+
+        Locking: pg_try_advisory_lock (one node at a time) and lock_timeout, so a long
+        transaction elsewhere makes this run skip rather than stall every save behind it."""
+        from zivmilter.store.postgresql.connection import connect
+
+        conn = connect(self._dsn, self._passfile, autocommit=True)
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (MAINTENANCE_LOCK,)).fetchone()
+            if row is None or not row[0]:
+                return False
+            try:
+                conn.execute("SET lock_timeout = '5s'")
+                conn.execute("VACUUM (FULL) message_keys")
+                return True
+            except psycopg.errors.LockNotAvailable:
+                return False
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (MAINTENANCE_LOCK,))
+        except psycopg.Error as exc:
+            raise StoreError(f"store database: rewriting the key table: {exc}") from exc
+        finally:
+            conn.close()
+
+    def finish_erasure(self, wait: float = defaults.STORE_CHECKPOINT_WAIT) -> bool:
+        """What a revocation destroyed, gone from the live table's file too (`shred_keys`):
+        False when another node is rewriting it or its lock was not granted (maintenance's next
+        run does it). `wait` is SQLite's; here the rewrite's own lock timeout bounds it. Copies
+        in WAL archives, replicas and backups age out with them (README "Several nodes")."""
+        return self.shred_keys()
+
+    def _live(self, message_id: str, cur: Cursor | None = None) -> bool:
+        """Whether the message exists and is not revoked; inside a transaction (`cur`), its row
+        stays locked FOR SHARE until that ends, so no revocation commits meanwhile."""
+        sql = "SELECT 1 FROM messages WHERE id = %s AND revoked_at IS NULL"
+        if cur is not None:
+            return cur.execute(sql + " FOR SHARE", (message_id,)).fetchone() is not None
+        with self._read() as c:
+            return c.execute(sql, (message_id,)).fetchone() is not None
+
+    # -- rows to records ------------------------------------------------------------------
+
+    def _check_kek(self) -> None:
+        """Fail at start, not at the first portal visit, when the KEK is not the store's."""
+        with self._read() as cur:
+            row = cur.execute("SELECT wrapped_key FROM message_keys LIMIT 1").fetchone()
+        if row is not None:
+            self._sealing.data_key(bytes(row[0]))
+
+    def _live_message_key(self, message_id: str) -> DataKey | None:
+        """The message's data key while its content may be read: None once revoked or expired."""
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT k.wrapped_key, m.expires_at FROM messages m"
+                " JOIN message_keys k ON k.message_id = m.id"
+                " WHERE m.id = %s AND m.revoked_at IS NULL",
+                (message_id,),
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        if row[1] is not None and int(self._now()) >= int(row[1]):
+            return None
+        return self._sealing.data_key(bytes(row[0]))
+
+    def _message_record(self, row: Any) -> MessageRecord:
+        mid, rfc822_id, queue_id, sender, subject, wrapped, created, expires, revoked, size = row
+        text = None
+        if subject is not None and wrapped is not None:
+            text = self._sealing.data_key(bytes(wrapped)).unseal_subject(str(mid), bytes(subject))
+        return MessageRecord(
+            id=str(mid),
+            rfc822_id=None if rfc822_id is None else str(rfc822_id),
+            queue_id=str(queue_id),
+            sender=str(sender),
+            subject=text,
+            created_at=dt(created),
+            expires_at=dt_or_none(expires),
+            revoked_at=dt_or_none(revoked),
+            size=int(size or 0),
+        )
+
+    def _recipient_record(self, row: Any) -> RecipientRecord:
+        message = self._message_record(row[: len(MESSAGE_FIELDS)])
+        r = dict(zip(_RECIPIENT_FIELDS, row[len(MESSAGE_FIELDS) :], strict=True))
+        address = str(r["address"])
+        phone = hint = None
+        wrapped = r["wrapped_key"]
+        if wrapped is not None and (r["phone"] is not None or r["hint"] is not None):
+            key = self._sealing.data_key(bytes(wrapped))
+            if r["phone"] is not None:
+                phone = key.unseal_phone(message.id, address, bytes(r["phone"]))
+            if r["hint"] is not None:
+                hint = key.unseal_hint(message.id, address, bytes(r["hint"]))
+        return RecipientRecord(
+            id=int(r["id"]),
+            message=message,
+            address=address,
+            conversation=int(r["conversation"]),
+            method=str(r["method"]),
+            delivery=r["delivery"],
+            rule=str(r["rule"]),
+            level=r["level"],
+            verification=r["verification"],
+            phone=phone,
+            hint=hint,
+            access_code_hash=r["access_code_hash"],
+            notified_at=dt_or_none(r["notified_at"]),
+            opened_at=dt_or_none(r["opened_at"]),
+            failed_attempts=int(r["failed_attempts"]),
+            lockouts=int(r["lockouts"]),
+            locked_until=dt_or_none(r["locked_until"]),
+        )
+
+
+def _ordered_id() -> str:
+    """A message or blob id: 128 random bits (unguessable) behind the time in milliseconds.
+
+    Ids in creation order make every index keyed by them grow at its right edge: a save then
+    dirties the few pages it shares with the saves before it, not a random page per index
+    (measured for 5 KB messages committed six at a time: 13 pages written per save before, 8
+    after)."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(16)}"
+
+
+MESSAGE_FIELDS = (
+    "m.id", "m.rfc822_id", "m.queue_id", "m.sender", "m.subject", "k.wrapped_key",
+    "m.created_at", "m.expires_at", "m.revoked_at",
+    "(SELECT size FROM blobs b WHERE b.message_id = m.id AND b.kind = 'message')",
+)  # fmt: skip
+_RECIPIENT_FIELDS = (
+    "id", "address", "conversation", "method", "delivery", "rule", "level", "verification",
+    "phone", "access_code_hash", "hint", "notified_at", "opened_at", "failed_attempts",
+    "lockouts", "locked_until", "wrapped_key",
+)  # fmt: skip
+KEY_JOIN = " LEFT JOIN message_keys k ON k.message_id = m.id"
+_MESSAGE_SELECT = f"SELECT {', '.join(MESSAGE_FIELDS)} FROM messages m" + KEY_JOIN
+_RECIPIENT_SELECT = (
+    f"SELECT {', '.join(MESSAGE_FIELDS)}, "
+    + ", ".join("k.wrapped_key" if f == "wrapped_key" else "r." + f for f in _RECIPIENT_FIELDS)
+    + " FROM recipients r JOIN messages m ON m.id = r.message_id"
+    + KEY_JOIN
+)

@@ -1,0 +1,142 @@
+"""SQL of secure replies (PostgreSQL): written in the portal, handed to the MTA by the portal or
+maintenance.
+
+A reply is sealed with its message's data key: revoking the message destroys it too.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, BinaryIO, Literal
+
+from zivmilter.errors import StoreError
+from zivmilter.store.postgresql.connection import audit, dt, dt_or_none
+from zivmilter.store.postgresql.contents import insert_blob
+from zivmilter.store.postgresql.messages import MessagesMixin
+from zivmilter.store.records import ReplyRecord
+
+
+class RepliesMixin(MessagesMixin):
+    def save_reply(self, recipient_id: int, content: bytes) -> str:
+        """Durably store a reply (RFC 5322 bytes) in the recipient's conversation; returns its id.
+
+        It is sealed with the message's data key, so revoking the message destroys it too.
+        Locking: the message row FOR SHARE in the inserting transaction: a revocation on another
+        node commits first (refused here) or waits, so no reply outlives its message's key.
+        """
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT r.message_id, r.address, r.conversation, k.wrapped_key FROM recipients r"
+                " JOIN messages m ON m.id = r.message_id"
+                " JOIN message_keys k ON k.message_id = m.id"
+                " WHERE r.id = %s AND m.revoked_at IS NULL",
+                (recipient_id,),
+            ).fetchone()
+        if row is None or row[3] is None:
+            raise StoreError(f"recipient {recipient_id}: message gone, cannot store a reply")
+        message_id, address, conversation = str(row[0]), str(row[1]), int(row[2])
+        key = self._sealing.data_key(bytes(row[3]))
+        reply_id = secrets.token_hex(16)
+        blob_id = secrets.token_hex(16)
+        blob = self._write_blob(blob_id, key, content)
+        now = int(self._now())
+        try:
+            with self._transaction() as cur:
+                if not self._live(message_id, cur):
+                    raise StoreError(
+                        f"recipient {recipient_id}: message gone, cannot store a reply"
+                    )
+                insert_blob(cur, blob, blob_id, message_id, "reply")
+                cur.execute(
+                    "INSERT INTO replies (id, message_id, recipient_id, conversation, blob_id,"
+                    " created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                    (reply_id, message_id, recipient_id, conversation, blob_id, now),
+                )
+                audit(cur, now, message_id, address, "reply-stored", reply_id)
+        except BaseException:
+            self._remove_blob(blob.ref)
+            raise
+        return reply_id
+
+    def mark_reply_sent(self, reply_id: str, detail: str = "") -> None:
+        self._mark_reply(reply_id, "sent_at", "reply-sent", detail)
+
+    def mark_reply_undeliverable(self, reply_id: str, detail: str) -> None:
+        """The MTA refused this reply for good: `unsent_replies` offers it again only when
+        asked to (`zivmilter maintenance --retry-refused`, once the cause is mended)."""
+        self._mark_reply(reply_id, "refused_at", "reply-undeliverable", detail)
+
+    def _mark_reply(
+        self, reply_id: str, column: Literal["sent_at", "refused_at"], event: str, detail: str
+    ) -> None:
+        """Record the MTA's answer to a hand-over. Locking: the reply row FOR UPDATE, so the
+        mark and its audit record go together when a portal and maintenance answer at once."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT p.message_id, r.address FROM replies p"
+                " JOIN recipients r ON r.id = p.recipient_id WHERE p.id = %s FOR UPDATE OF p",
+                (reply_id,),
+            ).fetchone()
+            if row is None:
+                return
+            cur.execute(f"UPDATE replies SET {column} = %s WHERE id = %s", (now, reply_id))
+            audit(cur, now, str(row[0]), str(row[1]), event, detail)
+
+    def replies(self, recipient_id: int) -> list[ReplyRecord]:
+        """The replies this recipient wrote, oldest first."""
+        return self._reply_records("p.recipient_id = %s", (recipient_id,))
+
+    def unsent_replies(
+        self, older_than: float = 0.0, *, refused: bool = False, message_id: str | None = None
+    ) -> list[ReplyRecord]:
+        """Replies the MTA did not take yet (a failed hand-over in the portal), oldest first;
+        only those written `older_than` seconds ago or earlier (one the portal is handing over
+        right now is not unsent yet). Those it refused for good only with `refused`; only
+        those to `message_id` when given."""
+        where = "p.sent_at IS NULL AND p.created_at <= %s"
+        args: tuple[Any, ...] = (int(self._now() - older_than),)
+        if not refused:
+            where += " AND p.refused_at IS NULL"
+        if message_id is not None:
+            where += " AND p.message_id = %s"
+            args += (message_id,)
+        return self._reply_records(where, args)
+
+    def _reply_records(self, where: str, args: tuple[Any, ...]) -> list[ReplyRecord]:
+        with self._read() as cur:
+            rows = cur.execute(
+                "SELECT p.id, p.message_id, p.recipient_id, p.conversation, p.created_at,"
+                " p.sent_at, b.size, p.refused_at FROM replies p JOIN blobs b ON b.id = p.blob_id"
+                f" WHERE {where} AND b.deleted_at IS NULL ORDER BY p.created_at, p.seq",
+                args,
+            ).fetchall()
+        return [
+            ReplyRecord(
+                str(r[0]),
+                str(r[1]),
+                int(r[2]),
+                int(r[3]),
+                dt(r[4]),
+                dt_or_none(r[5]),
+                int(r[6]),
+                dt_or_none(r[7]),
+            )
+            for r in rows
+        ]
+
+    def open_reply(self, reply_id: str) -> BinaryIO | None:
+        """A reply's content, to hand it to the MTA; None once its message is revoked. Also
+        past the message's expiry: the reply was written before it, and goes to the sender
+        (expiry closes the message to its recipients)."""
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT p.blob_id, k.wrapped_key FROM replies p"
+                " JOIN messages m ON m.id = p.message_id"
+                " JOIN message_keys k ON k.message_id = m.id"
+                " WHERE p.id = %s AND m.revoked_at IS NULL",
+                (reply_id,),
+            ).fetchone()
+        if row is None or row[1] is None:
+            return None
+        return self._open_blob(str(row[0]), self._sealing.data_key(bytes(row[1])))
