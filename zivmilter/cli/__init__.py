@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "zivmilter.cli.maintenance",
     "zivmilter.cli.transport",
     "zivmilter.cli.portal",
+    "zivmilter.cli.doctor",
 )
 
 
