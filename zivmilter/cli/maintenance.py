@@ -14,7 +14,7 @@ import argparse
 import contextlib
 from typing import Any
 
-from zivmilter import defaults
+from zivmilter import defaults, metrics
 from zivmilter.core import config as config_mod
 from zivmilter.core.addresses import normalize_domain
 from zivmilter.delivery.reinject import Outgoing, SmtpReinjector
@@ -83,6 +83,16 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
         sent, failed, refused = _resend_replies(cfg, store, args.retry_refused)
         expired = store.purge_expired()
         orphans = store.sweep_orphans()
+    metrics.write_textfile(
+        cfg.metrics.textfile,
+        {
+            "expired": expired,
+            "orphans": orphans,
+            "replies_sent": sent,
+            "replies_failing": failed,
+            "replies_refused": refused,
+        },
+    )
     print(
         f"expired messages revoked: {expired}; orphan blobs removed: {orphans}; "
         f"replies handed to the MTA: {sent}; still failing: {failed}; refused for good: {refused}"

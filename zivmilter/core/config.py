@@ -307,6 +307,22 @@ class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+def _optional_host_port(value: str) -> str:
+    return _host_port(value) if value else value
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # HOST:PORT where `zivmilter run` serves Prometheus metrics; empty: no metrics. Bind it to
+    # an admin address: the page has no authentication of its own.
+    listen: str = field(default="", metadata=_check(_optional_host_port))
+    # The portal serves /metrics only to `Authorization: Bearer TOKEN`; empty: no /metrics.
+    token: str = ""
+    # `zivmilter maintenance` writes its gauges here (node_exporter's textfile collector,
+    # a FILE.prom in its folder); empty: not written.
+    textfile: str = field(default="", metadata={"path": True})
+
+
 @dataclass(frozen=True)
 class Config:
     organization: OrganizationConfig
@@ -323,6 +339,7 @@ class Config:
     submission: SubmissionConfig = SubmissionConfig()
     selection: SelectionConfig = SelectionConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     source: str = field(default="<memory>", metadata={"internal": True})
 
 

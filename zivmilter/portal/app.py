@@ -31,7 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from zivmilter import defaults
+from zivmilter import defaults, metrics
 from zivmilter.core.config import Config
 from zivmilter.delivery.reinject import Reinjector
 from zivmilter.mail.notification import language_for
@@ -315,6 +315,7 @@ def create_app(portal: Portal, on_ready: Callable[[], object] | None = None) -> 
         Route("/a/{aid}/verify", downloads.verify, methods=["POST"]),
         Route("/a/{aid}/file", downloads.file, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
+        Route("/metrics", metrics.portal_endpoint(portal.cfg.metrics.token), methods=["GET"]),
         Mount("/static", app=_Static(directory=str(_HERE / "static")), name="static"),
     ]
 

@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from zivmilter import defaults
+from zivmilter import defaults, metrics
 from zivmilter.delivery.reinject import Outgoing
 from zivmilter.errors import DeliveryError, StoreError
 from zivmilter.mail.notification import mask_phone
@@ -124,6 +124,7 @@ class LinkPages(GuestPages[_Ctx]):
             password=fields["password"],
             totp=fields["totp"],
         )
+        metrics.verification(method, result.outcome.value)
         if result.outcome is flows.Answer.ENROL:
             return self._advance(ctx, Stage.ENROL)
         if result.outcome is flows.Answer.OK:
@@ -333,11 +334,14 @@ class LinkPages(GuestPages[_Ctx]):
             # The reply is stored either way: reloading the page must not write it again.
             if exc.permanent:  # never taken as it is: not offered again, and the writer knows
                 portal.store.mark_reply_undeliverable(reply_id, str(exc))
+                metrics.reply("refused")
                 return RedirectResponse(ctx.here + "?replied=refused", status_code=303)
             # `zivmilter maintenance` hands it over later: the writer need not send it again.
             portal.store.record_event("reply-send-failed", message.id, rec.address, str(exc))
+            metrics.reply("deferred")
             return RedirectResponse(ctx.here + "?replied=later", status_code=303)
         portal.store.mark_reply_sent(reply_id, answers[0] if answers else "")
+        metrics.reply("delivered")
         return RedirectResponse(ctx.here + "?replied=1", status_code=303)
 
     async def logout(self, request: Request) -> Response:
