@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "zivmilter.cli.transport",
     "zivmilter.cli.portal",
     "zivmilter.cli.doctor",
+    "zivmilter.cli.audit",
 )
 
 

@@ -48,7 +48,7 @@ def app_from_environment() -> Any:
     from zivmilter.portal.app import create_app
 
     cfg = config_mod.load(os.environ[_ENV_CONFIG])
-    logsetup.setup(cfg.logging.level)
+    logsetup.setup(cfg.logging.level, fmt=cfg.logging.format)
     return create_app(build_portal(cfg), on_ready=lambda: sdnotify.notify("READY=1"))
 
 
@@ -66,7 +66,7 @@ def cmd_portal(args: argparse.Namespace) -> int:
     from zivmilter.portal.app import create_app
 
     cfg = config_mod.load(args.config)
-    logsetup.setup(cfg.logging.level)
+    logsetup.setup(cfg.logging.level, fmt=cfg.logging.format)
     host, port = parse_listen(cfg.portal.listen, cfg.source)
     common: dict[str, Any] = {
         "access_log": False,  # the first URL of a visit is a credential

@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from zivmilter.store import open_store
 
     cfg = config_mod.load(args.config)
-    logsetup.setup(cfg.logging.level)
+    logsetup.setup(cfg.logging.level, fmt=cfg.logging.format)
     store = open_store(cfg)
     source: Facts = (
         load_facts(args.facts) if args.facts else LiveFacts(cfg, store, _transport_source(cfg))

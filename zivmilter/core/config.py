@@ -305,6 +305,8 @@ class SelectionConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
+    # text: one line per event (the journal); json: one JSON object per line
+    format: Literal["text", "json"] = "text"
 
 
 def _optional_host_port(value: str) -> str:
