@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from zivmilter import metrics
+from zivmilter.core import config as config_mod
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "contrib" / "grafana" / "zivmilter.json"
 
@@ -67,3 +68,11 @@ def test_the_dashboard_uses_only_exported_metrics(fresh: None) -> None:
         for name in re.findall(r"zivmilter_\w+", target["expr"])
     }
     assert used and used <= names, used - names
+
+
+def test_metrics_keys_off_when_empty_and_paths_relative_to_the_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "z.yaml"
+    cfg.write_text("organization: {domains: [a.example]}\nmetrics: {textfile: ''}\n")
+    assert config_mod.load(str(cfg)).metrics.textfile == ""  # off, not the config's folder
+    cfg.write_text("organization: {domains: [a.example]}\nmetrics: {textfile: z.prom}\n")
+    assert config_mod.load(str(cfg)).metrics.textfile == str(tmp_path / "z.prom")

@@ -414,7 +414,7 @@ def _convert(tp: Any, value: Any, key: str, base_dir: str | None, meta: Mapping[
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise _Invalid(key, f"expected a string, got {_describe(value)}")
         text = str(value)
-        if meta.get("path") and base_dir and not os.path.isabs(text):
+        if meta.get("path") and base_dir and text and not os.path.isabs(text):
             text = os.path.normpath(os.path.join(base_dir, text))
         return text
     raise TypeError(f"config schema: unsupported type {tp!r} at {key}")  # a bug, not bad input
