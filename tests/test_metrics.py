@@ -76,3 +76,17 @@ def test_metrics_keys_off_when_empty_and_paths_relative_to_the_config(tmp_path: 
     assert config_mod.load(str(cfg)).metrics.textfile == ""  # off, not the config's folder
     cfg.write_text("organization: {domains: [a.example]}\nmetrics: {textfile: z.prom}\n")
     assert config_mod.load(str(cfg)).metrics.textfile == str(tmp_path / "z.prom")
+
+
+def test_maintenance_gauges_for_the_textfile_collector(tmp_path: Path) -> None:
+    path = tmp_path / "zivmilter.prom"
+    metrics.write_textfile(str(path), {"expired": 3, "replies_failing": 1})
+    samples = {
+        (s.name, tuple(s.labels.items())): s.value
+        for f in text_string_to_metric_families(path.read_text())
+        for s in f.samples
+    }
+    assert samples[("zivmilter_maintenance_items", (("kind", "expired"),))] == 3
+    assert samples[("zivmilter_maintenance_items", (("kind", "replies_failing"),))] == 1
+    assert samples[("zivmilter_maintenance_last_run_timestamp_seconds", ())] > 1.7e9
+    metrics.write_textfile("", {"expired": 1})  # off: nothing written, no error
