@@ -424,3 +424,17 @@ def test_remembered_method_without_contact_is_an_error(st: Store) -> None:
 def test_inconsistent_recipient_is_refused(st: Store, bad: NewRecipient) -> None:
     with pytest.raises(ValueError):
         st.save_message(new_message(recipients=[bad]))
+
+
+def test_audit_export_filters_by_time_and_message(st: Store, clock: Clock) -> None:
+    # `zivmilter audit export --since DATE --message ID`: oldest first, through the store alone.
+    st.record_event("first", "m-1", "a@x.example", "one")
+    clock.t += 3600
+    cut = datetime.fromtimestamp(clock.t, UTC)
+    st.record_event("second", "m-2", None, "two")
+    st.record_event("third", "m-1", "b@x.example", "three")
+    everything = [e.event for e in st.export_events()]
+    assert everything[-3:] == ["first", "second", "third"]
+    assert [e.event for e in st.export_events(since=cut)] == ["second", "third"]
+    assert [e.event for e in st.export_events(message_id="m-1")] == ["first", "third"]
+    assert [e.detail for e in st.export_events(since=cut, message_id="m-1")] == ["three"]

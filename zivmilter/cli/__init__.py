@@ -34,6 +34,8 @@ _COMMAND_MODULES = (
     "zivmilter.cli.dns",
     "zivmilter.cli.scan",
     "zivmilter.cli.store",
+    "zivmilter.cli.doctor",
+    "zivmilter.cli.audit",
 )
 
 

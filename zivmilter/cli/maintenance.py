@@ -15,6 +15,7 @@ import argparse
 import contextlib
 from typing import Any
 
+from zivmilter import metrics
 from zivmilter.core import config as config_mod
 from zivmilter.core.addresses import normalize_domain
 from zivmilter.delivery.reinject import SmtpReinjector
@@ -68,6 +69,16 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
         orphans = store.sweep_orphans()
         # Revocations (by `revoke`, the portal or expiry) whose old pages a reader held.
         erased = store.finish_erasure()
+    metrics.write_textfile(
+        cfg.metrics.textfile,
+        {
+            "expired": expired,
+            "orphans": orphans,
+            "replies_sent": sent,
+            "replies_failing": failed,
+            "replies_refused": refused,
+        },
+    )
     print(
         f"expired messages revoked: {expired}; orphan blobs removed: {orphans}; "
         f"replies handed to the MTA: {sent}; still failing: {failed}; refused for good: {refused}"

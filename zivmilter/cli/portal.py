@@ -33,7 +33,7 @@ def cmd_portal(args: argparse.Namespace) -> int:
     from zivmilter.portal.asgi import ASGI_FACTORY, ENV_CONFIG, build_portal, parse_listen
 
     cfg = config_mod.load(args.config)
-    logsetup.setup(cfg.logging.level)
+    logsetup.setup(cfg.logging.level, fmt=cfg.logging.format)
     host, port = parse_listen(cfg.portal.listen, cfg.source)
     common: dict[str, Any] = {
         "access_log": False,  # the first URL of a visit is a credential

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from zivmilter import crypto, logsetup
+from zivmilter import crypto, logsetup, metrics
 from zivmilter.core import config as config_mod
 from zivmilter.core.facts import Facts, StaticFacts, load_facts, with_config
 from zivmilter.core.submission import SpfChecker
@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from zivmilter.store import open_store
 
     cfg = config_mod.load(args.config)
-    logsetup.setup(cfg.logging.level)
+    logsetup.setup(cfg.logging.level, fmt=cfg.logging.format)
     store = open_store(cfg)
     source: Facts = (
         load_facts(args.facts) if args.facts else LiveFacts(cfg, store, _transport_source(cfg))
@@ -60,6 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     spf = spf_checker(cfg)
     gateway = Gateway(cfg, facts, store, reinjector, spf=spf, senders=senders)
+    metrics.serve(cfg.metrics.listen)  # no-op unless metrics.listen is set
     serve(
         gateway,
         cfg.milter.socket,

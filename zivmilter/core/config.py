@@ -413,6 +413,24 @@ class SelectionConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
+    # text: one line per event (the journal); json: one JSON object per line
+    format: Literal["text", "json"] = "text"
+
+
+def _optional_host_port(value: str) -> str:
+    return _host_port(value) if value else value
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # HOST:PORT where `zivmilter run` serves Prometheus metrics; empty: no metrics. Bind it to
+    # an admin address: the page has no authentication of its own.
+    listen: str = field(default="", metadata=_check(_optional_host_port))
+    # The portal serves /metrics only to `Authorization: Bearer TOKEN`; empty: no /metrics.
+    token: str = ""
+    # `zivmilter maintenance` writes its gauges here (node_exporter's textfile collector,
+    # a FILE.prom in its folder); empty: not written.
+    textfile: str = field(default="", metadata={"path": True})
 
 
 @dataclass(frozen=True)
@@ -431,6 +449,7 @@ class Config:
     submission: SubmissionConfig = SubmissionConfig()
     selection: SelectionConfig = SelectionConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     source: str = field(default="<memory>", metadata={"internal": True})
 
 
@@ -512,7 +531,7 @@ def _convert(tp: Any, value: Any, key: str, base_dir: str | None, meta: Mapping[
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise _Invalid(key, f"expected a string, got {_describe(value)}")
         text = str(value)
-        if meta.get("path") and base_dir and not os.path.isabs(text):
+        if meta.get("path") and base_dir and text and not os.path.isabs(text):
             text = os.path.normpath(os.path.join(base_dir, text))
         return text
     raise TypeError(f"config schema: unsupported type {tp!r} at {key}")  # a bug, not bad input

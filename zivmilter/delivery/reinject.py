@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from zivmilter import metrics
 from zivmilter.errors import DeliveryError
 
 _CHUNK = 64 * 1024
@@ -94,8 +95,10 @@ class SmtpReinjector:
                 for msg in messages:
                     replies.append(self._one(smtp, msg))
         except DeliveryError as exc:
+            metrics.reinject_failed()
             raise DeliveryError(str(exc), accepted=len(replies), permanent=exc.permanent) from exc
         except (OSError, smtplib.SMTPException) as exc:
+            metrics.reinject_failed()
             raise DeliveryError(
                 f"re-injection to {self.host}:{self.port} failed: {exc}", accepted=len(replies)
             ) from exc

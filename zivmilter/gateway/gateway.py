@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 
-from zivmilter import defaults
+from zivmilter import defaults, metrics
 from zivmilter.core import submission
 from zivmilter.core.addresses import bare_address, envelope_recipients
 from zivmilter.core.assess import Assessment, assess
@@ -126,7 +126,9 @@ class Gateway:
             # Not secured: it passes as it is, but never with its directive headers (SPEC 2).
             log.info("not selected: %s", result.selection.reason, extra=_ctx(tx))
             return Plan(
-                delete_headers=self._strip_plan(tx, _PASS_STRIP), summary="not selected: passed"
+                delete_headers=self._strip_plan(tx, _PASS_STRIP),
+                summary="not selected: passed",
+                selected=False,
             )
         subject_change: list[tuple[str, int, str]] = []
         if result.selection.new_subject is not None:
@@ -163,6 +165,10 @@ class Gateway:
                 extra=_ctx(tx),
             )
 
+        metrics.recipients(
+            (d.method.value, d.delivery.value, d.level.value if d.level else "")
+            for d in result.decision.recipients
+        )
         original = _original_headers(tx, result.selection.new_subject)
         saved: SavedMessage | None = None
         if delivered:
@@ -227,7 +233,7 @@ class Gateway:
         expiry = self.cfg.policy.expiry_days
         notifies = any(d.delivery is Delivery.NOTIFICATION for d in delivered)
         expires = self.clock.now(UTC) + timedelta(days=expiry) if expiry and notifies else None
-        with clean_copy(tx) as content:
+        with clean_copy(tx) as content, metrics.store_commit():
             return self.store.save_message(
                 NewMessage(
                     sender=author,

@@ -51,3 +51,4 @@ class Plan:
     reject: str | None = None
     # (name, 1-based index, new value): the Subject without its trigger word (SPEC 6).
     change_headers: list[tuple[str, int, str]] = field(default_factory=list)
+    selected: bool = True  # False: not selected for securing, passed as it is (SPEC 6)

@@ -12,11 +12,13 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import Milter
 
+from zivmilter import metrics
 from zivmilter.core import dkim
 from zivmilter.errors import ZivmilterError
 from zivmilter.gateway import Gateway, Plan, Transaction
@@ -112,6 +114,7 @@ class ZivMilter(Milter.Base):
     # -- decision --------------------------------------------------------------------------
     def eom(self) -> int:
         queue_id = self.getsymval("i") or "-"
+        started = time.monotonic()
         if self.spool is None:  # a message without headers still has an end of headers
             self.eoh()
         tx = Transaction(
@@ -136,12 +139,14 @@ class ZivMilter(Milter.Base):
                 # libmilter reads the text printf-style: a lone % would lose the whole reply
                 self.setreply(code, status, text.replace("%", "%%"))
                 log.info("refused: %s", plan.reject, extra=extra)
+                metrics.message("tempfail" if code.startswith("4") else "refused", started)
                 return Milter.TEMPFAIL if code.startswith("4") else Milter.REJECT
             self._warn_signed_before(tx, plan, extra)
             self._apply(plan)
         except Exception:
             ref = secrets.token_hex(4)
             log.exception("tempfail, ref %s", ref, extra=extra)
+            metrics.message("tempfail", started)
             self.setreply(
                 "451", "4.3.0", f"zivmilter: temporary failure, ref {ref}; try again later"
             )
@@ -151,6 +156,7 @@ class ZivMilter(Milter.Base):
                 tx.message.close()  # the gateway swapped in a rewritten copy
             self._close_spool()
         log.info("done: %s", plan.summary, extra=extra)
+        metrics.message("secured" if plan.selected else "passed", started)
         return Milter.DISCARD if plan.discard else Milter.ACCEPT
 
     def _apply(self, plan: Plan) -> None:

@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from zivmilter import defaults
+from zivmilter import defaults, metrics
 from zivmilter.portal.context import Portal
 from zivmilter.portal.downloads import DownloadPages
 from zivmilter.portal.links import LinkPages
@@ -113,6 +113,7 @@ def create_app(portal: Portal, on_ready: Callable[[], object] | None = None) -> 
         Route("/a/{aid}/verify", downloads.verify, methods=["POST"]),
         Route("/a/{aid}/file", downloads.file, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
+        Route("/metrics", metrics.portal_endpoint(portal.cfg.metrics.token), methods=["GET"]),
         Mount("/static", app=_Static(directory=str(_HERE / "static")), name="static"),
     ]
 

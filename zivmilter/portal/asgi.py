@@ -40,7 +40,7 @@ def build_portal(cfg: config_mod.Config) -> Portal:
 def app_from_environment() -> Starlette:
     """uvicorn's factory in worker processes (`--workers` > 1)."""
     cfg = config_mod.load(os.environ[ENV_CONFIG])
-    logsetup.setup(cfg.logging.level)
+    logsetup.setup(cfg.logging.level, fmt=cfg.logging.format)
     return create_app(build_portal(cfg), on_ready=lambda: sdnotify.notify("READY=1"))
 
 

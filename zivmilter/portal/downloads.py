@@ -20,6 +20,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
+from zivmilter import metrics
 from zivmilter.core.addresses import normalize_address
 from zivmilter.core.message import clean_filename
 from zivmilter.errors import MessageError, StoreError
@@ -130,6 +131,7 @@ class DownloadPages(GuestPages[_Ctx]):
             portal, rec, method,
             code=fields["code"], password=fields["password"], totp=fields["totp"],
         )  # fmt: skip
+        metrics.verification(method, result.outcome.value)
         if result.outcome is flows.Answer.OK:
             portal.store.record_event("attachment-verified", ctx.att.message.id, rec.address, "")
             return self._advance(ctx, Stage.VERIFIED, rec.id)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.policy import SMTP
 
-from zivmilter import defaults
+from zivmilter import defaults, metrics
 from zivmilter.delivery.reinject import Outgoing
 from zivmilter.errors import DeliveryError
 from zivmilter.mail.notification import mask_phone
@@ -139,6 +139,7 @@ def check_answer(
     until = portal.store.settle_attempt(attempt, False, method)
     log.info("wrong %s answer for %s of %s", method, rec.address, rec.message.id)
     if until is not None:
+        metrics.lockout()
         return AnswerResult(Answer.LOCKED, until)
     return AnswerResult(Answer.WRONG)
 

@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from zivmilter import defaults
+from zivmilter import defaults, metrics
 from zivmilter.delivery.replies import Handed, hand_over_reply
 from zivmilter.errors import StoreError
 from zivmilter.mail.notification import mask_phone
@@ -124,6 +124,7 @@ class LinkPages(GuestPages[_Ctx]):
             password=fields["password"],
             totp=fields["totp"],
         )
+        metrics.verification(method, result.outcome.value)
         if result.outcome is flows.Answer.ENROL:
             return self._advance(ctx, Stage.ENROL)
         if result.outcome is flows.Answer.OK:
@@ -326,11 +327,14 @@ class LinkPages(GuestPages[_Ctx]):
             author=rec.address,
         )  # fmt: skip
         if handed.outcome is Handed.SENT:
+            metrics.reply("delivered")
             return RedirectResponse(ctx.here + "?replied=1", status_code=303)
         log.error("reply %s of %s not sent: %s", reply_id, message.id, handed.detail)
         if handed.outcome is Handed.REFUSED:  # never taken as it is: the writer knows
+            metrics.reply("refused")
             return RedirectResponse(ctx.here + "?replied=refused", status_code=303)
         # `zivmilter maintenance` hands it over later: the writer need not send it again.
+        metrics.reply("deferred")
         return RedirectResponse(ctx.here + "?replied=later", status_code=303)
 
     async def logout(self, request: Request) -> Response:

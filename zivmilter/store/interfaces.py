@@ -10,7 +10,7 @@ in that same transaction, so it holds when several processes share one database.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import BinaryIO, Protocol
 
@@ -146,6 +146,9 @@ class AuditLog(Protocol):
         detail: str = "",
     ) -> None: ...
     def events(self, message_id: str) -> list[AuditEvent]: ...
+    def export_events(
+        self, since: datetime | None = None, message_id: str | None = None
+    ) -> Iterator[AuditEvent]: ...
 
 
 class Housekeeping(Protocol):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from zivmilter import defaults
+from zivmilter import defaults, metrics
 from zivmilter.core.addresses import normalize_domain
 from zivmilter.core.config import Config
 from zivmilter.core.facts import NtaFact, TransportFact
@@ -136,6 +136,7 @@ class TransportFacts:
         entry = self._lookup(domain)
         if entry is None:
             return _PENDING if _valid(domain) else TransportFact(reason="not a domain name")
+        metrics.answer_age(self.clock() - entry.checked_at)
         return entry.fact
 
     def nta7516(self, domain: str) -> NtaFact:
@@ -220,6 +221,7 @@ class TransportFacts:
             except StoreError as exc:  # the answer in memory still holds
                 log.warning("%s", exc)
             log.info("probed %s: %s (%s)", domain, result.level.value, result.reason)
+            metrics.probe(result.level.value)
             return entry
         except Exception:  # a prober fault must not kill the worker; level stays none
             log.exception("probe of %s failed", domain)
