@@ -30,9 +30,10 @@ class SendersMixin(MessagesMixin):
         token = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
         now = int(self._now())
         with self._transaction() as cur:
-            if cur.execute(
+            row = cur.execute(
                 f"SELECT 1 FROM accounts WHERE address = ? AND {_SENDER}", (key,)
-            ).fetchone() is None:
+            ).fetchone()
+            if row is None:
                 return None
             cur.execute("DELETE FROM invites WHERE address = ? AND used_at IS NULL", (key,))
             cur.execute(
