@@ -172,9 +172,12 @@ def test_sent_items_read_status_revoke_expiry_and_nobody_elses(env: Env) -> None
     for url in (f"/sent/m/{mid}/", f"/sent/m/{mid}/revoke", f"/sent/m/{mid}/expiry"):
         assert m.get(url).status_code == 404
         assert m.get(url.replace(mid, "0" * len(mid))).status_code == 404
-    own = m.get("/sent/")
-    forged = m.post(f"/sent/m/{mid}/revoke", data={"csrf": csrf(own.text, "sign-out")})
-    assert forged.status_code in (403, 404)
+    # with a valid token of her own revoke form (of her own message): still 404
+    own = save(env, "mallory@hospital.example", "Mine", [code_rcpt("dave@oldmail.example")])
+    token = csrf(m.get(f"/sent/m/{own}/revoke").text, "revoke")
+    forged = m.post(f"/sent/m/{mid}/revoke", data={"csrf": token})
+    assert forged.status_code == 404
+    assert m.post(f"/sent/m/{mid}/expiry", data={"csrf": token}).status_code == 404
     assert env.store.message(mid).revoked_at is None  # type: ignore[union-attr]
 
     # the whole message

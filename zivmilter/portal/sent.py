@@ -567,25 +567,21 @@ class SentPages:
     def _owned(
         self, request: Request, form: str | None = None, fields: dict[str, str] | None = None
     ) -> tuple[_Who | None, MessageRecord | None, Response]:
-        """The signed-in sender and their message of the URL; a 404 for anyone else's (or none),
-        so that whether a message exists is not revealed."""
+        """The signed-in sender and their message of the URL. Anyone else's (or none) is a 404,
+        checked before the form's CSRF token, so that no answer reveals whether it exists."""
         portal = self.portal
-        if form is not None and fields is not None:
-            who, error = self._form(request, form, fields)
-        else:
-            who = self._who(request)
-            error = RedirectResponse(self.home, status_code=303)
+        who = self._who(request)
         if who is None:
-            return None, None, error
+            return None, None, RedirectResponse(self.home, status_code=303)
         message = portal.store.message(str(request.path_params["mid"]))
         if message is None or message.sender != who.address:
-            return (
-                who,
-                None,
-                portal.notice(
-                    request, "not_found", lang=who.lang, here=self.home, status=404, kind="error"
-                ),
+            return who, None, portal.notice(
+                request, "not_found", lang=who.lang, here=self.home, status=404, kind="error"
             )
+        if form is not None and fields is not None:
+            checked, error = self._form(request, form, fields)
+            if checked is None:
+                return None, None, error
         return who, message, Response()
 
 
