@@ -108,7 +108,7 @@ SENT_NL: dict[str, str] = {
     "sent_delivery_notification": "Beveiligde link",
     "sent_delivery_direct": "Direct afgeleverd",
     "sent_method": "Methode",
-    "sent_level": "Transport",
+    "sent_level": "Verzending",
     "sent_notified": "Bericht gestuurd",
     "sent_opened": "Geopend",
     "sent_not_opened": "Nog niet geopend",
