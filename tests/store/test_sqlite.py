@@ -213,6 +213,14 @@ def test_contents_above_the_inline_limit_get_a_file(tmp_path: Path, kek: bytes) 
     s.close()
 
 
+def _undo_schema_8(conn: sqlite3.Connection) -> None:
+    """Take a database back before schema 8 (the sender's side of the portal)."""
+    conn.execute("DROP TABLE invites")
+    for column in ("failed_attempts", "failed_streak", "lockouts", "locked_until"):
+        conn.execute(f"ALTER TABLE accounts DROP COLUMN {column}")
+    conn.execute("ALTER TABLE recipients DROP COLUMN receipt_sent_at")
+
+
 def test_a_store_of_files_is_read_after_the_upgrade(tmp_path: Path, kek: bytes) -> None:
     # Stores written before contents moved into the rows (schema 4) keep their files readable.
     path = str(tmp_path / "store")
@@ -222,6 +230,7 @@ def test_a_store_of_files_is_read_after_the_upgrade(tmp_path: Path, kek: bytes) 
     old._conn.execute("ALTER TABLE blobs DROP COLUMN data")
     old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")  # schema 6
     old._conn.execute("ALTER TABLE replies DROP COLUMN refused_at")  # schema 7
+    _undo_schema_8(old._conn)
     old.close()
     new = SqliteStore.open(path, kek)
     second = new.save_message(new_message())
@@ -257,6 +266,7 @@ def test_attachments_of_an_older_store_end_with_their_message_after_the_upgrade(
         )
     old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")
     old._conn.execute("ALTER TABLE replies DROP COLUMN refused_at")
+    _undo_schema_8(old._conn)
     old._conn.execute("UPDATE schema_version SET version = 5")
     old.close()
     new = SqliteStore.open(path, kek)

@@ -3,7 +3,8 @@
 Sender accounts decide who may submit (submission.py: the From address must be an active sender
 account). Recipient accounts (`--recipient`) are partners' portal logins (policy rule A1): they
 are made by portal/accounts.py (argon2 password; the authenticator is enrolled at the first
-sign-in), so that part needs the portal installed. Each subcommand is a thin shell.
+sign-in), so that part needs the portal installed; so does `invite`, the one-time link with which
+a sender sets up the sign-in to the portal's sent items. Each subcommand is a thin shell.
 """
 
 from __future__ import annotations
@@ -124,6 +125,52 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_invite(args: argparse.Namespace) -> int:
+    """A one-time link with which a sender sets the password and authenticator of their
+    sign-in to the portal's sent items (`/sent/`): printed, or (--mail) mailed to them."""
+    try:
+        from zivmilter.portal.sentmail import invite_email, invite_url
+    except ImportError as exc:
+        raise StoreError(
+            f"sender sign-in needs the portal (pip install 'zivmilter[portal]'): {exc}"
+        ) from None
+    from email.policy import SMTP
+
+    from zivmilter import defaults
+    from zivmilter.delivery.reinject import Outgoing, SmtpReinjector
+    from zivmilter.portal.mail import portal_sender
+
+    address = _address(args.address)
+    cfg = config_mod.load(args.config)
+    store = open_store(cfg)
+    try:
+        token = store.add_invite(address, defaults.SENDER_INVITE_SECONDS)
+    finally:
+        store.close()
+    if token is None:
+        raise StoreError(f"{address} has no active sender account (`zivmilter account add`)")
+    days = defaults.SENDER_INVITE_SECONDS // 86400
+    if not args.mail:
+        print(f"{address}: invitation, valid once for {days} days (earlier ones no longer work):")
+        print(invite_url(cfg, token))
+        return 0
+    org = cfg.organization
+    msg = invite_email(cfg, address, token, days)
+    mailer = SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout)
+    replies = mailer.send(
+        [
+            Outgoing(
+                portal_sender(org.domains[0], org.mail_from),
+                [address],
+                msg.as_bytes(policy=SMTP),
+                f"sender invitation to {address}",
+            )
+        ]
+    )
+    print(f"{address}: invitation mailed, valid once for {days} days ({'; '.join(replies)})")
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     account = sub.add_parser("account", help="sender and recipient accounts in the store")
     commands = account.add_subparsers(dest="account_command", metavar="ACTION", required=True)
@@ -158,6 +205,16 @@ def add_commands(sub: Any) -> None:
     p.add_argument("address", metavar="ADDRESS")
     common(p)
     p.set_defaults(handler=cmd_disable)
+
+    p = commands.add_parser(
+        "invite", help="a one-time link to set up a sender's sign-in to the portal's sent items"
+    )
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument(
+        "--mail", action="store_true", help="mail the link to the sender instead of printing it"
+    )
+    common(p)
+    p.set_defaults(handler=cmd_invite)
 
     p = commands.add_parser("list", help="every account: address, kind, state")
     common(p)

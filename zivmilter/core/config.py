@@ -334,6 +334,8 @@ class NotificationConfig:
     language: Literal["en", "nl"] = "en"
     # recipient domain -> language; the default language serves every other domain
     languages: dict[str, str] = field(default_factory=dict, metadata=_check(_languages))
+    # mail the sender once when a recipient first opens a message (no content in it; issue 19)
+    read_receipts: bool = False
 
 
 @dataclass(frozen=True)

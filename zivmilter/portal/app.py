@@ -30,6 +30,7 @@ from zivmilter import defaults, metrics
 from zivmilter.portal.context import Portal
 from zivmilter.portal.downloads import DownloadPages
 from zivmilter.portal.links import LinkPages
+from zivmilter.portal.sent import SentPages
 
 log = logging.getLogger("zivmilter.portal")
 
@@ -91,6 +92,7 @@ class _Static(StaticFiles):
 def create_app(portal: Portal, on_ready: Callable[[], object] | None = None) -> Starlette:
     links = LinkPages(portal)
     downloads = DownloadPages(portal)
+    sent = SentPages(portal)
 
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok")
@@ -112,6 +114,18 @@ def create_app(portal: Portal, on_ready: Callable[[], object] | None = None) -> 
         Route("/a/{aid}/send", downloads.send_code, methods=["POST"]),
         Route("/a/{aid}/verify", downloads.verify, methods=["POST"]),
         Route("/a/{aid}/file", downloads.file, methods=["GET"]),
+        # the sender's side (sent.py, issue 19)
+        Route("/sent/", sent.index, methods=["GET"]),
+        Route("/sent/sign-in", sent.sign_in, methods=["POST"]),
+        Route("/sent/sign-out", sent.sign_out, methods=["POST"]),
+        Route("/sent/invite/", sent.invite, methods=["GET"]),
+        Route("/sent/invite/", sent.enrol, methods=["POST"]),
+        Route("/sent/invite/{token}", sent.open_invite, methods=["GET"]),
+        Route("/sent/m/{mid}/", sent.message, methods=["GET"]),
+        Route("/sent/m/{mid}/revoke", sent.confirm_revoke, methods=["GET"]),
+        Route("/sent/m/{mid}/revoke", sent.revoke, methods=["POST"]),
+        Route("/sent/m/{mid}/expiry", sent.expiry_form, methods=["GET"]),
+        Route("/sent/m/{mid}/expiry", sent.expiry, methods=["POST"]),
         Route("/healthz", health, methods=["GET"]),
         Route("/metrics", metrics.portal_endpoint(portal.cfg.metrics.token), methods=["GET"]),
         Mount("/static", app=_Static(directory=str(_HERE / "static")), name="static"),

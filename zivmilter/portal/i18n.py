@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from zivmilter.portal.i18n_sent import SENT_EN, SENT_NL
+
 LANGUAGE_NAMES: tuple[tuple[str, str], ...] = (("en", "English"), ("nl", "Nederlands"))
 
 _EN: dict[str, str] = {
@@ -233,7 +235,7 @@ _NL: dict[str, str] = {
     "code_mail_subject": "Uw verificatiecode",
 }
 
-_CATALOGUE: dict[str, dict[str, str]] = {"en": _EN, "nl": _NL}
+_CATALOGUE: dict[str, dict[str, str]] = {"en": {**_EN, **SENT_EN}, "nl": {**_NL, **SENT_NL}}
 
 
 def texts(language: str) -> Mapping[str, str]:

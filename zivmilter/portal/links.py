@@ -39,6 +39,7 @@ from zivmilter.portal.pages import (
     small_form,
 )
 from zivmilter.portal.security import Stage, enrolment_secret, seal_value, unseal_value
+from zivmilter.portal.sentmail import send_read_receipt
 from zivmilter.store import LinkState, RecipientRecord
 
 log = logging.getLogger("zivmilter.portal")
@@ -436,6 +437,7 @@ class LinkPages(GuestPages[_Ctx]):
         # Revoked since the view was read: not shown, so no open is logged after a revoke.
         if not portal.store.mark_opened(ctx.rec.id):
             return self._gone(request, ctx, "revoked")
+        send_read_receipt(portal, ctx.rec.id)  # once, when notification.read_receipts is on
         remote = request.query_params.get("remote") == "1"
         replies = portal.store.replies(ctx.rec.id)
         # ?replied= after a reply was written: said only while it is true of the last reply

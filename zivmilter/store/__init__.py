@@ -29,6 +29,7 @@ from zivmilter.store.interfaces import (
     IddList,
     MessageStore,
     ReplyStore,
+    SenderStore,
     Store,
 )
 from zivmilter.store.records import (
@@ -48,6 +49,8 @@ from zivmilter.store.records import (
     ReplyRecord,
     SavedAttachment,
     SavedMessage,
+    SentPage,
+    SignInAttempt,
     Verification,
 )
 from zivmilter.store.sqlite import DB_NAME, SCHEMA_VERSION, SqliteStore
@@ -110,6 +113,9 @@ __all__ = [
     "ReplyStore",
     "SavedAttachment",
     "SavedMessage",
+    "SenderStore",
+    "SentPage",
+    "SignInAttempt",
     "SqliteStore",
     "Store",
     "Verification",

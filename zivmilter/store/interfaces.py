@@ -10,7 +10,7 @@ in that same transaction, so it holds when several processes share one database.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import BinaryIO, Protocol
 
@@ -31,6 +31,8 @@ from zivmilter.store.records import (
     ReplyRecord,
     SavedAttachment,
     SavedMessage,
+    SentPage,
+    SignInAttempt,
 )
 
 
@@ -117,6 +119,49 @@ class AccountStore(Protocol):
     def use_totp_step(self, address: str, step: int) -> bool: ...
 
 
+class SenderStore(Protocol):
+    """The sender's side of the portal (issue 19): enrolment invitations, sign-in lockout,
+    sent items, expiry and read receipts. Revocation is `MessageStore.revoke[_recipient]`."""
+
+    def add_invite(self, address: str, lifetime: float) -> str | None:
+        """A one-time enrolment token for an active sender account (None: there is none);
+        earlier unused invitations of the address end. Only the token's digest is kept."""
+        ...
+
+    def invite_address(self, token_hash: str) -> str | None:
+        """The address an unused, unexpired invitation enrols, while its account is an active
+        sender account."""
+        ...
+
+    def redeem_invite(
+        self, token_hash: str, password_hash: str, totp_secret: bytes, totp_step: int
+    ) -> str | None:
+        """Use the invitation (checked and spent in one transaction): set the account's
+        password and authenticator (the confirming code's step counts as used) and clear its
+        lockout. The address, or None when the invitation no longer holds."""
+        ...
+
+    def claim_sign_in(
+        self, address: str, lockout: Callable[[int, int], float | None], detail: str = ""
+    ) -> SignInAttempt: ...
+    def settle_sign_in(self, attempt: SignInAttempt, ok: bool) -> datetime | None: ...
+    def sent_messages(
+        self, senders: Sequence[str], query: str = "", offset: int = 0, limit: int = 20
+    ) -> SentPage:
+        """Messages by these senders, newest first; `query` (case-insensitive) matches the
+        subject or a recipient's address."""
+        ...
+
+    def set_expiry(self, message_id: str, expires_at: datetime, reason: str = "") -> bool:
+        """Set or change when a message expires; False when it is revoked or has no open
+        notification link (a direct delivery cannot expire, SPEC 8)."""
+        ...
+
+    def claim_read_receipt(self, recipient_id: int) -> bool:
+        """True once per recipient (the first caller): its read receipt is to be sent."""
+        ...
+
+
 class ContactBook(Protocol):
     """The organization's contact book: what recipients used successfully (SPEC 8)."""
 
@@ -168,6 +213,7 @@ class Store(
     AttachmentStore,
     ReplyStore,
     AccountStore,
+    SenderStore,
     ContactBook,
     IddList,
     AuditLog,

@@ -190,6 +190,27 @@ class ReplyRecord:
     refused_at: datetime | None = None  # the MTA refused it for good: retried only on request
 
 
+@dataclass(frozen=True)
+class SignInAttempt:
+    """A sender's sign-in, claimed against the account's lockout before the password and code
+    are compared (`claim_sign_in`), settled after (`settle_sign_in`): the same rule as a link's
+    `Attempt`. An address without a sender account is admitted and never locks (there is
+    nothing to count on); its sign-in fails on the comparison."""
+
+    address: str
+    admitted: bool
+    locked_until: datetime | None
+    counted: bool = False  # a sender account's row took the claim: settle it
+
+
+@dataclass(frozen=True)
+class SentPage:
+    """One page of a sender's sent items, newest first, and how many match in all."""
+
+    messages: list[MessageRecord]
+    total: int
+
+
 @dataclass(frozen=True, repr=False)
 class ContactEntry:
     """One contact-book entry, for `zivmilter contacts list` (the number decrypted)."""

@@ -3,12 +3,12 @@
 file under `<path>/blobs/`.
 
 `SqliteStore` is composed of one mixin per aggregate (messages.py, links.py, attachments.py,
-replies.py, accounts.py, contacts.py, audit.py) over `SqliteBase` (connection.py: the connection,
-its lock, transactions, group commit). Mixins rather than one object per aggregate because the
-aggregates share one connection, one lock and often one transaction (a save writes messages,
-blobs and the audit log at once; revoking the last link revokes the message): separate objects
-would hand a cursor or the lock back and forth, and every call from the milter would pay one
-more indirection on its hot path. A PostgreSQL backend would bring its own mixins over its own
+replies.py, accounts.py, senders.py, contacts.py, audit.py) over `SqliteBase` (connection.py: the
+connection, its lock, transactions, group commit). Mixins rather than one object per aggregate
+because the aggregates share one connection, one lock and often one transaction (a save writes
+messages, blobs and the audit log at once; revoking the last link revokes the message): separate
+objects would hand a cursor or the lock back and forth, and every call from the milter would pay
+one more indirection on its hot path. A PostgreSQL backend would bring its own mixins over its own
 base; the sealing (sealing.py) and the blob files (blobs.py) are shared.
 """
 
@@ -28,10 +28,12 @@ from zivmilter.store.sqlite.contacts import ContactsMixin, IddMixin
 from zivmilter.store.sqlite.links import LinksMixin
 from zivmilter.store.sqlite.replies import RepliesMixin
 from zivmilter.store.sqlite.schema import DB_NAME, SCHEMA_VERSION
+from zivmilter.store.sqlite.senders import SendersMixin
 
 
 class SqliteStore(
     LinksMixin,
+    SendersMixin,
     AttachmentsMixin,
     RepliesMixin,
     AccountsMixin,

@@ -156,6 +156,26 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE replies ADD COLUMN refused_at INTEGER;
     """,
+    # 8: the sender's side of the portal (issue 19). Sent items read messages by sender through
+    # messages_sender (schema 1). A sender signs in with the account's password and
+    # authenticator, enrolled through a one-time invitation; wrong sign-ins lock the account as
+    # wrong answers lock a link; a read receipt goes out once per recipient.
+    """
+    ALTER TABLE accounts ADD COLUMN failed_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN failed_streak INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN lockouts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN locked_until INTEGER;
+    ALTER TABLE recipients ADD COLUMN receipt_sent_at INTEGER;
+
+    CREATE TABLE invites (                 -- one-time enrolment links of sender accounts
+        token_hash TEXT PRIMARY KEY,       -- SHA-256 of the token; the token is never stored
+        address    TEXT NOT NULL REFERENCES accounts (address) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at    INTEGER
+    );
+    CREATE INDEX invites_address ON invites (address);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

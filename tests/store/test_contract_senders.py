@@ -1,0 +1,133 @@
+"""The store contract for the sender's side of the portal (issue 19): invitations, the sign-in
+lockout of sender accounts, sent items, expiry and read receipts; through `Store` only."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+from tests.store.common import Clock, _lock_after_five, new_message
+from zivmilter import crypto
+from zivmilter.store import NewRecipient, Store
+
+
+def test_an_invitation_enrols_once_and_only_an_active_sender(st: Store, clock: Clock) -> None:
+    assert st.add_invite("alice@example.org", 3600) is None  # no account
+    st.add_account("bob@example.net", "recipient")
+    assert st.add_invite("bob@example.net", 3600) is None  # not a sender
+    st.add_account("Alice@Example.ORG", "sender")
+    first = st.add_invite("alice@example.org", 3600)
+    token = st.add_invite("alice@example.org", 3600)
+    assert first is not None and token is not None and len(token) >= 22
+    assert st.invite_address(crypto.token_hash(first)) is None  # a new one ends the old one
+    digest = crypto.token_hash(token)
+    assert st.invite_address(digest) == "alice@example.org"
+    assert st.redeem_invite(digest, "$argon2id$x", b"S" * 20, 7) == "alice@example.org"
+    acct = st.account("alice@example.org")
+    assert acct is not None and acct.kind == "sender" and acct.password_hash == "$argon2id$x"
+    assert acct.has_totp and st.totp_secret("alice@example.org") == b"S" * 20
+    assert not st.use_totp_step("alice@example.org", 7)  # the confirming code is spent
+    assert st.redeem_invite(digest, "$argon2id$y", b"T" * 20, 8) is None  # once
+    assert st.invite_address(digest) is None
+
+    late = st.add_invite("alice@example.org", 3600)
+    assert late is not None
+    clock.t += 3601
+    assert st.redeem_invite(crypto.token_hash(late), "$argon2id$y", b"T" * 20, 9) is None
+    off = st.add_invite("alice@example.org", 3600)
+    assert off is not None
+    st.set_account_active("alice@example.org", False)
+    assert st.invite_address(crypto.token_hash(off)) is None
+
+
+def test_sign_ins_in_flight_at_once_cannot_pass_the_lockout(st: Store) -> None:
+    st.add_account("alice@example.org", "sender")
+    barrier = threading.Barrier(8)
+    admitted: list[bool] = []
+
+    def claim() -> None:
+        barrier.wait()
+        admitted.append(st.claim_sign_in("alice@example.org", _lock_after_five).admitted)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert admitted.count(True) == 5, "the fifth claim locks; the others are refused"
+    refused = st.claim_sign_in("alice@example.org", _lock_after_five)
+    assert not refused.admitted and refused.locked_until is not None
+
+
+def test_a_right_sign_in_clears_the_streak(st: Store, clock: Clock) -> None:
+    st.add_account("alice@example.org", "sender")
+    for _ in range(4):
+        st.settle_sign_in(st.claim_sign_in("alice@example.org", _lock_after_five), False)
+    last = st.claim_sign_in("alice@example.org", _lock_after_five)  # locks while in flight
+    assert last.admitted and last.locked_until is not None
+    assert not st.claim_sign_in("alice@example.org", _lock_after_five).admitted
+    assert st.settle_sign_in(last, True) is None  # right after all: its own lock is lifted
+    for _ in range(4):  # a new streak of four does not lock
+        attempt = st.claim_sign_in("alice@example.org", _lock_after_five)
+        assert attempt.admitted and st.settle_sign_in(attempt, False) is None
+    unknown = st.claim_sign_in("nobody@example.org", _lock_after_five)
+    assert unknown.admitted and not unknown.counted
+
+
+def test_sent_items_newest_first_paged_searched_and_only_the_senders(
+    st: Store, clock: Clock
+) -> None:
+    ids = []
+    for n in range(5):
+        clock.t += 60
+        to = NewRecipient(
+            f"r{n}@partner.example", 1, "email", "notification", "A7", verification="email"
+        )
+        saved = st.save_message(new_message(subject=f"Results {n}", recipients=[to]))
+        ids.append(saved.id)
+    other = st.save_message(new_message(sender="mallory@example.org", subject="Results 9"))
+    page = st.sent_messages(["alice@example.org"], offset=0, limit=2)
+    assert page.total == 5 and [m.id for m in page.messages] == ids[::-1][:2]
+    assert [m.id for m in st.sent_messages(["ALICE@example.org"], offset=4).messages] == ids[:1]
+    assert [m.subject for m in st.sent_messages(["alice@example.org"], "results 3").messages] == [
+        "Results 3"
+    ]
+    by_rcpt = st.sent_messages(["alice@example.org"], "R1@PARTNER")
+    assert by_rcpt.total == 1 and by_rcpt.messages[0].id == ids[1]
+    found = st.sent_messages(["alice@example.org"], "results", offset=1, limit=2)
+    assert found.total == 5 and [m.id for m in found.messages] == ids[::-1][1:3]
+    assert other.id not in {m.id for m in st.sent_messages(["alice@example.org"]).messages}
+    assert st.sent_messages([]).total == 0
+
+
+def test_expiry_is_set_only_while_a_notification_link_is_open(st: Store, clock: Clock) -> None:
+    saved = st.save_message(new_message())
+    when = datetime.fromtimestamp(clock.t, UTC) + timedelta(days=3)
+    assert st.set_expiry(saved.id, when, "by the sender")
+    msg = st.message(saved.id)
+    assert msg is not None and msg.expires_at == when.replace(microsecond=0)
+    direct = st.save_message(
+        new_message(recipients=[NewRecipient("x@example.net", 1, "transport", "direct", "A4")])
+    )
+    assert not st.set_expiry(direct.id, when)
+    st.revoke(saved.id)
+    assert not st.set_expiry(saved.id, when)
+    assert [e.event for e in st.events(saved.id)].count("expiry-set") == 1
+
+
+def test_a_read_receipt_is_claimed_once(st: Store) -> None:
+    saved = st.save_message(new_message())
+    rid = st.recipients(saved.id)[0].id
+    results: list[bool] = []
+    barrier = threading.Barrier(4)
+
+    def claim() -> None:
+        barrier.wait()
+        results.append(st.claim_read_receipt(rid))
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results.count(True) == 1

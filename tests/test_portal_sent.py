@@ -1,0 +1,208 @@
+"""The sender's side of the portal in-process (issue 19), on a real encrypted store: enrolment
+through an invitation, sign-in with password and authenticator, lockout, sent items with their
+read status, withdrawing and expiry after a confirmation, 404 for anyone else's message, read
+receipts, both languages. The browser test (tests/integration/test_portal_browser.py) runs the
+same from a message that went through Postfix."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.hashes import SHA1
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+
+from tests.test_portal_app import Env, code_rcpt, csrf, verified
+from zivmilter import crypto, defaults
+from zivmilter.store import NewMessage, NewRecipient
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path, {"notification": {"read_receipts": True}})
+    e.store.add_account("alice@hospital.example", "sender")
+    e.store.add_account("mallory@hospital.example", "sender")
+    yield e
+    e.store.close()
+
+
+def enrol(env: Env, client: Any, address: str) -> bytes:
+    """Follow a fresh invitation; returns the authenticator secret (signed in afterwards)."""
+    token = env.store.add_invite(address, 3600)
+    assert token is not None
+    r = client.get(f"/sent/invite/{token}")
+    assert r.status_code == 200 and r.headers["referrer-policy"] == "no-referrer"
+    page = client.get("/sent/invite/")
+    assert page.status_code == 200 and address in page.text
+    b32 = re.search(r'id="secret">([A-Z2-7 ]+)<', page.text)
+    assert b32 is not None
+    text = b32.group(1).replace(" ", "")
+    secret = base64.b32decode(text + "=" * (-len(text) % 8))
+    r = client.post(
+        "/sent/invite/",
+        data={
+            "csrf": csrf(page.text, "sent/invite/"),
+            "password": PASSWORD,
+            "password2": PASSWORD,
+            "totp": totp(secret, env.clock.t),
+        },
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and r.headers["location"].endswith("/sent/")
+    return secret
+
+
+def totp(secret: bytes, at: float) -> str:
+    return TOTP(secret, 6, SHA1(), 30).generate(int(at)).decode()
+
+
+def sign_in(client: Any, address: str, password: str, code: str) -> Any:
+    form = client.get("/sent/")
+    return client.post(
+        "/sent/sign-in",
+        data={
+            "csrf": csrf(form.text, "sign-in"),
+            "address": address,
+            "password": password,
+            "totp": code,
+        },
+    )
+
+
+def save(env: Env, sender: str, subject: str, recipients: list[NewRecipient]) -> str:
+    saved = env.store.save_message(
+        NewMessage(sender=sender, subject=subject, content=b"Subject: x\r\n\r\nbody\r\n",
+                   recipients=recipients, rfc822_id=f"<{subject}@hospital.example>")
+    )  # fmt: skip
+    return saved.id
+
+
+def test_enrol_sign_out_sign_in_and_lockout(env: Env) -> None:
+    c = env.client()
+    secret = enrol(env, c, "alice@hospital.example")
+    assert "alice@hospital.example" in c.get("/sent/").text  # signed in by the enrolment
+    page = c.get("/sent/")
+    c.post("/sent/sign-out", data={"csrf": csrf(page.text, "sign-out")})
+    assert 'id="sign-in"' in c.get("/sent/").text
+    # the enrolment's code is spent; the next step's works once
+    env.clock.t += 30
+    r = sign_in(c, "alice@hospital.example", PASSWORD, totp(secret, env.clock.t))
+    assert r.status_code == 200 and 'id="who"' in r.text
+    # wrong passwords lock the account; the lock holds for the right one too
+    other = env.client()
+    for _ in range(defaults.LOCKOUT_AFTER - 1):
+        r = sign_in(other, "alice@hospital.example", "wrong password!!", totp(secret, env.clock.t))
+        assert r.status_code == 401 and 'id="error"' in r.text
+    r = sign_in(other, "alice@hospital.example", "wrong password!!", "000000")
+    assert r.status_code == 429
+    env.clock.t += 30
+    r = sign_in(other, "alice@hospital.example", PASSWORD, totp(secret, env.clock.t))
+    assert r.status_code == 429
+    # an unknown address and a recipient account get the same answer as a wrong password
+    assert sign_in(env.client(), "nobody@hospital.example", PASSWORD, "123456").status_code == 401
+    # an invitation works once
+    token = env.store.add_invite("alice@hospital.example", 3600)
+    assert token is not None
+    env.store.redeem_invite(crypto.token_hash(token), "x", b"k" * 20, 1)
+    assert env.client().get(f"/sent/invite/{token}").status_code == 404
+
+
+def test_sent_items_read_status_revoke_expiry_and_nobody_elses(env: Env) -> None:
+    c = env.client()
+    enrol(env, c, "alice@hospital.example")
+    mid = save(env, "alice@hospital.example", "Lab & results", [
+        code_rcpt("dave@oldmail.example"), code_rcpt("erin@oldmail.example"),
+        NewRecipient("bob@partner.example", 1, "transport", "direct", "A4", level="dane"),
+    ])  # fmt: skip
+    tokens = {r.address: r for r in env.store.recipients(mid)}
+    page = c.get("/sent/")
+    assert "Lab &amp; results" in page.text and page.text.count("Not opened yet") == 2
+    assert "At sending (direct delivery)" in page.text
+
+    # dave opens a message (twice): the sender's page shows when; one receipt went out
+    sent_before = len(env.mailer.sent)
+    mid2, toks = env.save([code_rcpt("dave@oldmail.example")])
+    verified(env, env.client(), toks["dave@oldmail.example"])
+    verified(env, env.client(), toks["dave@oldmail.example"])
+    receipts = env.mailer.sent[sent_before:]
+    assert len(receipts) == 1 and receipts[0].recipients == ["alice@hospital.example"]
+    receipt = env.mailer.last()
+    assert receipt["In-Reply-To"] == "<lab-1@hospital.example>"
+    assert "dave@oldmail.example" in receipt["Subject"]
+    assert "Lab results" not in receipt.as_string() and "body" not in receipt.get_content()
+    detail = c.get(f"/sent/m/{mid2}/")
+    assert "2026-11-24 09:00 UTC" in detail.text and "Not opened yet" not in detail.text
+
+    # withdraw one recipient, after a confirmation
+    confirm = c.get(f"/sent/m/{mid}/revoke", params={"recipient": "dave@oldmail.example"})
+    assert 'id="question"' in confirm.text and "dave@oldmail.example" in confirm.text
+    r = c.post(
+        f"/sent/m/{mid}/revoke",
+        data={"csrf": csrf(confirm.text, "revoke"), "recipient": "dave@oldmail.example"},
+    )
+    assert r.status_code == 200 and "withdrawn for dave@oldmail.example" in r.text
+    assert env.store.link_state(tokens["dave@oldmail.example"].id).revoked_at is not None  # type: ignore[union-attr]
+    assert env.store.link_state(tokens["erin@oldmail.example"].id).revoked_at is None  # type: ignore[union-attr]
+    # a direct recipient offers no withdrawal and says why
+    assert "cannot be withdrawn" in r.text
+
+    # the expiry: chosen, confirmed, set
+    form = c.get(f"/sent/m/{mid}/expiry")
+    token = csrf(form.text, "expiry")
+    r = c.post(f"/sent/m/{mid}/expiry", data={"csrf": token, "expires": "2026-11-30T12:00"})
+    assert 'id="question"' in r.text and env.store.message(mid).expires_at is None  # type: ignore[union-attr]
+    done = {"csrf": token, "expires": "2026-11-30T12:00", "confirm": "1"}
+    r = c.post(f"/sent/m/{mid}/expiry", data=done)
+    assert r.status_code == 200 and "2026-11-30 12:00 UTC" in r.text
+    past = c.post(f"/sent/m/{mid}/expiry", data={**done, "expires": "2020-01-01T00:00"})
+    assert past.status_code == 400
+
+    # another sender: neither listed nor reachable by URL (404, as for no message at all)
+    m = env.client()
+    enrol(env, m, "mallory@hospital.example")
+    assert "Lab &amp; results" not in m.get("/sent/").text
+    for url in (f"/sent/m/{mid}/", f"/sent/m/{mid}/revoke", f"/sent/m/{mid}/expiry"):
+        assert m.get(url).status_code == 404
+        assert m.get(url.replace(mid, "0" * len(mid))).status_code == 404
+    # with a valid token of her own revoke form (of her own message): still 404
+    own = save(env, "mallory@hospital.example", "Mine", [code_rcpt("dave@oldmail.example")])
+    token = csrf(m.get(f"/sent/m/{own}/revoke").text, "revoke")
+    forged = m.post(f"/sent/m/{mid}/revoke", data={"csrf": token})
+    assert forged.status_code == 404
+    assert m.post(f"/sent/m/{mid}/expiry", data={"csrf": token}).status_code == 404
+    assert env.store.message(mid).revoked_at is None  # type: ignore[union-attr]
+
+    # the whole message
+    confirm = c.get(f"/sent/m/{mid}/revoke")
+    r = c.post(f"/sent/m/{mid}/revoke", data={"csrf": csrf(confirm.text, "revoke")})
+    assert "The message is withdrawn" in r.text
+    assert env.store.message(mid).revoked_at is not None  # type: ignore[union-attr]
+
+
+def test_disabling_the_account_ends_its_session(env: Env) -> None:
+    c = env.client()
+    enrol(env, c, "alice@hospital.example")
+    assert 'id="who"' in c.get("/sent/").text
+    env.store.set_account_active("alice@hospital.example", False)
+    assert 'id="sign-in"' in c.get("/sent/").text
+
+
+@pytest.mark.parametrize("lang", ["en", "nl"])
+def test_every_sender_page_renders_in_both_languages(env: Env, lang: str) -> None:
+    c = env.client()
+    token = env.store.add_invite("alice@hospital.example", 3600)
+    c.get(f"/sent/invite/{token}")
+    assert c.get("/sent/invite/", params={"lang": lang}).status_code == 200
+    enrol(env, c, "alice@hospital.example")
+    mid = save(env, "alice@hospital.example", "Scan", [code_rcpt("dave@oldmail.example")])
+    for url in ("/sent/", f"/sent/m/{mid}/", f"/sent/m/{mid}/revoke", f"/sent/m/{mid}/expiry"):
+        r = c.get(url, params={"lang": lang})
+        assert r.status_code == 200 and f'lang="{lang}"' in r.text, url

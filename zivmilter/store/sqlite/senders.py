@@ -1,0 +1,211 @@
+"""SQL of the sender's side of the portal: enrolment invitations, the sign-in lockout of sender
+accounts, sent items, expiry and read receipts (issue 19).
+
+As for links (links.py), the lockout's length is the portal's decision, passed in; each
+check-then-act here (an invitation spent, a sign-in claimed, a receipt claimed) is one
+transaction.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from zivmilter import crypto, defaults
+from zivmilter.store.records import MessageRecord, SentPage, SignInAttempt, address_key
+from zivmilter.store.sqlite.connection import audit, dt, ts
+from zivmilter.store.sqlite.messages import MESSAGE_FIELDS, MessagesMixin
+
+_SENDER = "kind = 'sender' AND active = 1"
+
+
+class SendersMixin(MessagesMixin):
+    # -- invitations ----------------------------------------------------------------------
+
+    def add_invite(self, address: str, lifetime: float) -> str | None:
+        key = address_key(address)
+        if key is None:
+            return None
+        token = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = cur.execute(
+                f"SELECT 1 FROM accounts WHERE address = ? AND {_SENDER}", (key,)
+            ).fetchone()
+            if row is None:
+                return None
+            cur.execute("DELETE FROM invites WHERE address = ? AND used_at IS NULL", (key,))
+            cur.execute(
+                "INSERT INTO invites (token_hash, address, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (crypto.token_hash(token), key, now, now + int(lifetime)),
+            )
+            audit(cur, now, None, key, "invite-issued", "")
+        return token
+
+    def invite_address(self, token_hash: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT i.address FROM invites i JOIN accounts a ON a.address = i.address"
+                " WHERE i.token_hash = ? AND i.used_at IS NULL AND i.expires_at > ?"
+                " AND a.kind = 'sender' AND a.active = 1",
+                (token_hash, int(self._now())),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def redeem_invite(
+        self, token_hash: str, password_hash: str, totp_secret: bytes, totp_step: int
+    ) -> str | None:
+        now = int(self._now())
+        address = self.invite_address(token_hash)
+        if address is None:
+            return None
+        sealed = self._sealing.seal_totp(address, totp_secret)
+        with self._transaction() as cur:
+            spent = cur.execute(
+                "UPDATE invites SET used_at = ? WHERE token_hash = ? AND used_at IS NULL"
+                " AND expires_at > ? AND address IN (SELECT address FROM accounts"
+                f" WHERE {_SENDER})",
+                (now, token_hash, now),
+            ).rowcount
+            if not spent:
+                return None
+            cur.execute(
+                "UPDATE accounts SET password_hash = ?, totp_secret = ?, totp_last_step = ?,"
+                " failed_streak = 0, locked_until = NULL WHERE address = ?",
+                (password_hash, sealed, totp_step, address),
+            )
+            audit(cur, now, None, address, "sender-enrolled", "password and authenticator set")
+        return address
+
+    # -- signing in -----------------------------------------------------------------------
+
+    def claim_sign_in(
+        self, address: str, lockout: Callable[[int, int], float | None], detail: str = ""
+    ) -> SignInAttempt:
+        """Claim one sign-in of `address` before comparing it (see `SignInAttempt`): counted
+        as wrong at once, refused while the account is locked."""
+        key = address_key(address) or address
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT failed_streak, lockouts, locked_until FROM accounts"
+                f" WHERE address = ? AND {_SENDER}",
+                (key,),
+            ).fetchone()
+            if row is None:
+                return SignInAttempt(key, True, None)
+            streak, lockouts, locked = int(row[0]) + 1, int(row[1]), row[2]
+            if locked is not None and now < int(locked):
+                audit(cur, now, None, key, "sign-in-while-locked", detail)
+                return SignInAttempt(key, False, dt(locked))
+            seconds = lockout(streak, lockouts)
+            until = None if seconds is None else now + int(seconds)
+            cur.execute(
+                "UPDATE accounts SET failed_attempts = failed_attempts + 1, failed_streak = ?,"
+                " lockouts = ?, locked_until = COALESCE(?, locked_until) WHERE address = ?",
+                (0 if until else streak, lockouts + (1 if until else 0), until, key),
+            )
+        return SignInAttempt(key, True, None if until is None else dt(until), counted=True)
+
+    def settle_sign_in(self, attempt: SignInAttempt, ok: bool) -> datetime | None:
+        """Settle a claimed sign-in as `settle_attempt` settles a link's answer: a right one
+        takes back its count, ends the streak and lifts a lock its own claim set (it was in
+        before the limit); a wrong one is audited. The end of the lock in force now, if any."""
+        if not attempt.admitted:
+            return attempt.locked_until
+        now = int(self._now())
+        set_lock = ts(attempt.locked_until)
+        with self._transaction() as cur:
+            if ok and attempt.counted:
+                cur.execute(
+                    "UPDATE accounts SET failed_attempts = MAX(failed_attempts - 1, 0),"
+                    " failed_streak = 0,"
+                    " lockouts = lockouts - (? IS NOT NULL AND locked_until IS ?),"
+                    " locked_until = CASE WHEN locked_until IS ? THEN NULL ELSE locked_until END"
+                    " WHERE address = ?",
+                    (set_lock, set_lock, set_lock, attempt.address),
+                )
+            if ok:
+                audit(cur, now, None, attempt.address, "sign-in", "sent items")
+            elif attempt.counted:
+                audit(cur, now, None, attempt.address, "sign-in-failed", "sent items")
+                if set_lock is not None:
+                    audit(cur, now, None, attempt.address, "locked", "sign-in")
+            row = cur.execute(
+                "SELECT locked_until FROM accounts WHERE address = ?", (attempt.address,)
+            ).fetchone()
+        if row is None or row[0] is None or int(row[0]) <= now:
+            return None
+        return dt(row[0])
+
+    # -- sent items -----------------------------------------------------------------------
+
+    def sent_messages(
+        self, senders: Sequence[str], query: str = "", offset: int = 0, limit: int = 20
+    ) -> SentPage:
+        """Newest first, through the messages_sender index. The subject is sealed, so a search
+        decrypts the subjects of the senders' messages to match them (AES-GCM: microseconds
+        each); a page without a search decrypts only its own."""
+        keys = [k for k in (address_key(s) for s in senders) if k is not None]
+        if not keys:
+            return SentPage([], 0)
+        marks = ", ".join("?" * len(keys))
+        select = (
+            f"SELECT {', '.join(MESSAGE_FIELDS)} FROM messages m WHERE m.sender IN ({marks})"
+            " ORDER BY m.created_at DESC, m.id DESC"
+        )
+        needle = query.strip().casefold()
+        with self._lock:
+            if not needle:
+                (total,) = self._conn.execute(
+                    f"SELECT COUNT(*) FROM messages WHERE sender IN ({marks})", keys
+                ).fetchone()
+                rows = self._conn.execute(
+                    select + " LIMIT ? OFFSET ?", (*keys, limit, offset)
+                ).fetchall()
+                return SentPage([self._message_record(r) for r in rows], int(total))
+            rows = self._conn.execute(select, keys).fetchall()
+            by_recipient = {
+                str(r[0])
+                for r in self._conn.execute(
+                    "SELECT DISTINCT r.message_id FROM recipients r JOIN messages m"
+                    f" ON m.id = r.message_id WHERE m.sender IN ({marks})"
+                    " AND instr(lower(r.address), ?) > 0",
+                    (*keys, needle),
+                )
+            }
+        found: list[MessageRecord] = []
+        for row in rows:
+            record = self._message_record(row)
+            if record.id in by_recipient or needle in (record.subject or "").casefold():
+                found.append(record)
+        return SentPage(found[offset : offset + limit], len(found))
+
+    def set_expiry(self, message_id: str, expires_at: datetime, reason: str = "") -> bool:
+        at = ts(expires_at)
+        now = int(self._now())
+        with self._transaction() as cur:
+            done = cur.execute(
+                "UPDATE messages SET expires_at = ? WHERE id = ? AND revoked_at IS NULL"
+                " AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id"
+                " AND r.delivery = 'notification' AND r.revoked_at IS NULL)",
+                (at, message_id),
+            ).rowcount
+            if done:
+                when = dt(at).strftime("%Y-%m-%d %H:%M UTC")
+                audit(cur, now, message_id, None, "expiry-set", f"{when} {reason}".strip())
+        return bool(done)
+
+    def claim_read_receipt(self, recipient_id: int) -> bool:
+        now = int(self._now())
+        with self._transaction() as cur:
+            return (
+                cur.execute(
+                    "UPDATE recipients SET receipt_sent_at = ? WHERE id = ?"
+                    " AND receipt_sent_at IS NULL",
+                    (now, recipient_id),
+                ).rowcount
+                == 1
+            )
