@@ -1223,3 +1223,27 @@ def test_enrolment_page_keeps_its_secret_when_shown_again(env: Env) -> None:
         page = other.post(here + "verify", data=form)
         found = re.search(r'<code id="secret">([A-Z2-7 ]+)</code>', page.text)
         assert found and found.group(1) != first
+
+
+# --- issue 15: hardening ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("root", ["", "/secure"])
+def test_trailing_slash_redirect_ignores_the_host_header(tmp_path: Path, root: str) -> None:
+    """Issue 15 item 14: a Host header of the attacker's choosing never reaches Location."""
+    env = Env(tmp_path, {"portal": {"base_url": f"{BASE}{root}/"}})
+    try:
+        _, tokens = env.save([code_rcpt("bob@example.net")])
+        with env.client() as client:
+            here = open_link(client, tokens["bob@example.net"])
+            r = client.get(
+                BASE + here.rstrip("/") + "?lang=nl",
+                headers={"host": "evil.example"},
+                follow_redirects=False,
+            )
+            assert r.status_code in (307, 308), r.text
+            assert r.headers["location"] == f"{BASE}{here}?lang=nl"
+            assert "evil" not in r.headers["location"]
+            assert client.get(BASE + here.rstrip("/")).status_code == 200  # still leads there
+    finally:
+        env.store.close()
