@@ -174,7 +174,8 @@ def rcpt(address: str, verification: str, **kw: Any) -> NewRecipient:
 
 def csrf(html: str, action: str) -> str:
     m = re.search(
-        r'action="[^"]*/' + re.escape(action) + r'"[^>]*>\s*<input type="hidden" name="csrf" '
+        r'action="[^"]*/' + re.escape(action) + r'(?:\?csrf=[^"]*)?"[^>]*>\s*'
+        r'<input type="hidden" name="csrf" '
         r'value="([^"]+)"',
         html,
     )
@@ -1247,3 +1248,50 @@ def test_trailing_slash_redirect_ignores_the_host_header(tmp_path: Path, root: s
             assert client.get(BASE + here.rstrip("/")).status_code == 200  # still leads there
     finally:
         env.store.close()
+
+
+def _post_counting_reads(env: Env, path: str, headers: dict[str, str]) -> tuple[int, int]:
+    """POST a 20 MB reply straight to the ASGI app; the status and the body bytes it read."""
+    import anyio
+
+    chunk = b"x" * (1024 * 1024)
+    read = 0
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        if read >= 20 * len(chunk):
+            return {"type": "http.disconnect"}
+        read += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": read < 20 * len(chunk)}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "server": ("portal.test", 80), "client": ("127.0.0.1", 5000),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }  # fmt: skip
+    anyio.run(env.app, scope, receive, send)
+    return status, read
+
+
+def test_a_reply_without_a_session_is_refused_before_its_body_is_read(env: Env) -> None:
+    """Issue 15 item 13: 20 MB without a cookie (or from another origin) are not parsed."""
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    rid = env.rid(mid, "bob@example.net")
+    form = {"content-type": "multipart/form-data; boundary=b", "content-length": str(20 << 20)}
+    status, read = _post_counting_reads(env, f"/r/{rid}/reply", form)
+    assert status == 403 and read == 0
+    with env.client() as client:
+        here = verified(env, client, tokens["bob@example.net"])
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    status, read = _post_counting_reads(
+        env, here + "reply", {**form, "cookie": cookie, "origin": "https://evil.example"}
+    )
+    assert status == 403 and read == 0
+    assert env.store.replies(rid) == []

@@ -268,6 +268,11 @@ class LinkPages(GuestPages[_Ctx]):
                 status=413, kind="error",
                 mb=str(self.portal.cfg.portal.max_reply_bytes // (1024 * 1024)),
             )  # fmt: skip
+        # Who may send this much is settled before a byte of it is read: the session, and of
+        # the CSRF check what the headers and the query carry (the form's token comes after).
+        ctx, error = await run_in_threadpool(self._reply_context, request)
+        if ctx is None:
+            return error
         form = await request.form(
             max_files=defaults.PORTAL_MAX_REPLY_FILES, max_fields=10, max_part_size=1024 * 1024
         )
@@ -283,7 +288,22 @@ class LinkPages(GuestPages[_Ctx]):
                     )
                 )
         fields = {k: field(form, k) for k in ("csrf", "text")}
+        fields["csrf"] = request.query_params.get("csrf") or fields["csrf"]
         return await run_in_threadpool(self._reply, request, fields, files)
+
+    def _reply_context(self, request: Request) -> tuple[_Ctx | None, Response]:
+        ctx, error = self._context(request, Stage.VERIFIED)
+        if ctx is None:
+            return None, error
+        token = request.query_params.get("csrf")
+        if not self.portal.origin_allowed(request) or (
+            token is not None and not self.portal.form_allowed(request, ctx.p, "reply", token)
+        ):
+            self._record_csrf_refusal(ctx)
+            return None, self.portal.notice(
+                request, "csrf", lang=ctx.lang, here=ctx.here, status=403, kind="error"
+            )
+        return ctx, error
 
     def _reply(
         self, request: Request, fields: dict[str, str], files: list[mail.ReplyFile]
