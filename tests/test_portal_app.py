@@ -537,9 +537,22 @@ def test_html_is_sanitized_and_framed(env: Env) -> None:
         image = client.get(inline.group(1))
         assert image.status_code == 200 and image.headers["content-type"] == "image/png"
         assert image.content.endswith(b"logo")
-        consented = client.get(here + "body?remote=1")
+        # Consent is a form post (issue 15 item 15): the page it shows frames the body with
+        # remote images; a link to ?remote=1 (one in the message itself, say) consents to none.
+        for link in (here + "?remote=1", here + "body?remote=1"):
+            assert "t.example" not in client.get(link).text
+        assert "body?remote" not in client.get(here + "?remote=1").text
+        assert "img-src 'self';" in client.get(here + "body?remote=1").headers[
+            "content-security-policy"
+        ]
+        shown = client.post(here + "remote", data={"csrf": csrf(page.text, "remote")})
+        assert shown.status_code == 200 and 'id="remote"' not in shown.text
+        frame = re.search(r'id="body" src="([^"]+)"', shown.text)
+        assert frame and "?remote=" in frame.group(1)
+        consented = client.get(frame.group(1))
         assert "https://t.example/p.gif" in consented.text
         assert "https:" in consented.headers["content-security-policy"]
+        assert client.post(here + "remote", data={"csrf": "forged"}).status_code == 403
         assert client.get(here + "part/999").status_code == 404
 
 

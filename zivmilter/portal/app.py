@@ -102,6 +102,7 @@ def create_app(portal: Portal, on_ready: Callable[[], object] | None = None) -> 
         Route("/r/{rid:int}/verify", links.verify, methods=["POST"]),
         Route("/r/{rid:int}/enrol", links.enrol, methods=["POST"]),
         Route("/r/{rid:int}/body", links.body, methods=["GET"]),
+        Route("/r/{rid:int}/remote", links.remote, methods=["POST"]),
         Route("/r/{rid:int}/part/{index:int}", links.inline_part, methods=["GET"]),
         Route("/r/{rid:int}/attachment/{index:int}", links.attachment, methods=["GET"]),
         Route("/r/{rid:int}/reply", links.reply, methods=["POST"]),

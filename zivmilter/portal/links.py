@@ -38,7 +38,13 @@ from zivmilter.portal.pages import (
     sent_notice,
     small_form,
 )
-from zivmilter.portal.security import Stage, enrolment_secret, seal_value, unseal_value
+from zivmilter.portal.security import (
+    Stage,
+    csrf_ok,
+    enrolment_secret,
+    seal_value,
+    unseal_value,
+)
 from zivmilter.store import LinkState, RecipientRecord
 
 log = logging.getLogger("zivmilter.portal")
@@ -187,7 +193,9 @@ class LinkPages(GuestPages[_Ctx]):
         view = self._message_view(ctx)
         if view is None or view.html is None:
             return Response(status_code=404)
-        remote = request.query_params.get("remote") == "1"
+        # Only the frame of the page that a consent (a POST with its CSRF token) showed carries
+        # this token: a link in the message itself cannot consent for the reader.
+        remote = csrf_ok(self.portal.keys, ctx.p, "remote", request.query_params.get("remote"))
 
         def inline_url(cid: str) -> str | None:
             index = view.inline.get(cid)
@@ -255,6 +263,18 @@ class LinkPages(GuestPages[_Ctx]):
                 "content-security-policy": "default-src 'none'; sandbox",
             },
         )
+
+    async def remote(self, request: Request) -> Response:
+        fields = await small_form(request, "csrf")
+        return await run_in_threadpool(self._remote, request, fields)
+
+    def _remote(self, request: Request, fields: dict[str, str]) -> Response:
+        """The reader consents to the remote images of this message: the page again, whose
+        frame now loads them (a reload asks again: consent is never in a link)."""
+        ctx, error = self._form_context(request, Stage.VERIFIED, "remote", fields)
+        if ctx is None:
+            return error
+        return self._message_page(request, ctx, remote=True)
 
     # -- replying ----------------------------------------------------------------------------
 
@@ -441,7 +461,13 @@ class LinkPages(GuestPages[_Ctx]):
         )
 
     def _message_page(
-        self, request: Request, ctx: _Ctx, *, error: str | None = None, status: int = 200
+        self,
+        request: Request,
+        ctx: _Ctx,
+        *,
+        error: str | None = None,
+        status: int = 200,
+        remote: bool = False,
     ) -> Response:
         portal = self.portal
         view = self._message_view(ctx)
@@ -452,7 +478,6 @@ class LinkPages(GuestPages[_Ctx]):
         # Revoked since the view was read: not shown, so no open is logged after a revoke.
         if not portal.store.mark_opened(ctx.rec.id):
             return self._gone(request, ctx, "revoked")
-        remote = request.query_params.get("remote") == "1"
         replies = portal.store.replies(ctx.rec.id)
         # ?replied= after a reply was written: said only while it is true of the last reply
         last = replies[-1] if replies else None
@@ -467,7 +492,8 @@ class LinkPages(GuestPages[_Ctx]):
         values = {
             "view": view,
             "received": ctx.rec.message.created_at,
-            "remote": remote,
+            "remote": portal.csrf(ctx.p, "remote") if remote else "",
+            "csrf_remote": portal.csrf(ctx.p, "remote"),
             "has_remote": bool(view.html and _REMOTE_IMG.search(view.html)),
             "replies": replies,
             "csrf_reply": portal.csrf(ctx.p, "reply"),
