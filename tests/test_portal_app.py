@@ -1308,3 +1308,26 @@ def test_a_reply_without_a_session_is_refused_before_its_body_is_read(env: Env) 
     )
     assert status == 403 and read == 0
     assert env.store.replies(rid) == []
+
+
+def test_sign_out_and_account_disable_end_copied_sessions(env: Env) -> None:
+    """Issue 15 item 11: a copy of a session cookie stops reading when its session ends."""
+    accounts.add_recipient_account(env.store, "carol@example.com", "long enough password")
+    _, tokens = env.save([code_rcpt("bob@example.net"), code_rcpt("carol@example.com")])
+    for address in ("bob@example.net", "carol@example.com"):
+        with env.client() as client, env.client() as thief:
+            here = verified(env, client, tokens[address])
+            thief.cookies.update(client.cookies)
+            assert shows_message(thief.get(here))
+            if address == "bob@example.net":
+                page = client.get(here)
+                out = client.post(here + "logout", data={"csrf": csrf(page.text, "logout")})
+                assert out.status_code == 200
+            else:  # what `zivmilter account disable` does
+                assert env.store.set_account_active(address, False)
+            for path in ("", "body", "attachment/3"):
+                r = thief.get(here + path)
+                assert r.status_code == 403 and "BODY-MARKER" not in r.text
+            # signing in again works (for bob: the account only counts for carol)
+            if address == "bob@example.net":
+                assert verified(env, thief, tokens[address])

@@ -348,6 +348,24 @@ def test_accounts(st: Store) -> None:
     assert not st.has_account("not an address")
 
 
+def test_sign_out_and_account_disable_move_the_session_generation_on(st: Store) -> None:
+    saved = st.save_message(new_message())
+    rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+    assert rec is not None and st.session_generation(rec.id) == 0
+    st.end_sessions(rec.id, "signed out")
+    assert st.session_generation(rec.id) == 1
+    st.add_account("bob@example.net", "recipient", password_hash="$argon2id$x")
+    assert st.session_generation(rec.id) == 1
+    st.set_account_active("bob@example.net", True)  # switching on ends nothing
+    assert st.session_generation(rec.id) == 1
+    st.set_account_active("bob@example.net", False)
+    assert st.session_generation(rec.id) == 2
+    assert st.session_generation(rec.id + 1000) is None
+    assert ("sessions-ended", "bob@example.net") in [
+        (e.event, e.recipient) for e in st.events(saved.id)
+    ]
+
+
 def test_only_one_authenticator_enrols_even_at_once(st: Store) -> None:
     st.add_account("erin@example.net", "recipient", password_hash="$argon2id$x")
     barrier = threading.Barrier(8)

@@ -34,6 +34,7 @@ from zivmilter.portal.security import (
     csrf_ok,
     csrf_token,
     decode_pass,
+    subject_of,
 )
 from zivmilter.portal.security import encode_pass as _encode
 from zivmilter.portal.sms import SmsSender
@@ -159,7 +160,12 @@ class Portal:
         )
 
     def get_pass(self, request: Request, scope: str) -> Pass | None:
-        return decode_pass(self.keys, request.cookies.get(cookie_name(scope)), scope, self.now())
+        """The request's pass for `scope`: genuine, unexpired, and of a session that was not
+        ended since (sign-out, a disabled account: checked in the store on every request)."""
+        p = decode_pass(self.keys, request.cookies.get(cookie_name(scope)), scope, self.now())
+        if p is not None and p.subject and self.store.session_generation(p.subject) != p.gen:
+            return None
+        return p
 
     def give_pass(self, response: Response, p: Pass) -> None:
         max_age = max(1, p.expires - int(self.now()))
@@ -171,7 +177,9 @@ class Portal:
             if stage is Stage.VERIFIED
             else defaults.PORTAL_LINK_SECONDS
         )
-        return Pass.new(scope, stage, self.now(), lifetime, who)
+        subject = subject_of(scope, who)
+        gen = (self.store.session_generation(subject) or 0) if subject else 0
+        return Pass.new(scope, stage, self.now(), lifetime, who, gen)
 
     def drop_pass(self, response: Response, scope: str) -> None:
         response.delete_cookie(

@@ -381,6 +381,8 @@ class LinkPages(GuestPages[_Ctx]):
         ctx, error = self._form_context(request, Stage.LINK, "logout", fields)
         if ctx is None:
             return error
+        # Server-side too: a copy of this cookie (another tab, another device) ends with it.
+        self.portal.store.end_sessions(ctx.rec.id, "signed out")
         response = self.portal.notice(
             request, "signed_out", lang=ctx.lang, here=ctx.here, status=200
         )
