@@ -1331,3 +1331,37 @@ def test_sign_out_and_account_disable_end_copied_sessions(env: Env) -> None:
             # signing in again works (for bob: the account only counts for carol)
             if address == "bob@example.net":
                 assert verified(env, thief, tokens[address])
+
+
+def test_reply_uploads_keep_only_a_bare_type_and_no_mail_inside(tmp_path: Path) -> None:
+    """Issue 15 item 5: the uploader's Content-Type parameters never reach the sender, mail
+    and multipart uploads are refused, and replies go to the content-filtered listener."""
+    env = Env(tmp_path)
+    codes = env.mailer
+    env.portal.reply_mailer = replies = RecordingMailer()
+    try:
+        mid, tokens = env.save([code_rcpt("bob@example.net")])
+        with env.client() as client:
+            here = verified(env, client, tokens["bob@example.net"])
+            for bad in ("message/rfc822", "Multipart/Mixed; boundary=x"):
+                page = client.get(here)
+                r = client.post(
+                    here + "reply",
+                    data={"csrf": csrf(page.text, "reply"), "text": "see attached"},
+                    files=[("files", ("fwd.eml", b"From: ceo@hospital.example\r\n\r\nhi", bad))],
+                )
+                assert r.status_code == 400 and "cannot be attached to a reply" in r.text
+            assert replies.sent == [] and env.store.replies(env.rid(mid, "bob@example.net")) == []
+            page = client.get(here)
+            r = client.post(
+                here + "reply",
+                data={"csrf": csrf(page.text, "reply"), "text": "notes"},
+                files=[("files", ("notes.txt", b"hello", 'text/plain; name="other.exe"'))],
+            )
+            assert r.status_code == 200 and 'id="notice"' in r.text
+        assert codes.sent == []  # not through the milter-free listener of copies
+        (attached,) = replies.last().iter_attachments()
+        assert attached["Content-Type"].split(";")[0] == "text/plain"
+        assert "other.exe" not in str(attached) and attached.get_filename() == "notes.txt"
+    finally:
+        env.store.close()

@@ -20,6 +20,9 @@ MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # refuse (5.3.4) above this; Postfix defa
 REINJECT_HOST = "127.0.0.1"
 REINJECT_PORT = 10026
 REINJECT_TIMEOUT = 60.0
+# Secure replies from the portal come in from outside: they go to a listener that runs the site's
+# content filters (antivirus, spam), never zivmilter (postfix/master.cf.zivmilter ships it).
+REINJECT_REPLIES_PORT = 10027
 
 # --- policy ------------------------------------------------------------------------------
 LARGE_ATTACHMENT_BYTES = 10 * 1024 * 1024  # SPEC 5: attachments above this become links

@@ -376,6 +376,10 @@ def test_access_code_read_download_reply_language_revoke(
     (attached,) = reply.iter_attachments()
     assert attached.get_filename() == "answers.csv"
     assert attached.get_payload(decode=True) == attachment.read_bytes()
+    # It came in through the replies' listener (the site's content filters), not the
+    # milter-free one of copies (issue 15 item 5).
+    came_in = world.pf.wait_for_log(r"postfix/zivmilter-replies/smtpd\[\d+\]: (\w+): client=")
+    world.pf.wait_for_log(rf"{came_in.group(1)}: message-id={re.escape(reply['Message-ID'])}")
 
     page.click("text=Nederlands")
     page.get_by_role("heading", name="Beveiligd antwoorden").wait_for()

@@ -249,6 +249,8 @@ class ReinjectConfig:
     host: str = defaults.REINJECT_HOST
     port: int = field(default=defaults.REINJECT_PORT, metadata=_check(_port))
     timeout: float = field(default=defaults.REINJECT_TIMEOUT, metadata=_check(_positive))
+    # the portal's secure replies: a listener with the site's content filters (on `host`)
+    replies_port: int = field(default=defaults.REINJECT_REPLIES_PORT, metadata=_check(_port))
 
 
 @dataclass(frozen=True)

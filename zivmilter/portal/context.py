@@ -52,7 +52,10 @@ class Portal:
     store: Store
     keys: PortalKeys
     sms: SmsSender
-    mailer: Reinjector
+    mailer: Reinjector  # the portal's own mail (codes): the milter-free listener
+    # secure replies: a listener with the site's content filters (reinject.replies_port);
+    # None: `mailer` (tests that need not tell the two apart)
+    reply_mailer: Reinjector | None = None
     clock: Callable[[], float] = time.time
     templates: jinja2.Environment = field(init=False)
     root: str = field(init=False)  # path prefix of portal.base_url, without the final "/"
@@ -65,6 +68,11 @@ class Portal:
         self.origin = f"{url.scheme}://{url.netloc}"
         self.secure = url.scheme == "https"
         self.templates = _templates()
+
+    @property
+    def replies(self) -> Reinjector:
+        """Where secure replies are handed over."""
+        return self.reply_mailer or self.mailer
 
     @property
     def org_name(self) -> str:

@@ -303,7 +303,7 @@ class LinkPages(GuestPages[_Ctx]):
                 files.append(
                     mail.ReplyFile(
                         render.clean_filename(item.filename) or "attachment",
-                        item.content_type or "application/octet-stream",
+                        mail.bare_type(item.content_type),
                         data,
                     )
                 )
@@ -335,6 +335,8 @@ class LinkPages(GuestPages[_Ctx]):
         text = fields["text"].replace("\r\n", "\n").strip()
         if not text and not files:
             return self._message_page(request, ctx, error="reply_empty", status=400)
+        if any(mail.refused_upload(f.content_type) for f in files):
+            return self._message_page(request, ctx, error="reply_bad_type", status=400)
         rec = ctx.rec
         message = rec.message
         rfc822_id = message.rfc822_id or ""
@@ -360,7 +362,7 @@ class LinkPages(GuestPages[_Ctx]):
             return self._message_page(request, ctx, error="reply_failed", status=503)
         # The reply is stored either way: reloading the page must not write it again.
         handed = hand_over_reply(
-            portal.store, portal.mailer,
+            portal.store, portal.replies,
             reply_id=reply_id, message_id=message.id, to=message.sender, content=data,
             sender=portal.cfg.organization.portal_from, what=f"portal reply from {rec.address}",
             author=rec.address,
