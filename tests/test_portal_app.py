@@ -542,9 +542,10 @@ def test_html_is_sanitized_and_framed(env: Env) -> None:
         for link in (here + "?remote=1", here + "body?remote=1"):
             assert "t.example" not in client.get(link).text
         assert "body?remote" not in client.get(here + "?remote=1").text
-        assert "img-src 'self';" in client.get(here + "body?remote=1").headers[
-            "content-security-policy"
-        ]
+        assert (
+            "img-src 'self';"
+            in client.get(here + "body?remote=1").headers["content-security-policy"]
+        )
         shown = client.post(here + "remote", data={"csrf": csrf(page.text, "remote")})
         assert shown.status_code == 200 and 'id="remote"' not in shown.text
         frame = re.search(r'id="body" src="([^"]+)"', shown.text)
@@ -1365,3 +1366,69 @@ def test_reply_uploads_keep_only_a_bare_type_and_no_mail_inside(tmp_path: Path) 
         assert "other.exe" not in str(attached) and attached.get_filename() == "notes.txt"
     finally:
         env.store.close()
+
+
+def _reply(client: TestClient, here: str, text: str, data: bytes = b"") -> Any:
+    page = client.get(here)
+    files = [("files", ("scan.bin", data, "application/octet-stream"))] if data else None
+    return client.post(
+        here + "reply", data={"csrf": csrf(page.text, "reply"), "text": text}, files=files
+    )
+
+
+def test_replies_are_limited_per_link_and_per_recipient(tmp_path: Path) -> None:
+    """Issue 15 item 4: quotas by number and bytes, per link and per recipient address, per
+    hour and per day; the page says plainly which one was reached."""
+    limits = {"link_per_hour": 2, "recipient_per_day": 3, "recipient_bytes_per_hour": 300_000}
+    env = Env(tmp_path, {"portal": {"base_url": BASE + "/", "reply_limits": limits}})
+    try:
+        _, first = env.save([code_rcpt("bob@example.net")])
+        _, second = env.save([code_rcpt("bob@example.net")])
+        with env.client() as client:
+            here = verified(env, client, first["bob@example.net"])
+            assert _reply(client, here, "one").status_code == 200
+            assert _reply(client, here, "two").status_code == 200
+            r = _reply(client, here, "three")
+            assert r.status_code == 429 and "limit for replies in one hour" in r.text
+            assert len(env.mailer.sent) == 2
+            env.clock.t += 3601  # a new hour for this link (and a new session)
+            here = verified(env, client, first["bob@example.net"])
+            assert _reply(client, here, "three").status_code == 200
+            # the address's day: three replies over all its links
+            other = verified(env, client, second["bob@example.net"])
+            r = _reply(client, other, "four")
+            assert r.status_code == 429 and "limit for replies in one day" in r.text
+            nl = client.get(other + "?lang=nl")
+            assert nl.status_code == 200
+            r = _reply(client, other, "vier")
+            assert "limiet voor antwoorden op één dag" in r.text
+            env.clock.t += 24 * 3600
+            other = verified(env, client, second["bob@example.net"])
+            # bytes: 200 kB fits the hour, another 200 kB does not
+            assert _reply(client, other, "big", os.urandom(200_000)).status_code == 200
+            r = _reply(client, other, "bigger", os.urandom(200_000))
+            assert r.status_code == 429 and "limiet voor antwoorden in één uur" in r.text
+        assert len(env.mailer.sent) == 4
+    finally:
+        env.store.close()
+
+
+def test_a_reply_is_refused_while_the_store_is_short_of_disk(tmp_path: Path) -> None:
+    limits = {"min_free_bytes": 1 << 60}  # more than any disk has free
+    env = Env(tmp_path, {"portal": {"base_url": BASE + "/", "reply_limits": limits}})
+    try:
+        mid, tokens = env.save([code_rcpt("bob@example.net")])
+        with env.client() as client:
+            here = verified(env, client, tokens["bob@example.net"])
+            r = _reply(client, here, "hello")
+            assert r.status_code == 503 and "out of storage space" in r.text
+        assert env.mailer.sent == [] and env.store.replies(env.rid(mid, "bob@example.net")) == []
+    finally:
+        env.store.close()
+    with pytest.raises(config_mod.ConfigError, match="link_per_hour"):
+        config_mod.from_mapping(
+            {
+                "organization": {"domains": ["h.example"]},
+                "portal": {"reply_limits": {"link_per_hour": 0}},
+            }
+        )

@@ -102,6 +102,19 @@ DSN_MAIL_FROM = "MAILER-DAEMON"  # local part, at the first organization domain,
 PORTAL_MAIL_FROM = "noreply"  # local part, at the first organization domain, of portal mail
 PORTAL_MAX_REPLY_BYTES = 25 * 1024 * 1024  # text and attachments of one secure reply
 PORTAL_MAX_REPLY_FILES = 10
+# Secure replies per link and per recipient address (all their links), by number and by bytes,
+# in any hour and any day (portal.reply_limits): one recipient cannot fill the store's disk,
+# which would hold the secured outgoing mail.
+REPLY_LINK_PER_HOUR = 10
+REPLY_LINK_PER_DAY = 30
+REPLY_LINK_BYTES_PER_HOUR = 100 * 1024 * 1024
+REPLY_LINK_BYTES_PER_DAY = 250 * 1024 * 1024
+REPLY_RECIPIENT_PER_HOUR = 20
+REPLY_RECIPIENT_PER_DAY = 60
+REPLY_RECIPIENT_BYTES_PER_HOUR = 200 * 1024 * 1024
+REPLY_RECIPIENT_BYTES_PER_DAY = 500 * 1024 * 1024
+# A reply is refused while the store's file system has less than this free (besides the reply).
+REPLY_MIN_FREE_BYTES = 1024 * 1024 * 1024
 OTP_DIGITS = 6
 OTP_MAX_SENDS = 10  # codes sent for one link before a successful verification
 LOCKOUT_MAX_SECONDS = 24 * 3600  # the growing lockout stops growing here

@@ -254,6 +254,36 @@ class ReinjectConfig:
 
 
 @dataclass(frozen=True)
+class ReplyLimitsConfig:
+    """Quotas of secure replies: per link, and per recipient address over all its links."""
+
+    link_per_hour: int = field(default=defaults.REPLY_LINK_PER_HOUR, metadata=_check(_positive))
+    link_per_day: int = field(default=defaults.REPLY_LINK_PER_DAY, metadata=_check(_positive))
+    link_bytes_per_hour: int = field(
+        default=defaults.REPLY_LINK_BYTES_PER_HOUR, metadata=_check(_positive)
+    )
+    link_bytes_per_day: int = field(
+        default=defaults.REPLY_LINK_BYTES_PER_DAY, metadata=_check(_positive)
+    )
+    recipient_per_hour: int = field(
+        default=defaults.REPLY_RECIPIENT_PER_HOUR, metadata=_check(_positive)
+    )
+    recipient_per_day: int = field(
+        default=defaults.REPLY_RECIPIENT_PER_DAY, metadata=_check(_positive)
+    )
+    recipient_bytes_per_hour: int = field(
+        default=defaults.REPLY_RECIPIENT_BYTES_PER_HOUR, metadata=_check(_positive)
+    )
+    recipient_bytes_per_day: int = field(
+        default=defaults.REPLY_RECIPIENT_BYTES_PER_DAY, metadata=_check(_positive)
+    )
+    # the store's file system keeps at least this much free: replies are refused below it
+    min_free_bytes: int = field(
+        default=defaults.REPLY_MIN_FREE_BYTES, metadata=_check(_not_negative)
+    )
+
+
+@dataclass(frozen=True)
 class PortalConfig:
     base_url: str = field(default=defaults.PORTAL_BASE_URL, metadata=_check(_url))
     listen: str = field(default=defaults.PORTAL_LISTEN, metadata=_check(_host_port))
@@ -264,6 +294,7 @@ class PortalConfig:
     max_reply_bytes: int = field(
         default=defaults.PORTAL_MAX_REPLY_BYTES, metadata=_check(_positive)
     )
+    reply_limits: ReplyLimitsConfig = ReplyLimitsConfig()
 
 
 @dataclass(frozen=True)

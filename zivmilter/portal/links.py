@@ -25,7 +25,7 @@ from zivmilter import defaults
 from zivmilter.delivery.replies import Handed, hand_over_reply
 from zivmilter.errors import StoreError
 from zivmilter.mail.notification import mask_phone
-from zivmilter.portal import accounts, flows, mail, render, verify
+from zivmilter.portal import accounts, flows, mail, quota, render, verify
 from zivmilter.portal.context import timestamp, trusted_markup
 from zivmilter.portal.downloads import content_disposition, stream_bytes
 from zivmilter.portal.pages import (
@@ -355,6 +355,9 @@ class LinkPages(GuestPages[_Ctx]):
             mail_from=portal.cfg.organization.mail_from,
         )
         data = msg.as_bytes(policy=SMTP)
+        refusal = self._over_quota(rec, len(data))
+        if refusal is not None:
+            return self._message_page(request, ctx, error=refusal, status=refusal_status(refusal))
         try:
             reply_id = portal.store.save_reply(rec.id, data)
         except StoreError as exc:
@@ -374,6 +377,34 @@ class LinkPages(GuestPages[_Ctx]):
             return RedirectResponse(ctx.here + "?replied=refused", status_code=303)
         # `zivmilter maintenance` hands it over later: the writer need not send it again.
         return RedirectResponse(ctx.here + "?replied=later", status_code=303)
+
+    def _over_quota(self, rec: RecipientRecord, size: int) -> str | None:
+        """Why a reply of `size` bytes may not be stored now (an error key), or None. Two
+        replies at the same moment may both pass a limit they reach together: the quotas
+        bound a flood, not the last reply."""
+        portal = self.portal
+        limits = portal.cfg.portal.reply_limits
+        now = portal.now()
+        hour = portal.store.reply_usage(rec.id, now - quota.HOUR)
+        day = portal.store.reply_usage(rec.id, now - quota.DAY)
+        window = quota.reply_refusal(limits, hour, day, size)
+        if window is not None:
+            portal.store.record_event(
+                "reply-refused", rec.message.id, rec.address, f"quota of the {window}"
+            )
+            return f"reply_quota_{window}"
+        try:
+            free = portal.store.free_bytes()
+        except OSError as exc:
+            log.error("free space of the store unknown: %s", exc)
+            return "reply_no_space"
+        if free - size < limits.min_free_bytes:
+            log.error(
+                "reply of %s to %s refused: %d bytes free in the store, %d kept free",
+                rec.address, rec.message.id, free, limits.min_free_bytes,
+            )  # fmt: skip
+            return "reply_no_space"
+        return None
 
     async def logout(self, request: Request) -> Response:
         fields = await small_form(request, "csrf")
@@ -581,6 +612,11 @@ class LinkPages(GuestPages[_Ctx]):
         if data is not None:
             store.save_portal_view(mid, data)
         return parsed[1]
+
+
+def refusal_status(error: str) -> int:
+    """429 for a quota (the writer may try again later), 503 while the disk is short."""
+    return 503 if error == "reply_no_space" else 429
 
 
 def _scope(rid: int) -> str:

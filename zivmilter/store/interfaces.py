@@ -29,6 +29,7 @@ from zivmilter.store.records import (
     OtpState,
     RecipientRecord,
     ReplyRecord,
+    ReplyUsage,
     SavedAttachment,
     SavedMessage,
 )
@@ -102,6 +103,13 @@ class ReplyStore(Protocol):
         self, older_than: float = 0.0, *, refused: bool = False, message_id: str | None = None
     ) -> list[ReplyRecord]: ...
     def open_reply(self, reply_id: str) -> BinaryIO | None: ...
+    def reply_usage(self, recipient_id: int, since: float) -> ReplyUsage:
+        """Replies (number, plaintext bytes) written at or after `since` by this link and by
+        its address over all its links: what the portal's quotas count."""
+        ...
+    def free_bytes(self) -> int:
+        """Bytes free (to this process) on the file system that holds the store's contents."""
+        ...
 
 
 class AccountStore(Protocol):
