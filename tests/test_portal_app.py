@@ -1432,3 +1432,40 @@ def test_a_reply_is_refused_while_the_store_is_short_of_disk(tmp_path: Path) -> 
                 "portal": {"reply_limits": {"link_per_hour": 0}},
             }
         )
+
+
+def test_the_date_is_written_in_the_page_language(env: Env) -> None:
+    """Issue 15, a recipient's view: the Dutch page showed the raw English Date header."""
+    msg = message_from_bytes(message_bytes(), policy=policy.default)
+    msg["Date"] = "Tue, 24 Nov 2026 10:05:00 +0100"
+    _, tokens = env.save(
+        [code_rcpt("bob@example.net"), code_rcpt("piet@example.nl")],
+        content=msg.as_bytes(policy=policy.SMTP),
+    )
+    with env.client() as client:
+        page = client.get(verified(env, client, tokens["piet@example.nl"]))
+        date = re.search(r'<dd id="date">([^<]*)</dd>', page.text)
+        assert date and date.group(1) == "dinsdag 24 november 2026, 10:05 (UTC+01:00)"
+        assert "Tue" not in page.text and "Nov 2026" not in page.text
+    with env.client() as client:
+        page = client.get(verified(env, client, tokens["bob@example.net"]))
+        assert '<dd id="date">Tuesday 24 November 2026, 10:05 (UTC+01:00)</dd>' in page.text
+    _, tokens = env.save([code_rcpt("piet@example.nl")])  # no Date: when it was received
+    with env.client() as client:
+        page = client.get(verified(env, client, tokens["piet@example.nl"]))
+        assert '<dd id="date">dinsdag 24 november 2026, 09:00 (UTC+00:00)</dd>' in page.text
+
+
+def test_an_attachment_of_a_withdrawn_message_says_withdrawn(env: Env) -> None:
+    """Issue 15, a recipient's view: clicked after a revoke on another device, the link must
+    show the page that says so, not be saved as a file (no `download` attribute)."""
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    with env.client() as client:
+        here = verified(env, client, tokens["bob@example.net"])
+        page = client.get(here)
+        link = re.search(r'<a href="([^"]*/attachment/\d+)"([^>]*)>', page.text)
+        assert link and "download" not in link.group(2)
+        assert env.store.revoke(mid, "test")
+        gone = client.get(link.group(1))
+        assert gone.status_code == 410 and "withdrawn" in gone.text
+        assert gone.headers["content-type"].startswith("text/html")

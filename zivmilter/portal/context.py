@@ -7,6 +7,7 @@ app.py wires the routes; the pages (pages.py, links.py, downloads.py) and the st
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -228,6 +229,32 @@ def _templates() -> jinja2.Environment:
     templates.filters["filesize"] = _filesize
     templates.filters["when"] = _when
     return templates
+
+
+def message_date(header: str | None, received: datetime | None, lang: str) -> str:
+    """A message's Date header written out in the page's language, in the sender's own time
+    (with its offset); when it cannot be read, the header as it is; without one, when the
+    gateway received the message."""
+    when: datetime | None = received.astimezone(UTC) if received is not None else None
+    if header:
+        try:
+            when = email.utils.parsedate_to_datetime(header)
+        except (TypeError, ValueError, IndexError):
+            return header
+    if when is None:
+        return ""
+    if when.tzinfo is None:  # "-0000": the sender did not say its zone
+        when = when.replace(tzinfo=UTC)
+    t = texts(lang)
+    offset = when.strftime("%z")
+    return t["date_format"].format(
+        weekday=t["weekdays"].split()[when.weekday()],
+        day=when.day,
+        month=t["months"].split()[when.month - 1],
+        year=when.year,
+        time=when.strftime("%H:%M"),
+        offset=f"{offset[:3]}:{offset[3:]}" if offset else "",
+    )
 
 
 def timestamp(dt: datetime | None) -> str:

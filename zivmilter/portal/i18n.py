@@ -80,6 +80,11 @@ _EN: dict[str, str] = {
     "h_to": "To",
     "h_cc": "Cc",
     "h_date": "Date",
+    # the message's Date, in the sender's own time (context.message_date)
+    "date_format": "{weekday} {day} {month} {year}, {time} (UTC{offset})",
+    "weekdays": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday",
+    "months": "January February March April May June July August September October November "
+    "December",
     "remote_blocked": "Images from the internet are not shown, so nobody learns when you read "
     "this.",
     "remote_load": "Show them",
@@ -201,6 +206,10 @@ _NL: dict[str, str] = {
     "h_to": "Aan",
     "h_cc": "Cc",
     "h_date": "Datum",
+    "date_format": "{weekday} {day} {month} {year}, {time} (UTC{offset})",
+    "weekdays": "maandag dinsdag woensdag donderdag vrijdag zaterdag zondag",
+    "months": "januari februari maart april mei juni juli augustus september oktober november "
+    "december",
     "remote_blocked": "Afbeeldingen van internet worden niet getoond, zodat niemand ziet wanneer "
     "u dit leest.",
     "remote_load": "Toon ze",

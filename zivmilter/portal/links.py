@@ -26,7 +26,7 @@ from zivmilter.delivery.replies import Handed, hand_over_reply
 from zivmilter.errors import StoreError
 from zivmilter.mail.notification import mask_phone
 from zivmilter.portal import accounts, flows, mail, quota, render, verify
-from zivmilter.portal.context import timestamp, trusted_markup
+from zivmilter.portal.context import message_date, timestamp, trusted_markup
 from zivmilter.portal.downloads import content_disposition, stream_bytes
 from zivmilter.portal.pages import (
     Ctx,
@@ -526,7 +526,7 @@ class LinkPages(GuestPages[_Ctx]):
             note = "note_reply_later" if replied == "later" else None
         values = {
             "view": view,
-            "received": ctx.rec.message.created_at,
+            "date": message_date(view.date, ctx.rec.message.created_at, ctx.lang),
             "remote": portal.csrf(ctx.p, "remote") if remote else "",
             "csrf_remote": portal.csrf(ctx.p, "remote"),
             "has_remote": bool(view.html and _REMOTE_IMG.search(view.html)),
