@@ -1469,3 +1469,41 @@ def test_an_attachment_of_a_withdrawn_message_says_withdrawn(env: Env) -> None:
         gone = client.get(link.group(1))
         assert gone.status_code == 410 and "withdrawn" in gone.text
         assert gone.headers["content-type"].startswith("text/html")
+
+
+def test_a_shared_download_link_answers_recipients_and_others_alike(env: Env) -> None:
+    """Issue 15 item 12: asking for codes (also too soon again) and wrong codes get the same
+    answers whether the claimed address is a recipient or not."""
+    mid, _ = env.save(
+        [NewRecipient("dan@partner.example", 1, "direct_delivery", "direct", "B3", level="pkix")]
+    )
+    saved = env.store.save_attachment(mid, "scan.bin", "application/octet-stream", b"x" * 99)
+
+    def answers(address: str) -> list[tuple[int, str, str]]:
+        seen: list[tuple[int, str, str]] = []
+        with env.client() as client:
+            first = client.get(f"/d/{saved.token}")
+            target = re.search(r'url=([^"]+)"', first.text)
+            assert target
+            here = target.group(1)
+            page = client.get(here)
+            r = client.post(
+                here + "start", data={"csrf": csrf(page.text, "start"), "address": address}
+            )
+            for _ in range(2):  # the second one too soon for a new code
+                r = client.post(here + "send", data={"csrf": csrf(r.text, "send")})
+                seen.append((r.status_code, str(r.url), re.sub(r'value="[^"]+"', "", r.text)))
+            for code in ("000000", "999999"):
+                sent = client.post(
+                    here + "verify",
+                    data={"csrf": csrf(r.text, "verify"), "code": code},
+                    follow_redirects=False,
+                )
+                r = client.get(sent.headers["location"])
+                seen.append((sent.status_code, sent.headers["location"], ""))
+                seen.append((r.status_code, str(r.url), re.sub(r'value="[^"]+"', "", r.text)))
+        return seen
+
+    recipient, other = answers("dan@partner.example"), answers("mallory@evil.example")
+    assert len(env.mailer.sent) == 1  # one code went out, to dan
+    assert recipient == other
