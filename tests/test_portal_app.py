@@ -1445,7 +1445,7 @@ def test_the_date_is_written_in_the_page_language(env: Env) -> None:
     with env.client() as client:
         page = client.get(verified(env, client, tokens["piet@example.nl"]))
         date = re.search(r'<dd id="date">([^<]*)</dd>', page.text)
-        assert date and date.group(1) == "dinsdag 24 november 2026, 10:05 (UTC+01:00)"
+        assert date and date.group(1) == "dinsdag 24 november 2026 om 10:05 (UTC+01:00)"
         assert "Tue" not in page.text and "Nov 2026" not in page.text
     with env.client() as client:
         page = client.get(verified(env, client, tokens["bob@example.net"]))
@@ -1453,7 +1453,7 @@ def test_the_date_is_written_in_the_page_language(env: Env) -> None:
     _, tokens = env.save([code_rcpt("piet@example.nl")])  # no Date: when it was received
     with env.client() as client:
         page = client.get(verified(env, client, tokens["piet@example.nl"]))
-        assert '<dd id="date">dinsdag 24 november 2026, 09:00 (UTC+00:00)</dd>' in page.text
+        assert '<dd id="date">dinsdag 24 november 2026 om 09:00 (UTC+00:00)</dd>' in page.text
 
 
 def test_an_attachment_of_a_withdrawn_message_says_withdrawn(env: Env) -> None:

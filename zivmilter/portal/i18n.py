@@ -206,7 +206,7 @@ _NL: dict[str, str] = {
     "h_to": "Aan",
     "h_cc": "Cc",
     "h_date": "Datum",
-    "date_format": "{weekday} {day} {month} {year}, {time} (UTC{offset})",
+    "date_format": "{weekday} {day} {month} {year} om {time} (UTC{offset})",
     "weekdays": "maandag dinsdag woensdag donderdag vrijdag zaterdag zondag",
     "months": "januari februari maart april mei juni juli augustus september oktober november "
     "december",
