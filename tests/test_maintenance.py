@@ -30,7 +30,7 @@ def maintenance(cfg: Path) -> subprocess.CompletedProcess[str]:
 @dataclass
 class _Site:
     cfg: Path  # the config file
-    port: int  # where the re-injection listener is expected
+    port: int  # where the replies' listener is expected (nothing listens on reinject.port)
     open_store: Callable[..., SqliteStore]  # (ago=seconds): a store whose clock runs behind
     rcpt: NewRecipient  # bob@partner.example, verified by email
 
@@ -42,7 +42,7 @@ def _site(tmp_path: Path) -> _Site:
     cfg.write_text(
         "organization: {domains: [hospital.example]}\n"
         f"store: {{path: {store_dir}, key_file: {key}}}\n"
-        f"reinject: {{host: 127.0.0.1, port: {port}, timeout: 5}}\n"
+        f"reinject: {{host: 127.0.0.1, port: {free_port()}, replies_port: {port}, timeout: 5}}\n"
     )
     rcpt = NewRecipient(
         "bob@partner.example", 1, "email_verification", "notification", "A7", verification="email"

@@ -174,7 +174,8 @@ def rcpt(address: str, verification: str, **kw: Any) -> NewRecipient:
 
 def csrf(html: str, action: str) -> str:
     m = re.search(
-        r'action="[^"]*/' + re.escape(action) + r'"[^>]*>\s*<input type="hidden" name="csrf" '
+        r'action="[^"]*/' + re.escape(action) + r'(?:\?csrf=[^"]*)?"[^>]*>\s*'
+        r'<input type="hidden" name="csrf" '
         r'value="([^"]+)"',
         html,
     )
@@ -536,9 +537,23 @@ def test_html_is_sanitized_and_framed(env: Env) -> None:
         image = client.get(inline.group(1))
         assert image.status_code == 200 and image.headers["content-type"] == "image/png"
         assert image.content.endswith(b"logo")
-        consented = client.get(here + "body?remote=1")
+        # Consent is a form post (issue 15 item 15): the page it shows frames the body with
+        # remote images; a link to ?remote=1 (one in the message itself, say) consents to none.
+        for link in (here + "?remote=1", here + "body?remote=1"):
+            assert "t.example" not in client.get(link).text
+        assert "body?remote" not in client.get(here + "?remote=1").text
+        assert (
+            "img-src 'self';"
+            in client.get(here + "body?remote=1").headers["content-security-policy"]
+        )
+        shown = client.post(here + "remote", data={"csrf": csrf(page.text, "remote")})
+        assert shown.status_code == 200 and 'id="remote"' not in shown.text
+        frame = re.search(r'id="body" src="([^"]+)"', shown.text)
+        assert frame and "?remote=" in frame.group(1)
+        consented = client.get(frame.group(1))
         assert "https://t.example/p.gif" in consented.text
         assert "https:" in consented.headers["content-security-policy"]
+        assert client.post(here + "remote", data={"csrf": "forged"}).status_code == 403
         assert client.get(here + "part/999").status_code == 404
 
 
@@ -1223,3 +1238,272 @@ def test_enrolment_page_keeps_its_secret_when_shown_again(env: Env) -> None:
         page = other.post(here + "verify", data=form)
         found = re.search(r'<code id="secret">([A-Z2-7 ]+)</code>', page.text)
         assert found and found.group(1) != first
+
+
+# --- issue 15: hardening ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("root", ["", "/secure"])
+def test_trailing_slash_redirect_ignores_the_host_header(tmp_path: Path, root: str) -> None:
+    """Issue 15 item 14: a Host header of the attacker's choosing never reaches Location."""
+    env = Env(tmp_path, {"portal": {"base_url": f"{BASE}{root}/"}})
+    try:
+        _, tokens = env.save([code_rcpt("bob@example.net")])
+        with env.client() as client:
+            here = open_link(client, tokens["bob@example.net"])
+            r = client.get(
+                BASE + here.rstrip("/") + "?lang=nl",
+                headers={"host": "evil.example"},
+                follow_redirects=False,
+            )
+            assert r.status_code in (307, 308), r.text
+            assert r.headers["location"] == f"{BASE}{here}?lang=nl"
+            assert "evil" not in r.headers["location"]
+            assert client.get(BASE + here.rstrip("/")).status_code == 200  # still leads there
+    finally:
+        env.store.close()
+
+
+def _post_counting_reads(env: Env, path: str, headers: dict[str, str]) -> tuple[int, int]:
+    """POST a 20 MB reply straight to the ASGI app; the status and the body bytes it read."""
+    import anyio
+
+    chunk = b"x" * (1024 * 1024)
+    read = 0
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        if read >= 20 * len(chunk):
+            return {"type": "http.disconnect"}
+        read += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": read < 20 * len(chunk)}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "server": ("portal.test", 80), "client": ("127.0.0.1", 5000),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }  # fmt: skip
+    anyio.run(env.app, scope, receive, send)
+    return status, read
+
+
+def test_a_reply_without_a_session_is_refused_before_its_body_is_read(env: Env) -> None:
+    """Issue 15 item 13: 20 MB without a cookie (or from another origin) are not parsed."""
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    rid = env.rid(mid, "bob@example.net")
+    form = {"content-type": "multipart/form-data; boundary=b", "content-length": str(20 << 20)}
+    status, read = _post_counting_reads(env, f"/r/{rid}/reply", form)
+    assert status == 403 and read == 0
+    with env.client() as client:
+        here = verified(env, client, tokens["bob@example.net"])
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    status, read = _post_counting_reads(
+        env, here + "reply", {**form, "cookie": cookie, "origin": "https://evil.example"}
+    )
+    assert status == 403 and read == 0
+    assert env.store.replies(rid) == []
+
+
+def test_sign_out_and_account_disable_end_copied_sessions(env: Env) -> None:
+    """Issue 15 item 11: a copy of a session cookie stops reading when its session ends."""
+    accounts.add_recipient_account(env.store, "carol@example.com", "long enough password")
+    _, tokens = env.save([code_rcpt("bob@example.net"), code_rcpt("carol@example.com")])
+    for address in ("bob@example.net", "carol@example.com"):
+        with env.client() as client, env.client() as thief:
+            here = verified(env, client, tokens[address])
+            thief.cookies.update(client.cookies)
+            assert shows_message(thief.get(here))
+            if address == "bob@example.net":
+                page = client.get(here)
+                out = client.post(here + "logout", data={"csrf": csrf(page.text, "logout")})
+                assert out.status_code == 200
+            else:  # what `zivmilter account disable` does
+                assert env.store.set_account_active(address, False)
+            for path in ("", "body", "attachment/3"):
+                r = thief.get(here + path)
+                assert r.status_code == 403 and "BODY-MARKER" not in r.text
+            # signing in again works (for bob: the account only counts for carol)
+            if address == "bob@example.net":
+                assert verified(env, thief, tokens[address])
+
+
+def test_reply_uploads_keep_only_a_bare_type_and_no_mail_inside(tmp_path: Path) -> None:
+    """Issue 15 item 5: the uploader's Content-Type parameters never reach the sender, mail
+    and multipart uploads are refused, and replies go to the content-filtered listener."""
+    env = Env(tmp_path)
+    codes = env.mailer
+    env.portal.reply_mailer = replies = RecordingMailer()
+    try:
+        mid, tokens = env.save([code_rcpt("bob@example.net")])
+        with env.client() as client:
+            here = verified(env, client, tokens["bob@example.net"])
+            for bad in ("message/rfc822", "Multipart/Mixed; boundary=x"):
+                page = client.get(here)
+                r = client.post(
+                    here + "reply",
+                    data={"csrf": csrf(page.text, "reply"), "text": "see attached"},
+                    files=[("files", ("fwd.eml", b"From: ceo@hospital.example\r\n\r\nhi", bad))],
+                )
+                assert r.status_code == 400 and "cannot be attached to a reply" in r.text
+            assert replies.sent == [] and env.store.replies(env.rid(mid, "bob@example.net")) == []
+            page = client.get(here)
+            r = client.post(
+                here + "reply",
+                data={"csrf": csrf(page.text, "reply"), "text": "notes"},
+                files=[("files", ("notes.txt", b"hello", 'text/plain; name="other.exe"'))],
+            )
+            assert r.status_code == 200 and 'id="notice"' in r.text
+        assert codes.sent == []  # not through the milter-free listener of copies
+        (attached,) = replies.last().iter_attachments()
+        assert attached["Content-Type"].split(";")[0] == "text/plain"
+        assert "other.exe" not in str(attached) and attached.get_filename() == "notes.txt"
+    finally:
+        env.store.close()
+
+
+def _reply(client: TestClient, here: str, text: str, data: bytes = b"") -> Any:
+    page = client.get(here)
+    files = [("files", ("scan.bin", data, "application/octet-stream"))] if data else None
+    return client.post(
+        here + "reply", data={"csrf": csrf(page.text, "reply"), "text": text}, files=files
+    )
+
+
+def test_replies_are_limited_per_link_and_per_recipient(tmp_path: Path) -> None:
+    """Issue 15 item 4: quotas by number and bytes, per link and per recipient address, per
+    hour and per day; the page says plainly which one was reached."""
+    limits = {"link_per_hour": 2, "recipient_per_day": 3, "recipient_bytes_per_hour": 300_000}
+    env = Env(tmp_path, {"portal": {"base_url": BASE + "/", "reply_limits": limits}})
+    try:
+        _, first = env.save([code_rcpt("bob@example.net")])
+        _, second = env.save([code_rcpt("bob@example.net")])
+        with env.client() as client:
+            here = verified(env, client, first["bob@example.net"])
+            assert _reply(client, here, "one").status_code == 200
+            assert _reply(client, here, "two").status_code == 200
+            r = _reply(client, here, "three")
+            assert r.status_code == 429 and "limit for replies in one hour" in r.text
+            assert len(env.mailer.sent) == 2
+            env.clock.t += 3601  # a new hour for this link (and a new session)
+            here = verified(env, client, first["bob@example.net"])
+            assert _reply(client, here, "three").status_code == 200
+            # the address's day: three replies over all its links
+            other = verified(env, client, second["bob@example.net"])
+            r = _reply(client, other, "four")
+            assert r.status_code == 429 and "limit for replies in one day" in r.text
+            nl = client.get(other + "?lang=nl")
+            assert nl.status_code == 200
+            r = _reply(client, other, "vier")
+            assert "limiet voor antwoorden op één dag" in r.text
+            env.clock.t += 24 * 3600
+            other = verified(env, client, second["bob@example.net"])
+            # bytes: 200 kB fits the hour, another 200 kB does not
+            assert _reply(client, other, "big", os.urandom(200_000)).status_code == 200
+            r = _reply(client, other, "bigger", os.urandom(200_000))
+            assert r.status_code == 429 and "limiet voor antwoorden in één uur" in r.text
+        assert len(env.mailer.sent) == 4
+    finally:
+        env.store.close()
+
+
+def test_a_reply_is_refused_while_the_store_is_short_of_disk(tmp_path: Path) -> None:
+    limits = {"min_free_bytes": 1 << 60}  # more than any disk has free
+    env = Env(tmp_path, {"portal": {"base_url": BASE + "/", "reply_limits": limits}})
+    try:
+        mid, tokens = env.save([code_rcpt("bob@example.net")])
+        with env.client() as client:
+            here = verified(env, client, tokens["bob@example.net"])
+            r = _reply(client, here, "hello")
+            assert r.status_code == 503 and "out of storage space" in r.text
+        assert env.mailer.sent == [] and env.store.replies(env.rid(mid, "bob@example.net")) == []
+    finally:
+        env.store.close()
+    with pytest.raises(config_mod.ConfigError, match="link_per_hour"):
+        config_mod.from_mapping(
+            {
+                "organization": {"domains": ["h.example"]},
+                "portal": {"reply_limits": {"link_per_hour": 0}},
+            }
+        )
+
+
+def test_the_date_is_written_in_the_page_language(env: Env) -> None:
+    """Issue 15, a recipient's view: the Dutch page showed the raw English Date header."""
+    msg = message_from_bytes(message_bytes(), policy=policy.default)
+    msg["Date"] = "Tue, 24 Nov 2026 10:05:00 +0100"
+    _, tokens = env.save(
+        [code_rcpt("bob@example.net"), code_rcpt("piet@example.nl")],
+        content=msg.as_bytes(policy=policy.SMTP),
+    )
+    with env.client() as client:
+        page = client.get(verified(env, client, tokens["piet@example.nl"]))
+        date = re.search(r'<dd id="date">([^<]*)</dd>', page.text)
+        assert date and date.group(1) == "dinsdag 24 november 2026 om 10:05 (UTC+01:00)"
+        assert "Tue" not in page.text and "Nov 2026" not in page.text
+    with env.client() as client:
+        page = client.get(verified(env, client, tokens["bob@example.net"]))
+        assert '<dd id="date">Tuesday 24 November 2026, 10:05 (UTC+01:00)</dd>' in page.text
+    _, tokens = env.save([code_rcpt("piet@example.nl")])  # no Date: when it was received
+    with env.client() as client:
+        page = client.get(verified(env, client, tokens["piet@example.nl"]))
+        assert '<dd id="date">dinsdag 24 november 2026 om 09:00 (UTC+00:00)</dd>' in page.text
+
+
+def test_an_attachment_of_a_withdrawn_message_says_withdrawn(env: Env) -> None:
+    """Issue 15, a recipient's view: clicked after a revoke on another device, the link must
+    show the page that says so, not be saved as a file (no `download` attribute)."""
+    mid, tokens = env.save([code_rcpt("bob@example.net")])
+    with env.client() as client:
+        here = verified(env, client, tokens["bob@example.net"])
+        page = client.get(here)
+        link = re.search(r'<a href="([^"]*/attachment/\d+)"([^>]*)>', page.text)
+        assert link and "download" not in link.group(2)
+        assert env.store.revoke(mid, "test")
+        gone = client.get(link.group(1))
+        assert gone.status_code == 410 and "withdrawn" in gone.text
+        assert gone.headers["content-type"].startswith("text/html")
+
+
+def test_a_shared_download_link_answers_recipients_and_others_alike(env: Env) -> None:
+    """Issue 15 item 12: asking for codes (also too soon again) and wrong codes get the same
+    answers whether the claimed address is a recipient or not."""
+    mid, _ = env.save(
+        [NewRecipient("dan@partner.example", 1, "direct_delivery", "direct", "B3", level="pkix")]
+    )
+    saved = env.store.save_attachment(mid, "scan.bin", "application/octet-stream", b"x" * 99)
+
+    def answers(address: str) -> list[tuple[int, str, str]]:
+        seen: list[tuple[int, str, str]] = []
+        with env.client() as client:
+            first = client.get(f"/d/{saved.token}")
+            target = re.search(r'url=([^"]+)"', first.text)
+            assert target
+            here = target.group(1)
+            page = client.get(here)
+            r = client.post(
+                here + "start", data={"csrf": csrf(page.text, "start"), "address": address}
+            )
+            for _ in range(2):  # the second one too soon for a new code
+                r = client.post(here + "send", data={"csrf": csrf(r.text, "send")})
+                seen.append((r.status_code, str(r.url), re.sub(r'value="[^"]+"', "", r.text)))
+            for code in ("000000", "999999"):
+                sent = client.post(
+                    here + "verify",
+                    data={"csrf": csrf(r.text, "verify"), "code": code},
+                    follow_redirects=False,
+                )
+                r = client.get(sent.headers["location"])
+                seen.append((sent.status_code, sent.headers["location"], ""))
+                seen.append((r.status_code, str(r.url), re.sub(r'value="[^"]+"', "", r.text)))
+        return seen
+
+    recipient, other = answers("dan@partner.example"), answers("mallory@evil.example")
+    assert len(env.mailer.sent) == 1  # one code went out, to dan
+    assert recipient == other

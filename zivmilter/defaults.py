@@ -22,6 +22,9 @@ MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # refuse (5.3.4) above this; Postfix defa
 REINJECT_HOST = "127.0.0.1"
 REINJECT_PORT = 10026
 REINJECT_TIMEOUT = 60.0
+# Secure replies from the portal come in from outside: they go to a listener that runs the site's
+# content filters (antivirus, spam), never zivmilter (postfix/master.cf.zivmilter ships it).
+REINJECT_REPLIES_PORT = 10027
 
 # --- policy ------------------------------------------------------------------------------
 LARGE_ATTACHMENT_BYTES = 10 * 1024 * 1024  # SPEC 5: attachments above this become links
@@ -117,6 +120,19 @@ PORTAL_MAX_REPLY_BYTES = 25 * 1024 * 1024  # text and attachments of one secure 
 PORTAL_MAX_REPLY_FILES = 10
 SENDER_INVITE_SECONDS = 7 * 24 * 3600  # `zivmilter account invite`: the enrolment link holds
 SENT_PAGE_SIZE = 20  # messages per page of a sender's sent items
+# Secure replies per link and per recipient address (all their links), by number and by bytes,
+# in any hour and any day (portal.reply_limits): one recipient cannot fill the store's disk,
+# which would hold the secured outgoing mail.
+REPLY_LINK_PER_HOUR = 10
+REPLY_LINK_PER_DAY = 30
+REPLY_LINK_BYTES_PER_HOUR = 100 * 1024 * 1024
+REPLY_LINK_BYTES_PER_DAY = 250 * 1024 * 1024
+REPLY_RECIPIENT_PER_HOUR = 20
+REPLY_RECIPIENT_PER_DAY = 60
+REPLY_RECIPIENT_BYTES_PER_HOUR = 200 * 1024 * 1024
+REPLY_RECIPIENT_BYTES_PER_DAY = 500 * 1024 * 1024
+# A reply is refused while the store's file system has less than this free (besides the reply).
+REPLY_MIN_FREE_BYTES = 1024 * 1024 * 1024
 OTP_DIGITS = 6
 OTP_MAX_SENDS = 10  # codes sent for one link before a successful verification
 LOCKOUT_MAX_SECONDS = 24 * 3600  # the growing lockout stops growing here

@@ -35,6 +35,7 @@ SHIPPED_SOCKET = "unix:/run/zivmilter/zivmilter.sock"
 SHIPPED_CONFIG_DIR = "/etc/postfix/"
 SHIPPED_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 SHIPPED_REINJECT = "127.0.0.1:10026"
+SHIPPED_REPLIES = "127.0.0.1:10027"
 
 POSTFIX_FILES = Path("/etc/postfix/postfix-files")  # Postfix's own list of its files
 
@@ -135,7 +136,8 @@ class PostfixInstance:
 
     milter: the socket as Postfix writes it (unix:/PATH, inet:HOST:PORT); libmilter's
     inet:PORT@HOST is accepted too and translated. None: no milter.
-    Listens for SMTP on `HOST:smtp_port` and for re-injection on `HOST:reinject_port`.
+    Listens for SMTP on `HOST:smtp_port`, for re-injection on `HOST:reinject_port` and for the
+    portal's replies on `HOST:replies_port`.
     dns=False: no DNS at all, the smtp client resolves names with /etc/hosts (a test may
     bind-mount its own inside the sandbox), and a recipient domain's "MX" is that domain's own
     address. dns=True: the system resolver, i.e. the sandbox's test DNS.
@@ -157,6 +159,7 @@ class PostfixInstance:
         self.extra = dict(extra or {})
         self.smtp_port = free_port()
         self.reinject_port = free_port()
+        self.replies_port = free_port()
         self.directory = Path("/nonexistent")
         self._proc: subprocess.Popen[bytes] | None = None
         self._final_log: str | None = None
@@ -214,6 +217,7 @@ class PostfixInstance:
         shipped = (SHIPPED / "master.cf.zivmilter").read_text()
         replacements = self._paths()
         replacements[SHIPPED_REINJECT] = f"{HOST}:{self.reinject_port}"
+        replacements[SHIPPED_REPLIES] = f"{HOST}:{self.replies_port}"
         if self.tls_ca_file is not None:
             replacements[SHIPPED_CA_FILE] = self.tls_ca_file
         snippet = _substitute(shipped, replacements, "master.cf.zivmilter")
@@ -274,6 +278,7 @@ class PostfixInstance:
             )
             self._wait_listening(self.smtp_port)
             self._wait_listening(self.reinject_port)
+            self._wait_listening(self.replies_port)
         except BaseException:
             self.stop()
             raise

@@ -26,6 +26,7 @@ class ZivmilterProcess:
         self,
         *,
         reinject_port: int,
+        replies_port: int | None = None,
         config: dict[str, Any] | None = None,
         facts: dict[str, Any] | None = None,
         workdir: Path | None = None,
@@ -42,7 +43,11 @@ class ZivmilterProcess:
             "organization": {"name": "Hospital", "domains": ["hospital.example"]},
             "milter": {"socket": self.socket},
             "store": {"path": str(self.store_path), "key_file": str(self.key_file)},
-            "reinject": {"host": "127.0.0.1", "port": reinject_port},
+            "reinject": {
+                "host": "127.0.0.1",
+                "port": reinject_port,
+                "replies_port": replies_port or reinject_port,
+            },
             "portal": {"base_url": "https://secure.hospital.example/"},
             "logging": {"level": "info"},
             # the tests send as alice@hospital.example; tests of sender accounts switch this off
@@ -125,6 +130,7 @@ def attach(
 
     Start both with `with z, postfix:` (the milter first: Postfix tempfails without it).
     """
+    kwargs.setdefault("replies_port", postfix.replies_port)
     z = ZivmilterProcess(reinject_port=reinject_port or postfix.reinject_port, **kwargs)
     postfix.milter = z.postfix_socket
     return z

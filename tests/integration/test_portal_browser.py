@@ -376,6 +376,10 @@ def test_access_code_read_download_reply_language_revoke(
     (attached,) = reply.iter_attachments()
     assert attached.get_filename() == "answers.csv"
     assert attached.get_payload(decode=True) == attachment.read_bytes()
+    # It came in through the replies' listener (the site's content filters), not the
+    # milter-free one of copies (issue 15 item 5).
+    came_in = world.pf.wait_for_log(r"postfix/zivmilter-replies/smtpd\[\d+\]: (\w+): client=")
+    world.pf.wait_for_log(rf"{came_in.group(1)}: message-id={re.escape(reply['Message-ID'])}")
 
     page.click("text=Nederlands")
     page.get_by_role("heading", name="Beveiligd antwoorden").wait_for()
@@ -387,7 +391,9 @@ def test_access_code_read_download_reply_language_revoke(
     assert "1 reply" in status.stdout
     revoke = world.cli("revoke", str(msg["Message-ID"]))
     assert revoke.returncode == 0 and "data key destroyed" in revoke.stdout, revoke.stderr
-    page.reload()
+    # Withdrawn while this page was open (as on another device): the attachment's link says so
+    # (issue 15), it does not download an error page without a word.
+    page.click("text=results.pdf")
     page.get_by_role("heading", name="Dit bericht is ingetrokken").wait_for()
     shot(page, "access-code-6-revoked")
     page.goto(link)

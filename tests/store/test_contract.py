@@ -28,7 +28,7 @@ from tests.store.common import (
 from zivmilter import crypto, defaults
 from zivmilter.core.facts import Contact
 from zivmilter.errors import StoreError
-from zivmilter.store import NewRecipient, Store
+from zivmilter.store import NewRecipient, ReplyUsage, Store
 
 
 def test_saved_copy_decrypts_to_original_bytes(st: Store) -> None:
@@ -346,6 +346,42 @@ def test_accounts(st: Store) -> None:
     assert not st.has_account("bob@example.net")
     assert not st.set_account_active("nobody@example.net", True)
     assert not st.has_account("not an address")
+
+
+def test_sign_out_and_account_disable_move_the_session_generation_on(st: Store) -> None:
+    saved = st.save_message(new_message())
+    rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+    assert rec is not None and st.session_generation(rec.id) == 0
+    st.end_sessions(rec.id, "signed out")
+    assert st.session_generation(rec.id) == 1
+    st.add_account("bob@example.net", "recipient", password_hash="$argon2id$x")
+    assert st.session_generation(rec.id) == 1
+    st.set_account_active("bob@example.net", True)  # switching on ends nothing
+    assert st.session_generation(rec.id) == 1
+    st.set_account_active("bob@example.net", False)
+    assert st.session_generation(rec.id) == 2
+    assert st.session_generation(rec.id + 1000) is None
+    assert ("sessions-ended", "bob@example.net") in [
+        (e.event, e.recipient) for e in st.events(saved.id)
+    ]
+
+
+def test_reply_usage_counts_a_link_and_its_address_over_a_window(st: Store, clock: Clock) -> None:
+    first, second = st.save_message(new_message()), st.save_message(new_message())
+    a = st.find_recipient_by_token(first.tokens["bob@example.net"])
+    b = st.find_recipient_by_token(second.tokens["bob@example.net"])
+    c = st.find_recipient_by_token(first.tokens["carol@example.com"])
+    assert a is not None and b is not None and c is not None
+    st.save_reply(a.id, b"x" * 100)
+    clock.t += 60
+    start = clock.t
+    st.save_reply(a.id, b"y" * 10)
+    st.save_reply(b.id, b"z" * 1000)
+    st.save_reply(c.id, b"w" * 5)  # another address
+    assert st.reply_usage(a.id, start - 3600) == ReplyUsage(2, 110, 3, 1110)
+    assert st.reply_usage(a.id, start) == ReplyUsage(1, 10, 2, 1010)
+    assert st.reply_usage(b.id, start) == ReplyUsage(1, 1000, 2, 1010)
+    assert st.free_bytes() > 0
 
 
 def test_only_one_authenticator_enrols_even_at_once(st: Store) -> None:

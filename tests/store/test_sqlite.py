@@ -214,7 +214,10 @@ def test_contents_above_the_inline_limit_get_a_file(tmp_path: Path, kek: bytes) 
 
 
 def _undo_schema_8(conn: sqlite3.Connection) -> None:
-    """Take a database back before schema 8 (the sender's side of the portal)."""
+    """Take a database back before schema 8 (the sender's side of the portal) and 9 (session
+    generations)."""
+    conn.execute("ALTER TABLE recipients DROP COLUMN session_gen")  # schema 9
+    conn.execute("ALTER TABLE accounts DROP COLUMN session_gen")
     conn.execute("DROP TABLE invites")
     for column in ("failed_attempts", "failed_streak", "lockouts", "locked_until"):
         conn.execute(f"ALTER TABLE accounts DROP COLUMN {column}")

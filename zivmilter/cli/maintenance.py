@@ -18,8 +18,7 @@ from typing import Any
 from zivmilter import metrics
 from zivmilter.core import config as config_mod
 from zivmilter.core.addresses import normalize_domain
-from zivmilter.delivery.reinject import SmtpReinjector
-from zivmilter.delivery.replies import resend_replies
+from zivmilter.delivery.replies import reply_reinjector, resend_replies
 from zivmilter.errors import MessageError
 from zivmilter.store import Store, open_store
 
@@ -48,7 +47,7 @@ def _resend_replies(
     cfg: config_mod.Config, store: Store, retry_refused: bool
 ) -> tuple[int, int, int]:
     """(sent, still failing, refused for good) of the replies the MTA has not taken yet."""
-    reinjector = SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout)
+    reinjector = reply_reinjector(cfg.reinject)
     # The portal hands a reply over as it is written and marks it sent after the MTA's answer
     # (at most reinject.timeout per SMTP step): a younger reply may be on its way right now.
     done = resend_replies(

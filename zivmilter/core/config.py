@@ -295,6 +295,38 @@ class ReinjectConfig:
     host: str = defaults.REINJECT_HOST
     port: int = field(default=defaults.REINJECT_PORT, metadata=_check(_port))
     timeout: float = field(default=defaults.REINJECT_TIMEOUT, metadata=_check(_positive))
+    # the portal's secure replies: a listener with the site's content filters (on `host`)
+    replies_port: int = field(default=defaults.REINJECT_REPLIES_PORT, metadata=_check(_port))
+
+
+@dataclass(frozen=True)
+class ReplyLimitsConfig:
+    """Quotas of secure replies: per link, and per recipient address over all its links."""
+
+    link_per_hour: int = field(default=defaults.REPLY_LINK_PER_HOUR, metadata=_check(_positive))
+    link_per_day: int = field(default=defaults.REPLY_LINK_PER_DAY, metadata=_check(_positive))
+    link_bytes_per_hour: int = field(
+        default=defaults.REPLY_LINK_BYTES_PER_HOUR, metadata=_check(_positive)
+    )
+    link_bytes_per_day: int = field(
+        default=defaults.REPLY_LINK_BYTES_PER_DAY, metadata=_check(_positive)
+    )
+    recipient_per_hour: int = field(
+        default=defaults.REPLY_RECIPIENT_PER_HOUR, metadata=_check(_positive)
+    )
+    recipient_per_day: int = field(
+        default=defaults.REPLY_RECIPIENT_PER_DAY, metadata=_check(_positive)
+    )
+    recipient_bytes_per_hour: int = field(
+        default=defaults.REPLY_RECIPIENT_BYTES_PER_HOUR, metadata=_check(_positive)
+    )
+    recipient_bytes_per_day: int = field(
+        default=defaults.REPLY_RECIPIENT_BYTES_PER_DAY, metadata=_check(_positive)
+    )
+    # the store's file system keeps at least this much free: replies are refused below it
+    min_free_bytes: int = field(
+        default=defaults.REPLY_MIN_FREE_BYTES, metadata=_check(_not_negative)
+    )
 
 
 @dataclass(frozen=True)
@@ -308,6 +340,7 @@ class PortalConfig:
     max_reply_bytes: int = field(
         default=defaults.PORTAL_MAX_REPLY_BYTES, metadata=_check(_positive)
     )
+    reply_limits: ReplyLimitsConfig = ReplyLimitsConfig()
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from zivmilter.delivery.reinject import Outgoing, Reinjector
+from zivmilter.core.config import ReinjectConfig
+from zivmilter.delivery.reinject import Outgoing, Reinjector, SmtpReinjector
 from zivmilter.errors import DeliveryError
 from zivmilter.store import MessageRecord, ReplyRecord
+
+
+def reply_reinjector(cfg: ReinjectConfig) -> SmtpReinjector:
+    """Where replies are handed over: they come from outside (a recipient's upload), so not to
+    the milter-free listener of copies but to `reinject.replies_port`, whose Postfix listener
+    runs the site's content filters (postfix/master.cf.zivmilter)."""
+    return SmtpReinjector(cfg.host, cfg.replies_port, cfg.timeout)
 
 
 class ReplyOutbox(Protocol):

@@ -21,8 +21,8 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Mount, Route
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Match, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -104,6 +104,7 @@ def create_app(portal: Portal, on_ready: Callable[[], object] | None = None) -> 
         Route("/r/{rid:int}/verify", links.verify, methods=["POST"]),
         Route("/r/{rid:int}/enrol", links.enrol, methods=["POST"]),
         Route("/r/{rid:int}/body", links.body, methods=["GET"]),
+        Route("/r/{rid:int}/remote", links.remote, methods=["POST"]),
         Route("/r/{rid:int}/part/{index:int}", links.inline_part, methods=["GET"]),
         Route("/r/{rid:int}/attachment/{index:int}", links.attachment, methods=["GET"]),
         Route("/r/{rid:int}/reply", links.reply, methods=["POST"]),
@@ -141,24 +142,44 @@ def create_app(portal: Portal, on_ready: Callable[[], object] | None = None) -> 
             tasks.cancel_scope.cancel()
 
     inner = Starlette(routes=routes, lifespan=lifespan)
-    inner.add_exception_handler(404, _not_found(portal))
+    # Starlette's own slash redirect builds its Location from the Host header: ours (in the
+    # 404 handler) from portal.base_url.
+    inner.router.redirect_slashes = False
+    inner.add_exception_handler(404, _not_found(portal, inner.router))
     inner.add_exception_handler(405, _not_found(portal))
     if portal.root:
         app = Starlette(routes=[Mount(portal.root, app=inner)], lifespan=lifespan)
+        app.router.redirect_slashes = False
     else:
         app = inner
     app.add_middleware(SecurityHeaders, hsts=portal.secure)
     return app
 
 
-def _not_found(portal: Portal) -> Callable[[Request, Exception], Any]:
+def _not_found(portal: Portal, router: Router | None = None) -> Callable[[Request, Exception], Any]:
     async def handler(request: Request, exc: Exception) -> Response:
+        if router is not None and (location := _slash_redirect(portal, router, request)):
+            return RedirectResponse(location, status_code=307)
         lang = portal.language(request)
         return portal.notice(
             request, "not_found", lang=lang, here=portal.root + "/", status=404, kind="error"
         )
 
     return handler
+
+
+def _slash_redirect(portal: Portal, router: Router, request: Request) -> str | None:
+    """Where a path that matches a route only with (or without) its final "/" belongs: on
+    portal.base_url's origin, whatever Host the request named."""
+    path = str(request.scope["path"])
+    if path.rstrip("/") == portal.root:
+        return None
+    toggled = path[:-1] if path.endswith("/") else path + "/"
+    other = dict(request.scope, path=toggled)
+    if not any(route.matches(other)[0] is not Match.NONE for route in router.routes):
+        return None
+    query = request.url.query
+    return portal.origin + toggled + ("?" + query if query else "")
 
 
 async def _purge_loop(portal: Portal) -> None:

@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from zivmilter import crypto, logsetup, sdnotify
 from zivmilter.core import config as config_mod
 from zivmilter.delivery.reinject import SmtpReinjector
+from zivmilter.delivery.replies import reply_reinjector
 from zivmilter.errors import ConfigError
 from zivmilter.portal.app import create_app
 from zivmilter.portal.context import Portal
@@ -34,6 +35,7 @@ def build_portal(cfg: config_mod.Config) -> Portal:
         keys=PortalKeys.from_kek(crypto.load_kek(cfg.store.key_file)),
         sms=sms_sender(cfg.sms, cfg.source),
         mailer=SmtpReinjector(cfg.reinject.host, cfg.reinject.port, cfg.reinject.timeout),
+        reply_mailer=reply_reinjector(cfg.reinject),
     )
 
 

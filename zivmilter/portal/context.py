@@ -7,6 +7,7 @@ app.py wires the routes; the pages (pages.py, links.py, downloads.py) and the st
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ from zivmilter.portal.security import (
     csrf_ok,
     csrf_token,
     decode_pass,
+    subject_of,
 )
 from zivmilter.portal.security import encode_pass as _encode
 from zivmilter.portal.sms import SmsSender
@@ -51,7 +53,10 @@ class Portal:
     store: Store
     keys: PortalKeys
     sms: SmsSender
-    mailer: Reinjector
+    mailer: Reinjector  # the portal's own mail (codes): the milter-free listener
+    # secure replies: a listener with the site's content filters (reinject.replies_port);
+    # None: `mailer` (tests that need not tell the two apart)
+    reply_mailer: Reinjector | None = None
     clock: Callable[[], float] = time.time
     templates: jinja2.Environment = field(init=False)
     root: str = field(init=False)  # path prefix of portal.base_url, without the final "/"
@@ -64,6 +69,11 @@ class Portal:
         self.origin = f"{url.scheme}://{url.netloc}"
         self.secure = url.scheme == "https"
         self.templates = _templates()
+
+    @property
+    def replies(self) -> Reinjector:
+        """Where secure replies are handed over."""
+        return self.reply_mailer or self.mailer
 
     @property
     def org_name(self) -> str:
@@ -159,7 +169,12 @@ class Portal:
         )
 
     def get_pass(self, request: Request, scope: str) -> Pass | None:
-        return decode_pass(self.keys, request.cookies.get(cookie_name(scope)), scope, self.now())
+        """The request's pass for `scope`: genuine, unexpired, and of a session that was not
+        ended since (sign-out, a disabled account: checked in the store on every request)."""
+        p = decode_pass(self.keys, request.cookies.get(cookie_name(scope)), scope, self.now())
+        if p is not None and p.subject and self.store.session_generation(p.subject) != p.gen:
+            return None
+        return p
 
     def give_pass(self, response: Response, p: Pass) -> None:
         max_age = max(1, p.expires - int(self.now()))
@@ -171,7 +186,9 @@ class Portal:
             if stage is Stage.VERIFIED
             else defaults.PORTAL_LINK_SECONDS
         )
-        return Pass.new(scope, stage, self.now(), lifetime, who)
+        subject = subject_of(scope, who)
+        gen = (self.store.session_generation(subject) or 0) if subject else 0
+        return Pass.new(scope, stage, self.now(), lifetime, who, gen)
 
     def drop_pass(self, response: Response, scope: str) -> None:
         response.delete_cookie(
@@ -189,11 +206,13 @@ class Portal:
 
     def form_allowed(self, request: Request, p: Pass, form: str, token: str | None) -> bool:
         """CSRF: the token of this cookie and form, and (when the browser says) our origin."""
+        return self.origin_allowed(request) and csrf_ok(self.keys, p, form, token)
+
+    def origin_allowed(self, request: Request) -> bool:
+        """The half of the CSRF check that the headers carry (`form_allowed` is both)."""
         origin = request.headers.get("origin")
         # "null" comes from privacy settings as well as from sandboxed pages: the token decides.
-        if origin is not None and origin not in (self.origin, "null"):
-            return False
-        return csrf_ok(self.keys, p, form, token)
+        return origin is None or origin in (self.origin, "null")
 
 
 @functools.cache
@@ -210,6 +229,32 @@ def _templates() -> jinja2.Environment:
     templates.filters["filesize"] = _filesize
     templates.filters["when"] = _when
     return templates
+
+
+def message_date(header: str | None, received: datetime | None, lang: str) -> str:
+    """A message's Date header written out in the page's language, in the sender's own time
+    (with its offset); when it cannot be read, the header as it is; without one, when the
+    gateway received the message."""
+    when: datetime | None = received.astimezone(UTC) if received is not None else None
+    if header:
+        try:
+            when = email.utils.parsedate_to_datetime(header)
+        except (TypeError, ValueError, IndexError):
+            return header
+    if when is None:
+        return ""
+    if when.tzinfo is None:  # "-0000": the sender did not say its zone
+        when = when.replace(tzinfo=UTC)
+    t = texts(lang)
+    offset = when.strftime("%z")
+    return t["date_format"].format(
+        weekday=t["weekdays"].split()[when.weekday()],
+        day=when.day,
+        month=t["months"].split()[when.month - 1],
+        year=when.year,
+        time=when.strftime("%H:%M"),
+        offset=f"{offset[:3]}:{offset[3:]}" if offset else "",
+    )
 
 
 def timestamp(dt: datetime | None) -> str:

@@ -107,10 +107,15 @@ class DownloadPages(GuestPages[_Ctx]):
         ctx, error = self._form_context(request, Stage.LINK, "send", fields)
         if ctx is None:
             return error
+        # The same answer whoever was claimed, whatever became of the code (asked again too
+        # soon, too many codes, the MTA down): anything else would tell a visitor which
+        # addresses are recipients. The outcome is in the log and the audit log.
         rec = self._claimed(ctx)
-        if rec is None:  # not a recipient: behave as if a code went out
-            return code_sent(ctx)
-        return self._send(request, ctx, rec, "email")
+        if rec is not None and not verify.locked(rec.locked_until, self.portal.now()):
+            result = flows.send_code(self.portal, rec, "email", ctx.lang)
+            if result.outcome is not flows.Sent.SENT:
+                log.info("download code for %s not sent: %s", rec.id, result.outcome.value)
+        return code_sent(ctx)
 
     async def verify(self, request: Request) -> Response:
         fields = await small_form(request, "csrf", "code", "password", "totp")
@@ -124,8 +129,8 @@ class DownloadPages(GuestPages[_Ctx]):
         if ctx.p.stage is Stage.VERIFIED:
             return RedirectResponse(ctx.here, status_code=303)
         rec = self._claimed(ctx)
-        if rec is None:
-            return self._verify_page(request, ctx, error="wrong_code", status=401)
+        if rec is None:  # answered as a recipient's wrong code is
+            return self._refused(request, ctx, "email", flows.Answer.WRONG)
         method = "account" if self._uses_account(rec) else "email"
         result = flows.check_answer(
             portal, rec, method,

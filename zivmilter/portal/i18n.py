@@ -60,6 +60,14 @@ _EN: dict[str, str] = {
     "err_reply_refused": (
         "Your reply could not be delivered: the mail server refused it, so it has not been sent."
     ),
+    "err_reply_bad_type": "Emails and multipart files cannot be attached to a reply. Attach the "
+    "documents themselves instead.",
+    "err_reply_quota_hour": "You have reached the limit for replies in one hour (their number or "
+    "their size). Your reply was not sent; please try again in an hour.",
+    "err_reply_quota_day": "You have reached the limit for replies in one day (their number or "
+    "their size). Your reply was not sent; please try again tomorrow.",
+    "err_reply_no_space": "Replies cannot be accepted right now: the secure mail service is out "
+    "of storage space. Your reply was not sent; please try again later.",
     "err_bad_address": "That is not an email address.",
     # enrolment
     "enrol_title": "Set up your authenticator app",
@@ -74,6 +82,11 @@ _EN: dict[str, str] = {
     "h_to": "To",
     "h_cc": "Cc",
     "h_date": "Date",
+    # the message's Date, in the sender's own time (context.message_date)
+    "date_format": "{weekday} {day} {month} {year}, {time} (UTC{offset})",
+    "weekdays": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday",
+    "months": "January February March April May June July August September October November "
+    "December",
     "remote_blocked": "Images from the internet are not shown, so nobody learns when you read "
     "this.",
     "remote_load": "Show them",
@@ -175,6 +188,14 @@ _NL: dict[str, str] = {
         "Uw antwoord kon niet worden afgeleverd: de mailserver weigerde het, dus het is niet"
         " verstuurd."
     ),
+    "err_reply_bad_type": "E-mails en samengestelde (multipart) bestanden kunnen niet aan een "
+    "antwoord worden toegevoegd. Voeg de documenten zelf toe.",
+    "err_reply_quota_hour": "U hebt de limiet voor antwoorden in één uur bereikt (hun aantal of "
+    "hun grootte). Uw antwoord is niet verstuurd; probeer het over een uur opnieuw.",
+    "err_reply_quota_day": "U hebt de limiet voor antwoorden op één dag bereikt (hun aantal of "
+    "hun grootte). Uw antwoord is niet verstuurd; probeer het morgen opnieuw.",
+    "err_reply_no_space": "Antwoorden kunnen nu niet worden aangenomen: de beveiligde maildienst "
+    "heeft geen opslagruimte meer. Uw antwoord is niet verstuurd; probeer het later opnieuw.",
     "err_bad_address": "Dat is geen e-mailadres.",
     "enrol_title": "Stel uw authenticator-app in",
     "enrol_intro": "Uw wachtwoord klopt. Scan ter bescherming van uw account deze code met een "
@@ -187,6 +208,10 @@ _NL: dict[str, str] = {
     "h_to": "Aan",
     "h_cc": "Cc",
     "h_date": "Datum",
+    "date_format": "{weekday} {day} {month} {year} om {time} (UTC{offset})",
+    "weekdays": "maandag dinsdag woensdag donderdag vrijdag zaterdag zondag",
+    "months": "januari februari maart april mei juni juli augustus september oktober november "
+    "december",
     "remote_blocked": "Afbeeldingen van internet worden niet getoond, zodat niemand ziet wanneer "
     "u dit leest.",
     "remote_load": "Toon ze",

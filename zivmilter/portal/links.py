@@ -25,8 +25,8 @@ from zivmilter import defaults, metrics
 from zivmilter.delivery.replies import Handed, hand_over_reply
 from zivmilter.errors import StoreError
 from zivmilter.mail.notification import mask_phone
-from zivmilter.portal import accounts, flows, mail, render, verify
-from zivmilter.portal.context import timestamp, trusted_markup
+from zivmilter.portal import accounts, flows, mail, quota, render, verify
+from zivmilter.portal.context import message_date, timestamp, trusted_markup
 from zivmilter.portal.downloads import content_disposition, stream_bytes
 from zivmilter.portal.pages import (
     Ctx,
@@ -38,7 +38,13 @@ from zivmilter.portal.pages import (
     sent_notice,
     small_form,
 )
-from zivmilter.portal.security import Stage, enrolment_secret, seal_value, unseal_value
+from zivmilter.portal.security import (
+    Stage,
+    csrf_ok,
+    enrolment_secret,
+    seal_value,
+    unseal_value,
+)
 from zivmilter.portal.sentmail import send_read_receipt
 from zivmilter.store import LinkState, RecipientRecord
 
@@ -189,7 +195,9 @@ class LinkPages(GuestPages[_Ctx]):
         view = self._message_view(ctx)
         if view is None or view.html is None:
             return Response(status_code=404)
-        remote = request.query_params.get("remote") == "1"
+        # Only the frame of the page that a consent (a POST with its CSRF token) showed carries
+        # this token: a link in the message itself cannot consent for the reader.
+        remote = csrf_ok(self.portal.keys, ctx.p, "remote", request.query_params.get("remote"))
 
         def inline_url(cid: str) -> str | None:
             index = view.inline.get(cid)
@@ -258,6 +266,18 @@ class LinkPages(GuestPages[_Ctx]):
             },
         )
 
+    async def remote(self, request: Request) -> Response:
+        fields = await small_form(request, "csrf")
+        return await run_in_threadpool(self._remote, request, fields)
+
+    def _remote(self, request: Request, fields: dict[str, str]) -> Response:
+        """The reader consents to the remote images of this message: the page again, whose
+        frame now loads them (a reload asks again: consent is never in a link)."""
+        ctx, error = self._form_context(request, Stage.VERIFIED, "remote", fields)
+        if ctx is None:
+            return error
+        return self._message_page(request, ctx, remote=True)
+
     # -- replying ----------------------------------------------------------------------------
 
     async def reply(self, request: Request) -> Response:
@@ -270,6 +290,11 @@ class LinkPages(GuestPages[_Ctx]):
                 status=413, kind="error",
                 mb=str(self.portal.cfg.portal.max_reply_bytes // (1024 * 1024)),
             )  # fmt: skip
+        # Who may send this much is settled before a byte of it is read: the session, and of
+        # the CSRF check what the headers and the query carry (the form's token comes after).
+        ctx, error = await run_in_threadpool(self._reply_context, request)
+        if ctx is None:
+            return error
         form = await request.form(
             max_files=defaults.PORTAL_MAX_REPLY_FILES, max_fields=10, max_part_size=1024 * 1024
         )
@@ -280,12 +305,27 @@ class LinkPages(GuestPages[_Ctx]):
                 files.append(
                     mail.ReplyFile(
                         render.clean_filename(item.filename) or "attachment",
-                        item.content_type or "application/octet-stream",
+                        mail.bare_type(item.content_type),
                         data,
                     )
                 )
         fields = {k: field(form, k) for k in ("csrf", "text")}
+        fields["csrf"] = request.query_params.get("csrf") or fields["csrf"]
         return await run_in_threadpool(self._reply, request, fields, files)
+
+    def _reply_context(self, request: Request) -> tuple[_Ctx | None, Response]:
+        ctx, error = self._context(request, Stage.VERIFIED)
+        if ctx is None:
+            return None, error
+        token = request.query_params.get("csrf")
+        if not self.portal.origin_allowed(request) or (
+            token is not None and not self.portal.form_allowed(request, ctx.p, "reply", token)
+        ):
+            self._record_csrf_refusal(ctx)
+            return None, self.portal.notice(
+                request, "csrf", lang=ctx.lang, here=ctx.here, status=403, kind="error"
+            )
+        return ctx, error
 
     def _reply(
         self, request: Request, fields: dict[str, str], files: list[mail.ReplyFile]
@@ -297,6 +337,8 @@ class LinkPages(GuestPages[_Ctx]):
         text = fields["text"].replace("\r\n", "\n").strip()
         if not text and not files:
             return self._message_page(request, ctx, error="reply_empty", status=400)
+        if any(mail.refused_upload(f.content_type) for f in files):
+            return self._message_page(request, ctx, error="reply_bad_type", status=400)
         rec = ctx.rec
         message = rec.message
         rfc822_id = message.rfc822_id or ""
@@ -315,6 +357,9 @@ class LinkPages(GuestPages[_Ctx]):
             mail_from=portal.cfg.organization.mail_from,
         )
         data = msg.as_bytes(policy=SMTP)
+        refusal = self._over_quota(rec, len(data))
+        if refusal is not None:
+            return self._message_page(request, ctx, error=refusal, status=refusal_status(refusal))
         try:
             reply_id = portal.store.save_reply(rec.id, data)
         except StoreError as exc:
@@ -322,7 +367,7 @@ class LinkPages(GuestPages[_Ctx]):
             return self._message_page(request, ctx, error="reply_failed", status=503)
         # The reply is stored either way: reloading the page must not write it again.
         handed = hand_over_reply(
-            portal.store, portal.mailer,
+            portal.store, portal.replies,
             reply_id=reply_id, message_id=message.id, to=message.sender, content=data,
             sender=portal.cfg.organization.portal_from, what=f"portal reply from {rec.address}",
             author=rec.address,
@@ -338,6 +383,34 @@ class LinkPages(GuestPages[_Ctx]):
         metrics.reply("deferred")
         return RedirectResponse(ctx.here + "?replied=later", status_code=303)
 
+    def _over_quota(self, rec: RecipientRecord, size: int) -> str | None:
+        """Why a reply of `size` bytes may not be stored now (an error key), or None. Two
+        replies at the same moment may both pass a limit they reach together: the quotas
+        bound a flood, not the last reply."""
+        portal = self.portal
+        limits = portal.cfg.portal.reply_limits
+        now = portal.now()
+        hour = portal.store.reply_usage(rec.id, now - quota.HOUR)
+        day = portal.store.reply_usage(rec.id, now - quota.DAY)
+        window = quota.reply_refusal(limits, hour, day, size)
+        if window is not None:
+            portal.store.record_event(
+                "reply-refused", rec.message.id, rec.address, f"quota of the {window}"
+            )
+            return f"reply_quota_{window}"
+        try:
+            free = portal.store.free_bytes()
+        except OSError as exc:
+            log.error("free space of the store unknown: %s", exc)
+            return "reply_no_space"
+        if free - size < limits.min_free_bytes:
+            log.error(
+                "reply of %s to %s refused: %d bytes free in the store, %d kept free",
+                rec.address, rec.message.id, free, limits.min_free_bytes,
+            )  # fmt: skip
+            return "reply_no_space"
+        return None
+
     async def logout(self, request: Request) -> Response:
         fields = await small_form(request, "csrf")
         return await run_in_threadpool(self._logout, request, fields)
@@ -346,6 +419,8 @@ class LinkPages(GuestPages[_Ctx]):
         ctx, error = self._form_context(request, Stage.LINK, "logout", fields)
         if ctx is None:
             return error
+        # Server-side too: a copy of this cookie (another tab, another device) ends with it.
+        self.portal.store.end_sessions(ctx.rec.id, "signed out")
         response = self.portal.notice(
             request, "signed_out", lang=ctx.lang, here=ctx.here, status=200
         )
@@ -426,7 +501,13 @@ class LinkPages(GuestPages[_Ctx]):
         )
 
     def _message_page(
-        self, request: Request, ctx: _Ctx, *, error: str | None = None, status: int = 200
+        self,
+        request: Request,
+        ctx: _Ctx,
+        *,
+        error: str | None = None,
+        status: int = 200,
+        remote: bool = False,
     ) -> Response:
         portal = self.portal
         view = self._message_view(ctx)
@@ -438,7 +519,6 @@ class LinkPages(GuestPages[_Ctx]):
         if not portal.store.mark_opened(ctx.rec.id):
             return self._gone(request, ctx, "revoked")
         send_read_receipt(portal, ctx.rec.id)  # once, when notification.read_receipts is on
-        remote = request.query_params.get("remote") == "1"
         replies = portal.store.replies(ctx.rec.id)
         # ?replied= after a reply was written: said only while it is true of the last reply
         last = replies[-1] if replies else None
@@ -452,8 +532,9 @@ class LinkPages(GuestPages[_Ctx]):
             note = "note_reply_later" if replied == "later" else None
         values = {
             "view": view,
-            "received": ctx.rec.message.created_at,
-            "remote": remote,
+            "date": message_date(view.date, ctx.rec.message.created_at, ctx.lang),
+            "remote": portal.csrf(ctx.p, "remote") if remote else "",
+            "csrf_remote": portal.csrf(ctx.p, "remote"),
             "has_remote": bool(view.html and _REMOTE_IMG.search(view.html)),
             "replies": replies,
             "csrf_reply": portal.csrf(ctx.p, "reply"),
@@ -537,6 +618,11 @@ class LinkPages(GuestPages[_Ctx]):
         if data is not None:
             store.save_portal_view(mid, data)
         return parsed[1]
+
+
+def refusal_status(error: str) -> int:
+    """429 for a quota (the writer may try again later), 503 while the disk is short."""
+    return 503 if error == "reply_no_space" else 429
 
 
 def _scope(rid: int) -> str:

@@ -7,6 +7,7 @@ Texts are Jinja2 templates in portal/templates/mail/, one per language.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email import policy
@@ -25,6 +26,25 @@ _TEMPLATES = Path(__file__).parent / "templates" / "mail"
 
 #: Marks a reply written in the portal (lets the milter and admins recognize it).
 REPLY_HEADER = "X-Zivmilter-Portal-Reply"
+
+
+# A MIME type as RFC 2045 allows it (tokens), lowercased: what is left of an upload's
+# Content-Type once its parameters are dropped.
+_BARE_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
+#: Uploads of these types are refused: a message or a multipart inside a reply would bring its
+#: own headers (a forged internal From) and parts past the name the portal cleaned.
+REFUSED_UPLOAD_TYPES = ("multipart", "message")
+
+
+def bare_type(content_type: str | None) -> str:
+    """An uploaded file's Content-Type as type/subtype only: the uploader's parameters (a
+    `name=` that differs from the cleaned file name, a charset) are never passed on."""
+    head = (content_type or "").split(";", 1)[0].strip().lower()
+    return head if _BARE_TYPE.match(head) else "application/octet-stream"
+
+
+def refused_upload(content_type: str) -> bool:
+    return bare_type(content_type).partition("/")[0] in REFUSED_UPLOAD_TYPES
 
 
 @dataclass(frozen=True)
@@ -124,8 +144,8 @@ def reply_email(
     msg[REPLY_HEADER] = author
     msg.set_content(body)
     for f in files:
-        maintype, _, subtype = f.content_type.partition("/")
-        if not subtype or "/" in subtype:
+        maintype, _, subtype = bare_type(f.content_type).partition("/")
+        if maintype in REFUSED_UPLOAD_TYPES:  # the portal refuses them; never as they are
             maintype, subtype = "application", "octet-stream"
         msg.add_attachment(f.data, maintype=maintype, subtype=subtype, filename=f.filename)
     return msg

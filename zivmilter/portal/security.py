@@ -3,7 +3,8 @@
 Pure: keys in, strings out, no I/O. The keys are derived from the store's KEK with HKDF, so every
 portal instance that can read the store agrees on them and there is no extra secret file; the
 app (app.py) sets and reads the cookies. A pass names what it opens (one recipient's link or one
-large attachment), how far its holder got, and until when; nothing else is stored anywhere.
+large attachment), how far its holder got, until when, and the session generation it was issued
+under: the store keeps that counter, and signing out or disabling an account moves it on.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from zivmilter import crypto
 from zivmilter.errors import StoreError
 
-_VERSION = "1"
+_VERSION = "2"  # 2: with the session generation
 
 
 @dataclass(frozen=True, repr=False)
@@ -54,17 +55,32 @@ class Stage(IntEnum):
 @dataclass(frozen=True)
 class Pass:
     """What a cookie proves. `scope` is "r<recipient id>" or "a<attachment id>"; `who` is the
-    recipient id that verified (for attachments, where the visitor says who they are)."""
+    recipient id that verified (for attachments, where the visitor says who they are); `gen` the
+    session generation of the recipient it belongs to (`subject`) when it was issued."""
 
     scope: str
     stage: Stage
     expires: int
     nonce: str
     who: int = 0
+    gen: int = 0
 
     @classmethod
-    def new(cls, scope: str, stage: Stage, now: float, lifetime: int, who: int = 0) -> Pass:
-        return cls(scope, stage, int(now) + lifetime, secrets.token_urlsafe(12), who)
+    def new(
+        cls, scope: str, stage: Stage, now: float, lifetime: int, who: int = 0, gen: int = 0
+    ) -> Pass:
+        return cls(scope, stage, int(now) + lifetime, secrets.token_urlsafe(12), who, gen)
+
+    @property
+    def subject(self) -> int:
+        """The recipient whose sessions this pass is one of (0: nobody's yet)."""
+        return subject_of(self.scope, self.who)
+
+
+def subject_of(scope: str, who: int) -> int:
+    if scope.startswith("r") and scope[1:].isdigit():
+        return int(scope[1:])
+    return max(who, 0)
 
 
 def cookie_name(scope: str) -> str:
@@ -72,7 +88,8 @@ def cookie_name(scope: str) -> str:
 
 
 def encode_pass(keys: PortalKeys, p: Pass) -> str:
-    payload = "|".join((_VERSION, p.scope, str(int(p.stage)), str(p.who), str(p.expires), p.nonce))
+    fields = (p.scope, str(int(p.stage)), str(p.who), str(p.expires), p.nonce, str(p.gen))
+    payload = "|".join((_VERSION, *fields))
     raw = payload.encode("ascii")
     return _b64(raw) + "." + _b64(hmac.new(keys.cookie, raw, hashlib.sha256).digest())
 
@@ -89,8 +106,8 @@ def decode_pass(keys: PortalKeys, value: str | None, scope: str, now: float) -> 
     if not hmac.compare_digest(got, hmac.new(keys.cookie, raw, hashlib.sha256).digest()):
         return None
     try:
-        version, got_scope, stage, who, expires, nonce = raw.decode("ascii").split("|")
-        p = Pass(got_scope, Stage(int(stage)), int(expires), nonce, int(who))
+        version, got_scope, stage, who, expires, nonce, gen = raw.decode("ascii").split("|")
+        p = Pass(got_scope, Stage(int(stage)), int(expires), nonce, int(who), int(gen))
     except ValueError:
         return None
     if version != _VERSION or p.scope != scope or p.expires <= now:

@@ -211,6 +211,16 @@ class SentPage:
     total: int
 
 
+@dataclass(frozen=True)
+class ReplyUsage:
+    """Replies written since a moment: by one link, and by its address over all its links."""
+
+    link_count: int
+    link_bytes: int
+    recipient_count: int
+    recipient_bytes: int
+
+
 @dataclass(frozen=True, repr=False)
 class ContactEntry:
     """One contact-book entry, for `zivmilter contacts list` (the number decrypted)."""

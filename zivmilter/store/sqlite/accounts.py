@@ -109,12 +109,14 @@ class AccountsMixin(SqliteBase):
             audit(cur, now, None, key, "account-added", kind)
 
     def set_account_active(self, address: str, active: bool) -> bool:
-        """Switch an account on or off; False when there is no such account."""
+        """Switch an account on or off; False when there is no such account. Switching it off
+        ends its portal sessions too (see `session_generation`)."""
         key = normalize_address(address)
         now = int(self._now())
         with self._transaction() as cur:
             n = cur.execute(
-                "UPDATE accounts SET active = ? WHERE address = ?", (int(active), key)
+                "UPDATE accounts SET active = ?, session_gen = session_gen + ? WHERE address = ?",
+                (int(active), int(not active), key),
             ).rowcount
             if n:
                 audit(cur, now, None, key, "account-active" if active else "account-inactive", "")

@@ -28,6 +28,30 @@ class LinksMixin(MessagesMixin):
             return None
         return LinkState(dt_or_none(row[0]), int(row[1]), dt_or_none(row[2]), int(row[3]))
 
+    def session_generation(self, recipient_id: int) -> int | None:
+        """The generation of this recipient's portal sessions: their link's and their address's
+        account's counters together (both only go up). None when there is no such recipient."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT r.session_gen + COALESCE(a.session_gen, 0) FROM recipients r"
+                " LEFT JOIN accounts a ON a.address = r.address WHERE r.id = ?",
+                (recipient_id,),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def end_sessions(self, recipient_id: int, reason: str = "") -> None:
+        """End every portal session of this recipient's link (sign-out): passes issued before
+        no longer count, wherever their cookies went."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = cur.execute(
+                "UPDATE recipients SET session_gen = session_gen + 1 WHERE id = ?"
+                " RETURNING message_id, address",
+                (recipient_id,),
+            ).fetchone()
+            if row is not None:
+                audit(cur, now, str(row[0]), str(row[1]), "sessions-ended", reason)
+
     def revoke_recipient(self, message_id: str, address: str, reason: str = "") -> bool:
         """Revoke one notification recipient's link; the last one revokes the whole message
         (its data key destroyed). False when there is no such live link."""

@@ -5,11 +5,12 @@ A reply is sealed with its message's data key: revoking the message destroys it 
 
 from __future__ import annotations
 
+import os
 import secrets
 from typing import Any, BinaryIO, Literal
 
 from zivmilter.errors import StoreError
-from zivmilter.store.records import ReplyRecord
+from zivmilter.store.records import ReplyRecord, ReplyUsage
 from zivmilter.store.sqlite.connection import audit, dt, dt_or_none
 from zivmilter.store.sqlite.contents import ContentsMixin, insert_blob
 
@@ -112,6 +113,26 @@ class RepliesMixin(ContentsMixin):
             )
             for r in rows
         ]
+
+    def reply_usage(self, recipient_id: int, since: float) -> ReplyUsage:
+        """Replies written at or after `since` by this link and by its address (all its links).
+        Erased replies still count: the quota is of what was written."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(CASE WHEN p.recipient_id = :rid THEN 1 END),"
+                " COALESCE(SUM(CASE WHEN p.recipient_id = :rid THEN b.size END), 0),"
+                " COUNT(*), COALESCE(SUM(b.size), 0)"
+                " FROM replies p JOIN recipients r ON r.id = p.recipient_id"
+                " JOIN blobs b ON b.id = p.blob_id"
+                " WHERE r.address = (SELECT address FROM recipients WHERE id = :rid)"
+                " AND p.created_at >= :since",
+                {"rid": recipient_id, "since": int(since)},
+            ).fetchone()
+        return ReplyUsage(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+    def free_bytes(self) -> int:
+        stat = os.statvfs(self._path)
+        return stat.f_bavail * stat.f_frsize
 
     def open_reply(self, reply_id: str) -> BinaryIO | None:
         """A reply's content, to hand it to the MTA; None once its message is revoked. Also

@@ -176,6 +176,12 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX invites_address ON invites (address);
     """,
+    # 9: signing out (a link) and disabling an account end their sessions server-side: a pass
+    # names the generation it was issued under, and these counters only go up
+    """
+    ALTER TABLE recipients ADD COLUMN session_gen INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN session_gen INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
