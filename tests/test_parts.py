@@ -3,10 +3,14 @@ with the same index, name, type and bytes."""
 
 from __future__ import annotations
 
+import base64
 import io
 import os
+from collections.abc import Callable
 from email import policy
 from email.message import EmailMessage
+
+import pytest
 
 from zivmilter.mail import parts
 from zivmilter.portal import render
@@ -42,3 +46,32 @@ def test_large_attachments_match_the_portal_view() -> None:
 def test_a_single_text_part_is_its_own_body() -> None:
     raw = b"From: a@example.org\r\nContent-Type: text/plain\r\n\r\n" + b"A" * 300_000
     assert parts.large_attachments(io.BytesIO(raw), 100_000) == []
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda b: base64.encodebytes(b),  # 76 characters a line
+        lambda b: b"\r\n".join(base64.b64encode(b)[i : i + 50] for i in range(0, 400_000, 50)),
+        lambda b: base64.b64encode(b).replace(b"A", b"A!"),  # outside the alphabet: skipped
+        lambda b: base64.b64encode(b).rstrip(b"="),  # padding missing
+        lambda b: base64.b64encode(b[:1000]) + base64.b64encode(b),  # padding inside
+    ],
+)
+def test_base64_decodes_as_the_email_package_does(encode: Callable[[bytes], bytes]) -> None:
+    data = os.urandom(250_001)
+    raw = (
+        b"From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B"
+        b"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nhello\r\n--B\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: BASE64\r\n\r\n"
+        + encode(data)
+        + b"\r\n--B--\r\n"
+    )
+    msg, view = render.parse(raw)
+    found = parts.large_attachments(io.BytesIO(raw), 100_000)
+    (listed,) = view.attachments
+    assert [(f.index, len(f.data)) for f in found] == (
+        [(listed.index, listed.size)] if listed.size >= 100_000 else []
+    )
+    for f in found:
+        assert f.data == render.leaf_payload(render.leaves(msg)[f.index])
