@@ -572,6 +572,119 @@ def test_attachment_downloads_byte_identical(env: Env) -> None:
     assert "attachment-downloaded" in [e.event for e in env.store.events(mid)]
 
 
+def _gateway_saves(env: Env, raw: bytes) -> str:
+    """The message through the real gateway, as the milter hands it over (a notification to
+    bob with an access code); returns bob's link token."""
+    cfg = make_config(
+        {"submission": {"any_address_of_own_domains": True}, "portal": {"base_url": BASE + "/"}}
+    )
+    gateway = Gateway(cfg, facts_from_mapping({}), env.store, env.mailer, hostname="gw.test")
+    head = raw.partition(b"\r\n\r\n")[0]
+    headers = [(n, v) for n, _, v in (f.partition(": ") for f in head.decode().split("\r\n"))]
+    plan = gateway.process(
+        Transaction(
+            "QID8", "<alice@hospital.example>", ["<bob@example.net>"],
+            headers, io.BytesIO(raw), len(head) + 4, "127.0.0.1",
+        )
+    )  # fmt: skip
+    assert plan.replace_body is not None  # the notification to bob
+    token = re.search(rb"/m/([A-Za-z0-9_-]{16,})\r\n", plan.replace_body)
+    assert token
+    return token.group(1).decode()
+
+
+def _asgi_body_chunks(env: Env, client: TestClient, path: str) -> tuple[int, list[bytes]]:
+    """GET `path` from the app itself with the client's cookies: the status and each body
+    message the app sends (a streamed response sends many)."""
+    import asyncio
+
+    cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "server": ("portal.test", 80), "client": ("127.0.0.1", 5000),
+        "headers": [(b"host", b"portal.test"), (b"cookie", cookie.encode())],
+    }  # fmt: skip
+    status = 0
+    chunks: list[bytes] = []
+    requested = False
+
+    async def main() -> None:
+        done = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await done.wait()  # the client stays until the response is complete
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                if message.get("body"):
+                    chunks.append(message["body"])
+                if not message.get("more_body"):
+                    done.set()
+
+        await env.app(scope, receive, send)
+
+    asyncio.run(main())
+    return status, chunks
+
+
+def test_a_large_attachment_streams_from_its_own_blob(env: Env) -> None:
+    """A large attachment is kept apart when the gateway saves the message and is served in
+    chunks as it is decrypted: the same bytes and headers as the parsing path gave, which still
+    serves messages stored before (and small attachments)."""
+    big = os.urandom(3 * 1024 * 1024 + 11)
+    msg = EmailMessage()
+    msg["From"] = "Dr. Alice <alice@hospital.example>"
+    msg["To"] = "bob@example.net"
+    msg["Subject"] = "Scan"
+    msg["Message-ID"] = "<scan-2@hospital.example>"
+    msg["zivver-access-right"] = f"bob@example.net access-code {CODE}"
+    msg.set_content("BODY-MARKER the scan is attached")
+    msg.add_attachment(PDF, maintype="application", subtype="pdf", filename="small.pdf")
+    msg.add_attachment(big, maintype="application", subtype="pdf", filename="röntgen scan.pdf")
+    raw = msg.as_bytes(policy=policy.SMTP)
+    token = _gateway_saves(env, raw)
+    (stored,) = env.store.find_messages("<scan-2@hospital.example>")
+    part = env.store.part(stored.id, 2)
+    assert part is not None and part.size == len(big)
+    assert env.store.part(stored.id, 1) is None  # small: it stays in the message only
+    # The same message as a zivmilter before this change stored it: nothing kept apart.
+    old_id, old_tokens = env.save([code_rcpt("carol@example.com")], content=raw)
+    assert env.store.part(old_id, 2) is None
+    answers = []
+    for link_token_, who in ((token, "bob@example.net"), (old_tokens["carol@example.com"], "")):
+        with env.client() as client:
+            here = verified(env, client, link_token_)
+            links = re.findall(r'href="([^"]+/attachment/\d+)"', client.get(here).text)
+            assert [link.rsplit("/", 1)[1] for link in links] == ["1", "2"]
+            r = client.get(links[1])
+            assert r.status_code == 200 and r.content == big
+            answers.append({k: r.headers[k] for k in ("content-type", "content-disposition")})
+            small = client.get(links[0])
+            assert small.status_code == 200 and small.content == PDF
+            if who:
+                status, chunks = _asgi_body_chunks(env, client, links[1].removeprefix(BASE))
+                assert status == 200 and b"".join(chunks) == big
+                assert len(chunks) > 10 and max(len(c) for c in chunks) <= 64 * 1024
+    assert answers[0] == answers[1]
+    assert answers[0]["content-disposition"] == (
+        "attachment; filename=\"r_ntgen scan.pdf\"; filename*=UTF-8''r%C3%B6ntgen%20scan.pdf"
+    )
+    events = [(e.event, e.detail) for e in env.store.events(stored.id)]
+    assert ("attachment-downloaded", "part 2") in events
+    env.store.revoke(stored.id, "test")
+    with env.client() as client:
+        assert client.get(links[1].removeprefix(BASE)).status_code in (403, 410)
+
+
 # --- SMS and email codes ----------------------------------------------------------------------
 
 

@@ -28,6 +28,10 @@ REINJECT_REPLIES_PORT = 10027
 
 # --- policy ------------------------------------------------------------------------------
 LARGE_ATTACHMENT_BYTES = 10 * 1024 * 1024  # SPEC 5: attachments above this become links
+# An attachment of a stored message at least this large (decoded) is kept apart as a blob of its
+# own at save, so that the portal streams it instead of parsing the whole message (issue 15);
+# a message no larger than this is not parsed at save at all.
+STORED_PART_MIN = 1024 * 1024
 EXPIRY_DAYS = 0  # 0: notification messages do not expire
 
 # --- portal and notifications ------------------------------------------------------------

@@ -28,7 +28,7 @@ from tests.store.common import (
 from zivmilter import crypto, defaults
 from zivmilter.core.facts import Contact
 from zivmilter.errors import StoreError
-from zivmilter.store import NewRecipient, ReplyUsage, Store
+from zivmilter.store import NewPart, NewRecipient, PartRecord, ReplyUsage, Store
 
 
 def test_saved_copy_decrypts_to_original_bytes(st: Store) -> None:
@@ -172,6 +172,36 @@ def test_revocation_keeps_direct_attachments_and_drops_the_rest(st: Store) -> No
     assert att is not None and att.available and att.filename == "scan.pdf"
     stream = st.open_attachment(kept.id)
     assert stream is not None and stream.read() == b"ATTACHMENT" * 1000
+
+
+def test_large_attachments_kept_apart_stream_until_the_message_ends(
+    st: Store, clock: Clock
+) -> None:
+    """The parts a save keeps apart (NewMessage.parts) read back by their leaf index, and end
+    with the message: revoked or expired, they are gone like its content."""
+    big = os.urandom(3 * crypto.RECORD_SIZE + 7)
+    parts = [
+        NewPart(2, "scan 1.pdf", "application/pdf", big),
+        NewPart(5, "röntgen.png", "image/png", io.BytesIO(b"PNG" * 10)),
+    ]
+    saved = st.save_message(new_message(parts=parts))
+    assert st.part(saved.id, 2) == PartRecord(2, "scan 1.pdf", "application/pdf", len(big))
+    assert st.part(saved.id, 5) == PartRecord(5, "röntgen.png", "image/png", 30)
+    assert st.part(saved.id, 3) is None and st.open_part(saved.id, 3) is None
+    stream = st.open_part(saved.id, 2)
+    assert stream is not None
+    with stream:
+        assert stream.read(1000) == big[:1000] and stream.read() == big[1000:]
+    clock.t += 1
+    expiring = st.save_message(
+        new_message(parts=parts[1:], expires_at=datetime.fromtimestamp(clock.t + 60, UTC))
+    )
+    clock.t += 61
+    assert st.part(expiring.id, 5) is None and st.open_part(expiring.id, 5) is None
+    assert st.revoke(saved.id)
+    assert st.part(saved.id, 2) is None and st.open_part(saved.id, 2) is None
+    ordinary = st.save_message(new_message())
+    assert st.part(ordinary.id, 0) is None and st.open_part(ordinary.id, 0) is None
 
 
 def test_discard_forgets_everything(st: Store) -> None:

@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -34,7 +35,7 @@ from tests.store.common import (
 )
 from zivmilter import cli, crypto, store
 from zivmilter.errors import StoreError
-from zivmilter.store import NewRecipient, SqliteStore
+from zivmilter.store import NewPart, NewRecipient, SqliteStore
 from zivmilter.store.sqlite.connection import _Pending
 from zivmilter.store.sqlite.contents import insert_blob
 
@@ -213,9 +214,10 @@ def test_contents_above_the_inline_limit_get_a_file(tmp_path: Path, kek: bytes) 
     s.close()
 
 
-def _undo_schema_8(conn: sqlite3.Connection) -> None:
-    """Take a database back before schema 8 (the sender's side of the portal) and 9 (session
-    generations)."""
+def _undo_schemas_8_to_10(conn: sqlite3.Connection) -> None:
+    """Take a database back before schema 8 (the sender's side of the portal), 9 (session
+    generations) and 10 (attachments kept apart)."""
+    conn.execute("DROP TABLE parts")  # schema 10
     conn.execute("ALTER TABLE recipients DROP COLUMN session_gen")  # schema 9
     conn.execute("ALTER TABLE accounts DROP COLUMN session_gen")
     conn.execute("DROP TABLE invites")
@@ -233,7 +235,7 @@ def test_a_store_of_files_is_read_after_the_upgrade(tmp_path: Path, kek: bytes) 
     old._conn.execute("ALTER TABLE blobs DROP COLUMN data")
     old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")  # schema 6
     old._conn.execute("ALTER TABLE replies DROP COLUMN refused_at")  # schema 7
-    _undo_schema_8(old._conn)
+    _undo_schemas_8_to_10(old._conn)
     old.close()
     new = SqliteStore.open(path, kek)
     second = new.save_message(new_message())
@@ -269,7 +271,7 @@ def test_attachments_of_an_older_store_end_with_their_message_after_the_upgrade(
         )
     old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")
     old._conn.execute("ALTER TABLE replies DROP COLUMN refused_at")
-    _undo_schema_8(old._conn)
+    _undo_schemas_8_to_10(old._conn)
     old._conn.execute("UPDATE schema_version SET version = 5")
     old.close()
     new = SqliteStore.open(path, kek)
@@ -452,3 +454,41 @@ def test_revoke_says_the_key_is_destroyed_only_when_it_is(
     assert cli.main(["maintenance", "--config", str(cfg)]) == 0
     assert "revoked data keys: erased from the disk" in capsys.readouterr().out
     assert _files_holding(tmp_path / "store", bytes(wrapped)) == []
+
+
+def test_attachments_kept_apart_go_with_their_message_at_rest(
+    st: SqliteStore, tmp_path: Path
+) -> None:
+    """A message's large attachments kept apart (schema 8) are sealed under its key: a
+    revocation leaves neither their ciphertext nor their names."""
+    part = NewPart(3, "PARTNAME-patient.pdf", "application/pdf", b"PARTBODY" * 50_000)
+    saved = st.save_message(new_message(parts=[part]))
+    files = store_files(tmp_path / "store")
+    assert not any(b"PARTNAME" in data or b"PARTBODY" in data for data in files.values())
+    assert len(stored_blobs(tmp_path / "store")) == 2
+    assert st.revoke(saved.id)
+    assert stored_blobs(tmp_path / "store") == []
+    db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
+    assert db.execute("SELECT filename FROM parts").fetchall() == [(None,)]
+    db.close()
+
+
+def test_a_failed_save_leaves_no_blob_of_its_parts(st: SqliteStore, tmp_path: Path) -> None:
+    class Broken(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            raise OSError("spool unreadable")
+
+    parts = [
+        NewPart(1, "a.pdf", "application/pdf", os.urandom(600_000)),
+        NewPart(2, "b.pdf", "application/pdf", Broken()),  # type: ignore[arg-type]
+    ]
+    with pytest.raises(OSError):
+        st.save_message(new_message(raw_message(extra=b"z" * 600_000), parts=parts))
+    assert stored_blobs(tmp_path / "store") == []
+    assert list((tmp_path / "store" / "blobs").rglob("*.tmp")) == []
+    db = sqlite3.connect(str(tmp_path / "store" / store.DB_NAME))
+    assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+    db.close()

@@ -41,9 +41,9 @@ from zivmilter.delivery.reinject import Outgoing, Reinjector
 from zivmilter.errors import DeliveryError
 from zivmilter.gateway.spool import clean_copy, set_subject
 from zivmilter.gateway.transaction import Plan, Transaction
-from zivmilter.mail import attachments, dsn, notification
+from zivmilter.mail import attachments, dsn, notification, parts
 from zivmilter.spool import spool_file
-from zivmilter.store import GatewayStore, NewMessage, NewRecipient, SavedMessage
+from zivmilter.store import GatewayStore, NewMessage, NewPart, NewRecipient, SavedMessage
 
 log = logging.getLogger("zivmilter.gateway")
 
@@ -233,18 +233,23 @@ class Gateway:
         expiry = self.cfg.policy.expiry_days
         notifies = any(d.delivery is Delivery.NOTIFICATION for d in delivered)
         expires = self.clock.now(UTC) + timedelta(days=expiry) if expiry and notifies else None
-        with clean_copy(tx) as content, metrics.store_commit():
-            return self.store.save_message(
-                NewMessage(
-                    sender=author,
-                    subject=decoded_header(original.get("Subject", "")),
-                    content=content,
-                    recipients=[_new_recipient(d) for d in delivered],
-                    rfc822_id=tx.message_id if tx.message_id != "-" else None,
-                    queue_id=tx.queue_id,
-                    expires_at=expires,
+        with clean_copy(tx) as content:
+            # Large attachments apart too: the portal then streams one instead of parsing all.
+            found = parts.large_attachments(content, defaults.STORED_PART_MIN) if notifies else []
+            content.seek(0)
+            with metrics.store_commit():
+                return self.store.save_message(
+                    NewMessage(
+                        sender=author,
+                        subject=decoded_header(original.get("Subject", "")),
+                        content=content,
+                        recipients=[_new_recipient(d) for d in delivered],
+                        rfc822_id=tx.message_id if tx.message_id != "-" else None,
+                        queue_id=tx.queue_id,
+                        expires_at=expires,
+                        parts=[NewPart(p.index, p.filename, p.content_type, p.data) for p in found],
+                    )
                 )
-            )
 
     def _copies(
         self,

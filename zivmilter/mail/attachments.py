@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from email import charset
 from email.message import Message
 from email.mime.text import MIMEText
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesParser
 from email.policy import compat32
 from typing import BinaryIO
 
 from zivmilter.core.message import clean_filename
+from zivmilter.mail.parts import top_level_type
 
 _WIRE = compat32.clone(linesep="\r\n")
-_HEADER_MAX = 1024 * 1024  # a header block larger than this is not looked at any further
 _UTF8_QP = charset.Charset("utf-8")
 _UTF8_QP.body_encoding = charset.QP  # readable in the raw message too
 
@@ -79,19 +79,6 @@ def _notice(replaced: Replaced) -> MIMEText:
     return part
 
 
-def _top_level_type(source: BinaryIO) -> str:
-    """The message's main content type, from its header block alone (the body is not read:
-    a header parser given the whole file would hold a 50 MB body in memory)."""
-    source.seek(0)
-    head = b""
-    while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) < _HEADER_MAX:
-        chunk = source.read(65536)
-        if not chunk:
-            break
-        head += chunk
-    return BytesHeaderParser(policy=_WIRE).parsebytes(head).get_content_maintype()
-
-
 def replace_large(
     source: BinaryIO, limit: int, save: SaveFn
 ) -> tuple[bytes, list[Replaced]] | None:
@@ -100,7 +87,7 @@ def replace_large(
     source.seek(0, 2)
     if source.tell() <= limit:  # no part can be larger than the whole message
         return None
-    if _top_level_type(source) != "multipart":
+    if top_level_type(source) != "multipart":
         return None  # a single part is the message itself, not an attachment: sent as it is
     source.seek(0)
     msg = BytesParser(policy=_WIRE).parse(source)

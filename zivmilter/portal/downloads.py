@@ -151,7 +151,7 @@ class DownloadPages(GuestPages[_Ctx]):
         stream, ctx = result
         att = ctx.att
         return StreamingResponse(
-            iterate_in_threadpool(_chunks(stream)),
+            iterate_in_threadpool(stream_chunks(stream)),
             media_type=att.content_type,
             headers={
                 "content-disposition": content_disposition(att.filename or "attachment"),
@@ -264,7 +264,7 @@ def stream_bytes(data: bytes) -> Iterator[bytes]:
         yield bytes(view[start : start + _CHUNK])
 
 
-def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+def stream_chunks(stream: BinaryIO) -> Iterator[bytes]:
     """Decrypt as the client reads; a damaged blob ends the response early (the client sees a
     short download against Content-Length, never wrong bytes)."""
     try:
@@ -285,4 +285,4 @@ def _scope(aid: str) -> str:
     return f"a{aid}"
 
 
-__all__ = ["DownloadPages", "content_disposition", "stream_bytes"]
+__all__ = ["DownloadPages", "content_disposition", "stream_bytes", "stream_chunks"]

@@ -27,7 +27,7 @@ from zivmilter.errors import StoreError
 from zivmilter.mail.notification import mask_phone
 from zivmilter.portal import accounts, flows, mail, quota, render, verify
 from zivmilter.portal.context import message_date, timestamp, trusted_markup
-from zivmilter.portal.downloads import content_disposition, stream_bytes
+from zivmilter.portal.downloads import content_disposition, stream_bytes, stream_chunks
 from zivmilter.portal.pages import (
     Ctx,
     GuestPages,
@@ -244,8 +244,12 @@ class LinkPages(GuestPages[_Ctx]):
         ctx, error = self._context(request, Stage.VERIFIED)
         if ctx is None:
             return error
-        parsed = self._parsed(ctx)
         index = int(request.path_params["index"])
+        kept = self._kept_part(ctx, index)
+        if kept is not None:
+            return kept
+        # Kept whole only: a small attachment, or a message saved before parts were kept apart.
+        parsed = self._parsed(ctx)
         if parsed is None:
             return self._gone(request, ctx, "revoked")
         found = [a for a in parsed[1].attachments if a.index == index]
@@ -277,6 +281,25 @@ class LinkPages(GuestPages[_Ctx]):
         if ctx is None:
             return error
         return self._message_page(request, ctx, remote=True)
+
+    def _kept_part(self, ctx: _Ctx, index: int) -> Response | None:
+        """A large attachment the store kept apart at save, streamed as it is decrypted (the
+        message is not parsed: issue 15); None when it has none at that index."""
+        store, mid = self.portal.store, ctx.rec.message.id
+        part = store.part(mid, index)
+        stream = store.open_part(mid, index) if part is not None else None
+        if part is None or stream is None:
+            return None
+        store.record_event("attachment-downloaded", mid, ctx.rec.address, f"part {index}")
+        return StreamingResponse(
+            stream_chunks(stream),
+            media_type=part.content_type,
+            headers={
+                "content-disposition": content_disposition(part.filename),
+                "content-length": str(part.size),
+                "content-security-policy": "default-src 'none'; sandbox",
+            },
+        )
 
     # -- replying ----------------------------------------------------------------------------
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import mimetypes
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage, Message
@@ -21,8 +20,10 @@ from email.parser import BytesParser
 import nh3
 
 from zivmilter.core.message import clean_filename
+from zivmilter.mail.parts import body_text, layout, leaf_filename, leaf_payload, leaves
 
-__all__ = ["clean_filename"]  # re-exported: the portal's callers know it from here
+# re-exported: the portal's callers know them from here
+__all__ = ["clean_filename", "leaf_payload", "leaves"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
@@ -52,26 +53,11 @@ class MessageView:
 def parse(data: bytes) -> tuple[EmailMessage, MessageView]:
     msg = BytesParser(policy=policy.default).parsebytes(data)
     assert isinstance(msg, EmailMessage)
-    parts = leaves(msg)
-    html_part = msg.get_body(preferencelist=("html",))
-    text_part = msg.get_body(preferencelist=("plain",))
-    html = _text(html_part) if html_part is not None else None
-    text = _text(text_part) if text_part is not None else None
-    bodies = {id(p) for p in (html_part, text_part) if p is not None}
-    referenced = set(re.findall(r"(?i)cid:([^\"'\s>)]+)", html or ""))
-    inline: dict[str, int] = {}
-    attachments: list[Attachment] = []
-    for index, part in enumerate(parts):
-        if id(part) in bodies:
-            continue
-        cid = _content_id(part)
-        if cid and cid in referenced and part.get_content_maintype() == "image":
-            inline[cid] = index
-            continue
-        payload = leaf_payload(part)
-        attachments.append(
-            Attachment(index, _filename(part, index), part.get_content_type(), len(payload))
-        )
+    found = layout(msg)
+    attachments = tuple(
+        Attachment(i, leaf_filename(part, i), part.get_content_type(), len(leaf_payload(part)))
+        for i, part in found.attached
+    )
     view = MessageView(
         subject=_header(msg, "Subject"),
         sender=_addresses(msg, "From"),
@@ -79,10 +65,10 @@ def parse(data: bytes) -> tuple[EmailMessage, MessageView]:
         cc=_addresses(msg, "Cc"),
         date=_header(msg, "Date"),
         message_id=_header(msg, "Message-ID"),
-        text=text,
-        html=html,
-        attachments=tuple(attachments),
-        inline=inline,
+        text=body_text(found.text) if found.text is not None else None,
+        html=body_text(found.html) if found.html is not None else None,
+        attachments=attachments,
+        inline=found.inline,
     )
     return msg, view
 
@@ -111,32 +97,6 @@ def view_from_bytes(data: bytes) -> MessageView | None:
         return MessageView(**raw)
     except (ValueError, TypeError, KeyError):
         return None
-
-
-def leaves(msg: Message) -> list[Message]:
-    """The non-multipart parts in order; an attached message (message/rfc822) is one leaf."""
-    out: list[Message] = []
-
-    def walk(part: Message) -> Iterator[Message]:
-        if part.get_content_maintype() == "multipart" and part.is_multipart():
-            for sub in part.get_payload():
-                if isinstance(sub, Message):
-                    yield from walk(sub)
-        else:
-            yield part
-
-    out.extend(walk(msg))
-    return out
-
-
-def leaf_payload(part: Message) -> bytes:
-    """The decoded bytes of a leaf part (an attached message as it was)."""
-    if part.get_content_type() == "message/rfc822" and part.is_multipart():
-        inner = part.get_payload(0)
-        if isinstance(inner, Message):
-            return inner.as_bytes(policy=policy.SMTP)
-    payload = part.get_payload(decode=True)
-    return payload if isinstance(payload, bytes) else b""
 
 
 # --- HTML ------------------------------------------------------------------------------------
@@ -220,18 +180,6 @@ def sanitize_html(
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _text(part: Message) -> str:
-    if isinstance(part, EmailMessage):
-        try:
-            content = part.get_content()
-            if isinstance(content, str):
-                return content
-        except (LookupError, UnicodeError, ValueError, AssertionError):
-            pass  # an unknown or lying charset: fall back to UTF-8 with replacements
-    raw = part.get_payload(decode=True)
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
-
-
 def _header(msg: Message, name: str) -> str:
     try:
         value = msg.get(name)
@@ -252,26 +200,3 @@ def _addresses(msg: Message, name: str) -> str:
         return _header(msg, name)
     shown = [f"{a.display_name} <{a.addr_spec}>" if a.display_name else a.addr_spec for a in found]
     return _CONTROL.sub(" ", ", ".join(shown)).strip()
-
-
-def _content_id(part: Message) -> str | None:
-    cid = part.get("Content-ID")
-    if not cid:
-        return None
-    return str(cid).strip().strip("<>").strip() or None
-
-
-def _filename(part: Message, index: int) -> str:
-    name = None
-    try:
-        name = part.get_filename()
-    except (ValueError, LookupError):
-        name = None
-    if not name and part.get_content_type() == "message/rfc822":
-        name = "message.eml"
-    if name:
-        name = clean_filename(name)
-    if not name:
-        ext = mimetypes.guess_extension(part.get_content_type()) or ".bin"
-        name = f"attachment-{index + 1}{ext}"
-    return name

@@ -45,9 +45,25 @@ class NewRecipient:
     hint: str | None = None  # the sender's hint for an access code
 
 
+@dataclass(frozen=True, repr=False)
+class NewPart:
+    """A large attachment of a message being saved, decoded (mail/parts.py numbers and names
+    it): kept as a blob of its own under the message's key, so that the portal streams it
+    instead of parsing the whole message for one download."""
+
+    index: int  # the leaf's index in the message, as the portal numbers it
+    filename: str
+    content_type: str
+    content: BinaryIO | bytes | str | os.PathLike[str]
+
+    def __repr__(self) -> str:  # file names often name a patient: kept out of logs
+        return f"NewPart(index={self.index}, content_type={self.content_type!r})"
+
+
 @dataclass(frozen=True)
 class NewMessage:
-    """A message to store. `content` is the raw RFC 5322 message: a binary file, bytes or a path."""
+    """A message to store. `content` is the raw RFC 5322 message: a binary file, bytes or a path;
+    `parts`, its large attachments decoded (none for ordinary mail)."""
 
     sender: str  # the author (From): secure replies go here; not a bounce envelope sender
     subject: str
@@ -56,6 +72,7 @@ class NewMessage:
     rfc822_id: str | None = None
     queue_id: str = ""
     expires_at: datetime | None = None
+    parts: Sequence[NewPart] = ()
 
 
 @dataclass(frozen=True, repr=False)
@@ -250,6 +267,19 @@ class AttachmentRecord:
     # False when its content is gone: sealed under its message's key (stored by a zivmilter
     # before schema 6), it went with that key when the message was revoked.
     available: bool = True
+
+
+@dataclass(frozen=True, repr=False)
+class PartRecord:
+    """A large attachment of a stored message, kept apart at save (`NewMessage.parts`)."""
+
+    index: int
+    filename: str
+    content_type: str
+    size: int
+
+    def __repr__(self) -> str:
+        return f"PartRecord(index={self.index}, size={self.size})"
 
 
 @dataclass(frozen=True, repr=False)

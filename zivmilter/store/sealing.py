@@ -4,9 +4,10 @@ Key hierarchy (the algorithms are crypto.py's; this module only picks keys and c
 - the KEK (key-encryption key, a file outside the store) wraps each message's data key (AES-KW)
   and, through its field key, seals what belongs to no message: account authenticator secrets,
   contact-book numbers, one-time code secrets; its pepper goes into every access-code hash;
-- a message's data key derives its contents' keys (one per blob: the original, secure replies)
-  and its field key, which seals the subject, recipients' numbers and hints, and the portal's
-  kept view. Revoking a message destroys its wrapped data key: all of these go with it;
+- a message's data key derives its contents' keys (one per blob: the original, its large
+  attachments kept apart, secure replies) and its field key, which seals the subject,
+  recipients' numbers and hints, those attachments' names, and the portal's kept view.
+  Revoking a message destroys its wrapped data key: all of these go with it;
 - a large attachment of a direct delivery has a data key of its own (it outlives its message's
   revocation, SPEC 8), sealing its content and its file name.
 
@@ -68,6 +69,12 @@ class DataKey:
 
     def unseal_portal_view(self, message_id: str, sealed: bytes) -> bytes:
         return crypto.unseal(self.field_key, sealed, _portal_view(message_id))
+
+    def seal_part_name(self, message_id: str, index: int, filename: str) -> bytes:
+        return crypto.seal(self.field_key, filename.encode("utf-8"), _part_name(message_id, index))
+
+    def unseal_part_name(self, message_id: str, index: int, sealed: bytes) -> str:
+        return crypto.unseal(self.field_key, sealed, _part_name(message_id, index)).decode()
 
     # -- fields of a large attachment (under its own data key) ----------------------------
 
@@ -144,6 +151,10 @@ def _subject(message_id: str) -> str:
 
 def _portal_view(message_id: str) -> str:
     return "messages.portal_view:" + message_id
+
+
+def _part_name(message_id: str, index: int) -> str:
+    return f"parts.filename:{message_id}:{index}"
 
 
 def _phone(message_id: str, address: str) -> str:

@@ -182,6 +182,19 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE recipients ADD COLUMN session_gen INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE accounts ADD COLUMN session_gen INTEGER NOT NULL DEFAULT 0;
     """,
+    # 10: a message's large attachments, decoded at save into blobs of their own (kind 'part',
+    # under the message's key), so that a download streams one blob instead of parsing the
+    # whole message (issue 15). Messages saved before have no rows: they are parsed as before.
+    """
+    CREATE TABLE parts (
+        message_id   TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        leaf         INTEGER NOT NULL,     -- index among the message's leaf parts (mail/parts.py)
+        blob_id      TEXT NOT NULL,
+        filename     BLOB,                 -- sealed with the message field key; NULL once revoked
+        content_type TEXT NOT NULL,
+        PRIMARY KEY (message_id, leaf)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
