@@ -20,6 +20,11 @@ MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # refuse (5.3.4) above this; Postfix defa
 REINJECT_HOST = "127.0.0.1"
 REINJECT_PORT = 10026
 REINJECT_TIMEOUT = 60.0
+# How long a client's retry of a tempfailed message is recognized as the same message (same
+# envelope, decisions, Message-ID and content), so the copies the MTA already took are not
+# handed over again. 5 days: Postfix's maximal_queue_lifetime, the longest a client MTA
+# commonly keeps retrying; a real new message has a new Message-ID and never matches.
+RETRY_WINDOW_SECONDS = 5 * 24 * 3600
 
 # --- policy ------------------------------------------------------------------------------
 LARGE_ATTACHMENT_BYTES = 10 * 1024 * 1024  # SPEC 5: attachments above this become links

@@ -375,6 +375,8 @@ def test_a_store_of_files_is_read_after_the_upgrade(tmp_path: Path, kek: bytes) 
     old._conn.execute("ALTER TABLE blobs DROP COLUMN data")
     old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")  # schema 6
     old._conn.execute("ALTER TABLE replies DROP COLUMN refused_at")  # schema 7
+    old._conn.execute("DROP TABLE handed_copies")  # schema 8
+    old._conn.execute("DROP TABLE handovers")
     old.close()
     new = SqliteStore.open(path, kek)
     second = new.save_message(new_message())
@@ -410,6 +412,8 @@ def test_attachments_of_an_older_store_end_with_their_message_after_the_upgrade(
         )
     old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")
     old._conn.execute("ALTER TABLE replies DROP COLUMN refused_at")
+    old._conn.execute("DROP TABLE handed_copies")  # schema 8
+    old._conn.execute("DROP TABLE handovers")
     old._conn.execute("UPDATE schema_version SET version = 5")
     old.close()
     new = SqliteStore.open(path, kek)

@@ -23,6 +23,7 @@ from zivmilter.store.records import (
     Attempt,
     AuditEvent,
     ContactEntry,
+    Handover,
     LinkState,
     MessageRecord,
     NewMessage,
@@ -67,6 +68,18 @@ class MessageStore(Protocol):
         self, recipient_id: int, valid: Callable[[bytes, datetime], bool], detail: str = ""
     ) -> bool: ...
     def clear_otp(self, recipient_id: int) -> None: ...
+
+
+class HandoverStore(Protocol):
+    """What a client's retry of a tempfailed message needs: the stored message and links of the
+    first try, and which copies the MTA already took (so none is handed over twice)."""
+
+    def remember_handover(
+        self, message_id: str, retry_key: str, tokens: dict[str, str]
+    ) -> None: ...
+    def find_handover(self, retry_key: str, window: float) -> Handover | None: ...
+    def mark_handed(self, message_id: str, copy: str) -> None: ...
+    def end_handover(self, message_id: str) -> None: ...
 
 
 class AttachmentStore(Protocol):
@@ -155,6 +168,7 @@ class Housekeeping(Protocol):
 
 class Store(
     MessageStore,
+    HandoverStore,
     AttachmentStore,
     ReplyStore,
     AccountStore,
@@ -172,9 +186,9 @@ class Store(
 # -- what one caller uses, named for it ----------------------------------------------------------
 
 
-class GatewayStore(MessageStore, AttachmentStore, AccountStore, Protocol):
+class GatewayStore(MessageStore, HandoverStore, AttachmentStore, AccountStore, Protocol):
     """The end-of-message use case: it saves (or discards) a message and its large attachments,
-    and reads sender accounts when it is given none of its own."""
+    recognizes a client's retry, and reads sender accounts when it is given none of its own."""
 
 
 class FactsStore(AccountStore, ContactBook, IddList, Protocol):
