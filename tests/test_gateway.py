@@ -226,3 +226,23 @@ def test_a_message_without_message_id_is_never_taken_for_a_retry(store: SqliteSt
 
 def stored_all(store: SqliteStore, msgid: str) -> list[MessageRecord]:
     return store.find_messages(f"<{msgid}@hospital.example>")
+
+
+def test_a_retry_is_recognized_under_the_date_postfix_added_anew(store: SqliteStore) -> None:
+    # A client that sends no Date gets one from Postfix, with the time of each try.
+    def dated(second: int) -> bytes:
+        return message("dated1").replace(
+            b"\r\n\r\n",
+            f"\r\nDate: Mon, 7 Dec 2026 11:23:{second:02d} +0000 (UTC)\r\n\r\n".encode(),
+        )
+
+    first = _TakesThenFails(1, DeliveryError("452 full", accepted=1))
+    gw = gateway(store)
+    gw.reinjector = first
+    with pytest.raises(DeliveryError):
+        gw.process(transaction(dated(30), ALICE, THREE))
+    retry = Collecting()
+    gw.reinjector = retry
+    gw.process(transaction(dated(31), ALICE, THREE))
+    assert [o.what for o in retry.sent] == [f"notification to {THREE[2]}"]
+    assert len(stored_all(store, "dated1")) == 1

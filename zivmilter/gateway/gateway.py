@@ -56,8 +56,9 @@ log = logging.getLogger("zivmilter.gateway")
 _PASS_STRIP = frozenset({ROUTE_HEADER.lower()})
 # Trace headers of our own MTA stay when the current transaction becomes a notification.
 _KEEP_ON_REWRITE = frozenset({"received", "return-path"})
-# Fields the MTA writes anew for each try of a message (its queue id): not part of a retry key.
-_TRACE = frozenset({"received", "return-path", "x-original-to", "delivered-to"})
+# Fields the MTA may write anew for each try of a message (its queue id, the time: Postfix adds
+# a Date the client left out): not part of a retry key. The Message-ID is.
+_TRACE = frozenset({"received", "return-path", "x-original-to", "delivered-to", "date"})
 _DSN_KEY = "DSN"
 
 
@@ -442,7 +443,7 @@ class Gateway:
 
 
 def _content_digest(tx: Transaction) -> str:
-    """SHA-256 of the message as the client sent it, but for our MTA's trace fields."""
+    """SHA-256 of the message as the client sent it, but for what our MTA adds (`_TRACE`)."""
     digest = hashlib.sha256()
     for name, value in tx.headers:
         if name.lower() not in _TRACE:
