@@ -6,8 +6,10 @@ Kinds: notifications (1-3 recipients of a domain without direct delivery), direc
 partner.example, over verified TLS), split messages (both) and a DSN (a recipient whose server
 cannot meet the sender's TLS demand, next to a direct one). Clients retry a 4xx after a short
 pause, as an MTA would (sooner). Faults: the milter killed -9 and restarted; the re-injection
-listener taken away and brought back (master.cf toggled, `postfix reload`); the re-injection
-smtpd processes killed -9 (a copy may then be queued without the milter hearing so).
+listener taken away and brought back (master.cf toggled, `postfix reload`); with --smtpd-kills
+also the re-injection smtpd processes killed -9, an smtpd crash: a copy whose final "." was
+sent may then be queued without the milter hearing so, and it is sent again on the retry (a
+duplicate with the same link: never a loss).
 
 Counted per recipient at the receiving sinks: lost (nothing arrived), unprotected (the body's
 canary reached a notification recipient), duplicated (more than one copy), dead links (a
@@ -98,6 +100,7 @@ class Report:
     lost: int = 0
     unprotected: int = 0
     duplicated: int = 0
+    relinked: int = 0  # of those, notifications with different links (the retry not recognized)
     dead_links: int = 0
     refused: int = 0  # messages the client got a 5xx for (none expected)
     client_retries: int = 0
@@ -136,15 +139,20 @@ def plan(count: int, rng: random.Random) -> list[Planned]:
 class Faults:
     """Strikes every 1-4 s (at random) until stopped; counts what it did."""
 
-    def __init__(self, pf: PostfixInstance, z: ZivmilterProcess, rng: random.Random) -> None:
+    def __init__(
+        self, pf: PostfixInstance, z: ZivmilterProcess, rng: random.Random, smtpd_kills: bool
+    ) -> None:
         self.pf, self.z, self.rng = pf, z, rng
+        self.kinds = ["kill-milter", "toggle-listener"]
+        if smtpd_kills:
+            self.kinds.append("kill-reinject-smtpd")
         self.done: Counter[str] = Counter()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self.stop.wait(self.rng.uniform(1.0, 4.0)):
-            kind = self.rng.choice(("kill-milter", "toggle-listener", "kill-reinject-smtpd"))
+            kind = self.rng.choice(self.kinds)
             getattr(self, kind.replace("-", "_"))()
             self.done[kind] += 1
 
@@ -210,7 +218,14 @@ def send_all(
             time.sleep(random.uniform(0.3, 1.0))
 
 
-def run(count: int, sessions: int, seed: int, pace: float = 0.0, faults: bool = True) -> Report:
+def run(
+    count: int,
+    sessions: int,
+    seed: int,
+    pace: float = 0.0,
+    faults: bool = True,
+    smtpd_kills: bool = False,
+) -> Report:
     rng = random.Random(seed)
     planned = plan(count, rng)
     report = Report(count, sum(len(m.delivered) + m.dsn for m in planned))
@@ -228,7 +243,7 @@ def run(count: int, sessions: int, seed: int, pace: float = 0.0, faults: bool = 
             pf = PostfixInstance(tls_ca_file=f.name)
             z = attach(pf, facts=FACTS, config=CONFIG)
             with z, pf:
-                chaos = Faults(pf, z, rng)
+                chaos = Faults(pf, z, rng, smtpd_kills)
                 if faults:
                     chaos.thread.start()
                 lock = threading.Lock()
@@ -294,7 +309,10 @@ def _count(
                 report.details.append(f"lost: {rcpt}")
             if len(copies) > 1:
                 report.duplicated += len(copies) - 1
-                report.details.append(f"duplicated x{len(copies)}: {rcpt}")
+                links = {t.group(1) for t in map(LINK.search, copies) if t is not None}
+                how = f", {len(links)} different links" if rcpt.endswith("oldmail.example") else ""
+                report.relinked += len(links) > 1
+                report.details.append(f"duplicated x{len(copies)}: {rcpt}{how}")
             if rcpt.endswith("@oldmail.example"):
                 for data in copies:
                     if m.canary.encode() in data:
@@ -332,13 +350,18 @@ def main() -> int:
     parser.add_argument(
         "--pace", type=float, default=0.0, help="mean seconds between a client's messages"
     )
+    parser.add_argument(
+        "--smtpd-kills", action="store_true", help="also kill -9 the re-injection smtpds"
+    )
     parser.add_argument("--no-faults", action="store_true", help="the same run, undisturbed")
     parser.add_argument("--json", action="store_true", help="the report as one JSON line")
     args = parser.parse_args()
     if not in_sandbox():
         me = str(Path(__file__).resolve())
         os.execv(str(REPO / "scripts" / "sandbox"), ["sandbox", sys.executable, me, *sys.argv[1:]])
-    report = run(args.messages, args.sessions, args.seed, args.pace, not args.no_faults)
+    report = run(
+        args.messages, args.sessions, args.seed, args.pace, not args.no_faults, args.smtpd_kills
+    )
     if args.json:
         print(json.dumps({**asdict(report), "duplicate_rate": report.duplicate_rate}))
     else:
@@ -348,7 +371,8 @@ def main() -> int:
             f"{report.messages} messages, {report.recipients} recipient copies expected, "
             f"faults {report.faults}, client retries {report.client_retries}, "
             f"{report.seconds} s\nlost {report.lost}, unprotected {report.unprotected}, "
-            f"duplicated {report.duplicated} ({report.duplicate_rate:.3%}), "
+            f"duplicated {report.duplicated} ({report.duplicate_rate:.3%}; with new links "
+            f"{report.relinked}), "
             f"dead links {report.dead_links}, refused {report.refused}"
         )
     return 1 if report.lost or report.unprotected or report.dead_links or report.refused else 0
