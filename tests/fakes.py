@@ -44,5 +44,8 @@ class Collecting:
         self.sent: list[Outgoing] = []
 
     def send(self, messages: Sequence[Outgoing]) -> list[str]:
-        self.sent.extend(messages)
+        for msg in messages:
+            self.sent.append(msg)
+            if msg.on_accepted is not None:
+                msg.on_accepted("250 2.0.0 Ok: queued")
         return ["250 2.0.0 Ok: queued"] * len(messages)

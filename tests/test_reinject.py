@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.harness.flaky_listener import FlakyListener
 from tests.harness.postfix import free_port
 from zivmilter.delivery.reinject import Outgoing, SmtpReinjector
 from zivmilter.errors import DeliveryError
@@ -38,8 +39,7 @@ def listener(request: pytest.FixtureRequest) -> Iterator[tuple[_Keep, int, bool]
 
 
 NOTE = (
-    b"From: a@org.example\r\nTo: bob@x.example, J\xc3\xb6rg <j\xc3\xb6rg@x.example>\r\n"
-    b"\r\nhi\r\n"
+    b"From: a@org.example\r\nTo: bob@x.example, J\xc3\xb6rg <j\xc3\xb6rg@x.example>\r\n\r\nhi\r\n"
 )
 
 
@@ -123,6 +123,7 @@ def test_a_5xx_refusal_is_permanent_a_4xx_is_not(
     finally:
         ctl.stop()
     assert caught.value.permanent is permanent
+    assert caught.value.uncertain is False  # a clear answer: the copy was not queued
     assert caught.value.accepted == 1  # the first copy was taken: it goes out
     assert reply in str(caught.value)
     assert len(keep.got) == 1
@@ -177,3 +178,49 @@ def test_copies_are_written_without_nagle_delay() -> None:
         ctl.stop()
     assert len(keep.got) == 2
     assert keep.nodelay and all(keep.nodelay)
+
+
+def test_a_connection_lost_after_the_final_dot_is_not_a_refusal() -> None:
+    # The listener takes the first copy, then reads the whole second one and hangs up without a
+    # reply (a Postfix reload, an smtpd crash): the MTA may have queued it.
+    port = free_port()
+    with FlakyListener("127.0.0.1", port, lambda n: "250" if n == 0 else "drop") as listener:
+        copies = [
+            Outgoing("a@org.example", [f"r{i}@x.example"], b"Subject: a\r\n\r\nx\r\n", f"c{i}")
+            for i in range(3)
+        ]
+        with pytest.raises(DeliveryError) as caught:
+            SmtpReinjector("127.0.0.1", port, 10).send(copies)
+    assert caught.value.uncertain is True and caught.value.permanent is False
+    assert caught.value.accepted == 1
+    assert "no reply after the end of data" in str(caught.value)
+    assert [t.rcpt_tos for t in listener.received] == [("r0@x.example",), ("r1@x.example",)]
+
+
+def test_a_refusal_at_the_end_of_data_is_certain() -> None:
+    port = free_port()
+    with FlakyListener("127.0.0.1", port, lambda n: "452"):
+        out = Outgoing("a@org.example", ["bob@x.example"], b"Subject: a\r\n\r\nx\r\n", "a")
+        with pytest.raises(DeliveryError) as caught:
+            SmtpReinjector("127.0.0.1", port, 10).send([out])
+    assert caught.value.uncertain is False and caught.value.accepted == 0
+
+
+def test_each_copy_is_reported_as_soon_as_it_is_taken() -> None:
+    # A retry of the original leaves out what the MTA took: it must learn of each copy before
+    # the next one is sent, not once the batch is over (a crash would lose that).
+    port = free_port()
+    seen: list[str] = []
+
+    def noted(name: str) -> Outgoing:
+        return Outgoing(
+            "a@org.example", [f"{name}@x.example"], b"Subject: a\r\n\r\nx\r\n", name,
+            on_accepted=lambda reply: seen.append(f"{name}: {reply[:3]}"),
+        )  # fmt: skip
+
+    with (
+        FlakyListener("127.0.0.1", port, lambda n: "250" if n < 2 else "452"),
+        pytest.raises(DeliveryError),
+    ):
+        SmtpReinjector("127.0.0.1", port, 10).send([noted("a"), noted("b"), noted("c")])
+    assert seen == ["a: 2.0", "b: 2.0"]

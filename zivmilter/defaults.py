@@ -25,6 +25,11 @@ REINJECT_TIMEOUT = 60.0
 # Secure replies from the portal come in from outside: they go to a listener that runs the site's
 # content filters (antivirus, spam), never zivmilter (postfix/master.cf.zivmilter ships it).
 REINJECT_REPLIES_PORT = 10027
+# How long a client's retry of a tempfailed message is recognized as the same message (same
+# envelope, decisions, Message-ID and content), so the copies the MTA already took are not
+# handed over again. 5 days: Postfix's maximal_queue_lifetime, the longest a client MTA
+# commonly keeps retrying; a real new message has a new Message-ID and never matches.
+RETRY_WINDOW_SECONDS = 5 * 24 * 3600
 
 # --- policy ------------------------------------------------------------------------------
 LARGE_ATTACHMENT_BYTES = 10 * 1024 * 1024  # SPEC 5: attachments above this become links

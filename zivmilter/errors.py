@@ -51,12 +51,23 @@ class DeliveryError(ZivmilterError):
     `accepted` counts the messages of the batch the MTA had already taken (they will go out).
     `permanent`: the MTA refused the message for good (a 5xx reply); sending it again as it is
     cannot succeed.
+    `uncertain`: the message after the `accepted` ones was sent whole (its final "." written) but
+    no reply came (connection lost, timeout): the MTA may have queued it, so whatever it points
+    to must be kept. A clear 4xx/5xx refusal is not uncertain.
     """
 
-    def __init__(self, message: str, accepted: int = 0, *, permanent: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        accepted: int = 0,
+        *,
+        permanent: bool = False,
+        uncertain: bool = False,
+    ) -> None:
         super().__init__(message)
         self.accepted = accepted
         self.permanent = permanent
+        self.uncertain = uncertain
 
 
 class ProbeError(ZivmilterError):

@@ -2,8 +2,11 @@
 
 Used for every copy the current milter transaction cannot carry (other notification
 recipients, other direct-delivery levels, DSNs). Each message must be accepted with 250, or
-DeliveryError is raised and the milter tempfails the original: nothing is lost, at worst a copy
-is sent twice when the client retries. Bodies are streamed, never held whole in memory.
+DeliveryError is raised and the milter tempfails the original: nothing is lost. A refusal (a
+4xx/5xx reply) is told apart from a copy whose fate is unknown (the connection lost after its
+final "."): the MTA may have queued that one. Each copy's `on_accepted` runs as soon as the MTA
+took it, so a retry of the original can leave out what went out before (gateway.py). Bodies
+are streamed, never held whole in memory.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import re
 import smtplib
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -29,6 +32,8 @@ class Outgoing:
     recipients: Sequence[str]
     content: bytes | BinaryIO
     what: str  # for logs: "notification to x", "direct-pkix copy", "DSN"
+    # called with the MTA's reply once it took this copy (before the next one is sent)
+    on_accepted: Callable[[str], None] | None = None
 
 
 class Reinjector(Protocol):
@@ -93,10 +98,15 @@ class SmtpReinjector:
                 _no_delay(smtp)
                 smtp.ehlo(self.helo)
                 for msg in messages:
-                    replies.append(self._one(smtp, msg))
+                    reply = self._one(smtp, msg)
+                    replies.append(reply)
+                    if msg.on_accepted is not None:
+                        msg.on_accepted(reply)
         except DeliveryError as exc:
             metrics.reinject_failed()
-            raise DeliveryError(str(exc), accepted=len(replies), permanent=exc.permanent) from exc
+            raise DeliveryError(
+                str(exc), accepted=len(replies), permanent=exc.permanent, uncertain=exc.uncertain
+            ) from exc
         except (OSError, smtplib.SMTPException) as exc:
             metrics.reinject_failed()
             raise DeliveryError(
@@ -131,7 +141,15 @@ class SmtpReinjector:
         for piece in _dot_stuffed(msg.content):
             smtp.send(piece)
         smtp.send(b".\r\n")
-        code, reply_bytes = smtp.getreply()
+        try:
+            code, reply_bytes = smtp.getreply()
+        except (OSError, smtplib.SMTPServerDisconnected) as exc:
+            # The whole message is at the MTA: it may have queued it before the connection was
+            # lost (a reload, a crash, a reply slower than our timeout). Not a refusal.
+            raise DeliveryError(
+                f"{msg.what}: no reply after the end of data, the MTA may have queued it: {exc}",
+                uncertain=True,
+            ) from exc
         if code != 250:
             raise _refused(f"{msg.what}: message refused", code, reply_bytes)
         return reply_bytes.decode(errors="replace")

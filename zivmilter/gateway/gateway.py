@@ -9,15 +9,21 @@ message) and applies the `Plan` it gets back. In between, in this order:
    are built;
 4. one group stays in the current transaction; every other copy is re-injected and must be
    accepted, or a DeliveryError makes the milter tempfail (nothing is lost).
+
+A client retries a tempfailed message. Copies the MTA took before the tempfail go out all the
+same, so the store remembers each one as it is taken, under a retry key (envelope, decisions,
+Message-ID, content): the retry reuses the stored message and its links and hands over only
+what is still missing, one copy per recipient.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.message import Message
 
@@ -52,6 +58,10 @@ log = logging.getLogger("zivmilter.gateway")
 _PASS_STRIP = frozenset({ROUTE_HEADER.lower()})
 # Trace headers of our own MTA stay when the current transaction becomes a notification.
 _KEEP_ON_REWRITE = frozenset({"received", "return-path"})
+# Fields the MTA may write anew for each try of a message (its queue id, the time: Postfix adds
+# a Date the client left out): not part of a retry key. The Message-ID is.
+_TRACE = frozenset({"received", "return-path", "x-original-to", "delivered-to", "date"})
+_DSN_KEY = "DSN"
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,11 @@ class _Copy:
     route: Level | None  # direct-delivery level, for the route header
     what: str
     next_hop: tuple[str, ...] = ()  # ntamx hosts instead of the recipients' MX (NTA 7516)
+
+    @property
+    def key(self) -> str:
+        """Names this copy among a message's copies, the same in a retry (links differ not)."""
+        return f"{self.what}: {','.join(self.recipients)}"
 
     @property
     def route_value(self) -> str | None:
@@ -130,6 +145,7 @@ class Gateway:
                 summary="not selected: passed",
                 selected=False,
             )
+        content_digest = _content_digest(tx)  # before the Subject rewrite: as the client sent it
         subject_change: list[tuple[str, int, str]] = []
         if result.selection.new_subject is not None:
             set_subject(tx, result.selection.new_subject)
@@ -171,17 +187,40 @@ class Gateway:
         )
         original = _original_headers(tx, result.selection.new_subject)
         saved: SavedMessage | None = None
+        handed: frozenset[str] = frozenset()
+        taken: list[str] = []  # copies the MTA took in this try
+        retry = False
+        retry_key: str | None = None
         if delivered:
-            author = _author(verdict.claimed, result.envelope.sender, self.cfg)
-            saved = self._store(tx, result, delivered, original, author)
+            retry_key = _retry_key(tx, sender, result.decision.recipients, content_digest)
+            before = None
+            if retry_key is not None:
+                before = self.store.find_handover(retry_key, defaults.RETRY_WINDOW_SECONDS)
+            if before is not None:
+                retry = True
+                saved, handed = SavedMessage(before.message_id, before.tokens, 0), before.handed
+                log.info(
+                    "a retry of stored message %s: %d copies were handed over before",
+                    saved.id,
+                    len(handed),
+                    extra=_ctx(tx),
+                )
+            else:
+                author = _author(verdict.claimed, result.envelope.sender, self.cfg)
+                saved = self._store(tx, result, delivered, original, author)
+                if retry_key is not None:
+                    self.store.remember_handover(saved.id, retry_key, saved.tokens)
         try:
-            copies = self._copies(tx, delivered, original, saved)
+            copies = [
+                c for c in self._copies(tx, delivered, original, saved) if c.key not in handed
+            ]
             outgoing: list[Outgoing] = []
             kept = self._choose_kept(copies)
             for copy in copies:
                 if copy is not kept:
-                    outgoing.append(self._outgoing(tx, copy, sender, as_given))
-            if reported and sender:
+                    out = self._outgoing(tx, copy, sender, as_given)
+                    outgoing.append(self._marked(out, saved, copy.key, taken))
+            if reported and sender and _DSN_KEY not in handed:
                 report = dsn.build_dsn(
                     original,
                     sender,
@@ -191,24 +230,20 @@ class Gateway:
                     from_address=self.cfg.organization.dsn_from,
                 )
                 data = report.as_bytes(policy=dsn.WIRE_POLICY)
-                outgoing.append(Outgoing("", [sender], data, "DSN"))
+                outgoing.append(
+                    self._marked(Outgoing("", [sender], data, "DSN"), saved, _DSN_KEY, taken)
+                )
             replies = self.reinjector.send(outgoing)
         except BaseException as exc:
             if saved is not None:
-                if isinstance(exc, DeliveryError) and exc.accepted:
-                    # Copies the MTA took will go out: their links must keep working. The
-                    # client's retry stores and notifies again (a second notification at worst).
-                    log.warning(
-                        "re-injection failed after %d accepted copies; stored copy %s kept",
-                        exc.accepted,
-                        saved.id,
-                        extra=_ctx(tx),
-                    )
-                else:
-                    self.store.discard(saved.id)  # the client retries; no second copy
+                self._after_failure(tx, exc, saved, retry, taken)
             raise
         for out, reply in zip(outgoing, replies, strict=True):
             log.info("re-injected %s: %s", out.what, reply, extra=_ctx(tx))
+        if saved is not None and retry_key is not None:
+            # Every copy is out or in the plan: the same message sent again is a new one (a
+            # kill before the MTA has our answer leaves a copy twice, never one lost).
+            self.store.end_handover(saved.id)
 
         plan = self._plan_for_kept(tx, kept, raw_by_norm, stripped)
         plan.delete_recipients += [raw for raw, _problem in unusable]
@@ -219,6 +254,49 @@ class Gateway:
             f"reinjected={len(outgoing)} kept={kept.what if kept else 'nothing (discard)'}"
         )
         return plan
+
+    def _marked(
+        self, out: Outgoing, saved: SavedMessage | None, key: str, taken: list[str]
+    ) -> Outgoing:
+        """The copy, recorded in the store as soon as the MTA takes it: a retry of this message
+        leaves it out."""
+        if saved is None:
+            return out
+
+        def accepted(_reply: str) -> None:
+            taken.append(key)
+            self.store.mark_handed(saved.id, key)
+
+        return replace(out, on_accepted=accepted)
+
+    def _after_failure(
+        self,
+        tx: Transaction,
+        exc: BaseException,
+        saved: SavedMessage,
+        retry: bool,
+        taken: list[str],
+    ) -> None:
+        """The milter tempfails: keep the stored message if anything may point to it."""
+        uncertain = isinstance(exc, DeliveryError) and exc.uncertain
+        if isinstance(exc, DeliveryError) and exc.accepted:
+            # Copies the MTA took will go out: their links must keep working. The client's
+            # retry reuses the stored message and hands over only the copies still missing.
+            log.warning(
+                "re-injection failed after %d accepted copies; stored copy %s kept",
+                exc.accepted,
+                saved.id,
+                extra=_ctx(tx),
+            )
+        elif uncertain:
+            # The MTA may have queued the last copy: its link must keep working too.
+            log.warning(
+                "re-injection lost its connection after a copy was sent; stored copy %s kept",
+                saved.id,
+                extra=_ctx(tx),
+            )
+        elif not retry and not taken:
+            self.store.discard(saved.id)  # the client retries; no second copy
 
     # ------------------------------------------------------------------------------------
     def _store(
@@ -380,6 +458,35 @@ class Gateway:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+def _content_digest(tx: Transaction) -> str:
+    """SHA-256 of the message as the client sent it, but for what our MTA adds (`_TRACE`)."""
+    digest = hashlib.sha256()
+    for name, value in tx.headers:
+        if name.lower() not in _TRACE:
+            digest.update(f"{name}:{value}\r\n".encode("utf-8", "surrogateescape"))
+    digest.update(b"\r\n")
+    tx.message.seek(tx.body_offset)
+    for chunk in iter(lambda: tx.message.read(64 * 1024), b""):
+        digest.update(chunk)
+    tx.message.seek(0)
+    return digest.hexdigest()
+
+
+def _retry_key(
+    tx: Transaction, sender: str, decisions: Sequence[RecipientDecision], content: str
+) -> str | None:
+    """What makes a retry the same message: envelope, each recipient's decision, Message-ID and
+    content. None without a Message-ID: two messages with the same text are then told apart by
+    nothing, and a second one must not be taken for a retry of the first."""
+    if tx.message_id == "-":
+        return None
+    parts = [sender, tx.message_id, content]
+    for d in sorted(decisions, key=lambda d: d.address):
+        level = d.level.value if d.level else "-"
+        parts.append(f"{d.address} {d.delivery.value} {level} {','.join(d.next_hop)}")
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _route_field(value: str) -> bytes:

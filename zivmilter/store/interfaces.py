@@ -23,6 +23,7 @@ from zivmilter.store.records import (
     Attempt,
     AuditEvent,
     ContactEntry,
+    Handover,
     LinkState,
     MessageRecord,
     NewMessage,
@@ -80,6 +81,18 @@ class MessageStore(Protocol):
         bumps it: `AccountStore.set_account_active`); None for no such recipient."""
         ...
     def end_sessions(self, recipient_id: int, reason: str = "") -> None: ...
+
+
+class HandoverStore(Protocol):
+    """What a client's retry of a tempfailed message needs: the stored message and links of the
+    first try, and which copies the MTA already took (so none is handed over twice)."""
+
+    def remember_handover(
+        self, message_id: str, retry_key: str, tokens: dict[str, str]
+    ) -> None: ...
+    def find_handover(self, retry_key: str, window: float) -> Handover | None: ...
+    def mark_handed(self, message_id: str, copy: str) -> None: ...
+    def end_handover(self, message_id: str) -> None: ...
 
 
 class AttachmentStore(Protocol):
@@ -229,6 +242,7 @@ class Housekeeping(Protocol):
 
 class Store(
     MessageStore,
+    HandoverStore,
     AttachmentStore,
     ReplyStore,
     AccountStore,
@@ -247,9 +261,9 @@ class Store(
 # -- what one caller uses, named for it ----------------------------------------------------------
 
 
-class GatewayStore(MessageStore, AttachmentStore, AccountStore, Protocol):
+class GatewayStore(MessageStore, HandoverStore, AttachmentStore, AccountStore, Protocol):
     """The end-of-message use case: it saves (or discards) a message and its large attachments,
-    and reads sender accounts when it is given none of its own."""
+    recognizes a client's retry, and reads sender accounts when it is given none of its own."""
 
 
 class FactsStore(AccountStore, ContactBook, IddList, Protocol):

@@ -90,6 +90,20 @@ class SavedMessage:
         return f"SavedMessage(id={self.id!r}, tokens=<{len(self.tokens)}>, size={self.size})"
 
 
+@dataclass(frozen=True, repr=False)
+class Handover:
+    """A stored message found again for a client's retry (store/sqlite/handovers.py): its id,
+    the link tokens its notifications carry, and the copies the MTA already took (by the key
+    the gateway gave them)."""
+
+    message_id: str
+    tokens: dict[str, str]  # normalized recipient address -> link token
+    handed: frozenset[str]
+
+    def __repr__(self) -> str:  # tokens are credentials: keep them out of logs
+        return f"Handover(message_id={self.message_id!r}, handed={len(self.handed)})"
+
+
 @dataclass(frozen=True)
 class MessageRecord:
     id: str

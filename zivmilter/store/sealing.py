@@ -64,6 +64,13 @@ class DataKey:
     def unseal_hint(self, message_id: str, address: str, sealed: bytes) -> str:
         return crypto.unseal(self.field_key, sealed, _hint(message_id, address)).decode()
 
+    def seal_tokens(self, message_id: str, tokens: bytes) -> bytes:
+        """The link tokens, kept for a retry of the same message (store/sqlite/handovers.py)."""
+        return crypto.seal(self.field_key, tokens, _tokens(message_id))
+
+    def unseal_tokens(self, message_id: str, sealed: bytes) -> bytes:
+        return crypto.unseal(self.field_key, sealed, _tokens(message_id))
+
     def seal_portal_view(self, message_id: str, view: bytes) -> bytes:
         return crypto.seal(self.field_key, view, _portal_view(message_id))
 
@@ -147,6 +154,10 @@ class Sealing:
 
 def _subject(message_id: str) -> str:
     return "messages.subject:" + message_id
+
+
+def _tokens(message_id: str) -> str:
+    return f"handovers.tokens:{message_id}"
 
 
 def _portal_view(message_id: str) -> str:

@@ -25,6 +25,7 @@ from zivmilter.store.sqlite.attachments import AttachmentsMixin
 from zivmilter.store.sqlite.audit import AuditMixin
 from zivmilter.store.sqlite.connection import connect
 from zivmilter.store.sqlite.contacts import ContactsMixin, IddMixin
+from zivmilter.store.sqlite.handovers import HandoversMixin
 from zivmilter.store.sqlite.links import LinksMixin
 from zivmilter.store.sqlite.replies import RepliesMixin
 from zivmilter.store.sqlite.schema import DB_NAME, SCHEMA_VERSION
@@ -34,6 +35,7 @@ from zivmilter.store.sqlite.senders import SendersMixin
 class SqliteStore(
     LinksMixin,
     SendersMixin,
+    HandoversMixin,
     AttachmentsMixin,
     RepliesMixin,
     AccountsMixin,

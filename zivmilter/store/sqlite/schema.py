@@ -195,6 +195,23 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (message_id, leaf)
     );
     """,
+    # 11: a client's retry of a tempfailed message reuses what the first try stored and leaves
+    # out the copies the MTA already took (store/sqlite/handovers.py)
+    """
+    CREATE TABLE handovers (
+        message_id TEXT PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+        retry_key  TEXT NOT NULL,          -- SHA-256 of envelope, decisions, Message-ID, content
+        tokens     BLOB NOT NULL,          -- the link tokens, sealed with the message field key
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX handovers_key ON handovers (retry_key, created_at);
+    CREATE TABLE handed_copies (           -- copies of a message the MTA took
+        message_id TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        copy       TEXT NOT NULL,          -- the gateway's key of the copy
+        at         INTEGER NOT NULL,
+        PRIMARY KEY (message_id, copy)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

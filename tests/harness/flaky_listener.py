@@ -1,0 +1,112 @@
+"""A re-injection listener that misbehaves on cue: a tiny SMTP server on a real socket.
+
+For each message it takes (counted from 0 over the listener's life) `answer(n)` says what
+happens at the final ".": "250" (queued), "452"/"554" (refused) or "drop" (the connection is
+closed without a reply, after the whole message arrived: what a Postfix reload, an smtpd crash
+or a reply slower than the client's timeout look like to the client). Messages answered 250 or
+dropped are kept in `received` (a dropped one may well have been queued by a real MTA).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Taken:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    dropped: bool  # the client got no reply
+
+
+class FlakyListener:
+    def __init__(self, host: str, port: int, answer: Callable[[int], str]) -> None:
+        self.host, self.port, self.answer = host, port, answer
+        self.received: list[Taken] = []
+        self._count = 0
+        self._lock = threading.Lock()
+        self._server = socket.create_server((host, port), reuse_port=False)
+        self._server.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> FlakyListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._server.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as rfile:
+
+            def say(line: str) -> None:
+                conn.sendall(line.encode() + b"\r\n")
+
+            say("220 flaky.test ESMTP")
+            sender, rcpts = "", list[str]()
+            while True:
+                line = rfile.readline()
+                if not line:
+                    return
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    say("250-flaky.test")
+                    say("250-8BITMIME")
+                    say("250 SMTPUTF8")
+                elif verb == b"MAIL":
+                    sender = line[10:].strip().split(b" ")[0].decode(errors="replace")
+                    rcpts = []
+                    say("250 2.1.0 Ok")
+                elif verb == b"RCPT":
+                    rcpts.append(line[8:].strip().split(b" ")[0].decode(errors="replace"))
+                    say("250 2.1.5 Ok")
+                elif verb == b"DATA":
+                    say("354 End data with <CR><LF>.<CR><LF>")
+                    data = b""
+                    while True:
+                        piece = rfile.readline()
+                        if not piece:
+                            return
+                        if piece == b".\r\n":
+                            break
+                        data += piece[1:] if piece.startswith(b"..") else piece
+                    with self._lock:
+                        n, self._count = self._count, self._count + 1
+                    what = self.answer(n)
+                    if what in ("250", "drop"):
+                        bare = tuple(r.strip("<>") for r in rcpts)
+                        with self._lock:
+                            self.received.append(
+                                Taken(sender.strip("<>"), bare, data, what == "drop")
+                            )
+                    if what == "drop":
+                        conn.shutdown(socket.SHUT_RDWR)
+                        return
+                    if what == "250":
+                        say("250 2.0.0 Ok: queued as FLAKY")
+                    else:
+                        say(f"{what} refused by flaky.test")
+                elif verb == b"RSET":
+                    say("250 2.0.0 Ok")
+                elif verb == b"QUIT":
+                    say("221 2.0.0 Bye")
+                    return
+                else:
+                    say("502 5.5.2 Error: command not recognized")

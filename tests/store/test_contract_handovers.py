@@ -1,0 +1,37 @@
+"""The handover contract (interfaces.HandoverStore), against every backend: what a client's retry
+of a tempfailed message finds of the first try (gateway.py uses it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.store.common import Clock, new_message
+
+KEY = "a" * 64
+
+
+def test_a_retry_finds_the_links_and_the_copies_taken(st: Any) -> None:
+    saved = st.save_message(new_message())
+    st.remember_handover(saved.id, KEY, saved.tokens)
+    st.mark_handed(saved.id, "notification to carol@example.com")
+    st.mark_handed(saved.id, "notification to carol@example.com")  # a mark counts once
+    found = st.find_handover(KEY, 3600)
+    assert found is not None and found.message_id == saved.id
+    assert found.tokens == saved.tokens and found.tokens  # the same links again
+    assert found.handed == {"notification to carol@example.com"}
+    assert st.find_handover("b" * 64, 3600) is None
+    assert "tokens=" not in repr(found) and next(iter(saved.tokens.values())) not in repr(found)
+
+
+def test_no_handover_outside_the_window_or_once_revoked_or_ended(st: Any, clock: Clock) -> None:
+    first = st.save_message(new_message())
+    st.remember_handover(first.id, KEY, first.tokens)
+    clock.t += 7200
+    assert st.find_handover(KEY, 3600) is None
+    assert st.find_handover(KEY, 10_000) is not None
+    assert st.revoke(first.id)
+    assert st.find_handover(KEY, 10_000) is None  # its links are dead: nothing to reuse
+    second = st.save_message(new_message())
+    st.remember_handover(second.id, KEY, second.tokens)
+    st.end_handover(second.id)
+    assert st.find_handover(KEY, 10_000) is None
