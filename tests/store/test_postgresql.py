@@ -165,6 +165,16 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             "bob@example.net", "recipient", password_hash="$argon2id$x", totp_secret=b"K"
         )
         st.remember_contact("carol@example.com", sms="+31612345678")
+        # The sender's side (issue 19): an invitation, a streak of wrong sign-ins, a receipt.
+        st.add_account("alice@example.org", "sender")
+        invite = st.add_invite("alice@example.org", 3600)
+        assert invite is not None
+        for _ in range(4):
+            st.settle_sign_in(st.claim_sign_in("alice@example.org", _lock_after_five), False)
+        st.add_account("dave@example.org", "sender")
+        locked = st.claim_sign_in("dave@example.org", lambda streak, lockouts: 3600.0)
+        assert locked.locked_until is not None
+        assert st.claim_read_receipt(rec.id)
     assert main(["store", "copy", "--from", first, "--to", pg]) == 0
     out = capsys.readouterr().out
     assert "copied sqlite -> postgresql: messages 3," in out and "checked: 5 " in out
@@ -182,6 +192,12 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             assert st.totp_secret("bob@example.net") == b"K"
             contact = st.contact("carol@example.com")
             assert contact is not None and contact.sms == "+31612345678"
+            assert st.invite_address(crypto.token_hash(invite)) == "alice@example.org"
+            fifth = st.claim_sign_in("alice@example.org", _lock_after_five)
+            assert fifth.admitted and fifth.locked_until is not None  # the streak came along
+            refused = st.claim_sign_in("dave@example.org", _lock_after_five)
+            assert not refused.admitted and refused.locked_until == locked.locked_until
+            assert not st.claim_read_receipt(rec.id)  # sent already
             new = st.save_message(new_message())  # ids continue after the copied ones
             assert len(st.recipients(new.id)) == 4
     # Into a store that is not empty: refused, nothing written.
