@@ -131,3 +131,27 @@ def test_a_read_receipt_is_claimed_once(st: Store) -> None:
     for t in threads:
         t.join(60)
     assert results.count(True) == 1
+
+
+def test_an_invitation_redeemed_at_once_enrols_one_caller(st: Store) -> None:
+    st.add_account("alice@example.org", "sender")
+    token = st.add_invite("alice@example.org", 3600)
+    assert token is not None
+    digest = crypto.token_hash(token)
+    barrier = threading.Barrier(4)
+    results: list[str | None] = []
+
+    def redeem(n: int) -> None:
+        barrier.wait()
+        results.append(st.redeem_invite(digest, f"$argon2id${n}", bytes([65 + n]) * 20, n))
+
+    threads = [threading.Thread(target=redeem, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results.count("alice@example.org") == 1 and results.count(None) == 3
+    acct = st.account("alice@example.org")
+    assert acct is not None and acct.password_hash is not None
+    winner = int(acct.password_hash.rsplit("$", 1)[1])  # password and secret of one caller
+    assert st.totp_secret("alice@example.org") == bytes([65 + winner]) * 20

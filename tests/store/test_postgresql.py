@@ -1,6 +1,7 @@
 """What is PostgreSQL's own: the schema upgraded by `zivmilter store migrate` only (an older one
-refused at start), revocation's deleted keys leaving the table's file, and `zivmilter store
-copy` from SQLite to PostgreSQL and back. A private cluster (tests/harness/postgres.py)."""
+refused at start, its rows kept), revocation's deleted keys leaving the table's file, and
+`zivmilter store copy` from SQLite to PostgreSQL and back. A private cluster
+(tests/harness/postgres.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.harness.postgres import Cluster, shared_cluster
-from tests.store.common import new_message, raw_message
+from tests.store.common import _lock_after_five, new_message, raw_message
 from zivmilter import crypto
 from zivmilter.cli import main
 from zivmilter.core import config
 from zivmilter.errors import StoreError
 from zivmilter.store import open_store
-from zivmilter.store.postgresql import PostgresStore
+from zivmilter.store.postgresql import PostgresStore, schema
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +54,7 @@ def test_an_unmigrated_database_is_refused_until_store_migrate(
     with pytest.raises(StoreError, match=r"no zivmilter schema yet: run `zivmilter store migrate"):
         open_store(cfg)
     assert main(["store", "migrate", "--config", cfg_path]) == 0
-    assert "schema version 0 -> 1" in capsys.readouterr().out
+    assert f"schema version 0 -> {schema.SCHEMA_VERSION}" in capsys.readouterr().out
     assert main(["store", "migrate", "--config", cfg_path]) == 0  # again: nothing to do
     assert "up to date" in capsys.readouterr().out
     with contextlib.closing(open_store(cfg)) as st:
@@ -64,14 +65,48 @@ def test_an_older_schema_is_refused_at_start_naming_the_command(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A zivmilter one schema version ahead of the database (as after an upgrade of the code)."""
-    from zivmilter.store.postgresql import schema
-
     dsn = cluster.database_for(tmp_path)
     monkeypatch.setattr(schema, "SCHEMA_VERSION", schema.SCHEMA_VERSION + 1)
     with pytest.raises(StoreError) as info:
         PostgresStore.open(dsn, os.urandom(32))
     assert "older than this zivmilter" in str(info.value)
     assert "zivmilter store migrate --config FILE" in str(info.value)
+
+
+def test_a_version_1_store_is_migrated_to_the_senders_side_keeping_its_rows(
+    cluster: Cluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A database the zivmilter before issue 19 made (schema 1), with an account and a message,
+    upgraded by `zivmilter store migrate`: the account gets an invitation and counts sign-ins,
+    the recipient its one read receipt."""
+    crypto.keygen(str(tmp_path / "store.key"))
+    cfg_path = pg_config(tmp_path, "pg", cluster.dsn(cluster.empty_database()))
+    cfg = config.load(cfg_path)
+    kek = crypto.load_kek(cfg.store.key_file)
+    with monkeypatch.context() as old:
+        old.setattr(schema, "_MIGRATIONS", schema._MIGRATIONS[:1])
+        old.setattr(schema, "SCHEMA_VERSION", 1)
+        assert main(["store", "migrate", "--config", cfg_path]) == 0
+        assert "schema version 0 -> 1" in capsys.readouterr().out
+        with contextlib.closing(PostgresStore.open(cfg.store.dsn, kek)) as st:
+            st.add_account("alice@example.org", "sender", password_hash="$argon2id$x")
+            saved = st.save_message(new_message())
+    with pytest.raises(StoreError, match="older than this zivmilter"):
+        open_store(cfg)
+    assert main(["store", "migrate", "--config", cfg_path]) == 0
+    assert f"schema version 1 -> {schema.SCHEMA_VERSION}" in capsys.readouterr().out
+    with contextlib.closing(open_store(cfg)) as st:
+        acct = st.account("alice@example.org")
+        assert acct is not None and acct.password_hash == "$argon2id$x"
+        token = st.add_invite("alice@example.org", 3600)
+        assert token is not None
+        assert st.invite_address(crypto.token_hash(token)) == "alice@example.org"
+        assert st.claim_sign_in("alice@example.org", _lock_after_five).counted
+        rid = st.recipients(saved.id)[0].id
+        assert st.claim_read_receipt(rid) and not st.claim_read_receipt(rid)
 
 
 def _key_table_file(cluster: Cluster, database: str) -> bytes:
@@ -130,6 +165,16 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             "bob@example.net", "recipient", password_hash="$argon2id$x", totp_secret=b"K"
         )
         st.remember_contact("carol@example.com", sms="+31612345678")
+        # The sender's side (issue 19): an invitation, a streak of wrong sign-ins, a receipt.
+        st.add_account("alice@example.org", "sender")
+        invite = st.add_invite("alice@example.org", 3600)
+        assert invite is not None
+        for _ in range(4):
+            st.settle_sign_in(st.claim_sign_in("alice@example.org", _lock_after_five), False)
+        st.add_account("dave@example.org", "sender")
+        locked = st.claim_sign_in("dave@example.org", lambda streak, lockouts: 3600.0)
+        assert locked.locked_until is not None
+        assert st.claim_read_receipt(rec.id)
     assert main(["store", "copy", "--from", first, "--to", pg]) == 0
     out = capsys.readouterr().out
     assert "copied sqlite -> postgresql: messages 3," in out and "checked: 5 " in out
@@ -147,6 +192,12 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             assert st.totp_secret("bob@example.net") == b"K"
             contact = st.contact("carol@example.com")
             assert contact is not None and contact.sms == "+31612345678"
+            assert st.invite_address(crypto.token_hash(invite)) == "alice@example.org"
+            fifth = st.claim_sign_in("alice@example.org", _lock_after_five)
+            assert fifth.admitted and fifth.locked_until is not None  # the streak came along
+            refused = st.claim_sign_in("dave@example.org", _lock_after_five)
+            assert not refused.admitted and refused.locked_until == locked.locked_until
+            assert not st.claim_read_receipt(rec.id)  # sent already
             new = st.save_message(new_message())  # ids continue after the copied ones
             assert len(st.recipients(new.id)) == 4
     # Into a store that is not empty: refused, nothing written.

@@ -1,11 +1,11 @@
 """The PostgreSQL backend, for several gateway nodes on one database (README "Several nodes").
 
 Metadata and every content in PostgreSQL: contents up to `inline_max` bytes in their `blobs` row,
-larger ones in `blob_chunks` (blobs.py: the `BlobStore` of this backend), so a node needs no
-shared filesystem. `PostgresStore` is composed like `SqliteStore`: one mixin per aggregate
-(messages.py, links.py, attachments.py, replies.py, accounts.py, contacts.py, audit.py), each with
-its own SQL in PostgreSQL's dialect, over `PgBase` (connection.py: the pool and transactions).
-The sealing (store/sealing.py) is shared with SQLite: the same key file opens both.
+larger ones in `blob_chunks` (blobs.py: the `BlobStore` of this backend), so a node needs no shared
+filesystem. `PostgresStore` is composed like `SqliteStore`: one mixin per aggregate (messages.py,
+links.py, attachments.py, replies.py, accounts.py, senders.py, contacts.py, audit.py), each with
+its own SQL in PostgreSQL's dialect, over `PgBase` (connection.py: the pool and transactions). The
+sealing (store/sealing.py) is shared with SQLite: the same key file opens both.
 
 Each check-then-act is one transaction that locks what it decides on; the methods say how.
 The schema is migrated by `zivmilter store migrate` (schema.py), never at start: a database
@@ -30,11 +30,13 @@ from zivmilter.store.postgresql.contacts import ContactsMixin, IddMixin
 from zivmilter.store.postgresql.links import LinksMixin
 from zivmilter.store.postgresql.replies import RepliesMixin
 from zivmilter.store.postgresql.schema import SCHEMA_VERSION, check_version, migrate_database
+from zivmilter.store.postgresql.senders import SendersMixin
 from zivmilter.store.sealing import Sealing
 
 
 class PostgresStore(
     LinksMixin,
+    SendersMixin,
     AttachmentsMixin,
     RepliesMixin,
     AccountsMixin,

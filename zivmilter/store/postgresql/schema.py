@@ -1,10 +1,11 @@
 """The PostgreSQL schema: versioned migrations, run by `zivmilter store migrate`, never at start.
 
-Migration 1 is a mirror of sqlite/schema.py's final state (its version 7), in PostgreSQL's types
-(BYTEA, BIGINT epoch seconds, identity columns), with one difference: a message's wrapped data
-key lives in a small table of its own (`message_keys`), not in `messages`, so that revocation
-deletes it and maintenance can rewrite that small table (README "Several nodes": what revocation
-guarantees on PostgreSQL). Large contents are rows of `blob_chunks` (postgresql/blobs.py).
+Migration 1 is a mirror of sqlite/schema.py's version 7, in PostgreSQL's types (BYTEA, BIGINT epoch
+seconds, identity columns), with one difference: a message's wrapped data key lives in a small
+table of its own (`message_keys`), not in `messages`, so that revocation deletes it and maintenance
+can rewrite that small table (README "Several nodes": what revocation guarantees on PostgreSQL).
+Large contents are rows of `blob_chunks` (postgresql/blobs.py). Each later SQLite version is one
+more migration here (SQLite 8 is PostgreSQL 2).
 
 Each migration runs in one transaction under an advisory lock, so two nodes migrating at once
 apply it once. A store whose schema is older than this zivmilter is refused at start (run
@@ -165,6 +166,27 @@ _MIGRATIONS: tuple[str, ...] = (
         domain   TEXT PRIMARY KEY,         -- normalized, A-labels
         added_at BIGINT NOT NULL
     );
+    """,
+    # 2: sqlite/schema.py version 8, the sender's side of the portal (issue 19). Sent items
+    # read messages by sender through messages_sender (schema 1). A sender signs in with the
+    # account's password and authenticator, enrolled through a one-time invitation; wrong
+    # sign-ins lock the account as wrong answers lock a link; a read receipt goes out once per
+    # recipient.
+    """
+    ALTER TABLE accounts ADD COLUMN failed_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN failed_streak INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN lockouts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN locked_until BIGINT;
+    ALTER TABLE recipients ADD COLUMN receipt_sent_at BIGINT;
+
+    CREATE TABLE invites (                 -- one-time enrolment links of sender accounts
+        token_hash TEXT PRIMARY KEY,       -- SHA-256 of the token; the token is never stored
+        address    TEXT NOT NULL REFERENCES accounts (address) ON DELETE CASCADE,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at    BIGINT
+    );
+    CREATE INDEX invites_address ON invites (address);
     """,
 )
 
