@@ -124,8 +124,9 @@ def _listening(port: int) -> bool:
     return listening(HOST, port)
 
 
-# What the README tells the admin to change on the re-injection listener: the signer alone
-# there, and Milters no longer switched off by receive_override_options.
+# What the README tells the admin to change on the re-injection listener and the replies
+# listener: the signer alone there (never zivmilter), and on the re-injection listener Milters
+# no longer switched off by receive_override_options.
 _REINJECT_MILTERS = "  -o smtpd_milters=\n"
 _NO_MILTERS = ",no_milters\n"
 
@@ -142,12 +143,13 @@ def wire(pf: PostfixInstance, zivmilter_socket: str, signer: Signer, *, signer_f
 
     def master_cf() -> str:
         text = shipped_master_cf()
-        for old, new in (
-            (_REINJECT_MILTERS, f"  -o smtpd_milters={signer.postfix_socket}\n"),
-            (_NO_MILTERS, "\n"),
+        for old, new, times in (
+            # the re-injection listener and the replies listener
+            (_REINJECT_MILTERS, f"  -o smtpd_milters={signer.postfix_socket}\n", 2),
+            (_NO_MILTERS, "\n", 1),
         ):
-            if text.count(old) != 1:
-                raise AssertionError(f"master.cf.zivmilter: expected {old!r} once")
+            if text.count(old) != times:
+                raise AssertionError(f"master.cf.zivmilter: expected {old!r} {times} times")
             text = text.replace(old, new)
         return text
 

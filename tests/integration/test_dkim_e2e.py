@@ -148,13 +148,17 @@ def kinds(stack: Stack, sinks: tuple[Sink, Sink], tag: str) -> dict[str, bytes]:
     with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
         s.sendmail(f"alice@{ORG}", ["erin@oldmail.example"], message("erin@oldmail.example", tag))
     sendmail(pf, f"alice@{ORG}", "fred@oldmail.example", message("fred@oldmail.example", tag))
-    # The portal hands its mail to the re-injection listener, as the portal process does.
-    portal = SmtpReinjector("127.0.0.1", pf.reinject_port, 30)
+    # The portal hands its code mail to the re-injection listener and a secure reply to the
+    # replies listener (the site's content filters), as the portal process does.
     code, reply = portal_mails("gina@oldmail.example")
-    portal.send(
+    SmtpReinjector("127.0.0.1", pf.reinject_port, 30).send(
         [
             Outgoing(portal_mail.portal_sender(ORG), ["gina@oldmail.example"],
                      code.as_bytes(policy=policy.SMTP), "code mail"),
+        ]
+    )  # fmt: skip
+    SmtpReinjector("127.0.0.1", pf.replies_port, 30).send(
+        [
             Outgoing(portal_mail.portal_sender(ORG), [f"alice@{ORG}"],
                      reply.as_bytes(policy=policy.SMTP), "portal reply"),
         ]
