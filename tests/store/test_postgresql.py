@@ -17,7 +17,7 @@ from zivmilter import crypto
 from zivmilter.cli import main
 from zivmilter.core import config
 from zivmilter.errors import StoreError
-from zivmilter.store import open_store
+from zivmilter.store import NewPart, PartRecord, open_store
 from zivmilter.store.postgresql import PostgresStore, schema
 
 pytestmark = pytest.mark.integration
@@ -107,6 +107,15 @@ def test_a_version_1_store_is_migrated_to_the_senders_side_keeping_its_rows(
         assert st.claim_sign_in("alice@example.org", _lock_after_five).counted
         rid = st.recipients(saved.id)[0].id
         assert st.claim_read_receipt(rid) and not st.claim_read_receipt(rid)
+        # Schemas 3-5 (issue 15) on the old rows: session generations from 0, no parts kept
+        # apart (the portal parses the message), a handover remembered.
+        assert st.session_generation(rid) == 0
+        st.end_sessions(rid, "signed out")
+        assert st.session_generation(rid) == 1
+        assert st.part(saved.id, 0) is None
+        st.remember_handover(saved.id, "a" * 64, saved.tokens)
+        handover = st.find_handover("a" * 64, 3600)
+        assert handover is not None and handover.tokens == saved.tokens
 
 
 def _key_table_file(cluster: Cluster, database: str) -> bytes:
@@ -153,10 +162,15 @@ def test_store_copy_sqlite_to_postgresql_and_back(
     pg = pg_config(tmp_path, "pg", cluster.database_for(tmp_path))
     back = write_config(tmp_path, "back", f"  path: {tmp_path / 'back'}\n")
     big = raw_message("BIG", extra=os.urandom(600_000))  # a blob file in SQLite
+    scan = os.urandom(700_000)  # a large attachment kept apart: a blob file in SQLite
+    parts = [
+        NewPart(2, "scan 1.pdf", "application/pdf", scan),
+        NewPart(4, "röntgen.png", "image/png", b"PNG" * 10),  # kept in its row
+    ]
     with contextlib.closing(open_store(config.load(first))) as st:
         small = st.save_message(new_message())
-        large = st.save_message(new_message(big))
-        revoked = st.save_message(new_message())
+        large = st.save_message(new_message(big, parts=parts))
+        revoked = st.save_message(new_message(parts=parts[1:]))
         st.revoke(revoked.id, "test")
         (rec, *_) = st.recipients(small.id)
         reply = st.save_reply(rec.id, b"Subject: Re\r\n\r\nthanks\r\n")
@@ -175,9 +189,16 @@ def test_store_copy_sqlite_to_postgresql_and_back(
         locked = st.claim_sign_in("dave@example.org", lambda streak, lockouts: 3600.0)
         assert locked.locked_until is not None
         assert st.claim_read_receipt(rec.id)
+        # Issue 15: a sign-out and an account switched off and on (session generations), and
+        # a retry's handover with a copy the MTA took.
+        st.end_sessions(rec.id, "signed out")
+        st.set_account_active("bob@example.net", False)
+        st.set_account_active("bob@example.net", True)
+        st.remember_handover(small.id, "a" * 64, small.tokens)
+        st.mark_handed(small.id, "notification to bob@example.net")
     assert main(["store", "copy", "--from", first, "--to", pg]) == 0
     out = capsys.readouterr().out
-    assert "copied sqlite -> postgresql: messages 3," in out and "checked: 5 " in out
+    assert "copied sqlite -> postgresql: messages 3," in out and "checked: 8 " in out
     assert main(["store", "copy", "--from", pg, "--to", back]) == 0
     assert "copied postgresql -> sqlite: messages 3," in capsys.readouterr().out
     for cfg in (pg, back):
@@ -198,6 +219,17 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             refused = st.claim_sign_in("dave@example.org", _lock_after_five)
             assert not refused.admitted and refused.locked_until == locked.locked_until
             assert not st.claim_read_receipt(rec.id)  # sent already
+            assert st.session_generation(rec.id) == 2  # the link's 1 and the account's 1
+            handover = st.find_handover("a" * 64, 3600)
+            assert handover is not None and handover.message_id == small.id
+            assert handover.tokens == small.tokens
+            assert handover.handed == {"notification to bob@example.net"}
+            assert st.part(large.id, 2) == PartRecord(2, "scan 1.pdf", "application/pdf", 700_000)
+            part = st.open_part(large.id, 2)
+            assert part is not None and part.read() == scan
+            part = st.open_part(large.id, 4)
+            assert part is not None and part.read() == b"PNG" * 10
+            assert st.part(revoked.id, 4) is None and st.open_part(revoked.id, 4) is None
             new = st.save_message(new_message())  # ids continue after the copied ones
             assert len(st.recipients(new.id)) == 4
     # Into a store that is not empty: refused, nothing written.

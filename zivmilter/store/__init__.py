@@ -81,6 +81,7 @@ def open_store(cfg: Config) -> Store:
             kek,
             passfile=cfg.store.password_file,
             pool_size=cfg.store.pool_size,
+            local_path=cfg.store.path,
         )
     try:
         os.makedirs(cfg.store.path, mode=0o700, exist_ok=True)

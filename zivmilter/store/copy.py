@@ -1,6 +1,6 @@
 """`zivmilter store copy`: every row and content of one store into another, empty one, SQLite to
-PostgreSQL or back, then a check that counts match and that every message, reply and attachment
-still decrypts to the same bytes through the destination.
+PostgreSQL or back, then a check that counts match and that every message, reply, attachment and
+large attachment kept apart still decrypts to the same bytes through the destination.
 
 The two schemas are mirrors (postgresql/schema.py), so rows are copied column by column as they
 are, ciphertexts and wrapped keys included: nothing is decrypted and sealed again, which is why
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -39,13 +40,16 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
                     "level", "token_hash", "verification", "phone", "access_code_hash", "hint",
                     "notified_at", "opened_at", "failed_attempts", "lockouts", "locked_until",
                     "revoked_at", "failed_streak", "otp_secret", "otp_sent_at", "otp_sends",
-                    "receipt_sent_at")),
+                    "receipt_sent_at", "session_gen")),
     ("blobs", ("id", "message_id", "kind", "path", "size", "cipher_size", "sha256",
                "deleted_at", "data")),
+    ("parts", ("message_id", "leaf", "blob_id", "filename", "content_type")),
+    ("handovers", ("message_id", "retry_key", "tokens", "created_at")),
+    ("handed_copies", ("message_id", "copy", "at")),
     ("contacts", ("address", "sms", "access_code_hash", "used_at")),
     ("accounts", ("address", "kind", "active", "password_hash", "totp_secret", "created_at",
                   "totp_last_step", "failed_attempts", "failed_streak", "lockouts",
-                  "locked_until")),
+                  "locked_until", "session_gen")),
     ("invites", ("token_hash", "address", "created_at", "expires_at", "used_at")),
     ("audit", ("id", "at", "message_id", "recipient", "event", "detail")),
     ("replies", ("id", "message_id", "recipient_id", "conversation", "blob_id", "created_at",
@@ -259,8 +263,9 @@ def _inline(src: _Side, cols: Sequence[str], row: tuple[Any, ...]) -> tuple[Any,
 
 
 def verify_copy(src_cfg: Config, dst_cfg: Config) -> int:
-    """Every message, reply and attachment readable in the source reads the same (SHA-256 of
-    the plaintext) through the destination; returns how many were compared."""
+    """Every message, reply, attachment and large attachment kept apart (`parts`) readable in
+    the source reads the same (SHA-256 of the plaintext) through the destination; returns how
+    many were compared."""
     from zivmilter.store import open_store
 
     checked = 0
@@ -272,6 +277,7 @@ def verify_copy(src_cfg: Config, dst_cfg: Config) -> int:
         try:
             ids = {t: [str(r[0]) for r in side.rows(t, ("id",))] for t in ("messages", "replies")}
             attachments = [str(r[0]) for r in side.rows("attachments", ("id",))]
+            parts = [(str(r[0]), int(r[1])) for r in side.rows("parts", ("message_id", "leaf"))]
         finally:
             side.close()
         for mid in ids["messages"]:
@@ -284,12 +290,18 @@ def verify_copy(src_cfg: Config, dst_cfg: Config) -> int:
         for aid in attachments:
             _same(f"attachment {aid}", src.open_attachment(aid), dst.open_attachment(aid))
             checked += 1
+        for mid, leaf in parts:
+            _same(f"message {mid} part {leaf}", src.open_part(mid, leaf), dst.open_part(mid, leaf))
+            _same(
+                f"message {mid} part {leaf} record",
+                io.BytesIO(repr(src.part(mid, leaf)).encode()),
+                io.BytesIO(repr(dst.part(mid, leaf)).encode()),
+            )
+            checked += 1
     return checked
 
 
 def _record(store: Store, message_id: str) -> BinaryIO:
-    import io
-
     return io.BytesIO(repr((store.message(message_id), store.recipients(message_id))).encode())
 
 

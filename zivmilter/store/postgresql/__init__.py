@@ -3,9 +3,10 @@
 Metadata and every content in PostgreSQL: contents up to `inline_max` bytes in their `blobs` row,
 larger ones in `blob_chunks` (blobs.py: the `BlobStore` of this backend), so a node needs no shared
 filesystem. `PostgresStore` is composed like `SqliteStore`: one mixin per aggregate (messages.py,
-links.py, attachments.py, replies.py, accounts.py, senders.py, contacts.py, audit.py), each with
-its own SQL in PostgreSQL's dialect, over `PgBase` (connection.py: the pool and transactions). The
-sealing (store/sealing.py) is shared with SQLite: the same key file opens both.
+links.py, handovers.py, attachments.py, replies.py, accounts.py, senders.py, contacts.py,
+audit.py), each with its own SQL in PostgreSQL's dialect, over `PgBase` (connection.py: the pool
+and transactions). The sealing (store/sealing.py) is shared with SQLite: the same key file opens
+both.
 
 Each check-then-act is one transaction that locks what it decides on; the methods say how.
 The schema is migrated by `zivmilter store migrate` (schema.py), never at start: a database
@@ -27,6 +28,7 @@ from zivmilter.store.postgresql.audit import AuditMixin
 from zivmilter.store.postgresql.blobs import PgBlobStore
 from zivmilter.store.postgresql.connection import describe, open_pool
 from zivmilter.store.postgresql.contacts import ContactsMixin, IddMixin
+from zivmilter.store.postgresql.handovers import HandoversMixin
 from zivmilter.store.postgresql.links import LinksMixin
 from zivmilter.store.postgresql.replies import RepliesMixin
 from zivmilter.store.postgresql.schema import SCHEMA_VERSION, check_version, migrate_database
@@ -37,6 +39,7 @@ from zivmilter.store.sealing import Sealing
 class PostgresStore(
     LinksMixin,
     SendersMixin,
+    HandoversMixin,
     AttachmentsMixin,
     RepliesMixin,
     AccountsMixin,
@@ -56,17 +59,21 @@ class PostgresStore(
         pool_size: int = defaults.STORE_POOL_SIZE,
         now: Callable[[], float] = time.time,
         inline_max: int = defaults.STORE_INLINE_MAX,
+        local_path: str | None = None,
     ) -> PostgresStore:
         """Open the store in the database `dsn` (a libpq connection string or URI, without a
         password: libpq reads it from `passfile`, PGPASSFILE or ~/.pgpass); `kek` from
         `crypto.load_kek`. StoreError when the database is unreachable or its schema is not
-        this zivmilter's (`zivmilter store migrate` upgrades it)."""
+        this zivmilter's (`zivmilter store migrate` upgrades it). `local_path` is this node's
+        `store.path`, whose free space `free_bytes` reports (the store keeps nothing there)."""
         sealing = Sealing.from_bytes(kek)
         pool = open_pool(dsn, passfile, pool_size)
         try:
             with pool.connection() as conn, conn.cursor() as cur:
                 check_version(cur, dsn)
-            store = cls(dsn, passfile, sealing, pool, PgBlobStore(pool, now), now, inline_max)
+            store = cls(
+                dsn, passfile, sealing, pool, PgBlobStore(pool, now), now, inline_max, local_path
+            )
             store._check_kek()
         except psycopg.Error as exc:
             pool.close()

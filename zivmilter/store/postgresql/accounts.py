@@ -115,12 +115,18 @@ class AccountsMixin(PgBase):
             audit(cur, now, None, key, "account-added", kind)
 
     def set_account_active(self, address: str, active: bool) -> bool:
-        """Switch an account on or off; False when there is no such account."""
+        """Switch an account on or off; False when there is no such account. Switching it off
+        ends its portal sessions too (see `session_generation`).
+
+        Locking: one UPDATE of the account row, its session counter moved on in the database,
+        so a switch-off and a sign-out at once both count."""
         key = normalize_address(address)
         now = int(self._now())
         with self._transaction() as cur:
             n = cur.execute(
-                "UPDATE accounts SET active = %s WHERE address = %s", (active, key)
+                "UPDATE accounts SET active = %s, session_gen = session_gen + %s"
+                " WHERE address = %s",
+                (active, int(not active), key),
             ).rowcount
             if n:
                 audit(cur, now, None, key, "account-active" if active else "account-inactive", "")

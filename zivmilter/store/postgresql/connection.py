@@ -10,7 +10,8 @@ plain read: each method that decides on what it read locks the rows it decides o
 FOR UPDATE`, or a conditional UPDATE whose row count decides: an UPDATE waits for a concurrent
 writer of the row and re-checks its WHERE on the new version). Each such method says which in
 its docstring. Durability: synchronous_commit as the server sets it (on: see README "Several
-nodes"); only an open's audit record commits without waiting for its flush (mark_opened).
+nodes"); only an open's audit record (mark_opened) and a retry's handover records (handovers.py)
+commit without waiting for their flush.
 """
 
 from __future__ import annotations
@@ -90,8 +91,10 @@ class PgBase:
         blobs: BlobStore,
         now: Callable[[], float],
         inline_max: int,
+        local_path: str | None = None,
     ) -> None:
         self._dsn = dsn
+        self._local_path = local_path  # this node's store.path: see RepliesMixin.free_bytes
         self._passfile = passfile
         self._sealing = sealing
         self._pool = pool

@@ -29,6 +29,37 @@ class LinksMixin(MessagesMixin):
             return None
         return LinkState(dt_or_none(row[0]), int(row[1]), dt_or_none(row[2]), int(row[3]))
 
+    def session_generation(self, recipient_id: int) -> int | None:
+        """The generation of this recipient's portal sessions: their link's and their address's
+        account's counters together (both only go up). None when there is no such recipient.
+
+        Locking: none, a plain read of committed counters: a pass issued from a generation that
+        `end_sessions` or `set_account_active` moves on a moment later names the old one, and
+        fails its next check on any node."""
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT r.session_gen + COALESCE(a.session_gen, 0) FROM recipients r"
+                " LEFT JOIN accounts a ON a.address = r.address WHERE r.id = %s",
+                (recipient_id,),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def end_sessions(self, recipient_id: int, reason: str = "") -> None:
+        """End every portal session of this recipient's link (sign-out): passes issued before
+        no longer count, wherever their cookies went.
+
+        Locking: the UPDATE of the recipient row adds one to its counter in the database (not
+        a value read before), so sign-outs on two nodes at once each move it on."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            row = cur.execute(
+                "UPDATE recipients SET session_gen = session_gen + 1 WHERE id = %s"
+                " RETURNING message_id, address",
+                (recipient_id,),
+            ).fetchone()
+            if row is not None:
+                audit(cur, now, str(row[0]), str(row[1]), "sessions-ended", reason)
+
     def revoke_recipient(self, message_id: str, address: str, reason: str = "") -> bool:
         """Revoke one notification recipient's link; the last one revokes the whole message
         (its data key destroyed). False when there is no such live link.

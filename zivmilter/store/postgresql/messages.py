@@ -17,13 +17,16 @@ import psycopg
 from zivmilter import crypto, defaults
 from zivmilter.core.addresses import normalize_address
 from zivmilter.errors import StoreError
+from zivmilter.store.blobs import EncryptedContent
 from zivmilter.store.postgresql.connection import Cursor, audit, dt, dt_or_none, ts
 from zivmilter.store.postgresql.contents import ContentsMixin, insert_blob
 from zivmilter.store.postgresql.schema import MAINTENANCE_LOCK
 from zivmilter.store.records import (
     MessageRecord,
     NewMessage,
+    NewPart,
     NewRecipient,
+    PartRecord,
     RecipientRecord,
     SavedMessage,
     checked_recipient,
@@ -89,6 +92,29 @@ class MessagesMixin(ContentsMixin):
             )
 
         blob = self._write_blob(blob_id, key, message.content)
+        # Its large attachments (NewMessage.parts) as contents of their own under the same key:
+        # written (a large one committed to its chunks) before the transaction, as the message.
+        parts: list[tuple[NewPart, str, EncryptedContent]] = []
+        try:
+            for part in message.parts:
+                part_blob_id = _ordered_id()
+                parts.append(
+                    (part, part_blob_id, self._write_blob(part_blob_id, key, part.content))
+                )
+            part_rows = [
+                (
+                    message_id,
+                    part.index,
+                    part_blob_id,
+                    key.seal_part_name(message_id, part.index, part.filename),
+                    part.content_type,
+                )
+                for part, part_blob_id, _ in parts
+            ]
+        except BaseException:
+            for ref in [blob.ref] + [b.ref for _, _, b in parts]:
+                self._remove_blob(ref)
+            raise
 
         def write(cur: Cursor) -> None:
             cur.execute(
@@ -111,6 +137,13 @@ class MessagesMixin(ContentsMixin):
                 recipient_rows,
             )
             insert_blob(cur, blob, blob_id, message_id, "message")
+            for _, part_blob_id, part_blob in parts:
+                insert_blob(cur, part_blob, part_blob_id, message_id, "part")
+            cur.executemany(
+                "INSERT INTO parts (message_id, leaf, blob_id, filename, content_type)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                part_rows,
+            )
             audit(cur, created, message_id, None, "stored", f"queue {message.queue_id}")
 
         try:
@@ -119,7 +152,8 @@ class MessagesMixin(ContentsMixin):
             with self._transaction() as cur:
                 write(cur)
         except BaseException:
-            self._remove_blob(blob.ref)
+            for ref in [blob.ref] + [b.ref for _, _, b in parts]:
+                self._remove_blob(ref)
             raise
         return SavedMessage(id=message_id, tokens=tokens, size=blob.written.size)
 
@@ -208,6 +242,32 @@ class MessagesMixin(ContentsMixin):
             ).fetchone()
         key = None if row is None else self._live_message_key(message_id)
         return None if row is None or key is None else self._open_blob(str(row[0]), key)
+
+    def part(self, message_id: str, index: int) -> PartRecord | None:
+        """A large attachment kept apart at save (`NewMessage.parts`); None when the message
+        has none at that index (saved before schema 4, or the part was small: parse the
+        message), or is revoked or expired."""
+        row = self._part_row(message_id, index)
+        key = None if row is None else self._live_message_key(message_id)
+        if row is None or key is None or row[1] is None:
+            return None
+        name = key.unseal_part_name(message_id, index, bytes(row[1]))
+        return PartRecord(index, name, str(row[2]), int(row[3]))
+
+    def open_part(self, message_id: str, index: int) -> BinaryIO | None:
+        """That attachment's bytes, decrypted as read (errors as for `open_content`)."""
+        row = self._part_row(message_id, index)
+        key = None if row is None else self._live_message_key(message_id)
+        return None if row is None or key is None else self._open_blob(str(row[0]), key)
+
+    def _part_row(self, message_id: str, index: int) -> Any:
+        with self._read() as cur:
+            return cur.execute(
+                "SELECT p.blob_id, p.filename, p.content_type, b.size FROM parts p"
+                " JOIN blobs b ON b.id = p.blob_id"
+                " WHERE p.message_id = %s AND p.leaf = %s AND b.deleted_at IS NULL",
+                (message_id, index),
+            ).fetchone()
 
     def find_recipient_by_token(self, token: str) -> RecipientRecord | None:
         """The recipient a link token belongs to (also when revoked or expired: check `message`)."""
@@ -303,8 +363,9 @@ class MessagesMixin(ContentsMixin):
 
     def revoke(self, message_id: str, reason: str = "") -> bool:
         """End the notification links: delete the message's wrapped data key, its encrypted
-        copy, replies and kept view; False if already gone. Large attachments of direct copies
-        stay (their own keys): a direct delivery cannot be revoked (SPEC 8).
+        copy and large attachments kept apart (their `parts` rows stay, names erased), replies
+        and kept view; False if already gone. Large attachments of direct copies stay (their own
+        keys): a direct delivery cannot be revoked (SPEC 8).
 
         Locking: the conditional UPDATE of the message row decides (a second revoker, on any
         node, waits for the first and then matches nothing). What the deletion guarantees on
@@ -333,6 +394,7 @@ class MessagesMixin(ContentsMixin):
             "UPDATE recipients SET phone = NULL, hint = NULL WHERE message_id = %s",
             (message_id,),
         )
+        cur.execute("UPDATE parts SET filename = NULL WHERE message_id = %s", (message_id,))
         # A secure reply the MTA has not taken yet goes with the message's key: on record.
         for reply_id, address in cur.execute(
             "SELECT p.id, r.address FROM replies p JOIN recipients r ON r.id = p.recipient_id"

@@ -6,14 +6,16 @@ A reply is sealed with its message's data key: revoking the message destroys it 
 
 from __future__ import annotations
 
+import os
 import secrets
+import tempfile
 from typing import Any, BinaryIO, Literal
 
 from zivmilter.errors import StoreError
 from zivmilter.store.postgresql.connection import audit, dt, dt_or_none
 from zivmilter.store.postgresql.contents import insert_blob
 from zivmilter.store.postgresql.messages import MessagesMixin
-from zivmilter.store.records import ReplyRecord
+from zivmilter.store.records import ReplyRecord, ReplyUsage
 
 
 class RepliesMixin(MessagesMixin):
@@ -125,6 +127,46 @@ class RepliesMixin(MessagesMixin):
             for r in rows
         ]
 
+    def reply_usage(self, recipient_id: int, since: float) -> ReplyUsage:
+        """Replies written at or after `since` by this link and by its address (all its links).
+        Erased replies still count: the quota is of what was written (a revoked message's
+        reply blobs keep their row and size, `deleted_at` set).
+
+        Locking: none, one read: two replies at the same moment may both pass a limit they
+        reach together, on one node as on two (the portal's quotas bound a flood)."""
+        with self._read() as cur:
+            row = cur.execute(
+                "SELECT COUNT(*) FILTER (WHERE p.recipient_id = %(rid)s),"
+                " COALESCE(SUM(b.size) FILTER (WHERE p.recipient_id = %(rid)s), 0),"
+                " COUNT(*), COALESCE(SUM(b.size), 0)"
+                " FROM replies p JOIN recipients r ON r.id = p.recipient_id"
+                " JOIN blobs b ON b.id = p.blob_id"
+                " WHERE r.address = (SELECT address FROM recipients WHERE id = %(rid)s)"
+                " AND p.created_at >= %(since)s",
+                {"rid": recipient_id, "since": int(since)},
+            ).fetchone()
+        if row is None:
+            return ReplyUsage(0, 0, 0, 0)
+        return ReplyUsage(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+    def free_bytes(self) -> int:
+        """Bytes free (to this process) on this node's own disk, where the portal's check before
+        storing a reply (`portal.reply_limits.min_free_bytes`) can still mean something: the
+        least of the store folder (`store.path`, or the nearest folder above it that exists:
+        the transport cache's) and the temporary folder (the milter's encrypted spool of large
+        messages, and uploads on their way in).
+
+        Not the database's disk: PostgreSQL tells no client how much room it has left, and a
+        reply that does not fit there fails its INSERT (the portal answers with an error)
+        without harming what is stored. A large sentinel instead would switch the check off;
+        the node's folders keep it guarding what the node itself must still write to accept
+        mail. A store opened without `local_path` (tests, `zivmilter store copy`) measures the
+        temporary folder only."""
+        folders = [tempfile.gettempdir()]
+        if self._local_path is not None:
+            folders.append(_existing(self._local_path))
+        return min(_free(f) for f in folders)
+
     def open_reply(self, reply_id: str) -> BinaryIO | None:
         """A reply's content, to hand it to the MTA; None once its message is revoked. Also
         past the message's expiry: the reply was written before it, and goes to the sender
@@ -140,3 +182,16 @@ class RepliesMixin(MessagesMixin):
         if row is None or row[1] is None:
             return None
         return self._open_blob(str(row[0]), self._sealing.data_key(bytes(row[1])))
+
+
+def _existing(path: str) -> str:
+    """`path`, or the nearest folder above it that exists (a node may not have made it yet)."""
+    path = os.path.abspath(path)
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _free(folder: str) -> int:
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize

@@ -5,7 +5,7 @@ seconds, identity columns), with one difference: a message's wrapped data key li
 table of its own (`message_keys`), not in `messages`, so that revocation deletes it and maintenance
 can rewrite that small table (README "Several nodes": what revocation guarantees on PostgreSQL).
 Large contents are rows of `blob_chunks` (postgresql/blobs.py). Each later SQLite version is one
-more migration here (SQLite 8 is PostgreSQL 2).
+more migration here (SQLite 8 is PostgreSQL 2; SQLite 9, 10 and 11 are PostgreSQL 3, 4 and 5).
 
 Each migration runs in one transaction under an advisory lock, so two nodes migrating at once
 apply it once. A store whose schema is older than this zivmilter is refused at start (run
@@ -187,6 +187,44 @@ _MIGRATIONS: tuple[str, ...] = (
         used_at    BIGINT
     );
     CREATE INDEX invites_address ON invites (address);
+    """,
+    # 3: sqlite/schema.py version 9. Signing out (a link) and disabling an account end their
+    # sessions server-side: a pass names the generation it was issued under, and these counters
+    # only go up.
+    """
+    ALTER TABLE recipients ADD COLUMN session_gen INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN session_gen INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 4: sqlite/schema.py version 10. A message's large attachments, decoded at save into blobs
+    # of their own (kind 'part', under the message's key), so that a download streams one blob
+    # instead of parsing the whole message (issue 15). Messages saved before have no rows: they
+    # are parsed as before.
+    """
+    CREATE TABLE parts (
+        message_id   TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        leaf         INTEGER NOT NULL,     -- index among the message's leaf parts (mail/parts.py)
+        blob_id      TEXT NOT NULL,
+        filename     BYTEA,                -- sealed with the message field key; NULL once revoked
+        content_type TEXT NOT NULL,
+        PRIMARY KEY (message_id, leaf)
+    );
+    """,
+    # 5: sqlite/schema.py version 11. A client's retry of a tempfailed message reuses what the
+    # first try stored and leaves out the copies the MTA already took (postgresql/handovers.py).
+    """
+    CREATE TABLE handovers (
+        message_id TEXT PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+        retry_key  TEXT NOT NULL,          -- SHA-256 of envelope, decisions, Message-ID, content
+        tokens     BYTEA NOT NULL,         -- the link tokens, sealed with the message field key
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX handovers_key ON handovers (retry_key, created_at);
+    CREATE TABLE handed_copies (           -- copies of a message the MTA took
+        message_id TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        copy       TEXT NOT NULL,          -- the gateway's key of the copy
+        at         BIGINT NOT NULL,
+        PRIMARY KEY (message_id, copy)
+    );
     """,
 )
 
