@@ -4,6 +4,14 @@
 # loopback. Targets on a 2-core machine: >= 300 views/s and p99 < 100 ms.
 #
 #   bench/portal.sh [--workers N] [--duration SECONDS] [--connections N]
+#   bench/portal.sh --postgresql [--nodes 2] [--workers N] ...
+#
+# --postgresql: the store is a fresh database of a private PostgreSQL cluster (initdb as the
+# postgres user, tests/harness/postgres.py), so the bench reruns itself inside scripts/sandbox
+# (root); --nodes N starts N portal processes (each with --workers N) on that one database, and
+# wrk splits the connections over them (one wrk per node, at once): views/s is their sum, p99
+# the worst node's. A session verified on one node is replayed on every node (the cookie keys
+# derive from the shared key file), as behind a load balancer without stickiness.
 #
 # A throwaway store gets one message per kind; a verified session is obtained over HTTP exactly
 # as a browser does it (open the link, submit the access code), then wrk replays that session:
@@ -16,56 +24,90 @@ PY=${PYTHON:-.venv/bin/python}
 WORKERS=2
 DURATION=15
 CONNECTIONS=50
+NODES=1
+BACKEND=sqlite
+args=("$@")
 while [[ $# -gt 0 ]]; do
     case $1 in
         --workers) WORKERS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
         --connections) CONNECTIONS=$2; shift 2 ;;
-        *) echo "usage: bench/portal.sh [--workers N] [--duration S] [--connections N]" >&2; exit 2 ;;
+        --nodes) NODES=$2; shift 2 ;;
+        --postgresql) BACKEND=postgresql; shift ;;
+        *) echo "usage: bench/portal.sh [--postgresql] [--nodes N] [--workers N] [--duration S] [--connections N]" >&2; exit 2 ;;
     esac
 done
 command -v wrk >/dev/null || { echo "bench/portal.sh: needs wrk (apt-get install wrk)" >&2; exit 2; }
+if [[ $BACKEND == postgresql && "${ZIVMILTER_SANDBOX:-}" != 1 ]]; then
+    exec scripts/sandbox "$PWD/bench/portal.sh" "${args[@]}"
+fi
 
 work=$(mktemp -d /tmp/zivmilter-portal-bench.XXXXXX)
-portal_pid=""
+chmod 755 "$work"
+portal_pids=()
+pg_data=""
 cleanup() {
-    if [[ -n $portal_pid ]]; then
-        kill "$portal_pid" 2>/dev/null || true
-        wait "$portal_pid" 2>/dev/null || true
+    for pid in "${portal_pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n $pg_data ]]; then
+        runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$pg_data" -m fast -w stop \
+            >/dev/null || true
+        rm -rf "$(dirname "$pg_data")" "$(dirname "$PGPASSFILE")"
     fi
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-port=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+store="{path: $work/store, key_file: $work/store.key}"
+if [[ $BACKEND == postgresql ]]; then
+    # A private cluster and a migrated database; prints DATA-DIR PGPASSFILE DSN.
+    read -r pg_data passfile dsn < <($PY -c '
+from tests.harness.postgres import Cluster
+c = Cluster().start()
+print(c.data, c.passfile, c.dsn(c.new_database()))')
+    export PGPASSFILE=$passfile
+    store="{backend: postgresql, dsn: \"$dsn\", path: $work/store, key_file: $work/store.key}"
+fi
+
 $PY -m zivmilter keygen "$work/store.key" >/dev/null
-cat >"$work/zivmilter.yaml" <<YAML
+ports=()
+for ((n = 0; n < NODES; n++)); do
+    port=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    ports+=("$port")
+    cat >"$work/zivmilter-$n.yaml" <<YAML
 organization: {name: Bench Hospital, domains: [hospital.example]}
-store: {path: $work/store, key_file: $work/store.key}
+store: $store
 portal: {base_url: "http://127.0.0.1:$port/", listen: "127.0.0.1:$port"}
 sms: {backend: file, file: $work/sms.log}
 logging: {level: warning}
 YAML
-
-$PY -m zivmilter portal --config "$work/zivmilter.yaml" --workers "$WORKERS" 2>"$work/portal.log" &
-portal_pid=$!
-for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
+    $PY -m zivmilter portal --config "$work/zivmilter-$n.yaml" --workers "$WORKERS" \
+        2>"$work/portal-$n.log" &
+    portal_pids+=($!)
 done
-curl -fs "http://127.0.0.1:$port/healthz" >/dev/null || { cat "$work/portal.log"; exit 1; }
+for ((n = 0; n < NODES; n++)); do
+    port=${ports[$n]}
+    for _ in $(seq 100); do
+        curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    curl -fs "http://127.0.0.1:$port/healthz" >/dev/null || { cat "$work/portal-$n.log"; exit 1; }
+done
+port=${ports[0]}
 
 # Store two messages and verify as their recipient over HTTP; prints KIND PATH COOKIE lines.
-sessions=$($PY - "$work/zivmilter.yaml" "$port" <<'PYTHON'
+sessions=$($PY - "$work/zivmilter-0.yaml" "$port" <<'PYTHON'
 import re, sys, urllib.parse, urllib.request
 from email.message import EmailMessage
 from email.policy import SMTP
-from zivmilter import config, crypto
-from zivmilter.store import NewMessage, NewRecipient, SqliteStore
+from zivmilter.core import config
+from zivmilter.store import NewMessage, NewRecipient, open_store
 
 cfg = config.load(sys.argv[1])
 base = f"http://127.0.0.1:{sys.argv[2]}"
-store = SqliteStore.open(cfg.store.path, crypto.load_kek(cfg.store.key_file))
+store = open_store(cfg)
 
 def message(html: bool) -> bytes:
     m = EmailMessage()
@@ -111,22 +153,38 @@ run() {  # KIND PATH COOKIE -> prints "requests/s p99_ms"
     else
         printf 'request = function() return wrk.format("GET", "%s") end\n' "$path" >"$lua"
     fi
-    # Warm up, then measure.
-    wrk -t2 -c"$CONNECTIONS" -d3s -H "Cookie: $cookie" -s "$lua" "http://127.0.0.1:$port" >/dev/null
-    wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -H "Cookie: $cookie" -s "$lua" \
-        "http://127.0.0.1:$port" >"$work/$kind.out"
-    if grep -qE "Non-2xx|Socket errors" "$work/$kind.out"; then
-        echo "bench/portal.sh: errors during the $kind run:" >&2
-        cat "$work/$kind.out" >&2
-        exit 1
-    fi
-    local rps p99
-    rps=$(awk '/^Requests\/sec:/ {print $2}' "$work/$kind.out")
-    p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' "$work/$kind.out")
+    # Warm up, then measure: one wrk per node at once, the connections split between them.
+    local per_node=$(((CONNECTIONS + NODES - 1) / NODES)) pids=() n
+    for ((n = 0; n < NODES; n++)); do
+        wrk -t1 -c"$per_node" -d3s -H "Cookie: $cookie" -s "$lua" "http://127.0.0.1:${ports[$n]}" \
+            >/dev/null &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    pids=()
+    for ((n = 0; n < NODES; n++)); do
+        wrk -t$((NODES > 1 ? 1 : 2)) -c"$per_node" -d"${DURATION}s" --latency \
+            -H "Cookie: $cookie" -s "$lua" "http://127.0.0.1:${ports[$n]}" >"$work/$kind-$n.out" &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    local rps=0 p99=0 one_rps one_p99 out
+    for ((n = 0; n < NODES; n++)); do
+        out="$work/$kind-$n.out"
+        if grep -qE "Non-2xx|Socket errors" "$out"; then
+            echo "bench/portal.sh: errors during the $kind run on node $n:" >&2
+            cat "$out" >&2
+            exit 1
+        fi
+        one_rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+        one_p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' "$out")
+        rps=$(awk -v a="$rps" -v b="$one_rps" 'BEGIN {printf "%.2f", a + b}')
+        p99=$(awk -v a="$p99" -v b="$one_p99" 'BEGIN {print (b > a) ? b : a}')
+    done
     echo "$rps $p99"
 }
 
-echo "zivmilter portal bench: $WORKERS worker(s), $CONNECTIONS connections, ${DURATION}s per run, $(nproc) CPU(s)"
+echo "zivmilter portal bench: $BACKEND, $NODES node(s) x $WORKERS worker(s), $CONNECTIONS connections, ${DURATION}s per run, $(nproc) CPU(s)"
 status=0
 while read -r kind path cookie; do
     read -r rps p99 < <(run "$kind" "$path" "$cookie")

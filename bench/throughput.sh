@@ -17,7 +17,11 @@
 # `bash -c`, must serve a milter on $ZIVMILTER_BENCH_SOCKET (inet:PORT@127.0.0.1) until it is
 # killed, and may re-inject to 127.0.0.1:$ZIVMILTER_BENCH_REINJECT_PORT; $ZIVMILTER_BENCH_DIR is
 # a scratch directory for its config and store. Every message goes to $ZIVMILTER_BENCH_RCPT; the
-# case counts deliveries (status=sent) at the sink: one per message is expected.
+# case counts deliveries (status=sent) at the sink: one per message is expected. (cp) is (c) on
+# PostgreSQL: each round starts a private cluster (tests/harness/postgres.py: initdb, a fresh
+# migrated database, the password in a PGPASSFILE) and runs the same command with
+# ZIVMILTER_BENCH_BACKEND=postgresql and ZIVMILTER_BENCH_DSN set; its line adds "vs (c)" and the
+# PostgreSQL server's CPU per message (the milter's column is the milter's own, as for (c)).
 # Two more cases time one message, not a stream, with the same command: (d) one message to 100
 # recipients, each getting a personal notification (one stays in the transaction, 99 are
 # re-injected); (e) a message to 3 recipients split the same way (one kept, two re-injected).
@@ -74,6 +78,25 @@ def delivered(pf, expected, deadline):
             time.sleep(0.02)
 
 
+def postgres_cpu(cluster):
+    """CPU seconds (user + system) of the cluster's server processes so far: the postmaster
+    and its backends (their own and that of children they waited for)."""
+    with open(cluster.data / "postmaster.pid") as f:
+        root = int(f.readline())
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(entry) == root or int(fields[1]) == root:
+            total += sum(int(x) for x in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def fanout(name, count, pf, milter):
     """FANOUT_MESSAGES messages to `count` recipients of the sink's domain, one at a time over
     one session: the median time from DATA to the 250 after the final dot."""
@@ -113,6 +136,10 @@ messages, sessions, size = (int(os.environ[k]) for k in ("MESSAGES", "SESSIONS",
 port = free_port()
 spec = f"inet:{port}@127.0.0.1"
 pf = PostfixInstance(milter=None if kind == "none" else spec, relayhost=f"[{os.environ['SINK_IP']}]:25")
+cluster = None
+if kind == "zivmilter-pg":  # (cp): a private cluster of this round's own, out of the timing
+    from tests.harness.postgres import Cluster
+    cluster = Cluster().start()  # sets PGPASSFILE in os.environ (copied into env below)
 env = dict(os.environ)
 scratch = None
 if kind == "noop":
@@ -122,11 +149,14 @@ elif kind in ("stock", "rewrite"):
 elif kind == "store":
     scratch = tempfile.mkdtemp(prefix="zivmilter-bench-")
     cmd = [sys.executable, "bench/noop_milter.py", spec, "--store", scratch]
-elif kind == "zivmilter" or kind.startswith("fanout"):
+elif kind in ("zivmilter", "zivmilter-pg") or kind.startswith("fanout"):
     scratch = tempfile.mkdtemp(prefix="zivmilter-bench-")
     os.chmod(scratch, 0o755)
     env.update(ZIVMILTER_BENCH_SOCKET=spec, ZIVMILTER_BENCH_REINJECT_PORT=str(pf.reinject_port),
                ZIVMILTER_BENCH_DIR=scratch, ZIVMILTER_BENCH_RCPT=os.environ["RCPT"])
+    if cluster is not None:
+        env.update(ZIVMILTER_BENCH_BACKEND="postgresql",
+                   ZIVMILTER_BENCH_DSN=cluster.dsn(cluster.new_database()))
     cmd = ["bash", "-c", os.environ["ZIVMILTER_BENCH_CMD"]]
 else:
     cmd = []
@@ -148,6 +178,7 @@ try:
         if kind.startswith("fanout"):  # (d), (e): DATA to 250 of single messages, then exit
             fanout(name, int(kind.removeprefix("fanout")), pf, milter)
             sys.exit(0)
+        server_cpu = postgres_cpu(cluster) if cluster is not None else 0.0
         t0 = time.monotonic()
         src = subprocess.run(
             ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
@@ -158,13 +189,18 @@ try:
             sys.exit(f"{name}: smtp-source failed: {src.stderr.strip()[-500:]}")
         delivered(pf, messages, time.monotonic() + max(120.0, messages / 5))
         done = time.monotonic() - t0
+        if cluster is not None:
+            server_cpu = postgres_cpu(cluster) - server_cpu
     cpu = "-"
     if milter is not None:  # the milter's own CPU (user + system, start-up included) per message
         with open(f"/proc/{milter.pid}/stat") as stat:
             fields = stat.read().rpartition(")")[2].split()
         cpu = f"{(int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK') * 1000 / messages:.2f}"
+    server = ""
+    if cluster is not None:
+        server = f", PostgreSQL server CPU {server_cpu * 1000 / messages:.2f} ms/msg"
     print(f"  {name}: {messages} msgs in {done:.2f} s (all accepted after {accepted:.2f} s),"
-          f" milter CPU {cpu} ms/msg", file=sys.stderr)
+          f" milter CPU {cpu} ms/msg{server}", file=sys.stderr)
     print(f"{name} {messages / done:.1f} {cpu}")
 finally:
     if milter is not None:
@@ -172,6 +208,8 @@ finally:
         milter.wait()
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
+    if cluster is not None:
+        cluster.stop()
 PY
 }
 
@@ -181,9 +219,10 @@ declare -A rate cpu
 declare -a order
 for spec in "a-no-milter:none" "b-noop-milter-tcp-fix:noop" "b0-noop-milter-stock:stock" \
     "b1-rewriting-milter:rewrite" "b2-storing-milter:store" "c-zivmilter:zivmilter" \
+    "cp-zivmilter-postgresql:zivmilter-pg" \
     "d-100-notifications:fanout100" "e-split-3-recipients:fanout3"; do
     name=${spec%%:*}
-    if [[ ${spec#*:} == @(zivmilter|fanout*) && -z "${ZIVMILTER_BENCH_CMD:-}" ]]; then
+    if [[ ${spec#*:} == @(zivmilter|zivmilter-pg|fanout*) && -z "${ZIVMILTER_BENCH_CMD:-}" ]]; then
         echo "  $name: skipped (set ZIVMILTER_BENCH_CMD to a command serving zivmilter)" >&2
         continue
     fi
@@ -232,4 +271,8 @@ for spec in "${order[@]}"; do
         "$FANOUT_MESSAGES" "${cpu[$name]}"
 done
 echo "milter ms/msg: the milter's CPU time (user + system) per message, start-up included"
-echo "targets for (c): >= 0.60 vs (a) and >= 0.90 vs (b); for (d): < 0.8 s from DATA to 250"
+if [[ -n "${rate[cp-zivmilter-postgresql]:-}" && -n "${rate[c-zivmilter]:-}" ]]; then
+    echo "cp vs c (PostgreSQL vs SQLite backend): $(ratio "${rate[cp-zivmilter-postgresql]}" "${rate[c-zivmilter]}")"
+fi
+echo "targets for (c): >= 0.60 vs (a) and >= 0.90 vs (b); for (d): < 0.8 s from DATA to 250;"
+echo "for (cp): >= 0.80 vs (c)"

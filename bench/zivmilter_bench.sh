@@ -2,13 +2,19 @@
 # Case (c) of bench/throughput.sh: the real `zivmilter run`, securing every message.
 # Every message to $ZIVMILTER_BENCH_RCPT gets a notification (email verification): the milter
 # encrypts it into a fresh SQLite store (durable before accept) and rewrites the transaction.
+# Case (cp) sets ZIVMILTER_BENCH_BACKEND=postgresql and ZIVMILTER_BENCH_DSN (a fresh, migrated
+# database of a private cluster; its password comes from PGPASSFILE): the same, on PostgreSQL.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 dir=${ZIVMILTER_BENCH_DIR:?}
+store="{path: $dir/store, key_file: $dir/store.key}"
+if [[ ${ZIVMILTER_BENCH_BACKEND:-sqlite} == postgresql ]]; then
+    store="{backend: postgresql, dsn: \"${ZIVMILTER_BENCH_DSN:?}\", path: $dir/store, key_file: $dir/store.key}"
+fi
 cat >"$dir/zivmilter.yaml" <<YAML
 organization: {name: Bench, domains: [sender.test]}
 milter: {socket: "${ZIVMILTER_BENCH_SOCKET:?}"}
-store: {path: $dir/store, key_file: $dir/store.key}
+store: $store
 reinject: {host: 127.0.0.1, port: ${ZIVMILTER_BENCH_REINJECT_PORT:?}}
 portal: {base_url: "https://secure.sender.test/"}
 submission: {any_address_of_own_domains: true, spf: false}

@@ -107,6 +107,29 @@ def test_maintenance(tmp_path: Path) -> None:
         assert len(mta.received) == 1
 
 
+def test_a_run_while_another_holds_the_housekeeping_lock_does_nothing(tmp_path: Path) -> None:
+    """Two runs at once (the timer on two nodes): the second sees the lock taken, says so and
+    hands nothing over, so the MTA never gets a reply twice; the next run does the work."""
+    site = _site(tmp_path)
+    with contextlib.closing(site.open_store(ago=3600)) as store:
+        saved = store.save_message(
+            NewMessage("alice@hospital.example", "s", b"Subject: s\r\n\r\nx\r\n", [site.rcpt])
+        )
+        recipient = store.find_recipient_by_token(saved.tokens["bob@partner.example"])
+        assert recipient is not None
+        store.save_reply(recipient.id, b"Subject: Re: s\r\n\r\nthanks\r\n")
+    with Sink("127.0.0.1", site.port) as mta:
+        with contextlib.closing(site.open_store()) as other, other.housekeeping_lock() as held:
+            assert held
+            second = maintenance(site.cfg)
+        assert second.returncode == 0, second.stderr
+        assert "another maintenance run holds the housekeeping lock" in second.stdout
+        assert mta.received == []
+        after = maintenance(site.cfg)
+        assert "replies handed to the MTA: 1" in after.stdout
+        assert len(mta.wait_for(1)) == 1
+
+
 def test_a_reply_the_mta_refuses_for_good_is_reported_once(tmp_path: Path) -> None:
     """A 5xx is final: retrying the same reply every hour cannot help and would keep the
     maintenance timer failing forever. It is reported once, recorded, and left alone."""

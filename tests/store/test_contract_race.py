@@ -16,10 +16,14 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.harness.postfix import free_port
+from tests.harness.sink import Sink
 from tests.store.common import Clock, _lock_after_five
 from tests.store.conftest import backend_params
 from tests.store.test_contract_otp import Backend
 from zivmilter import defaults
+from zivmilter.delivery.reinject import SmtpReinjector
+from zivmilter.delivery.replies import resend_replies
 from zivmilter.store import NewMessage, NewRecipient, Store
 
 RACERS = 8
@@ -130,3 +134,49 @@ def test_two_maintenance_runs_at_once_expire_each_message_once(
         events = [e.event for e in store.events(mid)]
         assert events.count("revoked") == 1
     assert store.purge_expired() == 0
+
+
+def test_the_housekeeping_lock_is_held_by_one_handle_at_a_time(
+    store: Store, backend: Backend
+) -> None:
+    """What another node's maintenance run sees: refused at once while one holds the lock,
+    granted as soon as it is let go (and after a run that failed inside it)."""
+    with closing(backend.open()) as other:
+        with store.housekeeping_lock() as first:
+            assert first
+            with other.housekeeping_lock() as second:
+                assert not second
+        with other.housekeeping_lock() as second:
+            assert second
+        with pytest.raises(RuntimeError), store.housekeeping_lock() as again:
+            assert again
+            raise RuntimeError("a run that fails")
+        with other.housekeeping_lock() as after:
+            assert after
+
+
+def test_maintenance_runs_at_once_hand_each_reply_over_once(store: Store, backend: Backend) -> None:
+    """Four runs at once, on handles of their own (as on four nodes), each handing the unsent
+    replies over under the housekeeping lock: the MTA gets every reply exactly once."""
+    mids = [message(store, f"r{n}@example.org") for n in range(6)]
+    for n, mid in enumerate(mids):
+        (rec,) = store.recipients(mid)
+        store.save_reply(rec.id, f"Subject: reply {n}\r\n\r\nthanks {n}\r\n".encode())
+    port = free_port()
+
+    def run(s: Store) -> int:
+        with s.housekeeping_lock() as ours:
+            if not ours:
+                return 0
+            mailer = SmtpReinjector("127.0.0.1", port, 10.0)
+            done = resend_replies(
+                s, mailer, "portal@hospital.example", older_than=0, retry_refused=False
+            )
+            return done.sent
+
+    with Sink("127.0.0.1", port) as mta:
+        sent = together(backend, [run] * 4)
+        assert sum(sent) == len(mids)
+        bodies = sorted(r.message()["Subject"] for r in mta.received)
+    assert bodies == sorted(f"reply {n}" for n in range(6))
+    assert store.unsent_replies() == []

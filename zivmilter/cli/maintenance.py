@@ -6,7 +6,8 @@ systemd timer): revoke expired messages, remove blob files a crash left without 
 hand the MTA the secure replies it did not take when they were written (a reply it refuses for
 good, 5xx, is reported once and not offered again, unless `--retry-refused` asks for it after
 the cause, for example the re-injection listener's own restrictions, is mended), and finish the
-erasure of revoked data keys that a reader kept in the write-ahead log.
+erasure of revoked data keys that a reader kept in the write-ahead log. One run at a time, on
+every node of a store (the store's housekeeping lock): a second run at once does nothing.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ def _resend_replies(
 
 def cmd_maintenance(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    with contextlib.closing(open_store(cfg)) as store:
+    with contextlib.closing(open_store(cfg)) as store, store.housekeeping_lock() as ours:
+        if not ours:  # on this node or another: that run hands each reply over, not this one
+            print("another maintenance run holds the housekeeping lock: nothing done")
+            return 0
         # Replies first: one written before its message expires still gets its chance.
         sent, failed, refused = _resend_replies(cfg, store, args.retry_refused)
         expired = store.purge_expired()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import BinaryIO, Protocol
 
@@ -230,7 +231,16 @@ class AuditLog(Protocol):
 
 class Housekeeping(Protocol):
     """What `zivmilter maintenance` runs besides expiry: blob files a crash left behind, and
-    the erasure of what revocations destroyed."""
+    the erasure of what revocations destroyed; and the lock that makes it one run at a time."""
+
+    def housekeeping_lock(self) -> AbstractContextManager[bool]:
+        """Hold the store's housekeeping lock while the block runs: True when this handle got
+        it, so that no other maintenance run, in this process, on this node or another, gets it
+        until the block ends; False at once when another run holds it (never waits: that run
+        does the work). Maintenance hands unsent replies over inside it, so two runs at once
+        never hand one reply over twice (PostgreSQL: pg_try_advisory_lock on a session of its
+        own; SQLite: flock on a lock file in the store folder)."""
+        ...
 
     def sweep_orphans(self, older_than: float = 3600.0) -> int: ...
     def finish_erasure(self, wait: float = defaults.STORE_CHECKPOINT_WAIT) -> bool:

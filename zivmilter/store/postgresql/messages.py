@@ -8,8 +8,10 @@ expiry's maintenance run rewrites that small table so the deleted keys leave its
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import psycopg
@@ -20,7 +22,7 @@ from zivmilter.errors import StoreError
 from zivmilter.store.blobs import EncryptedContent
 from zivmilter.store.postgresql.connection import Cursor, audit, dt, dt_or_none, ts
 from zivmilter.store.postgresql.contents import ContentsMixin, insert_blob
-from zivmilter.store.postgresql.schema import MAINTENANCE_LOCK
+from zivmilter.store.postgresql.schema import HOUSEKEEPING_LOCK, MAINTENANCE_LOCK
 from zivmilter.store.records import (
     MessageRecord,
     NewMessage,
@@ -484,6 +486,28 @@ class MessagesMixin(ContentsMixin):
         run does it). `wait` is SQLite's; here the rewrite's own lock timeout bounds it. Copies
         in WAL archives, replicas and backups age out with them (README "Several nodes")."""
         return self.shred_keys()
+
+    @contextlib.contextmanager
+    def housekeeping_lock(self) -> Iterator[bool]:
+        """True while this handle holds the housekeeping lock, False when another run (on any
+        node) holds it; see `Housekeeping`.
+
+        Locking: pg_try_advisory_lock on a session of its own, outside the pool, held until the
+        block ends (closing the session releases it, so a run that dies leaves no lock behind;
+        a session the server loses releases it too: keep the run shorter than tcp timeouts)."""
+        from zivmilter.store.postgresql.connection import connect
+
+        conn = connect(self._dsn, self._passfile, autocommit=True)
+        try:
+            try:
+                row = conn.execute(
+                    "SELECT pg_try_advisory_lock(%s)", (HOUSEKEEPING_LOCK,)
+                ).fetchone()
+            except psycopg.Error as exc:
+                raise StoreError(f"store database: the housekeeping lock: {exc}") from exc
+            yield bool(row and row[0])
+        finally:
+            conn.close()
 
     def _live(self, message_id: str, cur: Cursor | None = None) -> bool:
         """Whether the message exists and is not revoked; inside a transaction (`cur`), its row

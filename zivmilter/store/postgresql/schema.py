@@ -21,9 +21,10 @@ import psycopg
 from zivmilter.errors import StoreError
 from zivmilter.store.postgresql.connection import connect, describe
 
-# pg_advisory_xact_lock keys of zivmilter (any bigint; named here so they never collide).
+# Advisory lock keys of zivmilter (any bigint; named here so they never collide).
 MIGRATION_LOCK = 0x7A69_7601
-MAINTENANCE_LOCK = 0x7A69_7602
+MAINTENANCE_LOCK = 0x7A69_7602  # the key table's rewrite (messages.py shred_keys)
+HOUSEKEEPING_LOCK = 0x7A69_7603  # one `zivmilter maintenance` run at a time (housekeeping_lock)
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: sqlite/schema.py versions 1-7

@@ -19,6 +19,7 @@ messages that arrived while the previous commit was on its way to the disk.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
@@ -32,6 +33,9 @@ from zivmilter.errors import StoreError
 from zivmilter.store.blobs import BLOB_DIR, BlobStore
 from zivmilter.store.sealing import Sealing
 from zivmilter.store.sqlite.schema import DB_NAME, migrate
+
+# The housekeeping lock's file, in the store folder (flock: see `housekeeping_lock`).
+HOUSEKEEPING_LOCK = "housekeeping.lock"
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -121,6 +125,30 @@ class SqliteBase:
                 restore = int(defaults.STORE_BUSY_TIMEOUT * 1000)
                 self._conn.execute(f"PRAGMA busy_timeout = {restore}")
         return int(busy) == 0
+
+    @contextlib.contextmanager
+    def housekeeping_lock(self) -> Iterator[bool]:
+        """True while this handle holds the housekeeping lock, False when another run holds
+        it; see `Housekeeping`.
+
+        Locking: flock on a file of its own in the store folder, not a transaction: an exclusive
+        transaction held through maintenance's SMTP hand-overs would stall every save of the
+        milter behind it. flock (unlike SQLite's POSIX locks) belongs to one open file, so two
+        handles in one process exclude each other too, and the kernel drops it when the process
+        dies."""
+        try:
+            fd = os.open(os.path.join(self._path, HOUSEKEEPING_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"{self._path}: the housekeeping lock: {exc}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
 
     def _commit_grouped(self, write: Callable[[sqlite3.Cursor], None]) -> None:
         """Run `write` in a transaction, committed durably before this returns; concurrent
