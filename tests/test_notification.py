@@ -6,6 +6,7 @@ import email
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
+from html.parser import HTMLParser
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from zivmilter.mail import notification
 from zivmilter.mail.notification import (
     NOTIFICATION_HEADER,
     Verification,
+    draft_notification,
     language_for,
     mask_phone,
     notification_for,
@@ -527,3 +529,59 @@ def test_no_header_value_breaks_the_header_block(fields: list[tuple[str, str]]) 
     assert parsed.get_content_type() == "multipart/alternative"
     assert parsed[NOTIFICATION_HEADER] == "1"
     assert "Bcc" not in parsed and "X-Injected" not in parsed
+
+
+class _Text(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.words: list[str] = []
+        self.images: list[dict[str, str | None]] = []
+
+    def handle_data(self, data: str) -> None:
+        self.words.append(data)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.images.append(dict(attrs))
+        if tag in ("br", "p"):
+            self.words.append(" ")
+
+
+# the one line of each plain part that the HTML part says with its button instead
+_LINK_INTRO = {"en": "Open it with your personal link:", "nl": "Open het met uw persoonlijke link:"}
+
+
+@pytest.mark.parametrize("language", sorted(defaults.LANGUAGES))
+@pytest.mark.parametrize(
+    "verification",
+    [
+        Verification("email"),
+        Verification("sms", phone=PHONE),
+        Verification("access_code", hint="the name of our cat"),
+        Verification("account"),
+    ],
+)
+def test_html_part_has_a_language_alt_texts_and_says_what_the_plain_part_says(
+    language: str, verification: Verification
+) -> None:
+    """Accessibility (WCAG 3.1.1, 1.1.1) and the same words for those who read either part; its
+    contrast and reflow are checked in Chromium (tests/integration/test_portal_a11y.py)."""
+    draft = draft_notification(
+        original(), recipient="bob@example.net", link=LINK, verification=verification,
+        language=language, subject_mode="show", org_domain="example.org", org_name="Example",
+    )  # fmt: skip
+    msg = BytesParser(policy=policy.default).parsebytes(draft.wire())
+    assert isinstance(msg, EmailMessage)
+    html_part, plain_part = msg.get_body(("html",)), msg.get_body(("plain",))
+    assert html_part is not None and plain_part is not None
+    html = html_part.get_content()
+    assert f'<html lang="{language}">' in html
+    parsed = _Text()
+    parsed.feed(html)
+    assert all(img.get("alt") for img in parsed.images)
+    shown = " ".join("".join(parsed.words).split())
+    plain = plain_part.get_content().replace(_LINK_INTRO[language], "")
+    for line in plain.splitlines():
+        words = " ".join(line.split())
+        if words and words != "--":
+            assert words in shown, (words, shown)

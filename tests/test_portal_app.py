@@ -290,6 +290,43 @@ def test_access_code_wrong_then_right_then_remembered(env: Env) -> None:
     assert events.count("verify-failed") == 1 and "verified" in events and "opened" in events
 
 
+def test_states_have_their_own_titles_and_errors_name_their_field(env: Env) -> None:
+    """A screen reader user hears the page title first, and from the field what is wrong with
+    it (WCAG 2.4.2, 3.3.1): the asking, wrong and locked pages differ in title; the wrong code
+    marks the code field invalid and points it at the error."""
+    _, tokens = env.save([code_rcpt("bob@example.net"), rcpt("s@example.org", "email")])
+
+    def title(html: str) -> str:
+        found = re.search(r"<title>(.*?)</title>", html, re.S)
+        assert found is not None
+        return found.group(1)
+
+    def code_field(html: str) -> str:
+        found = re.search(r'<input id="code"[^>]*>', html)
+        assert found is not None
+        return found.group(0)
+
+    with env.client() as client:
+        here = open_link(client, tokens["bob@example.net"])
+        asking = client.get(here).text
+        assert "aria-invalid" not in code_field(asking)
+        token = csrf(asking, "verify")
+        wrong = client.post(here + "verify", data={"csrf": token, "code": "x"}).text
+        assert 'aria-invalid="true" aria-describedby="error"' in code_field(wrong)
+        assert 'id="error"' in wrong
+        for _ in range(defaults.LOCKOUT_AFTER - 1):
+            locked = client.post(here + "verify", data={"csrf": token, "code": "x"}).text
+        assert 'id="locked"' in locked
+        emailed = open_link(client, tokens["s@example.org"])
+        page = client.get(emailed).text
+        sent = client.post(emailed + "send", data={"csrf": csrf(page, "send")}).text
+        assert 'id="notice"' in sent and 'autocomplete="one-time-code"' in code_field(sent)
+    titles = [title(p) for p in (asking, wrong, locked, sent)]
+    assert len(set(titles)) == 4, titles
+    assert titles[1].startswith("Error: ") and titles[2].startswith("Locked: ")
+    assert titles[3].startswith("Code sent: ")
+
+
 def test_reloading_after_a_wrong_code_does_not_send_it_again(env: Env) -> None:
     # The answer's response is a redirect to the link's page (POST/redirect/GET): a reload
     # shows the same "not right" page and counts nothing more against the recipient.
@@ -322,6 +359,12 @@ def test_lockout_after_repeated_wrong_codes_grows(env: Env) -> None:
             assert attempt("wrong").status_code == 401
         locked = attempt("wrong")
         assert locked.status_code == 429 and 'id="locked"' in locked.text
+        assert "try again in 2 minutes." in locked.text  # not "minute(s)"
+        env.clock.t += 30
+        nl = client.get(here + "?lang=nl")
+        assert "probeer het over 1 minuut opnieuw" in nl.text  # not "minuut/minuten"
+        assert "try again in 1 minute." in client.get(here + "?lang=en").text
+        env.clock.t -= 30
         assert attempt(CODE).status_code == 429, "the right code does not open a locked link"
         rec = env.store.recipient(rid)
         assert rec is not None and rec.locked_until is not None
@@ -329,7 +372,8 @@ def test_lockout_after_repeated_wrong_codes_grows(env: Env) -> None:
         assert first_lock == defaults.LOCKOUT_BASE_SECONDS
         env.clock.t += first_lock + 1
         for _ in range(defaults.LOCKOUT_AFTER):
-            attempt("wrong")
+            again = attempt("wrong")
+        assert "try again in 3 minutes." in again.text
         rec = env.store.recipient(rid)
         assert rec is not None and rec.locked_until is not None
         assert rec.locked_until.timestamp() - env.clock.t == 2 * defaults.LOCKOUT_BASE_SECONDS

@@ -26,7 +26,7 @@ from zivmilter import defaults
 from zivmilter.core.config import Config
 from zivmilter.delivery.reinject import Reinjector
 from zivmilter.mail.notification import language_for
-from zivmilter.portal.i18n import LANGUAGE_NAMES, texts
+from zivmilter.portal.i18n import LANGUAGE_NAMES, minutes, texts
 from zivmilter.portal.security import (
     Pass,
     PortalKeys,
@@ -228,6 +228,7 @@ def _templates() -> jinja2.Environment:
     )
     templates.filters["filesize"] = _filesize
     templates.filters["when"] = _when
+    templates.filters["minutes"] = lambda n, language: minutes(language, int(n))
     return templates
 
 

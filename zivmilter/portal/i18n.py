@@ -37,8 +37,18 @@ _EN: dict[str, str] = {
     "sign_in": "Sign in",
     "verify_why": "Only the intended recipient can open this message. Your link is personal: "
     "do not share it.",
-    "locked_text": "Too many wrong attempts. This link is locked; try again in {minutes} "
-    "minute(s).",
+    "locked_text": "Too many wrong attempts. This link is locked; try again in {minutes}.",
+    # {minutes} of the lock texts: a count with its word in the right number (`minutes`)
+    "minutes_one": "1 minute",
+    "minutes_other": "{n} minutes",
+    # a page's title names its state too, so that a screen reader tells the states apart:
+    # "<state>: <page title>" (base.html)
+    "title_error": "Error",
+    "title_locked": "Locked",
+    "title_notice": "Done",
+    "title_code_sent": "Code sent",
+    "title_note_replied": "Reply sent",
+    "title_note_reply_later": "Reply saved",
     "note_code_sent": "A code is on its way: enter it below.",
     "note_replied": "Your reply was sent securely.",
     "note_reply_later": (
@@ -164,7 +174,15 @@ _NL: dict[str, str] = {
     "verify_why": "Alleen de bedoelde ontvanger kan dit bericht openen. Uw link is persoonlijk: "
     "deel hem niet.",
     "locked_text": "Te veel onjuiste pogingen. Deze link is geblokkeerd; probeer het over "
-    "{minutes} minuut/minuten opnieuw.",
+    "{minutes} opnieuw.",
+    "minutes_one": "1 minuut",
+    "minutes_other": "{n} minuten",
+    "title_error": "Fout",
+    "title_locked": "Geblokkeerd",
+    "title_notice": "Gelukt",
+    "title_code_sent": "Code verstuurd",
+    "title_note_replied": "Antwoord verstuurd",
+    "title_note_reply_later": "Antwoord bewaard",
     "note_code_sent": "Er is een code onderweg: vul hem hieronder in.",
     "note_replied": "Uw antwoord is beveiligd verstuurd.",
     "note_reply_later": (
@@ -266,6 +284,12 @@ _CATALOGUE: dict[str, dict[str, str]] = {"en": {**_EN, **SENT_EN}, "nl": {**_NL,
 def texts(language: str) -> Mapping[str, str]:
     """The texts of one language (English for an unknown one)."""
     return _CATALOGUE.get(language, _EN)
+
+
+def minutes(language: str, n: int) -> str:
+    """`n` minutes in words of `language`, singular or plural as the number asks."""
+    t = texts(language)
+    return t["minutes_one"] if n == 1 else t["minutes_other"].format(n=n)
 
 
 def catalogue() -> Mapping[str, Mapping[str, str]]:

@@ -62,8 +62,7 @@ SENT_EN: dict[str, str] = {
     "err_sent_expiry_bad": "That is not a date and time.",
     "err_sent_expiry_refused": "This message has no open secure link left, so it cannot expire.",
     "err_sent_wrong": "The address, the password or the authenticator code is not right.",
-    "err_sent_locked": "Too many wrong attempts. Sign-in is locked; try again in {minutes} "
-    "minute(s).",
+    "err_sent_locked": "Too many wrong attempts. Sign-in is locked; try again in {minutes}.",
     "err_sent_password_short": "Choose a password of at least {length} characters.",
     "err_sent_password_differs": "The two passwords differ.",
     "sent_invite_title": "Set up your sign-in",
@@ -144,7 +143,7 @@ SENT_NL: dict[str, str] = {
     "verlopen.",
     "err_sent_wrong": "Het adres, het wachtwoord of de authenticator-code klopt niet.",
     "err_sent_locked": "Te veel foute pogingen. Inloggen is geblokkeerd; probeer het over "
-    "{minutes} minuut/minuten opnieuw.",
+    "{minutes} opnieuw.",
     "err_sent_password_short": "Kies een wachtwoord van minstens {length} tekens.",
     "err_sent_password_differs": "De twee wachtwoorden verschillen.",
     "sent_invite_title": "Uw inlog instellen",

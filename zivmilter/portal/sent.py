@@ -30,6 +30,7 @@ from zivmilter.core.addresses import normalize_address
 from zivmilter.errors import MessageError
 from zivmilter.portal import accounts, verify
 from zivmilter.portal.context import Portal, timestamp, trusted_markup
+from zivmilter.portal.i18n import minutes
 from zivmilter.portal.pages import link_token, small_form
 from zivmilter.portal.security import Pass, Stage, enrolment_secret
 from zivmilter.store import LinkState, MessageRecord, RecipientRecord
@@ -172,9 +173,9 @@ class SentPages:
         refused = request.query_params.get("refused")
         if error is None and refused == "wrong":
             error, status = "sent_wrong", 401
-        elif error is None and refused and refused.isdigit():
-            error, status, fmt = "sent_locked", 429, {"minutes": refused}
         lang = portal.language(request)
+        if error is None and refused and refused.isdigit():
+            error, status, fmt = "sent_locked", 429, {"minutes": minutes(lang, int(refused))}
         response = portal.page(
             request, "sent_signin.html",
             {"csrf_signin": portal.csrf(p, "signin"), "error": error, "fmt": fmt},
