@@ -83,6 +83,9 @@ class Kek:
     # Mixed into access-code hashes (`hash_secret(..., pepper=)`): a stolen database alone
     # does not let anyone try codes against them.
     pepper: bytes
+    # Names the key in what it wraps and seals (`key_id`), so that a store can say which KEK
+    # each wrapped key depends on; not secret, and says nothing about the key.
+    id: bytes = b""
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Kek:
@@ -92,10 +95,20 @@ class Kek:
             _hkdf(raw, b"zivmilter/kek/wrap/v1"),
             _hkdf(raw, b"zivmilter/kek/fields/v1"),
             _hkdf(raw, b"zivmilter/kek/secret-pepper/v1"),
+            key_id(raw),
         )
 
     def __repr__(self) -> str:  # never print key material into a log or a traceback
         return "Kek(<secret>)"
+
+
+KEY_ID_BYTES = 8
+
+
+def key_id(raw: bytes) -> bytes:
+    """A KEK's fingerprint: 8 bytes of HKDF under a label of its own (one-way; it names the key
+    in `status --keys` and in wrapped keys, and cannot be turned back into any subkey)."""
+    return _hkdf(raw, b"zivmilter/kek/key-id/v1")[:KEY_ID_BYTES]
 
 
 def keygen(path: str) -> None:
@@ -343,17 +356,21 @@ class DecryptingReader(io.RawIOBase):
 # Hashed secrets
 
 
-def hash_secret(secret: str, pepper: bytes | None = None) -> str:
+def hash_secret(secret: str, pepper: bytes | None = None, pepper_id: bytes = b"") -> str:
     """A salted scrypt hash of a low-entropy secret (access code), self-describing.
 
     With a `pepper` (the KEK's, for access codes) scrypt hashes HMAC-SHA256(pepper, secret),
     marked `scrypt-hmac`: without the KEK, a copy of the database gives nothing to guess
-    against. Plain `scrypt` hashes (written before, and sender passwords) still verify."""
+    against; with a `pepper_id` (the KEK's `key_id`) the scheme names it, `scrypt-hmac:HEX`, so
+    that a store knows which KEK a hash depends on. Plain `scrypt` hashes (written before, and
+    sender passwords) still verify."""
     n, r, p = defaults.SCRYPT_N, defaults.SCRYPT_R, defaults.SCRYPT_P
     salt = secrets.token_bytes(16)
     scheme, material = _SCRYPT, secret.encode("utf-8")
     if pepper is not None:
         scheme, material = _SCRYPT_HMAC, hmac.digest(pepper, material, "sha256")
+        if pepper_id:
+            scheme += ":" + pepper_id.hex()
     digest = Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(material)
     return f"{scheme}${n}${r}${p}${_b64(salt)}${_b64(digest)}"
 
@@ -364,6 +381,7 @@ def verify_secret(stored: str, secret: str, pepper: bytes | None = None) -> bool
     A peppered hash never matches without its pepper."""
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
+        scheme = scheme.split(":", 1)[0]
         if scheme not in (_SCRYPT, _SCRYPT_HMAC):
             raise ValueError(scheme)
         want = _unb64(digest)
@@ -377,6 +395,18 @@ def verify_secret(stored: str, secret: str, pepper: bytes | None = None) -> bool
         material = hmac.digest(pepper, material, "sha256")
     got = kdf.derive(material)
     return hmac.compare_digest(got, want)
+
+
+def pepper_id(stored: str) -> bytes | None:
+    """The key id a `hash_secret` value names (`scrypt-hmac:HEX$...`); None when it names none."""
+    scheme = stored.split("$", 1)[0]
+    _, sep, hexid = scheme.partition(":")
+    if not sep:
+        return None
+    try:
+        return bytes.fromhex(hexid)
+    except ValueError:
+        raise StoreError("a stored secret hash is malformed (damaged store?)") from None
 
 
 _SCRYPT = "scrypt"  # scrypt(secret)

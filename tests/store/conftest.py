@@ -22,17 +22,25 @@ from zivmilter.store import SqliteStore, Store
 INTEGRATION = {"postgresql", "postgresql-chunks"}
 
 
-def _sqlite(path: Path, kek: bytes, clock: Clock, inline_max: int) -> SqliteStore:
-    return SqliteStore.open(str(path / "store"), kek, now=clock, inline_max=inline_max)
+def _sqlite(
+    path: Path, kek: bytes, clock: Clock, inline_max: int, previous: tuple[bytes, ...] = ()
+) -> SqliteStore:
+    return SqliteStore.open(
+        str(path / "store"), kek, previous=previous, now=clock, inline_max=inline_max
+    )
 
 
-def _postgresql(path: Path, kek: bytes, clock: Clock, inline_max: int) -> Store:
+def _postgresql(
+    path: Path, kek: bytes, clock: Clock, inline_max: int, previous: tuple[bytes, ...] = ()
+) -> Store:
     from tests.harness.postgres import shared_cluster
     from zivmilter.store.postgresql import PostgresStore
 
     # One database per test (per tmp_path): every handle a test opens reaches the same one.
     dsn = shared_cluster().database_for(path)
-    return PostgresStore.open(dsn, kek, now=clock, inline_max=inline_max, pool_size=12)
+    return PostgresStore.open(
+        dsn, kek, previous=previous, now=clock, inline_max=inline_max, pool_size=12
+    )
 
 
 # SQLite with the variants it must pass in: contents kept in its rows (the default for mail up
@@ -43,12 +51,13 @@ SQLITE: dict[str, Callable[[Path, bytes, Clock], SqliteStore]] = {
 }
 
 # Every backend the contract suite runs against. A factory opens one more store object on the
-# same database each time it is called (as another process would). PostgreSQL keeps contents in
-# their rows or in `blob_chunks`.
-BACKENDS: dict[str, Callable[[Path, bytes, Clock], Store]] = {
-    **SQLITE,
-    "postgresql": lambda p, k, c: _postgresql(p, k, c, defaults.STORE_INLINE_MAX),
-    "postgresql-chunks": lambda p, k, c: _postgresql(p, k, c, 0),
+# same database each time it is called (as another process would), `previous=` the older keys
+# of its key ring. PostgreSQL keeps contents in their rows or in `blob_chunks`.
+BACKENDS: dict[str, Callable[..., Store]] = {
+    "sqlite-inline": lambda p, k, c, **kw: _sqlite(p, k, c, defaults.STORE_INLINE_MAX, **kw),
+    "sqlite-files": lambda p, k, c, **kw: _sqlite(p, k, c, 0, **kw),
+    "postgresql": lambda p, k, c, **kw: _postgresql(p, k, c, defaults.STORE_INLINE_MAX, **kw),
+    "postgresql-chunks": lambda p, k, c, **kw: _postgresql(p, k, c, 0, **kw),
 }
 
 
@@ -98,12 +107,12 @@ def st(backend: str, tmp_path: Path, kek: bytes, clock: Clock) -> Iterator[Store
 def reopen(
     backend: str, tmp_path: Path, kek: bytes, clock: Clock
 ) -> Iterator[Callable[..., Store]]:
-    """Opens another store object on `st`'s database (`kek=` another key to try); each is
-    closed after the test."""
+    """Opens another store object on `st`'s database (`kek=` another key to try, `previous=`
+    older keys it also reads); each is closed after the test."""
     opened: list[Store] = []
 
-    def open_again(*, kek: bytes = kek) -> Store:
-        s = BACKENDS[backend](tmp_path, kek, clock)
+    def open_again(*, kek: bytes = kek, previous: tuple[bytes, ...] = ()) -> Store:
+        s = BACKENDS[backend](tmp_path, kek, clock, previous=previous)
         opened.append(s)
         return s
 

@@ -201,6 +201,14 @@ def _recipient_status(store: Store, message: MessageRecord, r: RecipientRecord) 
 
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
+    if args.keys:  # `status --keys`: what depends on which key (cli/keys.py)
+        if args.message_id:
+            raise MessageError("status: give a MESSAGE-ID or --keys, not both")
+        from zivmilter.cli.keys import key_status
+
+        return key_status(cfg, args.json)
+    if not args.message_id:
+        raise MessageError("status: give the MESSAGE-ID (or --keys)")
     store = open_store(cfg)
     try:
         found = _messages(store, args.message_id)
@@ -300,8 +308,16 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--config", required=True, metavar="FILE")
     p.set_defaults(handler=cmd_revoke)
 
-    p = sub.add_parser("status", help="read status of a message, per recipient")
-    p.add_argument("message_id", metavar="MESSAGE-ID", help="Message-ID header or store id")
+    p = sub.add_parser(
+        "status", help="read status of a message, per recipient; or what depends on which key"
+    )
+    p.add_argument(
+        "message_id", nargs="?", metavar="MESSAGE-ID", help="Message-ID header or store id"
+    )
+    p.add_argument(
+        "--keys", action="store_true",
+        help="instead: what each key-encryption key protects (exit 1 while an old one is needed)",
+    )  # fmt: skip
     p.add_argument("--config", required=True, metavar="FILE")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_status)

@@ -277,6 +277,9 @@ class StoreConfig:
     backend: Literal["sqlite", "postgresql"] = "sqlite"
     path: str = field(default=defaults.STORE_PATH, metadata={"path": True})  # sqlite
     key_file: str = field(default=defaults.STORE_KEY_FILE, metadata={"path": True})
+    # During a key rotation: the older key files the store still reads (never writes with);
+    # `zivmilter status --keys` says when one can go (README "Key rotation")
+    previous_key_files: tuple[str, ...] = field(default=(), metadata={"path": True})
     # postgresql: a libpq connection string or URI without a password; the password comes
     # from password_file (a libpq passfile) or else PGPASSFILE / ~/.pgpass
     dsn: str = field(default="", metadata=_check(_dsn))
@@ -288,6 +291,10 @@ class StoreConfig:
             raise _FieldProblem("dsn", "required with backend postgresql")
         if self.backend == "sqlite" and self.dsn:
             raise _FieldProblem("dsn", "only for backend postgresql (backend is sqlite)")
+        if self.key_file in self.previous_key_files:
+            raise _FieldProblem("previous_key_files", "names store.key_file, the current key")
+        if len(set(self.previous_key_files)) != len(self.previous_key_files):
+            raise _FieldProblem("previous_key_files", "names a key file twice")
 
 
 @dataclass(frozen=True)
@@ -538,7 +545,10 @@ def _convert(tp: Any, value: Any, key: str, base_dir: str | None, meta: Mapping[
             return ()
         if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
             raise _Invalid(key, f"expected a list, got {_describe(value)}")
-        return tuple(_convert(args[0], v, f"{key}[{i}]", base_dir, {}) for i, v in enumerate(value))
+        each = {"path": True} if meta.get("path") else {}  # a list of paths: each one resolved
+        return tuple(
+            _convert(args[0], v, f"{key}[{i}]", base_dir, each) for i, v in enumerate(value)
+        )
     if origin is dict:
         if value is None:
             return {}

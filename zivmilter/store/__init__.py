@@ -28,6 +28,7 @@ from zivmilter.store.interfaces import (
     HandoverStore,
     Housekeeping,
     IddList,
+    KeyRotation,
     MessageStore,
     ReplyStore,
     SenderStore,
@@ -42,6 +43,7 @@ from zivmilter.store.records import (
     ContactEntry,
     Delivery,
     Handover,
+    KeyUsage,
     LinkState,
     MessageRecord,
     NewMessage,
@@ -69,6 +71,8 @@ def open_store(cfg: Config) -> Store:
     cannot be created or the store opened (PostgreSQL: unreachable, or its schema older than
     this zivmilter). The one place that picks the backend."""
     kek = crypto.load_kek(cfg.store.key_file)
+    # During a key rotation (README "Key rotation") the store also reads what older keys wrapped.
+    previous = [crypto.load_kek(path) for path in cfg.store.previous_key_files]
     if cfg.store.backend == "postgresql":
         try:
             from zivmilter.store.postgresql import PostgresStore
@@ -79,6 +83,7 @@ def open_store(cfg: Config) -> Store:
         return PostgresStore.open(
             cfg.store.dsn,
             kek,
+            previous=previous,
             passfile=cfg.store.password_file,
             pool_size=cfg.store.pool_size,
             local_path=cfg.store.path,
@@ -87,7 +92,7 @@ def open_store(cfg: Config) -> Store:
         os.makedirs(cfg.store.path, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"{cfg.store.path}: cannot create the store folder: {exc}") from None
-    return SqliteStore.open(cfg.store.path, kek)
+    return SqliteStore.open(cfg.store.path, kek, previous=previous)
 
 
 __all__ = [
@@ -110,6 +115,8 @@ __all__ = [
     "HandoverStore",
     "Housekeeping",
     "IddList",
+    "KeyRotation",
+    "KeyUsage",
     "LinkState",
     "MessageRecord",
     "MessageStore",

@@ -25,6 +25,7 @@ from zivmilter.store.records import (
     AuditEvent,
     ContactEntry,
     Handover,
+    KeyUsage,
     LinkState,
     MessageRecord,
     NewMessage,
@@ -250,7 +251,22 @@ class Housekeeping(Protocol):
         ...
 
 
+class KeyRotation(Protocol):
+    """Key rotation (`zivmilter rekey`, `status --keys`; store/rekey.py): the store is opened
+    with a key ring, the current KEK and the previous ones it still reads."""
+
+    def key_usage(self) -> KeyUsage:
+        """What depends on which KEK of the ring."""
+        ...
+
+    def rekey_batch(self, limit: int) -> int:
+        """Rewrap (or re-seal) up to `limit` values not under the current KEK, in one
+        transaction; how many, 0 when nothing is left to rewrite. Safe while others write."""
+        ...
+
+
 class Store(
+    KeyRotation,
     MessageStore,
     HandoverStore,
     AttachmentStore,

@@ -5,7 +5,7 @@ aggregate uses which."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import BinaryIO, Literal
@@ -331,3 +331,17 @@ def address_key(address: str) -> str | None:
         return normalize_address(address)
     except MessageError:
         return None
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    """What depends on which key-encryption key (`zivmilter status --keys`): ids in hex."""
+
+    current: str  # the id of store.key_file's KEK
+    ring: tuple[str, ...]  # every KEK the store was opened with, the current one first
+    # kind ("message keys", ...) -> KEK id -> values; '' = a KEK not in the ring, or none named
+    counts: Mapping[str, Mapping[str, int]]
+
+    def depending_on_others(self) -> int:
+        """Values not under the current KEK: 0 when every previous key file can be retired."""
+        return sum(n for per in self.counts.values() for k, n in per.items() if k != self.current)

@@ -18,7 +18,10 @@ seal/unseal and key wrapping; the SQL modules hold sealed bytes and keys, never 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from zivmilter import crypto
+from zivmilter.errors import StoreError
 
 
 class DataKey:
@@ -93,59 +96,162 @@ class DataKey:
 
 
 class Sealing:
-    """The KEK's side: data keys wrapped and unwrapped, and what it seals itself."""
+    """The KEK's side: data keys wrapped and unwrapped, and what it seals itself.
 
-    __slots__ = ("_kek",)
+    A key ring: the current KEK (`store.key_file`) wraps and seals everything new; the previous
+    ones (`store.previous_key_files`, during a rotation) only open what they wrapped. Every wrapped
+    key and KEK-sealed field starts with `_TAG` and the id of the KEK that made it, so it opens
+    under that key directly and a store can count what still depends on each key (`key_of`);
+    values written before key ids (untagged) are tried under every key of the ring.
+    """
 
-    def __init__(self, kek: crypto.Kek) -> None:
+    __slots__ = ("_by_id", "_kek", "_ring")
+
+    def __init__(self, kek: crypto.Kek, previous: Sequence[crypto.Kek] = ()) -> None:
         self._kek = kek
+        self._ring = (kek, *(k for k in previous if k.id != kek.id))
+        self._by_id = {k.id: k for k in self._ring}
 
     @classmethod
-    def from_bytes(cls, kek: bytes) -> Sealing:
+    def from_bytes(cls, kek: bytes, previous: Sequence[bytes] = ()) -> Sealing:
         """From `crypto.load_kek`'s bytes (KeyFileError when they are not a KEK)."""
-        return cls(crypto.Kek.from_bytes(kek))
+        return cls(crypto.Kek.from_bytes(kek), [crypto.Kek.from_bytes(p) for p in previous])
 
     def __repr__(self) -> str:
         return "Sealing(<kek>)"
 
+    @property
+    def key_id(self) -> bytes:
+        """The current KEK's id: what everything new is wrapped and sealed under."""
+        return self._kek.id
+
+    @property
+    def key_ids(self) -> tuple[bytes, ...]:
+        """The ids of every KEK of the ring, the current one first."""
+        return tuple(k.id for k in self._ring)
+
     def new_data_key(self) -> DataKey:
         """A fresh data key, wrapped for its row."""
         raw = crypto.new_data_key()
-        return DataKey(raw, crypto.wrap_data_key(self._kek, raw))
+        return DataKey(raw, self._wrap(raw))
 
     def data_key(self, wrapped: bytes) -> DataKey:
-        """A row's data key (StoreError when the KEK is not the one that wrapped it)."""
-        return DataKey(crypto.unwrap_data_key(self._kek, wrapped), wrapped)
+        """A row's data key (StoreError when no KEK of the ring wrapped it)."""
+        return DataKey(self._unwrap(wrapped), wrapped)
+
+    def rewrap(self, wrapped: bytes) -> bytes:
+        """The same data key wrapped under the current KEK (`zivmilter rekey`)."""
+        return self._wrap(self._unwrap(wrapped))
+
+    def _wrap(self, raw: bytes) -> bytes:
+        return _TAG + self._kek.id + crypto.wrap_data_key(self._kek, raw)
+
+    def _unwrap(self, wrapped: bytes) -> bytes:
+        kid = key_of(wrapped)
+        if kid is not None and len(wrapped) == _WRAPPED_TAGGED:
+            kek = self._by_id.get(kid)
+            if kek is None:
+                raise StoreError(_missing(kid))
+            return crypto.unwrap_data_key(kek, wrapped[_HEAD:])
+        return _first(lambda k: crypto.unwrap_data_key(k, wrapped), self._ring)
+
+    def _seal(self, plain: bytes, context: str) -> bytes:
+        return _TAG + self._kek.id + crypto.seal(self._kek.field_key, plain, context)
+
+    def _unseal(self, sealed: bytes, context: str) -> bytes:
+        kid = key_of(sealed)
+        kek = self._by_id.get(kid) if kid is not None else None
+        if kek is not None:
+            try:
+                return crypto.unseal(kek.field_key, sealed[_HEAD:], context)
+            except StoreError:
+                pass  # a value from before key ids whose first bytes look like a tag: see below
+        try:
+            return _first(lambda k: crypto.unseal(k.field_key, sealed, context), self._ring)
+        except StoreError:
+            if kid is not None and kek is None:
+                raise StoreError(_missing(kid)) from None
+            raise
 
     # -- sealed with the KEK's field key: no message's key, not destroyed by a revocation --
 
     def seal_totp(self, address: str, secret: bytes) -> bytes:
-        return crypto.seal(self._kek.field_key, secret, _totp(address))
+        return self._seal(secret, _totp(address))
 
     def unseal_totp(self, address: str, sealed: bytes) -> bytes:
-        return crypto.unseal(self._kek.field_key, sealed, _totp(address))
+        return self._unseal(sealed, _totp(address))
+
+    def reseal_totp(self, address: str, sealed: bytes) -> bytes:
+        return self._seal(self._unseal(sealed, _totp(address)), _totp(address))
 
     def seal_contact_sms(self, address: str, sms: str) -> bytes:
-        return crypto.seal(self._kek.field_key, sms.encode(), _contact_sms(address))
+        return self._seal(sms.encode(), _contact_sms(address))
 
     def unseal_contact_sms(self, address: str, sealed: bytes) -> str:
-        return crypto.unseal(self._kek.field_key, sealed, _contact_sms(address)).decode()
+        return self._unseal(sealed, _contact_sms(address)).decode()
+
+    def reseal_contact_sms(self, address: str, sealed: bytes) -> bytes:
+        return self._seal(self._unseal(sealed, _contact_sms(address)), _contact_sms(address))
 
     # -- access codes: hashed with the KEK's pepper ---------------------------------------
 
     def hash_access_code(self, code: str) -> str:
-        return crypto.hash_secret(code, pepper=self._kek.pepper)
+        return crypto.hash_secret(code, pepper=self._kek.pepper, pepper_id=self._kek.id)
 
     def access_code_matches(self, stored_hash: str, code: str) -> bool:
         """Also true for a hash written before the pepper (plain scrypt); StoreError when the
-        stored hash is malformed."""
-        return crypto.verify_secret(stored_hash, code, pepper=self._kek.pepper)
+        stored hash is malformed, or peppered by a KEK no longer in the ring (a hash cannot be
+        re-peppered without the code: it depends on its KEK until its message ends)."""
+        kid = crypto.pepper_id(stored_hash)
+        if kid is not None:
+            kek = self._by_id.get(kid)
+            if kek is None:
+                raise StoreError(_missing(kid))
+            return crypto.verify_secret(stored_hash, code, pepper=kek.pepper)
+        # Written before key ids: peppered by whichever KEK was current then.
+        return any(crypto.verify_secret(stored_hash, code, pepper=k.pepper) for k in self._ring)
 
     def seal_otp(self, recipient_id: int, secret: bytes) -> bytes:
-        return crypto.seal(self._kek.field_key, secret, _otp(recipient_id))
+        return self._seal(secret, _otp(recipient_id))
 
     def unseal_otp(self, recipient_id: int, sealed: bytes) -> bytes:
-        return crypto.unseal(self._kek.field_key, sealed, _otp(recipient_id))
+        return self._unseal(sealed, _otp(recipient_id))
+
+    def reseal_otp(self, recipient_id: int, sealed: bytes) -> bytes:
+        return self._seal(self._unseal(sealed, _otp(recipient_id)), _otp(recipient_id))
+
+
+# A wrapped key or KEK-sealed value that names its KEK: _TAG || key id (8 bytes) || the rest.
+_TAG = b"\x01"
+_HEAD = len(_TAG) + crypto.KEY_ID_BYTES
+_WRAPPED_TAGGED = _HEAD + crypto.KEY_BYTES + 8  # AES-KW adds 8 bytes
+
+
+def key_of(value: bytes) -> bytes | None:
+    """The id of the KEK a wrapped key or KEK-sealed field names; None when it names none."""
+    if len(value) > _HEAD and value[:1] == _TAG:
+        return value[1:_HEAD]
+    return None
+
+
+def _missing(kid: bytes) -> str:
+    return (
+        f"wrong key-encryption key: this was stored under key {kid.hex()}, which is neither"
+        " store.key_file nor one of store.previous_key_files (was a key retired too early?)"
+    )
+
+
+def _first(attempt: Callable[[crypto.Kek], bytes], ring: Sequence[crypto.Kek]) -> bytes:
+    """The first KEK of the ring under which `attempt` succeeds (AES-KW and AES-GCM check
+    integrity: a wrong key fails, it never yields wrong bytes); the last error otherwise."""
+    error: StoreError | None = None
+    for kek in ring:
+        try:
+            return attempt(kek)
+        except StoreError as exc:
+            error = exc
+    assert error is not None
+    raise error
 
 
 # Encryption contexts: "<table>.<column>:<row>". Never change one: what was sealed with it would

@@ -16,7 +16,7 @@ whose schema is older than this zivmilter is refused with a message naming that 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import psycopg
 
@@ -29,6 +29,7 @@ from zivmilter.store.postgresql.blobs import PgBlobStore
 from zivmilter.store.postgresql.connection import describe, open_pool
 from zivmilter.store.postgresql.contacts import ContactsMixin, IddMixin
 from zivmilter.store.postgresql.handovers import HandoversMixin
+from zivmilter.store.postgresql.keys import KeysMixin
 from zivmilter.store.postgresql.links import LinksMixin
 from zivmilter.store.postgresql.replies import RepliesMixin
 from zivmilter.store.postgresql.schema import SCHEMA_VERSION, check_version, migrate_database
@@ -37,6 +38,7 @@ from zivmilter.store.sealing import Sealing
 
 
 class PostgresStore(
+    KeysMixin,
     LinksMixin,
     SendersMixin,
     HandoversMixin,
@@ -55,6 +57,7 @@ class PostgresStore(
         dsn: str,
         kek: bytes,
         *,
+        previous: Sequence[bytes] = (),
         passfile: str | None = None,
         pool_size: int = defaults.STORE_POOL_SIZE,
         now: Callable[[], float] = time.time,
@@ -66,7 +69,7 @@ class PostgresStore(
         `crypto.load_kek`. StoreError when the database is unreachable or its schema is not
         this zivmilter's (`zivmilter store migrate` upgrades it). `local_path` is this node's
         `store.path`, whose free space `free_bytes` reports (the store keeps nothing there)."""
-        sealing = Sealing.from_bytes(kek)
+        sealing = Sealing.from_bytes(kek, previous)
         pool = open_pool(dsn, passfile, pool_size)
         try:
             with pool.connection() as conn, conn.cursor() as cur:

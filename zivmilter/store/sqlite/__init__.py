@@ -15,7 +15,7 @@ base; the sealing (sealing.py) and the blob files (blobs.py) are shared.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from zivmilter import defaults
 from zivmilter.store.blobs import FileBlobStore
@@ -26,6 +26,7 @@ from zivmilter.store.sqlite.audit import AuditMixin
 from zivmilter.store.sqlite.connection import connect
 from zivmilter.store.sqlite.contacts import ContactsMixin, IddMixin
 from zivmilter.store.sqlite.handovers import HandoversMixin
+from zivmilter.store.sqlite.keys import KeysMixin
 from zivmilter.store.sqlite.links import LinksMixin
 from zivmilter.store.sqlite.replies import RepliesMixin
 from zivmilter.store.sqlite.schema import DB_NAME, SCHEMA_VERSION
@@ -33,6 +34,7 @@ from zivmilter.store.sqlite.senders import SendersMixin
 
 
 class SqliteStore(
+    KeysMixin,
     LinksMixin,
     SendersMixin,
     HandoversMixin,
@@ -51,13 +53,14 @@ class SqliteStore(
         path: str,
         kek: bytes,
         *,
+        previous: Sequence[bytes] = (),
         now: Callable[[], float] = time.time,
         inline_max: int = defaults.STORE_INLINE_MAX,
     ) -> SqliteStore:
         """Open (creating if needed) the store in folder `path`; `kek` from `crypto.load_kek`.
 
         Contents up to `inline_max` bytes are kept in the database, larger ones in blob files."""
-        sealing = Sealing.from_bytes(kek)
+        sealing = Sealing.from_bytes(kek, previous)
         conn = connect(path)
         store = cls(path, sealing, conn, FileBlobStore(path), now, inline_max)
         store._check_kek()

@@ -1,0 +1,118 @@
+"""Key rotation, for both backends: what depends on which KEK, and rewriting it batch by batch.
+
+What a KEK protects lives in a few columns: wrapped data keys (messages, large attachments) and
+what its field key seals (authenticator secrets, contact-book numbers, one-time code secrets);
+each value names the KEK that made it (sealing.py `key_of`). A batch rewrites up to `limit`
+values not under the current KEK, each with a compare-and-set (`... WHERE col = old`), so a
+revocation or a new code written meanwhile is never undone; rows written meanwhile are already
+under the current KEK (the daemons write with the ring's current key). Access-code hashes are
+only counted: a hash cannot be re-peppered without its code, so one depends on its KEK until
+its message is revoked or expires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from zivmilter import crypto
+from zivmilter.errors import StoreError
+from zivmilter.store.records import KeyUsage
+from zivmilter.store.sealing import Sealing, key_of
+
+
+class _Cursor(Protocol):
+    def execute(self, sql: Any, params: Any = ..., /) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of values under a KEK: its table, the row key, and how to renew a value."""
+
+    kind: str  # as `status --keys` names it
+    table: str
+    key: str
+    column: str
+    renew: Callable[[Sealing, Any, bytes], bytes] | None  # None: counted, never rewritten
+
+
+def columns(message_keys: tuple[str, str]) -> tuple[Column, ...]:
+    """The columns of a backend whose wrapped message keys are in `message_keys` (table, key)."""
+    table, key = message_keys
+    return (
+        Column("message keys", table, key, "wrapped_key", lambda s, _k, v: s.rewrap(v)),
+        Column("attachment keys", "attachments", "id", "wrapped_key", lambda s, _k, v: s.rewrap(v)),
+        Column(
+            "authenticator secrets", "accounts", "address", "totp_secret",
+            lambda s, k, v: s.reseal_totp(str(k), v),
+        ),
+        Column(
+            "contact numbers", "contacts", "address", "sms",
+            lambda s, k, v: s.reseal_contact_sms(str(k), v),
+        ),
+        Column(
+            "one-time code secrets", "recipients", "id", "otp_secret",
+            lambda s, k, v: s.reseal_otp(int(k), v),
+        ),
+        Column("access codes", "recipients", "id", "access_code_hash", None),
+    )  # fmt: skip
+
+
+def usage(cur: _Cursor, sealing: Sealing, cols: tuple[Column, ...]) -> KeyUsage:
+    """How many values of each kind each KEK protects; '' for a KEK not in the ring (or a value
+    written before key ids, which names none)."""
+    ring = set(sealing.key_ids)
+    counts: dict[str, dict[str, int]] = {}
+    for col in cols:
+        per = counts.setdefault(col.kind, {})
+        rows = cur.execute(
+            f"SELECT {col.column} FROM {col.table} WHERE {col.column} IS NOT NULL"
+        ).fetchall()
+        for (value,) in rows:
+            if col.renew is None:
+                if not str(value).startswith("scrypt-hmac"):
+                    continue  # plain scrypt: no KEK in it
+                kid = crypto.pepper_id(str(value))
+            else:
+                kid = key_of(bytes(value))
+            name = kid.hex() if kid is not None and kid in ring else ""
+            per[name] = per.get(name, 0) + 1
+    return KeyUsage(sealing.key_id.hex(), tuple(k.hex() for k in sealing.key_ids), counts)
+
+
+def rekey_batch(
+    cur: _Cursor, sealing: Sealing, cols: tuple[Column, ...], limit: int, param: str
+) -> int:
+    """Rewrite up to `limit` values not under the current KEK (`param`: the backend's
+    placeholder); how many were rewritten, 0 when none is left."""
+    head = b"\x01" + sealing.key_id
+    done = 0
+    for col in cols:
+        if col.renew is None or done >= limit:
+            continue
+        rows = cur.execute(
+            f"SELECT {col.key}, {col.column} FROM {col.table}"
+            f" WHERE {col.column} IS NOT NULL AND {_prefix(col.column, param)} <> {param}"
+            f" LIMIT {int(limit - done)}",
+            (head,),
+        ).fetchall()
+        for key, value in rows:
+            old = bytes(value)
+            try:
+                new = col.renew(sealing, key, old)
+            except StoreError as exc:
+                raise StoreError(f"{col.table}.{col.column} of {key}: {exc}") from None
+            cur.execute(
+                f"UPDATE {col.table} SET {col.column} = {param}"
+                f" WHERE {col.key} = {param} AND {col.column} = {param}",
+                (new, key, old),
+            )
+            done += 1
+    return done
+
+
+def _prefix(column: str, param: str) -> str:
+    if param == "?":  # SQLite
+        return f"substr({column}, 1, 9)"
+    return f"substring({column} from 1 for 9)"
