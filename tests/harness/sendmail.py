@@ -209,6 +209,13 @@ class SendmailInstance:
             (etc / f"{name}.cf").write_bytes(built.stdout)
         return etc / "sendmail.cf"
 
+    def build_cf(self, directory: Path) -> Path:
+        """Only build the configuration in `directory` (etc/sendmail.cf, with m4 as an admin
+        does) and start nothing: `zivmilter doctor --sendmail-config` reads it."""
+        directory.mkdir(mode=0o755)
+        self.directory = directory
+        return self._write_config()
+
     # --- life cycle ------------------------------------------------------------------------
 
     def start(self) -> SendmailInstance:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.harness import sendmail
 from tests.harness.dns import AUTH_ADDRESS, RESOLVER_ADDRESS, TestDns, Zone, shared_dns
 from tests.harness.postfix import REPO, PostfixInstance, free_port
 from tests.harness.zivmilter import ZivmilterProcess, attach
@@ -93,9 +94,13 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes]) -> None:
             time.sleep(0.1)
 
 
-def doctor(config: Path, postfix_dir: Path, *, as_json: bool = True) -> tuple[int, Any]:
+def doctor(
+    config: Path, postfix_dir: Path, *, as_json: bool = True, sendmail_cf: Path | None = None
+) -> tuple[int, Any]:
     cmd = [sys.executable, "-m", "zivmilter", "doctor", "--config", str(config)]
     cmd += ["--postfix-config", str(postfix_dir), "--dnssec-name", SIGNED]
+    if sendmail_cf is not None:
+        cmd += ["--sendmail-config", str(sendmail_cf)]
     if as_json:
         cmd.append("--json")
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -255,6 +260,83 @@ def _reinject_milters(s: Setup) -> None:
     )
 
 
+# A DKIM signer beside zivmilter (issue 23): the order check reads settings only, so a signer
+# socket named in main.cf/master.cf is enough (tests/integration/test_dkim_e2e.py runs OpenDKIM).
+SIGNER = "inet:127.0.0.1:8891"
+SHIPPED_OVERRIDE = (
+    "-o receive_override_options=no_unknown_recipient_checks,no_address_mappings,no_milters"
+)
+
+
+def replies_name(s: Setup) -> str:
+    return f"127.0.0.1:{s.live.pf.replies_port}"
+
+
+def with_signer(
+    s: Setup,
+    *,
+    first: bool = False,
+    reinject: bool = True,
+    replies: bool = True,
+    no_milters: bool = False,
+) -> None:
+    """The README's DKIM wiring, then each keyword breaks one part of it."""
+    ours = f"inet:127.0.0.1:{s.live.milter_port}"
+    order = f"{SIGNER}, {ours}" if first else f"{ours}, {SIGNER}"
+    s.postconf(f"smtpd_milters = {order}")
+    s.postconf(f"non_smtpd_milters = {ours}, {SIGNER}")
+    if reinject:
+        name = reinject_name(s)
+        s.edit_master(service_lines(name, "-o smtpd_milters=", f"-o smtpd_milters={SIGNER}"))
+        if not no_milters:
+            kept = SHIPPED_OVERRIDE.removesuffix(",no_milters")
+            s.edit_master(service_lines(name, SHIPPED_OVERRIDE, kept))
+    if replies:
+        name = replies_name(s)
+        s.edit_master(service_lines(name, "-o smtpd_milters=", f"-o smtpd_milters={SIGNER}"))
+
+
+@fault("DKIM signer wired as the README says", set(), lambda s: "")
+def _signer_right(s: Setup) -> None:
+    with_signer(s)
+
+
+@fault(
+    "DKIM signer listed before zivmilter",
+    {"dkim-order"},
+    lambda s: f"-e 'smtpd_milters = inet:127.0.0.1:{s.live.milter_port}, {SIGNER}'",
+)
+def _signer_first(s: Setup) -> None:
+    with_signer(s, first=True)
+
+
+@fault(
+    "re-injection listener left without the signer",
+    {"dkim-reinject"},
+    lambda s: f"under {reinject_name(s)}: -o smtpd_milters={SIGNER}",
+)
+def _signer_not_on_reinject(s: Setup) -> None:
+    with_signer(s, reinject=False)
+
+
+@fault(
+    "no_milters left on the re-injection listener with a signer",
+    {"dkim-reinject"},
+    lambda s: "-o receive_override_options=no_unknown_recipient_checks,no_address_mappings ",
+)
+def _signer_switched_off(s: Setup) -> None:
+    with_signer(s, no_milters=True)
+
+
+@fault(
+    "replies listener without the signer",
+    {"dkim-replies"},
+    lambda s: f"under {replies_name(s)}: -o smtpd_milters={SIGNER}",
+)
+def _signer_not_on_replies(s: Setup) -> None:
+    with_signer(s, replies=False)
+
+
 @fault(
     "direct-pkix routed to the plain smtp transport",
     {"route-pkix"},
@@ -361,6 +443,9 @@ def test_a_correct_installation_passes_every_check(live: Live) -> None:
         "reinject-listener",
         "reinject-no-milters",
         "reinject-accepts",
+        "dkim-order",
+        "dkim-reinject",
+        "dkim-replies",
         *(f"route-{level}" for level in LEVELS),
         *(f"reinject-route-{level}" for level in LEVELS),
         *(f"transport-{level}" for level in LEVELS),
@@ -393,6 +478,9 @@ def test_each_fault_is_found_with_its_fix(
     code, report = doctor(setup.config, setup.etc)
     found = {c["id"] for c in report["checks"] if not c["ok"]}
     assert found == failing
+    if not failing:  # a variant wired right: every check passes
+        assert code == 0 and report["ok"] is True
+        return
     assert code == 1 and report["ok"] is False
     first = next(c for c in report["checks"] if not c["ok"] and c["id"] in failing)
     fixes = " | ".join(c["fix"] for c in report["checks"] if not c["ok"])
@@ -401,3 +489,143 @@ def test_each_fault_is_found_with_its_fix(
     _, text = doctor(setup.config, setup.etc, as_json=False)
     assert re.search(rf"^✗ {re.escape(first['id'])} ", text, re.M)
     assert re.search(r"^ +fix: ", text, re.M)
+
+
+# --- Sendmail in front (issue 18): the real sendmail.cf, built by m4 from sendmail/zivmilter.mc
+# by the Sendmail harness, and the live Postfix as the relay that carries direct copies --------
+
+OPENDKIM_FILTER = "INPUT_MAIL_FILTER(`opendkim', `S=inet:8891@127.0.0.1, F=T')dnl"
+SHIPPED_ENVFROM = "`i, {auth_type}, {auth_authen}, {auth_ssf},"
+
+
+class EditedSendmail(sendmail.SendmailInstance):
+    """The harness's Sendmail configuration, with one edit of the shipped zivmilter.mc."""
+
+    def __init__(self, milter: str, edit: Callable[[str], str], extra_mc: list[str]) -> None:
+        super().__init__(milter=milter, extra_mc=extra_mc)
+        self.edit = edit
+
+    def zivmilter_mc(self) -> str:
+        text = super().zivmilter_mc()
+        edited = self.edit(text)
+        assert edited != text or self.edit is _as_shipped, "the edit changed nothing"
+        return edited
+
+
+def _as_shipped(text: str) -> str:
+    return text
+
+
+def _replace(old: str, new: str) -> Callable[[str], str]:
+    return lambda text: text.replace(old, new)
+
+
+@dataclass
+class SendmailRow:
+    edit: Callable[[str], str] = _as_shipped
+    extra_mc: tuple[str, ...] = ()
+    milter: Callable[[Live], str] = lambda live: live.z.socket
+    mta: str = "sendmail"
+
+
+SENDMAIL_ROWS: list[tuple[str, SendmailRow, set[str], Callable[[Live], str]]] = [
+    ("as shipped", SendmailRow(), set(), lambda live: ""),
+    (
+        "DKIM filter after zivmilter",
+        SendmailRow(edit=lambda text: text + OPENDKIM_FILTER + "\n"),
+        set(),
+        lambda live: "",
+    ),
+    (
+        "F=T missing",
+        SendmailRow(edit=_replace(", F=T, T=", ", T=")),
+        {"sendmail-tempfail"},
+        lambda live: f"INPUT_MAIL_FILTER(`zivmilter', `S={live.z.socket}, F=T, T=C:30s;",
+    ),
+    (
+        "{auth_authen} not passed",
+        SendmailRow(edit=_replace(" {auth_authen},", "")),
+        {"sendmail-macros"},
+        lambda live: (
+            "define(`confMILTER_MACROS_ENVFROM', "
+            "`i, {auth_type}, {auth_ssf}, {auth_author}, {mail_mailer}, {mail_host}, {mail_addr}, "
+            "{auth_authen}')dnl"
+        ),
+    ),
+    (
+        "{daemon_name} not passed",
+        SendmailRow(edit=_replace(", {daemon_name}", "")),
+        {"sendmail-macros"},
+        lambda live: (
+            "define(`confMILTER_MACROS_CONNECT', `j, _, v, {if_name}, {if_addr}, "
+            "{client_addr}, {client_name}, {daemon_name}')dnl"
+        ),
+    ),
+    (
+        "wrong socket",
+        SendmailRow(milter=lambda live: f"inet:{free_port()}@127.0.0.1"),
+        {"sendmail-socket"},
+        lambda live: f"INPUT_MAIL_FILTER(`zivmilter', `S={live.z.socket}, F=T,",
+    ),
+    (
+        "DKIM filter first",
+        SendmailRow(extra_mc=(OPENDKIM_FILTER,)),
+        {"sendmail-dkim-order"},
+        lambda live: "define(`confINPUT_MAIL_FILTERS', `zivmilter, opendkim')dnl",
+    ),
+    (
+        "milter.mta: postfix behind Sendmail",
+        SendmailRow(mta="postfix"),
+        {"milter-mta"},
+        lambda live: "set milter.mta: sendmail in zivmilter.yaml",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("row", "failing", "fix"),
+    [pytest.param(row, failing, fix, id=name) for name, row, failing, fix in SENDMAIL_ROWS],
+)
+def test_sendmail_cf_is_checked_with_the_mc_line_to_fix(
+    live: Live, tmp_path: Path, row: SendmailRow, failing: set[str], fix: Callable[[Live], str]
+) -> None:
+    if not sendmail.available():
+        pytest.skip("Sendmail is not unpacked: scripts/install")
+    tmp_path.chmod(0o755)
+    built = EditedSendmail(row.milter(live), row.edit, list(row.extra_mc))
+    cf = built.build_cf(tmp_path / "sendmail")
+    config = tmp_path / "zivmilter.yaml"
+    data = yaml.safe_load(live.z.config_file.read_text())
+    data["milter"]["mta"] = row.mta
+    config.write_text(yaml.safe_dump(data))
+
+    code, report = doctor(config, live.pf.config_dir, sendmail_cf=cf)
+    checks = {c["id"]: c for c in report["checks"]}
+    assert {i for i, c in checks.items() if not c["ok"]} == failing
+    assert code == (1 if failing else 0)
+    # Sendmail's checks, and the relay's (only the re-injection path: it runs no milter for us)
+    for expected in (
+        "milter-answers",
+        "milter-mta",
+        "sendmail-filter",
+        "sendmail-socket",
+        "sendmail-tempfail",
+        "sendmail-macros",
+        "sendmail-dkim-order",
+        "reinject-listener",
+        "reinject-no-milters",
+        "reinject-accepts",
+        *(f"reinject-route-{level}" for level in LEVELS),
+        *(f"transport-{level}" for level in LEVELS),
+        "route-header-removed",
+        "store",
+        "portal",
+    ):
+        assert expected in checks
+    for postfix_only in ("smtpd-milters", "milter-macros", "route-tls", "client-route-header"):
+        assert postfix_only not in checks
+    if failing:
+        fixes = " | ".join(checks[i]["fix"] for i in failing)
+        assert fix(live) in fixes, fixes
+        if failing != {"milter-mta"}:  # a .mc line, in the folder of that sendmail.cf
+            assert f"in {cf.parent}/" in fixes and f"make -C {cf.parent}" in fixes, fixes

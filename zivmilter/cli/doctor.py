@@ -14,6 +14,8 @@ from zivmilter.core import config as config_mod
 from zivmilter.ops.checks import Check
 from zivmilter.ops.doctor import DEFAULT_DNSSEC_NAME, DoctorOptions, run_checks
 
+DEFAULT_SENDMAIL_CF = "/etc/mail/sendmail.cf"
+
 
 def render_text(checks: list[Check]) -> str:
     width = max(len(c.id) for c in checks)
@@ -39,8 +41,14 @@ def render_json(checks: list[Check]) -> str:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
+    sendmail_cf = args.sendmail_config
+    if sendmail_cf is None and cfg.milter.mta == "sendmail":
+        sendmail_cf = DEFAULT_SENDMAIL_CF
     options = DoctorOptions(
-        postfix_dir=args.postfix_config, dnssec_name=args.dnssec_name, timeout=args.timeout
+        postfix_dir=args.postfix_config,
+        sendmail_cf=sendmail_cf,
+        dnssec_name=args.dnssec_name,
+        timeout=args.timeout,
     )
     checks = run_checks(cfg, options)
     print(render_json(checks) if args.json else render_text(checks))
@@ -48,13 +56,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    p = sub.add_parser("doctor", help="check a live installation end to end (Postfix included)")
+    p = sub.add_parser(
+        "doctor", help="check a live installation end to end (Postfix or Sendmail included)"
+    )
     p.add_argument("--config", required=True, metavar="FILE")
     p.add_argument(
         "--postfix-config",
         default="/etc/postfix",
         metavar="DIR",
-        help="Postfix's configuration folder (default: /etc/postfix)",
+        help="Postfix's configuration folder (default: /etc/postfix); with Sendmail, the relay "
+        "Postfix's that carries direct copies",
+    )
+    p.add_argument(
+        "--sendmail-config",
+        metavar="FILE",
+        help="check this built sendmail.cf, Sendmail in front (default with milter.mta: "
+        f"sendmail: {DEFAULT_SENDMAIL_CF})",
     )
     p.add_argument(
         "--dnssec-name",

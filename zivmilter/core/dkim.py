@@ -79,12 +79,14 @@ def postfix_order_problems(
     services: Mapping[str, str],
     zivmilter_socket: str,
     reinject_service: str,
+    replies_service: str | None = None,
 ) -> list[OrderProblem]:
     """What is wrong with the milter order for DKIM, from `postconf -h` values.
 
     main: smtpd_milters and non_smtpd_milters; services: `postconf -P` as {"SERVICE/TYPE/NAME":
     value}; zivmilter_socket as Postfix writes it (inet:HOST:PORT or unix:/PATH);
-    reinject_service the re-injection listener's master.cf name (HOST:PORT).
+    reinject_service the re-injection listener's master.cf name (HOST:PORT); replies_service the
+    secure replies' listener (HOST:PORT), checked for the signer when given.
     """
     problems: list[OrderProblem] = []
     signers: list[str] = []
@@ -133,4 +135,15 @@ def postfix_order_problems(
                          " off on the re-injection listener",
                          f"-o receive_override_options={kept}")
         )  # fmt: skip
+    if replies_service is not None and signers:
+        key = f"{replies_service}/inet/smtpd_milters"
+        replies = _milters(services.get(key, main.get("smtpd_milters", "")))
+        missing = [m for m in signers if m not in replies]
+        if missing:
+            others = [m for m in replies if m != zivmilter_socket]
+            problems.append(
+                OrderProblem(key, f"{', '.join(missing)} not on the replies listener: secure"
+                             " replies from the portal leave unsigned",
+                             f"-o smtpd_milters={','.join([*others, *missing])}")
+            )  # fmt: skip
     return problems

@@ -2,7 +2,7 @@
 master.cf services and their `-o` overrides) and a table lookup in, one `Check` per fact out.
 
 Nothing here runs postconf or opens a socket: doctor.py does, and hands the answers over. A new
-check (the DKIM milter's order, say) is one more function returning a `Check`.
+check is one more function returning a `Check`; sendmail.py holds Sendmail's.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from zivmilter.core import dkim
 from zivmilter.core.config import Config
 
 ROUTE_HEADER = "X-Zivmilter-Route"
@@ -178,12 +179,7 @@ def check_macros(view: PostfixView) -> Check:
 
 def reinject_service(view: PostfixView, cfg: Config) -> Service | None:
     """The master.cf inet service on reinject.host:reinject.port (or the port on all addresses)."""
-    host, port = cfg.reinject.host, str(cfg.reinject.port)
-    for name in (f"{host}:{port}", f"[{host}]:{port}", port):
-        svc = view.service(name, "inet")
-        if svc is not None:
-            return svc
-    return None
+    return _inet_service(view, cfg.reinject.host, cfg.reinject.port)
 
 
 def check_reinject_listener(view: PostfixView, cfg: Config) -> Iterator[Check]:
@@ -209,8 +205,13 @@ def check_reinject_listener(view: PostfixView, cfg: Config) -> Iterator[Check]:
     no_milters = "no_milters" in re.split(r"[\s,]+", view.param(svc, "receive_override_options"))
     lists = {p: view.param(svc, p).strip() for p in ("smtpd_milters", "non_smtpd_milters")}
     active = "; ".join(f"{k} = {v}" for k, v in lists.items() if v)
+    sock = postfix_socket(cfg.milter.socket)
+    # A DKIM signer alone belongs here (dkim-reinject); zivmilter's own socket never does.
+    ours = any(s == sock for v in lists.values() for s, _ in milter_entries(v))
     if no_milters or not active:
         yield Check("reinject-no-milters", True, f"{svc.name} runs no milter")
+    elif not ours:
+        yield Check("reinject-no-milters", True, f"{svc.name} runs no zivmilter ({active})")
     else:
         yield Check(
             "reinject-no-milters",
@@ -221,6 +222,74 @@ def check_reinject_listener(view: PostfixView, cfg: Config) -> Iterator[Check]:
             "-o smtpd_milters= -o non_smtpd_milters= -o receive_override_options="
             "no_unknown_recipient_checks,no_address_mappings,no_milters",
         )
+
+
+def check_dkim_order(view: PostfixView, cfg: Config) -> Iterator[Check]:
+    """A DKIM signer beside zivmilter signs what zivmilter wrote (issue 23, core/dkim.py): listed
+    after zivmilter, alone on the re-injection listener, and on the replies listener. Any milter
+    listed beside zivmilter counts as the signer; with none, there is nothing to order."""
+    sock = postfix_socket(cfg.milter.socket)
+    listener = reinject_service(view, cfg)
+    reinject = listener.name if listener is not None else f"{cfg.reinject.host}:{cfg.reinject.port}"
+    replies = _inet_service(view, cfg.reinject.host, cfg.reinject.replies_port)
+    services = {
+        f"{svc.name}/{svc.type}/{name}": value
+        for svc in view.services
+        for name, value in svc.overrides.items()
+    }
+    main = {p: view.main.get(p, "") for p in ("smtpd_milters", "non_smtpd_milters")}
+    signers = sorted({s for v in main.values() for s, _ in milter_entries(v) if s != sock}, key=str)
+    problems = dkim.postfix_order_problems(
+        main, services, sock, reinject, replies.name if replies is not None else None
+    )
+    found: dict[str, list[dkim.OrderProblem]] = {"order": [], "reinject": [], "replies": []}
+    for p in problems:
+        if p.parameter in main:
+            if "is not listed" not in p.problem:  # smtpd-milters/non-smtpd-milters say so
+                found["order"].append(p)
+        elif p.parameter.startswith(f"{reinject}/"):
+            if not p.problem.startswith("zivmilter runs"):  # reinject-no-milters says so
+                found["reinject"].append(p)
+        else:
+            found["replies"].append(p)
+    where = {
+        "order": "",
+        "reinject": f"in {view.config_dir}/master.cf, under {reinject}: ",
+        "replies": f"in {view.config_dir}/master.cf, under "
+        f"{replies.name if replies is not None else 'the replies listener'}: ",
+    }
+    passed = {
+        "order": f"zivmilter runs before {', '.join(signers)} in smtpd_milters and "
+        "non_smtpd_milters",
+        "reinject": f"the re-injection listener {reinject} runs the signer",
+        "replies": "the replies listener runs the signer",
+    }
+    for part in ("order", "reinject", "replies"):
+        cid = f"dkim-{part}"
+        if not signers:
+            yield Check(cid, True, "no milter beside zivmilter: no DKIM signer to wire")
+        elif not found[part]:
+            yield Check(cid, True, passed[part])
+        else:
+            yield Check(
+                cid,
+                False,
+                "; ".join(f"{p.parameter}: {p.problem}" for p in found[part]),
+                " && ".join(f"{view.postconf()} -e '{p.fix}'" for p in found[part])
+                + " (README: DKIM and DMARC)"
+                if part == "order"
+                else where[part]
+                + " ".join(p.fix for p in found[part])
+                + " (README: DKIM and DMARC)",
+            )
+
+
+def _inet_service(view: PostfixView, host: str, port: int) -> Service | None:
+    for name in (f"{host}:{port}", f"[{host}]:{port}", str(port)):
+        svc = view.service(name, "inet")
+        if svc is not None:
+            return svc
+    return None
 
 
 def _route_line(level: str) -> str:
@@ -289,6 +358,11 @@ def check_routes(view: PostfixView, cfg: Config, lookup: Lookup) -> Iterator[Che
     yield from _check_table_routes(
         view, lookup, view.main.get("milter_header_checks", ""), "milter_header_checks", "route"
     )
+    yield from check_reinject_routes(view, cfg, lookup)
+
+
+def check_reinject_routes(view: PostfixView, cfg: Config, lookup: Lookup) -> Iterator[Check]:
+    """The route header of a re-injected copy reaches the transport of its level."""
     listener = reinject_service(view, cfg)
     cleanup = view.service(view.param(listener, "cleanup_service_name") or "cleanup", "unix")
     table = view.param(cleanup, "header_checks") if listener is not None else ""
@@ -405,7 +479,20 @@ def postfix_checks(view: PostfixView, cfg: Config, lookup: Lookup) -> list[Check
         *check_milter_lists(view, cfg),
         check_macros(view),
         *check_reinject_listener(view, cfg),
+        *check_dkim_order(view, cfg),
         *check_routes(view, cfg, lookup),
         *check_transports(view),
         *check_route_header_removed(view, lookup),
+    ]
+
+
+def relay_checks(view: PostfixView, cfg: Config, lookup: Lookup) -> list[Check]:
+    """With Sendmail in front: the relay Postfix that carries every direct copy and the
+    re-injected notifications (sendmail/README.md, section 3). It runs no milter for zivmilter
+    and takes mail only on the re-injection listener, so only that path is checked."""
+    return [
+        *check_reinject_listener(view, cfg),
+        *check_reinject_routes(view, cfg, lookup),
+        *check_transports(view),
+        *(c for c in check_route_header_removed(view, lookup) if c.id == "route-header-removed"),
     ]

@@ -1,6 +1,7 @@
 """`zivmilter doctor`: gather the facts of a live installation and judge them.
 
-Postfix's settings come from postconf and its tables answer through postmap (so the checks see
+Postfix's settings (with Sendmail in front: the relay Postfix's, and sendmail.cf's text) come
+from postconf and its tables answer through postmap (so the checks see
 exactly what Postfix sees, defaults and `$name` expansion included); checks.py judges them. The
 live parts are probed here, each by a small function returning one `Check`: a milter
 negotiation on the milter socket, an SMTP dialogue (without DATA) with the re-injection listener,
@@ -23,7 +24,15 @@ from urllib.parse import urlsplit
 
 from zivmilter.core.config import Config
 from zivmilter.errors import ZivmilterError
-from zivmilter.ops.checks import Check, Lookup, PostfixView, Service, postfix_checks
+from zivmilter.ops.checks import (
+    Check,
+    Lookup,
+    PostfixView,
+    Service,
+    postfix_checks,
+    relay_checks,
+)
+from zivmilter.ops.sendmail import SendmailView, parse_sendmail_cf, sendmail_checks
 
 # main.cf parameters the checks read (postconf prints their effective values, defaults too).
 MAIN_PARAMETERS = (
@@ -61,9 +70,14 @@ class PostconfError(ZivmilterError):
     """postconf could not read the Postfix configuration (no Postfix, wrong folder)."""
 
 
+class SendmailConfigError(ZivmilterError):
+    """The sendmail.cf to check cannot be read."""
+
+
 @dataclass(frozen=True)
 class DoctorOptions:
-    postfix_dir: str = "/etc/postfix"
+    postfix_dir: str = "/etc/postfix"  # with Sendmail: the relay Postfix's
+    sendmail_cf: str | None = None  # Sendmail in front: its built sendmail.cf
     dnssec_name: str = DEFAULT_DNSSEC_NAME
     timeout: float = 5.0
 
@@ -101,6 +115,15 @@ def read_postfix(config_dir: str) -> PostfixView:
             name, type_, command = fields[0], fields[1], fields[7]
             view.append(Service(name, type_, command, found.get((name, type_), {})))
     return PostfixView(main=main, services=tuple(view), config_dir=config_dir.rstrip("/") or "/")
+
+
+def read_sendmail(path: str) -> SendmailView:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as exc:
+        raise SendmailConfigError(f"{path}: {exc.strerror}") from None
+    return parse_sendmail_cf(text, path)
 
 
 def postmap_lookup(config_dir: str) -> Lookup:
@@ -283,9 +306,14 @@ def run_checks(cfg: Config, options: DoctorOptions) -> list[Check]:
     """The whole checklist, in the order an admin fixes things."""
     view = read_postfix(options.postfix_dir)
     lookup = postmap_lookup(options.postfix_dir)
+    if options.sendmail_cf is not None:
+        sendmail = read_sendmail(options.sendmail_cf)
+        mta = [*sendmail_checks(sendmail, cfg), *relay_checks(view, cfg, lookup)]
+    else:
+        mta = postfix_checks(view, cfg, lookup)
     return [
         probe_milter(cfg, options.timeout),
-        *postfix_checks(view, cfg, lookup),
+        *mta,
         probe_reinject(cfg, options.timeout),
         check_key_file(cfg),
         check_store(cfg),
