@@ -32,6 +32,7 @@ from zivmilter.store.interfaces import (
     ReplyStore,
     SenderStore,
     Store,
+    TrustedDevices,
 )
 from zivmilter.store.records import (
     Account,
@@ -129,6 +130,7 @@ __all__ = [
     "SignInAttempt",
     "SqliteStore",
     "Store",
+    "TrustedDevices",
     "Verification",
     "open_store",
 ]
