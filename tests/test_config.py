@@ -32,6 +32,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert cfg.organization.nta7516 is False
     assert cfg.policy.transport_security_compliance is Level.NONE
     assert cfg.policy.methods.sms and cfg.policy.methods.access_code
+    assert cfg.policy.methods.remember_device_days == 0  # off unless the organization says
     assert cfg.policy.outbound_direct_delivery.domains == ()
     assert cfg.milter.socket == "unix:/run/zivmilter/zivmilter.sock"
     assert cfg.selection.mode == "all"
@@ -74,6 +75,14 @@ def test_null_compliance_means_none(tmp_path: Path) -> None:
         (
             "organization: {domains: [a.example]}\npolicy: {methods: {sms: 1}}\n",
             "policy.methods.sms: expected true or false",
+        ),
+        (
+            "organization: {domains: [a.example]}\npolicy: {methods: {remember_device_days: -1}}\n",
+            "policy.methods.remember_device_days: -1 is not 0 (off) to 400 days",
+        ),
+        (
+            "organization: {domains: [a.example]}\npolicy: {methods: {remember_device_days: x}}\n",
+            "policy.methods.remember_device_days: expected",
         ),
         (
             "organization: {domains: [a.example]}\n"

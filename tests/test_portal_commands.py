@@ -194,6 +194,38 @@ def test_contacts_list_and_forget(
     assert os.path.exists(cfg)
 
 
+def test_contacts_list_counts_remembered_browsers_and_forget_ends_them(
+    setup: tuple[Path, SqliteStore], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 25: how many browsers an address has remembered, never their tokens; `forget`
+    ends them, with or without a contact-book entry (an emailed code leaves none)."""
+    cfg, store = setup
+    store.remember_contact("carol@example.com", sms=PHONE)
+    later = time.time() + 3600
+    for n, address in enumerate(("carol@example.com", "carol@example.com", "erin@example.org")):
+        store.remember_device(address, f"{n}" * 64, later)
+    code, out, _ = run(capsys, "contacts", "list", "--config", str(cfg))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("carol@example.com\tsms +31 6•••••678\taccess code no")
+    assert lines[0].endswith("\tremembered 2 browsers")
+    assert lines[1] == (
+        "erin@example.org\tsms -\taccess code no\tlast used -\tremembered 1 browser"
+    )
+    assert "0" * 64 not in out
+    code, out, _ = run(capsys, "contacts", "forget", "erin@example.org", "--config", str(cfg))
+    assert code == 0 and out == "erin@example.org: 1 browser ended\n"
+    code, out, _ = run(capsys, "contacts", "forget", "Carol@Example.com", "--config", str(cfg))
+    assert code == 0
+    assert out == "Carol@Example.com: forgotten\nCarol@Example.com: 2 browsers ended\n"
+    assert store.devices() == {}
+    assert not store.use_device("carol@example.com", "0" * 64)
+    code, _, err = run(capsys, "contacts", "forget", "erin@example.org", "--config", str(cfg))
+    assert code == 1 and "not in the contact book" in err
+    events = [(e.event, e.recipient) for e in store.export_events()]
+    assert ("devices-ended", "carol@example.com") in events
+
+
 def test_status_shows_a_lock_only_while_it_lasts(
     setup: tuple[Path, SqliteStore], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -38,6 +38,8 @@ LARGE_ATTACHMENT_BYTES = 10 * 1024 * 1024  # SPEC 5: attachments above this beco
 # a message no larger than this is not parsed at save at all.
 STORED_PART_MIN = 1024 * 1024
 EXPIRY_DAYS = 0  # 0: notification messages do not expire
+REMEMBER_DEVICE_DAYS = 0  # 0: no "remember this browser" after an SMS or emailed code
+REMEMBER_DEVICE_MAX_DAYS = 400  # browsers cap a cookie's lifetime at 400 days
 
 # --- portal and notifications ------------------------------------------------------------
 PORTAL_BASE_URL = "https://secure.example.org/"

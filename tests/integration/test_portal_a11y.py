@@ -86,6 +86,8 @@ def world() -> Iterator[World]:
                 },
                 # the notification's language by the recipient's domain: both get checked
                 "notification": {"languages": {DUTCH_DOMAIN: "nl"}},
+                # "remember this browser" on the code-sent pages (issue 25): checked there too
+                "policy": {"methods": {"remember_device_days": 30}},
                 "sms": {
                     "backend": "webhook",
                     "webhook": {
@@ -339,6 +341,7 @@ def test_sms_code_sent_wrong_and_locked(
     page.locator("#notice").wait_for()
     world.sms.wait_for(calls + 1)
     assert page.get_attribute("#code", "autocomplete") == "one-time-code"
+    assert page.locator("#remember").count() == 1
     a.check("code-sent")
     wrong_code(page)
     assert page.get_attribute("#code", "aria-invalid") == "true"

@@ -212,6 +212,8 @@ def world() -> Iterator[World]:
                     "base_url": f"http://127.0.0.1:{port}/",
                     "listen": f"127.0.0.1:{port}",
                 },
+                # "remember this browser" offered after SMS and emailed codes (issue 25)
+                "policy": {"methods": {"remember_device_days": 30}},
                 "sms": {
                     "backend": "webhook",
                     "webhook": {
@@ -473,6 +475,82 @@ def test_email_verification_code_from_the_receiving_server(world: World, page: A
     page.locator("#text").wait_for()
     assert "EMAIL-MARKER" in page.inner_text("#text")
     shot(page, "email-3-message")
+
+
+def test_a_remembered_browser_skips_the_code_until_it_expires_or_is_forgotten(
+    world: World, page: Any
+) -> None:
+    """Issue 25 part 3: after an emailed code the recipient ticks "remember this browser";
+    later links for the same address open in that browser without a code, a second address on
+    it is still asked for its own, and the store's expiry and `contacts forget` end it."""
+    dev, other = "dev@x.example", "eve@x.example"
+
+    def notify(*rcpts: str) -> list[str]:
+        before = len(world.sink.received)
+        world.send(plain_message(", ".join(rcpts), "DEVICE-MARKER"), list(rcpts))
+        return [world.notification_link(r, before)[0] for r in rcpts]
+
+    def answer_code(address: str, before: int, remember: bool) -> None:
+        page.click("#send")
+        page.locator("#notice").wait_for()
+        mail = world.mail_for(address, before, "Your verification code").message()
+        body = mail.get_body(("plain",))
+        assert body is not None
+        (code,) = re.findall(r"\b\d{6}\b", body.get_content())
+        page.fill("#code", code)
+        if remember:
+            page.check("#remember")  # by its label's text for a screen reader too
+            assert page.get_by_label("Remember this browser for 30 days").is_checked()
+        page.click("form.verify button")
+        page.locator("#text").wait_for()
+
+    def asked_for_code(link: str) -> bool:
+        open_link(page, link)
+        page.locator("#send, #text").first.wait_for()
+        return page.locator("#send").count() == 1
+
+    before = len(world.sink.received)
+    first_dev, first_other = notify(dev, other)
+    open_link(page, first_dev)
+    answer_code(dev, before, remember=True)
+    shot(page, "device-1-remembered")
+    (cookie,) = [c for c in page.context.cookies() if c["name"].startswith("zv_d")]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert dev not in cookie["value"] and cookie["expires"] > time.time() + 29 * 24 * 3600
+
+    # A second address on the same browser: asked for its own code.
+    assert asked_for_code(first_other)
+    shot(page, "device-2-other-address-asked")
+
+    # The next message to the first address: no code, the message at once.
+    mails = len(world.sink.received)
+    (second,) = notify(dev)
+    assert not asked_for_code(second)
+    assert "DEVICE-MARKER" in page.inner_text("#text")
+    code_mails = [r for r in world.sink.received[mails:] if b"Your verification code" in r.data]
+    assert not code_mails
+    shot(page, "device-3-skipped")
+
+    # Expired in the store (its clock passed the configured days): asked again. The browser
+    # still holds the cookie; the store no longer honours it.
+    with _store(world) as store:
+        store._conn.execute(
+            "UPDATE devices SET expires_at = ? WHERE address = ?", (int(time.time()), dev)
+        )
+    before = len(world.sink.received)
+    (third,) = notify(dev)
+    assert asked_for_code(third)
+    shot(page, "device-4-expired-asked")
+    answer_code(dev, before, remember=True)  # remembered anew
+
+    listed = world.cli("contacts", "list")
+    assert f"{dev}\tsms -\taccess code no\tlast used -\tremembered 1 browser" in listed.stdout
+    assert cookie["value"].split(".")[0] not in listed.stdout
+    forgot = world.cli("contacts", "forget", dev)
+    assert forgot.returncode == 0 and f"{dev}: 1 browser ended" in forgot.stdout
+    (fourth,) = notify(dev)
+    assert asked_for_code(fourth)
+    shot(page, "device-5-forgotten-asked")
 
 
 def test_account_sign_in_enrols_an_authenticator(world: World, page: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,7 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             "bob@example.net", "recipient", password_hash="$argon2id$x", totp_secret=b"K"
         )
         st.remember_contact("carol@example.com", sms="+31612345678")
+        st.remember_device("carol@example.com", "d" * 64, time.time() + 3600)  # issue 25
         # The sender's side (issue 19): an invitation, a streak of wrong sign-ins, a receipt.
         st.add_account("alice@example.org", "sender")
         invite = st.add_invite("alice@example.org", 3600)
@@ -213,6 +215,8 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             assert st.totp_secret("bob@example.net") == b"K"
             contact = st.contact("carol@example.com")
             assert contact is not None and contact.sms == "+31612345678"
+            assert st.devices() == {"carol@example.com": 1}
+            assert st.use_device("carol@example.com", "d" * 64)
             assert st.invite_address(crypto.token_hash(invite)) == "alice@example.org"
             fifth = st.claim_sign_in("alice@example.org", _lock_after_five)
             assert fifth.admitted and fifth.locked_until is not None  # the streak came along

@@ -214,9 +214,11 @@ def test_contents_above_the_inline_limit_get_a_file(tmp_path: Path, kek: bytes) 
     s.close()
 
 
-def _undo_schemas_8_to_11(conn: sqlite3.Connection) -> None:
+def _undo_schemas_8_up(conn: sqlite3.Connection) -> None:
     """Take a database back before schema 8 (the sender's side of the portal), 9 (session
-    generations), 10 (attachments kept apart) and 11 (retries' handovers)."""
+    generations), 10 (attachments kept apart), 11 (retries' handovers) and 12 (trusted
+    devices)."""
+    conn.execute("DROP TABLE devices")  # schema 12
     conn.execute("DROP TABLE handed_copies")  # schema 11
     conn.execute("DROP TABLE handovers")
     conn.execute("DROP TABLE parts")  # schema 10
@@ -237,7 +239,7 @@ def test_a_store_of_files_is_read_after_the_upgrade(tmp_path: Path, kek: bytes) 
     old._conn.execute("ALTER TABLE blobs DROP COLUMN data")
     old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")  # schema 6
     old._conn.execute("ALTER TABLE replies DROP COLUMN refused_at")  # schema 7
-    _undo_schemas_8_to_11(old._conn)
+    _undo_schemas_8_up(old._conn)
     old.close()
     new = SqliteStore.open(path, kek)
     second = new.save_message(new_message())
@@ -273,7 +275,7 @@ def test_attachments_of_an_older_store_end_with_their_message_after_the_upgrade(
         )
     old._conn.execute("ALTER TABLE attachments DROP COLUMN wrapped_key")
     old._conn.execute("ALTER TABLE replies DROP COLUMN refused_at")
-    _undo_schemas_8_to_11(old._conn)
+    _undo_schemas_8_up(old._conn)
     old._conn.execute("UPDATE schema_version SET version = 5")
     old.close()
     new = SqliteStore.open(path, kek)

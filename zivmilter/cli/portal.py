@@ -21,7 +21,7 @@ from zivmilter import logsetup, sdnotify
 from zivmilter.core import config as config_mod
 from zivmilter.errors import ConfigError, MessageError
 from zivmilter.mail.notification import mask_phone
-from zivmilter.store import MessageRecord, RecipientRecord, Store, open_store
+from zivmilter.store import ContactEntry, MessageRecord, RecipientRecord, Store, open_store
 
 log = logging.getLogger("zivmilter.portal")
 
@@ -273,20 +273,37 @@ def cmd_contacts(args: argparse.Namespace) -> int:
         if args.action == "forget":
             if not args.address:
                 raise MessageError("contacts forget: give the ADDRESS to forget")
-            if store.forget_contact(args.address):
+            # the browsers it remembered (issue 25) end with the entry, or without one
+            forgotten = store.forget_contact(args.address)
+            ended = store.forget_devices(args.address)
+            if forgotten:
                 print(f"{args.address}: forgotten")
+            if ended:
+                print(f"{args.address}: {_browsers(ended)} ended")
+            if forgotten or ended:
                 return 0
             print(f"{args.address}: not in the contact book", file=sys.stderr)
             return 1
         entries = store.contacts()
+        devices = store.devices()
     finally:
         store.close()
-    for e in entries:
+    listed = {e.address for e in entries}
+    # addresses with remembered browsers only (an emailed code leaves no contact entry)
+    entries += [ContactEntry(a, None, False, None) for a in devices if a not in listed]
+    for e in sorted(entries, key=lambda e: e.address):
         used = _iso(e.used_at) if e.used_at else "-"
         sms = mask_phone(e.sms) if e.sms else "-"
         code = "yes" if e.access_code else "no"
-        print(f"{e.address}\tsms {sms}\taccess code {code}\tlast used {used}")
+        line = f"{e.address}\tsms {sms}\taccess code {code}\tlast used {used}"
+        if e.address in devices:
+            line += f"\tremembered {_browsers(devices[e.address])}"
+        print(line)
     return 0
+
+
+def _browsers(n: int) -> str:
+    return f"{n} browser{'' if n == 1 else 's'}"
 
 
 def _iso(value: Any) -> str:
@@ -322,7 +339,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=cmd_status)
 
-    p = sub.add_parser("contacts", help="the contact book: list, or forget an address")
+    p = sub.add_parser(
+        "contacts",
+        help="the contact book and remembered browsers: list, or forget an address",
+    )
     p.add_argument("action", choices=("list", "forget"))
     p.add_argument("address", nargs="?", metavar="ADDRESS")
     p.add_argument("--config", required=True, metavar="FILE")

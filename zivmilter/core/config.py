@@ -126,6 +126,12 @@ def _not_negative(value: int) -> int:
     return value
 
 
+def _device_days(value: int) -> int:
+    if not 0 <= value <= defaults.REMEMBER_DEVICE_MAX_DAYS:
+        raise ValueError(f"{value} is not 0 (off) to {defaults.REMEMBER_DEVICE_MAX_DAYS} days")
+    return value
+
+
 def _url(value: str) -> str:
     if not (value.startswith("https://") or value.startswith("http://")):
         raise ValueError(f"{value!r} is not an http(s) URL")
@@ -233,6 +239,11 @@ class MethodsConfig:
     access_code: bool = True
     # Interactive use only: submitted mail always keeps email verification as last resort.
     email_verification: bool = True
+    # Days a recipient's browser, once ticked after an SMS or emailed code, opens later links
+    # for the same address without a code (issue 25); 0: never offered
+    remember_device_days: int = field(
+        default=defaults.REMEMBER_DEVICE_DAYS, metadata=_check(_device_days)
+    )
 
 
 @dataclass(frozen=True)

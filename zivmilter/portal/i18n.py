@@ -31,6 +31,11 @@ _EN: dict[str, str] = {
     "send_code": "Send me a code",
     "send_again": "Send a new code",
     "code_label": "Verification code",
+    # a trusted device (issue 25): offered after an SMS or emailed code only
+    "remember_device_one": "Remember this browser for 1 day",
+    "remember_device_other": "Remember this browser for {n} days",
+    "remember_device_help": "Links for {address} then open in this browser without a code. "
+    "Do not tick this on a shared or public computer.",
     "account_intro": "Sign in with your account at {org} ({address}).",
     "password": "Password",
     "totp_label": "Code from your authenticator app",
@@ -167,6 +172,10 @@ _NL: dict[str, str] = {
     "send_code": "Stuur mij een code",
     "send_again": "Stuur een nieuwe code",
     "code_label": "Verificatiecode",
+    "remember_device_one": "Deze browser 1 dag onthouden",
+    "remember_device_other": "Deze browser {n} dagen onthouden",
+    "remember_device_help": "Links voor {address} openen dan in deze browser zonder code. "
+    "Vink dit niet aan op een gedeelde of openbare computer.",
     "account_intro": "Log in met uw account bij {org} ({address}).",
     "password": "Wachtwoord",
     "totp_label": "Code uit uw authenticator-app",

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from zivmilter import defaults, metrics
+from zivmilter.core.addresses import normalize_address
 from zivmilter.delivery.replies import Handed, hand_over_reply
 from zivmilter.errors import StoreError
 from zivmilter.mail.notification import mask_phone
@@ -41,7 +42,12 @@ from zivmilter.portal.pages import (
 from zivmilter.portal.security import (
     Stage,
     csrf_ok,
+    decode_device,
+    device_cookie_name,
+    device_digest,
+    encode_device,
     enrolment_secret,
+    new_device_token,
     seal_value,
     unseal_value,
 )
@@ -93,6 +99,8 @@ class LinkPages(GuestPages[_Ctx]):
             if self._enrolled(ctx):
                 return self._sign_in_again(request, ctx)
             return self._enrol_page(request, ctx, **refused_view(request))
+        if self._remembered(request, ctx):
+            return self._verified(ctx, "remembered browser")
         return self._verify_page(request, ctx, notice=sent_notice(request), **refused_view(request))
 
     # -- verification -----------------------------------------------------------------------
@@ -111,7 +119,7 @@ class LinkPages(GuestPages[_Ctx]):
         return self._send(request, ctx, ctx.rec, method)
 
     async def verify(self, request: Request) -> Response:
-        fields = await small_form(request, "csrf", "code", "password", "totp")
+        fields = await small_form(request, "csrf", "code", "password", "totp", "remember")
         return await run_in_threadpool(self._verify, request, fields)
 
     def _verify(self, request: Request, fields: dict[str, str]) -> Response:
@@ -135,7 +143,10 @@ class LinkPages(GuestPages[_Ctx]):
         if result.outcome is flows.Answer.ENROL:
             return self._advance(ctx, Stage.ENROL)
         if result.outcome is flows.Answer.OK:
-            return self._verified(ctx, method)
+            response = self._verified(ctx, method)
+            if fields["remember"] and self._may_remember(rec):
+                self._remember(response, rec)
+            return response
         return self._refused(request, ctx, method, result.outcome)
 
     def _verified(self, ctx: _Ctx, method: str) -> Response:
@@ -146,6 +157,43 @@ class LinkPages(GuestPages[_Ctx]):
         elif method == "access_code" and rec.access_code_hash:
             portal.store.remember_contact(rec.address, access_code_hash=rec.access_code_hash)
         return self._advance(ctx, Stage.VERIFIED)
+
+    # -- trusted devices (issue 25) -------------------------------------------------------------
+    # After an SMS or emailed code only: an access code is the sender's secret for this message
+    # (a browser must not stand in for it), and accounts have their own second factor.
+
+    def _may_remember(self, rec: RecipientRecord) -> bool:
+        return bool(self._device_days()) and rec.verification in ("sms", "email")
+
+    def _device_days(self) -> int:
+        return self.portal.cfg.policy.methods.remember_device_days
+
+    def _remember(self, response: Response, rec: RecipientRecord) -> None:
+        """Remember this browser for `rec`'s address: a new token in a cookie of its own."""
+        portal = self.portal
+        address = normalize_address(rec.address)
+        lifetime = self._device_days() * 24 * 3600
+        expires = int(portal.now()) + lifetime
+        token = new_device_token()
+        portal.store.remember_device(address, device_digest(token), expires)
+        value = encode_device(portal.keys, address, token, expires)
+        portal.set_cookie(response, device_cookie_name(portal.keys, address), value, lifetime)
+
+    def _remembered(self, request: Request, ctx: _Ctx) -> bool:
+        """This browser was remembered for the address of this link, and still is (the store
+        says so: expired and ended devices are refused there), and the link is not locked."""
+        portal, rec = self.portal, ctx.rec
+        if not self._may_remember(rec) or verify.locked(rec.locked_until, portal.now()):
+            return False
+        address = normalize_address(rec.address)
+        value = request.cookies.get(device_cookie_name(portal.keys, address))
+        token = decode_device(portal.keys, value, address, portal.now())
+        if token is None:
+            return False
+        if not portal.store.use_device(address, device_digest(token), rec.message.id):
+            return False
+        portal.store.record_verified(rec.id, "remembered browser")
+        return True
 
     async def enrol(self, request: Request) -> Response:
         fields = await small_form(request, "csrf", "secret", "totp")
@@ -487,6 +535,7 @@ class LinkPages(GuestPages[_Ctx]):
             "locked_minutes": locked_minutes,
             "code_sent": code_sent,
             "has_totp": bool(account and account.has_totp),
+            "remember_days": self._device_days() if self._may_remember(rec) else 0,
             "csrf_send": portal.csrf(ctx.p, "send"),
             "csrf_verify": portal.csrf(ctx.p, "verify"),
             "error": error,

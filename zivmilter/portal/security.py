@@ -32,6 +32,7 @@ class PortalKeys:
     csrf: bytes  # HMAC-SHA256 of CSRF tokens
     seal: bytes  # AES-256-GCM of values the portal hands to the browser to get back
     enrol: bytes  # HMAC-SHA256 that derives an enrolment's authenticator secret
+    device: bytes  # HMAC-SHA256 of trusted-device cookies and their names
 
     @classmethod
     def from_kek(cls, raw_kek: bytes) -> PortalKeys:
@@ -40,6 +41,7 @@ class PortalKeys:
             _hkdf(raw_kek, b"zivmilter/portal/csrf/v1"),
             _hkdf(raw_kek, b"zivmilter/portal/seal/v1"),
             _hkdf(raw_kek, b"zivmilter/portal/enrol/v1"),
+            _hkdf(raw_kek, b"zivmilter/portal/device/v1"),
         )
 
     def __repr__(self) -> str:
@@ -135,6 +137,57 @@ def enrolment_secret(keys: PortalKeys, p: Pass, size: int) -> bytes:
         raise ValueError("an enrolment secret is at most 32 bytes")
     info = f"{p.scope}|{p.nonce}".encode("ascii")
     return hmac.new(keys.enrol, info, hashlib.sha256).digest()[:size]
+
+
+# --- trusted devices (issue 25) -----------------------------------------------------------------
+# A browser the recipient asked to remember after an SMS or emailed code holds a random token in
+# a cookie of its own per address; the cookie's MAC binds the token to that address and its
+# expiry, and the store keeps only the token's digest (so `contacts forget` can end it).
+
+_DEVICE_VERSION = "d1"
+
+
+def device_cookie_name(keys: PortalKeys, address: str) -> str:
+    """One cookie per remembered address, named without showing the address."""
+    mac = hmac.new(keys.device, b"name|" + address.lower().encode(), hashlib.sha256).digest()
+    return "zv_d" + _b64(mac[:12])
+
+
+def new_device_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def device_digest(token: str) -> str:
+    """What the store keeps of a device token."""
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def encode_device(keys: PortalKeys, address: str, token: str, expires: int) -> str:
+    payload = f"{_DEVICE_VERSION}|{token}|{expires}"
+    return payload + "." + _b64(_device_mac(keys, payload, address))
+
+
+def decode_device(keys: PortalKeys, value: str | None, address: str, now: float) -> str | None:
+    """The token in a device cookie if it is genuine, for `address` and not expired."""
+    if not value or value.count(".") != 1:
+        return None
+    payload, mac = value.split(".")
+    try:
+        got = _unb64(mac)
+    except ValueError:
+        return None
+    if not hmac.compare_digest(got, _device_mac(keys, payload, address)):
+        return None
+    version, _, rest = payload.partition("|")
+    token, _, expires = rest.partition("|")
+    if version != _DEVICE_VERSION or not expires.isdigit() or int(expires) <= now or not token:
+        return None
+    return token
+
+
+def _device_mac(keys: PortalKeys, payload: str, address: str) -> bytes:
+    msg = f"{payload}|{address.lower()}".encode("utf-8", "replace")
+    return hmac.new(keys.device, msg, hashlib.sha256).digest()
 
 
 def seal_value(keys: PortalKeys, data: bytes, context: str) -> str:

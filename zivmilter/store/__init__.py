@@ -33,6 +33,7 @@ from zivmilter.store.interfaces import (
     ReplyStore,
     SenderStore,
     Store,
+    TrustedDevices,
 )
 from zivmilter.store.records import (
     Account,
@@ -136,6 +137,7 @@ __all__ = [
     "SignInAttempt",
     "SqliteStore",
     "Store",
+    "TrustedDevices",
     "Verification",
     "open_store",
 ]

@@ -57,6 +57,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("attachments", ("id", "message_id", "blob_id", "filename", "content_type", "token_hash",
                      "created_at", "wrapped_key")),
     ("idd_domains", ("domain", "added_at")),
+    ("devices", ("digest", "address", "created_at", "expires_at", "used_at")),
 )  # fmt: skip
 _IDENTITY = ("conversations", "recipients", "audit")  # ids that other rows refer to: kept
 _ORDER = {"replies": "created_at, id", "audit": "id"}

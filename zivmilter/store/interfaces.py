@@ -207,6 +207,25 @@ class ContactBook(Protocol):
     def forget_contact(self, address: str) -> bool: ...
 
 
+class TrustedDevices(Protocol):
+    """Browsers a recipient asked to remember after an SMS or emailed code (issue 25): a digest
+    of each browser's token and the one address it opens links of, so that they can be listed
+    and ended (`zivmilter contacts list|forget`)."""
+
+    def remember_device(self, address: str, digest: str, expires_at: float) -> None: ...
+    def use_device(self, address: str, digest: str, message_id: str | None = None) -> bool:
+        """True when `digest` is a live browser of `address` (then audited as used)."""
+        ...
+
+    def devices(self) -> dict[str, int]:
+        """Live browsers per address."""
+        ...
+
+    def forget_devices(self, address: str) -> int:
+        """End them all for `address`: how many were live."""
+        ...
+
+
 class IddList(Protocol):
     """Domains an admin listed as having inbound direct delivery (SPEC 4, rule 1)."""
 
@@ -274,6 +293,7 @@ class Store(
     AccountStore,
     SenderStore,
     ContactBook,
+    TrustedDevices,
     IddList,
     AuditLog,
     Housekeeping,

@@ -28,6 +28,7 @@ from zivmilter.store.postgresql.audit import AuditMixin
 from zivmilter.store.postgresql.blobs import PgBlobStore
 from zivmilter.store.postgresql.connection import describe, open_pool
 from zivmilter.store.postgresql.contacts import ContactsMixin, IddMixin
+from zivmilter.store.postgresql.devices import DevicesMixin
 from zivmilter.store.postgresql.handovers import HandoversMixin
 from zivmilter.store.postgresql.keys import KeysMixin
 from zivmilter.store.postgresql.links import LinksMixin
@@ -46,6 +47,7 @@ class PostgresStore(
     RepliesMixin,
     AccountsMixin,
     ContactsMixin,
+    DevicesMixin,
     IddMixin,
     AuditMixin,
 ):

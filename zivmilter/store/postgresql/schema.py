@@ -227,6 +227,19 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (message_id, copy)
     );
     """,
+    # 6: sqlite/schema.py version 12. Browsers a recipient asked to remember after an SMS or
+    # emailed code (issue 25, postgresql/devices.py); a digest of each token, never the token.
+    """
+    CREATE TABLE devices (
+        digest     TEXT PRIMARY KEY,       -- SHA-256 of the browser's token
+        address    TEXT NOT NULL,          -- normalized: the only address it opens links of
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at    BIGINT
+    );
+    CREATE INDEX devices_address ON devices (address);
+    CREATE INDEX devices_expiry ON devices (expires_at);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

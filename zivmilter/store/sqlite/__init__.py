@@ -25,6 +25,7 @@ from zivmilter.store.sqlite.attachments import AttachmentsMixin
 from zivmilter.store.sqlite.audit import AuditMixin
 from zivmilter.store.sqlite.connection import connect
 from zivmilter.store.sqlite.contacts import ContactsMixin, IddMixin
+from zivmilter.store.sqlite.devices import DevicesMixin
 from zivmilter.store.sqlite.handovers import HandoversMixin
 from zivmilter.store.sqlite.keys import KeysMixin
 from zivmilter.store.sqlite.links import LinksMixin
@@ -42,6 +43,7 @@ class SqliteStore(
     RepliesMixin,
     AccountsMixin,
     ContactsMixin,
+    DevicesMixin,
     IddMixin,
     AuditMixin,
 ):

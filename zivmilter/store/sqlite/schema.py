@@ -212,6 +212,19 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (message_id, copy)
     );
     """,
+    # 12: browsers a recipient asked to remember after an SMS or emailed code (issue 25,
+    # store/sqlite/devices.py); a digest of each browser's token, never the token
+    """
+    CREATE TABLE devices (
+        digest     TEXT PRIMARY KEY,       -- SHA-256 of the browser's token
+        address    TEXT NOT NULL,          -- normalized: the only address it opens links of
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at    INTEGER
+    );
+    CREATE INDEX devices_address ON devices (address);
+    CREATE INDEX devices_expiry ON devices (expires_at);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
