@@ -162,6 +162,21 @@ def test_services_start_and_doctor_passes_store_checks(installed: BootedRoot) ->
     )
 
 
+def test_upgrade_restarts_what_runs(installed: BootedRoot) -> None:
+    """Reinstalling runs the upgrade path: prerm upgrade, unpack, postinst configure OLD."""
+    before = installed.run("systemctl show zivmilter.service -p MainPID --value").stdout.strip()
+    installed.run("apt-get install -y -q --reinstall ./zivmilter_*.deb", timeout=600)
+    for unit in ("zivmilter.service", "zivmilter-portal.service"):
+        active = installed.run(f"systemctl is-active {unit}", check=False).stdout.strip()
+        assert active == "active", (unit, active)
+    after = installed.run("systemctl show zivmilter.service -p MainPID --value").stdout.strip()
+    assert after not in ("0", before), (before, after)
+    installed.run(
+        "test -f /opt/zivmilter/lib/python3.11/site-packages/zivmilter/__pycache__/"
+        "__init__.cpython-311.pyc"
+    )
+
+
 def test_remove_keeps_store_key_and_config(installed: BootedRoot) -> None:
     key_before = installed.run(f"sha256sum {KEY}").stdout
     installed.run("apt-get remove -y -q zivmilter", timeout=300)
