@@ -24,6 +24,7 @@ from typing import Literal
 import jinja2
 
 from zivmilter import defaults
+from zivmilter.core.branding import Brand
 from zivmilter.core.config import Config, NotificationConfig
 from zivmilter.core.message import decoded_header
 
@@ -150,8 +151,15 @@ def draft_notification(
     subject_mode: Literal["show", "neutral"],
     org_domain: str,
     org_name: str,
+    brand: Brand | None = None,
+    portal_url: str = "",
+    templates: str | None = None,
 ) -> Draft:
     """The notification for one recipient.
+
+    `brand` (the sender's unit, core/branding.py) gives the name, the logo (served by the portal
+    at `portal_url`), the colour and the texts; `templates`, a folder of the site's own
+    templates that replace the shipped ones.
 
     The original's header values are taken over as they were written (already RFC 2047-encoded)
     instead of being parsed and re-folded, which keeps them exact. Non-ASCII values are encoded
@@ -171,10 +179,11 @@ def draft_notification(
         "kind": verification.kind,
         "phone": mask_phone(verification.phone) if verification.phone else "",
         "hint": _clean(verification.hint or ""),
-        "org_name": org_name,
+        "org_name": brand.name if brand else org_name,
         "recipient": recipient,  # for templates; the copy's To/Cc stay as the sender wrote them
+        **brand_values(brand, language, portal_url),
     }
-    env = _environment()
+    env = _environment(templates)
     text = env.get_template(f"notification.{language}.txt").render(values)
     html = env.get_template(f"notification.{language}.html").render(values)
 
@@ -209,10 +218,17 @@ def draft_notification(
 
 
 def notification_for(
-    original: Message, recipient: str, token: str, verification: Verification, config: Config
+    original: Message,
+    recipient: str,
+    token: str,
+    verification: Verification,
+    config: Config,
+    sender: str | None = None,
 ) -> Draft:
     """`draft_notification` with link, language, subject mode and organization from the
-    config."""
+    config, and the brand of `sender` (the author the store keeps; else the From address)."""
+    if sender is None:
+        sender = parseaddr(decoded_header(original.get("From")))[1]
     return draft_notification(
         original,
         recipient=recipient,
@@ -222,7 +238,26 @@ def notification_for(
         subject_mode=config.notification.subject,
         org_domain=config.organization.domains[0],
         org_name=config.organization.name,
+        brand=config.brand_for(sender),
+        portal_url=config.portal.base_url,
+        templates=config.branding.templates,
     )
+
+
+def brand_values(brand: Brand | None, language: str, portal_url: str) -> dict[str, object]:
+    """What the notification's templates know of the brand: `logo_url` (absolute: the mail is
+    read elsewhere), `accent` (the button's colour), `introduction`, `footer` and `support`."""
+    if brand is None:
+        return {"logo_url": "", "accent": "#1a5fb4", "introduction": "", "footer": "",
+                "support": None}  # fmt: skip
+    logo = portal_url.rstrip("/") + brand.logo_path if brand.logo_path else ""
+    return {
+        "logo_url": logo,
+        "accent": brand.accent,
+        "introduction": brand.intro_text(language),
+        "footer": brand.footer_text(language),
+        "support": brand.support if brand.support else None,
+    }
 
 
 def portal_link(base_url: str, token: str) -> str:
@@ -320,12 +355,16 @@ def _clean(text: str) -> str:
     return _CONTROL.sub(" ", text).strip()
 
 
-@functools.lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
+@functools.lru_cache(maxsize=4)
+def _environment(folder: str | None = None) -> jinja2.Environment:
+    """The templates: the site's folder (branding.templates) first, then the shipped ones."""
+    loaders: list[jinja2.BaseLoader] = [jinja2.FileSystemLoader(str(_TEMPLATES))]
+    if folder is not None:
+        loaders.insert(0, jinja2.FileSystemLoader(folder))
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
+        loader=jinja2.ChoiceLoader(loaders),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
-        auto_reload=False,  # templates ship with the package: no stat() per message
+        auto_reload=False,  # read once per process: no stat() per message
     )
