@@ -13,12 +13,9 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from zivmilter import defaults
-
-if TYPE_CHECKING:
-    from zivmilter.core.config import BrandingConfig, SupportConfig
 
 DEFAULT_KEY = "default"  # the organization's own brand; units have their own keys
 MIN_CONTRAST = 4.5  # WCAG 2.1 AA, 1.4.3 (normal text)
@@ -211,6 +208,45 @@ class Brand:
 
     def footer_text(self, lang: str) -> str:
         return self.footer.get(lang, "")
+
+
+class SupportConfig(Protocol):
+    """What config.py's `SupportConfig` gives (config.py imports this module, not the other
+    way round)."""
+
+    @property
+    def phone(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+
+
+class Branded(Protocol):
+    """What the organization's branding and each unit have in common."""
+
+    @property
+    def logo_image(self) -> Logo | None: ...
+    @property
+    def color(self) -> str | None: ...
+    @property
+    def support(self) -> SupportConfig | None: ...
+    @property
+    def introduction(self) -> Mapping[str, str]: ...
+    @property
+    def footer(self) -> Mapping[str, str]: ...
+
+
+class UnitConfig(Branded, Protocol):
+    @property
+    def senders(self) -> tuple[str, ...]: ...
+    @property
+    def name(self) -> str: ...
+
+
+class BrandingConfig(Branded, Protocol):
+    @property
+    def units(self) -> Mapping[str, UnitConfig]: ...
 
 
 def _support(s: SupportConfig | None) -> Support | None:
