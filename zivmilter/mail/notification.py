@@ -183,9 +183,7 @@ def draft_notification(
         "recipient": recipient,  # for templates; the copy's To/Cc stay as the sender wrote them
         **brand_values(brand, language, portal_url),
     }
-    env = _environment(templates)
-    text = env.get_template(f"notification.{language}.txt").render(values)
-    html = env.get_template(f"notification.{language}.html").render(values)
+    text, html = render_texts(values, language, templates)
 
     # A random boundary of our own: the generator would otherwise compile a regex per message
     # to prove its boundary absent from the parts (128 random bits cannot collide by chance;
@@ -258,6 +256,64 @@ def brand_values(brand: Brand | None, language: str, portal_url: str) -> dict[st
         "footer": brand.footer_text(language),
         "support": brand.support if brand.support else None,
     }
+
+
+def render_texts(
+    values: dict[str, object], language: str, templates: str | None = None
+) -> tuple[str, str]:
+    """The plain-text and HTML parts of a notification (the site's templates first)."""
+    env = _environment(templates)
+    text = env.get_template(f"notification.{language}.txt").render(values)
+    html = env.get_template(f"notification.{language}.html").render(values)
+    return text, html
+
+
+SAMPLE_LINK_TOKEN = "SAMPLE-personal-link-token"
+KINDS: tuple[Kind, ...] = ("account", "sms", "access_code", "email")
+
+
+def sample_values(config: Config, brand: Brand, language: str, kind: Kind) -> dict[str, object]:
+    """A notification's template values on sample data (preview, check-config)."""
+    return {
+        "sender": "Dr. A. Example <a.example@hospital.example>",
+        "subject": "Your results",
+        "neutral": defaults.NEUTRAL_SUBJECT[language],
+        "link": portal_link(config.portal.base_url, SAMPLE_LINK_TOKEN),
+        "kind": kind,
+        "phone": "+31 6•••••321" if kind == "sms" else "",
+        "hint": "the name of your first pet" if kind == "access_code" else "",
+        "org_name": brand.name,
+        "recipient": "recipient@example.net",
+        **brand_values(brand, language, config.portal.base_url),
+    }
+
+
+def template_problems(config: Config) -> list[str]:
+    """What is wrong with the notification templates (the site's folder, else the shipped
+    ones), each rendered on sample data for every brand, language and verification: a template
+    that fails, or one without the personal link (as a link in the HTML part)."""
+    problems: list[str] = []
+    for brand in config.brands.values():
+        for language in defaults.LANGUAGES:
+            for kind in KINDS:
+                values = sample_values(config, brand, language, kind)
+                link = str(values["link"])
+                for part in ("txt", "html"):
+                    name = f"notification.{language}.{part}"
+                    try:
+                        out = _environment(config.branding.templates).get_template(name)
+                        rendered = out.render(values)
+                    except jinja2.TemplateSyntaxError as exc:
+                        return [f"{exc.filename or name}, line {exc.lineno}: {exc}"]
+                    except jinja2.TemplateError as exc:
+                        return [f"{name}: cannot be rendered ({type(exc).__name__}: {exc})"]
+                    if link in rendered if part == "txt" else f'href="{link}"' in rendered:
+                        continue
+                    what = "the link" if part == "txt" else 'a link (<a href="{{ link }}">)'
+                    problem = f"{name}: the personal link is missing: it must show {what}"
+                    if problem not in problems:
+                        problems.append(problem)
+    return problems
 
 
 def portal_link(base_url: str, token: str) -> str:

@@ -127,18 +127,7 @@ class Portal:
         status: int = 200,
         headers: Mapping[str, str] | None = None,
     ) -> HTMLResponse:
-        brand = self.brand(request)
-        values = {
-            "t": texts(lang),
-            "lang": lang,
-            "languages": LANGUAGE_NAMES,
-            "org_name": brand.name,
-            "brand": brand,
-            "root": self.root,
-            "static": self.root + "/static",
-            "here": here,
-            **context,
-        }
+        values = {**page_values(self.brand(request), lang, self.root, here), **context}
         html = self.templates.get_template(template).render(values)
         response = HTMLResponse(html, status_code=status, headers=dict(headers or {}))
         if request.query_params.get("lang") == lang:
@@ -249,6 +238,20 @@ def _templates(folder: str | None = None) -> jinja2.Environment:
     templates.filters["when"] = _when
     templates.filters["minutes"] = lambda n, language: minutes(language, int(n))
     return templates
+
+
+def page_values(brand: Brand, lang: str, root: str, here: str) -> dict[str, Any]:
+    """What every page template knows, besides its own values."""
+    return {
+        "t": texts(lang),
+        "lang": lang,
+        "languages": LANGUAGE_NAMES,
+        "org_name": brand.name,
+        "brand": brand,
+        "root": root,
+        "static": root + "/static",
+        "here": here,
+    }
 
 
 def templates_for(folder: str | None) -> jinja2.Environment:
