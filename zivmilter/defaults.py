@@ -47,6 +47,8 @@ PORTAL_LISTEN = "127.0.0.1:8025"
 LINK_TOKEN_BYTES = 24  # 192 bits from `secrets`; SPEC asks for at least 128
 NOTIFICATION_LANGUAGE = "en"
 LANGUAGES = ("en", "nl")
+# branding.logo: larger is refused at load (it is sent with every portal page and notification)
+BRAND_LOGO_MAX_BYTES = 64 * 1024
 NEUTRAL_SUBJECT = {"en": "Secure message", "nl": "Beveiligd bericht"}
 LOCKOUT_AFTER = 5  # wrong codes before a link locks
 LOCKOUT_BASE_SECONDS = 60  # doubles with each further lockout

@@ -19,7 +19,7 @@ from zivmilter.cli import runas
 from zivmilter.core import config as config_mod
 from zivmilter.core import submission
 from zivmilter.core.facts import StaticFacts, load_facts
-from zivmilter.errors import MessageError, ZivmilterError
+from zivmilter.errors import ConfigError, MessageError, ZivmilterError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -37,6 +37,7 @@ _COMMAND_MODULES = (
     "zivmilter.cli.doctor",
     "zivmilter.cli.audit",
     "zivmilter.cli.keys",
+    "zivmilter.cli.preview",
 )
 
 
@@ -122,10 +123,28 @@ def _explain_submission(
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.file)
+    _check_templates(cfg)
     print(
         f"{cfg.source}: ok ({cfg.organization.name}; domains {', '.join(cfg.organization.domains)})"
     )
     return 0
+
+
+def _check_templates(cfg: config_mod.Config) -> None:
+    """Every notification template and portal page rendered on sample data, in every brand:
+    a ConfigError names the template (branding.templates, or the shipped ones)."""
+    from zivmilter.mail.notification import template_problems
+
+    key = "branding.templates" if cfg.branding.templates else "branding"
+    problems = template_problems(cfg)
+    try:
+        from zivmilter.portal import preview
+    except ImportError:  # a slim install without the portal's web stack
+        pass
+    else:
+        problems += preview.template_problems(cfg)
+    if problems:
+        raise ConfigError(cfg.source, key, "; ".join(problems))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from zivmilter import defaults
+from zivmilter.core import branding as _branding
 from zivmilter.core.addresses import normalize_address, normalize_domain
 from zivmilter.core.content import compile_pattern
 from zivmilter.core.levels import Level
@@ -486,6 +487,97 @@ class MetricsConfig:
     textfile: str = field(default="", metadata={"path": True})
 
 
+def _per_language(values: Mapping[str, str]) -> dict[str, str]:
+    for lang in values:
+        if lang not in defaults.LANGUAGES:
+            raise ValueError(f"{lang!r} is not one of {', '.join(defaults.LANGUAGES)}")
+    return {lang: text.strip() for lang, text in values.items()}
+
+
+def _optional_url(value: str) -> str:
+    return _url(value) if value else value
+
+
+def _sender_patterns(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values:
+        raise ValueError("required: list at least one sender domain or address pattern")
+    return tuple(_branding.check_sender_pattern(v) for v in values)
+
+
+def _read_logo(path: str | None) -> _branding.Logo | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(defaults.BRAND_LOGO_MAX_BYTES + 1)
+    except OSError as exc:
+        raise _FieldProblem("logo", f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return _branding.check_logo(data)
+    except ValueError as exc:
+        raise _FieldProblem("logo", f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SupportConfig:
+    """How a recipient gets help: shown in the notification and on every portal page."""
+
+    phone: str = ""
+    url: str = field(default="", metadata=_check(_optional_url))
+    address: str = ""  # an email or postal address, shown as it is written
+
+
+@dataclass(frozen=True)
+class UnitConfig:
+    """A department or second organization on this gateway: its own name, logo and texts for
+    mail from its senders; what it leaves out comes from `branding`."""
+
+    senders: tuple[str, ...] = field(metadata=_check(_sender_patterns))
+    name: str = ""
+    logo: str | None = field(default=None, metadata={"path": True})
+    color: str | None = field(default=None, metadata=_check(_branding.check_color))
+    support: SupportConfig | None = None
+    introduction: dict[str, str] = field(default_factory=dict, metadata=_check(_per_language))
+    footer: dict[str, str] = field(default_factory=dict, metadata=_check(_per_language))
+    logo_image: _branding.Logo | None = field(
+        default=None, init=False, repr=False, compare=False, metadata={"internal": True}
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "logo_image", _read_logo(self.logo))
+
+
+@dataclass(frozen=True)
+class BrandingConfig:
+    """The organization's brand on the notification and the portal (issue 25 part 2)."""
+
+    logo: str | None = field(default=None, metadata={"path": True})  # PNG or SVG
+    # buttons, the header's accent and links; its contrast is checked
+    color: str | None = field(default=None, metadata=_check(_branding.check_color))
+    support: SupportConfig | None = None
+    # per language: a paragraph opening the notification, and its closing line
+    introduction: dict[str, str] = field(default_factory=dict, metadata=_check(_per_language))
+    footer: dict[str, str] = field(default_factory=dict, metadata=_check(_per_language))
+    # unit name -> unit; the first whose senders match a message's author is its brand
+    units: dict[str, UnitConfig] = field(default_factory=dict)
+    # a folder of templates that replace the shipped ones of the same name (check-config
+    # renders each of them on sample data)
+    templates: str | None = field(default=None, metadata={"path": True})
+    logo_image: _branding.Logo | None = field(
+        default=None, init=False, repr=False, compare=False, metadata={"internal": True}
+    )
+
+    def __post_init__(self) -> None:
+        for key in self.units:
+            try:
+                _branding.check_unit_key(key)
+            except ValueError as exc:
+                raise _FieldProblem(f"units.{key}", str(exc)) from None
+        if self.templates is not None and not os.path.isdir(self.templates):
+            raise _FieldProblem("templates", f"{self.templates}: not a folder")
+        object.__setattr__(self, "logo_image", _read_logo(self.logo))
+
+
 @dataclass(frozen=True)
 class Config:
     organization: OrganizationConfig
@@ -503,7 +595,20 @@ class Config:
     selection: SelectionConfig = SelectionConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    branding: BrandingConfig = BrandingConfig()
     source: str = field(default="<memory>", metadata={"internal": True})
+    # the resolved brands by key (core/branding.py), built once
+    brands: dict[str, _branding.Brand] = field(
+        default_factory=dict, init=False, repr=False, compare=False, metadata={"internal": True}
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "brands", _branding.brands(self.branding, self.organization.name))
+
+    def brand_for(self, sender: str | None) -> _branding.Brand:
+        """The brand of a message by its author (the first matching unit, else the
+        organization's)."""
+        return self.brands[_branding.unit_for(self.branding, sender)]
 
 
 # ---------------------------------------------------------------------------------------------

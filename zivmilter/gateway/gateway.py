@@ -186,6 +186,7 @@ class Gateway:
             for d in result.decision.recipients
         )
         original = _original_headers(tx, result.selection.new_subject)
+        author = _author(verdict.claimed, result.envelope.sender, self.cfg)
         saved: SavedMessage | None = None
         handed: frozenset[str] = frozenset()
         taken: list[str] = []  # copies the MTA took in this try
@@ -206,14 +207,12 @@ class Gateway:
                     extra=_ctx(tx),
                 )
             else:
-                author = _author(verdict.claimed, result.envelope.sender, self.cfg)
                 saved = self._store(tx, result, delivered, original, author)
                 if retry_key is not None:
                     self.store.remember_handover(saved.id, retry_key, saved.tokens)
         try:
-            copies = [
-                c for c in self._copies(tx, delivered, original, saved) if c.key not in handed
-            ]
+            made = self._copies(tx, delivered, original, saved, author)
+            copies = [c for c in made if c.key not in handed]
             outgoing: list[Outgoing] = []
             kept = self._choose_kept(copies)
             for copy in copies:
@@ -335,6 +334,7 @@ class Gateway:
         delivered: list[RecipientDecision],
         original: Message,
         saved: SavedMessage | None,
+        author: str,
     ) -> list[_Copy]:
         """Direct groups first (one per level and next hop, strongest level first, the MX
         before ntamx hosts), then one notification per recipient."""
@@ -353,7 +353,12 @@ class Gateway:
             if d.delivery is not Delivery.NOTIFICATION or saved is None:
                 continue
             note = notification.notification_for(
-                original, d.address, saved.tokens[d.address], _verification_text(d), self.cfg
+                original,
+                d.address,
+                saved.tokens[d.address],
+                _verification_text(d),
+                self.cfg,
+                sender=author,  # the brand of the author's unit, as the portal finds it
             )
             copies.append(_Copy((d.address,), note.wire(), None, f"notification to {d.address}"))
         return copies

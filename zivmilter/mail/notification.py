@@ -24,6 +24,7 @@ from typing import Literal
 import jinja2
 
 from zivmilter import defaults
+from zivmilter.core.branding import Brand
 from zivmilter.core.config import Config, NotificationConfig
 from zivmilter.core.message import decoded_header
 
@@ -150,8 +151,15 @@ def draft_notification(
     subject_mode: Literal["show", "neutral"],
     org_domain: str,
     org_name: str,
+    brand: Brand | None = None,
+    portal_url: str = "",
+    templates: str | None = None,
 ) -> Draft:
     """The notification for one recipient.
+
+    `brand` (the sender's unit, core/branding.py) gives the name, the logo (served by the portal
+    at `portal_url`), the colour and the texts; `templates`, a folder of the site's own
+    templates that replace the shipped ones.
 
     The original's header values are taken over as they were written (already RFC 2047-encoded)
     instead of being parsed and re-folded, which keeps them exact. Non-ASCII values are encoded
@@ -171,12 +179,11 @@ def draft_notification(
         "kind": verification.kind,
         "phone": mask_phone(verification.phone) if verification.phone else "",
         "hint": _clean(verification.hint or ""),
-        "org_name": org_name,
+        "org_name": brand.name if brand else org_name,
         "recipient": recipient,  # for templates; the copy's To/Cc stay as the sender wrote them
+        **brand_values(brand, language, portal_url),
     }
-    env = _environment()
-    text = env.get_template(f"notification.{language}.txt").render(values)
-    html = env.get_template(f"notification.{language}.html").render(values)
+    text, html = render_texts(values, language, templates)
 
     # A random boundary of our own: the generator would otherwise compile a regex per message
     # to prove its boundary absent from the parts (128 random bits cannot collide by chance;
@@ -209,10 +216,17 @@ def draft_notification(
 
 
 def notification_for(
-    original: Message, recipient: str, token: str, verification: Verification, config: Config
+    original: Message,
+    recipient: str,
+    token: str,
+    verification: Verification,
+    config: Config,
+    sender: str | None = None,
 ) -> Draft:
     """`draft_notification` with link, language, subject mode and organization from the
-    config."""
+    config, and the brand of `sender` (the author the store keeps; else the From address)."""
+    if sender is None:
+        sender = parseaddr(decoded_header(original.get("From")))[1]
     return draft_notification(
         original,
         recipient=recipient,
@@ -222,7 +236,84 @@ def notification_for(
         subject_mode=config.notification.subject,
         org_domain=config.organization.domains[0],
         org_name=config.organization.name,
+        brand=config.brand_for(sender),
+        portal_url=config.portal.base_url,
+        templates=config.branding.templates,
     )
+
+
+def brand_values(brand: Brand | None, language: str, portal_url: str) -> dict[str, object]:
+    """What the notification's templates know of the brand: `logo_url` (absolute: the mail is
+    read elsewhere), `accent` (the button's colour), `introduction`, `footer` and `support`."""
+    if brand is None:
+        return {"logo_url": "", "accent": "#1a5fb4", "introduction": "", "footer": "",
+                "support": None}  # fmt: skip
+    logo = portal_url.rstrip("/") + brand.logo_path if brand.logo_path else ""
+    return {
+        "logo_url": logo,
+        "accent": brand.accent,
+        "introduction": brand.intro_text(language),
+        "footer": brand.footer_text(language),
+        "support": brand.support if brand.support else None,
+    }
+
+
+def render_texts(
+    values: dict[str, object], language: str, templates: str | None = None
+) -> tuple[str, str]:
+    """The plain-text and HTML parts of a notification (the site's templates first)."""
+    env = _environment(templates)
+    text = env.get_template(f"notification.{language}.txt").render(values)
+    html = env.get_template(f"notification.{language}.html").render(values)
+    return text, html
+
+
+SAMPLE_LINK_TOKEN = "SAMPLE-personal-link-token"
+KINDS: tuple[Kind, ...] = ("account", "sms", "access_code", "email")
+
+
+def sample_values(config: Config, brand: Brand, language: str, kind: Kind) -> dict[str, object]:
+    """A notification's template values on sample data (preview, check-config)."""
+    return {
+        "sender": "Dr. A. Example <a.example@hospital.example>",
+        "subject": "Your results",
+        "neutral": defaults.NEUTRAL_SUBJECT[language],
+        "link": portal_link(config.portal.base_url, SAMPLE_LINK_TOKEN),
+        "kind": kind,
+        "phone": "+31 6•••••321" if kind == "sms" else "",
+        "hint": "the name of your first pet" if kind == "access_code" else "",
+        "org_name": brand.name,
+        "recipient": "recipient@example.net",
+        **brand_values(brand, language, config.portal.base_url),
+    }
+
+
+def template_problems(config: Config) -> list[str]:
+    """What is wrong with the notification templates (the site's folder, else the shipped
+    ones), each rendered on sample data for every brand, language and verification: a template
+    that fails, or one without the personal link (as a link in the HTML part)."""
+    problems: list[str] = []
+    for brand in config.brands.values():
+        for language in defaults.LANGUAGES:
+            for kind in KINDS:
+                values = sample_values(config, brand, language, kind)
+                link = str(values["link"])
+                for part in ("txt", "html"):
+                    name = f"notification.{language}.{part}"
+                    try:
+                        out = _environment(config.branding.templates).get_template(name)
+                        rendered = out.render(values)
+                    except jinja2.TemplateSyntaxError as exc:
+                        return [f"{exc.filename or name}, line {exc.lineno}: {exc}"]
+                    except jinja2.TemplateError as exc:
+                        return [f"{name}: cannot be rendered ({type(exc).__name__}: {exc})"]
+                    if link in rendered if part == "txt" else f'href="{link}"' in rendered:
+                        continue
+                    what = "the link" if part == "txt" else 'a link (<a href="{{ link }}">)'
+                    problem = f"{name}: the personal link is missing: it must show {what}"
+                    if problem not in problems:
+                        problems.append(problem)
+    return problems
 
 
 def portal_link(base_url: str, token: str) -> str:
@@ -320,12 +411,16 @@ def _clean(text: str) -> str:
     return _CONTROL.sub(" ", text).strip()
 
 
-@functools.lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
+@functools.lru_cache(maxsize=4)
+def _environment(folder: str | None = None) -> jinja2.Environment:
+    """The templates: the site's folder (branding.templates) first, then the shipped ones."""
+    loaders: list[jinja2.BaseLoader] = [jinja2.FileSystemLoader(str(_TEMPLATES))]
+    if folder is not None:
+        loaders.insert(0, jinja2.FileSystemLoader(folder))
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
+        loader=jinja2.ChoiceLoader(loaders),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
-        auto_reload=False,  # templates ship with the package: no stat() per message
+        auto_reload=False,  # read once per process: no stat() per message
     )

@@ -27,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zivmilter import defaults, metrics
+from zivmilter.portal.brand import brand_asset
 from zivmilter.portal.context import Portal
 from zivmilter.portal.downloads import DownloadPages
 from zivmilter.portal.links import LinkPages
@@ -127,6 +128,7 @@ def create_app(portal: Portal, on_ready: Callable[[], object] | None = None) -> 
         Route("/sent/m/{mid}/revoke", sent.revoke, methods=["POST"]),
         Route("/sent/m/{mid}/expiry", sent.expiry_form, methods=["GET"]),
         Route("/sent/m/{mid}/expiry", sent.expiry, methods=["POST"]),
+        Route("/brand/{name}", brand_asset(portal), methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
         Route("/metrics", metrics.portal_endpoint(portal.cfg.metrics.token), methods=["GET"]),
         Mount("/static", app=_Static(directory=str(_HERE / "static")), name="static"),

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from zivmilter import defaults
+from zivmilter.core.branding import Brand
 from zivmilter.core.config import Config
 from zivmilter.delivery.reinject import Reinjector
 from zivmilter.mail.notification import language_for
@@ -68,7 +69,7 @@ class Portal:
         self.root = url.path.rstrip("/")
         self.origin = f"{url.scheme}://{url.netloc}"
         self.secure = url.scheme == "https"
-        self.templates = _templates()
+        self.templates = _templates(self.cfg.branding.templates)
 
     @property
     def replies(self) -> Reinjector:
@@ -85,6 +86,19 @@ class Portal:
 
     def now(self) -> float:
         return self.clock()
+
+    # -- branding --------------------------------------------------------------------------
+
+    def brand(self, request: Request) -> Brand:
+        """The brand of the page: of the message's author when the page belongs to a message
+        (`remember_sender`), else the organization's."""
+        sender: str | None = getattr(request.state, "brand_sender", None)
+        return self.cfg.brand_for(sender)
+
+    @staticmethod
+    def remember_sender(request: Request, sender: str) -> None:
+        """The page's message is from `sender`: its pages carry the sender's unit's brand."""
+        request.state.brand_sender = sender
 
     # -- languages -------------------------------------------------------------------------
 
@@ -113,16 +127,7 @@ class Portal:
         status: int = 200,
         headers: Mapping[str, str] | None = None,
     ) -> HTMLResponse:
-        values = {
-            "t": texts(lang),
-            "lang": lang,
-            "languages": LANGUAGE_NAMES,
-            "org_name": self.org_name,
-            "root": self.root,
-            "static": self.root + "/static",
-            "here": here,
-            **context,
-        }
+        values = {**page_values(self.brand(request), lang, self.root, here), **context}
         html = self.templates.get_template(template).render(values)
         response = HTMLResponse(html, status_code=status, headers=dict(headers or {}))
         if request.query_params.get("lang") == lang:
@@ -216,11 +221,14 @@ class Portal:
 
 
 @functools.cache
-def _templates() -> jinja2.Environment:
+def _templates(folder: str | None = None) -> jinja2.Environment:
     """The page templates, compiled once per process and shared by every `Portal` in it: they
-    are part of the package and do not change while it runs."""
+    do not change while it runs. The site's folder (branding.templates) comes first."""
+    loaders: list[jinja2.BaseLoader] = [jinja2.FileSystemLoader(str(_HERE / "templates"))]
+    if folder is not None:
+        loaders.insert(0, jinja2.FileSystemLoader(folder))
     templates = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(_HERE / "templates")),
+        loader=jinja2.ChoiceLoader(loaders),
         autoescape=jinja2.select_autoescape(("html",), default=True),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -230,6 +238,25 @@ def _templates() -> jinja2.Environment:
     templates.filters["when"] = _when
     templates.filters["minutes"] = lambda n, language: minutes(language, int(n))
     return templates
+
+
+def page_values(brand: Brand, lang: str, root: str, here: str) -> dict[str, Any]:
+    """What every page template knows, besides its own values."""
+    return {
+        "t": texts(lang),
+        "lang": lang,
+        "languages": LANGUAGE_NAMES,
+        "org_name": brand.name,
+        "brand": brand,
+        "root": root,
+        "static": root + "/static",
+        "here": here,
+    }
+
+
+def templates_for(folder: str | None) -> jinja2.Environment:
+    """The page templates with a site's folder first (preview, check-config)."""
+    return _templates(folder)
 
 
 def message_date(header: str | None, received: datetime | None, lang: str) -> str:

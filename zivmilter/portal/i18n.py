@@ -17,6 +17,8 @@ _EN: dict[str, str] = {
     "secure_mail": "Secure email",
     "language": "Language",
     "footer": "Secure email of {org}. Your connection and this message are encrypted.",
+    "support": "Questions? Contact {org}:",
+    "support_phone": "phone",
     "opening_title": "Opening your secure message…",
     "continue": "Continue",
     # verification
@@ -159,6 +161,8 @@ _NL: dict[str, str] = {
     "secure_mail": "Beveiligde e-mail",
     "language": "Taal",
     "footer": "Beveiligde e-mail van {org}. Uw verbinding en dit bericht zijn versleuteld.",
+    "support": "Vragen? Neem contact op met {org}:",
+    "support_phone": "telefoon",
     "opening_title": "Uw beveiligde bericht wordt geopend…",
     "continue": "Verder",
     "verify_title": "Bevestig dat dit bericht voor u is",

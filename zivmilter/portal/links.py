@@ -78,6 +78,7 @@ class LinkPages(GuestPages[_Ctx]):
         lang = portal.language(request, rec.address if rec else None)
         if rec is None:
             return self._unknown_link(request, lang)
+        portal.remember_sender(request, rec.message.sender)
         # Nothing of the message is shown here (the page moves on to the link's page, which
         # records the open if it shows the message): a visit, not an open.
         response, _ = self._first_visit(request, _scope(rec.id), self._here(rec.id), lang)
@@ -655,6 +656,8 @@ class LinkPages(GuestPages[_Ctx]):
         p = portal.get_pass(request, _scope(rid))
         rec = portal.store.recipient(rid) if p is not None else None
         lang = portal.language(request, rec.address if rec else None)
+        if rec is not None:
+            portal.remember_sender(request, rec.message.sender)  # its unit's brand (part 2)
         if p is None or rec is None or rec.delivery != "notification":
             return None, self._no_pass(request, lang, here)
         state = portal.store.link_state(rid)
