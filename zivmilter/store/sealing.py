@@ -147,6 +147,12 @@ class Sealing:
     def unseal_otp(self, recipient_id: int, sealed: bytes) -> bytes:
         return crypto.unseal(self._kek.field_key, sealed, _otp(recipient_id))
 
+    def seal_claim_code(self, claim_id: int, secret: bytes) -> bytes:
+        return crypto.seal(self._kek.field_key, secret, _claim_code(claim_id))
+
+    def unseal_claim_code(self, claim_id: int, sealed: bytes) -> bytes:
+        return crypto.unseal(self._kek.field_key, sealed, _claim_code(claim_id))
+
 
 # Encryption contexts: "<table>.<column>:<row>". Never change one: what was sealed with it would
 # no longer open.
@@ -178,6 +184,10 @@ def _hint(message_id: str, address: str) -> str:
 
 def _otp(recipient_id: int) -> str:
     return f"recipients.otp:{recipient_id}"
+
+
+def _claim_code(claim_id: int) -> str:
+    return f"download_claims.otp_secret:{claim_id}"
 
 
 def _filename(attachment_id: str) -> str:
