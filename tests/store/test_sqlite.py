@@ -216,7 +216,10 @@ def test_contents_above_the_inline_limit_get_a_file(tmp_path: Path, kek: bytes) 
 
 def _undo_schemas_8_to_11(conn: sqlite3.Connection) -> None:
     """Take a database back before schema 8 (the sender's side of the portal), 9 (session
-    generations), 10 (attachments kept apart) and 11 (retries' handovers)."""
+    generations), 10 (attachments kept apart) and 11 (retries' handovers), and after them 12
+    (claims on shared download links)."""
+    conn.execute("DROP TABLE claim_budget")  # schema 12
+    conn.execute("DROP TABLE download_claims")
     conn.execute("DROP TABLE handed_copies")  # schema 11
     conn.execute("DROP TABLE handovers")
     conn.execute("DROP TABLE parts")  # schema 10
