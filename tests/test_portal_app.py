@@ -1628,39 +1628,135 @@ def test_an_attachment_of_a_withdrawn_message_says_withdrawn(env: Env) -> None:
         assert gone.headers["content-type"].startswith("text/html")
 
 
-def test_a_shared_download_link_answers_recipients_and_others_alike(env: Env) -> None:
-    """Issue 15 item 12: asking for codes (also too soon again) and wrong codes get the same
-    answers whether the claimed address is a recipient or not."""
+def _claim(env: Env, client: Any, token: str, address: str) -> tuple[str, Any]:
+    """Open a shared download link in `client` and say "I am `address`": (page URL, page)."""
+    first = client.get(f"/d/{token}")
+    target = re.search(r'url=([^"]+)"', first.text)
+    assert target
+    here = target.group(1)
+    page = client.get(here)
+    r = client.post(here + "start", data={"csrf": csrf(page.text, "start"), "address": address})
+    return here, r
+
+
+def _mailed_code(env: Env) -> str:
+    body = env.mailer.last().get_body(("plain",))
+    assert body is not None
+    return str(re.findall(r"\b\d{6}\b", body.get_content())[0])
+
+
+def _answer(client: Any, here: str, page: Any, **fields: str) -> tuple[Any, Any]:
+    """Post an answer as the browser does: (the answer's redirect, the page it leads to). A
+    locked page has no form: then the answer is posted with the form's token of before, as a
+    second tab or a script would (the pass, and so the token, stays the same)."""
+    found = re.search(r'action="[^"]*/verify"[^>]*>\s*<input type="hidden" name="csrf" '
+                      r'value="([^"]+)"', page.text)  # fmt: skip
+    if found:
+        client.verify_token = found.group(1)
+    sent = client.post(
+        here + "verify",
+        data={"csrf": client.verify_token, **fields},
+        follow_redirects=False,
+    )
+    return sent, client.get(sent.headers["location"])
+
+
+@pytest.mark.parametrize("kind", ["email", "account"])
+def test_a_shared_download_link_answers_recipients_and_others_alike(env: Env, kind: str) -> None:
+    """Issue 15 item 12: the whole sequence a claimant sees (the form, asking for codes, also
+    too soon again, wrong answers up to the lock, the locked page, asking again while locked)
+    is the same whether the claimed address is a recipient or not; with an account, both get
+    the password form."""
+    recipient, other = "dan@partner.example", "mallory@evil.example"
+    mid, _ = env.save([NewRecipient(recipient, 1, "direct_delivery", "direct", "B3", level="pkix")])
+    saved = env.store.save_attachment(mid, "scan.bin", "application/octet-stream", b"x" * 99)
+    if kind == "account":
+        for address in (recipient, other):
+            accounts.add_recipient_account(env.store, address, "long enough password")
+            assert env.store.enrol_totp(address, os.urandom(20))
+    wrong = {"code": "000000"} if kind == "email" else {"password": "wrong", "totp": "000000"}
+
+    def answers(address: str) -> list[tuple[int, str, str]]:
+        seen: list[tuple[int, str, str]] = []
+
+        def see(r: Any) -> None:
+            where = r.headers.get("location", str(r.url))
+            seen.append((r.status_code, where, re.sub(r'value="[^"]+"', "", r.text)))
+
+        with env.client() as client:
+            here, r = _claim(env, client, saved.token, address)
+            see(r)
+            send = csrf(r.text, "send") if kind == "email" else ""
+            if kind == "email":
+                for _ in range(2):  # the second one too soon for a new code
+                    r = client.post(here + "send", data={"csrf": send})
+                    see(r)
+            for _ in range(defaults.LOCKOUT_AFTER + 1):  # the fifth locks, the sixth is refused
+                sent, r = _answer(client, here, r, **wrong)
+                see(sent)
+                see(r)
+            assert 'id="locked"' in r.text and r.status_code == 429
+            if kind == "email":
+                see(client.post(here + "send", data={"csrf": send}))  # no form: a script
+            see(client.get(here))
+        return seen
+
+    assert answers(recipient) == answers(other)
+    assert len(env.mailer.sent) == (1 if kind == "email" else 0)  # one code went out, to dan
+
+
+def test_a_strangers_wrong_codes_do_not_lock_the_recipient_out(env: Env) -> None:
+    """Issue 15 item 12: whoever claims the recipient's address on the link locks only their
+    own claim; the recipient's claim has its own code and verifies."""
     mid, _ = env.save(
         [NewRecipient("dan@partner.example", 1, "direct_delivery", "direct", "B3", level="pkix")]
     )
     saved = env.store.save_attachment(mid, "scan.bin", "application/octet-stream", b"x" * 99)
+    with env.client() as stranger:
+        here, r = _claim(env, stranger, saved.token, "dan@partner.example")
+        r = stranger.post(here + "send", data={"csrf": csrf(r.text, "send")})
+        for _ in range(defaults.LOCKOUT_AFTER):
+            _, r = _answer(stranger, here, r, code="000000")
+        assert r.status_code == 429 and 'id="locked"' in r.text
+        with env.client() as dan:
+            there, page = _claim(env, dan, saved.token, "dan@partner.example")
+            assert 'id="locked"' not in page.text
+            page = dan.post(there + "send", data={"csrf": csrf(page.text, "send")})
+            code = _mailed_code(env)
+            _, done = _answer(dan, there, page, code=code)
+            assert done.status_code == 200 and 'id="download"' in done.text
+            assert dan.get(there + "file").content == b"x" * 99
+        # The code mailed for dan's claim opens nothing in the stranger's (locked or not).
+        env.clock.t += defaults.LOCKOUT_BASE_SECONDS + 1
+        _, r = _answer(stranger, here, stranger.get(here), code=code)
+        assert r.status_code == 401 and 'id="download"' not in r.text
 
-    def answers(address: str) -> list[tuple[int, str, str]]:
-        seen: list[tuple[int, str, str]] = []
+
+def test_brute_force_on_a_shared_link_is_locked_after_the_same_count(env: Env) -> None:
+    """One claimant: locked after LOCKOUT_AFTER wrong codes, and then even the right code is
+    refused; the lock spends the code. Many claimants: an address gets so many codes an hour
+    over all claims (defaults.CLAIM_CODES_PER_HOUR), each good for LOCKOUT_AFTER answers."""
+    mid, _ = env.save(
+        [NewRecipient("dan@partner.example", 1, "direct_delivery", "direct", "B3", level="pkix")]
+    )
+    saved = env.store.save_attachment(mid, "scan.bin", "application/octet-stream", b"x" * 99)
+    with env.client() as client:
+        here, r = _claim(env, client, saved.token, "dan@partner.example")
+        r = client.post(here + "send", data={"csrf": csrf(r.text, "send")})
+        code = _mailed_code(env)
+        wrong = f"{(int(code) + 1) % 10**6:06d}"
+        for n in range(defaults.LOCKOUT_AFTER):
+            _, r = _answer(client, here, r, code=wrong)
+            assert r.status_code == (429 if n == defaults.LOCKOUT_AFTER - 1 else 401)
+        _, r = _answer(client, here, r, code=code)
+        assert r.status_code == 429 and 'id="download"' not in r.text
+        env.clock.t += defaults.LOCKOUT_BASE_SECONDS + 1
+        _, r = _answer(client, here, client.get(here), code=code)
+        assert r.status_code == 401  # spent with the lock
+    for _ in range(defaults.CLAIM_CODES_PER_HOUR + 2):
         with env.client() as client:
-            first = client.get(f"/d/{saved.token}")
-            target = re.search(r'url=([^"]+)"', first.text)
-            assert target
-            here = target.group(1)
-            page = client.get(here)
-            r = client.post(
-                here + "start", data={"csrf": csrf(page.text, "start"), "address": address}
-            )
-            for _ in range(2):  # the second one too soon for a new code
-                r = client.post(here + "send", data={"csrf": csrf(r.text, "send")})
-                seen.append((r.status_code, str(r.url), re.sub(r'value="[^"]+"', "", r.text)))
-            for code in ("000000", "999999"):
-                sent = client.post(
-                    here + "verify",
-                    data={"csrf": csrf(r.text, "verify"), "code": code},
-                    follow_redirects=False,
-                )
-                r = client.get(sent.headers["location"])
-                seen.append((sent.status_code, sent.headers["location"], ""))
-                seen.append((r.status_code, str(r.url), re.sub(r'value="[^"]+"', "", r.text)))
-        return seen
-
-    recipient, other = answers("dan@partner.example"), answers("mallory@evil.example")
-    assert len(env.mailer.sent) == 1  # one code went out, to dan
-    assert recipient == other
+            here, r = _claim(env, client, saved.token, "dan@partner.example")
+            client.post(here + "send", data={"csrf": csrf(r.text, "send")})
+    assert len(env.mailer.sent) == defaults.CLAIM_CODES_PER_HOUR
+    events = [e.event for e in env.store.events(mid)]
+    assert events.count("locked") == 1 and "verify-while-locked" in events

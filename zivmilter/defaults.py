@@ -54,6 +54,10 @@ LOCKOUT_AFTER = 5  # wrong codes before a link locks
 LOCKOUT_BASE_SECONDS = 60  # doubles with each further lockout
 OTP_VALIDITY_SECONDS = 600
 SMS_RESEND_SECONDS = 60
+# Shared download links (/d/): codes (and account answer rounds) one address may get in an hour
+# over all claims on it; each allows LOCKOUT_AFTER answers before its claim locks and it is spent.
+CLAIM_CODES_PER_HOUR = 10
+CLAIM_KEEP_SECONDS = 24 * 3600  # a claim (one visitor's session on a link) is forgotten after
 
 # --- transport prober (SPEC 4) -----------------------------------------------------------
 SMTP_PORT = 25

@@ -198,6 +198,13 @@ def test_store_copy_sqlite_to_postgresql_and_back(
         st.set_account_active("bob@example.net", True)
         st.remember_handover(small.id, "a" * 64, small.tokens)
         st.mark_handed(small.id, "notification to bob@example.net")
+        # Issue 15 item 12: a claim on the shared download link, its code and wrong streak,
+        # and the address's hourly budget that code took a share of.
+        claim = st.open_claim(kept.id, "dan@partner.example", None)
+        assert st.issue_claim_code(claim, b"S" * 20, 0, 10, 1) == 0.0
+        for _ in range(4):
+            answer = st.claim_answer(claim, _lock_after_five, funded=False, per_hour=1)
+            st.settle_claim_answer(answer, False)
     assert main(["store", "copy", "--from", first, "--to", pg]) == 0
     out = capsys.readouterr().out
     assert "copied sqlite -> postgresql: messages 3," in out and "checked: 8 " in out
@@ -234,6 +241,14 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             part = st.open_part(large.id, 4)
             assert part is not None and part.read() == b"PNG" * 10
             assert st.part(revoked.id, 4) is None and st.open_part(revoked.id, 4) is None
+            claimed = st.claim(claim)
+            assert claimed is not None and claimed.address == "dan@partner.example"
+            code = st.claim_code(claim)
+            assert code is not None and code.secret == b"S" * 20
+            fifth = st.claim_answer(claim, _lock_after_five, funded=False, per_hour=1)
+            assert fifth.admitted and fifth.locked_until is not None  # the streak came along
+            again = st.open_claim(kept.id, "dan@partner.example", None)
+            assert st.issue_claim_code(again, b"T" * 20, 0, 10, 1) == float("inf")  # budget too
             new = st.save_message(new_message())  # ids continue after the copied ones
             assert len(st.recipients(new.id)) == 4
     # Into a store that is not empty: refused, nothing written.

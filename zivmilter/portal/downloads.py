@@ -3,8 +3,15 @@
 The gateway keeps such an attachment in the store (`Store.save_attachment`) and puts its link
 `<base_url>/d/<token>` in the direct copy instead. One copy may go to several recipients, so the
 link is not personal: the visitor says which recipient they are, then proves it by signing in
-(recipients with an account and authenticator) or with a code sent to that address. Then the
+(addresses with an account and authenticator) or with a code sent to that address. Then the
 file streams out of the store as it is decrypted, never whole in memory.
+
+What the visitor says is a claim (`ClaimStore`), and every answer goes against that claim: its
+own code, mailed only to the claimed address, its own wrong-answer streak and lock. So someone
+holding the link who claims a recipient's address can lock only their own claim, never the
+recipient's; what all claims on one address may get in an hour is capped in the store. A claim
+on an address that is no recipient walks exactly the same pages (the form its address would get,
+the same code limits, the same lock after the same count); its answers are never right.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from zivmilter import metrics
+from zivmilter import defaults, metrics
 from zivmilter.core.addresses import normalize_address
 from zivmilter.core.message import clean_filename
 from zivmilter.errors import MessageError, StoreError
@@ -36,13 +43,14 @@ from zivmilter.portal.pages import (
     small_form,
 )
 from zivmilter.portal.security import Stage
-from zivmilter.store import AttachmentRecord, RecipientRecord
+from zivmilter.store import AttachmentRecord, ClaimRecord, RecipientRecord
 
 log = logging.getLogger("zivmilter.portal")
 
 _AID = re.compile(r"^[0-9a-f]{32}$")
 _CHUNK = 64 * 1024
-_NOBODY = -1  # `who` of a visitor whose address is not a recipient: every answer is wrong
+# A pass's `who` before verification is minus the visitor's claim id; after it, the recipient id
+# (negative, so that it names no recipient's session generation: `security.subject_of`).
 
 
 @dataclass(frozen=True)
@@ -93,11 +101,11 @@ class DownloadPages(GuestPages[_Ctx]):
             for r in portal.store.recipients(ctx.att.message.id)
             if r.address == address and r.delivery == "direct"
         ]
-        who = found[0].id if found else _NOBODY
+        claim_id = portal.store.open_claim(ctx.att.id, address, found[0].id if found else None)
         portal.store.record_event(
             "attachment-claimed", ctx.att.message.id, address, "recipient" if found else "unknown"
         )
-        return self._advance(ctx, Stage.LINK, who)
+        return self._advance(ctx, Stage.LINK, -claim_id)
 
     async def send_code(self, request: Request) -> Response:
         fields = await small_form(request, "csrf")
@@ -110,10 +118,11 @@ class DownloadPages(GuestPages[_Ctx]):
         # The same answer whoever was claimed, whatever became of the code (asked again too
         # soon, too many codes, the MTA down): anything else would tell a visitor which
         # addresses are recipients. The outcome is in the log and the audit log.
-        rec = self._claimed(ctx)
-        if rec is not None and not verify.locked(rec.locked_until, self.portal.now()):
-            result = flows.send_code(self.portal, rec, "email", ctx.lang)
-            if result.outcome is not flows.Sent.SENT:
+        claim = self._claimed(ctx)
+        if claim is not None and not verify.locked(claim.locked_until, self.portal.now()):
+            rec = self._recipient(ctx, claim)
+            result = flows.send_claim_code(self.portal, claim, rec, ctx.lang)
+            if rec is not None and result.outcome is not flows.Sent.SENT:
                 log.info("download code for %s not sent: %s", rec.id, result.outcome.value)
         return code_sent(ctx)
 
@@ -128,21 +137,57 @@ class DownloadPages(GuestPages[_Ctx]):
             return error
         if ctx.p.stage is Stage.VERIFIED:
             return RedirectResponse(ctx.here, status_code=303)
-        rec = self._claimed(ctx)
-        if rec is None:  # answered as a recipient's wrong code is
+        claim = self._claimed(ctx)
+        if claim is None:  # no claim behind the pass (one from before claims): a wrong answer
             return self._refused(request, ctx, "email", flows.Answer.WRONG)
-        method = "account" if self._uses_account(rec) else "email"
-        result = flows.check_answer(
-            portal, rec, method,
-            code=fields["code"], password=fields["password"], totp=fields["totp"],
-        )  # fmt: skip
-        metrics.verification(method, result.outcome.value)
-        if result.outcome is flows.Answer.OK:
-            portal.store.record_event("attachment-verified", ctx.att.message.id, rec.address, "")
+        rec = self._recipient(ctx, claim)
+        method = "account" if self._uses_account(claim.address) else "email"
+        outcome = self._answer(claim, rec, method, fields)
+        metrics.verification(method, outcome.value)
+        if outcome is flows.Answer.OK and rec is not None:
+            mid = ctx.att.message.id
+            portal.store.record_event("verified", mid, rec.address, method)
+            portal.store.record_event("attachment-verified", mid, rec.address, "")
             return self._advance(ctx, Stage.VERIFIED, rec.id)
-        # The method is "account" only with an authenticator, so ENROL cannot come: if it
-        # did, it would be a wrong answer like any other.
-        return self._refused(request, ctx, method, result.outcome)
+        return self._refused(request, ctx, method, outcome)
+
+    def _answer(
+        self, claim: ClaimRecord, rec: RecipientRecord | None, method: str, fields: dict[str, str]
+    ) -> flows.Answer:
+        """Check an answer against the claim (`flows.check_answer`'s rule: counted before it is
+        compared). It is compared whether or not the address is a recipient (the same work, the
+        same time), and right only for a recipient. The method is "account" only with an
+        authenticator, so an ENROL answer would be a wrong one."""
+        portal = self.portal
+        attempt = portal.store.claim_answer(
+            claim.id,
+            verify.lockout_seconds,
+            funded=method == "account",
+            per_hour=defaults.CLAIM_CODES_PER_HOUR,
+            detail=method,
+        )
+        if not attempt.admitted:
+            return flows.Answer.LOCKED
+        ok = False
+        if attempt.compare and method == "account":
+            answer = flows.account_answer(portal, claim.address, fields["password"], fields["totp"])
+            ok = answer is flows.Answer.OK
+        elif attempt.compare:
+            code, now = fields["code"], portal.now()
+            ok = portal.store.consume_claim_code(
+                claim.id, lambda secret, sent_at: verify.otp_valid(secret, sent_at, code, now)
+            )
+        ok = ok and rec is not None
+        until = portal.store.settle_claim_answer(attempt, ok, method)
+        if ok:
+            return flows.Answer.OK
+        if rec is not None:
+            log.info("wrong %s answer for %s of %s", method, rec.address, rec.message.id)
+        if until is not None:
+            if attempt.locked_until is not None:
+                metrics.lockout()
+            return flows.Answer.LOCKED
+        return flows.Answer.WRONG
 
     async def file(self, request: Request) -> Response:
         result = await run_in_threadpool(self._file, request)
@@ -191,16 +236,17 @@ class DownloadPages(GuestPages[_Ctx]):
     ) -> Response:
         """The link's one page: say who you are, verify, then download."""
         portal = self.portal
-        rec = self._claimed(ctx)  # read now: its lockout may have just moved
+        claim = self._claimed(ctx)  # read now: its lockout may have just moved
         verified = ctx.p.stage is Stage.VERIFIED
-        lock = verify.locked(rec.locked_until, portal.now()) if rec is not None else 0.0
+        lock = verify.locked(claim.locked_until, portal.now()) if claim is not None else 0.0
         status, locked_minutes = lock_view(lock, status)
         values: dict[str, Any] = {
             "att": ctx.att,
             "filename": clean_filename(ctx.att.filename or "") or "attachment",
             "verified": verified,
-            "claimed": ctx.p.who != 0,
-            "use_account": rec is not None and self._uses_account(rec),
+            "claimed": claim is not None,
+            # by the address alone, recipient or not: the form must not tell them apart
+            "use_account": claim is not None and self._uses_account(claim.address),
             "locked_minutes": locked_minutes,
             "csrf_start": portal.csrf(ctx.p, "start"),
             "csrf_send": portal.csrf(ctx.p, "send"),
@@ -223,16 +269,24 @@ class DownloadPages(GuestPages[_Ctx]):
     def _here(self, aid: str) -> str:
         return f"{self.portal.root}/a/{aid}/"
 
-    def _claimed(self, ctx: _Ctx) -> RecipientRecord | None:
-        if ctx.p.who <= 0:
+    def _claimed(self, ctx: _Ctx) -> ClaimRecord | None:
+        """The visitor's claim on this link (before verification), if any."""
+        if ctx.p.who >= 0 or ctx.p.stage is Stage.VERIFIED:
             return None
-        rec = self.portal.store.recipient(ctx.p.who)
+        claim = self.portal.store.claim(-ctx.p.who)
+        return claim if claim is not None and claim.attachment_id == ctx.att.id else None
+
+    def _recipient(self, ctx: _Ctx, claim: ClaimRecord) -> RecipientRecord | None:
+        """The direct recipient the claim names; None when its address is not one."""
+        if claim.recipient_id is None:
+            return None
+        rec = self.portal.store.recipient(claim.recipient_id)
         if rec is None or rec.message.id != ctx.att.message.id or rec.delivery != "direct":
             return None
         return rec
 
-    def _uses_account(self, rec: RecipientRecord) -> bool:
-        account = self.portal.store.account(rec.address)
+    def _uses_account(self, address: str) -> bool:
+        account = self.portal.store.account(address)
         return account is not None and account.active and account.has_totp
 
     def _context(self, request: Request, need: Stage) -> tuple[_Ctx | None, Response]:

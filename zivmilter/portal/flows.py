@@ -20,7 +20,7 @@ from zivmilter.errors import DeliveryError
 from zivmilter.mail.notification import mask_phone
 from zivmilter.portal import accounts, mail, verify
 from zivmilter.portal.context import Portal
-from zivmilter.store import MessageRecord, RecipientRecord
+from zivmilter.store import ClaimRecord, MessageRecord, RecipientRecord
 
 log = logging.getLogger("zivmilter.portal")
 
@@ -52,6 +52,42 @@ def send_code(portal: Portal, rec: RecipientRecord, via: str, language: str) -> 
     if state is None:  # revoked in between
         return SendResult(Sent.FAILED)
     code = verify.otp_code(state.secret, state.sent_at)
+    if not _deliver(portal, rec, via, code, language):
+        portal.store.clear_otp(rec.id)
+        return SendResult(Sent.FAILED)
+    return SendResult(Sent.SENT)
+
+
+def send_claim_code(
+    portal: Portal, claim: ClaimRecord, rec: RecipientRecord | None, language: str
+) -> SendResult:
+    """Issue a one-time code for a claim on a shared download link and mail it to the claimed
+    address if that is a recipient (`rec`); for anyone else the code is issued all the same
+    (the same limits, the same share of the address's budget) and goes nowhere."""
+    wait = portal.store.issue_claim_code(
+        claim.id,
+        verify.new_otp_secret(),
+        defaults.SMS_RESEND_SECONDS,
+        defaults.OTP_MAX_SENDS,
+        defaults.CLAIM_CODES_PER_HOUR,
+    )
+    if wait == float("inf"):
+        return SendResult(Sent.EXHAUSTED)
+    if wait > 0:
+        return SendResult(Sent.WAIT, math.ceil(wait))
+    if rec is None:
+        return SendResult(Sent.SENT)
+    state = portal.store.claim_code(claim.id)
+    if state is None:
+        return SendResult(Sent.FAILED)
+    if not _deliver(portal, rec, "email", verify.otp_code(state.secret, state.sent_at), language):
+        portal.store.drop_claim_code(claim.id)
+        return SendResult(Sent.FAILED)
+    return SendResult(Sent.SENT)
+
+
+def _deliver(portal: Portal, rec: RecipientRecord, via: str, code: str, language: str) -> bool:
+    """Send `code` to `rec` by `via` ("sms" or "email"), with its audit event either way."""
     mid, address = rec.message.id, rec.address
     try:
         if via == "sms":
@@ -85,11 +121,10 @@ def send_code(portal: Portal, rec: RecipientRecord, via: str, language: str) -> 
             detail = "email " + (replies[0] if replies else "")
     except DeliveryError as exc:
         log.warning("code for %s of %s not sent: %s", address, mid, exc)
-        portal.store.clear_otp(rec.id)
         portal.store.record_event("code-send-failed", mid, address, f"{via}: {exc}")
-        return SendResult(Sent.FAILED)
+        return False
     portal.store.record_event("code-sent", mid, address, detail)
-    return SendResult(Sent.SENT)
+    return True
 
 
 _ONE_TIME = ("sms", "email")  # methods whose code `consume_otp` spends
@@ -158,21 +193,28 @@ def _compare(
             rec.id, lambda secret, sent_at: verify.otp_valid(secret, sent_at, code, now), method
         )
     elif method == "account":
-        account = portal.store.account(rec.address)
-        ok = (
-            account is not None
-            and account.active
-            and accounts.password_valid(account.password_hash, password)
-        )
-        if ok and account is not None and not account.has_totp:
-            return Answer.ENROL
-        if ok:
-            secret = portal.store.totp_secret(rec.address)
-            step = None if secret is None else verify.totp_step(secret, totp, now)
-            # a code works once: replaying it (or an older one) within its window fails
-            ok = step is not None and portal.store.use_totp_step(rec.address, step)
+        return account_answer(portal, rec.address, password, totp)
     else:
         ok = False
+    return Answer.OK if ok else Answer.WRONG
+
+
+def account_answer(portal: Portal, address: str, password: str, totp: str) -> Answer:
+    """OK when `password` and the authenticator code `totp` are those of `address`'s active
+    account; ENROL when the password is right and no authenticator is enrolled yet."""
+    account = portal.store.account(address)
+    ok = (
+        account is not None
+        and account.active
+        and accounts.password_valid(account.password_hash, password)
+    )
+    if ok and account is not None and not account.has_totp:
+        return Answer.ENROL
+    if ok:
+        secret = portal.store.totp_secret(address)
+        step = None if secret is None else verify.totp_step(secret, totp, portal.now())
+        # a code works once: replaying it (or an older one) within its window fails
+        ok = step is not None and portal.store.use_totp_step(address, step)
     return Answer.OK if ok else Answer.WRONG
 
 

@@ -56,6 +56,10 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
                  "sent_at", "refused_at")),
     ("attachments", ("id", "message_id", "blob_id", "filename", "content_type", "token_hash",
                      "created_at", "wrapped_key")),
+    ("download_claims", ("id", "attachment_id", "address", "recipient_id", "created_at",
+                         "otp_secret", "otp_sent_at", "otp_sends", "funded", "failed_streak",
+                         "lockouts", "locked_until")),
+    ("claim_budget", ("address", "at")),
     ("idd_domains", ("domain", "added_at")),
     ("devices", ("digest", "address", "created_at", "expires_at", "used_at")),
 )  # fmt: skip

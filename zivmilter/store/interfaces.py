@@ -23,6 +23,8 @@ from zivmilter.store.records import (
     AttachmentRecord,
     Attempt,
     AuditEvent,
+    ClaimAttempt,
+    ClaimRecord,
     ContactEntry,
     Handover,
     KeyUsage,
@@ -82,6 +84,7 @@ class MessageStore(Protocol):
         """The link's counter plus that of the account of its address (disabling an account
         bumps it: `AccountStore.set_account_active`); None for no such recipient."""
         ...
+
     def end_sessions(self, recipient_id: int, reason: str = "") -> None: ...
 
 
@@ -112,6 +115,40 @@ class AttachmentStore(Protocol):
     def open_attachment(self, attachment_id: str) -> BinaryIO | None: ...
 
 
+class ClaimStore(Protocol):
+    """Claims on shared download links (/d/): a visitor says which address they are, and that
+    claim, not the address, carries the one-time code and the lockout. What one address may
+    get in an hour over all its claims (codes, account answer rounds) is capped in the same
+    transactions (`per_hour`), so that many claims add no guesses and no flood of mail."""
+
+    def open_claim(self, attachment_id: str, address: str, recipient_id: int | None) -> int: ...
+    def claim(self, claim_id: int) -> ClaimRecord | None: ...
+    def issue_claim_code(
+        self, claim_id: int, secret: bytes, min_interval: float, max_sends: int, per_hour: int
+    ) -> float:
+        """0.0: `secret` stored as the claim's code (send it); else the seconds to wait
+        (`inf`: none left for this claim, or for its address this hour)."""
+        ...
+
+    def claim_code(self, claim_id: int) -> OtpState | None: ...
+    def drop_claim_code(self, claim_id: int) -> None: ...
+    def claim_answer(
+        self,
+        claim_id: int,
+        lockout: Callable[[int, int], float | None],
+        *,
+        funded: bool,
+        per_hour: int,
+        detail: str = "",
+    ) -> ClaimAttempt: ...
+    def settle_claim_answer(
+        self, attempt: ClaimAttempt, ok: bool, detail: str = ""
+    ) -> datetime | None: ...
+    def consume_claim_code(
+        self, claim_id: int, valid: Callable[[bytes, datetime], bool]
+    ) -> bool: ...
+
+
 class ReplyStore(Protocol):
     """Secure replies written in the portal, until the MTA has taken them."""
 
@@ -127,6 +164,7 @@ class ReplyStore(Protocol):
         """Replies (number, plaintext bytes) written at or after `since` by this link and by
         its address over all its links: what the portal's quotas count."""
         ...
+
     def free_bytes(self) -> int:
         """Bytes free (to this process) on the file system that holds the store's contents."""
         ...
@@ -148,6 +186,7 @@ class AccountStore(Protocol):
     def set_account_active(self, address: str, active: bool) -> bool:
         """Switching an account off also ends its portal sessions (its session generation)."""
         ...
+
     def totp_secret(self, address: str) -> bytes | None: ...
     def enrol_totp(self, address: str, secret: bytes) -> bool: ...
     def use_totp_step(self, address: str, step: int) -> bool: ...
@@ -289,6 +328,7 @@ class Store(
     MessageStore,
     HandoverStore,
     AttachmentStore,
+    ClaimStore,
     ReplyStore,
     AccountStore,
     SenderStore,

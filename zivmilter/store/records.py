@@ -222,6 +222,33 @@ class ReplyRecord:
 
 
 @dataclass(frozen=True)
+class ClaimRecord:
+    """A visitor's claim to be `address` on a shared download link (a /d/ link of a direct
+    copy): one browser session, one address. It holds its own one-time code and its own count
+    of wrong answers, so what one claimant does never locks another out of the same link."""
+
+    id: int
+    attachment_id: str
+    address: str
+    recipient_id: int | None  # None: the address is not a direct recipient of the message
+    locked_until: datetime | None
+
+
+@dataclass(frozen=True)
+class ClaimAttempt:
+    """One answer on a claim, counted (as wrong until it proves right) before it is compared:
+    `Attempt`'s rule, per claim. `compare` is False when the answer is admitted and counted but
+    has nothing to be compared against: an account answer whose claim could get no share of
+    its address's hourly budget (`ClaimStore.claim_answer`)."""
+
+    claim_id: int
+    admitted: bool
+    locked_until: datetime | None
+    lock_seconds: int = 0
+    compare: bool = True
+
+
+@dataclass(frozen=True)
 class SignInAttempt:
     """A sender's sign-in, claimed against the account's lockout before the password and code
     are compared (`claim_sign_in`), settled after (`settle_sign_in`): the same rule as a link's

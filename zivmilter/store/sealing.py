@@ -220,6 +220,14 @@ class Sealing:
     def reseal_otp(self, recipient_id: int, sealed: bytes) -> bytes:
         return self._seal(self._unseal(sealed, _otp(recipient_id)), _otp(recipient_id))
 
+    # A claim's code lives minutes and its claim a day (CLAIM_KEEP_SECONDS): a rotation need not
+    # reseal it; under the key ring it still opens until it is spent or thrown away.
+    def seal_claim_code(self, claim_id: int, secret: bytes) -> bytes:
+        return self._seal(secret, _claim_code(claim_id))
+
+    def unseal_claim_code(self, claim_id: int, sealed: bytes) -> bytes:
+        return self._unseal(sealed, _claim_code(claim_id))
+
 
 # A wrapped key or KEK-sealed value that names its KEK: _TAG || key id (8 bytes) || the rest.
 _TAG = b"\x01"
@@ -284,6 +292,10 @@ def _hint(message_id: str, address: str) -> str:
 
 def _otp(recipient_id: int) -> str:
     return f"recipients.otp:{recipient_id}"
+
+
+def _claim_code(claim_id: int) -> str:
+    return f"download_claims.otp_secret:{claim_id}"
 
 
 def _filename(attachment_id: str) -> str:

@@ -26,6 +26,7 @@ from zivmilter.store.postgresql.accounts import AccountsMixin
 from zivmilter.store.postgresql.attachments import AttachmentsMixin
 from zivmilter.store.postgresql.audit import AuditMixin
 from zivmilter.store.postgresql.blobs import PgBlobStore
+from zivmilter.store.postgresql.claims import ClaimsMixin
 from zivmilter.store.postgresql.connection import describe, open_pool
 from zivmilter.store.postgresql.contacts import ContactsMixin, IddMixin
 from zivmilter.store.postgresql.devices import DevicesMixin
@@ -44,6 +45,7 @@ class PostgresStore(
     SendersMixin,
     HandoversMixin,
     AttachmentsMixin,
+    ClaimsMixin,
     RepliesMixin,
     AccountsMixin,
     ContactsMixin,

@@ -240,6 +240,32 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX devices_address ON devices (address);
     CREATE INDEX devices_expiry ON devices (expires_at);
     """,
+    # 7: sqlite/schema.py version 13. A shared download link (/d/) verifies claims, not
+    # addresses: each visitor's claim has its own one-time code and lockout, and an address's
+    # codes per hour over all claims are capped (postgresql/claims.py).
+    """
+    CREATE TABLE download_claims (
+        id            BIGINT PRIMARY KEY,  -- random: a pass names it
+        attachment_id TEXT NOT NULL REFERENCES attachments (id) ON DELETE CASCADE,
+        address       TEXT NOT NULL,       -- normalized, as claimed (a recipient or not)
+        recipient_id  BIGINT REFERENCES recipients (id) ON DELETE CASCADE,  -- NULL: not one
+        created_at    BIGINT NOT NULL,
+        otp_secret    BYTEA,               -- sealed with the field key; NULL when none or spent
+        otp_sent_at   BIGINT,
+        otp_sends     INTEGER NOT NULL DEFAULT 0,
+        funded        INTEGER NOT NULL DEFAULT 0,  -- account answers: this round has its share
+        failed_streak INTEGER NOT NULL DEFAULT 0,
+        lockouts      INTEGER NOT NULL DEFAULT 0,
+        locked_until  BIGINT
+    );
+    CREATE INDEX download_claims_created ON download_claims (created_at);
+    CREATE TABLE claim_budget (            -- one row per code (or answer round) an address got
+        address TEXT NOT NULL,
+        at      BIGINT NOT NULL
+    );
+    CREATE INDEX claim_budget_address ON claim_budget (address, at);
+    CREATE INDEX claim_budget_at ON claim_budget (at);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -23,6 +23,7 @@ from zivmilter.store.sealing import Sealing
 from zivmilter.store.sqlite.accounts import AccountsMixin
 from zivmilter.store.sqlite.attachments import AttachmentsMixin
 from zivmilter.store.sqlite.audit import AuditMixin
+from zivmilter.store.sqlite.claims import ClaimsMixin
 from zivmilter.store.sqlite.connection import connect
 from zivmilter.store.sqlite.contacts import ContactsMixin, IddMixin
 from zivmilter.store.sqlite.devices import DevicesMixin
@@ -40,6 +41,7 @@ class SqliteStore(
     SendersMixin,
     HandoversMixin,
     AttachmentsMixin,
+    ClaimsMixin,
     RepliesMixin,
     AccountsMixin,
     ContactsMixin,
