@@ -34,6 +34,8 @@ def _verify(method: str) -> Callable[[str], dict[str, Any]]:
             "address": "recipient@example.net",
             "locked_minutes": 0,
             "code_sent": method in ("sms", "email"),
+            # "remember this browser" as policy.methods.remember_device_days would offer it
+            "remember_days": 30 if method in ("sms", "email") else 0,
             "has_totp": method == "account",
             "csrf_send": "sample",
             "csrf_verify": "sample",
