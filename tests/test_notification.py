@@ -585,3 +585,17 @@ def test_html_part_has_a_language_alt_texts_and_says_what_the_plain_part_says(
         words = " ".join(line.split())
         if words and words != "--":
             assert words in shown, (words, shown)
+
+
+def test_a_long_field_is_folded_as_compat32_folds_it_each_time() -> None:
+    # The milter folds a long To once per message, not once per notification (a cache): the
+    # bytes stay those of a fresh compat32 policy, for the first notification and the next.
+    from email._policybase import Compat32
+
+    from zivmilter.mail.notification import _WIRE
+
+    value = ", ".join(f"User {i} <user{i}@example.org>" for i in range(100))
+    stock = Compat32(linesep="\r\n").fold_binary("To", value)
+    assert _WIRE.fold_binary("To", value) == stock
+    assert _WIRE.fold_binary("To", value) == stock
+    assert _WIRE.fold_binary("Cc", value) == stock.replace(b"To:", b"Cc:", 1)

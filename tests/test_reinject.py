@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -182,7 +183,8 @@ def test_copies_are_written_without_nagle_delay() -> None:
 
 def test_a_connection_lost_after_the_final_dot_is_not_a_refusal() -> None:
     # The listener takes the first copy, then reads the whole second one and hangs up without a
-    # reply (a Postfix reload, an smtpd crash): the MTA may have queued it.
+    # reply (a Postfix reload, an smtpd crash): the MTA may have queued it. (One session, so
+    # that "first" and "second" are the batch's order; parallel sessions: below.)
     port = free_port()
     with FlakyListener("127.0.0.1", port, lambda n: "250" if n == 0 else "drop") as listener:
         copies = [
@@ -190,7 +192,7 @@ def test_a_connection_lost_after_the_final_dot_is_not_a_refusal() -> None:
             for i in range(3)
         ]
         with pytest.raises(DeliveryError) as caught:
-            SmtpReinjector("127.0.0.1", port, 10).send(copies)
+            SmtpReinjector("127.0.0.1", port, 10, sessions=1).send(copies)
     assert caught.value.uncertain is True and caught.value.permanent is False
     assert caught.value.accepted == 1
     assert "no reply after the end of data" in str(caught.value)
@@ -222,5 +224,155 @@ def test_each_copy_is_reported_as_soon_as_it_is_taken() -> None:
         FlakyListener("127.0.0.1", port, lambda n: "250" if n < 2 else "452"),
         pytest.raises(DeliveryError),
     ):
-        SmtpReinjector("127.0.0.1", port, 10).send([noted("a"), noted("b"), noted("c")])
+        SmtpReinjector("127.0.0.1", port, 10, sessions=1).send([noted("a"), noted("b"), noted("c")])
     assert seen == ["a: 2.0", "b: 2.0"]
+
+
+def _copies(count: int, seen: list[tuple[str, int]] | None = None) -> list[Outgoing]:
+    """`count` copies to r0@, r1@...; each acceptance noted in `seen` with the thread it ran in."""
+
+    def noted(rcpt: str) -> Callable[[str], None] | None:
+        if seen is None:
+            return None
+        return lambda reply: seen.append((rcpt, threading.get_ident()))
+
+    return [
+        Outgoing(
+            "a@org.example",
+            [f"r{i}@x.example"],
+            f"Subject: {i}\r\n\r\nx\r\n".encode(),
+            f"c{i}",
+            on_accepted=noted(f"r{i}@x.example"),
+        )
+        for i in range(count)
+    ]
+
+
+class _Sessions(_Keep):
+    """Notes the client port of each message: how many sessions the batch came over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peers: set[int] = set()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.peers.add(session.peer[1])
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_batch_goes_over_parallel_sessions_and_is_reported_in_the_callers_thread() -> None:
+    keep, port = _Sessions(), free_port()
+    ctl = Controller(keep, hostname="127.0.0.1", port=port)
+    ctl.start()
+    seen: list[tuple[str, int]] = []
+    try:
+        replies = SmtpReinjector("127.0.0.1", port, 10, sessions=3).send(_copies(12, seen))
+    finally:
+        ctl.stop()
+    assert len(replies) == 12 and all(r.startswith("2.0.0 Ok") for r in replies)
+    assert sorted(rcpts[0] for _, rcpts, _, _ in keep.got) == sorted(
+        f"r{i}@x.example" for i in range(12)
+    )
+    assert len(keep.peers) == 3
+    # the store behind the callbacks is used from the caller's thread only
+    assert sorted(r for r, _ in seen) == sorted(f"r{i}@x.example" for i in range(12))
+    assert {thread for _, thread in seen} == {threading.get_ident()}
+
+
+def test_a_batch_of_one_opens_one_session() -> None:
+    port = free_port()
+    with FlakyListener("127.0.0.1", port, lambda n: "250") as listener:
+        SmtpReinjector("127.0.0.1", port, 10, sessions=4).send(_copies(1))
+    assert listener.sessions == 1 and len(listener.received) == 1
+
+
+def _two_failures(fifth: str, sixth: str) -> Callable[[int], str]:
+    """The fifth copy fails, but only once a sixth copy arrived (in another session): so that
+    two sessions fail, not one that stops the others first."""
+    sixth_came = threading.Event()
+
+    def answer(n: int) -> str:
+        if n == 4:
+            sixth_came.wait(10)
+            return fifth
+        if n == 5:
+            sixth_came.set()
+            return sixth
+        return "250"
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "permanent", "uncertain"),
+    [
+        (lambda n: "drop" if n == 4 else "250", False, True),
+        (lambda n: "554" if n == 4 else "250", True, False),
+        (lambda n: "452" if n == 4 else "250", False, False),
+        (_two_failures("554", "drop"), False, True),
+        (_two_failures("554", "452"), False, False),
+    ],
+    ids=["drop", "5xx", "4xx", "5xx-and-drop", "5xx-and-4xx"],
+)
+def test_a_failure_in_one_of_parallel_sessions_keeps_the_accounting_exact(
+    answer: Callable[[int], str], permanent: bool, uncertain: bool
+) -> None:
+    # Three sessions; the fifth (and sixth) copy the listener gets fails. The others stop after
+    # the copy they are on; exactly the copies answered 250 are reported accepted, a copy
+    # dropped after its final dot makes the batch uncertain, and only 5xx alone is permanent.
+    port = free_port()
+    seen: list[tuple[str, int]] = []
+    with (
+        FlakyListener("127.0.0.1", port, answer) as listener,
+        pytest.raises(DeliveryError) as caught,
+    ):
+        SmtpReinjector("127.0.0.1", port, 10, sessions=3).send(_copies(30, seen))
+    taken = sorted(t.rcpt_tos[0] for t in listener.received if not t.dropped)
+    assert sorted(r for r, _ in seen) == taken
+    assert caught.value.accepted == len(taken)
+    assert 4 <= len(taken) < 30  # the batch stopped: not every copy was sent
+    assert caught.value.permanent is permanent
+    assert caught.value.uncertain is uncertain
+
+
+def test_pipelined_envelopes_are_sent_in_one_write() -> None:
+    # The listener holds its MAIL and RCPT replies back until DATA: a client waiting for each
+    # reply would hang until its timeout.
+    port = free_port()
+    with FlakyListener("127.0.0.1", port, lambda n: "250", pipelining=True) as listener:
+        two = Outgoing(
+            "a@org.example", ["x@x.example", "y@x.example"], b"Subject: 2\r\n\r\n.\r\n", "2"
+        )
+        replies = SmtpReinjector("127.0.0.1", port, 5, sessions=1).send([*_copies(3), two])
+    assert len(replies) == 4
+    assert [t.rcpt_tos for t in listener.received] == [
+        ("r0@x.example",), ("r1@x.example",), ("r2@x.example",), ("x@x.example", "y@x.example")
+    ]  # fmt: skip
+    assert listener.received[3].data == b"Subject: 2\r\n\r\n.\r\n"  # stuffed, then unstuffed
+
+
+@pytest.mark.parametrize(
+    ("refused", "permanent"),
+    [("y@x.example", False), ("x@x.example", True)],
+    ids=["4xx-second-rcpt", "5xx-first-rcpt"],
+)
+def test_a_refusal_mid_pipeline_refuses_the_copy_without_sending_it(
+    refused: str, permanent: bool
+) -> None:
+    # A copy to x@ and y@: one RCPT is refused while the other is taken, so DATA is still
+    # answered 354; the copy must not go to the other recipient alone (nor empty).
+    port = free_port()
+    code = "550 5.1.1 unknown" if permanent else "450 4.2.1 busy"
+    with FlakyListener(
+        "127.0.0.1", port, lambda n: "250", pipelining=True,
+        refuse_rcpt=lambda address: code if address == refused else None,
+    ) as listener:  # fmt: skip
+        two = Outgoing(
+            "a@org.example", ["x@x.example", "y@x.example"], b"Subject: 2\r\n\r\nx\r\n", "two"
+        )
+        with pytest.raises(DeliveryError) as caught:
+            SmtpReinjector("127.0.0.1", port, 5, sessions=1).send([*_copies(2), two, *_copies(1)])
+    assert f"RCPT TO {refused} refused: {code[:3]}" in str(caught.value)
+    assert caught.value.permanent is permanent and caught.value.uncertain is False
+    assert caught.value.accepted == 2
+    assert [t.rcpt_tos for t in listener.received] == [("r0@x.example",), ("r1@x.example",)]

@@ -51,9 +51,11 @@ class DeliveryError(ZivmilterError):
     `accepted` counts the messages of the batch the MTA had already taken (they will go out).
     `permanent`: the MTA refused the message for good (a 5xx reply); sending it again as it is
     cannot succeed.
-    `uncertain`: the message after the `accepted` ones was sent whole (its final "." written) but
-    no reply came (connection lost, timeout): the MTA may have queued it, so whatever it points
-    to must be kept. A clear 4xx/5xx refusal is not uncertain.
+    `uncertain`: a message of the batch that is not among the `accepted` ones was sent whole (its
+    final "." written) but no reply came (connection lost, timeout): the MTA may have queued it,
+    so whatever it points to must be kept. A clear 4xx/5xx refusal is not uncertain.
+    A batch sent over several sessions at once (reinject.py) may end with several failures:
+    `permanent` only when every one of them was a 5xx, `uncertain` when any was.
     """
 
     def __init__(

@@ -5,6 +5,11 @@ happens at the final ".": "250" (queued), "452"/"554" (refused) or "drop" (the c
 closed without a reply, after the whole message arrived: what a Postfix reload, an smtpd crash
 or a reply slower than the client's timeout look like to the client). Messages answered 250 or
 dropped are kept in `received` (a dropped one may well have been queued by a real MTA).
+
+pipelining=True offers PIPELINING (RFC 2920) and holds the replies to MAIL and RCPT back until
+DATA arrives, as a server may: a client that waits for each reply instead of pipelining never
+gets one (its timeout fails the test). `refuse_rcpt(address)` may answer a RCPT with a refusal
+("450 ...") instead of 250. `sessions` counts the connections taken.
 """
 
 from __future__ import annotations
@@ -24,9 +29,19 @@ class Taken:
 
 
 class FlakyListener:
-    def __init__(self, host: str, port: int, answer: Callable[[int], str]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        answer: Callable[[int], str],
+        *,
+        pipelining: bool = False,
+        refuse_rcpt: Callable[[str], str | None] = lambda address: None,
+    ) -> None:
         self.host, self.port, self.answer = host, port, answer
+        self.pipelining, self.refuse_rcpt = pipelining, refuse_rcpt
         self.received: list[Taken] = []
+        self.sessions = 0
         self._count = 0
         self._lock = threading.Lock()
         self._server = socket.create_server((host, port), reuse_port=False)
@@ -54,10 +69,16 @@ class FlakyListener:
             threading.Thread(target=self._session, args=(conn,), daemon=True).start()
 
     def _session(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.sessions += 1
+        held: list[bytes] = []  # replies to a pipelined MAIL and RCPT, sent with DATA's
         with conn, conn.makefile("rb") as rfile:
 
-            def say(line: str) -> None:
-                conn.sendall(line.encode() + b"\r\n")
+            def say(line: str, hold: bool = False) -> None:
+                held.append(line.encode() + b"\r\n")
+                if not (hold and self.pipelining):
+                    conn.sendall(b"".join(held))
+                    held.clear()
 
             say("220 flaky.test ESMTP")
             sender, rcpts = "", list[str]()
@@ -69,15 +90,23 @@ class FlakyListener:
                 if verb in (b"EHLO", b"HELO"):
                     say("250-flaky.test")
                     say("250-8BITMIME")
+                    if self.pipelining:
+                        say("250-PIPELINING")
                     say("250 SMTPUTF8")
                 elif verb == b"MAIL":
                     sender = line[10:].strip().split(b" ")[0].decode(errors="replace")
                     rcpts = []
-                    say("250 2.1.0 Ok")
+                    say("250 2.1.0 Ok", hold=True)
                 elif verb == b"RCPT":
-                    rcpts.append(line[8:].strip().split(b" ")[0].decode(errors="replace"))
-                    say("250 2.1.5 Ok")
+                    rcpt = line[8:].strip().split(b" ")[0].decode(errors="replace")
+                    refusal = self.refuse_rcpt(rcpt.strip("<>"))
+                    if refusal is None:
+                        rcpts.append(rcpt)
+                    say(refusal or "250 2.1.5 Ok", hold=True)
                 elif verb == b"DATA":
+                    if not rcpts:
+                        say("554 5.5.1 Error: no valid recipients")
+                        continue
                     say("354 End data with <CR><LF>.<CR><LF>")
                     data = b""
                     while True:

@@ -82,9 +82,11 @@ def test_a_listener_hanging_up_after_the_dot_leaves_a_working_link(sink: Sink) -
         with z, pf:
             before = len(sink.received)
             assert _send(pf, _data("e2e-drop")) // 100 == 4  # the client will retry
-            (maybe,) = listener.received
-            assert maybe.dropped
-            assert _opens(z, maybe.data), "a notification the MTA may have queued links nowhere"
+            # each re-injection session sends one copy and is dropped after its final dot
+            assert listener.received
+            for maybe in listener.received:
+                assert maybe.dropped
+                assert _opens(z, maybe.data), "a notification the MTA may have queued links nowhere"
             assert len(sink.received) == before
 
 

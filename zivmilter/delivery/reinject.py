@@ -5,20 +5,24 @@ recipients, other direct-delivery levels, DSNs). Each message must be accepted w
 DeliveryError is raised and the milter tempfails the original: nothing is lost. A refusal (a
 4xx/5xx reply) is told apart from a copy whose fate is unknown (the connection lost after its
 final "."): the MTA may have queued that one. Each copy's `on_accepted` runs as soon as the MTA
-took it, so a retry of the original can leave out what went out before (gateway.py). Bodies
-are streamed, never held whole in memory.
+took it, so a retry of the original can leave out what went out before (gateway.py). A batch
+is spread over a few sessions at once, each pipelining its envelopes: most of a copy's time is
+Postfix writing it to its queue, and the sessions overlap those waits. Bodies are streamed,
+never held whole in memory.
 """
 
 from __future__ import annotations
 
+import queue
 import re
 import smtplib
 import socket
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from zivmilter import metrics
+from zivmilter import defaults, metrics
 from zivmilter.errors import DeliveryError
 
 _CHUNK = 64 * 1024
@@ -82,37 +86,130 @@ def _utf8_header(content: bytes | BinaryIO) -> bool:
 
 
 class SmtpReinjector:
-    """Sends over one SMTP session per batch; any refusal is a DeliveryError."""
+    """Sends a batch over up to `sessions` SMTP sessions in parallel; any refusal is a
+    DeliveryError.
 
-    def __init__(self, host: str, port: int, timeout: float, helo: str | None = None) -> None:
+    Each session takes the next copy not yet sent; with the listener's PIPELINING (RFC 2920,
+    Postfix offers it) a copy's MAIL, RCPT and DATA go in one write. A failure in one session
+    stops the others after the copy they are sending (its reply is still awaited: once its
+    final "." is written, only the reply tells whether the MTA took it). Workers only talk
+    SMTP: every `on_accepted` runs in the caller's thread (the store's connection stays there),
+    as soon as the MTA's 250 for that copy has been read.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        helo: str | None = None,
+        sessions: int = defaults.REINJECT_SESSIONS,
+    ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.helo = helo or socket.getfqdn()
+        self.sessions = max(1, sessions)
 
     def send(self, messages: Sequence[Outgoing]) -> list[str]:
-        """Send all; returns the MTA's reply per message (with its queue id)."""
+        """Send all; returns the MTA's reply per message (with its queue id), in their order."""
         if not messages:
             return []
-        replies: list[str] = []
+        replies: list[str | None] = [None] * len(messages)
+        pending = iter(enumerate(messages))
+        take_lock = threading.Lock()
+        stop = threading.Event()
+
+        def take() -> tuple[int, Outgoing] | None:
+            with take_lock:
+                return None if stop.is_set() else next(pending, None)
+
+        count = min(self.sessions, len(messages))
+        if count == 1:  # no thread for one session: each copy reported as it is taken
+
+            def accepted(index: int, reply: str) -> None:
+                replies[index] = reply
+                callback = messages[index].on_accepted
+                if callback is not None:
+                    callback(reply)
+
+            failure = self._session(take, accepted)
+            failures = [] if failure is None else [failure]
+        else:
+            failures = self._parallel(count, messages, replies, take, stop)
+        if failures:
+            metrics.reinject_failed()
+            first = failures[0]
+            more = f" (and {len(failures) - 1} more failed)" if len(failures) > 1 else ""
+            raise DeliveryError(
+                f"{first}{more}",
+                accepted=sum(r is not None for r in replies),
+                permanent=all(f.permanent for f in failures),
+                uncertain=any(f.uncertain for f in failures),
+            ) from first
+        return [r for r in replies if r is not None]
+
+    def _parallel(
+        self,
+        count: int,
+        messages: Sequence[Outgoing],
+        replies: list[str | None],
+        take: Callable[[], tuple[int, Outgoing] | None],
+        stop: threading.Event,
+    ) -> list[DeliveryError]:
+        """`count` sessions in threads; their acceptances are handed to this thread in order."""
+        events: queue.SimpleQueue[tuple[int, str] | DeliveryError | None] = queue.SimpleQueue()
+        failures: list[DeliveryError] = []
+
+        def worker() -> None:
+            try:
+                failure = self._session(take, lambda index, reply: events.put((index, reply)))
+                if failure is not None:
+                    stop.set()  # the others finish the copy they are on, then end
+                    events.put(failure)
+            finally:
+                events.put(None)
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        running = count
+        try:
+            while running:
+                event = events.get()
+                if event is None:
+                    running -= 1
+                elif isinstance(event, DeliveryError):
+                    failures.append(event)
+                else:
+                    index, reply = event
+                    replies[index] = reply
+                    callback = messages[index].on_accepted
+                    if callback is not None:
+                        callback(reply)
+        finally:  # also when a callback failed: no session outlives the batch
+            stop.set()
+            for thread in threads:
+                thread.join()
+        return failures
+
+    def _session(
+        self,
+        take: Callable[[], tuple[int, Outgoing] | None],
+        accepted: Callable[[int, str], None],
+    ) -> DeliveryError | None:
+        """One SMTP session sending copies until none is left (or the batch stops): the
+        failure that ended it, if any."""
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
                 _no_delay(smtp)
                 smtp.ehlo(self.helo)
-                for msg in messages:
-                    reply = self._one(smtp, msg)
-                    replies.append(reply)
-                    if msg.on_accepted is not None:
-                        msg.on_accepted(reply)
+                while (item := take()) is not None:
+                    index, msg = item
+                    accepted(index, self._one(smtp, msg))
         except DeliveryError as exc:
-            metrics.reinject_failed()
-            raise DeliveryError(
-                str(exc), accepted=len(replies), permanent=exc.permanent, uncertain=exc.uncertain
-            ) from exc
+            return exc
         except (OSError, smtplib.SMTPException) as exc:
-            metrics.reinject_failed()
-            raise DeliveryError(
-                f"re-injection to {self.host}:{self.port} failed: {exc}", accepted=len(replies)
-            ) from exc
-        return replies
+            return DeliveryError(f"re-injection to {self.host}:{self.port} failed: {exc}")
+        return None
 
     def _one(self, smtp: smtplib.SMTP, msg: Outgoing) -> str:
         options: list[str] = []
@@ -128,16 +225,10 @@ class SmtpReinjector:
             smtp.command_encoding = "utf-8"
         elif _utf8_header(msg.content) and smtp.has_extn("smtputf8"):
             options.append("SMTPUTF8")  # UTF-8 in the header (RFC 6532), e.g. jörg@ in To
-        code, reply = smtp.mail(msg.sender, options)
-        if code != 250:
-            raise _refused(f"{msg.what}: MAIL FROM refused", code, reply)
-        for rcpt in msg.recipients:
-            code, reply = smtp.rcpt(rcpt)
-            if code not in (250, 251):
-                raise _refused(f"{msg.what}: RCPT TO {rcpt} refused", code, reply)
-        code, reply = smtp.docmd("DATA")
-        if code != 354:
-            raise _refused(f"{msg.what}: DATA refused", code, reply)
+        if smtp.has_extn("pipelining"):
+            _envelope_pipelined(smtp, msg, options)
+        else:
+            _envelope(smtp, msg, options)
         for piece in _dot_stuffed(msg.content):
             smtp.send(piece)
         smtp.send(b".\r\n")
@@ -153,6 +244,48 @@ class SmtpReinjector:
         if code != 250:
             raise _refused(f"{msg.what}: message refused", code, reply_bytes)
         return reply_bytes.decode(errors="replace")
+
+
+def _envelope(smtp: smtplib.SMTP, msg: Outgoing, options: list[str]) -> None:
+    """MAIL, each RCPT and DATA, each waiting for its reply, up to DATA's 354."""
+    code, reply = smtp.mail(msg.sender, options)
+    if code != 250:
+        raise _refused(f"{msg.what}: MAIL FROM refused", code, reply)
+    for rcpt in msg.recipients:
+        code, reply = smtp.rcpt(rcpt)
+        if code not in (250, 251):
+            raise _refused(f"{msg.what}: RCPT TO {rcpt} refused", code, reply)
+    code, reply = smtp.docmd("DATA")
+    if code != 354:
+        raise _refused(f"{msg.what}: DATA refused", code, reply)
+
+
+def _envelope_pipelined(smtp: smtplib.SMTP, msg: Outgoing, options: list[str]) -> None:
+    """MAIL, every RCPT and DATA in one write (RFC 2920), then their replies in order, up to
+    DATA's 354. A refusal of MAIL or of any RCPT is the copy's refusal: when DATA was still
+    answered 354 (other recipients were taken), the session is closed before any content, so
+    nothing is queued."""
+    encoding = smtp.command_encoding
+    option_text = "".join(f" {o}" for o in options)
+    commands = [f"MAIL FROM:{smtplib.quoteaddr(msg.sender)}{option_text}"]
+    commands += [f"RCPT TO:{smtplib.quoteaddr(rcpt)}" for rcpt in msg.recipients]
+    commands.append("DATA")
+    smtp.send("".join(f"{c}\r\n" for c in commands).encode(encoding))
+    refusal: DeliveryError | None = None
+    code, reply = smtp.getreply()
+    if code != 250:
+        refusal = _refused(f"{msg.what}: MAIL FROM refused", code, reply)
+    for rcpt in msg.recipients:
+        code, reply = smtp.getreply()
+        if code not in (250, 251) and refusal is None:
+            refusal = _refused(f"{msg.what}: RCPT TO {rcpt} refused", code, reply)
+    code, reply = smtp.getreply()
+    if refusal is not None:
+        if code == 354:  # the listener waits for content: end the session without a "."
+            smtp.close()
+        raise refusal
+    if code != 354:
+        raise _refused(f"{msg.what}: DATA refused", code, reply)
 
 
 def _no_delay(smtp: smtplib.SMTP) -> None:

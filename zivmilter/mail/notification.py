@@ -70,10 +70,20 @@ class _Wire(Compat32):
             return f"{name}: {value}{self.linesep}".encode("ascii")
         if isinstance(value, _Utf8Field):
             return f"{name}: {value}{self.linesep}".encode()
+        if type(value) is str and self is _WIRE:
+            return _folded(name, value)
         return super().fold_binary(name, value)
 
 
 _WIRE = _Wire(linesep="\r\n")
+
+
+@functools.lru_cache(maxsize=64)
+def _folded(name: str, value: str) -> bytes:
+    """A long field folded once for all the notifications of a message: the original's To and
+    Cc, the same in each of them. Folding a To of 100 addresses takes compat32 about 2 ms, and a
+    message to 100 recipients has 100 notifications: 0.2 s of the milter's time, quadratic."""
+    return Compat32.fold_binary(_WIRE, name, value)
 _SMTP = policy.SMTP
 
 
