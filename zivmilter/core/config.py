@@ -1,32 +1,28 @@
 """Configuration: one YAML file, read once with a strict `yaml.safe_load` (duplicate keys refused),
 validated into frozen objects.
 
-The schema *is* the dataclasses below: a small walker checks every key against their type hints,
-so an unknown key or a bad value is an error naming the file and the key path. Defaults come from
-defaults.py. Relative paths are taken relative to the config file's folder.
+The schema *is* the dataclasses below: the walker in yamlschema.py checks every key against their
+type hints, so an unknown key or a bad value is an error naming the file and the key path.
+Defaults come from defaults.py. Relative paths are taken relative to the config file's folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import ipaddress
 import os
 import re
-import types
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-import yaml
 
 from zivmilter import defaults
 from zivmilter.core import branding as _branding
 from zivmilter.core.addresses import normalize_address, normalize_domain
 from zivmilter.core.content import compile_pattern
 from zivmilter.core.levels import Level
-from zivmilter.errors import ConfigError, MessageError
+from zivmilter.core.yamlschema import FieldProblem, Invalid, build, read_yaml
+from zivmilter.errors import ConfigError
 
 _re_password = re.compile(r"(?:^|\s)password\s*=")
 
@@ -215,7 +211,7 @@ class OrganizationConfig:
                     f"{self.mail_from!r} is not at an organization domain"
                     f" ({', '.join(self.domains)}): its DKIM signature would not align"
                 )
-                raise _Invalid("organization.mail_from", problem)
+                raise Invalid("organization.mail_from", problem)
 
     @property
     def dsn_from(self) -> str:
@@ -300,13 +296,13 @@ class StoreConfig:
 
     def __post_init__(self) -> None:
         if self.backend == "postgresql" and not self.dsn:
-            raise _FieldProblem("dsn", "required with backend postgresql")
+            raise FieldProblem("dsn", "required with backend postgresql")
         if self.backend == "sqlite" and self.dsn:
-            raise _FieldProblem("dsn", "only for backend postgresql (backend is sqlite)")
+            raise FieldProblem("dsn", "only for backend postgresql (backend is sqlite)")
         if self.key_file in self.previous_key_files:
-            raise _FieldProblem("previous_key_files", "names store.key_file, the current key")
+            raise FieldProblem("previous_key_files", "names store.key_file, the current key")
         if len(set(self.previous_key_files)) != len(self.previous_key_files):
-            raise _FieldProblem("previous_key_files", "names a key file twice")
+            raise FieldProblem("previous_key_files", "names a key file twice")
 
 
 @dataclass(frozen=True)
@@ -511,11 +507,11 @@ def _read_logo(path: str | None) -> _branding.Logo | None:
         with open(path, "rb") as fh:
             data = fh.read(defaults.BRAND_LOGO_MAX_BYTES + 1)
     except OSError as exc:
-        raise _FieldProblem("logo", f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise FieldProblem("logo", f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         return _branding.check_logo(data)
     except ValueError as exc:
-        raise _FieldProblem("logo", f"{path}: {exc}") from None
+        raise FieldProblem("logo", f"{path}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -572,9 +568,9 @@ class BrandingConfig:
             try:
                 _branding.check_unit_key(key)
             except ValueError as exc:
-                raise _FieldProblem(f"units.{key}", str(exc)) from None
+                raise FieldProblem(f"units.{key}", str(exc)) from None
         if self.templates is not None and not os.path.isdir(self.templates):
-            raise _FieldProblem("templates", f"{self.templates}: not a folder")
+            raise FieldProblem("templates", f"{self.templates}: not a folder")
         object.__setattr__(self, "logo_image", _read_logo(self.logo))
 
 
@@ -611,200 +607,13 @@ class Config:
         return self.brands[_branding.unit_for(self.branding, sender)]
 
 
-# ---------------------------------------------------------------------------------------------
-# The walker.
-
-
-class _FieldProblem(ValueError):
-    """A problem a dataclass finds across its fields (__post_init__), naming the field."""
-
-    def __init__(self, name: str, problem: str) -> None:
-        super().__init__(problem)
-        self.name = name
-        self.problem = problem
-
-
-class _Invalid(Exception):
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(problem)
-        self.key = key
-        self.problem = problem
-
-
-def _describe(value: object) -> str:
-    return repr(value) if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
-
-
-def _convert(tp: Any, value: Any, key: str, base_dir: str | None, meta: Mapping[str, Any]) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, key, base_dir, meta)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key, base_dir)  # type: ignore[arg-type]
-    if origin is Literal:
-        if value not in args:
-            choices = ", ".join(str(a) for a in args)
-            raise _Invalid(key, f"{_describe(value)} is not one of {choices}")
-        return value
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp.parse(value) if hasattr(tp, "parse") else tp(value)
-        except ValueError:
-            choices = ", ".join(str(m.value) for m in tp)
-            raise _Invalid(key, f"{_describe(value)} is not one of {choices}") from None
-    if origin is tuple:
-        if value is None:
-            return ()
-        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
-            raise _Invalid(key, f"expected a list, got {_describe(value)}")
-        each = {"path": True} if meta.get("path") else {}  # a list of paths: each one resolved
-        return tuple(
-            _convert(args[0], v, f"{key}[{i}]", base_dir, each) for i, v in enumerate(value)
-        )
-    if origin is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise _Invalid(key, f"expected a mapping, got {_describe(value)}")
-        return {
-            _convert(args[0], k, f"{key}.{k}", base_dir, {}): _convert(
-                args[1], v, f"{key}.{k}", base_dir, {}
-            )
-            for k, v in value.items()
-        }
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise _Invalid(key, f"expected true or false, got {_describe(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(key, f"expected a whole number, got {_describe(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Invalid(key, f"expected a number, got {_describe(value)}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise _Invalid(key, f"expected a string, got {_describe(value)}")
-        text = str(value)
-        if meta.get("path") and base_dir and text and not os.path.isabs(text):
-            text = os.path.normpath(os.path.join(base_dir, text))
-        return text
-    raise TypeError(f"config schema: unsupported type {tp!r} at {key}")  # a bug, not bad input
-
-
-def _build(cls: type[Any], data: Any, prefix: str, base_dir: str | None) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise _Invalid(prefix or "(top level)", f"expected a mapping, got {_describe(data)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    for name in data:
-        if name not in fields:
-            known = ", ".join(sorted(fields))
-            where = f"{prefix}.{name}" if prefix else str(name)
-            raise _Invalid(where, f"unknown key (known here: {known})")
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if name not in data:
-            no_default = (
-                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            )
-            if no_default and not dataclasses.is_dataclass(hints[name]):
-                raise _Invalid(key, "required, but missing")
-            if no_default:
-                kwargs[name] = _build(hints[name], {}, key, base_dir)
-            continue
-        value = _convert(hints[name], data[name], key, base_dir, f.metadata)
-        check = f.metadata.get("check")
-        if check is not None and value is not None:
-            try:
-                value = check(value)
-            except (ValueError, MessageError) as exc:
-                raise _Invalid(key, str(exc)) from None
-        kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except _FieldProblem as exc:
-        raise _Invalid(f"{prefix}.{exc.name}" if prefix else exc.name, exc.problem) from None
-
-
 def from_mapping(data: Any, source: str = "<memory>", base_dir: str | None = None) -> Config:
     """Validate an already parsed mapping (tests, embedded defaults)."""
     try:
-        cfg: Config = _build(Config, data, "", base_dir)
-    except _Invalid as exc:
+        cfg: Config = build(Config, data, "", base_dir)
+    except Invalid as exc:
         raise ConfigError(source, exc.key, exc.problem) from None
     return dataclasses.replace(cfg, source=source)
-
-
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: str, line: int, first: int) -> None:
-        super().__init__(key)
-        self.key, self.line, self.first = key, line, first
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """`yaml.safe_load`, except that a key given twice in one mapping is an error: PyYAML keeps
-    the last one silently, and an admin's second `organization:` block would quietly replace the
-    first. Each node's key path is noted on the way down, for the error."""
-
-    def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
-        self._paths: dict[int, str] = {}
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        prefix = self._paths.get(id(node), "")
-        first_line: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *base` merges; keys given beside it override on purpose
-            key = self.construct_object(key_node, deep=True)
-            path = f"{prefix}.{key}" if prefix else str(key)
-            line = key_node.start_mark.line + 1
-            try:
-                if key in first_line:
-                    raise _DuplicateKey(path, line, first_line[key])
-                first_line[key] = line
-            except TypeError:
-                continue  # an unhashable key: the constructor below reports it
-            self._paths.setdefault(id(value_node), path)
-        return super().construct_mapping(node, deep)
-
-    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> list[Any]:
-        prefix = self._paths.get(id(node), "")
-        for i, child in enumerate(node.value):
-            self._paths.setdefault(id(child), f"{prefix}[{i}]")
-        return super().construct_sequence(node, deep)
-
-
-def read_yaml(path: str) -> Any:
-    """A YAML file's data (safe_load, but a duplicate key is an error); a ConfigError names the
-    file and, for bad YAML, where."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.load(fh, Loader=_StrictLoader)  # a SafeLoader: safe_load plus one check
-    except _DuplicateKey as exc:
-        raise ConfigError(
-            path, exc.key, f"duplicate key on line {exc.line} (first given on line {exc.first})"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(path, None, f"cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, None, "not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(path, None, f"not valid YAML{where}: {problem}") from None
-    return data
 
 
 def load(path: str) -> Config:

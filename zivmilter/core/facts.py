@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from zivmilter.core.addresses import normalize_address, normalize_domain
-from zivmilter.core.config import Config, Nta7516Config, read_yaml
+from zivmilter.core.config import Config, Nta7516Config
 from zivmilter.core.levels import Level, TlsVersion
 from zivmilter.core.route import is_route_host
+from zivmilter.core.yamlschema import read_yaml
 from zivmilter.errors import ConfigError, MessageError
 
 
