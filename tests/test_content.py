@@ -11,14 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from tests.budget import examples
 from tests.fakes import make_config
 from zivmilter import defaults
 from zivmilter.core import config as config_mod
-from zivmilter.core import content
 from zivmilter.core.assess import assess
 from zivmilter.core.bodytext import html_text, parts_of_body, parts_of_message
 from zivmilter.core.config import Config
@@ -263,32 +259,3 @@ def test_a_number_written_many_times_counts_once_toward_the_limit() -> None:
     body = "BSN 111222333. " * (defaults.CONTENT_MAX_MATCHES * 2) + "IBAN NL91ABNA0417164300"
     out = explained(config(), eml(body))
     assert [m["rule"] for m in out["selection_matches"]] == ["bsn", "iban"]
-
-
-# Pieces of text that make candidates of every rule, true and false, beside each other, on lines
-# and across line ends: "NL91", "1234.56.782", "4111 1111 1111 1111", "020-555 1234"...
-_PIECES = st.sampled_from(
-    [
-        "111222333", "111.222.333", "1112.22.333", "111 22 23 33", "4111", "1111", "0417",
-        "1643", "3782 822463 10005", "4222222222222", "NL91", "NL", "ABNA",
-        "GB82 WEST 1234 5698 7654 32", "BSN", "bsn", "BE", "71",
-        "0", "1", "12", "123", "4", "56", "782", "2024", " ", " ", ".", "-", ",", "\n", "\n",
-        "\r\n", "\u00a0", "é", "x", "_",
-    ]
-)  # fmt: skip
-
-
-@settings(max_examples=examples(600), deadline=None)
-@given(st.lists(_PIECES, max_size=60), st.booleans(), st.sets(st.sampled_from(list(ALL_ON))))
-def test_reading_only_the_lines_with_a_candidate_finds_what_reading_all_finds(
-    pieces: list[str], context: bool, off: set[str]
-) -> None:
-    # The prefilter is a speed-up only: RE2 over the whole text finds the same, for any mix of
-    # rules that are on.
-    rules = {**ALL_ON, **dict.fromkeys(off, False), "bsn_require_context": context}
-    cfg = config(rules).selection.content
-    parts = [content.Part(content.TEXT_PLAIN, "".join(pieces))]
-    found = content.scan(cfg, parts)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(content, "_windows", lambda data, rules: [(0, len(data))])
-        assert found == content.scan(cfg, parts)

@@ -295,43 +295,6 @@ def _candidates(rules: tuple[str, ...]) -> Any:
     return found
 
 
-# The prefilter: the text's bytes as classes (a digit "0", a capital "A", a dot or space "s",
-# anything else "x"), in which every candidate contains one of these needles on its line. No
-# built-in rule reads across a line end, so RE2 reads only the lines that hold a needle: most
-# lines of a letter hold none, and RE2's pass over them (a cold DFA of many states, in the
-# milter) is the larger part of the rules' cost per message (issue 17: < 5 % added CPU).
-_CLASSES = bytes(
-    ord("0") if chr(b).isdigit() and b < 128 else ord("A") if 65 <= b <= 90
-    else ord("s") if b in b". " else ord("x")
-    for b in range(256)
-)  # fmt: skip
-_NEEDLES = {
-    "bsn": (b"0" * 9, b"000s00"),  # nine digits, or written in groups (3 or 4, a dot or space, 2)
-    "iban": (b"AA00",),  # the country and check digits
-}
-# A card number is 13 to 19 digits, with at most one space or dash between any two: its groups
-# may be as short as one digit, so no needle finds its line. Without those separators its digits
-# are one run of 13; where the text has such a run (rare), RE2 reads all of it.
-_DIGITS_ONLY = bytes(ord("0") if 48 <= b <= 57 else ord("x") for b in range(256))
-
-
-def _windows(data: bytes, rules: tuple[str, ...]) -> list[tuple[int, int]]:
-    """(start, end) of the lines of `data` where a candidate of `rules` may be, in order."""
-    if "payment_card" in rules and b"0" * 13 in data.translate(_DIGITS_ONLY, b" -"):
-        return [(0, len(data))]
-    classes = data.translate(_CLASSES)
-    lines: set[tuple[int, int]] = set()
-    for rule in rules:
-        for needle in _NEEDLES.get(rule, ()):
-            at = classes.find(needle)
-            while at != -1:
-                end = data.find(b"\n", at)
-                end = len(data) if end == -1 else end
-                lines.add((data.rfind(b"\n", 0, at) + 1, end))
-                at = classes.find(needle, end)
-    return sorted(lines)
-
-
 def _builtin(data: bytes, cfg: Rules) -> list[tuple[int, str, str]]:
     """(position, rule, match as written) of the built-in rules that are on."""
     rules = tuple(r for r in _SOURCES if getattr(cfg, r))
@@ -343,32 +306,29 @@ def _builtin(data: bytes, cfg: Rules) -> list[tuple[int, str, str]]:
     hits: list[tuple[int, str, str]] = []
     distinct: set[str] = set()  # a number written many times counts once toward the limit
     pattern = _candidates(rules)
-    for line_start, line_end in _windows(data, rules):
-        pos: int | None = line_start
-        while pos is not None and len(distinct) <= defaults.CONTENT_MAX_MATCHES:
-            restart, pos = pos, None
-            for m in pattern.finditer(data, restart, line_end):
-                start, end = m.span()
-                found: list[tuple[str, str]] = []
-                if end - start <= 12:  # a BSN's length as written (a card has 13 digits or more)
-                    bsn = _bsn_at(data, start, end, context)
-                    if bsn is not None:
-                        found.append(("bsn", bsn))
-                elif data[start] > 57:  # a letter: an IBAN, perhaps run on into the next words
-                    written = _iban_at(data[start:end].decode("ascii"))
-                    if written is not None:
-                        found.append(("iban", written))
-                    if start + len(written or "....") < end:
-                        pos = start + len(written or "....")  # look again after it
-                else:
-                    found = _card_or_bsn(data, start, end, cfg.bsn, context)
-                for rule, written in found:
-                    hits.append((start, rule, written))
-                    distinct.add(written)
-                if pos is not None or len(distinct) > defaults.CONTENT_MAX_MATCHES:
-                    break
-        if len(distinct) > defaults.CONTENT_MAX_MATCHES:
-            break
+    pos: int | None = 0
+    while pos is not None and len(distinct) <= defaults.CONTENT_MAX_MATCHES:
+        restart, pos = pos, None
+        for m in pattern.finditer(data, restart):
+            start, end = m.span()
+            found: list[tuple[str, str]] = []
+            if end - start <= 12:  # a BSN's length as written (a card has 13 digits or more)
+                bsn = _bsn_at(data, start, end, context)
+                if bsn is not None:
+                    found.append(("bsn", bsn))
+            elif data[start] > 57:  # a letter: an IBAN, perhaps run on into the next words
+                written = _iban_at(data[start:end].decode("ascii"))
+                if written is not None:
+                    found.append(("iban", written))
+                if start + len(written or "....") < end:
+                    pos = start + len(written or "....")  # look again after it
+            else:
+                found = _card_or_bsn(data, start, end, cfg.bsn, context)
+            for rule, written in found:
+                hits.append((start, rule, written))
+                distinct.add(written)
+            if pos is not None or len(distinct) > defaults.CONTENT_MAX_MATCHES:
+                break
     return hits
 
 
