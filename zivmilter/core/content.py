@@ -121,9 +121,14 @@ _BSN = re2.compile(_BSN_SOURCE, _options())
 def bsn_valid(digits: str) -> bool:
     """The eleven-test (elfproef) of a citizen service number: 9*d1 + 8*d2 + ... + 2*d8 - d9
     is a multiple of 11 (and not all zeros)."""
-    if len(digits) != 9 or not digits.isdigit() or digits == "000000000":
+    return len(digits) == 9 and digits.isascii() and _eleven(digits.encode("ascii"))
+
+
+def _eleven(d: bytes) -> bool:
+    """The eleven-test on nine ASCII bytes that must be digits: on the candidate as RE2 found it,
+    before anything is decoded (most nine-digit candidates fail it)."""
+    if not d.isdigit() or d == b"000000000":
         return False
-    d = digits.encode("ascii")
     total = 9 * d[0] + 8 * d[1] + 7 * d[2] + 6 * d[3] + 5 * d[4] + 4 * d[5] + 3 * d[6] + 2 * d[7]
     return (total - d[8] - 48 * 43) % 11 == 0  # 48: b"0"; 43: the weights' sum, 44, less 1
 
@@ -266,9 +271,10 @@ def _near(data: bytes, start: int, end: int, words: Sequence[bytes]) -> bool:
 
 def _bsn_at(data: bytes, start: int, end: int, context: Sequence[bytes] | None) -> str | None:
     """The BSN candidate data[start:end], if it is one where it stands."""
-    written = data[start:end].decode("ascii")
-    if not bsn_valid(written.replace(".", "").replace(" ", "")):
+    raw = data[start:end]
+    if not _eleven(raw if end - start == 9 else raw.replace(b".", b"").replace(b" ", b"")):
         return None  # most candidates: the eleven-test first, it is the cheapest check
+    written = raw.decode("ascii")
     if not (_before_ok(data, start) and _after_ok(data, end)):
         return None
     if " " in written and (
