@@ -42,17 +42,19 @@ def parts_of_body(
     """The text parts of a message the MTA handed over: its header fields as given, and the whole
     message in `data` (the body from `body_offset`)."""
     fields: dict[str, str] = {}
-    msg = Message(policy=compat32)
     for name, value in headers:
         key = name.strip().lower()
         if key in _MIME_FIELDS:
             # given twice, or a name with spaces that `email` would not find: it decides, below
             twice = key in fields or key != name.lower()
             fields[key] = "" if twice else value
-            msg[name] = value
     simple = _single_text(fields, data, body_offset, scope)
     if simple is not None:
         return simple
+    msg = Message(policy=compat32)
+    for name, value in headers:
+        if name.strip().lower() in _MIME_FIELDS:
+            msg[name] = value
     if msg.get_content_maintype() == "multipart" or msg.get_content_maintype() == "message":
         return parts_of_message(data, scope)
     body = data[body_offset : body_offset + defaults.CONTENT_MAX_MESSAGE_BYTES]
