@@ -64,9 +64,12 @@ class ContentMatch:
     masked: str
 
 
-def _options() -> Any:
+def _options(latin1: bool = False) -> Any:
     opts = re2.Options()
-    opts.encoding = re2.Options.Encoding.UTF8
+    # Our own patterns are ASCII (\d, \b and [A-Z] are ASCII in RE2 whatever the encoding), so
+    # they find the same in UTF-8 text read as Latin-1, with a smaller automaton: no states for
+    # the UTF-8 sequences between the numbers, less of the cache to warm in each message.
+    opts.encoding = re2.Options.Encoding.LATIN1 if latin1 else re2.Options.Encoding.UTF8
     opts.log_errors = False  # RE2 would print every refused pattern on stderr; we raise
     opts.max_mem = defaults.CONTENT_PATTERN_MAX_MEM
     return opts
@@ -115,7 +118,7 @@ _BSN_SOURCE = (
     rb"\b(?:\d{9}|\d{4}[. ]\d{2}[. ]\d{3}|\d{3}[. ]\d{3}[. ]\d{3}"
     rb"|\d{3}[. ]\d{2}[. ]\d{2}[. ]\d{2})\b"
 )
-_BSN = re2.compile(_BSN_SOURCE, _options())
+_BSN = re2.compile(_BSN_SOURCE, _options(latin1=True))
 
 
 def bsn_valid(digits: str) -> bool:
@@ -296,7 +299,7 @@ def _candidates(rules: tuple[str, ...]) -> Any:
     run of 13 digits or more is not read as a BSN and the rest), then the BSN, then the IBAN."""
     found = _COMBINED.get(rules)
     if found is None:
-        found = re2.compile(b"|".join(_SOURCES[r] for r in rules), _options())
+        found = re2.compile(b"|".join(_SOURCES[r] for r in rules), _options(latin1=True))
         _COMBINED[rules] = found
     return found
 
