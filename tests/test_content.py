@@ -15,6 +15,7 @@ import yaml
 from tests.fakes import make_config
 from zivmilter import defaults
 from zivmilter.core import config as config_mod
+from zivmilter.core import content
 from zivmilter.core.assess import assess
 from zivmilter.core.bodytext import html_text, parts_of_body, parts_of_message
 from zivmilter.core.config import Config
@@ -259,3 +260,17 @@ def test_a_number_written_many_times_counts_once_toward_the_limit() -> None:
     body = "BSN 111222333. " * (defaults.CONTENT_MAX_MATCHES * 2) + "IBAN NL91ABNA0417164300"
     out = explained(config(), eml(body))
     assert [m["rule"] for m in out["selection_matches"]] == ["bsn", "iban"]
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["re2-direct", "re2-finditer"])
+def test_both_ways_of_reading_re2s_matches_find_the_same(
+    direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # content.py reads match spans from google-re2's compiled RE2 when it can (faster), else
+    # through the public finditer: every case of the data file finds the same either way.
+    monkeypatch.setattr(content, "_DIRECT", direct)
+    for case in CASES:
+        cfg = config(case.get("content"))
+        out = explained(cfg, eml(case["text"]))
+        found = [[m["rule"], m["masked"]] for m in out["selection_matches"]]
+        assert found == case["found"], case["name"]
