@@ -15,6 +15,7 @@ import yaml
 from tests.fakes import make_config
 from zivmilter import defaults
 from zivmilter.core import config as config_mod
+from zivmilter.core import content
 from zivmilter.core.assess import assess
 from zivmilter.core.bodytext import html_text, parts_of_body, parts_of_message
 from zivmilter.core.config import Config
@@ -113,9 +114,56 @@ def test_encoded_bodies_are_decoded(extra: dict[str, str]) -> None:
     assert [m["masked"] for m in out["selection_matches"]] == ["******333"]
 
 
-def test_the_milters_path_reads_the_same_as_a_file() -> None:
+LATIN1_BODY = "Geachte heer Müller, uw BSN is 111.222.333.\n".encode("iso-8859-1")
+QP_BODY = b"Geachte heer M=C3=BCller, uw BSN is 1112=\n22333.\n"
+HTML_QP = b"<p>BSN</p><p>111=\n222333&nbsp;=C3=A9</p>\n"
+# (MIME header fields, body) of single-part messages: the fields the gateway reads itself and
+# those it leaves to `email`
+SINGLE_PARTS = [
+    ("", b"BSN 111222333\n"),
+    ("Content-Type: text/plain\n", b"BSN 111222333\n"),
+    ('Content-Type: text/plain; charset="iso-8859-1"\nContent-Transfer-Encoding: 8bit\n',
+     LATIN1_BODY),
+    ("Content-Type: TEXT/Plain ; Charset = ISO-8859-1 ; format=flowed; delsp=yes\n", LATIN1_BODY),
+    ("Content-Type: text/plain; charset=iso-8859-1; charset=utf-8\n", LATIN1_BODY),
+    ("Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n",
+     QP_BODY),
+    ("Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: Quoted-Printable\n",
+     QP_BODY),
+    ("Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n",
+     HTML_QP),
+    ("Content-Type: text/plain; charset=x-unknown\n", LATIN1_BODY),
+    ("Content-Type: text/plain; charset=\"\"\n", LATIN1_BODY),
+    ("Content-Type: text/plain;\n charset=utf-8\nContent-Transfer-Encoding: 7bit\n",
+     b"BSN 111222333\n"),
+    ("Content-Type: text/plain; name=\"bsn 111222333.txt\"\n", b"BSN 111222333\n"),
+    ('Content-Type: text/plain\nContent-Disposition: attachment; filename="a.txt"\n',
+     b"BSN 111222333\n"),
+    ("Content-Type: text/plain; charset*=utf-8''%C3%BC\n", b"BSN 111222333\n"),
+    ('Content-Type: text/plain; charset="utf;8"\n', b"BSN 111222333\n"),
+    ("Content-Type: text/html\nContent-Type: text/plain\n", b"<b>BSN</b> 111222333\n"),
+    ("Content-Type: text\n", b"BSN 111222333\n"),
+    ("Content-Type: application/pdf\n", b"BSN 111222333\n"),
+    ("Content-Type: text/plain\nContent-Transfer-Encoding: base64\n", b"QlNOIDExMTIyMjMzMw==\n"),
+    ("Content-Type: text/plain\nContent-Transfer-Encoding: x-unknown\n", b"BSN 111222333\n"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fields,body", SINGLE_PARTS)
+def test_the_milters_path_reads_the_same_as_a_file(fields: str, body: bytes) -> None:
     # The gateway does not parse a single-part message again: its header fields come from the
-    # MTA, the body is decoded by `email`. Both paths find the same.
+    # MTA; plain ones it reads itself, the rest `email` reads. Both paths find the same.
+    scope = config().selection.content.scope
+    head = f"From: alice@hospital.example\nSubject: Results\n{fields}".encode()
+    data = (head + b"\n" + body).replace(b"\n", b"\r\n")
+    offset = len(head.replace(b"\n", b"\r\n")) + 2
+    read = parts_of_body(read_headers(data), data, offset, scope)
+    assert read == parts_of_message(data, scope)
+    for only in (["subject"], ["attachment_names"], ["text"]):
+        assert parts_of_body(read_headers(data), data, offset, only) == parts_of_message(data, only)
+
+
+def test_the_milters_path_reads_encoded_messages_as_a_file() -> None:
     scope = config().selection.content.scope
     for data in (eml("BSN 111222333", cte="base64"), eml("x", subject="BSN 111222333")):
         head, _, _ = data.partition(b"\n\n")
@@ -212,3 +260,17 @@ def test_a_number_written_many_times_counts_once_toward_the_limit() -> None:
     body = "BSN 111222333. " * (defaults.CONTENT_MAX_MATCHES * 2) + "IBAN NL91ABNA0417164300"
     out = explained(config(), eml(body))
     assert [m["rule"] for m in out["selection_matches"]] == ["bsn", "iban"]
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["re2-direct", "re2-finditer"])
+def test_both_ways_of_reading_re2s_matches_find_the_same(
+    direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # content.py reads match spans from google-re2's compiled RE2 when it can (faster), else
+    # through the public finditer: every case of the data file finds the same either way.
+    monkeypatch.setattr(content, "_DIRECT", direct)
+    for case in CASES:
+        cfg = config(case.get("content"))
+        out = explained(cfg, eml(case["text"]))
+        found = [[m["rule"], m["masked"]] for m in out["selection_matches"]]
+        assert found == case["found"], case["name"]

@@ -4,12 +4,16 @@ reduced to text, and attachment names. Pure: bytes in, `Part` values out.
 The `email` package does all MIME work (compat32: robust against real-world mail). Only the first
 defaults.CONTENT_MAX_MESSAGE_BYTES of a message are parsed and CONTENT_MAX_TEXT_BYTES of text
 kept: a huge message is scanned in its first megabytes, where the text parts are. A message that
-is not multipart (most of them) is not parsed again: its body is set as the payload of a message
-made from the header fields the MTA already gave, and `email` decodes it.
+is not multipart (most of them) is not parsed again: the header fields the MTA already gave say
+its type, charset and transfer encoding. The common ones (a plain Content-Type with a charset,
+7bit, 8bit or quoted-printable, no Content-Disposition) are read here as `email` reads them, at a
+tenth of the cost of its header parameter parsing (the content rules' budget is about 90 us per
+message, issue 17); anything else goes through `email` as before.
 """
 
 from __future__ import annotations
 
+import quopri
 import re
 from collections.abc import Sequence
 from email.message import Message
@@ -37,6 +41,16 @@ def parts_of_body(
 ) -> list[Part]:
     """The text parts of a message the MTA handed over: its header fields as given, and the whole
     message in `data` (the body from `body_offset`)."""
+    fields: dict[str, str] = {}
+    for name, value in headers:
+        key = name.strip().lower()
+        if key in _MIME_FIELDS:
+            # given twice, or a name with spaces that `email` would not find: it decides, below
+            twice = key in fields or key != name.lower()
+            fields[key] = "" if twice else value
+    simple = _single_text(fields, data, body_offset, scope)
+    if simple is not None:
+        return simple
     msg = Message(policy=compat32)
     for name, value in headers:
         if name.strip().lower() in _MIME_FIELDS:
@@ -46,6 +60,56 @@ def parts_of_body(
     body = data[body_offset : body_offset + defaults.CONTENT_MAX_MESSAGE_BYTES]
     msg.set_payload(body.decode("ascii", "surrogateescape"))
     return parts_of(msg, scope)
+
+
+# A Content-Type of tokens and simple (quoted) values only: what `email` reads from it is then
+# plain. Anything else (RFC 2231 `*` parameters, quoted semicolons or backslashes) goes to `email`.
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+_SIMPLE_TYPE = re.compile(
+    rf"\s*({_TOKEN}/{_TOKEN})\s*((?:;\s*[A-Za-z0-9_.-]+\s*=\s*(?:{_TOKEN}|\"[^\"\\;]*\")\s*)*);?\s*",
+    re.ASCII,
+)
+_PARAM = re.compile(r';\s*([A-Za-z0-9_.-]+)\s*=\s*("?)([^";]*?)\2\s*(?=;|$)', re.ASCII)
+_PLAIN_ENCODINGS = frozenset({"7bit", "8bit", "binary", ""})
+
+
+def _single_text(
+    fields: dict[str, str], data: bytes, body_offset: int, scope: Sequence[str]
+) -> list[Part] | None:
+    """The text of a single-part message whose MIME fields are plain, read without `email`, as
+    `parts_of` would read it; None when they are not plain (then `email` reads them)."""
+    if "content-disposition" in fields or any(not v.strip() for v in fields.values()):
+        return None  # a disposition (a file name), a field given twice or empty: `email` decides
+    cte = fields.get("content-transfer-encoding", "").lower()  # as `email` compares it, unstripped
+    if cte not in _PLAIN_ENCODINGS and cte != "quoted-printable":
+        return None  # base64, uuencode, or an unknown name
+    charset = ""
+    ctype = TEXT_PLAIN  # `email`'s default without a Content-Type
+    value = fields.get("content-type")
+    if value is not None:
+        m = _SIMPLE_TYPE.fullmatch(value)
+        if m is None:
+            return None
+        params: dict[str, str] = {}
+        for k, _, v in _PARAM.findall(m.group(2)):
+            params.setdefault(k.lower(), v)  # `email` takes the first of a name given twice
+        if "name" in params:
+            return None  # a file name: an attachment, for `email` to name
+        ctype = m.group(1).lower()
+        charset = params.get("charset", "").lower()
+    if ctype.split("/")[0] in ("multipart", "message"):
+        return None
+    if "text" not in scope or ctype not in (TEXT_PLAIN, TEXT_HTML):
+        return []
+    body = data[body_offset : body_offset + defaults.CONTENT_MAX_MESSAGE_BYTES]
+    if cte == "quoted-printable":
+        body = quopri.decodestring(body)
+    try:
+        text = body.decode(charset or "utf-8", "replace")
+    except LookupError:  # an unknown charset: read it as UTF-8
+        text = body.decode("utf-8", "replace")
+    text = text[: defaults.CONTENT_MAX_TEXT_BYTES]
+    return [Part(ctype, html_text(text) if ctype == TEXT_HTML else text)]
 
 
 def parts_of(msg: Message, scope: Sequence[str]) -> list[Part]:
