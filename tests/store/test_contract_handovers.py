@@ -35,3 +35,17 @@ def test_no_handover_outside_the_window_or_once_revoked_or_ended(st: Any, clock:
     st.remember_handover(second.id, KEY, second.tokens)
     st.end_handover(second.id)
     assert st.find_handover(KEY, 10_000) is None
+
+
+def test_a_message_saved_with_its_retry_key_is_found_until_its_handover_ends(
+    st: Any, reopen: Any
+) -> None:
+    # The gateway's way (no commit of its own for the handover): the key goes with the save,
+    # and an ended handover is gone at once for this store object and, once written, for others.
+    saved = st.save_message(new_message(retry_key=KEY))
+    found = st.find_handover(KEY, 3600)
+    assert found is not None and found.message_id == saved.id and found.tokens == saved.tokens
+    st.end_handover(saved.id)
+    assert st.find_handover(KEY, 3600) is None
+    st.save_message(new_message())  # the next save carries the end along (SQLite)
+    assert reopen().find_handover(KEY, 3600) is None

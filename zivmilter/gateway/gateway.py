@@ -193,7 +193,10 @@ class Gateway:
         retry = False
         retry_key: str | None = None
         if delivered:
-            retry_key = _retry_key(tx, sender, result.decision.recipients, content_digest)
+            if _copy_count(delivered) > 1 or (reported and sender):
+                # Copies are handed over before the answer: a retry must know which. (A single
+                # copy stays in the transaction: a retry stores and notifies anew, none twice.)
+                retry_key = _retry_key(tx, sender, result.decision.recipients, content_digest)
             before = None
             if retry_key is not None:
                 before = self.store.find_handover(retry_key, defaults.RETRY_WINDOW_SECONDS)
@@ -207,9 +210,7 @@ class Gateway:
                     extra=_ctx(tx),
                 )
             else:
-                saved = self._store(tx, result, delivered, original, author)
-                if retry_key is not None:
-                    self.store.remember_handover(saved.id, retry_key, saved.tokens)
+                saved = self._store(tx, result, delivered, original, author, retry_key)
         try:
             made = self._copies(tx, delivered, original, saved, author)
             copies = [c for c in made if c.key not in handed]
@@ -305,6 +306,7 @@ class Gateway:
         delivered: list[RecipientDecision],
         original: Message,
         author: str,
+        retry_key: str | None,
     ) -> SavedMessage:
         # Only notification messages expire: a direct copy is delivered and read (SPEC 8).
         expiry = self.cfg.policy.expiry_days
@@ -325,6 +327,7 @@ class Gateway:
                         queue_id=tx.queue_id,
                         expires_at=expires,
                         parts=[NewPart(p.index, p.filename, p.content_type, p.data) for p in found],
+                        retry_key=retry_key,
                     )
                 )
 
@@ -477,6 +480,12 @@ def _content_digest(tx: Transaction) -> str:
         digest.update(chunk)
     tx.message.seek(0)
     return digest.hexdigest()
+
+
+def _copy_count(delivered: Sequence[RecipientDecision]) -> int:
+    """How many copies `_copies` makes: one per notification recipient, one per direct group."""
+    groups = {(d.level, d.next_hop) for d in delivered if d.delivery is Delivery.DIRECT}
+    return len(groups) + sum(d.delivery is Delivery.NOTIFICATION for d in delivered)
 
 
 def _retry_key(

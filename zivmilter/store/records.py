@@ -73,6 +73,9 @@ class NewMessage:
     queue_id: str = ""
     expires_at: datetime | None = None
     parts: Sequence[NewPart] = ()
+    # A client's retry of this message finds it by this key (handovers): kept in the save's own
+    # transaction, so recognizing retries costs the hot path no commit of its own.
+    retry_key: str | None = None
 
 
 @dataclass(frozen=True, repr=False)

@@ -9,6 +9,7 @@ expiry's maintenance run rewrites that small table so the deleted keys leave its
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -118,6 +119,11 @@ class MessagesMixin(ContentsMixin):
                 self._remove_blob(ref)
             raise
 
+        handover = None
+        if message.retry_key is not None:  # sealed here, before the transaction
+            sealed_tokens = key.seal_tokens(message_id, json.dumps(tokens, sort_keys=True).encode())
+            handover = (message_id, message.retry_key, sealed_tokens, created)
+
         def write(cur: Cursor) -> None:
             cur.execute(
                 "INSERT INTO messages (id, rfc822_id, queue_id, sender, subject, created_at,"
@@ -146,6 +152,12 @@ class MessagesMixin(ContentsMixin):
                 " VALUES (%s, %s, %s, %s, %s)",
                 part_rows,
             )
+            if handover is not None:  # a client's retry finds it (postgresql/handovers.py)
+                cur.execute(
+                    "INSERT INTO handovers (message_id, retry_key, tokens, created_at)"
+                    " VALUES (%s, %s, %s, %s)",
+                    handover,
+                )
             audit(cur, created, message_id, None, "stored", f"queue {message.queue_id}")
 
         try:

@@ -104,10 +104,25 @@ class SqliteBase:
         self._lock = threading.RLock()
         self._queue_lock = threading.Lock()
         self._queued: list[_Pending] = []
+        # Writes that need no commit of their own: they ride along the next grouped commit
+        # (or close()). Only for what may be late without harm (an ended handover).
+        self._deferred: list[Callable[[sqlite3.Cursor], None]] = []
+        self._ending: set[str] = set()  # handovers ended, their rows not yet deleted
 
     def close(self) -> None:
+        with self._queue_lock:
+            deferred, self._deferred = self._deferred, []
         with self._lock:
+            if deferred:
+                with contextlib.suppress(sqlite3.Error), self._transaction() as cur:
+                    for write in deferred:
+                        write(cur)
             self._conn.close()
+
+    def _defer(self, write: Callable[[sqlite3.Cursor], None]) -> None:
+        """Run `write` in the next grouped commit, or at close()."""
+        with self._queue_lock:
+            self._deferred.append(write)
 
     def finish_erasure(self, wait: float = defaults.STORE_CHECKPOINT_WAIT) -> bool:
         """Fold the write-ahead log back into the database and truncate it, so that what a
@@ -165,9 +180,18 @@ class SqliteBase:
             raise mine.error
 
     def _write_batch(self, batch: list[_Pending]) -> None:
+        with self._queue_lock:
+            deferred, self._deferred = self._deferred, []
         try:
             with self._transaction() as cur:
-                if len(batch) == 1:  # alone: its failure rolls the transaction back
+                for write in deferred:  # harmless if lost with a failed commit: see _defer
+                    cur.execute("SAVEPOINT deferred")
+                    try:
+                        write(cur)
+                    except sqlite3.Error:
+                        cur.execute("ROLLBACK TO deferred")
+                    cur.execute("RELEASE deferred")
+                if len(batch) == 1 and not deferred:  # alone: its failure rolls it back
                     batch[0].write(cur)
                     return
                 for job in batch:

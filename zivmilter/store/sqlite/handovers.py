@@ -7,6 +7,10 @@ its links (the tokens, sealed with the message's field key: a notification alrea
 one) and leaves out the copies recorded here as taken. Once the milter answers with the
 message's plan, the handover ends: its rows (and the sealed tokens) go.
 
+Recognizing retries costs the milter's hot path no commit of its own: the handover is written in
+the message's own save (`NewMessage.retry_key`), and its end rides along the next grouped commit
+(`_defer`); until then this process already treats it as ended (`_ending`).
+
 Marks are written the moment the MTA took a copy, without an fsync of their own (WAL with
 synchronous=NORMAL, as `mark_opened`): they survive a kill of the milter, which is what they are
 for; a power loss can drop the last few, and then a copy is sent twice, never lost.
@@ -42,6 +46,8 @@ class HandoversMixin(MessagesMixin):
         """The newest live message stored under `retry_key` within the last `window` seconds
         (a revoked or expired one is not reused), with the copies the MTA took."""
         since = int(self._now() - window)
+        with self._queue_lock:
+            ending = set(self._ending)
         with self._lock:
             rows = self._conn.execute(
                 "SELECT h.message_id, h.tokens FROM handovers h JOIN messages m"
@@ -50,6 +56,8 @@ class HandoversMixin(MessagesMixin):
                 (retry_key, since),
             ).fetchall()
         for message_id, sealed in rows:
+            if message_id in ending:
+                continue  # ended: its rows go with the next commit
             key = self._live_message_key(str(message_id))
             if key is None:
                 continue
@@ -79,8 +87,12 @@ class HandoversMixin(MessagesMixin):
         def forget(cur: sqlite3.Cursor) -> None:
             cur.execute("DELETE FROM handovers WHERE message_id = ?", (message_id,))
             cur.execute("DELETE FROM handed_copies WHERE message_id = ?", (message_id,))
+            with self._queue_lock:
+                self._ending.discard(message_id)
 
-        self._lightly(forget)
+        with self._queue_lock:
+            self._ending.add(message_id)
+        self._defer(forget)
 
     def _lightly(self, write: Callable[[sqlite3.Cursor], object]) -> None:
         with self._lock, self._normal_sync(), self._transaction() as cur:

@@ -5,6 +5,7 @@ Everything sealed or hashed happens before the store's lock is taken; inside it,
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 import time
@@ -110,6 +111,11 @@ class MessagesMixin(ContentsMixin):
                 self._remove_blob(ref)
             raise
 
+        handover = None
+        if message.retry_key is not None:  # sealed here, outside the store's lock
+            sealed_tokens = key.seal_tokens(message_id, json.dumps(tokens, sort_keys=True).encode())
+            handover = (message_id, message.retry_key, sealed_tokens, created)
+
         def write(cur: sqlite3.Cursor) -> None:
             cur.execute(
                 "INSERT INTO messages (id, rfc822_id, queue_id, sender, subject, wrapped_key,"
@@ -134,6 +140,12 @@ class MessagesMixin(ContentsMixin):
                 " VALUES (?, ?, ?, ?, ?)",
                 part_rows,
             )
+            if handover is not None:
+                cur.execute(
+                    "INSERT INTO handovers (message_id, retry_key, tokens, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    handover,
+                )
             audit(cur, created, message_id, None, "stored", f"queue {message.queue_id}")
 
         try:
