@@ -105,7 +105,9 @@ class SqliteBase:
         self._queue_lock = threading.Lock()
         self._queued: list[_Pending] = []
         # Writes that need no commit of their own: they ride along the next grouped commit
-        # (or close()). Only for what may be late without harm (an ended handover).
+        # (or close()), and a failed commit or a kill loses them. Only for what may be late or
+        # lost: an ended handover (lost, the same message sent again within the retry window is
+        # taken for a retry: its copies the MTA took are not sent twice).
         self._deferred: list[Callable[[sqlite3.Cursor], None]] = []
         self._ending: set[str] = set()  # handovers ended, their rows not yet deleted
 
@@ -184,7 +186,7 @@ class SqliteBase:
             deferred, self._deferred = self._deferred, []
         try:
             with self._transaction() as cur:
-                for write in deferred:  # harmless if lost with a failed commit: see _defer
+                for write in deferred:  # lost with a failed commit: see __init__
                     cur.execute("SAVEPOINT deferred")
                     try:
                         write(cur)
