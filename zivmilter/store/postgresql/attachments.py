@@ -15,6 +15,7 @@ from zivmilter.store.postgresql.connection import audit, dt
 from zivmilter.store.postgresql.contents import insert_blob
 from zivmilter.store.postgresql.messages import KEY_JOIN, MESSAGE_FIELDS, MessagesMixin
 from zivmilter.store.records import AttachmentRecord, SavedAttachment
+from zivmilter.store.rows import message_record
 
 
 class AttachmentsMixin(MessagesMixin):
@@ -88,7 +89,7 @@ class AttachmentsMixin(MessagesMixin):
         if row is None:
             return None
         n = len(MESSAGE_FIELDS)
-        message = self._message_record(row[:n])
+        message = message_record(self._sealing, row[:n])
         aid, sealed, ctype, size, created, wrapped, deleted = row[n:]
         available = wrapped is not None and deleted is None
         filename = None

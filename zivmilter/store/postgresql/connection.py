@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -26,6 +25,9 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from zivmilter.errors import StoreError
 from zivmilter.store.blobs import BlobStore
+from zivmilter.store.rows import dt as dt  # re-exported: the backend's time helpers
+from zivmilter.store.rows import dt_or_none as dt_or_none
+from zivmilter.store.rows import ts as ts
 from zivmilter.store.sealing import Sealing
 
 Cursor = psycopg.Cursor[Any]
@@ -146,18 +148,3 @@ def recipient_ref(cur: Cursor, recipient_id: int, *, lock: bool = False) -> Any:
     )
     return cur.fetchone()
 
-
-def ts(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware")
-    return int(value.timestamp())
-
-
-def dt(value: Any) -> datetime:
-    return datetime.fromtimestamp(int(value), UTC)
-
-
-def dt_or_none(value: Any) -> datetime | None:
-    return None if value is None else dt(value)

@@ -16,6 +16,7 @@ from zivmilter import crypto, defaults
 from zivmilter.store.postgresql.connection import audit, dt, ts
 from zivmilter.store.postgresql.messages import KEY_JOIN, MESSAGE_FIELDS, MessagesMixin
 from zivmilter.store.records import MessageRecord, SentPage, SignInAttempt, address_key
+from zivmilter.store.rows import message_record
 
 _SENDER = "kind = 'sender' AND active"
 
@@ -194,7 +195,7 @@ class SendersMixin(MessagesMixin):
                 ).fetchone()
                 rows = cur.execute(select + " LIMIT %s OFFSET %s", (keys, limit, offset)).fetchall()
                 total = 0 if counted is None else int(counted[0])
-                return SentPage([self._message_record(r) for r in rows], total)
+                return SentPage([message_record(self._sealing, r) for r in rows], total)
             rows = cur.execute(select, (keys,)).fetchall()
             by_recipient = {
                 str(r[0])
@@ -207,7 +208,7 @@ class SendersMixin(MessagesMixin):
             }
         found: list[MessageRecord] = []
         for row in rows:
-            record = self._message_record(row)
+            record = message_record(self._sealing, row)
             if record.id in by_recipient or needle in (record.subject or "").casefold():
                 found.append(record)
         return SentPage(found[offset : offset + limit], len(found))

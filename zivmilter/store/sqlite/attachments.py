@@ -12,6 +12,7 @@ from zivmilter import crypto, defaults
 from zivmilter.errors import StoreError
 from zivmilter.store.blobs import Content
 from zivmilter.store.records import AttachmentRecord, SavedAttachment
+from zivmilter.store.rows import message_record
 from zivmilter.store.sqlite.connection import audit, dt
 from zivmilter.store.sqlite.contents import insert_blob
 from zivmilter.store.sqlite.messages import MESSAGE_FIELDS, MessagesMixin
@@ -86,7 +87,7 @@ class AttachmentsMixin(MessagesMixin):
         if row is None:
             return None
         n = len(MESSAGE_FIELDS)
-        message = self._message_record(row[:n])
+        message = message_record(self._sealing, row[:n])
         aid, sealed, ctype, size, created, wrapped, deleted = row[n:]
         available = wrapped is not None and deleted is None
         filename = None

@@ -25,12 +25,14 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from zivmilter import defaults
 from zivmilter.errors import StoreError
 from zivmilter.store.blobs import BLOB_DIR, BlobStore
+from zivmilter.store.rows import dt as dt  # re-exported: the backend's time helpers
+from zivmilter.store.rows import dt_or_none as dt_or_none
+from zivmilter.store.rows import ts as ts
 from zivmilter.store.sealing import Sealing
 from zivmilter.store.sqlite.schema import DB_NAME, migrate
 
@@ -260,18 +262,3 @@ def recipient_ref(cur: sqlite3.Cursor, recipient_id: int) -> Any:
         "SELECT message_id, address FROM recipients WHERE id = ?", (recipient_id,)
     ).fetchone()
 
-
-def ts(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware")
-    return int(value.timestamp())
-
-
-def dt(value: Any) -> datetime:
-    return datetime.fromtimestamp(int(value), UTC)
-
-
-def dt_or_none(value: Any) -> datetime | None:
-    return None if value is None else dt(value)

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from zivmilter import crypto, defaults
 from zivmilter.store.records import MessageRecord, SentPage, SignInAttempt, address_key
+from zivmilter.store.rows import message_record
 from zivmilter.store.sqlite.connection import audit, dt, ts
 from zivmilter.store.sqlite.messages import MESSAGE_FIELDS, MessagesMixin
 
@@ -165,7 +166,7 @@ class SendersMixin(MessagesMixin):
                 rows = self._conn.execute(
                     select + " LIMIT ? OFFSET ?", (*keys, limit, offset)
                 ).fetchall()
-                return SentPage([self._message_record(r) for r in rows], int(total))
+                return SentPage([message_record(self._sealing, r) for r in rows], int(total))
             rows = self._conn.execute(select, keys).fetchall()
             by_recipient = {
                 str(r[0])
@@ -178,7 +179,7 @@ class SendersMixin(MessagesMixin):
             }
         found: list[MessageRecord] = []
         for row in rows:
-            record = self._message_record(row)
+            record = message_record(self._sealing, row)
             if record.id in by_recipient or needle in (record.subject or "").casefold():
                 found.append(record)
         return SentPage(found[offset : offset + limit], len(found))
