@@ -145,7 +145,6 @@ class Gateway:
                 summary="not selected: passed",
                 selected=False,
             )
-        content_digest = _content_digest(tx)  # before the Subject rewrite: as the client sent it
         subject_change: list[tuple[str, int, str]] = []
         if result.selection.new_subject is not None:
             set_subject(tx, result.selection.new_subject)
@@ -195,8 +194,10 @@ class Gateway:
         if delivered:
             if _copy_count(delivered) > 1 or (reported and sender):
                 # Copies are handed over before the answer: a retry must know which. (A single
-                # copy stays in the transaction: a retry stores and notifies anew, none twice.)
-                retry_key = _retry_key(tx, sender, result.decision.recipients, content_digest)
+                # copy stays in the transaction: a retry stores and notifies anew, none twice.) The
+                # digest reads tx.headers (kept as the MTA gave them) and the body, which the
+                # Subject rewrite leaves alone: the same as the client sent
+                retry_key = _retry_key(tx, sender, result.decision.recipients, _content_digest(tx))
             before = None
             if retry_key is not None:
                 before = self.store.find_handover(retry_key, defaults.RETRY_WINDOW_SECONDS)
