@@ -1,0 +1,202 @@
+"""The encrypted PDF (issue 26, `encryption.pdf`): a message and its attachments in one PDF that
+opens with the recipient's access code.
+
+The text (From, To, Cc, Date, Subject on top; the plain-text body, or the HTML body reduced to
+its text) is laid out by fpdf2 in DejaVu Sans (Debian's fonts-dejavu-core: every Latin accent
+and more); every other part is embedded as a PDF file attachment, bytes unchanged; pikepdf
+(qpdf) then encrypts the whole with AES-256 (security handler R6), the access code as the user
+password and a random owner password. Pure: bytes in, bytes out; the gateway sends it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+import pikepdf
+from fpdf import FPDF
+from fpdf.enums import WrapMode, XPos, YPos
+
+from zivmilter.core.bodytext import html_text
+from zivmilter.mail.parts import body_text, layout, leaf_filename, leaf_payload, leaves
+
+FONT_DIR = "/usr/share/fonts/truetype/dejavu"  # Debian's fonts-dejavu-core
+_FONTS = {"": "DejaVuSans.ttf", "B": "DejaVuSans-Bold.ttf"}
+_HEADERS = ("From", "To", "Cc", "Date", "Subject")
+# Controls other than tab and newline would draw as boxes; C1 controls and lone surrogates too.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_SPACE = re.compile(r"[ \t\r\n\f\v]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+_PRE = re.compile(r"(?is)(<pre\b.*?</pre\s*>)")
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The words printed beside the header fields and above the list of attachments (the
+    caller passes the recipient's language; English by default)."""
+
+    headers: tuple[str, ...] = ("From", "To", "Cc", "Date", "Subject")
+    attachments: str = "Attachments (open them from your PDF reader's attachment panel):"
+
+
+def encrypted_pdf(
+    message: bytes,
+    password: str,
+    *,
+    labels: Labels = Labels(),
+    font_dir: str = FONT_DIR,
+    owner_password: str | None = None,
+) -> bytes:
+    """The message as a PDF that opens only with `password` (AES-256, R6).
+
+    Raises ValueError for an empty password (the content must never go out unprotected) and
+    FileNotFoundError, naming the file, when the font is missing.
+    """
+    if not password:
+        raise ValueError("an encrypted PDF needs a password")
+    msg = BytesParser(policy=policy.default).parsebytes(message)
+    assert isinstance(msg, EmailMessage)
+    named = zip(labels.headers, _HEADERS, strict=True)
+    heads = [(label, _header(msg, name)) for label, name in named]
+    body, files = _contents(msg)
+    plain = _render(
+        [(label, value) for label, value in heads if value],
+        body,
+        [(name, len(data)) for name, _mime, data in files],
+        labels,
+        font_dir,
+    )
+    with pikepdf.open(io.BytesIO(plain)) as pdf:
+        for name, mime, data in files:
+            pdf.attachments[name] = pikepdf.AttachedFileSpec(
+                pdf, data, filename=name, mime_type=mime
+            )
+        out = io.BytesIO()
+        pdf.save(
+            out,
+            encryption=pikepdf.Encryption(
+                user=password,
+                owner=owner_password or secrets.token_urlsafe(32),
+                R=6,
+                aes=True,
+                metadata=True,
+            ),
+        )
+    return out.getvalue()
+
+
+# --- what goes in -----------------------------------------------------------------------------
+
+
+def _header(msg: EmailMessage, name: str) -> str:
+    values = msg.get_all(name) or []
+    text = ", ".join(str(v) for v in values)
+    return _SPACE.sub(" ", _CONTROL.sub("", text)).strip()
+
+
+def _contents(msg: EmailMessage) -> tuple[str, list[tuple[str, str, bytes]]]:
+    """The readable body, and every other part as (unique file name, type, bytes)."""
+    parts = layout(msg)
+    if parts.text is not None:
+        body = body_text(parts.text)
+    elif parts.html is not None:
+        body = _html_to_text(body_text(parts.html))
+    else:
+        body = ""
+    bodies = {id(p) for p in (parts.text, parts.html) if p is not None}
+    files: list[tuple[str, str, bytes]] = []
+    taken: set[str] = set()
+    # Inline images (cid:) and attachments alike: the text cannot show them, the PDF keeps them.
+    for index, part in enumerate(leaves(msg)):
+        if id(part) in bodies:
+            continue
+        name = _unique(leaf_filename(part, index), taken)
+        files.append((name, part.get_content_type(), leaf_payload(part)))
+    return _tidy(body), files
+
+
+def _html_to_text(html: str) -> str:
+    """HTML as a reader sees it: source white space collapsed (but kept in <pre>), tags gone."""
+    pieces = _PRE.split(html)
+    flat = "".join(p if i % 2 else _SPACE.sub(" ", p) for i, p in enumerate(pieces))
+    lines = (line.strip() for line in html_text(flat).split("\n"))
+    return "\n".join(lines)
+
+
+def _tidy(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ")
+    return _BLANK_LINES.sub("\n\n", _CONTROL.sub("", text)).strip("\n")
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    stem, ext = os.path.splitext(name)
+    candidate, n = name, 1
+    while candidate.lower() in taken:
+        n += 1
+        candidate = f"{stem} ({n}){ext}"
+    taken.add(candidate.lower())
+    return candidate
+
+
+# --- layout -----------------------------------------------------------------------------------
+
+
+def _render(
+    heads: Iterable[tuple[str, str]],
+    body: str,
+    attached: list[tuple[str, int]],
+    labels: Labels,
+    font_dir: str,
+) -> bytes:
+    pdf = FPDF(format="A4")
+    pdf.set_margins(20, 20, 20)
+    pdf.set_auto_page_break(True, margin=20)
+    pdf.set_creator("zivmilter")
+    for style, file in _FONTS.items():
+        path = os.path.join(font_dir, file)
+        if not os.path.isfile(path):
+            why = "font missing (Debian: apt-get install fonts-dejavu-core)"
+            raise FileNotFoundError(f"{path}: {why}")
+        pdf.add_font("DejaVu", style, path)
+    pdf.add_page()
+    width = pdf.epw
+    for label, value in heads:
+        pdf.set_font("DejaVu", "B", 10)
+        pdf.cell(28, 6, f"{label}:", new_x=XPos.RIGHT, new_y=YPos.TOP)
+        pdf.set_font("DejaVu", "", 10)
+        pdf.multi_cell(width - 28, 6, value, align="L", wrapmode=WrapMode.CHAR,
+                       new_x=XPos.LMARGIN, new_y=YPos.NEXT)  # fmt: skip
+    pdf.ln(2)
+    pdf.line(pdf.l_margin, pdf.get_y(), pdf.l_margin + width, pdf.get_y())
+    pdf.ln(4)
+    pdf.set_font("DejaVu", "", 11)
+    if body:
+        pdf.multi_cell(width, 5.5, body, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    if attached:
+        pdf.ln(6)
+        pdf.set_font("DejaVu", "B", 10)
+        pdf.multi_cell(width, 6, labels.attachments, align="L",
+                       new_x=XPos.LMARGIN, new_y=YPos.NEXT)  # fmt: skip
+        pdf.set_font("DejaVu", "", 10)
+        for name, size in attached:
+            pdf.multi_cell(width, 5.5, f"• {name} ({_size(size)})", align="L",
+                           wrapmode=WrapMode.CHAR, new_x=XPos.LMARGIN, new_y=YPos.NEXT)  # fmt: skip
+    return bytes(pdf.output())
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.0f} KB"
+    return f"{n / 1024 / 1024:.1f} MB"
+
+
+__all__ = ["FONT_DIR", "Labels", "encrypted_pdf"]
