@@ -76,6 +76,7 @@ def test_opens_with_the_access_code_and_reads_as_the_message(pdf: bytes, tmp_pat
                  "Één, twee, drie", "data.bin", "notes (2).txt"):  # fmt: skip
         assert word in text, word
     assert "HTML alternative" not in text
+    assert "message.txt" not in text  # DejaVu shows all of it: no copy of the text needed
 
 
 def test_attachments_are_embedded_byte_for_byte(pdf: bytes, tmp_path: Path) -> None:
@@ -123,3 +124,29 @@ def test_html_only_message_is_reduced_to_its_text_and_keeps_its_images(tmp_path:
 def test_an_empty_access_code_is_refused() -> None:
     with pytest.raises(ValueError, match="password"):
         encrypted_pdf(bytes(_message()), "")
+
+
+def test_long_lines_and_words_are_wrapped_within_the_page() -> None:
+    from fpdf import FPDF
+
+    from zivmilter.mail.pdf import FONT_DIR, _wrap
+
+    pdf = FPDF(format="A4")
+    pdf.add_font("DejaVu", "", f"{FONT_DIR}/DejaVuSans.ttf")
+    pdf.set_font("DejaVu", "", 11)
+    text = "Zie https://example.org/" + "ä" * 400 + " en " + "woord " * 60 + "\n\nEinde"
+    lines = _wrap(pdf, text, 120)
+    assert all(pdf.get_string_width(line) <= 120 for line in lines)
+    assert "".join(lines).replace(" ", "") == text.replace(" ", "").replace("\n", "")
+    assert lines[0] == "Zie" and lines[-2:] == ["", "Einde"]
+
+
+def test_characters_the_font_lacks_are_not_lost(tmp_path: Path) -> None:
+    msg = EmailMessage()
+    msg["From"] = "李 <li@example.cn>"
+    msg["Subject"] = "会议"
+    msg.set_content(f"请查收附件。\n{CANARY}\n")
+    plain = _decrypt(encrypted_pdf(bytes(msg), CODE), tmp_path)
+    assert "the whole text is attached: message.txt" in _text(plain)
+    kept = _attachment(plain, "message.txt").decode("utf-8")
+    assert "李 <li@example.cn>" in kept and "会议" in kept and "请查收附件。" in kept

@@ -14,7 +14,6 @@ import io
 import os
 import re
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -34,6 +33,7 @@ _HEADERS = ("From", "To", "Cc", "Date", "Subject")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _SPACE = re.compile(r"[ \t\r\n\f\v]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_WORDS = re.compile(r" *[^ ]+| +")  # a word with the spaces before it
 _PRE = re.compile(r"(?is)(<pre\b.*?</pre\s*>)")
 
 
@@ -44,6 +44,7 @@ class Labels:
 
     headers: tuple[str, ...] = ("From", "To", "Cc", "Date", "Subject")
     attachments: str = "Attachments (open them from your PDF reader's attachment panel):"
+    unrenderable: str = "Some characters cannot be shown here; the whole text is attached: {name}"
 
 
 def encrypted_pdf(
@@ -66,13 +67,8 @@ def encrypted_pdf(
     named = zip(labels.headers, _HEADERS, strict=True)
     heads = [(label, _header(msg, name)) for label, name in named]
     body, files = _contents(msg)
-    plain = _render(
-        [(label, value) for label, value in heads if value],
-        body,
-        [(name, len(data)) for name, _mime, data in files],
-        labels,
-        font_dir,
-    )
+    shown = [(label, value) for label, value in heads if value]
+    plain = _render(shown, body, files, labels, font_dir)
     with pikepdf.open(io.BytesIO(plain)) as pdf:
         for name, mime, data in files:
             pdf.attachments[name] = pikepdf.AttachedFileSpec(
@@ -149,12 +145,14 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def _render(
-    heads: Iterable[tuple[str, str]],
+    heads: list[tuple[str, str]],
     body: str,
-    attached: list[tuple[str, int]],
+    files: list[tuple[str, str, bytes]],
     labels: Labels,
     font_dir: str,
 ) -> bytes:
+    """The pages. Where the font lacks a character (Chinese, say), the text is added to `files`
+    as message.txt too, and the first line says so: the recipient loses nothing."""
     pdf = FPDF(format="A4")
     pdf.set_margins(20, 20, 20)
     pdf.set_auto_page_break(True, margin=20)
@@ -167,6 +165,15 @@ def _render(
         pdf.add_font("DejaVu", style, path)
     pdf.add_page()
     width = pdf.epw
+    cmap = getattr(pdf.fonts.get("dejavu"), "cmap", None)
+    text = "\n".join(f"{label}: {value}" for label, value in heads) + "\n\n" + body
+    if cmap is not None and any(ord(ch) not in cmap for ch in set(text) - {"\n"}):
+        name = _unique("message.txt", {n.lower() for n, _m, _d in files})
+        files.append((name, "text/plain", text.encode("utf-8")))
+        pdf.set_font("DejaVu", "B", 10)
+        pdf.multi_cell(width, 6, labels.unrenderable.format(name=name), align="L",
+                       new_x=XPos.LMARGIN, new_y=YPos.NEXT)  # fmt: skip
+        pdf.ln(2)
     for label, value in heads:
         pdf.set_font("DejaVu", "B", 10)
         pdf.cell(28, 6, f"{label}:", new_x=XPos.RIGHT, new_y=YPos.TOP)
@@ -177,18 +184,55 @@ def _render(
     pdf.line(pdf.l_margin, pdf.get_y(), pdf.l_margin + width, pdf.get_y())
     pdf.ln(4)
     pdf.set_font("DejaVu", "", 11)
-    if body:
-        pdf.multi_cell(width, 5.5, body, align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    if attached:
+    for line in _wrap(pdf, body, width) if body else ():
+        pdf.cell(width, 5.5, line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    if files:
         pdf.ln(6)
         pdf.set_font("DejaVu", "B", 10)
         pdf.multi_cell(width, 6, labels.attachments, align="L",
                        new_x=XPos.LMARGIN, new_y=YPos.NEXT)  # fmt: skip
         pdf.set_font("DejaVu", "", 10)
-        for name, size in attached:
-            pdf.multi_cell(width, 5.5, f"• {name} ({_size(size)})", align="L",
+        for name, _mime, data in files:
+            pdf.multi_cell(width, 5.5, f"• {name} ({_size(len(data))})", align="L",
                            wrapmode=WrapMode.CHAR, new_x=XPos.LMARGIN, new_y=YPos.NEXT)  # fmt: skip
     return bytes(pdf.output())
+
+
+def _wrap(pdf: FPDF, text: str, width: float) -> list[str]:
+    """The body's lines broken at spaces to fit `width` (a word wider than a line at any
+    character). fpdf2's multi_cell measures the line again at every character: 100 KB of text
+    took seconds; this measures each character once (the font has no kerning here)."""
+    widths: dict[str, float] = {}
+
+    def measure(piece: str) -> float:
+        total = 0.0
+        for ch in piece:
+            w = widths.get(ch)
+            if w is None:
+                w = widths[ch] = pdf.get_string_width(ch)
+            total += w
+        return total
+
+    out: list[str] = []
+    for paragraph in text.split("\n"):
+        line, used = "", 0.0
+        for piece in _WORDS.findall(paragraph):
+            word = piece
+            if line and used + measure(word) > width:
+                out.append(line.rstrip())
+                line, used, word = "", 0.0, word.lstrip(" ")
+            w = measure(word)
+            if used + w <= width:
+                line, used = line + word, used + w
+                continue
+            for ch in word:  # a word wider than a line: broken at characters
+                cw = measure(ch)
+                if line and used + cw > width:
+                    out.append(line)
+                    line, used = "", 0.0
+                line, used = line + ch, used + cw
+        out.append(line.rstrip())
+    return out
 
 
 def _size(n: int) -> str:
