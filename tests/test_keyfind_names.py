@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from zivmilter.core.keys import Candidate, KeyKind, KeySource
-from zivmilter.transport.keyfind import CachedSource, Found, dane_owner, wkd_hash, wkd_urls, zbase32
+from zivmilter.errors import ConfigError
+from zivmilter.transport.keyfind import (
+    CachedSource,
+    Found,
+    WkdSource,
+    dane_owner,
+    wkd_hash,
+    wkd_urls,
+    zbase32,
+)
+from zivmilter.transport.resolver import Resolver
 
 
 def test_wkd_hash_is_the_drafts_example() -> None:
@@ -116,3 +127,11 @@ def test_cache_takes_plain_sources_and_bounds_its_size() -> None:
     for address in ("a@x.org", "b@x.org", "a@x.org", "c@x.org", "a@x.org", "b@x.org"):
         assert list(cache.candidates(address)) == [KEY]
     assert plain.asked == 4  # a, b, c, then b again (evicted as least recently used)
+
+
+def test_an_unreadable_ca_file_names_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    for path in (str(bad), str(tmp_path / "missing.pem")):
+        with pytest.raises(ConfigError, match=r"encryption\.wkd\.ca_file"):
+            WkdSource(Resolver(("127.0.0.1",)), ca_file=path)

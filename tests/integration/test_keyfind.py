@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,6 +45,7 @@ CA = trustme.CA()
 OTHER_CA = trustme.CA()  # a CA the lookups do not trust
 
 ADVANCED_IP, DIRECT_IP, APEX_IP, WRONG_CA_IP = "127.0.7.1", "127.0.7.2", "127.0.7.3", "127.0.7.4"
+SILENT_IP = "127.0.7.5"  # takes the connection, never answers
 
 
 # --- keys, computed here independently of the code under test -------------------------------
@@ -136,6 +138,7 @@ ZONES = [
     ]),
     Zone("direct.example", records=[f"@ A {DIRECT_IP}"]),
     Zone("wrongca.example", records=[f"openpgpkey A {WRONG_CA_IP}"]),
+    Zone("silent.example", records=[f"openpgpkey A {SILENT_IP}"]),
 ]  # fmt: skip
 
 
@@ -204,9 +207,11 @@ def world(shared_dns: TestDns) -> Iterator[TestDns]:
         }),
     ]  # fmt: skip
     SERVERS.update((s.address, s) for s in servers)
+    silent = socket.create_server((SILENT_IP, 443), backlog=16)
     try:
         yield shared_dns
     finally:
+        silent.close()
         SERVERS.clear()
         for server in servers:
             server.stop()
@@ -280,6 +285,16 @@ def test_wkd_server_of_an_untrusted_ca_is_refused(
 def test_wkd_response_over_the_size_bound_is_refused(world: TestDns, ca_file: str) -> None:
     source = WkdSource(Resolver((world.resolver,)), ca_file=ca_file, max_bytes=len(ALICE_PGP) - 1)
     assert list(source.candidates("alice@keys.example")) == []
+
+
+def test_wkd_lookup_is_bounded_in_time(world: TestDns, ca_file: str) -> None:
+    # TCP is accepted (the kernel's backlog) but TLS never answers: the lookup gives up at its
+    # budget and finds nothing, an outcome the cache keeps only briefly (not conclusive).
+    source = WkdSource(Resolver((world.resolver,)), ca_file=ca_file, timeout=1.5)
+    start = time.monotonic()
+    found = source.find("joe@silent.example")
+    assert found.candidates == () and not found.conclusive
+    assert time.monotonic() - start < 30  # 1.5 s in fact; generous for a loaded machine
 
 
 # --- OPENPGPKEY and SMIMEA --------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 
 from zivmilter.core.addresses import normalize_domain
 from zivmilter.core.keys import Candidate, CandidateSource, KeyKind, KeySource
+from zivmilter.errors import ConfigError
 from zivmilter.transport.resolver import DnsAnswer, Resolver
 
 log = logging.getLogger("zivmilter.transport")
@@ -166,7 +167,11 @@ class WkdSource:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.port = port
-        self.tls = ssl.create_default_context(cafile=ca_file)
+        try:
+            self.tls = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            problem = f"{ca_file!r} is no readable PEM file of CA certificates: {exc}"
+            raise ConfigError("<config>", "encryption.wkd.ca_file", problem) from None
         self.tls.minimum_version = ssl.TLSVersion.TLSv1_2
 
     def candidates(self, address: str) -> Sequence[Candidate]:
