@@ -201,7 +201,10 @@ def world(shared_dns: TestDns) -> Iterator[TestDns]:
         # The apex of keys.example also serves a key by the direct method: it must never be
         # asked, since keys.example has the openpgpkey sub-domain.
         WkdServer(APEX_IP, CA, ["keys.example"], {_direct("dave"): APEX_PGP}),
-        WkdServer(DIRECT_IP, CA, ["direct.example"], {_direct("joe"): JOE_PGP}),
+        WkdServer(DIRECT_IP, CA, ["direct.example"], {
+            _direct("joe"): JOE_PGP,
+            _direct("soft404"): b"<!doctype html><title>Not found</title>",
+        }),
         WkdServer(WRONG_CA_IP, OTHER_CA, ["openpgpkey.wrongca.example"], {
             _advanced("wrongca.example", "eve"): WRONG_CA_PGP,
         }),
@@ -249,6 +252,9 @@ def test_wkd_direct_method_when_the_subdomain_has_no_address(world: TestDns, ca_
 def test_wkd_404_finds_nothing(world: TestDns, ca_file: str) -> None:
     assert list(_wkd(world, ca_file).candidates("nobody@direct.example")) == []
     assert list(_wkd(world, ca_file).candidates("nobody@keys.example")) == []
+    # A web site's HTML page for any path is no key either.
+    assert _wkd(world, ca_file).find("soft404@direct.example").candidates == ()
+    assert SERVERS[DIRECT_IP].requests[-1] == _direct("soft404")
 
 
 def test_wkd_never_falls_back_to_the_apex_when_the_subdomain_exists(

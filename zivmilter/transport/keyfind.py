@@ -204,7 +204,11 @@ class WkdSource:
                 log.info("WKD for %s: %s", address, problem or f"{host} has no address")
                 return Found(conclusive=problem is None)
         reply = self._get(url, addresses, deadline)
-        if reply.status == 200 and reply.body:
+        if reply.status == 200 and not _looks_openpgp(reply.body):
+            # A web site's "soft 404" (its HTML page for any path) is no key.
+            log.info("WKD for %s: %s answered no OpenPGP data; no key", address, url)
+            return Found()
+        if reply.status == 200:
             provenance = f"WKD {method} method, {url} (PKIX)"
             return Found((Candidate(KeyKind.OPENPGP, reply.body, KeySource.WKD, provenance),))
         if reply.status is not None and reply.status < 500:
@@ -218,12 +222,14 @@ class WkdSource:
     def _addresses(self, host: str, deadline: float) -> tuple[list[str], str | None]:
         """The host's addresses through our resolver; a problem if DNS gave no verdict."""
         found: list[str] = []
+        errors: list[str] = []
         for rdtype in ("A", "AAAA"):
             answer = self.resolver.query(host, rdtype, deadline - time.monotonic())
             if answer.status == "error":
-                return [], f"{rdtype} {host}: {answer.error}"
+                errors.append(f"{rdtype} {host}: {answer.error}")
             found += [r.address for r in answer.records if hasattr(r, "address")]
-        return found, None
+        # An address of one family is enough; without any, a failed query leaves it unknown.
+        return found, (errors[0] if errors and not found else None)
 
     def _get(self, url: str, addresses: list[str], deadline: float) -> _Reply:
         parts = urllib.parse.urlsplit(url)
@@ -266,6 +272,12 @@ class WkdSource:
             return _Reply(None, problem=f"{host} ({ip}): {exc or type(exc).__name__}")
         finally:
             conn.close()
+
+
+def _looks_openpgp(body: bytes) -> bool:
+    """A binary OpenPGP packet (the tag octet's high bit, RFC 9580 4.2) or ASCII armor; the
+    validator reads it properly."""
+    return bool(body) and (body[0] & 0x80 != 0 or body.lstrip().startswith(b"-----BEGIN PGP"))
 
 
 # --- DNSSEC-validated DNS records ----------------------------------------------------------
