@@ -107,6 +107,7 @@ APEX_PGP = gpg_public_key("Dave <dave@keys.example>")
 WRONG_CA_PGP = gpg_public_key("Eve <eve@wrongca.example>")
 ALICE_SMIME = smime_cert("alice@keys.example")
 CA_SMIME = smime_cert("ca@keys.example")
+PKIX_SMIME = smime_cert("pkix@keys.example")
 
 
 def _openpgpkey(local: str, key: bytes) -> str:
@@ -127,6 +128,7 @@ ZONES = [
         _smimea("alice", 3, 0, 1, ALICE_SMIME),  # a hash only: skipped
         _smimea("carol", 3, 0, 1, ALICE_SMIME),  # nothing but a hash
         _smimea("ca", 2, 0, 0, CA_SMIME),  # names a CA (DANE-TA): not a recipient's certificate
+        _smimea("pkix", 1, 0, 0, PKIX_SMIME),  # PKIX-EE: must still chain to a trusted CA
     ]),
     Zone("unsigned.example", records=[
         _openpgpkey("alice", ALICE_PGP),
@@ -323,7 +325,15 @@ def test_smimea_full_certificate_from_a_signed_zone(
     assert found.material == ALICE_SMIME
     name = f"{owner('alice', '_smimecert')}.keys.example"
     assert found.provenance == f"SMIMEA DANE-EE(3) at {name} (DNSSEC-validated)"
+    assert not found.needs_ca_chain  # DNSSEC alone vouches for a DANE-EE certificate
     assert "DANE-EE(3) 0 1 skipped: holds no whole certificate" in caplog.text
+
+
+def test_smimea_pkix_ee_certificate_must_still_chain(world: TestDns) -> None:
+    (found,) = SmimeaSource(Resolver((world.resolver,))).candidates("pkix@keys.example")
+    assert found.material == PKIX_SMIME and found.needs_ca_chain
+    name = f"{owner('pkix', '_smimecert')}.keys.example"
+    assert found.provenance == f"SMIMEA PKIX-EE(1) at {name} (DNSSEC-validated)"
 
 
 def test_smimea_hashes_and_ca_records_give_no_candidate(

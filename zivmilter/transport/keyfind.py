@@ -354,10 +354,10 @@ class SmimeaSource(_DaneSource):
     """RFC 8162 SMIMEA records, only from a DNSSEC-validated answer.
 
     A record that holds a whole certificate (selector 0, matching type 0) for the end entity
-    (usage PKIX-EE(1) or DANE-EE(3)) is a candidate; its usage is in the provenance, since
-    PKIX-EE still asks for a chain to a trusted CA while DANE-EE rests on DNSSEC alone. Every
-    other record is skipped with a log line: a hash or a bare public key is no certificate to
-    encrypt to (S/MIME needs one), and a TA usage names a CA, not the recipient.
+    (usage PKIX-EE(1) or DANE-EE(3)) is a candidate; its usage is in the provenance and in
+    `needs_ca_chain`: PKIX-EE still asks for a chain to a trusted CA, DANE-EE rests on DNSSEC
+    alone. Every other record is skipped with a log line: a hash or a bare public key is no
+    certificate to encrypt to (S/MIME needs one), and a TA usage names a CA, not the recipient.
     """
 
     label = "_smimecert"
@@ -371,7 +371,15 @@ class SmimeaSource(_DaneSource):
             if usage in (1, 3) and selector == 0 and mtype == 0:
                 provenance = f"SMIMEA {name}({usage}) at {owner} (DNSSEC-validated)"
                 material = bytes(r.cert)  # type: ignore[attr-defined]
-                out.append(Candidate(KeyKind.SMIME, material, KeySource.SMIMEA, provenance))
+                out.append(
+                    Candidate(
+                        KeyKind.SMIME,
+                        material,
+                        KeySource.SMIMEA,
+                        provenance,
+                        needs_ca_chain=usage != 3,  # DANE-EE: DNSSEC alone vouches
+                    )
+                )
                 continue
             why = (
                 "names a CA, not the recipient's certificate"
