@@ -14,8 +14,11 @@ from zivmilter.errors import ConfigError
 from zivmilter.transport.keyfind import (
     CachedSource,
     Found,
+    OpenpgpkeySource,
+    SmimeaSource,
     WkdSource,
     dane_owner,
+    network_sources,
     wkd_hash,
     wkd_urls,
     zbase32,
@@ -135,3 +138,15 @@ def test_an_unreadable_ca_file_names_the_key(tmp_path: Path) -> None:
     for path in (str(bad), str(tmp_path / "missing.pem")):
         with pytest.raises(ConfigError, match=r"encryption\.wkd\.ca_file"):
             WkdSource(Resolver(("127.0.0.1",)), ca_file=path)
+
+
+def test_network_sources_each_behind_a_cache() -> None:
+    resolver = Resolver(("127.0.0.1",))
+    sources = network_sources(resolver, cache_ttl=120, timeout=3)
+    kinds = {KeySource.WKD: WkdSource, KeySource.OPENPGPKEY: OpenpgpkeySource,
+             KeySource.SMIMEA: SmimeaSource}  # fmt: skip
+    assert set(sources) == set(kinds)
+    for name, cls in kinds.items():
+        cached = sources[name]
+        assert isinstance(cached, CachedSource) and cached.ttl == 120
+        assert isinstance(cached.source, cls) and cached.source.timeout == 3

@@ -438,6 +438,24 @@ class CachedSource:
         return found.candidates
 
 
+def network_sources(
+    resolver: Resolver,
+    *,
+    cache_ttl: float = CACHE_TTL,
+    timeout: float = LOOKUP_TIMEOUT,
+    wkd_ca_file: str | None = None,
+    wkd_max_bytes: int = WKD_MAX_BYTES,
+) -> dict[KeySource, CandidateSource]:
+    """The three network sources, each behind its own cache, by the `KeySource` value the
+    configured order names (the organization's key store is the caller's to add)."""
+    wkd = WkdSource(resolver, ca_file=wkd_ca_file, timeout=timeout, max_bytes=wkd_max_bytes)
+    return {
+        KeySource.WKD: CachedSource(wkd, cache_ttl),
+        KeySource.OPENPGPKEY: CachedSource(OpenpgpkeySource(resolver, timeout=timeout), cache_ttl),
+        KeySource.SMIMEA: CachedSource(SmimeaSource(resolver, timeout=timeout), cache_ttl),
+    }
+
+
 __all__ = [
     "CachedSource",
     "Found",
@@ -446,6 +464,7 @@ __all__ = [
     "SmimeaSource",
     "WkdSource",
     "dane_owner",
+    "network_sources",
     "wkd_hash",
     "wkd_urls",
     "zbase32",
