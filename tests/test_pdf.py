@@ -110,6 +110,8 @@ def test_html_only_message_is_reduced_to_its_text_and_keeps_its_images(tmp_path:
     msg.set_content(
         "<html><head><style>p { color: red }</style><script>var secret = 1;</script></head>\n"
         "<body><p>First   paragraph,\n   <b>bold</b> word.</p><p>" + CANARY + "</p>"
+        '<p>See <a href="https://example.org/a?b=1&amp;c=2">our <i>site</i></a>.</p>'
+        "<ul><li>one</li><li>two</li></ul>"
         '<img src="cid:logo@x"></body></html>',
         subtype="html",
     )
@@ -117,6 +119,8 @@ def test_html_only_message_is_reduced_to_its_text_and_keeps_its_images(tmp_path:
     plain = _decrypt(encrypted_pdf(bytes(msg), CODE), tmp_path)
     text = _text(plain)
     assert "First paragraph, bold word." in text and CANARY in text
+    assert "See our site (https://example.org/a?b=1&c=2)." in text
+    assert "• one" in text and "• two" in text
     assert "color" not in text and "secret" not in text and "<p>" not in text
     assert _attachment(plain, "logo.png") == IMAGE
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from html import unescape
 
 import pikepdf
 from fpdf import FPDF
@@ -34,6 +35,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _SPACE = re.compile(r"[ \t\r\n\f\v]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _WORDS = re.compile(r" *[^ ]+| +")  # a word with the spaces before it
+_A_TAG = re.compile(r"(?i)<(/?)a\b([^<>]*)>")
+_HREF = re.compile(r"""(?i)\bhref\s*=\s*["']?([^"'\s<>]+)""")
+_SHOWN_SCHEMES = re.compile(r"(?i)(https?|mailto|ftp):")
+_ITEM = re.compile(r"(?i)(<li\b[^<>]*>)")
 _PRE = re.compile(r"(?is)(<pre\b.*?</pre\s*>)")
 
 
@@ -119,11 +124,37 @@ def _contents(msg: EmailMessage) -> tuple[str, list[tuple[str, str, bytes]]]:
 
 
 def _html_to_text(html: str) -> str:
-    """HTML as a reader sees it: source white space collapsed (but kept in <pre>), tags gone."""
+    """HTML as a reader sees it: source white space collapsed (but kept in <pre>), tags gone,
+    a link's address after its text (paper cannot be clicked), list items bulleted."""
+    html = _links_shown(html)
+    html = _ITEM.sub(r"\1• ", html)
     pieces = _PRE.split(html)
     flat = "".join(p if i % 2 else _SPACE.sub(" ", p) for i, p in enumerate(pieces))
     lines = (line.strip() for line in html_text(flat).split("\n"))
     return "\n".join(lines)
+
+
+def _links_shown(html: str) -> str:
+    """Each link's address written after its text, unless the text shows it already; one pass
+    over the tags (an opening tag pairs with the next closing one), so it costs linear time."""
+    out: list[str] = []
+    pos = 0
+    opened: re.Match[str] | None = None
+    for tag in _A_TAG.finditer(html):
+        if not tag.group(1):
+            opened = tag
+            continue
+        if opened is None:
+            continue
+        href = _HREF.search(opened.group(2))
+        url = href.group(1) if href and _SHOWN_SCHEMES.match(href.group(1)) else None
+        inner = html[opened.end() : tag.start()]
+        if url and unescape(url).lower() not in unescape(inner).lower():
+            out += [html[pos : tag.start()], f" ({url})"]
+            pos = tag.start()
+        opened = None
+    out.append(html[pos:])
+    return "".join(out)
 
 
 def _tidy(text: str) -> str:
