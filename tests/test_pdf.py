@@ -154,3 +154,12 @@ def test_characters_the_font_lacks_are_not_lost(tmp_path: Path) -> None:
     assert "the whole text is attached: message.txt" in _text(plain)
     kept = _attachment(plain, "message.txt").decode("utf-8")
     assert "李 <li@example.cn>" in kept and "会议" in kept and "请查收附件。" in kept
+
+
+def test_html_white_space_collapses_except_in_pre() -> None:
+    from zivmilter.mail.pdf import _html_to_text
+
+    html = "<p>a   b\n   c</p><pre>def f():\n    return   1</pre><p>d&nbsp;&nbsp;e</p>"
+    assert _html_to_text(html).strip("\n").split("\n") == [
+        "a b c", "", "def f():", "    return   1", "", "d\xa0\xa0e",
+    ]  # fmt: skip

@@ -39,7 +39,7 @@ _A_TAG = re.compile(r"(?i)<(/?)a\b([^<>]*)>")
 _HREF = re.compile(r"""(?i)\bhref\s*=\s*["']?([^"'\s<>]+)""")
 _SHOWN_SCHEMES = re.compile(r"(?i)(https?|mailto|ftp):")
 _ITEM = re.compile(r"(?i)(<li\b[^<>]*>)")
-_PRE = re.compile(r"(?is)(<pre\b.*?</pre\s*>)")
+_PRE_TAG = re.compile(r"(?i)<(/?)pre\b[^<>]*>")
 
 
 @dataclass(frozen=True)
@@ -128,10 +128,28 @@ def _html_to_text(html: str) -> str:
     a link's address after its text (paper cannot be clicked), list items bulleted."""
     html = _links_shown(html)
     html = _ITEM.sub(r"\1• ", html)
-    pieces = _PRE.split(html)
-    flat = "".join(p if i % 2 else _SPACE.sub(" ", p) for i, p in enumerate(pieces))
-    lines = (line.strip() for line in html_text(flat).split("\n"))
+    # Outside <pre> a line starts with one space at most (runs collapsed): drop it, and keep
+    # a <pre> block's indentation.
+    lines = (
+        line[1:] if line.startswith(" ") and not line.startswith("  ") else line
+        for line in (line.rstrip() for line in html_text(_collapse_space(html)).split("\n"))
+    )
     return "\n".join(lines)
+
+
+def _collapse_space(html: str) -> str:
+    """Runs of source white space as one space, except inside <pre> (one pass over its tags:
+    a lazy regex from each unclosed <pre> to the end would cost quadratic time)."""
+    out: list[str] = []
+    pos, depth = 0, 0
+    for tag in _PRE_TAG.finditer(html):
+        chunk = html[pos : tag.start()]
+        out += [chunk if depth else _SPACE.sub(" ", chunk), tag.group(0)]
+        depth = depth + 1 if not tag.group(1) else max(0, depth - 1)
+        pos = tag.end()
+    rest = html[pos:]
+    out.append(rest if depth else _SPACE.sub(" ", rest))
+    return "".join(out)
 
 
 def _links_shown(html: str) -> str:
