@@ -163,3 +163,16 @@ def test_html_white_space_collapses_except_in_pre() -> None:
     assert _html_to_text(html).strip("\n").split("\n") == [
         "a b c", "", "def f():", "    return   1", "", "d\xa0\xa0e",
     ]  # fmt: skip
+
+
+def test_headers_encoded_or_raw_utf8_read_as_text(tmp_path: Path) -> None:
+    raw = (
+        "From: =?iso-8859-1?q?J=F6rg_M=FCller?= <joerg@example.de>\r\n"
+        "To: Zoë <zoe@example.nl>\r\n"  # raw UTF-8, as an SMTPUTF8 client sends it
+        "Subject: =?utf-8?b?w5xiZXJ3ZWlzdW5n?=\r\n"
+        "\r\n"
+        f"{CANARY}\r\n"
+    ).encode()
+    text = _text(_decrypt(encrypted_pdf(raw, CODE), tmp_path))
+    for shown in ("Jörg Müller <joerg@example.de>", "Zoë <zoe@example.nl>", "Überweisung", CANARY):
+        assert shown in text, shown

@@ -16,8 +16,9 @@ import re
 import secrets
 from dataclasses import dataclass
 from email import policy
-from email.message import EmailMessage
-from email.parser import BytesParser
+from email.header import decode_header
+from email.message import EmailMessage, Message
+from email.parser import BytesHeaderParser, BytesParser
 from html import unescape
 
 import pikepdf
@@ -70,7 +71,8 @@ def encrypted_pdf(
     msg = BytesParser(policy=policy.default).parsebytes(message)
     assert isinstance(msg, EmailMessage)
     named = zip(labels.headers, _HEADERS, strict=True)
-    heads = [(label, _header(msg, name)) for label, name in named]
+    raw = BytesHeaderParser(policy=policy.compat32).parsebytes(message)
+    heads = [(label, _header(raw, name)) for label, name in named]
     body, files = _contents(msg)
     shown = [(label, value) for label, value in heads if value]
     plain = _render(shown, body, files, labels, font_dir)
@@ -96,10 +98,27 @@ def encrypted_pdf(
 # --- what goes in -----------------------------------------------------------------------------
 
 
-def _header(msg: EmailMessage, name: str) -> str:
-    values = msg.get_all(name) or []
-    text = ", ".join(str(v) for v in values)
-    return _SPACE.sub(" ", _CONTROL.sub("", text)).strip()
+def _header(msg: Message, name: str) -> str:
+    """A header field as text: encoded words decoded, folding undone. compat32 and
+    decode_header, not policy.default's address parser (seconds for a To of 3,000 names)."""
+    texts = []
+    for field, value in msg.raw_items():
+        if field.lower() != name.lower():
+            continue
+        text = str(value)
+        if not text.isascii():  # raw 8-bit (SMTPUTF8): the parser kept the bytes as surrogates
+            text = text.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+        pieces = []
+        for piece, charset in decode_header(text):
+            if isinstance(piece, str):
+                pieces.append(piece)
+                continue
+            try:
+                pieces.append(piece.decode(charset or "ascii", "replace"))
+            except LookupError:  # an unknown charset: read as UTF-8
+                pieces.append(piece.decode("utf-8", "replace"))
+        texts.append("".join(pieces))
+    return _SPACE.sub(" ", _CONTROL.sub("", ", ".join(texts))).strip()
 
 
 def _contents(msg: EmailMessage) -> tuple[str, list[tuple[str, str, bytes]]]:
@@ -224,11 +243,12 @@ def _render(
                        new_x=XPos.LMARGIN, new_y=YPos.NEXT)  # fmt: skip
         pdf.ln(2)
     for label, value in heads:
-        pdf.set_font("DejaVu", "B", 10)
-        pdf.cell(28, 6, f"{label}:", new_x=XPos.RIGHT, new_y=YPos.TOP)
         pdf.set_font("DejaVu", "", 10)
-        pdf.multi_cell(width - 28, 6, value, align="L", wrapmode=WrapMode.CHAR,
-                       new_x=XPos.LMARGIN, new_y=YPos.NEXT)  # fmt: skip
+        for i, line in enumerate(_wrap(pdf, value, width - 28)):
+            pdf.set_font("DejaVu", "B", 10)
+            pdf.cell(28, 6, f"{label}:" if i == 0 else "", new_x=XPos.RIGHT, new_y=YPos.TOP)
+            pdf.set_font("DejaVu", "", 10)
+            pdf.cell(width - 28, 6, line, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(2)
     pdf.line(pdf.l_margin, pdf.get_y(), pdf.l_margin + width, pdf.get_y())
     pdf.ln(4)
