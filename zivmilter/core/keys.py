@@ -39,6 +39,9 @@ class Candidate:
     material: bytes = field(repr=False)  # OpenPGP certificate (binary or armored) or X.509 DER
     source: KeySource
     provenance: str  # how the source was reached and why it may be believed, for `explain`
+    # S/MIME: whether the certificate must still chain to the configured trust store. False only
+    # where DNSSEC alone vouches for it: an SMIMEA record of usage DANE-EE(3) (RFC 8162/6698).
+    needs_ca_chain: bool = True
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Pure parts: model.py (results), grade.py (levels), dane.py (TLSA matching), nta7516.py.
 I/O at the edge: resolver.py (DNS), starttls.py (SMTP+TLS), probe.py (one domain), cache.py and
-odd.py (SQLite, HTTP), live.py (the milter's `Facts` side), commands.py (CLI).
+odd.py (SQLite, HTTP), live.py (the milter's `Facts` side), commands.py (CLI); keyfind.py
+(recipients' own keys: WKD, OPENPGPKEY, SMIMEA).
 """
 
 from __future__ import annotations

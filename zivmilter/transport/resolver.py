@@ -2,7 +2,7 @@
 
 Queries carry DO and AD as Postfix's do (RES_USE_DNSSEC, RES_TRUSTAD): the resolver validates and
 says so with AD; a bogus answer comes back as SERVFAIL. Every outcome is a `DnsAnswer` value;
-probe.py is the only caller.
+probe.py and keyfind.py (OPENPGPKEY, SMIMEA, the WKD hosts' addresses) call it.
 """
 
 from __future__ import annotations
