@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from zivmilter import defaults
 from zivmilter.core import branding as _branding
+from zivmilter.core import keys as _keys
 from zivmilter.core.addresses import normalize_address, normalize_domain
 from zivmilter.core.content import compile_pattern
 from zivmilter.core.levels import Level
@@ -387,6 +388,34 @@ class NotificationConfig:
 
 
 @dataclass(frozen=True)
+class SmimeConfig:
+    # PEM bundle of the CAs whose S/MIME certificates the organization accepts; without one no
+    # S/MIME certificate is trusted (only OpenPGP keys are used)
+    trust_store: str | None = field(default=None, metadata={"path": True})
+
+
+def _sources(values: tuple[_keys.KeySource, ...]) -> tuple[_keys.KeySource, ...]:
+    if len(set(values)) != len(values):
+        raise ValueError("names a source twice")
+    return values
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    """Encryption to the recipient's own key (issue 26); off: the seeds' behaviour."""
+
+    enabled: bool = False
+    # where keys are looked for, in this order; the first trusted key wins
+    sources: tuple[_keys.KeySource, ...] = field(
+        default=tuple(_keys.KeySource), metadata=_check(_sources)
+    )
+    cache_ttl: int = field(default=defaults.KEY_CACHE_TTL, metadata=_check(_positive))
+    # also encrypt each encrypted copy to the sender's own key (when one is trusted)
+    copy_to_sender: bool = False
+    smime: SmimeConfig = SmimeConfig()
+
+
+@dataclass(frozen=True)
 class TransportConfig:
     # Resolver addresses ("IP" or "IP@PORT"); empty: the system's resolv.conf.
     resolver: tuple[str, ...] = field(default=(), metadata=_check(_resolvers))
@@ -586,6 +615,7 @@ class Config:
     portal: PortalConfig = PortalConfig()
     sms: SmsConfig = SmsConfig()
     notification: NotificationConfig = NotificationConfig()
+    encryption: EncryptionConfig = EncryptionConfig()
     transport: TransportConfig = TransportConfig()
     submission: SubmissionConfig = SubmissionConfig()
     selection: SelectionConfig = SelectionConfig()

@@ -1,0 +1,208 @@
+"""Judging found keys (zivmilter/keys/judge.py) and the finder over sources (keys/finder.py):
+real certificates made by GnuPG, pysequoia and a throwaway CA; what `explain` will show."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pysequoia
+import pytest
+
+from tests.harness.keys import GnuPG, SmimeCA
+from zivmilter.core.keys import Candidate, KeyKind, KeyLookup, KeySource, RecipientKey, SkippedKey
+from zivmilter.keys import judge
+from zivmilter.keys.finder import SourcesKeyFinder
+
+PROV = "imported by the organization on 2026-12-01"
+
+
+@pytest.fixture(scope="module")
+def gpg(tmp_path_factory: pytest.TempPathFactory) -> GnuPG:
+    return GnuPG(tmp_path_factory.mktemp("gnupg") / "home")
+
+
+@pytest.fixture(scope="module")
+def ca() -> SmimeCA:
+    return SmimeCA()
+
+
+@pytest.fixture(scope="module")
+def trust(ca: SmimeCA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(ca.write_pem(tmp_path_factory.mktemp("trust") / "ca.pem"))
+
+
+def pgp(material: bytes) -> Candidate:
+    return Candidate(KeyKind.OPENPGP, material, KeySource.KEYSTORE, PROV)
+
+
+def smime(material: bytes) -> Candidate:
+    return Candidate(KeyKind.SMIME, material, KeySource.KEYSTORE, PROV)
+
+
+NOW = datetime.now(UTC)
+
+
+def test_a_good_openpgp_key_is_trusted_with_its_fingerprint(gpg: GnuPG) -> None:
+    cert = gpg.generate("Bob <bob@example.org>")
+    got = judge.judge_openpgp(pgp(cert), "Bob@Example.org", NOW)
+    assert isinstance(got, RecipientKey)
+    assert got.ident == pysequoia.Cert.from_bytes(cert).fingerprint.upper()
+    assert got.kind is KeyKind.OPENPGP and got.source is KeySource.KEYSTORE
+    assert got.trusted_because.startswith(PROV)
+    assert got.not_after is not None and got.not_after > NOW
+
+
+def test_an_armored_certificate_is_read_too(gpg: GnuPG) -> None:
+    gpg.generate("Arm <arm@example.org>")
+    armored = gpg.run("--armor", "--export", "arm@example.org")
+    assert isinstance(judge.judge_openpgp(pgp(armored), "arm@example.org", NOW), RecipientKey)
+
+
+def test_an_openpgp_key_for_another_address_is_skipped(gpg: GnuPG) -> None:
+    cert = gpg.generate("Carol <carol@example.org>")
+    got = judge.judge_openpgp(pgp(cert), "mallory@example.org", NOW)
+    assert isinstance(got, SkippedKey)
+    assert got.reason == "no valid User ID for mallory@example.org"
+    assert got.ident == pysequoia.Cert.from_bytes(cert).fingerprint.upper()
+
+
+def test_a_sign_only_openpgp_key_is_skipped(gpg: GnuPG) -> None:
+    cert = gpg.generate("Sig <sig@example.org>", usage="sign", algo="ed25519")
+    got = judge.judge_openpgp(pgp(cert), "sig@example.org", NOW)
+    assert isinstance(got, SkippedKey)
+    assert got.reason.startswith("no usable encryption key")
+
+
+def test_a_revoked_openpgp_key_is_skipped() -> None:
+    tsk = pysequoia.Tsk.generate("Rev <rev@example.org>")
+    cert = tsk.extract_certificate()
+    revocation = cert.revoke(tsk.certifier())
+    revoked = cert.merge(pysequoia.Cert.from_bytes(bytes(cert) + bytes(revocation)))
+    got = judge.judge_openpgp(pgp(bytes(revoked)), "rev@example.org", NOW)
+    assert isinstance(got, SkippedKey) and got.reason == "revoked"
+
+
+def test_an_expired_openpgp_key_is_skipped_with_its_date() -> None:
+    cert = pysequoia.Tsk.generate("Exp <exp@example.org>", validity_seconds=3600)
+    public = bytes(cert.extract_certificate())
+    later = NOW + timedelta(days=2)
+    got = judge.judge_openpgp(pgp(public), "exp@example.org", later)
+    assert isinstance(got, SkippedKey)
+    assert got.reason.startswith("expired ")
+    # the same key is fine before that
+    assert isinstance(judge.judge_openpgp(pgp(public), "exp@example.org", NOW), RecipientKey)
+
+
+def test_unreadable_openpgp_material_is_skipped_not_raised() -> None:
+    got = judge.judge_openpgp(pgp(b"not a key"), "bob@example.org", NOW)
+    assert isinstance(got, SkippedKey) and got.ident == ""
+    assert got.reason.startswith("unreadable OpenPGP certificate")
+
+
+def test_a_good_smime_certificate_is_trusted_by_its_chain(ca: SmimeCA, trust: str) -> None:
+    issued = ca.issue("dana@example.org")
+    got = judge.judge_smime(smime(issued.der), "dana@example.org", NOW, trust)
+    assert isinstance(got, RecipientKey)
+    assert got.ident == format(issued.cert.serial_number, "X")
+    assert "chain to the trust store" in got.trusted_because
+    # PEM material too
+    assert isinstance(
+        judge.judge_smime(smime(issued.pem), "dana@example.org", NOW, trust), RecipientKey
+    )
+
+
+@pytest.mark.parametrize(
+    ("issue", "address", "reason"),
+    [
+        ({}, "eve@example.org", "eve@example.org is not in the subjectAltName"),
+        ({"san": False}, "dana@example.org", "dana@example.org is not in the subjectAltName"),
+        (
+            {"key_encipherment": False},
+            "dana@example.org",
+            "keyUsage does not allow keyEncipherment",
+        ),
+        ({"valid_days": 2, "starts_days_ago": 5}, "dana@example.org", "expired "),
+    ],
+)
+def test_unfit_smime_certificates_are_skipped(
+    ca: SmimeCA, trust: str, issue: dict[str, object], address: str, reason: str
+) -> None:
+    issued = ca.issue("dana@example.org", **issue)  # type: ignore[arg-type]
+    got = judge.judge_smime(smime(issued.der), address, NOW, trust)
+    assert isinstance(got, SkippedKey)
+    assert got.reason.startswith(reason)
+
+
+def test_an_smime_certificate_from_another_ca_is_not_trusted(trust: str) -> None:
+    issued = SmimeCA("Somebody Else's CA").issue("dana@example.org")
+    got = judge.judge_smime(smime(issued.der), "dana@example.org", NOW, trust)
+    assert isinstance(got, SkippedKey)
+    assert got.reason.startswith("chain not trusted (")
+
+
+def test_without_a_trust_store_no_smime_certificate_is_trusted(ca: SmimeCA) -> None:
+    issued = ca.issue("dana@example.org")
+    got = judge.judge_smime(smime(issued.der), "dana@example.org", NOW, None)
+    assert isinstance(got, SkippedKey)
+    assert "encryption.smime.trust_store" in got.reason
+
+
+class Listed:
+    def __init__(self, *found: Candidate) -> None:
+        self.found = found
+        self.asked: list[str] = []
+
+    def candidates(self, address: str) -> Sequence[Candidate]:
+        self.asked.append(address)
+        return self.found
+
+
+class Broken:
+    def candidates(self, address: str) -> Sequence[Candidate]:
+        raise RuntimeError("boom")
+
+
+def test_the_finder_asks_in_order_and_says_what_it_skipped(
+    gpg: GnuPG, ca: SmimeCA, trust: str
+) -> None:
+    good = gpg.generate("Finn <finn@example.org>")
+    bad = ca.issue("finn@example.org", key_encipherment=False)
+    first = Listed(Candidate(KeyKind.SMIME, bad.der, KeySource.SMIMEA, "DNSSEC-validated"))
+    second = Listed(pgp(good))
+    third = Listed(pgp(good))
+    finder = SourcesKeyFinder(
+        {
+            KeySource.SMIMEA: first,
+            KeySource.KEYSTORE: second,
+            KeySource.WKD: third,
+            KeySource.OPENPGPKEY: Broken(),
+        },
+        [KeySource.OPENPGPKEY, KeySource.SMIMEA, KeySource.KEYSTORE, KeySource.WKD],
+        judge.validator(trust),
+        ttl=60,
+    )
+    got = finder.lookup("finn@example.org")
+    assert got.key is not None and got.key.source is KeySource.KEYSTORE
+    assert [(s.source, s.reason) for s in got.skipped] == [
+        (KeySource.SMIMEA, "keyUsage does not allow keyEncipherment")
+    ]
+    assert third.asked == []  # the first trusted key wins
+
+
+def test_the_finder_keeps_an_outcome_for_its_ttl(gpg: GnuPG) -> None:
+    source = Listed()
+    clock = [1000.0]
+    finder = SourcesKeyFinder(
+        {KeySource.KEYSTORE: source},
+        [KeySource.KEYSTORE],
+        judge.validator(None),
+        ttl=60,
+        monotonic=lambda: clock[0],
+    )
+    assert finder.lookup("gus@example.org") == KeyLookup()
+    assert finder.lookup("GUS@example.org") == KeyLookup()
+    assert source.asked == ["gus@example.org"]
+    clock[0] += 61
+    finder.lookup("gus@example.org")
+    assert len(source.asked) == 2
