@@ -27,7 +27,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from zivmilter.core.addresses import normalize_address
 from zivmilter.core.keys import Candidate, KeyKind, RecipientKey, SkippedKey
+from zivmilter.errors import ZivmilterError
 
 TOOL_TIMEOUT = 10.0  # seconds for one gpg or openssl run on one certificate
 
@@ -38,12 +40,24 @@ def _day(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d")
 
 
+def _key(address: str) -> str:
+    try:
+        return normalize_address(address)
+    except ZivmilterError:
+        return address.strip().lower()
+
+
 def _same_address(a: str, b: str) -> bool:
-    return a.strip().lower() == b.strip().lower()
+    return _key(a) == _key(b)
 
 
 # ---------------------------------------------------------------------------------------------
 # OpenPGP
+
+
+def sequoia_error(exc: Exception) -> str:
+    """pysequoia's message without the Rust backtrace it may carry."""
+    return str(exc).split("\n", 1)[0].strip() or type(exc).__name__
 
 
 def openpgp_fingerprint(material: bytes) -> str:
@@ -51,7 +65,7 @@ def openpgp_fingerprint(material: bytes) -> str:
     try:
         return pysequoia.Cert.from_bytes(material).fingerprint.upper()
     except Exception as exc:  # pysequoia raises plain Exception subclasses from Rust
-        raise ValueError(f"not an OpenPGP certificate: {exc}") from None
+        raise ValueError(f"not an OpenPGP certificate: {sequoia_error(exc)}") from None
 
 
 def openpgp_user_addresses(cert: pysequoia.Cert) -> list[str]:
@@ -90,7 +104,7 @@ def judge_openpgp(candidate: Candidate, address: str, now: datetime) -> Recipien
     try:
         cert = pysequoia.Cert.from_bytes(candidate.material)
     except Exception as exc:
-        return skip("", f"unreadable OpenPGP certificate ({exc})")
+        return skip("", f"unreadable OpenPGP certificate ({sequoia_error(exc)})")
     ident = cert.fingerprint.upper()
     if cert.is_revoked:
         return skip(ident, "revoked")

@@ -261,4 +261,3 @@ def recipient_ref(cur: sqlite3.Cursor, recipient_id: int) -> Any:
     return cur.execute(
         "SELECT message_id, address FROM recipients WHERE id = ?", (recipient_id,)
     ).fetchone()
-
