@@ -133,11 +133,22 @@ def outer_subject(mode: Literal["show", "neutral"], neutral: str) -> str:
     return OBSCURED_SUBJECT if mode == "show" else neutral
 
 
+def recipients_keys(key: RecipientKey, sender_key: RecipientKey | None) -> list[RecipientKey]:
+    """The recipient's key, and the sender's own (`encryption.copy_to_sender`) when it is of
+    the same kind: one message cannot be both PGP/MIME and S/MIME."""
+    if sender_key is None or sender_key.kind is not key.kind or sender_key.ident == key.ident:
+        return [key]
+    return [key, sender_key]
+
+
 def encrypt_message(message: bytes, keys: Sequence[RecipientKey], subject: str) -> bytes:
     """The message encrypted to `keys` (the recipient's first; all of one kind)."""
     kinds = {k.kind for k in keys}
     if len(kinds) != 1:
         raise ValueError("keys of one kind only")
+    for k in keys:
+        if not k.material:  # a key pinned in a facts file: for explain, not for mail
+            raise ValueError(f"{k.kind.value} key {k.ident} of {k.address} has no key material")
     if KeyKind.OPENPGP in kinds:
         return pgp_mime(message, keys, subject)
     return smime_enveloped(message, keys, subject)
