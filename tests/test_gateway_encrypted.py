@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,9 @@ def message(msgid: str = "enc1") -> bytes:
 
 
 @pytest.fixture(scope="module")
-def gpg(tmp_path_factory: pytest.TempPathFactory) -> GnuPG:
-    return GnuPG(tmp_path_factory.mktemp("gnupg") / "home")
+def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GnuPG]:
+    with GnuPG(tmp_path_factory.mktemp("gnupg") / "home") as g:
+        yield g
 
 
 @pytest.fixture
@@ -100,8 +102,13 @@ def test_four_kinds_of_recipient_split_into_their_own_copies(
     assert kinds["n@other.example"][1] == "notification"
 
 
-def test_a_copy_for_the_senders_own_key(store: SqliteStore, gpg: GnuPG, tmp_path: Path) -> None:
-    alice_home = GnuPG(tmp_path / "alice")
+@pytest.fixture
+def alice_home(tmp_path: Path) -> Iterator[GnuPG]:
+    with GnuPG(tmp_path / "alice") as g:
+        yield g
+
+
+def test_a_copy_for_the_senders_own_key(store: SqliteStore, gpg: GnuPG, alice_home: GnuPG) -> None:
     for data in (gpg.generate("K2 <k2@partner.example>"),
                  alice_home.generate("Alice <alice@hospital.example>")):  # fmt: skip
         for read in keystore.read_key_file(data, "test"):

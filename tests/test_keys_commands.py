@@ -5,6 +5,7 @@ could use the key now and, if not, why."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,9 @@ from zivmilter import crypto
 
 
 @pytest.fixture(scope="module")
-def gpg(tmp_path_factory: pytest.TempPathFactory) -> GnuPG:
-    return GnuPG(tmp_path_factory.mktemp("gnupg") / "home")
+def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GnuPG]:
+    with GnuPG(tmp_path_factory.mktemp("gnupg") / "home") as g:
+        yield g
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -68,8 +69,9 @@ def check_outside(wire: bytes, subject: str) -> email.message.Message:
 
 
 @pytest.fixture(scope="module")
-def gpg(tmp_path_factory: pytest.TempPathFactory) -> GnuPG:
-    return GnuPG(tmp_path_factory.mktemp("gnupg") / "home")
+def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GnuPG]:
+    with GnuPG(tmp_path_factory.mktemp("gnupg") / "home") as g:
+        yield g
 
 
 def test_pgp_mime_opens_with_gnupg(gpg: GnuPG) -> None:
@@ -90,14 +92,14 @@ def test_pgp_mime_opens_with_gnupg(gpg: GnuPG) -> None:
 def test_a_copy_for_the_sender_opens_with_either_key(gpg: GnuPG, tmp_path: Path) -> None:
     bob = key_for(KeyKind.OPENPGP, gpg.generate("Bob2 <bob2@partner.example>"),
                   "bob2@partner.example", None)  # fmt: skip
-    other = GnuPG(tmp_path / "alice")
-    alice = key_for(KeyKind.OPENPGP, other.generate("Alice <alice@hospital.example>"),
-                    "alice@hospital.example", None)  # fmt: skip
-    wire = formats.encrypt_message(original(), [bob, alice], "Secure message")
-    outer = check_outside(wire, "Secure message")
-    armored = list(outer.iter_parts())[1].get_payload(decode=True)
-    check_opened(gpg.decrypt(armored))
-    check_opened(other.decrypt(armored))
+    with GnuPG(tmp_path / "alice") as other:
+        alice = key_for(KeyKind.OPENPGP, other.generate("Alice <alice@hospital.example>"),
+                        "alice@hospital.example", None)  # fmt: skip
+        wire = formats.encrypt_message(original(), [bob, alice], "Secure message")
+        outer = check_outside(wire, "Secure message")
+        armored = list(outer.iter_parts())[1].get_payload(decode=True)
+        check_opened(gpg.decrypt(armored))
+        check_opened(other.decrypt(armored))
 
 
 def test_smime_enveloped_data_opens_with_openssl(tmp_path: Path) -> None:

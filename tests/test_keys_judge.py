@@ -3,7 +3,7 @@ real certificates made by GnuPG, pysequoia and a throwaway CA; what `explain` wi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pysequoia
@@ -18,8 +18,9 @@ PROV = "imported by the organization on 2026-12-01"
 
 
 @pytest.fixture(scope="module")
-def gpg(tmp_path_factory: pytest.TempPathFactory) -> GnuPG:
-    return GnuPG(tmp_path_factory.mktemp("gnupg") / "home")
+def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GnuPG]:
+    with GnuPG(tmp_path_factory.mktemp("gnupg") / "home") as g:
+        yield g
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,21 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
 class GnuPG:
-    """One private GnuPG homedir holding the tests' recipients' secret keys."""
+    """One private GnuPG homedir holding the tests' recipients' secret keys. A context manager:
+    its end stops the gpg-agent that key generation and decryption start."""
 
     def __init__(self, home: Path) -> None:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.home = home
+
+    def __enter__(self) -> GnuPG:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(
+            ["gpgconf", "--homedir", str(self.home), "--kill", "all"],
+            capture_output=True, check=False, timeout=30,
+        )  # fmt: skip
 
     def run(self, *args: str, data: bytes | None = None) -> bytes:
         env = {**os.environ, "GNUPGHOME": str(self.home)}
