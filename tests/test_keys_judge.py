@@ -191,19 +191,42 @@ def test_the_finder_asks_in_order_and_says_what_it_skipped(
     assert third.asked == []  # the first trusted key wins
 
 
-def test_the_finder_keeps_an_outcome_for_its_ttl(gpg: GnuPG) -> None:
-    source = Listed()
+def test_remote_findings_and_judgments_are_kept_for_the_ttl(gpg: GnuPG) -> None:
+    cert = gpg.generate("Gus <gus@example.org>")
+    wkd = Listed(Candidate(KeyKind.OPENPGP, cert, KeySource.WKD, "WKD"))
+    judged: list[str] = []
+
+    def counting(candidate: Candidate, address: str, now: datetime) -> RecipientKey | SkippedKey:
+        judged.append(address)
+        return judge.validator(None)(candidate, address, now)
+
     clock = [1000.0]
     finder = SourcesKeyFinder(
-        {KeySource.KEYSTORE: source},
-        [KeySource.KEYSTORE],
-        judge.validator(None),
-        ttl=60,
-        monotonic=lambda: clock[0],
+        {KeySource.WKD: wkd}, [KeySource.WKD], counting, ttl=60, monotonic=lambda: clock[0]
     )
-    assert finder.lookup("gus@example.org") == KeyLookup()
-    assert finder.lookup("GUS@example.org") == KeyLookup()
-    assert source.asked == ["gus@example.org"]
+    first = finder.lookup("gus@example.org")
+    assert first.key is not None
+    assert finder.lookup("GUS@example.org") == first
+    assert wkd.asked == ["gus@example.org"] and judged == ["gus@example.org"]
     clock[0] += 61
-    finder.lookup("gus@example.org")
-    assert len(source.asked) == 2
+    assert finder.lookup("gus@example.org") == first
+    assert len(wkd.asked) == 2 and len(judged) == 2
+
+
+def test_the_key_store_is_read_every_time_its_keys_judged_once(gpg: GnuPG) -> None:
+    cert = gpg.generate("Hal <hal@example.org>")
+    store = Listed()
+    judged: list[str] = []
+
+    def counting(candidate: Candidate, address: str, now: datetime) -> RecipientKey | SkippedKey:
+        judged.append(address)
+        return judge.validator(None)(candidate, address, now)
+
+    finder = SourcesKeyFinder({KeySource.KEYSTORE: store}, [KeySource.KEYSTORE], counting, 60)
+    assert finder.lookup("hal@example.org") == KeyLookup()
+    store.found = (pgp(cert),)  # `zivmilter keys import`: counts from the next message on
+    assert finder.lookup("hal@example.org").key is not None
+    assert finder.lookup("hal@example.org").key is not None
+    assert len(store.asked) == 3 and len(judged) == 1
+    store.found = ()  # `zivmilter keys remove`: likewise
+    assert finder.lookup("hal@example.org") == KeyLookup()
