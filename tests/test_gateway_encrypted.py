@@ -14,9 +14,10 @@ import pytest
 
 from tests.fakes import Collecting, make_config
 from tests.harness.keys import GnuPG, SmimeCA, openssl_cms_decrypt
-from tests.test_gateway import transaction
+from tests.test_gateway import _TakesThenFails, transaction
 from zivmilter.core.facts import KeyedFacts, facts_from_mapping
 from zivmilter.core.keys import KeyLookup
+from zivmilter.errors import DeliveryError
 from zivmilter.gateway import Gateway
 from zivmilter.keys import keystore
 from zivmilter.keys.wiring import key_finder
@@ -52,7 +53,7 @@ def world(store: SqliteStore, gpg: GnuPG, tmp_path: Path) -> tuple[Gateway, Coll
     ca = SmimeCA()
     trust = ca.write_pem(tmp_path / "trust.pem")
     smime = ca.issue("s@smime.example")
-    for data in (gpg.generate("K <k@partner.example>"), smime.pem):
+    for data in (gpg.key_of("K <k@partner.example>"), smime.pem):
         for read in keystore.read_key_file(data, "test"):
             store.import_recipient_key(keystore.stored_key(read, None, "test"))
     cfg = make_config(
@@ -154,3 +155,23 @@ def test_a_key_that_cannot_encrypt_makes_the_milter_tempfail_with_nothing_sent(
         gw.process(transaction(raw, ALICE, ["k3@partner.example", "n@other.example"]))
     assert mta.sent == []
     assert store.find_messages("<enc3@hospital.example>") == []  # discarded: the client retries
+
+
+def test_a_retry_hands_over_only_the_encrypted_copies_still_missing(
+    world: tuple[Gateway, Collecting, object], gpg: GnuPG
+) -> None:
+    # The direct copy stays in the transaction; the first re-injected copy (k's) is taken,
+    # then the listener refuses: the client's retry sends the other two, not k's again.
+    gw, _, _ = world
+    first = _TakesThenFails(1, DeliveryError("452 4.3.1 the listener is full", accepted=1))
+    gw.reinjector = first
+    with pytest.raises(DeliveryError):
+        gw.process(transaction(message("enc-retry"), ALICE, RCPTS))
+    retry = Collecting()
+    gw.reinjector = retry
+    gw.process(transaction(message("enc-retry"), ALICE, RCPTS))
+    assert [o.what for o in first.sent] == ["openpgp-encrypted copy to k@partner.example"]
+    assert sorted(o.what for o in retry.sent) == [
+        "notification to n@other.example",
+        "smime-encrypted copy to s@smime.example",
+    ]

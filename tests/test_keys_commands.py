@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.harness.cli import zivmilter_in_process as run
 from tests.harness.keys import GnuPG, SmimeCA
@@ -79,7 +80,8 @@ def test_import_smime_certificates_pem_and_der_with_their_status(
     good = ca.issue("dana@partner.example")
     unfit = ca.issue("erin@partner.example", key_encipherment=False)
     pem = tmp_path / "dana.pem"
-    pem.write_bytes(good.pem)
+    pem.write_bytes(good.pem + ca.cert.public_bytes(Encoding.PEM))  # with its chain
+
     der = tmp_path / "erin.der"
     der.write_bytes(unfit.der)
     assert run("keys", "import", str(pem), "--config", str(config)).returncode == 0

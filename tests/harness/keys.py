@@ -62,6 +62,11 @@ class GnuPG:
         self.run("--quick-gen-key", uid, algo, usage, "1y")
         return self.export(uid)
 
+    def key_of(self, uid: str) -> bytes:
+        """The public certificate of `uid`'s key, made at the first call."""
+        address = uid.rsplit("<", 1)[-1].rstrip(">")
+        return self.export(f"<{address}>") or self.generate(uid)
+
     def export(self, uid: str) -> bytes:
         return self.run("--export", uid)
 

@@ -75,14 +75,25 @@ def _smime(cert: x509.Certificate) -> ReadKey:
     )
 
 
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
 def read_key_file(data: bytes, name: str) -> list[ReadKey]:
     """The keys in an import file; MessageError naming the file for anything else."""
     stripped = data.lstrip()
     if stripped.startswith(b"-----BEGIN CERTIFICATE-----"):
         try:
-            return [_smime(x509.load_pem_x509_certificate(m)) for m in _PEM_CERT.findall(data)]
+            pems = [x509.load_pem_x509_certificate(m) for m in _PEM_CERT.findall(data)]
         except ValueError as exc:
             raise MessageError(f"{name}: not a readable PEM certificate: {exc}") from None
+        # A certificate with its chain: the CA certificates are not recipients' keys (the
+        # chain is judged against encryption.smime.trust_store, which must hold them).
+        leaves = [c for c in pems if not _is_ca(c)]
+        return [_smime(c) for c in leaves or pems]
     if not stripped.startswith(b"-----BEGIN PGP"):
         try:
             return [_smime(x509.load_der_x509_certificate(data))]
