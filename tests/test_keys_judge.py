@@ -41,7 +41,9 @@ def smime(material: bytes) -> Candidate:
     return Candidate(KeyKind.SMIME, material, KeySource.KEYSTORE, PROV)
 
 
-NOW = datetime.now(UTC)
+# The moment judged: a little ahead, so that the keys the tests make (after import) exist at it
+# (GnuPG judges at exactly that moment, and a key made later does not exist yet).
+NOW = datetime.now(UTC) + timedelta(minutes=10)
 
 
 def test_a_good_openpgp_key_is_trusted_with_its_fingerprint(gpg: GnuPG) -> None:
@@ -73,6 +75,21 @@ def test_a_sign_only_openpgp_key_is_skipped(gpg: GnuPG) -> None:
     got = judge.judge_openpgp(pgp(cert), "sig@example.org", NOW)
     assert isinstance(got, SkippedKey)
     assert got.reason.startswith("no usable encryption key")
+
+
+def test_a_key_whose_only_encryption_subkey_expired_is_skipped(gpg: GnuPG) -> None:
+    gpg.run("--quick-gen-key", "Sub <sub@example.org>", "ed25519", "sign", "never")
+    fpr = next(
+        ln.split(":")[9]
+        for ln in gpg.run("--with-colons", "--fingerprint", "sub@example.org").decode().splitlines()
+        if ln.startswith("fpr")
+    )
+    gpg.run("--quick-add-key", fpr, "cv25519", "encr", "1d")  # the primary never expires
+    cert = gpg.export("sub@example.org")
+    assert isinstance(judge.judge_openpgp(pgp(cert), "sub@example.org", NOW), RecipientKey)
+    later = judge.judge_openpgp(pgp(cert), "sub@example.org", NOW + timedelta(days=3))
+    assert isinstance(later, SkippedKey)
+    assert later.reason.startswith("no usable encryption key")
 
 
 def test_a_revoked_openpgp_key_is_skipped() -> None:

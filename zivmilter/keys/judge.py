@@ -4,8 +4,9 @@
 OpenPGP: pysequoia parses the certificate under Sequoia's standard policy (valid self-signed
 User IDs, revocation, expiry). pysequoia (0.1.35) has no per-subkey view, and its encryptor falls
 back to an expired subkey when no live one exists, so whether a usable encryption subkey exists
-*now* is GnuPG's verdict (`gpg --show-keys --with-colons`: an upper-case E in the primary key's
-capabilities means "usable for encryption as a whole"), in a throwaway homedir.
+at the moment judged is GnuPG's verdict (`gpg --show-keys --with-colons`: an upper-case E in
+the primary key's capabilities means "usable for encryption as a whole"), in a throwaway
+homedir, GnuPG's clock set to that moment.
 
 S/MIME: cryptography reads the certificate (subjectAltName, keyUsage, validity); the chain and
 the S/MIME purpose are OpenSSL's (`openssl verify -purpose smimeencrypt`) against the configured
@@ -78,14 +79,26 @@ def openpgp_user_addresses(cert: pysequoia.Cert) -> list[str]:
     return out
 
 
-def gpg_can_encrypt(material: bytes) -> bool:
-    """GnuPG's verdict: the certificate has a live, non-revoked encryption-capable key now."""
+def gpg_can_encrypt(material: bytes, now: datetime) -> bool:
+    """GnuPG's verdict: the certificate has a live, non-revoked encryption-capable key at
+    `now` (GnuPG's own clock set to it with --faked-system-time, frozen: the trailing "!")."""
     with tempfile.TemporaryDirectory(prefix="zivmilter-gpg-") as home:
         path = os.path.join(home, "cert")
         with open(path, "wb") as f:
             f.write(material)
         done = subprocess.run(
-            ["gpg", "--homedir", home, "--batch", "--no-tty", "--show-keys", "--with-colons", path],
+            [
+                "gpg",
+                "--homedir",
+                home,
+                "--batch",
+                "--no-tty",
+                "--faked-system-time",
+                f"{int(now.timestamp())}!",
+                "--show-keys",
+                "--with-colons",
+                path,
+            ],
             capture_output=True,
             timeout=TOOL_TIMEOUT,
             check=False,
@@ -113,7 +126,7 @@ def judge_openpgp(candidate: Candidate, address: str, now: datetime) -> Recipien
         return skip(ident, f"expired {_day(expires)}")
     if not any(_same_address(a, address) for a in openpgp_user_addresses(cert)):
         return skip(ident, f"no valid User ID for {address}")
-    if not gpg_can_encrypt(bytes(cert)):
+    if not gpg_can_encrypt(bytes(cert), now):
         return skip(ident, "no usable encryption key (expired, revoked or sign-only subkeys)")
     checks = "valid User ID, not revoked, usable encryption subkey"
     return RecipientKey(
