@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pysequoia
 import pytest
@@ -247,3 +248,26 @@ def test_the_key_store_is_read_every_time_its_keys_judged_once(gpg: GnuPG) -> No
     assert len(store.asked) == 3 and len(judged) == 1
     store.found = ()  # `zivmilter keys remove`: likewise
     assert finder.lookup("hal@example.org") == KeyLookup()
+
+
+def test_without_gnupg_a_key_is_skipped_and_the_tables_decide(
+    gpg: GnuPG, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert = gpg.key_of("Ivy <ivy@example.org>")
+    monkeypatch.setenv("PATH", "/nonexistent")  # as on a host without the gnupg package
+    got = judge.judge_openpgp(pgp(cert), "ivy@example.org", NOW)
+    assert isinstance(got, SkippedKey)
+    assert got.reason.startswith("gpg could not be run (")
+
+
+def test_the_trust_store_must_be_a_readable_pem_bundle(tmp_path: Path) -> None:
+    from tests.fakes import make_config
+    from zivmilter.errors import ConfigError
+
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ConfigError, match=r"encryption\.smime\.trust_store: .*cannot read"):
+        make_config({"encryption": {"smime": {"trust_store": str(missing)}}})
+    junk = tmp_path / "junk.pem"
+    junk.write_text("hello")
+    with pytest.raises(ConfigError, match=r"encryption\.smime\.trust_store: .*no PEM certificate"):
+        make_config({"encryption": {"smime": {"trust_store": str(junk)}}})

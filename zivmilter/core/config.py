@@ -163,6 +163,7 @@ def _patterns(values: Mapping[str, str]) -> dict[str, str]:
             raise ValueError(f"{name}: {exc}") from None
     return dict(values)
 
+
 def _dsn(value: str) -> str:
     """A libpq connection string or URI, which must not carry a password: that belongs in a
     password file (PGPASSFILE, ~/.pgpass or store.password_file), not in the configuration."""
@@ -392,6 +393,19 @@ class SmimeConfig:
     # PEM bundle of the CAs whose S/MIME certificates the organization accepts; without one no
     # S/MIME certificate is trusted (only OpenPGP keys are used)
     trust_store: str | None = field(default=None, metadata={"path": True})
+
+    def __post_init__(self) -> None:
+        if self.trust_store is None:
+            return
+        try:
+            with open(self.trust_store, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise FieldProblem(
+                "trust_store", f"{self.trust_store}: cannot read: {exc.strerror or exc}"
+            ) from None
+        if b"-----BEGIN CERTIFICATE-----" not in data:
+            raise FieldProblem("trust_store", f"{self.trust_store}: no PEM certificate in it")
 
 
 def _sources(values: tuple[_keys.KeySource, ...]) -> tuple[_keys.KeySource, ...]:

@@ -17,6 +17,7 @@ profiles (serverAuth/clientAuth), not emailProtection.
 from __future__ import annotations
 
 import email.utils
+import logging
 import os
 import subprocess
 import tempfile
@@ -31,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from zivmilter.core.addresses import normalize_address
 from zivmilter.core.keys import Candidate, KeyKind, RecipientKey, SkippedKey
 from zivmilter.errors import ZivmilterError
+
+log = logging.getLogger(__name__)
 
 TOOL_TIMEOUT = 10.0  # seconds for one gpg or openssl run on one certificate
 
@@ -79,6 +82,19 @@ def openpgp_user_addresses(cert: pysequoia.Cert) -> list[str]:
     return out
 
 
+class ToolFailed(Exception):
+    """GnuPG or OpenSSL could not be run: the key is skipped (the recipient then gets what the
+    tables decide, a notification: safe), and the fault is logged."""
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=TOOL_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.error("%s could not judge a key: %s", argv[0], exc)
+        raise ToolFailed(f"{argv[0]} could not be run ({exc})") from None
+
+
 def gpg_can_encrypt(material: bytes, now: datetime) -> bool:
     """GnuPG's verdict: the certificate has a live, non-revoked encryption-capable key at
     `now` (GnuPG's own clock set to it with --faked-system-time, frozen: the trailing "!")."""
@@ -86,7 +102,7 @@ def gpg_can_encrypt(material: bytes, now: datetime) -> bool:
         path = os.path.join(home, "cert")
         with open(path, "wb") as f:
             f.write(material)
-        done = subprocess.run(
+        done = _run(
             [
                 "gpg",
                 "--homedir",
@@ -98,10 +114,7 @@ def gpg_can_encrypt(material: bytes, now: datetime) -> bool:
                 "--show-keys",
                 "--with-colons",
                 path,
-            ],
-            capture_output=True,
-            timeout=TOOL_TIMEOUT,
-            check=False,
+            ]
         )
     for line in done.stdout.decode("utf-8", "replace").splitlines():
         fields = line.split(":")
@@ -126,7 +139,11 @@ def judge_openpgp(candidate: Candidate, address: str, now: datetime) -> Recipien
         return skip(ident, f"expired {_day(expires)}")
     if not any(_same_address(a, address) for a in openpgp_user_addresses(cert)):
         return skip(ident, f"no valid User ID for {address}")
-    if not gpg_can_encrypt(bytes(cert), now):
+    try:
+        usable = gpg_can_encrypt(bytes(cert), now)
+    except ToolFailed as exc:
+        return skip(ident, str(exc))
+    if not usable:
         return skip(ident, "no usable encryption key (expired, revoked or sign-only subkeys)")
     checks = "valid User ID, not revoked, usable encryption subkey"
     return RecipientKey(
@@ -181,7 +198,7 @@ def openssl_verify(cert: x509.Certificate, trust_store: str, now: datetime) -> s
     with tempfile.NamedTemporaryFile(prefix="zivmilter-cert-", suffix=".pem") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
         f.flush()
-        done = subprocess.run(
+        done = _run(
             [
                 "openssl",
                 "verify",
@@ -192,10 +209,7 @@ def openssl_verify(cert: x509.Certificate, trust_store: str, now: datetime) -> s
                 "-attime",
                 str(int(now.timestamp())),
                 f.name,
-            ],
-            capture_output=True,
-            timeout=TOOL_TIMEOUT,
-            check=False,
+            ]
         )
     if done.returncode == 0:
         return None
@@ -227,7 +241,10 @@ def judge_smime(
         return skip(ident, problem)
     if trust_store is None:
         return skip(ident, "no S/MIME trust store configured (encryption.smime.trust_store)")
-    problem = openssl_verify(cert, trust_store, now)
+    try:
+        problem = openssl_verify(cert, trust_store, now)
+    except ToolFailed as exc:
+        problem = str(exc)
     if problem:
         return skip(ident, problem)
     issuer = cert.issuer.rfc4514_string()
