@@ -50,6 +50,9 @@ def check_opened(inner: bytes) -> None:
     assert opened["Subject"] == "Lab results for J. Doe"  # protected header
     assert opened["From"] == "Alice <alice@hospital.example>"
     assert opened.get_param("hp") == "cipher"
+    outer = [str(v) for v in opened.get_all("HP-Outer")]
+    assert "To: bob@partner.example" in outer  # what the outer header showed, field by field
+    assert any(v in outer for v in ("Subject: ...", "Subject: Secure message"))
     assert "Received" not in opened
     body = opened.get_body(("plain",))
     assert body is not None and CANARY in body.get_content()

@@ -53,11 +53,17 @@ def _split(message: bytes) -> tuple[list[bytes], bytes]:
     return split_fields(head + b"\r\n"), body
 
 
-def inner_entity(message: bytes) -> bytes:
+def inner_entity(message: bytes, outer: Sequence[bytes] = ()) -> bytes:
     """The cryptographic payload: the original entity with its header fields protected
-    (RFC 9788: every non-trace field inside, the Content-Type marked `hp="cipher"`)."""
+    (RFC 9788: every non-trace field inside, the Content-Type marked `hp="cipher"`, and an
+    `HP-Outer` field for each field of the outer header, so that a client can tell what was
+    obscured outside, the Subject, from what was left as it is)."""
     fields, body = _split(_crlf(message))
-    out: list[bytes] = []
+    out: list[bytes] = [
+        b"HP-Outer: " + f
+        for f in outer
+        if field_name(f).lower() not in ("mime-version", "content-type")
+    ]
     content_type = b'Content-Type: text/plain; charset="us-ascii"'
     for f in fields:
         name = field_name(f).lower()
@@ -85,9 +91,9 @@ def _outer_fields(message: bytes, subject: str) -> list[bytes]:
 def pgp_mime(message: bytes, keys: Sequence[RecipientKey], subject: str) -> bytes:
     """RFC 3156 multipart/encrypted, the payload encrypted (ASCII-armored) to every key."""
     certs = [pysequoia.Cert.from_bytes(k.material) for k in keys]
-    armored = pysequoia.encrypt(inner_entity(message), certs, armor=True)
-    boundary = f"=_zm_pgp_{secrets.token_urlsafe(16)}"
     head = _outer_fields(message, subject)
+    armored = pysequoia.encrypt(inner_entity(message, head), certs, armor=True)
+    boundary = f"=_zm_pgp_{secrets.token_urlsafe(16)}"
     head.append(
         f'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";\r\n'
         f' boundary="{boundary}"\r\n'.encode()
@@ -112,14 +118,14 @@ def pgp_mime(message: bytes, keys: Sequence[RecipientKey], subject: str) -> byte
 def smime_enveloped(message: bytes, keys: Sequence[RecipientKey], subject: str) -> bytes:
     """RFC 8551 application/pkcs7-mime; smime-type=enveloped-data, AES-256-CBC, to every
     certificate."""
-    builder = pkcs7.PKCS7EnvelopeBuilder().set_data(inner_entity(message))
+    head = _outer_fields(message, subject)
+    builder = pkcs7.PKCS7EnvelopeBuilder().set_data(inner_entity(message, head))
     for k in keys:
         builder = builder.add_recipient(x509.load_der_x509_certificate(k.material))
     builder = builder.set_content_encryption_algorithm(algorithms.AES256)
     der = builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
     b64 = base64.b64encode(der)
     lines = b"\r\n".join(b64[i : i + _B64_LINE] for i in range(0, len(b64), _B64_LINE))
-    head = _outer_fields(message, subject)
     head += [
         b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data;\r\n"
         b' name="smime.p7m"\r\n',
