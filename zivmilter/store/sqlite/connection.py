@@ -261,3 +261,4 @@ def recipient_ref(cur: sqlite3.Cursor, recipient_id: int) -> Any:
     return cur.execute(
         "SELECT message_id, address FROM recipients WHERE id = ?", (recipient_id,)
     ).fetchone()
+
