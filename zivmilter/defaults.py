@@ -76,6 +76,11 @@ FACTS_WAIT = 0.05  # seconds the milter waits on a cache miss before taking `non
 
 IDD_REFRESH_SECONDS = 60.0  # the milter rereads the store's IDD domains (zivmilter idd) this often
 
+# --- recipients' own keys (issue 26) ------------------------------------------------------
+KEY_CACHE_TTL = 3600  # a lookup's outcome (key found or not) is reused this long per address
+KEY_LOOKUP_TIMEOUT = 10.0  # seconds for one network key lookup: DNS, connection, TLS, answer
+WKD_MAX_BYTES = 256 * 1024  # a WKD answer larger than this is refused (a key, not a keyring)
+
 # --- ODD lists (SPEC 9) ------------------------------------------------------------------
 ODD_REFRESH_SECONDS = 24 * 3600
 ODD_STALE_MAX_SECONDS = 7 * 24 * 3600

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from zivmilter import crypto
 from zivmilter.cli import main
 from zivmilter.core import config
 from zivmilter.errors import StoreError
-from zivmilter.store import NewPart, PartRecord, open_store
+from zivmilter.store import NewPart, PartRecord, StoredKey, open_store
 from zivmilter.store.postgresql import PostgresStore, schema
 
 pytestmark = pytest.mark.integration
@@ -155,6 +156,9 @@ def test_a_revoked_key_leaves_the_key_tables_file_at_maintenance(
         st.close()
 
 
+_RECIPIENT_KEY = StoredKey("C" * 40, "openpgp", ("carol@example.com",), b"\x99pgp")
+
+
 def test_store_copy_sqlite_to_postgresql_and_back(
     cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -181,6 +185,7 @@ def test_store_copy_sqlite_to_postgresql_and_back(
         )
         st.remember_contact("carol@example.com", sms="+31612345678")
         st.remember_device("carol@example.com", "d" * 64, time.time() + 3600)  # issue 25
+        st.import_recipient_key(_RECIPIENT_KEY)  # issue 26
         # The sender's side (issue 19): an invitation, a streak of wrong sign-ins, a receipt.
         st.add_account("alice@example.org", "sender")
         invite = st.add_invite("alice@example.org", 3600)
@@ -223,6 +228,9 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             contact = st.contact("carol@example.com")
             assert contact is not None and contact.sms == "+31612345678"
             assert st.devices() == {"carol@example.com": 1}
+            assert st.recipient_keys("carol@example.com") == [
+                replace(_RECIPIENT_KEY, imported_at=st.recipient_keys()[0].imported_at)
+            ]
             assert st.use_device("carol@example.com", "d" * 64)
             assert st.invite_address(crypto.token_hash(invite)) == "alice@example.org"
             fifth = st.claim_sign_in("alice@example.org", _lock_after_five)

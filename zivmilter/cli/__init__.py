@@ -37,6 +37,7 @@ _COMMAND_MODULES = (
     "zivmilter.cli.doctor",
     "zivmilter.cli.audit",
     "zivmilter.cli.keys",
+    "zivmilter.cli.recipientkeys",
     "zivmilter.cli.preview",
 )
 
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that open (and so may create or write) the store named by their --config; probe's
 # cache is a file in the store's folder.
 _STORE_COMMANDS = frozenset(
-    "run portal account idd maintenance odd-refresh revoke status contacts probe rekey".split()  # noqa: SIM905
+    "run portal account idd maintenance odd-refresh revoke status contacts probe rekey keys".split()  # noqa: SIM905
 )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from zivmilter import crypto, logsetup, metrics
 from zivmilter.core import config as config_mod
-from zivmilter.core.facts import Facts, StaticFacts, load_facts, with_config
+from zivmilter.core.facts import Facts, KeyedFacts, StaticFacts, load_facts, with_config
 from zivmilter.core.submission import SpfChecker
 
 
@@ -50,6 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     source: Facts = (
         load_facts(args.facts) if args.facts else LiveFacts(cfg, store, _transport_source(cfg))
     )
+    if cfg.encryption.enabled:  # recipients' own keys: the key store, then discovery (issue 26)
+        from zivmilter.keys.wiring import key_finder
+
+        source = KeyedFacts(source, key_finder(cfg, store))
     # The config's IDD and NTA 7516 lists on top, once here rather than per message (assess.py
     # would add them otherwise): pinned and live facts alike, as `explain` does.
     facts = with_config(source, cfg)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from zivmilter import defaults
 from zivmilter.core import branding as _branding
+from zivmilter.core import keys as _keys
 from zivmilter.core.addresses import normalize_address, normalize_domain
 from zivmilter.core.content import compile_pattern
 from zivmilter.core.levels import Level
@@ -161,6 +162,7 @@ def _patterns(values: Mapping[str, str]) -> dict[str, str]:
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
     return dict(values)
+
 
 def _dsn(value: str) -> str:
     """A libpq connection string or URI, which must not carry a password: that belongs in a
@@ -387,6 +389,58 @@ class NotificationConfig:
 
 
 @dataclass(frozen=True)
+class SmimeConfig:
+    # PEM bundle of the CAs whose S/MIME certificates the organization accepts; without one no
+    # S/MIME certificate is trusted (only OpenPGP keys are used)
+    trust_store: str | None = field(default=None, metadata={"path": True})
+
+    def __post_init__(self) -> None:
+        if self.trust_store is None:
+            return
+        try:
+            with open(self.trust_store, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise FieldProblem(
+                "trust_store", f"{self.trust_store}: cannot read: {exc.strerror or exc}"
+            ) from None
+        if b"-----BEGIN CERTIFICATE-----" not in data:
+            raise FieldProblem("trust_store", f"{self.trust_store}: no PEM certificate in it")
+
+
+@dataclass(frozen=True)
+class WkdConfig:
+    # PEM bundle of the CAs a WKD server's certificate must chain to; None: the system's CAs
+    ca_file: str | None = field(default=None, metadata={"path": True})
+    # a WKD answer larger than this is refused (a key, not a keyring)
+    max_bytes: int = field(default=defaults.WKD_MAX_BYTES, metadata=_check(_positive))
+
+
+def _sources(values: tuple[_keys.KeySource, ...]) -> tuple[_keys.KeySource, ...]:
+    if len(set(values)) != len(values):
+        raise ValueError("names a source twice")
+    return values
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    """Encryption to the recipient's own key (issue 26); off: the seeds' behaviour."""
+
+    enabled: bool = False
+    # where keys are looked for, in this order; the first trusted key wins
+    sources: tuple[_keys.KeySource, ...] = field(
+        default=tuple(_keys.KeySource), metadata=_check(_sources)
+    )
+    cache_ttl: int = field(default=defaults.KEY_CACHE_TTL, metadata=_check(_positive))
+    # seconds one network lookup (WKD, OPENPGPKEY, SMIMEA) may take in all
+    lookup_timeout: float = field(default=defaults.KEY_LOOKUP_TIMEOUT, metadata=_check(_positive))
+    wkd: WkdConfig = WkdConfig()
+    # also encrypt each encrypted copy to the sender's own key (when one is trusted)
+    copy_to_sender: bool = False
+    smime: SmimeConfig = SmimeConfig()
+
+
+@dataclass(frozen=True)
 class TransportConfig:
     # Resolver addresses ("IP" or "IP@PORT"); empty: the system's resolv.conf.
     resolver: tuple[str, ...] = field(default=(), metadata=_check(_resolvers))
@@ -586,6 +640,7 @@ class Config:
     portal: PortalConfig = PortalConfig()
     sms: SmsConfig = SmsConfig()
     notification: NotificationConfig = NotificationConfig()
+    encryption: EncryptionConfig = EncryptionConfig()
     transport: TransportConfig = TransportConfig()
     submission: SubmissionConfig = SubmissionConfig()
     selection: SelectionConfig = SelectionConfig()

@@ -29,6 +29,30 @@ def recipient_json(d: RecipientDecision) -> dict[str, Any]:
     }
     if d.next_hop:  # only NTA 7516 deliveries to ntamx hosts: other outputs stay as they were
         out["next_hop"] = list(d.next_hop)
+    # Recipients' own keys (issue 26): only where one was used or skipped, likewise.
+    if d.key is not None:
+        out["key"] = {
+            "kind": d.key.kind.value,
+            "ident": d.key.ident,
+            "source": d.key.source.value,
+            "trusted_because": d.key.trusted_because,
+        }
+    if d.skipped_keys:
+        out["skipped_keys"] = [
+            {"kind": k.kind.value, "ident": k.ident, "source": k.source.value, "reason": k.reason}
+            for k in d.skipped_keys
+        ]
+    return out
+
+
+def _key_lines(d: RecipientDecision) -> list[str]:
+    out = []
+    if d.key is not None:
+        k = d.key
+        out.append(f"    key: {k.kind.value} {k.ident} from {k.source.value}: {k.trusted_because}")
+    for s in d.skipped_keys:
+        out.append(f"    skipped {s.kind.value} {s.ident or '(unreadable)'} from {s.source.value}:"
+                   f" {s.reason}")  # fmt: skip
     return out
 
 
@@ -101,7 +125,9 @@ def render_text(result: Assessment, submission: SubmissionResult | None = None) 
     lines.extend(fmt.format(*r).rstrip() for r in rows)
     lines.append("")
     lines.append("Why:")
-    lines.extend(f"  {d.address} [{d.rule}]: {d.reason}" for d in result.decision.recipients)
+    for d in result.decision.recipients:
+        lines.append(f"  {d.address} [{d.rule}]: {d.reason}")
+        lines.extend(_key_lines(d))
     if result.decision.warnings:
         lines.append("")
         lines.append("Warnings:")

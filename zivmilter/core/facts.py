@@ -15,6 +15,14 @@ from typing import Any, Protocol
 
 from zivmilter.core.addresses import normalize_address, normalize_domain
 from zivmilter.core.config import Config, Nta7516Config
+from zivmilter.core.keys import (
+    KeyFinder,
+    KeyKind,
+    KeyLookup,
+    KeySource,
+    RecipientKey,
+    SkippedKey,
+)
 from zivmilter.core.levels import Level, TlsVersion
 from zivmilter.core.route import is_route_host
 from zivmilter.core.yamlschema import read_yaml
@@ -62,6 +70,11 @@ class Facts(Protocol):
         """Domain is on one of the organization's fetched ODD lists (config domains aside)."""
         ...
 
+    def recipient_key(self, address: str) -> KeyLookup:
+        """The recipient's trusted own key, if any, and what was skipped (issue 26); asked only
+        with `encryption.enabled`."""
+        ...
+
 
 @dataclass(frozen=True)
 class StaticFacts:
@@ -74,6 +87,7 @@ class StaticFacts:
     contacts: dict[str, Contact] = field(default_factory=dict)
     odd: frozenset[str] = frozenset()
     senders: frozenset[str] = frozenset()  # active sender accounts (submission.SenderAccounts)
+    keys: dict[str, KeyLookup] = field(default_factory=dict)  # recipients' own keys, pinned
 
     def has_account(self, address: str) -> bool:
         return address in self.accounts
@@ -92,6 +106,9 @@ class StaticFacts:
 
     def odd_listed(self, domain: str) -> bool:
         return domain in self.odd
+
+    def recipient_key(self, address: str) -> KeyLookup:
+        return self.keys.get(address, _NO_KEY)
 
     def is_active_sender(self, address: str) -> bool | None:
         """Listed under `senders`: active; otherwise unknown (the file has no disabled ones)."""
@@ -141,6 +158,41 @@ class ConfiguredFacts:
     def odd_listed(self, domain: str) -> bool:
         return self.source.odd_listed(domain)
 
+    def recipient_key(self, address: str) -> KeyLookup:
+        return self.source.recipient_key(address)
+
+
+class KeyedFacts:
+    """A facts source (pinned or live) whose recipients' keys come from a `KeyFinder` (the
+    organization's key store and the configured discovery): what `zivmilter run` decides on
+    with `encryption.enabled`. A facts file's pinned `keys` carry no key material, so they serve
+    `explain`, not a running milter."""
+
+    def __init__(self, source: Facts, finder: KeyFinder) -> None:
+        self.source = source
+        self.finder = finder
+
+    def has_account(self, address: str) -> bool:
+        return self.source.has_account(address)
+
+    def idd_enabled(self, domain: str) -> bool:
+        return self.source.idd_enabled(domain)
+
+    def transport(self, domain: str) -> TransportFact:
+        return self.source.transport(domain)
+
+    def nta7516(self, domain: str) -> NtaFact:
+        return self.source.nta7516(domain)
+
+    def contact(self, address: str) -> Contact | None:
+        return self.source.contact(address)
+
+    def odd_listed(self, domain: str) -> bool:
+        return self.source.odd_listed(domain)
+
+    def recipient_key(self, address: str) -> KeyLookup:
+        return self.finder.lookup(address)
+
 
 def with_config(facts: Facts, cfg: Config) -> Facts:
     """`facts` with `cfg`'s lists on top (see ConfiguredFacts); already done: as it is."""
@@ -151,8 +203,11 @@ def with_config(facts: Facts, cfg: Config) -> Facts:
 
 _UNKNOWN_TRANSPORT = TransportFact(Level.NONE, None, "no transport facts for this domain")
 _NOT_NTA = NtaFact(False, "not listed as NTA 7516 compliant")
+_NO_KEY = KeyLookup()
 
-_FACT_KEYS = ("accounts", "idd", "transport", "nta7516", "contacts", "odd", "senders")
+_FACT_KEYS = ("accounts", "idd", "transport", "nta7516", "contacts", "odd", "senders", "keys")
+_KEY_FIELDS = frozenset({"kind", "ident", "source", "trusted_because", "skipped"})
+_SKIPPED_FIELDS = frozenset({"kind", "ident", "source", "reason"})
 
 
 def _list(data: dict[str, Any], key: str, source: str) -> list[str]:
@@ -215,6 +270,58 @@ def _nta_facts(data: dict[str, Any], source: str) -> dict[str, NtaFact]:
         _norm(normalize_domain, d, source, "nta7516"): NtaFact(True, "listed in the facts file")
         for d in _list(data, "nta7516", source)
     }
+
+
+def _enum(cls: Any, value: Any, source: str, key: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in cls)
+        raise ConfigError(source, key, f"{value!r} is not one of {choices}") from None
+
+
+def _text_field(entry: dict[str, Any], name: str, source: str, key: str) -> str:
+    value = entry.get(name)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(source, f"{key}.{name}", "expected a non-empty string")
+    return value
+
+
+def _skipped(value: Any, source: str, key: str) -> SkippedKey:
+    if not isinstance(value, dict) or set(value) - _SKIPPED_FIELDS:
+        raise ConfigError(source, key, "expected {kind, ident, source, reason}")
+    return SkippedKey(
+        _enum(KeyKind, value.get("kind"), source, f"{key}.kind"),
+        str(value.get("ident") or ""),
+        _enum(KeySource, value.get("source"), source, f"{key}.source"),
+        _text_field(value, "reason", source, key),
+    )
+
+
+def _key_lookup(address: str, value: Any, source: str, key: str) -> KeyLookup:
+    """One address of `keys`: the key pinned as trusted (kind, ident, source, trusted_because)
+    and/or what was skipped (`skipped: [{kind, ident, source, reason}]`). No key material: a
+    pinned key is for deciding and `explain`, not for encrypting."""
+    if not isinstance(value, dict) or set(value) - _KEY_FIELDS:
+        raise ConfigError(
+            source, key, "expected {kind, ident, source, trusted_because} and/or skipped: [...]"
+        )
+    raw_skipped = value.get("skipped") or []
+    if not isinstance(raw_skipped, list):
+        raise ConfigError(source, f"{key}.skipped", "expected a list")
+    skipped = tuple(_skipped(v, source, f"{key}.skipped[{i}]") for i, v in enumerate(raw_skipped))
+    if "kind" not in value:
+        return KeyLookup(None, skipped)
+    found = RecipientKey(
+        kind=_enum(KeyKind, value.get("kind"), source, f"{key}.kind"),
+        address=address,
+        ident=_text_field(value, "ident", source, key),
+        source=_enum(KeySource, value.get("source", "keystore"), source, f"{key}.source"),
+        trusted_because=str(value.get("trusted_because") or "pinned in the facts file"),
+        not_after=None,
+        material=b"",
+    )
+    return KeyLookup(found, skipped)
 
 
 def _transport_fact(value: Any, source: str, key: str) -> TransportFact:
@@ -282,6 +389,13 @@ def facts_from_mapping(data: Any, source: str = "<facts>") -> StaticFacts:
         if not isinstance(code, bool):
             raise ConfigError(source, f"{key}.access_code", "expected true or false")
         contacts[_norm(normalize_address, str(addr), source, key)] = Contact(sms, code)
+    raw_keys = data.get("keys") or {}
+    if not isinstance(raw_keys, dict):
+        raise ConfigError(source, "keys", "expected a mapping of address: {kind, ident, ...}")
+    keys = {}
+    for addr, entry in raw_keys.items():
+        norm = _norm(normalize_address, str(addr), source, f"keys.{addr}")
+        keys[norm] = _key_lookup(norm, entry, source, f"keys.{addr}")
     return StaticFacts(
         frozenset(accounts),
         frozenset(idd),
@@ -290,6 +404,7 @@ def facts_from_mapping(data: Any, source: str = "<facts>") -> StaticFacts:
         contacts,
         frozenset(odd),
         frozenset(senders),
+        keys,
     )
 
 

@@ -20,6 +20,7 @@ from zivmilter.core.directives import (
     Directives,
 )
 from zivmilter.core.facts import Facts, TransportFact
+from zivmilter.core.keys import RecipientKey, SkippedKey
 from zivmilter.core.levels import Level
 
 
@@ -32,6 +33,7 @@ class Method(enum.Enum):
     SMS = "sms"
     ACCESS_CODE = "access_code"
     EMAIL_VERIFICATION = "email_verification"
+    OWN_KEY = "own_key"  # encrypted to the recipient's own OpenPGP key or S/MIME certificate
     NONE = "none"
 
 
@@ -39,6 +41,7 @@ class Delivery(enum.Enum):
     NOTIFICATION = "notification"
     DIRECT = "direct"
     FAILED = "failed"
+    ENCRYPTED = "encrypted"  # a copy of its own, encrypted to the recipient's key (issue 26)
     PASS = "pass"  # message not selected for securing: delivered as it is
 
 
@@ -56,6 +59,10 @@ class RecipientDecision:
     # Where a direct delivery goes instead of the domain's MX: the ntamx hosts of its NTA 7516
     # record, lowest preference first (rule 2); () for the domain's own MX.
     next_hop: tuple[str, ...] = ()
+    # Rule K (issue 26): the key an encrypted copy goes to; and the keys found but not usable
+    # (expired, revoked, untrusted...), whatever the delivery, for `explain`.
+    key: RecipientKey | None = field(default=None, repr=False)
+    skipped_keys: tuple[SkippedKey, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,10 +343,49 @@ def _first(table: Sequence[tuple[str, _Rule]], ctx: _Ctx) -> RecipientDecision:
     raise AssertionError("decision tables end in a rule that always applies")  # pragma: no cover
 
 
+def _own_key(d: RecipientDecision, cfg: Config, facts: Facts) -> RecipientDecision:
+    """Rule K (SPEC 3b, issue 26): with `encryption.enabled`, a trusted key of the recipient's
+    own replaces a notification, except one the sender asked for with an access right
+    (A3/B4), and a failure for a weak MX (B8); a direct delivery stays as it is. Keys are
+    looked up only for the decisions they can change."""
+    if not cfg.encryption.enabled or d.delivery is Delivery.DIRECT:
+        return d
+    if d.method is Method.CUSTOM_ACCESS_RIGHT:
+        return d
+    lookup = facts.recipient_key(d.address)
+    key = lookup.key
+    if key is None:
+        if not lookup.skipped:
+            return d
+        return RecipientDecision(
+            d.address, d.method, d.delivery, d.level, d.rule, d.reason, d.access_right,
+            d.secret, d.conversation, d.next_hop, None, lookup.skipped,
+        )  # fmt: skip
+    instead = "a failure" if d.delivery is Delivery.FAILED else "a notification"
+    return RecipientDecision(
+        d.address,
+        Method.OWN_KEY,
+        Delivery.ENCRYPTED,
+        facts.transport(domain_of(d.address)).level,  # the route of its copy (SPEC 3b)
+        "K",
+        f"encrypted to the recipient's own {key.kind.value} key {key.ident}, found in"
+        f" {key.source.value} ({key.trusted_because}); instead of {instead} by"
+        f" {d.rule} ({d.reason})",
+        skipped_keys=lookup.skipped,
+        key=key,
+    )
+
+
 def decide_recipient(
     address: str, cfg: Config, facts: Facts, directives: Directives
 ) -> RecipientDecision:
     """One recipient's decision, without its conversation number."""
+    return _own_key(_by_tables(address, cfg, facts, directives), cfg, facts)
+
+
+def _by_tables(
+    address: str, cfg: Config, facts: Facts, directives: Directives
+) -> RecipientDecision:
     header = directives.direct_delivery
     domain = domain_of(address)
     if header is not None:
@@ -361,7 +407,7 @@ def _copy(d: RecipientDecision, reason: str, conversation: int | None) -> Recipi
     # made decide() a third slower (bench/policy.py).
     return RecipientDecision(
         d.address, d.method, d.delivery, d.level, d.rule, reason, d.access_right, d.secret,
-        conversation, d.next_hop,
+        conversation, d.next_hop, d.key, d.skipped_keys,
     )  # fmt: skip
 
 

@@ -47,6 +47,7 @@ from zivmilter.delivery.reinject import Outgoing, Reinjector
 from zivmilter.errors import DeliveryError
 from zivmilter.gateway.spool import clean_copy, set_subject
 from zivmilter.gateway.transaction import Plan, Transaction
+from zivmilter.keys import formats
 from zivmilter.mail import attachments, dsn, notification, parts
 from zivmilter.spool import spool_file
 from zivmilter.store import GatewayStore, NewMessage, NewPart, NewRecipient, SavedMessage
@@ -353,6 +354,7 @@ class Gateway:
             if next_hop:
                 what += f" via {', '.join(next_hop)}"
             copies.append(_Copy(tuple(groups[level, next_hop]), direct, level, what, next_hop))
+        copies += self._encrypted(tx, delivered, author)
         for d in delivered:
             if d.delivery is not Delivery.NOTIFICATION or saved is None:
                 continue
@@ -366,6 +368,42 @@ class Gateway:
             )
             copies.append(_Copy((d.address,), note.wire(), None, f"notification to {d.address}"))
         return copies
+
+    def _encrypted(
+        self, tx: Transaction, delivered: list[RecipientDecision], author: str
+    ) -> list[_Copy]:
+        """One copy per recipient with a trusted key of its own (rule K, SPEC 3b): the whole
+        message encrypted to that key, routed at the level found for its MX (the default
+        relay below tls). A failure to encrypt raises: the milter tempfails, nothing leaves."""
+        wanted = [d for d in delivered if d.delivery is Delivery.ENCRYPTED and d.key is not None]
+        if not wanted:
+            return []
+        with clean_copy(tx) as content:
+            data = content.read()
+        sender_key = None
+        if self.cfg.encryption.copy_to_sender:
+            sender_key = self.facts.recipient_key(author).key
+        out = []
+        for d in wanted:
+            assert d.key is not None  # for mypy: filtered above
+            neutral = defaults.NEUTRAL_SUBJECT[
+                notification.language_for(d.address, self.cfg.notification)
+            ]
+            subject = formats.outer_subject(self.cfg.notification.subject, neutral)
+            keys = formats.recipients_keys(d.key, sender_key)
+            sealed = formats.encrypt_message(data, keys, subject)
+            route = d.level if d.level is not None and d.level >= Level.TLS else None
+            what = f"{d.key.kind.value}-encrypted copy to {d.address}"
+            log.info(
+                "encrypted to %s key %s (%s)%s",
+                d.key.kind.value,
+                d.key.ident,
+                d.key.source.value,
+                " and the sender's" if len(keys) > 1 else "",
+                extra=_ctx(tx),
+            )
+            out.append(_Copy((d.address,), sealed, route, what))
+        return out
 
     def _choose_kept(self, copies: list[_Copy]) -> _Copy | None:
         """The copy that stays in the current transaction; the others are re-injected.
@@ -486,7 +524,9 @@ def _content_digest(tx: Transaction) -> str:
 def _copy_count(delivered: Sequence[RecipientDecision]) -> int:
     """How many copies `_copies` makes: one per notification recipient, one per direct group."""
     groups = {(d.level, d.next_hop) for d in delivered if d.delivery is Delivery.DIRECT}
-    return len(groups) + sum(d.delivery is Delivery.NOTIFICATION for d in delivered)
+    return len(groups) + sum(
+        d.delivery in (Delivery.NOTIFICATION, Delivery.ENCRYPTED) for d in delivered
+    )
 
 
 def _retry_key(
@@ -535,7 +575,7 @@ def _author(claimed: Sequence[str], envelope_sender: str, cfg: Config) -> str:
 def _new_recipient(d: RecipientDecision) -> NewRecipient:
     verification: str | None
     phone = code = None
-    if d.delivery is Delivery.DIRECT:
+    if d.delivery in (Delivery.DIRECT, Delivery.ENCRYPTED):  # delivered: nothing to verify
         verification = None
     elif d.method is Method.ACCOUNT:
         verification = "account"
@@ -549,7 +589,7 @@ def _new_recipient(d: RecipientDecision) -> NewRecipient:
         address=d.address,
         conversation=d.conversation or 1,
         method=d.method.value,
-        delivery="direct" if d.delivery is Delivery.DIRECT else "notification",
+        delivery="notification" if d.delivery is Delivery.NOTIFICATION else "direct",
         rule=d.rule,
         level=d.level.value if d.level else None,
         verification=verification,  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from typing import Protocol
 from zivmilter import defaults
 from zivmilter.core.config import Config
 from zivmilter.core.facts import Contact, NtaFact, TransportFact
+from zivmilter.core.keys import KeyLookup
 from zivmilter.store import FactsStore
 
 _UNKNOWN = TransportFact(reason="transport prober not running: level none")
@@ -62,3 +63,7 @@ class LiveFacts:
 
     def odd_listed(self, domain: str) -> bool:
         return self.source.odd_listed(domain) if self.source is not None else False
+
+    def recipient_key(self, address: str) -> KeyLookup:
+        # Keys come from the key finder on top (facts.KeyedFacts) when encryption is on.
+        return KeyLookup()

@@ -30,6 +30,7 @@ from zivmilter.store.interfaces import (
     IddList,
     KeyRotation,
     MessageStore,
+    RecipientKeys,
     ReplyStore,
     SenderStore,
     Store,
@@ -61,6 +62,7 @@ from zivmilter.store.records import (
     SavedMessage,
     SentPage,
     SignInAttempt,
+    StoredKey,
     Verification,
 )
 from zivmilter.store.sqlite import DB_NAME, SCHEMA_VERSION, SqliteStore
@@ -130,6 +132,7 @@ __all__ = [
     "NewRecipient",
     "OtpState",
     "PartRecord",
+    "RecipientKeys",
     "RecipientRecord",
     "ReplyRecord",
     "ReplyStore",
@@ -141,6 +144,7 @@ __all__ = [
     "SignInAttempt",
     "SqliteStore",
     "Store",
+    "StoredKey",
     "TrustedDevices",
     "Verification",
     "open_store",

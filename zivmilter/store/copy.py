@@ -62,6 +62,8 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("claim_budget", ("address", "at")),
     ("idd_domains", ("domain", "added_at")),
     ("devices", ("digest", "address", "created_at", "expires_at", "used_at")),
+    ("recipient_keys", ("ident", "kind", "material", "imported_at")),
+    ("recipient_key_addresses", ("ident", "address")),
 )  # fmt: skip
 _IDENTITY = ("conversations", "recipients", "audit")  # ids that other rows refer to: kept
 _ORDER = {"replies": "created_at, id", "audit": "id"}

@@ -40,6 +40,7 @@ from zivmilter.store.records import (
     SavedMessage,
     SentPage,
     SignInAttempt,
+    StoredKey,
 )
 
 
@@ -265,6 +266,22 @@ class TrustedDevices(Protocol):
         ...
 
 
+class RecipientKeys(Protocol):
+    """Recipients' public keys the organization imported (issue 26, `zivmilter keys`); the
+    key store source of keys/keystore.py reads them."""
+
+    def import_recipient_key(self, key: StoredKey) -> bool:
+        """Store (or replace, by ident) a key for its addresses: True when it was new."""
+        ...
+
+    def recipient_keys(self, address: str | None = None) -> list[StoredKey]:
+        """All keys (by ident), or those imported for `address`."""
+        ...
+
+    def recipient_key(self, ident: str) -> StoredKey | None: ...
+    def remove_recipient_key(self, ident: str) -> bool: ...
+
+
 class IddList(Protocol):
     """Domains an admin listed as having inbound direct delivery (SPEC 4, rule 1)."""
 
@@ -335,6 +352,7 @@ class Store(
     ContactBook,
     TrustedDevices,
     IddList,
+    RecipientKeys,
     AuditLog,
     Housekeeping,
     Protocol,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import BinaryIO, Literal
 
@@ -280,6 +280,18 @@ class ReplyUsage:
     link_bytes: int
     recipient_count: int
     recipient_bytes: int
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """A recipient's public key or certificate the organization imported (`zivmilter keys`):
+    stored as given, judged again at every use (keys/judge.py)."""
+
+    ident: str  # OpenPGP fingerprint (upper-case hex) or S/MIME certificate serial (hex)
+    kind: str  # "openpgp" or "smime" (core.keys.KeyKind values)
+    addresses: tuple[str, ...]  # normalized; the ones it was imported for
+    material: bytes = field(repr=False)  # OpenPGP certificate (binary) or X.509 DER
+    imported_at: datetime | None = None
 
 
 @dataclass(frozen=True, repr=False)

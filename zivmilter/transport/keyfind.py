@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from zivmilter import defaults
 from zivmilter.core.addresses import normalize_domain
 from zivmilter.core.keys import Candidate, CandidateSource, KeyKind, KeySource
 from zivmilter.errors import ConfigError
@@ -35,9 +36,9 @@ log = logging.getLogger("zivmilter.transport")
 Clock = Callable[[], float]
 
 # Bounds of one lookup; constructor parameters override them (encryption.* in the config).
-LOOKUP_TIMEOUT = 10.0  # seconds for a whole lookup: DNS, connection, TLS, the response
-WKD_MAX_BYTES = 256 * 1024  # a WKD response larger than this is refused (a key, not a keyring)
-CACHE_TTL = 3600.0  # seconds a lookup's outcome is reused
+LOOKUP_TIMEOUT = defaults.KEY_LOOKUP_TIMEOUT  # a whole lookup: DNS, connection, TLS, answer
+WKD_MAX_BYTES = defaults.WKD_MAX_BYTES  # a larger WKD response is refused
+CACHE_TTL = float(defaults.KEY_CACHE_TTL)  # seconds a lookup's outcome is reused
 FAILURE_TTL = 60.0  # seconds a failed lookup (unreachable, SERVFAIL) is remembered
 CACHE_ENTRIES = 10_000  # addresses kept; the least recently used go first
 

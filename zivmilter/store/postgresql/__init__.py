@@ -33,6 +33,7 @@ from zivmilter.store.postgresql.devices import DevicesMixin
 from zivmilter.store.postgresql.handovers import HandoversMixin
 from zivmilter.store.postgresql.keys import KeysMixin
 from zivmilter.store.postgresql.links import LinksMixin
+from zivmilter.store.postgresql.recipientkeys import RecipientKeysMixin
 from zivmilter.store.postgresql.replies import RepliesMixin
 from zivmilter.store.postgresql.schema import SCHEMA_VERSION, check_version, migrate_database
 from zivmilter.store.postgresql.senders import SendersMixin
@@ -51,6 +52,7 @@ class PostgresStore(
     ContactsMixin,
     DevicesMixin,
     IddMixin,
+    RecipientKeysMixin,
     AuditMixin,
 ):
     """The PostgreSQL store. Create with `PostgresStore.open(dsn, kek)`."""

@@ -266,6 +266,22 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX claim_budget_address ON claim_budget (address, at);
     CREATE INDEX claim_budget_at ON claim_budget (at);
     """,
+    # 8: sqlite/schema.py version 14. Recipients' public keys the organization imported
+    # (issue 26, `zivmilter keys`, postgresql/recipientkeys.py); judged at each use.
+    """
+    CREATE TABLE recipient_keys (
+        ident       TEXT PRIMARY KEY,      -- OpenPGP fingerprint or S/MIME certificate serial
+        kind        TEXT NOT NULL,         -- openpgp | smime
+        material    BYTEA NOT NULL,        -- OpenPGP certificate (binary) or X.509 DER
+        imported_at BIGINT NOT NULL
+    );
+    CREATE TABLE recipient_key_addresses (
+        ident   TEXT NOT NULL REFERENCES recipient_keys (ident) ON DELETE CASCADE,
+        address TEXT NOT NULL,             -- normalized
+        PRIMARY KEY (address, ident)
+    );
+    CREATE INDEX recipient_key_addresses_ident ON recipient_key_addresses (ident);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -30,6 +30,7 @@ from zivmilter.store.sqlite.devices import DevicesMixin
 from zivmilter.store.sqlite.handovers import HandoversMixin
 from zivmilter.store.sqlite.keys import KeysMixin
 from zivmilter.store.sqlite.links import LinksMixin
+from zivmilter.store.sqlite.recipientkeys import RecipientKeysMixin
 from zivmilter.store.sqlite.replies import RepliesMixin
 from zivmilter.store.sqlite.schema import DB_NAME, SCHEMA_VERSION
 from zivmilter.store.sqlite.senders import SendersMixin
@@ -47,6 +48,7 @@ class SqliteStore(
     ContactsMixin,
     DevicesMixin,
     IddMixin,
+    RecipientKeysMixin,
     AuditMixin,
 ):
     """The SQLite + blob-file store. Create with `SqliteStore.open(path, kek)`."""

@@ -1,0 +1,119 @@
+"""The KeyFinder the policy's facts ask: every configured source in order, every candidate
+judged, the first trusted key wins.
+
+What is cached, for `encryption.cache_ttl` seconds: what a *remote* source (WKD, OPENPGPKEY,
+SMIMEA) found for an address, so that a busy milter does not ask the network per message; and
+each judgment (candidate material x address), so that GnuPG and OpenSSL do not run per message.
+The organization's key store is local and is read every time: a key imported or removed with
+`zivmilter keys` counts from the next message on, not after the TTL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import UTC, datetime
+
+from zivmilter.core.keys import (
+    Candidate,
+    CandidateSource,
+    KeyLookup,
+    KeySource,
+    RecipientKey,
+    SkippedKey,
+)
+from zivmilter.keys.judge import Validator
+
+log = logging.getLogger(__name__)
+
+LOCAL_SOURCES = frozenset({KeySource.KEYSTORE})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SourcesKeyFinder:
+    """Asks `sources` (in `order`; those configured but not given are passed over) and judges
+    with `validate`. Thread-safe: the milter's threads share one finder."""
+
+    def __init__(
+        self,
+        sources: Mapping[KeySource, CandidateSource],
+        order: Sequence[KeySource],
+        validate: Validator,
+        ttl: float,
+        clock: Callable[[], datetime] = _now,
+        monotonic: Callable[[], float] = time.monotonic,
+        local: Collection[KeySource] = LOCAL_SOURCES,
+    ) -> None:
+        self._sources = [(s, sources[s]) for s in order if s in sources]
+        self._validate = validate
+        self._ttl = ttl
+        self._clock = clock
+        self._monotonic = monotonic
+        self._local = frozenset(local)
+        self._found: dict[tuple[KeySource, str], tuple[float, Sequence[Candidate]]] = {}
+        self._judged: dict[tuple[bytes, str], tuple[float, RecipientKey | SkippedKey]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, address: str) -> KeyLookup:
+        key = address.strip().lower()
+        now = self._clock()
+        skipped: list[SkippedKey] = []
+        for source, finder in self._sources:
+            for candidate in self._candidates(source, finder, address, key):
+                verdict = self._judge(candidate, address, key, now)
+                if isinstance(verdict, RecipientKey):
+                    return KeyLookup(verdict, tuple(skipped))
+                skipped.append(verdict)
+        return KeyLookup(None, tuple(skipped))
+
+    def forget(self) -> None:
+        """Drop every cached finding and judgment."""
+        with self._lock:
+            self._found.clear()
+            self._judged.clear()
+
+    def _candidates(
+        self, source: KeySource, finder: CandidateSource, address: str, key: str
+    ) -> Sequence[Candidate]:
+        cached = source not in self._local
+        if cached:
+            with self._lock:
+                hit = self._found.get((source, key))
+            if hit is not None and hit[0] > self._monotonic():
+                return hit[1]
+        try:
+            found = tuple(finder.candidates(address))
+        except Exception:  # a source must not raise; if one does, it finds nothing
+            log.exception("key source %s failed for %s", source.value, address)
+            found = ()
+        if cached:
+            with self._lock:
+                self._found[source, key] = (self._monotonic() + self._ttl, found)
+        return found
+
+    def _judge(
+        self, candidate: Candidate, address: str, key: str, now: datetime
+    ) -> RecipientKey | SkippedKey:
+        # The provenance is part of the verdict (trusted_because): the same material found
+        # by two sources is judged once per source.
+        digest = hashlib.sha256(
+            candidate.material + b"\0" + candidate.provenance.encode() + b"\0"
+            + candidate.source.value.encode() + b"\0" + candidate.kind.value.encode()
+        ).digest()  # fmt: skip
+        with self._lock:
+            hit = self._judged.get((digest, key))
+        if hit is not None and hit[0] > self._monotonic():
+            return hit[1]
+        verdict = self._validate(candidate, address, now)
+        keep = self._ttl
+        if isinstance(verdict, RecipientKey) and verdict.not_after is not None:
+            keep = min(keep, (verdict.not_after - now).total_seconds())  # never past its expiry
+        with self._lock:
+            self._judged[digest, key] = (self._monotonic() + keep, verdict)
+        return verdict

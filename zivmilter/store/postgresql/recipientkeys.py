@@ -1,0 +1,93 @@
+"""SQL of the recipients' public keys the organization imported (issue 26, `zivmilter keys`),
+PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from zivmilter.store.postgresql.connection import Cursor, PgBase, audit, dt_or_none
+from zivmilter.store.records import StoredKey, address_key
+
+_COLUMNS = "k.ident, k.kind, k.material, k.imported_at"
+
+
+class RecipientKeysMixin(PgBase):
+    def import_recipient_key(self, key: StoredKey) -> bool:
+        now = int(self._now())
+        with self._transaction() as cur:
+            new = (
+                cur.execute("SELECT 1 FROM recipient_keys WHERE ident = %s", (key.ident,))
+                .fetchone() is None
+            )  # fmt: skip
+            cur.execute(
+                "INSERT INTO recipient_keys (ident, kind, material, imported_at)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (ident) DO UPDATE SET kind = excluded.kind,"
+                " material = excluded.material, imported_at = excluded.imported_at",
+                (key.ident, key.kind, key.material, now),
+            )
+            cur.execute("DELETE FROM recipient_key_addresses WHERE ident = %s", (key.ident,))
+            cur.executemany(
+                "INSERT INTO recipient_key_addresses (ident, address) VALUES (%s, %s)",
+                [(key.ident, a) for a in sorted(set(key.addresses))],
+            )
+            audit(cur, now, None, None, "key-imported", f"{key.kind} {key.ident}")
+        return new
+
+    def recipient_keys(self, address: str | None = None) -> list[StoredKey]:
+        args: tuple[str, ...] = ()
+        if address is None:
+            where = ""
+        else:
+            norm = address_key(address)
+            if norm is None:
+                return []
+            where = (
+                " WHERE k.ident IN (SELECT ident FROM recipient_key_addresses WHERE address = %s)"
+            )
+            args = (norm,)
+        with self._read() as cur:
+            rows = cur.execute(
+                f"SELECT {_COLUMNS} FROM recipient_keys k{where} ORDER BY k.imported_at, k.ident",
+                args,
+            ).fetchall()
+            addresses = _addresses(cur, [str(r[0]) for r in rows])
+        return [_key(r, addresses.get(str(r[0]), ())) for r in rows]
+
+    def recipient_key(self, ident: str) -> StoredKey | None:
+        with self._read() as cur:
+            row = cur.execute(
+                f"SELECT {_COLUMNS} FROM recipient_keys k WHERE k.ident = %s", (ident,)
+            ).fetchone()
+            if row is None:
+                return None
+            addresses = _addresses(cur, [ident])
+        return _key(row, addresses.get(ident, ()))
+
+    def remove_recipient_key(self, ident: str) -> bool:
+        with self._transaction() as cur:
+            n = cur.execute("DELETE FROM recipient_keys WHERE ident = %s", (ident,)).rowcount
+            if n:
+                audit(cur, int(self._now()), None, None, "key-removed", ident)
+        return bool(n)
+
+
+def _addresses(cur: Cursor, idents: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    out: dict[str, list[str]] = {}
+    for ident in idents:
+        rows = cur.execute(
+            "SELECT address FROM recipient_key_addresses WHERE ident = %s ORDER BY address",
+            (ident,),
+        ).fetchall()
+        out[ident] = [str(r[0]) for r in rows]
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _key(row: Any, addresses: tuple[str, ...]) -> StoredKey:
+    return StoredKey(
+        ident=str(row[0]),
+        kind=str(row[1]),
+        addresses=addresses,
+        material=bytes(row[2]),
+        imported_at=dt_or_none(row[3]),
+    )
