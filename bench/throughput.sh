@@ -148,7 +148,7 @@ if kind == "zivmilter-pg":  # (cp): a private cluster of this round's own, out o
     from tests.harness.postgres import Cluster
     cluster = Cluster().start()  # sets PGPASSFILE in os.environ (copied into env below)
 env = dict(os.environ)
-scratch = None
+scratch = metrics_port = None
 if kind == "noop":
     cmd = [sys.executable, "bench/noop_milter.py", spec]
 elif kind in ("stock", "rewrite"):
@@ -159,8 +159,10 @@ elif kind == "store":
 elif kind in ("zivmilter", "zivmilter-pg") or kind.startswith("fanout"):
     scratch = tempfile.mkdtemp(prefix="zivmilter-bench-")
     os.chmod(scratch, 0o755)
+    metrics_port = free_port()
     env.update(ZIVMILTER_BENCH_SOCKET=spec, ZIVMILTER_BENCH_REINJECT_PORT=str(pf.reinject_port),
-               ZIVMILTER_BENCH_DIR=scratch, ZIVMILTER_BENCH_RCPT=os.environ["RCPT"])
+               ZIVMILTER_BENCH_DIR=scratch, ZIVMILTER_BENCH_RCPT=os.environ["RCPT"],
+               ZIVMILTER_BENCH_METRICS_PORT=str(metrics_port))
     if cluster is not None:
         env.update(ZIVMILTER_BENCH_BACKEND="postgresql",
                    ZIVMILTER_BENCH_DSN=cluster.dsn(cluster.new_database()))
@@ -205,11 +207,25 @@ try:
         total = milter_cpu(milter.pid)  # without its start-up
         cpu = f"{total * 1000 / messages:.2f}"
         steady = f"{(total - startup_cpu) * 1000 / messages:.2f}"
+    batches = ""
+    if metrics_port is not None:  # group commit: saves per durable commit, from the metrics
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            got = dict(line.split(" ", 1) for line in text.splitlines()
+                       if line.startswith("zivmilter_store_commit_batch_size_"))
+            count = float(got["zivmilter_store_commit_batch_size_count"])
+            total = float(got["zivmilter_store_commit_batch_size_sum"])
+            batches = f", {total / max(count, 1):.1f} saves per commit ({count:.0f} commits)"
+        except (OSError, KeyError, ValueError) as exc:
+            batches = f", batch sizes unknown ({exc})"
     server = ""
     if cluster is not None:
         server = f", PostgreSQL server CPU {server_cpu * 1000 / messages:.2f} ms/msg"
     print(f"  {name}: {messages} msgs in {done:.2f} s (all accepted after {accepted:.2f} s),"
-          f" milter CPU {cpu} ms/msg ({steady} without start-up){server}", file=sys.stderr)
+          f" milter CPU {cpu} ms/msg ({steady} without start-up){server}{batches}",
+          file=sys.stderr)
     print(f"{name} {messages / done:.1f} {cpu} {steady}")
 finally:
     if milter is not None:

@@ -321,6 +321,7 @@ def test_concurrent_saves_share_one_commit(
     for t in threads:
         t.join()
     assert batches == [6]
+    assert st.commit_batches() == (1, 6)
     assert len(saved) == 6
     _committed(tmp_path, saved)
     for message_id in saved:
