@@ -6,6 +6,7 @@
 # database of a private cluster; its password comes from PGPASSFILE): the same, on PostgreSQL.
 # ZIVMILTER_BENCH_METRICS_PORT=PORT serves the metrics there (the bench reads the store's
 # group-commit batch sizes from them).
+# ZIVMILTER_BENCH_PIECES=1 serves through bench/eom_pieces.py: CPU per end-of-message piece.
 # ZIVMILTER_BENCH_CONTENT=1 turns every built-in content rule on (selection.content, issue 17;
 # in the default mode all they only report): their added CPU per message, against a run without.
 set -euo pipefail
@@ -32,4 +33,8 @@ if [[ ${ZIVMILTER_BENCH_CONTENT:-0} == 1 ]]; then
 fi
 echo "{}" >"$dir/facts.yaml"
 "$REPO/.venv/bin/python" -m zivmilter keygen "$dir/store.key" >/dev/null
-exec "$REPO/.venv/bin/python" -m zivmilter run --config "$dir/zivmilter.yaml" --facts "$dir/facts.yaml"
+run=(-m zivmilter)
+if [[ ${ZIVMILTER_BENCH_PIECES:-0} == 1 ]]; then  # CPU per piece of end-of-message, logged
+    run=("$REPO/bench/eom_pieces.py")
+fi
+exec "$REPO/.venv/bin/python" "${run[@]}" run --config "$dir/zivmilter.yaml" --facts "$dir/facts.yaml"
