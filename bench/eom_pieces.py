@@ -60,7 +60,9 @@ def _install() -> None:
     _wrap(MessagesMixin, "_write_blob", "store: encrypt blob")
     _wrap(g.Gateway, "_copies", "gateway: notification")
     _wrap(g.Gateway, "_plan_for_kept", "gateway: plan")
-    _wrap(SqliteBase, "_write_batch", "store writer (other thread)")
+    _wrap(SqliteBase, "_write_batch", "store writer: commit (other thread)")
+    if hasattr(SqliteBase, "_index_journal"):
+        _wrap(SqliteBase, "_index_journal", "store writer: indexing (other thread)")
     eom = ZivMilter.eom
 
     def counted(self: ZivMilter) -> int:
