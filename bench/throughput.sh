@@ -217,7 +217,8 @@ try:
                        if line.startswith("zivmilter_store_commit_batch_size_"))
             count = float(got["zivmilter_store_commit_batch_size_count"])
             total = float(got["zivmilter_store_commit_batch_size_sum"])
-            batches = f", {total / max(count, 1):.1f} saves per commit ({count:.0f} commits)"
+            if count:  # SQLite's group commit; PostgreSQL groups its commits itself
+                batches = f", {total / count:.1f} saves per commit ({count:.0f} commits)"
         except (OSError, KeyError, ValueError) as exc:
             batches = f", batch sizes unknown ({exc})"
     server = ""
