@@ -7,7 +7,7 @@
 #
 # Serves zivmilter as bench/zivmilter_bench.sh does and samples it (py-spy record, raw collapsed
 # stacks, non-blocking) from start to end: the bench kills the milter's session, py-spy (in a
-# session of its own) then writes what it saw. Needs py-spy in the venv (pip install py-spy).
+# session of its own) then writes what it saw. py-spy comes with the test extra (pyproject).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 out=${PROFILE_OUT:?set PROFILE_OUT to the file py-spy writes}
