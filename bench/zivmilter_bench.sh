@@ -4,6 +4,9 @@
 # encrypts it into a fresh SQLite store (durable before accept) and rewrites the transaction.
 # Case (cp) sets ZIVMILTER_BENCH_BACKEND=postgresql and ZIVMILTER_BENCH_DSN (a fresh, migrated
 # database of a private cluster; its password comes from PGPASSFILE): the same, on PostgreSQL.
+# ZIVMILTER_BENCH_METRICS_PORT=PORT serves the metrics there (the bench reads the store's
+# group-commit batch sizes from them).
+# ZIVMILTER_BENCH_PIECES=1 serves through bench/eom_pieces.py: CPU per end-of-message piece.
 # ZIVMILTER_BENCH_CONTENT=1 turns every built-in content rule on (selection.content, issue 17;
 # in the default mode all they only report): their added CPU per message, against a run without.
 set -euo pipefail
@@ -22,9 +25,16 @@ portal: {base_url: "https://secure.sender.test/"}
 submission: {any_address_of_own_domains: true, spf: false}
 logging: {level: warning}
 YAML
+if [[ -n ${ZIVMILTER_BENCH_METRICS_PORT:-} ]]; then  # the bench reads the commits' batch sizes
+    echo "metrics: {listen: \"127.0.0.1:$ZIVMILTER_BENCH_METRICS_PORT\"}" >>"$dir/zivmilter.yaml"
+fi
 if [[ ${ZIVMILTER_BENCH_CONTENT:-0} == 1 ]]; then
     echo "selection: {content: {bsn: true, iban: true, payment_card: true}}" >>"$dir/zivmilter.yaml"
 fi
 echo "{}" >"$dir/facts.yaml"
 "$REPO/.venv/bin/python" -m zivmilter keygen "$dir/store.key" >/dev/null
-exec "$REPO/.venv/bin/python" -m zivmilter run --config "$dir/zivmilter.yaml" --facts "$dir/facts.yaml"
+run=(-m zivmilter)
+if [[ ${ZIVMILTER_BENCH_PIECES:-0} == 1 ]]; then  # CPU per piece of end-of-message, logged
+    run=("$REPO/bench/eom_pieces.py")
+fi
+exec "$REPO/.venv/bin/python" "${run[@]}" run --config "$dir/zivmilter.yaml" --facts "$dir/facts.yaml"

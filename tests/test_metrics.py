@@ -29,6 +29,7 @@ def test_hooks_do_nothing_until_enabled(fresh: None) -> None:
     metrics.recipients([("sms", "notification", "")])
     with metrics.store_commit():
         pass
+    metrics.store_batch(3)
     assert not metrics.enabled()
 
 

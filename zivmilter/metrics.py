@@ -74,6 +74,12 @@ class _Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.store_batch = Histogram(
+            "zivmilter_store_commit_batch_size",
+            "Secured messages per durable commit (group commit: one fsync for the batch)",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+            registry=r,
+        )
         self.reinject_failures = Counter(
             "zivmilter_reinject_failures", "Re-injections the MTA did not take", registry=r
         )
@@ -145,6 +151,12 @@ def store_commit() -> Iterator[None]:
         yield
     finally:
         _m.store_commit.observe(time.monotonic() - started)
+
+
+def store_batch(size: int) -> None:
+    """A group commit of the store wrote `size` saves with one fsync."""
+    if _m is not None:
+        _m.store_batch.observe(size)
 
 
 def reinject_failed() -> None:

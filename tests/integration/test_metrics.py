@@ -169,6 +169,8 @@ def test_milter_and_portal_metrics_count_real_traffic(world: World) -> None:
     assert value(milter, "zivmilter_messages_total", outcome="tempfail") == 0
     assert value(milter, "zivmilter_end_of_message_seconds_count") == 3
     assert value(milter, "zivmilter_store_commit_seconds_count") == 1
+    assert value(milter, "zivmilter_store_commit_batch_size_sum") == 1  # one save, one commit
+    assert value(milter, "zivmilter_store_commit_batch_size_count") == 1
     rcpt = "zivmilter_recipients_total"
     assert value(milter, rcpt, method="custom_access_right", delivery="notification") == 2
     assert value(milter, rcpt, method="email_verification", delivery="notification") == 1

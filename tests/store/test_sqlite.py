@@ -323,11 +323,47 @@ def test_concurrent_saves_share_one_commit(
     for t in threads:
         t.join()
     assert batches == [6]
+    assert st.commit_batches() == (1, 6)
     assert len(saved) == 6
     _committed(tmp_path, saved)
     for message_id in saved:
         stream = st.open_content(message_id)
         assert stream is not None and stream.read() == raw_message()
+
+
+def test_close_writes_the_saves_queued_before_it(
+    st: SqliteStore, tmp_path: Path, kek: bytes
+) -> None:
+    """Stopping the milter (close) while saves wait for their commit: each is written and
+    answered first, none dropped; a save after close fails as a store error."""
+    quick = [r for r in recipients() if r.verification != "access_code"]
+    saved: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda: saved.append(st.save_message(new_message(recipients=quick)).id)
+        )
+        for _ in range(3)
+    ]
+    closer = threading.Thread(target=st.close)
+    with st._lock:  # a commit under way: the three queue up, then close() is called
+        for t in threads:
+            t.start()
+        _queued(st, 3)
+        closer.start()
+    closer.join()
+    for t in threads:
+        t.join()
+    assert len(saved) == 3
+    _committed(tmp_path, saved)
+    with pytest.raises(StoreError, match="closed"):
+        st.save_message(new_message(recipients=quick))
+    again = SqliteStore.open(str(tmp_path / "store"), kek)
+    try:
+        for message_id in saved:
+            stream = again.open_content(message_id)
+            assert stream is not None and stream.read() == raw_message()
+    finally:
+        again.close()
 
 
 def test_a_failing_save_fails_alone_in_its_batch(st: SqliteStore, tmp_path: Path) -> None:

@@ -162,8 +162,9 @@ class MessagesMixin(ContentsMixin):
 
         try:
             # No group commit by hand: each thread commits on a connection of its own, and
-            # PostgreSQL flushes the commits that arrive together with one WAL write.
-            with self._transaction() as cur:
+            # PostgreSQL flushes the commits that arrive together with one WAL write. The
+            # inserts go in one round trip (pipeline mode): they read nothing back.
+            with self._pipelined() as cur:
                 write(cur)
         except BaseException:
             for ref in [blob.ref] + [b.ref for _, _, b in parts]:

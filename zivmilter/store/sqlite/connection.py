@@ -9,25 +9,27 @@ WAL and busy timeout arbitrate between them. Every change is one `BEGIN IMMEDIAT
 (the write lock taken up front: no deadlock on a later upgrade), so a check-then-act in one
 method holds against other processes too.
 
-Group commit: saves from many milter threads share commits. A saver queues its rows and takes
-the lock; whoever holds it writes every queued save in one transaction (each in a savepoint of
-its own, so one failing save fails alone) and commits once. A saver whose rows a previous holder
-already committed returns at once. One fsync (WAL, synchronous=FULL) then covers all the
-messages that arrived while the previous commit was on its way to the disk.
+Group commit: saves from many milter threads share commits. A saver queues its rows and waits;
+one writer thread (started by the first save) takes every queued save, writes them in one
+transaction (each in a savepoint of its own, so one failing save fails alone), commits once and
+wakes their savers. One fsync (WAL, synchronous=FULL) then covers all the messages that arrived
+while the previous commit was on its way to the disk. Batch sizes go to the metrics
+(`zivmilter_store_commit_batch_size`) and to `commit_batches`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from zivmilter import defaults
+from zivmilter import defaults, metrics
 from zivmilter.errors import StoreError
 from zivmilter.store.blobs import BLOB_DIR, BlobStore
 from zivmilter.store.rows import dt as dt  # re-exported: the backend's time helpers
@@ -35,6 +37,8 @@ from zivmilter.store.rows import dt_or_none as dt_or_none
 from zivmilter.store.rows import ts as ts
 from zivmilter.store.sealing import Sealing
 from zivmilter.store.sqlite.schema import DB_NAME, migrate
+
+_log = logging.getLogger("zivmilter.store")
 
 # The housekeeping lock's file, in the store folder (flock: see `housekeeping_lock`).
 HOUSEKEEPING_LOCK = "housekeeping.lock"
@@ -105,7 +109,12 @@ class SqliteBase:
         self._inline_max = inline_max
         self._lock = threading.RLock()
         self._queue_lock = threading.Lock()
+        self._queue_ready = threading.Condition(self._queue_lock)  # saves queued, or closing
         self._queued: list[_Pending] = []
+        self._writer: threading.Thread | None = None
+        self._closing = False
+        # Grouped commits so far: how many, and how many saves they held (`commit_batches`).
+        self._batches = [0, 0]
         # Writes that need no commit of their own: they ride along the next grouped commit
         # (or close()), and a failed commit or a kill loses them. Only for what may be late or
         # lost: an ended handover (lost, the same message sent again within the retry window is
@@ -114,6 +123,12 @@ class SqliteBase:
         self._ending: set[str] = set()  # handovers ended, their rows not yet deleted
 
     def close(self) -> None:
+        with self._queue_ready:
+            self._closing = True
+            self._queue_ready.notify()
+            writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()  # every queued save written first
         with self._queue_lock:
             deferred, self._deferred = self._deferred, []
         with self._lock:
@@ -169,19 +184,54 @@ class SqliteBase:
         finally:
             os.close(fd)  # releases the lock
 
+    def commit_batches(self) -> tuple[int, int]:
+        """(grouped commits, saves they held) since the store was opened."""
+        with self._queue_lock:
+            return self._batches[0], self._batches[1]
+
     def _commit_grouped(self, write: Callable[[sqlite3.Cursor], None]) -> None:
         """Run `write` in a transaction, committed durably before this returns; concurrent
         callers share transactions and so fsyncs (see the module docstring)."""
         mine = _Pending(write)
-        with self._queue_lock:
+        with self._queue_ready:
+            if self._closing:
+                raise StoreError(f"{self._path}: the store is closed")
             self._queued.append(mine)
-        with self._lock:
-            if not mine.done:
-                with self._queue_lock:
-                    batch, self._queued = self._queued, []
-                self._write_batch(batch)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_queued, name="zivmilter-store-writer", daemon=True
+                )
+                self._writer.start()
+            self._queue_ready.notify()
+        mine.written.wait()
         if mine.error is not None:
             raise mine.error
+
+    def _write_queued(self) -> None:
+        """The writer thread: every save queued meanwhile in one transaction, until close()."""
+        while True:
+            with self._queue_ready:
+                while not self._queued and not self._closing:
+                    self._queue_ready.wait()
+                if not self._queued:
+                    return  # closing, nothing left
+            # The batch is taken under the store's lock: saves keep queueing while another
+            # transaction (a revoke, the portal's writes) holds it.
+            with self._lock:
+                with self._queue_lock:
+                    batch, self._queued = self._queued, []
+                try:
+                    self._write_batch(batch)
+                except BaseException as exc:  # never leave a saver waiting
+                    _log.exception("group commit failed")
+                    for job in batch:
+                        job.error = job.error or exc
+            with self._queue_lock:
+                self._batches[0] += 1
+                self._batches[1] += len(batch)
+            metrics.store_batch(len(batch))
+            for job in batch:
+                job.written.set()
 
     def _write_batch(self, batch: list[_Pending]) -> None:
         with self._queue_lock:
@@ -209,9 +259,6 @@ class SqliteBase:
         except BaseException as exc:  # the commit failed: none of them is stored
             for job in batch:
                 job.error = job.error or exc
-        finally:
-            for job in batch:
-                job.done = True
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
@@ -237,7 +284,7 @@ class _Pending:
     """A save waiting for a group commit."""
 
     write: Callable[[sqlite3.Cursor], None]
-    done: bool = False
+    written: threading.Event = field(default_factory=threading.Event)  # committed, or error
     error: BaseException | None = None
 
 
@@ -261,4 +308,3 @@ def recipient_ref(cur: sqlite3.Cursor, recipient_id: int) -> Any:
     return cur.execute(
         "SELECT message_id, address FROM recipients WHERE id = ?", (recipient_id,)
     ).fetchone()
-
