@@ -251,8 +251,8 @@ def judge_smime(
         problem = str(exc)
     if problem:
         return skip(ident, problem)
-    issuer = cert.issuer.rfc4514_string()
-    return _smime_key(cert, ident, candidate, address, f"chain to the trust store (issuer {issuer})")
+    why = f"chain to the trust store (issuer {cert.issuer.rfc4514_string()})"
+    return _smime_key(cert, ident, candidate, address, why)
 
 
 def _smime_key(
