@@ -62,6 +62,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("claim_budget", ("address", "at")),
     ("idd_domains", ("domain", "added_at")),
     ("devices", ("digest", "address", "created_at", "expires_at", "used_at")),
+    ("peppers", ("key_id", "sealed")),
 )  # fmt: skip
 _IDENTITY = ("conversations", "recipients", "audit")  # ids that other rows refer to: kept
 _ORDER = {"replies": "created_at, id", "audit": "id"}
