@@ -3,7 +3,8 @@
 The daemons must already write under the new key and read the old one (store.key_file: NEW,
 store.previous_key_files: [OLD], then a restart) before `rekey` rewraps what the old one
 protects (and carries its access-code pepper over), batch by batch, while mail flows; `status
---keys` says when the old key can go (README "Key rotation"). The work is in the store (store/rekey.py); this is the shell.
+--keys` says when the old key can go (README "Key rotation"). The work is in the store
+(store/rekey.py); this is the shell.
 """
 
 from __future__ import annotations

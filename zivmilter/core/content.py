@@ -49,6 +49,11 @@ TEXT_HTML = "text/html"
 ATTACHMENT_NAME = "attachment name"
 
 
+def attachment_where(filename: str | None) -> str:
+    """Where a match in an attachment's text is, as explain and the log show it."""
+    return f"attachment {filename}" if filename else "attachment"
+
+
 @dataclass(frozen=True, slots=True)
 class Part:
     """One piece of a message's text to scan, and where it is."""
