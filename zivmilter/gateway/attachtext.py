@@ -97,22 +97,30 @@ def _run(
     """Each job's text in one child process; what the deadline cuts off is a failure."""
     receive, send = _CONTEXT.Pipe(duplex=False)
     child = _CONTEXT.Process(target=_child, args=(send, jobs, max_bytes, extractor), daemon=True)
-    deadline = time.monotonic() + timeout
     out: list[str | _Failed] = []
     why = f"not read within {timeout:g} s (the reader was stopped)"
     try:
         child.start()
         send.close()
-        while len(out) < len(jobs):
-            left = deadline - time.monotonic()
-            if left <= 0 or not receive.poll(left):
-                break
-            try:
-                kind, value = receive.recv()
-            except EOFError:  # the child died: its memory cap, or a crash in a library
-                why = "the reader stopped (out of memory, or a crash)"
-                break
-            out.append(value if kind == "text" else _Failed(value))
+        # The bound is the reading's: the child says when it is there (a cold forkserver, the
+        # first time, imports pypdf first; a server that never answers is given up on too).
+        if not receive.poll(max(timeout, _START_SECONDS)):
+            why = f"the reader did not start within {max(timeout, _START_SECONDS):g} s"
+        else:
+            receive.recv()
+            deadline = time.monotonic() + timeout
+            while len(out) < len(jobs):
+                left = deadline - time.monotonic()
+                if left <= 0 or not receive.poll(left):
+                    break
+                try:
+                    kind, value = receive.recv()
+                except EOFError:  # the child died: its memory cap, or a crash in a library
+                    why = "the reader stopped (out of memory, or a crash)"
+                    break
+                out.append(value if kind == "text" else _Failed(value))
+    except EOFError:
+        why = "the reader stopped before it began"
     finally:
         if child.is_alive():
             child.kill()
@@ -121,8 +129,17 @@ def _run(
     return out + [_Failed(why)] * (len(jobs) - len(out))
 
 
+def warm_up() -> None:
+    """Start the reader's forkserver (and its imports) now, not for the first message."""
+    _run([], 1, 1.0, extract)
+
+
+_START_SECONDS = 60.0
+
+
 def _child(send: Connection, jobs: list[tuple[str, bytes]], max_bytes: int, fn: Any) -> None:
     _limit_memory()
+    send.send(("ready", None))
     for kind, data in jobs:
         try:
             send.send(("text", fn(kind, data, max_bytes)))
