@@ -134,7 +134,7 @@ def warm_up() -> None:
     _run([], 1, 1.0, extract)
 
 
-_START_SECONDS = 60.0
+_START_SECONDS = 20.0  # a reader that cannot even start (a broken forkserver) costs a message this
 
 
 def _child(send: Connection, jobs: list[tuple[str, bytes]], max_bytes: int, fn: Any) -> None:
