@@ -136,6 +136,10 @@ CONTENT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # message bytes parsed for text; th
 CONTENT_MAX_TEXT_BYTES = 2 * 1024 * 1024  # text scanned per message (UTF-8), the first N
 CONTENT_MAX_MATCHES = 20  # matches reported per message
 CONTENT_PATTERN_MAX_MEM = 8 * 1024 * 1024  # RE2 memory per compiled site pattern: a size bound
+# scope attachment_text (gateway/attachtext.py): what is read, and for how long
+CONTENT_ATTACHMENT_MAX_BYTES = 10 * 1024 * 1024  # an attachment larger than this is not read
+CONTENT_ATTACHMENT_TIMEOUT = 5.0  # seconds for all of a message's attachments; then stopped
+CONTENT_ATTACHMENT_MEMORY = 1024 * 1024 * 1024  # the reader process's address space (bytes)
 
 # --- guest portal (zivmilter/portal) ------------------------------------------------------
 PORTAL_SESSION_SECONDS = 3600  # a verified session (cookie) lasts this long

@@ -1,6 +1,7 @@
 """Content rules (issue 17) on a real Postfix with the real zivmilter: a letter with a BSN and no
 trigger word is secured (the recipient's server gets a notification, not the letter); the same
-letter without the BSN passes as it was sent. The milter's log shows the match masked.
+letter without the BSN passes as it was sent. The milter's log shows the match masked. So too
+for a BSN that is only in a PDF attachment's text (scope attachment_text; the PDF made here).
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ import re
 import smtplib
 import time
 from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import SMTP
 from typing import Any
 
 import pytest
+from fpdf import FPDF
 
 from tests.harness.postfix import HOST, PostfixInstance
 from tests.harness.sink import Sink
@@ -24,7 +28,12 @@ CONFIG: dict[str, Any] = {
     "selection": {
         "mode": "rules",
         "subject_triggers": ["[secure]"],
-        "content": {"bsn": True, "iban": True, "payment_card": True},
+        "content": {
+            "bsn": True,
+            "iban": True,
+            "payment_card": True,
+            "scope": ["subject", "text", "attachment_names", "attachment_text"],
+        },
     },
 }
 FACTS: dict[str, Any] = {"transport": {"partner.example": "none"}}
@@ -90,6 +99,54 @@ def test_the_same_letter_without_a_bsn_passes(
 ) -> None:
     pf, _ = milter
     data = LETTER.format(id="bsn-2", bsn="").encode()
+    before = len(sink.received)
+    send(pf, data)
+    (got,) = sink.wait_for(before + 1)[before:]
+    assert without_first_received(got.data) == data  # byte for byte as sent
+    time.sleep(1)
+    assert len(sink.received) == before + 1  # no notification, no copy
+
+
+def with_pdf(marker: str, *lines: str) -> bytes:
+    """A short letter with no number in its text, and a PDF (made here) with `lines`."""
+    doc = FPDF()
+    doc.add_page()
+    doc.set_font("helvetica", size=12)
+    for line in lines:
+        doc.cell(text=line, new_x="LMARGIN", new_y="NEXT")
+    msg = EmailMessage()
+    msg["From"] = "Dr. Alice <alice@hospital.example>"
+    msg["To"] = "Bob <bob@partner.example>"
+    msg["Subject"] = "Verwijzing"
+    msg["Date"] = "Tue, 24 Nov 2026 09:00:00 +0100"
+    msg["Message-ID"] = f"<{marker}@hospital.example>"
+    msg.set_content("Geachte collega,\n\nZie de verwijsbrief in de bijlage.\n")
+    msg.add_attachment(
+        bytes(doc.output()), maintype="application", subtype="pdf", filename="verwijzing.pdf"
+    )
+    return msg.as_bytes(policy=SMTP)
+
+
+def test_a_bsn_only_in_a_pdf_attachment_gets_the_message_secured(
+    milter: tuple[PostfixInstance, ZivmilterProcess], sink: Sink
+) -> None:
+    pf, z = milter
+    data = with_pdf("pdf-bsn", "Verwijzing mevrouw J. de Vries", "BSN 1234.56.782")
+    before = len(sink.received)
+    send(pf, data)
+    (got,) = sink.wait_for(before + 1)[before:]
+    assert got.rcpt_tos == ("bob@partner.example",)
+    assert b"verwijsbrief" not in got.data, z.log()[-4000:]  # a notification, not the letter
+    assert b"application/pdf" not in got.data and b"%PDF" not in got.data
+    assert "content rule bsn matched in attachment verwijzing.pdf: ****.**.782" in z.log()
+    assert "1234.56.782" not in z.log()
+
+
+def test_the_same_letter_with_a_pdf_without_a_bsn_passes(
+    milter: tuple[PostfixInstance, ZivmilterProcess], sink: Sink
+) -> None:
+    pf, _ = milter
+    data = with_pdf("pdf-none", "Verwijzing mevrouw J. de Vries", "referentie 123456789")
     before = len(sink.received)
     send(pf, data)
     (got,) = sink.wait_for(before + 1)[before:]

@@ -21,6 +21,8 @@ from zivmilter.core import config
 from zivmilter.errors import StoreError
 from zivmilter.store import NewPart, PartRecord, StoredKey, open_store
 from zivmilter.store.postgresql import PostgresStore, schema
+from zivmilter.store.sealing import Sealing
+from zivmilter.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.integration
 
@@ -210,6 +212,20 @@ def test_store_copy_sqlite_to_postgresql_and_back(
         for _ in range(4):
             answer = st.claim_answer(claim, _lock_after_five, funded=False, per_hour=1)
             st.settle_claim_answer(answer, False)
+    # Issue 16: a rotated store's carried pepper (an access code made under a retired key).
+    old_key = tmp_path / "old.key"
+    crypto.keygen(str(old_key))
+    ring = SqliteStore.open(
+        str(tmp_path / "first"),
+        crypto.load_kek(str(tmp_path / "store.key")),
+        previous=[crypto.load_kek(str(old_key))],
+    )
+    with contextlib.closing(ring):
+        old_sealing = Sealing.from_bytes(crypto.load_kek(str(old_key)))
+        old_hash = old_sealing.hash_access_code("OLD-CODE")
+        ring.remember_contact("erin@example.net", access_code_hash=old_hash)
+        while ring.rekey_batch(100):
+            pass
     assert main(["store", "copy", "--from", first, "--to", pg]) == 0
     out = capsys.readouterr().out
     assert "copied sqlite -> postgresql: messages 3," in out and "checked: 8 " in out
@@ -232,6 +248,8 @@ def test_store_copy_sqlite_to_postgresql_and_back(
                 replace(_RECIPIENT_KEY, imported_at=st.recipient_keys()[0].imported_at)
             ]
             assert st.use_device("carol@example.com", "d" * 64)
+            assert st.access_code_matches(old_hash, "OLD-CODE")  # the old key file not there
+            assert st.key_usage().depending_on_others() == 0
             assert st.invite_address(crypto.token_hash(invite)) == "alice@example.org"
             fifth = st.claim_sign_in("alice@example.org", _lock_after_five)
             assert fifth.admitted and fifth.locked_until is not None  # the streak came along

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from zivmilter import __version__, defaults
 from zivmilter.cli import runas
@@ -20,6 +21,9 @@ from zivmilter.core import config as config_mod
 from zivmilter.core import submission
 from zivmilter.core.facts import StaticFacts, load_facts
 from zivmilter.errors import ConfigError, MessageError, ZivmilterError
+
+if TYPE_CHECKING:
+    from zivmilter.core.content import Part
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -72,10 +76,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
         sender = found[0] if found else ""
     content = cfg.selection.content
     parts = parts_of_message(data, content.scope) if content.active else []
+    parts += _attachment_text(data, cfg)
     result = assess(headers, sender, rcpts, cfg, facts, parts)
     verdict = _explain_submission(args, cfg, headers, sender, facts)
     print(render_json(result, verdict) if args.json else render_text(result, verdict))
     return 0
+
+
+def _attachment_text(data: bytes, cfg: config_mod.Config) -> list[Part]:
+    """The attachments' text as the milter reads it (scope attachment_text); an attachment that
+    could not be read is said on stderr, as the milter logs it."""
+    from zivmilter.gateway.attachtext import attachment_parts
+
+    found, problems = attachment_parts(data, cfg.selection.content)
+    for problem in problems:
+        print(f"zivmilter: {problem}", file=sys.stderr)
+    return found
 
 
 def _explain_submission(

@@ -2,8 +2,9 @@
 
 The daemons must already write under the new key and read the old one (store.key_file: NEW,
 store.previous_key_files: [OLD], then a restart) before `rekey` rewraps what the old one
-protects, batch by batch, while mail flows; `status --keys` says when the old key can go
-(README "Key rotation"). The work is in the store (store/rekey.py); this is the shell.
+protects (and carries its access-code pepper over), batch by batch, while mail flows; `status
+--keys` says when the old key can go (README "Key rotation"). The work is in the store
+(store/rekey.py); this is the shell.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _print_usage(usage: KeyUsage, files: dict[str, str] | None = None) -> None:
     else:
         print(
             f"{usage.depending_on_others()} values still depend on another key than the"
-            " current one: run `zivmilter rekey` (access codes go with their messages)"
+            " current one: run `zivmilter rekey`"
         )
 
 

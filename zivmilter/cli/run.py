@@ -64,6 +64,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     spf = spf_checker(cfg)
     gateway = Gateway(cfg, facts, store, reinjector, spf=spf, senders=senders)
+    content = cfg.selection.content
+    if content.active and "attachment_text" in content.scope:
+        import threading
+
+        from zivmilter.gateway.attachtext import warm_up
+
+        # The attachment reader's process server, started beside the milter (not in the way
+        # of its start): the first message with an attachment need not wait for its imports.
+        threading.Thread(target=warm_up, name="attachment-reader", daemon=True).start()
     metrics.serve(cfg.metrics.listen)  # no-op unless metrics.listen is set
     serve(
         gateway,

@@ -20,7 +20,7 @@ from zivmilter.errors import MessageError
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from zivmilter.cli import _read_message
+    from zivmilter.cli import _attachment_text, _read_message
 
     cfg = config_mod.load(args.config)
     content = cfg.selection.content
@@ -35,7 +35,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except MessageError as exc:
         raise MessageError(f"{args.message}: {exc}") from None
     # selection's own path: the subject as it reads it, and matches reported in either mode
-    matches = select(cfg.selection, headers, "", parts_of_message(data, content.scope)).matches
+    parts = parts_of_message(data, content.scope) + _attachment_text(data, cfg)
+    matches = select(cfg.selection, headers, "", parts).matches
     if args.json:
         out: dict[str, Any] = {"matches": [match_json(m) for m in matches]}
         print(json.dumps(out, indent=2, ensure_ascii=False))

@@ -16,12 +16,14 @@ from __future__ import annotations
 import quopri
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 from html import unescape
 
 from zivmilter import defaults
+from zivmilter.core.attachtext import kind_of
 from zivmilter.core.content import ATTACHMENT_NAME, TEXT_HTML, TEXT_PLAIN, Part
 from zivmilter.core.message import decoded_header
 
@@ -187,3 +189,48 @@ def html_text(html: str) -> str:
     if skipping is None:
         chunks.append(html[pos:])
     return unescape("".join(chunks))
+
+
+# ---------------------------------------------------------------------------------------------
+# attachments whose text the content rules may read (scope `attachment_text`)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """An attachment as it came: its name, type, the extractor that reads it (attachtext.py;
+    None: none does) and its decoded bytes (None when larger than the limit: not decoded)."""
+
+    filename: str | None
+    content_type: str
+    kind: str | None
+    size: int  # bytes as sent (encoded), a bound on the decoded size
+    data: bytes | None
+
+    def __repr__(self) -> str:  # the content stays out of logs and tracebacks
+        return f"Attachment({self.content_type}, {self.size} bytes)"
+
+
+def attachments_of_message(data: bytes, max_bytes: int) -> list[Attachment]:
+    """The attachments of a whole message (header block and body) that an extractor reads, in
+    the message's order; one of more than `max_bytes` as sent is listed without its data."""
+    bounded = data[: defaults.CONTENT_MAX_MESSAGE_BYTES]
+    msg = BytesParser(policy=compat32).parsebytes(bounded)
+    out: list[Attachment] = []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        name = part.get_filename()
+        disposition = part.get_content_disposition()
+        if name is None and disposition != "attachment":
+            continue
+        filename = decoded_header(name) if name is not None else None
+        ctype = part.get_content_type()
+        kind = kind_of(filename, ctype)
+        if kind is None:
+            continue
+        raw = part.get_payload()
+        size = len(raw) if isinstance(raw, str) else 0
+        payload = part.get_payload(decode=True) if size <= max_bytes * 4 // 3 + 4096 else None
+        body = payload if isinstance(payload, bytes) and len(payload) <= max_bytes else None
+        out.append(Attachment(filename, ctype, kind, len(body) if body else size, body))
+    return out

@@ -470,7 +470,7 @@ class SubmissionConfig(SubmissionRules):
     listeners: dict[str, SubmissionRules] = field(default_factory=dict)
 
 
-ContentScope = Literal["subject", "text", "attachment_names"]
+ContentScope = Literal["subject", "text", "attachment_names", "attachment_text"]
 
 
 @dataclass(frozen=True)
@@ -486,6 +486,13 @@ class ContentConfig:
     # name -> RE2 pattern, checked at load
     patterns: dict[str, str] = field(default_factory=dict, metadata=_check(_patterns))
     scope: tuple[ContentScope, ...] = defaults.CONTENT_SCOPE
+    # scope attachment_text: PDF, DOCX, XLSX, ODT read up to this size, in at most this time
+    attachment_max_bytes: int = field(
+        default=defaults.CONTENT_ATTACHMENT_MAX_BYTES, metadata=_check(_positive)
+    )
+    attachment_timeout: float = field(
+        default=defaults.CONTENT_ATTACHMENT_TIMEOUT, metadata=_check(_positive)
+    )
     # compiled once, at load; not a key
     compiled_patterns: tuple[tuple[str, Any], ...] = field(
         default=(), init=False, repr=False, compare=False, metadata={"internal": True}

@@ -45,6 +45,7 @@ from zivmilter.core.route import route_value
 from zivmilter.core.submission import SenderAccounts, SpfChecker, StoreSenderAccounts
 from zivmilter.delivery.reinject import Outgoing, Reinjector
 from zivmilter.errors import DeliveryError
+from zivmilter.gateway.attachtext import attachment_parts
 from zivmilter.gateway.spool import clean_copy, set_subject
 from zivmilter.gateway.transaction import Plan, Transaction
 from zivmilter.keys import formats
@@ -135,6 +136,8 @@ class Gateway:
             return Plan(reject=verdict.reply, summary=f"refused: {verdict.reply}")
         raw_by_norm, unusable = envelope_recipients(tx.recipients)
         text = _text(tx, self.cfg)
+        if "attachment_text" in self.cfg.selection.content.scope:
+            text = [*text, *self._attachment_text(tx)]
         result = assess(tx.headers, sender, list(raw_by_norm), self.cfg, self.facts, text)
         for m in result.selection.matches:  # masked: never the number itself in the log
             log.info("content rule %s matched in %s: %s", m.rule, m.where, m.masked, extra=_ctx(tx))
@@ -444,6 +447,19 @@ class Gateway:
         with clean_copy(tx) as content:
             shutil.copyfileobj(content, spool)
         return Outgoing(sender, rcpts, spool, copy.what)
+
+    def _attachment_text(self, tx: Transaction) -> list[Part]:
+        """The text of the message's attachments (scope attachment_text), read in a child
+        process bounded in time and memory; one that cannot be read is logged and skipped."""
+        content = self.cfg.selection.content
+        if not content.active:
+            return []
+        tx.message.seek(0)
+        data = tx.message.read(tx.body_offset + defaults.CONTENT_MAX_MESSAGE_BYTES)
+        found, problems = attachment_parts(data, content)
+        for problem in problems:
+            log.warning("%s", problem, extra=_ctx(tx))
+        return found
 
     def _strip_plan(self, tx: Transaction, strip: frozenset[str]) -> list[tuple[str, int]]:
         """Deletions of the directive headers, and of the headers named in `strip`."""

@@ -5,9 +5,11 @@ what its field key seals (authenticator secrets, contact-book numbers, one-time 
 each value names the KEK that made it (sealing.py `key_of`). A batch rewrites up to `limit`
 values not under the current KEK, each with a compare-and-set (`... WHERE col = old`), so a
 revocation or a new code written meanwhile is never undone; rows written meanwhile are already
-under the current KEK (the daemons write with the ring's current key). Access-code hashes are
-only counted: a hash cannot be re-peppered without its code, so one depends on its KEK until
-its message is revoked or expires.
+under the current KEK (the daemons write with the ring's current key). Access-code hashes
+cannot be re-peppered without their codes: a batch first carries every previous KEK's pepper
+over (table `peppers`, sealed under the current KEK, and resealed by the next rotation like any
+sealed value), and a hash then depends on the KEK that seals its pepper, not on the one it was
+made with. So once a rotation has run to its end, nothing depends on a previous key file.
 """
 
 from __future__ import annotations
@@ -55,14 +57,26 @@ def columns(message_keys: tuple[str, str]) -> tuple[Column, ...]:
             "one-time code secrets", "recipients", "id", "otp_secret",
             lambda s, k, v: s.reseal_otp(int(k), v),
         ),
+        Column(
+            "download codes", "download_claims", "id", "otp_secret",
+            lambda s, k, v: s.reseal_claim_code(int(k), v),
+        ),
+        Column(
+            "access-code peppers", "peppers", "key_id", "sealed",
+            lambda s, k, v: s.reseal_pepper(str(k), v),
+        ),
         Column("access codes", "recipients", "id", "access_code_hash", None),
+        Column("remembered access codes", "contacts", "address", "access_code_hash", None),
     )  # fmt: skip
 
 
 def usage(cur: _Cursor, sealing: Sealing, cols: tuple[Column, ...]) -> KeyUsage:
     """How many values of each kind each KEK protects; '' for a KEK not in the ring (or a value
-    written before key ids, which names none)."""
+    written before key ids, which names none). An access-code hash counts under the KEK that
+    seals its pepper where one was carried over (`carried`), else under the KEK it names."""
     ring = set(sealing.key_ids)
+    sealed_by = {bytes.fromhex(kid): key_of(bytes(v)) for kid, v in carried(cur)}
+    previous = set(sealing.key_ids[1:])
     counts: dict[str, dict[str, int]] = {}
     for col in cols:
         per = counts.setdefault(col.kind, {})
@@ -74,6 +88,9 @@ def usage(cur: _Cursor, sealing: Sealing, cols: tuple[Column, ...]) -> KeyUsage:
                 if not str(value).startswith("scrypt-hmac"):
                     continue  # plain scrypt: no KEK in it
                 kid = crypto.pepper_id(str(value))
+                if kid is None and previous <= sealed_by.keys():
+                    kid = sealing.key_id  # before key ids: any pepper of the ring, all carried
+                kid = sealed_by.get(kid, kid) if kid is not None else None
             else:
                 kid = key_of(bytes(value))
             name = kid.hex() if kid is not None and kid in ring else ""
@@ -81,11 +98,28 @@ def usage(cur: _Cursor, sealing: Sealing, cols: tuple[Column, ...]) -> KeyUsage:
     return KeyUsage(sealing.key_id.hex(), tuple(k.hex() for k in sealing.key_ids), counts)
 
 
+def carried(cur: _Cursor) -> list[tuple[str, bytes]]:
+    """The peppers of previous KEKs a rotation carried over: (key id hex, sealed pepper)."""
+    return [(str(k), bytes(v)) for k, v in cur.execute("SELECT key_id, sealed FROM peppers")]
+
+
+def carry_peppers(cur: _Cursor, sealing: Sealing, param: str) -> None:
+    """Keep every previous KEK's pepper, sealed under the current KEK (once: a pepper already
+    carried stays as it is, and a batch reseals it if another KEK sealed it)."""
+    for kid, sealed in sealing.carry_peppers():
+        cur.execute(
+            f"INSERT INTO peppers (key_id, sealed) VALUES ({param}, {param})"
+            " ON CONFLICT (key_id) DO NOTHING",
+            (kid, sealed),
+        )
+
+
 def rekey_batch(
     cur: _Cursor, sealing: Sealing, cols: tuple[Column, ...], limit: int, param: str
 ) -> int:
     """Rewrite up to `limit` values not under the current KEK (`param`: the backend's
     placeholder); how many were rewritten, 0 when none is left."""
+    carry_peppers(cur, sealing, param)
     head = b"\x01" + sealing.key_id
     done = 0
     for col in cols:

@@ -3,7 +3,8 @@
 Key hierarchy (the algorithms are crypto.py's; this module only picks keys and contexts):
 - the KEK (key-encryption key, a file outside the store) wraps each message's data key (AES-KW)
   and, through its field key, seals what belongs to no message: account authenticator secrets,
-  contact-book numbers, one-time code secrets; its pepper goes into every access-code hash;
+  contact-book numbers, one-time code secrets; its pepper goes into every access-code hash
+  (a previous KEK's pepper, carried over by `rekey`, is sealed under the current one);
 - a message's data key derives its contents' keys (one per blob: the original, its large
   attachments kept apart, secure replies) and its field key, which seals the subject,
   recipients' numbers and hints, those attachments' names, and the portal's kept view.
@@ -18,10 +19,12 @@ seal/unseal and key wrapping; the SQL modules hold sealed bytes and keys, never 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from zivmilter import crypto
 from zivmilter.errors import StoreError
+
+Peppers = Iterable[tuple[str, bytes]]  # (KEK id hex, pepper sealed under a KEK of the ring)
 
 
 class DataKey:
@@ -194,22 +197,55 @@ class Sealing:
         return self._seal(self._unseal(sealed, _contact_sms(address)), _contact_sms(address))
 
     # -- access codes: hashed with the KEK's pepper ---------------------------------------
+    # A hash cannot be re-peppered without its code, so `rekey` carries a previous KEK's pepper
+    # over instead: sealed under the current KEK in the store (`carry_peppers`, table
+    # `peppers`), it lets a hash of that KEK match once the key file itself is gone. The pepper
+    # is an HKDF subkey of its own: it opens nothing else the old key wrapped or sealed.
 
     def hash_access_code(self, code: str) -> str:
         return crypto.hash_secret(code, pepper=self._kek.pepper, pepper_id=self._kek.id)
 
-    def access_code_matches(self, stored_hash: str, code: str) -> bool:
+    def access_code_matches(
+        self, stored_hash: str, code: str, carried: Callable[[], Peppers] = lambda: ()
+    ) -> bool:
         """Also true for a hash written before the pepper (plain scrypt); StoreError when the
-        stored hash is malformed, or peppered by a KEK no longer in the ring (a hash cannot be
-        re-peppered without the code: it depends on its KEK until its message ends)."""
+        stored hash is malformed, or peppered by a KEK that is neither in the ring nor carried
+        over (`carried`: the store's (key id hex, sealed pepper) rows, read only when needed)."""
         kid = crypto.pepper_id(stored_hash)
         if kid is not None:
             kek = self._by_id.get(kid)
-            if kek is None:
+            if kek is not None:
+                return crypto.verify_secret(stored_hash, code, pepper=kek.pepper)
+            pepper = self.open_peppers(carried()).get(kid)
+            if pepper is None:
                 raise StoreError(_missing(kid))
-            return crypto.verify_secret(stored_hash, code, pepper=kek.pepper)
+            return crypto.verify_secret(stored_hash, code, pepper=pepper)
         # Written before key ids: peppered by whichever KEK was current then.
-        return any(crypto.verify_secret(stored_hash, code, pepper=k.pepper) for k in self._ring)
+        peppers = [k.pepper for k in self._ring]
+        if any(crypto.verify_secret(stored_hash, code, pepper=p) for p in peppers):
+            return True
+        if not stored_hash.startswith("scrypt-hmac"):
+            return False  # plain scrypt: no pepper in it, the first try said all
+        others = self.open_peppers(carried())
+        return any(
+            crypto.verify_secret(stored_hash, code, pepper=p)
+            for k, p in others.items()
+            if k not in self._by_id
+        )
+
+    def carry_peppers(self) -> list[tuple[str, bytes]]:
+        """(key id hex, sealed pepper) of every previous KEK of the ring, sealed under the
+        current one: what `rekey` keeps so that the previous key files can go."""
+        return [(k.id.hex(), self._seal(k.pepper, _pepper(k.id.hex()))) for k in self._ring[1:]]
+
+    def open_peppers(self, rows: Peppers) -> dict[bytes, bytes]:
+        """Key id -> pepper of the carried rows (StoreError when one does not open)."""
+        return {
+            bytes.fromhex(kid): self._unseal(bytes(sealed), _pepper(kid)) for kid, sealed in rows
+        }
+
+    def reseal_pepper(self, kid: str, sealed: bytes) -> bytes:
+        return self._seal(self._unseal(sealed, _pepper(kid)), _pepper(kid))
 
     def seal_otp(self, recipient_id: int, secret: bytes) -> bytes:
         return self._seal(secret, _otp(recipient_id))
@@ -220,13 +256,16 @@ class Sealing:
     def reseal_otp(self, recipient_id: int, sealed: bytes) -> bytes:
         return self._seal(self._unseal(sealed, _otp(recipient_id)), _otp(recipient_id))
 
-    # A claim's code lives minutes and its claim a day (CLAIM_KEEP_SECONDS): a rotation need not
-    # reseal it; under the key ring it still opens until it is spent or thrown away.
+    # A claim's code lives minutes, but `rekey` reseals it all the same: `status --keys` then
+    # says a previous key can go only when nothing at all still needs it.
     def seal_claim_code(self, claim_id: int, secret: bytes) -> bytes:
         return self._seal(secret, _claim_code(claim_id))
 
     def unseal_claim_code(self, claim_id: int, sealed: bytes) -> bytes:
         return self._unseal(sealed, _claim_code(claim_id))
+
+    def reseal_claim_code(self, claim_id: int, sealed: bytes) -> bytes:
+        return self._seal(self._unseal(sealed, _claim_code(claim_id)), _claim_code(claim_id))
 
 
 # A wrapped key or KEK-sealed value that names its KEK: _TAG || key id (8 bytes) || the rest.
@@ -308,3 +347,7 @@ def _totp(address: str) -> str:
 
 def _contact_sms(address: str) -> str:
     return "contacts.sms:" + address
+
+
+def _pepper(kid_hex: str) -> str:
+    return "peppers.sealed:" + kid_hex

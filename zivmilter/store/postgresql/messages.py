@@ -19,6 +19,7 @@ import psycopg
 from zivmilter import crypto, defaults
 from zivmilter.core.addresses import normalize_address
 from zivmilter.errors import StoreError
+from zivmilter.store import rekey
 from zivmilter.store.blobs import EncryptedContent
 from zivmilter.store.postgresql.connection import Cursor, audit, ts
 from zivmilter.store.postgresql.contents import ContentsMixin, insert_blob
@@ -206,9 +207,14 @@ class MessagesMixin(ContentsMixin):
         if not stored_hash:
             return False
         try:
-            return self._sealing.access_code_matches(stored_hash, code)
+            return self._sealing.access_code_matches(stored_hash, code, self._carried_peppers)
         except StoreError:
             return False
+
+    def _carried_peppers(self) -> list[tuple[str, bytes]]:
+        """The peppers a key rotation carried over (store/rekey.py), read when a hash needs one."""
+        with self._read() as cur:
+            return rekey.carried(cur)
 
     def discard(self, message_id: str) -> None:
         """Forget a message entirely: the milter stored it but could not accept it after all."""

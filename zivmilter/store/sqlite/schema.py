@@ -267,6 +267,15 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX recipient_key_addresses_ident ON recipient_key_addresses (ident);
     """,
+    # 15: the access-code peppers of previous key-encryption keys, carried over by `rekey` (an
+    # access-code hash cannot be re-peppered without its code): sealed under the current key,
+    # they let those hashes match once the previous key file is gone (store/rekey.py)
+    """
+    CREATE TABLE peppers (
+        key_id TEXT PRIMARY KEY,  -- hex id of the key-encryption key the pepper belongs to
+        sealed BLOB NOT NULL     -- the pepper, sealed with the current key's field key
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
