@@ -3,7 +3,8 @@
 Pure: headers of the original in, a MIME message out; the milter sends it. It carries the
 original's From/To/Cc/threading headers, the personal link and how to verify, and nothing of the
 body, the attachments, the directive headers, a phone number (masked only) or an access code.
-Texts are Jinja2 templates in zivmilter/templates/ (HTML autoescaped).
+Texts are Jinja2 templates in mail/templates/ (HTML autoescaped), one for all languages: their
+words come from the gettext catalogs (zivmilter/i18n.py) in the template's `lang`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Literal
 
 import jinja2
 
-from zivmilter import defaults
+from zivmilter import defaults, i18n
 from zivmilter.core.branding import Brand
 from zivmilter.core.config import Config, NotificationConfig
 from zivmilter.core.message import decoded_header
@@ -273,9 +274,16 @@ def render_texts(
 ) -> tuple[str, str]:
     """The plain-text and HTML parts of a notification (the site's templates first)."""
     env = _environment(templates)
-    text = env.get_template(f"notification.{language}.txt").render(values)
-    html = env.get_template(f"notification.{language}.html").render(values)
+    values = {**values, "lang": language}
+    text = env.select_template(template_names(language, "txt")).render(values)
+    html = env.select_template(template_names(language, "html")).render(values)
     return text, html
+
+
+def template_names(language: str, part: str) -> tuple[str, str]:
+    """The templates of a part, the first found taken: a site's template for one language
+    (`notification.nl.txt`, as sites wrote them before the catalogs), else the one for all."""
+    return (f"notification.{language}.{part}", f"notification.{part}")
 
 
 SAMPLE_LINK_TOKEN = "SAMPLE-personal-link-token"
@@ -311,8 +319,10 @@ def template_problems(config: Config) -> list[str]:
                 for part in ("txt", "html"):
                     name = f"notification.{language}.{part}"
                     try:
-                        out = _environment(config.branding.templates).get_template(name)
-                        rendered = out.render(values)
+                        env = _environment(config.branding.templates)
+                        out = env.select_template(template_names(language, part))
+                        name = out.name or name
+                        rendered = out.render({**values, "lang": language})
                     except jinja2.TemplateSyntaxError as exc:
                         return [f"{exc.filename or name}, line {exc.lineno}: {exc}"]
                     except jinja2.TemplateError as exc:
@@ -427,10 +437,12 @@ def _environment(folder: str | None = None) -> jinja2.Environment:
     loaders: list[jinja2.BaseLoader] = [jinja2.FileSystemLoader(str(_TEMPLATES))]
     if folder is not None:
         loaders.insert(0, jinja2.FileSystemLoader(folder))
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         auto_reload=False,  # read once per process: no stat() per message
     )
+    i18n.install_gettext(env)
+    return env

@@ -420,7 +420,11 @@ class LinkPages(GuestPages[_Ctx]):
             subject=message.subject or "",
             in_reply_to=rfc822_id,
             references="",
-            sent=timestamp(message.created_at),
+            sent=timestamp(
+                message.created_at,
+                portal.cfg.notification.language,
+                portal.cfg.organization.timezone,
+            ),
             text=text,
             files=files,
             language=portal.cfg.notification.language,
