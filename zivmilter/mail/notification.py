@@ -233,9 +233,12 @@ def notification_for(
     verification: Verification,
     config: Config,
     sender: str | None = None,
+    chosen_language: str | None = None,
 ) -> Draft:
     """`draft_notification` with link, language, subject mode and organization from the
-    config, and the brand of `sender` (the author the store keeps; else the From address)."""
+    config, and the brand of `sender` (the author the store keeps; else the From address).
+    `chosen_language`: the one the recipient chose in the portal (the contact book), before
+    the config's guess by domain."""
     if sender is None:
         sender = parseaddr(decoded_header(original.get("From")))[1]
     return draft_notification(
@@ -243,7 +246,7 @@ def notification_for(
         recipient=recipient,
         link=portal_link(config.portal.base_url, token),
         verification=verification,
-        language=language_for(recipient, config.notification),
+        language=language_for(recipient, config.notification, chosen_language),
         subject_mode=config.notification.subject,
         org_domain=config.organization.domains[0],
         org_name=config.organization.name,
@@ -342,14 +345,24 @@ def portal_link(base_url: str, token: str) -> str:
     return base_url.rstrip("/") + "/m/" + token
 
 
-def language_for(address: str, config: NotificationConfig) -> str:
-    """The language of a recipient's domain (or a parent domain) in config, else the default."""
+def language_for(
+    address: str, config: NotificationConfig, chosen: str | None = None
+) -> str:
+    """The language of a recipient's notification: the one they chose in the portal (the
+    contact book), else their domain's (or a parent domain's) in config, else the default."""
+    if chosen in defaults.LANGUAGES:
+        return chosen
+    return domain_language(address, config) or config.language
+
+
+def domain_language(address: str, config: NotificationConfig) -> str | None:
+    """The language notification.languages gives a recipient's domain or a parent domain."""
     labels = address.rpartition("@")[2].lower().rstrip(".").split(".")
     for i in range(len(labels) - 1):
         lang = config.languages.get(".".join(labels[i:]))
         if lang is not None:
             return lang
-    return config.language
+    return None
 
 
 # E.164 country codes are prefix-free: 1 and 7 are one digit, these are two, all others three.

@@ -26,7 +26,7 @@ from zivmilter import defaults, i18n
 from zivmilter.core.branding import Brand
 from zivmilter.core.config import Config
 from zivmilter.delivery.reinject import Reinjector
-from zivmilter.mail.notification import language_for
+from zivmilter.mail.notification import domain_language
 from zivmilter.portal.i18n import DATE_FORMAT, DATE_PATTERN, LANGUAGE_NAMES, minutes, texts
 from zivmilter.portal.security import (
     Pass,
@@ -103,16 +103,42 @@ class Portal:
     # -- languages -------------------------------------------------------------------------
 
     def language(self, request: Request, address: str | None = None) -> str:
-        """?lang= (a switch on the page), then the cookie it set, then the notification's."""
+        """The page's language: the visitor's choice (?lang=, a switch on the page; then the
+        cookie it set), else the one the address chose before (the contact book), else its
+        domain's (notification.languages), else the browser's (Accept-Language), else
+        notification.language."""
+        chosen = self.chosen_language(request)
+        if chosen is not None:
+            return chosen
+        if address:
+            contact = self.store.contact(address)
+            if contact is not None and contact.language in defaults.LANGUAGES:
+                return contact.language
+            by_domain = domain_language(address, self.cfg.notification)
+            if by_domain is not None:
+                return by_domain
+        return browser_language(request.headers.get("accept-language", "")) or (
+            self.cfg.notification.language
+        )
+
+    @staticmethod
+    def chosen_language(request: Request, switched_only: bool = False) -> str | None:
+        """The language the visitor chose with the switch: ?lang=, then (unless
+        `switched_only`) the cookie an earlier switch set; None when they chose none."""
         asked = request.query_params.get("lang")
         if asked in defaults.LANGUAGES:
             return asked
-        saved = request.cookies.get(LANG_COOKIE)
-        if saved in defaults.LANGUAGES:
-            return saved
-        if address:
-            return language_for(address, self.cfg.notification)
-        return self.cfg.notification.language
+        saved = None if switched_only else request.cookies.get(LANG_COOKIE)
+        return saved if saved in defaults.LANGUAGES else None
+
+    def remember_language(self, request: Request, address: str, switched_only: bool) -> None:
+        """The recipient of `address` proved who they are: the language they chose on the
+        way, if any, is theirs for the next notification (the contact book, issue 25)."""
+        chosen = self.chosen_language(request, switched_only)
+        if chosen is not None:
+            contact = self.store.contact(address)
+            if contact is None or contact.language != chosen:
+                self.store.remember_language(address, chosen)
 
     # -- pages -----------------------------------------------------------------------------
 
@@ -286,6 +312,26 @@ def message_date(header: str | None, received: datetime | None, lang: str) -> st
         time=when.strftime("%H:%M"),
         offset=f"{offset[:3]}:{offset[3:]}" if offset else "",
     )
+
+
+def browser_language(header: str) -> str | None:
+    """The first of the portal's languages in an Accept-Language header, by the browser's
+    weights (RFC 9110 12.5.4); a regional tag counts for its language (`de-AT`: de)."""
+    ranked: list[tuple[float, int, str]] = []
+    for i, item in enumerate(header.split(",")[:32]):
+        tag, _, params = item.strip().partition(";")
+        weight = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        language = tag.strip().lower().split("-")[0]
+        if weight > 0 and language in defaults.LANGUAGES:
+            ranked.append((-weight, i, language))
+    return min(ranked)[2] if ranked else None
 
 
 def timestamp(dt: datetime | None, lang: str = "en", zone: str = defaults.TIMEZONE) -> str:

@@ -266,6 +266,11 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX claim_budget_address ON claim_budget (address, at);
     CREATE INDEX claim_budget_at ON claim_budget (at);
     """,
+    # 14: the language a recipient chose in the portal (issue 25), for the next notification
+    # to them (contacts.remember_language); NULL: none chosen
+    """
+    ALTER TABLE contacts ADD COLUMN language TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
