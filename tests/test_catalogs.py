@@ -115,3 +115,27 @@ def test_a_missing_message_or_placeholder_is_found() -> None:
             "not in the code or templates any more: 'Gone'",
         ]
     )
+
+
+def test_a_built_package_reads_the_compiled_catalog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What setup.py's build writes (.mo next to the .po) is what a package reads; without it,
+    the .po through Babel (a checkout): both say the same."""
+    from babel.messages.mofile import write_mo
+
+    folder = tmp_path / "de" / "LC_MESSAGES"
+    folder.mkdir(parents=True)
+    catalog = read("de")
+    catalog.get("Secure email").string = "COMPILED"  # type: ignore[union-attr]
+    with (folder / f"{i18n.DOMAIN}.mo").open("wb") as fp:
+        write_mo(fp, catalog)
+    monkeypatch.setattr(i18n, "LOCALE_DIR", tmp_path)
+    i18n.translations.cache_clear()
+    try:
+        assert i18n.translate("de", "Secure email") == "COMPILED"
+        assert i18n.translate("nl", "Secure email") == "Secure email"  # no catalog: the source
+    finally:
+        monkeypatch.undo()
+        i18n.translations.cache_clear()
+    assert i18n.translate("de", "Secure email") == "Sichere E-Mail"
