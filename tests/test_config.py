@@ -248,6 +248,14 @@ def test_organization_timezone_is_an_iana_name_utc_by_default(tmp_path: Path) ->
     assert config.load(write(tmp_path, text)).organization.timezone == "Europe/Amsterdam"
 
 
+def test_german_is_a_notification_language(tmp_path: Path) -> None:
+    text = "organization: {domains: [a.example]}\nnotification: {language: de}\n"
+    assert config.load(write(tmp_path, text)).notification.language == "de"
+    text = text.replace("language: de", "language: fr")
+    with pytest.raises(ConfigError, match=r"notification\.language: 'fr' is not one of en, nl, de"):
+        config.load(write(tmp_path, text))
+
+
 @pytest.mark.parametrize("value", ["Europe", "Mars/Olympus_Mons", "../etc/passwd", "''"])
 def test_organization_timezone_refuses_what_is_no_zone(tmp_path: Path, value: str) -> None:
     text = f"organization:\n  domains: [hospital.example]\n  timezone: {value}\n"

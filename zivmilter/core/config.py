@@ -395,7 +395,7 @@ class SmsConfig:
 @dataclass(frozen=True)
 class NotificationConfig:
     subject: Literal["show", "neutral"] = "show"
-    language: Literal["en", "nl"] = "en"
+    language: Literal["en", "nl", "de"] = "en"
     # recipient domain -> language; the default language serves every other domain
     languages: dict[str, str] = field(default_factory=dict, metadata=_check(_languages))
     # mail the sender once when a recipient first opens a message (no content in it; issue 19)
