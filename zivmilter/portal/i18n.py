@@ -25,37 +25,6 @@ LANGUAGE_NAMES: tuple[tuple[str, str], ...] = (
 )
 
 MESSAGES: dict[str, str] = {
-    "portal_title": N_("Secure message"),
-    "secure_mail": N_("Secure email"),
-    "language": N_("Language"),
-    "footer": N_("Secure email of {org}. Your connection and this message are encrypted."),
-    "support": N_("Questions? Contact {org}:"),
-    "support_phone": N_("phone"),
-    "opening_title": N_("Opening your secure message…"),
-    "continue": N_("Continue"),
-    "verify_title": N_("Confirm that this message is for you"),
-    "message_from": N_("A secure message from {sender}."),
-    "access_code_intro": N_("Enter the access code that the sender gave you outside email."),
-    "hint": N_("The sender's hint:"),
-    "access_code": N_("Access code"),
-    "open_message": N_("Open the message"),
-    "sms_intro": N_("We send a verification code by text message to {phone}."),
-    "email_intro": N_("We send a verification code by email to {address}."),
-    "send_code": N_("Send me a code"),
-    "send_again": N_("Send a new code"),
-    "code_label": N_("Verification code"),
-    "remember_device_help": N_(
-        "Links for {address} then open in this browser without a code. Do not tick this on a "
-        "shared or public computer."
-    ),
-    "account_intro": N_("Sign in with your account at {org} ({address})."),
-    "password": N_("Password"),
-    "totp_label": N_("Code from your authenticator app"),
-    "sign_in": N_("Sign in"),
-    "verify_why": N_(
-        "Only the intended recipient can open this message. Your link is personal: do not share it."
-    ),
-    "locked_text": N_("Too many wrong attempts. This link is locked; try again in {minutes}."),
     "title_error": N_("Error"),
     "title_locked": N_("Locked"),
     "title_notice": N_("Done"),
@@ -106,43 +75,7 @@ MESSAGES: dict[str, str] = {
         "space. Your reply was not sent; please try again later."
     ),
     "err_bad_address": N_("That is not an email address."),
-    "enrol_title": N_("Set up your authenticator app"),
-    "enrol_intro": N_(
-        "Your password is right. To protect your account, scan this code with an authenticator "
-        "app (for example FreeOTP, Aegis or Google Authenticator), then enter the 6-digit code "
-        "it shows."
-    ),
-    "enrol_manual": N_("Cannot scan? Enter this key:"),
-    "enrol_confirm": N_("Confirm and open the message"),
-    "no_subject": N_("(no subject)"),
-    "h_from": N_("From"),
-    "h_to": N_("To"),
-    "h_cc": N_("Cc"),
-    "h_date": N_("Date"),
-    "remote_blocked": N_(
-        "Images from the internet are not shown, so nobody learns when you read this."
-    ),
-    "remote_load": N_("Show them"),
-    "message_body": N_("Message"),
-    "attachments": N_("Attachments"),
-    "reply_title": N_("Reply securely"),
-    "reply_item": N_("You replied on {when}."),
-    "reply_sent": N_("Sent"),
-    "reply_pending": N_("Not sent yet"),
-    "reply_refused": N_("Refused by the mail server"),
-    "reply_label": N_("Your reply to the sender"),
-    "reply_files": N_("Attachments (up to {mb} MB in total)"),
-    "reply_send": N_("Send reply"),
     "reply_via": N_("{author} via secure email"),
-    "sign_out": N_("Sign out"),
-    "download_title": N_("Secure download"),
-    "download_from": N_("A file sent to you by {sender}."),
-    "download_intro": N_("Enter your email address, the one this file was sent to."),
-    "download_email_intro": N_("We send a verification code to your email address."),
-    "your_address": N_("Your email address"),
-    "download_verify": N_("Confirm"),
-    "other_address": N_("Not your address? Enter another one:"),
-    "download_button": N_("Download {name}"),
     "not_found_title": N_("Page not found"),
     "not_found_text": N_("There is nothing here. Open the link in your email again."),
     "unknown_link_title": N_("This link does not work"),
