@@ -216,8 +216,9 @@ def test_contents_above_the_inline_limit_get_a_file(tmp_path: Path, kek: bytes) 
 
 def _undo_schemas_8_up(conn: sqlite3.Connection) -> None:
     """Take a database back before schema 8 (the sender's side of the portal), 9 (session
-    generations), 10 (attachments kept apart), 11 (retries' handovers), 12 (trusted devices)
-    and 13 (claims on shared download links)."""
+    generations), 10 (attachments kept apart), 11 (retries' handovers), 12 (trusted devices),
+    13 (claims on shared download links) and 14 (the language a contact chose)."""
+    conn.execute("ALTER TABLE contacts DROP COLUMN language")  # schema 14
     conn.execute("DROP TABLE claim_budget")  # schema 13
     conn.execute("DROP TABLE download_claims")
     conn.execute("DROP TABLE devices")  # schema 12
