@@ -18,6 +18,7 @@ import gettext as _gettext
 import io
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
@@ -27,6 +28,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
 from babel.support import Translations
+from markupsafe import Markup
 
 from zivmilter import defaults
 
@@ -68,9 +70,10 @@ def translate(language: str, message: str) -> str:
     return translations(language).gettext(message)
 
 
-def install_gettext(env: jinja2.Environment) -> None:
-    """`_`, `gettext`, `ngettext` and `{% trans %}` in `env`'s templates, in the language of
-    each render's `lang` (newstyle: placeholders are `%(name)s`, values escaped in HTML)."""
+def install_gettext(env: jinja2.Environment, language: str | None = None) -> None:
+    """`_`, `gettext`, `ngettext` and `{% trans %}` in `env`'s templates (newstyle:
+    placeholders are `%(name)s`, values escaped in HTML): in `language`, or, without one, in
+    the language of each render's `lang` (one environment for every language: the portal)."""
     env.add_extension("jinja2.ext.i18n")
 
     @jinja2.pass_context
@@ -84,6 +87,32 @@ def install_gettext(env: jinja2.Environment) -> None:
     env.install_gettext_callables(  # type: ignore[attr-defined]
         gettext=_gettext_in, ngettext=_ngettext_in, newstyle=True
     )
+    if language is None:
+        return
+    # One language for the environment (the notification, once per recipient): the same
+    # newstyle calls as jinja2.ext's, without a context lookup per message (half its time).
+    catalog = translations(language)
+
+    @functools.cache
+    def _translated(message: str, escape: bool) -> str:
+        rv = catalog.gettext(message)
+        return Markup(rv) if escape else rv
+
+    @jinja2.pass_eval_context
+    def _gettext(eval_ctx: jinja2.nodes.EvalContext, message: str, **variables: Any) -> str:
+        return _translated(message, eval_ctx.autoescape) % variables
+
+    @jinja2.pass_eval_context
+    def _ngettext(
+        eval_ctx: jinja2.nodes.EvalContext, singular: str, plural: str, num: int, **variables: Any
+    ) -> str:
+        variables.setdefault("num", num)
+        rv = catalog.ngettext(singular, plural, num)
+        if eval_ctx.autoescape:
+            rv = Markup(rv)
+        return rv % variables
+
+    env.globals.update(_=_gettext, gettext=_gettext, ngettext=_ngettext)
 
 
 def _language(context: jinja2.runtime.Context) -> str:
