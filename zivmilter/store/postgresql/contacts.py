@@ -55,7 +55,7 @@ class ContactsMixin(PgBase):
     def contacts(self) -> list[ContactEntry]:
         with self._read() as cur:
             rows = cur.execute(
-                "SELECT address, sms, access_code_hash IS NOT NULL, used_at FROM contacts"
+                "SELECT address, sms, access_code_hash IS NOT NULL, used_at, language FROM contacts"
                 " ORDER BY address"
             ).fetchall()
         return [
@@ -64,6 +64,7 @@ class ContactsMixin(PgBase):
                 None if r[1] is None else self._sealing.unseal_contact_sms(str(r[0]), bytes(r[1])),
                 bool(r[2]),
                 dt_or_none(r[3]),
+                r[4],
             )
             for r in rows
         ]
