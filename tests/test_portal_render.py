@@ -1,5 +1,5 @@
 """What the portal shows of a message: MIME structure, sanitized HTML, names; and that every text
-exists in both languages (zivmilter/portal/render.py, i18n.py, mail.py)."""
+exists in every language (zivmilter/portal/render.py, i18n.py, mail.py)."""
 
 from __future__ import annotations
 
