@@ -108,7 +108,7 @@ def test_a_template_without_the_link_is_refused(
 ) -> None:
     folder = tmp_path / "templates"
     folder.mkdir()
-    shipped = Path(notification.__file__).parent / "templates" / "notification.nl.html"
+    shipped = Path(notification.__file__).parent / "templates" / "notification.html"
     text = shipped.read_text().replace('href="{{ link }}"', 'href="https://hospital.example/"')
     (folder / "notification.nl.html").write_text(text)
     path = write_config(tmp_path, CONFIG + "  templates: templates\n")

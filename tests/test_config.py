@@ -241,6 +241,29 @@ def test_own_mail_from_must_be_an_address_at_an_organization_domain(
     with pytest.raises(ConfigError, match=r"zivmilter\.yaml: organization\.mail_from: " + problem):
         config.load(write(tmp_path, text))
 
+def test_organization_timezone_is_an_iana_name_utc_by_default(tmp_path: Path) -> None:
+    text = "organization:\n  domains: [hospital.example]\n"
+    assert config.load(write(tmp_path, text)).organization.timezone == "UTC"
+    text += "  timezone: Europe/Amsterdam\n"
+    assert config.load(write(tmp_path, text)).organization.timezone == "Europe/Amsterdam"
+
+
+def test_german_is_a_notification_language(tmp_path: Path) -> None:
+    text = "organization: {domains: [a.example]}\nnotification: {language: de}\n"
+    assert config.load(write(tmp_path, text)).notification.language == "de"
+    text = text.replace("language: de", "language: fr")
+    with pytest.raises(ConfigError, match=r"notification\.language: 'fr' is not one of en, nl, de"):
+        config.load(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("value", ["Europe", "Mars/Olympus_Mons", "../etc/passwd", "''"])
+def test_organization_timezone_refuses_what_is_no_zone(tmp_path: Path, value: str) -> None:
+    text = f"organization:\n  domains: [hospital.example]\n  timezone: {value}\n"
+    pattern = r"zivmilter\.yaml: organization\.timezone: .* is not an IANA time zone name"
+    with pytest.raises(ConfigError, match=pattern):
+        config.load(write(tmp_path, text))
+
+
 _ORG = "organization: {domains: [a.example]}\n"
 
 

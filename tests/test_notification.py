@@ -269,7 +269,7 @@ def test_folded_subject_does_not_break_headers() -> None:
 
 def test_unknown_language_is_refused() -> None:
     with pytest.raises(ValueError):
-        build(language="de")
+        build(language="fr")
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -548,7 +548,11 @@ class _Text(HTMLParser):
 
 
 # the one line of each plain part that the HTML part says with its button instead
-_LINK_INTRO = {"en": "Open it with your personal link:", "nl": "Open het met uw persoonlijke link:"}
+_LINK_INTRO = {
+    "en": "Open it with your personal link:",
+    "nl": "Open het met uw persoonlijke link:",
+    "de": "Öffnen Sie sie mit Ihrem persönlichen Link:",
+}
 
 
 @pytest.mark.parametrize("language", sorted(defaults.LANGUAGES))

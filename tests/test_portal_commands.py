@@ -181,11 +181,14 @@ def test_contacts_list_and_forget(
     cfg, store = setup
     store.remember_contact("carol@example.com", sms=PHONE)
     store.remember_contact("dave@example.com", access_code_hash=crypto.hash_secret("tulip"))
+    store.remember_language("dave@example.com", "de")  # chosen in the portal (issue 25)
     code, out, _ = run(capsys, "contacts", "list", "--config", str(cfg))
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("carol@example.com\tsms +31 6•••••678\taccess code no")
+    assert not lines[0].endswith("language de")
     assert lines[1].startswith("dave@example.com\tsms -\taccess code yes")
+    assert lines[1].endswith("\tlanguage de")
     assert PHONE not in out and "tulip" not in out
     code, out, _ = run(capsys, "contacts", "forget", "Carol@Example.com", "--config", str(cfg))
     assert code == 0 and store.contact("carol@example.com") is None

@@ -52,10 +52,11 @@ PORTAL_BASE_URL = "https://secure.example.org/"
 PORTAL_LISTEN = "127.0.0.1:8025"
 LINK_TOKEN_BYTES = 24  # 192 bits from `secrets`; SPEC asks for at least 128
 NOTIFICATION_LANGUAGE = "en"
-LANGUAGES = ("en", "nl")
+LANGUAGES = ("en", "nl", "de")
+TIMEZONE = "UTC"  # organization.timezone: the zone of the dates the portal and its mail show
 # branding.logo: larger is refused at load (it is sent with every portal page and notification)
 BRAND_LOGO_MAX_BYTES = 64 * 1024
-NEUTRAL_SUBJECT = {"en": "Secure message", "nl": "Beveiligd bericht"}
+NEUTRAL_SUBJECT = {"en": "Secure message", "nl": "Beveiligd bericht", "de": "Sichere Nachricht"}
 LOCKOUT_AFTER = 5  # wrong codes before a link locks
 LOCKOUT_BASE_SECONDS = 60  # doubles with each further lockout
 OTP_VALIDITY_SECONDS = 600

@@ -1,4 +1,5 @@
-"""WCAG 2.1 AA of every page a recipient or a sender meets in the portal, in English and Dutch.
+"""WCAG 2.1 AA of every page a recipient or a sender meets in the portal, in English, Dutch
+and German.
 
 The pages come from the real thing, as in test_portal_browser.py: a message goes through a private
 Postfix with `zivmilter run` attached, its notification reaches a receiving server, and its link
@@ -50,6 +51,7 @@ from tests.integration.test_portal_browser import (
     plain_message,
     png,
 )
+from zivmilter.mail.notification import NOTIFICATION_HEADER
 from zivmilter.portal.accounts import add_recipient_account
 from zivmilter.portal.context import LANG_COOKIE
 from zivmilter.portal.i18n import texts
@@ -64,9 +66,12 @@ AXE = (Path(axe_package.__file__).parent / "axe.min.js").read_text()
 TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 NARROW = {"width": 320, "height": 720}  # WCAG 1.4.10: 320 CSS px without scrolling sideways
 PASSWORD = "correct horse battery staple"
-LANGS = ["en", "nl"]
+LANGS = ["en", "nl", "de"]
 DUTCH_DOMAIN = "x.example"  # notifications to it are in Dutch; to oldmail.example, in English
-DOMAIN = {"en": "oldmail.example", "nl": DUTCH_DOMAIN}
+GERMAN_DOMAIN = "y.example"  # and to it, in German
+DOMAIN = {"en": "oldmail.example", "nl": DUTCH_DOMAIN, "de": GERMAN_DOMAIN}
+assert " x.example " in HOSTS
+HOSTS_HERE = HOSTS.replace(" x.example ", f" x.example {GERMAN_DOMAIN} ")
 
 
 # --- the stack and the browser ---------------------------------------------------------------
@@ -75,7 +80,7 @@ DOMAIN = {"en": "oldmail.example", "nl": DUTCH_DOMAIN}
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     port = free_port()
-    with bind_mounted("/etc/hosts", HOSTS), Sink(MAIL_IP, 25) as sink, SmsProvider() as sms:
+    with bind_mounted("/etc/hosts", HOSTS_HERE), Sink(MAIL_IP, 25) as sink, SmsProvider() as sms:
         pf = PostfixInstance()
         z = attach(
             pf,
@@ -84,8 +89,8 @@ def world() -> Iterator[World]:
                     "base_url": f"http://127.0.0.1:{port}/",
                     "listen": f"127.0.0.1:{port}",
                 },
-                # the notification's language by the recipient's domain: both get checked
-                "notification": {"languages": {DUTCH_DOMAIN: "nl"}},
+                # the notification's language by the recipient's domain: each gets checked
+                "notification": {"languages": {DUTCH_DOMAIN: "nl", GERMAN_DOMAIN: "de"}},
                 # "remember this browser" on the code-sent pages (issue 25): checked there too
                 "policy": {"methods": {"remember_device_days": 30}},
                 "sms": {
@@ -375,7 +380,9 @@ def test_email_code_message_and_expired(
     page.click("#send")
     page.locator("#notice").wait_for()
     a.check("code-sent")
-    code_mail = world.mail_for(address, before, texts(lang)["code_mail_subject"]).message()
+    # the code mail (its Subject is RFC 2047-encoded where the language needs it)
+    code_mail = world.mail_for(address, before, f"{NOTIFICATION_HEADER}: code").message()
+    assert code_mail["Subject"] == texts(lang)["code_mail_subject"]
     text = code_mail.get_body(("plain",))
     assert text is not None
     (code,) = re.findall(r"\b\d{6}\b", text.get_content())

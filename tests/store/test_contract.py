@@ -470,6 +470,25 @@ def test_contact_book_feeds_remembered_methods(st: Store) -> None:
     assert st.access_code_matches(rec2.access_code_hash, CODE)  # remembered before the pepper
 
 
+def test_contact_book_remembers_the_language_chosen_in_the_portal(st: Store) -> None:
+    # Issue 25: the recipient's choice, for the next notification to them; not a method.
+    st.remember_language("Dora@example.net", "de")
+    assert st.contact("dora@example.net") == Contact(language="de")
+    assert [e.used_at for e in st.contacts() if e.address == "dora@example.net"] == [None]
+    st.remember_contact("dora@example.net", sms=PHONE)
+    st.remember_language("dora@example.net", "nl")
+    assert st.contact("dora@example.net") == Contact(sms=PHONE, language="nl")
+    # a language alone is no remembered number (rule 5): the message still needs one
+    msg = new_message(
+        recipients=[NewRecipient("x@example.net", 1, "sms", "notification", "A5", None, "sms")]
+    )
+    st.remember_language("x@example.net", "de")
+    with pytest.raises(StoreError):
+        st.save_message(msg)
+    assert st.forget_contact("dora@example.net")
+    assert st.contact("dora@example.net") is None
+
+
 def test_remembered_method_without_contact_is_an_error(st: Store) -> None:
     msg = new_message(
         recipients=[NewRecipient("x@example.net", 1, "sms", "notification", "A5", None, "sms")]

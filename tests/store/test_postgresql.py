@@ -186,6 +186,7 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             "bob@example.net", "recipient", password_hash="$argon2id$x", totp_secret=b"K"
         )
         st.remember_contact("carol@example.com", sms="+31612345678")
+        st.remember_language("carol@example.com", "de")  # issue 25: the portal's choice
         st.remember_device("carol@example.com", "d" * 64, time.time() + 3600)  # issue 25
         st.import_recipient_key(_RECIPIENT_KEY)  # issue 26
         # The sender's side (issue 19): an invitation, a streak of wrong sign-ins, a receipt.
@@ -243,6 +244,7 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             assert st.totp_secret("bob@example.net") == b"K"
             contact = st.contact("carol@example.com")
             assert contact is not None and contact.sms == "+31612345678"
+            assert contact.language == "de"
             assert st.devices() == {"carol@example.com": 1}
             assert st.recipient_keys("carol@example.com") == [
                 replace(_RECIPIENT_KEY, imported_at=st.recipient_keys()[0].imported_at)

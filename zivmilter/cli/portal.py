@@ -298,6 +298,8 @@ def cmd_contacts(args: argparse.Namespace) -> int:
         line = f"{e.address}\tsms {sms}\taccess code {code}\tlast used {used}"
         if e.address in devices:
             line += f"\tremembered {_browsers(devices[e.address])}"
+        if e.language:
+            line += f"\tlanguage {e.language}"  # chosen in the portal (issue 25)
         print(line)
     return 0
 

@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -136,6 +137,16 @@ def _url(value: str) -> str:
     return value
 
 
+def _timezone(value: str) -> str:
+    """An IANA time zone name (organization.timezone): the dates the portal and its mail show."""
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        problem = f"{value!r} is not an IANA time zone name (like Europe/Amsterdam)"
+        raise ValueError(problem) from None
+    return value
+
+
 def _url_list(values: tuple[str, ...]) -> tuple[str, ...]:
     for v in values:
         _url(v)
@@ -204,6 +215,11 @@ class OrganizationConfig:
     # replies): at an organization domain, so the organization's DKIM signer signs it and it
     # aligns with DMARC. None: MAILER-DAEMON@ (DSN) and noreply@ (portal) the first domain.
     mail_from: str | None = field(default=None, metadata=_check(_address, "our own sender"))
+    # The zone of the dates and times the portal and its mail show (babel.dates, per language).
+    # UTC unless set: a gateway's system zone is often UTC anyway, and a setting says it plainly.
+    timezone: str = field(
+        default=defaults.TIMEZONE, metadata=_check(_timezone, "IANA time zone name")
+    )
 
     def __post_init__(self) -> None:
         if self.mail_from is not None:
@@ -381,7 +397,7 @@ class SmsConfig:
 @dataclass(frozen=True)
 class NotificationConfig:
     subject: Literal["show", "neutral"] = "show"
-    language: Literal["en", "nl"] = "en"
+    language: Literal["en", "nl", "de"] = "en"
     # recipient domain -> language; the default language serves every other domain
     languages: dict[str, str] = field(default_factory=dict, metadata=_check(_languages))
     # mail the sender once when a recipient first opens a message (no content in it; issue 19)

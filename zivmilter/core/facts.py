@@ -58,6 +58,7 @@ class Contact:
 
     sms: str | None = None  # an SMS number the recipient already used
     access_code: bool = False  # an access code the recipient already used (kept hashed)
+    language: str | None = None  # the language the recipient chose in the portal (issue 25)
 
 
 class Facts(Protocol):

@@ -361,6 +361,7 @@ class Gateway:
         for d in delivered:
             if d.delivery is not Delivery.NOTIFICATION or saved is None:
                 continue
+            contact = self.facts.contact(d.address)  # the language they chose in the portal
             note = notification.notification_for(
                 original,
                 d.address,
@@ -368,6 +369,7 @@ class Gateway:
                 _verification_text(d),
                 self.cfg,
                 sender=author,  # the brand of the author's unit, as the portal finds it
+                chosen_language=contact.language if contact is not None else None,
             )
             copies.append(_Copy((d.address,), note.wire(), None, f"notification to {d.address}"))
         return copies

@@ -22,12 +22,12 @@ from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from zivmilter import defaults
+from zivmilter import defaults, i18n
 from zivmilter.core.branding import Brand
 from zivmilter.core.config import Config
 from zivmilter.delivery.reinject import Reinjector
-from zivmilter.mail.notification import language_for
-from zivmilter.portal.i18n import LANGUAGE_NAMES, minutes, texts
+from zivmilter.mail.notification import domain_language
+from zivmilter.portal.i18n import DATE_FORMAT, DATE_PATTERN, LANGUAGE_NAMES, minutes, texts
 from zivmilter.portal.security import (
     Pass,
     PortalKeys,
@@ -103,16 +103,42 @@ class Portal:
     # -- languages -------------------------------------------------------------------------
 
     def language(self, request: Request, address: str | None = None) -> str:
-        """?lang= (a switch on the page), then the cookie it set, then the notification's."""
+        """The page's language: the visitor's choice (?lang=, a switch on the page; then the
+        cookie it set), else the one the address chose before (the contact book), else its
+        domain's (notification.languages), else the browser's (Accept-Language), else
+        notification.language."""
+        chosen = self.chosen_language(request)
+        if chosen is not None:
+            return chosen
+        if address:
+            contact = self.store.contact(address)
+            if contact is not None and contact.language in defaults.LANGUAGES:
+                return contact.language
+            by_domain = domain_language(address, self.cfg.notification)
+            if by_domain is not None:
+                return by_domain
+        return browser_language(request.headers.get("accept-language", "")) or (
+            self.cfg.notification.language
+        )
+
+    @staticmethod
+    def chosen_language(request: Request, switched_only: bool = False) -> str | None:
+        """The language the visitor chose with the switch: ?lang=, then (unless
+        `switched_only`) the cookie an earlier switch set; None when they chose none."""
         asked = request.query_params.get("lang")
         if asked in defaults.LANGUAGES:
             return asked
-        saved = request.cookies.get(LANG_COOKIE)
-        if saved in defaults.LANGUAGES:
-            return saved
-        if address:
-            return language_for(address, self.cfg.notification)
-        return self.cfg.notification.language
+        saved = None if switched_only else request.cookies.get(LANG_COOKIE)
+        return saved if saved in defaults.LANGUAGES else None
+
+    def remember_language(self, request: Request, address: str, switched_only: bool) -> None:
+        """The recipient of `address` proved who they are: the language they chose on the
+        way, if any, is theirs for the next notification (the contact book, issue 25)."""
+        chosen = self.chosen_language(request, switched_only)
+        if chosen is not None:
+            contact = self.store.contact(address)
+            if contact is None or contact.language != chosen:
+                self.store.remember_language(address, chosen)
 
     # -- pages -----------------------------------------------------------------------------
 
@@ -127,7 +153,8 @@ class Portal:
         status: int = 200,
         headers: Mapping[str, str] | None = None,
     ) -> HTMLResponse:
-        values = {**page_values(self.brand(request), lang, self.root, here), **context}
+        zone = self.cfg.organization.timezone
+        values = {**page_values(self.brand(request), lang, self.root, here, zone), **context}
         html = self.templates.get_template(template).render(values)
         response = HTMLResponse(html, status_code=status, headers=dict(headers or {}))
         if request.query_params.get("lang") == lang:
@@ -223,7 +250,8 @@ class Portal:
 @functools.cache
 def _templates(folder: str | None = None) -> jinja2.Environment:
     """The page templates, compiled once per process and shared by every `Portal` in it: they
-    do not change while it runs. The site's folder (branding.templates) comes first."""
+    do not change while it runs. The site's folder (branding.templates) comes first. `_()` and
+    `{% trans %}` speak the page's `lang` (zivmilter/i18n.py); so do the filters."""
     loaders: list[jinja2.BaseLoader] = [jinja2.FileSystemLoader(str(_HERE / "templates"))]
     if folder is not None:
         loaders.insert(0, jinja2.FileSystemLoader(folder))
@@ -234,13 +262,16 @@ def _templates(folder: str | None = None) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    i18n.install_gettext(templates)
     templates.filters["filesize"] = _filesize
     templates.filters["when"] = _when
     templates.filters["minutes"] = lambda n, language: minutes(language, int(n))
     return templates
 
 
-def page_values(brand: Brand, lang: str, root: str, here: str) -> dict[str, Any]:
+def page_values(
+    brand: Brand, lang: str, root: str, here: str, zone: str = defaults.TIMEZONE
+) -> dict[str, Any]:
     """What every page template knows, besides its own values."""
     return {
         "t": texts(lang),
@@ -251,6 +282,7 @@ def page_values(brand: Brand, lang: str, root: str, here: str) -> dict[str, Any]
         "root": root,
         "static": root + "/static",
         "here": here,
+        "zone": zone,  # organization.timezone: the dates the page shows (`when`)
     }
 
 
@@ -273,35 +305,48 @@ def message_date(header: str | None, received: datetime | None, lang: str) -> st
         return ""
     if when.tzinfo is None:  # "-0000": the sender did not say its zone
         when = when.replace(tzinfo=UTC)
-    t = texts(lang)
+    t = i18n.translations(lang)
     offset = when.strftime("%z")
-    return t["date_format"].format(
-        weekday=t["weekdays"].split()[when.weekday()],
-        day=when.day,
-        month=t["months"].split()[when.month - 1],
-        year=when.year,
+    return t.gettext(DATE_FORMAT).format(
+        date=i18n.format_long_date(when, lang, t.gettext(DATE_PATTERN)),
         time=when.strftime("%H:%M"),
         offset=f"{offset[:3]}:{offset[3:]}" if offset else "",
     )
 
 
-def timestamp(dt: datetime | None) -> str:
-    return "" if dt is None else dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+def browser_language(header: str) -> str | None:
+    """The first of the portal's languages in an Accept-Language header, by the browser's
+    weights (RFC 9110 12.5.4); a regional tag counts for its language (`de-AT`: de)."""
+    ranked: list[tuple[float, int, str]] = []
+    for i, item in enumerate(header.split(",")[:32]):
+        tag, _, params = item.strip().partition(";")
+        weight = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        language = tag.strip().lower().split("-")[0]
+        if weight > 0 and language in defaults.LANGUAGES:
+            ranked.append((-weight, i, language))
+    return min(ranked)[2] if ranked else None
 
 
-def _when(value: datetime | None) -> str:
-    return timestamp(value)
+def timestamp(dt: datetime | None, lang: str = "en", zone: str = defaults.TIMEZONE) -> str:
+    """A moment as the language writes it, in the organization's zone (organization.timezone)."""
+    return "" if dt is None else i18n.format_timestamp(dt, lang, zone)
 
 
-def _filesize(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    for unit in ("KB", "MB", "GB"):
-        size_f = size / 1024
-        if size_f < 1024 or unit == "GB":
-            return f"{size_f:.1f} {unit}"
-        size = int(size_f)
-    return f"{size} B"  # pragma: no cover
+@jinja2.pass_context
+def _when(context: jinja2.runtime.Context, value: datetime | None) -> str:
+    return timestamp(value, context.get("lang", "en"), context.get("zone", defaults.TIMEZONE))
+
+
+@jinja2.pass_context
+def _filesize(context: jinja2.runtime.Context, size: int) -> str:
+    return i18n.format_size(size, context.get("lang", "en"))
 
 
 def trusted_markup(html: str) -> Markup:

@@ -101,7 +101,7 @@ class LinkPages(GuestPages[_Ctx]):
                 return self._sign_in_again(request, ctx)
             return self._enrol_page(request, ctx, **refused_view(request))
         if self._remembered(request, ctx):
-            return self._verified(ctx, "remembered browser")
+            return self._verified(request, ctx, "remembered browser")
         return self._verify_page(request, ctx, notice=sent_notice(request), **refused_view(request))
 
     # -- verification -----------------------------------------------------------------------
@@ -144,19 +144,20 @@ class LinkPages(GuestPages[_Ctx]):
         if result.outcome is flows.Answer.ENROL:
             return self._advance(ctx, Stage.ENROL)
         if result.outcome is flows.Answer.OK:
-            response = self._verified(ctx, method)
+            response = self._verified(request, ctx, method)
             if fields["remember"] and self._may_remember(rec):
                 self._remember(response, rec)
             return response
         return self._refused(request, ctx, method, result.outcome)
 
-    def _verified(self, ctx: _Ctx, method: str) -> Response:
+    def _verified(self, request: Request, ctx: _Ctx, method: str) -> Response:
         portal, rec = self.portal, ctx.rec
         # The contact book (SPEC 8; rules 5/6 of the policy): what worked, for next time.
         if method == "sms" and rec.phone:
             portal.store.remember_contact(rec.address, sms=rec.phone)
         elif method == "access_code" and rec.access_code_hash:
             portal.store.remember_contact(rec.address, access_code_hash=rec.access_code_hash)
+        portal.remember_language(request, rec.address, switched_only=False)  # issue 25
         return self._advance(ctx, Stage.VERIFIED)
 
     # -- trusted devices (issue 25) -------------------------------------------------------------
@@ -230,7 +231,7 @@ class LinkPages(GuestPages[_Ctx]):
             return self._verify_page(request, ctx, error="no_account", status=403)
         portal.store.use_totp_step(ctx.rec.address, step)  # the enrolment code is spent too
         portal.store.record_verified(ctx.rec.id, "account (authenticator enrolled)")
-        return self._verified(ctx, "account")
+        return self._verified(request, ctx, "account")
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -420,7 +421,11 @@ class LinkPages(GuestPages[_Ctx]):
             subject=message.subject or "",
             in_reply_to=rfc822_id,
             references="",
-            sent=timestamp(message.created_at),
+            sent=timestamp(
+                message.created_at,
+                portal.cfg.notification.language,
+                portal.cfg.organization.timezone,
+            ),
             text=text,
             files=files,
             language=portal.cfg.notification.language,
@@ -592,6 +597,7 @@ class LinkPages(GuestPages[_Ctx]):
         if not portal.store.mark_opened(ctx.rec.id):
             return self._gone(request, ctx, "revoked")
         send_read_receipt(portal, ctx.rec.id)  # once, when notification.read_receipts is on
+        portal.remember_language(request, ctx.rec.address, switched_only=True)  # issue 25
         replies = portal.store.replies(ctx.rec.id)
         # ?replied= after a reply was written: said only while it is true of the last reply
         last = replies[-1] if replies else None

@@ -1,7 +1,8 @@
 """Email the portal sends through the MTA: verification codes to recipients, secure replies to the
 original sender. Pure builders (`EmailMessage` out); the app hands them to the re-injection
 listener (reinject.py), so they leave through the same Postfix as every other message.
-Texts are Jinja2 templates in portal/templates/mail/, one per language.
+Texts are Jinja2 templates in portal/templates/mail/, their words from the gettext catalogs
+(zivmilter/i18n.py) in the mail's language.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import jinja2
 
-from zivmilter import defaults
+from zivmilter import defaults, i18n
 from zivmilter.mail.notification import NOTIFICATION_HEADER
 from zivmilter.portal.i18n import texts
 
@@ -72,8 +73,10 @@ def code_email(
     """The verification-code email for email-verification recipients."""
     body = (
         _env()
-        .get_template(f"code.{language}.txt")
-        .render(code=code, sender=sender_text, org_name=org_name, minutes=_minutes())
+        .get_template("code.txt")
+        .render(
+            code=code, sender=sender_text, org_name=org_name, minutes=_minutes(), lang=language
+        )
     )
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = Address(org_name, addr_spec=portal_sender(org_domain, mail_from))
@@ -91,8 +94,8 @@ def code_email(
 def sms_text(*, code: str, sender_text: str, language: str) -> str:
     return (
         _env()
-        .get_template(f"sms.{language}.txt")
-        .render(code=code, sender=sender_text, minutes=_minutes())
+        .get_template("sms.txt")
+        .render(code=code, sender=sender_text, minutes=_minutes(), lang=language)
         .strip()
     )
 
@@ -120,8 +123,9 @@ def reply_email(
     """
     body = (
         _env()
-        .get_template(f"reply.{language}.txt")
+        .get_template("reply.txt")
         .render(
+            lang=language,
             author=author,
             org_name=org_name,
             subject=subject,
@@ -157,9 +161,11 @@ def _minutes() -> int:
 
 @functools.lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_TEMPLATES)),
         autoescape=False,  # plain text mail
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
+    i18n.install_gettext(env)
+    return env

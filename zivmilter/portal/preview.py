@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from zivmilter import defaults
 from zivmilter.core.branding import DEFAULT_KEY
 from zivmilter.core.config import Config
-from zivmilter.portal.context import page_values, templates_for
+from zivmilter.portal.context import message_date, page_values, templates_for
 from zivmilter.portal.i18n import texts
 from zivmilter.portal.render import Attachment, MessageView
 
@@ -63,7 +63,7 @@ def _message(lang: str) -> dict[str, Any]:
     )
     return {
         "view": view,
-        "date": datetime(2025, 3, 4, 9, 30, tzinfo=UTC).strftime("%Y-%m-%d %H:%M"),
+        "date": message_date(None, datetime(2025, 3, 4, 9, 30, tzinfo=UTC), lang),
         "remote": "",
         "csrf_remote": "sample",
         "has_remote": False,

@@ -409,7 +409,7 @@ class SentPages:
             "action": action,
             "recipient": recipient,
             "expires": expires or current.strftime("%Y-%m-%dT%H:%M"),
-            "when": timestamp(when) if when else "",
+            "when": timestamp(when, who.lang, portal.cfg.organization.timezone) if when else "",
             "error": error,
             "csrf_action": portal.csrf(who.p, action),
             "address": who.address,

@@ -59,11 +59,12 @@ def invite_email(cfg: Config, to: str, token: str, days: int) -> EmailMessage:
 
 
 def receipt_email(cfg: Config, rec: RecipientRecord) -> EmailMessage:
-    t = texts(cfg.notification.language)
+    lang, zone = cfg.notification.language, cfg.organization.timezone
+    t = texts(lang)
     body = t["receipt_mail_body"].format(
         recipient=rec.address,
-        sent=timestamp(rec.message.created_at),
-        opened=timestamp(rec.opened_at),
+        sent=timestamp(rec.message.created_at, lang, zone),
+        opened=timestamp(rec.opened_at, lang, zone),
         link=sent_url(cfg),
         org=cfg.organization.name,
     )

@@ -46,7 +46,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("parts", ("message_id", "leaf", "blob_id", "filename", "content_type")),
     ("handovers", ("message_id", "retry_key", "tokens", "created_at")),
     ("handed_copies", ("message_id", "copy", "at")),
-    ("contacts", ("address", "sms", "access_code_hash", "used_at")),
+    ("contacts", ("address", "sms", "access_code_hash", "used_at", "language")),
     ("accounts", ("address", "kind", "active", "password_hash", "totp_secret", "created_at",
                   "totp_last_step", "failed_attempts", "failed_streak", "lockouts",
                   "locked_until", "session_gen")),

@@ -244,6 +244,11 @@ class ContactBook(Protocol):
     def remember_contact(
         self, address: str, sms: str | None = None, access_code_hash: str | None = None
     ) -> None: ...
+    def remember_language(self, address: str, language: str) -> None:
+        """The language the recipient chose in the portal: the next notification's (issue 25).
+        Forgotten with the rest of the entry (`forget_contact`)."""
+        ...
+
     def forget_contact(self, address: str) -> bool: ...
 
 

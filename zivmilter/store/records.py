@@ -302,6 +302,7 @@ class ContactEntry:
     sms: str | None
     access_code: bool
     used_at: datetime | None
+    language: str | None = None  # chosen in the portal (issue 25)
 
     def __repr__(self) -> str:
         return f"ContactEntry(address={self.address!r})"

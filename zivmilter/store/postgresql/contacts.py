@@ -16,12 +16,12 @@ class ContactsMixin(PgBase):
             return None
         with self._read() as cur:
             row = cur.execute(
-                "SELECT sms, access_code_hash FROM contacts WHERE address = %s", (key,)
+                "SELECT sms, access_code_hash, language FROM contacts WHERE address = %s", (key,)
             ).fetchone()
         if row is None:
             return None
         sms = None if row[0] is None else self._sealing.unseal_contact_sms(key, bytes(row[0]))
-        return Contact(sms=sms, access_code=row[1] is not None)
+        return Contact(sms=sms, access_code=row[1] is not None, language=row[2])
 
     def remember_contact(
         self, address: str, sms: str | None = None, access_code_hash: str | None = None
@@ -41,10 +41,21 @@ class ContactsMixin(PgBase):
             )
             audit(cur, now, None, key, "contact-remembered", "sms" if sms else "access-code")
 
+    def remember_language(self, address: str, language: str) -> None:
+        """The language the recipient chose in the portal, for their next notification. Not a
+        use of the contact book (used_at stays); a new entry has no `used_at` until one."""
+        key = normalize_address(address)
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO contacts (address, language) VALUES (%s, %s)"
+                " ON CONFLICT (address) DO UPDATE SET language = excluded.language",
+                (key, language),
+            )
+
     def contacts(self) -> list[ContactEntry]:
         with self._read() as cur:
             rows = cur.execute(
-                "SELECT address, sms, access_code_hash IS NOT NULL, used_at FROM contacts"
+                "SELECT address, sms, access_code_hash IS NOT NULL, used_at, language FROM contacts"
                 " ORDER BY address"
             ).fetchall()
         return [
@@ -53,6 +64,7 @@ class ContactsMixin(PgBase):
                 None if r[1] is None else self._sealing.unseal_contact_sms(str(r[0]), bytes(r[1])),
                 bool(r[2]),
                 dt_or_none(r[3]),
+                r[4],
             )
             for r in rows
         ]

@@ -292,6 +292,11 @@ _MIGRATIONS: tuple[str, ...] = (
         sealed BYTEA NOT NULL     -- the pepper, sealed with the current key's field key
     );
     """,
+    # 10: sqlite/schema.py version 16. The language a recipient chose in the portal (issue 25),
+    # for the next notification to them (contacts.remember_language); NULL: none chosen
+    """
+    ALTER TABLE contacts ADD COLUMN language TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -276,6 +276,11 @@ _MIGRATIONS: tuple[str, ...] = (
         sealed BLOB NOT NULL     -- the pepper, sealed with the current key's field key
     );
     """,
+    # 16: the language a recipient chose in the portal (issue 25), for the next notification
+    # to them (contacts.remember_language); NULL: none chosen
+    """
+    ALTER TABLE contacts ADD COLUMN language TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
