@@ -252,7 +252,8 @@ def judge_smime(
     if problem:
         return skip(ident, problem)
     issuer = cert.issuer.rfc4514_string()
-    return _smime_key(cert, ident, candidate, address, f"chain to the trust store (issuer {issuer})")
+    trusted = f"chain to the trust store (issuer {issuer})"
+    return _smime_key(cert, ident, candidate, address, trusted)
 
 
 def _smime_key(
