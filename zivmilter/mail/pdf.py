@@ -53,6 +53,18 @@ class Labels:
     unrenderable: str = "Some characters cannot be shown here; the whole text is attached: {name}"
 
 
+# The labels in each language of defaults.LANGUAGES.
+LABELS = {
+    "en": Labels(),
+    "nl": Labels(
+        headers=("Van", "Aan", "Cc", "Datum", "Onderwerp"),
+        attachments="Bijlagen (open ze via het bijlagenpaneel van uw pdf-lezer):",
+        unrenderable="Sommige tekens kunnen hier niet worden getoond; de hele tekst is"
+        " bijgevoegd: {name}",
+    ),
+}
+
+
 def encrypted_pdf(
     message: bytes,
     password: str,
@@ -312,4 +324,4 @@ def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
 
 
-__all__ = ["FONT_DIR", "Labels", "encrypted_pdf"]
+__all__ = ["FONT_DIR", "LABELS", "Labels", "encrypted_pdf"]
