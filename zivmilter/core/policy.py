@@ -68,13 +68,6 @@ class RecipientDecision:
     # With encryption.pdf, an access-code recipient that keeps the portal: why no PDF was made.
     pdf_refused: str = ""
 
-    @property
-    def encrypted_kind(self) -> str | None:
-        """What an encrypted copy is encrypted as: "openpgp", "smime" or "pdf"; else None."""
-        if self.delivery is not Delivery.ENCRYPTED:
-            return None
-        return "pdf" if self.method is Method.PDF else self.key.kind.value if self.key else None
-
 
 @dataclass(frozen=True, slots=True)
 class Decision:
