@@ -152,3 +152,50 @@ def test_explain_json_shows_the_kind_pdf(tmp_path: Path) -> None:
     rem = by["rem@partner.example"]
     assert rem["delivery"] == "notification" and "encryption" not in rem
     assert rem["pdf_refused"].startswith("no encrypted PDF: a remembered access code")
+
+
+ALL_KINDS = {
+    "carol@oldmail.example": ("notification", "email_verification", None),
+    "bob@partner.example": ("direct", "transport_security", None),
+    "kim@pgp.example": ("encrypted", "own_key", ("openpgp", "keystore")),
+    "wendy@wkd.example": ("encrypted", "own_key", ("openpgp", "wkd")),
+    "otto@dnskey.example": ("encrypted", "own_key", ("openpgp", "openpgpkey")),
+    "sam@smime.example": ("encrypted", "own_key", ("smime", "keystore")),
+    "sid@smimea.example": ("encrypted", "own_key", ("smime", "smimea")),
+    "pat@pdf.example": ("encrypted", "pdf", None),
+}
+
+
+def test_explain_names_every_kind_of_recipient_of_one_message(tmp_path: Path) -> None:
+    msg = tmp_path / "all.eml"
+    msg.write_bytes(
+        b"From: alice@hospital.example\r\nTo: " + ", ".join(ALL_KINDS).encode() + b"\r\n"
+        b"zivver-access-right: pat@pdf.example access-code amber-heron-7731\r\n"
+        b"Subject: x\r\n\r\nhello\r\n"
+    )
+    cfg = tmp_path / "all.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+        "policy": {"transport_security_compliance": "pkix"},
+        "encryption": {"enabled": True, "pdf": True},
+    }))  # fmt: skip
+    keys = {
+        address: {"kind": key[0], "ident": f"ID-{address.split('@')[0]}", "source": key[1],
+                  "trusted_because": f"found in {key[1]}"}
+        for address, (_, _, key) in ALL_KINDS.items() if key
+    }  # fmt: skip
+    facts = tmp_path / "all-facts.yaml"
+    facts.write_text(yaml.safe_dump({"transport": {"partner.example": "pkix"}, "keys": keys}))
+    got = run("explain", str(msg), "--config", str(cfg), "--facts", str(facts), "--json")
+    assert got.returncode == 0, got.stderr
+    assert "amber-heron-7731" not in got.stdout
+    by = {r["address"]: r for r in json.loads(got.stdout)["recipients"]}
+    for address, (delivery, method, key) in ALL_KINDS.items():
+        r = by[address]
+        assert (r["delivery"], r["method"]) == (delivery, method), address
+        if key is None:
+            assert "key" not in r, address
+        else:
+            assert (r["key"]["kind"], r["key"]["source"]) == key, address
+    assert by["pat@pdf.example"]["encryption"]["kind"] == "pdf"
+    assert all("encryption" not in r for a, r in by.items() if a != "pat@pdf.example")
