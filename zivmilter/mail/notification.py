@@ -396,7 +396,25 @@ def template_problems(config: Config) -> list[str]:
                     problem = f"{name}: the personal link is missing: it must show {what}"
                     if problem not in problems:
                         problems.append(problem)
+            problems += [p for p in _pdf_template_problems(config, brand, language)
+                         if p not in problems]  # fmt: skip
     return problems
+
+
+def _pdf_template_problems(config: Config, brand: Brand, language: str) -> list[str]:
+    """The text around an encrypted PDF (pdf.LANG.txt), rendered on sample data."""
+    name = f"pdf.{language}.txt"
+    values = {
+        **sample_values(config, brand, language, "access_code"),
+        "filename": PDF_FILENAME[language],
+    }
+    try:
+        _environment(config.branding.templates).get_template(name).render(values)
+    except jinja2.TemplateSyntaxError as exc:
+        return [f"{exc.filename or name}, line {exc.lineno}: {exc}"]
+    except jinja2.TemplateError as exc:
+        return [f"{name}: cannot be rendered ({type(exc).__name__}: {exc})"]
+    return []
 
 
 def portal_link(base_url: str, token: str) -> str:
