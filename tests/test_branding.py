@@ -221,3 +221,17 @@ def test_preview_writes_each_units_pages(
     assert '<span class="org">St. Example Hospital</span>' in capsys.readouterr().out
     assert main(["preview", "portal", "x", "--unit", "nope", "--config", str(path)]) == 2
     assert "no unit 'nope' (units: radiology)" in capsys.readouterr().err
+
+
+def test_a_pdf_mail_template_that_fails_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the text around an encrypted PDF (encryption.pdf) is checked like the notifications
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "pdf.en.txt").write_text("{{ sender }} sent {{ no_such_value }}\n")
+    path = write_config(tmp_path, CONFIG + "  templates: templates\n")
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "pdf.en.txt: cannot be rendered (UndefinedError" in err
+    assert "pdf.nl.txt" not in err

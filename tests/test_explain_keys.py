@@ -97,3 +97,105 @@ def test_a_bad_key_entry_in_the_facts_file_names_the_key(tmp_path: Path) -> None
     got = run(*args)
     assert got.returncode == 2
     assert "keys.bob@partner.example.kind: 'pgp' is not one of openpgp, smime" in got.stderr
+
+
+def _pdf_setup(tmp_path: Path) -> list[str]:
+    msg = tmp_path / "p.eml"
+    msg.write_bytes(
+        b"From: alice@hospital.example\r\nTo: bob@partner.example, rem@partner.example\r\n"
+        b"zivver-access-right: bob@partner.example access-code tulip-42-meadow\r\n"
+        b"Subject: x\r\n\r\nhello\r\n"
+    )
+    cfg = tmp_path / "pdf.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+        "encryption": {"pdf": True},
+    }))  # fmt: skip
+    facts = tmp_path / "pdf-facts.yaml"
+    facts.write_text(yaml.safe_dump({
+        "transport": {"partner.example": "tls"},
+        "contacts": {"rem@partner.example": {"access_code": True}},
+    }))  # fmt: skip
+    return ["explain", str(msg), "--config", str(cfg), "--facts", str(facts)]
+
+
+def test_explain_shows_an_encrypted_pdf_what_its_recipient_loses_and_why_none(
+    tmp_path: Path,
+) -> None:
+    got = run(*_pdf_setup(tmp_path))
+    assert got.returncode == 0, got.stderr
+    assert "tulip-42-meadow" not in got.stdout  # the code is never printed
+    lines = got.stdout.splitlines()
+    (bob,) = [ln for ln in lines if ln.startswith("bob@partner.example ")]
+    assert bob.split()[:5] == ["bob@partner.example", "encrypted", "pdf", "tls", "K"]
+    assert "    encrypted as: pdf (AES-256, opened with the access code)" in lines
+    assert "    the recipient loses: no revoke: the PDF stays readable in the recipient's" \
+        " mailbox" in lines
+    assert "    the recipient loses: no read status: the sender does not see whether or when" \
+        " it was opened" in lines
+    (rem,) = [ln for ln in lines if ln.startswith("rem@partner.example ")]
+    assert rem.split()[:3] == ["rem@partner.example", "notification", "access_code"]
+    assert "    no encrypted PDF: a remembered access code is kept only as a hash, and a PDF" \
+        " needs the code itself; the recipient keeps the portal" in lines
+
+
+def test_explain_json_shows_the_kind_pdf(tmp_path: Path) -> None:
+    got = run(*_pdf_setup(tmp_path), "--json")
+    assert "tulip-42-meadow" not in got.stdout
+    by = {r["address"]: r for r in json.loads(got.stdout)["recipients"]}
+    bob = by["bob@partner.example"]
+    assert (bob["delivery"], bob["method"], bob["encryption"]["kind"]) == (
+        "encrypted", "pdf", "pdf")  # fmt: skip
+    assert "no revoke: the PDF stays readable in the recipient's mailbox" in (
+        bob["encryption"]["recipient_loses"])  # fmt: skip
+    assert "key" not in bob
+    rem = by["rem@partner.example"]
+    assert rem["delivery"] == "notification" and "encryption" not in rem
+    assert rem["pdf_refused"].startswith("no encrypted PDF: a remembered access code")
+
+
+ALL_KINDS = {
+    "carol@oldmail.example": ("notification", "email_verification", None),
+    "bob@partner.example": ("direct", "transport_security", None),
+    "kim@pgp.example": ("encrypted", "own_key", ("openpgp", "keystore")),
+    "wendy@wkd.example": ("encrypted", "own_key", ("openpgp", "wkd")),
+    "otto@dnskey.example": ("encrypted", "own_key", ("openpgp", "openpgpkey")),
+    "sam@smime.example": ("encrypted", "own_key", ("smime", "keystore")),
+    "sid@smimea.example": ("encrypted", "own_key", ("smime", "smimea")),
+    "pat@pdf.example": ("encrypted", "pdf", None),
+}
+
+
+def test_explain_names_every_kind_of_recipient_of_one_message(tmp_path: Path) -> None:
+    msg = tmp_path / "all.eml"
+    msg.write_bytes(
+        b"From: alice@hospital.example\r\nTo: " + ", ".join(ALL_KINDS).encode() + b"\r\n"
+        b"zivver-access-right: pat@pdf.example access-code amber-heron-7731\r\n"
+        b"Subject: x\r\n\r\nhello\r\n"
+    )
+    cfg = tmp_path / "all.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+        "policy": {"transport_security_compliance": "pkix"},
+        "encryption": {"enabled": True, "pdf": True},
+    }))  # fmt: skip
+    keys = {
+        address: {"kind": key[0], "ident": f"ID-{address.split('@')[0]}", "source": key[1],
+                  "trusted_because": f"found in {key[1]}"}
+        for address, (_, _, key) in ALL_KINDS.items() if key
+    }  # fmt: skip
+    facts = tmp_path / "all-facts.yaml"
+    facts.write_text(yaml.safe_dump({"transport": {"partner.example": "pkix"}, "keys": keys}))
+    got = run("explain", str(msg), "--config", str(cfg), "--facts", str(facts), "--json")
+    assert got.returncode == 0, got.stderr
+    assert "amber-heron-7731" not in got.stdout
+    by = {r["address"]: r for r in json.loads(got.stdout)["recipients"]}
+    for address, (delivery, method, key) in ALL_KINDS.items():
+        r = by[address]
+        assert (r["delivery"], r["method"]) == (delivery, method), address
+        if key is None:
+            assert "key" not in r, address
+        else:
+            assert (r["key"]["kind"], r["key"]["source"]) == key, address
+    assert by["pat@pdf.example"]["encryption"]["kind"] == "pdf"
+    assert all("encryption" not in r for a, r in by.items() if a != "pat@pdf.example")

@@ -176,3 +176,12 @@ def test_headers_encoded_or_raw_utf8_read_as_text(tmp_path: Path) -> None:
     text = _text(_decrypt(encrypted_pdf(raw, CODE), tmp_path))
     for shown in ("Jörg Müller <joerg@example.de>", "Zoë <zoe@example.nl>", "Überweisung", CANARY):
         assert shown in text, shown
+
+
+def test_the_font_subsetting_logs_nothing_of_the_content(
+    pdf: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the milter logs at INFO: what fontTools says there names the glyphs of secured text
+    with caplog.at_level("INFO"):
+        encrypted_pdf(_message().as_bytes(), CODE)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("fontTools")] == []

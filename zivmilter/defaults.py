@@ -94,6 +94,8 @@ STORE_RECORD_BYTES = 64 * 1024  # plaintext bytes per AES-GCM record of a stored
 # An access code shorter than this is used (SPEC 10 does not let us refuse it) but reported as
 # weak in the milter's log and in `explain`.
 ACCESS_CODE_MIN_LENGTH = 6
+# encryption.pdf: a PDF can be tried offline, with no attempt limit: a shorter code keeps the portal
+PDF_ACCESS_CODE_MIN_LENGTH = 10
 SCRYPT_N = 2**15  # access-code hashes: scrypt cost (32 MiB with r=8), ~0.1 s per check
 SCRYPT_R = 8
 SCRYPT_P = 1

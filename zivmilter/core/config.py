@@ -454,6 +454,9 @@ class EncryptionConfig:
     # also encrypt each encrypted copy to the sender's own key (when one is trusted)
     copy_to_sender: bool = False
     smime: SmimeConfig = SmimeConfig()
+    # a recipient the sender gave an access code (zivver-access-right) gets the message as an
+    # AES-256 PDF that opens with that code, instead of a notification (SPEC-ADDITIONS 3b)
+    pdf: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,14 @@ from zivmilter.core.content import ContentMatch
 from zivmilter.core.policy import Method, RecipientDecision
 from zivmilter.core.submission import SubmissionResult
 
+# What a recipient of an encrypted PDF goes without, compared with the portal (issue 26).
+PDF_LOSSES = (
+    "no revoke: the PDF stays readable in the recipient's mailbox",
+    "no read status: the sender does not see whether or when it was opened",
+    "no secure reply through the portal",
+    "the access code is in the sender's hands only: it cannot be sent again or reset",
+)
+
 
 def recipient_json(d: RecipientDecision) -> dict[str, Any]:
     out: dict[str, Any] = {
@@ -37,6 +45,10 @@ def recipient_json(d: RecipientDecision) -> dict[str, Any]:
             "source": d.key.source.value,
             "trusted_because": d.key.trusted_because,
         }
+    if d.method is Method.PDF:  # likewise only for an encrypted PDF, or one refused
+        out["encryption"] = {"kind": "pdf", "recipient_loses": list(PDF_LOSSES)}
+    if d.pdf_refused:
+        out["pdf_refused"] = d.pdf_refused
     if d.skipped_keys:
         out["skipped_keys"] = [
             {"kind": k.kind.value, "ident": k.ident, "source": k.source.value, "reason": k.reason}
@@ -50,6 +62,11 @@ def _key_lines(d: RecipientDecision) -> list[str]:
     if d.key is not None:
         k = d.key
         out.append(f"    key: {k.kind.value} {k.ident} from {k.source.value}: {k.trusted_because}")
+    if d.method is Method.PDF:
+        out.append("    encrypted as: pdf (AES-256, opened with the access code)")
+        out.extend(f"    the recipient loses: {loss}" for loss in PDF_LOSSES)
+    if d.pdf_refused:
+        out.append(f"    {d.pdf_refused}")
     for s in d.skipped_keys:
         out.append(f"    skipped {s.kind.value} {s.ident or '(unreadable)'} from {s.source.value}:"
                    f" {s.reason}")  # fmt: skip

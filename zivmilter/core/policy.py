@@ -11,6 +11,7 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from zivmilter import defaults
 from zivmilter.core.addresses import domain_of
 from zivmilter.core.config import Config
 from zivmilter.core.directives import (
@@ -34,6 +35,7 @@ class Method(enum.Enum):
     ACCESS_CODE = "access_code"
     EMAIL_VERIFICATION = "email_verification"
     OWN_KEY = "own_key"  # encrypted to the recipient's own OpenPGP key or S/MIME certificate
+    PDF = "pdf"  # an AES-256 PDF that opens with the sender's access code (encryption.pdf)
     NONE = "none"
 
 
@@ -63,6 +65,8 @@ class RecipientDecision:
     # (expired, revoked, untrusted...), whatever the delivery, for `explain`.
     key: RecipientKey | None = field(default=None, repr=False)
     skipped_keys: tuple[SkippedKey, ...] = ()
+    # With encryption.pdf, an access-code recipient that keeps the portal: why no PDF was made.
+    pdf_refused: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +363,7 @@ def _own_key(d: RecipientDecision, cfg: Config, facts: Facts) -> RecipientDecisi
             return d
         return RecipientDecision(
             d.address, d.method, d.delivery, d.level, d.rule, d.reason, d.access_right,
-            d.secret, d.conversation, d.next_hop, None, lookup.skipped,
+            d.secret, d.conversation, d.next_hop, None, lookup.skipped, d.pdf_refused,
         )  # fmt: skip
     instead = "a failure" if d.delivery is Delivery.FAILED else "a notification"
     return RecipientDecision(
@@ -376,11 +380,55 @@ def _own_key(d: RecipientDecision, cfg: Config, facts: Facts) -> RecipientDecisi
     )
 
 
+PDF_REMEMBERED = (
+    "no encrypted PDF: a remembered access code is kept only as a hash, and a PDF needs the"
+    " code itself; the recipient keeps the portal"
+)
+PDF_WEAK = (
+    f"no encrypted PDF: the access code is shorter than {defaults.PDF_ACCESS_CODE_MIN_LENGTH}"
+    " characters, and a PDF can be tried offline without an attempt limit; the recipient keeps"
+    " the portal"
+)
+
+
+def _pdf(d: RecipientDecision, cfg: Config, facts: Facts) -> RecipientDecision:
+    """Rule K with `encryption.pdf` (SPEC-ADDITIONS 3b): the sender's access code (A3/B4)
+    opens an encrypted PDF instead of the portal. The code is the directive's, in hand at
+    end-of-message and never stored for this; a remembered code (A6/B7) is only a hash, and a
+    short code would fall to an offline search: both keep the portal, with the reason."""
+    if not cfg.encryption.pdf or d.access_right is not AccessKind.ACCESS_CODE:
+        return d
+    if d.delivery is not Delivery.NOTIFICATION:
+        return d
+    refused = ""
+    if d.method is not Method.CUSTOM_ACCESS_RIGHT or not d.secret:
+        refused = PDF_REMEMBERED
+    elif len(d.secret.strip()) < defaults.PDF_ACCESS_CODE_MIN_LENGTH:
+        refused = PDF_WEAK
+    if refused:
+        return RecipientDecision(
+            d.address, d.method, d.delivery, d.level, d.rule, d.reason, d.access_right,
+            d.secret, d.conversation, d.next_hop, d.key, d.skipped_keys, refused,
+        )  # fmt: skip
+    return RecipientDecision(
+        d.address,
+        Method.PDF,
+        Delivery.ENCRYPTED,
+        facts.transport(domain_of(d.address)).level,  # the route of its copy, as an own key's
+        "K",
+        f"an encrypted PDF that opens with the sender's access code; instead of a notification"
+        f" by {d.rule} ({d.reason})",
+        AccessKind.ACCESS_CODE,
+        d.secret,
+        skipped_keys=d.skipped_keys,
+    )
+
+
 def decide_recipient(
     address: str, cfg: Config, facts: Facts, directives: Directives
 ) -> RecipientDecision:
     """One recipient's decision, without its conversation number."""
-    return _own_key(_by_tables(address, cfg, facts, directives), cfg, facts)
+    return _pdf(_own_key(_by_tables(address, cfg, facts, directives), cfg, facts), cfg, facts)
 
 
 def _by_tables(
@@ -407,7 +455,7 @@ def _copy(d: RecipientDecision, reason: str, conversation: int | None) -> Recipi
     # made decide() a third slower (bench/policy.py).
     return RecipientDecision(
         d.address, d.method, d.delivery, d.level, d.rule, reason, d.access_right, d.secret,
-        conversation, d.next_hop, d.key, d.skipped_keys,
+        conversation, d.next_hop, d.key, d.skipped_keys, d.pdf_refused,
     )  # fmt: skip
 
 

@@ -49,7 +49,7 @@ from zivmilter.gateway.attachtext import attachment_parts
 from zivmilter.gateway.spool import clean_copy, set_subject
 from zivmilter.gateway.transaction import Plan, Transaction
 from zivmilter.keys import formats
-from zivmilter.mail import attachments, dsn, notification, parts
+from zivmilter.mail import attachments, dsn, notification, parts, pdf
 from zivmilter.spool import spool_file
 from zivmilter.store import GatewayStore, NewMessage, NewPart, NewRecipient, SavedMessage
 
@@ -357,7 +357,7 @@ class Gateway:
             if next_hop:
                 what += f" via {', '.join(next_hop)}"
             copies.append(_Copy(tuple(groups[level, next_hop]), direct, level, what, next_hop))
-        copies += self._encrypted(tx, delivered, author)
+        copies += self._encrypted(tx, delivered, original, author)
         for d in delivered:
             if d.delivery is not Delivery.NOTIFICATION or saved is None:
                 continue
@@ -375,22 +375,32 @@ class Gateway:
         return copies
 
     def _encrypted(
-        self, tx: Transaction, delivered: list[RecipientDecision], author: str
+        self,
+        tx: Transaction,
+        delivered: list[RecipientDecision],
+        original: Message,
+        author: str,
     ) -> list[_Copy]:
         """One copy per recipient with a trusted key of its own (rule K, SPEC 3b): the whole
-        message encrypted to that key, routed at the level found for its MX (the default
-        relay below tls). A failure to encrypt raises: the milter tempfails, nothing leaves."""
-        wanted = [d for d in delivered if d.delivery is Delivery.ENCRYPTED and d.key is not None]
+        message encrypted to that key; or, for an access code with `encryption.pdf`, in an
+        AES-256 PDF that opens with the code, inside a mail that says how. Routed at the level
+        found for its MX (the default relay below tls). A failure to encrypt raises: the
+        milter tempfails, nothing leaves."""
+        wanted = [d for d in delivered if d.delivery is Delivery.ENCRYPTED]
         if not wanted:
             return []
         with clean_copy(tx) as content:
             data = content.read()
         sender_key = None
-        if self.cfg.encryption.copy_to_sender:
+        if self.cfg.encryption.copy_to_sender and any(d.key for d in wanted):
             sender_key = self.facts.recipient_key(author).key
         out = []
         for d in wanted:
-            assert d.key is not None  # for mypy: filtered above
+            if d.method is Method.PDF:
+                out.append(self._pdf_copy(tx, d, data, original, author))
+                continue
+            if d.key is None:  # an encrypted decision always has one of the two
+                raise ValueError(f"encrypted delivery to {d.address} without a key")
             neutral = defaults.NEUTRAL_SUBJECT[
                 notification.language_for(d.address, self.cfg.notification)
             ]
@@ -409,6 +419,20 @@ class Gateway:
             )
             out.append(_Copy((d.address,), sealed, route, what))
         return out
+
+    def _pdf_copy(
+        self, tx: Transaction, d: RecipientDecision, data: bytes, original: Message, author: str
+    ) -> _Copy:
+        """The encrypted PDF (SPEC-ADDITIONS 3b): built here from the directive's access code,
+        which is never stored for it; the mail around it in the recipient's language."""
+        if not d.secret:  # the policy makes a PDF only from a code in hand
+            raise ValueError(f"encrypted PDF for {d.address} without an access code")
+        language = notification.language_for(d.address, self.cfg.notification)
+        sealed = pdf.encrypted_pdf(data, d.secret, labels=pdf.LABELS[language])
+        mail = notification.pdf_mail(original, d.address, sealed, self.cfg, sender=author)
+        route = d.level if d.level is not None and d.level >= Level.TLS else None
+        log.info("encrypted PDF (AES-256, the access code) for %s", d.address, extra=_ctx(tx))
+        return _Copy((d.address,), mail, route, f"pdf-encrypted copy to {d.address}")
 
     def _choose_kept(self, copies: list[_Copy]) -> _Copy | None:
         """The copy that stays in the current transaction; the others are re-injected.

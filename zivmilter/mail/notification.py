@@ -9,6 +9,7 @@ words come from the gettext catalogs (zivmilter/i18n.py) in the template's `lang
 
 from __future__ import annotations
 
+import base64
 import binascii
 import functools
 import re
@@ -257,6 +258,78 @@ def notification_for(
     )
 
 
+# The encrypted PDF's file name in the mail around it, per language (encryption.pdf).
+PDF_FILENAME = {"en": "secure-message.pdf", "nl": "beveiligd-bericht.pdf"}
+_B64_LINE = 76
+
+
+def pdf_mail(
+    original: Message,
+    recipient: str,
+    pdf: bytes,
+    config: Config,
+    sender: str | None = None,
+) -> bytes:
+    """The mail that carries an encrypted PDF (encryption.pdf, issue 26): the original's
+    addressing and threading fields, the subject as a notification shows it, a text in the
+    recipient's language that says how to open the PDF (templates pdf.LANG.txt), and the PDF.
+    Nothing of the content outside the PDF; never the access code."""
+    language = language_for(recipient, config.notification)
+    if sender is None:
+        sender = parseaddr(decoded_header(original.get("From")))[1]
+    brand = config.brand_for(sender)
+    raw_subject = original.get("Subject")
+    show = config.notification.subject == "show" and raw_subject
+    shown = _clean(decoded_header(raw_subject)) if show else ""
+    filename = PDF_FILENAME[language]
+    values = {
+        "sender": _sender_text(original),
+        "subject": shown,
+        "filename": filename,
+        "org_name": brand.name if brand else config.organization.name,
+        "recipient": recipient,
+        **brand_values(brand, language, config.portal.base_url),
+    }
+    text = _environment(config.branding.templates).get_template(f"pdf.{language}.txt")
+    body = binascii.b2a_qp(text.render(values).encode("utf-8"), istext=True).decode("ascii")
+    boundary = f"=_zm_{secrets.token_urlsafe(16)}"
+    fields = [
+        ("Content-Type", f'multipart/mixed; boundary="{boundary}"'),
+        ("MIME-Version", "1.0"),
+    ]
+    for name in _KEPT:
+        for value in original.get_all(name, []):
+            fields.append((name, _wire_value(name, value)))
+    fields.append(("Subject", _wire_value("Subject", raw_subject) if shown else
+                   defaults.NEUTRAL_SUBJECT[language]))  # fmt: skip
+    fields.append(("Message-ID", make_msgid(domain=config.organization.domains[0])))
+    if original.get("Date") is None:
+        fields.append(("Date", formatdate(localtime=False, usegmt=True)))
+    fields.append(("Content-Language", language))
+    fold = _WIRE.fold_binary
+    out = [fold(name, value) for name, value in fields]
+    for field in out:
+        if _BAD_LINE_END.search(field, 0, len(field) - 2):
+            raise ValueError(f"header field would break the header block: {field[:40]!r}")
+    b64 = base64.b64encode(pdf)
+    lines = b"\r\n".join(b64[i : i + _B64_LINE] for i in range(0, len(b64), _B64_LINE))
+    delimiter = b"--" + boundary.encode("ascii") + b"\r\n"
+    out += [
+        b"\r\n",
+        delimiter,
+        *(fold(n, v) for n, v in _part_fields("plain")),
+        b"\r\n",
+        _LINE_END.sub("\r\n", body).encode("ascii"),
+        b"\r\n" + delimiter,
+        fold("Content-Type", f'application/pdf; name="{filename}"'),
+        fold("Content-Disposition", f'attachment; filename="{filename}"'),
+        b"Content-Transfer-Encoding: base64\r\n\r\n",
+        lines,
+        b"\r\n--" + boundary.encode("ascii") + b"--\r\n",
+    ]
+    return b"".join(out)
+
+
 def brand_values(brand: Brand | None, language: str, portal_url: str) -> dict[str, object]:
     """What the notification's templates know of the brand: `logo_url` (absolute: the mail is
     read elsewhere), `accent` (the button's colour), `introduction`, `footer` and `support`."""
@@ -343,7 +416,25 @@ def template_problems(config: Config) -> list[str]:
                     problem = f"{name}: the personal link is missing: it must show {what}"
                     if problem not in problems:
                         problems.append(problem)
+            problems += [p for p in _pdf_template_problems(config, brand, language)
+                         if p not in problems]  # fmt: skip
     return problems
+
+
+def _pdf_template_problems(config: Config, brand: Brand, language: str) -> list[str]:
+    """The text around an encrypted PDF (pdf.LANG.txt), rendered on sample data."""
+    name = f"pdf.{language}.txt"
+    values = {
+        **sample_values(config, brand, language, "access_code"),
+        "filename": PDF_FILENAME[language],
+    }
+    try:
+        _environment(config.branding.templates).get_template(name).render(values)
+    except jinja2.TemplateSyntaxError as exc:
+        return [f"{exc.filename or name}, line {exc.lineno}: {exc}"]
+    except jinja2.TemplateError as exc:
+        return [f"{name}: cannot be rendered ({type(exc).__name__}: {exc})"]
+    return []
 
 
 def portal_link(base_url: str, token: str) -> str:

@@ -10,10 +10,13 @@ password and a random owner password. Pure: bytes in, bytes out; the gateway sen
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
+import logging
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import policy
 from email.header import decode_header
@@ -29,6 +32,9 @@ from zivmilter.core.bodytext import html_text
 from zivmilter.mail.parts import body_text, layout, leaf_filename, leaf_payload, leaves
 
 FONT_DIR = "/usr/share/fonts/truetype/dejavu"  # Debian's fonts-dejavu-core
+# fpdf2's font subsetting (fontTools) logs at INFO the glyphs each PDF uses: about 50 lines per
+# message in the milter's log, naming the characters of secured content. Warnings only.
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 _FONTS = {"": "DejaVuSans.ttf", "B": "DejaVuSans-Bold.ttf"}
 _HEADERS = ("From", "To", "Cc", "Date", "Subject")
 # Controls other than tab and newline would draw as boxes; C1 controls and lone surrogates too.
@@ -51,6 +57,18 @@ class Labels:
     headers: tuple[str, ...] = ("From", "To", "Cc", "Date", "Subject")
     attachments: str = "Attachments (open them from your PDF reader's attachment panel):"
     unrenderable: str = "Some characters cannot be shown here; the whole text is attached: {name}"
+
+
+# The labels in each language of defaults.LANGUAGES.
+LABELS = {
+    "en": Labels(),
+    "nl": Labels(
+        headers=("Van", "Aan", "Cc", "Datum", "Onderwerp"),
+        attachments="Bijlagen (open ze via het bijlagenpaneel van uw pdf-lezer):",
+        unrenderable="Sommige tekens kunnen hier niet worden getoond; de hele tekst is"
+        " bijgevoegd: {name}",
+    ),
+}
 
 
 def encrypted_pdf(
@@ -76,6 +94,22 @@ def encrypted_pdf(
     body, files = _contents(msg)
     shown = [(label, value) for label, value in heads if value]
     plain = _render(shown, body, files, labels, font_dir)
+    return _in_python_thread(_encrypt, plain, files, password, owner_password)
+
+
+def _in_python_thread(fn: Callable[..., bytes], *args: object) -> bytes:
+    """`fn(*args)` in a thread Python started. pikepdf (pybind11) takes the GIL back with
+    PyGILState_Ensure when qpdf calls into Python (the BytesIO it reads and writes); in a
+    libmilter thread, whose thread state pymilter made itself, that waits for the GIL the
+    same thread holds: the milter hung at end-of-message (4 runs in 8 of
+    tests/integration/test_encryption_all_kinds.py, gdb: take_gil under pikepdf)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zivmilter-pdf") as one:
+        return one.submit(fn, *args).result()
+
+
+def _encrypt(
+    plain: bytes, files: list[tuple[str, str, bytes]], password: str, owner_password: str | None
+) -> bytes:
     with pikepdf.open(io.BytesIO(plain)) as pdf:
         for name, mime, data in files:
             pdf.attachments[name] = pikepdf.AttachedFileSpec(
@@ -312,4 +346,4 @@ def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
 
 
-__all__ = ["FONT_DIR", "Labels", "encrypted_pdf"]
+__all__ = ["FONT_DIR", "LABELS", "Labels", "encrypted_pdf"]

@@ -1,0 +1,120 @@
+"""The gateway's encrypted PDF (encryption.pdf, issue 26), in-process with a real store and a
+recording MTA: the sender's access code makes a mail with a PDF that qpdf opens with that code
+to the message and its attachment; nothing readable outside it, the code stored nowhere, the
+text in the recipient's language. (Through the real Postfix: tests/integration.)"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from email.message import EmailMessage
+from pathlib import Path
+
+from tests.fakes import Collecting, make_config
+from tests.test_gateway import transaction
+from tests.test_pdf import _attachment, _decrypt, _run, _text, _tool
+from zivmilter.core.facts import facts_from_mapping
+from zivmilter.gateway import Gateway
+from zivmilter.store import SqliteStore
+
+CODE = "tulip-42-meadow"
+CANARY = "CANARY-gwpdf-7781"
+BINARY = bytes(range(256)) * 8
+ALICE = "<alice@hospital.example>"
+
+
+def _raw(to: str, code: str = CODE) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Dr. Alice <alice@hospital.example>"
+    msg["To"] = to
+    msg["Subject"] = "Lab results"
+    msg["Message-ID"] = "<pdf1@hospital.example>"
+    msg["zivver-access-right"] = f"{to} access-code {code}"
+    msg.set_content(f"Dear Bob,\n\n{CANARY}\n")
+    msg.add_attachment(BINARY, maintype="application", subtype="octet-stream", filename="lab.bin")
+    return msg.as_bytes(policy=email.policy.SMTP)
+
+
+def _gateway(store: SqliteStore, pdf: bool = True, **extra: object) -> tuple[Gateway, Collecting]:
+    cfg = make_config({
+        "submission": {"any_address_of_own_domains": True},
+        "encryption": {"pdf": pdf},
+        **extra,
+    })  # fmt: skip
+    facts = facts_from_mapping({"transport": {"partner.example": "tls", "partner.nl": "none"}})
+    mta = Collecting()
+    return Gateway(cfg, facts, store, mta, hostname="gw.test"), mta
+
+
+def _kept_mail(plan: object) -> bytes:
+    head = "".join(f"{n}: {v}\r\n" for n, v in plan.add_headers)  # type: ignore[attr-defined]
+    return head.encode() + b"\r\n" + plan.replace_body  # type: ignore[attr-defined]
+
+
+def test_the_access_code_opens_a_pdf_of_the_message_and_its_attachment(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    gw, mta = _gateway(store)
+    plan = gw.process(transaction(_raw("bob@partner.example"), ALICE, ["bob@partner.example"]))
+    assert mta.sent == []  # the one copy stays in the transaction
+    assert ("X-Zivmilter-Route", "direct-tls") in plan.add_headers  # at the level found
+    wire = _kept_mail(plan)
+    assert CANARY.encode() not in wire and CODE.encode() not in wire
+    assert b"zivver-access-right" not in wire.lower()
+    mail = email.message_from_bytes(wire, policy=email.policy.default)
+    # the Subject as a notification shows it: the original's field stays in the transaction
+    assert mail["Subject"] is None and not any(n == "Subject" for n, _ in plan.delete_headers)
+    text, attached = list(mail.iter_parts())
+    assert "opens with the access code that the sender gives you" in text.get_content()
+    assert attached.get_content_type() == "application/pdf"
+    assert attached.get_filename() == "secure-message.pdf"
+    plain = _decrypt(attached.get_payload(decode=True), tmp_path, CODE)
+    assert CANARY in _text(plain)
+    assert _attachment(plain, "lab.bin") == BINARY
+    (record,) = store.find_messages("<pdf1@hospital.example>")
+    (rcpt,) = store.recipients(record.id)
+    assert (rcpt.method, rcpt.delivery, rcpt.rule) == ("pdf", "direct", "K")
+    assert rcpt.access_code_hash is None and rcpt.verification is None  # the code kept nowhere
+
+
+def test_no_other_password_opens_it(store: SqliteStore, tmp_path: Path) -> None:
+    gw, _ = _gateway(store)
+    plan = gw.process(transaction(_raw("bob@partner.example"), ALICE, ["bob@partner.example"]))
+    mail = email.message_from_bytes(_kept_mail(plan), policy=email.policy.default)
+    src = tmp_path / "m.pdf"
+    src.write_bytes(list(mail.iter_parts())[1].get_payload(decode=True))
+    for args in (["--password=tulip-42-meadoW"], []):
+        done = _run(_tool("qpdf"), *args, "--decrypt", str(src), str(tmp_path / "out.pdf"))
+        assert done.returncode != 0
+
+
+def test_dutch_recipient_reads_dutch_and_a_neutral_subject(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    gw, _ = _gateway(
+        store, notification={"languages": {"partner.nl": "nl"}, "subject": "neutral"}
+    )
+    plan = gw.process(transaction(_raw("bob@partner.nl"), ALICE, ["bob@partner.nl"]))
+    assert not any(n == "X-Zivmilter-Route" for n, _ in plan.add_headers)  # none: the relay
+    mail = email.message_from_bytes(_kept_mail(plan), policy=email.policy.default)
+    assert mail["Subject"] == "Beveiligd bericht"
+    text, attached = list(mail.iter_parts())
+    assert "opent met de toegangscode" in text.get_content()
+    assert attached.get_filename() == "beveiligd-bericht.pdf"
+    assert "Onderwerp" in _text(_decrypt(attached.get_payload(decode=True), tmp_path, CODE))
+
+
+def test_off_the_access_code_means_the_portal(store: SqliteStore) -> None:
+    gw, _ = _gateway(store, pdf=False)
+    plan = gw.process(transaction(_raw("bob@partner.example"), ALICE, ["bob@partner.example"]))
+    mail = email.message_from_bytes(_kept_mail(plan), policy=email.policy.default)
+    assert mail["X-Zivmilter-Notification"] == "1"
+    assert not any(p.get_content_type() == "application/pdf" for p in mail.walk())
+
+
+def test_a_short_code_keeps_the_portal(store: SqliteStore) -> None:
+    gw, _ = _gateway(store)
+    raw = _raw("bob@partner.example", code="tulip-42")
+    plan = gw.process(transaction(raw, ALICE, ["bob@partner.example"]))
+    mail = email.message_from_bytes(_kept_mail(plan), policy=email.policy.default)
+    assert mail["X-Zivmilter-Notification"] == "1"
