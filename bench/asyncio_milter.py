@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 # Protocol steps (SMFIP_*) as libmilter and Postfix number them.
 NOCONNECT, NOHELO, NOMAIL, NORCPT, NOBODY, NOHDRS, NOEOH = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40
 NR_HDR, NOUNKNOWN, NODATA, SKIP, RCPT_REJ = 0x80, 0x100, 0x200, 0x400, 0x800
@@ -236,8 +238,6 @@ class Milter(asyncio.Protocol):
         )
 
     async def _eom_stored(self, out: list[bytes]) -> None:
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
         try:
             head = "".join(f"{n}: {v}\r\n" for n, v in self.headers).encode("utf-8", "replace")
             key, nonce = AESGCM.generate_key(bit_length=256), os.urandom(12)
