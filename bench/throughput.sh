@@ -12,7 +12,11 @@
 # (b0) the same milter as pymilter ships it (--stock), to show what the fix is worth; (b1) the
 # floor of any rewriting milter in Python (--rewrite: every callback, body replaced); (b2) the
 # floor of any milter that secures mail as SPEC 10 asks (--store: b1, plus the message encrypted
-# and committed durably before accept, as one row: no policy, no notification); (c)
+# and committed durably before accept, as one row: no policy, no notification); (b-async,
+# b1-async, b2-async) the same three on one asyncio event loop instead of pymilter/libmilter's
+# thread per connection (bench/asyncio_milter.py, negotiating exactly as their twins): what
+# leaving libmilter would save; (b2e-async) b2-async with each save waiting in a thread pool
+# (run_in_executor) on the store's unchanged group commit, (b2u-async) b2-async on uvloop; (c)
 # zivmilter securing every message, when ZIVMILTER_BENCH_CMD is set. That command is run with
 # `bash -c`, must serve a milter on $ZIVMILTER_BENCH_SOCKET (inet:PORT@127.0.0.1) until it is
 # killed, and may re-inject to 127.0.0.1:$ZIVMILTER_BENCH_REINJECT_PORT; $ZIVMILTER_BENCH_DIR is
@@ -156,6 +160,12 @@ elif kind in ("stock", "rewrite"):
 elif kind == "store":
     scratch = tempfile.mkdtemp(prefix="zivmilter-bench-")
     cmd = [sys.executable, "bench/noop_milter.py", spec, "--store", scratch]
+elif kind in ("noop-async", "rewrite-async"):
+    cmd = [sys.executable, "bench/asyncio_milter.py", spec, f"--{kind.removesuffix('-async')}"]
+elif kind.startswith("store-async"):  # store-async, store-async-executor, store-async-uvloop
+    scratch = tempfile.mkdtemp(prefix="zivmilter-bench-")
+    cmd = [sys.executable, "bench/asyncio_milter.py", spec, "--store", scratch]
+    cmd += [f"--{kind.removeprefix('store-async-')}"] if kind != "store-async" else []
 elif kind in ("zivmilter", "zivmilter-pg") or kind.startswith("fanout"):
     scratch = tempfile.mkdtemp(prefix="zivmilter-bench-")
     os.chmod(scratch, 0o755)
@@ -244,7 +254,10 @@ echo "throughput: $MESSAGES messages of $SIZE bytes over $SESSIONS sessions," \
 declare -A rate cpu steady
 declare -a order
 for spec in "a-no-milter:none" "b-noop-milter-tcp-fix:noop" "b0-noop-milter-stock:stock" \
-    "b1-rewriting-milter:rewrite" "b2-storing-milter:store" "c-zivmilter:zivmilter" \
+    "b1-rewriting-milter:rewrite" "b2-storing-milter:store" \
+    "b-async-noop-milter:noop-async" "b1-async-rewriting-milter:rewrite-async" \
+    "b2-async-storing-milter:store-async" "b2e-async-storing-milter-executor:store-async-executor" \
+    "b2u-async-storing-milter-uvloop:store-async-uvloop" "c-zivmilter:zivmilter" \
     "cp-zivmilter-postgresql:zivmilter-pg" \
     "d-100-notifications:fanout100" "e-split-3-recipients:fanout3"; do
     name=${spec%%:*}
@@ -252,7 +265,9 @@ for spec in "a-no-milter:none" "b-noop-milter-tcp-fix:noop" "b0-noop-milter-stoc
         echo "  $name: skipped (set ZIVMILTER_BENCH_CMD to a command serving zivmilter)" >&2
         continue
     fi
-    if [[ -n "${CASES:-}" && " $CASES " != *" ${name%%-*} "* ]]; then
+    key=${name%%-*}  # the letters before the first dash; b-async, b1-async ... keep "-async"
+    [[ $name == *-async-* ]] && key=${name%%-async-*}-async
+    if [[ -n "${CASES:-}" && " $CASES " != *" $key "* ]]; then
         continue
     fi
     order+=("$spec")
