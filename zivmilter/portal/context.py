@@ -233,6 +233,8 @@ def _templates(folder: str | None = None) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        # No stat() of the template files on every page: they do not change while it runs.
+        auto_reload=False,
     )
     templates.filters["filesize"] = _filesize
     templates.filters["when"] = _when
