@@ -1,7 +1,7 @@
 """Where the CPU of one verified portal view goes, in-process: the app (create_app, as
 `zivmilter portal` serves it) driven by httpx's ASGITransport, no server, no wrk, under
-cProfile; prints CPU per view and the functions that take it, and the store's statements per
-view (PostgreSQL) counted at psycopg's cursor.
+cProfile; prints CPU per view and the functions that take it, and the store's round trips per
+view (PostgreSQL: statements counted at psycopg's cursor, transaction blocks at its connection).
 
     .venv/bin/python bench/portal_profile.py [--views N] [--top N]
     scripts/sandbox .venv/bin/python bench/portal_profile.py --postgresql
@@ -93,6 +93,13 @@ def count_statements() -> Counter[str]:
         return original(self, query, *args, **kwargs)
 
     psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+    block = psycopg.Connection.transaction
+
+    def transaction(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen["(BEGIN ... COMMIT: two more round trips)"] += 1
+        return block(self, *args, **kwargs)
+
+    psycopg.Connection.transaction = transaction  # type: ignore[method-assign]
     return seen
 
 
@@ -170,8 +177,9 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             print(f"== {kind}: {args.views} views, CPU {cpu / args.views * 1000:.2f} ms per view"
                   f" (wall {wall / args.views * 1000:.2f} ms)")  # fmt: skip
             if statements:
-                per = sum(statements.values()) / args.views
-                print(f"   statements per view: {per:.1f}")
+                blocks = statements["(BEGIN ... COMMIT: two more round trips)"]
+                per = (sum(statements.values()) + blocks) / args.views
+                print(f"   round trips to PostgreSQL per view: {per:.1f}")
                 for stmt, n in statements.most_common():
                     print(f"     {n / args.views:4.1f}  {stmt}")
             out = io.StringIO()
