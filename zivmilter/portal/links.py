@@ -252,7 +252,11 @@ class LinkPages(GuestPages[_Ctx]):
             index = view.inline.get(cid)
             return None if index is None else f"{ctx.here}part/{index}"
 
-        safe = render.sanitize_html(view.html, inline_url, allow_remote=remote)
+        # The kept view holds it sanitized already (without remote images: as consented to,
+        # those are sanitized here each time).
+        html = None if remote else render.framed_html(view, f"{ctx.here}part/")
+        if html is None:
+            html = render.sanitize_html(view.html, inline_url, allow_remote=remote).html
         images = "'self' https: http:" if remote else "'self'"
         csp = (
             f"default-src 'none'; img-src {images}; style-src 'unsafe-inline'; "
@@ -262,7 +266,7 @@ class LinkPages(GuestPages[_Ctx]):
         return self.portal.page(
             request,
             "body.html",
-            {"content": trusted_markup(safe.html)},
+            {"content": trusted_markup(html)},
             lang=ctx.lang,
             here=ctx.here,
             headers={"content-security-policy": csp, "x-frame-options": "SAMEORIGIN"},
