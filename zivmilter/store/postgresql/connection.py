@@ -128,6 +128,25 @@ class PgBase:
             raise StoreError(f"store database: no connection free: {exc}") from exc
 
     @contextlib.contextmanager
+    def _pipelined(self) -> Iterator[Cursor]:
+        """`_transaction` in pipeline mode: BEGIN and the block's statements go out together
+        and COMMIT with its end, results are waited for when read: two round trips where each
+        statement took one. Only for statements that need no result of another before they
+        are sent (a statement with CTEs joins those that do)."""
+        try:
+            with (
+                self._pool.connection() as conn,
+                conn.pipeline(),
+                conn.transaction(),
+                conn.cursor() as cur,
+            ):
+                yield cur
+        except psycopg.Error as exc:
+            raise StoreError(f"store database: {exc}") from exc
+        except PoolTimeout as exc:
+            raise StoreError(f"store database: no connection free: {exc}") from exc
+
+    @contextlib.contextmanager
     def _read(self) -> Iterator[Cursor]:
         """Reads on a pooled connection, each statement on its own (autocommit: no BEGIN and
         COMMIT round trips; under READ COMMITTED a block would not make several reads one
