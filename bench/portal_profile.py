@@ -1,7 +1,8 @@
 """Where the CPU of one verified portal view goes, in-process: the app (create_app, as
 `zivmilter portal` serves it) driven by httpx's ASGITransport, no server, no wrk, under
-cProfile; prints CPU per view and the functions that take it, and the store's round trips per
-view (PostgreSQL: statements counted at psycopg's cursor, transaction blocks at its connection).
+cProfile; prints CPU per view and the functions that take it, and the store's statements per
+view (PostgreSQL: counted at psycopg's cursor, transaction blocks at its connection; without
+pipelining, each statement is a round trip).
 
     .venv/bin/python bench/portal_profile.py [--views N] [--top N]
     scripts/sandbox .venv/bin/python bench/portal_profile.py --postgresql
@@ -97,7 +98,7 @@ def count_statements() -> Counter[str]:
     block = psycopg.Connection.transaction
 
     def transaction(self: Any, *args: Any, **kwargs: Any) -> Any:
-        seen["(BEGIN ... COMMIT: two more round trips)"] += 1
+        seen["(BEGIN ... COMMIT)"] += 1
         return block(self, *args, **kwargs)
 
     psycopg.Connection.transaction = transaction  # type: ignore[method-assign]
@@ -183,9 +184,9 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             print(f"== {kind}: {args.views} views, CPU {cpu / args.views * 1000:.2f} ms per view"
                   f" (wall {wall / args.views * 1000:.2f} ms)")  # fmt: skip
             if statements:
-                blocks = statements["(BEGIN ... COMMIT: two more round trips)"]
+                blocks = statements["(BEGIN ... COMMIT)"]
                 per = (sum(statements.values()) + blocks) / args.views
-                print(f"   round trips to PostgreSQL per view: {per:.1f}")
+                print(f"   statements to PostgreSQL per view, BEGIN and COMMIT counted: {per:.1f}")
                 for stmt, n in statements.most_common():
                     print(f"     {n / args.views:4.1f}  {stmt}")
             out = io.StringIO()

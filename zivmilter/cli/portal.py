@@ -41,7 +41,7 @@ def cmd_portal(args: argparse.Namespace) -> int:
         "proxy_headers": False,
         "log_config": None,  # keep our log format (logsetup)
         # uvloop and httptools (the portal extra) where installed, else asyncio and h11: the
-        # C loop and parser take about a third of the CPU of a view off the server's side.
+        # C loop and parser cost less CPU per request (bench/portal.sh).
         "loop": "auto",
         "http": "auto",
         "timeout_graceful_shutdown": 10,
