@@ -40,7 +40,6 @@ from zivmilter import crypto
 from zivmilter.core import config as config_mod
 from zivmilter.portal.app import create_app
 from zivmilter.portal.asgi import build_portal
-from zivmilter.portal.context import Portal
 from zivmilter.store import NewMessage, NewRecipient
 
 BASE = "http://127.0.0.1:8025"
@@ -115,11 +114,6 @@ def inline_thread_pool() -> None:
     for name, module in list(sys.modules.items()):
         if name.startswith("zivmilter.portal") and hasattr(module, "run_in_threadpool"):
             module.run_in_threadpool = inline
-
-    async def read_inline(self: Any, func: Any, *args: Any) -> Any:
-        return func(*args)
-
-    Portal.read_in_thread = read_inline  # type: ignore[method-assign]
 
 
 async def run(args: argparse.Namespace, work: Path) -> None:

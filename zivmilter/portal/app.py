@@ -137,7 +137,6 @@ def create_app(portal: Portal, on_ready: Callable[[], object] | None = None) -> 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        portal.read_limiter = anyio.CapacityLimiter(portal.cfg.store.pool_size)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_purge_loop, portal)
             if on_ready is not None:

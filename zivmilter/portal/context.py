@@ -14,11 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
-import anyio.to_thread
 import jinja2
 from markupsafe import Markup
 from starlette.requests import Request
@@ -46,7 +44,6 @@ from zivmilter.store import Store
 
 _HERE = Path(__file__).parent
 LANG_COOKIE = "zv_lang"
-T = TypeVar("T")
 
 
 @dataclass
@@ -66,9 +63,6 @@ class Portal:
     root: str = field(init=False)  # path prefix of portal.base_url, without the final "/"
     origin: str = field(init=False)
     secure: bool = field(init=False)  # cookies get `Secure` when the site is https
-    # The thread pool's share for reading pages (`read_in_thread`): set when the app starts
-    # (app.py's lifespan, on its event loop); None: anyio's default limiter.
-    read_limiter: anyio.CapacityLimiter | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         url = urlsplit(self.cfg.portal.base_url)
@@ -92,13 +86,6 @@ class Portal:
 
     def now(self) -> float:
         return self.clock()
-
-    async def read_in_thread(self, func: Callable[..., T], *args: Any) -> T:
-        """Run the blocking half of a page that reads the store (a message, its frame, parts)
-        in the thread pool, at most `store.pool_size` at once: a thread more would only wait
-        for a pooled connection, and each such wait and wake-up costs the CPU views need. The
-        others (codes by SMTP or SMS, hashing) keep the whole pool (`run_in_threadpool`)."""
-        return await anyio.to_thread.run_sync(func, *args, limiter=self.read_limiter)
 
     # -- branding --------------------------------------------------------------------------
 

@@ -88,7 +88,7 @@ class LinkPages(GuestPages[_Ctx]):
     # -- the page behind the link ------------------------------------------------------------
 
     async def view(self, request: Request) -> Response:
-        return await self.portal.read_in_thread(self._view, request)
+        return await run_in_threadpool(self._view, request)
 
     def _view(self, request: Request) -> Response:
         ctx, error = self._context(request, Stage.LINK)
@@ -235,7 +235,7 @@ class LinkPages(GuestPages[_Ctx]):
     # -- reading -----------------------------------------------------------------------------
 
     async def body(self, request: Request) -> Response:
-        return await self.portal.read_in_thread(self._body, request)
+        return await run_in_threadpool(self._body, request)
 
     def _body(self, request: Request) -> Response:
         ctx, error = self._context(request, Stage.VERIFIED)
@@ -273,7 +273,7 @@ class LinkPages(GuestPages[_Ctx]):
         )
 
     async def inline_part(self, request: Request) -> Response:
-        return await self.portal.read_in_thread(self._inline_part, request)
+        return await run_in_threadpool(self._inline_part, request)
 
     def _inline_part(self, request: Request) -> Response:
         ctx, error = self._context(request, Stage.VERIFIED)
@@ -291,7 +291,7 @@ class LinkPages(GuestPages[_Ctx]):
         )
 
     async def attachment(self, request: Request) -> Response:
-        return await self.portal.read_in_thread(self._attachment, request)
+        return await run_in_threadpool(self._attachment, request)
 
     def _attachment(self, request: Request) -> Response:
         ctx, error = self._context(request, Stage.VERIFIED)
