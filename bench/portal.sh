@@ -18,6 +18,10 @@
 #   text:  a plain-text message with a PDF attachment; one view = the message page;
 #   html:  an HTML message with an inline image; one view = the page plus its sandboxed frame.
 # Nothing leaves loopback; everything it started is stopped (by pid) and removed on exit.
+#
+# Besides views/s and p99 it prints the CPU time one view costs the portal processes (uvicorn's
+# workers included) and, with --postgresql, the database server (every backend): on a machine
+# that others load too, throughput and latency move with their load; CPU per view much less.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -146,7 +150,33 @@ store.close()
 PYTHON
 )
 
-run() {  # KIND PATH COOKIE -> prints "requests/s p99_ms"
+cpu_ticks() {  # PID... -> CPU clock ticks of these processes and their descendants so far
+    $PY - "$@" <<'PYTHON'
+import os, sys
+procs = {}
+for name in os.listdir("/proc"):
+    if name.isdigit():
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # ppid; utime + stime + cutime + cstime (the last two: children that ended, reaped)
+        procs[int(name)] = (int(fields[1]), sum(int(v) for v in fields[11:15]))
+mine = {int(p) for p in sys.argv[1:]}
+while True:
+    more = {pid for pid, (ppid, _) in procs.items() if ppid in mine} - mine
+    if not more:
+        break
+    mine |= more
+print(sum(procs[pid][1] for pid in mine if pid in procs))
+PYTHON
+}
+pg_pid=""  # the postmaster: its backends are its children
+[[ -z $pg_data ]] || pg_pid=$(head -1 "$pg_data/postmaster.pid")
+
+run() {  # KIND PATH COOKIE -> prints "requests/s p99_ms portal_ms_per_request pg_ms_per_request"
     local kind=$1 path=$2 cookie=$3 lua="$work/$1.lua"
     if [[ $kind == html ]]; then
         printf 'local n = 0\nrequest = function()\n  n = n + 1\n  if n %% 2 == 0 then return wrk.format("GET", "%sbody") end\n  return wrk.format("GET", "%s")\nend\n' "$path" "$path" >"$lua"
@@ -162,12 +192,18 @@ run() {  # KIND PATH COOKIE -> prints "requests/s p99_ms"
     done
     wait "${pids[@]}"
     pids=()
+    local portal0 pg0
+    portal0=$(cpu_ticks "${portal_pids[@]}")
+    pg0=$([[ -n $pg_pid ]] && cpu_ticks "$pg_pid" || echo 0)
     for ((n = 0; n < NODES; n++)); do
         wrk -t$((NODES > 1 ? 1 : 2)) -c"$per_node" -d"${DURATION}s" --latency \
             -H "Cookie: $cookie" -s "$lua" "http://127.0.0.1:${ports[$n]}" >"$work/$kind-$n.out" &
         pids+=($!)
     done
     wait "${pids[@]}"
+    local portal1 pg1 requests=0
+    portal1=$(cpu_ticks "${portal_pids[@]}")
+    pg1=$([[ -n $pg_pid ]] && cpu_ticks "$pg_pid" || echo 0)
     local rps=0 p99=0 one_rps one_p99 out
     for ((n = 0; n < NODES; n++)); do
         out="$work/$kind-$n.out"
@@ -178,16 +214,20 @@ run() {  # KIND PATH COOKIE -> prints "requests/s p99_ms"
         fi
         one_rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
         one_p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' "$out")
+        requests=$((requests + $(awk '/requests in/ {print $1}' "$out")))
         rps=$(awk -v a="$rps" -v b="$one_rps" 'BEGIN {printf "%.2f", a + b}')
         p99=$(awk -v a="$p99" -v b="$one_p99" 'BEGIN {print (b > a) ? b : a}')
     done
-    echo "$rps $p99"
+    local hz
+    hz=$(getconf CLK_TCK)
+    awk -v r="$rps" -v p="$p99" -v n="$requests" -v hz="$hz" -v a=$((portal1 - portal0)) \
+        -v b=$((pg1 - pg0)) 'BEGIN {printf "%s %s %.3f %.3f\n", r, p, a * 1000 / hz / n, b * 1000 / hz / n}'
 }
 
 echo "zivmilter portal bench: $BACKEND, $NODES node(s) x $WORKERS worker(s), $CONNECTIONS connections, ${DURATION}s per run, $(nproc) CPU(s)"
 status=0
 while read -r kind path cookie; do
-    read -r rps p99 < <(run "$kind" "$path" "$cookie")
+    read -r rps p99 portal_ms pg_ms < <(run "$kind" "$path" "$cookie")
     per_view=1
     [[ $kind == html ]] && per_view=2
     views=$(awk -v r="$rps" -v k="$per_view" 'BEGIN {printf "%.0f", r / k}')
@@ -195,5 +235,7 @@ while read -r kind path cookie; do
     [[ $verdict == ok ]] || status=1
     printf '  %-4s views: %6s views/s (%s req/s, %d request(s) per view)  p99 %s ms  [%s]\n' \
         "$kind" "$views" "$rps" "$per_view" "$p99" "$verdict"
+    cpu=$(awk -v a="$portal_ms" -v b="$pg_ms" -v k="$per_view" 'BEGIN {printf "portal %.2f ms", a * k; if (b > 0) printf ", PostgreSQL %.2f ms", b * k}')
+    printf '        CPU per view: %s\n' "$cpu"
 done <<<"$sessions"
 exit $status

@@ -67,6 +67,32 @@ def test_plain_message_and_nameless_parts() -> None:
     assert b"Subject: inner" in inner and b"inner body" in inner
 
 
+@pytest.mark.parametrize("root", ["", "/portal", "/a&b"])
+def test_a_kept_view_frames_the_html_as_sanitizing_it_again_would(root: str) -> None:
+    """The frame of a kept view serves the HTML sanitized when the view was kept: byte for
+    byte what sanitizing it for this recipient's part URLs gives (or, for a prefix that would
+    need escaping, nothing kept: the frame sanitizes then)."""
+    _, view = render.parse(rich_message())
+    assert view.html is not None
+    data = render.view_to_bytes(view)
+    assert data is not None
+    kept = render.view_from_bytes(data)
+    assert kept is not None and kept.inline_mark not in view.html
+    parts = f"{root}/r/7/part/"
+
+    def inline_url(cid: str) -> str | None:
+        index = view.inline.get(cid)
+        return None if index is None else f"{parts}{index}"
+
+    framed = render.framed_html(kept, parts)
+    if "&" in root:
+        assert framed is None
+        return
+    assert framed == render.sanitize_html(view.html, inline_url).html
+    assert f'src="{parts}{view.inline["logo@h"]}"' in framed and "tracker.example" not in framed
+    assert render.framed_html(view, parts) is None  # a view just parsed keeps nothing yet
+
+
 def test_sanitized_html_has_nothing_active_and_no_remote_loads() -> None:
     _, view = render.parse(rich_message())
     assert view.html is not None

@@ -396,6 +396,41 @@ def test_sign_out_and_account_disable_move_the_session_generation_on(st: Store) 
     ]
 
 
+def test_link_view_is_the_recipient_its_link_state_and_session_generation(st: Store) -> None:
+    """The portal's one read per request behind a link: whatever moves, it agrees with the
+    three reads it stands for."""
+    saved = st.save_message(new_message())
+    rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+    assert rec is not None
+
+    def agrees() -> None:
+        found = st.link_view(rec.id)
+        assert found is not None
+        assert found.recipient == st.recipient(rec.id)
+        assert found.state == st.link_state(rec.id)
+        assert found.generation == st.session_generation(rec.id)
+
+    agrees()
+    found = st.link_view(rec.id)
+    assert found is not None and found.recipient.phone == PHONE  # unsealed, as `recipient`
+    assert st.claim_otp(rec.id, b"s" * 20, 0, 5) == 0
+    st.settle_attempt(st.claim_attempt(rec.id, _lock_after_five), False)
+    agrees()
+    found = st.link_view(rec.id)
+    assert found is not None and found.state.otp_sends == 1 and found.state.failed_streak == 1
+    st.end_sessions(rec.id, "signed out")
+    st.add_account("bob@example.net", "recipient", password_hash="$argon2id$x")
+    st.set_account_active("bob@example.net", False)
+    agrees()
+    found = st.link_view(rec.id)
+    assert found is not None and found.generation == 2  # the link's 1 and the account's 1
+    assert st.revoke_recipient(saved.id, "bob@example.net", "test")
+    agrees()
+    found = st.link_view(rec.id)
+    assert found is not None and found.state.revoked_at is not None
+    assert st.link_view(rec.id + 1000) is None
+
+
 def test_reply_usage_counts_a_link_and_its_address_over_a_window(st: Store, clock: Clock) -> None:
     first, second = st.save_message(new_message()), st.save_message(new_message())
     a = st.find_recipient_by_token(first.tokens["bob@example.net"])

@@ -19,7 +19,6 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Match, Mount, Route, Router
@@ -61,9 +60,11 @@ class SecurityHeaders:
 
     def __init__(self, app: ASGIApp, hsts: bool) -> None:
         self.app = app
-        self.defaults = dict(_SECURITY_HEADERS)
+        defaults = dict(_SECURITY_HEADERS)
         if hsts:
-            self.defaults["strict-transport-security"] = "max-age=31536000"
+            defaults["strict-transport-security"] = "max-age=31536000"
+        # Encoded once: every response only appends the pairs it lacks to its raw header list.
+        self.defaults = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in defaults.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,10 +73,10 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in self.defaults.items():
-                    if name not in headers:
-                        headers[name] = value
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers += [pair for pair in self.defaults if pair[0] not in present]
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -203,10 +203,15 @@ class Portal:
     def get_pass(self, request: Request, scope: str) -> Pass | None:
         """The request's pass for `scope`: genuine, unexpired, and of a session that was not
         ended since (sign-out, a disabled account: checked in the store on every request)."""
-        p = decode_pass(self.keys, request.cookies.get(cookie_name(scope)), scope, self.now())
+        p = self.read_pass(request, scope)
         if p is not None and p.subject and self.store.session_generation(p.subject) != p.gen:
             return None
         return p
+
+    def read_pass(self, request: Request, scope: str) -> Pass | None:
+        """The first half of `get_pass`, without the store: genuine, for `scope`, unexpired. A
+        caller that reads the session generation with other rows compares `p.gen` itself."""
+        return decode_pass(self.keys, request.cookies.get(cookie_name(scope)), scope, self.now())
 
     def give_pass(self, response: Response, p: Pass) -> None:
         max_age = max(1, p.expires - int(self.now()))
@@ -261,6 +266,8 @@ def _templates(folder: str | None = None) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        # No stat() of the template files on every page: they do not change while it runs.
+        auto_reload=False,
     )
     i18n.install_gettext(templates)
     templates.filters["filesize"] = _filesize

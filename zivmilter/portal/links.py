@@ -253,7 +253,11 @@ class LinkPages(GuestPages[_Ctx]):
             index = view.inline.get(cid)
             return None if index is None else f"{ctx.here}part/{index}"
 
-        safe = render.sanitize_html(view.html, inline_url, allow_remote=remote)
+        # The kept view holds it sanitized already (without remote images: as consented to,
+        # those are sanitized here each time).
+        html = None if remote else render.framed_html(view, f"{ctx.here}part/")
+        if html is None:
+            html = render.sanitize_html(view.html, inline_url, allow_remote=remote).html
         images = "'self' https: http:" if remote else "'self'"
         csp = (
             f"default-src 'none'; img-src {images}; style-src 'unsafe-inline'; "
@@ -263,7 +267,7 @@ class LinkPages(GuestPages[_Ctx]):
         return self.portal.page(
             request,
             "body.html",
-            {"content": trusted_markup(safe.html)},
+            {"content": trusted_markup(html)},
             lang=ctx.lang,
             here=ctx.here,
             headers={"content-security-policy": csp, "x-frame-options": "SAMEORIGIN"},
@@ -659,17 +663,20 @@ class LinkPages(GuestPages[_Ctx]):
         portal = self.portal
         rid = _rid(request)
         here = self._here(rid)
-        p = portal.get_pass(request, _scope(rid))
-        rec = portal.store.recipient(rid) if p is not None else None
+        # One read for the pass's session generation (Portal.get_pass), the recipient and the
+        # link's state: every request behind a link starts here.
+        p = portal.read_pass(request, _scope(rid))
+        found = portal.store.link_view(rid) if p is not None else None
+        if p is not None and (found is None or found.generation != p.gen):
+            p = found = None  # a session ended since (sign-out, a disabled account)
+        rec = found.recipient if found is not None else None
         lang = portal.language(request, rec.address if rec else None)
         if rec is not None:
             portal.remember_sender(request, rec.message.sender)  # its unit's brand (part 2)
-        if p is None or rec is None or rec.delivery != "notification":
+        if found is None or p is None or rec is None or rec.delivery != "notification":
             return None, self._no_pass(request, lang, here)
-        state = portal.store.link_state(rid)
-        assert state is not None  # the row was just read
-        ctx = _Ctx(p, lang, here, rec, state)
-        gone = flows.gone_reason(rec.message, state.revoked_at, portal.now())
+        ctx = _Ctx(p, lang, here, rec, found.state)
+        gone = flows.gone_reason(rec.message, found.state.revoked_at, portal.now())
         return self._admit(request, ctx, gone, need)
 
     def _parsed(self, ctx: _Ctx) -> tuple[Any, render.MessageView] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from email import policy
@@ -48,6 +49,11 @@ class MessageView:
     html: str | None  # the HTML body, NOT sanitized: use `sanitize_html`
     attachments: tuple[Attachment, ...]
     inline: dict[str, int]  # Content-ID (without <>) -> leaf index, for cid: images
+    # Kept views only (`view_to_bytes`): the HTML body as `sanitize_html` gives it without
+    # remote images, its inline images at `inline_mark` + leaf index (`framed_html`), so that
+    # a view of the frame need not sanitize it again.
+    safe_html: str | None = None
+    inline_mark: str = ""
 
 
 def parse(data: bytes) -> tuple[EmailMessage, MessageView]:
@@ -73,7 +79,7 @@ def parse(data: bytes) -> tuple[EmailMessage, MessageView]:
     return msg, view
 
 
-_VIEW_FORMAT = 1
+_VIEW_FORMAT = 2  # 2: with safe_html
 MAX_KEPT_VIEW = 2 * 1024 * 1024  # characters of text + HTML worth keeping, instead of parsing
 
 
@@ -82,6 +88,17 @@ def view_to_bytes(view: MessageView) -> bytes | None:
     worth keeping (such a message is parsed on every view instead)."""
     if len(view.text or "") + len(view.html or "") > MAX_KEPT_VIEW:
         return None
+    if view.html is not None and view.safe_html is None:
+        # A mark no message can hold (it is drawn after the message was written): the frame
+        # replaces it with the recipient's own part URLs.
+        mark = f"/zivmilter-inline-{secrets.token_hex(12)}/"
+
+        def inline_url(cid: str) -> str | None:
+            index = view.inline.get(cid)
+            return None if index is None else f"{mark}{index}"
+
+        safe = sanitize_html(view.html, inline_url)
+        view = dataclasses.replace(view, safe_html=safe.html, inline_mark=mark)
     data = dataclasses.asdict(view)
     data["format"] = _VIEW_FORMAT
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -98,6 +115,17 @@ def view_from_bytes(data: bytes) -> MessageView | None:
     except (ValueError, TypeError, KeyError):
         return None
 
+
+def framed_html(view: MessageView, parts: str) -> str | None:
+    """The kept sanitized HTML body (no remote images) with its inline images at `parts` +
+    leaf index: what `sanitize_html(view.html, ...)` gives for those URLs. None when the view
+    keeps none, or `parts` is not plain URL text (then `sanitize_html` decides its escaping)."""
+    if view.safe_html is None or not view.inline_mark or not _PLAIN_URL.fullmatch(parts):
+        return None
+    return view.safe_html.replace(view.inline_mark, parts)
+
+
+_PLAIN_URL = re.compile(r"[A-Za-z0-9/_.~-]*")
 
 # --- HTML ------------------------------------------------------------------------------------
 

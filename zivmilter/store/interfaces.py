@@ -29,6 +29,7 @@ from zivmilter.store.records import (
     Handover,
     KeyUsage,
     LinkState,
+    LinkView,
     MessageRecord,
     NewMessage,
     OtpState,
@@ -67,6 +68,11 @@ class MessageStore(Protocol):
     def save_portal_view(self, message_id: str, view: bytes) -> None: ...
     # a link's verification state (the portal decides lockouts and rate limits, passed in)
     def link_state(self, recipient_id: int) -> LinkState | None: ...
+    def link_view(self, recipient_id: int) -> LinkView | None:
+        """`recipient`, `link_state` and `session_generation` in one read (one snapshot);
+        None for no such recipient."""
+        ...
+
     def claim_attempt(
         self, recipient_id: int, lockout: Callable[[int, int], float | None], detail: str = ""
     ) -> Attempt: ...

@@ -186,6 +186,17 @@ class LinkState:
 
 
 @dataclass(frozen=True)
+class LinkView:
+    """What every request behind a personal link needs first, read at once (`link_view`): the
+    recipient with its message, its link's state, and its session generation (as
+    `session_generation` gives it)."""
+
+    recipient: RecipientRecord
+    state: LinkState
+    generation: int
+
+
+@dataclass(frozen=True)
 class Attempt:
     """One answer to a link's verification, claimed against its lockout before it is checked
     (`claim_attempt`) and settled after (`settle_attempt`).

@@ -5,6 +5,13 @@ Thread safety: each transaction takes a connection of its own from the pool (psy
 the milter's threads write in parallel; PostgreSQL itself groups the commits that arrive while a
 WAL flush is on its way (what SQLite's group commit does by hand in sqlite/connection.py).
 
+Round trips: the pooled connections are in autocommit mode. A write (`_transaction`) is still
+one BEGIN ... COMMIT block; a read (`_read`) sends its statements alone, without BEGIN and
+COMMIT around them: under READ COMMITTED every statement reads a snapshot of its own anyway,
+so a block around reads made them no more consistent, only two round trips longer (a portal
+view is mostly reads). psycopg prepares a statement a connection has run a few times
+(`prepare_threshold`, 5 by default): the portal's reads run prepared after their warm-up.
+
 Isolation: READ COMMITTED, PostgreSQL's default. A check-then-act therefore never relies on a
 plain read: each method that decides on what it read locks the rows it decides on (`SELECT ...
 FOR UPDATE`, or a conditional UPDATE whose row count decides: an UPDATE waits for a concurrent
@@ -55,7 +62,8 @@ def connect(
 def open_pool(dsn: str, passfile: str | None, size: int) -> ConnectionPool:
     pool = ConnectionPool(
         dsn,
-        kwargs=connection_kwargs(passfile),
+        # autocommit: see the module docstring (`_read`); writes open their own blocks.
+        kwargs={**connection_kwargs(passfile), "autocommit": True},
         min_size=1,
         max_size=size,
         open=False,
@@ -119,8 +127,37 @@ class PgBase:
         except PoolTimeout as exc:
             raise StoreError(f"store database: no connection free: {exc}") from exc
 
-    # Reads are transactions too (one statement each, or a consistent few).
-    _read = _transaction
+    @contextlib.contextmanager
+    def _pipelined(self) -> Iterator[Cursor]:
+        """`_transaction` in pipeline mode: BEGIN and the block's statements go out together
+        and COMMIT with its end, results are waited for when read: two round trips where each
+        statement took one. Only for statements that need no result of another before they
+        are sent (a statement with CTEs joins those that do)."""
+        try:
+            with (
+                self._pool.connection() as conn,
+                conn.pipeline(),
+                conn.transaction(),
+                conn.cursor() as cur,
+            ):
+                yield cur
+        except psycopg.Error as exc:
+            raise StoreError(f"store database: {exc}") from exc
+        except PoolTimeout as exc:
+            raise StoreError(f"store database: no connection free: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Cursor]:
+        """Reads on a pooled connection, each statement on its own (autocommit: no BEGIN and
+        COMMIT round trips; under READ COMMITTED a block would not make several reads one
+        snapshot either). Nothing that locks or writes goes here: that is `_transaction`'s."""
+        try:
+            with self._pool.connection() as conn, conn.cursor() as cur:
+                yield cur
+        except psycopg.Error as exc:
+            raise StoreError(f"store database: {exc}") from exc
+        except PoolTimeout as exc:
+            raise StoreError(f"store database: no connection free: {exc}") from exc
 
     @contextlib.contextmanager
     def _pipelined(self) -> Iterator[Cursor]:

@@ -330,24 +330,15 @@ class MessagesMixin(ContentsMixin):
         Every view of a message writes one, so it commits without waiting for its WAL flush
         (synchronous_commit=off for this transaction only, as SQLite's synchronous=NORMAL):
         it survives a crash of any zivmilter process; a crash of the database server itself
-        can drop the last few (at most 3 x wal_writer_delay)."""
+        can drop the last few (at most 3 x wal_writer_delay).
+
+        One statement (the read, the update and the audit row as its CTEs), pipelined with
+        the transaction around it: two round trips per view, where it took six."""
         now = int(self._now())
-        with self._transaction() as cur:
+        with self._pipelined() as cur:
             cur.execute("SET LOCAL synchronous_commit = off")
-            row = cur.execute(
-                "SELECT r.message_id, r.address FROM recipients r JOIN messages m"
-                " ON m.id = r.message_id WHERE r.id = %s AND m.revoked_at IS NULL"
-                " FOR SHARE OF m",
-                (recipient_id,),
-            ).fetchone()
-            if row is None:
-                return False
-            cur.execute(
-                "UPDATE recipients SET opened_at = COALESCE(opened_at, %s) WHERE id = %s",
-                (now, recipient_id),
-            )
-            audit(cur, now, str(row[0]), str(row[1]), "opened", "")
-        return True
+            cur.execute(_MARK_OPENED, (recipient_id, now, now))
+            return cur.fetchone() is not None
 
     def portal_view(self, message_id: str) -> bytes | None:
         """What the portal keeps of a message to show it without parsing it again (its headers,
@@ -574,4 +565,15 @@ _RECIPIENT_SELECT = (
     + ", ".join("k.wrapped_key" if f == "wrapped_key" else "r." + f for f in RECIPIENT_FIELDS)
     + " FROM recipients r JOIN messages m ON m.id = r.message_id"
     + KEY_JOIN
+)
+
+# mark_opened: nothing when the message is revoked (the read finds no row), else the first
+# open's time and an audit row as `audit` writes it.
+_MARK_OPENED = (
+    "WITH opened AS (SELECT r.id, r.message_id, r.address FROM recipients r JOIN messages m"
+    " ON m.id = r.message_id WHERE r.id = %s AND m.revoked_at IS NULL FOR SHARE OF m),"
+    " marked AS (UPDATE recipients SET opened_at = COALESCE(opened_at, %s)"
+    " WHERE id IN (SELECT id FROM opened))"
+    " INSERT INTO audit (at, message_id, recipient, event, detail)"
+    " SELECT %s, message_id, address, 'opened', '' FROM opened RETURNING message_id"
 )

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from datetime import datetime
 
 from zivmilter.core.addresses import normalize_address
-from zivmilter.store.records import Attempt, LinkState, OtpState
+from zivmilter.store.records import Attempt, LinkState, LinkView, OtpState
+from zivmilter.store.rows import RECIPIENT_FIELDS, recipient_record
 from zivmilter.store.sqlite.connection import audit, dt, dt_or_none, recipient_ref, ts
-from zivmilter.store.sqlite.messages import MessagesMixin
+from zivmilter.store.sqlite.messages import MESSAGE_FIELDS, MessagesMixin
 
 
 class LinksMixin(MessagesMixin):
@@ -27,6 +28,18 @@ class LinksMixin(MessagesMixin):
         if row is None:
             return None
         return LinkState(dt_or_none(row[0]), int(row[1]), dt_or_none(row[2]), int(row[3]))
+
+    def link_view(self, recipient_id: int) -> LinkView | None:
+        with self._lock:
+            row = self._conn.execute(_LINK_VIEW, (recipient_id,)).fetchone()
+        if row is None:
+            return None
+        revoked, streak, otp_sent, otp_sends, generation = row[-5:]
+        return LinkView(
+            recipient_record(self._sealing, row[:-5]),
+            LinkState(dt_or_none(revoked), int(streak), dt_or_none(otp_sent), int(otp_sends)),
+            int(generation),
+        )
 
     def session_generation(self, recipient_id: int) -> int | None:
         """The generation of this recipient's portal sessions: their link's and their address's
@@ -238,3 +251,14 @@ class LinksMixin(MessagesMixin):
                 " otp_sends = MAX(otp_sends - 1, 0) WHERE id = ? AND otp_secret IS NOT NULL",
                 (recipient_id,),
             )
+
+
+# `recipient` (messages.py's _RECIPIENT_SELECT), then `link_state`, then `session_generation`.
+_LINK_VIEW = (
+    f"SELECT {', '.join(MESSAGE_FIELDS)}, "
+    + ", ".join("m.wrapped_key" if f == "wrapped_key" else "r." + f for f in RECIPIENT_FIELDS)
+    + ", r.revoked_at, r.failed_streak, r.otp_sent_at, r.otp_sends,"
+    " r.session_gen + COALESCE(a.session_gen, 0)"
+    " FROM recipients r JOIN messages m ON m.id = r.message_id"
+    " LEFT JOIN accounts a ON a.address = r.address WHERE r.id = ?"
+)
