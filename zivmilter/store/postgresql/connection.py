@@ -132,7 +132,8 @@ class PgBase:
         """`_transaction` in pipeline mode: BEGIN and the block's statements go out together
         and COMMIT with its end, results are waited for when read: two round trips where each
         statement took one. Only for statements that need no result of another before they
-        are sent (a statement with CTEs joins those that do)."""
+        are sent (a statement with CTEs joins those that do): the milter's save, the portal's
+        open."""
         try:
             with (
                 self._pool.connection() as conn,
@@ -153,24 +154,6 @@ class PgBase:
         snapshot either). Nothing that locks or writes goes here: that is `_transaction`'s."""
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:
-                yield cur
-        except psycopg.Error as exc:
-            raise StoreError(f"store database: {exc}") from exc
-        except PoolTimeout as exc:
-            raise StoreError(f"store database: no connection free: {exc}") from exc
-
-    @contextlib.contextmanager
-    def _pipelined(self) -> Iterator[Cursor]:
-        """A transaction of writes that need no result between them, sent in pipeline mode:
-        BEGIN, the statements and COMMIT go to the server together and their results come
-        back together, one round trip instead of one per statement (the milter's save)."""
-        try:
-            with (
-                self._pool.connection() as conn,
-                conn.pipeline(),
-                conn.transaction(),
-                conn.cursor() as cur,
-            ):
                 yield cur
         except psycopg.Error as exc:
             raise StoreError(f"store database: {exc}") from exc
