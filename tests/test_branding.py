@@ -235,3 +235,27 @@ def test_a_pdf_mail_template_that_fails_is_named(
     err = capsys.readouterr().err
     assert "pdf.en.txt: cannot be rendered (UndefinedError" in err
     assert "pdf.nl.txt" not in err
+
+
+def test_a_site_pdf_mail_template_replaces_the_shipped_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # pdf.txt for every language (its words from the catalogs), pdf.LANG.txt for one
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / "pdf.txt").write_text('{{ _("Subject") }}: {{ filename }} ({{ org_name }})\n')
+    (folder / "pdf.nl.txt").write_text("Open {{ filename }} met uw code.\n")
+    languages = "notification: {languages: {example.nl: nl, example.de: de}}\n"
+    path = write_config(tmp_path, CONFIG + "  templates: templates\n" + languages)
+    assert main(["check-config", str(path)]) == 0
+    cfg = config.load(str(path))
+    texts = {}
+    for recipient in ("p@example.net", "p@example.nl", "p@example.de"):
+        wire = notification.pdf_mail(_original("ward@hospital.example"), recipient, b"%PDF", cfg)
+        text, _pdf = email.message_from_bytes(wire, policy=policy.default).iter_parts()
+        texts[recipient] = text.get_content()  # type: ignore[attr-defined]
+    assert texts == {
+        "p@example.net": "Subject: secure-message.pdf (St. Example Hospital)\r\n",
+        "p@example.nl": "Open beveiligd-bericht.pdf met uw code.\r\n",
+        "p@example.de": "Betreff: sichere-nachricht.pdf (St. Example Hospital)\r\n",
+    }

@@ -175,3 +175,36 @@ def test_a_retry_hands_over_only_the_encrypted_copies_still_missing(
         "notification to n@other.example",
         "smime-encrypted copy to s@smime.example",
     ]
+
+
+def test_a_german_recipients_encrypted_copies_carry_the_german_neutral_subject(
+    store: SqliteStore, gpg: GnuPG, tmp_path: Path
+) -> None:
+    ca = SmimeCA()
+    smime = ca.issue("s@smime.de")
+    for data in (gpg.key_of("K <k@partner.de>"), smime.pem):
+        for read in keystore.read_key_file(data, "test"):
+            store.import_recipient_key(keystore.stored_key(read, None, "test"))
+    cfg = make_config({
+        "submission": {"any_address_of_own_domains": True},
+        "encryption": {"enabled": True,
+                       "smime": {"trust_store": str(ca.write_pem(tmp_path / "trust.pem"))}},
+        "notification": {"subject": "neutral",
+                         "languages": {"partner.de": "de", "smime.de": "de"}},
+    })  # fmt: skip
+    mta = Collecting()
+    facts = KeyedFacts(facts_from_mapping({}), key_finder(cfg, store, discovered={}))
+    gw = Gateway(cfg, facts, store, mta, hostname="gw.test")
+    raw = (b"From: alice@hospital.example\r\nTo: k@partner.de, s@smime.de\r\nSubject: Befund\r\n"
+           b"Message-ID: <enc-de@hospital.example>\r\n\r\n" + CANARY + b"\r\n")  # fmt: skip
+    plan = gw.process(transaction(raw, ALICE, ["k@partner.de", "s@smime.de"]))
+    # one copy stays in the transaction (its Subject added), the other is re-injected
+    assert ("Subject", "Sichere Nachricht") in plan.add_headers
+    (out,) = mta.sent
+    data = out.content if isinstance(out.content, bytes) else out.content.read()
+    reinjected = email.message_from_bytes(data, policy=email.policy.default)
+    assert reinjected["Subject"] == "Sichere Nachricht"
+    assert CANARY not in data and b"Befund" not in data
+    kept = dict(plan.add_headers)["Content-Type"]
+    kinds = {kept.split(";")[0], reinjected.get_content_type()}
+    assert kinds == {"multipart/encrypted", "application/pkcs7-mime"}  # PGP/MIME and S/MIME

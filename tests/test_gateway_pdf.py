@@ -51,6 +51,12 @@ def _kept_mail(plan: object) -> bytes:
     return head.encode() + b"\r\n" + plan.replace_body  # type: ignore[attr-defined]
 
 
+def _words(part: EmailMessage) -> str:
+    """A text part as the words a reader reads: its paragraphs wrapped to the line, whatever
+    the width of the file name in them."""
+    return " ".join(part.get_content().split())
+
+
 def test_the_access_code_opens_a_pdf_of_the_message_and_its_attachment(
     store: SqliteStore, tmp_path: Path
 ) -> None:
@@ -65,7 +71,7 @@ def test_the_access_code_opens_a_pdf_of_the_message_and_its_attachment(
     # the Subject as a notification shows it: the original's field stays in the transaction
     assert mail["Subject"] is None and not any(n == "Subject" for n, _ in plan.delete_headers)
     text, attached = list(mail.iter_parts())
-    assert "opens with the access code that the sender gives you" in text.get_content()
+    assert "opens with the access code that the sender gives you" in _words(text)
     assert attached.get_content_type() == "application/pdf"
     assert attached.get_filename() == "secure-message.pdf"
     plain = _decrypt(attached.get_payload(decode=True), tmp_path, CODE)
@@ -99,9 +105,35 @@ def test_dutch_recipient_reads_dutch_and_a_neutral_subject(
     mail = email.message_from_bytes(_kept_mail(plan), policy=email.policy.default)
     assert mail["Subject"] == "Beveiligd bericht"
     text, attached = list(mail.iter_parts())
-    assert "opent met de toegangscode" in text.get_content()
+    assert "opent met de toegangscode" in _words(text)
     assert attached.get_filename() == "beveiligd-bericht.pdf"
     assert "Onderwerp" in _text(_decrypt(attached.get_payload(decode=True), tmp_path, CODE))
+
+
+def test_german_recipient_reads_german_in_the_mail_and_the_pdf(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    gw, _ = _gateway(
+        store,
+        notification={"languages": {"partner.de": "de"}, "subject": "neutral"},
+        branding={"support": {"phone": "+49 30 555 0100"}},
+    )
+    plan = gw.process(transaction(_raw("bob@partner.de"), ALICE, ["bob@partner.de"]))
+    mail = email.message_from_bytes(_kept_mail(plan), policy=email.policy.default)
+    assert mail["Subject"] == "Sichere Nachricht" and mail["Content-Language"] == "de"
+    text, attached = list(mail.iter_parts())
+    words = _words(text)
+    assert words.startswith("Dr. Alice <alice@hospital.example> hat Ihnen eine sichere Nachricht")
+    assert "Zum Öffnen benötigen Sie den Zugangscode, den Ihnen der Absender außerhalb der" in words
+    assert "Bewahren Sie den Zugangscode getrennt von dieser E-Mail auf." in words
+    assert "Telefon: +49 30 555 0100" in words
+    assert "opens" not in words and "PDF reader" not in words  # nothing left in English
+    assert attached.get_filename() == "sichere-nachricht.pdf"
+    shown = " ".join(_text(_decrypt(attached.get_payload(decode=True), tmp_path, CODE)).split())
+    assert "Von: Dr. Alice <alice@hospital.example> An: bob@partner.de" in shown
+    assert "Betreff: Lab results Dear Bob, " + CANARY in shown
+    assert "Anhänge (öffnen Sie diese im Bereich „Anlagen“ Ihres PDF-Programms):" in shown
+    assert "From:" not in shown and "Subject:" not in shown
 
 
 def test_off_the_access_code_means_the_portal(store: SqliteStore) -> None:

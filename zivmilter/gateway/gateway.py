@@ -428,7 +428,7 @@ class Gateway:
         if not d.secret:  # the policy makes a PDF only from a code in hand
             raise ValueError(f"encrypted PDF for {d.address} without an access code")
         language = notification.language_for(d.address, self.cfg.notification)
-        sealed = pdf.encrypted_pdf(data, d.secret, labels=pdf.LABELS[language])
+        sealed = pdf.encrypted_pdf(data, d.secret, labels=pdf.labels(language))
         mail = notification.pdf_mail(original, d.address, sealed, self.cfg, sender=author)
         route = d.level if d.level is not None and d.level >= Level.TLS else None
         log.info("encrypted PDF (AES-256, the access code) for %s", d.address, extra=_ctx(tx))

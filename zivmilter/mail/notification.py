@@ -258,8 +258,9 @@ def notification_for(
     )
 
 
-# The encrypted PDF's file name in the mail around it, per language (encryption.pdf).
-PDF_FILENAME = {"en": "secure-message.pdf", "nl": "beveiligd-bericht.pdf"}
+# The encrypted PDF's file name in the mail around it (encryption.pdf), in the recipient's
+# language through the catalogs.
+PDF_FILENAME = i18n.N_("secure-message.pdf")
 _B64_LINE = 76
 
 
@@ -272,8 +273,9 @@ def pdf_mail(
 ) -> bytes:
     """The mail that carries an encrypted PDF (encryption.pdf, issue 26): the original's
     addressing and threading fields, the subject as a notification shows it, a text in the
-    recipient's language that says how to open the PDF (templates pdf.LANG.txt), and the PDF.
-    Nothing of the content outside the PDF; never the access code."""
+    recipient's language that says how to open the PDF (template pdf.txt, its words from the
+    catalogs; a site's pdf.LANG.txt or pdf.txt first), and the PDF. Nothing of the content
+    outside the PDF; never the access code."""
     language = language_for(recipient, config.notification)
     if sender is None:
         sender = parseaddr(decoded_header(original.get("From")))[1]
@@ -281,16 +283,17 @@ def pdf_mail(
     raw_subject = original.get("Subject")
     show = config.notification.subject == "show" and raw_subject
     shown = _clean(decoded_header(raw_subject)) if show else ""
-    filename = PDF_FILENAME[language]
+    filename = pdf_filename(language)
     values = {
         "sender": _sender_text(original),
         "subject": shown,
         "filename": filename,
         "org_name": brand.name if brand else config.organization.name,
         "recipient": recipient,
+        "lang": language,
         **brand_values(brand, language, config.portal.base_url),
     }
-    text = _environment(config.branding.templates).get_template(f"pdf.{language}.txt")
+    text = _pdf_template(config.branding.templates, language)
     body = binascii.b2a_qp(text.render(values).encode("utf-8"), istext=True).decode("ascii")
     boundary = f"=_zm_{secrets.token_urlsafe(16)}"
     fields = [
@@ -328,6 +331,24 @@ def pdf_mail(
         b"\r\n--" + boundary.encode("ascii") + b"--\r\n",
     ]
     return b"".join(out)
+
+
+def pdf_filename(language: str) -> str:
+    """The encrypted PDF's file name in `language` (`secure-message.pdf`)."""
+    return i18n.translate(language, PDF_FILENAME)
+
+
+@functools.lru_cache(maxsize=16)
+def _pdf_template(folder: str | None, language: str) -> jinja2.Template:
+    """The text around an encrypted PDF, found once per process (as `_template`)."""
+    return _environment(folder, language).select_template(pdf_template_names(language))
+
+
+def pdf_template_names(language: str) -> tuple[str, str]:
+    """The templates of the text around an encrypted PDF, the first found taken: a site's
+    template for one language (`pdf.nl.txt`, as the PDF mail's were before the catalogs), else
+    the one for all (`pdf.txt`)."""
+    return (f"pdf.{language}.txt", "pdf.txt")
 
 
 def brand_values(brand: Brand | None, language: str, portal_url: str) -> dict[str, object]:
@@ -422,14 +443,19 @@ def template_problems(config: Config) -> list[str]:
 
 
 def _pdf_template_problems(config: Config, brand: Brand, language: str) -> list[str]:
-    """The text around an encrypted PDF (pdf.LANG.txt), rendered on sample data."""
+    """The text around an encrypted PDF (pdf.txt, or the site's pdf.LANG.txt), rendered on
+    sample data."""
     name = f"pdf.{language}.txt"
     values = {
         **sample_values(config, brand, language, "access_code"),
-        "filename": PDF_FILENAME[language],
+        "filename": pdf_filename(language),
+        "lang": language,
     }
     try:
-        _environment(config.branding.templates).get_template(name).render(values)
+        env = _environment(config.branding.templates, language)
+        out = env.select_template(pdf_template_names(language))
+        name = out.name or name
+        out.render(values)
     except jinja2.TemplateSyntaxError as exc:
         return [f"{exc.filename or name}, line {exc.lineno}: {exc}"]
     except jinja2.TemplateError as exc:

@@ -11,6 +11,7 @@ password and a random owner password. Pure: bytes in, bytes out; the gateway sen
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import io
 import logging
 import os
@@ -29,6 +30,7 @@ from fpdf import FPDF
 from fpdf.enums import WrapMode, XPos, YPos
 
 from zivmilter.core.bodytext import html_text
+from zivmilter.i18n import N_, translate
 from zivmilter.mail.parts import body_text, layout, leaf_filename, leaf_payload, leaves
 
 FONT_DIR = "/usr/share/fonts/truetype/dejavu"  # Debian's fonts-dejavu-core
@@ -49,26 +51,30 @@ _ITEM = re.compile(r"(?i)(<li\b[^<>]*>)")
 _PRE_TAG = re.compile(r"(?i)<(/?)pre\b[^<>]*>")
 
 
+# The English of the labels, each a message of the catalogs (zivmilter/locale).
+_HEADER_LABELS = (N_("From"), N_("To"), N_("Cc"), N_("Date"), N_("Subject"))
+_ATTACHMENTS = N_("Attachments (open them from your PDF reader's attachment panel):")
+_UNRENDERABLE = N_("Some characters cannot be shown here; the whole text is attached: {name}")
+
+
 @dataclass(frozen=True)
 class Labels:
     """The words printed beside the header fields and above the list of attachments (the
-    caller passes the recipient's language; English by default)."""
+    caller passes the recipient's language, `labels()`; English by default)."""
 
-    headers: tuple[str, ...] = ("From", "To", "Cc", "Date", "Subject")
-    attachments: str = "Attachments (open them from your PDF reader's attachment panel):"
-    unrenderable: str = "Some characters cannot be shown here; the whole text is attached: {name}"
+    headers: tuple[str, ...] = _HEADER_LABELS
+    attachments: str = _ATTACHMENTS
+    unrenderable: str = _UNRENDERABLE
 
 
-# The labels in each language of defaults.LANGUAGES.
-LABELS = {
-    "en": Labels(),
-    "nl": Labels(
-        headers=("Van", "Aan", "Cc", "Datum", "Onderwerp"),
-        attachments="Bijlagen (open ze via het bijlagenpaneel van uw pdf-lezer):",
-        unrenderable="Sommige tekens kunnen hier niet worden getoond; de hele tekst is"
-        " bijgevoegd: {name}",
-    ),
-}
+@functools.cache
+def labels(language: str) -> Labels:
+    """The labels in `language` (any of defaults.LANGUAGES; another reads English)."""
+    return Labels(
+        headers=tuple(translate(language, label) for label in _HEADER_LABELS),
+        attachments=translate(language, _ATTACHMENTS),
+        unrenderable=translate(language, _UNRENDERABLE),
+    )
 
 
 def encrypted_pdf(
@@ -346,4 +352,4 @@ def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
 
 
-__all__ = ["FONT_DIR", "LABELS", "Labels", "encrypted_pdf"]
+__all__ = ["FONT_DIR", "Labels", "encrypted_pdf", "labels"]
