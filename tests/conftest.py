@@ -17,6 +17,35 @@ from zivmilter import crypto, defaults
 from zivmilter.store import SqliteStore
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _sqlite_from_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Each new SQLite store of the session starts as a copy of one database migrated once, as
+    the PostgreSQL harness does (tests/harness/postgres.py): several hundred tests open a fresh
+    store, and migrating each through every schema version, with its commit's fsync, was most of
+    their set-up. The template is made by the real `connect` from the migrations of this tree,
+    so a migration that fails on a new database fails every store test; opening the copy runs
+    the same PRAGMAs and finds the schema current. The copy is made where `connect` creates an
+    empty database file: only when none exists, 0600, as that function does."""
+    from zivmilter.store.sqlite import connection
+    from zivmilter.store.sqlite.schema import DB_NAME
+
+    folder = tmp_path_factory.mktemp("sqlite-template")
+    connection.connect(str(folder)).close()  # its last close folds the WAL into the file
+    template = (folder / DB_NAME).read_bytes()
+
+    def create_from_template(db: str) -> None:
+        try:
+            fd = os.open(db, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "wb") as out:
+            out.write(template)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(connection, "_create_private", create_from_template)
+        yield
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqliteStore]:
     """A fresh encrypted store with a key of its own."""
