@@ -81,6 +81,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# Workers for the whole quick loop: each collects the suite itself (about 2 s of CPU), so more
+# than a few cost more than they bring to a suite of this size.
+FAST_MAX_WORKERS = 4
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """`pytest --fast` over the whole suite runs on the processors it may use (pytest-xdist, up
+    to FAST_MAX_WORKERS): the unit tests spend much of their time waiting (fsync, a lock held
+    by design, a subprocess), which other tests fill. An explicit `-n` (`-n 0`: one process), a
+    path or a test id, or `-p no:xdist` run as asked."""
+    if not config.getoption("--fast") or hasattr(config, "workerinput"):
+        return
+    if not config.pluginmanager.hasplugin("xdist") or config.option.numprocesses is not None:
+        return
+    if config.args_source is not pytest.Config.ArgsSource.TESTPATHS:
+        return
+    workers = min(len(os.sched_getaffinity(0)), FAST_MAX_WORKERS)
+    if workers > 1:
+        config.option.numprocesses = workers
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--fast"):
         # Read by tests/budget.py when test modules are imported, after this hook.
