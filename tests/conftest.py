@@ -91,8 +91,13 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     """`pytest --fast` over the whole suite runs on the processors it may use (pytest-xdist, up
     to FAST_MAX_WORKERS): the unit tests spend much of their time waiting (fsync, a lock held
     by design, a subprocess), which other tests fill. An explicit `-n` (`-n 0`: one process), a
-    path or a test id, or `-p no:xdist` run as asked."""
+    path or a test id, `-p no:xdist`, `--collect-only` and what needs the terminal (`--pdb`,
+    `--trace`, `-s`) run in this one process, as asked."""
     if not config.getoption("--fast") or hasattr(config, "workerinput"):
+        return
+    if config.option.collectonly or config.option.capture == "no":
+        return
+    if config.option.usepdb or config.option.trace:
         return
     if not config.pluginmanager.hasplugin("xdist") or config.option.numprocesses is not None:
         return
