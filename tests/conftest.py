@@ -6,7 +6,9 @@ Run everything with `scripts/test`; the fast unit tests alone with `pytest --fas
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +27,8 @@ def _sqlite_from_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     their set-up. The template is made by the real `connect` from the migrations of this tree,
     so a migration that fails on a new database fails every store test; opening the copy runs
     the same PRAGMAs and finds the schema current. The copy is made where `connect` creates an
-    empty database file: only when none exists, 0600, as that function does."""
+    empty database file: only when none exists, 0600, and whole at once (linked into place, so
+    a store opened beside it at the same moment never reads half a copy)."""
     from zivmilter.store.sqlite import connection
     from zivmilter.store.sqlite.schema import DB_NAME
 
@@ -33,13 +36,22 @@ def _sqlite_from_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     connection.connect(str(folder)).close()  # its last close folds the WAL into the file
     template = (folder / DB_NAME).read_bytes()
 
+    create_empty = connection._create_private
+
     def create_from_template(db: str) -> None:
+        copy = f"{db}.template-{os.getpid()}-{threading.get_ident()}"
         try:
-            fd = os.open(db, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            create_empty(db)  # the error an admin would get (a folder not writable...)
             return
-        with os.fdopen(fd, "wb") as out:
-            out.write(template)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(template)
+            with contextlib.suppress(FileExistsError):
+                os.link(copy, db)
+        finally:
+            os.unlink(copy)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(connection, "_create_private", create_from_template)
