@@ -1,6 +1,7 @@
 """How much of the long property and corpus tests a run does: all of it in the whole suite
 (`scripts/test`, CI), a tenth of it in the developer's quick loop (`pytest --fast`, which sets
-ZIVMILTER_FAST_SUITE before any test module is imported).
+ZIVMILTER_FAST_SUITE before any test module is imported, in each pytest-xdist worker too: every
+worker draws the same sample).
 
 The fast loop samples; it never replaces the whole run, which CI does on every change.
 """

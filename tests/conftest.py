@@ -6,7 +6,9 @@ Run everything with `scripts/test`; the fast unit tests alone with `pytest --fas
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,45 @@ import pytest
 from tests.harness.sandbox import in_sandbox
 from zivmilter import crypto, defaults
 from zivmilter.store import SqliteStore
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sqlite_from_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Each new SQLite store of the session starts as a copy of one database migrated once, as
+    the PostgreSQL harness does (tests/harness/postgres.py): several hundred tests open a fresh
+    store, and migrating each through every schema version, with its commit's fsync, was most of
+    their set-up. The template is made by the real `connect` from the migrations of this tree,
+    so a migration that fails on a new database fails every store test; opening the copy runs
+    the same PRAGMAs and finds the schema current. The copy is made where `connect` creates an
+    empty database file: only when none exists, 0600, and whole at once (linked into place, so
+    a store opened beside it at the same moment never reads half a copy)."""
+    from zivmilter.store.sqlite import connection
+    from zivmilter.store.sqlite.schema import DB_NAME
+
+    folder = tmp_path_factory.mktemp("sqlite-template")
+    connection.connect(str(folder)).close()  # its last close folds the WAL into the file
+    template = (folder / DB_NAME).read_bytes()
+
+    create_empty = connection._create_private
+
+    def create_from_template(db: str) -> None:
+        copy = f"{db}.template-{os.getpid()}-{threading.get_ident()}"
+        try:
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            create_empty(db)  # the error an admin would get (a folder not writable...)
+            return
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(template)
+            with contextlib.suppress(FileExistsError):
+                os.link(copy, db)
+        finally:
+            os.unlink(copy)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(connection, "_create_private", create_from_template)
+        yield
 
 
 @pytest.fixture
@@ -50,6 +91,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="unit tests only (deselect @pytest.mark.integration), long property and corpus "
         "tests sampled (tests/budget.py)",
     )
+
+
+# Workers for the whole quick loop: each collects the suite itself (about 2 s of CPU), so more
+# than a few cost more than they bring to a suite of this size.
+FAST_MAX_WORKERS = 4
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """`pytest --fast` over the whole suite runs on the processors it may use (pytest-xdist, up
+    to FAST_MAX_WORKERS): the unit tests spend much of their time waiting (fsync, a lock held
+    by design, a subprocess), which other tests fill. An explicit `-n` (`-n 0`: one process), a
+    path or a test id, `-p no:xdist`, `--collect-only` and what needs the terminal (`--pdb`,
+    `--trace`, `-s`) run in this one process, as asked."""
+    if not config.getoption("--fast") or hasattr(config, "workerinput"):
+        return
+    if config.option.collectonly or config.option.capture == "no":
+        return
+    if config.option.usepdb or config.option.trace:
+        return
+    if not config.pluginmanager.hasplugin("xdist") or config.option.numprocesses is not None:
+        return
+    if config.args_source is not pytest.Config.ArgsSource.TESTPATHS:
+        return
+    workers = min(len(os.sched_getaffinity(0)), FAST_MAX_WORKERS)
+    if workers > 1:
+        config.option.numprocesses = workers
 
 
 def pytest_configure(config: pytest.Config) -> None:

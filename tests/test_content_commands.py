@@ -1,5 +1,7 @@
-"""Content rules as an admin meets them: `zivmilter scan` and `explain` (real processes, real
-files), and the milter's log line (pymilter's TestCtx driving the real adapter and gateway)."""
+"""Content rules as an admin meets them: `zivmilter scan` and `explain` (real files; `cli.main`
+in this process, which shows the exit status and output of `python -m zivmilter` for a command
+that does its job and exits), and the milter's log line (pymilter's TestCtx driving the real
+adapter and gateway)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import yaml
 from Milter import testctx
 
 from tests.fakes import make_config
-from tests.harness.cli import zivmilter
+from tests.harness.cli import zivmilter_in_process as zivmilter
 from tests.test_milter_adapter import run, use_gateway
 from zivmilter.core.facts import facts_from_mapping
 from zivmilter.store import SqliteStore
