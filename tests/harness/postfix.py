@@ -22,6 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tests.harness import logwait
+
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "postfix"
 HEADER_CHECK_TABLES = (
@@ -353,19 +355,7 @@ class PostfixInstance:
 
     def wait_for_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
         """The first match of `pattern` (multiline regex) in the log; fail the test on timeout."""
-        regex = re.compile(pattern, re.MULTILINE)
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.log()
-            found = regex.search(text)
-            if found is not None:
-                return found
-            if time.monotonic() > deadline:
-                tail = "\n".join(text.splitlines()[-40:])
-                raise PostfixError(
-                    f"no log line matching {pattern!r} within {timeout:.0f}s; log tail:\n{tail}"
-                )
-            time.sleep(0.1)
+        return logwait.wait_for_log(self.log, pattern, timeout, PostfixError)
 
     def queue(self) -> list[dict[str, Any]]:
         """The queue as `postqueue -j` reports it: one dict per message."""
