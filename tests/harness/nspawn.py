@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]
 # Where scripts/install-test-root and scripts/install-deb-root keep their roots (and where each
 # run's writable layer goes: the same file system, so the overlay mounts).
 CACHE = Path(os.environ.get("ZIVMILTER_TEST_CACHE", "/var/cache/zivmilter-tests"))
@@ -157,6 +158,19 @@ def _nspids(pid: str) -> list[str]:
     return []
 
 
+def check_cache(script: str) -> None:
+    """Fail unless `scripts/SCRIPT --check` finds its cache current for this checkout (made
+    from the same pyproject.toml, control file, README...): never a test on a stale root."""
+    proc = subprocess.run(
+        [str(REPO / "scripts" / script), "--check"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise AssertionError(
+            proc.stderr.strip() or f"scripts/{script} --check: exit {proc.returncode}"
+        )
+
+
 @contextlib.contextmanager
 def booted(
     lower: Path,
@@ -166,14 +180,8 @@ def booted(
     cwd: str = "/root",
     prepare: Callable[[Path], object] | None = None,
 ) -> Iterator[BootedRoot]:
-    """A fresh overlay on `lower` (a cache root whose stamp file must exist), `prepare(root)`
-    run on its files before the boot, booted; stopped and its layer removed afterwards."""
-    stamp = lower.with_name(lower.name + ".stamp")
-    if not stamp.exists():
-        raise AssertionError(
-            f"{lower} is not prepared: run scripts/install (scripts/install-test-root, "
-            "scripts/install-deb-root)"
-        )
+    """A fresh overlay on `lower` (a cache root, see check_cache), `prepare(root)` run on its
+    files before the boot, booted; stopped and its layer removed afterwards."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{machine}-", dir=lower.parent))
     box = BootedRoot(lower, workdir, machine, env=env, cwd=cwd)
     try:

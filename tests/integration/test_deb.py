@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.nspawn import CACHE, POSTFIX_DEBCONF, BootedRoot, booted
+from tests.harness.nspawn import CACHE, POSTFIX_DEBCONF, BootedRoot, booted, check_cache
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +38,7 @@ UNITS = (
 
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (CACHE / "deb-root.stamp").exists():
-        pytest.fail(f"{CACHE}/deb-root is not prepared: run scripts/install (install-deb-root)")
+    check_cache("install-deb-root")
     out = tmp_path_factory.mktemp("deb")
     proc = subprocess.run(
         [str(REPO / "scripts/build-deb"), "--wheelhouse", str(CACHE / "deb-wheelhouse"),

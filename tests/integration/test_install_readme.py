@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.nspawn import CACHE, POSTFIX_DEBCONF, BootedRoot, booted
+from tests.harness.nspawn import CACHE, POSTFIX_DEBCONF, BootedRoot, booted, check_cache
 from tests.harness.readme import CHECKOUT, install_blocks
 
 pytestmark = pytest.mark.integration
@@ -73,6 +73,7 @@ def copy_checkout(target: Path) -> None:
 
 @pytest.fixture(scope="module")
 def box() -> Iterator[BootedRoot]:
+    check_cache("install-test-root")
     with booted(ROOT, "zivmilter-install", env=ENV, cwd=CHECKOUT, prepare=prepare) as box:
         yield box
 
