@@ -7,6 +7,7 @@ Facts it relies on are in POSTFIX-NOTES.md; receiving servers come from tests/ha
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
@@ -17,10 +18,15 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tests.harness import logwait
+
+if TYPE_CHECKING:
+    import trustme
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "postfix"
@@ -52,6 +58,19 @@ def free_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def ca_file(ca: trustme.CA) -> Iterator[str]:
+    """The CA's certificate in a PEM file, for a PostfixInstance's `tls_ca_file`: readable by
+    the postfix user (Postfix reads it as that user), removed afterwards."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
+        f.write(ca.cert_pem.bytes())
+    try:
+        os.chmod(f.name, 0o644)
+        yield f.name
+    finally:
+        os.unlink(f.name)
 
 
 def _listening(host: str, port: int) -> bool:
@@ -353,19 +372,7 @@ class PostfixInstance:
 
     def wait_for_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
         """The first match of `pattern` (multiline regex) in the log; fail the test on timeout."""
-        regex = re.compile(pattern, re.MULTILINE)
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.log()
-            found = regex.search(text)
-            if found is not None:
-                return found
-            if time.monotonic() > deadline:
-                tail = "\n".join(text.splitlines()[-40:])
-                raise PostfixError(
-                    f"no log line matching {pattern!r} within {timeout:.0f}s; log tail:\n{tail}"
-                )
-            time.sleep(0.1)
+        return logwait.wait_for_log(self.log, pattern, timeout, PostfixError)
 
     def queue(self) -> list[dict[str, Any]]:
         """The queue as `postqueue -j` reports it: one dict per message."""

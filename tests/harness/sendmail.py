@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from tests.harness import logwait
 from tests.harness.postfix import HOST, REPO, _listening, free_port
 
 SENDMAIL_ROOT = Path(
@@ -291,19 +292,7 @@ class SendmailInstance:
 
     def wait_for_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
         """The first match of `pattern` (multiline regex) in the log; fail the test on timeout."""
-        regex = re.compile(pattern, re.MULTILINE)
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.log()
-            found = regex.search(text)
-            if found is not None:
-                return found
-            if time.monotonic() > deadline:
-                tail = "\n".join(text.splitlines()[-40:])
-                raise SendmailError(
-                    f"no log line matching {pattern!r} within {timeout:.0f}s; log tail:\n{tail}"
-                )
-            time.sleep(0.1)
+        return logwait.wait_for_log(self.log, pattern, timeout, SendmailError)
 
     def queue(self, which: str = "queue") -> list[str]:
         """Queue ids of the messages in the daemon's queue, or the MSP's ("clientmqueue")."""

@@ -11,28 +11,21 @@ would otherwise fetch: a wheelhouse for the build and a root with the .debs of t
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness.nspawn import BootedRoot
+from tests.harness.nspawn import CACHE, POSTFIX_DEBCONF, BootedRoot, booted, check_cache
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("ZIVMILTER_TEST_CACHE", "/var/cache/zivmilter-tests"))
 CONFIG = "/etc/zivmilter/zivmilter.yaml"
 KEY = "/etc/zivmilter/store.key"
-DEBCONF = (
-    "postfix postfix/main_mailer_type select Internet Site\n"
-    "postfix postfix/mailname string gateway.hospital.example\n"
-)
 UNITS = (
     "zivmilter.service",
     "zivmilter-portal.service",
@@ -45,8 +38,7 @@ UNITS = (
 
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (CACHE / "deb-root.stamp").exists():
-        pytest.fail(f"{CACHE}/deb-root is not prepared: run scripts/install (install-deb-root)")
+    check_cache("install-deb-root")
     out = tmp_path_factory.mktemp("deb")
     proc = subprocess.run(
         [str(REPO / "scripts/build-deb"), "--wheelhouse", str(CACHE / "deb-wheelhouse"),
@@ -61,24 +53,17 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def box(deb: Path) -> Iterator[BootedRoot]:
-    workdir = Path(tempfile.mkdtemp(prefix="deb-", dir=CACHE))
-    c = BootedRoot(CACHE / "deb-root", workdir, "zivmilter-deb")
-    try:
-        c.mount()
-        shutil.copy2(deb, c.root / "root" / deb.name)
-        c.boot()
-        yield c
-    finally:
-        c.stop()
-        if not c.mounted:
-            subprocess.run(["rm", "-rf", "--one-file-system", str(workdir)], check=False)
+    with booted(
+        CACHE / "deb-root", "zivmilter-deb", prepare=lambda root: shutil.copy2(deb, root / "root")
+    ) as box:
+        yield box
 
 
 @pytest.fixture(scope="module")
 def installed(box: BootedRoot) -> BootedRoot:
     # With what it recommends (Postfix, left unconfigured for zivmilter, answering debconf as an
     # admin would). No network inside: apt finds it all in /var/cache/apt/archives.
-    box.run(f"debconf-set-selections <<'EOF'\n{DEBCONF}EOF")
+    box.run("debconf-set-selections", stdin=POSTFIX_DEBCONF)
     box.run("apt-get install -y -q ./zivmilter_*.deb", timeout=600)
     return box
 

@@ -25,12 +25,9 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -38,26 +35,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.nspawn import CACHE, POSTFIX_DEBCONF, BootedRoot, booted, check_cache
 from tests.harness.readme import CHECKOUT, install_blocks
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("ZIVMILTER_TEST_CACHE", "/var/cache/zivmilter-tests"))
 ROOT = CACHE / "install-root"
 WHEELHOUSE = "/var/cache/zivmilter-wheelhouse"  # inside the root (scripts/install-test-root)
-ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "HOME": "/root",
-    "LANG": "C.UTF-8",
-    "DEBIAN_FRONTEND": "noninteractive",
-    "PIP_NO_INDEX": "1",
-    "PIP_FIND_LINKS": WHEELHOUSE,
-}
-DEBCONF = (
-    "postfix postfix/main_mailer_type select Internet Site\n"
-    "postfix postfix/mailname string gateway.hospital.example\n"
-)
+# Added to the harness's environment (PATH, HOME, LANG, DEBIAN_FRONTEND) inside.
+ENV = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELHOUSE}
 SITE = "postconf -e 'relayhost = [127.0.0.1]:2525'\npostfix reload\n"
 SERVICES = (
     "zivmilter.service",
@@ -69,86 +56,6 @@ TIMERS = ("zivmilter-maintenance.timer", "zivmilter-odd-refresh.timer")
 SENDER, RECIPIENT = "alice@hospital.example", "carol@elsewhere.example"
 CANARY = "BODY-CANARY-5d1e the biopsy results"
 LINK = re.compile(r"https://secure\.hospital\.example/m/([A-Za-z0-9_-]+)")
-
-
-class Container:
-    """A booted copy of the cached root: commands run inside with `nsenter`."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.root = workdir / "root"
-        self.log = workdir / "console.log"
-        self.nspawn: subprocess.Popen[bytes] | None = None
-        self.pid1 = 0
-        self.mounted = False
-
-    def boot(self) -> None:
-        upper, work = self.workdir / "upper", self.workdir / "work"
-        for d in (upper, work, self.root):
-            d.mkdir()
-        # A fresh writable layer over the cache: the cache itself stays clean for the next run.
-        subprocess.run(
-            ["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={ROOT},upperdir={upper},workdir={work}", str(self.root)],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        self.mounted = True
-        copy_checkout(self.root / CHECKOUT.lstrip("/"))
-        apt_conf = self.root / "etc/apt/apt.conf.d/90zivmilter-test"
-        apt_conf.write_text('APT::Get::Assume-Yes "true";\n')
-        with open(self.log, "wb") as log:
-            self.nspawn = subprocess.Popen(
-                ["systemd-nspawn", "-q", "--register=no", "--keep-unit", "--private-network",
-                 "-M", "zivmilter-install", "-D", str(self.root), "-b", "--console=pipe"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not self.pid1:
-            assert self.nspawn.poll() is None, f"nspawn ended: {self.log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "the container's PID 1 never appeared"
-            children = Path(f"/proc/{self.nspawn.pid}/task/{self.nspawn.pid}/children")
-            found = children.read_text().split() if children.exists() else []
-            self.pid1 = int(found[0]) if found else 0
-            time.sleep(0.1)
-        while True:
-            state = self.run("systemctl is-system-running", check=False).stdout.strip()
-            if state in ("running", "degraded"):
-                return
-            assert time.monotonic() < deadline, f"system never came up: {state}"
-            time.sleep(0.3)
-
-    def run(
-        self, script: str, *, check: bool = True, timeout: float = 120, stdin: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        """bash -euo pipefail -c SCRIPT inside, as root, in the checkout."""
-        proc = subprocess.run(
-            ["nsenter", "-t", str(self.pid1), "-a", "--", "/usr/bin/env", "-i",
-             *(f"{k}={v}" for k, v in ENV.items()),
-             "bash", "-euo", "pipefail", "-c", f"cd {CHECKOUT}\n{script}"],
-            input=stdin, capture_output=True, text=True, timeout=timeout, check=False,
-        )  # fmt: skip
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"inside the container, exit {proc.returncode}:\n{script}\n"
-                f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
-            )
-        return proc
-
-    def stop(self) -> None:
-        if self.nspawn is not None:
-            if self.pid1 and self.nspawn.poll() is None:
-                # SIGRTMIN+4: systemd's clean poweroff.
-                os.kill(self.pid1, signal.SIGRTMIN + 4)
-            try:
-                self.nspawn.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.nspawn.kill()
-                self.nspawn.wait(timeout=10)
-        if self.mounted:
-            for umount in (["umount"], ["umount", "--lazy"]):  # lazy: something still holds it
-                if subprocess.run([*umount, str(self.root)], capture_output=True).returncode == 0:
-                    self.mounted = False
-                    break
 
 
 def copy_checkout(target: Path) -> None:
@@ -165,38 +72,34 @@ def copy_checkout(target: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def box() -> Iterator[Container]:
-    if not (CACHE / "install-root.stamp").exists():
-        pytest.fail(f"{ROOT} is not prepared: run scripts/install (scripts/install-test-root)")
-    workdir = Path(tempfile.mkdtemp(prefix="install-readme-", dir=CACHE))
-    c = Container(workdir)
-    try:
-        c.boot()
-        yield c
-    finally:
-        c.stop()
-        if not c.mounted:
-            # The upper layer holds the whole install (gcc, Python, the venv): rm is quicker
-            # than shutil.rmtree with that many files, and stays on this file system.
-            subprocess.run(["rm", "-rf", "--one-file-system", str(workdir)], check=False)
+def box() -> Iterator[BootedRoot]:
+    check_cache("install-test-root")
+    with booted(ROOT, "zivmilter-install", env=ENV, cwd=CHECKOUT, prepare=prepare) as box:
+        yield box
+
+
+def prepare(root: Path) -> None:
+    """The checkout where the README says it is; apt answers the admin's "y" itself."""
+    copy_checkout(root / CHECKOUT.lstrip("/"))
+    (root / "etc/apt/apt.conf.d/90zivmilter-test").write_text('APT::Get::Assume-Yes "true";\n')
 
 
 @pytest.fixture(scope="module")
-def installed(box: Container) -> Container:
+def installed(box: BootedRoot) -> BootedRoot:
     """The README's blocks, in order, then the test's site settings."""
-    box.run("debconf-set-selections", stdin=DEBCONF)
+    box.run("debconf-set-selections", stdin=POSTFIX_DEBCONF)
     for block in install_blocks():
         box.run(block, timeout=600)
     box.run(SITE)
     return box
 
 
-def show(box: Container, unit: str, *props: str) -> dict[str, str]:
+def show(box: BootedRoot, unit: str, *props: str) -> dict[str, str]:
     out = box.run(f"systemctl show {unit} -p {','.join(props)}").stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def smtp(box: Container, data: str) -> dict[str, object]:
+def smtp(box: BootedRoot, data: str) -> dict[str, object]:
     """One SMTP session from inside: the reply to each step, as JSON."""
     script = textwrap.dedent(
         """
@@ -232,7 +135,7 @@ def message(subject: str) -> str:
     )
 
 
-def queued(box: Container) -> list[tuple[dict[str, object], bytes]]:
+def queued(box: BootedRoot) -> list[tuple[dict[str, object], bytes]]:
     """Every message in Postfix's queue: its postqueue entry and its content."""
     entries = [json.loads(line) for line in box.run("postqueue -j").stdout.splitlines()]
     out = []
@@ -243,7 +146,7 @@ def queued(box: Container) -> list[tuple[dict[str, object], bytes]]:
     return out
 
 
-def test_services_active_ready_as_zivmilter(installed: Container) -> None:
+def test_services_active_ready_as_zivmilter(installed: BootedRoot) -> None:
     for unit in ("zivmilter.service", "zivmilter-portal.service"):
         props = show(installed, unit, "Type", "ActiveState", "SubState", "MainPID", "User")
         # Type=notify is only active once the service said READY=1.
@@ -257,7 +160,7 @@ def test_services_active_ready_as_zivmilter(installed: Container) -> None:
     assert installed.run("find /var/lib/zivmilter ! -user zivmilter").stdout == ""
 
 
-def test_timers_listed_and_their_services_run(installed: Container) -> None:
+def test_timers_listed_and_their_services_run(installed: BootedRoot) -> None:
     listed = installed.run("systemctl list-timers --all --no-legend --no-pager").stdout
     for timer in TIMERS:
         assert timer in listed, listed
@@ -267,7 +170,7 @@ def test_timers_listed_and_their_services_run(installed: Container) -> None:
         assert show(installed, unit, "Result")["Result"] == "success"
 
 
-def test_message_accepted_and_notification_queued(installed: Container) -> None:
+def test_message_accepted_and_notification_queued(installed: BootedRoot) -> None:
     replies = smtp(installed, message("Lab results"))
     assert replies["mail"] == 250 and replies["rcpt"] == 250, replies
     assert replies["data"][0] == 250, replies  # type: ignore[index]
@@ -299,7 +202,7 @@ def text_of(raw: bytes) -> str:
     return "\n".join(texts)
 
 
-def test_portal_answers(installed: Container) -> None:
+def test_portal_answers(installed: BootedRoot) -> None:
     links = [LINK.search(text_of(raw)) for _, raw in queued(installed)]
     token = next(m.group(1) for m in links if m)
     script = textwrap.dedent(
@@ -328,7 +231,7 @@ def test_portal_answers(installed: Container) -> None:
     assert status["/m/not-a-token"][0] == 404, status
 
 
-def test_kill_9_restarts_with_4xx_meanwhile(installed: Container) -> None:
+def test_kill_9_restarts_with_4xx_meanwhile(installed: BootedRoot) -> None:
     before = show(installed, "zivmilter.service", "MainPID", "NRestarts")
     installed.run(f"kill -9 {before['MainPID']}")
     replies = smtp(installed, message("While it restarts"))
@@ -347,7 +250,7 @@ def test_kill_9_restarts_with_4xx_meanwhile(installed: Container) -> None:
     assert replies["data"][0] == 250, replies  # type: ignore[index]
 
 
-def test_security_exposure_at_most_2(installed: Container) -> None:
+def test_security_exposure_at_most_2(installed: BootedRoot) -> None:
     scores = {}
     for unit in SERVICES:
         out = installed.run(f"systemd-analyze security --no-pager {unit}").stdout
@@ -358,7 +261,7 @@ def test_security_exposure_at_most_2(installed: Container) -> None:
     assert all(score <= 2.0 for score in scores.values()), scores
 
 
-def test_units_verify_clean_and_documented(installed: Container) -> None:
+def test_units_verify_clean_and_documented(installed: BootedRoot) -> None:
     names = " ".join(f"/etc/systemd/system/{u}" for u in (*SERVICES, *TIMERS))
     proc = installed.run(f"systemd-analyze verify {names}", check=False)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", ""), proc
@@ -368,7 +271,7 @@ def test_units_verify_clean_and_documented(installed: Container) -> None:
                 installed.run(f"test -f {doc.removeprefix('file:')}")
 
 
-def test_a_timer_on_a_fresh_install_makes_the_store(installed: Container) -> None:
+def test_a_timer_on_a_fresh_install_makes_the_store(installed: BootedRoot) -> None:
     """The maintenance timer may fire before the milter ever ran: it makes the store itself."""
     installed.run(
         "systemctl stop zivmilter zivmilter-portal\n"

@@ -14,7 +14,6 @@ import os
 import re
 import smtplib
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator
 from email import policy
@@ -24,7 +23,9 @@ from typing import Any
 import pytest
 import trustme
 
+from tests.harness.messages import plain_message
 from tests.harness.postfix import PostfixInstance
+from tests.harness.postfix import ca_file as postfix_ca_file
 from tests.harness.sandbox import bind_mounted
 from tests.harness.sink import Sink, server_tls_context
 from tests.harness.zivmilter import ZivmilterProcess, attach
@@ -58,12 +59,7 @@ LINK = re.compile(r"https://secure\.hospital\.example/m/([A-Za-z0-9_-]+)")
 
 
 def message(headers: str, body: str = BODY_MARKER) -> bytes:
-    base = (
-        "From: Dr. Alice <alice@hospital.example>\r\n"
-        "Date: Tue, 24 Nov 2026 09:00:00 +0100\r\n"
-        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    )
-    return (base + headers.replace("\n", "\r\n") + "\r\n" + body + "\r\n").encode()
+    return plain_message(headers, body)
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +71,8 @@ def hosts() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def ca_file() -> Iterator[tuple[trustme.CA, str]]:
     ca = trustme.CA()
-    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
-        f.write(ca.cert_pem.bytes())
-    os.chmod(f.name, 0o644)
-    yield ca, f.name
-    os.unlink(f.name)
+    with postfix_ca_file(ca) as path:
+        yield ca, path
 
 
 @pytest.fixture(scope="module")

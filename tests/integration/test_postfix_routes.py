@@ -24,6 +24,7 @@ import trustme
 
 from tests.harness.dns import SelfSigned, TestDns, Zone, shared_dns, tlsa_rdata
 from tests.harness.postfix import REPO, PostfixInstance
+from tests.harness.postfix import ca_file as postfix_ca_file
 from tests.harness.sandbox import bind_mounted
 from tests.harness.sink import Sink, server_tls_context
 
@@ -103,12 +104,9 @@ def ca() -> trustme.CA:
 
 
 @pytest.fixture(scope="module")
-def ca_file(ca: Any) -> Iterator[str]:
-    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
-        f.write(ca.cert_pem.bytes())
-    os.chmod(f.name, 0o644)  # Postfix reads it as the postfix user
-    yield f.name
-    os.unlink(f.name)
+def ca_file(ca: trustme.CA) -> Iterator[str]:
+    with postfix_ca_file(ca) as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,8 @@ servers are aiosmtpd sinks on their own 127.x addresses, port 25, found through 
 
 from __future__ import annotations
 
-import os
 import re
 import smtplib
-import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +20,9 @@ import pytest
 import trustme
 
 from tests.harness import sendmail
+from tests.harness.messages import plain_message
 from tests.harness.postfix import PostfixInstance, free_port
+from tests.harness.postfix import ca_file as postfix_ca_file
 from tests.harness.sandbox import bind_mounted
 from tests.harness.sink import Sink, server_tls_context
 from tests.harness.zivmilter import ZivmilterProcess
@@ -57,23 +57,14 @@ ROUTE = "X-Zivmilter-Route"
 
 
 def message(headers: str, body: str = BODY_MARKER) -> bytes:
-    base = (
-        "From: Dr. Alice <alice@hospital.example>\r\n"
-        "Date: Tue, 24 Nov 2026 09:00:00 +0100\r\n"
-        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    )
-    # CRLF throughout: Sendmail refuses a bare LF in DATA (554 5.6.0)
-    return (base + headers.replace("\n", "\r\n") + "\r\n" + body + "\r\n").encode()
+    return plain_message(headers, body)
 
 
 @pytest.fixture(scope="module")
 def ca_file() -> Iterator[tuple[trustme.CA, str]]:
     ca = trustme.CA()
-    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
-        f.write(ca.cert_pem.bytes())
-    os.chmod(f.name, 0o644)  # the relay Postfix reads it as the postfix user
-    yield ca, f.name
-    os.unlink(f.name)
+    with postfix_ca_file(ca) as path:
+        yield ca, path
 
 
 @pytest.fixture(scope="module")

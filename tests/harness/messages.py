@@ -1,0 +1,16 @@
+"""The plain messages the end-to-end tests submit through Postfix or Sendmail (test_milter_e2e.py,
+test_sendmail_e2e.py): one sender, fixed date, UTF-8 text, CRLF throughout (Sendmail refuses a
+bare LF in DATA: 554 5.6.0).
+"""
+
+from __future__ import annotations
+
+
+def plain_message(headers: str, body: str) -> bytes:
+    """`headers` (LF-separated, each ending in LF) after the fixed ones, then `body`."""
+    base = (
+        "From: Dr. Alice <alice@hospital.example>\r\n"
+        "Date: Tue, 24 Nov 2026 09:00:00 +0100\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    )
+    return (base + headers.replace("\n", "\r\n") + "\r\n" + body + "\r\n").encode()
