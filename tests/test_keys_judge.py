@@ -42,30 +42,33 @@ def smime(material: bytes) -> Candidate:
     return Candidate(KeyKind.SMIME, material, KeySource.KEYSTORE, PROV)
 
 
-# The moment judged: a little ahead, so that the keys the tests make (after import) exist at it
-# (GnuPG judges at exactly that moment, and a key made later does not exist yet).
-NOW = datetime.now(UTC) + timedelta(minutes=10)
+def now() -> datetime:
+    """The moment judged: a little ahead of the call, so that the keys a test has just made
+    exist at it (GnuPG judges at exactly that moment, and a key made later does not exist yet).
+    Taken at each call, not at import: the whole suite may reach a test long after collecting
+    it."""
+    return datetime.now(UTC) + timedelta(minutes=10)
 
 
 def test_a_good_openpgp_key_is_trusted_with_its_fingerprint(gpg: GnuPG) -> None:
     cert = gpg.generate("Bob <bob@example.org>")
-    got = judge.judge_openpgp(pgp(cert), "Bob@Example.org", NOW)
+    got = judge.judge_openpgp(pgp(cert), "Bob@Example.org", now())
     assert isinstance(got, RecipientKey)
     assert got.ident == pysequoia.Cert.from_bytes(cert).fingerprint.upper()
     assert got.kind is KeyKind.OPENPGP and got.source is KeySource.KEYSTORE
     assert got.trusted_because.startswith(PROV)
-    assert got.not_after is not None and got.not_after > NOW
+    assert got.not_after is not None and got.not_after > now()
 
 
 def test_an_armored_certificate_is_read_too(gpg: GnuPG) -> None:
     gpg.generate("Arm <arm@example.org>")
     armored = gpg.run("--armor", "--export", "arm@example.org")
-    assert isinstance(judge.judge_openpgp(pgp(armored), "arm@example.org", NOW), RecipientKey)
+    assert isinstance(judge.judge_openpgp(pgp(armored), "arm@example.org", now()), RecipientKey)
 
 
 def test_an_openpgp_key_for_another_address_is_skipped(gpg: GnuPG) -> None:
     cert = gpg.generate("Carol <carol@example.org>")
-    got = judge.judge_openpgp(pgp(cert), "mallory@example.org", NOW)
+    got = judge.judge_openpgp(pgp(cert), "mallory@example.org", now())
     assert isinstance(got, SkippedKey)
     assert got.reason == "no valid User ID for mallory@example.org"
     assert got.ident == pysequoia.Cert.from_bytes(cert).fingerprint.upper()
@@ -73,7 +76,7 @@ def test_an_openpgp_key_for_another_address_is_skipped(gpg: GnuPG) -> None:
 
 def test_a_sign_only_openpgp_key_is_skipped(gpg: GnuPG) -> None:
     cert = gpg.generate("Sig <sig@example.org>", usage="sign", algo="ed25519")
-    got = judge.judge_openpgp(pgp(cert), "sig@example.org", NOW)
+    got = judge.judge_openpgp(pgp(cert), "sig@example.org", now())
     assert isinstance(got, SkippedKey)
     assert got.reason.startswith("no usable encryption key")
 
@@ -87,8 +90,8 @@ def test_a_key_whose_only_encryption_subkey_expired_is_skipped(gpg: GnuPG) -> No
     )
     gpg.run("--quick-add-key", fpr, "cv25519", "encr", "1d")  # the primary never expires
     cert = gpg.export("sub@example.org")
-    assert isinstance(judge.judge_openpgp(pgp(cert), "sub@example.org", NOW), RecipientKey)
-    later = judge.judge_openpgp(pgp(cert), "sub@example.org", NOW + timedelta(days=3))
+    assert isinstance(judge.judge_openpgp(pgp(cert), "sub@example.org", now()), RecipientKey)
+    later = judge.judge_openpgp(pgp(cert), "sub@example.org", now() + timedelta(days=3))
     assert isinstance(later, SkippedKey)
     assert later.reason.startswith("no usable encryption key")
 
@@ -98,36 +101,36 @@ def test_a_revoked_openpgp_key_is_skipped() -> None:
     cert = tsk.extract_certificate()
     revocation = cert.revoke(tsk.certifier())
     revoked = cert.merge(pysequoia.Cert.from_bytes(bytes(cert) + bytes(revocation)))
-    got = judge.judge_openpgp(pgp(bytes(revoked)), "rev@example.org", NOW)
+    got = judge.judge_openpgp(pgp(bytes(revoked)), "rev@example.org", now())
     assert isinstance(got, SkippedKey) and got.reason == "revoked"
 
 
 def test_an_expired_openpgp_key_is_skipped_with_its_date() -> None:
     cert = pysequoia.Tsk.generate("Exp <exp@example.org>", validity_seconds=3600)
     public = bytes(cert.extract_certificate())
-    later = NOW + timedelta(days=2)
+    later = now() + timedelta(days=2)
     got = judge.judge_openpgp(pgp(public), "exp@example.org", later)
     assert isinstance(got, SkippedKey)
     assert got.reason.startswith("expired ")
     # the same key is fine before that
-    assert isinstance(judge.judge_openpgp(pgp(public), "exp@example.org", NOW), RecipientKey)
+    assert isinstance(judge.judge_openpgp(pgp(public), "exp@example.org", now()), RecipientKey)
 
 
 def test_unreadable_openpgp_material_is_skipped_not_raised() -> None:
-    got = judge.judge_openpgp(pgp(b"not a key"), "bob@example.org", NOW)
+    got = judge.judge_openpgp(pgp(b"not a key"), "bob@example.org", now())
     assert isinstance(got, SkippedKey) and got.ident == ""
     assert got.reason.startswith("unreadable OpenPGP certificate")
 
 
 def test_a_good_smime_certificate_is_trusted_by_its_chain(ca: SmimeCA, trust: str) -> None:
     issued = ca.issue("dana@example.org")
-    got = judge.judge_smime(smime(issued.der), "dana@example.org", NOW, trust)
+    got = judge.judge_smime(smime(issued.der), "dana@example.org", now(), trust)
     assert isinstance(got, RecipientKey)
     assert got.ident == format(issued.cert.serial_number, "X")
     assert "chain to the trust store" in got.trusted_because
     # PEM material too
     assert isinstance(
-        judge.judge_smime(smime(issued.pem), "dana@example.org", NOW, trust), RecipientKey
+        judge.judge_smime(smime(issued.pem), "dana@example.org", now(), trust), RecipientKey
     )
 
 
@@ -148,21 +151,21 @@ def test_unfit_smime_certificates_are_skipped(
     ca: SmimeCA, trust: str, issue: dict[str, object], address: str, reason: str
 ) -> None:
     issued = ca.issue("dana@example.org", **issue)  # type: ignore[arg-type]
-    got = judge.judge_smime(smime(issued.der), address, NOW, trust)
+    got = judge.judge_smime(smime(issued.der), address, now(), trust)
     assert isinstance(got, SkippedKey)
     assert got.reason.startswith(reason)
 
 
 def test_an_smime_certificate_from_another_ca_is_not_trusted(trust: str) -> None:
     issued = SmimeCA("Somebody Else's CA").issue("dana@example.org")
-    got = judge.judge_smime(smime(issued.der), "dana@example.org", NOW, trust)
+    got = judge.judge_smime(smime(issued.der), "dana@example.org", now(), trust)
     assert isinstance(got, SkippedKey)
     assert got.reason.startswith("chain not trusted (")
 
 
 def test_without_a_trust_store_no_smime_certificate_is_trusted(ca: SmimeCA) -> None:
     issued = ca.issue("dana@example.org")
-    got = judge.judge_smime(smime(issued.der), "dana@example.org", NOW, None)
+    got = judge.judge_smime(smime(issued.der), "dana@example.org", now(), None)
     assert isinstance(got, SkippedKey)
     assert "encryption.smime.trust_store" in got.reason
 
@@ -182,16 +185,16 @@ def test_a_dane_ee_smimea_certificate_needs_no_chain_but_passes_the_other_checks
         "SMIMEA DANE-EE(3) at x._smimecert.example.org (DNSSEC-validated)",
         needs_ca_chain=False,
     )
-    got = judge.judge_smime(dane, "dana@example.org", NOW, store)
+    got = judge.judge_smime(dane, "dana@example.org", now(), store)
     assert isinstance(got, RecipientKey)
     assert got.source is KeySource.SMIMEA
     assert "DANE-EE" in got.trusted_because
     # Still only for its own address; and the same certificate from a PKIX-EE(1) record needs
     # its chain like any other.
-    other = judge.judge_smime(dane, "eve@example.org", NOW, store)
+    other = judge.judge_smime(dane, "eve@example.org", now(), store)
     assert isinstance(other, SkippedKey)
     pkix = Candidate(KeyKind.SMIME, issued.der, KeySource.SMIMEA, "SMIMEA PKIX-EE(1)")
-    assert isinstance(judge.judge_smime(pkix, "dana@example.org", NOW, store), SkippedKey)
+    assert isinstance(judge.judge_smime(pkix, "dana@example.org", now(), store), SkippedKey)
 
 
 class Listed:
@@ -282,7 +285,7 @@ def test_without_gnupg_a_key_is_skipped_and_the_tables_decide(
 ) -> None:
     cert = gpg.key_of("Ivy <ivy@example.org>")
     monkeypatch.setenv("PATH", "/nonexistent")  # as on a host without the gnupg package
-    got = judge.judge_openpgp(pgp(cert), "ivy@example.org", NOW)
+    got = judge.judge_openpgp(pgp(cert), "ivy@example.org", now())
     assert isinstance(got, SkippedKey)
     assert got.reason.startswith("gpg could not be run (")
 
