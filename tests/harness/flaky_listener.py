@@ -83,7 +83,10 @@ class FlakyListener:
             say("220 flaky.test ESMTP")
             sender, rcpts = "", list[str]()
             while True:
-                line = rfile.readline()
+                try:
+                    line = rfile.readline()
+                except ConnectionResetError:  # the client was killed mid-session (the tests do)
+                    return
                 if not line:
                     return
                 verb = line[:4].upper()
