@@ -14,6 +14,7 @@ from tests.harness.keys import GnuPG, SmimeCA
 from zivmilter.core.keys import Candidate, KeyKind, KeyLookup, KeySource, RecipientKey, SkippedKey
 from zivmilter.keys import judge
 from zivmilter.keys.finder import SourcesKeyFinder
+from zivmilter.transport.keyfind import CachedSource
 
 PROV = "imported by the organization on 2026-12-01"
 
@@ -249,8 +250,10 @@ def test_remote_findings_and_judgments_are_kept_for_the_ttl(gpg: GnuPG) -> None:
         return judge.validator(None)(candidate, address, now)
 
     clock = [1000.0]
+    # As the milter wires it (keys/wiring.py): a network source behind its own cache.
+    cached = CachedSource(wkd, 60, clock=lambda: clock[0])
     finder = SourcesKeyFinder(
-        {KeySource.WKD: wkd}, [KeySource.WKD], counting, ttl=60, monotonic=lambda: clock[0]
+        {KeySource.WKD: cached}, [KeySource.WKD], counting, ttl=60, monotonic=lambda: clock[0]
     )
     first = finder.lookup("gus@example.org")
     assert first.key is not None

@@ -1,11 +1,12 @@
 """The KeyFinder the policy's facts ask: every configured source in order, every candidate
 judged, the first trusted key wins.
 
-What is cached, for `encryption.cache_ttl` seconds: what a *remote* source (WKD, OPENPGPKEY,
-SMIMEA) found for an address, so that a busy milter does not ask the network per message; and
-each judgment (candidate material x address), so that GnuPG and OpenSSL do not run per message.
-The organization's key store is local and is read every time: a key imported or removed with
-`zivmilter keys` counts from the next message on, not after the TTL.
+What is cached here, for `encryption.cache_ttl` seconds: each judgment (candidate material x
+address), so that GnuPG and OpenSSL do not run per message. What a *remote* source (WKD,
+OPENPGPKEY, SMIMEA) found is cached by the source itself (transport/keyfind.py's `CachedSource`:
+bounded, and a failed lookup kept only briefly), not again here. The organization's key store is
+read every time: a key imported or removed with `zivmilter keys` counts from the next message
+on, not after the TTL.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from zivmilter.core.keys import (
@@ -28,8 +29,6 @@ from zivmilter.core.keys import (
 from zivmilter.keys.judge import Validator
 
 log = logging.getLogger(__name__)
-
-LOCAL_SOURCES = frozenset({KeySource.KEYSTORE})
 
 
 def _now() -> datetime:
@@ -48,15 +47,12 @@ class SourcesKeyFinder:
         ttl: float,
         clock: Callable[[], datetime] = _now,
         monotonic: Callable[[], float] = time.monotonic,
-        local: Collection[KeySource] = LOCAL_SOURCES,
     ) -> None:
         self._sources = [(s, sources[s]) for s in order if s in sources]
         self._validate = validate
         self._ttl = ttl
         self._clock = clock
         self._monotonic = monotonic
-        self._local = frozenset(local)
-        self._found: dict[tuple[KeySource, str], tuple[float, Sequence[Candidate]]] = {}
         self._judged: dict[tuple[bytes, str], tuple[float, RecipientKey | SkippedKey]] = {}
         self._lock = threading.Lock()
 
@@ -65,7 +61,7 @@ class SourcesKeyFinder:
         now = self._clock()
         skipped: list[SkippedKey] = []
         for source, finder in self._sources:
-            for candidate in self._candidates(source, finder, address, key):
+            for candidate in self._candidates(source, finder, address):
                 verdict = self._judge(candidate, address, key, now)
                 if isinstance(verdict, RecipientKey):
                     return KeyLookup(verdict, tuple(skipped))
@@ -73,29 +69,18 @@ class SourcesKeyFinder:
         return KeyLookup(None, tuple(skipped))
 
     def forget(self) -> None:
-        """Drop every cached finding and judgment."""
+        """Drop every cached judgment."""
         with self._lock:
-            self._found.clear()
             self._judged.clear()
 
     def _candidates(
-        self, source: KeySource, finder: CandidateSource, address: str, key: str
+        self, source: KeySource, finder: CandidateSource, address: str
     ) -> Sequence[Candidate]:
-        cached = source not in self._local
-        if cached:
-            with self._lock:
-                hit = self._found.get((source, key))
-            if hit is not None and hit[0] > self._monotonic():
-                return hit[1]
         try:
-            found = tuple(finder.candidates(address))
+            return tuple(finder.candidates(address))
         except Exception:  # a source must not raise; if one does, it finds nothing
             log.exception("key source %s failed for %s", source.value, address)
-            found = ()
-        if cached:
-            with self._lock:
-                self._found[source, key] = (self._monotonic() + self._ttl, found)
-        return found
+            return ()
 
     def _judge(
         self, candidate: Candidate, address: str, key: str, now: datetime

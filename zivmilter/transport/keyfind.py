@@ -420,11 +420,14 @@ class CachedSource:
         self._lock = threading.Lock()
 
     def candidates(self, address: str) -> Sequence[Candidate]:
+        # One entry per address whatever its case (WKD's hash folds ASCII case; OPENPGPKEY and
+        # SMIMEA try the lower-cased local part too), as the finder judges it.
+        key = address.strip().lower()
         now = self.clock()
         with self._lock:
-            entry = self._entries.get(address)
+            entry = self._entries.get(key)
             if entry is not None and entry[0] > now:
-                self._entries.move_to_end(address)
+                self._entries.move_to_end(key)
                 return entry[1]
         if isinstance(self.source, ReportingSource):
             found = self.source.find(address)
@@ -432,8 +435,8 @@ class CachedSource:
             found = Found(tuple(self.source.candidates(address)))
         keep = self.ttl if found.conclusive else self.failure_ttl
         with self._lock:
-            self._entries[address] = (now + keep, found.candidates)
-            self._entries.move_to_end(address)
+            self._entries[key] = (now + keep, found.candidates)
+            self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return found.candidates
