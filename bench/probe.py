@@ -35,17 +35,27 @@ def _no_probe(domain: str) -> DomainResult:
 def bench_lookups(domains: int, seconds: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url = "https://lists.example/odd.txt"
-        cfg = config_mod.from_mapping({
-            "organization": {"domains": ["sender.example"]},
-            "store": {"path": tmp},
-            "policy": {"outbound_direct_delivery": {"lists": [url]}},
-        })
+        cfg = config_mod.from_mapping(
+            {
+                "organization": {"domains": ["sender.example"]},
+                "store": {"path": tmp},
+                "policy": {"outbound_direct_delivery": {"lists": [url]}},
+            }
+        )
         names = [f"d{i}.example" for i in range(domains)]
         now = time.time()
         cache = TransportCache(db_path(cfg))
         for name in names:
-            host = HostResult(f"mx.{name}", 10, ("192.0.2.1",), True, "TLSv1.3", True,
-                              level=Level.PKIX, reason="CA-valid")
+            host = HostResult(
+                f"mx.{name}",
+                10,
+                ("192.0.2.1",),
+                True,
+                "TLSv1.3",
+                True,
+                level=Level.PKIX,
+                reason="CA-valid",
+            )
             nta = NtaLookup(("v=NTA7516-1;startdate=2020-01;enddate=2099-12;provider=P",), True)
             result = DomainResult(name, Level.PKIX, TlsVersion.TLS1_3, "ok", now, (host,), nta)
             cache.put(result, now + 86400)
@@ -97,9 +107,10 @@ def bench_cold_probe(runs: int) -> None:
     records = [f"@ MX {10 * i} mx{i}" for i in (1, 2, 3)]
     records += [f"{h.split('.')[0]} A {ip}" for h, ip in hosts.items()]
     records.append(f"_25._tcp.mx1 TLSA {tlsa_rdata(leaf1, 3, 1, 1)}")
-    with tempfile.TemporaryDirectory() as tmp, TestDns(
-        [Zone("bench.example", signed=True, records=records)]
-    ) as dns:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        TestDns([Zone("bench.example", signed=True, records=records)]) as dns,
+    ):
         ca_file = f"{tmp}/ca.pem"
         ca.cert_pem.write_to_path(ca_file)
         sinks = [
@@ -108,11 +119,13 @@ def bench_cold_probe(runs: int) -> None:
         for sink in sinks:
             sink.__enter__()
         try:
-            cfg = config_mod.from_mapping({
-                "organization": {"domains": ["sender.example"]},
-                "store": {"path": tmp},
-                "transport": {"resolver": [dns.resolver], "ca_file": ca_file},
-            })
+            cfg = config_mod.from_mapping(
+                {
+                    "organization": {"domains": ["sender.example"]},
+                    "store": {"path": tmp},
+                    "transport": {"resolver": [dns.resolver], "ca_file": ca_file},
+                }
+            )
             prober = Prober(cfg.transport)
             times = []
             for _ in range(runs):

@@ -118,9 +118,7 @@ def test_a_template_without_the_link_is_refused(
     assert "notification.en" not in err
 
 
-def test_a_template_that_fails_is_named(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_template_that_fails_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "templates"
     folder.mkdir()
     (folder / "verify.html").write_text('{% extends "base.html" %}{% block main %}{{ nope.x }}')
@@ -141,8 +139,10 @@ def test_a_site_template_replaces_the_shipped_one(
     capsys.readouterr()
     assert main(["preview", "notification", "--text", "--config", str(path)]) == 0
     out = capsys.readouterr().out
-    assert out == "Open https://secure.hospital.example/m/SAMPLE-personal-link-token" \
+    assert (
+        out == "Open https://secure.hospital.example/m/SAMPLE-personal-link-token"
         " (St. Example Hospital)\n"
+    )
 
 
 # --- units -----------------------------------------------------------------------------------

@@ -179,11 +179,9 @@ def test_misplaced_secrets_are_never_printed(tmp_path: Path) -> None:
     for secret in ("31612345678", "31687654321", "s3cretcode", "0611112222"):
         assert secret not in text.stdout and secret not in as_json.stdout
     assert json.loads(as_json.stdout)["warnings"] == [
-        "zivver-access-right: 'carol@oldmail.example ***': "
-        "expected '<recipient> <method> <value>'",
+        "zivver-access-right: 'carol@oldmail.example ***': expected '<recipient> <method> <value>'",
         "zivver-access-right: '***': the first word is not a valid recipient address",
-        "zivver-access-right: 'dave@oldmail.example ***': "
-        "expected '<recipient> <method> <value>'",
+        "zivver-access-right: 'dave@oldmail.example ***': expected '<recipient> <method> <value>'",
         "zivver-direct-delivery: 'tls ***': unknown tls value '***'; using tls1.2",
     ]
     assert "  - zivver-access-right: 'carol@oldmail.example ***'" in text.stdout
@@ -195,9 +193,7 @@ def explain_with(tmp_path: Path, config: str, facts: str, to: str) -> dict:  # t
     cfg.write_text("organization: {domains: [hospital.example], nta7516: true}\n" + config)
     facts_file.write_text(facts)
     message.write_text(f"From: a@hospital.example\nTo: {to}\nSubject: x\n\nbody\n")
-    proc = run(
-        "explain", str(message), "--config", str(cfg), "--facts", str(facts_file), "--json"
-    )
+    proc = run("explain", str(message), "--config", str(cfg), "--facts", str(facts_file), "--json")
     assert proc.returncode == 0, proc.stderr
     (recipient,) = json.loads(proc.stdout)["recipients"]
     return recipient  # type: ignore[no-any-return]
@@ -244,7 +240,14 @@ def test_ntamx_next_hop_is_shown_only_when_there_is_one(tmp_path: Path) -> None:
         tmp_path, "", "nta7516: [care.example]\ntransport: {care.example: pkix}\n", "x@care.example"
     )
     assert list(plain) == [
-        "address", "method", "delivery", "level", "rule", "conversation", "access_right", "reason",
+        "address",
+        "method",
+        "delivery",
+        "level",
+        "rule",
+        "conversation",
+        "access_right",
+        "reason",
     ]
 
 

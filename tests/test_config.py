@@ -241,6 +241,7 @@ def test_own_mail_from_must_be_an_address_at_an_organization_domain(
     with pytest.raises(ConfigError, match=r"zivmilter\.yaml: organization\.mail_from: " + problem):
         config.load(write(tmp_path, text))
 
+
 def test_organization_timezone_is_an_iana_name_utc_by_default(tmp_path: Path) -> None:
     text = "organization:\n  domains: [hospital.example]\n"
     assert config.load(write(tmp_path, text)).organization.timezone == "UTC"

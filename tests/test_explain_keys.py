@@ -129,14 +129,20 @@ def test_explain_shows_an_encrypted_pdf_what_its_recipient_loses_and_why_none(
     (bob,) = [ln for ln in lines if ln.startswith("bob@partner.example ")]
     assert bob.split()[:5] == ["bob@partner.example", "encrypted", "pdf", "tls", "K"]
     assert "    encrypted as: pdf (AES-256, opened with the access code)" in lines
-    assert "    the recipient loses: no revoke: the PDF stays readable in the recipient's" \
+    assert (
+        "    the recipient loses: no revoke: the PDF stays readable in the recipient's"
         " mailbox" in lines
-    assert "    the recipient loses: no read status: the sender does not see whether or when" \
+    )
+    assert (
+        "    the recipient loses: no read status: the sender does not see whether or when"
         " it was opened" in lines
+    )
     (rem,) = [ln for ln in lines if ln.startswith("rem@partner.example ")]
     assert rem.split()[:3] == ["rem@partner.example", "notification", "access_code"]
-    assert "    no encrypted PDF: a remembered access code is kept only as a hash, and a PDF" \
+    assert (
+        "    no encrypted PDF: a remembered access code is kept only as a hash, and a PDF"
         " needs the code itself; the recipient keeps the portal" in lines
+    )
 
 
 def test_explain_json_shows_the_kind_pdf(tmp_path: Path) -> None:

@@ -97,9 +97,7 @@ def test_no_other_password_opens_it(store: SqliteStore, tmp_path: Path) -> None:
 def test_dutch_recipient_reads_dutch_and_a_neutral_subject(
     store: SqliteStore, tmp_path: Path
 ) -> None:
-    gw, _ = _gateway(
-        store, notification={"languages": {"partner.nl": "nl"}, "subject": "neutral"}
-    )
+    gw, _ = _gateway(store, notification={"languages": {"partner.nl": "nl"}, "subject": "neutral"})
     plan = gw.process(transaction(_raw("bob@partner.nl"), ALICE, ["bob@partner.nl"]))
     assert not any(n == "X-Zivmilter-Route" for n, _ in plan.add_headers)  # none: the relay
     mail = email.message_from_bytes(_kept_mail(plan), policy=email.policy.default)

@@ -247,7 +247,11 @@ def test_rules_combined_all_reasons_listed() -> None:
     assert got.selected
     assert got.matched == ("subject", "sender", "label", "directive")
     for fragment in (
-        "'[secure]'", "'vertrouwelijk'", "lab@hospital.example", GUID, "zivver-direct-delivery"
+        "'[secure]'",
+        "'vertrouwelijk'",
+        "lab@hospital.example",
+        GUID,
+        "zivver-direct-delivery",
     ):
         assert fragment in got.reason
     assert got.new_subject == ""
@@ -255,7 +259,10 @@ def test_rules_combined_all_reasons_listed() -> None:
 
 def test_each_rule_can_select_alone_when_the_others_are_off() -> None:
     off: dict[str, Any] = {
-        "subject_triggers": [], "senders": [], "sensitivity_labels": [], "directive_headers": False,
+        "subject_triggers": [],
+        "senders": [],
+        "sensitivity_labels": [],
+        "directive_headers": False,
     }
     assert not sel([*base("[secure]"), ("msip_labels", msip())], **off).selected
     assert sel(base("[secure]"), **{**off, "subject_triggers": ["[secure]"]}).selected
@@ -286,8 +293,13 @@ def test_unselected_message_passes_through_every_recipient() -> None:
 
 def test_selected_message_gets_the_policy_decision() -> None:
     cfg = make_config({"selection": RULES})
-    result = assess(base("[secure] x"), "app@hospital.example", ["bob@partner.example"], cfg,
-                    StaticFacts(accounts=frozenset({"bob@partner.example"})))
+    result = assess(
+        base("[secure] x"),
+        "app@hospital.example",
+        ["bob@partner.example"],
+        cfg,
+        StaticFacts(accounts=frozenset({"bob@partner.example"})),
+    )
     assert result.selection.selected
     (d,) = result.decision.recipients
     assert (d.method, d.delivery) == (Method.ACCOUNT, Delivery.NOTIFICATION)

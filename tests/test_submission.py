@@ -55,12 +55,14 @@ class FakeAccounts:
         return self.states.get(address)
 
 
-ACTIVE = FakeAccounts({
-    "alice@hospital.example": True,
-    "sec@hospital.example": True,
-    "bob@clinic.example": True,
-    "gone@hospital.example": False,
-})
+ACTIVE = FakeAccounts(
+    {
+        "alice@hospital.example": True,
+        "sec@hospital.example": True,
+        "bob@clinic.example": True,
+        "gone@hospital.example": False,
+    }
+)
 
 SUBMISSION: dict[str, Any] = {
     "organization": {"domains": ["hospital.example", "clinic.example"]},
@@ -90,8 +92,13 @@ def run_check(
     cfg: Config | None = None,
 ) -> SubmissionResult:
     return check(
-        cfg or cfg_with(), headers, client_ip=ip, auth_login=login, envelope_sender=env,
-        spf=spf or FakeSpf(), accounts=accounts,
+        cfg or cfg_with(),
+        headers,
+        client_ip=ip,
+        auth_login=login,
+        envelope_sender=env,
+        spf=spf or FakeSpf(),
+        accounts=accounts,
     )
 
 
@@ -161,8 +168,11 @@ def test_trusted_network_client_passes(ip: str) -> None:
 def test_untrusted_unauthenticated_client_is_rejected_with_every_reason() -> None:
     got = run_check(ALICE, ip="10.2.0.1", cfg=cfg_with(spf=False))
     assert_rejected(got, "not allowed to submit")
-    for fragment in ("not authenticated", "client 10.2.0.1 is not in submission.trusted_networks",
-                     "SPF is off"):
+    for fragment in (
+        "not authenticated",
+        "client 10.2.0.1 is not in submission.trusted_networks",
+        "SPF is off",
+    ):
         assert fragment in got.reason
 
 
@@ -189,8 +199,14 @@ def test_spf_pass_for_our_domain() -> None:
 
 
 @pytest.mark.parametrize(
-    "verdict", [SpfVerdict.FAIL, SpfVerdict.SOFTFAIL, SpfVerdict.NEUTRAL, SpfVerdict.NONE,
-                SpfVerdict.PERMERROR],
+    "verdict",
+    [
+        SpfVerdict.FAIL,
+        SpfVerdict.SOFTFAIL,
+        SpfVerdict.NEUTRAL,
+        SpfVerdict.NONE,
+        SpfVerdict.PERMERROR,
+    ],
 )
 def test_spf_other_verdicts_reject(verdict: SpfVerdict) -> None:
     got = run_check(ALICE, spf=FakeSpf({"hospital.example": verdict}))
@@ -210,8 +226,12 @@ def test_spf_temperror_does_not_matter_for_a_trusted_client() -> None:
 
 def test_spf_pass_for_a_foreign_domain_is_not_enough() -> None:
     spf = FakeSpf({"partner.example": SpfVerdict.PASS})
-    got = run_check(frm("x@partner.example"), env="x@partner.example", spf=spf,
-                    accounts=FakeAccounts({"x@partner.example": True}))
+    got = run_check(
+        frm("x@partner.example"),
+        env="x@partner.example",
+        spf=spf,
+        accounts=FakeAccounts({"x@partner.example": True}),
+    )
     assert_rejected(got, "partner.example is not one of organization.domains")
     assert spf.asked == []
 
@@ -267,8 +287,9 @@ def test_any_address_of_own_domains() -> None:
     got = run_check(frm("p@partner.example"), login="x", cfg=cfg, accounts=FakeAccounts())
     assert_rejected(got, "sender p@partner.example has no account")
     # A disabled account of our domain is not rescued by the option... it is not consulted.
-    got = run_check(frm("gone@hospital.example"), login="app1",
-                    cfg=cfg_with(any_address_of_own_domains=True))
+    got = run_check(
+        frm("gone@hospital.example"), login="app1", cfg=cfg_with(any_address_of_own_domains=True)
+    )
     assert got.accepted
 
 
@@ -297,9 +318,12 @@ def test_display_name_with_unquoted_comma_is_tolerated() -> None:
 def test_multiple_from_addresses_must_all_pass() -> None:
     both = frm("alice@hospital.example, bob@clinic.example")
     assert_rejected(run_check(both, login="app1"), "login app1 may not send as bob@clinic.example")
-    assert run_check(both, login="lab", accounts=FakeAccounts(
-        {"alice@hospital.example": True, "bob@clinic.example": True}),
-        cfg=cfg_with(logins={"lab": ["hospital.example", "clinic.example"]})).accepted
+    assert run_check(
+        both,
+        login="lab",
+        accounts=FakeAccounts({"alice@hospital.example": True, "bob@clinic.example": True}),
+        cfg=cfg_with(logins={"lab": ["hospital.example", "clinic.example"]}),
+    ).accepted
     got = run_check(frm("alice@hospital.example, gone@hospital.example"), login="app1")
     assert_rejected(got, "gone@hospital.example is disabled")
     # Two From header fields (not RFC 5322, seen in the wild) are read the same way.
@@ -334,9 +358,16 @@ def test_listener_rules_replace_the_top_level_ones() -> None:
     cfg = cfg_with()
     strict = cfg_with(trusted_networks=[]).submission
     assert run_check(ALICE, ip="10.1.0.1", cfg=cfg).accepted
-    got = check(cfg, ALICE, client_ip="10.1.0.1", auth_login=None,
-                envelope_sender="alice@hospital.example", spf=FakeSpf(), accounts=ACTIVE,
-                rules=strict)
+    got = check(
+        cfg,
+        ALICE,
+        client_ip="10.1.0.1",
+        auth_login=None,
+        envelope_sender="alice@hospital.example",
+        spf=FakeSpf(),
+        accounts=ACTIVE,
+        rules=strict,
+    )
     assert_rejected(got, "client 10.1.0.1 is not in submission.trusted_networks")
 
 
@@ -353,8 +384,12 @@ def store_config(tmp_path: Path) -> Path:
     return path
 
 
-def account_cli(config: Path, *args: str, stdin: str | None = None,
-                monkeypatch: pytest.MonkeyPatch | None = None) -> tuple[int, str]:
+def account_cli(
+    config: Path,
+    *args: str,
+    stdin: str | None = None,
+    monkeypatch: pytest.MonkeyPatch | None = None,
+) -> tuple[int, str]:
     """`zivmilter account ...` in-process, errors handled as cli.main does."""
     import contextlib
     import io
@@ -394,15 +429,31 @@ def test_account_commands_drive_the_submission_check(store_config: Path) -> None
         assert accounts.is_active_sender("alice@hospital.example") is True
         assert accounts.is_active_sender("bob@partner.example") is None  # a recipient account
         assert accounts.is_active_sender("nobody@hospital.example") is None
-        ok = check(cfg, ALICE, client_ip="10.1.0.1", auth_login=None,
-                   envelope_sender="alice@hospital.example", spf=FakeSpf(), accounts=accounts)
+        ok = check(
+            cfg,
+            ALICE,
+            client_ip="10.1.0.1",
+            auth_login=None,
+            envelope_sender="alice@hospital.example",
+            spf=FakeSpf(),
+            accounts=accounts,
+        )
         assert ok.accepted, ok
 
         assert account_cli(store_config, "disable", "alice@hospital.example") == (
-            0, "alice@hospital.example: disabled\n")
+            0,
+            "alice@hospital.example: disabled\n",
+        )
         assert accounts.is_active_sender("alice@hospital.example") is False
-        refused = check(cfg, ALICE, client_ip="10.1.0.1", auth_login=None,
-                        envelope_sender="alice@hospital.example", spf=FakeSpf(), accounts=accounts)
+        refused = check(
+            cfg,
+            ALICE,
+            client_ip="10.1.0.1",
+            auth_login=None,
+            envelope_sender="alice@hospital.example",
+            spf=FakeSpf(),
+            accounts=accounts,
+        )
         assert refused.reply == "550 5.7.1 sender account alice@hospital.example is disabled"
 
         assert account_cli(store_config, "enable", "alice@hospital.example")[0] == 0
@@ -423,12 +474,25 @@ def test_account_add_with_password_stores_a_hash(
     pytest.importorskip("argon2", reason="recipient accounts need the portal extra")
     from zivmilter.portal.accounts import password_valid
 
-    status, text = account_cli(store_config, "add", "carol@partner.example", "--recipient",
-                               "--password", stdin="short\n", monkeypatch=monkeypatch)
+    status, text = account_cli(
+        store_config,
+        "add",
+        "carol@partner.example",
+        "--recipient",
+        "--password",
+        stdin="short\n",
+        monkeypatch=monkeypatch,
+    )
     assert status == 2 and "at least" in text
-    status, text = account_cli(store_config, "add", "carol@partner.example", "--recipient",
-                               "--password", stdin="correct horse battery\n",
-                               monkeypatch=monkeypatch)
+    status, text = account_cli(
+        store_config,
+        "add",
+        "carol@partner.example",
+        "--recipient",
+        "--password",
+        stdin="correct horse battery\n",
+        monkeypatch=monkeypatch,
+    )
     assert status == 0, text
     assert "correct horse" not in text
     raw = yaml.safe_load(store_config.read_text())
@@ -464,8 +528,13 @@ MESSAGE = (
 )
 
 
-def explain(tmp_path: Path, config: dict[str, Any], facts: dict[str, Any] | None,
-            subject: str = "Lab results", *extra: str) -> dict[str, Any]:
+def explain(
+    tmp_path: Path,
+    config: dict[str, Any],
+    facts: dict[str, Any] | None,
+    subject: str = "Lab results",
+    *extra: str,
+) -> dict[str, Any]:
     cfg_file = tmp_path / "zivmilter.yaml"
     cfg_file.write_text(yaml.safe_dump(merge(BASE_CONFIG, config)))
     msg = tmp_path / "m.eml"
@@ -499,9 +568,14 @@ def test_explain_unknown_sender_is_refused(tmp_path: Path) -> None:
 
 
 def test_explain_client_ip_and_login(tmp_path: Path) -> None:
-    config = {"submission": {"trusted_networks": ["127.0.0.1/32"], "spf": False,
-                             "logins": {"app1": ["clinic.example"]},
-                             "any_address_of_own_domains": True}}
+    config = {
+        "submission": {
+            "trusted_networks": ["127.0.0.1/32"],
+            "spf": False,
+            "logins": {"app1": ["clinic.example"]},
+            "any_address_of_own_domains": True,
+        }
+    }
     out = explain(tmp_path, config, None, "Lab results", "--client-ip", "127.0.0.9")
     assert out["submission"]["reply"].startswith("550 5.7.1 not allowed to submit")
     assert "client 127.0.0.9 is not in submission.trusted_networks" in out["submission"]["reason"]

@@ -19,9 +19,19 @@ RESULT = DomainResult(
     1_900_000_000.0,
     (
         HostResult(
-            "mx.partner.example", 10, ("192.0.2.1", "2001:db8::1"), True, "TLSv1.3", True, None,
-            Dnssec(True, True, True), (TlsaRecord(3, 1, 1, bytes(range(32))),), True, None,
-            Level.DANE, "DANE: matches",
+            "mx.partner.example",
+            10,
+            ("192.0.2.1", "2001:db8::1"),
+            True,
+            "TLSv1.3",
+            True,
+            None,
+            Dnssec(True, True, True),
+            (TlsaRecord(3, 1, 1, bytes(range(32))),),
+            True,
+            None,
+            Level.DANE,
+            "DANE: matches",
         ),
     ),
     NtaLookup(("v=NTA7516-1;startdate=2020-01;enddate=2099-12;provider=P",), True),
@@ -56,7 +66,11 @@ def test_ttls() -> None:
     none = DomainResult("x.example", Level.NONE, None, "no", 0.0)
     assert ttl_for(none, cfg) == 10
     errored = DomainResult(
-        "x.example", Level.PKIX, TlsVersion.TLS1_2, "partly", 0.0,
+        "x.example",
+        Level.PKIX,
+        TlsVersion.TLS1_2,
+        "partly",
+        0.0,
         (HostResult("mx", 10, level=Level.PKIX, error="TLSA lookup failed: SERVFAIL"),),
     )
     assert ttl_for(errored, cfg) == 10
@@ -74,8 +88,19 @@ def test_failed_nta_lookup_takes_the_failure_ttl() -> None:
 
 def test_ntamx_hosts_round_trip_and_old_rows_still_load(tmp_path: Path) -> None:
     ntamx = HostResult(
-        "ntamx.partner.example", 10, ("192.0.2.9",), True, "TLSv1.3", True, None,
-        Dnssec(True, False, False), (), None, None, Level.PANE, "CA-valid certificate",
+        "ntamx.partner.example",
+        10,
+        ("192.0.2.9",),
+        True,
+        "TLSv1.3",
+        True,
+        None,
+        Dnssec(True, False, False),
+        (),
+        None,
+        None,
+        Level.PANE,
+        "CA-valid certificate",
     )
     with_ntamx = dataclasses.replace(RESULT, ntamx=(ntamx,))
     assert DomainResult.from_json(with_ntamx.to_json()) == with_ntamx

@@ -53,19 +53,26 @@ class FakeProber:
         version = TlsVersion.TLS1_3 if level is not Level.NONE else None
         host = HostResult(f"mx.{domain}", 10, level=level, reason=f"{level.value} by fake")
         return DomainResult(
-            domain, level, version, f"fake says {level.value}", self.clock(), (host,),
+            domain,
+            level,
+            version,
+            f"fake says {level.value}",
+            self.clock(),
+            (host,),
             self.nta.get(domain, NtaLookup()),
             self.ntamx.get(domain, ()),
         )
 
 
 def _config(tmp_path: Path, **extra: object) -> Config:
-    return config_mod.from_mapping({
-        "organization": {"domains": ["sender.example"]},
-        "store": {"path": str(tmp_path)},
-        "transport": {"cache_ttl_success": 86400, "cache_ttl_failure": 3600},
-        **extra,
-    })
+    return config_mod.from_mapping(
+        {
+            "organization": {"domains": ["sender.example"]},
+            "store": {"path": str(tmp_path)},
+            "transport": {"cache_ttl_success": 86400, "cache_ttl_failure": 3600},
+            **extra,
+        }
+    )
 
 
 @pytest.fixture
@@ -233,13 +240,16 @@ def test_nta7516_carries_the_ntamx_level(tmp_path: Path, clock: Clock) -> None:
         assert facts.transport("declared.example").level is Level.NONE  # the MX's own level
 
 
-def test_old_cache_row_without_ntamx_results_is_probed_again(
-    tmp_path: Path, clock: Clock
-) -> None:
+def test_old_cache_row_without_ntamx_results_is_probed_again(tmp_path: Path, clock: Clock) -> None:
     cfg = _config(tmp_path)
     old = DomainResult(
-        "declared.example", Level.PKIX, TlsVersion.TLS1_2, "mx ok", T0,
-        (HostResult("mx.declared.example", 10, level=Level.PKIX),), NtaLookup((NTA,), True),
+        "declared.example",
+        Level.PKIX,
+        TlsVersion.TLS1_2,
+        "mx ok",
+        T0,
+        (HostResult("mx.declared.example", 10, level=Level.PKIX),),
+        NtaLookup((NTA,), True),
     )
     cache = TransportCache(db_path(cfg))
     cache.put(old, T0 + 86400)

@@ -22,11 +22,13 @@ def test_parse_list() -> None:
 
 def test_refresh_with_injected_fetch(tmp_path: Path) -> None:
     url = "https://lists.example/odd.txt"
-    cfg = config_mod.from_mapping({
-        "organization": {"domains": ["sender.example"]},
-        "store": {"path": str(tmp_path)},
-        "policy": {"outbound_direct_delivery": {"lists": [url]}},
-    })
+    cfg = config_mod.from_mapping(
+        {
+            "organization": {"domains": ["sender.example"]},
+            "store": {"path": str(tmp_path)},
+            "policy": {"outbound_direct_delivery": {"lists": [url]}},
+        }
+    )
     fetched: list[str] = []
 
     def fetch(u: str) -> bytes:
@@ -46,11 +48,13 @@ def test_refresh_with_injected_fetch(tmp_path: Path) -> None:
 
 def test_fetch_errors_are_values(tmp_path: Path) -> None:
     url = "https://lists.example/odd.txt"
-    cfg = config_mod.from_mapping({
-        "organization": {"domains": ["sender.example"]},
-        "store": {"path": str(tmp_path)},
-        "policy": {"outbound_direct_delivery": {"lists": [url]}},
-    })
+    cfg = config_mod.from_mapping(
+        {
+            "organization": {"domains": ["sender.example"]},
+            "store": {"path": str(tmp_path)},
+            "policy": {"outbound_direct_delivery": {"lists": [url]}},
+        }
+    )
 
     def broken(u: str) -> bytes:
         raise OSError("connection reset")

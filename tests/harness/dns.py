@@ -305,7 +305,10 @@ class TestDns:
             return None
         key = subprocess.run(
             [_tool("ldns-keygen"), "-a", "ECDSAP256SHA256", "-k", origin],
-            cwd=zone_dir, check=True, capture_output=True, text=True,
+            cwd=zone_dir,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         now = datetime.now(UTC)
         if zone.bogus:
@@ -315,14 +318,21 @@ class TestDns:
         subprocess.run(
             [
                 _tool("ldns-signzone"),
-                "-i", inception.strftime("%Y%m%d%H%M%S"),
-                "-e", expiration.strftime("%Y%m%d%H%M%S"),
-                "-f", f"{path}.signed",
-                "-o", origin,
+                "-i",
+                inception.strftime("%Y%m%d%H%M%S"),
+                "-e",
+                expiration.strftime("%Y%m%d%H%M%S"),
+                "-f",
+                f"{path}.signed",
+                "-o",
+                origin,
                 path,
                 key,
             ],
-            cwd=zone_dir, check=True, capture_output=True, text=True,
+            cwd=zone_dir,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         os.replace(f"{path}.signed", path)
         with open(os.path.join(zone_dir, f"{key}.ds"), encoding="utf-8") as fh:

@@ -269,9 +269,10 @@ def test_wkd_never_falls_back_to_the_apex_when_the_subdomain_exists(
     assert SERVERS[APEX_IP].requests == []
     # ... though the apex does serve the key, had it been asked.
     ctx = ssl.create_default_context(cafile=ca_file)
-    with socket.create_connection((APEX_IP, 443), 5) as raw, ctx.wrap_socket(
-        raw, server_hostname="keys.example"
-    ) as tls:
+    with (
+        socket.create_connection((APEX_IP, 443), 5) as raw,
+        ctx.wrap_socket(raw, server_hostname="keys.example") as tls,
+    ):
         tls.sendall(f"GET {_direct('dave')} HTTP/1.0\r\nHost: keys.example\r\n\r\n".encode())
         reply = b"".join(iter(lambda: tls.recv(65536), b""))
     assert reply.startswith(b"HTTP/1.0 200") and reply.endswith(APEX_PGP)

@@ -70,11 +70,13 @@ def web() -> Iterator[tuple[str, dict[str, tuple[int, bytes]]]]:
 
 
 def _config(tmp_path: Path, *urls: str) -> Config:
-    return config_mod.from_mapping({
-        "organization": {"domains": ["sender.example"]},
-        "store": {"path": str(tmp_path / "store")},
-        "policy": {"outbound_direct_delivery": {"lists": list(urls)}},
-    })
+    return config_mod.from_mapping(
+        {
+            "organization": {"domains": ["sender.example"]},
+            "store": {"path": str(tmp_path / "store")},
+            "policy": {"outbound_direct_delivery": {"lists": list(urls)}},
+        }
+    )
 
 
 def _listed(cfg: Config, now: float, domain: str) -> bool:
@@ -171,14 +173,23 @@ def test_cli_odd_refresh(web: Any, tmp_path: Path) -> None:
     base, pages = web
     pages["/a.txt"] = (200, LIST_A.encode())
     cfg_file = tmp_path / "zivmilter.yaml"
-    cfg_file.write_text(json.dumps({
-        "organization": {"domains": ["sender.example"]},
-        "store": {"path": str(tmp_path / "store")},
-        "policy": {"outbound_direct_delivery": {"lists": [f"{base}/a.txt", f"{base}/gone.txt"]}},
-    }))
+    cfg_file.write_text(
+        json.dumps(
+            {
+                "organization": {"domains": ["sender.example"]},
+                "store": {"path": str(tmp_path / "store")},
+                "policy": {
+                    "outbound_direct_delivery": {"lists": [f"{base}/a.txt", f"{base}/gone.txt"]}
+                },
+            }
+        )
+    )
     done = subprocess.run(
         [sys.executable, "-m", "zivmilter", "odd-refresh", "--config", str(cfg_file)],
-        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 1, done.stderr  # one list failed
     assert f"{base}/a.txt: fetched, 3 domains" in done.stdout

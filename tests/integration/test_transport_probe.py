@@ -101,88 +101,167 @@ def _a(host: str) -> str:
 SILENT = "127.0.4.41"
 
 ZONES = [
-    Zone("dane.example", signed=True, records=[
-        "@ MX 10 mx", _a("mx.dane.example"),
-        f"_25._tcp.mx TLSA {tlsa_rdata(SELF_DANE.cert_der, 3, 1, 1)}",
-    ]),
-    Zone("danta.example", signed=True, records=[
-        "@ MX 10 mx", _a("mx.danta.example"),
-        f"_25._tcp.mx TLSA {tlsa_rdata(INTERMEDIATE_DER, 2, 0, 1)}",
-    ]),
-    Zone("danta-wrong.example", signed=True, records=[
-        "@ MX 10 mx", _a("mx.danta-wrong.example"),
-        f"_25._tcp.mx TLSA {tlsa_rdata(INTERMEDIATE_DER, 2, 0, 1)}",
-    ]),
-    Zone("dantacn.example", signed=True, records=[
-        "@ MX 10 mx", _a("mx.dantacn.example"),
-        f"_25._tcp.mx TLSA {tlsa_rdata(CN_ONLY.ca_der, 2, 0, 1)}",
-    ]),
+    Zone(
+        "dane.example",
+        signed=True,
+        records=[
+            "@ MX 10 mx",
+            _a("mx.dane.example"),
+            f"_25._tcp.mx TLSA {tlsa_rdata(SELF_DANE.cert_der, 3, 1, 1)}",
+        ],
+    ),
+    Zone(
+        "danta.example",
+        signed=True,
+        records=[
+            "@ MX 10 mx",
+            _a("mx.danta.example"),
+            f"_25._tcp.mx TLSA {tlsa_rdata(INTERMEDIATE_DER, 2, 0, 1)}",
+        ],
+    ),
+    Zone(
+        "danta-wrong.example",
+        signed=True,
+        records=[
+            "@ MX 10 mx",
+            _a("mx.danta-wrong.example"),
+            f"_25._tcp.mx TLSA {tlsa_rdata(INTERMEDIATE_DER, 2, 0, 1)}",
+        ],
+    ),
+    Zone(
+        "dantacn.example",
+        signed=True,
+        records=[
+            "@ MX 10 mx",
+            _a("mx.dantacn.example"),
+            f"_25._tcp.mx TLSA {tlsa_rdata(CN_ONLY.ca_der, 2, 0, 1)}",
+        ],
+    ),
     Zone("pane.example", signed=True, records=["@ MX 10 mx", _a("mx.pane.example")]),
     Zone("pkix.example", records=["@ MX 10 mx", _a("mx.pkix.example")]),
     Zone("selfsigned.example", records=["@ MX 10 mx", _a("mx.selfsigned.example")]),
     Zone("plain.example", records=["@ MX 10 mx", _a("mx.plain.example")]),
-    Zone("badtlsa.example", signed=True, records=[
-        "@ MX 10 mx", _a("mx.badtlsa.example"),
-        f"_25._tcp.mx TLSA {tlsa_rdata(WRONG_KEY.cert_der, 3, 1, 1)}",
-    ]),
+    Zone(
+        "badtlsa.example",
+        signed=True,
+        records=[
+            "@ MX 10 mx",
+            _a("mx.badtlsa.example"),
+            f"_25._tcp.mx TLSA {tlsa_rdata(WRONG_KEY.cert_der, 3, 1, 1)}",
+        ],
+    ),
     Zone("tls11.example", records=["@ MX 10 mx", _a("mx.tls11.example")]),
     Zone("implicit.example", records=[f"@ A {SERVERS['implicit.example'].address}"]),
     Zone("nullmx.example", records=["@ MX 0 ."]),
-    Zone("multi.example", signed=True, records=[
-        "@ MX 10 mx1", "@ MX 20 mx2", "@ MX 30 mx3",
-        _a("mx1.multi.example"), _a("mx2.multi.example"), _a("mx3.multi.example"),
-        f"_25._tcp.mx1 TLSA {tlsa_rdata(SELF_MULTI.cert_der, 3, 1, 1)}",
-    ]),
-    Zone("bogus.example", signed=True, bogus=True, records=[
-        "@ MX 10 mx", _a("mx.bogus.example"),
-    ]),
+    Zone(
+        "multi.example",
+        signed=True,
+        records=[
+            "@ MX 10 mx1",
+            "@ MX 20 mx2",
+            "@ MX 30 mx3",
+            _a("mx1.multi.example"),
+            _a("mx2.multi.example"),
+            _a("mx3.multi.example"),
+            f"_25._tcp.mx1 TLSA {tlsa_rdata(SELF_MULTI.cert_der, 3, 1, 1)}",
+        ],
+    ),
+    Zone(
+        "bogus.example",
+        signed=True,
+        bogus=True,
+        records=[
+            "@ MX 10 mx",
+            _a("mx.bogus.example"),
+        ],
+    ),
     # A signed zone whose MX host lives in an unsigned zone: MX secure, addresses not.
     Zone("signedmx.example", signed=True, records=["@ MX 10 mx.unsignedhost.example."]),
     Zone("unsignedhost.example", records=[_a("mx.unsignedhost.example")]),
     # MX hosts that are CNAMEs: TLSA records are looked up at the expanded name first, then at
     # the MX name; DANE-TA accepts either name in the certificate. An insecure link anywhere in
     # the chain (alias-unsigned.example) leaves the addresses insecure: no DANE at all.
-    Zone("provider.example", signed=True, records=[
-        _a("mx.provider.example"), _a("mxta.provider.example"), _a("mxorig.provider.example"),
-        f"_25._tcp.mx TLSA {tlsa_rdata(SELF_PROVIDER.cert_der, 3, 1, 1)}",
-        f"_25._tcp.mxta TLSA {tlsa_rdata(INTERMEDIATE_DER, 2, 0, 1)}",
-    ]),
-    Zone("cname.example", signed=True, records=[
-        "@ MX 10 mx", "mx CNAME mx.provider.example.",
-    ]),
-    Zone("cname-ta.example", signed=True, records=[
-        "@ MX 10 mx", "mx CNAME mxta.provider.example.",
-    ]),
-    Zone("cname-fallback.example", signed=True, records=[
-        "@ MX 10 mx", "mx CNAME mxorig.provider.example.",
-        f"_25._tcp.mx TLSA {tlsa_rdata(INTERMEDIATE_DER, 2, 0, 1)}",
-    ]),
-    Zone("cname-insecure.example", signed=True, records=[
-        "@ MX 10 mx.alias-unsigned.example.",
-    ]),
+    Zone(
+        "provider.example",
+        signed=True,
+        records=[
+            _a("mx.provider.example"),
+            _a("mxta.provider.example"),
+            _a("mxorig.provider.example"),
+            f"_25._tcp.mx TLSA {tlsa_rdata(SELF_PROVIDER.cert_der, 3, 1, 1)}",
+            f"_25._tcp.mxta TLSA {tlsa_rdata(INTERMEDIATE_DER, 2, 0, 1)}",
+        ],
+    ),
+    Zone(
+        "cname.example",
+        signed=True,
+        records=[
+            "@ MX 10 mx",
+            "mx CNAME mx.provider.example.",
+        ],
+    ),
+    Zone(
+        "cname-ta.example",
+        signed=True,
+        records=[
+            "@ MX 10 mx",
+            "mx CNAME mxta.provider.example.",
+        ],
+    ),
+    Zone(
+        "cname-fallback.example",
+        signed=True,
+        records=[
+            "@ MX 10 mx",
+            "mx CNAME mxorig.provider.example.",
+            f"_25._tcp.mx TLSA {tlsa_rdata(INTERMEDIATE_DER, 2, 0, 1)}",
+        ],
+    ),
+    Zone(
+        "cname-insecure.example",
+        signed=True,
+        records=[
+            "@ MX 10 mx.alias-unsigned.example.",
+        ],
+    ),
     Zone("alias-unsigned.example", records=["mx CNAME mx.provider.example."]),
     Zone("refused.example", records=["@ MX 10 mx", "mx A 127.0.4.40"]),  # nothing listens
     Zone("silent.example", records=["@ MX 10 mx", f"mx A {SILENT}"]),  # accepts, never greets
     Zone("noaddress.example", records=["@ MX 10 mx"]),
-    Zone("nta.example", signed=True, records=[
-        "@ MX 10 mx.pane.example.",
-        '@ TXT "v=NTA7516-1;startdate=2020-01;enddate=2099-12;provider=Example Mail;'
-        'ntamx=20 mx2.nta.example;ntamx=10 mx1.nta.example"',
-    ]),
+    Zone(
+        "nta.example",
+        signed=True,
+        records=[
+            "@ MX 10 mx.pane.example.",
+            '@ TXT "v=NTA7516-1;startdate=2020-01;enddate=2099-12;provider=Example Mail;'
+            'ntamx=20 mx2.nta.example;ntamx=10 mx1.nta.example"',
+        ],
+    ),
     # The MX has no STARTTLS; the ntamx hosts are a CA-valid one and a DANE-EE one.
-    Zone("ntamx.example", signed=True, records=[
-        "@ MX 10 mx.plain.example.",
-        '@ TXT "v=NTA7516-1;startdate=2020-01;enddate=2099-12;provider=Example Mail;'
-        'ntamx=20 mx.dane.example;ntamx=10 mx.pkix.example"',
-    ]),
-    Zone("nta-expired.example", signed=True, records=[
-        "@ MX 10 mx.pane.example.",
-        '@ TXT "v=NTA7516-1;startdate=2019-01;enddate=2021-12;provider=Example Mail"',
-    ]),
-    Zone("nta-unsigned.example", records=[
-        "@ MX 10 mx.pkix.example.",
-        '@ TXT "v=NTA7516-1;startdate=2020-01;enddate=2099-12;provider=Example Mail"',
-    ]),
+    Zone(
+        "ntamx.example",
+        signed=True,
+        records=[
+            "@ MX 10 mx.plain.example.",
+            '@ TXT "v=NTA7516-1;startdate=2020-01;enddate=2099-12;provider=Example Mail;'
+            'ntamx=20 mx.dane.example;ntamx=10 mx.pkix.example"',
+        ],
+    ),
+    Zone(
+        "nta-expired.example",
+        signed=True,
+        records=[
+            "@ MX 10 mx.pane.example.",
+            '@ TXT "v=NTA7516-1;startdate=2019-01;enddate=2021-12;provider=Example Mail"',
+        ],
+    ),
+    Zone(
+        "nta-unsigned.example",
+        records=[
+            "@ MX 10 mx.pkix.example.",
+            '@ TXT "v=NTA7516-1;startdate=2020-01;enddate=2099-12;provider=Example Mail"',
+        ],
+    ),
 ]
 
 
@@ -205,13 +284,19 @@ def world(
             sink = Sink(server.address, 25, tls=tls, hostname=host)
             sink.__enter__()
             sinks.append(sink)
-        cfg = config_mod.from_mapping({
-            "organization": {"domains": ["sender.example"]},
-            "store": {"path": str(tmp / "store")},
-            "transport": {"resolver": [shared_dns.resolver], "ca_file": str(ca_file),
-                          "timeout": 5, "domain_budget": 20},
-            "nta7516": {"exclude": ["nta-excluded.example"]},
-        })
+        cfg = config_mod.from_mapping(
+            {
+                "organization": {"domains": ["sender.example"]},
+                "store": {"path": str(tmp / "store")},
+                "transport": {
+                    "resolver": [shared_dns.resolver],
+                    "ca_file": str(ca_file),
+                    "timeout": 5,
+                    "domain_budget": 20,
+                },
+                "nta7516": {"exclude": ["nta-excluded.example"]},
+            }
+        )
         yield {"config": cfg, "dns": shared_dns, "tmp": tmp}
     finally:
         for sink in sinks:
@@ -410,11 +495,17 @@ def test_ntamx_hosts_are_probed_like_mx_hosts(world: dict[str, Any]) -> None:
 
 def test_cli_probe_shows_the_ntamx_hosts(world: dict[str, Any]) -> None:
     config_file = world["tmp"] / "cli-ntamx.yaml"
-    config_file.write_text(json.dumps({
-        "organization": {"domains": ["sender.example"]},
-        "transport": {"resolver": [world["dns"].resolver],
-                      "ca_file": world["config"].transport.ca_file},
-    }))
+    config_file.write_text(
+        json.dumps(
+            {
+                "organization": {"domains": ["sender.example"]},
+                "transport": {
+                    "resolver": [world["dns"].resolver],
+                    "ca_file": world["config"].transport.ca_file,
+                },
+            }
+        )
+    )
     done = _cli("probe", "ntamx.example", "--config", str(config_file), "--json", "--no-cache")
     assert done.returncode == 0, done.stderr
     nta = json.loads(done.stdout)["nta7516"]
@@ -422,7 +513,8 @@ def test_cli_probe_shows_the_ntamx_hosts(world: dict[str, Any]) -> None:
     assert nta["ntamx_level"] == "pane" and nta["ntamx_tls_version"] in ("tls1.2", "tls1.3")
     assert nta["ntamx_reason"].startswith("weakest of 2 ntamx hosts is mx.pkix.example")
     assert [(h["host"], h["level"]) for h in nta["ntamx"]] == [
-        ("mx.pkix.example", "pane"), ("mx.dane.example", "dane"),
+        ("mx.pkix.example", "pane"),
+        ("mx.dane.example", "dane"),
     ]
     text = _cli("probe", "ntamx.example", "--config", str(config_file), "--no-cache").stdout
     assert "ntamx level: pane" in text
@@ -483,24 +575,43 @@ _cli = zivmilter
 
 def test_cli_probe_json(world: dict[str, Any]) -> None:
     config_file = world["tmp"] / "cli.yaml"
-    config_file.write_text(json.dumps({
-        "organization": {"domains": ["sender.example"]},
-        "store": {"path": str(world["tmp"] / "cli-store")},
-        "transport": {"resolver": [world["dns"].resolver],
-                      "ca_file": world["config"].transport.ca_file},
-    }))
+    config_file.write_text(
+        json.dumps(
+            {
+                "organization": {"domains": ["sender.example"]},
+                "store": {"path": str(world["tmp"] / "cli-store")},
+                "transport": {
+                    "resolver": [world["dns"].resolver],
+                    "ca_file": world["config"].transport.ca_file,
+                },
+            }
+        )
+    )
     done = _cli("probe", "multi.example", "--config", str(config_file), "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert set(out) == {"domain", "level", "reason", "checked_at", "cached", "mx", "nta7516"}
     assert out["level"] == "tls" and out["cached"] is False
     assert set(out["mx"][0]) == {
-        "host", "preference", "addresses", "starttls", "tls_version", "pkix_valid",
-        "pkix_error", "dnssec", "tlsa", "dane_valid", "error", "level", "reason",
+        "host",
+        "preference",
+        "addresses",
+        "starttls",
+        "tls_version",
+        "pkix_valid",
+        "pkix_error",
+        "dnssec",
+        "tlsa",
+        "dane_valid",
+        "error",
+        "level",
+        "reason",
     }
     assert out["mx"][0]["dnssec"] == {"mx": True, "address": True, "tlsa": True}
     assert [m["host"] for m in out["mx"]] == [
-        "mx1.multi.example", "mx2.multi.example", "mx3.multi.example",
+        "mx1.multi.example",
+        "mx2.multi.example",
+        "mx3.multi.example",
     ]
     # Which MX decided the level, and why: the admin's question.
     assert [m["level"] for m in out["mx"]] == ["dane", "pane", "tls"]

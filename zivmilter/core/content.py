@@ -42,6 +42,7 @@ class Rules(Protocol):
     @property
     def compiled_patterns(self) -> tuple[tuple[str, Any], ...]: ...
 
+
 #: where a text comes from, as explain and the log show it
 SUBJECT = "subject"
 TEXT_PLAIN = "text/plain"

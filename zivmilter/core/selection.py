@@ -162,9 +162,7 @@ def remove_triggers(subject: str, triggers: Sequence[str]) -> str:
     text = subject.replace(_GONE, " ")
     if ordered:
         either = "|".join(f"(?:{_trigger_regex(t)})" for t in ordered)
-        text = re.sub(
-            rf"(?:{either})(?:\s*:(?=\s|$))?", f" {_GONE} ", text, flags=re.IGNORECASE
-        )
+        text = re.sub(rf"(?:{either})(?:\s*:(?=\s|$))?", f" {_GONE} ", text, flags=re.IGNORECASE)
         text = _TRAILING.sub("", _LEADING.sub("", text))
     return " ".join(text.replace(_GONE, " ").split())
 

@@ -202,5 +202,3 @@ def read_yaml(path: str) -> Any:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(path, None, f"not valid YAML{where}: {problem}") from None
     return data
-
-

@@ -71,8 +71,8 @@ def hand_over_reply(
 ) -> HandOver:
     """Offer the stored reply `reply_id` (to message `message_id`) to the MTA for `to`, and
     record how it went. `sender` is the envelope sender of the portal's mail
-(organization.portal_from); `what` names it in the MTA's errors; `author` (when known) goes with a
-    failed hand-over into the audit log."""
+    (organization.portal_from); `what` names it in the MTA's errors; `author` (when known) goes
+    with a failed hand-over into the audit log."""
     try:
         answers = mailer.send([Outgoing(sender, [to], content, what)])
     except DeliveryError as exc:

@@ -87,6 +87,8 @@ def _folded(name: str, value: str) -> bytes:
     Cc, the same in each of them. Folding a To of 100 addresses takes compat32 about 2 ms, and a
     message to 100 recipients has 100 notifications: 0.2 s of the milter's time, quadratic."""
     return Compat32.fold_binary(_WIRE, name, value)
+
+
 _SMTP = policy.SMTP
 
 
@@ -469,9 +471,7 @@ def portal_link(base_url: str, token: str) -> str:
     return base_url.rstrip("/") + "/m/" + token
 
 
-def language_for(
-    address: str, config: NotificationConfig, chosen: str | None = None
-) -> str:
+def language_for(address: str, config: NotificationConfig, chosen: str | None = None) -> str:
     """The language of a recipient's notification: the one they chose in the portal (the
     contact book), else their domain's (or a parent domain's) in config, else the default."""
     if chosen in defaults.LANGUAGES:

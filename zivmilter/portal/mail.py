@@ -74,9 +74,7 @@ def code_email(
     body = (
         _env()
         .get_template("code.txt")
-        .render(
-            code=code, sender=sender_text, org_name=org_name, minutes=_minutes(), lang=language
-        )
+        .render(code=code, sender=sender_text, org_name=org_name, minutes=_minutes(), lang=language)
     )
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = Address(org_name, addr_spec=portal_sender(org_domain, mail_from))

@@ -576,8 +576,12 @@ class SentPages:
             return None, None, RedirectResponse(self.home, status_code=303)
         message = portal.store.message(str(request.path_params["mid"]))
         if message is None or message.sender != who.address:
-            return who, None, portal.notice(
-                request, "not_found", lang=who.lang, here=self.home, status=404, kind="error"
+            return (
+                who,
+                None,
+                portal.notice(
+                    request, "not_found", lang=who.lang, here=self.home, status=404, kind="error"
+                ),
             )
         if form is not None and fields is not None:
             checked, error = self._form(request, form, fields)

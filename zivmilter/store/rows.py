@@ -56,6 +56,7 @@ def message_record(sealing: Sealing, row: Any) -> MessageRecord:
         size=int(size or 0),
     )
 
+
 def recipient_record(sealing: Sealing, row: Any) -> RecipientRecord:
     message = message_record(sealing, row[:MESSAGE_COLUMNS])
     r = dict(zip(RECIPIENT_FIELDS, row[MESSAGE_COLUMNS:], strict=True))

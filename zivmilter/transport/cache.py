@@ -39,7 +39,9 @@ def connect(path: str) -> sqlite3.Connection:
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         conn = sqlite3.connect(
-            path, timeout=defaults.SQLITE_BUSY_TIMEOUT, check_same_thread=False,
+            path,
+            timeout=defaults.SQLITE_BUSY_TIMEOUT,
+            check_same_thread=False,
             isolation_level=None,  # autocommit: every statement here is its own transaction
         )
         conn.execute("PRAGMA journal_mode=WAL")

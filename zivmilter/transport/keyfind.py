@@ -324,7 +324,9 @@ class _DaneSource:
         if not answer.secure:
             log.info(
                 "%s for %s at %s: not DNSSEC-validated (no AD bit); ignored",
-                self.rdtype, address, owner,
+                self.rdtype,
+                address,
+                owner,
             )
             return Found()
         return Found(tuple(self._candidates(address, owner, answer.records)))
@@ -389,7 +391,13 @@ class SmimeaSource(_DaneSource):
             )
             log.info(
                 "SMIMEA for %s at %s: record %s(%s) %s %s skipped: %s",
-                address, owner, name, usage, selector, mtype, why,
+                address,
+                owner,
+                name,
+                usage,
+                selector,
+                mtype,
+                why,
             )
         return out
 

@@ -185,4 +185,3 @@ def recipient_ref(cur: Cursor, recipient_id: int, *, lock: bool = False) -> Any:
         (recipient_id,),
     )
     return cur.fetchone()
-
