@@ -128,3 +128,25 @@ def test_account_answer_rounds_take_a_share_of_the_address_budget(st: Store, clo
     assert not account(first)  # the lock ended its round; a new one needs a new share
     clock.t += 3601
     assert account(second)
+
+
+def test_a_claims_codes_wait_their_interval_and_end_at_their_cap(st: Store, clock: Clock) -> None:
+    aid, rid = shared(st)
+    claim = st.open_claim(aid, ADDRESS, rid)
+
+    def ask() -> float:
+        return st.issue_claim_code(claim, verify.new_otp_secret(), 60, 2, 10)
+
+    assert ask() == 0.0
+    clock.t += 20
+    assert ask() == 40.0  # the rest of the interval since the last code
+    assert st.claim_code(claim) is not None
+    clock.t += 40
+    assert ask() == 0.0
+    clock.t += 600
+    assert ask() == float("inf")  # two codes in all for this claim
+    st.drop_claim_code(claim)  # sending the last one failed: its slot comes back
+    assert st.claim_code(claim) is None
+    assert ask() == 0.0
+    other = st.open_claim(aid, ADDRESS, rid)  # the same address's other claim: limits of its own
+    assert st.issue_claim_code(other, verify.new_otp_secret(), 60, 2, 10) == 0.0

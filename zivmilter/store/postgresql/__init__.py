@@ -6,7 +6,7 @@ filesystem. `PostgresStore` is composed like `SqliteStore`: one mixin per aggreg
 links.py, handovers.py, attachments.py, replies.py, accounts.py, senders.py, contacts.py,
 audit.py), each with its own SQL in PostgreSQL's dialect, over `PgBase` (connection.py: the pool
 and transactions). The sealing (store/sealing.py) is shared with SQLite: the same key file opens
-both.
+both; so is what the rows mean (store/rows.py, store/attempts.py, store/claims.py...).
 
 Each check-then-act is one transaction that locks what it decides on; the methods say how.
 The schema is migrated by `zivmilter store migrate` (schema.py), never at start: a database

@@ -5,17 +5,15 @@ Each has a data key of its own: it outlives its message's revocation and expiry 
 
 from __future__ import annotations
 
-import secrets
 from typing import BinaryIO
 
-from zivmilter import crypto, defaults
-from zivmilter.errors import StoreError
+from zivmilter import crypto
+from zivmilter.store import attachments
 from zivmilter.store.blobs import Content
-from zivmilter.store.postgresql.connection import audit, dt
+from zivmilter.store.postgresql.connection import audit
 from zivmilter.store.postgresql.contents import insert_blob
 from zivmilter.store.postgresql.messages import KEY_JOIN, MESSAGE_FIELDS, MessagesMixin
 from zivmilter.store.records import AttachmentRecord, SavedAttachment
-from zivmilter.store.rows import message_record
 
 
 class AttachmentsMixin(MessagesMixin):
@@ -35,45 +33,42 @@ class AttachmentsMixin(MessagesMixin):
         Locking: the message row is read FOR SHARE in the inserting transaction, so a
         revocation on another node either commits first (refused here) or waits for this."""
         if not self._live(message_id):
-            raise StoreError(f"message {message_id}: unknown or revoked")
-        key = self._sealing.new_data_key()
-        attachment_id = secrets.token_hex(16)
-        blob_id = secrets.token_hex(16)
-        token = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
-        blob = self._write_blob(blob_id, key, content)
-        sealed_name = key.seal_filename(attachment_id, filename)
+            raise attachments.not_live(message_id)
+        new = attachments.new_attachment(self._sealing, filename)
+        blob = self._write_blob(new.blob_id, new.key, content)
         now = int(self._now())
         try:
             with self._transaction() as cur:
                 if not self._live(message_id, cur):
-                    raise StoreError(f"message {message_id}: unknown or revoked")
-                insert_blob(cur, blob, blob_id, message_id, "attachment")
+                    raise attachments.not_live(message_id)
+                insert_blob(cur, blob, new.blob_id, message_id, "attachment")
                 cur.execute(
                     "INSERT INTO attachments (id, message_id, blob_id, filename, content_type,"
                     " token_hash, created_at, wrapped_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                     (
-                        attachment_id,
+                        new.id,
                         message_id,
-                        blob_id,
-                        sealed_name,
+                        new.blob_id,
+                        new.filename,
                         content_type,
-                        crypto.token_hash(token),
+                        new.token_hash,
                         now,
-                        key.wrapped,
+                        new.key.wrapped,
                     ),
                 )
-                audit(cur, now, message_id, None, "attachment-stored", attachment_id)
+                audit(cur, now, message_id, None, "attachment-stored", new.id)
         except BaseException:
             self._remove_blob(blob.ref)
             raise
-        return SavedAttachment(attachment_id, token)
+        return SavedAttachment(new.id, new.token)
 
     def find_attachment_by_token(self, token: str) -> AttachmentRecord | None:
         with self._read() as cur:
             row = cur.execute(
                 "SELECT id FROM attachments WHERE token_hash = %s", (crypto.token_hash(token),)
             ).fetchone()
-        return None if row is None else self.attachment(str(row[0]))
+        attachment_id = attachments.found(row)
+        return None if attachment_id is None else self.attachment(attachment_id)
 
     def attachment(self, attachment_id: str) -> AttachmentRecord | None:
         with self._read() as cur:
@@ -86,19 +81,7 @@ class AttachmentsMixin(MessagesMixin):
                 + " WHERE a.id = %s",
                 (attachment_id,),
             ).fetchone()
-        if row is None:
-            return None
-        n = len(MESSAGE_FIELDS)
-        message = message_record(self._sealing, row[:n])
-        aid, sealed, ctype, size, created, wrapped, deleted = row[n:]
-        available = wrapped is not None and deleted is None
-        filename = None
-        if sealed is not None and available:
-            key = self._sealing.data_key(bytes(wrapped))
-            filename = key.unseal_filename(str(aid), bytes(sealed))
-        return AttachmentRecord(
-            str(aid), message, filename, str(ctype), int(size), dt(created), available
-        )
+        return attachments.record(self._sealing, row)
 
     def open_attachment(self, attachment_id: str) -> BinaryIO | None:
         """The attachment's bytes, decrypted as read; it does not expire with its message."""
@@ -111,6 +94,5 @@ class AttachmentsMixin(MessagesMixin):
                 " LEFT JOIN message_keys k ON k.message_id = a.message_id WHERE a.id = %s",
                 (attachment_id,),
             ).fetchone()
-        if row is None or row[1] is None:
-            return None
-        return self._open_blob(str(row[0]), self._sealing.data_key(bytes(row[1])))
+        stored = attachments.content(self._sealing, row)
+        return None if stored is None else self._open_blob(*stored)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
-from zivmilter.store.postgresql.connection import PgBase, audit, dt
+from zivmilter.store import audit as audit_log
+from zivmilter.store.postgresql.connection import PgBase, audit
 from zivmilter.store.records import AuditEvent
 
 
@@ -27,25 +29,23 @@ class AuditMixin(PgBase):
                 " WHERE message_id = %s ORDER BY id",
                 (message_id,),
             ).fetchall()
-        return [AuditEvent(dt(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+        return audit_log.events(rows)
 
     def export_events(
         self, since: datetime | None = None, message_id: str | None = None
     ) -> Iterator[AuditEvent]:
         """Every event from `since` on (all of a message's with `message_id`), oldest first, in
         pages: an export of years of events never holds them all in memory."""
-        last = 0
-        while True:
+        start = audit_log.export_since(since)
+
+        def page(last: int) -> list[Any]:
             with self._read() as cur:
-                rows = cur.execute(
+                return cur.execute(
                     "SELECT id, at, message_id, recipient, event, detail FROM audit"
                     " WHERE id > %s AND at >= %s"
                     " AND (%s::text IS NULL OR message_id = %s::text)"
-                    " ORDER BY id LIMIT 1000",
-                    (last, int(since.timestamp()) if since else 0, message_id, message_id),
+                    " ORDER BY id LIMIT %s",
+                    (last, start, message_id, message_id, audit_log.EXPORT_PAGE),
                 ).fetchall()
-            if not rows:
-                return
-            for r in rows:
-                yield AuditEvent(dt(r[1]), r[2], r[3], r[4], r[5])
-            last = int(rows[-1][0])
+
+        yield from audit_log.export(page)

@@ -1,5 +1,5 @@
 """SQL of claims on shared download links (/d/), for PostgreSQL: the same contract as
-sqlite/claims.py (tests/store).
+sqlite/claims.py (tests/store), and the same meaning of the rows (store/claims.py).
 
 Locking: a method that decides on a claim reads its row FOR UPDATE, so answers and codes of one
 claim are counted one after the other on any node; a share of an address's hourly budget is
@@ -10,16 +10,14 @@ until it is taken), so nodes racing for the last share cannot both get it.
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Callable
 from datetime import datetime
 
-from zivmilter import defaults
-from zivmilter.store.postgresql.connection import Cursor, audit, dt, dt_or_none, ts
+from zivmilter.store import claims
+from zivmilter.store.attempts import Lockout
+from zivmilter.store.postgresql.connection import Cursor, audit, ts
 from zivmilter.store.postgresql.messages import MessagesMixin
 from zivmilter.store.records import ClaimAttempt, ClaimRecord, OtpState
-
-BUDGET_WINDOW = 3600  # seconds: `per_hour` counts what an address got in the last hour
 
 _CLAIM = (
     "SELECT a.message_id, c.address, c.failed_streak, c.lockouts, c.locked_until, c.funded"
@@ -31,20 +29,16 @@ _CLAIM = (
 class ClaimsMixin(MessagesMixin):
     def open_claim(self, attachment_id: str, address: str, recipient_id: int | None) -> int:
         """A new claim (its id is random: a pass names it); old claims and spent budget go."""
-        now = int(self._now())
-        claim_id = secrets.randbelow(2**62) + 1
+        new = claims.new_claim(self._now())
         with self._transaction() as cur:
-            cur.execute(
-                "DELETE FROM download_claims WHERE created_at <= %s",
-                (now - defaults.CLAIM_KEEP_SECONDS,),
-            )
-            cur.execute("DELETE FROM claim_budget WHERE at <= %s", (now - BUDGET_WINDOW,))
+            cur.execute("DELETE FROM download_claims WHERE created_at <= %s", (new.claims_before,))
+            cur.execute("DELETE FROM claim_budget WHERE at <= %s", (new.budget_before,))
             cur.execute(
                 "INSERT INTO download_claims (id, attachment_id, address, recipient_id,"
                 " created_at) VALUES (%s, %s, %s, %s, %s)",
-                (claim_id, attachment_id, address, recipient_id, now),
+                (new.id, attachment_id, address, recipient_id, new.created_at),
             )
-        return claim_id
+        return new.id
 
     def claim(self, claim_id: int) -> ClaimRecord | None:
         with self._read() as cur:
@@ -53,10 +47,7 @@ class ClaimsMixin(MessagesMixin):
                 " FROM download_claims WHERE id = %s",
                 (claim_id,),
             ).fetchone()
-        if row is None:
-            return None
-        recipient = None if row[3] is None else int(row[3])
-        return ClaimRecord(int(row[0]), str(row[1]), str(row[2]), recipient, dt_or_none(row[4]))
+        return claims.record(row)
 
     def issue_claim_code(
         self, claim_id: int, secret: bytes, min_interval: float, max_sends: int, per_hour: int
@@ -72,15 +63,11 @@ class ClaimsMixin(MessagesMixin):
                 " FOR UPDATE",
                 (claim_id,),
             ).fetchone()
-            if row is None:
-                return float("inf")
-            sent_at, sends = row[1], int(row[2])
-            if sends >= max_sends:
-                return float("inf")
-            if sent_at is not None and now - int(sent_at) < min_interval:
-                return float(min_interval - (now - int(sent_at)))
-            if not _take_budget(cur, str(row[0]), now, per_hour):
-                return float("inf")
+            ask = claims.code_request(row, now, min_interval, max_sends)
+            if ask.wait:
+                return ask.wait
+            if not _take_budget(cur, ask.address, now, per_hour):
+                return claims.NONE_LEFT
             cur.execute(
                 "UPDATE download_claims SET otp_secret = %s, otp_sent_at = %s,"
                 " otp_sends = otp_sends + 1 WHERE id = %s",
@@ -93,9 +80,7 @@ class ClaimsMixin(MessagesMixin):
             row = cur.execute(
                 "SELECT otp_secret, otp_sent_at FROM download_claims WHERE id = %s", (claim_id,)
             ).fetchone()
-        if row is None or row[0] is None or row[1] is None:
-            return None
-        return OtpState(self._sealing.unseal_claim_code(claim_id, bytes(row[0])), dt(row[1]))
+        return claims.code(self._sealing, claim_id, row)
 
     def drop_claim_code(self, claim_id: int) -> None:
         """Forget the code and its send slot (sending it failed: let the visitor ask again).
@@ -108,13 +93,7 @@ class ClaimsMixin(MessagesMixin):
             )
 
     def claim_answer(
-        self,
-        claim_id: int,
-        lockout: Callable[[int, int], float | None],
-        *,
-        funded: bool,
-        per_hour: int,
-        detail: str = "",
+        self, claim_id: int, lockout: Lockout, *, funded: bool, per_hour: int, detail: str = ""
     ) -> ClaimAttempt:
         """`claim_attempt` for a claim: refused while the claim is locked, otherwise counted as
         wrong at once. With `funded` (an answer with no code behind it: an account's password
@@ -125,30 +104,22 @@ class ClaimsMixin(MessagesMixin):
         with self._transaction() as cur:
             row = cur.execute(_CLAIM, (claim_id,)).fetchone()
             if row is None:
-                return ClaimAttempt(claim_id, False, None)
-            message_id, address = str(row[0]), str(row[1])
-            streak, lockouts, locked, has_share = int(row[2]) + 1, int(row[3]), row[4], row[5]
-            if locked is not None and now < int(locked):
-                audit(cur, now, message_id, address, "verify-while-locked", detail)
-                return ClaimAttempt(claim_id, False, dt(locked))
-            compare = True
-            if funded and not has_share:
-                has_share = _take_budget(cur, address, now, per_hour)
-                compare = bool(has_share)
-            seconds = lockout(streak, lockouts)
-            until = None if seconds is None else now + int(seconds)
+                return claims.refused(claim_id)
+            claim = claims.Answered.read(row)
+            locked = claim.counters.locked(now)
+            if locked is not None:
+                audit(cur, now, claim.message_id, claim.address, "verify-while-locked", detail)
+                return claims.refused(claim_id, locked)
+            share = None
+            if claim.needs_share(funded):
+                share = _take_budget(cur, claim.address, now, per_hour)
+            n = claim.count(claim_id, now, lockout, share)
             cur.execute(
                 "UPDATE download_claims SET failed_streak = %s, lockouts = %s,"
                 " locked_until = COALESCE(%s, locked_until), funded = %s WHERE id = %s",
-                (
-                    0 if until is not None else streak,
-                    lockouts + 1 if until is not None else lockouts,
-                    until,
-                    int(bool(has_share)),
-                    claim_id,
-                ),
+                (n.streak, n.lockouts, n.until, n.funded, claim_id),
             )
-        return ClaimAttempt(claim_id, True, dt_or_none(until), int(seconds or 0), compare)
+        return n.attempt
 
     def settle_claim_answer(
         self, attempt: ClaimAttempt, ok: bool, detail: str = ""
@@ -164,6 +135,8 @@ class ClaimsMixin(MessagesMixin):
             if row is None:
                 return None
             message_id, address = str(row[0]), str(row[1])
+            for event, text in claims.settle_events(attempt, ok, detail):
+                audit(cur, now, message_id, address, event, text)
             if ok:
                 cur.execute(
                     "UPDATE download_claims SET failed_streak = 0, otp_secret = NULL, funded = 0,"
@@ -173,19 +146,15 @@ class ClaimsMixin(MessagesMixin):
                     " WHERE id = %s",
                     (set_lock, set_lock, attempt.claim_id),
                 )
-            else:
-                audit(cur, now, message_id, address, "verify-failed", detail)
-                if set_lock is not None:
-                    audit(cur, now, message_id, address, "locked", f"{attempt.lock_seconds} s")
-                    cur.execute(
-                        "UPDATE download_claims SET otp_secret = NULL, funded = 0 WHERE id = %s",
-                        (attempt.claim_id,),
-                    )
+            elif set_lock is not None:
+                cur.execute(
+                    "UPDATE download_claims SET otp_secret = NULL, funded = 0 WHERE id = %s",
+                    (attempt.claim_id,),
+                )
             row = cur.execute(
                 "SELECT locked_until FROM download_claims WHERE id = %s", (attempt.claim_id,)
             ).fetchone()
-        locked = None if row is None else row[0]
-        return dt(locked) if locked is not None and now < int(locked) else None
+        return claims.settled_lock(row, now)
 
     def consume_claim_code(self, claim_id: int, valid: Callable[[bytes, datetime], bool]) -> bool:
         """Spend the claim's code if `valid(secret, sent_at)` says the answer is that code:
@@ -196,14 +165,12 @@ class ClaimsMixin(MessagesMixin):
                 "SELECT otp_secret, otp_sent_at FROM download_claims WHERE id = %s FOR UPDATE",
                 (claim_id,),
             ).fetchone()
-            if row is None or row[0] is None or row[1] is None:
-                return False
-            sealed = bytes(row[0])
-            if not valid(self._sealing.unseal_claim_code(claim_id, sealed), dt(row[1])):
+            stored = claims.stored_code(self._sealing, claim_id, row)
+            if stored is None or not valid(stored[1].secret, stored[1].sent_at):
                 return False
             done = cur.execute(
                 "UPDATE download_claims SET otp_secret = NULL WHERE id = %s AND otp_secret = %s",
-                (claim_id, sealed),
+                (claim_id, stored[0]),
             ).rowcount
         return done == 1
 
@@ -214,7 +181,7 @@ def _take_budget(cur: Cursor, address: str, now: int, per_hour: int) -> bool:
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
     row = cur.execute(
         "SELECT COUNT(*) FROM claim_budget WHERE address = %s AND at > %s",
-        (address, now - BUDGET_WINDOW),
+        (address, claims.budget_since(now)),
     ).fetchone()
     if row is None or int(row[0]) >= per_hour:
         return False

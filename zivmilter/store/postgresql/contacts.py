@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from zivmilter.core.addresses import normalize_address
 from zivmilter.core.facts import Contact
-from zivmilter.store.postgresql.connection import PgBase, audit, dt_or_none
+from zivmilter.store import contacts
+from zivmilter.store.contacts import ENTRY_COLUMNS
+from zivmilter.store.postgresql.connection import PgBase, audit
 from zivmilter.store.records import ContactEntry, address_key
 
 
@@ -18,18 +20,13 @@ class ContactsMixin(PgBase):
             row = cur.execute(
                 "SELECT sms, access_code_hash, language FROM contacts WHERE address = %s", (key,)
             ).fetchone()
-        if row is None:
-            return None
-        sms = None if row[0] is None else self._sealing.unseal_contact_sms(key, bytes(row[0]))
-        return Contact(sms=sms, access_code=row[1] is not None, language=row[2])
+        return contacts.contact(self._sealing, key, row)
 
     def remember_contact(
         self, address: str, sms: str | None = None, access_code_hash: str | None = None
     ) -> None:
         """Remember an SMS number or access code (hash) the recipient used successfully."""
-        key = normalize_address(address)
-        sealed = None if sms is None else self._sealing.seal_contact_sms(key, sms)
-        now = int(self._now())
+        new = contacts.remembered(self._sealing, address, sms, access_code_hash, self._now())
         with self._transaction() as cur:
             cur.execute(
                 "INSERT INTO contacts AS c (address, sms, access_code_hash, used_at)"
@@ -37,9 +34,9 @@ class ContactsMixin(PgBase):
                 " ON CONFLICT (address) DO UPDATE SET sms = COALESCE(excluded.sms, c.sms),"
                 " access_code_hash = COALESCE(excluded.access_code_hash, c.access_code_hash),"
                 " used_at = excluded.used_at",
-                (key, sealed, access_code_hash, now),
+                (new.address, new.sms, new.access_code_hash, new.used_at),
             )
-            audit(cur, now, None, key, "contact-remembered", "sms" if sms else "access-code")
+            audit(cur, new.used_at, None, new.address, "contact-remembered", new.detail)
 
     def remember_language(self, address: str, language: str) -> None:
         """The language the recipient chose in the portal, for their next notification. Not a
@@ -54,20 +51,8 @@ class ContactsMixin(PgBase):
 
     def contacts(self) -> list[ContactEntry]:
         with self._read() as cur:
-            rows = cur.execute(
-                "SELECT address, sms, access_code_hash IS NOT NULL, used_at, language FROM contacts"
-                " ORDER BY address"
-            ).fetchall()
-        return [
-            ContactEntry(
-                str(r[0]),
-                None if r[1] is None else self._sealing.unseal_contact_sms(str(r[0]), bytes(r[1])),
-                bool(r[2]),
-                dt_or_none(r[3]),
-                r[4],
-            )
-            for r in rows
-        ]
+            rows = cur.execute(f"SELECT {ENTRY_COLUMNS} FROM contacts ORDER BY address").fetchall()
+        return contacts.entries(self._sealing, rows)
 
     def forget_contact(self, address: str) -> bool:
         key = normalize_address(address)
@@ -83,7 +68,7 @@ class IddMixin(PgBase):
         """Domains an admin listed as having inbound direct delivery (besides idd.domains)."""
         with self._read() as cur:
             rows = cur.execute("SELECT domain FROM idd_domains ORDER BY domain").fetchall()
-        return [str(r[0]) for r in rows]
+        return contacts.domains(rows)
 
     def set_idd_domain(self, domain: str, enabled: bool) -> bool:
         """Add (enabled) or remove a domain; False when nothing changed."""
@@ -99,5 +84,5 @@ class IddMixin(PgBase):
                 cur.execute("DELETE FROM idd_domains WHERE domain = %s", (domain,))
             changed = cur.rowcount > 0
             if changed:
-                audit(cur, now, None, None, "idd-added" if enabled else "idd-removed", domain)
+                audit(cur, now, None, None, contacts.idd_event(enabled), domain)
         return changed

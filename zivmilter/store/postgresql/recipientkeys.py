@@ -4,12 +4,11 @@ PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from zivmilter.store.postgresql.connection import Cursor, PgBase, audit, dt_or_none
+from zivmilter.store import recipientkeys
+from zivmilter.store.postgresql.connection import Cursor, PgBase, audit
+from zivmilter.store.recipientkeys import KEY_COLUMNS
 from zivmilter.store.records import StoredKey, address_key
-
-_COLUMNS = "k.ident, k.kind, k.material, k.imported_at"
 
 
 class RecipientKeysMixin(PgBase):
@@ -29,9 +28,9 @@ class RecipientKeysMixin(PgBase):
             cur.execute("DELETE FROM recipient_key_addresses WHERE ident = %s", (key.ident,))
             cur.executemany(
                 "INSERT INTO recipient_key_addresses (ident, address) VALUES (%s, %s)",
-                [(key.ident, a) for a in sorted(set(key.addresses))],
+                recipientkeys.address_rows(key),
             )
-            audit(cur, now, None, None, "key-imported", f"{key.kind} {key.ident}")
+            audit(cur, now, None, None, "key-imported", recipientkeys.import_detail(key))
         return new
 
     def recipient_keys(self, address: str | None = None) -> list[StoredKey]:
@@ -48,21 +47,22 @@ class RecipientKeysMixin(PgBase):
             args = (norm,)
         with self._read() as cur:
             rows = cur.execute(
-                f"SELECT {_COLUMNS} FROM recipient_keys k{where} ORDER BY k.imported_at, k.ident",
+                f"SELECT {KEY_COLUMNS} FROM recipient_keys k{where}"
+                " ORDER BY k.imported_at, k.ident",
                 args,
             ).fetchall()
-            addresses = _addresses(cur, [str(r[0]) for r in rows])
-        return [_key(r, addresses.get(str(r[0]), ())) for r in rows]
+            addresses = _addresses(cur, recipientkeys.idents(rows))
+        return recipientkeys.stored_keys(rows, addresses)
 
     def recipient_key(self, ident: str) -> StoredKey | None:
         with self._read() as cur:
             row = cur.execute(
-                f"SELECT {_COLUMNS} FROM recipient_keys k WHERE k.ident = %s", (ident,)
+                f"SELECT {KEY_COLUMNS} FROM recipient_keys k WHERE k.ident = %s", (ident,)
             ).fetchone()
             if row is None:
                 return None
             addresses = _addresses(cur, [ident])
-        return _key(row, addresses.get(ident, ()))
+        return recipientkeys.stored_key(row, addresses[ident])
 
     def remove_recipient_key(self, ident: str) -> bool:
         with self._transaction() as cur:
@@ -73,21 +73,11 @@ class RecipientKeysMixin(PgBase):
 
 
 def _addresses(cur: Cursor, idents: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    out: dict[str, list[str]] = {}
+    out: dict[str, tuple[str, ...]] = {}
     for ident in idents:
         rows = cur.execute(
             "SELECT address FROM recipient_key_addresses WHERE ident = %s ORDER BY address",
             (ident,),
         ).fetchall()
-        out[ident] = [str(r[0]) for r in rows]
-    return {k: tuple(v) for k, v in out.items()}
-
-
-def _key(row: Any, addresses: tuple[str, ...]) -> StoredKey:
-    return StoredKey(
-        ident=str(row[0]),
-        kind=str(row[1]),
-        addresses=addresses,
-        material=bytes(row[2]),
-        imported_at=dt_or_none(row[3]),
-    )
+        out[ident] = recipientkeys.addresses(rows)
+    return out

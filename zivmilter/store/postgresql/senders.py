@@ -1,22 +1,22 @@
 """SQL of the sender's side of the portal (PostgreSQL): enrolment invitations, the sign-in
 lockout of sender accounts, sent items, expiry and read receipts (issue 19).
 
-As for links (links.py), the lockout's length is the portal's decision, passed in; each
-check-then-act here is one transaction that locks what it decides on (each method says how),
-so it holds when the portals of several nodes share the database.
+What the rows mean is store/senders.py's, shared with SQLite. As for links (links.py), the
+lockout's length is the portal's decision, passed in; each check-then-act here is one
+transaction that locks what it decides on (each method says how), so it holds when the portals
+of several nodes share the database.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
-from zivmilter import crypto, defaults
-from zivmilter.store.postgresql.connection import audit, dt, ts
+from zivmilter.store import senders as sender_side
+from zivmilter.store.attempts import Counters, Lockout
+from zivmilter.store.postgresql.connection import audit, ts
 from zivmilter.store.postgresql.messages import KEY_JOIN, MESSAGE_FIELDS, MessagesMixin
-from zivmilter.store.records import MessageRecord, SentPage, SignInAttempt, address_key
-from zivmilter.store.rows import message_record
+from zivmilter.store.records import SentPage, SignInAttempt
 
 _SENDER = "kind = 'sender' AND active"
 
@@ -31,25 +31,26 @@ class SendersMixin(MessagesMixin):
         Locking: the account row FOR UPDATE: invitations of one address, from any node, are
         issued one after the other, so exactly one unused invitation remains, and none is
         issued for an account switched off meanwhile."""
-        key = address_key(address)
-        if key is None:
+        new = sender_side.new_invite(address, self._now(), lifetime)
+        if new is None:
             return None
-        token = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
-        now = int(self._now())
         with self._transaction() as cur:
             row = cur.execute(
-                f"SELECT 1 FROM accounts WHERE address = %s AND {_SENDER} FOR UPDATE", (key,)
+                f"SELECT 1 FROM accounts WHERE address = %s AND {_SENDER} FOR UPDATE",
+                (new.address,),
             ).fetchone()
             if row is None:
                 return None
-            cur.execute("DELETE FROM invites WHERE address = %s AND used_at IS NULL", (key,))
+            cur.execute(
+                "DELETE FROM invites WHERE address = %s AND used_at IS NULL", (new.address,)
+            )
             cur.execute(
                 "INSERT INTO invites (token_hash, address, created_at, expires_at)"
                 " VALUES (%s, %s, %s, %s)",
-                (crypto.token_hash(token), key, now, now + int(lifetime)),
+                (new.token_hash, new.address, new.created_at, new.expires_at),
             )
-            audit(cur, now, None, key, "invite-issued", "")
-        return token
+            audit(cur, new.created_at, None, new.address, "invite-issued", "")
+        return new.token
 
     def invite_address(self, token_hash: str) -> str | None:
         with self._read() as cur:
@@ -59,7 +60,7 @@ class SendersMixin(MessagesMixin):
                 " AND a.kind = 'sender' AND a.active",
                 (token_hash, int(self._now())),
             ).fetchone()
-        return None if row is None else str(row[0])
+        return sender_side.invited(row)
 
     def redeem_invite(
         self, token_hash: str, password_hash: str, totp_secret: bytes, totp_step: int
@@ -97,15 +98,13 @@ class SendersMixin(MessagesMixin):
 
     # -- signing in -----------------------------------------------------------------------
 
-    def claim_sign_in(
-        self, address: str, lockout: Callable[[int, int], float | None], detail: str = ""
-    ) -> SignInAttempt:
+    def claim_sign_in(self, address: str, lockout: Lockout, detail: str = "") -> SignInAttempt:
         """Claim one sign-in of `address` before comparing it (see `SignInAttempt`): counted
         as wrong at once, refused while the account is locked.
 
         Locking: the account row FOR UPDATE: sign-ins of one account, from any portal node,
         are counted one after the other, so the limit holds however many arrive at once."""
-        key = address_key(address) or address
+        key = sender_side.sign_in_key(address)
         now = int(self._now())
         with self._transaction() as cur:
             row = cur.execute(
@@ -115,23 +114,18 @@ class SendersMixin(MessagesMixin):
             ).fetchone()
             if row is None:
                 return SignInAttempt(key, True, None)
-            streak, lockouts, locked = int(row[0]) + 1, int(row[1]), row[2]
-            if locked is not None and now < int(locked):
+            counters = Counters.read(row[0], row[1], row[2])
+            locked = counters.locked(now)
+            if locked is not None:
                 audit(cur, now, None, key, "sign-in-while-locked", detail)
-                return SignInAttempt(key, False, dt(locked))
-            seconds = lockout(streak, lockouts)
-            until = None if seconds is None else now + int(seconds)
+                return SignInAttempt(key, False, locked)
+            n = counters.count(now, lockout)
             cur.execute(
                 "UPDATE accounts SET failed_attempts = failed_attempts + 1, failed_streak = %s,"
                 " lockouts = %s, locked_until = COALESCE(%s, locked_until) WHERE address = %s",
-                (
-                    0 if until is not None else streak,
-                    lockouts + 1 if until is not None else lockouts,
-                    until,
-                    key,
-                ),
+                (n.streak, n.lockouts, n.until, key),
             )
-        return SignInAttempt(key, True, None if until is None else dt(until), counted=True)
+        return SignInAttempt(key, True, n.locked_until, counted=True)
 
     def settle_sign_in(self, attempt: SignInAttempt, ok: bool) -> datetime | None:
         """Settle a claimed sign-in as `settle_attempt` settles a link's answer: a right one
@@ -161,15 +155,9 @@ class SendersMixin(MessagesMixin):
                     (set_lock, set_lock, set_lock, attempt.address),
                 )
                 row = cur.fetchone()
-            if ok:
-                audit(cur, now, None, attempt.address, "sign-in", "sent items")
-            elif attempt.counted:
-                audit(cur, now, None, attempt.address, "sign-in-failed", "sent items")
-                if set_lock is not None:
-                    audit(cur, now, None, attempt.address, "locked", "sign-in")
-        if row is None or row[0] is None or int(row[0]) <= now:
-            return None
-        return dt(row[0])
+            for event, detail in sender_side.settle_events(attempt, ok):
+                audit(cur, now, None, attempt.address, event, detail)
+        return sender_side.settled_lock(row, now)
 
     # -- sent items -----------------------------------------------------------------------
 
@@ -180,22 +168,22 @@ class SendersMixin(MessagesMixin):
         SQLite). The subject is sealed, so a search decrypts the subjects of the senders'
         messages to match them (AES-GCM: microseconds each); a page without a search decrypts
         only its own. Reads only: one transaction, so the count and the page agree."""
-        keys = [k for k in (address_key(s) for s in senders) if k is not None]
+        keys = sender_side.sender_keys(senders)
         if not keys:
             return SentPage([], 0)
         select = (
             f"SELECT {', '.join(MESSAGE_FIELDS)} FROM messages m{KEY_JOIN}"
             ' WHERE m.sender = ANY(%s) ORDER BY m.created_at DESC, m.id COLLATE "C" DESC'
         )
-        needle = query.strip().casefold()
+        needle = sender_side.needle(query)
         with self._read() as cur:
             if not needle:
                 counted = cur.execute(
                     "SELECT COUNT(*) FROM messages WHERE sender = ANY(%s)", (keys,)
                 ).fetchone()
                 rows = cur.execute(select + " LIMIT %s OFFSET %s", (keys, limit, offset)).fetchall()
-                total = 0 if counted is None else int(counted[0])
-                return SentPage([message_record(self._sealing, r) for r in rows], total)
+                total = 0 if counted is None else counted[0]
+                return sender_side.page(self._sealing, rows, total)
             rows = cur.execute(select, (keys,)).fetchall()
             by_recipient = {
                 str(r[0])
@@ -206,12 +194,7 @@ class SendersMixin(MessagesMixin):
                     (keys, needle),
                 ).fetchall()
             }
-        found: list[MessageRecord] = []
-        for row in rows:
-            record = message_record(self._sealing, row)
-            if record.id in by_recipient or needle in (record.subject or "").casefold():
-                found.append(record)
-        return SentPage(found[offset : offset + limit], len(found))
+        return sender_side.search(self._sealing, rows, by_recipient, needle, offset, limit)
 
     def set_expiry(self, message_id: str, expires_at: datetime, reason: str = "") -> bool:
         """Set when the message expires, while it has an open notification link.
@@ -230,8 +213,9 @@ class SendersMixin(MessagesMixin):
                 (at, message_id),
             ).rowcount
             if done:
-                when = dt(at).strftime("%Y-%m-%d %H:%M UTC")
-                audit(cur, now, message_id, None, "expiry-set", f"{when} {reason}".strip())
+                audit(
+                    cur, now, message_id, None, "expiry-set", sender_side.expiry_detail(at, reason)
+                )
         return bool(done)
 
     def claim_read_receipt(self, recipient_id: int) -> bool:

@@ -8,8 +8,9 @@ connection, its lock, transactions, group commit). Mixins rather than one object
 because the aggregates share one connection, one lock and often one transaction (a save writes
 messages, blobs and the audit log at once; revoking the last link revokes the message): separate
 objects would hand a cursor or the lock back and forth, and every call from the milter would pay
-one more indirection on its hot path. A PostgreSQL backend would bring its own mixins over its own
-base; the sealing (sealing.py) and the blob files (blobs.py) are shared.
+one more indirection on its hot path. The PostgreSQL backend brings its own mixins over its own
+base; the sealing (sealing.py), the blob files (blobs.py) and what the rows mean (store/rows.py,
+store/attempts.py and one module per aggregate: store/claims.py, store/senders.py...) are shared.
 """
 
 from __future__ import annotations

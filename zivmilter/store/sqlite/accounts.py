@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from zivmilter.core.addresses import normalize_address
+from zivmilter.store import accounts
+from zivmilter.store.accounts import ACCOUNT_COLUMNS
 from zivmilter.store.records import Account, AccountKind, address_key
 from zivmilter.store.sqlite.connection import SqliteBase, audit
 
@@ -24,22 +26,17 @@ class AccountsMixin(SqliteBase):
             return None
         with self._lock:
             row = self._conn.execute(
-                "SELECT address, kind, active, password_hash, totp_secret IS NOT NULL"
-                " FROM accounts WHERE address = ?",
-                (key,),
+                f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE address = ?", (key,)
             ).fetchone()
-        if row is None:
-            return None
-        return Account(str(row[0]), row[1], bool(row[2]), row[3], bool(row[4]))
+        return accounts.maybe_account(row)
 
     def accounts(self) -> list[Account]:
         """Every account, senders and recipients, by kind and address."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT address, kind, active, password_hash, totp_secret IS NOT NULL"
-                " FROM accounts ORDER BY kind, address"
+                f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY kind, address"
             ).fetchall()
-        return [Account(str(r[0]), r[1], bool(r[2]), r[3], bool(r[4])) for r in rows]
+        return [accounts.account(r) for r in rows]
 
     def use_totp_step(self, address: str, step: int) -> bool:
         """Spend an authenticator time step: True only for a step later than any used before."""
@@ -62,9 +59,7 @@ class AccountsMixin(SqliteBase):
             row = self._conn.execute(
                 "SELECT totp_secret FROM accounts WHERE address = ?", (key,)
             ).fetchone()
-        if row is None or row[0] is None:
-            return None
-        return self._sealing.unseal_totp(key, bytes(row[0]))
+        return accounts.totp_secret(self._sealing, key, row)
 
     def enrol_totp(self, address: str, secret: bytes) -> bool:
         """Keep an authenticator secret for an active account that has none: checked and set in
@@ -93,20 +88,18 @@ class AccountsMixin(SqliteBase):
         totp_secret: bytes | None = None,
     ) -> None:
         """Create or replace an account, active; the caller hashes `password_hash` itself."""
-        if kind not in ("sender", "recipient"):
-            raise ValueError(f"account kind {kind!r}")
-        key = normalize_address(address)
-        sealed = None if totp_secret is None else self._sealing.seal_totp(key, totp_secret)
-        now = int(self._now())
+        new = accounts.new_account(
+            self._sealing, address, kind, password_hash, totp_secret, self._now()
+        )
         with self._transaction() as cur:
             cur.execute(
                 "INSERT INTO accounts (address, kind, active, password_hash, totp_secret,"
                 " created_at) VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (address) DO UPDATE SET"
                 " kind = excluded.kind, active = 1, password_hash = excluded.password_hash,"
                 " totp_secret = excluded.totp_secret",
-                (key, kind, password_hash, sealed, now),
+                (new.address, new.kind, new.password_hash, new.totp_secret, new.created_at),
             )
-            audit(cur, now, None, key, "account-added", kind)
+            audit(cur, new.created_at, None, new.address, "account-added", new.kind)
 
     def set_account_active(self, address: str, active: bool) -> bool:
         """Switch an account on or off; False when there is no such account. Switching it off
@@ -116,8 +109,8 @@ class AccountsMixin(SqliteBase):
         with self._transaction() as cur:
             n = cur.execute(
                 "UPDATE accounts SET active = ?, session_gen = session_gen + ? WHERE address = ?",
-                (int(active), int(not active), key),
+                (int(active), accounts.session_step(active), key),
             ).rowcount
             if n:
-                audit(cur, now, None, key, "account-active" if active else "account-inactive", "")
+                audit(cur, now, None, key, accounts.switch_event(active), "")
         return bool(n)

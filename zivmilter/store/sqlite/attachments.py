@@ -5,15 +5,13 @@ Each has a data key of its own: it outlives its message's revocation and expiry 
 
 from __future__ import annotations
 
-import secrets
 from typing import BinaryIO
 
-from zivmilter import crypto, defaults
-from zivmilter.errors import StoreError
+from zivmilter import crypto
+from zivmilter.store import attachments
 from zivmilter.store.blobs import Content
 from zivmilter.store.records import AttachmentRecord, SavedAttachment
-from zivmilter.store.rows import message_record
-from zivmilter.store.sqlite.connection import audit, dt
+from zivmilter.store.sqlite.connection import audit
 from zivmilter.store.sqlite.contents import insert_blob
 from zivmilter.store.sqlite.messages import MESSAGE_FIELDS, MessagesMixin
 
@@ -36,43 +34,40 @@ class AttachmentsMixin(MessagesMixin):
                 "SELECT 1 FROM messages WHERE id = ? AND revoked_at IS NULL", (message_id,)
             ).fetchone()
         if row is None:
-            raise StoreError(f"message {message_id}: unknown or revoked")
-        key = self._sealing.new_data_key()
-        attachment_id = secrets.token_hex(16)
-        blob_id = secrets.token_hex(16)
-        token = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
-        blob = self._write_blob(blob_id, key, content)
-        sealed_name = key.seal_filename(attachment_id, filename)
+            raise attachments.not_live(message_id)
+        new = attachments.new_attachment(self._sealing, filename)
+        blob = self._write_blob(new.blob_id, new.key, content)
         now = int(self._now())
         try:
             with self._transaction() as cur:
-                insert_blob(cur, blob, blob_id, message_id, "attachment")
+                insert_blob(cur, blob, new.blob_id, message_id, "attachment")
                 cur.execute(
                     "INSERT INTO attachments (id, message_id, blob_id, filename, content_type,"
                     " token_hash, created_at, wrapped_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        attachment_id,
+                        new.id,
                         message_id,
-                        blob_id,
-                        sealed_name,
+                        new.blob_id,
+                        new.filename,
                         content_type,
-                        crypto.token_hash(token),
+                        new.token_hash,
                         now,
-                        key.wrapped,
+                        new.key.wrapped,
                     ),
                 )
-                audit(cur, now, message_id, None, "attachment-stored", attachment_id)
+                audit(cur, now, message_id, None, "attachment-stored", new.id)
         except BaseException:
             self._remove_blob(blob.ref)
             raise
-        return SavedAttachment(attachment_id, token)
+        return SavedAttachment(new.id, new.token)
 
     def find_attachment_by_token(self, token: str) -> AttachmentRecord | None:
         with self._lock:
             row = self._conn.execute(
                 "SELECT id FROM attachments WHERE token_hash = ?", (crypto.token_hash(token),)
             ).fetchone()
-        return None if row is None else self.attachment(str(row[0]))
+        attachment_id = attachments.found(row)
+        return None if attachment_id is None else self.attachment(attachment_id)
 
     def attachment(self, attachment_id: str) -> AttachmentRecord | None:
         with self._lock:
@@ -84,19 +79,7 @@ class AttachmentsMixin(MessagesMixin):
                 " WHERE a.id = ?",
                 (attachment_id,),
             ).fetchone()
-        if row is None:
-            return None
-        n = len(MESSAGE_FIELDS)
-        message = message_record(self._sealing, row[:n])
-        aid, sealed, ctype, size, created, wrapped, deleted = row[n:]
-        available = wrapped is not None and deleted is None
-        filename = None
-        if sealed is not None and available:
-            key = self._sealing.data_key(bytes(wrapped))
-            filename = key.unseal_filename(str(aid), bytes(sealed))
-        return AttachmentRecord(
-            str(aid), message, filename, str(ctype), int(size), dt(created), available
-        )
+        return attachments.record(self._sealing, row)
 
     def open_attachment(self, attachment_id: str) -> BinaryIO | None:
         """The attachment's bytes, decrypted as read; it does not expire with its message."""
@@ -108,6 +91,5 @@ class AttachmentsMixin(MessagesMixin):
                 " JOIN messages m ON m.id = a.message_id WHERE a.id = ?",
                 (attachment_id,),
             ).fetchone()
-        if row is None or row[1] is None:
-            return None
-        return self._open_blob(str(row[0]), self._sealing.data_key(bytes(row[1])))
+        stored = attachments.content(self._sealing, row)
+        return None if stored is None else self._open_blob(*stored)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
+from zivmilter.store import recipientkeys
+from zivmilter.store.recipientkeys import KEY_COLUMNS
 from zivmilter.store.records import StoredKey, address_key
-from zivmilter.store.sqlite.connection import SqliteBase, audit, dt_or_none
-
-_COLUMNS = "k.ident, k.kind, k.material, k.imported_at"
+from zivmilter.store.sqlite.connection import SqliteBase, audit
 
 
 class RecipientKeysMixin(SqliteBase):
@@ -28,9 +27,9 @@ class RecipientKeysMixin(SqliteBase):
             cur.execute("DELETE FROM recipient_key_addresses WHERE ident = ?", (key.ident,))
             cur.executemany(
                 "INSERT INTO recipient_key_addresses (ident, address) VALUES (?, ?)",
-                [(key.ident, a) for a in sorted(set(key.addresses))],
+                recipientkeys.address_rows(key),
             )
-            audit(cur, now, None, None, "key-imported", f"{key.kind} {key.ident}")
+            audit(cur, now, None, None, "key-imported", recipientkeys.import_detail(key))
         return new
 
     def recipient_keys(self, address: str | None = None) -> list[StoredKey]:
@@ -47,21 +46,22 @@ class RecipientKeysMixin(SqliteBase):
             args = (norm,)
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM recipient_keys k{where} ORDER BY k.imported_at, k.ident",
+                f"SELECT {KEY_COLUMNS} FROM recipient_keys k{where}"
+                " ORDER BY k.imported_at, k.ident",
                 args,
             ).fetchall()
-            addresses = self._addresses([str(r[0]) for r in rows])
-        return [_key(r, addresses.get(str(r[0]), ())) for r in rows]
+            addresses = self._addresses(recipientkeys.idents(rows))
+        return recipientkeys.stored_keys(rows, addresses)
 
     def recipient_key(self, ident: str) -> StoredKey | None:
         with self._lock:
             row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM recipient_keys k WHERE k.ident = ?", (ident,)
+                f"SELECT {KEY_COLUMNS} FROM recipient_keys k WHERE k.ident = ?", (ident,)
             ).fetchone()
             if row is None:
                 return None
             addresses = self._addresses([ident])
-        return _key(row, addresses.get(ident, ()))
+        return recipientkeys.stored_key(row, addresses[ident])
 
     def remove_recipient_key(self, ident: str) -> bool:
         with self._transaction() as cur:
@@ -71,21 +71,11 @@ class RecipientKeysMixin(SqliteBase):
         return bool(n)
 
     def _addresses(self, idents: Sequence[str]) -> dict[str, tuple[str, ...]]:
-        out: dict[str, list[str]] = {}
+        out: dict[str, tuple[str, ...]] = {}
         for ident in idents:
             rows = self._conn.execute(
                 "SELECT address FROM recipient_key_addresses WHERE ident = ? ORDER BY address",
                 (ident,),
             ).fetchall()
-            out[ident] = [str(r[0]) for r in rows]
-        return {k: tuple(v) for k, v in out.items()}
-
-
-def _key(row: Any, addresses: tuple[str, ...]) -> StoredKey:
-    return StoredKey(
-        ident=str(row[0]),
-        kind=str(row[1]),
-        addresses=addresses,
-        material=bytes(row[2]),
-        imported_at=dt_or_none(row[3]),
-    )
+            out[ident] = recipientkeys.addresses(rows)
+        return out

@@ -1,21 +1,20 @@
 """SQL of the sender's side of the portal: enrolment invitations, the sign-in lockout of sender
 accounts, sent items, expiry and read receipts (issue 19).
 
-As for links (links.py), the lockout's length is the portal's decision, passed in; each
-check-then-act here (an invitation spent, a sign-in claimed, a receipt claimed) is one
-transaction.
+What the rows mean is store/senders.py's, shared with PostgreSQL. As for links (links.py), the
+lockout's length is the portal's decision, passed in; each check-then-act here (an invitation
+spent, a sign-in claimed, a receipt claimed) is one transaction.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
-from zivmilter import crypto, defaults
-from zivmilter.store.records import MessageRecord, SentPage, SignInAttempt, address_key
-from zivmilter.store.rows import message_record
-from zivmilter.store.sqlite.connection import audit, dt, ts
+from zivmilter.store import senders as sender_side
+from zivmilter.store.attempts import Counters, Lockout
+from zivmilter.store.records import SentPage, SignInAttempt
+from zivmilter.store.sqlite.connection import audit, ts
 from zivmilter.store.sqlite.messages import MESSAGE_FIELDS, MessagesMixin
 
 _SENDER = "kind = 'sender' AND active = 1"
@@ -25,25 +24,23 @@ class SendersMixin(MessagesMixin):
     # -- invitations ----------------------------------------------------------------------
 
     def add_invite(self, address: str, lifetime: float) -> str | None:
-        key = address_key(address)
-        if key is None:
+        new = sender_side.new_invite(address, self._now(), lifetime)
+        if new is None:
             return None
-        token = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
-        now = int(self._now())
         with self._transaction() as cur:
             row = cur.execute(
-                f"SELECT 1 FROM accounts WHERE address = ? AND {_SENDER}", (key,)
+                f"SELECT 1 FROM accounts WHERE address = ? AND {_SENDER}", (new.address,)
             ).fetchone()
             if row is None:
                 return None
-            cur.execute("DELETE FROM invites WHERE address = ? AND used_at IS NULL", (key,))
+            cur.execute("DELETE FROM invites WHERE address = ? AND used_at IS NULL", (new.address,))
             cur.execute(
                 "INSERT INTO invites (token_hash, address, created_at, expires_at)"
                 " VALUES (?, ?, ?, ?)",
-                (crypto.token_hash(token), key, now, now + int(lifetime)),
+                (new.token_hash, new.address, new.created_at, new.expires_at),
             )
-            audit(cur, now, None, key, "invite-issued", "")
-        return token
+            audit(cur, new.created_at, None, new.address, "invite-issued", "")
+        return new.token
 
     def invite_address(self, token_hash: str) -> str | None:
         with self._lock:
@@ -53,7 +50,7 @@ class SendersMixin(MessagesMixin):
                 " AND a.kind = 'sender' AND a.active = 1",
                 (token_hash, int(self._now())),
             ).fetchone()
-        return None if row is None else str(row[0])
+        return sender_side.invited(row)
 
     def redeem_invite(
         self, token_hash: str, password_hash: str, totp_secret: bytes, totp_step: int
@@ -82,12 +79,10 @@ class SendersMixin(MessagesMixin):
 
     # -- signing in -----------------------------------------------------------------------
 
-    def claim_sign_in(
-        self, address: str, lockout: Callable[[int, int], float | None], detail: str = ""
-    ) -> SignInAttempt:
+    def claim_sign_in(self, address: str, lockout: Lockout, detail: str = "") -> SignInAttempt:
         """Claim one sign-in of `address` before comparing it (see `SignInAttempt`): counted
         as wrong at once, refused while the account is locked."""
-        key = address_key(address) or address
+        key = sender_side.sign_in_key(address)
         now = int(self._now())
         with self._transaction() as cur:
             row = cur.execute(
@@ -97,18 +92,18 @@ class SendersMixin(MessagesMixin):
             ).fetchone()
             if row is None:
                 return SignInAttempt(key, True, None)
-            streak, lockouts, locked = int(row[0]) + 1, int(row[1]), row[2]
-            if locked is not None and now < int(locked):
+            counters = Counters.read(row[0], row[1], row[2])
+            locked = counters.locked(now)
+            if locked is not None:
                 audit(cur, now, None, key, "sign-in-while-locked", detail)
-                return SignInAttempt(key, False, dt(locked))
-            seconds = lockout(streak, lockouts)
-            until = None if seconds is None else now + int(seconds)
+                return SignInAttempt(key, False, locked)
+            n = counters.count(now, lockout)
             cur.execute(
                 "UPDATE accounts SET failed_attempts = failed_attempts + 1, failed_streak = ?,"
                 " lockouts = ?, locked_until = COALESCE(?, locked_until) WHERE address = ?",
-                (0 if until else streak, lockouts + (1 if until else 0), until, key),
+                (n.streak, n.lockouts, n.until, key),
             )
-        return SignInAttempt(key, True, None if until is None else dt(until), counted=True)
+        return SignInAttempt(key, True, n.locked_until, counted=True)
 
     def settle_sign_in(self, attempt: SignInAttempt, ok: bool) -> datetime | None:
         """Settle a claimed sign-in as `settle_attempt` settles a link's answer: a right one
@@ -128,18 +123,12 @@ class SendersMixin(MessagesMixin):
                     " WHERE address = ?",
                     (set_lock, set_lock, set_lock, attempt.address),
                 )
-            if ok:
-                audit(cur, now, None, attempt.address, "sign-in", "sent items")
-            elif attempt.counted:
-                audit(cur, now, None, attempt.address, "sign-in-failed", "sent items")
-                if set_lock is not None:
-                    audit(cur, now, None, attempt.address, "locked", "sign-in")
+            for event, detail in sender_side.settle_events(attempt, ok):
+                audit(cur, now, None, attempt.address, event, detail)
             row = cur.execute(
                 "SELECT locked_until FROM accounts WHERE address = ?", (attempt.address,)
             ).fetchone()
-        if row is None or row[0] is None or int(row[0]) <= now:
-            return None
-        return dt(row[0])
+        return sender_side.settled_lock(row, now)
 
     # -- sent items -----------------------------------------------------------------------
 
@@ -149,7 +138,7 @@ class SendersMixin(MessagesMixin):
         """Newest first, through the messages_sender index. The subject is sealed, so a search
         decrypts the subjects of the senders' messages to match them (AES-GCM: microseconds
         each); a page without a search decrypts only its own."""
-        keys = [k for k in (address_key(s) for s in senders) if k is not None]
+        keys = sender_side.sender_keys(senders)
         if not keys:
             return SentPage([], 0)
         marks = ", ".join("?" * len(keys))
@@ -157,7 +146,7 @@ class SendersMixin(MessagesMixin):
             f"SELECT {', '.join(MESSAGE_FIELDS)} FROM messages m WHERE m.sender IN ({marks})"
             " ORDER BY m.created_at DESC, m.id DESC"
         )
-        needle = query.strip().casefold()
+        needle = sender_side.needle(query)
         with self._lock:
             if not needle:
                 (total,) = self._conn.execute(
@@ -166,7 +155,7 @@ class SendersMixin(MessagesMixin):
                 rows = self._conn.execute(
                     select + " LIMIT ? OFFSET ?", (*keys, limit, offset)
                 ).fetchall()
-                return SentPage([message_record(self._sealing, r) for r in rows], int(total))
+                return sender_side.page(self._sealing, rows, total)
             rows = self._conn.execute(select, keys).fetchall()
             by_recipient = {
                 str(r[0])
@@ -177,12 +166,7 @@ class SendersMixin(MessagesMixin):
                     (*keys, needle),
                 )
             }
-        found: list[MessageRecord] = []
-        for row in rows:
-            record = message_record(self._sealing, row)
-            if record.id in by_recipient or needle in (record.subject or "").casefold():
-                found.append(record)
-        return SentPage(found[offset : offset + limit], len(found))
+        return sender_side.search(self._sealing, rows, by_recipient, needle, offset, limit)
 
     def set_expiry(self, message_id: str, expires_at: datetime, reason: str = "") -> bool:
         at = ts(expires_at)
@@ -195,8 +179,9 @@ class SendersMixin(MessagesMixin):
                 (at, message_id),
             ).rowcount
             if done:
-                when = dt(at).strftime("%Y-%m-%d %H:%M UTC")
-                audit(cur, now, message_id, None, "expiry-set", f"{when} {reason}".strip())
+                audit(
+                    cur, now, message_id, None, "expiry-set", sender_side.expiry_detail(at, reason)
+                )
         return bool(done)
 
     def claim_read_receipt(self, recipient_id: int) -> bool:
