@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import email.policy
 import os
+import smtplib
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -27,7 +29,7 @@ from tests.harness.cli import zivmilter_in_process
 from tests.harness.keys import GnuPG, Issued, SmimeCA
 from tests.harness.postfix import PostfixInstance
 from tests.harness.sandbox import bind_mounted
-from tests.harness.sink import Sink, server_tls_context
+from tests.harness.sink import Received, Sink, server_tls_context
 from tests.harness.zivmilter import ZivmilterProcess, attach
 
 
@@ -120,6 +122,31 @@ def encrypting_gateway(
             assert ": usable" in got.stdout, got.stdout
         with pf:
             yield pf, z
+
+
+def deliver(
+    running: tuple[PostfixInstance, ZivmilterProcess],
+    servers: tuple[Sink, Sink],
+    rcpts: list[str],
+    data: bytes,
+    copies: tuple[int, int],
+    timeout: float = 30.0,
+) -> tuple[dict[str, Received], dict[str, Received]]:
+    """Send `data` from alice@hospital.example to `rcpts` through Postfix; wait until the plain
+    and the TLS server received `copies` new messages (and a second longer, for strays: exactly
+    that many); return each server's new copies by their one recipient."""
+    pf, z = running
+    plain, tls = servers
+    p0, t0 = len(plain.received), len(tls.received)
+    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=max(60.0, timeout)) as s:
+        assert s.sendmail("alice@hospital.example", rcpts, data) == {}
+    got = plain.wait_for(p0 + copies[0], timeout)[p0:], tls.wait_for(t0 + copies[1], timeout)[t0:]
+    time.sleep(1)
+    assert len(plain.received) == p0 + copies[0] and len(tls.received) == t0 + copies[1], z.log()
+    by_rcpt = [{r.rcpt_tos[0]: r for r in new} for new in got]
+    for new, mapped in zip(got, by_rcpt, strict=True):
+        assert all(len(r.rcpt_tos) == 1 for r in new) and len(mapped) == len(new), z.log()
+    return by_rcpt[0], by_rcpt[1]
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import email
 import email.policy
 import os
-import smtplib
 import subprocess
-import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -27,6 +25,7 @@ from tests.harness.encryption import (
     RecipientKeys,
     TlsCA,
     ca,
+    deliver,
     encrypting_gateway,
     keys,
     receiving_servers,
@@ -84,14 +83,14 @@ def published(shared_dns: TestDns, ca: TlsCA, keys: RecipientKeys) -> Iterator[T
 
 
 @pytest.fixture(scope="module")
-def sinks(ca: TlsCA) -> Iterator[dict[str, Sink]]:
-    with receiving_servers(HOSTS, PLAIN_IP, TLS_IP, ca) as (plain, tls):
-        yield {"plain": plain, "tls": tls}
+def sinks(ca: TlsCA) -> Iterator[tuple[Sink, Sink]]:
+    with receiving_servers(HOSTS, PLAIN_IP, TLS_IP, ca) as servers:
+        yield servers
 
 
 @pytest.fixture(scope="module")
 def gateway(
-    published: TestDns, sinks: dict[str, Sink], ca: TlsCA, keys: RecipientKeys
+    published: TestDns, sinks: tuple[Sink, Sink], ca: TlsCA, keys: RecipientKeys
 ) -> Iterator[tuple[PostfixInstance, ZivmilterProcess]]:
     config = {
         "policy": {"outbound_direct_delivery": {"domains": ["partner.example"]}},
@@ -104,39 +103,33 @@ def gateway(
 
 def test_every_kind_of_recipient_gets_its_copy_and_real_tools_open_them(
     gateway: tuple[PostfixInstance, ZivmilterProcess],
-    sinks: dict[str, Sink],
+    sinks: tuple[Sink, Sink],
     keys: RecipientKeys,
     tmp_path: Path,
 ) -> None:
-    pf, z = gateway
-    plain, tls = sinks["plain"], sinks["tls"]
-    p0, t0 = len(plain.received), len(tls.received)
-    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=120) as s:
-        sent = ORIGINAL.message(
-            RCPTS, "<allkinds-1@hospital.example>", f"pat@pdf.example access-code {ACCESS_CODE}"
-        )
-        assert s.sendmail("alice@hospital.example", RCPTS, sent) == {}
-    at = {r.rcpt_tos: r for r in plain.wait_for(p0 + 5, timeout=120)[p0:]}
-    at |= {r.rcpt_tos: r for r in tls.wait_for(t0 + 2, timeout=120)[t0:]}
-    time.sleep(1)
-    assert len(plain.received) == p0 + 5 and len(tls.received) == t0 + 2, z.log()
-    assert set(at) == {(r,) for r in RCPTS}, z.log()
+    sent = ORIGINAL.message(
+        RCPTS, "<allkinds-1@hospital.example>", f"pat@pdf.example access-code {ACCESS_CODE}"
+    )
+    at_plain, at_tls = deliver(gateway, sinks, RCPTS, sent, (5, 2), timeout=120)
+    at = at_plain | at_tls
+    z = gateway[1]
+    assert set(at) == set(RCPTS), z.log()
     word = CANARY.split()[0].encode()
-    for (rcpt,), r in at.items():
+    for rcpt, r in at.items():
         assert ACCESS_CODE.encode() not in r.data, rcpt
         assert b"zivver-" not in r.data.lower() and b"x-zivmilter-route" not in r.data.lower()
         if rcpt != "bob@partner.example":
             assert word not in r.data, rcpt
-    assert CANARY.encode() in at["bob@partner.example",].data  # the direct copy, over TLS
-    assert "/m/" in at["carol@oldmail.example",].message().get_body(("plain",)).get_content()
+    assert CANARY.encode() in at["bob@partner.example"].data  # the direct copy, over TLS
+    assert "/m/" in at["carol@oldmail.example"].message().get_body(("plain",)).get_content()
     for rcpt in ("kim@pgp.example", "wendy@wkd.example", "otto@dnskey.example"):
-        outer = email.message_from_bytes(at[rcpt,].data, policy=email.policy.default)
+        outer = email.message_from_bytes(at[rcpt].data, policy=email.policy.default)
         assert outer.get_content_type() == "multipart/encrypted", rcpt
         armored = list(outer.iter_parts())[1].get_payload(decode=True)
         ORIGINAL.check_bytes(keys.gpg.decrypt(armored))
-    opened = openssl_cms_decrypt(at["sam@smime.example",].data, keys.sam, tmp_path / "cms")
+    opened = openssl_cms_decrypt(at["sam@smime.example"].data, keys.sam, tmp_path / "cms")
     ORIGINAL.check_bytes(opened)
-    check_pdf(at["pat@pdf.example",].message(), tmp_path)
+    check_pdf(at["pat@pdf.example"].message(), tmp_path)
     log = z.log()
     assert ACCESS_CODE not in log
     for rcpt, how in [

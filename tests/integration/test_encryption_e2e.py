@@ -10,8 +10,6 @@ from __future__ import annotations
 import email
 import email.policy
 import os
-import smtplib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from tests.harness.encryption import (
     RecipientKeys,
     TlsCA,
     ca,
+    deliver,
     encrypting_gateway,
     keys,
     receiving_servers,
@@ -47,14 +46,14 @@ RCPTS = ["carol@oldmail.example", "bob@partner.example", "kim@pgp.example", "sam
 
 
 @pytest.fixture(scope="module")
-def sinks(ca: TlsCA) -> Iterator[dict[str, Sink]]:
-    with receiving_servers(HOSTS, PLAIN_IP, TLS_IP, ca) as (plain, tls):
-        yield {"plain": plain, "tls": tls}
+def sinks(ca: TlsCA) -> Iterator[tuple[Sink, Sink]]:
+    with receiving_servers(HOSTS, PLAIN_IP, TLS_IP, ca) as servers:
+        yield servers
 
 
 @pytest.fixture(scope="module")
 def gateway(
-    sinks: dict[str, Sink], ca: TlsCA, keys: RecipientKeys
+    sinks: tuple[Sink, Sink], ca: TlsCA, keys: RecipientKeys
 ) -> Iterator[tuple[PostfixInstance, ZivmilterProcess]]:
     config = {"policy": {"outbound_direct_delivery": {"domains": ["partner.example"]}}}
     with encrypting_gateway(ca, keys, FACTS, config) as running:
@@ -63,44 +62,36 @@ def gateway(
 
 def test_four_kinds_of_recipient_and_real_tools_open_the_encrypted_copies(
     gateway: tuple[PostfixInstance, ZivmilterProcess],
-    sinks: dict[str, Sink],
+    sinks: tuple[Sink, Sink],
     keys: RecipientKeys,
     tmp_path: Path,
 ) -> None:
-    pf, z = gateway
-    plain, tls = sinks["plain"], sinks["tls"]
-    p0, t0 = len(plain.received), len(tls.received)
-    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
-        sent = ORIGINAL.message(
-            RCPTS, "<enc-e2e-1@hospital.example>", "nobody@elsewhere.example sms +31612345678"
-        )
-        assert s.sendmail("alice@hospital.example", RCPTS, sent) == {}
-    at_plain = {r.rcpt_tos: r for r in plain.wait_for(p0 + 2)[p0:]}
-    at_tls = {r.rcpt_tos: r for r in tls.wait_for(t0 + 2)[t0:]}
-    time.sleep(1)
-    assert len(plain.received) == p0 + 2 and len(tls.received) == t0 + 2, z.log()
-    assert set(at_plain) == {("carol@oldmail.example",), ("sam@smime.example",)}
-    assert set(at_tls) == {("bob@partner.example",), ("kim@pgp.example",)}
+    sent = ORIGINAL.message(
+        RCPTS, "<enc-e2e-1@hospital.example>", "nobody@elsewhere.example sms +31612345678"
+    )
+    at_plain, at_tls = deliver(gateway, sinks, RCPTS, sent, (2, 2))
+    assert set(at_plain) == {"carol@oldmail.example", "sam@smime.example"}
+    assert set(at_tls) == {"bob@partner.example", "kim@pgp.example"}
     for r in [*at_plain.values(), *at_tls.values()]:
         assert b"zivver-" not in r.data.lower() and b"x-zivmilter-route" not in r.data.lower()
     # the direct copy: the text, over verified TLS
-    direct = at_tls[("bob@partner.example",)]
+    direct = at_tls["bob@partner.example"]
     assert CANARY.encode() in direct.data
     # the notification: a link, never the text
-    note = at_plain[("carol@oldmail.example",)]
+    note = at_plain["carol@oldmail.example"]
     assert CANARY.split()[0].encode() not in note.data
     assert "https://secure.hospital.example/m/" in note.message().get_body(("plain",)).get_content()
     # the PGP/MIME copy: over TLS (its MX's level), nothing readable on the wire
-    pgp = at_tls[("kim@pgp.example",)]
+    pgp = at_tls["kim@pgp.example"]
     assert pgp.tls_version in ("TLSv1.2", "TLSv1.3")
     assert CANARY.split()[0].encode() not in pgp.data and b"Biopsy" not in pgp.data
     outer = email.message_from_bytes(pgp.data, policy=email.policy.default)
     assert outer.get_content_type() == "multipart/encrypted" and outer["Subject"] == "..."
     ORIGINAL.check_bytes(keys.gpg.decrypt(list(outer.iter_parts())[1].get_payload(decode=True)))
     # the S/MIME copy: through the default route (no level found for smime.example)
-    sm = at_plain[("sam@smime.example",)]
+    sm = at_plain["sam@smime.example"]
     assert CANARY.split()[0].encode() not in sm.data and b"Biopsy" not in sm.data
     ORIGINAL.check_bytes(openssl_cms_decrypt(sm.data, keys.sam, tmp_path / "cms"))
-    log = z.log()
+    log = gateway[1].log()
     assert "to=<kim@pgp.example> delivery=encrypted method=own_key level=tls rule=K" in log
     assert "to=<sam@smime.example> delivery=encrypted method=own_key level=none rule=K" in log
