@@ -12,10 +12,9 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
 
+from tests.harness.instance import Instance, reap
 from tests.harness.postfix import HOST, PostfixInstance, free_port
 
 OPENDKIM = "/usr/sbin/opendkim"
@@ -26,8 +25,10 @@ def available() -> bool:
     return Path(OPENDKIM).exists() and Path(GENKEY).exists()
 
 
-class Signer:
+class Signer(Instance):
     """`with Signer("hospital.example", "zm1") as s:` signs every From at the domain (mode s)."""
+
+    name = "opendkim"
 
     def __init__(self, domain: str, selector: str = "zm1") -> None:
         self.domain = domain
@@ -36,6 +37,12 @@ class Signer:
         self.postfix_socket = f"inet:{HOST}:{self.port}"
         self.dir = Path(tempfile.mkdtemp(prefix="zivmilter-opendkim-"))
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def output(self) -> str:
+        try:
+            return (self.dir / "opendkim.out").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     @property
     def key_file(self) -> Path:
@@ -85,43 +92,15 @@ class Signer:
             stdout=(self.dir / "opendkim.out").open("wb"),
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 20
-        while not _listening(self.port):
-            if self._proc.poll() is not None:
-                out = (self.dir / "opendkim.out").read_text(errors="replace")
-                raise AssertionError(f"opendkim exited {self._proc.returncode}: {out}")
-            if time.monotonic() > deadline:
-                raise AssertionError("opendkim did not listen")
-            time.sleep(0.05)
+        self._wait_listening(self.port, host=HOST)
         return self
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            reap(proc, 10)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Signer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def _listening(port: int) -> bool:
-    from tests.harness.postfix import _listening as listening
-
-    return listening(HOST, port)
 
 
 # What the README tells the admin to change on the re-injection listener and the replies
