@@ -14,7 +14,6 @@ import contextlib
 import email.policy
 import os
 import smtplib
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import trustme
 
 from tests.harness.cli import zivmilter_in_process
 from tests.harness.keys import GnuPG, Issued, SmimeCA
-from tests.harness.postfix import PostfixInstance
+from tests.harness.postfix import PostfixInstance, ca_file
 from tests.harness.sandbox import bind_mounted
 from tests.harness.sink import Received, Sink, server_tls_context
 from tests.harness.zivmilter import ZivmilterProcess, attach
@@ -56,11 +55,8 @@ class RecipientKeys:
 @pytest.fixture(scope="module")
 def ca() -> Iterator[TlsCA]:
     ca = trustme.CA()
-    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
-        f.write(ca.cert_pem.bytes())
-    os.chmod(f.name, 0o644)
-    yield TlsCA(ca, f.name)
-    os.unlink(f.name)
+    with ca_file(ca) as path:
+        yield TlsCA(ca, path)
 
 
 @pytest.fixture(scope="module")
