@@ -6,11 +6,13 @@ log's tail).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
@@ -22,6 +24,7 @@ class Instance:
     error: ClassVar[type[AssertionError]] = AssertionError
     name: ClassVar[str] = "server"
     _proc: subprocess.Popen[bytes] | None = None
+    _output: Path | None = None
 
     def start(self) -> Self:
         raise NotImplementedError
@@ -34,7 +37,44 @@ class Instance:
 
     def output(self) -> str:
         """What the process wrote to its standard output and error."""
-        return ""
+        if self._output is None:
+            return ""
+        try:
+            return self._output.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    @contextlib.contextmanager
+    def _or_stopped(self) -> Iterator[None]:
+        """A failure on the way up leaves nothing behind: stop(), then the error."""
+        try:
+            yield
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(
+        self, argv: Sequence[str], output: Path, env: Mapping[str, str] | None = None
+    ) -> None:
+        """Run the server's process, its standard output and error into the file `output`."""
+        self._output = output
+        self._proc = subprocess.Popen(
+            list(argv),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def _end_process(
+        self, timeout: float, end: Callable[[subprocess.Popen[bytes]], object] | None = None
+    ) -> None:
+        """End the process if it still runs (with `end`, by default SIGTERM) and reap it."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                (end or subprocess.Popen.terminate)(proc)
+            reap(proc, timeout)
 
     def _wait_listening(self, port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
         """Until the process listens on host:port, watched in /proc/net/tcp and not by

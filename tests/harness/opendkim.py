@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.harness.instance import Instance, reap
+from tests.harness.instance import Instance
 from tests.harness.postfix import HOST, PostfixInstance, free_port
 
 OPENDKIM = "/usr/sbin/opendkim"
@@ -37,12 +37,6 @@ class Signer(Instance):
         self.postfix_socket = f"inet:{HOST}:{self.port}"
         self.dir = Path(tempfile.mkdtemp(prefix="zivmilter-opendkim-"))
         self._proc: subprocess.Popen[bytes] | None = None
-
-    def output(self) -> str:
-        try:
-            return (self.dir / "opendkim.out").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     @property
     def key_file(self) -> Path:
@@ -86,20 +80,13 @@ class Signer(Instance):
             # unsafe (a tempfail at end-of-message). A real install keeps it in /etc/dkimkeys.
             "RequireSafeKeys false\n"
         )
-        self._proc = subprocess.Popen(
-            [OPENDKIM, "-f", "-x", str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=(self.dir / "opendkim.out").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        self._wait_listening(self.port, host=HOST)
+        with self._or_stopped():
+            self._spawn([OPENDKIM, "-f", "-x", str(conf)], self.dir / "opendkim.out")
+            self._wait_listening(self.port, host=HOST)
         return self
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            reap(proc, 10)
+        self._end_process(10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

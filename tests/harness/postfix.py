@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.harness.instance import Instance, reap
+from tests.harness.instance import Instance
 
 if TYPE_CHECKING:
     import trustme
@@ -275,37 +275,29 @@ class PostfixInstance(Instance):
         # Every parent must be traversable by the postfix user: not pytest's 0700 tmp_path.
         self.directory = Path(tempfile.mkdtemp(prefix="zivmilter-postfix-"))
         self.directory.chmod(0o755)
-        try:
+        with self._or_stopped():
             self._write_config()
             # `postfix check` would do the same in 2 s: too slow for one instance per test.
             self._make_queue()
             (self.directory / "queue" / "quick-start").touch()  # so start-fg skips it too
-            self._proc = subprocess.Popen(
-                ["postfix", "-c", str(self.config_dir), "start-fg"],
-                stdin=subprocess.DEVNULL,
-                stdout=(self.directory / "master.out").open("wb"),
-                stderr=subprocess.STDOUT,
-            )
+            master = ["postfix", "-c", str(self.config_dir), "start-fg"]
+            self._spawn(master, self.directory / "master.out")
             self._wait_listening(self.smtp_port)
             self._wait_listening(self.reinject_port)
             self._wait_listening(self.replies_port)
-        except BaseException:
-            self.stop()
-            raise
         return self
 
     def stop(self) -> None:
         """Stop the master (it ends its children), reap it, keep the log, remove the files."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                subprocess.run(
-                    ["postfix", "-c", str(self.config_dir), "stop"],
-                    capture_output=True,
-                    timeout=30,
-                    check=False,
-                )
-            reap(proc, 30)
+        self._end_process(
+            30,
+            lambda _: subprocess.run(
+                ["postfix", "-c", str(self.config_dir), "stop"],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            ),
+        )
         if self.directory.is_dir():
             self._final_log = self._read_log()
             if not os.environ.get("ZIVMILTER_KEEP_POSTFIX"):
@@ -325,12 +317,6 @@ class PostfixInstance(Instance):
     def _read_log(self) -> str:
         try:
             return (self.directory / "maillog").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def output(self) -> str:
-        try:
-            return (self.directory / "master.out").read_text(errors="replace")
         except FileNotFoundError:
             return ""
 

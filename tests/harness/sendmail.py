@@ -25,7 +25,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.harness.instance import Instance, reap
+from tests.harness.instance import Instance
 from tests.harness.postfix import HOST, REPO, free_port
 
 SENDMAIL_ROOT = Path(
@@ -225,43 +225,25 @@ class SendmailInstance(Instance):
             raise SendmailError(f"no Sendmail unpacked under {SENDMAIL_ROOT}: run scripts/install")
         self.directory = Path(tempfile.mkdtemp(prefix="zivmilter-sendmail-"))
         self.directory.chmod(0o755)  # the MSP (user mail) reaches its clientmqueue inside
-        try:
+        with self._or_stopped():
             cf = self._write_config()
             self._syslog = _SyslogReceiver(self.directory / "log.sock")
             env = dict(os.environ, LD_LIBRARY_PATH=str(LIBS), HOSTNAME_FOR_SENDMAIL=MTA_HOSTNAME)
             setup = ["sh", "-c", _NAMESPACE_SETUP, str(self.directory)]
             daemon = [str(BINARY), "-C", str(cf), "-bD", "-q1m"]  # -bD: in the foreground
-            self._proc = subprocess.Popen(
-                ["unshare", "--uts", "--mount", "--", *setup, *daemon],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=(self.directory / "sendmail.out").open("wb"),
-                stderr=subprocess.STDOUT,
-            )
+            unshare = ["unshare", "--uts", "--mount", "--", *setup, *daemon]
+            self._spawn(unshare, self.directory / "sendmail.out", env)
             self._wait_listening(self.smtp_port, host=HOST)
-        except BaseException:
-            self.stop()
-            raise
         return self
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()  # -bD: the daemon itself, it exits within milliseconds
-            reap(proc, 10)
+        self._end_process(10)  # -bD: the daemon itself, it exits within milliseconds
         if self._syslog is not None:
             self._syslog.close()
         if self.directory.is_dir() and not os.environ.get("ZIVMILTER_KEEP_SENDMAIL"):
             shutil.rmtree(self.directory, ignore_errors=True)
 
     # --- observation -----------------------------------------------------------------------
-
-    def output(self) -> str:
-        try:
-            return (self.directory / "sendmail.out").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def log(self) -> str:
         """Everything Sendmail logged so far, one syslog line per line."""
