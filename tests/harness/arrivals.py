@@ -100,6 +100,14 @@ def assert_notifications(
     assert len(tokens) == len(got), "every recipient has a personal link"
 
 
+def assert_bcc_hidden(got: Mapping[str, Received], bcc: Iterable[str]) -> None:
+    """No copy names a Bcc recipient but that recipient's own."""
+    for hidden in bcc:
+        for rcpt, r in got.items():
+            if rcpt != hidden:
+                assert hidden.encode() not in r.data, (hidden, rcpt)
+
+
 def assert_failure_report(report: Received, address: str) -> None:
     """A DSN to alice from the null sender that says `address` failed."""
     assert report.rcpt_tos == ("alice@hospital.example",)

@@ -27,6 +27,7 @@ import trustme
 from tests.harness.arrivals import (
     LINK,
     Arrivals,
+    assert_bcc_hidden,
     assert_direct_copy,
     assert_failure_report,
     assert_notifications,
@@ -34,7 +35,7 @@ from tests.harness.arrivals import (
     ca_file,
     receiving_servers,
 )
-from tests.harness.messages import plain_message
+from tests.harness.messages import CODE, PHONE, plain_message
 from tests.harness.postfix import PostfixInstance
 from tests.harness.sandbox import bind_mounted
 from tests.harness.sink import Sink
@@ -64,8 +65,6 @@ CONFIG = {
     }
 }
 BODY_MARKER = "PLAINTEXT-MARKER-7f3a the lab results are attached"
-PHONE = "+31612345678"
-CODE = "tulip-secret-42"
 
 
 def message(headers: str, body: str = BODY_MARKER) -> bytes:
@@ -100,6 +99,19 @@ def send(pf: PostfixInstance, sender: str, rcpts: list[str], data: bytes) -> Any
         return s.sendmail(sender, rcpts, data)
 
 
+def submit(
+    gateway: tuple[PostfixInstance, ZivmilterProcess],
+    sinks: dict[str, Sink],
+    rcpts: list[str],
+    data: bytes,
+) -> Arrivals:
+    """Send `data` from alice to `rcpts` through Postfix, accepted for all; what arrives at the
+    receiving servers from then on."""
+    arrived = Arrivals(sinks)
+    assert send(gateway[0], "alice@hospital.example", rcpts, data) == {}
+    return arrived
+
+
 @contextlib.contextmanager
 def open_store(z: ZivmilterProcess) -> Iterator[SqliteStore]:
     store = SqliteStore.open(str(z.store_path), crypto.load_kek(str(z.key_file)))
@@ -113,7 +125,6 @@ def test_mixed_message_notifications_direct_and_bcc(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
     pf, z = gateway
-    arrived = Arrivals(sinks)
     data = message(
         "To: Bob <bob@partner.example>, Carol <carol@oldmail.example>\n"
         "Cc: dave@oldmail.example\n"
@@ -129,7 +140,7 @@ def test_mixed_message_notifications_direct_and_bcc(
         "s@x.example",
         "t@x.example",
     ]
-    assert send(pf, "alice@hospital.example", rcpts, data) == {}
+    arrived = submit(gateway, sinks, rcpts, data)
 
     notes = arrived.wait("plain", 4)
     time.sleep(1)
@@ -143,9 +154,7 @@ def test_mixed_message_notifications_direct_and_bcc(
     }
     assert_notifications(got, BODY_MARKER, [PHONE, CODE])
     # Bcc isolation: the To/Cc copies never name a Bcc recipient, nor one Bcc the other.
-    for who in ("carol@oldmail.example", "dave@oldmail.example", "s@x.example"):
-        assert b"t@x.example" not in got[who].data
-    assert b"s@x.example" not in got["t@x.example"].data
+    assert_bcc_hidden(got, ["s@x.example", "t@x.example"])
     assert "+31 6" in got["carol@oldmail.example"].message().get_body(("plain",)).get_content()
 
     (direct,) = arrived.wait("tls", 1)
@@ -188,14 +197,12 @@ def assert_reports_unusable(report: Any, address: str) -> None:
 def test_failed_recipient_gets_a_dsn_and_is_removed(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
-    pf, _ = gateway
-    arrived = Arrivals(sinks)
     data = message(
         "To: ok@partner.example, no@weak.example\nSubject: Results\n"
         "Message-ID: <dsn-1@hospital.example>\n"
         "zivver-direct-delivery: tls tls1.2 auth certificate-validation\n"
     )
-    assert send(pf, "alice@hospital.example", ["ok@partner.example", "no@weak.example"], data) == {}
+    arrived = submit(gateway, sinks, ["ok@partner.example", "no@weak.example"], data)
     (report,) = arrived.wait("plain", 1)
     assert_failure_report(report, "no@weak.example")
     text = report.message().get_body(("plain",)).get_content()
@@ -212,11 +219,9 @@ def test_quoted_local_part_is_secured_and_an_unusable_recipient_fails_alone(
 ) -> None:
     # "john doe"@... is valid (RFC 5321); x@[127.0.0.30] passes Postfix but is no address the
     # gateway can secure for: that one recipient fails with a DSN, the message is not held.
-    pf, _ = gateway
-    arrived = Arrivals(sinks)
     quoted, literal = '"john doe"@oldmail.example', "x@[127.0.0.30]"
     data = message(f"To: {quoted}, {literal}\nSubject: Results\n")
-    assert send(pf, "alice@hospital.example", [quoted, literal], data) == {}
+    arrived = submit(gateway, sinks, [quoted, literal], data)
     got = arrived.wait("plain", 2)
     time.sleep(1)
     assert len(arrived.new("plain")) == 2, "nothing goes to the unusable recipient"
@@ -244,8 +249,7 @@ HOSTILE_FIELDS = [
 def test_hostile_header_fields_are_secured_not_held(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink], fields: bytes
 ) -> None:
-    pf, z = gateway
-    arrived = Arrivals(sinks)
+    z = gateway[1]
     literal = "x@[127.0.0.30]"  # passes Postfix, fails at the gateway: a DSN
     data = (
         fields
@@ -253,7 +257,7 @@ def test_hostile_header_fields_are_secured_not_held(
         + BODY_MARKER.encode()
         + b"\r\n"
     )
-    assert send(pf, "alice@hospital.example", ["carol@oldmail.example", literal], data) == {}
+    arrived = submit(gateway, sinks, ["carol@oldmail.example", literal], data)
     by_rcpt = by_recipient(arrived.wait("plain", 2))
     note = by_rcpt["carol@oldmail.example"]
     msg = email.message_from_bytes(note.data, policy=policy.default)
@@ -272,11 +276,9 @@ def test_recipients_keep_their_case_and_a_case_duplicate_gets_one_copy(
 ) -> None:
     # Compared case-insensitively, but handed on as given (a local part may be case-sensitive);
     # the same recipient twice in different case gets one notification.
-    pf, _ = gateway
-    arrived = Arrivals(sinks)
     data = message("To: Mixed.Case@oldmail.example, Other@oldmail.example\nSubject: Case\n")
     rcpts = ["Mixed.Case@oldmail.example", "mixed.case@OLDMAIL.example", "Other@oldmail.example"]
-    assert send(pf, "alice@hospital.example", rcpts, data) == {}
+    arrived = submit(gateway, sinks, rcpts, data)
     got = arrived.wait("plain", 2)
     time.sleep(1.5)
     assert len(arrived.new("plain")) == 2, "one notification per recipient, not per spelling"
@@ -349,9 +351,8 @@ def test_all_recipients_failed_message_discarded_with_dsn(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
     pf, _ = gateway
-    arrived = Arrivals(sinks)
     data = message("To: no@weak.example\nSubject: x\nzivver-direct-delivery: tls tls1.3\n")
-    assert send(pf, "alice@hospital.example", ["no@weak.example"], data) == {}
+    arrived = submit(gateway, sinks, ["no@weak.example"], data)
     (report,) = arrived.wait("plain", 1)
     assert b"no@weak.example" in report.data
     pf.wait_for_log(r"milter-discard")
@@ -361,14 +362,12 @@ def test_all_recipients_failed_message_discarded_with_dsn(
 def test_single_notification_rewrites_the_transaction(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
-    pf, _ = gateway
-    arrived = Arrivals(sinks)
     data = message(
         "To: erin@oldmail.example\nSubject: =?utf-8?q?R=C3=B6ntgen_results?=\n"
         "Message-ID: <one@hospital.example>\nIn-Reply-To: <earlier@partner.example>\n"
         "References: <earlier@partner.example>\n"
     )
-    assert send(pf, "alice@hospital.example", ["erin@oldmail.example"], data) == {}
+    arrived = submit(gateway, sinks, ["erin@oldmail.example"], data)
     (note,) = arrived.wait("plain", 1)
     msg = note.message()
     assert str(msg["Subject"]) == "Röntgen results"
@@ -388,10 +387,8 @@ def test_single_notification_rewrites_the_transaction(
 def test_client_route_header_is_not_obeyed(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
-    pf, _ = gateway
-    arrived = Arrivals(sinks)
     data = message("To: frank@oldmail.example\nSubject: x\nX-Zivmilter-Route: direct-tls\n")
-    assert send(pf, "alice@hospital.example", ["frank@oldmail.example"], data) == {}
+    arrived = submit(gateway, sinks, ["frank@oldmail.example"], data)
     (note,) = arrived.wait("plain", 1)
     assert b"X-Zivmilter-Route" not in note.data
     assert BODY_MARKER.encode() not in note.data
@@ -452,8 +449,7 @@ def test_corpus_messages_all_pass_without_tempfail(sinks: dict[str, Sink]) -> No
 def test_large_attachment_of_a_direct_copy_becomes_a_link(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
-    pf, z = gateway
-    arrived = Arrivals(sinks)
+    z = gateway[1]
     big = os.urandom(300_000)
     small = b"small attachment stays"
     msg = email.message.EmailMessage()
@@ -463,7 +459,7 @@ def test_large_attachment_of_a_direct_copy_becomes_a_link(
     msg.set_content(BODY_MARKER)
     msg.add_attachment(big, maintype="application", subtype="pdf", filename="scan.pdf")
     msg.add_attachment(small, maintype="text", subtype="plain", filename="note.txt")
-    assert send(pf, "alice@hospital.example", ["bob@partner.example"], msg.as_bytes()) == {}
+    arrived = submit(gateway, sinks, ["bob@partner.example"], msg.as_bytes())
     (got,) = arrived.wait("tls", 1)
     assert len(got.data) < 100_000
     received = got.message()
