@@ -17,8 +17,9 @@ from tests.fakes import BASE_CONFIG, make_config, merge
 from tests.harness.cli import zivmilter_in_process
 from zivmilter import crypto
 from zivmilter.cli import accounts as account_commands
-from zivmilter.core.config import Config
+from zivmilter.core.config import Config, SubmissionRules
 from zivmilter.core.submission import (
+    SenderAccounts,
     SpfResult,
     SpfVerdict,
     StoreSenderAccounts,
@@ -88,8 +89,9 @@ def run_check(
     login: str | None = None,
     env: str = "alice@hospital.example",
     spf: FakeSpf | None = None,
-    accounts: FakeAccounts = ACTIVE,
+    accounts: SenderAccounts = ACTIVE,
     cfg: Config | None = None,
+    rules: SubmissionRules | None = None,
 ) -> SubmissionResult:
     return check(
         cfg or cfg_with(),
@@ -99,6 +101,7 @@ def run_check(
         envelope_sender=env,
         spf=spf or FakeSpf(),
         accounts=accounts,
+        rules=rules,
     )
 
 
@@ -358,16 +361,7 @@ def test_listener_rules_replace_the_top_level_ones() -> None:
     cfg = cfg_with()
     strict = cfg_with(trusted_networks=[]).submission
     assert run_check(ALICE, ip="10.1.0.1", cfg=cfg).accepted
-    got = check(
-        cfg,
-        ALICE,
-        client_ip="10.1.0.1",
-        auth_login=None,
-        envelope_sender="alice@hospital.example",
-        spf=FakeSpf(),
-        accounts=ACTIVE,
-        rules=strict,
-    )
+    got = run_check(ALICE, ip="10.1.0.1", cfg=cfg, rules=strict)
     assert_rejected(got, "client 10.1.0.1 is not in submission.trusted_networks")
 
 
@@ -414,12 +408,6 @@ def test_account_commands_drive_the_submission_check(store_config: Path) -> None
     assert account_cli(store_config, "add", "Alice@Hospital.example")[0] == 0
     status, text = account_cli(store_config, "add", "bob@partner.example", "--recipient")
     assert status == 0 and "password (hand it to the recipient" in text
-    status, text = account_cli(store_config, "add", "alice@hospital.example")
-    assert status == 2 and "already exists" in text
-    status, text = account_cli(store_config, "add", "alice@hospital.example", "--recipient")
-    assert status == 2 and "sender account" in text
-    status, text = account_cli(store_config, "add", "dave@hospital.example", "--password")
-    assert status == 2 and "a sender account has no password" in text
 
     cfg = make_config(merge(SUBMISSION, {"submission": {"spf": False}}))
     raw = yaml.safe_load(store_config.read_text())
@@ -429,15 +417,7 @@ def test_account_commands_drive_the_submission_check(store_config: Path) -> None
         assert accounts.is_active_sender("alice@hospital.example") is True
         assert accounts.is_active_sender("bob@partner.example") is None  # a recipient account
         assert accounts.is_active_sender("nobody@hospital.example") is None
-        ok = check(
-            cfg,
-            ALICE,
-            client_ip="10.1.0.1",
-            auth_login=None,
-            envelope_sender="alice@hospital.example",
-            spf=FakeSpf(),
-            accounts=accounts,
-        )
+        ok = run_check(ALICE, ip="10.1.0.1", cfg=cfg, accounts=accounts)
         assert ok.accepted, ok
 
         assert account_cli(store_config, "disable", "alice@hospital.example") == (
@@ -445,25 +425,36 @@ def test_account_commands_drive_the_submission_check(store_config: Path) -> None
             "alice@hospital.example: disabled\n",
         )
         assert accounts.is_active_sender("alice@hospital.example") is False
-        refused = check(
-            cfg,
-            ALICE,
-            client_ip="10.1.0.1",
-            auth_login=None,
-            envelope_sender="alice@hospital.example",
-            spf=FakeSpf(),
-            accounts=accounts,
-        )
+        refused = run_check(ALICE, ip="10.1.0.1", cfg=cfg, accounts=accounts)
         assert refused.reply == "550 5.7.1 sender account alice@hospital.example is disabled"
 
         assert account_cli(store_config, "enable", "alice@hospital.example")[0] == 0
         assert accounts.is_active_sender("alice@hospital.example") is True
     finally:
         store.close()
-    status, text = account_cli(store_config, "disable", "nobody@hospital.example")
-    assert status == 2 and "does not exist" in text
-    status, text = account_cli(store_config, "add", "not-an-address")
-    assert status == 2 and "not a valid address" in text
+
+
+# What `zivmilter account` refuses (exit 2, the reason), with Alice@Hospital.example a sender.
+ACCOUNT_REFUSALS = [
+    pytest.param(["add", "alice@hospital.example"], "already exists", id="exists-in-other-case"),
+    pytest.param(
+        ["add", "alice@hospital.example", "--recipient"], "sender account", id="exists-as-sender"
+    ),
+    pytest.param(
+        ["add", "dave@hospital.example", "--password"],
+        "a sender account has no password",
+        id="sender-with-password",
+    ),
+    pytest.param(["disable", "nobody@hospital.example"], "does not exist", id="disable-unknown"),
+    pytest.param(["add", "not-an-address"], "not a valid address", id="invalid-address"),
+]
+
+
+@pytest.mark.parametrize(("args", "reason"), ACCOUNT_REFUSALS)
+def test_account_command_refuses(store_config: Path, args: list[str], reason: str) -> None:
+    assert account_cli(store_config, "add", "Alice@Hospital.example")[0] == 0
+    status, text = account_cli(store_config, *args)
+    assert status == 2 and reason in text, text
 
 
 def test_account_add_with_password_stores_a_hash(
@@ -474,25 +465,14 @@ def test_account_add_with_password_stores_a_hash(
     pytest.importorskip("argon2", reason="recipient accounts need the portal extra")
     from zivmilter.portal.accounts import password_valid
 
-    status, text = account_cli(
-        store_config,
-        "add",
-        "carol@partner.example",
-        "--recipient",
-        "--password",
-        stdin="short\n",
-        monkeypatch=monkeypatch,
-    )
+    def add_carol(password: str) -> tuple[int, str]:
+        """`account add carol@partner.example --recipient --password`, typing `password`."""
+        args = ("add", "carol@partner.example", "--recipient", "--password")
+        return account_cli(store_config, *args, stdin=password + "\n", monkeypatch=monkeypatch)
+
+    status, text = add_carol("short")
     assert status == 2 and "at least" in text
-    status, text = account_cli(
-        store_config,
-        "add",
-        "carol@partner.example",
-        "--recipient",
-        "--password",
-        stdin="correct horse battery\n",
-        monkeypatch=monkeypatch,
-    )
+    status, text = add_carol("correct horse battery")
     assert status == 0, text
     assert "correct horse" not in text
     raw = yaml.safe_load(store_config.read_text())

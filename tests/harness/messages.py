@@ -5,6 +5,9 @@ bare LF in DATA: 554 5.6.0).
 
 from __future__ import annotations
 
+PHONE = "+31612345678"  # an SMS number in an access-right directive
+CODE = "tulip-secret-42"  # an access code in an access-right directive
+
 
 def plain_message(headers: str, body: str) -> bytes:
     """`headers` (LF-separated, each ending in LF) after the fixed ones, then `body`."""

@@ -12,10 +12,9 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
 
+from tests.harness.instance import Instance
 from tests.harness.postfix import HOST, PostfixInstance, free_port
 
 OPENDKIM = "/usr/sbin/opendkim"
@@ -26,8 +25,10 @@ def available() -> bool:
     return Path(OPENDKIM).exists() and Path(GENKEY).exists()
 
 
-class Signer:
+class Signer(Instance):
     """`with Signer("hospital.example", "zm1") as s:` signs every From at the domain (mode s)."""
+
+    name = "opendkim"
 
     def __init__(self, domain: str, selector: str = "zm1") -> None:
         self.domain = domain
@@ -79,49 +80,14 @@ class Signer:
             # unsafe (a tempfail at end-of-message). A real install keeps it in /etc/dkimkeys.
             "RequireSafeKeys false\n"
         )
-        self._proc = subprocess.Popen(
-            [OPENDKIM, "-f", "-x", str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=(self.dir / "opendkim.out").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        while not _listening(self.port):
-            if self._proc.poll() is not None:
-                out = (self.dir / "opendkim.out").read_text(errors="replace")
-                raise AssertionError(f"opendkim exited {self._proc.returncode}: {out}")
-            if time.monotonic() > deadline:
-                raise AssertionError("opendkim did not listen")
-            time.sleep(0.05)
+        with self._or_stopped():
+            self._spawn([OPENDKIM, "-f", "-x", str(conf)], self.dir / "opendkim.out")
+            self._wait_listening(self.port, host=HOST)
         return self
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self._end_process(10)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Signer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def _listening(port: int) -> bool:
-    from tests.harness.postfix import _listening as listening
-
-    return listening(HOST, port)
 
 
 # What the README tells the admin to change on the re-injection listener and the replies

@@ -20,10 +20,9 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from tests.harness import logwait
+from tests.harness.instance import Instance
 
 if TYPE_CHECKING:
     import trustme
@@ -71,17 +70,6 @@ def ca_file(ca: trustme.CA) -> Iterator[str]:
         yield f.name
     finally:
         os.unlink(f.name)
-
-
-def _listening(host: str, port: int) -> bool:
-    """Whether a TCP socket listens on IPv4 host:port (this network namespace)."""
-    want = f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"
-    with open("/proc/net/tcp") as table:
-        next(table)  # header
-        return any(
-            fields[1] == want and fields[3] == "0A"  # 0A: TCP_LISTEN
-            for fields in (line.split() for line in table)
-        )
 
 
 def postfix_milter_socket(spec: str) -> str:
@@ -150,7 +138,7 @@ postlog    unix-dgram n  -       n       -       1       postlogd
 """
 
 
-class PostfixInstance:
+class PostfixInstance(Instance):
     """`with PostfixInstance(milter="inet:9900@127.0.0.1") as pf: ...`.
 
     milter: the socket as Postfix writes it (unix:/PATH, inet:HOST:PORT); libmilter's
@@ -161,6 +149,9 @@ class PostfixInstance:
     bind-mount its own inside the sandbox), and a recipient domain's "MX" is that domain's own
     address. dns=True: the system resolver, i.e. the sandbox's test DNS.
     """
+
+    error = PostfixError
+    name = "postfix master"
 
     def __init__(
         self,
@@ -284,56 +275,33 @@ class PostfixInstance:
         # Every parent must be traversable by the postfix user: not pytest's 0700 tmp_path.
         self.directory = Path(tempfile.mkdtemp(prefix="zivmilter-postfix-"))
         self.directory.chmod(0o755)
-        try:
+        with self._or_stopped():
             self._write_config()
             # `postfix check` would do the same in 2 s: too slow for one instance per test.
             self._make_queue()
             (self.directory / "queue" / "quick-start").touch()  # so start-fg skips it too
-            self._proc = subprocess.Popen(
-                ["postfix", "-c", str(self.config_dir), "start-fg"],
-                stdin=subprocess.DEVNULL,
-                stdout=(self.directory / "master.out").open("wb"),
-                stderr=subprocess.STDOUT,
-            )
+            master = ["postfix", "-c", str(self.config_dir), "start-fg"]
+            self._spawn(master, self.directory / "master.out")
             self._wait_listening(self.smtp_port)
             self._wait_listening(self.reinject_port)
             self._wait_listening(self.replies_port)
-        except BaseException:
-            self.stop()
-            raise
         return self
 
     def stop(self) -> None:
         """Stop the master (it ends its children), reap it, keep the log, remove the files."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                subprocess.run(
-                    ["postfix", "-c", str(self.config_dir), "stop"],
-                    capture_output=True,
-                    timeout=30,
-                    check=False,
-                )
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self._end_process(
+            30,
+            lambda _: subprocess.run(
+                ["postfix", "-c", str(self.config_dir), "stop"],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            ),
+        )
         if self.directory.is_dir():
             self._final_log = self._read_log()
             if not os.environ.get("ZIVMILTER_KEEP_POSTFIX"):
                 shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> PostfixInstance:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _postfix(self, *args: str) -> None:
         done = subprocess.run(
@@ -343,18 +311,6 @@ class PostfixInstance:
             raise PostfixError(
                 f"postfix {' '.join(args)} failed: {done.stderr.decode(errors='replace')}"
             )
-
-    def _wait_listening(self, port: int, timeout: float = 20.0) -> None:
-        # Watched in /proc/net/tcp, not by connecting: a probe connection would reach the
-        # milter and leave noise in every log.
-        deadline = time.monotonic() + timeout
-        while not _listening(HOST, port):
-            if self._proc is not None and self._proc.poll() is not None:
-                out = (self.directory / "master.out").read_text(errors="replace")
-                raise PostfixError(f"postfix master exited: {out}\n{self._read_log()}")
-            if time.monotonic() > deadline:
-                raise PostfixError(f"postfix did not listen on {HOST}:{port}")
-            time.sleep(0.02)
 
     # --- observation -----------------------------------------------------------------------
 
@@ -369,10 +325,6 @@ class PostfixInstance:
         if self._proc is None and self._final_log is not None:
             return self._final_log
         return self._read_log()
-
-    def wait_for_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-        """The first match of `pattern` (multiline regex) in the log; fail the test on timeout."""
-        return logwait.wait_for_log(self.log, pattern, timeout, PostfixError)
 
     def queue(self) -> list[dict[str, Any]]:
         """The queue as `postqueue -j` reports it: one dict per message."""

@@ -22,13 +22,11 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
-from tests.harness import logwait
-from tests.harness.postfix import HOST, REPO, _listening, free_port
+from tests.harness.instance import Instance
+from tests.harness.postfix import HOST, REPO, free_port
 
 SENDMAIL_ROOT = Path(
     os.environ.get("ZIVMILTER_SENDMAIL_ROOT", "/var/cache/zivmilter-tests/sendmail")
@@ -103,13 +101,16 @@ class _SyslogReceiver:
         self._sock.close()
 
 
-class SendmailInstance:
+class SendmailInstance(Instance):
     """`with SendmailInstance(milter=z.socket) as sm: smtplib.SMTP(HOST, sm.smtp_port)...`.
 
     milter: libmilter's socket spec (inet:PORT@HOST), put in place of the shipped `S=`.
     Recipient domains are delivered to the address /etc/hosts gives them (no DNS, no MX: a test
     bind-mounts its own /etc/hosts), on port 25, as the Postfix test instances do.
     """
+
+    error = SendmailError
+    name = "sendmail"
 
     def __init__(self, *, milter: str, extra_mc: Sequence[str] = ()) -> None:
         self.milter = milter
@@ -224,64 +225,25 @@ class SendmailInstance:
             raise SendmailError(f"no Sendmail unpacked under {SENDMAIL_ROOT}: run scripts/install")
         self.directory = Path(tempfile.mkdtemp(prefix="zivmilter-sendmail-"))
         self.directory.chmod(0o755)  # the MSP (user mail) reaches its clientmqueue inside
-        try:
+        with self._or_stopped():
             cf = self._write_config()
             self._syslog = _SyslogReceiver(self.directory / "log.sock")
             env = dict(os.environ, LD_LIBRARY_PATH=str(LIBS), HOSTNAME_FOR_SENDMAIL=MTA_HOSTNAME)
             setup = ["sh", "-c", _NAMESPACE_SETUP, str(self.directory)]
             daemon = [str(BINARY), "-C", str(cf), "-bD", "-q1m"]  # -bD: in the foreground
-            self._proc = subprocess.Popen(
-                ["unshare", "--uts", "--mount", "--", *setup, *daemon],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=(self.directory / "sendmail.out").open("wb"),
-                stderr=subprocess.STDOUT,
-            )
-            deadline = time.monotonic() + 20
-            while not _listening(HOST, self.smtp_port):
-                if self._proc.poll() is not None:
-                    raise SendmailError(f"sendmail exited {self._proc.returncode}: {self.output()}")
-                if time.monotonic() > deadline:
-                    raise SendmailError(f"sendmail did not listen: {self.output()}\n{self.log()}")
-                time.sleep(0.02)
-        except BaseException:
-            self.stop()
-            raise
+            unshare = ["unshare", "--uts", "--mount", "--", *setup, *daemon]
+            self._spawn(unshare, self.directory / "sendmail.out", env)
+            self._wait_listening(self.smtp_port, host=HOST)
         return self
 
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()  # -bD: the daemon itself, it exits within milliseconds
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self._end_process(10)  # -bD: the daemon itself, it exits within milliseconds
         if self._syslog is not None:
             self._syslog.close()
         if self.directory.is_dir() and not os.environ.get("ZIVMILTER_KEEP_SENDMAIL"):
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> SendmailInstance:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # --- observation -----------------------------------------------------------------------
-
-    def output(self) -> str:
-        try:
-            return (self.directory / "sendmail.out").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def log(self) -> str:
         """Everything Sendmail logged so far, one syslog line per line."""
@@ -289,10 +251,6 @@ class SendmailInstance:
             return ""
         with self._syslog._cond:
             return "\n".join(self._syslog.lines)
-
-    def wait_for_log(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-        """The first match of `pattern` (multiline regex) in the log; fail the test on timeout."""
-        return logwait.wait_for_log(self.log, pattern, timeout, SendmailError)
 
     def queue(self, which: str = "queue") -> list[str]:
         """Queue ids of the messages in the daemon's queue, or the MSP's ("clientmqueue")."""

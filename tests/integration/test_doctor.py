@@ -8,6 +8,7 @@ exactly that fault, exit 1, and print the fix an admin needs.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -296,45 +297,36 @@ def with_signer(
         s.edit_master(service_lines(name, "-o smtpd_milters=", f"-o smtpd_milters={SIGNER}"))
 
 
-@fault("DKIM signer wired as the README says", set(), lambda s: "")
-def _signer_right(s: Setup) -> None:
-    with_signer(s)
-
-
-@fault(
-    "DKIM signer listed before zivmilter",
-    {"dkim-order"},
-    lambda s: f"-e 'smtpd_milters = inet:127.0.0.1:{s.live.milter_port}, {SIGNER}'",
-)
-def _signer_first(s: Setup) -> None:
-    with_signer(s, first=True)
-
-
-@fault(
-    "re-injection listener left without the signer",
-    {"dkim-reinject"},
-    lambda s: f"under {reinject_name(s)}: -o smtpd_milters={SIGNER}",
-)
-def _signer_not_on_reinject(s: Setup) -> None:
-    with_signer(s, reinject=False)
-
-
-@fault(
-    "no_milters left on the re-injection listener with a signer",
-    {"dkim-reinject"},
-    lambda s: "-o receive_override_options=no_unknown_recipient_checks,no_address_mappings ",
-)
-def _signer_switched_off(s: Setup) -> None:
-    with_signer(s, no_milters=True)
-
-
-@fault(
-    "replies listener without the signer",
-    {"dkim-replies"},
-    lambda s: f"under {replies_name(s)}: -o smtpd_milters={SIGNER}",
-)
-def _signer_not_on_replies(s: Setup) -> None:
-    with_signer(s, replies=False)
+# The DKIM signer's wiring (issue 23), one row each: how `with_signer` sets it up, what fails.
+SIGNER_ROWS: list[tuple[str, dict[str, bool], set[str], Callable[[Setup], str]]] = [
+    ("DKIM signer wired as the README says", {}, set(), lambda s: ""),
+    (
+        "DKIM signer listed before zivmilter",
+        {"first": True},
+        {"dkim-order"},
+        lambda s: f"-e 'smtpd_milters = inet:127.0.0.1:{s.live.milter_port}, {SIGNER}'",
+    ),
+    (
+        "re-injection listener left without the signer",
+        {"reinject": False},
+        {"dkim-reinject"},
+        lambda s: f"under {reinject_name(s)}: -o smtpd_milters={SIGNER}",
+    ),
+    (
+        "no_milters left on the re-injection listener with a signer",
+        {"no_milters": True},
+        {"dkim-reinject"},
+        lambda s: "-o receive_override_options=no_unknown_recipient_checks,no_address_mappings ",
+    ),
+    (
+        "replies listener without the signer",
+        {"replies": False},
+        {"dkim-replies"},
+        lambda s: f"under {replies_name(s)}: -o smtpd_milters={SIGNER}",
+    ),
+]
+for _name, _options, _failing, _fix in SIGNER_ROWS:
+    fault(_name, _failing, _fix)(functools.partial(with_signer, **_options))
 
 
 @fault(

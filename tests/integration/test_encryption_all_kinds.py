@@ -12,28 +12,32 @@ from __future__ import annotations
 import email
 import email.policy
 import os
-import smtplib
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-import trustme
 
-from tests.harness.cli import zivmilter_in_process
 from tests.harness.dns import TestDns, Zone, shared_dns
-from tests.harness.keys import GnuPG, Issued, SmimeCA, openssl_cms_decrypt
+from tests.harness.encryption import (
+    Original,
+    RecipientKeys,
+    TlsCA,
+    ca,
+    deliver,
+    encrypting_gateway,
+    keys,
+    receiving_servers,
+)
+from tests.harness.keys import openssl_cms_decrypt
 from tests.harness.postfix import PostfixInstance
-from tests.harness.sandbox import bind_mounted
-from tests.harness.sink import Sink, server_tls_context
-from tests.harness.zivmilter import ZivmilterProcess, attach
+from tests.harness.sink import Sink
+from tests.harness.zivmilter import ZivmilterProcess
 from tests.integration.test_keyfind import WkdServer, _advanced, _openpgpkey
 
 pytestmark = pytest.mark.integration
-_ = shared_dns  # the session fixture, used by `gateway` below
+_ = shared_dns, ca, keys  # fixtures from the shared harness
 
 PLAIN_IP, TLS_IP, WKD_IP = "127.0.0.60", "127.0.0.61", "127.0.8.1"
 HOSTS = (
@@ -45,6 +49,7 @@ FACTS = {"transport": {"partner.example": "pkix", "pgp.example": "tls"}}
 CANARY = "CANARY-allkinds the scan shows no change"
 ACCESS_CODE = "amber-heron-7731"
 ATTACHMENT = os.urandom(30_000)
+ORIGINAL = Original("Scan results", CANARY, ATTACHMENT, "scan.pdf")
 RCPTS = [
     "carol@oldmail.example",  # notification
     "bob@partner.example",  # direct (ODD domain, MX meets pkix)
@@ -57,37 +62,9 @@ RCPTS = [
 
 
 @pytest.fixture(scope="module")
-def ca() -> Iterator[tuple[trustme.CA, str]]:
-    ca = trustme.CA()
-    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
-        f.write(ca.cert_pem.bytes())
-    os.chmod(f.name, 0o644)
-    yield ca, f.name
-    os.unlink(f.name)
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GnuPG, Issued, Path]]:
-    base = tmp_path_factory.mktemp("keys")
-    with GnuPG(base / "gnupg") as gpg:
-        (base / "kim.pgp").write_bytes(gpg.generate("Kim <kim@pgp.example>"))
-        smime = SmimeCA()
-        trust = smime.write_pem(base / "trust.pem")
-        sam = smime.issue("sam@smime.example")
-        (base / "sam.pem").write_bytes(sam.pem)
-        os.chmod(base, 0o755)
-        for f in base.iterdir():
-            if f.is_file():
-                os.chmod(f, 0o644)
-        yield gpg, sam, trust
-
-
-@pytest.fixture(scope="module")
-def published(
-    shared_dns: TestDns, ca: tuple[trustme.CA, str], keys: tuple[GnuPG, Issued, Path]
-) -> Iterator[TestDns]:
+def published(shared_dns: TestDns, ca: TlsCA, keys: RecipientKeys) -> Iterator[TestDns]:
     """wendy's key on a WKD server (advanced method), otto's in a signed OPENPGPKEY record."""
-    gpg = keys[0]
+    gpg = keys.gpg
     wendy, otto = (
         gpg.generate("Wendy <wendy@wkd.example>"),
         gpg.generate("Otto <otto@dnskey.example>"),
@@ -96,7 +73,7 @@ def published(
         Zone("wkd.example", records=[f"openpgpkey A {WKD_IP}"]),
         Zone("dnskey.example", signed=True, records=[_openpgpkey("otto", otto)]),
     ])  # fmt: skip
-    server = WkdServer(WKD_IP, ca[0], ["openpgpkey.wkd.example"], {
+    server = WkdServer(WKD_IP, ca.ca, ["openpgpkey.wkd.example"], {
         _advanced("wkd.example", "wendy"): wendy,
     })  # fmt: skip
     try:
@@ -106,91 +83,53 @@ def published(
 
 
 @pytest.fixture(scope="module")
-def sinks(ca: tuple[trustme.CA, str]) -> Iterator[dict[str, Sink]]:
-    with (
-        bind_mounted("/etc/hosts", HOSTS),
-        Sink(PLAIN_IP, 25) as plain,
-        Sink(TLS_IP, 25, tls=server_tls_context(ca[0].issue_cert("partner.example"))) as tls,
-    ):
-        yield {"plain": plain, "tls": tls}
+def sinks(ca: TlsCA) -> Iterator[tuple[Sink, Sink]]:
+    with receiving_servers(HOSTS, PLAIN_IP, TLS_IP, ca) as servers:
+        yield servers
 
 
 @pytest.fixture(scope="module")
 def gateway(
-    published: TestDns,
-    sinks: dict[str, Sink],
-    ca: tuple[trustme.CA, str],
-    keys: tuple[GnuPG, Issued, Path],
+    published: TestDns, sinks: tuple[Sink, Sink], ca: TlsCA, keys: RecipientKeys
 ) -> Iterator[tuple[PostfixInstance, ZivmilterProcess]]:
-    trust = keys[2]
-    pf = PostfixInstance(tls_ca_file=ca[1])
     config = {
         "policy": {"outbound_direct_delivery": {"domains": ["partner.example"]}},
         "transport": {"resolver": [published.resolver]},
-        "encryption": {
-            "enabled": True,
-            "pdf": True,
-            "wkd": {"ca_file": ca[1]},
-            "smime": {"trust_store": str(trust)},
-        },
+        "encryption": {"pdf": True, "wkd": {"ca_file": ca.file}},
     }
-    z = attach(pf, facts=FACTS, config=config)
-    with z:
-        for name in ("kim.pgp", "sam.pem"):
-            got = zivmilter_in_process(
-                "keys", "import", str(trust.parent / name), "--config", str(z.config_file)
-            )
-            assert got.returncode == 0, got.stderr
-        with pf:
-            yield pf, z
-
-
-def message() -> bytes:
-    msg = EmailMessage()
-    msg["From"] = "Dr. Alice <alice@hospital.example>"
-    msg["To"] = ", ".join(RCPTS)
-    msg["Subject"] = "Scan results"
-    msg["Message-ID"] = "<allkinds-1@hospital.example>"
-    msg["Date"] = "Mon, 07 Dec 2026 10:00:00 +0000"
-    msg["zivver-access-right"] = f"pat@pdf.example access-code {ACCESS_CODE}"
-    msg.set_content(f"Dear colleagues,\n{CANARY}\n")
-    msg.add_attachment(ATTACHMENT, maintype="application", subtype="pdf", filename="scan.pdf")
-    return msg.as_bytes(policy=email.policy.SMTP)
+    with encrypting_gateway(ca, keys, FACTS, config) as running:
+        yield running
 
 
 def test_every_kind_of_recipient_gets_its_copy_and_real_tools_open_them(
     gateway: tuple[PostfixInstance, ZivmilterProcess],
-    sinks: dict[str, Sink],
-    keys: tuple[GnuPG, Issued, Path],
+    sinks: tuple[Sink, Sink],
+    keys: RecipientKeys,
     tmp_path: Path,
 ) -> None:
-    pf, z = gateway
-    gpg, sam, _ = keys
-    plain, tls = sinks["plain"], sinks["tls"]
-    p0, t0 = len(plain.received), len(tls.received)
-    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=120) as s:
-        assert s.sendmail("alice@hospital.example", RCPTS, message()) == {}
-    at = {r.rcpt_tos: r for r in plain.wait_for(p0 + 5, timeout=120)[p0:]}
-    at |= {r.rcpt_tos: r for r in tls.wait_for(t0 + 2, timeout=120)[t0:]}
-    time.sleep(1)
-    assert len(plain.received) == p0 + 5 and len(tls.received) == t0 + 2, z.log()
-    assert set(at) == {(r,) for r in RCPTS}, z.log()
+    sent = ORIGINAL.message(
+        RCPTS, "<allkinds-1@hospital.example>", f"pat@pdf.example access-code {ACCESS_CODE}"
+    )
+    at_plain, at_tls = deliver(gateway, sinks, RCPTS, sent, (5, 2), timeout=120)
+    at = at_plain | at_tls
+    z = gateway[1]
+    assert set(at) == set(RCPTS), z.log()
     word = CANARY.split()[0].encode()
-    for (rcpt,), r in at.items():
+    for rcpt, r in at.items():
         assert ACCESS_CODE.encode() not in r.data, rcpt
         assert b"zivver-" not in r.data.lower() and b"x-zivmilter-route" not in r.data.lower()
         if rcpt != "bob@partner.example":
             assert word not in r.data, rcpt
-    assert CANARY.encode() in at["bob@partner.example",].data  # the direct copy, over TLS
-    assert "/m/" in at["carol@oldmail.example",].message().get_body(("plain",)).get_content()
+    assert CANARY.encode() in at["bob@partner.example"].data  # the direct copy, over TLS
+    assert "/m/" in at["carol@oldmail.example"].message().get_body(("plain",)).get_content()
     for rcpt in ("kim@pgp.example", "wendy@wkd.example", "otto@dnskey.example"):
-        outer = email.message_from_bytes(at[rcpt,].data, policy=email.policy.default)
+        outer = email.message_from_bytes(at[rcpt].data, policy=email.policy.default)
         assert outer.get_content_type() == "multipart/encrypted", rcpt
         armored = list(outer.iter_parts())[1].get_payload(decode=True)
-        check_original(email.message_from_bytes(gpg.decrypt(armored), policy=email.policy.default))
-    opened = openssl_cms_decrypt(at["sam@smime.example",].data, sam, tmp_path / "cms")
-    check_original(email.message_from_bytes(opened, policy=email.policy.default))
-    check_pdf(at["pat@pdf.example",].message(), tmp_path)
+        ORIGINAL.check_bytes(keys.gpg.decrypt(armored))
+    opened = openssl_cms_decrypt(at["sam@smime.example"].data, keys.sam, tmp_path / "cms")
+    ORIGINAL.check_bytes(opened)
+    check_pdf(at["pat@pdf.example"].message(), tmp_path)
     log = z.log()
     assert ACCESS_CODE not in log
     for rcpt, how in [
@@ -202,15 +141,6 @@ def test_every_kind_of_recipient_gets_its_copy_and_real_tools_open_them(
     ]:
         assert f"to=<{rcpt}> delivery=encrypted {how}" in log, log
     assert "encrypted to openpgp key" in log and "(wkd)" in log and "(openpgpkey)" in log
-
-
-def check_original(inner: EmailMessage) -> None:
-    assert inner["Subject"] == "Scan results"
-    assert "zivver-access-right" not in inner
-    body = inner.get_body(("plain",))
-    assert body is not None and CANARY in body.get_content()
-    (att,) = list(inner.iter_attachments())
-    assert att.get_filename() == "scan.pdf" and att.get_content() == ATTACHMENT
 
 
 def check_pdf(mail: EmailMessage, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ domain's "MX" is its own sink. partner.example has a certificate from the CA Pos
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.message
 import email.utils
@@ -23,11 +24,21 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.harness.messages import plain_message
+from tests.harness.arrivals import (
+    LINK,
+    Arrivals,
+    assert_bcc_hidden,
+    assert_direct_copy,
+    assert_failure_report,
+    assert_notifications,
+    by_recipient,
+    ca_file,
+    receiving_servers,
+)
+from tests.harness.messages import CODE, PHONE, plain_message
 from tests.harness.postfix import PostfixInstance
-from tests.harness.postfix import ca_file as postfix_ca_file
 from tests.harness.sandbox import bind_mounted
-from tests.harness.sink import Sink, server_tls_context
+from tests.harness.sink import Sink
 from tests.harness.zivmilter import ZivmilterProcess, attach
 from zivmilter import crypto
 from zivmilter.core.addresses import normalize_address
@@ -35,6 +46,7 @@ from zivmilter.errors import MessageError
 from zivmilter.store import SqliteStore
 
 pytestmark = pytest.mark.integration
+_ = ca_file  # the module fixture from the shared harness
 
 PLAIN_IP, TLS_IP, WEAK_IP = "127.0.0.30", "127.0.0.40", "127.0.0.41"
 HOSTS = (
@@ -53,9 +65,6 @@ CONFIG = {
     }
 }
 BODY_MARKER = "PLAINTEXT-MARKER-7f3a the lab results are attached"
-PHONE = "+31612345678"
-CODE = "tulip-secret-42"
-LINK = re.compile(r"https://secure\.hospital\.example/m/([A-Za-z0-9_-]+)")
 
 
 def message(headers: str, body: str = BODY_MARKER) -> bytes:
@@ -69,22 +78,10 @@ def hosts() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def ca_file() -> Iterator[tuple[trustme.CA, str]]:
-    ca = trustme.CA()
-    with postfix_ca_file(ca) as path:
-        yield ca, path
-
-
-@pytest.fixture(scope="module")
 def sinks(hosts: None, ca_file: tuple[trustme.CA, str]) -> Iterator[dict[str, Sink]]:
-    ca, _ = ca_file
-    strange = trustme.CA()  # a CA Postfix does not trust
-    with (
-        Sink(PLAIN_IP, 25) as plain,
-        Sink(TLS_IP, 25, tls=server_tls_context(ca.issue_cert("partner.example"))) as tls,
-        Sink(WEAK_IP, 25, tls=server_tls_context(strange.issue_cert("weak.example"))) as weak,
-    ):
-        yield {"plain": plain, "tls": tls, "weak": weak}
+    trusted = {"tls": f"{TLS_IP} partner.example"}
+    with receiving_servers(PLAIN_IP, trusted, {"weak": f"{WEAK_IP} weak.example"}, ca_file[0]) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -102,20 +99,32 @@ def send(pf: PostfixInstance, sender: str, rcpts: list[str], data: bytes) -> Any
         return s.sendmail(sender, rcpts, data)
 
 
-def new_messages(sink: Sink, before: int, count: int) -> list[Any]:
-    return sink.wait_for(before + count)[before:]
+def submit(
+    gateway: tuple[PostfixInstance, ZivmilterProcess],
+    sinks: dict[str, Sink],
+    rcpts: list[str],
+    data: bytes,
+) -> Arrivals:
+    """Send `data` from alice to `rcpts` through Postfix, accepted for all; what arrives at the
+    receiving servers from then on."""
+    arrived = Arrivals(sinks)
+    assert send(gateway[0], "alice@hospital.example", rcpts, data) == {}
+    return arrived
 
 
-def open_store(z: ZivmilterProcess) -> SqliteStore:
-    return SqliteStore.open(str(z.store_path), crypto.load_kek(str(z.key_file)))
+@contextlib.contextmanager
+def open_store(z: ZivmilterProcess) -> Iterator[SqliteStore]:
+    store = SqliteStore.open(str(z.store_path), crypto.load_kek(str(z.key_file)))
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def test_mixed_message_notifications_direct_and_bcc(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
     pf, z = gateway
-    plain, tls = sinks["plain"], sinks["tls"]
-    p0, t0 = len(plain.received), len(tls.received)
     data = message(
         "To: Bob <bob@partner.example>, Carol <carol@oldmail.example>\n"
         "Cc: dave@oldmail.example\n"
@@ -131,47 +140,25 @@ def test_mixed_message_notifications_direct_and_bcc(
         "s@x.example",
         "t@x.example",
     ]
-    assert send(pf, "alice@hospital.example", rcpts, data) == {}
+    arrived = submit(gateway, sinks, rcpts, data)
 
-    notes = new_messages(plain, p0, 4)
+    notes = arrived.wait("plain", 4)
     time.sleep(1)
-    assert len(plain.received) == p0 + 4, "exactly one notification per notification recipient"
-    got = {r.rcpt_tos: r for r in notes}
+    assert len(arrived.new("plain")) == 4, "exactly one notification per notification recipient"
+    got = by_recipient(notes)
     assert set(got) == {
-        ("carol@oldmail.example",),
-        ("dave@oldmail.example",),
-        ("s@x.example",),
-        ("t@x.example",),
+        "carol@oldmail.example",
+        "dave@oldmail.example",
+        "s@x.example",
+        "t@x.example",
     }
-    tokens = set()
-    for rcpts_of, r in got.items():
-        text = r.data.decode("utf-8", "replace")
-        assert BODY_MARKER.split()[0] not in text, f"body leaked to {rcpts_of}"
-        assert "zivver-" not in text.lower() and "X-Zivmilter-Route" not in text
-        assert PHONE not in text and CODE not in text
-        # no Bcc field (a random boundary or Message-ID may well contain the letters "bcc")
-        assert not re.search(rb"(?im)^bcc:", r.data.split(b"\r\n\r\n")[0])
-        msg = r.message()
-        (sender,) = msg["From"].addresses
-        assert (sender.display_name, sender.addr_spec) == ("Dr. Alice", "alice@hospital.example")
-        assert msg.get_content_type() == "multipart/alternative"
-        plain_part = msg.get_body(("plain",))
-        assert plain_part is not None
-        found = LINK.findall(plain_part.get_content())
-        assert len(found) == 1 and len(found[0]) >= 22  # >= 128 bits
-        tokens.add(found[0])
-    assert len(tokens) == 4, "every recipient has a personal link"
+    assert_notifications(got, BODY_MARKER, [PHONE, CODE])
     # Bcc isolation: the To/Cc copies never name a Bcc recipient, nor one Bcc the other.
-    for who in ("carol@oldmail.example", "dave@oldmail.example", "s@x.example"):
-        assert b"t@x.example" not in got[(who,)].data
-    assert b"s@x.example" not in got[("t@x.example",)].data
-    assert "+31 6" in got[("carol@oldmail.example",)].message().get_body(("plain",)).get_content()
+    assert_bcc_hidden(got, ["s@x.example", "t@x.example"])
+    assert "+31 6" in got["carol@oldmail.example"].message().get_body(("plain",)).get_content()
 
-    (direct,) = new_messages(tls, t0, 1)
-    assert direct.rcpt_tos == ("bob@partner.example",)
-    assert direct.tls_version in ("TLSv1.2", "TLSv1.3")
-    assert BODY_MARKER in direct.data.decode()
-    assert b"zivver-" not in direct.data.lower() and b"x-zivmilter-route" not in direct.data.lower()
+    (direct,) = arrived.wait("tls", 1)
+    assert_direct_copy(direct, "bob@partner.example", BODY_MARKER)
     pf.wait_for_log(
         r"postfix/zivmilter-pkix/smtp\[\d+\]: \w+: to=<bob@partner\.example>.*status=sent"
     )
@@ -181,21 +168,18 @@ def test_mixed_message_notifications_direct_and_bcc(
             "SELECT id FROM messages WHERE rfc822_id = ?", ("<mixed-1@hospital.example>",)
         ).fetchall()
     assert len(saved) == 1
-    store = open_store(z)
-    try:
+    with open_store(z) as store:
         stream = store.open_content(saved[0][0])
         assert stream is not None
         content = stream.read()
-        assert content.endswith((BODY_MARKER + "\r\n").encode())
-        assert b"zivver-" not in content.lower()
-        for line in (
-            b"Subject: Lab results",
-            b"Cc: dave@oldmail.example",
-            b"Message-ID: <mixed-1@hospital.example>",
-        ):
-            assert line in content
-    finally:
-        store.close()
+    assert content.endswith((BODY_MARKER + "\r\n").encode())
+    assert b"zivver-" not in content.lower()
+    for line in (
+        b"Subject: Lab results",
+        b"Cc: dave@oldmail.example",
+        b"Message-ID: <mixed-1@hospital.example>",
+    ):
+        assert line in content
     # every file of the store (database, its WAL, any blob files) holds the content encrypted only
     files = [p for p in z.store_path.rglob("*") if p.is_file()]
     assert any(p.name == "store.sqlite3-wal" for p in files)
@@ -205,8 +189,7 @@ def test_mixed_message_notifications_direct_and_bcc(
 
 def assert_reports_unusable(report: Any, address: str) -> None:
     """The sender's DSN about a recipient the gateway cannot secure for: 5.1.3, no content."""
-    assert report.message().get_content_type() == "multipart/report"
-    assert f"Final-Recipient: rfc822; {address}".encode() in report.data
+    assert_failure_report(report, address)
     assert b"Status: 5.1.3" in report.data
     assert BODY_MARKER.encode() not in report.data
 
@@ -214,30 +197,21 @@ def assert_reports_unusable(report: Any, address: str) -> None:
 def test_failed_recipient_gets_a_dsn_and_is_removed(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
-    pf, _ = gateway
-    plain, tls, weak = sinks["plain"], sinks["tls"], sinks["weak"]
-    p0, t0, w0 = len(plain.received), len(tls.received), len(weak.received)
     data = message(
         "To: ok@partner.example, no@weak.example\nSubject: Results\n"
         "Message-ID: <dsn-1@hospital.example>\n"
         "zivver-direct-delivery: tls tls1.2 auth certificate-validation\n"
     )
-    assert send(pf, "alice@hospital.example", ["ok@partner.example", "no@weak.example"], data) == {}
-    (report,) = new_messages(plain, p0, 1)
-    assert report.rcpt_tos == ("alice@hospital.example",)
-    assert report.mail_from == "<>" or report.mail_from == ""
-    msg = report.message()
-    assert msg.get_content_type() == "multipart/report"
-    assert msg.get_param("report-type") == "delivery-status"
-    text = msg.get_body(("plain",)).get_content()
+    arrived = submit(gateway, sinks, ["ok@partner.example", "no@weak.example"], data)
+    (report,) = arrived.wait("plain", 1)
+    assert_failure_report(report, "no@weak.example")
+    text = report.message().get_body(("plain",)).get_content()
     assert "no@weak.example" in text and "does not meet" in text
-    assert b"Final-Recipient: rfc822; no@weak.example" in report.data
-    assert b"Action: failed" in report.data
     assert b"zivver-direct-delivery" not in report.data.lower()
-    (direct,) = new_messages(tls, t0, 1)
+    (direct,) = arrived.wait("tls", 1)
     assert direct.rcpt_tos == ("ok@partner.example",)
     time.sleep(1)
-    assert len(weak.received) == w0, "nothing reaches the recipient that failed"
+    assert arrived.new("weak") == [], "nothing reaches the recipient that failed"
 
 
 def test_quoted_local_part_is_secured_and_an_unusable_recipient_fails_alone(
@@ -245,19 +219,16 @@ def test_quoted_local_part_is_secured_and_an_unusable_recipient_fails_alone(
 ) -> None:
     # "john doe"@... is valid (RFC 5321); x@[127.0.0.30] passes Postfix but is no address the
     # gateway can secure for: that one recipient fails with a DSN, the message is not held.
-    pf, _ = gateway
-    plain = sinks["plain"]
-    p0 = len(plain.received)
     quoted, literal = '"john doe"@oldmail.example', "x@[127.0.0.30]"
     data = message(f"To: {quoted}, {literal}\nSubject: Results\n")
-    assert send(pf, "alice@hospital.example", [quoted, literal], data) == {}
-    got = new_messages(plain, p0, 2)
+    arrived = submit(gateway, sinks, [quoted, literal], data)
+    got = arrived.wait("plain", 2)
     time.sleep(1)
-    assert len(plain.received) == p0 + 2, "nothing goes to the unusable recipient"
-    by_rcpt = {m.rcpt_tos: m for m in got}
-    note = by_rcpt[(quoted,)]
+    assert len(arrived.new("plain")) == 2, "nothing goes to the unusable recipient"
+    by_rcpt = by_recipient(got)
+    note = by_rcpt[quoted]
     assert BODY_MARKER.encode() not in note.data and LINK.search(note.data.decode())
-    assert_reports_unusable(by_rcpt[("alice@hospital.example",)], literal)
+    assert_reports_unusable(by_rcpt["alice@hospital.example"], literal)
 
 
 HOSTILE_FIELDS = [
@@ -278,9 +249,7 @@ HOSTILE_FIELDS = [
 def test_hostile_header_fields_are_secured_not_held(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink], fields: bytes
 ) -> None:
-    pf, z = gateway
-    plain = sinks["plain"]
-    p0 = len(plain.received)
+    z = gateway[1]
     literal = "x@[127.0.0.30]"  # passes Postfix, fails at the gateway: a DSN
     data = (
         fields
@@ -288,9 +257,9 @@ def test_hostile_header_fields_are_secured_not_held(
         + BODY_MARKER.encode()
         + b"\r\n"
     )
-    assert send(pf, "alice@hospital.example", ["carol@oldmail.example", literal], data) == {}
-    by_rcpt = {m.rcpt_tos: m for m in new_messages(plain, p0, 2)}
-    note = by_rcpt[("carol@oldmail.example",)]
+    arrived = submit(gateway, sinks, ["carol@oldmail.example", literal], data)
+    by_rcpt = by_recipient(arrived.wait("plain", 2))
+    note = by_rcpt["carol@oldmail.example"]
     msg = email.message_from_bytes(note.data, policy=policy.default)
     assert msg.get_content_type() == "multipart/alternative" and not msg.defects
     assert msg["X-Zivmilter-Notification"] == "1" and "X-Injected" not in msg
@@ -298,7 +267,7 @@ def test_hostile_header_fields_are_secured_not_held(
     if fields.startswith(b"From: J"):
         assert str(msg["From"]) == "J\u00f6hn Str\u00f6m <alice@hospital.example>"
         assert str(msg["Subject"]) == "results X-Injected: 1"
-    assert_reports_unusable(by_rcpt[("alice@hospital.example",)], literal)
+    assert_reports_unusable(by_rcpt["alice@hospital.example"], literal)
     assert "tempfail" not in z.log()
 
 
@@ -307,15 +276,12 @@ def test_recipients_keep_their_case_and_a_case_duplicate_gets_one_copy(
 ) -> None:
     # Compared case-insensitively, but handed on as given (a local part may be case-sensitive);
     # the same recipient twice in different case gets one notification.
-    pf, _ = gateway
-    plain = sinks["plain"]
-    p0 = len(plain.received)
     data = message("To: Mixed.Case@oldmail.example, Other@oldmail.example\nSubject: Case\n")
     rcpts = ["Mixed.Case@oldmail.example", "mixed.case@OLDMAIL.example", "Other@oldmail.example"]
-    assert send(pf, "alice@hospital.example", rcpts, data) == {}
-    got = new_messages(plain, p0, 2)
+    arrived = submit(gateway, sinks, rcpts, data)
+    got = arrived.wait("plain", 2)
     time.sleep(1.5)
-    assert len(plain.received) == p0 + 2, "one notification per recipient, not per spelling"
+    assert len(arrived.new("plain")) == 2, "one notification per recipient, not per spelling"
     assert sorted(m.rcpt_tos for m in got) == [
         ("Mixed.Case@oldmail.example",),
         ("Other@oldmail.example",),
@@ -328,8 +294,7 @@ def test_dsn_follows_the_clients_notify_and_orcpt(
     # RFC 3461: NOTIFY=NEVER asks for no report about that recipient; ORCPT is echoed back
     # as Original-Recipient.
     pf, _ = gateway
-    plain, tls, weak = sinks["plain"], sinks["tls"], sinks["weak"]
-    p0, t0, w0 = len(plain.received), len(tls.received), len(weak.received)
+    arrived = Arrivals(sinks)
     data = message(
         "To: ok@partner.example, no1@weak.example, no2@weak.example\nSubject: Notify\n"
         "zivver-direct-delivery: tls tls1.2 auth certificate-validation\n"
@@ -341,12 +306,12 @@ def test_dsn_follows_the_clients_notify_and_orcpt(
         assert s.rcpt("no1@weak.example", ["ORCPT=rfc822;Boss+2Bone@weak.example"])[0] == 250
         assert s.rcpt("no2@weak.example", ["NOTIFY=NEVER"])[0] == 250
         assert s.data(data)[0] == 250
-    (report,) = new_messages(plain, p0, 1)
+    (report,) = arrived.wait("plain", 1)
     assert b"Original-Recipient: rfc822; Boss+one@weak.example" in report.data
     assert b"Final-Recipient: rfc822; no1@weak.example" in report.data
     assert b"no2@weak.example" not in report.message().get_body(("plain",)).get_content().encode()
     assert b"Final-Recipient: rfc822; no2@weak.example" not in report.data
-    new_messages(tls, t0, 1)
+    arrived.wait("tls", 1)
     # only NOTIFY=NEVER recipients failed: no report at all
     data = message("To: no2@weak.example\nSubject: Never\nzivver-direct-delivery: tls\n")
     discards = pf.log().count("milter-discard")
@@ -360,7 +325,7 @@ def test_dsn_follows_the_clients_notify_and_orcpt(
         time.sleep(0.1)
     assert pf.log().count("milter-discard") == discards + 1
     time.sleep(1.5)
-    assert len(plain.received) == p0 + 1 and len(weak.received) == w0
+    assert len(arrived.new("plain")) == 1 and arrived.new("weak") == []
 
 
 def test_internationalized_recipient_gets_a_notification(
@@ -369,47 +334,41 @@ def test_internationalized_recipient_gets_a_notification(
     # RFC 6531/6532: jörg@… is re-injected with SMTPUTF8, and the notification's To keeps the
     # address in UTF-8 (RFC 2047 may not encode an address).
     pf, _ = gateway
-    plain = sinks["plain"]
-    p0 = len(plain.received)
+    arrived = Arrivals(sinks)
     eai = "jörg@oldmail.example"
     data = message(f"To: Jörg <{eai}>, bob@oldmail.example\nSubject: Results\n")
     with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
         s.sendmail("alice@hospital.example", [eai, "bob@oldmail.example"], data, ["SMTPUTF8"])
-    got = {m.rcpt_tos: m for m in new_messages(plain, p0, 2)}
-    note = got[(eai,)]
+    got = by_recipient(arrived.wait("plain", 2))
+    note = got[eai]
     to = note.message()["To"]
     assert eai in str(to) and "=?" not in note.data.split(b"\r\n\r\n")[0].decode()
     assert BODY_MARKER.encode() not in note.data and LINK.search(note.data.decode())
-    assert LINK.search(got[("bob@oldmail.example",)].data.decode())
+    assert LINK.search(got["bob@oldmail.example"].data.decode())
 
 
 def test_all_recipients_failed_message_discarded_with_dsn(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
     pf, _ = gateway
-    plain, weak = sinks["plain"], sinks["weak"]
-    p0, w0 = len(plain.received), len(weak.received)
     data = message("To: no@weak.example\nSubject: x\nzivver-direct-delivery: tls tls1.3\n")
-    assert send(pf, "alice@hospital.example", ["no@weak.example"], data) == {}
-    (report,) = new_messages(plain, p0, 1)
+    arrived = submit(gateway, sinks, ["no@weak.example"], data)
+    (report,) = arrived.wait("plain", 1)
     assert b"no@weak.example" in report.data
     pf.wait_for_log(r"milter-discard")
-    assert len(weak.received) == w0
+    assert arrived.new("weak") == []
 
 
 def test_single_notification_rewrites_the_transaction(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
-    pf, _ = gateway
-    plain = sinks["plain"]
-    p0 = len(plain.received)
     data = message(
         "To: erin@oldmail.example\nSubject: =?utf-8?q?R=C3=B6ntgen_results?=\n"
         "Message-ID: <one@hospital.example>\nIn-Reply-To: <earlier@partner.example>\n"
         "References: <earlier@partner.example>\n"
     )
-    assert send(pf, "alice@hospital.example", ["erin@oldmail.example"], data) == {}
-    (note,) = new_messages(plain, p0, 1)
+    arrived = submit(gateway, sinks, ["erin@oldmail.example"], data)
+    (note,) = arrived.wait("plain", 1)
     msg = note.message()
     assert str(msg["Subject"]) == "Röntgen results"
     assert msg["In-Reply-To"] == "<earlier@partner.example>"
@@ -428,15 +387,12 @@ def test_single_notification_rewrites_the_transaction(
 def test_client_route_header_is_not_obeyed(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
-    pf, _ = gateway
-    plain, tls = sinks["plain"], sinks["tls"]
-    p0, t0 = len(plain.received), len(tls.received)
     data = message("To: frank@oldmail.example\nSubject: x\nX-Zivmilter-Route: direct-tls\n")
-    assert send(pf, "alice@hospital.example", ["frank@oldmail.example"], data) == {}
-    (note,) = new_messages(plain, p0, 1)
+    arrived = submit(gateway, sinks, ["frank@oldmail.example"], data)
+    (note,) = arrived.wait("plain", 1)
     assert b"X-Zivmilter-Route" not in note.data
     assert BODY_MARKER.encode() not in note.data
-    assert len(tls.received) == t0
+    assert arrived.new("tls") == []
 
 
 def test_corpus_messages_all_pass_without_tempfail(sinks: dict[str, Sink]) -> None:
@@ -462,12 +418,11 @@ def test_corpus_messages_all_pass_without_tempfail(sinks: dict[str, Sink]) -> No
                 senders.add(normalize_address(addr))
             except MessageError:
                 unusable.add(path.name)
-    plain = sinks["plain"]
     pf = PostfixInstance()
     facts = {"senders": sorted(senders), "transport": {}}
     z = attach(pf, facts=facts, config={"submission": {"any_address_of_own_domains": False}})
     refused: list[str] = []
-    p0 = len(plain.received)
+    arrived = Arrivals(sinks)
     with z, pf:
         s = smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60)
         for path in files:
@@ -479,7 +434,7 @@ def test_corpus_messages_all_pass_without_tempfail(sinks: dict[str, Sink]) -> No
                 s.close()  # a new session: Postfix ends one after too many refusals
                 s = smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60)
         s.quit()
-        notes = plain.wait_for(p0 + len(files) - len(refused), timeout=120)[p0:]
+        notes = arrived.wait("plain", len(files) - len(refused), timeout=120)
         assert "tempfail" not in z.log()
     assert set(refused) == unusable  # refused exactly when there is no usable From/Sender
     assert len(unusable) < len(files) // 3
@@ -494,9 +449,7 @@ def test_corpus_messages_all_pass_without_tempfail(sinks: dict[str, Sink]) -> No
 def test_large_attachment_of_a_direct_copy_becomes_a_link(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:
-    pf, z = gateway
-    tls = sinks["tls"]
-    t0 = len(tls.received)
+    z = gateway[1]
     big = os.urandom(300_000)
     small = b"small attachment stays"
     msg = email.message.EmailMessage()
@@ -506,8 +459,8 @@ def test_large_attachment_of_a_direct_copy_becomes_a_link(
     msg.set_content(BODY_MARKER)
     msg.add_attachment(big, maintype="application", subtype="pdf", filename="scan.pdf")
     msg.add_attachment(small, maintype="text", subtype="plain", filename="note.txt")
-    assert send(pf, "alice@hospital.example", ["bob@partner.example"], msg.as_bytes()) == {}
-    (got,) = new_messages(tls, t0, 1)
+    arrived = submit(gateway, sinks, ["bob@partner.example"], msg.as_bytes())
+    (got,) = arrived.wait("tls", 1)
     assert len(got.data) < 100_000
     received = got.message()
     names = [p.get_filename() for p in received.walk() if p.get_filename()]
@@ -524,9 +477,6 @@ def test_large_attachment_of_a_direct_copy_becomes_a_link(
         (aid,) = db.execute(
             "SELECT id FROM attachments ORDER BY created_at DESC LIMIT 1"
         ).fetchone()
-    store = open_store(z)
-    try:
+    with open_store(z) as store:
         stream = store.open_attachment(aid)
         assert stream is not None and stream.read() == big
-    finally:
-        store.close()

@@ -16,40 +16,31 @@ a visible focus outline on every control it reaches. Screenshots: test-artifacts
 
 from __future__ import annotations
 
-import base64
 import re
-import smtplib
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.policy import SMTP
 from pathlib import Path
 from pprint import pformat
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.hashes import SHA1
-from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
-from tests.harness.postfix import PostfixInstance, free_port
-from tests.harness.sandbox import bind_mounted
-from tests.harness.sink import Sink
-from tests.harness.zivmilter import attach
-from tests.integration.test_portal_browser import (
+from tests.harness.portal import (
     ARTIFACTS,
-    CHROMIUM_ARGS,
     CODE,
     HOSTS,
-    MAIL_IP,
+    PASSWORD,
     PDF,
-    PortalProcess,
-    SmsProvider,
     World,
-    _store,
+    browser,
+    fill_enrolment,
+    html_message,
+    open_invite,
     open_link,
+    open_store,
     plain_message,
-    png,
+    portal_world,
 )
 from zivmilter.mail.notification import NOTIFICATION_HEADER
 from zivmilter.portal.accounts import add_recipient_account
@@ -61,11 +52,11 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 axe_package = pytest.importorskip("axe_playwright_python")
 
 pytestmark = pytest.mark.integration
+_ = browser  # the module fixture from the shared harness
 
 AXE = (Path(axe_package.__file__).parent / "axe.min.js").read_text()
 TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 NARROW = {"width": 320, "height": 720}  # WCAG 1.4.10: 320 CSS px without scrolling sideways
-PASSWORD = "correct horse battery staple"
 LANGS = ["en", "nl", "de"]
 DUTCH_DOMAIN = "x.example"  # notifications to it are in Dutch; to oldmail.example, in English
 GERMAN_DOMAIN = "y.example"  # and to it, in German
@@ -79,43 +70,17 @@ HOSTS_HERE = HOSTS.replace(" x.example ", f" x.example {GERMAN_DOMAIN} ")
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    port = free_port()
-    with bind_mounted("/etc/hosts", HOSTS_HERE), Sink(MAIL_IP, 25) as sink, SmsProvider() as sms:
-        pf = PostfixInstance()
-        z = attach(
-            pf,
-            config={
-                "portal": {
-                    "base_url": f"http://127.0.0.1:{port}/",
-                    "listen": f"127.0.0.1:{port}",
-                },
-                # the notification's language by the recipient's domain: each gets checked
-                "notification": {"languages": {DUTCH_DOMAIN: "nl", GERMAN_DOMAIN: "de"}},
-                # "remember this browser" on the code-sent pages (issue 25): checked there too
-                "policy": {"methods": {"remember_device_days": 30}},
-                "sms": {
-                    "backend": "webhook",
-                    "webhook": {
-                        "url": sms.url,
-                        "body": '{"recipient": {{ phone }}, "body": {{ text }}}',
-                    },
-                },
-            },
-        )
-        with z, pf, PortalProcess(z.config_file, port, z.dir / "portal.log"):
-            w = World(pf, z, sink, sms, port)
-            with _store(w) as store:
-                store.add_account("alice@hospital.example", "sender")
-            yield w
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    with portal_world(
+        lambda sms: {
+            # the notification's language by the recipient's domain: each gets checked
+            "notification": {"languages": {DUTCH_DOMAIN: "nl", GERMAN_DOMAIN: "de"}},
+            # "remember this browser" on the code-sent pages (issue 25): checked there too
+            "policy": {"methods": {"remember_device_days": 30}},
+            "sms": sms.webhook(),
+        },
+        hosts=HOSTS_HERE,
+    ) as w:
+        yield w
 
 
 class Audit:
@@ -162,6 +127,42 @@ class Audit:
         page.screenshot(
             path=str(ARTIFACTS / f"a11y-{self.name}-{self.lang}-{state}.png"), full_page=True
         )
+
+    def step(
+        self,
+        click: str,
+        shows: str,
+        state: str,
+        fill: dict[str, str] | None = None,
+        invalid: str | None = None,
+    ) -> None:
+        """One step of a flow: fill in `fill`, click `click`, wait until `shows` is on the page,
+        assert that the field `invalid` is marked invalid (an error names it), and check the
+        page that came as `state`."""
+        for field, value in (fill or {}).items():
+            self.page.fill(field, value)
+        self.page.click(click)
+        self.page.locator(shows).wait_for()
+        if invalid is not None:
+            assert self.page.get_attribute(invalid, "aria-invalid") == "true", (state, invalid)
+        self.check(state)
+
+    def open_notification(self, msg: EmailMessage, state: str) -> int:
+        """Send `msg` to its one recipient through Postfix, open the link its notification
+        brings, and check the first page as `state`. Returns how many mails had arrived before,
+        for what comes later (a code mail, a reply) to be looked for after them."""
+        address = str(msg["To"])
+        before = len(self.world.sink.received)
+        self.world.send(msg, [address])
+        link, _ = self.world.notification_link(address, before)
+        open_link(self.page, link)
+        self.check(state)
+        return before
+
+    def wrong_code(self, state: str) -> None:
+        """A wrong code sent: the error names the code field; check that page as `state`."""
+        wrong = not_the_code(self.page)
+        self.step("form.verify button", "#error", state, {"#code": wrong}, invalid="#code")
 
     def check_at_own_address(self, url: str, state: str) -> None:
         """A document axe cannot judge where it is (a page that moves on at once, a frame
@@ -211,24 +212,14 @@ def audit(audits: list[Audit], browser: Any, world: World, lang: str, name: str)
 def accessible_message(to: str, extra: dict[str, str]) -> EmailMessage:
     """An HTML message whose own content is accessible (the sender's part is not the portal's
     to fix), with an inline image and an attachment."""
-    msg = EmailMessage()
-    msg["From"] = "Dr. Alice <alice@hospital.example>"
-    msg["To"] = to
-    msg["Subject"] = "Lab results"
-    msg["Message-ID"] = f"<a11y-{time.monotonic_ns()}@hospital.example>"
-    for name, value in extra.items():
-        msg[name] = value
-    msg.set_content("Your lab results are fine.")
-    msg.add_alternative(
+    return html_message(
+        to,
+        extra,
+        "Your lab results are fine.",
         "<p>Your lab results are <b>fine</b>.</p>"
         "<p><img src='cid:scan@hospital' alt='Scan of the left knee' width='8'></p>",
-        subtype="html",
+        tag="a11y",
     )
-    html = msg.get_body(("html",))
-    assert html is not None
-    html.add_related(png(), maintype="image", subtype="png", cid="<scan@hospital>")
-    msg.add_attachment(PDF, maintype="application", subtype="pdf", filename="results.pdf")
-    return msg
 
 
 def base(world: World) -> str:
@@ -236,18 +227,18 @@ def base(world: World) -> str:
 
 
 def stored(world: World, message_id: str) -> MessageRecord:
-    with _store(world) as store:
+    with open_store(world) as store:
         (found,) = store.find_messages(message_id)
     return found
 
 
-def send_from(world: World, sender: str, msg: EmailMessage, rcpts: list[str]) -> None:
-    with smtplib.SMTP("127.0.0.1", world.pf.smtp_port, timeout=60) as s:
-        assert s.sendmail(sender, rcpts, msg.as_bytes(policy=SMTP)) == {}
+def not_the_code(page: Any) -> str:
+    """A wrong code of the kind the field asks for (six digits, or an access code)."""
+    return "000000" if page.get_attribute("#code", "inputmode") else "not-it"
 
 
 def wrong_code(page: Any) -> None:
-    page.fill("#code", "000000" if page.get_attribute("#code", "inputmode") else "not-it")
+    page.fill("#code", not_the_code(page))
     page.click("form.verify button")
     page.locator("#error").wait_for()
 
@@ -274,10 +265,8 @@ def test_access_code_message_reply_and_the_pages_around_it(
     a.check_at_own_address(link, "opening")
     open_link(page, link)
     a.check("verify")
-    wrong_code(page)
-    assert page.get_attribute("#code", "aria-invalid") == "true"
+    a.wrong_code("wrong-code")
     assert page.get_attribute("#code", "aria-describedby") == "error"
-    a.check("wrong-code")
     page.fill("#code", CODE)
     page.click("form.verify button")
     page.locator("#subject").wait_for()
@@ -287,32 +276,25 @@ def test_access_code_message_reply_and_the_pages_around_it(
     a.check_at_own_address(here + "body", "message-frame")
     page.goto(here)
 
-    page.click("#send-reply")  # empty: the reply field is what the error is about
-    page.locator("#error").wait_for()
-    assert page.get_attribute("#reply-text", "aria-invalid") == "true"
-    a.check("reply-empty")
-    page.fill("#reply-text", "Thank you, doctor.")
-    page.click("#send-reply")
-    page.locator("#notice").wait_for()
-    a.check("reply-sent")
+    # empty: the reply field is what the error is about
+    a.step("#send-reply", "#error", "reply-empty", invalid="#reply-text")
+    a.step("#send-reply", "#notice", "reply-sent", {"#reply-text": "Thank you, doctor."})
     world.mail_for("alice@hospital.example", before, "Thank you, doctor.")
     # The two other outcomes of a reply, as the store records them after the MTA answered:
     # kept for later, and refused.
-    with _store(world) as store:
+    with open_store(world) as store:
         (rcpt,) = store.recipients(stored(world, str(msg["Message-ID"])).id)
         reply_id = store.save_reply(rcpt.id, b"From: x\r\n\r\nlater\r\n")
     page.goto(here + "?replied=later")
     page.locator("#notice").wait_for()
     a.check("reply-later")
-    with _store(world) as store:
+    with open_store(world) as store:
         store.mark_reply_undeliverable(reply_id, "550 5.7.1 refused")
     page.goto(here + "?replied=refused")
     page.locator("#error").wait_for()
     a.check("reply-refused")
 
-    page.click("#logout")
-    page.locator("section.notice-page").wait_for()
-    a.check("signed-out")
+    a.step("#logout", "section.notice-page", "signed-out")
     assert world.cli("revoke", str(msg["Message-ID"])).returncode == 0
     page.goto(link)
     page.locator("section.notice-page.error").wait_for()
@@ -335,12 +317,8 @@ def test_sms_code_sent_wrong_and_locked(
     a = audit(audits, browser, world, lang, "sms")
     page = a.page
     address = f"carol-{lang}@oldmail.example"
-    before = len(world.sink.received)
     directive = {"zivver-access-right": f"{address} sms +3161234567{LANGS.index(lang)}"}
-    world.send(plain_message(address, "SMS-A11Y", directive), [address])
-    link, _ = world.notification_link(address, before)
-    open_link(page, link)
-    a.check("verify")
+    a.open_notification(plain_message(address, "SMS-A11Y", directive), "verify")
     calls = len(world.sms.handler.calls)
     page.click("#send")
     page.locator("#notice").wait_for()
@@ -348,9 +326,7 @@ def test_sms_code_sent_wrong_and_locked(
     assert page.get_attribute("#code", "autocomplete") == "one-time-code"
     assert page.locator("#remember").count() == 1
     a.check("code-sent")
-    wrong_code(page)
-    assert page.get_attribute("#code", "aria-invalid") == "true"
-    a.check("wrong-code")
+    a.wrong_code("wrong-code")
     for _ in range(3):
         wrong_code(page)
     page.fill("#code", "000000")  # the fifth (defaults.LOCKOUT_AFTER) locks the link
@@ -371,27 +347,18 @@ def test_email_code_message_and_expired(
     a = audit(audits, browser, world, lang, "email")
     page = a.page
     address = f"s-{lang}@oldmail.example"
-    before = len(world.sink.received)
     msg = plain_message(address, "EMAIL-A11Y")
-    world.send(msg, [address])
-    link, _ = world.notification_link(address, before)
-    open_link(page, link)
-    a.check("verify")
-    page.click("#send")
-    page.locator("#notice").wait_for()
-    a.check("code-sent")
+    before = a.open_notification(msg, "verify")
+    a.step("#send", "#notice", "code-sent")
     # the code mail (its Subject is RFC 2047-encoded where the language needs it)
     code_mail = world.mail_for(address, before, f"{NOTIFICATION_HEADER}: code").message()
     assert code_mail["Subject"] == texts(lang)["code_mail_subject"]
     text = code_mail.get_body(("plain",))
     assert text is not None
     (code,) = re.findall(r"\b\d{6}\b", text.get_content())
-    page.fill("#code", code)
-    page.click("form.verify button")
-    page.locator("#text").wait_for()
-    a.check("message-text")
+    a.step("form.verify button", "#text", "message-text", {"#code": code})
     mid = stored(world, str(msg["Message-ID"])).id
-    with _store(world) as store:
+    with open_store(world) as store:
         assert store.set_expiry(mid, datetime.now(UTC) - timedelta(minutes=1))
     page.reload()
     page.locator("section.notice-page.error").wait_for()
@@ -399,7 +366,7 @@ def test_email_code_message_and_expired(
 
     # A large attachment's download page (/d/), for the same message: the visitor says who
     # they are, then is asked for an emailed code.
-    with _store(world) as store:
+    with open_store(world) as store:
         kept = store.save_attachment(mid, "scan.pdf", "application/pdf", PDF)
     download = f"{base(world)}/d/{kept.token}"
     a.check_at_own_address(download, "download-opening")
@@ -410,20 +377,10 @@ def test_email_code_message_and_expired(
     page.fill("#address", "not an address")
     # past the browser's own check of type=email, to the portal's answer
     page.eval_on_selector("form.verify", "f => { f.noValidate = true; }")
-    page.click("form.verify button")
-    page.locator("#error").wait_for()
-    assert page.get_attribute("#address", "aria-invalid") == "true"
-    a.check("download-bad-address")
-    page.fill("#address", address)
-    page.click("form.verify button")
-    page.locator("#send").wait_for()
-    a.check("download-claimed")
-    page.click("#send")
-    page.locator("#notice").wait_for()
-    a.check("download-code-sent")
-    wrong_code(page)
-    assert page.get_attribute("#code", "aria-invalid") == "true"
-    a.check("download-wrong-code")
+    a.step("form.verify button", "#error", "download-bad-address", invalid="#address")
+    a.step("form.verify button", "#send", "download-claimed", {"#address": address})
+    a.step("#send", "#notice", "download-code-sent")
+    a.wrong_code("download-wrong-code")
     a.assert_clean()
 
 
@@ -432,29 +389,19 @@ def test_account_sign_in_and_enrolment_with_qr(
     world: World, browser: Any, audits: list[Audit], lang: str
 ) -> None:
     a = audit(audits, browser, world, lang, "account")
-    page = a.page
     address = f"erin-{lang}@oldmail.example"
-    with _store(world) as store:
+    with open_store(world) as store:
         add_recipient_account(store, address, PASSWORD)
-    before = len(world.sink.received)
-    world.send(plain_message(address, "ACCOUNT-A11Y"), [address])
-    link, _ = world.notification_link(address, before)
-    open_link(page, link)
-    a.check("sign-in")
-    page.fill("#password", "not the password")
-    page.click("form.verify button")
-    page.locator("#error").wait_for()
-    assert page.get_attribute("#password", "aria-invalid") == "true"
-    a.check("wrong-password")
-    page.fill("#password", PASSWORD)
-    page.click("form.verify button")
-    page.locator("figure.qr svg").wait_for()
-    a.check("enrol")
-    page.fill("#totp", "000000")
-    page.click("form.verify button")
-    page.locator("#error").wait_for()
-    assert page.get_attribute("#totp", "aria-invalid") == "true"
-    a.check("enrol-wrong")
+    a.open_notification(plain_message(address, "ACCOUNT-A11Y"), "sign-in")
+    a.step(
+        "form.verify button",
+        "#error",
+        "wrong-password",
+        {"#password": "not the password"},
+        invalid="#password",
+    )
+    a.step("form.verify button", "figure.qr svg", "enrol", {"#password": PASSWORD})
+    a.step("form.verify button", "#error", "enrol-wrong", {"#totp": "000000"}, invalid="#totp")
     a.assert_clean()
 
 
@@ -468,31 +415,15 @@ def test_sender_enrols_signs_in_and_withdraws(
     a = audit(audits, browser, world, lang, "sent")
     page = a.page
     sender = f"bob-{lang}@hospital.example"
-    with _store(world) as store:
+    with open_store(world) as store:
         store.add_account(sender, "sender")
-    invite = world.cli("account", "invite", sender)
-    assert invite.returncode == 0, invite.stderr
-    (url,) = re.findall(r"http://\S+/sent/invite/\S+", invite.stdout)
-    page.goto(url)
-    page.wait_for_url(re.compile(r"/sent/invite/$"))
+    secret = open_invite(world, page, sender)
     a.check("enrol")
-    b32 = page.inner_text("#secret").replace(" ", "")
-    secret = base64.b32decode(b32 + "=" * (-len(b32) % 8))
-
-    def totp(at: float) -> str:
-        return TOTP(secret, 6, SHA1(), 30).generate(at).decode()
-
-    page.fill("#password", PASSWORD)
-    page.fill("#password2", PASSWORD + " again")
-    page.fill("#totp", totp(time.time()))
-    page.click("#enrol")
+    fill_enrolment(page, secret, PASSWORD, PASSWORD + " again")
     page.locator("#error").wait_for()
     assert page.get_attribute("#password2", "aria-invalid") == "true"
     a.check("enrol-error")
-    page.fill("#password", PASSWORD)
-    page.fill("#password2", PASSWORD)
-    page.fill("#totp", totp(time.time()))
-    page.click("#enrol")
+    fill_enrolment(page, secret, PASSWORD, PASSWORD)
     page.locator("#who").wait_for()
     a.check("list-empty")
 
@@ -500,7 +431,7 @@ def test_sender_enrols_signs_in_and_withdraws(
     rcpt = f"frank-{lang}@oldmail.example"
     msg = plain_message(rcpt, "SENT-A11Y", {"zivver-access-right": f"{rcpt} access-code {CODE}"})
     msg.replace_header("From", sender)
-    send_from(world, sender, msg, [rcpt])
+    world.send(msg, [rcpt], sender=sender)
     world.notification_link(rcpt, before)
     page.reload()
     page.locator("article.sent").first.wait_for()
@@ -509,36 +440,21 @@ def test_sender_enrols_signs_in_and_withdraws(
     page.locator("#subject").wait_for()
     a.check("message")
     here = page.url
-    page.click("#set-expiry")
-    page.locator("#expires").wait_for()
-    a.check("expiry")
-    page.fill("#expires", "2001-01-01T10:00")
-    page.click("#next")
-    page.locator("#error").wait_for()
-    assert page.get_attribute("#expires", "aria-invalid") == "true"
-    a.check("expiry-past")
-    page.fill("#expires", "2099-01-01T10:00")
-    page.click("#next")
-    page.locator("#question").wait_for()
-    a.check("expiry-confirm")
+    a.step("#set-expiry", "#expires", "expiry")
+    a.step("#next", "#error", "expiry-past", {"#expires": "2001-01-01T10:00"}, invalid="#expires")
+    a.step("#next", "#question", "expiry-confirm", {"#expires": "2099-01-01T10:00"})
     page.goto(here)
-    page.click("#revoke-all")
-    page.locator("#question").wait_for()
-    a.check("revoke-confirm")
-    page.click("#confirm")
-    page.locator("#notice").wait_for()
-    a.check("withdrawn")
+    a.step("#revoke-all", "#question", "revoke-confirm")
+    a.step("#confirm", "#notice", "withdrawn")
 
-    page.click("#sign-out")
-    page.locator("#sign-in").wait_for()
-    a.check("sign-in")
-    page.fill("#address", sender)
-    page.fill("#password", "wrong password here")
-    page.fill("#totp", "000000")
-    page.click("#sign-in")
-    page.locator("#error").wait_for()
-    assert page.get_attribute("#password", "aria-invalid") == "true"
-    a.check("sign-in-wrong")
+    a.step("#sign-out", "#sign-in", "sign-in")
+    a.step(
+        "#sign-in",
+        "#error",
+        "sign-in-wrong",
+        {"#address": sender, "#password": "wrong password here", "#totp": "000000"},
+        invalid="#password",
+    )
     page.goto(f"{base(world)}/sent/?refused=3")  # the page a locked sign-in redirects to
     page.locator("#error").wait_for()
     text = page.inner_text("#error")

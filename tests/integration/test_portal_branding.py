@@ -7,36 +7,23 @@ axe-core (as in test_portal_a11y.py) finds nothing on the branded pages."""
 
 from __future__ import annotations
 
-import smtplib
 import time
 import urllib.request
 from collections.abc import Iterator
 from email.message import EmailMessage
-from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness.postfix import PostfixInstance, free_port
-from tests.harness.sandbox import bind_mounted
-from tests.harness.sink import Sink
-from tests.harness.zivmilter import attach
+from tests.harness.portal import CODE, World, browser, open_link, portal_world
 from tests.integration.test_portal_a11y import Audit
-from tests.integration.test_portal_browser import (
-    CODE,
-    HOSTS,
-    MAIL_IP,
-    PortalProcess,
-    SmsProvider,
-    World,
-    open_link,
-)
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("axe_playwright_python")
 
 pytestmark = pytest.mark.integration
+_ = browser  # the module fixture from the shared harness
 
 DATA = Path(__file__).parent.parent / "data" / "branding"
 HOSPITAL = {"name": "Hospital", "logo": "/brand/default.png?v=", "color": "rgb(20, 80, 122)"}
@@ -47,44 +34,22 @@ SENDERS = {"hospital": "alice@hospital.example", "radiology": "xray-1@hospital.e
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    port = free_port()
-    with bind_mounted("/etc/hosts", HOSTS), Sink(MAIL_IP, 25) as sink, SmsProvider() as sms:
-        pf = PostfixInstance()
-        z = attach(
-            pf,
-            config={
-                "portal": {
-                    "base_url": f"http://127.0.0.1:{port}/",
-                    "listen": f"127.0.0.1:{port}",
-                },
-                "branding": {
-                    "logo": str(DATA / "logo.png"),
-                    "color": "#14507a",
-                    "support": {"phone": "+31 20 555 0100", "url": "https://hospital.example/"},
-                    "footer": {"en": "Hospital, 1 Example Road, Amsterdam"},
-                    "units": {
-                        "radiology": {
-                            "name": "Example Radiology",
-                            "logo": str(DATA / "radiology.svg"),
-                            "color": "#5a2d82",
-                            "senders": ["xray-*@hospital.example"],
-                        }
-                    },
-                },
-            },
-        )
-        with z, pf, PortalProcess(z.config_file, port, z.dir / "portal.log"):
-            yield World(pf, z, sink, sms, port)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        from tests.integration.test_portal_browser import CHROMIUM_ARGS
-
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    branding = {
+        "logo": str(DATA / "logo.png"),
+        "color": "#14507a",
+        "support": {"phone": "+31 20 555 0100", "url": "https://hospital.example/"},
+        "footer": {"en": "Hospital, 1 Example Road, Amsterdam"},
+        "units": {
+            "radiology": {
+                "name": "Example Radiology",
+                "logo": str(DATA / "radiology.svg"),
+                "color": "#5a2d82",
+                "senders": ["xray-*@hospital.example"],
+            }
+        },
+    }
+    with portal_world({"branding": branding}, senders=()) as w:
+        yield w
 
 
 def send(world: World, author: str, to: str) -> EmailMessage:
@@ -95,8 +60,7 @@ def send(world: World, author: str, to: str) -> EmailMessage:
     msg["Message-ID"] = f"<brand-{time.monotonic_ns()}@hospital.example>"
     msg["zivver-access-right"] = f"{to} access-code {CODE}"
     msg.set_content("The scan looks fine.")
-    with smtplib.SMTP("127.0.0.1", world.pf.smtp_port, timeout=60) as s:
-        assert s.sendmail(author, [to], msg.as_bytes(policy=SMTP)) == {}
+    world.send(msg, [to], sender=author)
     return msg
 
 

@@ -11,233 +11,52 @@ screenshot under test-artifacts/portal/.
 
 from __future__ import annotations
 
-import base64
-import json
 import re
-import smtplib
 import socket
-import struct
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
-import zlib
 from collections.abc import Iterator
 from email.message import EmailMessage
-from email.policy import SMTP
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.hashes import SHA1
-from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
-from tests.harness.postfix import REPO, PostfixInstance, free_port
-from tests.harness.sandbox import bind_mounted
-from tests.harness.sink import Received, Sink
-from tests.harness.zivmilter import ZivmilterProcess, attach
-from zivmilter import crypto
+from tests.harness.portal import (
+    ARTIFACTS,
+    CODE,
+    PASSWORD,
+    PDF,
+    World,
+    browser,
+    html_message,
+    open_link,
+    open_store,
+    plain_message,
+    portal_world,
+    shown_secret,
+    totp,
+)
 from zivmilter.portal.accounts import add_recipient_account
-from zivmilter.store import SqliteStore
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = pytest.mark.integration
+_ = browser  # the module fixture from the shared harness
 
-MAIL_IP = "127.0.0.30"
-HOSTS = f"127.0.0.1 localhost\n{MAIL_IP} oldmail.example x.example hospital.example\n"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-ARTIFACTS = REPO / "test-artifacts" / "portal"
 PHONE = "+31612345678"
-CODE = "tulip-secret-42"
-PDF = b"%PDF-1.4\n" + bytes(range(256)) * 64 + b"\n%%EOF\n"
-
-
-def png(width: int = 8, height: int = 8) -> bytes:
-    """A real (red) PNG, so the browser can decode the inline image."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
-
-
-# --- servers -------------------------------------------------------------------------------------
-
-
-class _Hook(BaseHTTPRequestHandler):
-    calls: ClassVar[list[tuple[dict[str, str], dict[str, Any]]]] = []
-    cond = threading.Condition()
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["content-length"]))
-        with self.cond:
-            self.calls.append((dict(self.headers), json.loads(body)))
-            self.cond.notify_all()
-        self.send_response(202)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class SmsProvider:
-    """A local stand-in for an SMS provider's JSON API: what the portal's webhook posts."""
-
-    def __init__(self) -> None:
-        self.handler: type[_Hook] = type(
-            "Hook", (_Hook,), {"calls": [], "cond": threading.Condition()}
-        )
-        self.server = HTTPServer(("127.0.0.1", 0), self.handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1/messages"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> SmsProvider:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def wait_for(
-        self, count: int, timeout: float = 20
-    ) -> list[tuple[dict[str, str], dict[str, Any]]]:
-        deadline = time.monotonic() + timeout
-        with self.handler.cond:
-            while len(self.handler.calls) < count:
-                left = deadline - time.monotonic()
-                assert left > 0, f"SMS provider: expected {count} messages"
-                self.handler.cond.wait(left)
-            return list(self.handler.calls)
-
-
-class PortalProcess:
-    """`zivmilter portal --config FILE` as its own process, like systemd runs it."""
-
-    def __init__(self, config_file: Path, port: int, log: Path) -> None:
-        self.config_file, self.port, self.log = config_file, port, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> PortalProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "zivmilter", "portal", "--config", str(self.config_file)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while True:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
-                    return self
-            except OSError:
-                assert time.monotonic() < deadline, (
-                    "portal did not come up:\n" + self.log.read_text()
-                )
-                time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-class World:
-    def __init__(
-        self, pf: PostfixInstance, z: ZivmilterProcess, sink: Sink, sms: SmsProvider, port: int
-    ) -> None:
-        self.pf, self.z, self.sink, self.sms, self.port = pf, z, sink, sms, port
-        self.link = re.compile(rf"http://127\.0\.0\.1:{port}/m/[A-Za-z0-9_-]+")
-
-    def send(self, msg: EmailMessage, rcpts: list[str]) -> None:
-        with smtplib.SMTP("127.0.0.1", self.pf.smtp_port, timeout=60) as s:
-            assert s.sendmail("alice@hospital.example", rcpts, msg.as_bytes(policy=SMTP)) == {}
-
-    def mail_for(self, address: str, before: int, what: str = "") -> Received:
-        """The first message for `address` that arrived after `before` messages (and has
-        `what` in it)."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            for r in self.sink.received[before:]:
-                if address in r.rcpt_tos and what.encode() in r.data:
-                    return r
-            time.sleep(0.1)
-        raise AssertionError(f"no mail for {address} containing {what!r}")
-
-    def notification_link(self, address: str, before: int) -> tuple[str, str]:
-        note = self.mail_for(address, before, "/m/")
-        body = note.message().get_body(("plain",))
-        assert body is not None
-        text = body.get_content()
-        (link,) = self.link.findall(text)
-        return link, text
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "zivmilter", *args, "--config", str(self.z.config_file)],
-            cwd=REPO, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-
-    def store(self) -> SqliteStore:
-        return SqliteStore.open(str(self.z.store_path), crypto.load_kek(str(self.z.key_file)))
 
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    port = free_port()
-    with bind_mounted("/etc/hosts", HOSTS), Sink(MAIL_IP, 25) as sink, SmsProvider() as sms:
-        pf = PostfixInstance()
-        z = attach(
-            pf,
-            config={
-                "portal": {
-                    "base_url": f"http://127.0.0.1:{port}/",
-                    "listen": f"127.0.0.1:{port}",
-                },
-                # "remember this browser" offered after SMS and emailed codes (issue 25)
-                "policy": {"methods": {"remember_device_days": 30}},
-                "sms": {
-                    "backend": "webhook",
-                    "webhook": {
-                        "url": sms.url,
-                        "auth_header": "Authorization: Bearer provider-key",
-                        "body": '{"recipient": {{ phone }}, "body": {{ text }}}',
-                    },
-                },
-            },
-        )  # no facts file: the milter's live facts (store accounts, contact book)
-        with z, pf, PortalProcess(z.config_file, port, z.dir / "portal.log"):
-            w = World(pf, z, sink, sms, port)
-            with _store(w) as store:  # SPEC 7: only an active account may submit
-                store.add_account("alice@hospital.example", "sender")
-            yield w
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    # "remember this browser" offered after SMS and emailed codes (issue 25)
+    with portal_world(
+        lambda sms: {
+            "policy": {"methods": {"remember_device_days": 30}},
+            "sms": sms.webhook("Authorization: Bearer provider-key"),
+        }
+    ) as w:
+        yield w
 
 
 @pytest.fixture
@@ -258,59 +77,16 @@ def shot(page: Any, name: str) -> None:
 
 
 def rich_message(to: str, extra: dict[str, str]) -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"] = "Dr. Alice <alice@hospital.example>"
-    msg["To"] = to
-    msg["Subject"] = "Lab results"
-    msg["Message-ID"] = f"<portal-{time.monotonic_ns()}@hospital.example>"
-    for name, value in extra.items():
-        msg[name] = value
-    msg.set_content("HTML-ONLY-MARKER plain alternative")
-    msg.add_alternative(
+    return html_message(
+        to,
+        extra,
+        "HTML-ONLY-MARKER plain alternative",
         "<h2 style='color:#1f5fbf'>BODY-MARKER Your lab results</h2>"
         "<p>Everything is <b>fine</b>. <img src='cid:scan@hospital' alt='scan' width='8'></p>"
         "<img src='https://tracker.example/open.gif'>"
         "<script>document.title='pwned'; alert('xss')</script>"
         "<img src='x' onerror=\"alert('xss')\">",
-        subtype="html",
     )
-    html = msg.get_body(("html",))
-    assert html is not None
-    html.add_related(png(), maintype="image", subtype="png", cid="<scan@hospital>")
-    msg.add_attachment(PDF, maintype="application", subtype="pdf", filename="results.pdf")
-    return msg
-
-
-def plain_message(to: str, marker: str, extra: dict[str, str] | None = None) -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"] = "Dr. Alice <alice@hospital.example>"
-    msg["To"] = to
-    msg["Subject"] = f"Appointment {marker}"
-    msg["Message-ID"] = f"<{marker}-{time.monotonic_ns()}@hospital.example>"
-    for name, value in (extra or {}).items():
-        msg[name] = value
-    msg.set_content(f"{marker} see you on Tuesday")
-    return msg
-
-
-def open_link(page: Any, link: str) -> None:
-    page.goto(link)
-    page.wait_for_url(re.compile(r"/r/\d+/$"))
-    assert "/m/" not in page.url, "the token is gone from the address bar"
-
-
-class _store:
-    """The store as the milter and portal see it, opened from the test."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-
-    def __enter__(self) -> SqliteStore:
-        self.s = self.world.store()
-        return self.s
-
-    def __exit__(self, *exc: object) -> None:
-        self.s.close()
 
 
 # --- the tests -----------------------------------------------------------------------------------
@@ -401,7 +177,7 @@ def test_access_code_read_download_reply_language_revoke(
     page.goto(link)
     page.get_by_role("heading", name="Dit bericht is ingetrokken").wait_for()
 
-    with _store(world) as store:
+    with open_store(world) as store:
         contact = store.contact("dave@oldmail.example")
     assert contact is not None and contact.access_code
 
@@ -533,7 +309,7 @@ def test_a_remembered_browser_skips_the_code_until_it_expires_or_is_forgotten(
 
     # Expired in the store (its clock passed the configured days): asked again. The browser
     # still holds the cookie; the store no longer honours it.
-    with _store(world) as store:
+    with open_store(world) as store:
         store._conn.execute(
             "UPDATE devices SET expires_at = ? WHERE address = ?", (int(time.time()), dev)
         )
@@ -554,21 +330,19 @@ def test_a_remembered_browser_skips_the_code_until_it_expires_or_is_forgotten(
 
 
 def test_account_sign_in_enrols_an_authenticator(world: World, page: Any) -> None:
-    with _store(world) as store:
-        add_recipient_account(store, "erin@oldmail.example", "correct horse battery staple")
+    with open_store(world) as store:
+        add_recipient_account(store, "erin@oldmail.example", PASSWORD)
     before = len(world.sink.received)
     world.send(plain_message("erin@oldmail.example", "ACCOUNT-MARKER"), ["erin@oldmail.example"])
     link, text = world.notification_link("erin@oldmail.example", before)
     assert "Sign in with your Hospital account" in text
     open_link(page, link)
     shot(page, "account-1-sign-in")
-    page.fill("#password", "correct horse battery staple")
+    page.fill("#password", PASSWORD)
     page.click("form.verify button")
     page.locator("figure.qr svg").wait_for()
     shot(page, "account-2-enrol")
-    b32 = page.inner_text("#secret").replace(" ", "")
-    secret = base64.b32decode(b32 + "=" * (-len(b32) % 8))
-    page.fill("#totp", TOTP(secret, 6, SHA1(), 30).generate(time.time()).decode())
+    page.fill("#totp", totp(shown_secret(page), time.time()))
     page.click("form.verify button")
     page.locator("#text").wait_for()
     assert "ACCOUNT-MARKER" in page.inner_text("#text")

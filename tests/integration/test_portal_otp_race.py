@@ -26,6 +26,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.harness.portal import PortalProcess
 from tests.harness.postfix import REPO, free_port
 from tests.harness.sink import Sink
 from zivmilter import crypto
@@ -38,42 +39,8 @@ SESSIONS = 4
 WRONG = "That code is not right"
 
 
-class Portal:
-    """`zivmilter portal --config FILE` as its own process, like systemd runs it."""
-
-    def __init__(self, config_file: Path, port: int, log: Path) -> None:
-        self.config_file, self.port, self.log = config_file, port, log
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Portal:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "zivmilter", "portal", "--config", str(self.config_file)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "portal did not come up:\n" + self.log.read_text()
-            time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 class World:
-    def __init__(self, tmp: Path, sink: Sink, portals: list[Portal], key_file: Path) -> None:
+    def __init__(self, tmp: Path, sink: Sink, portals: list[PortalProcess], key_file: Path) -> None:
         self.tmp, self.sink, self.portals, self.key_file = tmp, sink, portals, key_file
 
     def store(self) -> SqliteStore:
@@ -102,7 +69,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             }
             config_file = tmp / f"portal-{name}.yaml"
             config_file.write_text(yaml.safe_dump(cfg))
-            portals.append(Portal(config_file, port, tmp / f"portal-{name}.log"))
+            portals.append(PortalProcess(config_file, port, tmp / f"portal-{name}.log"))
         with portals[0], portals[1]:
             yield World(tmp, sink, portals, key_file)
 

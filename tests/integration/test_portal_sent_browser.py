@@ -9,72 +9,41 @@ test-artifacts/portal/sent-*.png (a phone-sized viewport).
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.hashes import SHA1
-from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
-from tests.harness.postfix import PostfixInstance, free_port
-from tests.harness.sandbox import bind_mounted
-from tests.harness.sink import Sink
-from tests.harness.zivmilter import attach
-from tests.integration.test_portal_browser import (
+from tests.harness.portal import (
     ARTIFACTS,
-    CHROMIUM_ARGS,
     CODE,
-    HOSTS,
-    MAIL_IP,
-    PortalProcess,
-    SmsProvider,
+    PASSWORD,
     World,
-    _store,
+    browser,
+    fill_enrolment,
+    open_invite,
     open_link,
+    open_store,
     plain_message,
+    portal_world,
+    totp,
 )
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 pytestmark = pytest.mark.integration
+_ = browser  # the module fixture from the shared harness
 
-PASSWORD = "correct horse battery staple"
 PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    port = free_port()
-    with bind_mounted("/etc/hosts", HOSTS), Sink(MAIL_IP, 25) as sink, SmsProvider() as sms:
-        pf = PostfixInstance()
-        z = attach(
-            pf,
-            config={
-                "portal": {
-                    "base_url": f"http://127.0.0.1:{port}/",
-                    "listen": f"127.0.0.1:{port}",
-                },
-                "notification": {"read_receipts": True},
-            },
-        )
-        with z, pf, PortalProcess(z.config_file, port, z.dir / "portal.log"):
-            w = World(pf, z, sink, sms, port)
-            with _store(w) as store:
-                store.add_account("alice@hospital.example", "sender")
-                store.add_account("mallory@hospital.example", "sender")
-            yield w
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+    config = {"notification": {"read_receipts": True}}
+    with portal_world(config, senders=("alice@hospital.example", "mallory@hospital.example")) as w:
+        yield w
 
 
 def new_page(browser: Any) -> Any:
@@ -87,22 +56,9 @@ def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"sent-{name}.png"), full_page=True)
 
 
-def code(secret: bytes, at: float) -> str:
-    return TOTP(secret, 6, SHA1(), 30).generate(at).decode()
-
-
 def enrol(world: World, page: Any, address: str) -> bytes:
-    invite = world.cli("account", "invite", address)
-    assert invite.returncode == 0, invite.stderr
-    (link,) = re.findall(r"http://\S+/sent/invite/\S+", invite.stdout)
-    page.goto(link)
-    page.wait_for_url(re.compile(r"/sent/invite/$"))
-    b32 = page.inner_text("#secret").replace(" ", "")
-    secret = base64.b32decode(b32 + "=" * (-len(b32) % 8))
-    page.fill("#password", PASSWORD)
-    page.fill("#password2", PASSWORD)
-    page.fill("#totp", code(secret, time.time()))
-    page.click("#enrol")
+    secret = open_invite(world, page, address)
+    fill_enrolment(page, secret, PASSWORD, PASSWORD)
     page.locator("#who").wait_for()
     return secret
 
@@ -115,7 +71,7 @@ def test_sender_sees_opens_withdraws_and_nobody_else_sees_it(world: World, brows
     shot(alice, "1-sign-in")
     alice.fill("#address", "alice@hospital.example")
     alice.fill("#password", PASSWORD)
-    alice.fill("#totp", code(secret, time.time() + 30))  # the enrolment's step is spent
+    alice.fill("#totp", totp(secret, time.time() + 30))  # the enrolment's step is spent
     alice.click("#sign-in")
     alice.locator("#who").wait_for()
 
@@ -179,6 +135,6 @@ def test_sender_sees_opens_withdraws_and_nobody_else_sees_it(world: World, brows
     )
     assert r.status == 404
     shot(mallory, "6-not-found")
-    with _store(world) as store:
+    with open_store(world) as store:
         assert store.message(mid) is not None
         assert store.message(mid).revoked_at is None  # type: ignore[union-attr]

@@ -30,11 +30,12 @@ import httpx
 import pytest
 import yaml
 
+from tests.harness.portal import PortalProcess
 from tests.harness.postfix import REPO, PostfixInstance, free_port
 from tests.harness.sandbox import bind_mounted
 from tests.harness.sink import Sink
 from tests.harness.zivmilter import ZivmilterProcess, attach
-from tests.integration.test_portal_otp_race import Portal, code_mail, csrf, open_link
+from tests.integration.test_portal_otp_race import code_mail, csrf, open_link
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ class World:
     tmp: Path
     pf: PostfixInstance
     z: ZivmilterProcess
-    portal: Portal
+    portal: PortalProcess
     sink: Sink
     sent: list[Sent] = field(default_factory=list)
 
@@ -84,7 +85,7 @@ def world(tmp_path: Path) -> Iterator[World]:
                 },
             },
         )
-        portal = Portal(z.config_file, port, tmp_path / "portal.log")
+        portal = PortalProcess(z.config_file, port, tmp_path / "portal.log")
         with z, pf:
             portal.__enter__()
             w = World(tmp_path, pf, z, portal, sink)

@@ -20,17 +20,28 @@ import pytest
 import trustme
 
 from tests.harness import sendmail
-from tests.harness.messages import plain_message
+from tests.harness.arrivals import (
+    LINK,
+    Arrivals,
+    assert_bcc_hidden,
+    assert_direct_copy,
+    assert_failure_report,
+    assert_notifications,
+    by_recipient,
+    ca_file,
+    receiving_servers,
+)
+from tests.harness.messages import CODE, PHONE, plain_message
 from tests.harness.postfix import PostfixInstance, free_port
-from tests.harness.postfix import ca_file as postfix_ca_file
 from tests.harness.sandbox import bind_mounted
-from tests.harness.sink import Sink, server_tls_context
+from tests.harness.sink import Sink
 from tests.harness.zivmilter import ZivmilterProcess
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(not sendmail.available(), reason="no Sendmail: run scripts/install"),
 ]
+_ = ca_file  # the module fixture from the shared harness
 
 PLAIN_IP, TLS_IP, WEAK_IP, STALE_IP = "127.0.0.30", "127.0.0.40", "127.0.0.41", "127.0.0.42"
 # One line per name: Sendmail's MSP canonifies a domain to the first name of its hosts line.
@@ -50,9 +61,6 @@ CONFIG = {
     "policy": {"outbound_direct_delivery": {"domains": ["partner.example", "stale.example"]}},
 }
 BODY_MARKER = "PLAINTEXT-MARKER-5d1e the lab results are attached"
-PHONE = "+31612345678"
-CODE = "tulip-secret-42"
-LINK = re.compile(r"https://secure\.hospital\.example/m/([A-Za-z0-9_-]+)")
 ROUTE = "X-Zivmilter-Route"
 
 
@@ -61,24 +69,15 @@ def message(headers: str, body: str = BODY_MARKER) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def ca_file() -> Iterator[tuple[trustme.CA, str]]:
-    ca = trustme.CA()
-    with postfix_ca_file(ca) as path:
-        yield ca, path
-
-
-@pytest.fixture(scope="module")
 def sinks(ca_file: tuple[trustme.CA, str]) -> Iterator[dict[str, Sink]]:
-    ca, _ = ca_file
-    strange = trustme.CA()  # a CA the relay does not trust
+    untrusted = {"weak": f"{WEAK_IP} weak.example", "stale": f"{STALE_IP} stale.example"}
     with (
         bind_mounted("/etc/hosts", HOSTS),
-        Sink(PLAIN_IP, 25) as plain,
-        Sink(TLS_IP, 25, tls=server_tls_context(ca.issue_cert("partner.example"))) as tls,
-        Sink(WEAK_IP, 25, tls=server_tls_context(strange.issue_cert("weak.example"))) as weak,
-        Sink(STALE_IP, 25, tls=server_tls_context(strange.issue_cert("stale.example"))) as stale,
+        receiving_servers(
+            PLAIN_IP, {"tls": f"{TLS_IP} partner.example"}, untrusted, ca_file[0]
+        ) as s,
     ):
-        yield {"plain": plain, "tls": tls, "weak": weak, "stale": stale}
+        yield s
 
 
 class Gateway:
@@ -126,10 +125,6 @@ def gw(sinks: dict[str, Sink], ca_file: tuple[trustme.CA, str]) -> Iterator[Gate
         yield g
 
 
-def new_messages(sink: Sink, before: int, count: int) -> list[Any]:
-    return sink.wait_for(before + count)[before:]
-
-
 def assert_fields_spaced(data: bytes) -> None:
     """Every header field is written `Name: value`: Sendmail writes what the milter gives."""
     head = data.split(b"\r\n\r\n", 1)[0]
@@ -149,8 +144,7 @@ def assert_no_directives(data: bytes) -> None:
 def test_notifications_direct_copy_and_bcc_through_sendmail(
     gw: Gateway, sinks: dict[str, Sink]
 ) -> None:
-    plain, tls = sinks["plain"], sinks["tls"]
-    p0, t0 = len(plain.received), len(tls.received)
+    arrived = Arrivals(sinks)
     data = message(
         "To: Bob <bob@partner.example>, Carol <carol@oldmail.example>\n"
         "Cc: dave@oldmail.example\n"
@@ -169,32 +163,16 @@ def test_notifications_direct_copy_and_bcc_through_sendmail(
     ]
     assert gw.send(rcpts, data) == {}
 
-    notes = new_messages(plain, p0, 4)
+    notes = arrived.wait("plain", 4)
     time.sleep(1)
-    assert len(plain.received) == p0 + 4, "exactly one notification per notification recipient"
-    got = {r.rcpt_tos: r for r in notes}
-    assert set(got) == {(f"{u}",) for u in rcpts[1:]}
-    tokens = set()
-    for rcpts_of, r in got.items():
-        text = r.data.decode("utf-8", "replace")
-        assert BODY_MARKER.split()[0] not in text, f"body leaked to {rcpts_of}"
-        assert PHONE not in text and CODE not in text
-        assert "zivver-" not in text.lower() and ROUTE.lower() not in text.lower()
+    assert len(arrived.new("plain")) == 4, "exactly one notification per notification recipient"
+    got = by_recipient(notes)
+    assert set(got) == set(rcpts[1:])
+    assert_notifications(got, BODY_MARKER, [PHONE, CODE])
+    for r in got.values():
         assert_fields_spaced(r.data)
-        assert not re.search(rb"(?im)^bcc:", r.data.split(b"\r\n\r\n")[0])
-        msg = r.message()
-        (sender,) = msg["From"].addresses
-        assert (sender.display_name, sender.addr_spec) == ("Dr. Alice", "alice@hospital.example")
-        assert msg.get_content_type() == "multipart/alternative"
-        plain_part = msg.get_body(("plain",))
-        assert plain_part is not None
-        found = LINK.findall(plain_part.get_content())
-        assert len(found) == 1 and len(found[0]) >= 22
-        tokens.add(found[0])
-    assert len(tokens) == 4, "every recipient has a personal link"
-    for who in ("carol@oldmail.example", "dave@oldmail.example", "s@x.example"):
-        assert b"t@x.example" not in got[(who,)].data
-    assert b"s@x.example" not in got[("t@x.example",)].data
+    # Bcc isolation: the To/Cc copies never name a Bcc recipient, nor one Bcc the other.
+    assert_bcc_hidden(got, ["s@x.example", "t@x.example"])
     # Split: one notification stayed in Sendmail's transaction (Sendmail delivered it), the
     # other three went through the relay's re-injection listener.
     by_sendmail = [r for r in notes if b"by mta.zivmilter.test (8.17" in r.data]
@@ -202,13 +180,8 @@ def test_notifications_direct_copy_and_bcc_through_sendmail(
     gw.relay.wait_for_log(r"status=sent")
 
     # The direct copy left only through the relay's TLS-enforcing transport, never Sendmail.
-    (direct,) = new_messages(tls, t0, 1)
-    assert direct.rcpt_tos == ("bob@partner.example",)
-    assert direct.tls_version in ("TLSv1.2", "TLSv1.3")
-    assert BODY_MARKER in direct.data.decode()
-    assert (
-        b"zivver-" not in direct.data.lower() and ROUTE.lower().encode() not in direct.data.lower()
-    )
+    (direct,) = arrived.wait("tls", 1)
+    assert_direct_copy(direct, "bob@partner.example", BODY_MARKER)
     gw.relay.wait_for_log(
         r"postfix/zivmilter-pkix/smtp\[\d+\]: \w+: to=<bob@partner\.example>.*status=sent"
     )
@@ -216,30 +189,24 @@ def test_notifications_direct_copy_and_bcc_through_sendmail(
 
 
 def test_failed_recipient_gets_a_dsn_and_nothing(gw: Gateway, sinks: dict[str, Sink]) -> None:
-    plain, tls, weak = sinks["plain"], sinks["tls"], sinks["weak"]
-    p0, t0, w0 = len(plain.received), len(tls.received), len(weak.received)
+    arrived = Arrivals(sinks)
     data = message(
         "To: ok@partner.example, no@weak.example\nSubject: Results\n"
         "Message-ID: <sm-dsn-1@hospital.example>\n"
         "zivver-direct-delivery: tls tls1.2 auth certificate-validation\n"
     )
     assert gw.send(["ok@partner.example", "no@weak.example"], data) == {}
-    (report,) = new_messages(plain, p0, 1)
-    assert report.rcpt_tos == ("alice@hospital.example",)
-    assert report.mail_from in ("<>", "")
-    msg = report.message()
-    assert msg.get_content_type() == "multipart/report"
-    assert b"Final-Recipient: rfc822; no@weak.example" in report.data
-    assert b"Action: failed" in report.data
-    text = msg.get_body(("plain",)).get_content()
+    (report,) = arrived.wait("plain", 1)
+    assert_failure_report(report, "no@weak.example")
+    text = report.message().get_body(("plain",)).get_content()
     assert "no@weak.example" in text and "does not meet" in text
     assert BODY_MARKER.encode() not in report.data
     assert_no_directives(report.data)  # its text may name one, never carry one
-    (direct,) = new_messages(tls, t0, 1)
+    (direct,) = arrived.wait("tls", 1)
     assert direct.rcpt_tos == ("ok@partner.example",)
     assert_no_directives(direct.data)
     time.sleep(1)
-    assert len(weak.received) == w0, "nothing reaches the recipient that failed"
+    assert arrived.new("weak") == [], "nothing reaches the recipient that failed"
     # every recipient was handled outside Sendmail's transaction: it discarded the message
     gw.sm.wait_for_log(r"\w+: discarded")
 
@@ -281,30 +248,28 @@ FAULT_DATA = message("To: a@oldmail.example, b@oldmail.example\nSubject: fault\n
 def test_milter_down_answers_tempfail_f_t(
     sinks: dict[str, Sink], ca_file: tuple[trustme.CA, str]
 ) -> None:
-    plain = sinks["plain"]
     with Gateway(ca_file[1]) as g:
         g.z.stop()
-        p0 = len(plain.received)
+        arrived = Arrivals(sinks)
         exc = _send_expect_4xx(g, FAULT_DATA)
         assert exc.smtp_code == 451 and b"4.3.2" in exc.smtp_error  # Sendmail's F=T answer
         assert g.sm.queue() == [], "Sendmail accepted nothing, so keeps nothing"
         time.sleep(1)
-        assert plain.received[p0:] == []
+        assert arrived.new("plain") == []
 
 
 def test_milter_fault_answers_tempfail_and_nothing_leaves(
     sinks: dict[str, Sink], ca_file: tuple[trustme.CA, str]
 ) -> None:
-    plain = sinks["plain"]
     # the re-injection listener is down: zivmilter cannot hand over the copies, so it tempfails
     with Gateway(ca_file[1], reinject_port=free_port()) as g:
-        p0 = len(plain.received)
+        arrived = Arrivals(sinks)
         exc = _send_expect_4xx(g, FAULT_DATA)
         assert exc.smtp_code == 451 and b"4.3.0" in exc.smtp_error, exc
         assert b"zivmilter" in exc.smtp_error
         assert g.sm.queue() == []
         time.sleep(1)
-        assert plain.received[p0:] == []
+        assert arrived.new("plain") == []
         g.sm.wait_for_log(r"Milter: data, reject=451 4\.3\.0")
 
 
@@ -313,16 +278,15 @@ def test_milter_mta_postfix_behind_a_sendmail_holds_the_mail(
 ) -> None:
     # The fragment passes `v`: zivmilter sees a Sendmail, and with the key still at postfix it
     # holds every message (a direct copy would otherwise leave under Sendmail's own TLS).
-    plain, tls = sinks["plain"], sinks["tls"]
     with Gateway(ca_file[1], config={**CONFIG, "milter": {"mta": "postfix"}}) as g:
-        p0, t0 = len(plain.received), len(tls.received)
+        arrived = Arrivals(sinks)
         with pytest.raises(smtplib.SMTPDataError) as info:
             g.send(["bob@partner.example"], message("To: bob@partner.example\nSubject: x\n"))
         assert info.value.smtp_code == 451 and b"4.3.5" in info.value.smtp_error
         assert b"milter.mta is postfix; set milter.mta: sendmail" in info.value.smtp_error
         assert b"Sendmail 8.17" in info.value.smtp_error
         time.sleep(1)
-        assert plain.received[p0:] == [] and tls.received[t0:] == []
+        assert arrived.new("plain") == [] and arrived.new("tls") == []
 
 
 def test_listener_rules_follow_the_daemon_options_name(
@@ -330,17 +294,16 @@ def test_listener_rules_follow_the_daemon_options_name(
 ) -> None:
     # DAEMON_OPTIONS(`Name=MTA, ...') arrives as {daemon_name}: rules for listener MTA that
     # trust no network refuse the loopback client, which the general rules would accept.
-    plain = sinks["plain"]
     listeners = {"listeners": {sendmail.DAEMON_NAME: {"trusted_networks": [], "spf": False}}}
     config = {**CONFIG, "submission": {"any_address_of_own_domains": True, **listeners}}
     with Gateway(ca_file[1], config=config) as g:
-        p0 = len(plain.received)
+        arrived = Arrivals(sinks)
         with pytest.raises(smtplib.SMTPDataError) as info:
             g.send(["a@oldmail.example"], message("To: a@oldmail.example\nSubject: x\n"))
         assert info.value.smtp_code == 550 and b"5.7.1" in info.value.smtp_error
         assert b"127.0.0.1" in info.value.smtp_error
         time.sleep(1)
-        assert plain.received[p0:] == []
+        assert arrived.new("plain") == []
 
 
 def test_local_submission_waits_in_sendmails_queue_while_the_milter_is_down(
@@ -349,7 +312,6 @@ def test_local_submission_waits_in_sendmails_queue_while_the_milter_is_down(
     # A program on the host runs sendmail(1): the MSP relays to the daemon's listener, which
     # answers 4xx while zivmilter is down (F=T). The MSP keeps the message in its queue and
     # delivers it, secured, once zivmilter is back: never unprotected, never lost.
-    plain = sinks["plain"]
     data = message(
         "To: a@oldmail.example, b@oldmail.example\nSubject: Queued\n"
         "Message-ID: <sm-queued@hospital.example>\n"
@@ -358,16 +320,16 @@ def test_local_submission_waits_in_sendmails_queue_while_the_milter_is_down(
     )
     with Gateway(ca_file[1]) as g:
         g.z.stop()
-        p0 = len(plain.received)
+        arrived = Arrivals(sinks)
         g.sm.submit(data, "alice@hospital.example")
         (queued,) = g.sm.queue("clientmqueue")
         g.sm.wait_for_log(r"Milter \(zivmilter\): to error state")
         time.sleep(1)
-        assert plain.received[p0:] == []
+        assert arrived.new("plain") == []
 
         g.z.start()
         g.sm.run_client_queue()
-        notes = new_messages(plain, p0, 2)
+        notes = arrived.wait("plain", 2)
         assert {r.rcpt_tos for r in notes} == {("a@oldmail.example",), ("b@oldmail.example",)}
         for r in notes:
             assert b"SECRET-QUEUED-BODY" not in r.data and b"tulip-7" not in r.data

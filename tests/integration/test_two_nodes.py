@@ -29,6 +29,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.harness.portal import PortalProcess
 from tests.harness.postfix import REPO, PostfixInstance, free_port
 from tests.harness.postgres import shared_cluster
 from tests.harness.sandbox import bind_mounted
@@ -36,7 +37,6 @@ from tests.harness.sink import Received, Sink
 from tests.harness.zivmilter import ZivmilterProcess, attach
 from tests.integration.test_portal_otp_race import (
     WRONG,
-    Portal,
     at_once,
     code_mail,
     csrf,
@@ -59,7 +59,7 @@ class Node:
     name: str
     postfix: PostfixInstance
     milter: ZivmilterProcess
-    portal: Portal
+    portal: PortalProcess
 
 
 @dataclass
@@ -110,7 +110,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             }
             portal_file = workdir / "portal.yaml"
             portal_file.write_text(yaml.safe_dump(portal_cfg))
-            nodes.append(Node(name, pf, milter, Portal(portal_file, port, workdir / "portal.log")))
+            nodes.append(
+                Node(name, pf, milter, PortalProcess(portal_file, port, workdir / "portal.log"))
+            )
         migrated = zivmilter("store", "migrate", "--config", str(nodes[0].milter.config_file))
         assert migrated.returncode == 0, migrated.stderr
         assert "schema version" in migrated.stdout

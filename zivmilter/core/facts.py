@@ -3,7 +3,8 @@
 The core never looks anything up itself: it asks a `Facts` object. `StaticFacts` is read from a
 YAML facts file (tests, `explain`, admins who pin answers); the milter's live provider answers
 from the store and the transport prober's cache. `ConfiguredFacts` puts the configuration's own
-lists (`idd.domains`, `nta7516.domains`/`exclude`) on top of either, for every caller alike.
+lists (`idd.domains`, `nta7516.domains`/`exclude`) on top of either, for every caller alike, and
+`KeyedFacts` the key finder; both are `LayeredFacts`, which passes every other question on.
 Answers must be fast and never raise for an unknown domain or address: unknown means the safe
 side (no account, level `none`).
 """
@@ -125,53 +126,13 @@ def nta_from_config(domain: str, lists: Nta7516Config) -> NtaFact | None:
     return None
 
 
-class ConfiguredFacts:
-    """A facts source (pinned or live) with the configuration's lists on top: a domain in
-    `idd.domains` has IDD; `nta7516.exclude` and then `nta7516.domains` answer before the source.
-    The one place these lists apply, so that `explain`, `run --facts` and `run` decide alike."""
+class LayeredFacts:
+    """A facts source (pinned or live) with some answers laid on top: every question a subclass
+    does not answer itself goes to `source`. The one way to compose facts (ConfiguredFacts,
+    KeyedFacts), so that a question added to `Facts` is passed on in one place."""
 
-    def __init__(self, source: Facts, cfg: Config) -> None:
+    def __init__(self, source: Facts) -> None:
         self.source = source
-        self.cfg = cfg
-        self._idd = frozenset(cfg.idd.domains)
-        self._nta = cfg.nta7516
-        self._nta_named = frozenset(cfg.nta7516.domains) | frozenset(cfg.nta7516.exclude)
-
-    def has_account(self, address: str) -> bool:
-        return self.source.has_account(address)
-
-    def idd_enabled(self, domain: str) -> bool:
-        return domain in self._idd or self.source.idd_enabled(domain)
-
-    def transport(self, domain: str) -> TransportFact:
-        return self.source.transport(domain)
-
-    def nta7516(self, domain: str) -> NtaFact:
-        if domain in self._nta_named:
-            answer = nta_from_config(domain, self._nta)
-            if answer is not None:
-                return answer
-        return self.source.nta7516(domain)
-
-    def contact(self, address: str) -> Contact | None:
-        return self.source.contact(address)
-
-    def odd_listed(self, domain: str) -> bool:
-        return self.source.odd_listed(domain)
-
-    def recipient_key(self, address: str) -> KeyLookup:
-        return self.source.recipient_key(address)
-
-
-class KeyedFacts:
-    """A facts source (pinned or live) whose recipients' keys come from a `KeyFinder` (the
-    organization's key store and the configured discovery): what `zivmilter run` decides on
-    with `encryption.enabled`. A facts file's pinned `keys` carry no key material, so they serve
-    `explain`, not a running milter."""
-
-    def __init__(self, source: Facts, finder: KeyFinder) -> None:
-        self.source = source
-        self.finder = finder
 
     def has_account(self, address: str) -> bool:
         return self.source.has_account(address)
@@ -190,6 +151,43 @@ class KeyedFacts:
 
     def odd_listed(self, domain: str) -> bool:
         return self.source.odd_listed(domain)
+
+    def recipient_key(self, address: str) -> KeyLookup:
+        return self.source.recipient_key(address)
+
+
+class ConfiguredFacts(LayeredFacts):
+    """A facts source (pinned or live) with the configuration's lists on top: a domain in
+    `idd.domains` has IDD; `nta7516.exclude` and then `nta7516.domains` answer before the source.
+    The one place these lists apply, so that `explain`, `run --facts` and `run` decide alike."""
+
+    def __init__(self, source: Facts, cfg: Config) -> None:
+        super().__init__(source)
+        self.cfg = cfg
+        self._idd = frozenset(cfg.idd.domains)
+        self._nta = cfg.nta7516
+        self._nta_named = frozenset(cfg.nta7516.domains) | frozenset(cfg.nta7516.exclude)
+
+    def idd_enabled(self, domain: str) -> bool:
+        return domain in self._idd or self.source.idd_enabled(domain)
+
+    def nta7516(self, domain: str) -> NtaFact:
+        if domain in self._nta_named:
+            answer = nta_from_config(domain, self._nta)
+            if answer is not None:
+                return answer
+        return self.source.nta7516(domain)
+
+
+class KeyedFacts(LayeredFacts):
+    """A facts source (pinned or live) whose recipients' keys come from a `KeyFinder` (the
+    organization's key store and the configured discovery): what `zivmilter run` decides on
+    with `encryption.enabled`. A facts file's pinned `keys` carry no key material, so they serve
+    `explain`, not a running milter."""
+
+    def __init__(self, source: Facts, finder: KeyFinder) -> None:
+        super().__init__(source)
+        self.finder = finder
 
     def recipient_key(self, address: str) -> KeyLookup:
         return self.finder.lookup(address)
