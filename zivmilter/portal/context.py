@@ -14,11 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import jinja2
 from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
@@ -44,6 +45,8 @@ from zivmilter.store import Store
 
 _HERE = Path(__file__).parent
 LANG_COOKIE = "zv_lang"
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -86,6 +89,20 @@ class Portal:
 
     def now(self) -> float:
         return self.clock()
+
+    async def run(self, func: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """A page's blocking half (store, templates) in the thread pool, in one hop, its store
+        calls on one connection (`Store.request_scope`: PostgreSQL takes one from its pool for
+        the request, not one per call). For the pages that read and record; a form that waits
+        on SMS, SMTP or a password hash between its store calls uses `run_in_threadpool`, so
+        that a slow provider does not hold connections the views need."""
+        store = self.store
+
+        def scoped() -> _R:
+            with store.request_scope():
+                return func(*args, **kwargs)
+
+        return await run_in_threadpool(scoped)
 
     # -- branding --------------------------------------------------------------------------
 
