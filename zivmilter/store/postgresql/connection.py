@@ -210,6 +210,14 @@ class PgBase:
             raise StoreError(f"store database: no connection free: {exc}") from exc
 
     @contextlib.contextmanager
+    def _statement(self) -> Iterator[Cursor]:
+        """A write that is one statement: in autocommit it is a transaction of its own (locks
+        held, and its changes committed, as it ends), with no BEGIN and COMMIT round trips.
+        Only for a single statement: two would be two transactions."""
+        with self._read() as cur:
+            yield cur
+
+    @contextlib.contextmanager
     def _read(self) -> Iterator[Cursor]:
         """Reads on a pooled connection, each statement on its own (autocommit: no BEGIN and
         COMMIT round trips; under READ COMMITTED a block would not make several reads one
