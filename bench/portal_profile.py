@@ -34,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import anyio.to_thread
 import httpx
 
 from zivmilter import crypto
@@ -114,6 +115,12 @@ def inline_thread_pool() -> None:
     for name, module in list(sys.modules.items()):
         if name.startswith("zivmilter.portal") and hasattr(module, "run_in_threadpool"):
             module.run_in_threadpool = inline
+    # Portal.run (the GET pages, inside a request scope) calls anyio with a limiter
+
+    async def run_sync(func: Any, *args: Any, limiter: Any = None, **kwargs: Any) -> Any:
+        return func(*args)
+
+    anyio.to_thread.run_sync = run_sync  # type: ignore[assignment]
 
 
 async def run(args: argparse.Namespace, work: Path) -> None:
@@ -187,6 +194,8 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             stats = pstats.Stats(profile, stream=out)
             # the app's side only (httpx's client side is the browser's work)
             stats.sort_stats(args.sort).print_stats(args.only, args.top)
+            if args.callers:
+                stats.print_callers(args.callers)
             print("\n".join(out.getvalue().splitlines()[4:]))
     portal.store.close()
 
@@ -201,6 +210,7 @@ def main() -> None:
         "--only", default="zivmilter|starlette|jinja2|nh3|psycopg|sqlite3|crypto|hmac|email",
         help="a regular expression of the functions to list",
     )  # fmt: skip
+    parser.add_argument("--callers", help="a regular expression: who calls these functions")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="zivmilter-portal-profile-") as tmp:
         asyncio.run(run(args, Path(tmp)))

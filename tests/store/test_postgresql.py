@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.postgres import Cluster, shared_cluster
-from tests.store.common import _lock_after_five, new_message, raw_message
+from tests.store.common import MARK_BODY, _lock_after_five, new_message, raw_message
 from zivmilter import crypto
 from zivmilter.cli import main
 from zivmilter.core import config
@@ -282,3 +283,76 @@ def test_store_copy_sqlite_to_postgresql_and_back(
     # Into a store that is not empty: refused, nothing written.
     assert main(["store", "copy", "--from", first, "--to", pg]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_a_request_scope_holds_one_pooled_connection_and_gives_it_back(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A pool of one: a scope's calls, a large content's chunks read on the way among them, all
+    go over the one connection the scope holds (a second one from the pool would never come),
+    and the next caller, on another thread, gets it back when the scope ends."""
+    st = PostgresStore.open(
+        cluster.database_for(tmp_path), os.urandom(32), pool_size=1, inline_max=0
+    )
+    try:
+        saved = st.save_message(new_message(raw_message(extra=os.urandom(300_000))))
+        rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+        assert rec is not None
+        read: list[bytes] = []
+
+        def page() -> None:
+            with st.request_scope():
+                assert st.link_view(rec.id) is not None
+                content = st.open_content(saved.id)
+                assert content is not None
+                with content:
+                    read.append(content.read())
+                assert st.mark_opened(rec.id)
+
+        for _ in range(2):
+            worker = threading.Thread(target=page)
+            worker.start()
+            worker.join(10)
+            assert not worker.is_alive(), "the scope waited for a second connection"
+        assert len(read) == 2 and all(MARK_BODY.encode() in r for r in read)
+        # a fault inside the scope: the connection still goes back
+        with contextlib.suppress(StoreError), st.request_scope():
+            st.link_view(rec.id)
+            with st._transaction() as cur:
+                cur.execute("SELECT no_such_column FROM recipients")
+        assert [e.event for e in st.events(saved.id)].count("opened") == 2
+    finally:
+        st.close()
+
+
+def test_an_open_commits_without_waiting_for_its_wal_flush_and_only_it(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """mark_opened is one statement in autocommit that sets synchronous_commit=off for its own
+    transaction (README "Several nodes": a crash of the database server may drop the last few
+    opens): 40 opens cost far fewer WAL syncs than 40, and the connection they ran on (a
+    request scope's) commits synchronously again after them."""
+    st = PostgresStore.open(cluster.database_for(tmp_path), os.urandom(32), pool_size=2)
+    try:
+        saved = st.save_message(new_message())
+        rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
+        assert rec is not None
+
+        def wal_syncs() -> int:
+            with st._read() as cur:
+                cur.execute("SELECT pg_stat_force_next_flush()")
+            with st._read() as cur:  # the flush happens as a statement ends: read after it
+                row = cur.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()
+            assert row is not None
+            return int(row[0])
+
+        before = wal_syncs()
+        with st.request_scope():
+            for _ in range(40):
+                assert st.mark_opened(rec.id)
+            with st._read() as cur:
+                assert cur.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        assert wal_syncs() - before < 20
+        assert [e.event for e in st.events(saved.id)].count("opened") == 40
+    finally:
+        st.close()

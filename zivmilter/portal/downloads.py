@@ -60,7 +60,7 @@ class _Ctx(Ctx):
 
 class DownloadPages(GuestPages[_Ctx]):
     async def open_link(self, request: Request) -> Response:
-        return await run_in_threadpool(self._open_link, request)
+        return await self.portal.run(self._open_link, request)
 
     def _open_link(self, request: Request) -> Response:
         portal = self.portal
@@ -73,7 +73,7 @@ class DownloadPages(GuestPages[_Ctx]):
         return response
 
     async def view(self, request: Request) -> Response:
-        return await run_in_threadpool(self._view, request)
+        return await self.portal.run(self._view, request)
 
     def _view(self, request: Request) -> Response:
         ctx, error = self._context(request, Stage.LINK)
@@ -190,7 +190,7 @@ class DownloadPages(GuestPages[_Ctx]):
         return flows.Answer.WRONG
 
     async def file(self, request: Request) -> Response:
-        result = await run_in_threadpool(self._file, request)
+        result = await self.portal.run(self._file, request)  # streamed after it
         if isinstance(result, Response):
             return result
         stream, ctx = result

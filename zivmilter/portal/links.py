@@ -4,7 +4,9 @@ reply, sign out.
 The token is only in the first URL: that visit gives a cookie bound to the recipient and moves on
 to `/r/<id>/`, so the secret does not stay in the address bar, history or a Referer. Every later
 request needs that cookie (security.py); reading needs the verified stage of it. Each handler
-reads its input on the event loop and does the rest in the thread pool.
+reads its input on the event loop and does the rest in the thread pool: the pages that only
+read and record (GET) in one hop on one store connection (`Portal.run`), the forms (which may
+wait on SMS, SMTP or a password hash between their store calls) without holding one.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class LinkPages(GuestPages[_Ctx]):
     # -- the first visit -------------------------------------------------------------------
 
     async def open_link(self, request: Request) -> Response:
-        return await run_in_threadpool(self._open_link, request)
+        return await self.portal.run(self._open_link, request)
 
     def _open_link(self, request: Request) -> Response:
         portal = self.portal
@@ -88,7 +90,7 @@ class LinkPages(GuestPages[_Ctx]):
     # -- the page behind the link ------------------------------------------------------------
 
     async def view(self, request: Request) -> Response:
-        return await run_in_threadpool(self._view, request)
+        return await self.portal.run(self._view, request)
 
     def _view(self, request: Request) -> Response:
         ctx, error = self._context(request, Stage.LINK)
@@ -236,7 +238,7 @@ class LinkPages(GuestPages[_Ctx]):
     # -- reading -----------------------------------------------------------------------------
 
     async def body(self, request: Request) -> Response:
-        return await run_in_threadpool(self._body, request)
+        return await self.portal.run(self._body, request)
 
     def _body(self, request: Request) -> Response:
         ctx, error = self._context(request, Stage.VERIFIED)
@@ -274,7 +276,7 @@ class LinkPages(GuestPages[_Ctx]):
         )
 
     async def inline_part(self, request: Request) -> Response:
-        return await run_in_threadpool(self._inline_part, request)
+        return await self.portal.run(self._inline_part, request)
 
     def _inline_part(self, request: Request) -> Response:
         ctx, error = self._context(request, Stage.VERIFIED)
@@ -292,7 +294,7 @@ class LinkPages(GuestPages[_Ctx]):
         )
 
     async def attachment(self, request: Request) -> Response:
-        return await run_in_threadpool(self._attachment, request)
+        return await self.portal.run(self._attachment, request)
 
     def _attachment(self, request: Request) -> Response:
         ctx, error = self._context(request, Stage.VERIFIED)

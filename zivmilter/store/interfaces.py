@@ -372,6 +372,14 @@ class Store(
 
     def close(self) -> None: ...
 
+    def request_scope(self) -> AbstractContextManager[None]:
+        """The calls this thread makes inside the block share one database connection (the
+        portal runs each request's store work in one): PostgreSQL takes it from the pool at the
+        first call and returns it when the block ends, where each call took its own; SQLite
+        has one connection anyway. Every call still reads the database as it is then: only a
+        connection is held, nothing read."""
+        ...
+
 
 # -- what one caller uses, named for it ----------------------------------------------------------
 

@@ -27,7 +27,7 @@ from zivmilter.store.postgresql.attachments import AttachmentsMixin
 from zivmilter.store.postgresql.audit import AuditMixin
 from zivmilter.store.postgresql.blobs import PgBlobStore
 from zivmilter.store.postgresql.claims import ClaimsMixin
-from zivmilter.store.postgresql.connection import describe, open_pool
+from zivmilter.store.postgresql.connection import Connections, describe, open_pool
 from zivmilter.store.postgresql.contacts import ContactsMixin, IddMixin
 from zivmilter.store.postgresql.devices import DevicesMixin
 from zivmilter.store.postgresql.handovers import HandoversMixin
@@ -80,9 +80,9 @@ class PostgresStore(
         try:
             with pool.connection() as conn, conn.cursor() as cur:
                 check_version(cur, dsn)
-            store = cls(
-                dsn, passfile, sealing, pool, PgBlobStore(pool, now), now, inline_max, local_path
-            )
+            connections = Connections(pool)
+            blobs = PgBlobStore(connections, now)  # a request scope's connection too
+            store = cls(dsn, passfile, sealing, connections, blobs, now, inline_max, local_path)
             store._check_kek()
         except psycopg.Error as exc:
             pool.close()

@@ -14,19 +14,20 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import psycopg
-from psycopg_pool import ConnectionPool
 
 from zivmilter import crypto
 from zivmilter.errors import StoreError
+from zivmilter.store.postgresql.connection import ConnectionSource
 
 CHUNK = 1024 * 1024  # ciphertext bytes per row: large enough to be few, small enough for memory
 _PREFIX = "pg:"
 
 
 class PgBlobStore:
-    """Contents as rows of `blob_chunks`, through the store's pool."""
+    """Contents as rows of `blob_chunks`, through the store's pool (or the connection of the
+    request scope the caller is in: connection.py)."""
 
-    def __init__(self, pool: ConnectionPool, now: Callable[[], float]) -> None:
+    def __init__(self, pool: ConnectionSource, now: Callable[[], float]) -> None:
         self._pool = pool
         self._now = now
 
@@ -102,7 +103,7 @@ class _ChunkWriter(io.RawIOBase):
 class _ChunkReader(io.RawIOBase):
     """The ciphertext of one reference, a chunk per query (memory stays at one chunk)."""
 
-    def __init__(self, pool: ConnectionPool, ref: str) -> None:
+    def __init__(self, pool: ConnectionSource, ref: str) -> None:
         super().__init__()
         self._pool, self._ref = pool, ref
         self._seq = 0

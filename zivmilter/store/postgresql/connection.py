@@ -5,6 +5,12 @@ Thread safety: each transaction takes a connection of its own from the pool (psy
 the milter's threads write in parallel; PostgreSQL itself groups the commits that arrive while a
 WAL flush is on its way (what SQLite's group commit does by hand in sqlite/connection.py).
 
+Request scopes: inside `request_scope()` (the portal wraps each request's store work in one),
+every call a thread makes shares one pooled connection, taken at the first call and returned
+when the scope ends, instead of a pool round of its own per call (a portal view makes four or
+five). Only a connection is held: every call still reads the database as it is now, so a
+revocation on another node stops the next call, and nothing decrypted outlives the call.
+
 Round trips: the pooled connections are in autocommit mode. A write (`_transaction`) is still
 one BEGIN ... COMMIT block; a read (`_read`) sends its statements alone, without BEGIN and
 COMMIT around them: under READ COMMITTED every statement reads a snapshot of its own anyway,
@@ -24,8 +30,10 @@ commit without waiting for their flush.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -89,6 +97,55 @@ def describe(dsn: str) -> str:
     return f"{host}:{port}/{parts.get('dbname', '(default database)')}"
 
 
+class ConnectionSource(Protocol):
+    """Where a statement gets its connection: the pool itself, or `Connections` (the pool, or
+    the connection the thread's request scope holds)."""
+
+    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]: ...
+
+
+class _Held(threading.local):
+    scoped = False  # inside a request scope on this thread
+    conn: psycopg.Connection[Any] | None = None  # the scope's connection, once taken
+
+
+class Connections:
+    """The pool, and per thread the connection its request scope holds (module docstring)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self._held = _Held()
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """The calls of this thread inside the block share one connection, taken from the pool
+        at the first and returned when the block ends (the pool rolls back what a fault left
+        open, and drops a broken connection). Nested: the outer scope holds it."""
+        held = self._held
+        if held.scoped:
+            yield
+            return
+        held.scoped = True
+        try:
+            yield
+        finally:
+            conn, held.conn, held.scoped = held.conn, None, False
+            if conn is not None:
+                self.pool.putconn(conn)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """The scope's connection inside a request scope, else one from the pool for the block."""
+        held = self._held
+        if not held.scoped:
+            with self.pool.connection() as conn:
+                yield conn
+            return
+        if held.conn is None:
+            held.conn = self.pool.getconn()
+        yield held.conn
+
+
 class PgBase:
     """The pool, the clock, the keys and the blob store; see the module docstring."""
 
@@ -97,7 +154,7 @@ class PgBase:
         dsn: str,
         passfile: str | None,
         sealing: Sealing,
-        pool: ConnectionPool,
+        connections: Connections,
         blobs: BlobStore,
         now: Callable[[], float],
         inline_max: int,
@@ -107,20 +164,25 @@ class PgBase:
         self._local_path = local_path  # this node's store.path: see RepliesMixin.free_bytes
         self._passfile = passfile
         self._sealing = sealing
-        self._pool = pool
+        self._connections = connections
         self._blobs = blobs
         self._now = now
         self._inline_max = inline_max
 
     def close(self) -> None:
-        self._pool.close()
+        self._connections.pool.close()
+
+    def request_scope(self) -> AbstractContextManager[None]:
+        """Share one pooled connection between this thread's calls in the block (see the
+        module docstring)."""
+        return self._connections.scope()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Cursor]:
         """One transaction on a pooled connection: committed when the block ends, rolled back
         when it raises. Database faults become StoreError."""
         try:
-            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            with self._connections.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 yield cur
         except psycopg.Error as exc:
             raise StoreError(f"store database: {exc}") from exc
@@ -136,7 +198,7 @@ class PgBase:
         open."""
         try:
             with (
-                self._pool.connection() as conn,
+                self._connections.connection() as conn,
                 conn.pipeline(),
                 conn.transaction(),
                 conn.cursor() as cur,
@@ -148,12 +210,20 @@ class PgBase:
             raise StoreError(f"store database: no connection free: {exc}") from exc
 
     @contextlib.contextmanager
+    def _statement(self) -> Iterator[Cursor]:
+        """A write that is one statement: in autocommit it is a transaction of its own (locks
+        held, and its changes committed, as it ends), with no BEGIN and COMMIT round trips.
+        Only for a single statement: two would be two transactions."""
+        with self._read() as cur:
+            yield cur
+
+    @contextlib.contextmanager
     def _read(self) -> Iterator[Cursor]:
         """Reads on a pooled connection, each statement on its own (autocommit: no BEGIN and
         COMMIT round trips; under READ COMMITTED a block would not make several reads one
         snapshot either). Nothing that locks or writes goes here: that is `_transaction`'s."""
         try:
-            with self._pool.connection() as conn, conn.cursor() as cur:
+            with self._connections.connection() as conn, conn.cursor() as cur:
                 yield cur
         except psycopg.Error as exc:
             raise StoreError(f"store database: {exc}") from exc

@@ -122,6 +122,10 @@ class SqliteBase:
         self._deferred: list[Callable[[sqlite3.Cursor], None]] = []
         self._ending: set[str] = set()  # handovers ended, their rows not yet deleted
 
+    def request_scope(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to share: every call of this store already uses its one connection."""
+        return contextlib.nullcontext()
+
     def close(self) -> None:
         with self._queue_ready:
             self._closing = True
