@@ -109,7 +109,12 @@ def _single_text(
     if cte not in _PLAIN_ENCODINGS and cte != "quoted-printable":
         return None  # base64, uuencode, or an unknown name
     value = fields.get("content-type")
-    plain = _PLAIN_TEXT if value is None else _plain_type(value)
+    if value is None:
+        plain: tuple[str, str] | None = _PLAIN_TEXT
+    elif "name" in value.lower():  # a file name (perhaps with a number in it) is not kept
+        plain = _plain_type.__wrapped__(value)
+    else:
+        plain = _plain_type(value)
     if plain is None:
         return None
     ctype, charset = plain
