@@ -13,6 +13,7 @@ message, issue 17); anything else goes through `email` as before.
 
 from __future__ import annotations
 
+import functools
 import quopri
 import re
 from collections.abc import Sequence
@@ -75,6 +76,28 @@ _PARAM = re.compile(r';\s*([A-Za-z0-9_.-]+)\s*=\s*("?)([^";]*?)\2\s*(?=;|$)', re
 _PLAIN_ENCODINGS = frozenset({"7bit", "8bit", "binary", ""})
 
 
+_PLAIN_TEXT = (TEXT_PLAIN, "")  # `email`'s default without a Content-Type
+
+
+@functools.lru_cache(maxsize=256)
+def _plain_type(value: str) -> tuple[str, str] | None:
+    """(type, charset) of a Content-Type field of a single part as `email` reads them; None
+    when `email` must read it (not plain, a file name, multipart or message). Kept for the
+    values seen last: most messages come with one of a few Content-Types."""
+    m = _SIMPLE_TYPE.fullmatch(value)
+    if m is None:
+        return None
+    params: dict[str, str] = {}
+    for k, _, v in _PARAM.findall(m.group(2)):
+        params.setdefault(k.lower(), v)  # `email` takes the first of a name given twice
+    if "name" in params:
+        return None  # a file name: an attachment, for `email` to name
+    ctype = m.group(1).lower()
+    if ctype.split("/")[0] in ("multipart", "message"):
+        return None
+    return ctype, params.get("charset", "").lower()
+
+
 def _single_text(
     fields: dict[str, str], data: bytes, body_offset: int, scope: Sequence[str]
 ) -> list[Part] | None:
@@ -85,22 +108,16 @@ def _single_text(
     cte = fields.get("content-transfer-encoding", "").lower()  # as `email` compares it, unstripped
     if cte not in _PLAIN_ENCODINGS and cte != "quoted-printable":
         return None  # base64, uuencode, or an unknown name
-    charset = ""
-    ctype = TEXT_PLAIN  # `email`'s default without a Content-Type
     value = fields.get("content-type")
-    if value is not None:
-        m = _SIMPLE_TYPE.fullmatch(value)
-        if m is None:
-            return None
-        params: dict[str, str] = {}
-        for k, _, v in _PARAM.findall(m.group(2)):
-            params.setdefault(k.lower(), v)  # `email` takes the first of a name given twice
-        if "name" in params:
-            return None  # a file name: an attachment, for `email` to name
-        ctype = m.group(1).lower()
-        charset = params.get("charset", "").lower()
-    if ctype.split("/")[0] in ("multipart", "message"):
+    if value is None:
+        plain: tuple[str, str] | None = _PLAIN_TEXT
+    elif "name" in value.lower():  # a file name (perhaps with a number in it) is not kept
+        plain = _plain_type.__wrapped__(value)
+    else:
+        plain = _plain_type(value)
+    if plain is None:
         return None
+    ctype, charset = plain
     if "text" not in scope or ctype not in (TEXT_PLAIN, TEXT_HTML):
         return []
     body = data[body_offset : body_offset + defaults.CONTENT_MAX_MESSAGE_BYTES]
