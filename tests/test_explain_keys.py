@@ -205,3 +205,40 @@ def test_explain_names_every_kind_of_recipient_of_one_message(tmp_path: Path) ->
             assert (r["key"]["kind"], r["key"]["source"]) == key, address
     assert by["pat@pdf.example"]["encryption"]["kind"] == "pdf"
     assert all("encryption" not in r for a, r in by.items() if a != "pat@pdf.example")
+
+
+def test_explain_says_a_message_over_pdf_max_bytes_keeps_the_portal(tmp_path: Path) -> None:
+    args = _pdf_setup(tmp_path)
+    size = len(Path(args[1]).read_bytes())
+    cfg = Path(args[3])
+    cfg.write_text(yaml.safe_dump({
+        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+        "encryption": {"pdf": True, "pdf_max_bytes": size - 1},
+    }))  # fmt: skip
+    why = (
+        f"no encrypted PDF: the message is {size} bytes, more than encryption.pdf_max_bytes"
+        f" ({size - 1}), and a PDF is built in memory at end of message; the recipient keeps"
+        " the portal"
+    )
+    got = run(*args)
+    assert got.returncode == 0, got.stderr
+    lines = got.stdout.splitlines()
+    (bob,) = [ln for ln in lines if ln.startswith("bob@partner.example ")]
+    assert bob.split()[:3] == ["bob@partner.example", "notification", "custom_access_right"]
+    assert f"    {why}" in lines
+    by = {r["address"]: r for r in json.loads(run(*args, "--json").stdout)["recipients"]}
+    assert by["bob@partner.example"]["pdf_refused"] == why
+    assert "encryption" not in by["bob@partner.example"]
+
+
+def test_explain_counts_a_file_saved_with_bare_lf_as_the_mta_passes_it(tmp_path: Path) -> None:
+    args = _pdf_setup(tmp_path)
+    msg = Path(args[1])
+    wire = msg.read_bytes()
+    msg.write_bytes(wire.replace(b"\r\n", b"\n"))
+    Path(args[3]).write_text(yaml.safe_dump({
+        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+        "encryption": {"pdf": True, "pdf_max_bytes": len(wire) - 1},
+    }))  # fmt: skip
+    by = {r["address"]: r for r in json.loads(run(*args, "--json").stdout)["recipients"]}
+    assert f"the message is {len(wire)} bytes" in by["bob@partner.example"]["pdf_refused"]

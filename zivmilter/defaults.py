@@ -96,6 +96,9 @@ STORE_RECORD_BYTES = 64 * 1024  # plaintext bytes per AES-GCM record of a stored
 ACCESS_CODE_MIN_LENGTH = 6
 # encryption.pdf: a PDF can be tried offline, with no attempt limit: a shorter code keeps the portal
 PDF_ACCESS_CODE_MIN_LENGTH = 10
+# encryption.pdf_max_bytes: a larger message (as the MTA passes it, attachments included) keeps
+# the portal: the PDF is laid out and held in memory in the milter at end of message
+PDF_MAX_BYTES = 10 * 1024 * 1024
 SCRYPT_N = 2**15  # access-code hashes: scrypt cost (32 MiB with r=8), ~0.1 s per check
 SCRYPT_R = 8
 SCRYPT_P = 1

@@ -77,10 +77,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     content = cfg.selection.content
     parts = parts_of_message(data, content.scope) if content.active else []
     parts += _attachment_text(data, cfg)
-    result = assess(headers, sender, rcpts, cfg, facts, parts)
+    result = assess(headers, sender, rcpts, cfg, facts, parts, _wire_bytes(data))
     verdict = _explain_submission(args, cfg, headers, sender, facts)
     print(render_json(result, verdict) if args.json else render_text(result, verdict))
     return 0
+
+
+def _wire_bytes(data: bytes) -> int:
+    """The message's size as the MTA would pass it to the milter: every line ending CRLF (a
+    file saved with bare LF is that much shorter; the MTA's own trace fields not counted)."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
 
 
 def _attachment_text(data: bytes, cfg: config_mod.Config) -> list[Part]:

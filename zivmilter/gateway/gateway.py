@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import socket
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ from zivmilter.core.header_block import header_fields, unfolded
 from zivmilter.core.headers import NOT_COPIED, ROUTE_HEADER, is_directive
 from zivmilter.core.levels import Level
 from zivmilter.core.message import decoded_header, header_message
-from zivmilter.core.policy import Delivery, Method, RecipientDecision
+from zivmilter.core.policy import Delivery, Method, RecipientDecision, pdf_too_large
 from zivmilter.core.route import route_value
 from zivmilter.core.submission import SenderAccounts, SpfChecker, StoreSenderAccounts
 from zivmilter.delivery.reinject import Outgoing, Reinjector
@@ -138,7 +139,8 @@ class Gateway:
         text = _text(tx, self.cfg)
         if "attachment_text" in self.cfg.selection.content.scope:
             text = [*text, *self._attachment_text(tx)]
-        result = assess(tx.headers, sender, list(raw_by_norm), self.cfg, self.facts, text)
+        size = _message_bytes(tx)
+        result = assess(tx.headers, sender, list(raw_by_norm), self.cfg, self.facts, text, size)
         for m in result.selection.matches:  # masked: never the number itself in the log
             log.info("content rule %s matched in %s: %s", m.rule, m.where, m.masked, extra=_ctx(tx))
         if not result.selection.selected:
@@ -155,6 +157,7 @@ class Gateway:
             subject_change = [("Subject", 1, result.selection.new_subject)]
         for warning in result.decision.warnings:
             log.warning("%s", warning, extra=_ctx(tx))
+        self._log_pdf_too_large(tx, result.decision.recipients, size)
         stripped = self._strip_plan(tx, NOT_COPIED)
         delivered = [d for d in result.decision.recipients if d.delivery is not Delivery.FAILED]
         # Decisions use the normalized form; the MTA and reports get the address as given
@@ -259,6 +262,25 @@ class Gateway:
             f"reinjected={len(outgoing)} kept={kept.what if kept else 'nothing (discard)'}"
         )
         return plan
+
+    def _log_pdf_too_large(
+        self, tx: Transaction, decisions: Sequence[RecipientDecision], size: int
+    ) -> None:
+        """One line per message whose size kept its access-code recipients from a PDF."""
+        limit = self.cfg.encryption.pdf_max_bytes
+        if not self.cfg.encryption.pdf or size <= limit:
+            return
+        why = pdf_too_large(size, limit)
+        kept = [d.address for d in decisions if d.pdf_refused == why]
+        if kept:
+            log.info(
+                "no encrypted PDF: the message is %d bytes, over encryption.pdf_max_bytes (%d);"
+                " a notification instead to %s",
+                size,
+                limit,
+                ", ".join(kept),
+                extra=_ctx(tx),
+            )
 
     def _marked(
         self, out: Outgoing, saved: SavedMessage | None, key: str, taken: list[str]
@@ -561,6 +583,14 @@ def _content_digest(tx: Transaction) -> str:
         digest.update(chunk)
     tx.message.seek(0)
     return digest.hexdigest()
+
+
+def _message_bytes(tx: Transaction) -> int:
+    """The message's size as the MTA passed it (header block and body)."""
+    tx.message.seek(0, os.SEEK_END)
+    size = tx.message.tell()
+    tx.message.seek(0)
+    return size
 
 
 def _copy_count(delivered: Sequence[RecipientDecision]) -> int:
