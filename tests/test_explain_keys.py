@@ -4,11 +4,15 @@ why trusted) and the keys skipped and why, in the text and in --json; pinned in 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.harness.cli import zivmilter_in_process as run
+from tests.harness.keys import GnuPG
+from zivmilter import crypto
 
 FACTS = {
     "transport": {"partner.example": "tls"},
@@ -242,3 +246,77 @@ def test_explain_counts_a_file_saved_with_bare_lf_as_the_mta_passes_it(tmp_path:
     }))  # fmt: skip
     by = {r["address"]: r for r in json.loads(run(*args, "--json").stdout)["recipients"]}
     assert f"the message is {len(wire)} bytes" in by["bob@partner.example"]["pdf_refused"]
+
+
+@pytest.fixture(scope="module")
+def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GnuPG]:
+    with GnuPG(tmp_path_factory.mktemp("gnupg") / "home") as g:
+        yield g
+
+
+def _store_setup(tmp_path: Path, enabled: bool = True) -> tuple[list[str], Path]:
+    """A message to bob, a configuration with a store; no facts file."""
+    msg = tmp_path / "s.eml"
+    msg.write_bytes(
+        b"From: alice@hospital.example\r\nTo: bob@partner.example\r\nSubject: x\r\n\r\nhello\r\n"
+    )
+    key = tmp_path / "store.key"
+    crypto.keygen(str(key))
+    cfg = tmp_path / "store.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+        "store": {"path": str(tmp_path / "store"), "key_file": str(key)},
+        "encryption": {"enabled": enabled},
+    }))  # fmt: skip
+    return ["explain", str(msg), "--config", str(cfg)], cfg
+
+
+def test_explain_without_facts_uses_a_key_imported_into_the_store(
+    gpg: GnuPG, tmp_path: Path
+) -> None:
+    args, cfg = _store_setup(tmp_path)
+    assert run("account", "list", "--config", str(cfg)).returncode == 0  # the store exists
+    before = {r["address"]: r for r in json.loads(run(*args, "--json").stdout)["recipients"]}
+    assert before["bob@partner.example"]["method"] == "email_verification"
+    gpg.generate("Bob <bob@partner.example>")
+    exported = tmp_path / "bob.asc"
+    exported.write_bytes(gpg.run("--armor", "--export", "bob@partner.example"))
+    imported = run("keys", "import", str(exported), "--config", str(cfg))
+    assert imported.returncode == 0, imported.stderr
+    fpr = imported.stdout.split()[1]
+    got = run(*args, "--json")
+    assert got.returncode == 0, got.stderr
+    out = json.loads(got.stdout)
+    (bob,) = out["recipients"]
+    assert (bob["delivery"], bob["method"], bob["rule"]) == ("encrypted", "own_key", "K")
+    assert bob["key"]["source"] == "keystore" and bob["key"]["ident"] == fpr
+    assert bob["key"]["trusted_because"].startswith("imported by the organization on ")
+    assert out["keys"].startswith(f"the organization's key store ({tmp_path / 'store'}); ")
+    text = run(*args).stdout.splitlines()
+    (line,) = [ln for ln in text if ln.startswith("bob@partner.example ")]
+    assert line.split()[:5] == ["bob@partner.example", "encrypted", "own_key", "none", "K"]
+    assert f"    key: openpgp {fpr} from keystore: imported by the organization on" in "\n".join(
+        text
+    )
+    assert text[-1].startswith("Keys: the organization's key store (")
+
+
+def test_explain_without_a_store_says_so_and_makes_none(tmp_path: Path) -> None:
+    args, _cfg = _store_setup(tmp_path)
+    got = run(*args)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.splitlines()[-1] == (
+        f"Keys: no store at {tmp_path / 'store'} yet, so no imported keys; WKD, OPENPGPKEY"
+        " and SMIMEA are not asked by explain (pin them with --facts)"
+    )
+    assert not (tmp_path / "store").exists()
+
+
+def test_explain_with_encryption_off_neither_reads_the_store_nor_says_a_word_of_keys(
+    tmp_path: Path,
+) -> None:
+    args, _cfg = _store_setup(tmp_path, enabled=False)
+    got = run(*args)
+    assert got.returncode == 0, got.stderr
+    assert "Keys:" not in got.stdout and not (tmp_path / "store").exists()
+    assert "keys" not in json.loads(run(*args, "--json").stdout)
