@@ -320,3 +320,47 @@ def test_explain_with_encryption_off_neither_reads_the_store_nor_says_a_word_of_
     assert got.returncode == 0, got.stderr
     assert "Keys:" not in got.stdout and not (tmp_path / "store").exists()
     assert "keys" not in json.loads(run(*args, "--json").stdout)
+
+
+# _pdf_setup's message as a PDF lays it out: From, To and Subject as given, and "hello" and its
+# line end.
+PDF_SETUP_FIELDS = ("alice@hospital.example", "bob@partner.example, rem@partner.example", "x")
+PDF_SETUP_TEXT = sum(len(f) for f in PDF_SETUP_FIELDS) + len("hello\n")
+
+
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"])
+def test_explain_says_a_message_over_pdf_max_text_bytes_keeps_the_portal(
+    tmp_path: Path, line_end: bytes
+) -> None:
+    args = _pdf_setup(tmp_path)
+    msg = Path(args[1])
+    msg.write_bytes(msg.read_bytes().replace(b"\r\n", line_end))
+    Path(args[3]).write_text(yaml.safe_dump({
+        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+        "encryption": {"pdf": True, "pdf_max_text_bytes": PDF_SETUP_TEXT - 1},
+    }))  # fmt: skip
+    why = (
+        f"no encrypted PDF: the message's text is {PDF_SETUP_TEXT} bytes, more than"
+        f" encryption.pdf_max_text_bytes ({PDF_SETUP_TEXT - 1}), and laying it out takes"
+        " seconds at end of message; the recipient keeps the portal"
+    )
+    got = run(*args)
+    assert got.returncode == 0, got.stderr
+    lines = got.stdout.splitlines()
+    (bob,) = [ln for ln in lines if ln.startswith("bob@partner.example ")]
+    assert bob.split()[:3] == ["bob@partner.example", "notification", "custom_access_right"]
+    assert f"    {why}" in lines
+    by = {r["address"]: r for r in json.loads(run(*args, "--json").stdout)["recipients"]}
+    assert by["bob@partner.example"]["pdf_refused"] == why
+    assert "encryption" not in by["bob@partner.example"]
+
+
+def test_explain_makes_a_pdf_of_pdf_max_text_bytes_of_text(tmp_path: Path) -> None:
+    args = _pdf_setup(tmp_path)
+    Path(args[3]).write_text(yaml.safe_dump({
+        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+        "encryption": {"pdf": True, "pdf_max_text_bytes": PDF_SETUP_TEXT},
+    }))  # fmt: skip
+    by = {r["address"]: r for r in json.loads(run(*args, "--json").stdout)["recipients"]}
+    assert by["bob@partner.example"]["encryption"]["kind"] == "pdf"
+    assert "pdf_refused" not in by["bob@partner.example"]

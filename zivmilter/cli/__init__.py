@@ -94,7 +94,9 @@ def _explain(
     parts = parts_of_message(data, content.scope) if content.active else []
     parts += _attachment_text(data, cfg)
     decided_on: Facts = facts if keys is None else KeyedFacts(facts, keys)
-    result = assess(headers, sender, rcpts, cfg, decided_on, parts, _wire_bytes(data))
+    result = assess(
+        headers, sender, rcpts, cfg, decided_on, parts, _wire_bytes(data), _text_bytes(data, cfg)
+    )
     verdict = _explain_submission(args, cfg, headers, sender, facts)
     if args.json:
         out = to_json(result, verdict)
@@ -138,6 +140,16 @@ def _wire_bytes(data: bytes) -> int:
     """The message's size as the MTA would pass it to the milter: every line ending CRLF (a
     file saved with bare LF is that much shorter; the MTA's own trace fields not counted)."""
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def _text_bytes(data: bytes, cfg: config_mod.Config) -> int:
+    """The text a PDF of the message lays out, counted as the milter counts it: with
+    encryption.pdf on, and the message not already over encryption.pdf_max_bytes."""
+    from zivmilter.core.bodytext import pdf_text_bytes_of_message
+
+    if not cfg.encryption.pdf or _wire_bytes(data) > cfg.encryption.pdf_max_bytes:
+        return 0
+    return pdf_text_bytes_of_message(data)
 
 
 def _attachment_text(data: bytes, cfg: config_mod.Config) -> list[Part]:

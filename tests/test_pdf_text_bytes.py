@@ -1,0 +1,99 @@
+"""bodytext.pdf_text_bytes: how much text an encrypted PDF of a message lays out (the bound
+encryption.pdf_max_text_bytes checks), for the milter's form of a message (its header fields as
+given, CRLF) and a file's (explain, LF or CRLF) alike. Each expected figure is counted by hand."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.policy import SMTP
+
+import pytest
+
+from tests.test_gateway import transaction
+from zivmilter.core.bodytext import pdf_text_bytes, pdf_text_bytes_of_message
+
+FIELDS = "a@hospital.example" + "b@partner.example" + "Lab"  # From, To, Subject
+BODY = "Grüße aus Köln,\nline two\n"  # ü, ß, ö: two bytes each in UTF-8
+HTML = "<html><head><style>p {color: red}</style></head><body><p>Grüße</p><b>x</b></body></html>"
+
+
+def _base() -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "a@hospital.example"
+    msg["To"] = "b@partner.example"
+    msg["Subject"] = "Lab"
+    return msg
+
+
+def _plain(cte: str) -> EmailMessage:
+    msg = _base()
+    msg.set_content(BODY, cte=cte)
+    return msg
+
+
+def _alternative() -> EmailMessage:
+    msg = _plain("quoted-printable")
+    msg.add_alternative(HTML, subtype="html")
+    return msg
+
+
+def _html_only() -> EmailMessage:
+    msg = _base()
+    msg.set_content(HTML, subtype="html")
+    return msg
+
+
+def _with_text_attachment() -> EmailMessage:
+    msg = _plain("8bit")
+    msg.add_attachment("a long attached letter\n" * 100, filename="letter.txt")
+    return msg
+
+
+def _attachment_only() -> EmailMessage:
+    msg = _base()
+    msg.add_attachment(b"\x00" * 1000, maintype="application", subtype="pdf", filename="a.pdf")
+    return msg
+
+
+def _related() -> EmailMessage:
+    msg = _base()
+    msg.set_content(HTML, subtype="html")
+    msg.add_related(b"GIF89a", maintype="image", subtype="gif", cid="<logo@x>")
+    return msg
+
+
+HTML_TEXT = len("\nGrüße\nx\n".encode())  # the style's text gone, <p> a line end each side
+
+CASES = [
+    ("plain, 8bit", _plain("8bit"), len(BODY.encode())),
+    ("plain, quoted-printable", _plain("quoted-printable"), len(BODY.encode())),
+    ("plain, base64", _plain("base64"), len(BODY.encode())),
+    ("alternative: the plain text only", _alternative(), len(BODY.encode())),
+    ("HTML only: its text, not its tags", _html_only(), HTML_TEXT),
+    ("related: the HTML start part", _related(), HTML_TEXT),
+    ("an attached text file is no body", _with_text_attachment(), len(BODY.encode())),
+    ("no body: the fields alone", _attachment_only(), 0),
+]
+
+
+@pytest.mark.parametrize(("msg", "body"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_the_text_a_pdf_lays_out(msg: EmailMessage, body: int) -> None:
+    wire = msg.as_bytes(policy=SMTP)
+    tx = transaction(wire, "<a@hospital.example>", ["b@partner.example"])
+    expected = len(FIELDS) + body
+    assert pdf_text_bytes(tx.headers, wire, tx.body_offset) == expected
+    assert pdf_text_bytes_of_message(wire) == expected  # explain, the file as the MTA sent it
+    assert pdf_text_bytes_of_message(wire.replace(b"\r\n", b"\n")) == expected  # saved with LF
+
+
+def test_folded_fields_count_as_the_pdf_prints_them() -> None:
+    msg = _plain("8bit")
+    del msg["To"]
+    msg["To"] = ", ".join(f"person{i}@partner.example" for i in range(40))  # folded on the wire
+    wire = msg.as_bytes(policy=SMTP)
+    assert b"\r\n " in wire.split(b"\r\n\r\n")[0]
+    tx = transaction(wire, "<a@hospital.example>", ["person0@partner.example"])
+    to = len(str(msg["To"]))
+    expected = len("a@hospital.example" + "Lab") + to + len(BODY.encode())
+    assert pdf_text_bytes(tx.headers, wire, tx.body_offset) == expected
+    assert pdf_text_bytes_of_message(wire) == expected
