@@ -62,6 +62,34 @@ def _related() -> EmailMessage:
     return msg
 
 
+def _raw(content_type: str, parts: list[str]) -> bytes:
+    """A multipart message of these parts (each its header fields, a blank line, its body), as
+    the MTA passes it."""
+    text = f"From: a@hospital.example\nTo: b@partner.example\nSubject: Lab\n{content_type}\n\n"
+    text += "".join(f"--B\n{part}\n" for part in parts) + "--B--\n"
+    return text.replace("\n", "\r\n").encode("utf-8")
+
+
+def _attached_text_first() -> bytes:
+    return _raw(
+        'Content-Type: multipart/mixed; boundary="B"',
+        [
+            "Content-Type: text/plain\nContent-Disposition: attachment\n\nan attached letter",
+            f"Content-Type: text/html; charset=utf-8\n\n{HTML}",
+        ],
+    )
+
+
+def _related_start_second() -> bytes:
+    return _raw(
+        'Content-Type: multipart/related; boundary="B"; start="<b@x>"',
+        [
+            "Content-Type: text/plain\nContent-ID: <a@x>\n\nnot the start part",
+            f"Content-Type: text/html; charset=utf-8\nContent-ID: <b@x>\n\n{HTML}",
+        ],
+    )
+
+
 HTML_TEXT = len("\nGrüße\nx\n".encode())  # the style's text gone, <p> a line end each side
 
 CASES = [
@@ -73,12 +101,14 @@ CASES = [
     ("related: the HTML start part", _related(), HTML_TEXT),
     ("an attached text file is no body", _with_text_attachment(), len(BODY.encode())),
     ("no body: the fields alone", _attachment_only(), 0),
+    ("an attached text file first: the HTML body", _attached_text_first(), HTML_TEXT - 1),
+    ("related: its start part, not its first", _related_start_second(), HTML_TEXT - 1),
 ]
 
 
 @pytest.mark.parametrize(("msg", "body"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_the_text_a_pdf_lays_out(msg: EmailMessage, body: int) -> None:
-    wire = msg.as_bytes(policy=SMTP)
+def test_the_text_a_pdf_lays_out(msg: EmailMessage | bytes, body: int) -> None:
+    wire = msg if isinstance(msg, bytes) else msg.as_bytes(policy=SMTP)
     tx = transaction(wire, "<a@hospital.example>", ["b@partner.example"])
     expected = len(FIELDS) + body
     assert pdf_text_bytes(tx.headers, wire, tx.body_offset) == expected

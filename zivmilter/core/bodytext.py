@@ -9,6 +9,9 @@ its type, charset and transfer encoding. The common ones (a plain Content-Type w
 7bit, 8bit or quoted-printable, no Content-Disposition) are read here as `email` reads them, at a
 tenth of the cost of its header parameter parsing (the content rules' budget is about 90 us per
 message, issue 17); anything else goes through `email` as before.
+
+Also how much text an encrypted PDF of a message would lay out (`pdf_text_bytes`), which
+`encryption.pdf_max_text_bytes` bounds: the same `email` reading, the body the PDF takes.
 """
 
 from __future__ import annotations
