@@ -10,6 +10,7 @@ from email.policy import SMTP
 import pytest
 
 from tests.test_gateway import transaction
+from zivmilter import defaults
 from zivmilter.core.bodytext import pdf_text_bytes, pdf_text_bytes_of_message
 
 FIELDS = "a@hospital.example" + "b@partner.example" + "Lab"  # From, To, Subject
@@ -127,3 +128,35 @@ def test_folded_fields_count_as_the_pdf_prints_them() -> None:
     expected = len("a@hospital.example" + "Lab") + to + len(BODY.encode())
     assert pdf_text_bytes(tx.headers, wire, tx.body_offset) == expected
     assert pdf_text_bytes_of_message(wire) == expected
+
+
+BIG = b"\x00" * (defaults.PDF_TEXT_PARSE_BYTES + 1000)  # more than is parsed first
+LONG = "a long letter line\n" * (defaults.PDF_TEXT_PARSE_BYTES // 19 + 100)
+
+
+def _attached(*order: str) -> bytes:
+    msg = _base()
+    msg.make_mixed()
+    for what in order:
+        if what == "big":
+            msg.add_attachment(BIG, maintype="application", subtype="pdf", filename="scan.pdf")
+        else:
+            body = EmailMessage()
+            long = what == "long"
+            body.set_content(LONG if long else BODY, subtype="plain" if long else what)
+            msg.attach(body)
+    return msg.as_bytes(policy=SMTP)
+
+
+LARGE = [
+    ("the body, then a large attachment", _attached("plain", "big"), len(BODY.encode())),
+    ("a large attachment, then the body", _attached("big", "plain"), len(BODY.encode())),
+    ("a body longer than is parsed first", _attached("long", "big"), len(LONG)),
+    ("HTML only, then a large attachment", _attached("html", "big"), len(BODY.encode())),
+]
+
+
+@pytest.mark.parametrize(("wire", "body"), [c[1:] for c in LARGE], ids=[c[0] for c in LARGE])
+def test_a_large_message_counts_the_same_wherever_its_body_is(wire: bytes, body: int) -> None:
+    tx = transaction(wire, "<a@hospital.example>", ["b@partner.example"])
+    assert pdf_text_bytes(tx.headers, wire, tx.body_offset) == len(FIELDS) + body
