@@ -4,14 +4,23 @@ given, CRLF) and a file's (explain, LF or CRLF) alike. Each expected figure is c
 
 from __future__ import annotations
 
+import re
+from email import policy
 from email.message import EmailMessage
+from email.parser import BytesParser
 from email.policy import SMTP
+from pathlib import Path
 
 import pytest
 
+from tests.budget import sample
 from tests.test_gateway import transaction
+from tests.test_gateway_corpus import FILES
 from zivmilter import defaults
-from zivmilter.core.bodytext import pdf_text_bytes, pdf_text_bytes_of_message
+from zivmilter.core.bodytext import html_text, pdf_text_bytes, pdf_text_bytes_of_message
+from zivmilter.core.message import read_headers
+from zivmilter.errors import MessageError
+from zivmilter.mail.parts import body_text, layout
 
 FIELDS = "a@hospital.example" + "b@partner.example" + "Lab"  # From, To, Subject
 BODY = "Grüße aus Köln,\nline two\n"  # ü, ß, ö: two bytes each in UTF-8
@@ -160,3 +169,26 @@ LARGE = [
 def test_a_large_message_counts_the_same_wherever_its_body_is(wire: bytes, body: int) -> None:
     tx = transaction(wire, "<a@hospital.example>", ["b@partner.example"])
     assert pdf_text_bytes(tx.headers, wire, tx.body_offset) == len(FIELDS) + body
+
+
+@pytest.mark.parametrize("path", sample(FILES), ids=lambda p: p.name)
+def test_every_corpus_message_counts_the_body_the_pdf_takes(path: Path) -> None:
+    """The body mail/pdf.py lays out is the one layout() picks (policy.default, get_body): the
+    count, without that parse, finds the same part and decodes it alike (an HTML body counted
+    as bodytext reads its text; the PDF adds link addresses to it)."""
+    raw = re.sub(rb"\r\n|\r|\n", b"\r\n", path.read_bytes())  # as the MTA passes it
+    head_end = raw.find(b"\r\n\r\n")
+    head_end = len(raw) if head_end < 0 else head_end + 4
+    try:
+        headers = read_headers(raw[:head_end])
+    except MessageError:
+        pytest.skip("no header fields: not a message a client can send")
+    parts = layout(BytesParser(policy=policy.default).parsebytes(raw))
+    if parts.text is not None:
+        body = body_text(parts.text)
+    else:
+        body = html_text(body_text(parts.html)) if parts.html is not None else ""
+    shown = [v for n, v in headers if n.strip().lower() in ("from", "to", "cc", "date", "subject")]
+    fields = sum(len(" ".join(v.split()).encode("utf-8", "surrogateescape")) for v in shown)
+    expected = fields + len(body.encode("utf-8", "surrogateescape")) - body.count("\r\n")
+    assert pdf_text_bytes(headers, raw, head_end) == expected
