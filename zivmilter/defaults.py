@@ -100,8 +100,8 @@ PDF_ACCESS_CODE_MIN_LENGTH = 10
 # the portal: the PDF is laid out and held in memory in the milter at end of message
 PDF_MAX_BYTES = 10 * 1024 * 1024
 # encryption.pdf_max_text_bytes: more text than this (decoded, UTF-8) keeps the portal: laying
-# text out costs, attachments hardly do (bench/pdf.py on a loaded 2-core machine: 1-2 s for
-# 256 KiB, 20-30 s for 8 MB)
+# text out costs, attachments hardly do (bench/pdf.py on a loaded 2-core machine: about 1 s for
+# 256 KiB, 23 s for 8 MB)
 PDF_MAX_TEXT_BYTES = 256 * 1024
 # that text is counted in a multipart message's first this many bytes when its plain-text body
 # ends there (the usual case: attachments come after it); the whole message is parsed otherwise
