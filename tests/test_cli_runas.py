@@ -135,3 +135,22 @@ def test_an_unknown_uid_is_named_by_number(tmp_path: Path) -> None:
     os.chown(store, 48213, 48213)
     with pytest.raises(Exception, match=r"runuser -u 48213 -- zivmilter idd list"):
         runas.check_store_user(str(store), str(tmp_path / "k"), ["idd", "list"], euid=0)
+
+
+@needs_root
+def test_explain_as_root_refuses_another_users_store_only_when_it_would_read_its_keys(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = cfg.parent / "m.eml"
+    message.write_bytes(b"From: alice@hospital.example\r\nTo: bob@partner.example\r\n\r\nx\r\n")
+    store = cfg.parent / "store"
+    store.mkdir(mode=0o700)
+    os.chown(store, OTHER, OTHER)
+    argv = ["explain", str(message), "--config", str(cfg)]
+    code, out, _err = run(capsys, *argv)
+    assert code == 0 and "bob@partner.example" in out  # encryption off: the store is not read
+    data = yaml.safe_load(cfg.read_text())
+    cfg.write_text(yaml.safe_dump({**data, "encryption": {"enabled": True}}))
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.rstrip("\n").rsplit(": ", 1)[1].startswith("runuser -u nobody -- zivmilter explain")

@@ -125,6 +125,22 @@ def test_null_compliance_means_none(tmp_path: Path) -> None:
             "organization.domains: duplicate key on line 1 (first given on line 1)",
         ),
         ("- just\n- a list\n", "(top level): expected a mapping"),
+        (
+            "organization: {domains: [a.example]}\nencryption: {pdf_max_bytes: 0}\n",
+            "encryption.pdf_max_bytes: 0 must be greater than 0",
+        ),
+        (
+            "organization: {domains: [a.example]}\nencryption: {pdf_max_bytes: 10MB}\n",
+            "encryption.pdf_max_bytes: expected a whole number, got '10MB'",
+        ),
+        (
+            "organization: {domains: [a.example]}\nencryption: {pdf_max_text_bytes: -1}\n",
+            "encryption.pdf_max_text_bytes: -1 must be greater than 0",
+        ),
+        (
+            "organization: {domains: [a.example]}\nencryption: {pdf_max_text_bytes: 256KiB}\n",
+            "encryption.pdf_max_text_bytes: expected a whole number, got '256KiB'",
+        ),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:

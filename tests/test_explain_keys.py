@@ -4,11 +4,15 @@ why trusted) and the keys skipped and why, in the text and in --json; pinned in 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.harness.cli import zivmilter_in_process as run
+from tests.harness.keys import GnuPG
+from zivmilter import crypto
 
 FACTS = {
     "transport": {"partner.example": "tls"},
@@ -205,3 +209,158 @@ def test_explain_names_every_kind_of_recipient_of_one_message(tmp_path: Path) ->
             assert (r["key"]["kind"], r["key"]["source"]) == key, address
     assert by["pat@pdf.example"]["encryption"]["kind"] == "pdf"
     assert all("encryption" not in r for a, r in by.items() if a != "pat@pdf.example")
+
+
+def test_explain_says_a_message_over_pdf_max_bytes_keeps_the_portal(tmp_path: Path) -> None:
+    args = _pdf_setup(tmp_path)
+    size = len(Path(args[1]).read_bytes())
+    cfg = Path(args[3])
+    cfg.write_text(yaml.safe_dump({
+        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+        "encryption": {"pdf": True, "pdf_max_bytes": size - 1},
+    }))  # fmt: skip
+    why = (
+        f"no encrypted PDF: the message is {size} bytes, more than encryption.pdf_max_bytes"
+        f" ({size - 1}), and a PDF is built in memory at end of message; the recipient keeps"
+        " the portal"
+    )
+    got = run(*args)
+    assert got.returncode == 0, got.stderr
+    lines = got.stdout.splitlines()
+    (bob,) = [ln for ln in lines if ln.startswith("bob@partner.example ")]
+    assert bob.split()[:3] == ["bob@partner.example", "notification", "custom_access_right"]
+    assert f"    {why}" in lines
+    by = {r["address"]: r for r in json.loads(run(*args, "--json").stdout)["recipients"]}
+    assert by["bob@partner.example"]["pdf_refused"] == why
+    assert "encryption" not in by["bob@partner.example"]
+
+
+def test_explain_counts_a_file_saved_with_bare_lf_as_the_mta_passes_it(tmp_path: Path) -> None:
+    args = _pdf_setup(tmp_path)
+    msg = Path(args[1])
+    wire = msg.read_bytes()
+    msg.write_bytes(wire.replace(b"\r\n", b"\n"))
+    Path(args[3]).write_text(yaml.safe_dump({
+        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+        "encryption": {"pdf": True, "pdf_max_bytes": len(wire) - 1},
+    }))  # fmt: skip
+    by = {r["address"]: r for r in json.loads(run(*args, "--json").stdout)["recipients"]}
+    assert f"the message is {len(wire)} bytes" in by["bob@partner.example"]["pdf_refused"]
+
+
+@pytest.fixture(scope="module")
+def gpg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GnuPG]:
+    with GnuPG(tmp_path_factory.mktemp("gnupg") / "home") as g:
+        yield g
+
+
+def _store_setup(tmp_path: Path, enabled: bool = True) -> tuple[list[str], Path]:
+    """A message to bob, a configuration with a store; no facts file."""
+    msg = tmp_path / "s.eml"
+    msg.write_bytes(
+        b"From: alice@hospital.example\r\nTo: bob@partner.example\r\nSubject: x\r\n\r\nhello\r\n"
+    )
+    key = tmp_path / "store.key"
+    crypto.keygen(str(key))
+    cfg = tmp_path / "store.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+        "store": {"path": str(tmp_path / "store"), "key_file": str(key)},
+        "encryption": {"enabled": enabled},
+    }))  # fmt: skip
+    return ["explain", str(msg), "--config", str(cfg)], cfg
+
+
+def test_explain_without_facts_uses_a_key_imported_into_the_store(
+    gpg: GnuPG, tmp_path: Path
+) -> None:
+    args, cfg = _store_setup(tmp_path)
+    assert run("account", "list", "--config", str(cfg)).returncode == 0  # the store exists
+    before = {r["address"]: r for r in json.loads(run(*args, "--json").stdout)["recipients"]}
+    assert before["bob@partner.example"]["method"] == "email_verification"
+    gpg.generate("Bob <bob@partner.example>")
+    exported = tmp_path / "bob.asc"
+    exported.write_bytes(gpg.run("--armor", "--export", "bob@partner.example"))
+    imported = run("keys", "import", str(exported), "--config", str(cfg))
+    assert imported.returncode == 0, imported.stderr
+    fpr = imported.stdout.split()[1]
+    got = run(*args, "--json")
+    assert got.returncode == 0, got.stderr
+    out = json.loads(got.stdout)
+    (bob,) = out["recipients"]
+    assert (bob["delivery"], bob["method"], bob["rule"]) == ("encrypted", "own_key", "K")
+    assert bob["key"]["source"] == "keystore" and bob["key"]["ident"] == fpr
+    assert bob["key"]["trusted_because"].startswith("imported by the organization on ")
+    assert out["keys"].startswith(f"the organization's key store ({tmp_path / 'store'}); ")
+    text = run(*args).stdout.splitlines()
+    (line,) = [ln for ln in text if ln.startswith("bob@partner.example ")]
+    assert line.split()[:5] == ["bob@partner.example", "encrypted", "own_key", "none", "K"]
+    assert f"    key: openpgp {fpr} from keystore: imported by the organization on" in "\n".join(
+        text
+    )
+    assert text[-1].startswith("Keys: the organization's key store (")
+
+
+def test_explain_without_a_store_says_so_and_makes_none(tmp_path: Path) -> None:
+    args, _cfg = _store_setup(tmp_path)
+    got = run(*args)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.splitlines()[-1] == (
+        f"Keys: no store at {tmp_path / 'store'} yet, so no imported keys; WKD, OPENPGPKEY"
+        " and SMIMEA are not asked by explain (pin them with --facts)"
+    )
+    assert not (tmp_path / "store").exists()
+
+
+def test_explain_with_encryption_off_neither_reads_the_store_nor_says_a_word_of_keys(
+    tmp_path: Path,
+) -> None:
+    args, _cfg = _store_setup(tmp_path, enabled=False)
+    got = run(*args)
+    assert got.returncode == 0, got.stderr
+    assert "Keys:" not in got.stdout and not (tmp_path / "store").exists()
+    assert "keys" not in json.loads(run(*args, "--json").stdout)
+
+
+# _pdf_setup's message as a PDF lays it out: From, To and Subject as given, and "hello" and its
+# line end.
+PDF_SETUP_FIELDS = ("alice@hospital.example", "bob@partner.example, rem@partner.example", "x")
+PDF_SETUP_TEXT = sum(len(f) for f in PDF_SETUP_FIELDS) + len("hello\n")
+
+
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"])
+def test_explain_says_a_message_over_pdf_max_text_bytes_keeps_the_portal(
+    tmp_path: Path, line_end: bytes
+) -> None:
+    args = _pdf_setup(tmp_path)
+    msg = Path(args[1])
+    msg.write_bytes(msg.read_bytes().replace(b"\r\n", line_end))
+    Path(args[3]).write_text(yaml.safe_dump({
+        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+        "encryption": {"pdf": True, "pdf_max_text_bytes": PDF_SETUP_TEXT - 1},
+    }))  # fmt: skip
+    why = (
+        f"no encrypted PDF: the message's text is {PDF_SETUP_TEXT} bytes, more than"
+        f" encryption.pdf_max_text_bytes ({PDF_SETUP_TEXT - 1}), and laying it out takes"
+        " seconds at end of message; the recipient keeps the portal"
+    )
+    got = run(*args)
+    assert got.returncode == 0, got.stderr
+    lines = got.stdout.splitlines()
+    (bob,) = [ln for ln in lines if ln.startswith("bob@partner.example ")]
+    assert bob.split()[:3] == ["bob@partner.example", "notification", "custom_access_right"]
+    assert f"    {why}" in lines
+    by = {r["address"]: r for r in json.loads(run(*args, "--json").stdout)["recipients"]}
+    assert by["bob@partner.example"]["pdf_refused"] == why
+    assert "encryption" not in by["bob@partner.example"]
+
+
+def test_explain_makes_a_pdf_of_pdf_max_text_bytes_of_text(tmp_path: Path) -> None:
+    args = _pdf_setup(tmp_path)
+    Path(args[3]).write_text(yaml.safe_dump({
+        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
+        "encryption": {"pdf": True, "pdf_max_text_bytes": PDF_SETUP_TEXT},
+    }))  # fmt: skip
+    by = {r["address"]: r for r in json.loads(run(*args, "--json").stdout)["recipients"]}
+    assert by["bob@partner.example"]["encryption"]["kind"] == "pdf"
+    assert "pdf_refused" not in by["bob@partner.example"]

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 from email.message import EmailMessage
 from pathlib import Path
+
+import pytest
 
 from tests.fakes import Collecting, make_config
 from tests.test_gateway import transaction
@@ -148,3 +151,104 @@ def test_a_short_code_keeps_the_portal(store: SqliteStore) -> None:
     plan = gw.process(transaction(raw, ALICE, ["bob@partner.example"]))
     mail = email.message_from_bytes(_kept_mail(plan), policy=email.policy.default)
     assert mail["X-Zivmilter-Notification"] == "1"
+
+
+def test_a_message_over_pdf_max_bytes_gets_a_notification_and_one_line_in_the_log(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = _raw("bob@partner.example")
+    gw, mta = _gateway(store, encryption={"pdf": True, "pdf_max_bytes": len(raw) - 1})
+    with caplog.at_level(logging.INFO, logger="zivmilter"):
+        plan = gw.process(transaction(raw, ALICE, ["bob@partner.example"]))
+    wire = _kept_mail(plan)
+    mail = email.message_from_bytes(wire, policy=email.policy.default)
+    assert mail["X-Zivmilter-Notification"] == "1"  # the portal, as without encryption.pdf
+    assert not any(p.get_content_type() == "application/pdf" for p in mail.walk())
+    assert CANARY.encode() not in wire and BINARY not in wire  # nothing of the content left
+    (record,) = store.find_messages("<pdf1@hospital.example>")
+    (rcpt,) = store.recipients(record.id)
+    assert (rcpt.method, rcpt.delivery) == ("custom_access_right", "notification")
+    said = [r.getMessage() for r in caplog.records if "pdf_max_bytes" in r.getMessage()]
+    assert said == [
+        f"no encrypted PDF: the message is {len(raw)} bytes, over encryption.pdf_max_bytes"
+        f" ({len(raw) - 1}); a notification instead to bob@partner.example"
+    ]
+    logged = caplog.text
+    assert CANARY not in logged and CODE not in logged
+    assert mta.sent == []
+
+
+def test_a_message_of_pdf_max_bytes_is_still_a_pdf(
+    store: SqliteStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = _raw("bob@partner.example")
+    gw, _ = _gateway(store, encryption={"pdf": True, "pdf_max_bytes": len(raw)})
+    with caplog.at_level(logging.INFO, logger="zivmilter"):
+        plan = gw.process(transaction(raw, ALICE, ["bob@partner.example"]))
+    mail = email.message_from_bytes(_kept_mail(plan), policy=email.policy.default)
+    _text_part, attached = list(mail.iter_parts())
+    plain = _decrypt(attached.get_payload(decode=True), tmp_path, CODE)
+    assert CANARY in _text(plain) and _attachment(plain, "lab.bin") == BINARY
+    assert "pdf_max_bytes" not in caplog.text
+
+
+# The text the PDF of `_raw(to)` lays out, counted by hand: From, To and Subject as given (it has
+# no Cc or Date), and the plain-text body (UTF-8, a line end one byte); the attachment not.
+def _text_bytes(to: str) -> int:
+    fields = ["Dr. Alice <alice@hospital.example>", to, "Lab results"]
+    return sum(len(f) for f in fields) + len(f"Dear Bob,\n\n{CANARY}\n")
+
+
+def test_a_message_over_pdf_max_text_bytes_gets_a_notification_and_one_line_in_the_log(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = _raw("bob@partner.example")
+    text = _text_bytes("bob@partner.example")
+    gw, mta = _gateway(store, encryption={"pdf": True, "pdf_max_text_bytes": text - 1})
+    with caplog.at_level(logging.INFO, logger="zivmilter"):
+        plan = gw.process(transaction(raw, ALICE, ["bob@partner.example"]))
+    wire = _kept_mail(plan)
+    mail = email.message_from_bytes(wire, policy=email.policy.default)
+    assert mail["X-Zivmilter-Notification"] == "1"  # the portal, as without encryption.pdf
+    assert not any(p.get_content_type() == "application/pdf" for p in mail.walk())
+    assert CANARY.encode() not in wire and BINARY not in wire  # nothing of the content left
+    (record,) = store.find_messages("<pdf1@hospital.example>")
+    (rcpt,) = store.recipients(record.id)
+    assert (rcpt.method, rcpt.delivery) == ("custom_access_right", "notification")
+    said = [r.getMessage() for r in caplog.records if "no encrypted PDF" in r.getMessage()]
+    assert said == [
+        f"no encrypted PDF: the message's text is {text} bytes, over"
+        f" encryption.pdf_max_text_bytes ({text - 1}); a notification instead to"
+        " bob@partner.example"
+    ]
+    logged = caplog.text
+    assert CANARY not in logged and CODE not in logged
+    assert mta.sent == []
+
+
+def test_a_message_with_pdf_max_text_bytes_of_text_is_still_a_pdf(
+    store: SqliteStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = _raw("bob@partner.example")
+    text = _text_bytes("bob@partner.example")
+    gw, _ = _gateway(store, encryption={"pdf": True, "pdf_max_text_bytes": text})
+    with caplog.at_level(logging.INFO, logger="zivmilter"):
+        plan = gw.process(transaction(raw, ALICE, ["bob@partner.example"]))
+    mail = email.message_from_bytes(_kept_mail(plan), policy=email.policy.default)
+    _text_part, attached = list(mail.iter_parts())
+    plain = _decrypt(attached.get_payload(decode=True), tmp_path, CODE)
+    assert CANARY in _text(plain) and _attachment(plain, "lab.bin") == BINARY
+    assert "no encrypted PDF" not in caplog.text
+
+
+def test_a_message_over_both_caps_is_logged_once_for_its_size(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = _raw("bob@partner.example")
+    gw, _ = _gateway(
+        store, encryption={"pdf": True, "pdf_max_bytes": len(raw) - 1, "pdf_max_text_bytes": 1}
+    )
+    with caplog.at_level(logging.INFO, logger="zivmilter"):
+        gw.process(transaction(raw, ALICE, ["bob@partner.example"]))
+    said = [r.getMessage() for r in caplog.records if "no encrypted PDF" in r.getMessage()]
+    assert len(said) == 1 and "pdf_max_bytes" in said[0], said

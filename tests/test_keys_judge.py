@@ -304,3 +304,47 @@ def test_the_trust_store_must_be_a_readable_pem_bundle(tmp_path: Path) -> None:
     junk.write_text("hello")
     with pytest.raises(ConfigError, match=r"encryption\.smime\.trust_store: .*no PEM certificate"):
         make_config({"encryption": {"smime": {"trust_store": str(junk)}}})
+
+
+def test_the_judgments_kept_are_bounded_least_recently_used_first_and_expired_swept() -> None:
+    judged: list[str] = []
+
+    def counting(candidate: Candidate, address: str, now: datetime) -> RecipientKey | SkippedKey:
+        judged.append(address)
+        return SkippedKey(candidate.kind, "", candidate.source, "revoked")
+
+    clock = [1000.0]
+    wkd = Listed(Candidate(KeyKind.OPENPGP, b"key material", KeySource.WKD, "WKD"))
+    finder = SourcesKeyFinder(
+        {KeySource.WKD: wkd}, [KeySource.WKD], counting, ttl=600,
+        monotonic=lambda: clock[0], max_entries=3,
+    )  # fmt: skip
+    for name in ("a", "b", "c"):
+        finder.lookup(f"{name}@example.org")
+    finder.lookup("a@example.org")  # used again: now the most recent
+    finder.lookup("d@example.org")  # one too many: b, the least recently used, goes
+    assert finder.judgments == 3
+    judged.clear()
+    finder.lookup("a@example.org")
+    finder.lookup("c@example.org")
+    assert judged == []  # kept
+    finder.lookup("b@example.org")
+    assert judged == ["b@example.org"]  # judged again: it had gone
+    clock[0] += 601  # every judgment expired; the next one in sweeps them out
+    finder.lookup("e@example.org")
+    assert finder.judgments == 1
+
+
+def test_the_default_bound_is_ten_thousand_judgments() -> None:
+    clock = [0.0]
+    many = Listed(*(Candidate(KeyKind.OPENPGP, b"%d" % n, KeySource.WKD, "WKD") for n in range(3)))
+
+    def skip(candidate: Candidate, address: str, now: datetime) -> SkippedKey:
+        return SkippedKey(candidate.kind, "", candidate.source, "revoked")
+
+    finder = SourcesKeyFinder(
+        {KeySource.WKD: many}, [KeySource.WKD], skip, ttl=3600, monotonic=lambda: clock[0]
+    )
+    for n in range(4_000):  # 12,000 judgments asked for, three per address
+        finder.lookup(f"r{n}@example.org")
+    assert finder.judgments == 10_000

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,61 @@ def test_every_sender_page_renders_in_both_languages(env: Env, lang: str) -> Non
     for url in ("/sent/", f"/sent/m/{mid}/", f"/sent/m/{mid}/revoke", f"/sent/m/{mid}/expiry"):
         r = c.get(url, params={"lang": lang})
         assert r.status_code == 200 and f'lang="{lang}"' in r.text, url
+
+
+@pytest.fixture
+def amsterdam(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path, {
+        "organization": {"name": "Hospital", "domains": ["hospital.example"],
+                         "timezone": "Europe/Amsterdam"},
+    })  # fmt: skip
+    e.store.add_account("alice@hospital.example", "sender")
+    yield e
+    e.store.close()
+
+
+def _field(page: str) -> str:
+    found = re.search(r'<input id="expires" name="expires" type="datetime-local" value="([^"]*)"',
+                      page)  # fmt: skip
+    assert found is not None, page
+    return found.group(1)
+
+
+def test_the_expiry_is_typed_and_shown_in_the_organizations_zone(amsterdam: Env) -> None:
+    env = amsterdam  # the portal's clock: 24 Nov 2026, 09:00 UTC = 10:00 CET
+    c = env.client()
+    enrol(env, c, "alice@hospital.example")
+    mid = save(env, "alice@hospital.example", "Scan", [code_rcpt("dave@oldmail.example")])
+    form = c.get(f"/sent/m/{mid}/expiry")
+    assert "Expires at (time in Europe/Amsterdam)" in form.text
+    assert _field(form.text) == "2026-11-24T10:00"  # now, on the organization's clock
+    env.store.set_expiry(mid, datetime(2026, 11, 30, 11, 0, tzinfo=UTC), "test")
+    form = c.get(f"/sent/m/{mid}/expiry")
+    assert _field(form.text) == "2026-11-30T12:00"  # the current expiry, as a Dutch clock reads
+    token = csrf(form.text, "expiry")
+
+    def chosen(typed: str) -> Any:
+        return c.post(f"/sent/m/{mid}/expiry", data={"csrf": token, "expires": typed})
+
+    # 09:30 in Amsterdam is past (08:30 UTC), though 09:30 UTC would still be ahead
+    assert chosen("2026-11-24T09:30").status_code == 400
+    # winter and summer time: the moment the sender confirms is the one typed, with its zone
+    cases = [
+        ("2026-12-01T12:00", "1 Dec 2026, 12:00 CET", datetime(2026, 12, 1, 11, 0)),
+        ("2027-07-01T12:00", "1 Jul 2027, 12:00 CEST", datetime(2027, 7, 1, 10, 0)),
+        # clocks back (31 Oct 2027): 02:30 comes twice; the first, still summer time
+        ("2027-10-31T02:30", "31 Oct 2027, 02:30 CEST", datetime(2027, 10, 31, 0, 30)),
+        # clocks forward (28 Mar 2027): no 02:30; read with winter time's offset, 03:30 CEST
+        ("2027-03-28T02:30", "28 Mar 2027, 03:30 CEST", datetime(2027, 3, 28, 1, 30)),
+    ]
+    for typed, shown, utc in cases:
+        r = chosen(typed)
+        assert r.status_code == 200 and 'id="question"' in r.text, typed
+        assert f"expire at {shown}?" in r.text, typed
+        done = c.post(f"/sent/m/{mid}/expiry",
+                      data={"csrf": token, "expires": typed, "confirm": "1"})  # fmt: skip
+        assert done.status_code == 200 and shown in done.text, typed
+        record = env.store.message(mid)
+        assert record is not None and record.expires_at == utc.replace(tzinfo=UTC), typed
+    # and the form offers the expiry just set, as the organization's clock reads it
+    assert _field(c.get(f"/sent/m/{mid}/expiry").text) == "2027-03-28T03:30"

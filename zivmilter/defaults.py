@@ -96,6 +96,16 @@ STORE_RECORD_BYTES = 64 * 1024  # plaintext bytes per AES-GCM record of a stored
 ACCESS_CODE_MIN_LENGTH = 6
 # encryption.pdf: a PDF can be tried offline, with no attempt limit: a shorter code keeps the portal
 PDF_ACCESS_CODE_MIN_LENGTH = 10
+# encryption.pdf_max_bytes: a larger message (as the MTA passes it, attachments included) keeps
+# the portal: the PDF is laid out and held in memory in the milter at end of message
+PDF_MAX_BYTES = 10 * 1024 * 1024
+# encryption.pdf_max_text_bytes: more text than this (decoded, UTF-8) keeps the portal: laying
+# text out costs, attachments hardly do (bench/pdf.py on a loaded 2-core machine: about 1 s for
+# 256 KiB, 23 s for 8 MB)
+PDF_MAX_TEXT_BYTES = 256 * 1024
+# that text is counted in a multipart message's first this many bytes when its plain-text body
+# ends there (the usual case: attachments come after it); the whole message is parsed otherwise
+PDF_TEXT_PARSE_BYTES = 1024 * 1024
 SCRYPT_N = 2**15  # access-code hashes: scrypt cost (32 MiB with r=8), ~0.1 s per check
 SCRYPT_R = 8
 SCRYPT_P = 1

@@ -7,9 +7,11 @@ and exit status 2; a traceback means a bug.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import ipaddress
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -24,6 +26,7 @@ from zivmilter.errors import ConfigError, MessageError, ZivmilterError
 
 if TYPE_CHECKING:
     from zivmilter.core.content import Part
+    from zivmilter.core.keys import KeyFinder
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -55,13 +58,26 @@ def _read_message(path: str) -> bytes:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from zivmilter.core.assess import assess
-    from zivmilter.core.bodytext import parts_of_message
-    from zivmilter.core.explain import render_json, render_text
-    from zivmilter.core.message import addresses, read_headers
-
     cfg = config_mod.load(args.config)
     facts = load_facts(args.facts) if args.facts else StaticFacts()
+    with contextlib.ExitStack() as stack:
+        keys, note = _store_keys(cfg, args, stack)
+        return _explain(args, cfg, facts, keys, note)
+
+
+def _explain(
+    args: argparse.Namespace,
+    cfg: config_mod.Config,
+    facts: StaticFacts,
+    keys: KeyFinder | None,
+    note: str,
+) -> int:
+    from zivmilter.core.assess import assess
+    from zivmilter.core.bodytext import parts_of_message
+    from zivmilter.core.explain import render_text, to_json
+    from zivmilter.core.facts import Facts, KeyedFacts
+    from zivmilter.core.message import addresses, read_headers
+
     data = _read_message(args.message)
     try:
         headers = read_headers(data)
@@ -77,10 +93,63 @@ def cmd_explain(args: argparse.Namespace) -> int:
     content = cfg.selection.content
     parts = parts_of_message(data, content.scope) if content.active else []
     parts += _attachment_text(data, cfg)
-    result = assess(headers, sender, rcpts, cfg, facts, parts)
+    decided_on: Facts = facts if keys is None else KeyedFacts(facts, keys)
+    result = assess(
+        headers, sender, rcpts, cfg, decided_on, parts, _wire_bytes(data), _text_bytes(data, cfg)
+    )
     verdict = _explain_submission(args, cfg, headers, sender, facts)
-    print(render_json(result, verdict) if args.json else render_text(result, verdict))
+    if args.json:
+        out = to_json(result, verdict)
+        if note:
+            out["keys"] = note
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        print(render_text(result, verdict) + (f"\n\nKeys: {note}" if note else ""))
     return 0
+
+
+def _store_keys(
+    cfg: config_mod.Config, args: argparse.Namespace, stack: contextlib.ExitStack
+) -> tuple[KeyFinder | None, str]:
+    """The organization's key store as the milter reads it (keys/wiring.py), for `explain`
+    without --facts and with `encryption.enabled`; and a line on where keys were looked for.
+    Only read: a store that does not exist yet is not made (its keys are none), and the
+    network sources (WKD, OPENPGPKEY, SMIMEA) are not asked (pin them in a facts file)."""
+    if args.facts or not cfg.encryption.enabled:
+        return None, ""
+    from zivmilter.core.keys import KeySource
+    from zivmilter.store.sqlite.schema import DB_NAME
+
+    if KeySource.KEYSTORE not in cfg.encryption.sources:
+        return None, "the key store is not in encryption.sources; " + _NOT_ASKED
+    if cfg.store.backend == "sqlite" and not os.path.exists(os.path.join(cfg.store.path, DB_NAME)):
+        return None, f"no store at {cfg.store.path} yet, so no imported keys; " + _NOT_ASKED
+    from zivmilter.keys.wiring import key_finder
+    from zivmilter.store import open_store
+
+    store = stack.enter_context(contextlib.closing(open_store(cfg)))
+    where = cfg.store.path if cfg.store.backend == "sqlite" else "PostgreSQL"
+    note = f"the organization's key store ({where}); {_NOT_ASKED}"
+    return key_finder(cfg, store, discovered={}), note
+
+
+_NOT_ASKED = "WKD, OPENPGPKEY and SMIMEA are not asked by explain (pin them with --facts)"
+
+
+def _wire_bytes(data: bytes) -> int:
+    """The message's size as the MTA would pass it to the milter: every line ending CRLF (a
+    file saved with bare LF is that much shorter; the MTA's own trace fields not counted)."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def _text_bytes(data: bytes, cfg: config_mod.Config) -> int:
+    """The text a PDF of the message lays out, counted as the milter counts it: with
+    encryption.pdf on, and the message not already over encryption.pdf_max_bytes."""
+    from zivmilter.core.bodytext import pdf_text_bytes_of_message
+
+    if not cfg.encryption.pdf or _wire_bytes(data) > cfg.encryption.pdf_max_bytes:
+        return 0
+    return pdf_text_bytes_of_message(data)
 
 
 def _attachment_text(data: bytes, cfg: config_mod.Config) -> list[Part]:
@@ -226,6 +295,14 @@ _STORE_COMMANDS = frozenset(
 
 def _check_store_user(args: argparse.Namespace, argv: Sequence[str]) -> None:
     """As root, refuse to open the service user's store (runas.py names the runuser command)."""
+    if args.command == "explain" and args.facts is None:
+        # explain opens the store only for its imported keys (encryption.enabled)
+        cfg = config_mod.load(args.config)
+        if cfg.encryption.enabled and (
+            cfg.store.backend != "sqlite" or os.path.exists(cfg.store.path)
+        ):
+            runas.check_store_user(cfg.store.path, cfg.store.key_file, argv)
+        return
     if args.command not in _STORE_COMMANDS:
         return
     path = args.config

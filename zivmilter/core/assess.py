@@ -36,8 +36,13 @@ def assess(
     cfg: Config,
     facts: Facts,
     parts: Sequence[Part] = (),
+    message_bytes: int = 0,
+    text_bytes: int = 0,
 ) -> Assessment:
-    """`parts`: the message's text for the content rules (bodytext.py), when they are on."""
+    """`parts`: the message's text for the content rules (bodytext.py), when they are on;
+    `message_bytes`: its size as the MTA passes it (header and body, CRLF line ends), which
+    `encryption.pdf_max_bytes` bounds; `text_bytes`: the text a PDF of it lays out
+    (bodytext.pdf_text_bytes), which `encryption.pdf_max_text_bytes` bounds."""
     envelope = build_envelope(sender, recipients, headers)
     found = directive_parser.parse(
         headers,
@@ -50,7 +55,10 @@ def assess(
         return Assessment(envelope, found, pass_through(envelope, found, chosen), chosen)
     # The configuration's IDD and NTA 7516 lists count whatever the facts source (pinned, live).
     return Assessment(
-        envelope, found, decide(envelope, found, cfg, with_config(facts, cfg)), chosen
+        envelope,
+        found,
+        decide(envelope, found, cfg, with_config(facts, cfg), message_bytes, text_bytes),
+        chosen,
     )
 
 

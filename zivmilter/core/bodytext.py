@@ -9,6 +9,9 @@ its type, charset and transfer encoding. The common ones (a plain Content-Type w
 7bit, 8bit or quoted-printable, no Content-Disposition) are read here as `email` reads them, at a
 tenth of the cost of its header parameter parsing (the content rules' budget is about 90 us per
 message, issue 17); anything else goes through `email` as before.
+
+Also how much text an encrypted PDF of a message would lay out (`pdf_text_bytes`), which
+`encryption.pdf_max_text_bytes` bounds: the same `email` reading, the body the PDF takes.
 """
 
 from __future__ import annotations
@@ -164,6 +167,96 @@ def _decoded(part: Message) -> str:
         return raw.decode(charset, "replace")
     except LookupError:  # an unknown charset: read it as UTF-8
         return raw.decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------------------------------------
+# the size of the text an encrypted PDF lays out (encryption.pdf_max_text_bytes)
+
+# The header fields the PDF prints above the body (mail/pdf.py's _HEADERS).
+_PDF_FIELDS = frozenset({"from", "to", "cc", "date", "subject"})
+
+
+def pdf_text_bytes(headers: Headers, data: bytes, body_offset: int) -> int:
+    """The size in UTF-8 bytes of the text an encrypted PDF lays out (mail/pdf.py): the From,
+    To, Cc, Date and Subject fields as given, and the body: the first plain-text body, or else
+    the text of the first HTML body, decoded, found as `email`'s get_body finds them.
+
+    `data` is the whole message as the MTA handed it, its body from `body_offset`. A message
+    that is not multipart is not parsed: the header fields the MTA gave say how to read its
+    body; a multipart one is parsed here (compat32), the caller bounds its size."""
+    fields = Message(policy=compat32)
+    for name, value in headers:
+        if name.strip().lower() in _MIME_FIELDS:
+            fields[name] = value
+    if fields.get_content_maintype() == "multipart":
+        return _fields_bytes(headers) + _multipart_body_bytes(data, body_offset)
+    fields.set_payload(data[body_offset:].decode("ascii", "surrogateescape"))
+    return _fields_bytes(headers) + _body_bytes(fields)
+
+
+def _multipart_body_bytes(data: bytes, body_offset: int) -> int:
+    """The body's text of a multipart message. A large one is parsed in its first
+    defaults.PDF_TEXT_PARSE_BYTES first, where most mail has its plain-text body (attachments
+    after it): a parse of 10 MB of attachments costs a fifth of a second. When no plain-text
+    body ends there (another part starts after it), the whole message is parsed."""
+    cut = body_offset + defaults.PDF_TEXT_PARSE_BYTES
+    if len(data) > cut:
+        head = BytesParser(policy=compat32).parsebytes(data[:cut])
+        plain = _first_body(head, "plain")
+        leaves = [p for p in head.walk() if not p.is_multipart()]
+        if plain is not None and plain is not leaves[-1]:  # complete: a part follows it
+            return _utf8_bytes(_decoded(plain))
+    return _body_bytes(BytesParser(policy=compat32).parsebytes(data))
+
+
+def pdf_text_bytes_of_message(data: bytes) -> int:
+    """`pdf_text_bytes` of a whole message read from a file (`explain`)."""
+    msg = BytesParser(policy=compat32).parsebytes(data)
+    return _fields_bytes([(n, str(v)) for n, v in msg.items()]) + _body_bytes(msg)
+
+
+def _fields_bytes(headers: Headers) -> int:
+    """The fields as the PDF prints them: folding and runs of white space as one space."""
+    return sum(
+        _utf8_bytes(" ".join(str(value).split()))
+        for name, value in headers
+        if name.strip().lower() in _PDF_FIELDS
+    )
+
+
+def _body_bytes(msg: Message) -> int:
+    plain = _first_body(msg, "plain")
+    if plain is not None:
+        return _utf8_bytes(_decoded(plain))
+    html = _first_body(msg, "html")
+    return _utf8_bytes(html_text(_decoded(html))) if html is not None else 0
+
+
+def _utf8_bytes(text: str) -> int:
+    """UTF-8 bytes, a line end one byte (CRLF as the MTA passes it, LF in a saved file)."""
+    return len(text.encode("utf-8", "surrogateescape")) - text.count("\r\n")
+
+
+def _first_body(part: Message, subtype: str) -> Message | None:
+    """The first text/`subtype` part that is a body, as EmailMessage.get_body walks: no
+    attachment, and of a multipart/related only its start part."""
+    if part.get_content_disposition() == "attachment":
+        return None
+    maintype, _, sub = part.get_content_type().partition("/")
+    if maintype == "text":
+        return part if sub == subtype else None
+    if maintype != "multipart" or not part.is_multipart():
+        return None
+    subparts = [p for p in part.get_payload() if isinstance(p, Message)]
+    if sub == "related" and subparts:
+        start = part.get_param("start")
+        chosen = [p for p in subparts if isinstance(start, str) and p.get("content-id") == start]
+        subparts = chosen[:1] or subparts[:1]
+    for subpart in subparts:
+        found = _first_body(subpart, subtype)
+        if found is not None:
+            return found
+    return None
 
 
 # Tags that end a line of text; other tags (b, span, a...) join their text to what is beside it.

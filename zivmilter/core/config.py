@@ -457,6 +457,12 @@ class EncryptionConfig:
     # a recipient the sender gave an access code (zivver-access-right) gets the message as an
     # AES-256 PDF that opens with that code, instead of a notification (SPEC-ADDITIONS 3b)
     pdf: bool = False
+    # a larger message (header and body as the MTA passes them) is not made into a PDF: the
+    # recipient keeps the portal (the PDF is built in memory, in the milter's thread)
+    pdf_max_bytes: int = field(default=defaults.PDF_MAX_BYTES, metadata=_check(_positive))
+    # more text than this (the body the PDF lays out, decoded, UTF-8) is not made into a PDF
+    # either: laying out text is what costs the milter's thread seconds, not attachments
+    pdf_max_text_bytes: int = field(default=defaults.PDF_MAX_TEXT_BYTES, metadata=_check(_positive))
 
 
 @dataclass(frozen=True)

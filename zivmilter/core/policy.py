@@ -391,11 +391,34 @@ PDF_WEAK = (
 )
 
 
-def _pdf(d: RecipientDecision, cfg: Config, facts: Facts) -> RecipientDecision:
+def pdf_too_large(message_bytes: int, limit: int) -> str:
+    """Why a message over `encryption.pdf_max_bytes` keeps the portal (the gateway logs it)."""
+    return (
+        f"no encrypted PDF: the message is {message_bytes} bytes, more than"
+        f" encryption.pdf_max_bytes ({limit}), and a PDF is built in memory at end of message;"
+        " the recipient keeps the portal"
+    )
+
+
+def pdf_too_much_text(text_bytes: int, limit: int) -> str:
+    """Why a message with more text than `encryption.pdf_max_text_bytes` keeps the portal (the
+    gateway logs it)."""
+    return (
+        f"no encrypted PDF: the message's text is {text_bytes} bytes, more than"
+        f" encryption.pdf_max_text_bytes ({limit}), and laying it out takes seconds at end of"
+        " message; the recipient keeps the portal"
+    )
+
+
+def _pdf(
+    d: RecipientDecision, cfg: Config, facts: Facts, message_bytes: int, text_bytes: int
+) -> RecipientDecision:
     """Rule K with `encryption.pdf` (SPEC-ADDITIONS 3b): the sender's access code (A3/B4)
     opens an encrypted PDF instead of the portal. The code is the directive's, in hand at
     end-of-message and never stored for this; a remembered code (A6/B7) is only a hash, and a
-    short code would fall to an offline search: both keep the portal, with the reason."""
+    short code would fall to an offline search: both keep the portal, with the reason. So does
+    a message over `encryption.pdf_max_bytes` (its size as the MTA passed it), and one whose
+    text (bodytext.pdf_text_bytes) is over `encryption.pdf_max_text_bytes`."""
     if not cfg.encryption.pdf or d.access_right is not AccessKind.ACCESS_CODE:
         return d
     if d.delivery is not Delivery.NOTIFICATION:
@@ -405,6 +428,10 @@ def _pdf(d: RecipientDecision, cfg: Config, facts: Facts) -> RecipientDecision:
         refused = PDF_REMEMBERED
     elif len(d.secret.strip()) < defaults.PDF_ACCESS_CODE_MIN_LENGTH:
         refused = PDF_WEAK
+    elif message_bytes > cfg.encryption.pdf_max_bytes:
+        refused = pdf_too_large(message_bytes, cfg.encryption.pdf_max_bytes)
+    elif text_bytes > cfg.encryption.pdf_max_text_bytes:
+        refused = pdf_too_much_text(text_bytes, cfg.encryption.pdf_max_text_bytes)
     if refused:
         return RecipientDecision(
             d.address, d.method, d.delivery, d.level, d.rule, d.reason, d.access_right,
@@ -425,10 +452,19 @@ def _pdf(d: RecipientDecision, cfg: Config, facts: Facts) -> RecipientDecision:
 
 
 def decide_recipient(
-    address: str, cfg: Config, facts: Facts, directives: Directives
+    address: str,
+    cfg: Config,
+    facts: Facts,
+    directives: Directives,
+    message_bytes: int = 0,
+    text_bytes: int = 0,
 ) -> RecipientDecision:
-    """One recipient's decision, without its conversation number."""
-    return _pdf(_own_key(_by_tables(address, cfg, facts, directives), cfg, facts), cfg, facts)
+    """One recipient's decision, without its conversation number. `message_bytes`: the
+    message's size as the MTA passes it (header and body, CRLF), for encryption.pdf_max_bytes;
+    `text_bytes`: the text a PDF of it lays out (bodytext.pdf_text_bytes), for
+    encryption.pdf_max_text_bytes."""
+    decision = _own_key(_by_tables(address, cfg, facts, directives), cfg, facts)
+    return _pdf(decision, cfg, facts, message_bytes, text_bytes)
 
 
 def _by_tables(
@@ -459,9 +495,20 @@ def _copy(d: RecipientDecision, reason: str, conversation: int | None) -> Recipi
     )  # fmt: skip
 
 
-def decide(envelope: Envelope, directives: Directives, cfg: Config, facts: Facts) -> Decision:
-    """Every envelope recipient's decision, with conversations (SPEC 5) and warnings."""
-    decisions = [decide_recipient(a, cfg, facts, directives) for a in envelope.recipients]
+def decide(
+    envelope: Envelope,
+    directives: Directives,
+    cfg: Config,
+    facts: Facts,
+    message_bytes: int = 0,
+    text_bytes: int = 0,
+) -> Decision:
+    """Every envelope recipient's decision, with conversations (SPEC 5) and warnings;
+    `message_bytes` and `text_bytes` as for decide_recipient."""
+    decisions = [
+        decide_recipient(a, cfg, facts, directives, message_bytes, text_bytes)
+        for a in envelope.recipients
+    ]
     # To/Cc recipients share conversation 1; each Bcc recipient gets one of their own after it.
     live = [d for d in decisions if d.delivery is not Delivery.FAILED]
     next_number = 2 if any(d.address in envelope.to_cc for d in live) else 1

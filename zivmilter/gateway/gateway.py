@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import socket
 from collections.abc import Sequence
@@ -31,16 +32,22 @@ from zivmilter import defaults, metrics
 from zivmilter.core import submission
 from zivmilter.core.addresses import bare_address, envelope_recipients
 from zivmilter.core.assess import Assessment, assess
-from zivmilter.core.bodytext import parts_of_body
+from zivmilter.core.bodytext import parts_of_body, pdf_text_bytes
 from zivmilter.core.config import Config
 from zivmilter.core.content import Part
 from zivmilter.core.directives import AccessKind
 from zivmilter.core.facts import Facts
 from zivmilter.core.header_block import header_fields, unfolded
-from zivmilter.core.headers import NOT_COPIED, ROUTE_HEADER, is_directive
+from zivmilter.core.headers import ACCESS_RIGHT, NOT_COPIED, ROUTE_HEADER, is_directive
 from zivmilter.core.levels import Level
 from zivmilter.core.message import decoded_header, header_message
-from zivmilter.core.policy import Delivery, Method, RecipientDecision
+from zivmilter.core.policy import (
+    Delivery,
+    Method,
+    RecipientDecision,
+    pdf_too_large,
+    pdf_too_much_text,
+)
 from zivmilter.core.route import route_value
 from zivmilter.core.submission import SenderAccounts, SpfChecker, StoreSenderAccounts
 from zivmilter.delivery.reinject import Outgoing, Reinjector
@@ -138,7 +145,11 @@ class Gateway:
         text = _text(tx, self.cfg)
         if "attachment_text" in self.cfg.selection.content.scope:
             text = [*text, *self._attachment_text(tx)]
-        result = assess(tx.headers, sender, list(raw_by_norm), self.cfg, self.facts, text)
+        size = _message_bytes(tx)
+        text_size = self._pdf_text_bytes(tx, size)
+        result = assess(
+            tx.headers, sender, list(raw_by_norm), self.cfg, self.facts, text, size, text_size
+        )
         for m in result.selection.matches:  # masked: never the number itself in the log
             log.info("content rule %s matched in %s: %s", m.rule, m.where, m.masked, extra=_ctx(tx))
         if not result.selection.selected:
@@ -155,6 +166,7 @@ class Gateway:
             subject_change = [("Subject", 1, result.selection.new_subject)]
         for warning in result.decision.warnings:
             log.warning("%s", warning, extra=_ctx(tx))
+        self._log_pdf_refused(tx, result.decision.recipients, size, text_size)
         stripped = self._strip_plan(tx, NOT_COPIED)
         delivered = [d for d in result.decision.recipients if d.delivery is not Delivery.FAILED]
         # Decisions use the normalized form; the MTA and reports get the address as given
@@ -259,6 +271,47 @@ class Gateway:
             f"reinjected={len(outgoing)} kept={kept.what if kept else 'nothing (discard)'}"
         )
         return plan
+
+    def _pdf_text_bytes(self, tx: Transaction, size: int) -> int:
+        """The text a PDF of the message would lay out (bodytext.pdf_text_bytes), counted only
+        when a PDF can be made: with encryption.pdf, a message no larger than pdf_max_bytes
+        (which the policy checks first), and a zivver-access-right field, since only a
+        directive's access code opens a PDF (a remembered one is a hash). Otherwise 0."""
+        enc = self.cfg.encryption
+        if not enc.pdf or size > enc.pdf_max_bytes:
+            return 0
+        if not any(name.strip().lower() == ACCESS_RIGHT for name, _ in tx.headers):
+            return 0
+        tx.message.seek(0)
+        data = tx.message.read()
+        return pdf_text_bytes(tx.headers, data, tx.body_offset)
+
+    def _log_pdf_refused(
+        self, tx: Transaction, decisions: Sequence[RecipientDecision], size: int, text: int
+    ) -> None:
+        """One line per message whose size, or the size of its text, kept its access-code
+        recipients from a PDF (the policy checks the size first: never both)."""
+        enc = self.cfg.encryption
+        if not enc.pdf:
+            return
+        if size > enc.pdf_max_bytes:
+            why = pdf_too_large(size, enc.pdf_max_bytes)
+            line = "the message is %d bytes, over encryption.pdf_max_bytes (%d)"
+            figures = (size, enc.pdf_max_bytes)
+        elif text > enc.pdf_max_text_bytes:
+            why = pdf_too_much_text(text, enc.pdf_max_text_bytes)
+            line = "the message's text is %d bytes, over encryption.pdf_max_text_bytes (%d)"
+            figures = (text, enc.pdf_max_text_bytes)
+        else:
+            return
+        kept = [d.address for d in decisions if d.pdf_refused == why]
+        if kept:
+            log.info(
+                "no encrypted PDF: " + line + "; a notification instead to %s",
+                *figures,
+                ", ".join(kept),
+                extra=_ctx(tx),
+            )
 
     def _marked(
         self, out: Outgoing, saved: SavedMessage | None, key: str, taken: list[str]
@@ -561,6 +614,14 @@ def _content_digest(tx: Transaction) -> str:
         digest.update(chunk)
     tx.message.seek(0)
     return digest.hexdigest()
+
+
+def _message_bytes(tx: Transaction) -> int:
+    """The message's size as the MTA passed it (header block and body)."""
+    tx.message.seek(0, os.SEEK_END)
+    size = tx.message.tell()
+    tx.message.seek(0)
+    return size
 
 
 def _copy_count(delivered: Sequence[RecipientDecision]) -> int:

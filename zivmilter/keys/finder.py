@@ -2,7 +2,8 @@
 judged, the first trusted key wins.
 
 What is cached here, for `encryption.cache_ttl` seconds: each judgment (candidate material x
-address), so that GnuPG and OpenSSL do not run per message. What a *remote* source (WKD,
+address), so that GnuPG and OpenSSL do not run per message; at most `max_entries` of them (the
+least recently used go first, the expired ones at the next sweep). What a *remote* source (WKD,
 OPENPGPKEY, SMIMEA) found is cached by the source itself (transport/keyfind.py's `CachedSource`:
 bounded, and a failed lookup kept only briefly), not again here. The organization's key store is
 read every time: a key imported or removed with `zivmilter keys` counts from the next message
@@ -15,6 +16,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -29,6 +31,9 @@ from zivmilter.core.keys import (
 from zivmilter.keys.judge import Validator
 
 log = logging.getLogger(__name__)
+
+JUDGMENTS_MAX = 10_000  # judgments kept (one per address and key); the least recently used go
+SWEEP_SECONDS = 60.0  # expired judgments are dropped at most this often (a pass over them all)
 
 
 def _now() -> datetime:
@@ -47,14 +52,25 @@ class SourcesKeyFinder:
         ttl: float,
         clock: Callable[[], datetime] = _now,
         monotonic: Callable[[], float] = time.monotonic,
+        max_entries: int = JUDGMENTS_MAX,
     ) -> None:
         self._sources = [(s, sources[s]) for s in order if s in sources]
         self._validate = validate
         self._ttl = ttl
         self._clock = clock
         self._monotonic = monotonic
-        self._judged: dict[tuple[bytes, str], tuple[float, RecipientKey | SkippedKey]] = {}
+        self._max_entries = max_entries
+        # (key digest, address) -> (valid until, verdict); least recently used first
+        self._judged: OrderedDict[tuple[bytes, str], tuple[float, RecipientKey | SkippedKey]]
+        self._judged = OrderedDict()
+        self._sweep_at = monotonic() + SWEEP_SECONDS
         self._lock = threading.Lock()
+
+    @property
+    def judgments(self) -> int:
+        """How many judgments are cached now (expired ones not yet swept included)."""
+        with self._lock:
+            return len(self._judged)
 
     def lookup(self, address: str) -> KeyLookup:
         key = address.strip().lower()
@@ -93,12 +109,28 @@ class SourcesKeyFinder:
         ).digest()  # fmt: skip
         with self._lock:
             hit = self._judged.get((digest, key))
-        if hit is not None and hit[0] > self._monotonic():
-            return hit[1]
+            if hit is not None and hit[0] > self._monotonic():
+                self._judged.move_to_end((digest, key))
+                return hit[1]
         verdict = self._validate(candidate, address, now)
         keep = self._ttl
         if isinstance(verdict, RecipientKey) and verdict.not_after is not None:
             keep = min(keep, (verdict.not_after - now).total_seconds())  # never past its expiry
         with self._lock:
-            self._judged[digest, key] = (self._monotonic() + keep, verdict)
+            self._remember((digest, key), verdict, keep)
         return verdict
+
+    def _remember(
+        self, entry: tuple[bytes, str], verdict: RecipientKey | SkippedKey, keep: float
+    ) -> None:
+        """Under the lock: one judgment in, the expired ones out (a pass over them all, once a
+        minute at most), then the least recently used beyond `max_entries`."""
+        moment = self._monotonic()
+        self._judged[entry] = (moment + keep, verdict)
+        self._judged.move_to_end(entry)
+        if moment >= self._sweep_at:
+            for old in [k for k, (until, _v) in self._judged.items() if until <= moment]:
+                del self._judged[old]
+            self._sweep_at = moment + SWEEP_SECONDS
+        while len(self._judged) > self._max_entries:
+            self._judged.popitem(last=False)

@@ -28,6 +28,7 @@ from starlette.responses import RedirectResponse, Response
 from zivmilter import crypto, defaults
 from zivmilter.core.addresses import normalize_address
 from zivmilter.errors import MessageError
+from zivmilter.i18n import zone
 from zivmilter.portal import accounts, verify
 from zivmilter.portal.context import Portal, timestamp, trusted_markup
 from zivmilter.portal.i18n import minutes
@@ -105,15 +106,32 @@ def message_row(
     return MessageRow(m.id, m.subject, m.created_at, m.expires_at, state, rows)
 
 
-def parse_expiry(text: str, now: float) -> tuple[datetime | None, str | None]:
-    """A `datetime-local` value (UTC, as every time on these pages): the moment, or an error."""
+_FIELD = "%Y-%m-%dT%H:%M"  # an <input type="datetime-local">'s value
+
+
+def parse_expiry(
+    text: str, now: float, zone_name: str = defaults.TIMEZONE
+) -> tuple[datetime | None, str | None]:
+    """A `datetime-local` value, a wall-clock time in `zone_name` (organization.timezone, as
+    every time on these pages): the moment (in UTC), or an error.
+
+    Where the zone's clocks change, zoneinfo's fold=0 decides: an hour that comes twice (clocks
+    back) is its first time, the earlier moment (still summer time); an hour that never comes
+    (clocks forward) is read with the offset from before the change, so 02:30 on that day is
+    03:30 summer time. The confirmation shows the moment so resolved, with its zone."""
     try:
-        when = datetime.strptime(text.strip(), "%Y-%m-%dT%H:%M").replace(tzinfo=UTC)
+        local = datetime.strptime(text.strip(), _FIELD)
     except ValueError:
         return None, "sent_expiry_bad"
+    when = local.replace(tzinfo=zone(zone_name), fold=0).astimezone(UTC)
     if when.timestamp() <= now:
         return None, "sent_expiry_past"
     return when, None
+
+
+def expiry_field(when: datetime, zone_name: str = defaults.TIMEZONE) -> str:
+    """A moment as the expiry field shows it: a wall-clock time in `zone_name`."""
+    return when.astimezone(zone(zone_name)).strftime(_FIELD)
 
 
 # -- sessions ------------------------------------------------------------------------------
@@ -363,7 +381,9 @@ class SentPages:
         who, message, error = self._owned(request, "expiry", fields)
         if who is None or message is None:
             return error
-        when, problem = parse_expiry(fields["expires"], portal.now())
+        when, problem = parse_expiry(
+            fields["expires"], portal.now(), portal.cfg.organization.timezone
+        )
         if when is None:
             return self._confirm_page(
                 request, who, message, "expiry", error=problem, status=400,
@@ -408,7 +428,7 @@ class SentPages:
             "m": row,
             "action": action,
             "recipient": recipient,
-            "expires": expires or current.strftime("%Y-%m-%dT%H:%M"),
+            "expires": expires or expiry_field(current, portal.cfg.organization.timezone),
             "when": timestamp(when, who.lang, portal.cfg.organization.timezone) if when else "",
             "error": error,
             "csrf_action": portal.csrf(who.p, action),
