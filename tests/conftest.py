@@ -126,7 +126,23 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["ZIVMILTER_FAST_SUITE"] = "1"
 
 
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """`--fast` does not even import tests/integration: every test there is an integration test
+    (below), and importing its 30 modules (with their assertions rewritten) only to deselect
+    them was a quarter of the collection each pytest-xdist worker does. The integration tests
+    elsewhere (the store suite's PostgreSQL variants) are deselected by their marker."""
+    if collection_path == INTEGRATION and config.getoption("--fast"):
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(INTEGRATION) and item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.integration)  # the folder says so, whatever the module
     if not config.getoption("--fast"):
         return
     slow = [item for item in items if item.get_closest_marker("integration") is not None]

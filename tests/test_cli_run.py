@@ -9,13 +9,31 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.harness.cli import zivmilter, zivmilter_in_process
+from zivmilter.mta import milter
 
 ROOT = Path(__file__).parent.parent
 
 
 run = zivmilter  # `run` serves: a process of its own, which a refusal ends
+
+
+def refused_run(monkeypatch: pytest.MonkeyPatch, *args: str) -> subprocess.CompletedProcess[str]:
+    """`zivmilter run ARGS...` that must refuse before it serves (its key, its config): through
+    `cli.main` in this process, the same exit status and output as `run` gives, without a
+    Python started for it. Serving itself fails the test here, so a refusal that went missing
+    is a failure, not a milter left running in the test process. What libmilter refuses (the
+    socket) is tested with `run`, below."""
+
+    def serve(*_: Any, **__: Any) -> None:
+        raise AssertionError("`zivmilter run` went on to serve")
+
+    monkeypatch.setattr(milter, "serve", serve)
+    return zivmilter_in_process("run", *args)
 
 
 def config(tmp_path: Path, key: Path) -> Path:
@@ -39,17 +57,19 @@ def test_keygen_writes_a_private_key_and_never_overwrites(tmp_path: Path) -> Non
     assert key.read_bytes() == before
 
 
-def test_run_refuses_a_missing_key(tmp_path: Path) -> None:
-    proc = run("run", "--config", str(config(tmp_path, tmp_path / "absent.key")))
+def test_run_refuses_a_missing_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = refused_run(monkeypatch, "--config", str(config(tmp_path, tmp_path / "absent.key")))
     assert proc.returncode == 2
     assert "absent.key" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_run_refuses_a_key_readable_by_others(tmp_path: Path) -> None:
+def test_run_refuses_a_key_readable_by_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = tmp_path / "store.key"
     assert zivmilter_in_process("keygen", str(key)).returncode == 0
     os.chmod(key, 0o644)
-    proc = run("run", "--config", str(config(tmp_path, key)))
+    proc = refused_run(monkeypatch, "--config", str(config(tmp_path, key)))
     assert proc.returncode == 2
     assert "store.key" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

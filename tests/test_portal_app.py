@@ -9,6 +9,7 @@ MTA is a recording stand-in for the re-injection listener (the browser tests use
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import os
@@ -139,6 +140,7 @@ class Env:
         return r.id
 
 
+@functools.cache  # the same bytes each time: built once (the email package takes some ms)
 def message_bytes(html: str | None = None) -> bytes:
     msg = EmailMessage()
     msg["From"] = "Dr. Alice <alice@hospital.example>"

@@ -3,6 +3,8 @@ what it does when a message needs more than the listener offers."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import threading
@@ -249,19 +251,33 @@ def _copies(count: int, seen: list[tuple[str, int]] | None = None) -> list[Outgo
 
 
 class _Sessions(_Keep):
-    """Notes the client port of each message: how many sessions the batch came over."""
+    """Notes the client port of each message: how many sessions the batch came over.
 
-    def __init__(self) -> None:
+    The sessions take copies as they come free, so a session the scheduler started late could
+    find none left on a loaded machine (the batch then came over two: a failure that was the
+    test's, not the reinjector's). So each copy's answer waits, up to a few seconds, until
+    `sessions` of them have sent a copy: held answers keep the first sessions from taking more,
+    and sessions that are not parallel still end with fewer."""
+
+    def __init__(self, sessions: int) -> None:
         super().__init__()
+        self.sessions = sessions
         self.peers: set[int] = set()
+        self._all_sent: asyncio.Event | None = None  # made on the server's event loop
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.peers.add(session.peer[1])
+        if self._all_sent is None:
+            self._all_sent = asyncio.Event()
+        if len(self.peers) >= self.sessions:
+            self._all_sent.set()
+        with contextlib.suppress(TimeoutError):  # under the client's timeout (10 s)
+            await asyncio.wait_for(self._all_sent.wait(), 5)
         return await super().handle_DATA(server, session, envelope)
 
 
 def test_a_batch_goes_over_parallel_sessions_and_is_reported_in_the_callers_thread() -> None:
-    keep, port = _Sessions(), free_port()
+    keep, port = _Sessions(3), free_port()
     ctl = Controller(keep, hostname="127.0.0.1", port=port)
     ctl.start()
     seen: list[tuple[str, int]] = []

@@ -92,10 +92,23 @@ class Issued:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
 
+# Generating a 2048-bit RSA key is most of what issuing a certificate costs (some 60 ms of CPU):
+# the certificates are new for each CA, their keys come from a pool made as needed in this
+# process. A CA takes each key of the pool once, so no two certificates of one CA share a key.
+_RSA_KEYS: list[rsa.RSAPrivateKey] = []
+
+
+def _rsa_key(n: int) -> rsa.RSAPrivateKey:
+    while len(_RSA_KEYS) <= n:
+        _RSA_KEYS.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    return _RSA_KEYS[n]
+
+
 class SmimeCA:
     """A throwaway CA issuing S/MIME certificates."""
 
     def __init__(self, name: str = "Test S/MIME CA") -> None:
+        self._issued = 0  # the certificates issued so far: the next one's key in the pool
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
         self.cert = (
@@ -127,7 +140,8 @@ class SmimeCA:
         key_encipherment: bool = True,
         san: bool = True,
     ) -> Issued:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key = _rsa_key(self._issued)
+        self._issued += 1
         now = datetime.now(UTC)
         builder = (
             x509.CertificateBuilder()
