@@ -33,7 +33,7 @@ from tests.store.common import (
     store_files,
     stored_blobs,
 )
-from zivmilter import cli, crypto, store
+from zivmilter import cli, crypto, defaults, store
 from zivmilter.errors import StoreError
 from zivmilter.store import NewPart, NewRecipient, SqliteStore
 from zivmilter.store.sqlite.connection import _Pending
@@ -445,10 +445,11 @@ def _files_holding(root: Path, data: bytes) -> list[str]:
 
 
 def test_a_reader_delays_the_erasure_of_a_revoked_key_and_it_is_reported(
-    st: SqliteStore, tmp_path: Path
+    st: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A revoked message's wrapped key lives on in the WAL while another connection holds a
     read transaction: `finish_erasure` says so, and says when it is gone."""
+    monkeypatch.setattr(defaults, "STORE_CHECKPOINT_WAIT", 0.1)  # the reader will not let go
     saved = st.save_message(new_message())
     db = os.path.join(tmp_path / "store", store.DB_NAME)
     reader = sqlite3.connect(db, isolation_level=None)
@@ -465,10 +466,11 @@ def test_a_reader_delays_the_erasure_of_a_revoked_key_and_it_is_reported(
 
 
 def test_revoke_says_the_key_is_destroyed_only_when_it_is(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`zivmilter revoke` while another process reads the store: it does not claim the key
     destroyed, it says when it will be; `maintenance` then finishes it and says so."""
+    monkeypatch.setattr(defaults, "STORE_CHECKPOINT_WAIT", 0.1)  # the reader will not let go
     crypto.keygen(str(tmp_path / "store.key"))
     cfg = tmp_path / "zivmilter.yaml"
     cfg.write_text(

@@ -330,7 +330,7 @@ class Housekeeping(Protocol):
         ...
 
     def sweep_orphans(self, older_than: float = 3600.0) -> int: ...
-    def finish_erasure(self, wait: float = defaults.STORE_CHECKPOINT_WAIT) -> bool:
+    def finish_erasure(self, wait: float | None = None) -> bool:
         """Make what revocations destroyed unreadable on the disk too (for SQLite: fold back
         and truncate its write-ahead log); False while a reader still holds the old pages
         (then the next checkpoint, or maintenance, finishes it)."""

@@ -491,7 +491,7 @@ class MessagesMixin(ContentsMixin):
         finally:
             conn.close()
 
-    def finish_erasure(self, wait: float = defaults.STORE_CHECKPOINT_WAIT) -> bool:
+    def finish_erasure(self, wait: float | None = None) -> bool:
         """What a revocation destroyed, gone from the live table's file too (`shred_keys`):
         False when another node is rewriting it or its lock was not granted (maintenance's next
         run does it). `wait` is SQLite's; here the rewrite's own lock timeout bounds it. Copies

@@ -147,12 +147,14 @@ class SqliteBase:
         with self._queue_lock:
             self._deferred.append(write)
 
-    def finish_erasure(self, wait: float = defaults.STORE_CHECKPOINT_WAIT) -> bool:
+    def finish_erasure(self, wait: float | None = None) -> bool:
         """Fold the write-ahead log back into the database and truncate it, so that what a
         revocation destroyed (a wrapped key, with secure_delete zeroing its freed pages) is
-        gone from the disk too. Waits up to `wait` seconds for readers; False when a reader's
-        transaction still holds old pages (they go at the next checkpoint: maintenance runs
-        one)."""
+        gone from the disk too. Waits up to `wait` seconds (defaults.STORE_CHECKPOINT_WAIT) for
+        readers; False when a reader's transaction still holds old pages (they go at the next
+        checkpoint: maintenance runs one)."""
+        if wait is None:
+            wait = defaults.STORE_CHECKPOINT_WAIT
         with self._lock:
             try:
                 self._conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
