@@ -211,30 +211,6 @@ def test_explain_names_every_kind_of_recipient_of_one_message(tmp_path: Path) ->
     assert all("encryption" not in r for a, r in by.items() if a != "pat@pdf.example")
 
 
-def test_explain_says_a_message_over_pdf_max_bytes_keeps_the_portal(tmp_path: Path) -> None:
-    args = _pdf_setup(tmp_path)
-    size = len(Path(args[1]).read_bytes())
-    cfg = Path(args[3])
-    cfg.write_text(yaml.safe_dump({
-        "organization": {"name": "Hospital", "domains": ["hospital.example"]},
-        "encryption": {"pdf": True, "pdf_max_bytes": size - 1},
-    }))  # fmt: skip
-    why = (
-        f"no encrypted PDF: the message is {size} bytes, more than encryption.pdf_max_bytes"
-        f" ({size - 1}), and a PDF is built in memory at end of message; the recipient keeps"
-        " the portal"
-    )
-    got = run(*args)
-    assert got.returncode == 0, got.stderr
-    lines = got.stdout.splitlines()
-    (bob,) = [ln for ln in lines if ln.startswith("bob@partner.example ")]
-    assert bob.split()[:3] == ["bob@partner.example", "notification", "custom_access_right"]
-    assert f"    {why}" in lines
-    by = {r["address"]: r for r in json.loads(run(*args, "--json").stdout)["recipients"]}
-    assert by["bob@partner.example"]["pdf_refused"] == why
-    assert "encryption" not in by["bob@partner.example"]
-
-
 def test_explain_counts_a_file_saved_with_bare_lf_as_the_mta_passes_it(tmp_path: Path) -> None:
     args = _pdf_setup(tmp_path)
     msg = Path(args[1])
@@ -328,21 +304,47 @@ PDF_SETUP_FIELDS = ("alice@hospital.example", "bob@partner.example, rem@partner.
 PDF_SETUP_TEXT = sum(len(f) for f in PDF_SETUP_FIELDS) + len("hello\n")
 
 
-@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"])
-def test_explain_says_a_message_over_pdf_max_text_bytes_keeps_the_portal(
-    tmp_path: Path, line_end: bytes
+@pytest.mark.parametrize(
+    ("key", "line_end", "words"),
+    [
+        pytest.param(
+            "pdf_max_bytes",
+            b"\r\n",
+            "the message is {size} bytes, more than encryption.pdf_max_bytes ({cap}), and a PDF is"
+            " built in memory at end of message",
+            id="size",
+        ),
+        pytest.param(
+            "pdf_max_text_bytes",
+            b"\r\n",
+            "the message's text is {size} bytes, more than encryption.pdf_max_text_bytes ({cap}),"
+            " and laying it out takes seconds at end of message",
+            id="text-crlf",
+        ),
+        pytest.param(
+            "pdf_max_text_bytes",
+            b"\n",
+            "the message's text is {size} bytes, more than encryption.pdf_max_text_bytes ({cap}),"
+            " and laying it out takes seconds at end of message",
+            id="text-lf",
+        ),
+    ],
+)
+def test_explain_says_a_message_over_a_pdf_cap_keeps_the_portal(
+    tmp_path: Path, key: str, line_end: bytes, words: str
 ) -> None:
     args = _pdf_setup(tmp_path)
     msg = Path(args[1])
+    size = len(msg.read_bytes()) if key == "pdf_max_bytes" else PDF_SETUP_TEXT
     msg.write_bytes(msg.read_bytes().replace(b"\r\n", line_end))
     Path(args[3]).write_text(yaml.safe_dump({
         "organization": {"name": "Hospital", "domains": ["hospital.example"]},
-        "encryption": {"pdf": True, "pdf_max_text_bytes": PDF_SETUP_TEXT - 1},
+        "encryption": {"pdf": True, key: size - 1},
     }))  # fmt: skip
     why = (
-        f"no encrypted PDF: the message's text is {PDF_SETUP_TEXT} bytes, more than"
-        f" encryption.pdf_max_text_bytes ({PDF_SETUP_TEXT - 1}), and laying it out takes"
-        " seconds at end of message; the recipient keeps the portal"
+        "no encrypted PDF: "
+        + words.format(size=size, cap=size - 1)
+        + "; the recipient keeps the portal"
     )
     got = run(*args)
     assert got.returncode == 0, got.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -153,45 +154,6 @@ def test_a_short_code_keeps_the_portal(store: SqliteStore) -> None:
     assert mail["X-Zivmilter-Notification"] == "1"
 
 
-def test_a_message_over_pdf_max_bytes_gets_a_notification_and_one_line_in_the_log(
-    store: SqliteStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    raw = _raw("bob@partner.example")
-    gw, mta = _gateway(store, encryption={"pdf": True, "pdf_max_bytes": len(raw) - 1})
-    with caplog.at_level(logging.INFO, logger="zivmilter"):
-        plan = gw.process(transaction(raw, ALICE, ["bob@partner.example"]))
-    wire = _kept_mail(plan)
-    mail = email.message_from_bytes(wire, policy=email.policy.default)
-    assert mail["X-Zivmilter-Notification"] == "1"  # the portal, as without encryption.pdf
-    assert not any(p.get_content_type() == "application/pdf" for p in mail.walk())
-    assert CANARY.encode() not in wire and BINARY not in wire  # nothing of the content left
-    (record,) = store.find_messages("<pdf1@hospital.example>")
-    (rcpt,) = store.recipients(record.id)
-    assert (rcpt.method, rcpt.delivery) == ("custom_access_right", "notification")
-    said = [r.getMessage() for r in caplog.records if "pdf_max_bytes" in r.getMessage()]
-    assert said == [
-        f"no encrypted PDF: the message is {len(raw)} bytes, over encryption.pdf_max_bytes"
-        f" ({len(raw) - 1}); a notification instead to bob@partner.example"
-    ]
-    logged = caplog.text
-    assert CANARY not in logged and CODE not in logged
-    assert mta.sent == []
-
-
-def test_a_message_of_pdf_max_bytes_is_still_a_pdf(
-    store: SqliteStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    raw = _raw("bob@partner.example")
-    gw, _ = _gateway(store, encryption={"pdf": True, "pdf_max_bytes": len(raw)})
-    with caplog.at_level(logging.INFO, logger="zivmilter"):
-        plan = gw.process(transaction(raw, ALICE, ["bob@partner.example"]))
-    mail = email.message_from_bytes(_kept_mail(plan), policy=email.policy.default)
-    _text_part, attached = list(mail.iter_parts())
-    plain = _decrypt(attached.get_payload(decode=True), tmp_path, CODE)
-    assert CANARY in _text(plain) and _attachment(plain, "lab.bin") == BINARY
-    assert "pdf_max_bytes" not in caplog.text
-
-
 # The text the PDF of `_raw(to)` lays out, counted by hand: From, To and Subject as given (it has
 # no Cc or Date), and the plain-text body (UTF-8, a line end one byte); the attachment not.
 def _text_bytes(to: str) -> int:
@@ -199,12 +161,35 @@ def _text_bytes(to: str) -> int:
     return sum(len(f) for f in fields) + len(f"Dear Bob,\n\n{CANARY}\n")
 
 
-def test_a_message_over_pdf_max_text_bytes_gets_a_notification_and_one_line_in_the_log(
-    store: SqliteStore, caplog: pytest.LogCaptureFixture
+# Each cap on the encrypted PDF: the key, what it measures of `_raw(to)`, and the log line's
+# words for a message `size` bytes over a cap of `size - 1`.
+PDF_CAPS = [
+    pytest.param(
+        "pdf_max_bytes",
+        lambda to: len(_raw(to)),
+        "the message is {size} bytes, over encryption.pdf_max_bytes ({cap})",
+        id="size",
+    ),
+    pytest.param(
+        "pdf_max_text_bytes",
+        _text_bytes,
+        "the message's text is {size} bytes, over encryption.pdf_max_text_bytes ({cap})",
+        id="text",
+    ),
+]
+
+
+@pytest.mark.parametrize(("key", "measure", "words"), PDF_CAPS)
+def test_a_message_over_a_pdf_cap_gets_a_notification_and_one_line_in_the_log(
+    store: SqliteStore,
+    caplog: pytest.LogCaptureFixture,
+    key: str,
+    measure: Callable[[str], int],
+    words: str,
 ) -> None:
     raw = _raw("bob@partner.example")
-    text = _text_bytes("bob@partner.example")
-    gw, mta = _gateway(store, encryption={"pdf": True, "pdf_max_text_bytes": text - 1})
+    size = measure("bob@partner.example")
+    gw, mta = _gateway(store, encryption={"pdf": True, key: size - 1})
     with caplog.at_level(logging.INFO, logger="zivmilter"):
         plan = gw.process(transaction(raw, ALICE, ["bob@partner.example"]))
     wire = _kept_mail(plan)
@@ -217,21 +202,26 @@ def test_a_message_over_pdf_max_text_bytes_gets_a_notification_and_one_line_in_t
     assert (rcpt.method, rcpt.delivery) == ("custom_access_right", "notification")
     said = [r.getMessage() for r in caplog.records if "no encrypted PDF" in r.getMessage()]
     assert said == [
-        f"no encrypted PDF: the message's text is {text} bytes, over"
-        f" encryption.pdf_max_text_bytes ({text - 1}); a notification instead to"
-        " bob@partner.example"
+        "no encrypted PDF: "
+        + words.format(size=size, cap=size - 1)
+        + "; a notification instead to bob@partner.example"
     ]
     logged = caplog.text
     assert CANARY not in logged and CODE not in logged
     assert mta.sent == []
 
 
-def test_a_message_with_pdf_max_text_bytes_of_text_is_still_a_pdf(
-    store: SqliteStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(("key", "measure", "words"), PDF_CAPS)
+def test_a_message_at_a_pdf_cap_is_still_a_pdf(
+    store: SqliteStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    key: str,
+    measure: Callable[[str], int],
+    words: str,
 ) -> None:
     raw = _raw("bob@partner.example")
-    text = _text_bytes("bob@partner.example")
-    gw, _ = _gateway(store, encryption={"pdf": True, "pdf_max_text_bytes": text})
+    gw, _ = _gateway(store, encryption={"pdf": True, key: measure("bob@partner.example")})
     with caplog.at_level(logging.INFO, logger="zivmilter"):
         plan = gw.process(transaction(raw, ALICE, ["bob@partner.example"]))
     mail = email.message_from_bytes(_kept_mail(plan), policy=email.policy.default)
