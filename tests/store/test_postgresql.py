@@ -325,6 +325,31 @@ def test_a_request_scope_holds_one_pooled_connection_and_gives_it_back(
         st.close()
 
 
+def test_a_pool_with_no_connection_free_says_so(cluster: Cluster, tmp_path: Path) -> None:
+    """A pool of one, its connection held by a request scope: another caller waits the pool's
+    timeout and gets a StoreError that says no connection was free."""
+    st = PostgresStore.open(cluster.database_for(tmp_path), os.urandom(32), pool_size=1)
+    try:
+        saved = st.save_message(new_message())
+        st._connections.pool.timeout = 0.5  # the wait for a free connection, 30 s in service
+        errors: list[str] = []
+
+        def other() -> None:
+            try:
+                st.recipients(saved.id)
+            except StoreError as exc:
+                errors.append(str(exc))
+
+        with st.request_scope():
+            assert st.recipients(saved.id)  # the scope now holds the only connection
+            worker = threading.Thread(target=other)
+            worker.start()
+            worker.join(10)
+        assert len(errors) == 1 and errors[0].startswith("store database: no connection free: ")
+    finally:
+        st.close()
+
+
 def test_an_open_commits_without_waiting_for_its_wal_flush_and_only_it(
     cluster: Cluster, tmp_path: Path
 ) -> None:

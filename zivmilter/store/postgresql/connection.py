@@ -97,6 +97,18 @@ def describe(dsn: str) -> str:
     return f"{host}:{port}/{parts.get('dbname', '(default database)')}"
 
 
+@contextlib.contextmanager
+def _faults() -> Iterator[None]:
+    """Database faults inside the block as StoreError; a pool with no connection free says so
+    (PoolTimeout is a psycopg.Error too, so it is caught first)."""
+    try:
+        yield
+    except PoolTimeout as exc:
+        raise StoreError(f"store database: no connection free: {exc}") from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"store database: {exc}") from exc
+
+
 class ConnectionSource(Protocol):
     """Where a statement gets its connection: the pool itself, or `Connections` (the pool, or
     the connection the thread's request scope holds)."""
@@ -181,13 +193,13 @@ class PgBase:
     def _transaction(self) -> Iterator[Cursor]:
         """One transaction on a pooled connection: committed when the block ends, rolled back
         when it raises. Database faults become StoreError."""
-        try:
-            with self._connections.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                yield cur
-        except psycopg.Error as exc:
-            raise StoreError(f"store database: {exc}") from exc
-        except PoolTimeout as exc:
-            raise StoreError(f"store database: no connection free: {exc}") from exc
+        with (
+            _faults(),
+            self._connections.connection() as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
+            yield cur
 
     @contextlib.contextmanager
     def _pipelined(self) -> Iterator[Cursor]:
@@ -196,18 +208,14 @@ class PgBase:
         statement took one. Only for statements that need no result of another before they
         are sent (a statement with CTEs joins those that do): the milter's save, the portal's
         open."""
-        try:
-            with (
-                self._connections.connection() as conn,
-                conn.pipeline(),
-                conn.transaction(),
-                conn.cursor() as cur,
-            ):
-                yield cur
-        except psycopg.Error as exc:
-            raise StoreError(f"store database: {exc}") from exc
-        except PoolTimeout as exc:
-            raise StoreError(f"store database: no connection free: {exc}") from exc
+        with (
+            _faults(),
+            self._connections.connection() as conn,
+            conn.pipeline(),
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
+            yield cur
 
     @contextlib.contextmanager
     def _statement(self) -> Iterator[Cursor]:
@@ -222,13 +230,8 @@ class PgBase:
         """Reads on a pooled connection, each statement on its own (autocommit: no BEGIN and
         COMMIT round trips; under READ COMMITTED a block would not make several reads one
         snapshot either). Nothing that locks or writes goes here: that is `_transaction`'s."""
-        try:
-            with self._connections.connection() as conn, conn.cursor() as cur:
-                yield cur
-        except psycopg.Error as exc:
-            raise StoreError(f"store database: {exc}") from exc
-        except PoolTimeout as exc:
-            raise StoreError(f"store database: no connection free: {exc}") from exc
+        with _faults(), self._connections.connection() as conn, conn.cursor() as cur:
+            yield cur
 
 
 def audit(
