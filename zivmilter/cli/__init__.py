@@ -49,7 +49,8 @@ _COMMAND_MODULES = (
 )
 
 
-def _read_message(path: str) -> bytes:
+def read_file(path: str) -> bytes:
+    """A file named on the command line, whole; an unreadable one is a clear error."""
     try:
         with open(path, "rb") as fh:
             return fh.read()
@@ -78,7 +79,7 @@ def _explain(
     from zivmilter.core.facts import Facts, KeyedFacts
     from zivmilter.core.message import addresses, read_headers
 
-    data = _read_message(args.message)
+    data = read_file(args.message)
     try:
         headers = read_headers(data)
     except MessageError as exc:

@@ -12,19 +12,12 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from zivmilter.cli import read_file
 from zivmilter.core import config as config_mod
 from zivmilter.core.keys import RecipientKey
 from zivmilter.errors import MessageError
 from zivmilter.keys import judge, keystore
 from zivmilter.store import StoredKey, open_store
-
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise MessageError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def _verdicts(cfg: config_mod.Config, key: StoredKey) -> dict[str, str]:
@@ -59,7 +52,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     with contextlib.closing(open_store(cfg)) as store:
         if args.action == "import":
-            read = keystore.read_key_file(_read(args.file), args.file)
+            read = keystore.read_key_file(read_file(args.file), args.file)
             for item in read:
                 key = keystore.stored_key(item, args.address, args.file)
                 new = store.import_recipient_key(key)

@@ -20,7 +20,7 @@ from zivmilter.errors import MessageError
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from zivmilter.cli import _attachment_text, _read_message
+    from zivmilter.cli import _attachment_text, read_file
 
     cfg = config_mod.load(args.config)
     content = cfg.selection.content
@@ -29,7 +29,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
             f"{cfg.source}: no content rule is on (selection.content: bsn, iban, payment_card,"
             " patterns; and a scope)"
         )
-    data = _read_message(args.message)
+    data = read_file(args.message)
     try:
         headers = read_headers(data)
     except MessageError as exc:
