@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from zivmilter.store.records import MessageRecord, RecipientRecord
+from zivmilter.store.records import LinkState, LinkView, MessageRecord, RecipientRecord
 from zivmilter.store.sealing import Sealing
 
 # id, rfc822_id, queue_id, sender, subject, wrapped key, created, expires, revoked, size: what
@@ -88,6 +88,23 @@ def recipient_record(sealing: Sealing, row: Any) -> RecipientRecord:
         lockouts=int(r["lockouts"]),
         locked_until=dt_or_none(r["locked_until"]),
     )
+
+
+def link_state(row: Any) -> LinkState | None:
+    """From (revoked_at, failed_streak, otp_sent_at, otp_sends)."""
+    return None if row is None else _link_state(row)
+
+
+def link_view(sealing: Sealing, row: Any) -> LinkView | None:
+    """From a recipient's row (recipient_record's columns) followed by its link_state columns
+    and its session generation."""
+    if row is None:
+        return None
+    return LinkView(recipient_record(sealing, row[:-5]), _link_state(row[-5:-1]), int(row[-1]))
+
+
+def _link_state(row: Any) -> LinkState:
+    return LinkState(dt_or_none(row[0]), int(row[1]), dt_or_none(row[2]), int(row[3]))
 
 
 def ordered_id() -> str:

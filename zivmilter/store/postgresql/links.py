@@ -12,10 +12,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 from zivmilter.core.addresses import normalize_address
+from zivmilter.store import rows
 from zivmilter.store.postgresql.connection import audit, dt, dt_or_none, recipient_ref, ts
 from zivmilter.store.postgresql.messages import KEY_JOIN, MESSAGE_FIELDS, MessagesMixin
 from zivmilter.store.records import Attempt, LinkState, LinkView, OtpState
-from zivmilter.store.rows import RECIPIENT_FIELDS, recipient_record
+from zivmilter.store.rows import RECIPIENT_FIELDS
 
 
 class LinksMixin(MessagesMixin):
@@ -26,23 +27,14 @@ class LinksMixin(MessagesMixin):
                 " WHERE id = %s",
                 (recipient_id,),
             ).fetchone()
-        if row is None:
-            return None
-        return LinkState(dt_or_none(row[0]), int(row[1]), dt_or_none(row[2]), int(row[3]))
+        return rows.link_state(row)
 
     def link_view(self, recipient_id: int) -> LinkView | None:
         """Locking: none, one plain read (one statement: one snapshot). The portal reads it at
         the start of every request behind a link, where it was three reads."""
         with self._read() as cur:
             row = cur.execute(_LINK_VIEW, (recipient_id,)).fetchone()
-        if row is None:
-            return None
-        revoked, streak, otp_sent, otp_sends, generation = row[-5:]
-        return LinkView(
-            recipient_record(self._sealing, row[:-5]),
-            LinkState(dt_or_none(revoked), int(streak), dt_or_none(otp_sent), int(otp_sends)),
-            int(generation),
-        )
+        return rows.link_view(self._sealing, row)
 
     def session_generation(self, recipient_id: int) -> int | None:
         """The generation of this recipient's portal sessions: their link's and their address's

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from datetime import datetime
 
 from zivmilter.core.addresses import normalize_address
+from zivmilter.store import rows
 from zivmilter.store.records import Attempt, LinkState, LinkView, OtpState
-from zivmilter.store.rows import RECIPIENT_FIELDS, recipient_record
+from zivmilter.store.rows import RECIPIENT_FIELDS
 from zivmilter.store.sqlite.connection import audit, dt, dt_or_none, recipient_ref, ts
 from zivmilter.store.sqlite.messages import MESSAGE_FIELDS, MessagesMixin
 
@@ -25,21 +26,12 @@ class LinksMixin(MessagesMixin):
                 " WHERE id = ?",
                 (recipient_id,),
             ).fetchone()
-        if row is None:
-            return None
-        return LinkState(dt_or_none(row[0]), int(row[1]), dt_or_none(row[2]), int(row[3]))
+        return rows.link_state(row)
 
     def link_view(self, recipient_id: int) -> LinkView | None:
         with self._lock:
             row = self._conn.execute(_LINK_VIEW, (recipient_id,)).fetchone()
-        if row is None:
-            return None
-        revoked, streak, otp_sent, otp_sends, generation = row[-5:]
-        return LinkView(
-            recipient_record(self._sealing, row[:-5]),
-            LinkState(dt_or_none(revoked), int(streak), dt_or_none(otp_sent), int(otp_sends)),
-            int(generation),
-        )
+        return rows.link_view(self._sealing, row)
 
     def session_generation(self, recipient_id: int) -> int | None:
         """The generation of this recipient's portal sessions: their link's and their address's
