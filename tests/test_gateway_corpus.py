@@ -27,6 +27,20 @@ CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "maildir"
 FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file())
 
 
+def as_sent(path: Path) -> tuple[bytes, list[tuple[str, str]], int]:
+    """A corpus message as a client sends it and the MTA passes it to the milter (CRLF line
+    ends): its bytes, its header fields and where its body starts. A file without header fields
+    is no message a client can send: the test is skipped."""
+    raw = re.sub(rb"\r\n|\r|\n", b"\r\n", path.read_bytes())
+    head_end = raw.find(b"\r\n\r\n")
+    head_end = len(raw) if head_end < 0 else head_end + 4
+    try:
+        headers = read_headers(raw[:head_end])
+    except MessageError:
+        pytest.skip("no header fields: not a message a client can send")
+    return raw, headers, head_end
+
+
 class _EveryoneSends:
     """Every From is an active sender account: every message reaches every path."""
 
@@ -59,13 +73,7 @@ def test_the_corpus_is_there() -> None:
 
 @pytest.mark.parametrize("path", sample(FILES), ids=lambda p: p.name)
 def test_every_path_for_every_corpus_message(gateway: Gateway, path: Path) -> None:
-    raw = re.sub(rb"\r\n|\r|\n", b"\r\n", path.read_bytes())  # as a client sends it
-    head_end = raw.find(b"\r\n\r\n")
-    head_end = len(raw) if head_end < 0 else head_end + 4
-    try:
-        headers = read_headers(raw[:head_end])
-    except MessageError:
-        pytest.skip("no header fields: not a message a client can send")
+    raw, headers, head_end = as_sent(path)
     rcpts = ["<bob@partner.example>", "<carol@oldmail.example>", "<not-an-address>"]
     tx = Transaction("QCORPUS", "<alice@hospital.example>", rcpts, headers, io.BytesIO(raw),
                      head_end, "127.0.0.1")  # fmt: skip

@@ -4,7 +4,6 @@ given, CRLF) and a file's (explain, LF or CRLF) alike. Each expected figure is c
 
 from __future__ import annotations
 
-import re
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -15,11 +14,9 @@ import pytest
 
 from tests.budget import sample
 from tests.test_gateway import transaction
-from tests.test_gateway_corpus import FILES
+from tests.test_gateway_corpus import FILES, as_sent
 from zivmilter import defaults
 from zivmilter.core.bodytext import html_text, pdf_text_bytes, pdf_text_bytes_of_message
-from zivmilter.core.message import read_headers
-from zivmilter.errors import MessageError
 from zivmilter.mail.parts import body_text, layout
 
 FIELDS = "a@hospital.example" + "b@partner.example" + "Lab"  # From, To, Subject
@@ -176,13 +173,7 @@ def test_every_corpus_message_counts_the_body_the_pdf_takes(path: Path) -> None:
     """The body mail/pdf.py lays out is the one layout() picks (policy.default, get_body): the
     count, without that parse, finds the same part and decodes it alike (an HTML body counted
     as bodytext reads its text; the PDF adds link addresses to it)."""
-    raw = re.sub(rb"\r\n|\r|\n", b"\r\n", path.read_bytes())  # as the MTA passes it
-    head_end = raw.find(b"\r\n\r\n")
-    head_end = len(raw) if head_end < 0 else head_end + 4
-    try:
-        headers = read_headers(raw[:head_end])
-    except MessageError:
-        pytest.skip("no header fields: not a message a client can send")
+    raw, headers, head_end = as_sent(path)
     parts = layout(BytesParser(policy=policy.default).parsebytes(raw))
     if parts.text is not None:
         body = body_text(parts.text)
