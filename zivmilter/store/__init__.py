@@ -12,7 +12,8 @@
   and its locking per aggregate); postgresql/: the backend for several nodes on one PostgreSQL
   (the same shape, its own SQL, contents in the database; needs the `postgresql` extra).
 
-Every command opens the store with `open_store(config)`.
+Every command opens the store with `open_store(config)`; one that only reads it with
+`open_store(config, read_only=True)` (readonly.py).
 """
 
 from __future__ import annotations
@@ -73,13 +74,17 @@ from zivmilter.store.records import (
 from zivmilter.store.sqlite import DB_NAME, SCHEMA_VERSION, SqliteStore
 
 
-def open_store(cfg: Config) -> Store:
+def open_store(cfg: Config, *, read_only: bool = False) -> Store:
     """The store a configuration names, opened with its key-encryption key: the one way every
     command (milter, portal, maintenance, accounts, idd) opens it.
 
     KeyFileError when the key is missing or readable by others; StoreError when the folder
     cannot be created or the store opened (PostgreSQL: unreachable, or its schema older than
-    this zivmilter). The one place that picks the backend."""
+    this zivmilter). The one place that picks the backend.
+
+    `read_only`, for commands that only read: the store must exist (nothing is created, no
+    migration runs, SQLite takes no write lock and reads files it may not write; PostgreSQL's
+    sessions are read-only), and every method that would change it raises StoreError."""
     kek = crypto.load_kek(cfg.store.key_file)
     # During a key rotation (README "Key rotation") the store also reads what older keys wrapped.
     previous = [crypto.load_kek(path) for path in cfg.store.previous_key_files]
@@ -97,7 +102,10 @@ def open_store(cfg: Config) -> Store:
             passfile=cfg.store.password_file,
             pool_size=cfg.store.pool_size,
             local_path=cfg.store.path,
+            read_only=read_only,
         )
+    if read_only:
+        return SqliteStore.open(cfg.store.path, kek, previous=previous, read_only=True)
     try:
         os.makedirs(cfg.store.path, mode=0o700, exist_ok=True)
     except OSError as exc:

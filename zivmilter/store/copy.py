@@ -278,7 +278,7 @@ def verify_copy(src_cfg: Config, dst_cfg: Config) -> int:
 
     checked = 0
     with (
-        contextlib.closing(open_store(src_cfg)) as src,
+        contextlib.closing(open_store(src_cfg, read_only=True)) as src,  # only compared
         contextlib.closing(open_store(dst_cfg)) as dst,
     ):
         side = _side(src_cfg, crypto.load_kek(src_cfg.store.key_file), destination=False)

@@ -15,13 +15,15 @@ whose schema is older than this zivmilter is refused with a message naming that 
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import psycopg
 
 from zivmilter import defaults
 from zivmilter.errors import StoreError
+from zivmilter.store.blobs import BlobStore
 from zivmilter.store.postgresql.accounts import AccountsMixin
 from zivmilter.store.postgresql.attachments import AttachmentsMixin
 from zivmilter.store.postgresql.audit import AuditMixin
@@ -37,6 +39,7 @@ from zivmilter.store.postgresql.recipientkeys import RecipientKeysMixin
 from zivmilter.store.postgresql.replies import RepliesMixin
 from zivmilter.store.postgresql.schema import SCHEMA_VERSION, check_version, migrate_database
 from zivmilter.store.postgresql.senders import SendersMixin
+from zivmilter.store.readonly import ReadOnlyBlobs
 from zivmilter.store.sealing import Sealing
 
 
@@ -69,20 +72,27 @@ class PostgresStore(
         now: Callable[[], float] = time.time,
         inline_max: int = defaults.STORE_INLINE_MAX,
         local_path: str | None = None,
+        read_only: bool = False,
     ) -> PostgresStore:
         """Open the store in the database `dsn` (a libpq connection string or URI, without a
         password: libpq reads it from `passfile`, PGPASSFILE or ~/.pgpass); `kek` from
         `crypto.load_kek`. StoreError when the database is unreachable or its schema is not
         this zivmilter's (`zivmilter store migrate` upgrades it). `local_path` is this node's
-        `store.path`, whose free space `free_bytes` reports (the store keeps nothing there)."""
+        `store.path`, whose free space `free_bytes` reports (the store keeps nothing there).
+        `read_only`: every session is read-only and every change raises StoreError."""
         sealing = Sealing.from_bytes(kek, previous)
-        pool = open_pool(dsn, passfile, pool_size)
+        pool = open_pool(dsn, passfile, pool_size, read_only=read_only)
         try:
             with pool.connection() as conn, conn.cursor() as cur:
                 check_version(cur, dsn)
             connections = Connections(pool)
-            blobs = PgBlobStore(connections, now)  # a request scope's connection too
-            store = cls(dsn, passfile, sealing, connections, blobs, now, inline_max, local_path)
+            blobs: BlobStore = PgBlobStore(connections, now)  # a request scope's connection too
+            if read_only:
+                blobs = ReadOnlyBlobs(blobs, f"PostgreSQL {describe(dsn)}")
+            store = cls(
+                dsn, passfile, sealing, connections, blobs, now, inline_max, local_path,
+                read_only=read_only,
+            )  # fmt: skip
             store._check_kek()
         except psycopg.Error as exc:
             pool.close()
@@ -91,6 +101,19 @@ class PostgresStore(
             pool.close()
             raise
         return store
+
+    # The two changes made on sessions of their own, outside the read-only pool (messages.py):
+    # refused here on a read-only store.
+
+    def shred_keys(self) -> bool:
+        self._writable("rewriting the key table")
+        return super().shred_keys()
+
+    @contextlib.contextmanager
+    def housekeeping_lock(self) -> Iterator[bool]:
+        self._writable("the housekeeping lock")
+        with super().housekeeping_lock() as ours:
+            yield ours
 
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "migrate_database"]

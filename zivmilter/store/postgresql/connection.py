@@ -40,6 +40,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from zivmilter.errors import StoreError
 from zivmilter.store.blobs import BlobStore
+from zivmilter.store.readonly import refused
 from zivmilter.store.rows import dt as dt  # re-exported: the backend's time helpers
 from zivmilter.store.rows import dt_or_none as dt_or_none
 from zivmilter.store.rows import ts as ts
@@ -67,11 +68,15 @@ def connect(
         raise StoreError(f"PostgreSQL {describe(dsn)}: cannot connect: {exc}") from None
 
 
-def open_pool(dsn: str, passfile: str | None, size: int) -> ConnectionPool:
+def open_pool(
+    dsn: str, passfile: str | None, size: int, *, read_only: bool = False
+) -> ConnectionPool:
+    """The store's pool; `read_only`: every session of it is read-only (`_read_only_session`)."""
     pool = ConnectionPool(
         dsn,
         # autocommit: see the module docstring (`_read`); writes open their own blocks.
         kwargs={**connection_kwargs(passfile), "autocommit": True},
+        configure=_read_only_session if read_only else None,
         min_size=1,
         max_size=size,
         open=False,
@@ -84,6 +89,14 @@ def open_pool(dsn: str, passfile: str | None, size: int) -> ConnectionPool:
         pool.close()
         raise StoreError(f"PostgreSQL {describe(dsn)}: cannot connect: {exc}") from None
     return pool
+
+
+def _read_only_session(conn: psycopg.Connection[Any]) -> None:
+    """A read-only store's connection: every transaction of the session read-only, the
+    statements of autocommit included, so that a write the store's own refusal missed fails in
+    the server (ReadOnlySqlTransaction, a StoreError through `_faults`) instead of writing. Set
+    here, not in the DSN's `options`, which the configuration may already use."""
+    conn.execute("SET SESSION default_transaction_read_only = on")
 
 
 def describe(dsn: str) -> str:
@@ -171,8 +184,11 @@ class PgBase:
         now: Callable[[], float],
         inline_max: int,
         local_path: str | None = None,
+        *,
+        read_only: bool = False,
     ) -> None:
         self._dsn = dsn
+        self._read_only = read_only  # sessions read-only (open_pool): see _writable
         self._local_path = local_path  # this node's store.path: see RepliesMixin.free_bytes
         self._passfile = passfile
         self._sealing = sealing
@@ -189,10 +205,17 @@ class PgBase:
         module docstring)."""
         return self._connections.scope()
 
+    def _writable(self, what: str) -> None:
+        """Refuse `what` on a store opened read-only (store/readonly.py): every write path calls
+        this before it touches anything (the read-only sessions would refuse too, later)."""
+        if self._read_only:
+            raise refused(f"PostgreSQL {describe(self._dsn)}", what)
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Cursor]:
         """One transaction on a pooled connection: committed when the block ends, rolled back
         when it raises. Database faults become StoreError."""
+        self._writable("a write transaction")
         with (
             _faults(),
             self._connections.connection() as conn,
@@ -208,6 +231,7 @@ class PgBase:
         statement took one. Only for statements that need no result of another before they
         are sent (a statement with CTEs joins those that do): the milter's save, the portal's
         open."""
+        self._writable("a write transaction")
         with (
             _faults(),
             self._connections.connection() as conn,
@@ -222,6 +246,7 @@ class PgBase:
         """A write that is one statement: in autocommit it is a transaction of its own (locks
         held, and its changes committed, as it ends), with no BEGIN and COMMIT round trips.
         Only for a single statement: two would be two transactions."""
+        self._writable("a write")
         with self._read() as cur:
             yield cur
 

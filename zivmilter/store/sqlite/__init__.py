@@ -19,13 +19,14 @@ import time
 from collections.abc import Callable, Sequence
 
 from zivmilter import defaults
-from zivmilter.store.blobs import FileBlobStore
+from zivmilter.store.blobs import BlobStore, FileBlobStore
+from zivmilter.store.readonly import ReadOnlyBlobs
 from zivmilter.store.sealing import Sealing
 from zivmilter.store.sqlite.accounts import AccountsMixin
 from zivmilter.store.sqlite.attachments import AttachmentsMixin
 from zivmilter.store.sqlite.audit import AuditMixin
 from zivmilter.store.sqlite.claims import ClaimsMixin
-from zivmilter.store.sqlite.connection import connect
+from zivmilter.store.sqlite.connection import connect, connect_read_only
 from zivmilter.store.sqlite.contacts import ContactsMixin, IddMixin
 from zivmilter.store.sqlite.devices import DevicesMixin
 from zivmilter.store.sqlite.handovers import HandoversMixin
@@ -63,13 +64,21 @@ class SqliteStore(
         previous: Sequence[bytes] = (),
         now: Callable[[], float] = time.time,
         inline_max: int = defaults.STORE_INLINE_MAX,
+        read_only: bool = False,
     ) -> SqliteStore:
         """Open (creating if needed) the store in folder `path`; `kek` from `crypto.load_kek`.
 
-        Contents up to `inline_max` bytes are kept in the database, larger ones in blob files."""
+        Contents up to `inline_max` bytes are kept in the database, larger ones in blob files.
+        `read_only`: open an existing store only to read it (connection.connect_read_only):
+        nothing is created or migrated, and every change raises StoreError."""
         sealing = Sealing.from_bytes(kek, previous)
-        conn = connect(path)
-        store = cls(path, sealing, conn, FileBlobStore(path), now, inline_max)
+        blobs: BlobStore = FileBlobStore(path)
+        if read_only:
+            conn = connect_read_only(path)
+            blobs = ReadOnlyBlobs(blobs, path)
+        else:
+            conn = connect(path)
+        store = cls(path, sealing, conn, blobs, now, inline_max, read_only=read_only)
         store._check_kek()
         return store
 

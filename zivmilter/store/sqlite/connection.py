@@ -25,6 +25,7 @@ import logging
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +33,12 @@ from typing import Any
 from zivmilter import defaults, metrics
 from zivmilter.errors import StoreError
 from zivmilter.store.blobs import BLOB_DIR, BlobStore
+from zivmilter.store.readonly import refused
 from zivmilter.store.rows import dt as dt  # re-exported: the backend's time helpers
 from zivmilter.store.rows import dt_or_none as dt_or_none
 from zivmilter.store.rows import ts as ts
 from zivmilter.store.sealing import Sealing
-from zivmilter.store.sqlite.schema import DB_NAME, migrate
+from zivmilter.store.sqlite.schema import DB_NAME, check_version, migrate
 
 _log = logging.getLogger("zivmilter.store")
 
@@ -77,6 +79,62 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def connect_read_only(path: str) -> sqlite3.Connection:
+    """Open the existing database of the store folder `path` read-only (`mode=ro`): nothing is
+    created, migrated or locked for writing, so this works beside a writer's transaction and on
+    files the caller may only read. StoreError naming the path when there is no store there, or
+    when SQLite cannot read it (see `_unreadable`)."""
+    db = os.path.join(path, DB_NAME)
+    uri = f"file:{urllib.parse.quote(os.path.abspath(db))}?mode=ro"
+    try:
+        conn = sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=defaults.STORE_BUSY_TIMEOUT,
+            isolation_level=None,  # every read is a statement of its own
+            check_same_thread=False,  # guarded by the store's lock
+        )
+    except sqlite3.Error as exc:
+        raise _unreadable(path, db, exc) from None
+    try:
+        check_version(conn, path)  # the first read: where SQLite opens the WAL and its index
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _unreadable(path, db, exc) from None
+    except StoreError:
+        conn.close()
+        raise
+    return conn
+
+
+def _unreadable(path: str, db: str, exc: sqlite3.Error) -> StoreError:
+    """Why a read-only open failed, in the admin's terms.
+
+    A WAL database is read through its -wal and -shm files. While a writer (the milter, the
+    portal) has the store open they exist, and a reader that may only read them still works
+    (SQLite then builds its index of the WAL in its own memory). After the last writer closed
+    cleanly they are gone, and SQLite must create them: where the folder is not writable to
+    this user (another user's store, a read-only mount) that fails. We say so rather than fall
+    back to `immutable=1`, which reads without any lock and ignores the WAL: correct only if
+    nobody can write the database meanwhile, and neither the folder's mode nor a read-only
+    mount (a read-only bind mount of a live store) tells us that; a milter starting during the
+    read could checkpoint pages under it, and the answer would be wrong without an error."""
+    if not os.path.exists(db):
+        return StoreError(
+            f"{path}: no store here ({DB_NAME} does not exist; `zivmilter run` makes it at its"
+            " first start, `zivmilter store migrate --config FILE` at once)"
+        )
+    name = getattr(exc, "sqlite_errorname", "")
+    if name in ("SQLITE_READONLY_DIRECTORY", "SQLITE_CANTOPEN") and os.access(db, os.R_OK):
+        return StoreError(
+            f"{path}: cannot read the store read-only: SQLite needs to create {DB_NAME}-wal and"
+            f" {DB_NAME}-shm beside it (they exist while the milter or portal has the store"
+            f" open), and this folder is not writable here ({exc}). Run this as the store's"
+            " user, or while the milter runs"
+        )
+    return StoreError(f"{path}: cannot open the store read-only: {exc}")
+
+
 def _create_private(db: str) -> None:
     """Create the database file 0600 (SQLite's -wal/-shm copy its mode), and only when it does
     not exist: SQLite's locks are POSIX locks, held per process and per file, and closing *any*
@@ -100,8 +158,11 @@ class SqliteBase:
         blobs: BlobStore,
         now: Callable[[], float],
         inline_max: int,
+        *,
+        read_only: bool = False,
     ) -> None:
         self._path = path
+        self._read_only = read_only  # connect_read_only's connection: see _writable
         self._sealing = sealing
         self._conn = conn
         self._blobs = blobs
@@ -126,6 +187,12 @@ class SqliteBase:
         """Nothing to share: every call of this store already uses its one connection."""
         return contextlib.nullcontext()
 
+    def _writable(self, what: str) -> None:
+        """Refuse `what` on a store opened read-only (store/readonly.py): every write path calls
+        this before it touches anything (the `mode=ro` connection would refuse too, later)."""
+        if self._read_only:
+            raise refused(self._path, what)
+
     def close(self) -> None:
         with self._queue_ready:
             self._closing = True
@@ -144,6 +211,7 @@ class SqliteBase:
 
     def _defer(self, write: Callable[[sqlite3.Cursor], None]) -> None:
         """Run `write` in the next grouped commit, or at close()."""
+        self._writable("a deferred write")
         with self._queue_lock:
             self._deferred.append(write)
 
@@ -153,6 +221,7 @@ class SqliteBase:
         gone from the disk too. Waits up to `wait` seconds (defaults.STORE_CHECKPOINT_WAIT) for
         readers; False when a reader's transaction still holds old pages (they go at the next
         checkpoint: maintenance runs one)."""
+        self._writable("a checkpoint")
         if wait is None:
             wait = defaults.STORE_CHECKPOINT_WAIT
         with self._lock:
@@ -176,6 +245,7 @@ class SqliteBase:
         milter behind it. flock (unlike SQLite's POSIX locks) belongs to one open file, so two
         handles in one process exclude each other too, and the kernel drops it when the process
         dies."""
+        self._writable("the housekeeping lock")
         try:
             fd = os.open(os.path.join(self._path, HOUSEKEEPING_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -198,6 +268,7 @@ class SqliteBase:
     def _commit_grouped(self, write: Callable[[sqlite3.Cursor], None]) -> None:
         """Run `write` in a transaction, committed durably before this returns; concurrent
         callers share transactions and so fsyncs (see the module docstring)."""
+        self._writable("saving")
         mine = _Pending(write)
         with self._queue_ready:
             if self._closing:
@@ -268,6 +339,7 @@ class SqliteBase:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        self._writable("a write transaction")
         with self._lock:
             cur = self._conn.cursor()
             try:

@@ -1,6 +1,7 @@
 """The SQLite schema: each migration moves a database one version up, in one transaction.
 
-A database newer than this zivmilter is refused. Never edit an applied entry: add one.
+A database newer than this zivmilter is refused. Never edit an applied entry: add one. A read-only
+open (`check_version`) migrates nothing: it refuses a database older than this zivmilter too.
 """
 
 from __future__ import annotations
@@ -308,6 +309,30 @@ def migrate(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def check_version(conn: sqlite3.Connection, path: str) -> None:
+    """A read-only open's check (it cannot migrate): refuse a database whose schema is not this
+    zivmilter's. Its first read, so it is also where SQLite opens the write-ahead log."""
+    try:
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        row = None
+    if row is None:
+        raise StoreError(f"{path}: no zivmilter store in {DB_NAME} (no schema yet)")
+    current = int(row[0])
+    if current < SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: store schema version {current} is older than this zivmilter"
+            f" ({SCHEMA_VERSION}), and a read-only open does not migrate it: run"
+            " `zivmilter store migrate --config FILE` (or start `zivmilter run`) first"
+        )
+    if current > SCHEMA_VERSION:
+        raise StoreError(
+            f"store schema version {current} is newer than this zivmilter ({SCHEMA_VERSION})"
+        )
 
 
 def _statements(script: str) -> list[str]:
