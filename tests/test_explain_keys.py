@@ -251,7 +251,7 @@ def test_explain_without_facts_uses_a_key_imported_into_the_store(
     gpg: GnuPG, tmp_path: Path
 ) -> None:
     args, cfg = _store_setup(tmp_path)
-    assert run("account", "list", "--config", str(cfg)).returncode == 0  # the store exists
+    assert run("store", "migrate", "--config", str(cfg)).returncode == 0  # the store exists
     before = {r["address"]: r for r in json.loads(run(*args, "--json").stdout)["recipients"]}
     assert before["bob@partner.example"]["method"] == "email_verification"
     gpg.generate("Bob <bob@partner.example>")

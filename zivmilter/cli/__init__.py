@@ -128,7 +128,8 @@ def _store_keys(
     from zivmilter.keys.wiring import key_finder
     from zivmilter.store import open_store
 
-    store = stack.enter_context(contextlib.closing(open_store(cfg)))
+    # Read-only: answers while the milter holds a write transaction, and makes nothing.
+    store = stack.enter_context(contextlib.closing(open_store(cfg, read_only=True)))
     where = cfg.store.path if cfg.store.backend == "sqlite" else "PostgreSQL"
     note = f"the organization's key store ({where}); {_NOT_ASKED}"
     return key_finder(cfg, store, discovered={}), note

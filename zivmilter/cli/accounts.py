@@ -23,8 +23,8 @@ from zivmilter.store import Account, AccountStore, open_store
 
 
 @contextmanager
-def _store(args: argparse.Namespace) -> Iterator[AccountStore]:
-    store = open_store(config_mod.load(args.config))
+def _store(args: argparse.Namespace, *, read_only: bool = False) -> Iterator[AccountStore]:
+    store = open_store(config_mod.load(args.config), read_only=read_only)
     try:
         yield store
     finally:
@@ -113,7 +113,7 @@ def cmd_disable(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with _store(args, read_only=True) as store:
         accounts: list[Account] = store.accounts()
     for a in accounts:
         flags = [a.kind, "active" if a.active else "disabled"]

@@ -28,7 +28,7 @@ def _since(text: str | None) -> datetime | None:
 def cmd_audit_export(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     since = _since(args.since)
-    with contextlib.closing(open_store(cfg)) as store:
+    with contextlib.closing(open_store(cfg, read_only=True)) as store:
         for line in json_lines(store.export_events(since, args.message)):
             sys.stdout.write(line + "\n")
     return 0

@@ -57,7 +57,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
 
 def key_status(cfg: config_mod.Config, as_json: bool) -> int:
     """`zivmilter status --keys`: exit status 0 when nothing depends on a previous key."""
-    with contextlib.closing(open_store(cfg)) as store:
+    with contextlib.closing(open_store(cfg, read_only=True)) as store:
         usage = store.key_usage()
     files = dict(
         zip(

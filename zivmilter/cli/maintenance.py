@@ -26,7 +26,7 @@ from zivmilter.store import Store, open_store
 
 def cmd_idd(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    with contextlib.closing(open_store(cfg)) as store:
+    with contextlib.closing(open_store(cfg, read_only=args.action == "list")) as store:
         if args.action == "list":
             for domain in sorted(set(store.idd_domains()) | set(cfg.idd.domains)):
                 where = "config" if domain in cfg.idd.domains else "store"

@@ -213,7 +213,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return key_status(cfg, args.json)
     if not args.message_id:
         raise MessageError("status: give the MESSAGE-ID (or --keys)")
-    store = open_store(cfg)
+    store = open_store(cfg, read_only=True)
     try:
         found = _messages(store, args.message_id)
         report = []
@@ -272,7 +272,7 @@ def _print_status(m: dict[str, Any]) -> None:
 
 def cmd_contacts(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    store = open_store(cfg)
+    store = open_store(cfg, read_only=args.action == "list")
     try:
         if args.action == "forget":
             if not args.address:

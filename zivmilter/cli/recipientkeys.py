@@ -50,7 +50,8 @@ def _line(key: StoredKey, verdicts: dict[str, str]) -> str:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    with contextlib.closing(open_store(cfg)) as store:
+    read_only = args.action in ("list", "show")
+    with contextlib.closing(open_store(cfg, read_only=read_only)) as store:
         if args.action == "import":
             read = keystore.read_key_file(read_file(args.file), args.file)
             for item in read:

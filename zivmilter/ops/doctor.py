@@ -242,11 +242,16 @@ def check_key_file(cfg: Config) -> Check:
 
 
 def check_store(cfg: Config) -> Check:
-    """Open the store as the milter does: the key must unwrap its stored data keys."""
-    from zivmilter.store import open_store
+    """Open the store as the milter does, but read-only (so that the doctor, as whichever user
+    runs it, creates, migrates and locks nothing): the key must unwrap its stored data keys."""
+    from zivmilter.store import DB_NAME, open_store
 
+    if cfg.store.backend == "sqlite" and not os.path.exists(os.path.join(cfg.store.path, DB_NAME)):
+        return Check(
+            "store", True, f"{cfg.store.path}: no store yet (`zivmilter run` makes it at its start)"
+        )
     try:
-        store = open_store(cfg)
+        store = open_store(cfg, read_only=True)
     except ZivmilterError as exc:
         return Check(
             "store",
