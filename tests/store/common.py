@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from zivmilter import defaults, store
@@ -114,3 +118,35 @@ def _queued(st: SqliteStore, n: int) -> None:
             return
         threading.Event().wait(0.01)
     raise AssertionError(f"{len(st._queued)} saves queued, expected {n}")
+
+
+# Another process (as the milter would be) inside a write transaction on a SQLite database: a
+# row written and not committed, the write lock held until the block ends.
+_HOLDER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+db.execute("INSERT INTO audit (at, event) VALUES (1, 'uncommitted')")
+print("held", flush=True)
+sys.stdin.read()
+db.execute("ROLLBACK")
+"""
+
+
+@contextlib.contextmanager
+def write_locked(db: Path) -> Iterator[None]:
+    """`db`'s write lock held by another process (BEGIN IMMEDIATE and an uncommitted row) while
+    the block runs."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)

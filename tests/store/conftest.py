@@ -23,15 +23,30 @@ INTEGRATION = {"postgresql", "postgresql-chunks"}
 
 
 def _sqlite(
-    path: Path, kek: bytes, clock: Clock, inline_max: int, previous: tuple[bytes, ...] = ()
+    path: Path,
+    kek: bytes,
+    clock: Clock,
+    inline_max: int,
+    previous: tuple[bytes, ...] = (),
+    read_only: bool = False,
 ) -> SqliteStore:
     return SqliteStore.open(
-        str(path / "store"), kek, previous=previous, now=clock, inline_max=inline_max
+        str(path / "store"),
+        kek,
+        previous=previous,
+        now=clock,
+        inline_max=inline_max,
+        read_only=read_only,
     )
 
 
 def _postgresql(
-    path: Path, kek: bytes, clock: Clock, inline_max: int, previous: tuple[bytes, ...] = ()
+    path: Path,
+    kek: bytes,
+    clock: Clock,
+    inline_max: int,
+    previous: tuple[bytes, ...] = (),
+    read_only: bool = False,
 ) -> Store:
     from tests.harness.postgres import shared_cluster
     from zivmilter.store.postgresql import PostgresStore
@@ -39,7 +54,13 @@ def _postgresql(
     # One database per test (per tmp_path): every handle a test opens reaches the same one.
     dsn = shared_cluster().database_for(path)
     return PostgresStore.open(
-        dsn, kek, previous=previous, now=clock, inline_max=inline_max, pool_size=12
+        dsn,
+        kek,
+        previous=previous,
+        now=clock,
+        inline_max=inline_max,
+        pool_size=12,
+        read_only=read_only,
     )
 
 
@@ -52,7 +73,8 @@ SQLITE: dict[str, Callable[[Path, bytes, Clock], SqliteStore]] = {
 
 # Every backend the contract suite runs against. A factory opens one more store object on the
 # same database each time it is called (as another process would), `previous=` the older keys
-# of its key ring. PostgreSQL keeps contents in their rows or in `blob_chunks`.
+# of its key ring, `read_only=True` as the commands that only read open it. PostgreSQL keeps
+# contents in their rows or in `blob_chunks`.
 BACKENDS: dict[str, Callable[..., Store]] = {
     "sqlite-inline": lambda p, k, c, **kw: _sqlite(p, k, c, defaults.STORE_INLINE_MAX, **kw),
     "sqlite-files": lambda p, k, c, **kw: _sqlite(p, k, c, 0, **kw),
@@ -108,11 +130,13 @@ def reopen(
     backend: str, tmp_path: Path, kek: bytes, clock: Clock
 ) -> Iterator[Callable[..., Store]]:
     """Opens another store object on `st`'s database (`kek=` another key to try, `previous=`
-    older keys it also reads); each is closed after the test."""
+    older keys it also reads, `read_only=True`); each is closed after the test."""
     opened: list[Store] = []
 
-    def open_again(*, kek: bytes = kek, previous: tuple[bytes, ...] = ()) -> Store:
-        s = BACKENDS[backend](tmp_path, kek, clock, previous=previous)
+    def open_again(
+        *, kek: bytes = kek, previous: tuple[bytes, ...] = (), read_only: bool = False
+    ) -> Store:
+        s = BACKENDS[backend](tmp_path, kek, clock, previous=previous, read_only=read_only)
         opened.append(s)
         return s
 

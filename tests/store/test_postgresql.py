@@ -22,6 +22,7 @@ from zivmilter.core import config
 from zivmilter.errors import StoreError
 from zivmilter.store import NewPart, PartRecord, StoredKey, open_store
 from zivmilter.store.postgresql import PostgresStore, schema
+from zivmilter.store.postgresql.connection import describe
 from zivmilter.store.sealing import Sealing
 from zivmilter.store.sqlite import SqliteStore
 
@@ -66,16 +67,21 @@ def test_an_unmigrated_database_is_refused_until_store_migrate(
         assert st.open_content(st.save_message(new_message()).id) is not None
 
 
+@pytest.mark.parametrize("read_only", [False, True], ids=["writable", "read-only"])
 def test_an_older_schema_is_refused_at_start_naming_the_command(
-    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_only: bool
 ) -> None:
-    """A zivmilter one schema version ahead of the database (as after an upgrade of the code)."""
+    """A zivmilter one schema version ahead of the database (as after an upgrade of the code);
+    a read-only open (the commands that only read) is refused with the same words."""
     dsn = cluster.database_for(tmp_path)
     monkeypatch.setattr(schema, "SCHEMA_VERSION", schema.SCHEMA_VERSION + 1)
     with pytest.raises(StoreError) as info:
-        PostgresStore.open(dsn, os.urandom(32))
-    assert "older than this zivmilter" in str(info.value)
-    assert "zivmilter store migrate --config FILE" in str(info.value)
+        PostgresStore.open(dsn, os.urandom(32), read_only=read_only)
+    assert str(info.value) == (
+        f"PostgreSQL {describe(dsn)}: store schema version {schema.SCHEMA_VERSION - 1} is older"
+        f" than this zivmilter ({schema.SCHEMA_VERSION}): run `zivmilter store migrate --config"
+        " FILE`"
+    )
 
 
 def test_a_version_1_store_is_migrated_to_the_senders_side_keeping_its_rows(
