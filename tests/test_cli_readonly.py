@@ -113,3 +113,20 @@ def test_a_command_that_only_reads_makes_no_store(tmp_path: Path, name: str) -> 
     assert got.returncode == 2
     assert got.stderr.startswith(f"zivmilter: error: {tmp_path / 'store'}: no store here (")
     assert not (tmp_path / "store").exists()
+
+
+def test_doctor_s_store_check_reads_under_the_write_lock_and_makes_no_store(
+    filled: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    from zivmilter.ops.doctor import check_store
+
+    cfg, _, _ = filled
+    with write_locked(tmp_path / "store" / store.DB_NAME):
+        check = check_store(config_mod.load(str(cfg)))
+    assert check.ok, check
+    assert check.detail == f"{tmp_path / 'store'} opens, and the key decrypts its stored keys"
+    (tmp_path / "fresh").mkdir()
+    fresh = check_store(config_mod.load(str(_config(tmp_path / "fresh"))))
+    assert fresh.ok, fresh
+    assert fresh.detail.startswith(f"{tmp_path / 'fresh' / 'store'}: no store yet")
+    assert not (tmp_path / "fresh" / "store").exists()

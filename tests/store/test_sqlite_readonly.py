@@ -194,3 +194,33 @@ def test_a_reader_who_may_not_create_the_wal_files_is_told_so(shared_dir: Path, 
     after = {str(p): (p.stat().st_uid, p.stat().st_mode) for p in root.rglob("*")}
     assert after == files
     assert stat.S_IMODE(root.stat().st_mode) in (0o755, 0o555)
+
+
+@pytest.mark.integration
+def test_on_a_read_only_mount_it_reads_while_the_milter_has_the_store_open(
+    tmp_path: Path, kek: bytes
+) -> None:
+    """A read-only bind mount of a live store (another host's, a container's view): read while
+    the writer keeps the -wal and -shm; once it closed, the clear error, not a lockless read."""
+    from tests.harness.sandbox import in_sandbox
+
+    assert in_sandbox(), "mounts only inside scripts/sandbox"
+    root, view = tmp_path / "store", tmp_path / "view"
+    view.mkdir()
+    writer = SqliteStore.open(str(root), kek)
+    saved = writer.save_message(new_message())
+    subprocess.run(["mount", "--bind", str(root), str(view)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+        ro = SqliteStore.open(str(view), kek, read_only=True)
+        content = ro.open_content(saved.id)
+        assert content is not None and content.read() == raw_message()
+        later = writer.save_message(new_message())  # the writer goes on; the reader sees it
+        assert ro.message(later.id) is not None
+        ro.close()
+        writer.close()
+        with pytest.raises(StoreError, match=f"^{view}: cannot read the store read-only: "):
+            SqliteStore.open(str(view), kek, read_only=True)
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+        writer.close()  # when an assertion ended the test early (closing twice is harmless)
