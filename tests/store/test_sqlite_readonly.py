@@ -122,9 +122,8 @@ def shared_dir() -> Iterator[Path]:
         yield path
     finally:
         for folder, dirs, _files in os.walk(path):
-            for d in dirs:
-                os.chmod(os.path.join(folder, d), 0o700)  # a non-root run made them 0555
-        path.chmod(0o700)
+            for d in dirs:  # a test made them read-only, or closed (its parent first)
+                os.chmod(os.path.join(folder, d), 0o700)
         shutil.rmtree(path)
 
 
@@ -224,3 +223,16 @@ def test_on_a_read_only_mount_it_reads_while_the_milter_has_the_store_open(
     finally:
         subprocess.run(["umount", str(view)], check=True)
         writer.close()  # when an assertion ended the test early (closing twice is harmless)
+
+
+def test_a_reader_who_may_not_enter_the_store_s_folder_is_told_so(
+    shared_dir: Path, kek: bytes
+) -> None:
+    root = shared_dir / "store"
+    SqliteStore.open(str(root), kek).close()
+    _readable_only(root)
+    root.chmod(0o700 if os.geteuid() == 0 else 0o000)  # closed to the reader
+    got = _read_as_another(root, kek, "m1")
+    assert got["error"] == (
+        f"{root}: cannot open the store read-only: {root / store.DB_NAME}: Permission denied"
+    )

@@ -119,11 +119,15 @@ def _unreadable(path: str, db: str, exc: sqlite3.Error) -> StoreError:
     nobody can write the database meanwhile, and neither the folder's mode nor a read-only
     mount (a read-only bind mount of a live store) tells us that; a milter starting during the
     read could checkpoint pages under it, and the answer would be wrong without an error."""
-    if not os.path.exists(db):
+    try:
+        os.stat(db)
+    except FileNotFoundError:
         return StoreError(
             f"{path}: no store here ({DB_NAME} does not exist; `zivmilter run` makes it at its"
             " first start, `zivmilter store migrate --config FILE` at once)"
         )
+    except OSError as err:  # a folder this user may not enter: not "no store"
+        return StoreError(f"{path}: cannot open the store read-only: {db}: {err.strerror}")
     name = getattr(exc, "sqlite_errorname", "")
     if name in ("SQLITE_READONLY_DIRECTORY", "SQLITE_CANTOPEN") and os.access(db, os.R_OK):
         return StoreError(
