@@ -246,10 +246,14 @@ def check_store(cfg: Config) -> Check:
     runs it, creates, migrates and locks nothing): the key must unwrap its stored data keys."""
     from zivmilter.store import DB_NAME, open_store
 
-    if cfg.store.backend == "sqlite" and not os.path.exists(os.path.join(cfg.store.path, DB_NAME)):
-        return Check(
-            "store", True, f"{cfg.store.path}: no store yet (`zivmilter run` makes it at its start)"
-        )
+    if cfg.store.backend == "sqlite":
+        try:
+            os.stat(os.path.join(cfg.store.path, DB_NAME))
+        except FileNotFoundError:
+            made = "`zivmilter run` makes it at its start"
+            return Check("store", True, f"{cfg.store.path}: no store yet ({made})")
+        except OSError:
+            pass  # a folder this user may not enter: the open below says so
     try:
         store = open_store(cfg, read_only=True)
     except ZivmilterError as exc:

@@ -90,9 +90,16 @@ class PostgresStore(
             if read_only:
                 blobs = ReadOnlyBlobs(blobs, f"PostgreSQL {describe(dsn)}")
             store = cls(
-                dsn, passfile, sealing, connections, blobs, now, inline_max, local_path,
+                dsn,
+                passfile,
+                sealing,
+                connections,
+                blobs,
+                now,
+                inline_max,
+                local_path,
                 read_only=read_only,
-            )  # fmt: skip
+            )
             store._check_kek()
         except psycopg.Error as exc:
             pool.close()
