@@ -15,10 +15,14 @@
 #   visitors do (Poisson arrivals: exponential gaps drawn in wrk's Lua `delay()`, each send
 #   scheduled at its arrival time, whenever the previous answers came), over enough connections
 #   that they are never the limit. The latency at a given load: what "serves 300 views/s with
-#   p99 < 100 ms" states. It prints offered and achieved views/s (achieved below offered: the
-#   rate was not served) and p50/p99 per node; "sent late" is how far behind its arrival time a
-#   request left (a connection was not free, or wrk itself got no CPU): near 0 when the
-#   connections are not the limit, else the latency figures miss that wait.
+#   p99 < 100 ms" states. A view's latency is from sending its first request to the last answer:
+#   an HTML view sends the page and its frame at once on one connection (HTTP/1.1 pipelining;
+#   the portal answers them in turn, so it is the page's time plus the frame's, as a browser
+#   that asks for the frame when the page arrives waits, less a loopback round trip). It prints
+#   offered and achieved views/s (achieved below offered: the rate was not served) and p50/p99
+#   per node; "sent late" is how far behind its arrival time a view left (a connection was not
+#   free, or wrk itself got no CPU): near 0 when the connections are not the limit, else the
+#   latency figures miss that wait.
 #   (Debian's `hey -q` paces each worker closed-loop at a fixed rate, which hides the queue a
 #   slow answer builds; wrk2 is not in Debian: hence wrk with a Lua schedule.)
 #
@@ -61,8 +65,8 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -z $RATE || $RATE =~ ^[1-9][0-9]*$ ]] || { echo "bench/portal.sh: --rate takes views per second (a whole number)" >&2; exit 2; }
 if [[ -z $CONNECTIONS && -n $RATE ]]; then
-    # Enough that a free one is always there: about half a second of arrivals of the HTML
-    # case (two requests per view), at least 32 per node.
+    # Enough that a free one is always there: a second of arrivals (a view holds one while
+    # it is answered), at least 32 per node.
     CONNECTIONS=$((RATE > 32 * NODES ? RATE : 32 * NODES))
 fi
 CONNECTIONS=${CONNECTIONS:-50}
@@ -206,12 +210,12 @@ pg_pid=""  # the postmaster: its backends are its children
 # share of the rate), handed in turn to whichever connection is free. LuaJIT's ffi reads the
 # monotonic clock (wrk's Lua has none finer than a second). `done()` prints the latency
 # percentiles and how late the sends left ("zv-" lines, parsed below).
-rate_lua() {  # REQUESTS_PER_S PATH... -> the script on stdout
+rate_lua() {  # VIEWS_PER_S PATH... -> the script on stdout: each view asks for every PATH
     local rps=$1
     shift
     printf 'local paths = {'
     printf '"%s", ' "$@"
-    printf '}\nlocal rate = %s / 1000 -- requests per ms\n' "$rps"
+    printf '}\nlocal rate = %s / 1000 -- views per ms\n' "$rps"
     cat <<'LUA'
 local ffi = require("ffi")
 ffi.cdef[[
@@ -223,7 +227,7 @@ local function now_ms()
   ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
   return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
 end
-local next_at, queue, head, tail, n = nil, {}, 1, 0, 0
+local next_at, queue, head, tail = nil, {}, 1, 0
 late = {} -- a global: done() reads it through thread:get
 init = function(args)
   ffi.C.clock_gettime(0, ts)
@@ -245,8 +249,9 @@ request = function()
     head = head + 1
     late[#late + 1] = now_ms() - at
   end
-  n = n + 1
-  return wrk.format("GET", paths[(n - 1) % #paths + 1])
+  local view = {}
+  for i, path in ipairs(paths) do view[i] = wrk.format("GET", path) end
+  return table.concat(view) -- pipelined: wrk times the view to its last answer
 end
 local threads = {}
 setup = function(thread) threads[#threads + 1] = thread end
@@ -272,7 +277,7 @@ run() {  # KIND PATH COOKIE -> "requests/s p99_ms portal_ms_per_request pg_ms_pe
     local -a extra=()
     if [[ -n $RATE ]]; then
         local node_rps
-        node_rps=$(awk -v r="$RATE" -v k="$per_view" -v n="$NODES" 'BEGIN {print r * k / n}')
+        node_rps=$(awk -v r="$RATE" -v n="$NODES" 'BEGIN {print r / n}')
         if [[ $kind == html ]]; then
             rate_lua "$node_rps" "$path" "${path}body" >"$lua"
         else
@@ -361,7 +366,7 @@ while read -r kind path cookie; do
         printf '  %-4s views: offered %s views/s, achieved %s views/s (%s req/s, %d request(s) per view)\n' \
             "$kind" "$RATE" "$views" "$rps" "$per_view"
         [[ $served == 1 ]] || printf '        THE RATE WAS NOT SERVED: %s of %s views/s\n' "$views" "$RATE"
-        printf '        latency per request, worst node: p50 %.1f ms, p99 %.1f ms  [%s]\n' "$p50" "$p99" "$verdict"
+        printf '        latency per view, worst node: p50 %.1f ms, p99 %.1f ms  [%s]\n' "$p50" "$p99" "$verdict"
         printf '        %s\n' "$nodes"
         printf '        sent late (behind the schedule): p99 %s ms\n' "$late"
     else

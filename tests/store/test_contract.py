@@ -398,19 +398,28 @@ def test_sign_out_and_account_disable_move_the_session_generation_on(st: Store) 
 
 def test_link_view_is_the_recipient_its_link_state_and_session_generation(st: Store) -> None:
     """The portal's one read per request behind a link: whatever moves, it agrees with the
-    three reads it stands for."""
+    reads it stands for (with the view: five)."""
     saved = st.save_message(new_message())
     rec = st.find_recipient_by_token(saved.tokens["bob@example.net"])
     assert rec is not None
 
     def agrees() -> None:
-        found = st.link_view(rec.id)
-        assert found is not None
-        assert found.recipient == st.recipient(rec.id)
-        assert found.state == st.link_state(rec.id)
-        assert found.generation == st.session_generation(rec.id)
+        for with_view in (False, True):
+            found = st.link_view(rec.id, with_view=with_view)
+            assert found is not None
+            assert found.recipient == st.recipient(rec.id)
+            assert found.state == st.link_state(rec.id)
+            assert found.generation == st.session_generation(rec.id)
+            contact = st.contact(rec.address)
+            assert found.language == (contact.language if contact is not None else None)
+            assert found.view == (st.portal_view(saved.id) if with_view else None)
 
     agrees()
+    st.save_portal_view(saved.id, b"the kept view")
+    st.remember_language("Bob@Example.NET", "de")  # the contact book keys it normalized
+    agrees()
+    found = st.link_view(rec.id, with_view=True)
+    assert found is not None and found.view == b"the kept view" and found.language == "de"
     found = st.link_view(rec.id)
     assert found is not None and found.recipient.phone == PHONE  # unsealed, as `recipient`
     assert st.claim_otp(rec.id, b"s" * 20, 0, 5) == 0
@@ -428,6 +437,10 @@ def test_link_view_is_the_recipient_its_link_state_and_session_generation(st: St
     agrees()
     found = st.link_view(rec.id)
     assert found is not None and found.state.revoked_at is not None
+    assert st.revoke(saved.id, "test")
+    agrees()
+    found = st.link_view(rec.id, with_view=True)
+    assert found is not None and found.view is None  # the message's key is gone
     assert st.link_view(rec.id + 1000) is None
 
 

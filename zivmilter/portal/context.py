@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -132,18 +132,29 @@ class Portal:
 
     # -- languages -------------------------------------------------------------------------
 
-    def language(self, request: Request, address: str | None = None) -> str:
+    def language(
+        self,
+        request: Request,
+        address: str | None = None,
+        *,
+        booked: str | None | Literal[False] = False,
+    ) -> str:
         """The page's language: the visitor's choice (?lang=, a switch on the page; then the
         cookie it set), else the one the address chose before (the contact book), else its
         domain's (notification.languages), else the browser's (Accept-Language), else
-        notification.language."""
+        notification.language.
+
+        `booked`: the contact book's language of `address` where the caller read it already
+        (`LinkView.language`; None: it chose none), so it is not read again; False: read it."""
         chosen = self.chosen_language(request)
         if chosen is not None:
             return chosen
         if address:
-            contact = self.store.contact(address)
-            if contact is not None and contact.language in defaults.LANGUAGES:
-                return contact.language
+            if booked is False:
+                contact = self.store.contact(address)
+                booked = None if contact is None else contact.language
+            if booked and booked in defaults.LANGUAGES:
+                return booked
             by_domain = domain_language(address, self.cfg.notification)
             if by_domain is not None:
                 return by_domain

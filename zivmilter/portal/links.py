@@ -65,6 +65,10 @@ _REMOTE_IMG = re.compile(r"(?i)<img\b[^>]*\bsrc\s*=\s*[\"']?\s*https?:")
 class _Ctx(Ctx):
     rec: RecipientRecord
     state: LinkState
+    # The message's kept view as the link's read found it (`_context(with_view=True)` with a
+    # verified pass): None when none is kept (yet) or it is revoked; else not read.
+    kept: bytes | None = None
+    kept_read: bool = False
 
 
 class LinkPages(GuestPages[_Ctx]):
@@ -93,7 +97,7 @@ class LinkPages(GuestPages[_Ctx]):
         return await self.portal.run(self._view, request)
 
     def _view(self, request: Request) -> Response:
-        ctx, error = self._context(request, Stage.LINK)
+        ctx, error = self._context(request, Stage.LINK, with_view=True)
         if ctx is None:
             return error
         if ctx.p.stage is Stage.VERIFIED:
@@ -241,7 +245,7 @@ class LinkPages(GuestPages[_Ctx]):
         return await self.portal.run(self._body, request)
 
     def _body(self, request: Request) -> Response:
-        ctx, error = self._context(request, Stage.VERIFIED)
+        ctx, error = self._context(request, Stage.VERIFIED, with_view=True)
         if ctx is None:
             return error
         view = self._message_view(ctx)
@@ -660,24 +664,31 @@ class LinkPages(GuestPages[_Ctx]):
     def _here(self, rid: int) -> str:
         return f"{self.portal.root}/r/{rid}/"
 
-    def _context(self, request: Request, need: Stage) -> tuple[_Ctx | None, Response]:
-        """The visitor's pass, the recipient and their link state; or the page to show instead."""
+    def _context(
+        self, request: Request, need: Stage, *, with_view: bool = False
+    ) -> tuple[_Ctx | None, Response]:
+        """The visitor's pass, the recipient and their link state; or the page to show instead.
+        `with_view`: a page that shows the message to a verified pass (the message page, its
+        frame) reads the message's kept view in the same read."""
         portal = self.portal
         rid = _rid(request)
         here = self._here(rid)
-        # One read for the pass's session generation (Portal.get_pass), the recipient and the
-        # link's state: every request behind a link starts here.
+        # One read for the pass's session generation (Portal.get_pass), the recipient, the
+        # link's state, the contact book's language and (a verified pass's view) the kept view:
+        # every request behind a link starts here.
         p = portal.read_pass(request, _scope(rid))
-        found = portal.store.link_view(rid) if p is not None else None
+        with_view = with_view and p is not None and p.stage is Stage.VERIFIED
+        found = portal.store.link_view(rid, with_view=with_view) if p is not None else None
         if p is not None and (found is None or found.generation != p.gen):
             p = found = None  # a session ended since (sign-out, a disabled account)
         rec = found.recipient if found is not None else None
-        lang = portal.language(request, rec.address if rec else None)
+        booked = found.language if found is not None else None
+        lang = portal.language(request, rec.address if rec else None, booked=booked)
         if rec is not None:
             portal.remember_sender(request, rec.message.sender)  # its unit's brand (part 2)
         if found is None or p is None or rec is None or rec.delivery != "notification":
             return None, self._no_pass(request, lang, here)
-        ctx = _Ctx(p, lang, here, rec, found.state)
+        ctx = _Ctx(p, lang, here, rec, found.state, found.view, with_view)
         gone = flows.gone_reason(rec.message, found.state.revoked_at, portal.now())
         return self._admit(request, ctx, gone, need)
 
@@ -697,7 +708,7 @@ class LinkPages(GuestPages[_Ctx]):
         """What the message page shows. Parsing MIME is the costly part of a view, so the
         result is kept in the store, sealed with the message's key, after the first one."""
         store, mid = self.portal.store, ctx.rec.message.id
-        kept = store.portal_view(mid)
+        kept = ctx.kept if ctx.kept_read else store.portal_view(mid)
         view = render.view_from_bytes(kept) if kept is not None else None
         if view is not None:
             return view

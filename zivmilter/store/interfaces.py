@@ -68,8 +68,9 @@ class MessageStore(Protocol):
     def save_portal_view(self, message_id: str, view: bytes) -> None: ...
     # a link's verification state (the portal decides lockouts and rate limits, passed in)
     def link_state(self, recipient_id: int) -> LinkState | None: ...
-    def link_view(self, recipient_id: int) -> LinkView | None:
-        """`recipient`, `link_state` and `session_generation` in one read (one snapshot);
+    def link_view(self, recipient_id: int, *, with_view: bool = False) -> LinkView | None:
+        """`recipient`, `link_state`, `session_generation` and the contact book's language of
+        its address, and `with_view` its message's `portal_view`, in one read (one snapshot);
         None for no such recipient."""
         ...
 

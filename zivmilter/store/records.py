@@ -188,12 +188,16 @@ class LinkState:
 @dataclass(frozen=True)
 class LinkView:
     """What every request behind a personal link needs first, read at once (`link_view`): the
-    recipient with its message, its link's state, and its session generation (as
-    `session_generation` gives it)."""
+    recipient with its message, its link's state, its session generation (as
+    `session_generation` gives it) and its address's language in the contact book (as
+    `contact` gives it); asked `with_view`, also the message's kept portal view (as
+    `portal_view` gives it: None once revoked), for the pages that show the message."""
 
     recipient: RecipientRecord
     state: LinkState
     generation: int
+    language: str | None = None  # the address's language in the contact book, if it chose one
+    view: bytes | None = None  # with_view: the kept portal view (`portal_view`), if kept
 
 
 @dataclass(frozen=True)

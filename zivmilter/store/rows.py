@@ -16,6 +16,7 @@ from zivmilter.store.sealing import Sealing
 # id, rfc822_id, queue_id, sender, subject, wrapped key, created, expires, revoked, size: what
 # each backend's MESSAGE_FIELDS select, in this order.
 MESSAGE_COLUMNS = 10
+_WRAPPED_KEY = 5  # the message's wrapped data key among MESSAGE_FIELDS
 RECIPIENT_FIELDS = (
     "id", "address", "conversation", "method", "delivery", "rule", "level", "verification",
     "phone", "access_code_hash", "hint", "notified_at", "opened_at", "failed_attempts",
@@ -95,12 +96,22 @@ def link_state(row: Any) -> LinkState | None:
     return None if row is None else _link_state(row)
 
 
-def link_view(sealing: Sealing, row: Any) -> LinkView | None:
-    """From a recipient's row (recipient_record's columns) followed by its link_state columns
-    and its session generation."""
+def link_view(sealing: Sealing, row: Any, with_view: bool = False) -> LinkView | None:
+    """From a recipient's row (recipient_record's columns) followed by its link_state columns,
+    its session generation, its contact's language and, `with_view`, the message's sealed
+    portal view."""
     if row is None:
         return None
-    return LinkView(recipient_record(sealing, row[:-5]), _link_state(row[-5:-1]), int(row[-1]))
+    sealed = None
+    if with_view:
+        row, sealed = row[:-1], row[-1]
+    head, state, generation, language = row[:-6], row[-6:-2], row[-2], row[-1]
+    rec = recipient_record(sealing, head)
+    view = None
+    wrapped = head[_WRAPPED_KEY]
+    if sealed is not None and wrapped is not None and rec.message.revoked_at is None:
+        view = sealing.data_key(bytes(wrapped)).unseal_portal_view(rec.message.id, bytes(sealed))
+    return LinkView(rec, _link_state(state), int(generation), language, view)
 
 
 def _link_state(row: Any) -> LinkState:

@@ -29,12 +29,14 @@ class LinksMixin(MessagesMixin):
             ).fetchone()
         return rows.link_state(row)
 
-    def link_view(self, recipient_id: int) -> LinkView | None:
+    def link_view(self, recipient_id: int, *, with_view: bool = False) -> LinkView | None:
         """Locking: none, one plain read (one statement: one snapshot). The portal reads it at
-        the start of every request behind a link, where it was three reads."""
+        the start of every request behind a link, where it was four reads (five for the
+        message's page and its frame)."""
         with self._read() as cur:
-            row = cur.execute(_LINK_VIEW, (recipient_id,)).fetchone()
-        return rows.link_view(self._sealing, row)
+            sql = _LINK_VIEW_WITH_VIEW if with_view else _LINK_VIEW
+            row = cur.execute(sql, (recipient_id,)).fetchone()
+        return rows.link_view(self._sealing, row, with_view)
 
     def session_generation(self, recipient_id: int) -> int | None:
         """The generation of this recipient's portal sessions: their link's and their address's
@@ -279,13 +281,19 @@ class LinksMixin(MessagesMixin):
             )
 
 
-# `recipient` (messages.py's _RECIPIENT_SELECT), then `link_state`, then `session_generation`.
-_LINK_VIEW = (
+# `recipient` (messages.py's _RECIPIENT_SELECT), then `link_state`, `session_generation` and the
+# contact's language (`contact`); with the view, `portal_view`'s sealed view last.
+_LINK_VIEW_COLUMNS = (
     f"SELECT {', '.join(MESSAGE_FIELDS)}, "
     + ", ".join("k.wrapped_key" if f == "wrapped_key" else "r." + f for f in RECIPIENT_FIELDS)
     + ", r.revoked_at, r.failed_streak, r.otp_sent_at, r.otp_sends,"
-    " r.session_gen + COALESCE(a.session_gen, 0)"
+    " r.session_gen + COALESCE(a.session_gen, 0), c.language"
+)
+_LINK_VIEW_FROM = (
     " FROM recipients r JOIN messages m ON m.id = r.message_id"
     + KEY_JOIN
-    + " LEFT JOIN accounts a ON a.address = r.address WHERE r.id = %s"
+    + " LEFT JOIN accounts a ON a.address = r.address"
+    " LEFT JOIN contacts c ON c.address = r.address WHERE r.id = %s"
 )
+_LINK_VIEW = _LINK_VIEW_COLUMNS + _LINK_VIEW_FROM
+_LINK_VIEW_WITH_VIEW = _LINK_VIEW_COLUMNS + ", m.portal_view" + _LINK_VIEW_FROM

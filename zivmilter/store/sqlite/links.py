@@ -28,10 +28,11 @@ class LinksMixin(MessagesMixin):
             ).fetchone()
         return rows.link_state(row)
 
-    def link_view(self, recipient_id: int) -> LinkView | None:
+    def link_view(self, recipient_id: int, *, with_view: bool = False) -> LinkView | None:
+        sql = _LINK_VIEW_WITH_VIEW if with_view else _LINK_VIEW
         with self._lock:
-            row = self._conn.execute(_LINK_VIEW, (recipient_id,)).fetchone()
-        return rows.link_view(self._sealing, row)
+            row = self._conn.execute(sql, (recipient_id,)).fetchone()
+        return rows.link_view(self._sealing, row, with_view)
 
     def session_generation(self, recipient_id: int) -> int | None:
         """The generation of this recipient's portal sessions: their link's and their address's
@@ -245,12 +246,18 @@ class LinksMixin(MessagesMixin):
             )
 
 
-# `recipient` (messages.py's _RECIPIENT_SELECT), then `link_state`, then `session_generation`.
-_LINK_VIEW = (
+# `recipient` (messages.py's _RECIPIENT_SELECT), then `link_state`, `session_generation` and the
+# contact's language (`contact`); with the view, `portal_view`'s sealed view last.
+_LINK_VIEW_COLUMNS = (
     f"SELECT {', '.join(MESSAGE_FIELDS)}, "
     + ", ".join("m.wrapped_key" if f == "wrapped_key" else "r." + f for f in RECIPIENT_FIELDS)
     + ", r.revoked_at, r.failed_streak, r.otp_sent_at, r.otp_sends,"
-    " r.session_gen + COALESCE(a.session_gen, 0)"
-    " FROM recipients r JOIN messages m ON m.id = r.message_id"
-    " LEFT JOIN accounts a ON a.address = r.address WHERE r.id = ?"
+    " r.session_gen + COALESCE(a.session_gen, 0), c.language"
 )
+_LINK_VIEW_FROM = (
+    " FROM recipients r JOIN messages m ON m.id = r.message_id"
+    " LEFT JOIN accounts a ON a.address = r.address"
+    " LEFT JOIN contacts c ON c.address = r.address WHERE r.id = ?"
+)
+_LINK_VIEW = _LINK_VIEW_COLUMNS + _LINK_VIEW_FROM
+_LINK_VIEW_WITH_VIEW = _LINK_VIEW_COLUMNS + ", m.portal_view" + _LINK_VIEW_FROM
