@@ -137,7 +137,7 @@ class Portal:
         request: Request,
         address: str | None = None,
         *,
-        booked: str | None | Literal[False] = False,
+        booked: str | Literal[False] | None = False,
     ) -> str:
         """The page's language: the visitor's choice (?lang=, a switch on the page; then the
         cookie it set), else the one the address chose before (the contact book), else its
