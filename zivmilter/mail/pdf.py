@@ -261,16 +261,7 @@ def _render(
 ) -> bytes:
     """The pages. Where the font lacks a character (Chinese, say), the text is added to `files`
     as message.txt too, and the first line says so: the recipient loses nothing."""
-    pdf = FPDF(format="A4")
-    pdf.set_margins(20, 20, 20)
-    pdf.set_auto_page_break(True, margin=20)
-    pdf.set_creator("zivmilter")
-    for style, file in _FONTS.items():
-        path = os.path.join(font_dir, file)
-        if not os.path.isfile(path):
-            why = "font missing (Debian: apt-get install fonts-dejavu-core)"
-            raise FileNotFoundError(f"{path}: {why}")
-        pdf.add_font("DejaVu", style, path)
+    pdf = _document(font_dir)
     pdf.add_page()
     width = pdf.epw
     cmap = getattr(pdf.fonts.get("dejavu"), "cmap", None)
@@ -305,6 +296,21 @@ def _render(
             pdf.multi_cell(width, 5.5, f"• {name} ({_size(len(data))})", align="L",
                            wrapmode=WrapMode.CHAR, new_x=XPos.LMARGIN, new_y=YPos.NEXT)  # fmt: skip
     return bytes(pdf.output())
+
+
+def _document(font_dir: str) -> FPDF:
+    """A new A4 document with DejaVu Sans, regular and bold, as family "DejaVu"."""
+    pdf = FPDF(format="A4")
+    pdf.set_margins(20, 20, 20)
+    pdf.set_auto_page_break(True, margin=20)
+    pdf.set_creator("zivmilter")
+    for style, file in _FONTS.items():
+        path = os.path.join(font_dir, file)
+        if not os.path.isfile(path):
+            why = "font missing (Debian: apt-get install fonts-dejavu-core)"
+            raise FileNotFoundError(f"{path}: {why}")
+        pdf.add_font("DejaVu", style, path)
+    return pdf
 
 
 def _wrap(pdf: FPDF, text: str, width: float) -> list[str]:
