@@ -32,6 +32,7 @@ from fpdf.enums import WrapMode, XPos, YPos
 from zivmilter.core.bodytext import html_text
 from zivmilter.i18n import N_, translate
 from zivmilter.mail.parts import body_text, layout, leaf_filename, leaf_payload, leaves
+from zivmilter.mail.pdffonts import add_fonts
 
 FONT_DIR = "/usr/share/fonts/truetype/dejavu"  # Debian's fonts-dejavu-core
 # fpdf2's font subsetting (fontTools) logs at INFO the glyphs each PDF uses: about 50 lines per
@@ -304,12 +305,12 @@ def _document(font_dir: str) -> FPDF:
     pdf.set_margins(20, 20, 20)
     pdf.set_auto_page_break(True, margin=20)
     pdf.set_creator("zivmilter")
-    for style, file in _FONTS.items():
-        path = os.path.join(font_dir, file)
+    paths = {style: os.path.join(font_dir, file) for style, file in _FONTS.items()}
+    for path in paths.values():
         if not os.path.isfile(path):
             why = "font missing (Debian: apt-get install fonts-dejavu-core)"
             raise FileNotFoundError(f"{path}: {why}")
-        pdf.add_font("DejaVu", style, path)
+    add_fonts(pdf, "DejaVu", paths)  # parsed once per process: pdffonts.py
     return pdf
 
 
