@@ -7,6 +7,11 @@ messages the defaults' bounds concern: all text or mostly one attachment at
 attachment up to pdf_max_bytes.
 
     PYTHONPATH=. .venv/bin/python bench/pdf.py [--runs 3]
+    PYTHONPATH=. .venv/bin/python bench/pdf.py --letter [--runs 30]
+
+`--letter` times only a small letter (2 KB of text, no attachment), what most PDFs are, and
+beside it what every PDF pays for its fonts whatever its text: a new document with DejaVu Sans
+(regular and bold) added, a word written in each, the subsets embedded (no encryption).
 
 The cases take turns, run after run, so that the machine's load moves them alike. Prints one
 line per case: the median seconds (and CPU seconds, which the load of a shared machine moves
@@ -27,7 +32,7 @@ from email.message import EmailMessage
 from zivmilter import defaults
 from zivmilter.core.bodytext import pdf_text_bytes
 from zivmilter.core.message import read_headers
-from zivmilter.mail.pdf import encrypted_pdf
+from zivmilter.mail.pdf import FONT_DIR, _document, encrypted_pdf
 
 PARAGRAPH = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, Grüße aus Köln. " * 12
 
@@ -105,10 +110,48 @@ def most_allowed() -> tuple[int, int]:
     return largest(lambda kb: (text_kb, kb), fits, defaults.PDF_MAX_BYTES // 1024)
 
 
+def fonts_alone() -> bytes:
+    """A document with the PDF's fonts, a word in each, written out: the fonts' share of a PDF."""
+    doc = _document(FONT_DIR)
+    doc.add_page()
+    for style in ("", "B"):
+        doc.set_font("DejaVu", style, 10)
+        doc.cell(text="Grüße")
+    return bytes(doc.output())
+
+
+def letter(runs: int) -> None:
+    """The small letter and the fonts alone, in turn, `runs` times; medians (and CPU)."""
+    data = message(2, 0)
+    cases: dict[str, Callable[[], bytes]] = {
+        "small letter (2 KB text), whole encrypted PDF": lambda: encrypted_pdf(data, "K7QX"),
+        "fonts alone (added, a word each, embedded)": fonts_alone,
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    cpus: dict[str, list[float]] = {name: [] for name in cases}
+    for make in cases.values():  # once before timing: imports, first-use caches
+        make()
+    for _ in range(runs):
+        for name, make in cases.items():
+            start, cpu = time.perf_counter(), time.process_time()
+            make()
+            times[name].append(time.perf_counter() - start)
+            cpus[name].append(time.process_time() - cpu)
+    for name in cases:
+        print(
+            f"{name}: {statistics.median(times[name]) * 1000:6.1f} ms median of {runs}"
+            f" ({statistics.median(cpus[name]) * 1000:6.1f} ms CPU)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--letter", action="store_true", help="a small letter and the fonts")
     args = parser.parse_args()
+    if args.letter:
+        letter(args.runs)
+        return
     cases = [(2, 0), (50, 0), (500, 0), (2, 10_240)]
     cases += [at_cap(False), at_cap(True), at_text_cap(), most_allowed()]
     messages = [message(*case) for case in cases]

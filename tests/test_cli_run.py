@@ -128,3 +128,29 @@ def _accepts(path: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+@pytest.mark.parametrize("pdf", [False, True], ids=["no-pdf", "encryption.pdf"])
+def test_the_pdf_libraries_are_loaded_only_where_pdfs_are_made(tmp_path: Path, pdf: bool) -> None:
+    """Without encryption.pdf no PDF is ever made: the milter serves without fpdf2's Pillow and
+    pikepdf's qpdf in its memory (~30 MB, bench/start.py). With it, they are there before it
+    listens: a broken install stops the start, not the first PDF."""
+    path = tmp_path / "run" / "zivmilter.sock"
+    cfg = _serving(tmp_path, f"unix:{path}")
+    cfg.write_text(cfg.read_text() + f"encryption: {{pdf: {str(pdf).lower()}}}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zivmilter", "run", "--config", str(cfg), "--facts", "/dev/null"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _accepts(path):
+            assert time.monotonic() < deadline and proc.poll() is None, "the milter never listened"
+            time.sleep(0.05)
+        libraries = Path(f"/proc/{proc.pid}/maps").read_text()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert ("/pikepdf/" in libraries) is pdf and ("/PIL/" in libraries) is pdf

@@ -185,3 +185,124 @@ def test_the_font_subsetting_logs_nothing_of_the_content(
     with caplog.at_level("INFO"):
         encrypted_pdf(_message().as_bytes(), CODE)
     assert [r.getMessage() for r in caplog.records if r.name.startswith("fontTools")] == []
+
+
+# --- the fonts, parsed once per process (mail/pdffonts.py) ------------------------------------
+
+
+def _opened(pdf: bytes) -> tuple[str, set[str]]:
+    """What a reader of the PDF gets with the access code: its text (pypdf), and the characters
+    its embedded font subsets have glyphs for (each font file's own cmap, fontTools)."""
+    import io
+
+    from fontTools.ttLib import TTFont
+    from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(pdf))
+    assert reader.decrypt(CODE)
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    glyphs: set[str] = set()
+    for page in reader.pages:
+        for font in page["/Resources"]["/Font"].values():
+            cid_font = font.get_object()["/DescendantFonts"][0].get_object()
+            embedded = cid_font["/FontDescriptor"]["/FontFile2"].get_object().get_data()
+            glyphs |= {chr(c) for c in TTFont(io.BytesIO(embedded)).getBestCmap()}
+    return text, glyphs
+
+
+def _letter(subject: str, body: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "a@example.org"
+    msg["Subject"] = subject
+    msg.set_content(body)
+    return bytes(msg)
+
+
+GREEK = ("Ωμέγα", "Γειά σου Κόσμε, ψυχή")  # characters the Dutch letter has none of
+DUTCH = ("Overmaken", "Één ijsbeer, drie cafés")
+
+
+def test_two_pdfs_one_after_the_other_each_carry_their_own_text_and_glyphs_only() -> None:
+    from zivmilter.mail.pdf import labels
+
+    first = encrypted_pdf(_letter(*GREEK), CODE, labels=labels("de"))
+    second = encrypted_pdf(_letter(*DUTCH), CODE, labels=labels("nl"))
+    first_text, first_glyphs = _opened(first)
+    second_text, second_glyphs = _opened(second)
+    assert "Betreff: Ωμέγα" in first_text and GREEK[1] in first_text
+    assert "Onderwerp: Overmaken" in second_text and DUTCH[1] in second_text
+    # exactly the glyphs each one shows (and the space every subset keeps), none of the other's
+    assert first_glyphs - {" "} == set(first_text) - set(" \n")
+    assert second_glyphs - {" "} == set(second_text) - set(" \n")
+    assert not {"Ω", "ψ", "Κ"} & second_glyphs and "Ω" not in second_text
+    assert not {"É", "j", "é"} & first_glyphs
+
+
+def test_pdfs_made_at_once_in_threads_each_carry_their_own_text_and_glyphs_only() -> None:
+    import concurrent.futures
+    import threading
+
+    letters = [GREEK, DUTCH, ("Grüße", "Straße in Köln"), ("Привет", "Добрый день")] * 3
+    start = threading.Barrier(len(letters))
+
+    def make(letter: tuple[str, str]) -> bytes:
+        start.wait()
+        return encrypted_pdf(_letter(*letter), CODE)
+
+    with concurrent.futures.ThreadPoolExecutor(len(letters)) as pool:
+        pdfs = list(pool.map(make, letters))
+    for (subject, body), pdf in zip(letters, pdfs, strict=True):
+        text, glyphs = _opened(pdf)
+        assert f"Subject: {subject}" in text and body in text
+        assert glyphs - {" "} == set(text) - set(" \n"), subject
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["AV To Ty Wa fi ﬁ: kerning pairs, a ligature", "Grüße aus Köln", "Ωμέγα — Привет — 请"],
+)
+def test_fonts_parsed_once_make_the_pdf_fpdf2_makes_from_the_font_files(text: str) -> None:
+    """The same bytes, subsets included, as a document whose fonts fpdf2 reads from their files
+    itself; the second of two documents too (the parsed fonts reused)."""
+    import datetime
+    import os
+
+    from fpdf import FPDF
+
+    from zivmilter.mail.pdf import _FONTS, FONT_DIR, _document
+
+    def written(pdf: FPDF) -> bytes:
+        pdf.set_creation_date(datetime.datetime(2026, 12, 7, tzinfo=datetime.UTC))
+        pdf.add_page()
+        for style in _FONTS:
+            pdf.set_font("DejaVu", style, 11)
+            pdf.multi_cell(0, 5, text, new_x="LMARGIN", new_y="NEXT")
+        return bytes(pdf.output())
+
+    plain = FPDF(format="A4")
+    plain.set_margins(20, 20, 20)
+    plain.set_auto_page_break(True, margin=20)
+    plain.set_creator("zivmilter")
+    for style, file in _FONTS.items():
+        plain.add_font("DejaVu", style, os.path.join(FONT_DIR, file))
+    expected = written(plain)
+    assert written(_document(FONT_DIR)) == expected
+    assert written(_document(FONT_DIR)) == expected
+
+
+def test_the_parsed_fonts_are_left_as_they_were_by_the_pdfs_made_from_them() -> None:
+    """What the milter's threads share is never written: a PDF made in one thread cannot change
+    one being made in another (an ordering too rare to catch by racing them)."""
+    from zivmilter.mail import pdffonts
+
+    encrypted_pdf(_letter(*GREEK), CODE)
+    before = {
+        key: (len(p.font.cw), p.font.desc.__dict__.copy()) for key, p in pdffonts._PARSED.items()
+    }
+    assert before  # the fonts of the PDF above
+    encrypted_pdf(_letter("Ωμέγα", "龘, Привет"), CODE)  # 龘: no other test has it; no glyph
+    for key, parsed in pdffonts._PARSED.items():
+        font = parsed.font
+        assert (len(font.cw), font.desc.__dict__) == before[key]  # no width added, not numbered
+        assert font.missing_glyphs == [] and len(font.subset) <= 2  # .notdef and space only
+        assert font.biggest_size_pt == 0

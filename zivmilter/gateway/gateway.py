@@ -56,7 +56,7 @@ from zivmilter.gateway.attachtext import attachment_parts
 from zivmilter.gateway.spool import clean_copy, set_subject
 from zivmilter.gateway.transaction import Plan, Transaction
 from zivmilter.keys import formats
-from zivmilter.mail import attachments, dsn, notification, parts, pdf
+from zivmilter.mail import attachments, dsn, notification, parts
 from zivmilter.spool import spool_file
 from zivmilter.store import GatewayStore, NewMessage, NewPart, NewRecipient, SavedMessage
 
@@ -113,6 +113,12 @@ class Gateway:
         self.reinjector = reinjector
         self.hostname = hostname or socket.getfqdn()
         self.clock = clock
+        if cfg.encryption.pdf:
+            # The PDF stack (fpdf2, fontTools, Pillow, pikepdf: ~30 MB and most of a second
+            # of the milter's start, bench/start.py) imported here, at start, and only where
+            # PDFs are made: a broken install stops the start, not a message, and no import
+            # runs in a libmilter thread (pikepdf is pybind11: see pdf._in_python_thread).
+            from zivmilter.mail import pdf  # noqa: F401
 
     # ------------------------------------------------------------------------------------
     def process(self, tx: Transaction) -> Plan:
@@ -480,6 +486,8 @@ class Gateway:
         which is never stored for it; the mail around it in the recipient's language."""
         if not d.secret:  # the policy makes a PDF only from a code in hand
             raise ValueError(f"encrypted PDF for {d.address} without an access code")
+        from zivmilter.mail import pdf  # imported already (__init__): encryption.pdf is on
+
         language = notification.language_for(d.address, self.cfg.notification)
         sealed = pdf.encrypted_pdf(data, d.secret, labels=pdf.labels(language))
         mail = notification.pdf_mail(original, d.address, sealed, self.cfg, sender=author)

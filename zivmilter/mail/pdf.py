@@ -32,6 +32,7 @@ from fpdf.enums import WrapMode, XPos, YPos
 from zivmilter.core.bodytext import html_text
 from zivmilter.i18n import N_, translate
 from zivmilter.mail.parts import body_text, layout, leaf_filename, leaf_payload, leaves
+from zivmilter.mail.pdffonts import add_fonts
 
 FONT_DIR = "/usr/share/fonts/truetype/dejavu"  # Debian's fonts-dejavu-core
 # fpdf2's font subsetting (fontTools) logs at INFO the glyphs each PDF uses: about 50 lines per
@@ -261,16 +262,7 @@ def _render(
 ) -> bytes:
     """The pages. Where the font lacks a character (Chinese, say), the text is added to `files`
     as message.txt too, and the first line says so: the recipient loses nothing."""
-    pdf = FPDF(format="A4")
-    pdf.set_margins(20, 20, 20)
-    pdf.set_auto_page_break(True, margin=20)
-    pdf.set_creator("zivmilter")
-    for style, file in _FONTS.items():
-        path = os.path.join(font_dir, file)
-        if not os.path.isfile(path):
-            why = "font missing (Debian: apt-get install fonts-dejavu-core)"
-            raise FileNotFoundError(f"{path}: {why}")
-        pdf.add_font("DejaVu", style, path)
+    pdf = _document(font_dir)
     pdf.add_page()
     width = pdf.epw
     cmap = getattr(pdf.fonts.get("dejavu"), "cmap", None)
@@ -305,6 +297,21 @@ def _render(
             pdf.multi_cell(width, 5.5, f"• {name} ({_size(len(data))})", align="L",
                            wrapmode=WrapMode.CHAR, new_x=XPos.LMARGIN, new_y=YPos.NEXT)  # fmt: skip
     return bytes(pdf.output())
+
+
+def _document(font_dir: str) -> FPDF:
+    """A new A4 document with DejaVu Sans, regular and bold, as family "DejaVu"."""
+    pdf = FPDF(format="A4")
+    pdf.set_margins(20, 20, 20)
+    pdf.set_auto_page_break(True, margin=20)
+    pdf.set_creator("zivmilter")
+    paths = {style: os.path.join(font_dir, file) for style, file in _FONTS.items()}
+    for path in paths.values():
+        if not os.path.isfile(path):
+            why = "font missing (Debian: apt-get install fonts-dejavu-core)"
+            raise FileNotFoundError(f"{path}: {why}")
+    add_fonts(pdf, "DejaVu", paths)  # parsed once per process: pdffonts.py
+    return pdf
 
 
 def _wrap(pdf: FPDF, text: str, width: float) -> list[str]:
