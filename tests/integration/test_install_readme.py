@@ -365,10 +365,17 @@ def letter(marker: str, name: str, ctype: str, data: bytes) -> str:
     return msg.as_bytes(policy=SMTP).decode("ascii")
 
 
-ATTACHMENTS: list[tuple[str, str, Callable[[], bytes], str]] = [
-    ("verwijzing.pdf", "application/pdf", lambda: pdf("Verwijzing", f"BSN {BSN}"), "******782"),
-    ("brief.docx", DOCX, lambda: docx("Geachte collega,", f"BSN {BSN}"), "******782"),
-]
+# (file name, content type, file, the match as the journal shows it)
+ATTACHMENTS = [
+    pytest.param(
+        "verwijzing.pdf", "application/pdf", lambda: pdf("Verwijzing", f"BSN {BSN}"), "******782",
+        id="pdf",
+    ),
+    pytest.param(
+        "brief.docx", DOCX, lambda: docx("Geachte collega,", f"BSN {BSN}"), "******782",
+        id="docx",
+    ),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "ctype", "make", "masked"), ATTACHMENTS)
