@@ -2,7 +2,9 @@
 here: a PDF written by fpdf2, DOCX, XLSX and ODT written as the ZIP archives of XML they are.
 Every case is a row: what the admin sees in `zivmilter scan` (rule, where, masked) or the line
 that says an attachment could not be read; the message is handled either way. The time bound is
-checked with a reader that never ends: it is stopped, its process gone.
+checked with a reader that never ends: it is stopped, its process gone. A reader that does not
+start at all is no attachment's fault: the milter tempfails the message (SPEC 10), never passes
+it unread.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
+import multiprocessing.forkserver
+import os
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import Milter
 import pytest
@@ -28,7 +33,9 @@ from tests.test_milter_adapter import run, use_gateway
 from zivmilter.core.attachtext import Unreadable, extract, kind_of
 from zivmilter.core.bodytext import attachments_of_message
 from zivmilter.core.facts import facts_from_mapping
-from zivmilter.gateway.attachtext import read_attachments
+from zivmilter.errors import ReaderError
+from zivmilter.gateway import attachtext
+from zivmilter.gateway.attachtext import read_attachments, warm_up
 from zivmilter.store import SqliteStore
 
 BSN = "123456782"  # passes the eleven-test
@@ -306,3 +313,89 @@ def test_milter_secures_a_message_whose_pdf_carries_a_bsn(
     )
     assert "content rule bsn matched in attachment verwijzing.pdf: ******782" in caplog.text
     assert ctx._bodyreplaced and BSN not in caplog.text
+
+
+@pytest.fixture
+def server_cannot_run() -> Iterator[None]:
+    """The reader's process server cannot be run (its Python is gone): a host where the
+    forkserver does not start. The running server (shared by the process) is stopped first and
+    again after, so that the next reader starts a good one."""
+    executable = multiprocessing.spawn.get_executable()
+    multiprocessing.forkserver._forkserver._stop()  # type: ignore[attr-defined]
+    attachtext._CONTEXT.set_executable("/nonexistent/python3")
+    try:
+        yield
+    finally:
+        multiprocessing.forkserver._forkserver._stop()  # type: ignore[attr-defined]
+        attachtext._CONTEXT.set_executable(executable)
+
+
+class EndsTheChild:
+    """An extractor the child process ends on as it takes it in, before it is ready (as a reader
+    killed at its start would end)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return (os._exit, (3,))
+
+
+class HoldsTheChild:
+    """An extractor the child process hangs on as it takes it in: it is never ready."""
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return (time.sleep, (60,))
+
+
+@pytest.mark.parametrize("how", ["its server cannot run", "it dies", "it hangs"])
+def test_a_reader_that_does_not_start_is_a_fault_not_an_unread_attachment(
+    how: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extractor: Any = extract
+    if how == "its server cannot run":
+        request.getfixturevalue("server_cannot_run")
+    elif how == "it dies":
+        extractor = EndsTheChild()
+    else:
+        extractor = HoldsTheChild()
+        monkeypatch.setattr(attachtext, "_START_SECONDS", 1.0)
+    data = message("verwijzing.pdf", "application/pdf", pdf(f"BSN {BSN}"))
+    (att,) = attachments_of_message(data, 1_000_000)
+    # Not a Problem ("handled without its text"): the caller must not go on as if unread.
+    with pytest.raises(ReaderError, match="the attachments' text reader"):
+        read_attachments([att], 1_000_000, 0.5, extractor=extractor)
+    assert multiprocessing.active_children() == []  # stopped, not left running
+
+
+def test_milter_tempfails_a_message_when_the_reader_cannot_start(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture, server_cannot_run: None
+) -> None:
+    """The BSN is only in the PDF: without its text the message would pass unprotected (with a
+    reader, test_milter_secures_a_message_whose_pdf_carries_a_bsn secures it)."""
+    cfg = make_config({"submission": {"any_address_of_own_domains": True}, "selection": SELECTION})
+    sent = use_gateway(store, cfg, facts_from_mapping({}))
+    data = message("verwijzing.pdf", "application/pdf", pdf(f"BSN {BSN}"), text="Hallo.")
+    ctx = testctx.TestCtx()
+    assert run(ctx, ["bob@partner.example"], data.replace(b"\n", b"\r\n")) == Milter.TEMPFAIL
+    code, xcode, text = ctx._reply
+    assert (code, xcode) == ("451", "4.3.0"), text  # the MTA keeps it and tries again
+    # (refused at its socket, or gone before it was ready: which one comes first varies)
+    assert "ReaderError: the attachments' text reader" in caplog.text
+    assert not ctx._bodyreplaced and sent.sent == []
+
+
+def test_scan_says_the_reader_did_not_start_rather_than_no_match(
+    tmp_path: Path, config_file: str, server_cannot_run: None
+) -> None:
+    path = tmp_path / "letter.eml"
+    path.write_bytes(message("verwijzing.pdf", "application/pdf", pdf(f"BSN {BSN}")))
+    proc = zivmilter("scan", str(path), "--config", config_file)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stdout == ""  # not "no content rule matched"
+    assert proc.stderr.startswith("zivmilter: error: the attachments' text reader"), proc.stderr
+
+
+def test_warm_up_says_at_start_that_the_reader_does_not_start(
+    caplog: pytest.LogCaptureFixture, server_cannot_run: None
+) -> None:
+    warm_up()
+    assert "the attachments' text reader" in caplog.text
+    assert "messages with attachments to read are tempfailed until it starts" in caplog.text

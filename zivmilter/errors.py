@@ -9,7 +9,9 @@ never exceptions. Exceptions are for faults, and all of them derive from one roo
     ├── StoreError       the encrypted store cannot be read or written; the milter tempfails
     │   └── KeyFileError the key-encryption key is missing, malformed or too widely readable
     ├── DeliveryError    re-injection or DSN submission to the MTA failed; the milter tempfails
-    └── ProbeError       internal fault of the transport prober (network outcomes are values)
+    ├── ProbeError       internal fault of the transport prober (network outcomes are values)
+    └── ReaderError      the attachments' text reader (a child process) did not start; the
+                         milter tempfails (an attachment it cannot read is a value, not this)
 """
 
 from __future__ import annotations
@@ -74,3 +76,9 @@ class DeliveryError(ZivmilterError):
 
 class ProbeError(ZivmilterError):
     """An internal fault of the transport prober (not a network outcome)."""
+
+
+class ReaderError(ZivmilterError):
+    """The child process that reads attachments' text did not start (its server cannot run,
+    or the child died or hung before it was ready): a fault of this host, not of the message,
+    so the message waits (tempfail) rather than pass without the text its rules may need."""

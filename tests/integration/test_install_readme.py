@@ -18,6 +18,11 @@ bash -e, in the checkout):
 After them, the test's own site settings, which a real site sets for itself: `relayhost =
 [127.0.0.1]:2525` (nothing listens there: mail for other domains stays queued, where the test
 reads it, instead of looking for DNS that is not there).
+
+Last, the content rules over attachments' text (README "Which mail is secured"), as a site turns
+them on: their reader runs in a forkserver child of the milter, which must work under the unit's
+hardening (its unix socket in the service's private /tmp, fork, the system call filter); and
+when it cannot start, the message waits (4xx), never passes unread.
 """
 
 from __future__ import annotations
@@ -30,13 +35,16 @@ import shutil
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 
 import pytest
 
 from tests.harness.nspawn import CACHE, POSTFIX_DEBCONF, BootedRoot, booted, check_cache
 from tests.harness.readme import CHECKOUT, install_blocks
+from tests.test_attachment_text import BSN, DOCX, docx, pdf
 
 pytestmark = pytest.mark.integration
 
@@ -287,3 +295,137 @@ def test_a_timer_on_a_fresh_install_makes_the_store(installed: BootedRoot) -> No
             "rm -rf /var/lib/zivmilter\nmv /var/lib/zivmilter.before /var/lib/zivmilter\n"
             "systemctl start zivmilter zivmilter-portal"
         )
+
+
+CONFIG = "/etc/zivmilter/zivmilter.yaml"
+# The README's content rules with the attachments' text in scope, in `mode: rules`: a message is
+# secured only when a rule matches, so one that passes plain shows the reader failed.
+CONTENT_RULES = textwrap.dedent(
+    """
+    import sys, yaml
+    with open(sys.argv[1]) as f:
+        cfg = yaml.safe_load(f)
+    cfg["selection"]["mode"] = "rules"
+    cfg["selection"]["content"] = {
+        "bsn": True, "scope": ["subject", "text", "attachment_names", "attachment_text"],
+    }
+    with open(sys.argv[1], "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    """
+)
+QUEUED_AS = re.compile(r"queued as ([0-9A-Za-z]+)")
+# Neither the milter nor its reader processes may have said any of these (the journal of the
+# unit holds all three: the milter, the forkserver and its children write to its stderr).
+TROUBLE = ("Traceback", "ERROR", "forkserver", "not read for the content rules", "ReaderError")
+
+
+@pytest.fixture(scope="module")
+def content_rules(installed: BootedRoot) -> Iterator[BootedRoot]:
+    """The configuration with the content rules on (restored after); the milter restarted."""
+    installed.run(
+        f"cp -a {CONFIG} /root/zivmilter.yaml.before\n"
+        f"/opt/zivmilter/bin/python3 -c {shlex_quote(CONTENT_RULES)} {CONFIG}\n"
+        f"zivmilter check-config {CONFIG}\n"
+        "systemctl restart zivmilter"
+    )
+    yield installed
+    installed.run(f"cp -a /root/zivmilter.yaml.before {CONFIG}\nsystemctl restart zivmilter")
+
+
+def cursor(box: BootedRoot) -> str:
+    out = box.run("journalctl -u zivmilter -n 0 --show-cursor --no-pager").stdout
+    return out.rsplit("-- cursor: ", 1)[1].strip()
+
+
+def journal_after(box: BootedRoot, mark: str, *wanted: str) -> str:
+    """The unit's journal after `mark`, once it has every `wanted` text (journald may lag)."""
+    deadline = time.monotonic() + 30
+    while True:
+        log = box.run(f"journalctl -u zivmilter --after-cursor='{mark}' --no-pager -o cat").stdout
+        if all(w in log for w in wanted) or time.monotonic() > deadline:
+            return log
+        time.sleep(0.5)
+
+
+def queue_ids(box: BootedRoot) -> set[str]:
+    return {json.loads(line)["queue_id"] for line in box.run("postqueue -j").stdout.splitlines()}
+
+
+def letter(marker: str, name: str, ctype: str, data: bytes) -> str:
+    """A short letter with no number in its text or name, and the attachment `data`."""
+    msg = EmailMessage()
+    msg["From"] = f"Alice <{SENDER}>"
+    msg["To"] = f"<{RECIPIENT}>"
+    msg["Subject"] = f"Verwijzing {marker}"
+    msg["Date"] = "Tue, 24 Nov 2026 09:00:00 +0100"
+    msg["Message-ID"] = f"<{marker}@hospital.example>"
+    msg.set_content("Geachte collega,\n\nZie de verwijsbrief in de bijlage.\n")
+    maintype, subtype = ctype.split("/")
+    msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return msg.as_bytes(policy=SMTP).decode("ascii")
+
+
+# (file name, content type, file, the match as the journal shows it)
+ATTACHMENTS = [
+    pytest.param(
+        "verwijzing.pdf", "application/pdf", lambda: pdf("Verwijzing", f"BSN {BSN}"), "******782",
+        id="pdf",
+    ),
+    pytest.param(
+        "brief.docx", DOCX, lambda: docx("Geachte collega,", f"BSN {BSN}"), "******782",
+        id="docx",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "ctype", "make", "masked"), ATTACHMENTS)
+def test_a_bsn_only_in_an_attachment_gets_the_message_secured(
+    content_rules: BootedRoot, name: str, ctype: str, make: Callable[[], bytes], masked: str
+) -> None:
+    box = content_rules
+    mark = cursor(box)
+    marker = f"attach-{name.replace('.', '-')}"
+    replies = smtp(box, letter(marker, name, ctype, make()))
+    assert replies["data"][0] == 250, replies  # type: ignore[index]
+    (queue_id,) = QUEUED_AS.findall(replies["data"][1])  # type: ignore[index]
+    # The notification took the letter's place in the queue: a link, not the attachment.
+    raw = box.run(f"postcat -bh -q {queue_id}").stdout.encode()
+    text = text_of(raw)
+    assert LINK.search(text), text[-3000:]
+    for absent in (name, ctype, BSN, "verwijsbrief"):
+        assert absent not in text, absent
+    # It was read by the reader's server beside the milter, as the service user, in the unit.
+    readers = " ".join(box.run("ps -u zivmilter -o ppid=,args=").stdout.split())
+    main = show(box, "zivmilter.service", "MainPID")["MainPID"]
+    assert f"{main} /opt/zivmilter/bin/python3 -c from multiprocessing.forkserver" in readers
+    matched = f"content rule bsn matched in attachment {name}: {masked}"
+    log = journal_after(box, mark, matched, f"[{queue_id} <{marker}@hospital.example>] done:")
+    assert matched in log, log
+    assert f"to=<{RECIPIENT}> delivery=notification" in log, log
+    assert not [line for line in log.splitlines() if any(t in line for t in TROUBLE)], log
+
+
+def test_a_reader_that_cannot_start_holds_the_message(content_rules: BootedRoot) -> None:
+    """Without PrivateTmp=, /tmp is read-only under ProtectSystem=strict and the reader's
+    forkserver has nowhere for its socket: the message is answered 4xx (the client retries),
+    and the journal says why from the start."""
+    box = content_rules
+    dropin = "/run/systemd/system/zivmilter.service.d"
+    mark = cursor(box)
+    box.run(
+        f"mkdir -p {dropin}\nprintf '[Service]\\nPrivateTmp=no\\n' >{dropin}/tmp.conf\n"
+        "systemctl daemon-reload\nsystemctl restart zivmilter"
+    )
+    try:
+        data = letter("attach-nostart", "verwijzing.pdf", "application/pdf", pdf(f"BSN {BSN}"))
+        before = queue_ids(box)
+        replies = smtp(box, data)
+        code, text = replies["data"]  # type: ignore[misc]
+        assert (code, text.split()[0]) == (451, "4.3.0"), replies
+        said = "the attachments' text reader could not be started"
+        held = "messages with attachments to read are tempfailed until it starts"
+        log = journal_after(box, mark, said, held, "tempfail, ref")
+        assert said in log and held in log, log
+        assert queue_ids(box) == before  # nothing queued: the client keeps it
+    finally:
+        box.run(f"rm -r {dropin}\nsystemctl daemon-reload\nsystemctl restart zivmilter")
