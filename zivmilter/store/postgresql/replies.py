@@ -12,6 +12,7 @@ import tempfile
 from typing import Any, BinaryIO, Literal
 
 from zivmilter.errors import StoreError
+from zivmilter.store import contents
 from zivmilter.store.postgresql.connection import audit, dt, dt_or_none
 from zivmilter.store.postgresql.contents import insert_blob
 from zivmilter.store.postgresql.messages import MessagesMixin
@@ -179,9 +180,8 @@ class RepliesMixin(MessagesMixin):
                 " WHERE p.id = %s AND m.revoked_at IS NULL",
                 (reply_id,),
             ).fetchone()
-        if row is None or row[1] is None:
-            return None
-        return self._open_blob(str(row[0]), self._sealing.data_key(bytes(row[1])))
+        stored = contents.stored(self._sealing, row)
+        return None if stored is None else self._open_blob(*stored)
 
 
 def _existing(path: str) -> str:

@@ -10,6 +10,7 @@ import secrets
 from typing import Any, BinaryIO, Literal
 
 from zivmilter.errors import StoreError
+from zivmilter.store import contents
 from zivmilter.store.records import ReplyRecord, ReplyUsage
 from zivmilter.store.sqlite.connection import audit, dt, dt_or_none
 from zivmilter.store.sqlite.contents import ContentsMixin, insert_blob
@@ -145,6 +146,5 @@ class RepliesMixin(ContentsMixin):
                 " WHERE p.id = ? AND m.revoked_at IS NULL",
                 (reply_id,),
             ).fetchone()
-        if row is None or row[1] is None:
-            return None
-        return self._open_blob(str(row[0]), self._sealing.data_key(bytes(row[1])))
+        stored = contents.stored(self._sealing, row)
+        return None if stored is None else self._open_blob(*stored)
