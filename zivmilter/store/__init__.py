@@ -6,8 +6,8 @@
   seal/unseal/wrap in the store); blobs.py: encrypted contents, and the blob files;
 - what the rows mean, once for both backends (plain values in and out, no SQL): rows.py
   (messages, recipients), attempts.py (a lockable row's counters), and one module per aggregate:
-  contents.py, claims.py, senders.py, accounts.py, contacts.py, recipientkeys.py, audit.py,
-  attachments.py;
+  messages.py, contents.py, claims.py, senders.py, accounts.py, contacts.py, recipientkeys.py,
+  audit.py, attachments.py;
 - sqlite/: the single-machine backend (connection and group commit, schema, one module of SQL
   and its locking per aggregate); postgresql/: the backend for several nodes on one PostgreSQL
   (the same shape, its own SQL, contents in the database; needs the `postgresql` extra).
