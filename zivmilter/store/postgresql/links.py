@@ -14,7 +14,7 @@ from datetime import datetime
 from functools import partial
 
 from zivmilter.core.addresses import normalize_address
-from zivmilter.store import attempts, rows
+from zivmilter.store import attempts, contents, rows
 from zivmilter.store.attempts import Counters
 from zivmilter.store.postgresql.connection import audit, recipient_ref, ts
 from zivmilter.store.postgresql.messages import KEY_JOIN, MESSAGE_FIELDS, MessagesMixin
@@ -98,8 +98,7 @@ class LinksMixin(MessagesMixin):
             paths: list[str] | None = None
             if row is not None and not row[0]:
                 paths = self._revoke_in(cur, message_id, reason or "every link revoked", now)
-        for p in paths or ():
-            self._remove_blob(p)
+        contents.remove(self._blobs, paths or ())
         return True
 
     def claim_attempt(
