@@ -46,6 +46,7 @@ def _wrap(owner: Any, name: str, label: str) -> None:
 def _install() -> None:
     from zivmilter.gateway import gateway as g
     from zivmilter.mta.milter import ZivMilter
+    from zivmilter.store import contents
     from zivmilter.store.sqlite.connection import SqliteBase
     from zivmilter.store.sqlite.messages import MessagesMixin
 
@@ -57,7 +58,7 @@ def _install() -> None:
     _wrap(g, "assess", "gateway: policy (assess)")
     _wrap(g.Gateway, "_store", "gateway: store (all)")
     _wrap(MessagesMixin, "save_message", "store: save_message")
-    _wrap(MessagesMixin, "_write_blob", "store: encrypt blob")
+    _wrap(contents, "encrypt", "store: encrypt blob")
     _wrap(g.Gateway, "_copies", "gateway: notification")
     _wrap(g.Gateway, "_plan_for_kept", "gateway: plan")
     _wrap(SqliteBase, "_write_batch", "store writer: commit (other thread)")

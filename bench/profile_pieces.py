@@ -29,7 +29,7 @@ PIECES: list[tuple[str, str]] = [
         "store: blob encryption",
         "encrypt_stream|encrypt_content|_write_blob|seal_|_hkdf|new_data_key|field_key",
     ),
-    ("store: link token + hashes", r"token_hash|token_urlsafe|_verification_data"),
+    ("store: link token + hashes", r"token_hash|token_urlsafe|verification_data"),
     ("store: commit (SQL + wait)", _COMMIT),
     ("store: other", r"\(zivmilter/store/"),
     ("gateway: notification", r"\(zivmilter/mail/notification|_copies"),

@@ -5,9 +5,9 @@
 - sealing.py: the key hierarchy and every encryption context (the only caller of crypto's
   seal/unseal/wrap in the store); blobs.py: encrypted contents, and the blob files;
 - what the rows mean, once for both backends (plain values in and out, no SQL): rows.py
-  (messages, recipients), attempts.py (a lockable row's counters), and one module per aggregate:
-  claims.py, senders.py, accounts.py, contacts.py, recipientkeys.py, audit.py,
-  attachments.py;
+  (messages, recipients), attempts.py (a lockable row's counters and one-time code: links',
+  claims', sign-ins'), and one module per aggregate: messages.py, contents.py, replies.py,
+  claims.py, senders.py, accounts.py, contacts.py, recipientkeys.py, audit.py, attachments.py;
 - sqlite/: the single-machine backend (connection and group commit, schema, one module of SQL
   and its locking per aggregate); postgresql/: the backend for several nodes on one PostgreSQL
   (the same shape, its own SQL, contents in the database; needs the `postgresql` extra).

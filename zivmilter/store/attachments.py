@@ -65,11 +65,3 @@ def record(sealing: Sealing, row: Any) -> AttachmentRecord | None:
     return AttachmentRecord(
         str(aid), message, filename, str(ctype), int(size), dt(created), available
     )
-
-
-def content(sealing: Sealing, row: Any) -> tuple[str, DataKey] | None:
-    """The blob and the key of an attachment's content from (blob_id, wrapped key), or None
-    when there is no such attachment or its key is gone."""
-    if row is None or row[1] is None:
-        return None
-    return str(row[0]), sealing.data_key(bytes(row[1]))

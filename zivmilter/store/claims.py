@@ -12,16 +12,17 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from zivmilter import defaults
-from zivmilter.store.attempts import Counters, Lockout, lock_in_force
+from zivmilter.store import attempts
+from zivmilter.store.attempts import NONE_LEFT, Counters, Lockout
 from zivmilter.store.records import ClaimAttempt, ClaimRecord, OtpState
-from zivmilter.store.rows import dt, dt_or_none
+from zivmilter.store.rows import dt_or_none
 from zivmilter.store.sealing import Sealing
 
 BUDGET_WINDOW = 3600  # seconds: `per_hour` counts what an address got in the last hour
-NONE_LEFT = float("inf")  # `issue_claim_code`: no code now, nor later
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +62,7 @@ def code(sealing: Sealing, claim_id: int, row: Any) -> OtpState | None:
 
 def stored_code(sealing: Sealing, claim_id: int, row: Any) -> tuple[bytes, OtpState] | None:
     """The claim's code as stored (sealed: what a conditional UPDATE compares) and opened."""
-    if row is None or row[0] is None or row[1] is None:
-        return None
-    sealed = bytes(row[0])
-    return sealed, OtpState(sealing.unseal_claim_code(claim_id, sealed), dt(row[1]))
+    return attempts.stored_code(row, partial(sealing.unseal_claim_code, claim_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +79,9 @@ def code_request(row: Any, now: int, min_interval: float, max_sends: int) -> Cod
     """From the claim's (address, otp_sent_at, otp_sends)."""
     if row is None:
         return CodeRequest("", NONE_LEFT)
-    address, sent_at, sends = str(row[0]), row[1], int(row[2])
-    if sends >= max_sends:
-        return CodeRequest(address, NONE_LEFT)
-    if sent_at is not None and now - int(sent_at) < min_interval:
-        return CodeRequest(address, float(min_interval - (now - int(sent_at))))
-    return CodeRequest(address, 0.0)
+    return CodeRequest(
+        str(row[0]), attempts.code_wait(row[1], row[2], now, min_interval, max_sends)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,18 +129,3 @@ class Counted:
 def refused(claim_id: int, locked_until: datetime | None = None) -> ClaimAttempt:
     """An answer not admitted: the claim is unknown, or locked until `locked_until`."""
     return ClaimAttempt(claim_id, False, locked_until)
-
-
-def settle_events(attempt: ClaimAttempt, ok: bool, detail: str) -> list[tuple[str, str]]:
-    """The audit events (event, detail) of settling an admitted answer."""
-    if ok:
-        return []
-    events = [("verify-failed", detail)]
-    if attempt.locked_until is not None:
-        events.append(("locked", f"{attempt.lock_seconds} s"))
-    return events
-
-
-def settled_lock(row: Any, now: int) -> datetime | None:
-    """The lock in force once settled, from the claim's (locked_until) or None."""
-    return None if row is None else lock_in_force(row[0], now)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from zivmilter import crypto, defaults
-from zivmilter.store.attempts import lock_in_force
 from zivmilter.store.records import MessageRecord, SentPage, SignInAttempt, address_key
 from zivmilter.store.rows import dt, message_record
 from zivmilter.store.sealing import Sealing
@@ -64,11 +62,6 @@ def settle_events(attempt: SignInAttempt, ok: bool) -> list[tuple[str, str]]:
     if attempt.locked_until is not None:
         events.append(("locked", "sign-in"))
     return events
-
-
-def settled_lock(row: Any, now: int) -> datetime | None:
-    """The lock in force once settled, from the account's (locked_until) or None."""
-    return None if row is None else lock_in_force(row[0], now)
 
 
 # -- sent items -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import BinaryIO
 
 from zivmilter import crypto
-from zivmilter.store import attachments
+from zivmilter.store import attachments, contents
 from zivmilter.store.blobs import Content
 from zivmilter.store.postgresql.connection import audit
 from zivmilter.store.postgresql.contents import insert_blob
@@ -94,5 +94,5 @@ class AttachmentsMixin(MessagesMixin):
                 " LEFT JOIN message_keys k ON k.message_id = a.message_id WHERE a.id = %s",
                 (attachment_id,),
             ).fetchone()
-        stored = attachments.content(self._sealing, row)
+        stored = contents.stored(self._sealing, row)
         return None if stored is None else self._open_blob(*stored)

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Callable
 from datetime import datetime
 
-from zivmilter.store import claims
+from zivmilter.store import attempts, claims
 from zivmilter.store.attempts import Lockout
 from zivmilter.store.postgresql.connection import Cursor, audit, ts
 from zivmilter.store.postgresql.messages import MessagesMixin
@@ -67,7 +67,7 @@ class ClaimsMixin(MessagesMixin):
             if ask.wait:
                 return ask.wait
             if not _take_budget(cur, ask.address, now, per_hour):
-                return claims.NONE_LEFT
+                return attempts.NONE_LEFT
             cur.execute(
                 "UPDATE download_claims SET otp_secret = %s, otp_sent_at = %s,"
                 " otp_sends = otp_sends + 1 WHERE id = %s",
@@ -135,7 +135,7 @@ class ClaimsMixin(MessagesMixin):
             if row is None:
                 return None
             message_id, address = str(row[0]), str(row[1])
-            for event, text in claims.settle_events(attempt, ok, detail):
+            for event, text in attempts.settle_events(attempt, ok, detail):
                 audit(cur, now, message_id, address, event, text)
             if ok:
                 cur.execute(
@@ -154,7 +154,7 @@ class ClaimsMixin(MessagesMixin):
             row = cur.execute(
                 "SELECT locked_until FROM download_claims WHERE id = %s", (attempt.claim_id,)
             ).fetchone()
-        return claims.settled_lock(row, now)
+        return attempts.settled_lock(row, now)
 
     def consume_claim_code(self, claim_id: int, valid: Callable[[bytes, datetime], bool]) -> bool:
         """Spend the claim's code if `valid(secret, sent_at)` says the answer is that code:

@@ -12,9 +12,9 @@ retry hands a copy over twice, or stores the message again, never loses one.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 
+from zivmilter.store import messages
 from zivmilter.store.postgresql.connection import Cursor
 from zivmilter.store.postgresql.messages import MessagesMixin
 from zivmilter.store.records import Handover
@@ -30,7 +30,7 @@ class HandoversMixin(MessagesMixin):
         key = self._live_message_key(message_id)
         if key is None:
             return
-        sealed = key.seal_tokens(message_id, json.dumps(tokens, sort_keys=True).encode())
+        sealed = messages.seal_tokens(key, message_id, tokens)
         with self._lightly() as cur:
             cur.execute(
                 "INSERT INTO handovers (message_id, retry_key, tokens, created_at)"
@@ -65,8 +65,8 @@ class HandoversMixin(MessagesMixin):
                 "SELECT copy FROM handed_copies WHERE message_id = %s", (message_id,)
             ).fetchall()
         key = self._sealing.data_key(bytes(row[2]))
-        tokens = json.loads(key.unseal_tokens(message_id, bytes(row[1])))
-        return Handover(message_id, dict(tokens), frozenset(str(r[0]) for r in handed))
+        tokens = messages.open_tokens(key, message_id, bytes(row[1]))
+        return Handover(message_id, tokens, frozenset(str(r[0]) for r in handed))
 
     def mark_handed(self, message_id: str, copy: str) -> None:
         """The MTA took this copy of the message: a retry must not hand it over again.

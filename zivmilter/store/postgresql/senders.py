@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from zivmilter.store import attempts
 from zivmilter.store import senders as sender_side
 from zivmilter.store.attempts import Counters, Lockout
 from zivmilter.store.postgresql.connection import audit, ts
@@ -157,7 +158,7 @@ class SendersMixin(MessagesMixin):
                 row = cur.fetchone()
             for event, detail in sender_side.settle_events(attempt, ok):
                 audit(cur, now, None, attempt.address, event, detail)
-        return sender_side.settled_lock(row, now)
+        return attempts.settled_lock(row, now)
 
     # -- sent items -----------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import BinaryIO
 
 from zivmilter import crypto
-from zivmilter.store import attachments
+from zivmilter.store import attachments, contents
 from zivmilter.store.blobs import Content
 from zivmilter.store.records import AttachmentRecord, SavedAttachment
 from zivmilter.store.sqlite.connection import audit
@@ -91,5 +91,5 @@ class AttachmentsMixin(MessagesMixin):
                 " JOIN messages m ON m.id = a.message_id WHERE a.id = ?",
                 (attachment_id,),
             ).fetchone()
-        stored = attachments.content(self._sealing, row)
+        stored = contents.stored(self._sealing, row)
         return None if stored is None else self._open_blob(*stored)

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Callable
 from datetime import datetime
 
-from zivmilter.store import claims
+from zivmilter.store import attempts, claims
 from zivmilter.store.attempts import Lockout
 from zivmilter.store.records import ClaimAttempt, ClaimRecord, OtpState
 from zivmilter.store.sqlite.connection import audit, ts
@@ -65,7 +65,7 @@ class ClaimsMixin(MessagesMixin):
             if ask.wait:
                 return ask.wait
             if not _take_budget(cur, ask.address, now, per_hour):
-                return claims.NONE_LEFT
+                return attempts.NONE_LEFT
             cur.execute(
                 "UPDATE download_claims SET otp_secret = ?, otp_sent_at = ?,"
                 " otp_sends = otp_sends + 1 WHERE id = ?",
@@ -133,7 +133,7 @@ class ClaimsMixin(MessagesMixin):
             if row is None:
                 return None
             message_id, address = str(row[0]), str(row[1])
-            for event, text in claims.settle_events(attempt, ok, detail):
+            for event, text in attempts.settle_events(attempt, ok, detail):
                 audit(cur, now, message_id, address, event, text)
             if ok:
                 cur.execute(
@@ -151,7 +151,7 @@ class ClaimsMixin(MessagesMixin):
             row = cur.execute(
                 "SELECT locked_until FROM download_claims WHERE id = ?", (attempt.claim_id,)
             ).fetchone()
-        return claims.settled_lock(row, now)
+        return attempts.settled_lock(row, now)
 
     def consume_claim_code(self, claim_id: int, valid: Callable[[bytes, datetime], bool]) -> bool:
         """Spend the claim's code if `valid(secret, sent_at)` says the answer is that code:

@@ -11,12 +11,11 @@ Durability of a save (SPEC 10: never accept before the encrypted copy is durably
 
 from __future__ import annotations
 
-import io
 import sqlite3
 from typing import BinaryIO
 
-from zivmilter.errors import StoreError
-from zivmilter.store.blobs import Content, EncryptedContent, decrypting_reader, encrypt_content
+from zivmilter.store import contents
+from zivmilter.store.blobs import Content, EncryptedContent
 from zivmilter.store.sealing import DataKey
 from zivmilter.store.sqlite.connection import SqliteBase
 
@@ -24,13 +23,10 @@ from zivmilter.store.sqlite.connection import SqliteBase
 class ContentsMixin(SqliteBase):
     def _write_blob(self, blob_id: str, key: DataKey, content: Content) -> EncryptedContent:
         """Encrypt a content: in memory when small (the row will carry it), else to its file."""
-        return encrypt_content(
-            self._blobs, self._inline_max, blob_id, key.content_key(blob_id), content
-        )
+        return contents.encrypt(self._blobs, self._inline_max, key, [(blob_id, content)])[0]
 
     def _remove_blob(self, ref: str) -> None:
-        if ref:  # else kept in its row: gone with the row (or its data set to NULL)
-            self._blobs.remove(ref)
+        contents.remove(self._blobs, [ref])
 
     def _open_blob(self, blob_id: str, key: DataKey) -> BinaryIO | None:
         """A blob's plaintext as read, under `key`; None once the blob is deleted."""
@@ -39,19 +35,7 @@ class ContentsMixin(SqliteBase):
                 "SELECT path, sha256, data FROM blobs WHERE id = ? AND deleted_at IS NULL",
                 (blob_id,),
             ).fetchone()
-        if row is None:
-            return None
-        fh: BinaryIO
-        if not row[0]:  # kept in the row
-            if row[2] is None:
-                raise StoreError(f"blob {blob_id}: encrypted copy missing from its row")
-            fh = io.BytesIO(bytes(row[2]))
-        else:
-            try:
-                fh = self._blobs.open(str(row[0]))
-            except OSError as exc:
-                raise StoreError(f"blob {blob_id}: encrypted copy unreadable: {exc}") from None
-        return decrypting_reader(key.content_key(blob_id), fh, str(row[1]))
+        return contents.reader(self._blobs, blob_id, key, row)
 
     def sweep_orphans(self, older_than: float = 3600.0) -> int:
         """Remove blob files no row refers to (left by a crash mid-save); returns how many."""
@@ -66,14 +50,5 @@ def insert_blob(
     cur.execute(
         "INSERT INTO blobs (id, message_id, kind, path, size, cipher_size, sha256, data)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            blob_id,
-            message_id,
-            kind,
-            blob.ref,
-            blob.written.size,
-            blob.written.cipher_size,
-            blob.written.sha256,
-            blob.data,
-        ),
+        contents.blob_row(blob, blob_id, message_id, kind),
     )

@@ -18,11 +18,11 @@ for; a power loss can drop the last few, and then a copy is sent twice, never lo
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from zivmilter.store import messages
 from zivmilter.store.records import Handover
 from zivmilter.store.sqlite.messages import MessagesMixin
 
@@ -33,7 +33,7 @@ class HandoversMixin(MessagesMixin):
         key = self._live_message_key(message_id)
         if key is None:
             return
-        sealed = key.seal_tokens(message_id, json.dumps(tokens, sort_keys=True).encode())
+        sealed = messages.seal_tokens(key, message_id, tokens)
         self._lightly(
             lambda cur: cur.execute(
                 "INSERT OR REPLACE INTO handovers (message_id, retry_key, tokens, created_at)"
@@ -61,12 +61,12 @@ class HandoversMixin(MessagesMixin):
             key = self._live_message_key(str(message_id))
             if key is None:
                 continue
-            tokens = json.loads(key.unseal_tokens(str(message_id), bytes(sealed)))
+            tokens = messages.open_tokens(key, str(message_id), bytes(sealed))
             with self._lock:
                 handed = self._conn.execute(
                     "SELECT copy FROM handed_copies WHERE message_id = ?", (message_id,)
                 ).fetchall()
-            return Handover(str(message_id), dict(tokens), frozenset(str(r[0]) for r in handed))
+            return Handover(str(message_id), tokens, frozenset(str(r[0]) for r in handed))
         return None
 
     def mark_handed(self, message_id: str, copy: str) -> None:

@@ -1,20 +1,22 @@
 """SQL of a link's portal state: its revocation, verification attempts and one-time codes.
 
-Decisions (lockout length, rate limits) are the portal's, passed in; each method here reads and
-writes in one transaction, so a check-then-act holds when several portal processes share the
-database.
+Decisions (lockout length, rate limits) are the portal's, passed in; what the counters and the
+code mean is store/attempts.py's, shared with PostgreSQL. Each method here reads and writes in
+one transaction, so a check-then-act holds when several portal processes share the database.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 from zivmilter.core.addresses import normalize_address
-from zivmilter.store import rows
+from zivmilter.store import attempts, rows
+from zivmilter.store.attempts import Counters
 from zivmilter.store.records import Attempt, LinkState, LinkView, OtpState
 from zivmilter.store.rows import RECIPIENT_FIELDS
-from zivmilter.store.sqlite.connection import audit, dt, dt_or_none, recipient_ref, ts
+from zivmilter.store.sqlite.connection import audit, recipient_ref, ts
 from zivmilter.store.sqlite.messages import MESSAGE_FIELDS, MessagesMixin
 
 
@@ -97,24 +99,18 @@ class LinksMixin(MessagesMixin):
             ).fetchone()
             if row is None:
                 return Attempt(recipient_id, False, None)
-            message_id, address = str(row[0]), str(row[1])
-            streak, lockouts, locked = int(row[2]) + 1, int(row[3]), row[4]
-            if locked is not None and now < int(locked):
-                audit(cur, now, message_id, address, "verify-while-locked", detail)
-                return Attempt(recipient_id, False, dt(locked))
-            seconds = lockout(streak, lockouts)
-            until = None if seconds is None else now + int(seconds)
+            counters = Counters.read(row[2], row[3], row[4])
+            locked = counters.locked(now)
+            if locked is not None:
+                audit(cur, now, str(row[0]), str(row[1]), "verify-while-locked", detail)
+                return Attempt(recipient_id, False, locked)
+            n = counters.count(now, lockout)
             cur.execute(
                 "UPDATE recipients SET failed_attempts = failed_attempts + 1, failed_streak = ?,"
                 " lockouts = ?, locked_until = COALESCE(?, locked_until) WHERE id = ?",
-                (
-                    0 if until is not None else streak,
-                    lockouts + 1 if until is not None else lockouts,
-                    until,
-                    recipient_id,
-                ),
+                (n.streak, n.lockouts, n.until, recipient_id),
             )
-        return Attempt(recipient_id, True, dt_or_none(until), int(seconds or 0))
+        return Attempt(recipient_id, True, n.locked_until, n.seconds)
 
     def settle_attempt(self, attempt: Attempt, ok: bool, detail: str = "") -> datetime | None:
         """The outcome of a claimed answer. Wrong: it stays counted (audited as `verify-failed`,
@@ -139,14 +135,12 @@ class LinksMixin(MessagesMixin):
                     " WHERE id = ?",
                     (set_lock, set_lock, set_lock, attempt.recipient_id),
                 )
-            else:
-                audit(cur, now, message_id, address, "verify-failed", detail)
-                if set_lock is not None:
-                    audit(cur, now, message_id, address, "locked", f"{attempt.lock_seconds} s")
-            locked = cur.execute(
+            for event, text in attempts.settle_events(attempt, ok, detail):
+                audit(cur, now, message_id, address, event, text)
+            row = cur.execute(
                 "SELECT locked_until FROM recipients WHERE id = ?", (attempt.recipient_id,)
-            ).fetchone()[0]
-        return dt(locked) if locked is not None and now < int(locked) else None
+            ).fetchone()
+        return attempts.settled_lock(row, now)
 
     def record_verified(self, recipient_id: int, detail: str = "") -> None:
         """A successful verification: the failure streak and the one-time code are spent."""
@@ -175,18 +169,16 @@ class LinksMixin(MessagesMixin):
                 (recipient_id,),
             ).fetchone()
             if row is None:
-                return float("inf")
-            sent_at, sends = row[2], int(row[3])
-            if sends >= max_sends:
-                return float("inf")
-            if sent_at is not None and now - int(sent_at) < min_interval:
-                return float(min_interval - (now - int(sent_at)))
+                return attempts.NONE_LEFT
+            wait = attempts.code_wait(row[2], row[3], now, min_interval, max_sends)
+            if wait:
+                return wait
             cur.execute(
                 "UPDATE recipients SET otp_secret = ?, otp_sent_at = ?, otp_sends = otp_sends + 1"
                 " WHERE id = ?",
                 (sealed, now, recipient_id),
             )
-            audit(cur, now, str(row[0]), str(row[1]), "code-issued", f"#{sends + 1}")
+            audit(cur, now, str(row[0]), str(row[1]), "code-issued", f"#{int(row[3]) + 1}")
         return 0.0
 
     def otp(self, recipient_id: int) -> OtpState | None:
@@ -194,10 +186,8 @@ class LinksMixin(MessagesMixin):
             row = self._conn.execute(
                 "SELECT otp_secret, otp_sent_at FROM recipients WHERE id = ?", (recipient_id,)
             ).fetchone()
-        if row is None or row[0] is None or row[1] is None:
-            return None
-        secret = self._sealing.unseal_otp(recipient_id, bytes(row[0]))
-        return OtpState(secret, dt(row[1]))
+        stored = attempts.stored_code(row, partial(self._sealing.unseal_otp, recipient_id))
+        return None if stored is None else stored[1]
 
     def consume_otp(
         self, recipient_id: int, valid: Callable[[bytes, datetime], bool], detail: str = ""
@@ -220,16 +210,15 @@ class LinksMixin(MessagesMixin):
                 "SELECT message_id, address, otp_secret, otp_sent_at FROM recipients WHERE id = ?",
                 (recipient_id,),
             ).fetchone()
-            if row is None or row[2] is None or row[3] is None:
+            if row is None:
                 return False
-            sealed = bytes(row[2])
-            secret = self._sealing.unseal_otp(recipient_id, sealed)
-            if not valid(secret, dt(row[3])):
+            stored = attempts.stored_code(row[2:], partial(self._sealing.unseal_otp, recipient_id))
+            if stored is None or not valid(stored[1].secret, stored[1].sent_at):
                 return False
             done = cur.execute(
                 "UPDATE recipients SET otp_secret = NULL, failed_streak = 0, otp_sends = 0"
                 " WHERE id = ? AND otp_secret = ? AND revoked_at IS NULL",
-                (recipient_id, sealed),
+                (recipient_id, stored[0]),
             ).rowcount
             if done != 1:
                 return False

@@ -1,33 +1,27 @@
 """SQL of messages and their recipients: saving (the milter's hot path), reading, revocation.
 
-Everything sealed or hashed happens before the store's lock is taken; inside it, only inserts.
+Everything sealed or hashed happens before the store's lock is taken (store/messages.py prepares
+the rows, shared with PostgreSQL); inside it, only inserts.
 """
 
 from __future__ import annotations
 
-import json
-import secrets
 import sqlite3
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from zivmilter import crypto, defaults
-from zivmilter.core.addresses import normalize_address
 from zivmilter.errors import StoreError
-from zivmilter.store import rekey
-from zivmilter.store.blobs import EncryptedContent
+from zivmilter.store import contents, messages, rekey
 from zivmilter.store.records import (
     MessageRecord,
     NewMessage,
-    NewPart,
-    NewRecipient,
     PartRecord,
     RecipientRecord,
     SavedMessage,
-    checked_recipient,
 )
-from zivmilter.store.rows import RECIPIENT_FIELDS, message_record, ordered_id, recipient_record
+from zivmilter.store.rows import RECIPIENT_FIELDS, message_record, recipient_record
 from zivmilter.store.sealing import DataKey
-from zivmilter.store.sqlite.connection import audit, ts
+from zivmilter.store.sqlite.connection import audit
 from zivmilter.store.sqlite.contents import ContentsMixin, insert_blob
 
 
@@ -36,154 +30,54 @@ class MessagesMixin(ContentsMixin):
 
     def save_message(self, message: NewMessage) -> SavedMessage:
         """Encrypt and durably store a message; returns its id and the recipients' link tokens."""
-        recipients = [checked_recipient(r) for r in message.recipients]
-        if not recipients:
-            raise ValueError("a stored message needs at least one recipient")
-        if len({r.address for r in recipients}) != len(recipients):
-            raise ValueError("a recipient appears twice")
-        sender = normalize_address(message.sender)
-        message_id = ordered_id()
-        blob_id = ordered_id()
-        key = self._sealing.new_data_key()
-        created = int(self._now())
-
-        # scrypt takes ~0.1 s: hash before taking the store's lock, not inside the transaction.
-        secrets_of = {r.address: self._verification_data(r) for r in recipients}
-        tokens: dict[str, str] = {}
-        for r in recipients:
-            if r.delivery == "notification":
-                tokens[r.address] = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
-
-        # Everything sealed and hashed here, outside the lock; `write` only inserts.
-        message_row = (
-            message_id,
-            message.rfc822_id,
-            message.queue_id,
-            sender,
-            key.seal_subject(message_id, message.subject),
-            key.wrapped,
-            created,
-            ts(message.expires_at),
-        )
-        recipient_rows = []
-        for r in recipients:
-            token = tokens.get(r.address)
-            phone, code_hash = secrets_of[r.address]
-            recipient_rows.append(
-                (
-                    message_id,
-                    r.address,
-                    r.conversation,
-                    r.method,
-                    r.delivery,
-                    r.rule,
-                    r.level,
-                    None if token is None else crypto.token_hash(token),
-                    r.verification,
-                    None if phone is None else key.seal_phone(message_id, r.address, phone),
-                    code_hash,
-                    None if r.hint is None else key.seal_hint(message_id, r.address, r.hint),
-                    # The milter hands the notification to the MTA in the same transaction,
-                    # or discards this message: saved means notified.
-                    created if r.delivery == "notification" else None,
-                )
-            )
-
-        blob = self._write_blob(blob_id, key, message.content)
-        parts: list[tuple[NewPart, str, EncryptedContent]] = []
-        try:
-            for part in message.parts:
-                part_blob_id = ordered_id()
-                parts.append(
-                    (part, part_blob_id, self._write_blob(part_blob_id, key, part.content))
-                )
-            part_rows = [
-                (
-                    message_id,
-                    part.index,
-                    part_blob_id,
-                    key.seal_part_name(message_id, part.index, part.filename),
-                    part.content_type,
-                )
-                for part, part_blob_id, _ in parts
-            ]
-        except BaseException:
-            for ref in [blob.ref] + [b.ref for _, _, b in parts]:
-                self._remove_blob(ref)
-            raise
-
-        handover = None
-        if message.retry_key is not None:  # sealed here, outside the store's lock
-            sealed_tokens = key.seal_tokens(message_id, json.dumps(tokens, sort_keys=True).encode())
-            handover = (message_id, message.retry_key, sealed_tokens, created)
+        # Everything hashed (scrypt takes ~0.1 s) and sealed before taking the store's lock;
+        # `write` only inserts.
+        new = messages.prepare(self._sealing, message, self._now(), self._remembered)
+        blobs = contents.encrypt(self._blobs, self._inline_max, new.key, new.contents)
 
         def write(cur: sqlite3.Cursor) -> None:
             cur.execute(
-                "INSERT INTO messages (id, rfc822_id, queue_id, sender, subject, wrapped_key,"
-                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                message_row,
+                "INSERT INTO messages (id, rfc822_id, queue_id, sender, subject, created_at,"
+                " expires_at, wrapped_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*new.message, new.key.wrapped),
             )
             cur.executemany(
-                "INSERT INTO conversations (message_id, number) VALUES (?, ?)",
-                [(message_id, n) for n in sorted({r.conversation for r in recipients})],
+                "INSERT INTO conversations (message_id, number) VALUES (?, ?)", new.conversations
             )
             cur.executemany(
                 "INSERT INTO recipients (message_id, address, conversation, method, delivery,"
                 " rule, level, token_hash, verification, phone, access_code_hash, hint,"
                 " notified_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                recipient_rows,
+                new.recipients,
             )
-            insert_blob(cur, blob, blob_id, message_id, "message")
-            for _, part_blob_id, part_blob in parts:
-                insert_blob(cur, part_blob, part_blob_id, message_id, "part")
+            for (blob_id, kind, _), blob in zip(new.blobs, blobs, strict=True):
+                insert_blob(cur, blob, blob_id, new.id, kind)
             cur.executemany(
                 "INSERT INTO parts (message_id, leaf, blob_id, filename, content_type)"
                 " VALUES (?, ?, ?, ?, ?)",
-                part_rows,
+                new.parts,
             )
-            if handover is not None:
+            if new.handover is not None:
                 cur.execute(
                     "INSERT INTO handovers (message_id, retry_key, tokens, created_at)"
                     " VALUES (?, ?, ?, ?)",
-                    handover,
+                    new.handover,
                 )
-            audit(cur, created, message_id, None, "stored", f"queue {message.queue_id}")
+            audit(cur, new.created_at, new.id, None, "stored", f"queue {message.queue_id}")
 
         try:
             self._commit_grouped(write)
         except BaseException:
-            for ref in [blob.ref] + [b.ref for _, _, b in parts]:
-                self._remove_blob(ref)
+            contents.remove(self._blobs, [b.ref for b in blobs])
             raise
-        return SavedMessage(id=message_id, tokens=tokens, size=blob.written.size)
+        return SavedMessage(id=new.id, tokens=new.tokens, size=blobs[0].written.size)
 
-    def _verification_data(self, r: NewRecipient) -> tuple[str | None, str | None]:
-        """(phone, access code hash) for a recipient, from the directive or the contact book."""
-        if r.verification == "sms":
-            if r.phone is not None:
-                return r.phone, None
-            with self._lock:
-                row = self._conn.execute(
-                    "SELECT sms FROM contacts WHERE address = ?", (r.address,)
-                ).fetchone()
-            if row is None or row[0] is None:
-                raise StoreError(
-                    f"{r.address}: sms verification, but no number given or remembered"
-                )
-            return self._sealing.unseal_contact_sms(r.address, bytes(row[0])), None
-        if r.verification == "access_code":
-            if r.access_code is not None:
-                return None, self._sealing.hash_access_code(r.access_code)
-            with self._lock:
-                row = self._conn.execute(
-                    "SELECT access_code_hash FROM contacts WHERE address = ?", (r.address,)
-                ).fetchone()
-            if row is None or row[0] is None:
-                raise StoreError(
-                    f"{r.address}: access-code verification, but no code given or remembered"
-                )
-            return None, str(row[0])
-        return None, None
+    def _remembered(self, column: Literal["sms", "access_code_hash"], address: str) -> Any:
+        """The contact book's (column,) of `address`, or None."""
+        with self._lock:
+            return self._conn.execute(
+                f"SELECT {column} FROM contacts WHERE address = ?", (address,)
+            ).fetchone()
 
     def access_code_matches(self, stored_hash: str | None, code: str) -> bool:
         """Whether `code` is the one a recipient's (or the contact book's) `access_code_hash`
@@ -209,8 +103,7 @@ class MessagesMixin(ContentsMixin):
             ]
             cur.execute("DELETE FROM messages WHERE id = ?", (message_id,))
             audit(cur, int(self._now()), message_id, None, "discarded", "")
-        for p in paths:
-            self._remove_blob(p)
+        contents.remove(self._blobs, paths)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -221,13 +114,12 @@ class MessagesMixin(ContentsMixin):
 
     def find_messages(self, ref: str) -> list[MessageRecord]:
         """Messages by store id or RFC 822 Message-ID (angle brackets optional), oldest first."""
-        ref = ref.strip()
-        bare = ref[1:-1] if ref.startswith("<") and ref.endswith(">") else ref
+        bare, angled = messages.message_ref(ref)
         with self._lock:
             rows = self._conn.execute(
                 _MESSAGE_SELECT + " WHERE m.id = ? OR m.rfc822_id IN (?, ?)"
                 " ORDER BY m.created_at, m.id",
-                (bare, f"<{bare}>", bare),
+                (bare, angled, bare),
             ).fetchall()
         return [message_record(self._sealing, r) for r in rows]
 
@@ -252,10 +144,7 @@ class MessagesMixin(ContentsMixin):
         message), or is revoked or expired."""
         row = self._part_row(message_id, index)
         key = None if row is None else self._live_message_key(message_id)
-        if row is None or key is None or row[1] is None:
-            return None
-        name = key.unseal_part_name(message_id, index, bytes(row[1]))
-        return PartRecord(index, name, str(row[2]), int(row[3]))
+        return messages.part_record(key, message_id, index, row)
 
     def open_part(self, message_id: str, index: int) -> BinaryIO | None:
         """That attachment's bytes, decrypted as read (errors as for `open_content`)."""
@@ -391,11 +280,8 @@ class MessagesMixin(ContentsMixin):
                 " WHERE p.message_id = ? AND p.sent_at IS NULL",
                 (message_id,),
             ).fetchall():
-                audit(
-                    cur, now, message_id, str(address), "reply-dropped",
-                    f"{reply_id}: not delivered when its message was revoked;"
-                    " maintenance will not send it",
-                )  # fmt: skip
+                dropped = messages.reply_dropped(reply_id)
+                audit(cur, now, message_id, str(address), "reply-dropped", dropped)
             paths = [
                 str(row[0])
                 for row in cur.execute(
@@ -410,8 +296,7 @@ class MessagesMixin(ContentsMixin):
                 (now, message_id),
             )
             audit(cur, now, message_id, None, "revoked", reason)
-        for p in paths:
-            self._remove_blob(p)
+        contents.remove(self._blobs, paths)
         # Old page images in the WAL still hold the wrapped key; fold them back and truncate.
         # A reader may hold them a while longer: `finish_erasure` says whether they are gone.
         self.finish_erasure()
@@ -457,11 +342,7 @@ class MessagesMixin(ContentsMixin):
                 "SELECT wrapped_key, expires_at FROM messages WHERE id = ? AND revoked_at IS NULL",
                 (message_id,),
             ).fetchone()
-        if row is None or row[0] is None:
-            return None
-        if row[1] is not None and int(self._now()) >= int(row[1]):
-            return None
-        return self._sealing.data_key(bytes(row[0]))
+        return messages.live_key(self._sealing, row, self._now())
 
 
 MESSAGE_FIELDS = (

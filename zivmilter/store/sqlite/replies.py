@@ -1,17 +1,18 @@
 """SQL of secure replies: written in the portal, handed to the MTA by the portal or maintenance.
 
-A reply is sealed with its message's data key: revoking the message destroys it too.
+A reply is sealed with its message's data key: revoking the message destroys it too. What the
+rows mean is store/replies.py's, shared with PostgreSQL.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from typing import Any, BinaryIO, Literal
 
-from zivmilter.errors import StoreError
+from zivmilter.store import contents
+from zivmilter.store import replies as reply_rows
 from zivmilter.store.records import ReplyRecord, ReplyUsage
-from zivmilter.store.sqlite.connection import audit, dt, dt_or_none
+from zivmilter.store.sqlite.connection import audit
 from zivmilter.store.sqlite.contents import ContentsMixin, insert_blob
 
 
@@ -27,27 +28,22 @@ class RepliesMixin(ContentsMixin):
                 " JOIN messages m ON m.id = r.message_id WHERE r.id = ? AND m.revoked_at IS NULL",
                 (recipient_id,),
             ).fetchone()
-        if row is None or row[3] is None:
-            raise StoreError(f"recipient {recipient_id}: message gone, cannot store a reply")
-        message_id, address, conversation = str(row[0]), str(row[1]), int(row[2])
-        key = self._sealing.data_key(bytes(row[3]))
-        reply_id = secrets.token_hex(16)
-        blob_id = secrets.token_hex(16)
-        blob = self._write_blob(blob_id, key, content)
+        new = reply_rows.new_reply(self._sealing, recipient_id, row)
+        blob = self._write_blob(new.blob_id, new.key, content)
         now = int(self._now())
         try:
             with self._transaction() as cur:
-                insert_blob(cur, blob, blob_id, message_id, "reply")
+                insert_blob(cur, blob, new.blob_id, new.message_id, "reply")
                 cur.execute(
                     "INSERT INTO replies (id, message_id, recipient_id, conversation, blob_id,"
                     " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (reply_id, message_id, recipient_id, conversation, blob_id, now),
+                    (new.id, new.message_id, recipient_id, new.conversation, new.blob_id, now),
                 )
-                audit(cur, now, message_id, address, "reply-stored", reply_id)
+                audit(cur, now, new.message_id, new.address, "reply-stored", new.id)
         except BaseException:
             self._remove_blob(blob.ref)
             raise
-        return reply_id
+        return new.id
 
     def mark_reply_sent(self, reply_id: str, detail: str = "") -> None:
         self._mark_reply(reply_id, "sent_at", "reply-sent", detail)
@@ -100,19 +96,7 @@ class RepliesMixin(ContentsMixin):
                 f" WHERE {where} AND b.deleted_at IS NULL ORDER BY p.created_at, p.rowid",
                 args,
             ).fetchall()
-        return [
-            ReplyRecord(
-                str(r[0]),
-                str(r[1]),
-                int(r[2]),
-                int(r[3]),
-                dt(r[4]),
-                dt_or_none(r[5]),
-                int(r[6]),
-                dt_or_none(r[7]),
-            )
-            for r in rows
-        ]
+        return [reply_rows.record(r) for r in rows]
 
     def reply_usage(self, recipient_id: int, since: float) -> ReplyUsage:
         """Replies written at or after `since` by this link and by its address (all its links).
@@ -145,6 +129,5 @@ class RepliesMixin(ContentsMixin):
                 " WHERE p.id = ? AND m.revoked_at IS NULL",
                 (reply_id,),
             ).fetchone()
-        if row is None or row[1] is None:
-            return None
-        return self._open_blob(str(row[0]), self._sealing.data_key(bytes(row[1])))
+        stored = contents.stored(self._sealing, row)
+        return None if stored is None else self._open_blob(*stored)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from zivmilter.store import attempts
 from zivmilter.store import senders as sender_side
 from zivmilter.store.attempts import Counters, Lockout
 from zivmilter.store.records import SentPage, SignInAttempt
@@ -128,7 +129,7 @@ class SendersMixin(MessagesMixin):
             row = cur.execute(
                 "SELECT locked_until FROM accounts WHERE address = ?", (attempt.address,)
             ).fetchone()
-        return sender_side.settled_lock(row, now)
+        return attempts.settled_lock(row, now)
 
     # -- sent items -----------------------------------------------------------------------
 
