@@ -1,10 +1,12 @@
 """The commands that only read open the store read-only (`open_store(config, read_only=True)`):
 they answer while the milter is inside a write transaction (opening the store for writing would
-wait for that lock, then fail), and where there is no store they say so instead of making one."""
+wait for that lock, then fail), where there is no store they say so instead of making one, and
+root may run them on the service user's store: they leave it no file of root's (cli/runas.py)."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import yaml
 from tests.harness.cli import zivmilter_in_process as run
 from tests.harness.keys import GnuPG
 from tests.store.common import new_message, write_locked
-from zivmilter import crypto, store
+from zivmilter import cli, crypto, store
 from zivmilter.core import config as config_mod
 from zivmilter.store import open_store
 
@@ -130,3 +132,52 @@ def test_doctor_s_store_check_reads_under_the_write_lock_and_makes_no_store(
     assert fresh.ok, fresh
     assert fresh.detail.startswith(f"{tmp_path / 'fresh' / 'store'}: no store yet")
     assert not (tmp_path / "fresh" / "store").exists()
+
+
+OTHER = 65534  # nobody: the service user of tests/test_cli_runas.py
+
+
+def _hand_over(tmp_path: Path) -> Path:
+    """The store folder and its key, chowned as install step 3 leaves them; the folder."""
+    folder = tmp_path / "store"
+    os.chown(tmp_path / "store.key", OTHER, OTHER)
+    for path in [folder, *folder.rglob("*")]:
+        os.chown(path, OTHER, OTHER)
+    return folder
+
+
+def _not_theirs(folder: Path) -> list[str]:
+    return sorted(str(p) for p in [folder, *folder.rglob("*")] if p.stat().st_uid != OTHER)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+@pytest.mark.parametrize("name", sorted(READERS))
+def test_a_command_that_only_reads_runs_as_root_on_the_service_user_s_store(
+    filled: tuple[Path, str, str], tmp_path: Path, name: str
+) -> None:
+    """`sudo zivmilter status ...` answers: opened read-only, the store gets no file but
+    SQLite's -wal and -shm, and SQLite gives those to the database's owner, not to root."""
+    cfg, message, _ = filled
+    folder = _hand_over(tmp_path)
+    assert not list(folder.glob(f"{store.DB_NAME}-*"))  # no writer has them: this run makes them
+    args, shows = READERS[name]
+    got = run(*[a.format(message=message) for a in args], "--config", str(cfg))
+    assert got.returncode == 0, got.stderr
+    assert shows in got.stdout
+    made = {p.name for p in folder.glob(f"{store.DB_NAME}-*")}
+    assert made == {f"{store.DB_NAME}-wal", f"{store.DB_NAME}-shm"}
+    assert _not_theirs(folder) == []
+
+
+def test_root_runs_on_another_user_s_store_only_the_commands_shown_here_to_read_only() -> None:
+    """cli._READS_ONLY, the commands root may run on the service user's store, are each among
+    READERS, so shown above to answer under the write lock, where opening to write would fail."""
+    parser = cli.build_parser()
+    shown = [parser.parse_args([*args, "--config", "z.yaml"]) for args, _ in READERS.values()]
+    for command, actions in cli._READS_ONLY.items():
+        for action in actions or [None]:
+            ran = [ns for ns in shown if ns.command == command and cli._reads_only(ns)]
+            if action is not None:
+                ran = [ns for ns in ran if action in (vars(ns).get("action"),
+                                                      vars(ns).get("account_command"))]  # fmt: skip
+            assert ran, (command, action)

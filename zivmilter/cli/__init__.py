@@ -294,18 +294,30 @@ _STORE_COMMANDS = frozenset(
     "run portal account idd maintenance odd-refresh revoke status contacts probe rekey keys".split()  # noqa: SIM905
 )
 
+# Of those, the ones that only read the store (their action; None: all of them): they open it
+# read-only, `open_store(cfg, read_only=True)`, so root may run them on the service user's store
+# (runas.py says why). `explain` is not a store command: it reads the store read-only, or not.
+_READS_ONLY: dict[str, frozenset[str] | None] = {
+    "status": None,  # a message's status, and --keys
+    "account": frozenset({"list"}),
+    "idd": frozenset({"list"}),
+    "contacts": frozenset({"list"}),
+    "keys": frozenset({"list", "show"}),
+}
+
+
+def _reads_only(args: argparse.Namespace) -> bool:
+    """Whether the command opens the store only read-only (`_READS_ONLY`)."""
+    if args.command not in _READS_ONLY:
+        return False
+    actions = _READS_ONLY[args.command]
+    action = args.account_command if args.command == "account" else getattr(args, "action", None)
+    return actions is None or action in actions
+
 
 def _check_store_user(args: argparse.Namespace, argv: Sequence[str]) -> None:
-    """As root, refuse to open the service user's store (runas.py names the runuser command)."""
-    if args.command == "explain" and args.facts is None:
-        # explain opens the store only for its imported keys (encryption.enabled)
-        cfg = config_mod.load(args.config)
-        if cfg.encryption.enabled and (
-            cfg.store.backend != "sqlite" or os.path.exists(cfg.store.path)
-        ):
-            runas.check_store_user(cfg.store.path, cfg.store.key_file, argv)
-        return
-    if args.command not in _STORE_COMMANDS:
+    """As root, refuse to write the service user's store (runas.py names the runuser command)."""
+    if args.command not in _STORE_COMMANDS or _reads_only(args):
         return
     path = args.config
     if args.command == "probe":

@@ -1,8 +1,15 @@
-"""Root must not write the store of the service user: commands that open the store refuse, as
+"""Root must not write the store of the service user: commands that write the store refuse, as
 root, when the store (or, before it exists, its key file) belongs to another user, and name the
 `runuser` command to use. A store file root made would be unwritable for the milter and portal.
 
-cli/__init__.py calls `check_store_user` before the command runs; nothing here touches the store.
+The commands that only read it (cli/__init__.py's `_READS_ONLY`: status, account list, ...) run
+as root: they open the store read-only, which creates no file but SQLite's -wal and -shm (when
+no writer has the store open), and SQLite, run as root, gives those to the database file's owner
+(its unix VFS chowns them; tests/test_cli_runas.py checks the owners). PostgreSQL's read-only
+sessions make no local file.
+
+cli/__init__.py calls `check_store_user` before a writing command runs; nothing here touches the
+store.
 """
 
 from __future__ import annotations
