@@ -1,8 +1,9 @@
 """Messages and their recipients, the same for every backend: a new message checked and its
 rows prepared before any transaction (ids, link tokens; the subject, phones, hints, part names
 and retry tokens sealed; access codes hashed), and what a message's rows give back: its parts,
-its key while it may be read. Plain values in, plain values out; the SQL, and what each
-transaction holds, are sqlite/messages.py's and postgresql/messages.py's.
+its key while it may be read, whether a code matches its access-code hash. Plain values in,
+plain values out; the SQL, and what each transaction holds, are sqlite/messages.py's and
+postgresql/messages.py's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from zivmilter.errors import StoreError
 from zivmilter.store.blobs import Content
 from zivmilter.store.records import NewMessage, NewRecipient, PartRecord, checked_recipient
 from zivmilter.store.rows import ordered_id, ts
-from zivmilter.store.sealing import DataKey, Sealing
+from zivmilter.store.sealing import DataKey, Peppers, Sealing
 
 Remembered = Callable[[Literal["sms", "access_code_hash"], str], Any]
 """The contact book's (column,) of an address, or None: what a verification falls back on."""
@@ -181,6 +182,20 @@ def part_record(key: DataKey | None, message_id: str, index: int, row: Any) -> P
         return None
     name = key.unseal_part_name(message_id, index, bytes(row[1]))
     return PartRecord(index, name, str(row[2]), int(row[3]))
+
+
+def access_code_matches(
+    sealing: Sealing, stored_hash: str | None, code: str, carried: Callable[[], Peppers]
+) -> bool:
+    """Whether `code` is the one a recipient's (or the contact book's) `access_code_hash` was
+    made from; False for no hash or a malformed one. `carried`: the backend's read of the
+    peppers a key rotation carried over (store/rekey.py), called only when a hash needs one."""
+    if not stored_hash:
+        return False
+    try:
+        return sealing.access_code_matches(stored_hash, code, carried)
+    except StoreError:
+        return False
 
 
 def reply_dropped(reply_id: Any) -> str:

@@ -97,14 +97,7 @@ class MessagesMixin(ContentsMixin):
             ).fetchone()
 
     def access_code_matches(self, stored_hash: str | None, code: str) -> bool:
-        """Whether `code` is the one a recipient's (or the contact book's) `access_code_hash`
-        was made from; False for no hash or a malformed one."""
-        if not stored_hash:
-            return False
-        try:
-            return self._sealing.access_code_matches(stored_hash, code, self._carried_peppers)
-        except StoreError:
-            return False
+        return messages.access_code_matches(self._sealing, stored_hash, code, self._carried_peppers)
 
     def _carried_peppers(self) -> list[tuple[str, bytes]]:
         """The peppers a key rotation carried over (store/rekey.py), read when a hash needs one."""

@@ -10,7 +10,6 @@ import sqlite3
 from typing import Any, BinaryIO, Literal
 
 from zivmilter import crypto, defaults
-from zivmilter.errors import StoreError
 from zivmilter.store import contents, messages, rekey
 from zivmilter.store.records import (
     MessageRecord,
@@ -80,14 +79,7 @@ class MessagesMixin(ContentsMixin):
             ).fetchone()
 
     def access_code_matches(self, stored_hash: str | None, code: str) -> bool:
-        """Whether `code` is the one a recipient's (or the contact book's) `access_code_hash`
-        was made from; False for no hash or a malformed one."""
-        if not stored_hash:
-            return False
-        try:
-            return self._sealing.access_code_matches(stored_hash, code, self._carried_peppers)
-        except StoreError:
-            return False
+        return messages.access_code_matches(self._sealing, stored_hash, code, self._carried_peppers)
 
     def _carried_peppers(self) -> list[tuple[str, bytes]]:
         """The peppers a key rotation carried over (store/rekey.py), read when a hash needs one."""
