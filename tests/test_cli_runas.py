@@ -87,6 +87,7 @@ def test_before_the_store_exists_its_key_files_owner_decides(
         ["keys", "remove", "0123"],
         ["rekey", "--new-key", "new.key"],
         ["probe", "partner.example"],
+        ["store", "migrate"],
     ],
 )
 def test_every_store_command_that_writes_refuses(
@@ -99,6 +100,30 @@ def test_every_store_command_that_writes_refuses(
     assert code == 2
     assert f"runuser -u nobody -- zivmilter {shlex.join(argv)} --config" in err
     assert os.listdir(store) == []
+
+
+@needs_root
+@pytest.mark.parametrize("side", ["from", "to"])
+def test_store_copy_refuses_when_either_store_is_another_users(
+    cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], side: str
+) -> None:
+    """The copy writes both stores (the new one made, the old one locked): root would leave
+    root's files in either; a new store's folder does not exist yet, its key file decides."""
+    other = tmp_path / "other"
+    other.mkdir()
+    key = other / "store.key"
+    crypto.keygen(str(key))
+    theirs = other / "zivmilter.yaml"
+    settings = yaml.safe_load(cfg.read_text())
+    settings["store"] = {"path": str(other / "store"), "key_file": str(key)}
+    theirs.write_text(yaml.safe_dump(settings))
+    os.chown(key, OTHER, OTHER)
+    source, destination = (theirs, cfg) if side == "from" else (cfg, theirs)
+    argv = ["store", "copy", "--from", str(source), "--to", str(destination)]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert f"runuser -u nobody -- zivmilter {shlex.join(argv)}" in err
+    assert not (other / "store").exists() and not (cfg.parent / "store").exists()
 
 
 @needs_root

@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that open (and so may create or write) the store named by their --config; probe's
 # cache is a file in the store's folder.
 _STORE_COMMANDS = frozenset(
-    "run portal account idd maintenance odd-refresh revoke status contacts probe rekey keys".split()  # noqa: SIM905
+    "run portal account idd maintenance odd-refresh revoke status contacts probe rekey keys"  # noqa: SIM905
+    " store".split()
 )
 
 # Of those, the ones that only read the store (their action; None: all of them): they open it
@@ -319,16 +320,19 @@ def _check_store_user(args: argparse.Namespace, argv: Sequence[str]) -> None:
     """As root, refuse to write the service user's store (runas.py names the runuser command)."""
     if args.command not in _STORE_COMMANDS or _reads_only(args):
         return
-    path = args.config
+    if args.command == "store" and args.store_command == "copy":
+        paths = [args.source, args.destination]  # the copy writes both (SQLite: locks, files)
+    else:
+        paths = [args.config]
     if args.command == "probe":
         if args.no_cache:
             return  # the cache is the only part of the store probe touches
-        if path is None and os.path.exists(defaults.CONFIG_FILE):
-            path = defaults.CONFIG_FILE
-    if path is None:
-        return
-    cfg = config_mod.load(path)
-    runas.check_store_user(cfg.store.path, cfg.store.key_file, argv)
+        if paths == [None] and os.path.exists(defaults.CONFIG_FILE):
+            paths = [defaults.CONFIG_FILE]
+    for path in paths:
+        if path is not None:
+            cfg = config_mod.load(path)
+            runas.check_store_user(cfg.store.path, cfg.store.key_file, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
