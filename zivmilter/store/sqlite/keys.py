@@ -1,9 +1,12 @@
 """Key rotation on SQLite: store/rekey.py over this backend's tables (wrapped message keys are
-in `messages`)."""
+in `messages`), and what comes after it (store/peppers.py): access codes renewed as they are
+proven, carried peppers pruned."""
 
 from __future__ import annotations
 
-from zivmilter.store import rekey
+from zivmilter import defaults
+from zivmilter.errors import StoreError
+from zivmilter.store import peppers, rekey
 from zivmilter.store.records import KeyUsage
 from zivmilter.store.sqlite.connection import SqliteBase
 
@@ -18,3 +21,28 @@ class KeysMixin(SqliteBase):
     def rekey_batch(self, limit: int) -> int:
         with self._transaction() as cur:
             return rekey.rekey_batch(cur, self._sealing, _COLUMNS, limit, "?")
+
+    def prove_access_code(
+        self, recipient_id: int, stored_hash: str | None, code: str
+    ) -> str | None:
+        if not stored_hash:
+            return None
+        try:
+            if not self._sealing.access_code_matches(stored_hash, code, self._peppers):
+                return None
+        except StoreError:
+            return None
+        if not self._sealing.needs_new_pepper(stored_hash):
+            return stored_hash
+        new = self._sealing.hash_access_code(code)  # scrypt: outside the transaction
+        with self._transaction() as cur:
+            peppers.renew(cur, recipient_id, stored_hash, new, "?")
+        return new
+
+    def prune_peppers(self, grace: float = defaults.PEPPER_PRUNE_GRACE) -> list[str]:
+        with self._transaction() as cur:
+            return peppers.prune(cur, _COLUMNS, "?", int(self._now()), grace)
+
+    def _peppers(self) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return rekey.carried(self._conn)
