@@ -16,9 +16,12 @@ lasts seconds, the grace a day; a pepper named again meanwhile loses its mark.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from zivmilter.errors import StoreError
 from zivmilter.store.records import address_key
+from zivmilter.store.sealing import Peppers, Sealing
 
 if TYPE_CHECKING:
     from zivmilter.store.rekey import Column, _Cursor
@@ -45,6 +48,24 @@ def named(cur: _Cursor, cols: tuple[Column, ...], param: str) -> dict[str, int]:
             key = kid.lower() if sep else ""
             counts[key] = counts.get(key, 0) + int(n)
     return counts
+
+
+def prove(
+    sealing: Sealing, stored_hash: str | None, code: str, carried: Callable[[], Peppers]
+) -> tuple[str | None, bool]:
+    """(the hash `code` proves, None when it does not match; whether that hash is a new one to
+    `renew` the old with). The new hash is made here, before the transaction: scrypt takes
+    a tenth of a second, and no lock is held meanwhile."""
+    if not stored_hash:
+        return None, False
+    try:
+        if not sealing.access_code_matches(stored_hash, code, carried):
+            return None, False
+    except StoreError:
+        return None, False  # malformed, or its pepper gone: no code matches it
+    if not sealing.needs_new_pepper(stored_hash):
+        return stored_hash, False
+    return sealing.hash_access_code(code), True
 
 
 def renew(cur: _Cursor, recipient_id: int, old: str, new: str, param: str) -> int:

@@ -5,7 +5,6 @@ they are proven, carried peppers pruned."""
 from __future__ import annotations
 
 from zivmilter import defaults
-from zivmilter.errors import StoreError
 from zivmilter.store import peppers, rekey
 from zivmilter.store.postgresql.connection import PgBase
 from zivmilter.store.records import KeyUsage
@@ -25,21 +24,14 @@ class KeysMixin(PgBase):
     def prove_access_code(
         self, recipient_id: int, stored_hash: str | None, code: str
     ) -> str | None:
-        if not stored_hash:
-            return None
-        try:
-            if not self._sealing.access_code_matches(stored_hash, code, self._peppers):
-                return None
-        except StoreError:
-            return None
-        if not self._sealing.needs_new_pepper(stored_hash):
-            return stored_hash
-        new = self._sealing.hash_access_code(code)  # scrypt: outside the transaction
-        # Under READ COMMITTED an UPDATE waits for a row another transaction changes, then
-        # checks its WHERE again: the compare-and-set on the old hash holds across nodes.
-        with self._transaction() as cur:
-            peppers.renew(cur, recipient_id, stored_hash, new, "%s")
-        return new
+        held, renewed = peppers.prove(self._sealing, stored_hash, code, self._peppers)
+        if renewed and held and stored_hash:  # (both are, when renewed)
+            with self._transaction() as cur:
+                # Under READ COMMITTED an UPDATE waits for a row another transaction changes,
+                # then checks its WHERE again: the compare-and-set on the old hash holds across
+                # nodes.
+                peppers.renew(cur, recipient_id, stored_hash, held, "%s")
+        return held
 
     def prune_peppers(self, grace: float = defaults.PEPPER_PRUNE_GRACE) -> list[str]:
         with self._transaction() as cur:

@@ -5,7 +5,6 @@ proven, carried peppers pruned."""
 from __future__ import annotations
 
 from zivmilter import defaults
-from zivmilter.errors import StoreError
 from zivmilter.store import peppers, rekey
 from zivmilter.store.records import KeyUsage
 from zivmilter.store.sqlite.connection import SqliteBase
@@ -25,19 +24,11 @@ class KeysMixin(SqliteBase):
     def prove_access_code(
         self, recipient_id: int, stored_hash: str | None, code: str
     ) -> str | None:
-        if not stored_hash:
-            return None
-        try:
-            if not self._sealing.access_code_matches(stored_hash, code, self._peppers):
-                return None
-        except StoreError:
-            return None
-        if not self._sealing.needs_new_pepper(stored_hash):
-            return stored_hash
-        new = self._sealing.hash_access_code(code)  # scrypt: outside the transaction
-        with self._transaction() as cur:
-            peppers.renew(cur, recipient_id, stored_hash, new, "?")
-        return new
+        held, renewed = peppers.prove(self._sealing, stored_hash, code, self._peppers)
+        if renewed and held and stored_hash:  # (both are, when renewed)
+            with self._transaction() as cur:
+                peppers.renew(cur, recipient_id, stored_hash, held, "?")
+        return held
 
     def prune_peppers(self, grace: float = defaults.PEPPER_PRUNE_GRACE) -> list[str]:
         with self._transaction() as cur:
