@@ -96,10 +96,12 @@ def renew(cur: _Cursor, recipient_id: int, old: str, new: str, param: str) -> in
     return n
 
 
-def prune(cur: _Cursor, cols: tuple[Column, ...], param: str, now: int, grace: float) -> list[str]:
-    """Mark the carried peppers no live hash names, unmark those named again, and remove those
-    marked at least `grace` seconds ago and still named by none: their key ids (hex)."""
-    names = named(cur, cols, param)
+def prune(cur: _Cursor, names: dict[str, int], param: str, now: int, grace: float) -> list[str]:
+    """Mark the carried peppers no live hash names (`names`: `named`'s counts), unmark those
+    named again, and remove those marked at least `grace` seconds ago and still named by none:
+    their key ids (hex). The counts may be read before this transaction (then SQLite's writers,
+    the milter's saves, do not wait for the scan): a hash naming a pepper that appears between
+    them and the removal is a late copy of one read before the mark, which the grace covers."""
     unnamed = names.get("", 0)  # might be any carried pepper's: they keep every one
     pruned = []
     for kid, since in cur.execute("SELECT key_id, unused_since FROM peppers").fetchall():

@@ -34,8 +34,11 @@ class KeysMixin(PgBase):
         return held
 
     def prune_peppers(self, grace: float = defaults.PEPPER_PRUNE_GRACE) -> list[str]:
+        now = int(self._now())  # before the count: a mark never postdates what it saw
+        with self._read() as cur:
+            names = peppers.named(cur, _COLUMNS, "%s")
         with self._transaction() as cur:
-            return peppers.prune(cur, _COLUMNS, "%s", int(self._now()), grace)
+            return peppers.prune(cur, names, "%s", now, grace)
 
     def _peppers(self) -> list[tuple[str, bytes]]:
         with self._read() as cur:

@@ -31,8 +31,11 @@ class KeysMixin(SqliteBase):
         return held
 
     def prune_peppers(self, grace: float = defaults.PEPPER_PRUNE_GRACE) -> list[str]:
+        now = int(self._now())  # before the count: a mark never postdates what it saw
+        with self._lock:
+            names = peppers.named(self._conn, _COLUMNS, "?")
         with self._transaction() as cur:
-            return peppers.prune(cur, _COLUMNS, "?", int(self._now()), grace)
+            return peppers.prune(cur, names, "?", now, grace)
 
     def _peppers(self) -> list[tuple[str, bytes]]:
         with self._lock:
