@@ -33,7 +33,7 @@ with warnings.catch_warnings():  # Starlette 1.x deprecates its httpx-based clie
     from starlette.testclient import TestClient
 
 from tests.fakes import make_config
-from zivmilter import defaults
+from zivmilter import crypto, defaults
 from zivmilter.core import config as config_mod
 from zivmilter.core.config import SmsWebhookConfig
 from zivmilter.core.facts import facts_from_mapping
@@ -94,7 +94,8 @@ class Env:
     def __init__(self, tmp: Path, overrides: dict[str, Any] | None = None) -> None:
         self.clock = Clock()
         self.kek = os.urandom(32)
-        self.store = SqliteStore.open(str(tmp / "store"), self.kek, now=self.clock)
+        self.path = str(tmp / "store")
+        self.store = SqliteStore.open(self.path, self.kek, now=self.clock)
         data: dict[str, Any] = {
             "organization": {"name": "Hospital", "domains": ["hospital.example"]},
             "portal": {"base_url": BASE + "/"},
@@ -116,6 +117,27 @@ class Env:
 
     def client(self) -> TestClient:
         return TestClient(self.app, base_url=self.cfg.portal.base_url.rstrip("/"))
+
+    def rotate(self) -> None:
+        """A key rotation run to its end (README "Key rotation"): a new key, `rekey`, the old
+        key retired, the portal started again on the new key alone."""
+        new = os.urandom(32)
+        self.store.close()
+        ring = SqliteStore.open(self.path, new, previous=[self.kek], now=self.clock)
+        while ring.rekey_batch(100):
+            pass
+        ring.close()
+        self.kek = new
+        self.store = SqliteStore.open(self.path, new, now=self.clock)
+        self.portal = Portal(
+            cfg=self.cfg,
+            store=self.store,
+            keys=PortalKeys.from_kek(new),
+            sms=FileSms(str(self.sms_file)),
+            mailer=self.mailer,
+            clock=self.clock,
+        )
+        self.app = create_app(self.portal)
 
     def save(
         self,
@@ -290,6 +312,25 @@ def test_access_code_wrong_then_right_then_remembered(env: Env) -> None:
     assert contact is not None and contact.access_code  # rule A6 may use it from now on
     events = [e.event for e in env.store.events(mid)]
     assert events.count("verify-failed") == 1 and "verified" in events and "opened" in events
+
+
+def test_an_access_code_made_under_a_retired_key_is_made_again_as_it_is_proven(
+    env: Env,
+) -> None:
+    """After a rotation the code still works (the old key's pepper carried over); proving it
+    hashes it again under the new key, in the link and in the contact book that remembers it,
+    so that no hash names the old pepper any more (maintenance may let it go)."""
+    _, tokens = env.save([code_rcpt("bob@example.net")])
+    old_id = crypto.key_id(env.kek).hex()
+    env.rotate()
+    assert env.store.key_usage().peppers == {old_id: 1}
+    with env.client() as client:
+        verified(env, client, tokens["bob@example.net"])
+    assert env.store.key_usage().peppers == {old_id: 0}
+    # The next message takes bob's code from the contact book: the same code opens it.
+    _, again = env.save([rcpt("bob@example.net", "access_code")])
+    with env.client() as client:
+        verified(env, client, again["bob@example.net"])
 
 
 def test_states_have_their_own_titles_and_errors_name_their_field(env: Env) -> None:

@@ -109,6 +109,10 @@ PDF_TEXT_PARSE_BYTES = 1024 * 1024
 SCRYPT_N = 2**15  # access-code hashes: scrypt cost (32 MiB with r=8), ~0.1 s per check
 SCRYPT_R = 8
 SCRYPT_P = 1
+# A key rotation's carried access-code pepper that no stored hash names any more is pruned by the
+# first maintenance run this long after one found it so (store/peppers.py: a hash read before
+# may still be copied after it, by a request that lasts seconds)
+PEPPER_PRUNE_GRACE = 24 * 3600
 STORE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's SQLite lock
 # After a revocation the old pages holding the destroyed key stay in SQLite's write-ahead log
 # until a checkpoint folds it back and truncates it; a reader's open transaction holds that up.

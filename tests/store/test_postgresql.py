@@ -220,13 +220,16 @@ def test_store_copy_sqlite_to_postgresql_and_back(
         for _ in range(4):
             answer = st.claim_answer(claim, _lock_after_five, funded=False, per_hour=1)
             st.settle_claim_answer(answer, False)
-    # Issue 16: a rotated store's carried pepper (an access code made under a retired key).
-    old_key = tmp_path / "old.key"
+    # Issue 16: a rotated store's carried pepper (an access code made under a retired key),
+    # and another retired key's that no hash names, marked by maintenance to be pruned.
+    old_key, unused_key = tmp_path / "old.key", tmp_path / "unused.key"
     crypto.keygen(str(old_key))
+    crypto.keygen(str(unused_key))
+    unused_id = crypto.key_id(crypto.load_kek(str(unused_key))).hex()
     ring = SqliteStore.open(
         str(tmp_path / "first"),
         crypto.load_kek(str(tmp_path / "store.key")),
-        previous=[crypto.load_kek(str(old_key))],
+        previous=[crypto.load_kek(str(old_key)), crypto.load_kek(str(unused_key))],
     )
     with contextlib.closing(ring):
         old_sealing = Sealing.from_bytes(crypto.load_kek(str(old_key)))
@@ -234,6 +237,7 @@ def test_store_copy_sqlite_to_postgresql_and_back(
         ring.remember_contact("erin@example.net", access_code_hash=old_hash)
         while ring.rekey_batch(100):
             pass
+        assert ring.prune_peppers() == []  # the unused one marked
     assert main(["store", "copy", "--from", first, "--to", pg]) == 0
     out = capsys.readouterr().out
     assert "copied sqlite -> postgresql: messages 3," in out and "checked: 8 " in out
@@ -259,6 +263,9 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             assert st.use_device("carol@example.com", "d" * 64)
             assert st.access_code_matches(old_hash, "OLD-CODE")  # the old key file not there
             assert st.key_usage().depending_on_others() == 0
+            old_id = old_sealing.key_id.hex()
+            assert st.key_usage().peppers == {old_id: 1, unused_id: 0}
+            assert st.prune_peppers(grace=0) == [unused_id]  # its mark came along
             assert st.invite_address(crypto.token_hash(invite)) == "alice@example.org"
             fifth = st.claim_sign_in("alice@example.org", _lock_after_five)
             assert fifth.admitted and fifth.locked_until is not None  # the streak came along

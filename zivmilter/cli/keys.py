@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from zivmilter import crypto
+from zivmilter import crypto, defaults
 from zivmilter.core import config as config_mod
 from zivmilter.errors import KeyFileError, MessageError
 from zivmilter.store import KeyUsage, open_store
@@ -88,6 +88,9 @@ def _json(usage: KeyUsage, files: dict[str, str]) -> dict[str, Any]:
         ],
         "unknown": {kind: per.get("", 0) for kind, per in usage.counts.items()},
         "retirable": usage.depending_on_others() == 0,
+        # previous keys' peppers carried over by `rekey`: maintenance prunes one no hash names
+        "carried_peppers": [{"id": kid, "hashes": n} for kid, n in usage.peppers.items()],
+        "peppered_hashes_without_key_id": usage.peppered_without_id,
     }
 
 
@@ -100,12 +103,31 @@ def _print_usage(usage: KeyUsage, files: dict[str, str] | None = None) -> None:
     if any(per.get("", 0) for per in usage.counts.values()):
         print("no key id recorded, or a key not configured (written before key ids?)")
         _print_counts(usage, "")
+    _print_peppers(usage)
     if usage.depending_on_others() == 0:
         print("nothing depends on a previous key: they can be removed")
     else:
         print(
             f"{usage.depending_on_others()} values still depend on another key than the"
             " current one: run `zivmilter rekey`"
+        )
+
+
+def _print_peppers(usage: KeyUsage) -> None:
+    """The previous keys' access-code peppers a rotation carried over, and what keeps each."""
+    for kid, n in usage.peppers.items():
+        if n:
+            print(f"carried access-code pepper of key {kid}: {n} access-code hashes name it")
+        else:
+            print(
+                f"carried access-code pepper of key {kid}: no access-code hash names it"
+                f" (maintenance prunes it {defaults.PEPPER_PRUNE_GRACE // 3600} h after it"
+                " first finds so)"
+            )
+    if usage.peppers and usage.peppered_without_id:
+        print(
+            f"{usage.peppered_without_id} access-code hashes name no key (written before key"
+            " ids): they keep every carried pepper"
         )
 
 

@@ -5,8 +5,10 @@
 systemd timer): revoke expired messages, remove blob files a crash left without their rows, and
 hand the MTA the secure replies it did not take when they were written (a reply it refuses for
 good, 5xx, is reported once and not offered again, unless `--retry-refused` asks for it after
-the cause, for example the re-injection listener's own restrictions, is mended), and finish the
-erasure of revoked data keys that a reader kept in the write-ahead log. One run at a time, on
+the cause, for example the re-injection listener's own restrictions, is mended), finish the
+erasure of revoked data keys that a reader kept in the write-ahead log, and let go of a previous
+key's access-code pepper that a rotation carried over once no stored hash names it (a day after
+a run first found so: store/peppers.py). One run at a time, on
 every node of a store (the store's housekeeping lock): a second run at once does nothing.
 """
 
@@ -72,6 +74,8 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
         orphans = store.sweep_orphans()
         # Revocations (by `revoke`, the portal or expiry) whose old pages a reader held.
         erased = store.finish_erasure()
+        # After expiry: a revoked message's access codes no longer keep an old key's pepper.
+        pruned = store.prune_peppers()
     metrics.write_textfile(
         cfg.metrics.textfile,
         {
@@ -86,6 +90,8 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
         f"expired messages revoked: {expired}; orphan blobs removed: {orphans}; "
         f"replies handed to the MTA: {sent}; still failing: {failed}; refused for good: {refused}"
     )
+    for kid in pruned:
+        print(f"access-code pepper of key {kid} pruned: no stored access-code hash names it")
     if erased:
         print("revoked data keys: erased from the disk (write-ahead log checkpointed)")
     else:

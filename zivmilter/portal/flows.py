@@ -141,6 +141,9 @@ class Answer(enum.Enum):
 class AnswerResult:
     outcome: Answer
     locked_until: datetime | None = None
+    # OK for an access code: the hash it proved, made again under the current key when it
+    # was made under a previous one (store prove_access_code): what the contact book keeps
+    access_code_hash: str | None = None
 
 
 def check_answer(
@@ -159,7 +162,8 @@ def check_answer(
     attempt = portal.store.claim_attempt(rec.id, verify.lockout_seconds, method)
     if not attempt.admitted:
         return AnswerResult(Answer.LOCKED, attempt.locked_until)
-    outcome = _compare(portal, rec, method, code=code, password=password, totp=totp)
+    proved: list[str] = []  # the access code's hash, as the store keeps it now
+    outcome = _compare(portal, rec, method, code=code, password=password, totp=totp, proved=proved)
     if outcome is Answer.ENROL:
         portal.store.settle_attempt(attempt, True, method)
         portal.store.record_event(
@@ -170,7 +174,7 @@ def check_answer(
         portal.store.settle_attempt(attempt, True, method)
         if method not in _ONE_TIME:  # a one-time code was recorded with its consumption
             portal.store.record_verified(rec.id, method)
-        return AnswerResult(Answer.OK)
+        return AnswerResult(Answer.OK, access_code_hash=proved[0] if proved else None)
     until = portal.store.settle_attempt(attempt, False, method)
     log.info("wrong %s answer for %s of %s", method, rec.address, rec.message.id)
     if until is not None:
@@ -180,12 +184,29 @@ def check_answer(
 
 
 def _compare(
-    portal: Portal, rec: RecipientRecord, method: str, *, code: str, password: str, totp: str
+    portal: Portal,
+    rec: RecipientRecord,
+    method: str,
+    *,
+    code: str,
+    password: str,
+    totp: str,
+    proved: list[str],
 ) -> Answer:
-    """OK, WRONG or ENROL (the password is right, the account has no authenticator yet)."""
+    """OK, WRONG or ENROL (the password is right, the account has no authenticator yet); an
+    access code's hash goes into `proved` when the code is right."""
     now = portal.now()
     if method == "access_code":
-        ok = verify.access_code_valid(rec.access_code_hash, code, portal.store.access_code_matches)
+
+        def matches(stored_hash: str, given: str) -> bool:
+            # a hash made under a previous key's pepper is made again under the current one
+            # (store/peppers.py), so that maintenance can let the old pepper go
+            held = portal.store.prove_access_code(rec.id, stored_hash, given)
+            if held is not None:
+                proved.append(held)
+            return held is not None
+
+        ok = verify.access_code_valid(rec.access_code_hash, code, matches)
     elif method in _ONE_TIME:
         # compared and spent in one store step: of answers racing with the same code (other
         # sessions, other portal processes), one gets in; the others find it used (WRONG)

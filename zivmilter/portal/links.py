@@ -150,19 +150,24 @@ class LinkPages(GuestPages[_Ctx]):
         if result.outcome is flows.Answer.ENROL:
             return self._advance(ctx, Stage.ENROL)
         if result.outcome is flows.Answer.OK:
-            response = self._verified(request, ctx, method)
+            response = self._verified(request, ctx, method, result.access_code_hash)
             if fields["remember"] and self._may_remember(rec):
                 self._remember(response, rec)
             return response
         return self._refused(request, ctx, method, result.outcome)
 
-    def _verified(self, request: Request, ctx: _Ctx, method: str) -> Response:
+    def _verified(
+        self, request: Request, ctx: _Ctx, method: str, proved_hash: str | None = None
+    ) -> Response:
         portal, rec = self.portal, ctx.rec
         # The contact book (SPEC 8; rules 5/6 of the policy): what worked, for next time.
         if method == "sms" and rec.phone:
             portal.store.remember_contact(rec.address, sms=rec.phone)
         elif method == "access_code" and rec.access_code_hash:
-            portal.store.remember_contact(rec.address, access_code_hash=rec.access_code_hash)
+            # the hash as the store renewed it (`proved_hash`), not the one read before: an
+            # old key's pepper copied back into the contact book would never be let go
+            remembered = proved_hash or rec.access_code_hash
+            portal.store.remember_contact(rec.address, access_code_hash=remembered)
         portal.remember_language(request, rec.address, switched_only=False)  # issue 25
         return self._advance(ctx, Stage.VERIFIED)
 

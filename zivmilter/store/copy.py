@@ -64,7 +64,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("devices", ("digest", "address", "created_at", "expires_at", "used_at")),
     ("recipient_keys", ("ident", "kind", "material", "imported_at")),
     ("recipient_key_addresses", ("ident", "address")),
-    ("peppers", ("key_id", "sealed")),
+    ("peppers", ("key_id", "sealed", "unused_since")),
 )  # fmt: skip
 _IDENTITY = ("conversations", "recipients", "audit")  # ids that other rows refer to: kept
 _ORDER = {"replies": "created_at, id", "audit": "id"}

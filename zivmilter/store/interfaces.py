@@ -351,6 +351,24 @@ class KeyRotation(Protocol):
         transaction; how many, 0 when nothing is left to rewrite. Safe while others write."""
         ...
 
+    # After a rotation the previous keys' peppers are carried over (store/peppers.py) until no
+    # access-code hash names them any more.
+    def prove_access_code(
+        self, recipient_id: int, stored_hash: str | None, code: str
+    ) -> str | None:
+        """The hash `code` proves to be its own: `stored_hash` (the recipient's), or None when
+        the code does not match it (like `access_code_matches`). A hash made with a previous
+        KEK's pepper is made again with the current one, and the new one put in place of the
+        old wherever the recipient's address holds it (their rows, their contact-book entry;
+        a compare-and-set on the old value, so a change meanwhile stays): that one is
+        returned, what the contact book should remember."""
+        ...
+
+    def prune_peppers(self, grace: float = defaults.PEPPER_PRUNE_GRACE) -> list[str]:
+        """Let go of the carried peppers no live access-code hash has named for `grace`
+        seconds (maintenance: marked by one run, pruned by a later one); their key ids."""
+        ...
+
 
 class Store(
     KeyRotation,

@@ -399,6 +399,11 @@ class KeyUsage:
     ring: tuple[str, ...]  # every KEK the store was opened with, the current one first
     # kind ("message keys", ...) -> KEK id -> values; '' = a KEK not in the ring, or none named
     counts: Mapping[str, Mapping[str, int]]
+    # carried pepper's KEK id -> the live access-code hashes naming it (store/peppers.py:
+    # maintenance prunes one no hash names); hashes peppered before key ids name none, and
+    # keep every carried pepper
+    peppers: Mapping[str, int] = field(default_factory=dict)
+    peppered_without_id: int = 0
 
     def depending_on_others(self) -> int:
         """Values not under the current KEK: 0 when every previous key file can be retired."""

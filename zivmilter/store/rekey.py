@@ -37,6 +37,9 @@ class Column:
     key: str
     column: str
     renew: Callable[[Sealing, Any, bytes], bytes] | None  # None: counted, never rewritten
+    # SQL ANDed to the row filter: rows that still need a key (peppers.py; access codes of a
+    # revoked message or link open nothing any more, as a revoked message has no key left)
+    live: str = ""
 
 
 def columns(message_keys: tuple[str, str]) -> tuple[Column, ...]:
@@ -65,29 +68,38 @@ def columns(message_keys: tuple[str, str]) -> tuple[Column, ...]:
             "access-code peppers", "peppers", "key_id", "sealed",
             lambda s, k, v: s.reseal_pepper(str(k), v),
         ),
-        Column("access codes", "recipients", "id", "access_code_hash", None),
+        Column("access codes", "recipients", "id", "access_code_hash", None, _LIVE_RECIPIENT),
         Column("remembered access codes", "contacts", "address", "access_code_hash", None),
     )  # fmt: skip
+
+
+_LIVE_RECIPIENT = (
+    " AND revoked_at IS NULL AND message_id IN (SELECT id FROM messages WHERE revoked_at IS NULL)"
+)
 
 
 def usage(cur: _Cursor, sealing: Sealing, cols: tuple[Column, ...]) -> KeyUsage:
     """How many values of each kind each KEK protects; '' for a KEK not in the ring (or a value
     written before key ids, which names none). An access-code hash counts under the KEK that
-    seals its pepper where one was carried over (`carried`), else under the KEK it names."""
+    seals its pepper where one was carried over (`carried`), else under the KEK it names; the
+    hashes naming each carried pepper are counted too (what keeps it from being pruned)."""
     ring = set(sealing.key_ids)
     sealed_by = {bytes.fromhex(kid): key_of(bytes(v)) for kid, v in carried(cur)}
     previous = set(sealing.key_ids[1:])
     counts: dict[str, dict[str, int]] = {}
+    naming: dict[str, int] = {}  # key id hex ('' for none) -> peppered hashes naming it
     for col in cols:
         per = counts.setdefault(col.kind, {})
         rows = cur.execute(
-            f"SELECT {col.column} FROM {col.table} WHERE {col.column} IS NOT NULL"
+            f"SELECT {col.column} FROM {col.table} WHERE {col.column} IS NOT NULL{col.live}"
         ).fetchall()
         for (value,) in rows:
             if col.renew is None:
                 if not str(value).startswith("scrypt-hmac"):
                     continue  # plain scrypt: no KEK in it
                 kid = crypto.pepper_id(str(value))
+                named = kid.hex() if kid is not None else ""
+                naming[named] = naming.get(named, 0) + 1
                 if kid is None and previous <= sealed_by.keys():
                     kid = sealing.key_id  # before key ids: any pepper of the ring, all carried
                 kid = sealed_by.get(kid, kid) if kid is not None else None
@@ -95,7 +107,13 @@ def usage(cur: _Cursor, sealing: Sealing, cols: tuple[Column, ...]) -> KeyUsage:
                 kid = key_of(bytes(value))
             name = kid.hex() if kid is not None and kid in ring else ""
             per[name] = per.get(name, 0) + 1
-    return KeyUsage(sealing.key_id.hex(), tuple(k.hex() for k in sealing.key_ids), counts)
+    return KeyUsage(
+        sealing.key_id.hex(),
+        tuple(k.hex() for k in sealing.key_ids),
+        counts,
+        peppers={kid.hex(): naming.get(kid.hex(), 0) for kid in sealed_by},
+        peppered_without_id=naming.get("", 0),
+    )
 
 
 def carried(cur: _Cursor) -> list[tuple[str, bytes]]:

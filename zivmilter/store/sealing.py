@@ -233,6 +233,14 @@ class Sealing:
             if k not in self._by_id
         )
 
+    def needs_new_pepper(self, stored_hash: str) -> bool:
+        """A peppered hash not made with the current KEK's pepper (a previous key's, in the
+        ring or carried over, or one written before key ids): once its code is proven, hash it
+        again (store/peppers.py) so that the old pepper can go. Plain scrypt has none."""
+        if not stored_hash.startswith("scrypt-hmac"):
+            return False
+        return crypto.pepper_id(stored_hash) != self._kek.id
+
     def carry_peppers(self) -> list[tuple[str, bytes]]:
         """(key id hex, sealed pepper) of every previous KEK of the ring, sealed under the
         current one: what `rekey` keeps so that the previous key files can go."""

@@ -297,6 +297,12 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE contacts ADD COLUMN language TEXT;
     """,
+    # 11: sqlite/schema.py version 17. When maintenance first found a carried pepper named by
+    # no access-code hash (NULL: some hash names it); it prunes the pepper a grace later
+    # (store/peppers.py)
+    """
+    ALTER TABLE peppers ADD COLUMN unused_since BIGINT;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

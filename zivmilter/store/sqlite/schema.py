@@ -282,6 +282,11 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE contacts ADD COLUMN language TEXT;
     """,
+    # 17: when maintenance first found a carried pepper named by no access-code hash (NULL:
+    # some hash names it); it prunes the pepper a grace later (store/peppers.py)
+    """
+    ALTER TABLE peppers ADD COLUMN unused_since INTEGER;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
