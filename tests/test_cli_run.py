@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,26 +89,13 @@ def _serving(tmp_path: Path, spec: str) -> Path:
 def test_a_second_run_never_takes_the_socket_of_a_running_milter(tmp_path: Path) -> None:
     path = tmp_path / "run" / "zivmilter.sock"
     cfg = _serving(tmp_path, f"unix:{path}")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "zivmilter", "run", "--config", str(cfg), "--facts", "/dev/null"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not _accepts(path):
-            assert time.monotonic() < deadline and first.poll() is None, "first run never listened"
-            time.sleep(0.1)
+    with _listening(cfg, path):
         inode = path.stat().st_ino
         second = run("run", "--config", str(cfg), "--facts", "/dev/null")
         assert second.returncode == 2
         assert "another milter is listening" in second.stderr and "Traceback" not in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1
         assert path.stat().st_ino == inode and _accepts(path), "the running milter lost its socket"
-    finally:
-        first.kill()  # its graceful stop is not under test (libmilter notices SIGTERM in ~5 s)
-        first.wait(timeout=30)
 
 
 def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
@@ -119,6 +108,26 @@ def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     assert f"milter.socket inet:{port}@127.0.0.1: cannot listen" in proc.stderr
     assert "in use" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@contextlib.contextmanager
+def _listening(cfg: Path, path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`zivmilter run` with `cfg`, once it accepts on the socket at `path`; killed after."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zivmilter", "run", "--config", str(cfg), "--facts", "/dev/null"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _accepts(path):
+            assert time.monotonic() < deadline and proc.poll() is None, "the milter never listened"
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.kill()  # its graceful stop is not under test (libmilter notices SIGTERM in ~5 s)
+        proc.wait(timeout=30)
 
 
 def _accepts(path: Path) -> bool:
@@ -138,19 +147,6 @@ def test_the_pdf_libraries_are_loaded_only_where_pdfs_are_made(tmp_path: Path, p
     path = tmp_path / "run" / "zivmilter.sock"
     cfg = _serving(tmp_path, f"unix:{path}")
     cfg.write_text(cfg.read_text() + f"encryption: {{pdf: {str(pdf).lower()}}}\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zivmilter", "run", "--config", str(cfg), "--facts", "/dev/null"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not _accepts(path):
-            assert time.monotonic() < deadline and proc.poll() is None, "the milter never listened"
-            time.sleep(0.05)
+    with _listening(cfg, path) as proc:
         libraries = Path(f"/proc/{proc.pid}/maps").read_text()
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
     assert ("/pikepdf/" in libraries) is pdf and ("/PIL/" in libraries) is pdf
