@@ -112,6 +112,22 @@ def test_plan_is_applied(store: SqliteStore) -> None:
     assert isinstance(note.content, bytes) and b"SECRET BODY" not in note.content
 
 
+def test_a_kept_recipient_given_twice_is_never_removed(store: SqliteStore) -> None:
+    # smfi_delrcpt removes every recipient of that address (Postfix's cleanup_del_rcpt): a
+    # delrcpt of the kept recipient's second, identical RCPT TO would leave the kept copy with
+    # no recipient at all, the message accepted and lost. Another case of it may go.
+    use_gateway(
+        store,
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+    )
+    ctx = testctx.TestCtx()
+    rcpts = ["carol@oldmail.example", "carol@oldmail.example", "Carol@oldmail.example"]
+    assert run(ctx, rcpts) == Milter.ACCEPT
+    assert ctx._bodyreplaced  # carol's notification stays in this transaction
+    assert ctx._delrcpt == ["<Carol@oldmail.example>"]
+
+
 def test_log_never_shows_a_misplaced_secret(
     store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
