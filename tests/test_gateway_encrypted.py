@@ -208,3 +208,34 @@ def test_a_german_recipients_encrypted_copies_carry_the_german_neutral_subject(
     kept = dict(plan.add_headers)["Content-Type"]
     kinds = {kept.split(";")[0], reinjected.get_content_type()}
     assert kinds == {"multipart/encrypted", "application/pkcs7-mime"}  # PGP/MIME and S/MIME
+
+
+def test_a_resent_bcc_recipient_is_hidden_in_the_encrypted_copy_and_the_store(
+    world: tuple[Gateway, Collecting, object], gpg: GnuPG, store: SqliteStore
+) -> None:
+    # A message redirected ("bounced") by a mail client carries Resent-* fields; Resent-Bcc
+    # names the hidden recipients of that sending as Bcc does (RFC 5322 3.6.6). The MTA drops
+    # the field from the message it carries, but not from inside an encrypted copy, nor from
+    # the copy the store keeps for the portal.
+    gw, mta, _ = world
+    raw = (b"From: alice@hospital.example\r\nTo: k@partner.example\r\nSubject: Lab\r\n"
+           b"Message-ID: <enc-rbcc@hospital.example>\r\nResent-From: alice@hospital.example\r\n"
+           b"Resent-To: k@partner.example\r\nRESENT-BCC: hidden@other.example\r\n"
+           b"Bcc: hidden2@other.example\r\n\r\n" + CANARY + b"\r\n")  # fmt: skip
+    rcpts = ["k@partner.example", "hidden@other.example", "hidden2@other.example"]
+    plan = gw.process(transaction(raw, ALICE, rcpts))
+    assert plan.replace_body is not None  # k's encrypted copy stays in the transaction
+    payload = email.message_from_bytes(
+        b"Content-Type: " + dict(plan.add_headers)["Content-Type"].encode() + b"\r\n\r\n"
+        + plan.replace_body, policy=email.policy.default,
+    )  # fmt: skip
+    inner = gpg.decrypt(list(payload.iter_parts())[1].get_payload(decode=True))
+    assert CANARY in inner and b"Resent-To: k@partner.example" in inner
+    assert b"hidden" not in inner, inner.decode(errors="replace")
+    (record,) = store.find_messages("<enc-rbcc@hospital.example>")
+    content = store.open_content(record.id)
+    assert content is not None
+    with content:
+        assert b"hidden" not in content.read()
+    assert {o.recipients for o in mta.sent} == {("hidden@other.example",),
+                                                ("hidden2@other.example",)}  # fmt: skip

@@ -112,6 +112,22 @@ def test_plan_is_applied(store: SqliteStore) -> None:
     assert isinstance(note.content, bytes) and b"SECRET BODY" not in note.content
 
 
+def test_a_kept_recipient_given_twice_is_never_removed(store: SqliteStore) -> None:
+    # smfi_delrcpt removes every recipient of that address (Postfix's cleanup_del_rcpt): a
+    # delrcpt of the kept recipient's second, identical RCPT TO would leave the kept copy with
+    # no recipient at all, the message accepted and lost. Another case of it may go.
+    use_gateway(
+        store,
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+    )
+    ctx = testctx.TestCtx()
+    rcpts = ["carol@oldmail.example", "carol@oldmail.example", "Carol@oldmail.example"]
+    assert run(ctx, rcpts) == Milter.ACCEPT
+    assert ctx._bodyreplaced  # carol's notification stays in this transaction
+    assert ctx._delrcpt == ["<Carol@oldmail.example>"]
+
+
 def test_log_never_shows_a_misplaced_secret(
     store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -447,3 +463,28 @@ def test_a_short_access_code_is_used_and_logged_as_weak(
     (carol,) = store.recipients(saved.id)
     assert carol.verification == "access_code"
     assert store.access_code_matches(carol.access_code_hash, "4711")
+
+
+def test_a_fault_while_spooling_answers_tempfail_at_the_end(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The temporary folder fails under a message above the spool threshold. Raised out of the
+    # body callback (one the MTA wants no reply to), libmilter dropped the rest of the message
+    # unanswered and the client waited for the MTA's milter timeout: the end of the message
+    # must be answered with tempfail and a reference the log has.
+    sent = use_gateway(
+        store,
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+    )
+    monkeypatch.setattr(ZivMilter, "spool_threshold", 4096)
+    monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/zivmilter-tmp")
+    message = b"Message-ID: <spool@hospital.example>\r\n" + MESSAGE + b"x" * 8192 + b"\r\n"
+    ctx = testctx.TestCtx()
+    assert run(ctx, ["carol@oldmail.example"], message) == Milter.TEMPFAIL
+    code, xcode, text = ctx._reply
+    assert (code, xcode) == ("451", "4.3.0")
+    ref = text.split("ref ")[1].split(";")[0]
+    assert f"ref {ref}" in caplog.text and "/nonexistent/zivmilter-tmp" in caplog.text
+    assert sent.sent == [] and store.find_messages("spool@hospital.example") == []
+    assert ctx.getpriv().spool is None  # closed

@@ -288,6 +288,29 @@ def test_recipients_keep_their_case_and_a_case_duplicate_gets_one_copy(
     ]
 
 
+def test_a_recipient_given_twice_still_gets_the_copy_kept_in_the_transaction(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
+) -> None:
+    # The same RCPT TO twice (an application that puts one address in To and Cc): Postfix takes
+    # both, the milter hears both, and a delrcpt of that address removes every one of them. The
+    # copy kept in the transaction (a notification, a direct copy) must still reach them.
+    data = message("To: erin@oldmail.example\nCc: erin@oldmail.example\nSubject: Twice\n")
+    arrived = submit(gateway, sinks, ["erin@oldmail.example", "erin@oldmail.example"], data)
+    (note,) = arrived.wait("plain", 1)
+    assert note.rcpt_tos == ("erin@oldmail.example",)
+    assert LINK.search(note.data.decode()) and BODY_MARKER.encode() not in note.data
+    # a direct copy kept beside a re-injected notification
+    data = message("To: bob@partner.example, erin@oldmail.example\nSubject: Twice\n")
+    rcpts = ["bob@partner.example", "bob@partner.example", "erin@oldmail.example"]
+    arrived = submit(gateway, sinks, rcpts, data)
+    (direct,) = arrived.wait("tls", 1)
+    assert_direct_copy(direct, "bob@partner.example", BODY_MARKER)
+    (note,) = arrived.wait("plain", 1)
+    assert note.rcpt_tos == ("erin@oldmail.example",)
+    time.sleep(1)
+    assert len(arrived.new("tls")) == 1 and len(arrived.new("plain")) == 1
+
+
 def test_dsn_follows_the_clients_notify_and_orcpt(
     gateway: tuple[PostfixInstance, ZivmilterProcess], sinks: dict[str, Sink]
 ) -> None:

@@ -201,3 +201,40 @@ def test_milter_killed_mid_transaction(sink: Sink) -> None:
         assert not Path(pf.directory).joinpath("queue", "incoming").exists() or not any(
             Path(pf.directory, "queue", "incoming").iterdir()
         )
+
+
+def test_temporary_folder_full_tempfails_at_the_end_of_data(
+    sink: Sink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A message above milter.spool_threshold is spooled to the temporary folder; a full one
+    # fails the spool mid-body. The client must get zivmilter's 4xx with its reference at the
+    # end of data, not Postfix's after the milter timeout (libmilter then answered nothing).
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(tmp)], check=True)
+    try:
+        pf = PostfixInstance(extra={"milter_content_timeout": "120s"})
+        z = attach(pf, facts={}, config={"milter": {"spool_threshold": 4096}})
+        monkeypatch.setenv("TMPDIR", str(tmp))  # the milter's temporary folder, and only its
+        with z:
+            monkeypatch.delenv("TMPDIR")
+            with pf:
+                before = len(sink.received)
+                large = DATA + (b"z" * 76 + b"\r\n") * 8000  # 624 KB: more than the folder holds
+                with (
+                    smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=180) as s,
+                    pytest.raises(smtplib.SMTPDataError) as info,
+                ):
+                    s.sendmail("alice@hospital.example", ["a@oldmail.example"], large)
+                assert info.value.smtp_code == 451
+                error = info.value.smtp_error
+                assert re.search(rb"4\.3\.0 zivmilter: temporary failure, ref [0-9a-f]{8}", error)
+                ref = re.search(rb"ref ([0-9a-f]{8})", error).group(1).decode()  # type: ignore[union-attr]
+                assert f"spooling the message failed; tempfail at its end, ref {ref}" in z.log()
+                assert "No space left on device" in z.log()
+                _nothing_kept(pf, sink, before)
+                db = sqlite3.connect(str(z.store_path / "store.sqlite3"))
+                assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+                db.close()
+    finally:
+        subprocess.run(["umount", "-l", str(tmp)], check=True)

@@ -188,6 +188,20 @@ def test_notifications_direct_copy_and_bcc_through_sendmail(
     assert "to=<bob@partner.example>" not in gw.sm.log(), "Sendmail sent the direct copy itself"
 
 
+def test_a_recipient_given_twice_still_gets_the_notification(
+    gw: Gateway, sinks: dict[str, Sink]
+) -> None:
+    # The same RCPT TO twice: Sendmail's smfi_delrcpt removes every recipient of the address,
+    # so the milter must not delete the second one while the first keeps Sendmail's copy.
+    arrived = Arrivals(sinks)
+    data = message("To: erin@oldmail.example\nCc: erin@oldmail.example\nSubject: Twice\n")
+    assert gw.send(["erin@oldmail.example", "erin@oldmail.example"], data) == {}
+    (note,) = arrived.wait("plain", 1)
+    assert note.rcpt_tos == ("erin@oldmail.example",)
+    assert LINK.search(note.message().get_body(("plain",)).get_content())
+    assert BODY_MARKER.encode() not in note.data
+
+
 def test_failed_recipient_gets_a_dsn_and_nothing(gw: Gateway, sinks: dict[str, Sink]) -> None:
     arrived = Arrivals(sinks)
     data = message(

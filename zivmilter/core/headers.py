@@ -12,8 +12,9 @@ DIRECTIVE_HEADERS = (ACCESS_RIGHT, DIRECT_DELIVERY, MINIMUM_VERIFICATION)
 #: Added by the milter to direct-delivery copies; Postfix routes on it, removes it on the way out.
 ROUTE_HEADER = "X-Zivmilter-Route"
 
-#: Never in a stored or direct copy (lower case): who else got a Bcc, and the route header.
-NOT_COPIED = frozenset({"bcc", ROUTE_HEADER.lower()})
+#: Never in a stored or direct copy (lower case): who else got a Bcc (Resent-Bcc: the same for a
+#: message a client redirected, RFC 5322 3.6.6), and the route header.
+NOT_COPIED = frozenset({"bcc", "resent-bcc", ROUTE_HEADER.lower()})
 
 _DIRECTIVES = frozenset(DIRECTIVE_HEADERS)
 

@@ -569,11 +569,17 @@ class Gateway:
         if kept is None:
             return Plan(delete_headers=stripped, discard=True)
         keep = set(kept.recipients)
-        # Not kept: every form goes. Kept: one form stays, its duplicates in other case go.
+        # Not kept: every form goes. Kept: one form stays, its duplicates in other case go; the
+        # same form given twice is not removed, since the MTA removes every recipient of that
+        # address at once (Postfix's cleanup_del_rcpt): the kept copy would have none left.
         drop = [
             raw
             for norm, raws in raw_by_norm.items()
-            for raw in (raws if norm not in keep else raws[1:])
+            for raw in (
+                raws
+                if norm not in keep
+                else [r for r in raws[1:] if bare_address(r) != bare_address(raws[0])]
+            )
         ]
         route = [] if kept.route_value is None else [(ROUTE_HEADER, kept.route_value)]
         if kept.content is None:

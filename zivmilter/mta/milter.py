@@ -7,6 +7,7 @@ here. Any fault answers tempfail with a log reference, so the MTA keeps the mess
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -56,6 +57,7 @@ class ZivMilter(Milter.Base):
         self.headers: list[tuple[str, str]] = []
         self.spool: Any = None
         self.body_offset = 0
+        self.fault: str | None = None  # the log reference of a fault while spooling
 
     # -- collection ----------------------------------------------------------------------
     @Milter.noreply
@@ -98,25 +100,51 @@ class ZivMilter(Milter.Base):
     def eoh(self) -> int:
         # lives until end of message or abort: closed in _close_spool. Above the threshold the
         # spool is on disk, encrypted under a key only this process holds (spool.py).
-        self.spool = spool_file(self.spool_threshold)
-        for name, value in self.headers:
-            self.spool.write(name.encode("ascii", "replace") + b":" + _crlf(value) + b"\r\n")
-        self.spool.write(b"\r\n")
-        self.body_offset = self.spool.tell()
+        try:
+            self.spool = spool_file(self.spool_threshold)
+            for name, value in self.headers:
+                self.spool.write(name.encode("ascii", "replace") + b":" + _crlf(value) + b"\r\n")
+            self.spool.write(b"\r\n")
+            self.body_offset = self.spool.tell()
+        except Exception:
+            self._spool_fault()
         return Milter.CONTINUE
 
     @Milter.noreply
     def body(self, chunk: bytes) -> int:
-        if self.spool is not None:
-            self.spool.write(chunk)
+        if self.spool is not None:  # None after a fault: the rest is not kept
+            try:
+                self.spool.write(chunk)
+            except Exception:
+                self._spool_fault()
         return Milter.CONTINUE
+
+    def _spool_fault(self) -> None:
+        """A fault while spooling (the temporary folder full or failing): logged now, answered
+        with tempfail at end-of-message. Raised out of a callback the MTA wants no reply to,
+        it made libmilter drop the rest of the message unanswered: the client waited for the
+        MTA's milter timeout (Postfix: 300 s), then got a 4xx without our reference."""
+        self.fault = secrets.token_hex(4)
+        queue_id = self.getsymval("i") or "-"
+        log.exception(
+            "spooling the message failed; tempfail at its end, ref %s",
+            self.fault,
+            extra={"queue_id": queue_id, "message_id": "-"},
+        )
+        self._close_spool()
 
     # -- decision --------------------------------------------------------------------------
     def eom(self) -> int:
         queue_id = self.getsymval("i") or "-"
         started = time.monotonic()
-        if self.spool is None:  # a message without headers still has an end of headers
-            self.eoh()
+        if self.spool is None and self.fault is None:
+            self.eoh()  # a message without headers still has an end of headers
+        if self.fault is not None:  # the message was not spooled whole: never handled
+            metrics.message("tempfail", started)
+            self.setreply(
+                "451", "4.3.0", f"zivmilter: temporary failure, ref {self.fault}; try again later"
+            )
+            return Milter.TEMPFAIL
         tx = Transaction(
             queue_id=queue_id,
             sender=self.sender,
@@ -215,9 +243,11 @@ class ZivMilter(Milter.Base):
         return Milter.CONTINUE
 
     def _close_spool(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
-            self.spool = None
+        spool, self.spool = self.spool, None
+        if spool is not None:
+            # thrown away: a write that failed before (a full disk) fails the close's flush too
+            with contextlib.suppress(OSError):
+                spool.close()
 
 
 def _tune_listening_sockets() -> int:
