@@ -351,6 +351,41 @@ def test_a_failure_in_one_of_parallel_sessions_keeps_the_accounting_exact(
     assert caught.value.uncertain is uncertain
 
 
+def test_a_defect_in_one_of_parallel_sessions_fails_the_batch_by_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Not an SMTP or socket error (a bug while writing a copy): the batch must not end short
+    # with no failure (the gateway would see fewer replies than copies and nothing named); it
+    # fails, uncertain, and the accepted count stays exact.
+    from zivmilter.delivery import reinject
+
+    written = reinject._dot_stuffed
+    calls = iter(range(1000))
+    calls_lock = threading.Lock()
+
+    def faulty(content: Any) -> Any:
+        with calls_lock:
+            n = next(calls)
+        if n == 4:
+            raise RuntimeError("a defect")
+        return written(content)
+
+    monkeypatch.setattr(reinject, "_dot_stuffed", faulty)
+    port = free_port()
+    seen: list[tuple[str, int]] = []
+    with (
+        FlakyListener("127.0.0.1", port, lambda n: "250") as listener,
+        pytest.raises(DeliveryError) as caught,
+    ):
+        SmtpReinjector("127.0.0.1", port, 10, sessions=3).send(_copies(30, seen))
+    assert "RuntimeError('a defect')" in str(caught.value)
+    assert caught.value.uncertain is True and caught.value.permanent is False
+    taken = sorted(t.rcpt_tos[0] for t in listener.received if not t.dropped)
+    assert sorted(r for r, _ in seen) == taken and caught.value.accepted == len(taken)
+    assert 4 <= len(taken) < 30
+    assert "re-injection session to 127.0.0.1" in caplog.text
+
+
 def test_pipelined_envelopes_are_sent_in_one_write() -> None:
     # The listener holds its MAIL and RCPT replies back until DATA: a client waiting for each
     # reply would hang until its timeout.

@@ -13,6 +13,7 @@ never held whole in memory.
 
 from __future__ import annotations
 
+import logging
 import queue
 import re
 import smtplib
@@ -24,6 +25,8 @@ from typing import BinaryIO, Protocol
 
 from zivmilter import defaults, metrics
 from zivmilter.errors import DeliveryError
+
+log = logging.getLogger("zivmilter.reinject")
 
 _CHUNK = 64 * 1024
 
@@ -161,7 +164,15 @@ class SmtpReinjector:
 
         def worker() -> None:
             try:
-                failure = self._session(take, lambda index, reply: events.put((index, reply)))
+                try:
+                    failure = self._session(take, lambda index, reply: events.put((index, reply)))
+                except Exception as exc:  # a defect, not the MTA's answer: the batch fails
+                    # with it, named, rather than ending short with no failure; uncertain, as
+                    # the copy it was on may have been sent whole.
+                    log.exception("re-injection session to %s:%d failed", self.host, self.port)
+                    failure = DeliveryError(
+                        f"re-injection to {self.host}:{self.port} failed: {exc!r}", uncertain=True
+                    )
                 if failure is not None:
                     stop.set()  # the others finish the copy they are on, then end
                     events.put(failure)
@@ -202,9 +213,17 @@ class SmtpReinjector:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
                 _no_delay(smtp)
                 smtp.ehlo(self.helo)
-                while (item := take()) is not None:
-                    index, msg = item
-                    accepted(index, self._one(smtp, msg))
+                try:
+                    while (item := take()) is not None:
+                        index, msg = item
+                        accepted(index, self._one(smtp, msg))
+                except (DeliveryError, OSError, smtplib.SMTPException):
+                    raise
+                except Exception:
+                    # Not the MTA's answer (a defect, a callback's error), maybe mid-DATA: no
+                    # QUIT, whose reply would not come before the timeout.
+                    smtp.close()
+                    raise
         except DeliveryError as exc:
             return exc
         except (OSError, smtplib.SMTPException) as exc:
