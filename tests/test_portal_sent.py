@@ -265,3 +265,33 @@ def test_the_expiry_is_typed_and_shown_in_the_organizations_zone(amsterdam: Env)
         assert record is not None and record.expires_at == utc.replace(tzinfo=UTC), typed
     # and the form offers the expiry just set, as the organization's clock reads it
     assert _field(c.get(f"/sent/m/{mid}/expiry").text) == "2027-03-28T03:30"
+
+
+def test_signing_out_or_a_new_enrolment_ends_copied_sessions(env: Env) -> None:
+    """A copy of a sender's session cookie (another tab, a device, a thief) stops working when
+    its session ends: at sign-out, and when a new invitation sets a new password and
+    authenticator (the way back after a lost or stolen credential), as on the recipient side."""
+    mid = save(env, "alice@hospital.example", "Lab", [code_rcpt("dave@oldmail.example")])
+    for end in ("sign-out", "new enrolment"):
+        with env.client() as c, env.client() as thief:
+            if end == "sign-out":
+                env.clock.t += 30
+                secret = enrol(env, env.client(), "alice@hospital.example")
+                env.clock.t += 30
+                sign_in(c, "alice@hospital.example", PASSWORD, totp(secret, env.clock.t))
+            else:
+                env.clock.t += 30
+                enrol(env, c, "alice@hospital.example")
+            thief.cookies.update(c.cookies)
+            assert 'id="who"' in thief.get("/sent/").text
+            assert thief.get(f"/sent/m/{mid}/").status_code == 200
+            if end == "sign-out":
+                page = c.get("/sent/")
+                c.post("/sent/sign-out", data={"csrf": csrf(page.text, "sign-out")})
+            else:
+                env.clock.t += 30
+                enrol(env, env.client(), "alice@hospital.example")
+            assert 'id="sign-in"' in thief.get("/sent/").text
+            r = thief.get(f"/sent/m/{mid}/revoke", follow_redirects=False)
+            assert r.status_code == 303 and r.headers["location"].endswith("/sent/")
+    assert env.store.message(mid).revoked_at is None  # type: ignore[union-attr]

@@ -91,7 +91,8 @@ class SendersMixin(MessagesMixin):
                 return None
             cur.execute(
                 "UPDATE accounts SET password_hash = %s, totp_secret = %s, totp_last_step = %s,"
-                " failed_streak = 0, locked_until = NULL WHERE address = %s",
+                " failed_streak = 0, locked_until = NULL, session_gen = session_gen + 1"
+                " WHERE address = %s",
                 (password_hash, self._sealing.seal_totp(address, totp_secret), totp_step, address),
             )
             audit(cur, now, None, address, "sender-enrolled", "password and authenticator set")

@@ -114,3 +114,18 @@ class AccountsMixin(SqliteBase):
             if n:
                 audit(cur, now, None, key, accounts.switch_event(active), "")
         return bool(n)
+
+    def end_account_sessions(self, address: str, reason: str = "") -> bool:
+        """End the account's portal sessions (sign-out of the sent items): passes issued before
+        no longer count, wherever their cookies went. False when there is no such account."""
+        key = address_key(address)
+        if key is None:
+            return False
+        now = int(self._now())
+        with self._transaction() as cur:
+            n = cur.execute(
+                "UPDATE accounts SET session_gen = session_gen + 1 WHERE address = ?", (key,)
+            ).rowcount
+            if n:
+                audit(cur, now, None, key, "sessions-ended", reason)
+        return bool(n)

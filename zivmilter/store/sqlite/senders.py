@@ -72,7 +72,8 @@ class SendersMixin(MessagesMixin):
                 return None
             cur.execute(
                 "UPDATE accounts SET password_hash = ?, totp_secret = ?, totp_last_step = ?,"
-                " failed_streak = 0, locked_until = NULL WHERE address = ?",
+                " failed_streak = 0, locked_until = NULL, session_gen = session_gen + 1"
+                " WHERE address = ?",
                 (password_hash, sealed, totp_step, address),
             )
             audit(cur, now, None, address, "sender-enrolled", "password and authenticator set")
