@@ -295,3 +295,18 @@ def test_signing_out_or_a_new_enrolment_ends_copied_sessions(env: Env) -> None:
             r = thief.get(f"/sent/m/{mid}/revoke", follow_redirects=False)
             assert r.status_code == 303 and r.headers["location"].endswith("/sent/")
     assert env.store.message(mid).revoked_at is None  # type: ignore[union-attr]
+
+
+def test_withdrawing_for_a_malformed_recipient_is_refused_not_a_fault(env: Env) -> None:
+    """A forged or damaged form (the recipient field is not an address) gets the page that says
+    nothing was withdrawn, not a server error; nothing is withdrawn."""
+    c = env.client()
+    enrol(env, c, "alice@hospital.example")
+    mid = save(env, "alice@hospital.example", "Lab", [code_rcpt("dave@oldmail.example")])
+    token = csrf(c.get(f"/sent/m/{mid}/revoke").text, "revoke")
+    for bad in ("not an address", "dave@oldmail.example\r\nX-Injected: 1"):
+        r = c.post(f"/sent/m/{mid}/revoke", data={"csrf": token, "recipient": bad})
+        assert r.status_code == 409 and 'id="error"' in r.text
+    assert env.store.message(mid).revoked_at is None  # type: ignore[union-attr]
+    (dave,) = env.store.recipients(mid)
+    assert env.store.link_state(dave.id).revoked_at is None  # type: ignore[union-attr]

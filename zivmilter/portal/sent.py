@@ -360,7 +360,10 @@ class SentPages:
             return error
         store, recipient = self.portal.store, fields["recipient"]
         if recipient:
-            done = store.revoke_recipient(message.id, recipient, _REVOKED_BY)
+            try:
+                done = store.revoke_recipient(message.id, recipient, _REVOKED_BY)
+            except MessageError:  # a forged or damaged form: no such recipient to withdraw
+                done = False
         else:
             done = store.revoke(message.id, _REVOKED_BY)
         if not done:
