@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
-from tests.test_portal_app import Env, code_rcpt, csrf, verified
+from tests.test_portal_app import Env, code_rcpt, csrf, open_link, shows_message, verified
 from zivmilter import crypto, defaults
 from zivmilter.store import NewMessage, NewRecipient
 
@@ -310,3 +310,24 @@ def test_withdrawing_for_a_malformed_recipient_is_refused_not_a_fault(env: Env) 
     assert env.store.message(mid).revoked_at is None  # type: ignore[union-attr]
     (dave,) = env.store.recipients(mid)
     assert env.store.link_state(dave.id).revoked_at is None  # type: ignore[union-attr]
+
+
+def test_an_expired_message_cannot_be_given_a_new_expiry(env: Env) -> None:
+    """Expired is final, as withdrawn is: the sender's page offers no new expiry for it, and a
+    form posted anyway (kept open from before, or forged) does not bring it back for the
+    recipient in the minutes before the purge takes its key."""
+    c = env.client()
+    enrol(env, c, "alice@hospital.example")
+    expires = datetime.fromtimestamp(env.clock.t + 600, UTC)
+    mid, tokens = env.save([code_rcpt("dave@oldmail.example")], expires_at=expires)
+    token = csrf(c.get(f"/sent/m/{mid}/expiry").text, "expiry")
+    env.clock.t += 601  # expired; the sender's session (an hour) still on
+    assert c.get(f"/sent/m/{mid}/expiry", follow_redirects=False).status_code == 303
+    later = {"csrf": token, "expires": "2026-12-31T12:00", "confirm": "1"}
+    r = c.post(f"/sent/m/{mid}/expiry", data=later)
+    assert r.status_code == 409 and 'id="error"' in r.text
+    assert env.store.message(mid).expires_at == expires  # type: ignore[union-attr]
+    reader = env.client()
+    here = open_link(reader, tokens["dave@oldmail.example"])
+    page = reader.get(here)
+    assert page.status_code == 410 and not shows_message(page)

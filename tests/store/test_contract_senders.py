@@ -125,6 +125,10 @@ def test_expiry_is_set_only_while_a_notification_link_is_open(st: Store, clock: 
         new_message(recipients=[NewRecipient("x@example.net", 1, "transport", "direct", "A4")])
     )
     assert not st.set_expiry(direct.id, when)
+    clock.t += 3 * 24 * 3600  # expired, not yet purged: final all the same
+    assert not st.set_expiry(saved.id, when + timedelta(days=30))
+    msg = st.message(saved.id)
+    assert msg is not None and msg.expires_at == when.replace(microsecond=0)
     st.revoke(saved.id)
     assert not st.set_expiry(saved.id, when)
     assert [e.event for e in st.events(saved.id)].count("expiry-set") == 1

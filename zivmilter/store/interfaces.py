@@ -239,8 +239,9 @@ class SenderStore(Protocol):
         ...
 
     def set_expiry(self, message_id: str, expires_at: datetime, reason: str = "") -> bool:
-        """Set or change when a message expires; False when it is revoked or has no open
-        notification link (a direct delivery cannot expire, SPEC 8)."""
+        """Set or change when a message expires; False when it is revoked, expired already
+        (before the purge took its key) or has no open notification link (a direct delivery
+        cannot expire, SPEC 8)."""
         ...
 
     def claim_read_receipt(self, recipient_id: int) -> bool:
