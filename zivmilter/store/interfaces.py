@@ -190,7 +190,10 @@ class AccountStore(Protocol):
         kind: AccountKind,
         password_hash: str | None = None,
         totp_secret: bytes | None = None,
-    ) -> None: ...
+    ) -> None:
+        """Create, or replace (a reset: its portal sessions end, as at a switch-off)."""
+        ...
+
     def set_account_active(self, address: str, active: bool) -> bool:
         """Switching an account off also ends its portal sessions (its session generation)."""
         ...

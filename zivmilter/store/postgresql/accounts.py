@@ -93,7 +93,8 @@ class AccountsMixin(PgBase):
         password_hash: str | None = None,
         totp_secret: bytes | None = None,
     ) -> None:
-        """Create or replace an account, active; the caller hashes `password_hash` itself."""
+        """Create or replace an account, active; the caller hashes `password_hash` itself.
+        Replacing one ends its portal sessions (a reset: see `session_generation`)."""
         new = accounts.new_account(
             self._sealing, address, kind, password_hash, totp_secret, self._now()
         )
@@ -102,7 +103,8 @@ class AccountsMixin(PgBase):
                 "INSERT INTO accounts (address, kind, active, password_hash, totp_secret,"
                 " created_at) VALUES (%s, %s, TRUE, %s, %s, %s) ON CONFLICT (address) DO UPDATE SET"
                 " kind = excluded.kind, active = TRUE, password_hash = excluded.password_hash,"
-                " totp_secret = excluded.totp_secret",
+                # new credentials: the sessions the old ones opened end (session_generation)
+                " totp_secret = excluded.totp_secret, session_gen = accounts.session_gen + 1",
                 (new.address, new.kind, new.password_hash, new.totp_secret, new.created_at),
             )
             audit(cur, new.created_at, None, new.address, "account-added", new.kind)
