@@ -192,8 +192,13 @@ def test_disabling_the_account_ends_its_session(env: Env) -> None:
     c = env.client()
     enrol(env, c, "alice@hospital.example")
     assert 'id="who"' in c.get("/sent/").text
+    kept = env.client()  # a copy of the cookie that asks nothing while the account is off
+    kept.cookies.update(c.cookies)
     env.store.set_account_active("alice@hospital.example", False)
     assert 'id="sign-in"' in c.get("/sent/").text
+    # switched on again, the account does not bring back the sessions switching it off ended
+    env.store.set_account_active("alice@hospital.example", True)
+    assert 'id="sign-in"' in kept.get("/sent/").text
 
 
 @pytest.mark.parametrize("lang", ["en", "nl"])
