@@ -336,3 +336,38 @@ def test_an_expired_message_cannot_be_given_a_new_expiry(env: Env) -> None:
     here = open_link(reader, tokens["dave@oldmail.example"])
     page = reader.get(here)
     assert page.status_code == 410 and not shows_message(page)
+
+
+@pytest.mark.parametrize("path", ["body", "attachment/3", "part/2"])
+def test_reading_the_frame_or_a_part_without_the_page_is_an_open(env: Env, path: str) -> None:
+    """SPEC 8: every open is recorded, and the sender's read status and read receipt rest on
+    it. A verified recipient who fetches the message's frame, an attachment or an inline image
+    straight away (not the page the verification leads to) has read it all the same."""
+    c = env.client()
+    enrol(env, c, "alice@hospital.example")
+    mid, tokens = env.save([code_rcpt("dave@oldmail.example")])
+    reader = env.client()
+    here = open_link(reader, tokens["dave@oldmail.example"])
+    page = reader.get(here)
+    r = reader.post(
+        here + "verify",
+        data={"csrf": csrf(page.text, "verify"), "code": "tulip-secret-42"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    sent_before = len(env.mailer.sent)
+    got = reader.get(here + path)
+    assert got.status_code == 200 and len(got.content) > 0
+    if path == "body":
+        assert "BODY-MARKER" in got.text
+    assert "Not opened yet" not in c.get(f"/sent/m/{mid}/").text
+    receipts = env.mailer.sent[sent_before:]
+    assert [m.recipients for m in receipts] == [["alice@hospital.example"]]
+    # the page shown after it is one more open; its frame and images add none
+    opened = [e for e in env.store.events(mid) if e.event == "opened"]
+    assert len(opened) == 1
+    assert shows_message(reader.get(here))
+    reader.get(here + "body")
+    reader.get(here + "part/2")
+    assert len([e for e in env.store.events(mid) if e.event == "opened"]) == 2
+    assert len(env.mailer.sent) == sent_before + 1
