@@ -371,3 +371,22 @@ def test_reading_the_frame_or_a_part_without_the_page_is_an_open(env: Env, path:
     reader.get(here + "part/2")
     assert len([e for e in env.store.events(mid) if e.event == "opened"]) == 2
     assert len(env.mailer.sent) == sent_before + 1
+
+
+def test_a_direct_delivery_cannot_be_withdrawn_by_a_form_posted_anyway(env: Env) -> None:
+    """The page offers no withdrawal for a message delivered directly (SPEC 8: it cannot be
+    revoked); a form posted anyway (kept from another message, or forged) withdraws nothing
+    either: the sent items keep its subject and the audit log records no revocation."""
+    c = env.client()
+    enrol(env, c, "alice@hospital.example")
+    direct = NewRecipient("bob@partner.example", 1, "transport", "direct", "A4", level="dane")
+    mid = save(env, "alice@hospital.example", "Scan results", [direct])
+    other = save(env, "alice@hospital.example", "Other", [code_rcpt("dave@oldmail.example")])
+    assert c.get(f"/sent/m/{mid}/revoke", follow_redirects=False).status_code == 303
+    token = csrf(c.get(f"/sent/m/{other}/revoke").text, "revoke")
+    for recipient in ("", "bob@partner.example"):
+        r = c.post(f"/sent/m/{mid}/revoke", data={"csrf": token, "recipient": recipient})
+        assert r.status_code == 409 and 'id="error"' in r.text
+    assert "Scan results" in c.get(f"/sent/m/{mid}/").text
+    assert env.store.message(mid).revoked_at is None  # type: ignore[union-attr]
+    assert "revoked" not in [e.event for e in env.store.events(mid)]

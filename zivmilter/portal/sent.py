@@ -365,7 +365,9 @@ class SentPages:
             except MessageError:  # a forged or damaged form: no such recipient to withdraw
                 done = False
         else:
-            done = store.revoke(message.id, _REVOKED_BY)
+            # only what the confirmation offers (a form posted anyway, too): a message without
+            # an open notification link has nothing to withdraw (a direct delivery, SPEC 8)
+            done = self._row(message).revocable and store.revoke(message.id, _REVOKED_BY)
         if not done:
             return self._message_page(request, who, message, error="sent_nothing", status=409)
         target = self._here(message.id) + "?done=revoked"
