@@ -1032,6 +1032,26 @@ def test_a_second_enrolment_never_replaces_the_authenticator(env: Env) -> None:
     assert events.count("enrol-refused") == 2
 
 
+def test_an_account_reset_ends_the_sessions_signed_in_with_the_old_credentials(
+    env: Env,
+) -> None:
+    """`zivmilter account add ADDRESS --recipient --password` again (the admin's reset after a
+    lost phone or a leaked password) ends the sessions the old password and authenticator
+    opened, wherever their cookies went, as disabling the account does."""
+    accounts.add_recipient_account(env.store, "erin@example.net", "long enough password")
+    _, tokens = env.save([rcpt("erin@example.net", "account")])
+    with env.client() as client, env.client() as thief:
+        here, page = _to_enrolment(client, tokens["erin@example.net"])
+        _, form = _enrolment_answer(env, page)
+        assert shows_message(client.post(here + "enrol", data=form))
+        thief.cookies.update(client.cookies)
+        assert shows_message(thief.get(here))
+        accounts.add_recipient_account(env.store, "erin@example.net", "a new long password")
+        for path in ("", "body", "attachment/3"):
+            r = thief.get(here + path)
+            assert r.status_code == 403 and "BODY-MARKER" not in r.text
+
+
 def test_recipient_accounts_refuse_weak_passwords_and_sender_accounts(env: Env) -> None:
     with pytest.raises(ValueError, match="at least"):
         accounts.add_recipient_account(env.store, "x@example.net", "short")

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
-from tests.test_portal_app import Env, code_rcpt, csrf, verified
+from tests.test_portal_app import Env, code_rcpt, csrf, open_link, shows_message, verified
 from zivmilter import crypto, defaults
 from zivmilter.store import NewMessage, NewRecipient
 
@@ -192,8 +192,13 @@ def test_disabling_the_account_ends_its_session(env: Env) -> None:
     c = env.client()
     enrol(env, c, "alice@hospital.example")
     assert 'id="who"' in c.get("/sent/").text
+    kept = env.client()  # a copy of the cookie that asks nothing while the account is off
+    kept.cookies.update(c.cookies)
     env.store.set_account_active("alice@hospital.example", False)
     assert 'id="sign-in"' in c.get("/sent/").text
+    # switched on again, the account does not bring back the sessions switching it off ended
+    env.store.set_account_active("alice@hospital.example", True)
+    assert 'id="sign-in"' in kept.get("/sent/").text
 
 
 @pytest.mark.parametrize("lang", ["en", "nl"])
@@ -265,3 +270,123 @@ def test_the_expiry_is_typed_and_shown_in_the_organizations_zone(amsterdam: Env)
         assert record is not None and record.expires_at == utc.replace(tzinfo=UTC), typed
     # and the form offers the expiry just set, as the organization's clock reads it
     assert _field(c.get(f"/sent/m/{mid}/expiry").text) == "2027-03-28T03:30"
+
+
+def test_signing_out_or_a_new_enrolment_ends_copied_sessions(env: Env) -> None:
+    """A copy of a sender's session cookie (another tab, a device, a thief) stops working when
+    its session ends: at sign-out, and when a new invitation sets a new password and
+    authenticator (the way back after a lost or stolen credential), as on the recipient side."""
+    mid = save(env, "alice@hospital.example", "Lab", [code_rcpt("dave@oldmail.example")])
+    for end in ("sign-out", "new enrolment"):
+        with env.client() as c, env.client() as thief:
+            if end == "sign-out":
+                env.clock.t += 30
+                secret = enrol(env, env.client(), "alice@hospital.example")
+                env.clock.t += 30
+                sign_in(c, "alice@hospital.example", PASSWORD, totp(secret, env.clock.t))
+            else:
+                env.clock.t += 30
+                enrol(env, c, "alice@hospital.example")
+            thief.cookies.update(c.cookies)
+            assert 'id="who"' in thief.get("/sent/").text
+            assert thief.get(f"/sent/m/{mid}/").status_code == 200
+            if end == "sign-out":
+                page = c.get("/sent/")
+                c.post("/sent/sign-out", data={"csrf": csrf(page.text, "sign-out")})
+            else:
+                env.clock.t += 30
+                enrol(env, env.client(), "alice@hospital.example")
+            assert 'id="sign-in"' in thief.get("/sent/").text
+            r = thief.get(f"/sent/m/{mid}/revoke", follow_redirects=False)
+            assert r.status_code == 303 and r.headers["location"].endswith("/sent/")
+    assert env.store.message(mid).revoked_at is None  # type: ignore[union-attr]
+
+
+def test_withdrawing_for_a_malformed_recipient_is_refused_not_a_fault(env: Env) -> None:
+    """A forged or damaged form (the recipient field is not an address) gets the page that says
+    nothing was withdrawn, not a server error; nothing is withdrawn."""
+    c = env.client()
+    enrol(env, c, "alice@hospital.example")
+    mid = save(env, "alice@hospital.example", "Lab", [code_rcpt("dave@oldmail.example")])
+    token = csrf(c.get(f"/sent/m/{mid}/revoke").text, "revoke")
+    for bad in ("not an address", "dave@oldmail.example\r\nX-Injected: 1"):
+        r = c.post(f"/sent/m/{mid}/revoke", data={"csrf": token, "recipient": bad})
+        assert r.status_code == 409 and 'id="error"' in r.text
+    assert env.store.message(mid).revoked_at is None  # type: ignore[union-attr]
+    (dave,) = env.store.recipients(mid)
+    assert env.store.link_state(dave.id).revoked_at is None  # type: ignore[union-attr]
+
+
+def test_an_expired_message_cannot_be_given_a_new_expiry(env: Env) -> None:
+    """Expired is final, as withdrawn is: the sender's page offers no new expiry for it, and a
+    form posted anyway (kept open from before, or forged) does not bring it back for the
+    recipient in the minutes before the purge takes its key."""
+    c = env.client()
+    enrol(env, c, "alice@hospital.example")
+    expires = datetime.fromtimestamp(env.clock.t + 600, UTC)
+    mid, tokens = env.save([code_rcpt("dave@oldmail.example")], expires_at=expires)
+    token = csrf(c.get(f"/sent/m/{mid}/expiry").text, "expiry")
+    env.clock.t += 601  # expired; the sender's session (an hour) still on
+    assert c.get(f"/sent/m/{mid}/expiry", follow_redirects=False).status_code == 303
+    later = {"csrf": token, "expires": "2026-12-31T12:00", "confirm": "1"}
+    r = c.post(f"/sent/m/{mid}/expiry", data=later)
+    assert r.status_code == 409 and 'id="error"' in r.text
+    assert env.store.message(mid).expires_at == expires  # type: ignore[union-attr]
+    reader = env.client()
+    here = open_link(reader, tokens["dave@oldmail.example"])
+    page = reader.get(here)
+    assert page.status_code == 410 and not shows_message(page)
+
+
+@pytest.mark.parametrize("path", ["body", "attachment/3", "part/2"])
+def test_reading_the_frame_or_a_part_without_the_page_is_an_open(env: Env, path: str) -> None:
+    """SPEC 8: every open is recorded, and the sender's read status and read receipt rest on
+    it. A verified recipient who fetches the message's frame, an attachment or an inline image
+    straight away (not the page the verification leads to) has read it all the same."""
+    c = env.client()
+    enrol(env, c, "alice@hospital.example")
+    mid, tokens = env.save([code_rcpt("dave@oldmail.example")])
+    reader = env.client()
+    here = open_link(reader, tokens["dave@oldmail.example"])
+    page = reader.get(here)
+    r = reader.post(
+        here + "verify",
+        data={"csrf": csrf(page.text, "verify"), "code": "tulip-secret-42"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    sent_before = len(env.mailer.sent)
+    got = reader.get(here + path)
+    assert got.status_code == 200 and len(got.content) > 0
+    if path == "body":
+        assert "BODY-MARKER" in got.text
+    assert "Not opened yet" not in c.get(f"/sent/m/{mid}/").text
+    receipts = env.mailer.sent[sent_before:]
+    assert [m.recipients for m in receipts] == [["alice@hospital.example"]]
+    # the page shown after it is one more open; its frame and images add none
+    opened = [e for e in env.store.events(mid) if e.event == "opened"]
+    assert len(opened) == 1
+    assert shows_message(reader.get(here))
+    reader.get(here + "body")
+    reader.get(here + "part/2")
+    assert len([e for e in env.store.events(mid) if e.event == "opened"]) == 2
+    assert len(env.mailer.sent) == sent_before + 1
+
+
+def test_a_direct_delivery_cannot_be_withdrawn_by_a_form_posted_anyway(env: Env) -> None:
+    """The page offers no withdrawal for a message delivered directly (SPEC 8: it cannot be
+    revoked); a form posted anyway (kept from another message, or forged) withdraws nothing
+    either: the sent items keep its subject and the audit log records no revocation."""
+    c = env.client()
+    enrol(env, c, "alice@hospital.example")
+    direct = NewRecipient("bob@partner.example", 1, "transport", "direct", "A4", level="dane")
+    mid = save(env, "alice@hospital.example", "Scan results", [direct])
+    other = save(env, "alice@hospital.example", "Other", [code_rcpt("dave@oldmail.example")])
+    assert c.get(f"/sent/m/{mid}/revoke", follow_redirects=False).status_code == 303
+    token = csrf(c.get(f"/sent/m/{other}/revoke").text, "revoke")
+    for recipient in ("", "bob@partner.example"):
+        r = c.post(f"/sent/m/{mid}/revoke", data={"csrf": token, "recipient": recipient})
+        assert r.status_code == 409 and 'id="error"' in r.text
+    assert "Scan results" in c.get(f"/sent/m/{mid}/").text
+    assert env.store.message(mid).revoked_at is None  # type: ignore[union-attr]
+    assert "revoked" not in [e.event for e in env.store.events(mid)]

@@ -390,6 +390,10 @@ def test_sign_out_and_account_disable_move_the_session_generation_on(st: Store) 
     assert st.session_generation(rec.id) == 1
     st.set_account_active("bob@example.net", False)
     assert st.session_generation(rec.id) == 2
+    st.add_account("bob@example.net", "recipient", password_hash="$argon2id$y")  # a reset
+    assert st.session_generation(rec.id) == 3
+    st.end_account_sessions("bob@example.net", "signed out")  # the sender's side's sign-out
+    assert st.session_generation(rec.id) == 4
     assert st.session_generation(rec.id + 1000) is None
     assert ("sessions-ended", "bob@example.net") in [
         (e.event, e.recipient) for e in st.events(saved.id)

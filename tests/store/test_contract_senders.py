@@ -40,6 +40,21 @@ def test_an_invitation_enrols_once_and_only_an_active_sender(st: Store, clock: C
     assert st.invite_address(crypto.token_hash(off)) is None
 
 
+def test_sign_out_and_a_new_enrolment_end_the_account_s_sessions(st: Store) -> None:
+    st.add_account("alice@example.org", "sender")
+    acct = st.account("alice@example.org")
+    assert acct is not None and acct.session_gen == 0
+    assert st.end_account_sessions("Alice@Example.ORG", "signed out")
+    assert st.account("alice@example.org").session_gen == 1  # type: ignore[union-attr]
+    token = st.add_invite("alice@example.org", 3600)
+    assert token is not None
+    assert st.redeem_invite(crypto.token_hash(token), "$argon2id$x", b"S" * 20, 7)
+    assert st.account("alice@example.org").session_gen == 2  # type: ignore[union-attr]
+    assert not st.end_account_sessions("nobody@example.org")
+    ended = [e for e in st.export_events() if e.event == "sessions-ended"]
+    assert [(e.recipient, e.detail) for e in ended] == [("alice@example.org", "signed out")]
+
+
 def test_sign_ins_in_flight_at_once_cannot_pass_the_lockout(st: Store) -> None:
     st.add_account("alice@example.org", "sender")
     barrier = threading.Barrier(8)
@@ -110,6 +125,10 @@ def test_expiry_is_set_only_while_a_notification_link_is_open(st: Store, clock: 
         new_message(recipients=[NewRecipient("x@example.net", 1, "transport", "direct", "A4")])
     )
     assert not st.set_expiry(direct.id, when)
+    clock.t += 3 * 24 * 3600  # expired, not yet purged: final all the same
+    assert not st.set_expiry(saved.id, when + timedelta(days=30))
+    msg = st.message(saved.id)
+    assert msg is not None and msg.expires_at == when.replace(microsecond=0)
     st.revoke(saved.id)
     assert not st.set_expiry(saved.id, when)
     assert [e.event for e in st.events(saved.id)].count("expiry-set") == 1

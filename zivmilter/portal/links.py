@@ -256,6 +256,8 @@ class LinkPages(GuestPages[_Ctx]):
         view = self._message_view(ctx)
         if view is None or view.html is None:
             return Response(status_code=404)
+        if not self._first_open(ctx):
+            return self._gone(request, ctx, "revoked")
         # Only the frame of the page that a consent (a POST with its CSRF token) showed carries
         # this token: a link in the message itself cannot consent for the reader.
         remote = csrf_ok(self.portal.keys, ctx.p, "remote", request.query_params.get("remote"))
@@ -295,6 +297,8 @@ class LinkPages(GuestPages[_Ctx]):
         index = int(request.path_params["index"])
         if parsed is None or index not in parsed[1].inline.values():
             return Response(status_code=404)
+        if not self._first_open(ctx):
+            return self._gone(request, ctx, "revoked")
         part = render.leaves(parsed[0])[index]
         return Response(
             render.leaf_payload(part),
@@ -310,7 +314,7 @@ class LinkPages(GuestPages[_Ctx]):
         if ctx is None:
             return error
         index = int(request.path_params["index"])
-        kept = self._kept_part(ctx, index)
+        kept = self._kept_part(request, ctx, index)
         if kept is not None:
             return kept
         # Kept whole only: a small attachment, or a message saved before parts were kept apart.
@@ -321,6 +325,8 @@ class LinkPages(GuestPages[_Ctx]):
         if not found:
             return Response(status_code=404)
         (item,) = found
+        if not self._first_open(ctx):
+            return self._gone(request, ctx, "revoked")
         data = render.leaf_payload(render.leaves(parsed[0])[index])
         self.portal.store.record_event(
             "attachment-downloaded", ctx.rec.message.id, ctx.rec.address, f"part {index}"
@@ -347,7 +353,7 @@ class LinkPages(GuestPages[_Ctx]):
             return error
         return self._message_page(request, ctx, remote=True)
 
-    def _kept_part(self, ctx: _Ctx, index: int) -> Response | None:
+    def _kept_part(self, request: Request, ctx: _Ctx, index: int) -> Response | None:
         """A large attachment the store kept apart at save, streamed as it is decrypted (the
         message is not parsed: issue 15); None when it has none at that index."""
         store, mid = self.portal.store, ctx.rec.message.id
@@ -355,6 +361,9 @@ class LinkPages(GuestPages[_Ctx]):
         stream = store.open_part(mid, index) if part is not None else None
         if part is None or stream is None:
             return None
+        if not self._first_open(ctx):
+            stream.close()
+            return self._gone(request, ctx, "revoked")
         store.record_event("attachment-downloaded", mid, ctx.rec.address, f"part {index}")
         return StreamingResponse(
             stream_chunks(stream),
@@ -640,6 +649,19 @@ class LinkPages(GuestPages[_Ctx]):
         return portal.page(
             request, "message.html", values, lang=ctx.lang, here=ctx.here, status=status
         )
+
+    def _first_open(self, ctx: _Ctx) -> bool:
+        """SPEC 8 for what shows the message's content without its page (the frame, a part,
+        an attachment): the recipient's first look is an open all the same, with its read
+        receipt, so that fetching them straight away cannot leave the sender's read status at
+        "not opened". After the page's open they add none (`_message_page` counts each view).
+        False: revoked since the link's read (nothing to show)."""
+        if ctx.rec.opened_at is not None:
+            return True
+        if not self.portal.store.mark_opened(ctx.rec.id):
+            return False
+        send_read_receipt(self.portal, ctx.rec.id)
+        return True
 
     def _enrolled(self, ctx: _Ctx) -> bool:
         account = self.portal.store.account(ctx.rec.address)

@@ -5,9 +5,11 @@ setting its expiry, each after a confirmation.
 
 Sessions are passes (security.py) of their own scope, "sent", so they never open a recipient's
 link and the recipient side's sessions never open these pages; a verified pass carries the
-signed-in address in its nonce (the pass is signed whole). Every request checks the account is
-still an active sender account, so disabling it ends its sessions. A message that is not the
-signed-in sender's is a 404, as one that does not exist: nothing tells them apart.
+signed-in address in its nonce (the pass is signed whole) and the account's session generation.
+Every request checks the account is still an active sender account of that generation, so
+disabling it, signing out and a new enrolment end its sessions, wherever their cookies went.
+A message that is not the signed-in sender's is a 404, as one that does not exist: nothing
+tells them apart.
 """
 
 from __future__ import annotations
@@ -137,9 +139,10 @@ def expiry_field(when: datetime, zone_name: str = defaults.TIMEZONE) -> str:
 # -- sessions ------------------------------------------------------------------------------
 
 
-def _session_pass(address: str, now: float, lifetime: int) -> Pass:
+def _session_pass(address: str, now: float, lifetime: int, gen: int) -> Pass:
     tag = base64.urlsafe_b64encode(address.encode()).decode("ascii").rstrip("=")
-    return Pass(SCOPE, Stage.VERIFIED, int(now) + lifetime, f"{secrets.token_urlsafe(12)}.{tag}")
+    nonce = f"{secrets.token_urlsafe(12)}.{tag}"
+    return Pass(SCOPE, Stage.VERIFIED, int(now) + lifetime, nonce, gen=gen)
 
 
 def _pass_address(p: Pass) -> str | None:
@@ -250,7 +253,9 @@ class SentPages:
     def _signed_in(self, address: str) -> Response:
         portal = self.portal
         response = RedirectResponse(self.home, status_code=303)
-        p = _session_pass(address, portal.now(), portal.cfg.portal.session_seconds)
+        account = portal.store.account(address)
+        gen = account.session_gen if account is not None else 0
+        p = _session_pass(address, portal.now(), portal.cfg.portal.session_seconds, gen)
         portal.give_pass(response, p)
         return response
 
@@ -262,6 +267,8 @@ class SentPages:
         who, error = self._form(request, "signout", fields)
         if who is None:
             return error
+        # Server-side too: a copy of this cookie (another tab, another device) ends with it.
+        self.portal.store.end_account_sessions(who.address, "signed out of the sent items")
         response = RedirectResponse(self.home, status_code=303)
         self.portal.drop_pass(response, SCOPE)
         return response
@@ -353,9 +360,14 @@ class SentPages:
             return error
         store, recipient = self.portal.store, fields["recipient"]
         if recipient:
-            done = store.revoke_recipient(message.id, recipient, _REVOKED_BY)
+            try:
+                done = store.revoke_recipient(message.id, recipient, _REVOKED_BY)
+            except MessageError:  # a forged or damaged form: no such recipient to withdraw
+                done = False
         else:
-            done = store.revoke(message.id, _REVOKED_BY)
+            # only what the confirmation offers (a form posted anyway, too): a message without
+            # an open notification link has nothing to withdraw (a direct delivery, SPEC 8)
+            done = self._row(message).revocable and store.revoke(message.id, _REVOKED_BY)
         if not done:
             return self._message_page(request, who, message, error="sent_nothing", status=409)
         target = self._here(message.id) + "?done=revoked"
@@ -559,7 +571,8 @@ class SentPages:
         return f"{self.home}m/{message_id}/"
 
     def _who(self, request: Request) -> _Who | None:
-        """The signed-in sender, while the account is an active sender account."""
+        """The signed-in sender, while the account is an active sender account and its
+        sessions were not ended since the pass was issued (sign-out, a new enrolment)."""
         portal = self.portal
         p = portal.get_pass(request, SCOPE)
         if p is None or p.stage is not Stage.VERIFIED:
@@ -567,6 +580,8 @@ class SentPages:
         address = _pass_address(p)
         account = portal.store.account(address) if address else None
         if address is None or account is None or account.kind != "sender" or not account.active:
+            return None
+        if account.session_gen != p.gen:
             return None
         return _Who(p, address, portal.language(request, address))
 

@@ -13,12 +13,12 @@ from zivmilter.store.records import Account, AccountKind
 from zivmilter.store.sealing import Sealing
 
 # What each backend's SELECT of an account names, in this order.
-ACCOUNT_COLUMNS = "address, kind, active, password_hash, totp_secret IS NOT NULL"
+ACCOUNT_COLUMNS = "address, kind, active, password_hash, totp_secret IS NOT NULL, session_gen"
 
 
 def account(row: Any) -> Account:
     """From ACCOUNT_COLUMNS."""
-    return Account(str(row[0]), row[1], bool(row[2]), row[3], bool(row[4]))
+    return Account(str(row[0]), row[1], bool(row[2]), row[3], bool(row[4]), int(row[5]))
 
 
 def maybe_account(row: Any) -> Account | None:

@@ -190,9 +190,17 @@ class AccountStore(Protocol):
         kind: AccountKind,
         password_hash: str | None = None,
         totp_secret: bytes | None = None,
-    ) -> None: ...
+    ) -> None:
+        """Create, or replace (a reset: its portal sessions end, as at a switch-off)."""
+        ...
+
     def set_account_active(self, address: str, active: bool) -> bool:
         """Switching an account off also ends its portal sessions (its session generation)."""
+        ...
+
+    def end_account_sessions(self, address: str, reason: str = "") -> bool:
+        """End every portal session of the account (its session generation moves on: the
+        sender's `/sent/` sessions and the address's link sessions); False: no such account."""
         ...
 
     def totp_secret(self, address: str) -> bytes | None: ...
@@ -234,8 +242,9 @@ class SenderStore(Protocol):
         ...
 
     def set_expiry(self, message_id: str, expires_at: datetime, reason: str = "") -> bool:
-        """Set or change when a message expires; False when it is revoked or has no open
-        notification link (a direct delivery cannot expire, SPEC 8)."""
+        """Set or change when a message expires; False when it is revoked, expired already
+        (before the purge took its key) or has no open notification link (a direct delivery
+        cannot expire, SPEC 8)."""
         ...
 
     def claim_read_receipt(self, recipient_id: int) -> bool:

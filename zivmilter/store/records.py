@@ -160,6 +160,9 @@ class Account:
     active: bool
     password_hash: str | None
     has_totp: bool
+    # The generation of its portal sessions: sign-out, a new enrolment and switching it off
+    # move it on, and a sender's session issued under an older one no longer counts.
+    session_gen: int = 0
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,8 @@ class SendersMixin(MessagesMixin):
                 return None
             cur.execute(
                 "UPDATE accounts SET password_hash = %s, totp_secret = %s, totp_last_step = %s,"
-                " failed_streak = 0, locked_until = NULL WHERE address = %s",
+                " failed_streak = 0, locked_until = NULL, session_gen = session_gen + 1"
+                " WHERE address = %s",
                 (password_hash, self._sealing.seal_totp(address, totp_secret), totp_step, address),
             )
             audit(cur, now, None, address, "sender-enrolled", "password and authenticator set")
@@ -209,9 +210,11 @@ class SendersMixin(MessagesMixin):
             cur.execute("SELECT 1 FROM messages WHERE id = %s FOR UPDATE", (message_id,))
             done = cur.execute(
                 "UPDATE messages SET expires_at = %s WHERE id = %s AND revoked_at IS NULL"
+                # expired is final, as revoked is (the purge takes its key in a while)
+                " AND (expires_at IS NULL OR expires_at > %s)"
                 " AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id"
                 " AND r.delivery = 'notification' AND r.revoked_at IS NULL)",
-                (at, message_id),
+                (at, message_id, now),
             ).rowcount
             if done:
                 audit(

@@ -87,7 +87,8 @@ class AccountsMixin(SqliteBase):
         password_hash: str | None = None,
         totp_secret: bytes | None = None,
     ) -> None:
-        """Create or replace an account, active; the caller hashes `password_hash` itself."""
+        """Create or replace an account, active; the caller hashes `password_hash` itself.
+        Replacing one ends its portal sessions (a reset: see `session_generation`)."""
         new = accounts.new_account(
             self._sealing, address, kind, password_hash, totp_secret, self._now()
         )
@@ -96,7 +97,8 @@ class AccountsMixin(SqliteBase):
                 "INSERT INTO accounts (address, kind, active, password_hash, totp_secret,"
                 " created_at) VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (address) DO UPDATE SET"
                 " kind = excluded.kind, active = 1, password_hash = excluded.password_hash,"
-                " totp_secret = excluded.totp_secret",
+                # new credentials: the sessions the old ones opened end (session_generation)
+                " totp_secret = excluded.totp_secret, session_gen = accounts.session_gen + 1",
                 (new.address, new.kind, new.password_hash, new.totp_secret, new.created_at),
             )
             audit(cur, new.created_at, None, new.address, "account-added", new.kind)
@@ -113,4 +115,19 @@ class AccountsMixin(SqliteBase):
             ).rowcount
             if n:
                 audit(cur, now, None, key, accounts.switch_event(active), "")
+        return bool(n)
+
+    def end_account_sessions(self, address: str, reason: str = "") -> bool:
+        """End the account's portal sessions (sign-out of the sent items): passes issued before
+        no longer count, wherever their cookies went. False when there is no such account."""
+        key = address_key(address)
+        if key is None:
+            return False
+        now = int(self._now())
+        with self._transaction() as cur:
+            n = cur.execute(
+                "UPDATE accounts SET session_gen = session_gen + 1 WHERE address = ?", (key,)
+            ).rowcount
+            if n:
+                audit(cur, now, None, key, "sessions-ended", reason)
         return bool(n)

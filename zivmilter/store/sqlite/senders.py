@@ -72,7 +72,8 @@ class SendersMixin(MessagesMixin):
                 return None
             cur.execute(
                 "UPDATE accounts SET password_hash = ?, totp_secret = ?, totp_last_step = ?,"
-                " failed_streak = 0, locked_until = NULL WHERE address = ?",
+                " failed_streak = 0, locked_until = NULL, session_gen = session_gen + 1"
+                " WHERE address = ?",
                 (password_hash, sealed, totp_step, address),
             )
             audit(cur, now, None, address, "sender-enrolled", "password and authenticator set")
@@ -175,9 +176,11 @@ class SendersMixin(MessagesMixin):
         with self._transaction() as cur:
             done = cur.execute(
                 "UPDATE messages SET expires_at = ? WHERE id = ? AND revoked_at IS NULL"
+                # expired is final, as revoked is (the purge takes its key in a while)
+                " AND (expires_at IS NULL OR expires_at > ?)"
                 " AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id"
                 " AND r.delivery = 'notification' AND r.revoked_at IS NULL)",
-                (at, message_id),
+                (at, message_id, now),
             ).rowcount
             if done:
                 audit(
