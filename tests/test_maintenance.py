@@ -18,6 +18,7 @@ from tests.harness.postfix import free_port
 from tests.harness.sink import Sink
 from zivmilter import cli, crypto, defaults
 from zivmilter.cli import maintenance as maintenance_cmd
+from zivmilter.portal import verify
 from zivmilter.store import NewMessage, NewRecipient, SqliteStore
 
 ROOT = Path(__file__).parent.parent
@@ -105,6 +106,39 @@ def test_maintenance(tmp_path: Path) -> None:
         third = maintenance(cfg)
         assert "replies handed to the MTA: 0; still failing: 0" in third.stdout
         assert len(mta.received) == 1
+
+
+def _four_wrong_sign_ins(store: SqliteStore, address: str) -> None:
+    for _ in range(defaults.LOCKOUT_AFTER - 1):
+        store.settle_sign_in(store.claim_sign_in(address, verify.lockout_seconds), False)
+
+
+def test_maintenance_forgets_the_sign_in_counts_of_addresses_without_an_account(
+    tmp_path: Path,
+) -> None:
+    """A week after their last wrong sign-in (and no lock in force), and not before; an
+    account's own streak is no such count and stays."""
+    site = _site(tmp_path)
+    week = defaults.SIGN_IN_COUNT_KEEP_SECONDS
+    with contextlib.closing(site.open_store(ago=week + 60)) as then:
+        then.add_account("alice@hospital.example", "sender")
+        for address in ("old.probe@hospital.example", "alice@hospital.example"):
+            _four_wrong_sign_ins(then, address)
+    with contextlib.closing(site.open_store(ago=week - 60)) as later:
+        _four_wrong_sign_ins(later, "recent.probe@hospital.example")
+    maintenance(site.cfg)
+    with contextlib.closing(site.open_store()) as store:
+        fifth = {
+            address: store.claim_sign_in(address, verify.lockout_seconds).locked_until
+            for address in (
+                "old.probe@hospital.example",
+                "recent.probe@hospital.example",
+                "alice@hospital.example",
+            )
+        }
+    assert fifth["old.probe@hospital.example"] is None  # forgotten: a fifth starts afresh
+    assert fifth["recent.probe@hospital.example"] is not None  # kept: the fifth locks
+    assert fifth["alice@hospital.example"] is not None
 
 
 def test_a_run_while_another_holds_the_housekeeping_lock_does_nothing(tmp_path: Path) -> None:

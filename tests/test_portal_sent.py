@@ -116,6 +116,68 @@ def test_enrol_sign_out_sign_in_and_lockout(env: Env) -> None:
     assert env.client().get(f"/sent/invite/{token}").status_code == 404
 
 
+def _without_tokens(html: str) -> str:
+    """A page as a visitor compares it: the form's CSRF token is fresh on every page."""
+    return re.sub(r'name="csrf" value="[^"]+"', 'name="csrf" value=""', html)
+
+
+def test_the_lockout_does_not_tell_whether_a_sender_account_exists(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six wrong sign-ins answer alike for an enrolled sender, an address without an account,
+    a recipient's account and a sender account switched off: the same statuses and pages, one
+    password check each for the first five (a decoy hash where there is no account), and the
+    sixth refused by the lock before any check."""
+    from zivmilter.portal import accounts
+
+    checks: list[str] = []
+    real = accounts.password_valid
+
+    def counted(stored: str, password: str) -> bool:
+        checks.append(password)
+        return real(stored, password)
+
+    monkeypatch.setattr(accounts, "password_valid", counted)
+    secret = enrol(env, env.client(), "alice@hospital.example")
+    env.store.add_account("bob@partner.example", "recipient")
+    env.store.set_account_active("mallory@hospital.example", False)
+    addresses = [
+        "alice@hospital.example", "nobody@hospital.example", "Nobody.Else@Hospital.Example",
+        "bob@partner.example", "mallory@hospital.example",
+    ]  # fmt: skip
+    answers = {}
+    for address in addresses:
+        c = env.client()
+        seen = []
+        for n in range(6):
+            checks.clear()
+            r = sign_in(c, address, f"wrong password {n}!", totp(secret, env.clock.t))
+            seen.append((r.status_code, _without_tokens(r.text), len(checks)))
+        answers[address] = seen
+    first = answers["alice@hospital.example"]
+    assert [(status, n) for status, _, n in first] == [(401, 1)] * 4 + [(429, 1), (429, 0)]
+    assert 'id="error"' in first[0][1] and 'id="error"' in first[4][1]
+    assert first[4][1] == first[5][1] and first[4][1] != first[0][1]
+    for address in addresses[1:]:
+        assert answers[address] == first, address
+    assert env.store.account("nobody@hospital.example") is None
+    # the lock holds for the right password and code too, and passes for both alike
+    env.clock.t += 30
+    assert (
+        sign_in(
+            env.client(), "alice@hospital.example", PASSWORD, totp(secret, env.clock.t)
+        ).status_code
+        == 429
+    )
+    env.clock.t += 60
+    assert (
+        sign_in(env.client(), "nobody@hospital.example", "wrong again!!", "000000").status_code
+        == 401
+    )
+    r = sign_in(env.client(), "alice@hospital.example", PASSWORD, totp(secret, env.clock.t))
+    assert r.status_code == 200 and 'id="who"' in r.text
+
+
 def test_sent_items_read_status_revoke_expiry_and_nobody_elses(env: Env) -> None:
     c = env.client()
     enrol(env, c, "alice@hospital.example")

@@ -413,6 +413,13 @@ _SCRYPT = "scrypt"  # scrypt(secret)
 _SCRYPT_HMAC = "scrypt-hmac"  # scrypt(HMAC-SHA256(KEK pepper, secret))
 
 
+def keyed_digest(key: bytes, label: bytes, data: bytes) -> str:
+    """HMAC-SHA256 of `data` under a subkey of `key` for `label` (HKDF): a stable name for a
+    value that only the key's holder can compute, so a table keyed by it lists nothing a
+    stolen database alone could read back or test guesses against."""
+    return hmac.new(_hkdf(key, label), data, hashlib.sha256).hexdigest()
+
+
 def token_hash(token: str) -> str:
     """The stored form of a link token: tokens carry ≥128 random bits, so a plain SHA-256 does."""
     return hashlib.sha256(token.encode("ascii")).hexdigest()

@@ -65,6 +65,10 @@ SMS_RESEND_SECONDS = 60
 # over all claims on it; each allows LOCKOUT_AFTER answers before its claim locks and it is spent.
 CLAIM_CODES_PER_HOUR = 10
 CLAIM_KEEP_SECONDS = 24 * 3600  # a claim (one visitor's session on a link) is forgotten after
+# The sign-in counters of an address without a sender account (store/senders.py) are pruned
+# by maintenance this long after their last wrong sign-in, once no lock holds: long enough
+# that a lockout's doubling (a day at most, LOCKOUT_MAX_SECONDS) shows alike on both.
+SIGN_IN_COUNT_KEEP_SECONDS = 7 * 24 * 3600
 
 # --- transport prober (SPEC 4) -----------------------------------------------------------
 SMTP_PORT = 25

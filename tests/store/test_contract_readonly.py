@@ -88,6 +88,7 @@ def _writes(st: Store, w: Written, clock: Clock) -> dict[str, Callable[[Store], 
     attempt = st.claim_attempt(w.recipient_id, _lock_after_five)
     answer = st.claim_answer(w.claim_id, _lock_after_five, funded=False, per_hour=10)
     sign_in = st.claim_sign_in("alice@example.org", _lock_after_five)
+    no_account = st.claim_sign_in("nobody@example.org", _lock_after_five)
     invite = st.add_invite("alice@example.org", 3600)
     assert invite is not None
     later = datetime.fromtimestamp(clock() + 7200, UTC)
@@ -145,6 +146,11 @@ def _writes(st: Store, w: Written, clock: Clock) -> dict[str, Callable[[Store], 
         ),
         "claim_sign_in": lambda ro: ro.claim_sign_in("alice@example.org", _lock_after_five),
         "settle_sign_in": lambda ro: ro.settle_sign_in(sign_in, False),
+        "claim_sign_in without an account": lambda ro: ro.claim_sign_in(
+            "nobody@example.org", _lock_after_five
+        ),
+        "settle_sign_in without an account": lambda ro: ro.settle_sign_in(no_account, False),
+        "prune_sign_in_counts": lambda ro: ro.prune_sign_in_counts(keep=0),
         "set_expiry": lambda ro: ro.set_expiry(w.message_id, later),
         "claim_read_receipt": lambda ro: ro.claim_read_receipt(w.recipient_id),
         "remember_contact": lambda ro: ro.remember_contact("erin@example.org", sms="+3161"),

@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.store.common import Clock, _lock_after_five, new_message
-from zivmilter import crypto
+from zivmilter import crypto, defaults
 from zivmilter.store import NewRecipient, Store
 
 
@@ -55,14 +57,16 @@ def test_sign_out_and_a_new_enrolment_end_the_account_s_sessions(st: Store) -> N
     assert [(e.recipient, e.detail) for e in ended] == [("alice@example.org", "signed out")]
 
 
-def test_sign_ins_in_flight_at_once_cannot_pass_the_lockout(st: Store) -> None:
+@pytest.mark.parametrize("address", ["alice@example.org", "nobody@example.org"])
+def test_sign_ins_in_flight_at_once_cannot_pass_the_lockout(st: Store, address: str) -> None:
+    """Also for an address without an account: its own row counts them one after the other."""
     st.add_account("alice@example.org", "sender")
     barrier = threading.Barrier(8)
     admitted: list[bool] = []
 
     def claim() -> None:
         barrier.wait()
-        admitted.append(st.claim_sign_in("alice@example.org", _lock_after_five).admitted)
+        admitted.append(st.claim_sign_in(address, _lock_after_five).admitted)
 
     threads = [threading.Thread(target=claim) for _ in range(8)]
     for t in threads:
@@ -70,7 +74,7 @@ def test_sign_ins_in_flight_at_once_cannot_pass_the_lockout(st: Store) -> None:
     for t in threads:
         t.join(60)
     assert admitted.count(True) == 5, "the fifth claim locks; the others are refused"
-    refused = st.claim_sign_in("alice@example.org", _lock_after_five)
+    refused = st.claim_sign_in(address, _lock_after_five)
     assert not refused.admitted and refused.locked_until is not None
 
 
@@ -86,7 +90,73 @@ def test_a_right_sign_in_clears_the_streak(st: Store, clock: Clock) -> None:
         attempt = st.claim_sign_in("alice@example.org", _lock_after_five)
         assert attempt.admitted and st.settle_sign_in(attempt, False) is None
     unknown = st.claim_sign_in("nobody@example.org", _lock_after_five)
-    assert unknown.admitted and not unknown.counted
+    assert unknown.admitted and unknown.counted  # counted as an account's (see below)
+
+
+def _six_wrong(st: Store, address: str) -> list[tuple[bool, object, object]]:
+    seen = []
+    for _ in range(6):
+        attempt = st.claim_sign_in(address, _lock_after_five)
+        seen.append((attempt.admitted, attempt.locked_until, st.settle_sign_in(attempt, False)))
+    return seen
+
+
+def test_an_address_without_a_sender_account_locks_as_an_account_does(
+    st: Store, clock: Clock
+) -> None:
+    """The lockout does not tell whether a sender account exists: no account, a recipient's
+    account and a sender account switched off count, lock and double their locks as an active
+    sender account does; and none of them gets an account, an audit line or a row naming it."""
+    st.add_account("alice@example.org", "sender")
+    st.add_account("bob@example.net", "recipient")
+    st.add_account("carol@example.org", "sender")
+    st.set_account_active("carol@example.org", False)
+    others = ["nobody@example.org", "Nobody2@Example.ORG", "bob@example.net", "carol@example.org"]
+    events_before = list(st.export_events())
+    known = _six_wrong(st, "alice@example.org")
+    first_lock = clock.t + 60
+    assert [(a, u is not None, s is not None) for a, u, s in known] == (
+        [(True, False, False)] * 4 + [(True, True, True), (False, True, True)]
+    )
+    assert known[4][2] == known[5][2] == datetime.fromtimestamp(first_lock, UTC)
+    for address in others:
+        assert _six_wrong(st, address) == known, address
+    clock.t += 61  # every lock has passed: the next five lock for twice as long
+    known = _six_wrong(st, "alice@example.org")
+    assert known[4][2] == datetime.fromtimestamp(clock.t + 120, UTC)
+    for address in others:
+        assert _six_wrong(st, address) == known, address
+    assert st.account("nobody@example.org") is None and st.account("nobody2@example.org") is None
+    assert st.account("carol@example.org").active is False  # type: ignore[union-attr]
+    new_events = list(st.export_events())[len(events_before) :]
+    assert all(e.recipient == "alice@example.org" for e in new_events), new_events
+
+
+def test_maintenance_forgets_the_counts_of_addresses_without_an_account(
+    st: Store, clock: Clock
+) -> None:
+    """Once a week has passed since the last wrong sign-in, and no lock holds; an account's
+    own counters stay."""
+    st.add_account("alice@example.org", "sender")
+    for address in ("nobody@example.org", "alice@example.org"):
+        for _ in range(4):
+            st.settle_sign_in(st.claim_sign_in(address, _lock_after_five), False)
+    clock.t += defaults.SIGN_IN_COUNT_KEEP_SECONDS - 1
+    assert st.prune_sign_in_counts() == 0  # its last wrong sign-in is not a week old yet
+    clock.t += 1
+    assert st.prune_sign_in_counts() == 1
+    assert st.prune_sign_in_counts() == 0
+    fifth = st.claim_sign_in("alice@example.org", _lock_after_five)
+    assert fifth.locked_until is not None  # the account's streak stays
+    for _ in range(4):  # the other starts afresh
+        attempt = st.claim_sign_in("nobody@example.org", _lock_after_five)
+        assert attempt.admitted and st.settle_sign_in(attempt, False) is None
+    locking = st.claim_sign_in("nobody@example.org", _lock_after_five)
+    assert locking.locked_until is not None
+    assert st.prune_sign_in_counts(keep=0) == 0  # a lock in force is kept
+    clock.t += 61
+    assert st.prune_sign_in_counts(keep=0) == 1
+    assert st.claim_sign_in("nobody@example.org", _lock_after_five).admitted
 
 
 def test_sent_items_newest_first_paged_searched_and_only_the_senders(

@@ -211,6 +211,9 @@ def test_store_copy_sqlite_to_postgresql_and_back(
         st.add_account("dave@example.org", "sender")
         locked = st.claim_sign_in("dave@example.org", lambda streak, lockouts: 3600.0)
         assert locked.locked_until is not None
+        # ...and an address without an account, locked alike (its counters' own table)
+        probed = st.claim_sign_in("nobody@example.org", lambda streak, lockouts: 3600.0)
+        assert probed.locked_until is not None
         assert st.claim_read_receipt(rec.id)
         # Issue 15: a sign-out and an account switched off and on (session generations), and
         # a retry's handover with a copy the MTA took.
@@ -277,6 +280,8 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             assert fifth.admitted and fifth.locked_until is not None  # the streak came along
             refused = st.claim_sign_in("dave@example.org", _lock_after_five)
             assert not refused.admitted and refused.locked_until == locked.locked_until
+            refused = st.claim_sign_in("nobody@example.org", _lock_after_five)
+            assert not refused.admitted and refused.locked_until == probed.locked_until
             assert not st.claim_read_receipt(rec.id)  # sent already
             assert st.session_generation(rec.id) == 2  # the link's 1 and the account's 1
             handover = st.find_handover("a" * 64, 3600)

@@ -130,6 +130,27 @@ def test_remembered_numbers_are_not_in_clear_at_rest(st: SqliteStore, tmp_path: 
         assert PHONE.encode() not in data
 
 
+def test_the_addresses_tried_without_an_account_are_not_in_the_store_files(
+    st: SqliteStore, tmp_path: Path
+) -> None:
+    """A stolen database does not list the addresses someone tried to sign in as (their
+    counters are named by an HMAC under the KEK), nor lets anyone test a guess: the name of a
+    guess under another key is not in it either."""
+    from tests.store.common import _lock_after_five
+    from zivmilter.store.sealing import Sealing
+
+    tried = ["probe.one@example.org", "probe.two@example.org"]
+    for address in tried:
+        for _ in range(5):
+            st.settle_sign_in(st.claim_sign_in(address, _lock_after_five), False)
+    assert not st.claim_sign_in(tried[0], _lock_after_five).admitted  # counted and locked
+    st.close()
+    guessed = Sealing.from_bytes(os.urandom(32)).sign_in_tag(tried[0])
+    for name, data in store_files(tmp_path / "store").items():
+        for needle in [*tried, "probe.one", "probe.two", guessed]:
+            assert needle.encode() not in data, f"{needle!r} in {name}"
+
+
 def test_save_is_durable_before_it_returns(
     st: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,7 +239,9 @@ def _undo_schemas_8_up(conn: sqlite3.Connection) -> None:
     """Take a database back before schema 8 (the sender's side of the portal), 9 (session
     generations), 10 (attachments kept apart), 11 (retries' handovers), 12 (trusted devices),
     13 (claims on shared download links), 14 (recipients' imported keys), 15 (carried
-    access-code peppers) and 16 (the language a contact chose)."""
+    access-code peppers), 16 (the language a contact chose) and 18 (sign-in counts of
+    addresses without an account)."""
+    conn.execute("DROP TABLE sign_in_counts")  # schema 18
     conn.execute("ALTER TABLE contacts DROP COLUMN language")  # schema 16
     conn.execute("DROP TABLE peppers")  # schema 15
     conn.execute("DROP TABLE recipient_key_addresses")  # schema 14

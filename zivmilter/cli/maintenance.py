@@ -8,7 +8,8 @@ good, 5xx, is reported once and not offered again, unless `--retry-refused` asks
 the cause, for example the re-injection listener's own restrictions, is mended), finish the
 erasure of revoked data keys that a reader kept in the write-ahead log, and let go of a previous
 key's access-code pepper that a rotation carried over once no stored hash names it (a day after
-a run first found so: store/peppers.py). One run at a time, on
+a run first found so: store/peppers.py), and forget the sign-in counters of addresses without a
+sender account a week after their last wrong sign-in (store/senders.py). One run at a time, on
 every node of a store (the store's housekeeping lock): a second run at once does nothing.
 """
 
@@ -76,6 +77,8 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
         erased = store.finish_erasure()
         # After expiry: a revoked message's access codes no longer keep an old key's pepper.
         pruned = store.prune_peppers()
+        # Sign-in counters of addresses without an account, once lock and window have passed.
+        store.prune_sign_in_counts()
     metrics.write_textfile(
         cfg.metrics.textfile,
         {

@@ -65,6 +65,10 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("recipient_keys", ("ident", "kind", "material", "imported_at")),
     ("recipient_key_addresses", ("ident", "address")),
     ("peppers", ("key_id", "sealed", "unused_since")),
+    # Rate-limit state, but copied: a lock in force holds on in the destination, as an
+    # account's does (its counters are columns of `accounts`), so a copy does not tell
+    # addresses without an account apart; tags are HMACs under the same KEK on both sides.
+    ("sign_in_counts", ("tag", "failed_streak", "lockouts", "locked_until", "failed_at")),
 )  # fmt: skip
 _IDENTITY = ("conversations", "recipients", "audit")  # ids that other rows refer to: kept
 _ORDER = {"replies": "created_at, id", "audit": "id"}

@@ -234,6 +234,11 @@ class SenderStore(Protocol):
         self, address: str, lockout: Callable[[int, int], float | None], detail: str = ""
     ) -> SignInAttempt: ...
     def settle_sign_in(self, attempt: SignInAttempt, ok: bool) -> datetime | None: ...
+    def prune_sign_in_counts(self, keep: float = defaults.SIGN_IN_COUNT_KEEP_SECONDS) -> int:
+        """Forget the sign-in counters of addresses without a sender account whose last wrong
+        sign-in is `keep` seconds old and whose lock has passed (maintenance); how many."""
+        ...
+
     def sent_messages(
         self, senders: Sequence[str], query: str = "", offset: int = 0, limit: int = 20
     ) -> SentPage:

@@ -273,13 +273,15 @@ class ClaimAttempt:
 class SignInAttempt:
     """A sender's sign-in, claimed against the account's lockout before the password and code
     are compared (`claim_sign_in`), settled after (`settle_sign_in`): the same rule as a link's
-    `Attempt`. An address without a sender account is admitted and never locks (there is
-    nothing to count on); its sign-in fails on the comparison."""
+    `Attempt`. An address without an active sender account is counted and locked alike, on
+    a row of its own named by `tag` (no account is made, and its address is not stored); its
+    sign-in fails on the comparison."""
 
     address: str
     admitted: bool
     locked_until: datetime | None
-    counted: bool = False  # a sender account's row took the claim: settle it
+    counted: bool = False  # a row took the claim: settle it
+    tag: str | None = None  # the claim counted on `sign_in_counts` (no sender account)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Key hierarchy (the algorithms are crypto.py's; this module only picks keys and c
 - the KEK (key-encryption key, a file outside the store) wraps each message's data key (AES-KW)
   and, through its field key, seals what belongs to no message: account authenticator secrets,
   contact-book numbers, one-time code secrets; its pepper goes into every access-code hash
-  (a previous KEK's pepper, carried over by `rekey`, is sealed under the current one);
+  (a previous KEK's pepper, carried over by `rekey`, is sealed under the current one); a
+  subkey of its field key names the sign-in counters of addresses without an account
+  (`sign_in_tag`), so their table lists no address;
 - a message's data key derives its contents' keys (one per blob: the original, its large
   attachments kept apart, secure replies) and its field key, which seals the subject,
   recipients' numbers and hints, those attachments' names, and the portal's kept view.
@@ -255,6 +257,15 @@ class Sealing:
     def reseal_pepper(self, kid: str, sealed: bytes) -> bytes:
         return self._seal(self._unseal(sealed, _pepper(kid)), _pepper(kid))
 
+    # -- names that only the KEK's holder can compute ------------------------------------
+
+    def sign_in_tag(self, address: str) -> str:
+        """The name of an address's sign-in counters when it has no sender account (table
+        `sign_in_counts`): an HMAC under the current KEK, so a stolen database does not list
+        the addresses someone tried, nor lets anyone test a guess against it. A rotation starts
+        such counts afresh (minutes of lock at most; an account's own counters stay)."""
+        return crypto.keyed_digest(self._kek.field_key, _SIGN_IN_TAG, address.encode("utf-8"))
+
     def seal_otp(self, recipient_id: int, secret: bytes) -> bytes:
         return self._seal(secret, _otp(recipient_id))
 
@@ -347,6 +358,9 @@ def _claim_code(claim_id: int) -> str:
 
 def _filename(attachment_id: str) -> str:
     return "attachments.filename:" + attachment_id
+
+
+_SIGN_IN_TAG = b"zivmilter/kek/sign-in-counts/v1"  # never change: every count would restart
 
 
 def _totp(address: str) -> str:

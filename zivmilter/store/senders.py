@@ -2,6 +2,11 @@
 sign-in lockout of sender accounts (its counters are attempts.py's), what a search of sent items
 finds, and the audit of an expiry. Plain values in, plain values out.
 
+An address without an active sender account is counted and locked exactly as an account is, on
+a row of `sign_in_counts` named by `Sealing.sign_in_tag` (an HMAC under the KEK), so the lockout
+does not tell whether an account exists, and a stolen database does not list the addresses that
+were tried; maintenance prunes those rows (`prune_sign_in_counts`).
+
 The SQL and its locking are each backend's: sqlite/senders.py and postgresql/senders.py.
 """
 

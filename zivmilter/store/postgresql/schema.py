@@ -303,6 +303,17 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE peppers ADD COLUMN unused_since BIGINT;
     """,
+    # 12: sqlite/schema.py version 18. The sign-in lockout of addresses without a sender
+    # account (store/senders.py), named by an HMAC under the KEK, not the address
+    """
+    CREATE TABLE sign_in_counts (
+        tag           TEXT PRIMARY KEY,   -- sealing.sign_in_tag(address): no address in here
+        failed_streak INTEGER NOT NULL DEFAULT 0,
+        lockouts      INTEGER NOT NULL DEFAULT 0,
+        locked_until  BIGINT,
+        failed_at     BIGINT NOT NULL     -- the last wrong sign-in counted
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -1,5 +1,6 @@
 """SQL of the sender's side of the portal (PostgreSQL): enrolment invitations, the sign-in
-lockout of sender accounts, sent items, expiry and read receipts (issue 19).
+lockout of sender accounts (and of addresses without one, `sign_in_counts`), sent items, expiry
+and read receipts (issue 19).
 
 What the rows mean is store/senders.py's, shared with SQLite. As for links (links.py), the
 lockout's length is the portal's decision, passed in; each check-then-act here is one
@@ -12,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from zivmilter import defaults
 from zivmilter.store import attempts
 from zivmilter.store import senders as sender_side
 from zivmilter.store.attempts import Counters, Lockout
-from zivmilter.store.postgresql.connection import audit, ts
+from zivmilter.store.postgresql.connection import Cursor, audit, ts
 from zivmilter.store.postgresql.messages import KEY_JOIN, MESSAGE_FIELDS, MessagesMixin
 from zivmilter.store.records import SentPage, SignInAttempt
 
@@ -107,6 +109,7 @@ class SendersMixin(MessagesMixin):
         Locking: the account row FOR UPDATE: sign-ins of one account, from any portal node,
         are counted one after the other, so the limit holds however many arrive at once."""
         key = sender_side.sign_in_key(address)
+        tag = self._sealing.sign_in_tag(key)  # for every address: the same work either way
         now = int(self._now())
         with self._transaction() as cur:
             row = cur.execute(
@@ -115,7 +118,7 @@ class SendersMixin(MessagesMixin):
                 (key,),
             ).fetchone()
             if row is None:
-                return SignInAttempt(key, True, None)
+                return self._claim_without_account(cur, key, tag, now, lockout)
             counters = Counters.read(row[0], row[1], row[2])
             locked = counters.locked(now)
             if locked is not None:
@@ -140,6 +143,8 @@ class SendersMixin(MessagesMixin):
             return attempt.locked_until
         now = int(self._now())
         set_lock = ts(attempt.locked_until)
+        if attempt.tag is not None:
+            return self._settle_without_account(attempt.tag, ok and attempt.counted, set_lock, now)
         with self._transaction() as cur:
             row = cur.execute(
                 "SELECT locked_until FROM accounts WHERE address = %s FOR UPDATE",
@@ -160,6 +165,71 @@ class SendersMixin(MessagesMixin):
             for event, detail in sender_side.settle_events(attempt, ok):
                 audit(cur, now, None, attempt.address, event, detail)
         return attempts.settled_lock(row, now)
+
+    def _claim_without_account(
+        self, cur: Cursor, key: str, tag: str, now: int, lockout: Lockout
+    ) -> SignInAttempt:
+        """An address without an active sender account counts on its own row of
+        `sign_in_counts`, locked as an account's row is. Nothing is audited: the audit would
+        list the address.
+
+        Locking: the row is made if missing (INSERT ... ON CONFLICT DO NOTHING: a second
+        maker, on any node, waits for the first's insert, then does nothing), then taken FOR
+        UPDATE: the claims of one address are counted one after the other."""
+        cur.execute(
+            "INSERT INTO sign_in_counts (tag, failed_at) VALUES (%s, %s)"
+            " ON CONFLICT (tag) DO NOTHING",
+            (tag, now),
+        )
+        row = cur.execute(
+            "SELECT failed_streak, lockouts, locked_until FROM sign_in_counts"
+            " WHERE tag = %s FOR UPDATE",
+            (tag,),
+        ).fetchone()
+        counters = Counters.read(*(row if row is not None else (0, 0, None)))
+        locked = counters.locked(now)
+        if locked is not None:
+            return SignInAttempt(key, False, locked, tag=tag)
+        n = counters.count(now, lockout)
+        cur.execute(
+            "UPDATE sign_in_counts SET failed_streak = %s, lockouts = %s,"
+            " locked_until = COALESCE(%s, locked_until), failed_at = %s WHERE tag = %s",
+            (n.streak, n.lockouts, n.until, now, tag),
+        )
+        return SignInAttempt(key, True, n.locked_until, counted=True, tag=tag)
+
+    def _settle_without_account(
+        self, tag: str, right: bool, set_lock: int | None, now: int
+    ) -> datetime | None:
+        """As `settle_sign_in` for an account's row (right only when an account came to be
+        between the claim and the comparison). Locking: the row FOR UPDATE, as there."""
+        with self._transaction() as cur:
+            row = cur.execute(
+                "SELECT locked_until FROM sign_in_counts WHERE tag = %s FOR UPDATE", (tag,)
+            ).fetchone()
+            if right and row is not None:
+                cur.execute(
+                    "UPDATE sign_in_counts SET failed_streak = 0,"
+                    " lockouts = lockouts - CASE WHEN %s::bigint IS NOT NULL"
+                    " AND locked_until IS NOT DISTINCT FROM %s::bigint THEN 1 ELSE 0 END,"
+                    " locked_until = CASE WHEN locked_until IS NOT DISTINCT FROM %s::bigint"
+                    " THEN NULL ELSE locked_until END"
+                    " WHERE tag = %s RETURNING locked_until",
+                    (set_lock, set_lock, set_lock, tag),
+                )
+                row = cur.fetchone()
+        return attempts.settled_lock(row, now)
+
+    def prune_sign_in_counts(self, keep: float = defaults.SIGN_IN_COUNT_KEEP_SECONDS) -> int:
+        """Locking: one DELETE; a claim that holds a row meanwhile is waited for, and the row
+        re-checked as it committed it."""
+        now = int(self._now())
+        with self._transaction() as cur:
+            return cur.execute(
+                "DELETE FROM sign_in_counts WHERE failed_at <= %s"
+                " AND (locked_until IS NULL OR locked_until <= %s)",
+                (now - int(keep), now),
+            ).rowcount
 
     # -- sent items -----------------------------------------------------------------------
 

@@ -287,6 +287,18 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE peppers ADD COLUMN unused_since INTEGER;
     """,
+    # 18: the sign-in lockout of addresses without a sender account (store/senders.py), so it
+    # locks them as an account's row locks it; named by an HMAC under the KEK, not the address
+    # (sealing.sign_in_tag), and pruned by maintenance once lock and window have passed
+    """
+    CREATE TABLE sign_in_counts (
+        tag           TEXT PRIMARY KEY,   -- sealing.sign_in_tag(address): no address in here
+        failed_streak INTEGER NOT NULL DEFAULT 0,
+        lockouts      INTEGER NOT NULL DEFAULT 0,
+        locked_until  INTEGER,
+        failed_at     INTEGER NOT NULL    -- the last wrong sign-in counted
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -1,5 +1,6 @@
 """SQL of the sender's side of the portal: enrolment invitations, the sign-in lockout of sender
-accounts, sent items, expiry and read receipts (issue 19).
+accounts (and of addresses without one, `sign_in_counts`), sent items, expiry and read receipts
+(issue 19).
 
 What the rows mean is store/senders.py's, shared with PostgreSQL. As for links (links.py), the
 lockout's length is the portal's decision, passed in; each check-then-act here (an invitation
@@ -8,9 +9,11 @@ spent, a sign-in claimed, a receipt claimed) is one transaction.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 
+from zivmilter import defaults
 from zivmilter.store import attempts
 from zivmilter.store import senders as sender_side
 from zivmilter.store.attempts import Counters, Lockout
@@ -85,6 +88,7 @@ class SendersMixin(MessagesMixin):
         """Claim one sign-in of `address` before comparing it (see `SignInAttempt`): counted
         as wrong at once, refused while the account is locked."""
         key = sender_side.sign_in_key(address)
+        tag = self._sealing.sign_in_tag(key)  # for every address: the same work either way
         now = int(self._now())
         with self._transaction() as cur:
             row = cur.execute(
@@ -93,7 +97,7 @@ class SendersMixin(MessagesMixin):
                 (key,),
             ).fetchone()
             if row is None:
-                return SignInAttempt(key, True, None)
+                return self._claim_without_account(cur, key, tag, now, lockout)
             counters = Counters.read(row[0], row[1], row[2])
             locked = counters.locked(now)
             if locked is not None:
@@ -115,6 +119,8 @@ class SendersMixin(MessagesMixin):
             return attempt.locked_until
         now = int(self._now())
         set_lock = ts(attempt.locked_until)
+        if attempt.tag is not None:
+            return self._settle_without_account(attempt.tag, ok and attempt.counted, set_lock, now)
         with self._transaction() as cur:
             if ok and attempt.counted:
                 cur.execute(
@@ -131,6 +137,59 @@ class SendersMixin(MessagesMixin):
                 "SELECT locked_until FROM accounts WHERE address = ?", (attempt.address,)
             ).fetchone()
         return attempts.settled_lock(row, now)
+
+    def _claim_without_account(
+        self, cur: sqlite3.Cursor, key: str, tag: str, now: int, lockout: Lockout
+    ) -> SignInAttempt:
+        """An address without an active sender account counts on its own row of
+        `sign_in_counts` (made at its first wrong sign-in), locked as an account's row is: one
+        transaction, BEGIN IMMEDIATE. Nothing is audited: the audit would list the address."""
+        row = cur.execute(
+            "SELECT failed_streak, lockouts, locked_until FROM sign_in_counts WHERE tag = ?",
+            (tag,),
+        ).fetchone()
+        counters = Counters.read(*(row if row is not None else (0, 0, None)))
+        locked = counters.locked(now)
+        if locked is not None:
+            return SignInAttempt(key, False, locked, tag=tag)
+        n = counters.count(now, lockout)
+        cur.execute(
+            "INSERT INTO sign_in_counts (tag, failed_streak, lockouts, locked_until, failed_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tag) DO UPDATE SET"
+            " failed_streak = excluded.failed_streak, lockouts = excluded.lockouts,"
+            " locked_until = COALESCE(excluded.locked_until, sign_in_counts.locked_until),"
+            " failed_at = excluded.failed_at",
+            (tag, n.streak, n.lockouts, n.until, now),
+        )
+        return SignInAttempt(key, True, n.locked_until, counted=True, tag=tag)
+
+    def _settle_without_account(
+        self, tag: str, right: bool, set_lock: int | None, now: int
+    ) -> datetime | None:
+        """As `settle_sign_in` for an account's row (right only when an account came to be
+        between the claim and the comparison)."""
+        with self._transaction() as cur:
+            if right:
+                cur.execute(
+                    "UPDATE sign_in_counts SET failed_streak = 0,"
+                    " lockouts = lockouts - (? IS NOT NULL AND locked_until IS ?),"
+                    " locked_until = CASE WHEN locked_until IS ? THEN NULL ELSE locked_until END"
+                    " WHERE tag = ?",
+                    (set_lock, set_lock, set_lock, tag),
+                )
+            row = cur.execute(
+                "SELECT locked_until FROM sign_in_counts WHERE tag = ?", (tag,)
+            ).fetchone()
+        return attempts.settled_lock(row, now)
+
+    def prune_sign_in_counts(self, keep: float = defaults.SIGN_IN_COUNT_KEEP_SECONDS) -> int:
+        now = int(self._now())
+        with self._transaction() as cur:
+            return cur.execute(
+                "DELETE FROM sign_in_counts WHERE failed_at <= ?"
+                " AND (locked_until IS NULL OR locked_until <= ?)",
+                (now - int(keep), now),
+            ).rowcount
 
     # -- sent items -----------------------------------------------------------------------
 
