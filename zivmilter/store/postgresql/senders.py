@@ -191,10 +191,14 @@ class SendersMixin(MessagesMixin):
         if locked is not None:
             return SignInAttempt(key, False, locked, tag=tag)
         n = counters.count(now, lockout)
+        # an upsert: a maintenance run may have pruned the (old, unlocked) row meanwhile
         cur.execute(
-            "UPDATE sign_in_counts SET failed_streak = %s, lockouts = %s,"
-            " locked_until = COALESCE(%s, locked_until), failed_at = %s WHERE tag = %s",
-            (n.streak, n.lockouts, n.until, now, tag),
+            "INSERT INTO sign_in_counts (tag, failed_streak, lockouts, locked_until, failed_at)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tag) DO UPDATE SET"
+            " failed_streak = EXCLUDED.failed_streak, lockouts = EXCLUDED.lockouts,"
+            " locked_until = COALESCE(EXCLUDED.locked_until, sign_in_counts.locked_until),"
+            " failed_at = EXCLUDED.failed_at",
+            (tag, n.streak, n.lockouts, n.until, now),
         )
         return SignInAttempt(key, True, n.locked_until, counted=True, tag=tag)
 
