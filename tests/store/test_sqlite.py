@@ -218,7 +218,9 @@ def _undo_schemas_8_up(conn: sqlite3.Connection) -> None:
     """Take a database back before schema 8 (the sender's side of the portal), 9 (session
     generations), 10 (attachments kept apart), 11 (retries' handovers), 12 (trusted devices),
     13 (claims on shared download links), 14 (recipients' imported keys), 15 (carried
-    access-code peppers) and 16 (the language a contact chose)."""
+    access-code peppers), 16 (the language a contact chose) and 18 (attachments kept for a
+    retry)."""
+    conn.execute("DROP TABLE handover_attachments")  # schema 18
     conn.execute("ALTER TABLE contacts DROP COLUMN language")  # schema 16
     conn.execute("DROP TABLE peppers")  # schema 15
     conn.execute("DROP TABLE recipient_key_addresses")  # schema 14
