@@ -7,6 +7,7 @@ is opened through the portal app, verified by the emailed code, as a recipient o
 
 from __future__ import annotations
 
+import contextlib
 import email
 import functools
 import io
@@ -111,13 +112,14 @@ def _csrf(html: str, action: str) -> str:
     return found.group(1)
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+@contextlib.contextmanager
+def make_world(tmp_path: Path, mta: str = "postfix") -> Iterator[World]:
     crypto.keygen(str(tmp_path / "key"))
     kek = crypto.load_kek(str(tmp_path / "key"))
     store = SqliteStore.open(str(tmp_path / "store"), kek)
     cfg = make_config(
         {
+            "milter": {"mta": mta},
             "submission": {"any_address_of_own_domains": True},
             "portal": {"base_url": BASE + "/"},
             "policy": {
@@ -136,8 +138,16 @@ def world(tmp_path: Path) -> Iterator[World]:
         sms=FileSms(str(tmp_path / "sms.log")),
         mailer=mail,
     )
-    yield World(store, tmp_path / "store", gateway, mail, create_app(portal))
-    store.close()
+    try:
+        yield World(store, tmp_path / "store", gateway, mail, create_app(portal))
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with make_world(tmp_path) as w:
+        yield w
 
 
 @functools.cache  # the same bytes for every try: the client sends the message again as it was
@@ -247,3 +257,26 @@ def test_a_try_refused_before_any_copy_went_out_leaves_nothing_behind(world: Wor
     (bobs,) = _direct_to(listener, BOB)
     assert world.attachments() == 1
     assert world.download(_link(bobs.data), BOB) == SCAN
+
+
+def test_sendmail_a_single_direct_copy_retried_links_to_what_its_first_try_kept(
+    tmp_path: Path,
+) -> None:
+    # Sendmail cannot route on a header: even a lone direct copy leaves through the relay, so
+    # the transaction keeps nothing. Dropped after its final dot (it may have been queued),
+    # then taken on the client's retry: the same link both times, the attachment stored once.
+    port = free_port()
+    with (
+        make_world(tmp_path, mta="sendmail") as world,
+        FlakyListener("127.0.0.1", port, lambda n: "drop" if n == 0 else "250") as listener,
+    ):
+        world.gateway.reinjector = SmtpReinjector("127.0.0.1", port, 10)
+        with pytest.raises(DeliveryError) as caught:
+            world.gateway.process(_transaction([BOB]))
+        assert caught.value.uncertain
+        assert world.gateway.process(_transaction([BOB])).discard
+        first, again = _direct_to(listener, BOB)
+        assert first.dropped and not again.dropped
+        assert _link(again.data) == _link(first.data)
+        assert world.attachments() == 1
+        assert world.download(_link(first.data), BOB) == SCAN

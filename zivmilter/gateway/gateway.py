@@ -224,11 +224,13 @@ class Gateway:
         # Large attachments earlier tries kept, by the gateway's key; None: no handover
         remembered: Mapping[str, SavedAttachment] | None = None
         if delivered:
-            if _copy_count(delivered) > 1 or (reported and sender):
+            several = _copy_count(delivered) > 1 or (reported and sender)
+            if several or self._reinjects_all(delivered):
                 # Copies are handed over before the answer: a retry must know which. (A single
-                # copy stays in the transaction: a retry stores and notifies anew, none twice.) The
-                # digest reads tx.headers (kept as the MTA gave them) and the body, which the
-                # Subject rewrite leaves alone: the same as the client sent
+                # copy stays in the transaction, but for Sendmail's direct and encrypted ones: a
+                # retry stores and notifies anew, none twice.) The digest reads tx.headers (kept
+                # as the MTA gave them) and the body, which the Subject rewrite leaves alone: the
+                # same as the client sent
                 retry_key = _retry_key(tx, sender, result.decision.recipients, _content_digest(tx))
             before = None
             if retry_key is not None:
@@ -511,6 +513,14 @@ class Gateway:
         route = d.level if d.level is not None and d.level >= Level.TLS else None
         log.info("encrypted PDF (AES-256, the access code) for %s", d.address, extra=_ctx(tx))
         return _Copy((d.address,), mail, route, f"pdf-encrypted copy to {d.address}")
+
+    def _reinjects_all(self, delivered: Sequence[RecipientDecision]) -> bool:
+        """Whether even a single copy may be re-injected (`_choose_kept`): with Sendmail a
+        direct copy, and an encrypted one routed at a level, leaves through the relay, and a
+        retry must know whether it was taken and which attachments it links to."""
+        return self.cfg.milter.mta == "sendmail" and any(
+            d.delivery is not Delivery.NOTIFICATION for d in delivered
+        )
 
     def _choose_kept(self, copies: list[_Copy]) -> _Copy | None:
         """The copy that stays in the current transaction; the others are re-injected.
