@@ -49,3 +49,34 @@ def test_a_message_saved_with_its_retry_key_is_found_until_its_handover_ends(
     assert st.find_handover(KEY, 3600) is None
     st.save_message(new_message())  # the next save carries the end along (SQLite)
     assert reopen().find_handover(KEY, 3600) is None
+
+
+def test_a_retry_finds_the_attachments_kept_for_its_direct_copies(st: Any, reopen: Any) -> None:
+    # The gateway keeps each large attachment of a direct copy under a key of its own; a retry
+    # finds them with their tokens (a copy of the first try may carry the link), until the
+    # handover ends. The attachments themselves stay: the copies that went carry their links.
+    saved = st.save_message(new_message(retry_key=KEY))
+    kept = st.save_attachment(saved.id, "scan.pdf", "application/pdf", b"%PDF" * 100, "k/1")
+    other = st.save_attachment(saved.id, "x.bin", "application/octet-stream", b"x" * 99)
+    found = reopen().find_handover(KEY, 3600)
+    assert found is not None and dict(found.attachments) == {"k/1": kept}  # id and token
+    assert kept.token not in repr(found)
+    again = st.find_attachment_by_token(found.attachments["k/1"].token)
+    assert again is not None and again.id == kept.id and again.filename == "scan.pdf"
+    st.end_handover(saved.id)
+    st.save_message(new_message())  # the next save carries the end along (SQLite)
+    assert reopen().find_handover(KEY, 3600) is None
+    for attachment, data in ((kept, b"%PDF" * 100), (other, b"x" * 99)):
+        stream = reopen().open_attachment(attachment.id)
+        assert stream is not None and stream.read() == data
+
+
+def test_a_discarded_message_takes_the_attachments_kept_for_a_retry(st: Any) -> None:
+    # A try that failed before any copy went out discards what it stored: a retry stores it
+    # anew, once.
+    saved = st.save_message(new_message(retry_key=KEY))
+    kept = st.save_attachment(saved.id, "scan.pdf", "application/pdf", b"%PDF" * 100, "k/1")
+    st.discard(saved.id)
+    assert st.find_handover(KEY, 3600) is None
+    assert st.find_attachment_by_token(kept.token) is None
+    assert st.open_attachment(kept.id) is None

@@ -222,6 +222,7 @@ def test_store_copy_sqlite_to_postgresql_and_back(
         st.set_account_active("bob@example.net", True)
         st.remember_handover(small.id, "a" * 64, small.tokens)
         st.mark_handed(small.id, "notification to bob@example.net")
+        linked = st.save_attachment(small.id, "scan 2.pdf", "application/pdf", b"%PDF" * 9, "k/1")
         # Issue 15 item 12: a claim on the shared download link, its code and wrong streak,
         # and the address's hourly budget that code took a share of.
         claim = st.open_claim(kept.id, "dan@partner.example", None)
@@ -249,7 +250,7 @@ def test_store_copy_sqlite_to_postgresql_and_back(
         assert ring.prune_peppers() == []  # the unused one marked
     assert main(["store", "copy", "--from", first, "--to", pg]) == 0
     out = capsys.readouterr().out
-    assert "copied sqlite -> postgresql: messages 3," in out and "checked: 8 " in out
+    assert "copied sqlite -> postgresql: messages 3," in out and "checked: 9 " in out
     assert main(["store", "copy", "--from", pg, "--to", back]) == 0
     assert "copied postgresql -> sqlite: messages 3," in capsys.readouterr().out
     for cfg in (pg, back):
@@ -288,6 +289,7 @@ def test_store_copy_sqlite_to_postgresql_and_back(
             assert handover is not None and handover.message_id == small.id
             assert handover.tokens == small.tokens
             assert handover.handed == {"notification to bob@example.net"}
+            assert handover.attachments == {"k/1": linked}  # its token: the same link again
             assert st.part(large.id, 2) == PartRecord(2, "scan 1.pdf", "application/pdf", 700_000)
             part = st.open_part(large.id, 2)
             assert part is not None and part.read() == scan

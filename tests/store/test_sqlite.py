@@ -239,8 +239,9 @@ def _undo_schemas_8_up(conn: sqlite3.Connection) -> None:
     """Take a database back before schema 8 (the sender's side of the portal), 9 (session
     generations), 10 (attachments kept apart), 11 (retries' handovers), 12 (trusted devices),
     13 (claims on shared download links), 14 (recipients' imported keys), 15 (carried
-    access-code peppers), 16 (the language a contact chose) and 18 (sign-in counts of
-    addresses without an account)."""
+    access-code peppers), 16 (the language a contact chose), 18 (sign-in counts of
+    addresses without an account) and 19 (attachments kept for a retry)."""
+    conn.execute("DROP TABLE handover_attachments")  # schema 19
     conn.execute("DROP TABLE sign_in_counts")  # schema 18
     conn.execute("ALTER TABLE contacts DROP COLUMN language")  # schema 16
     conn.execute("DROP TABLE peppers")  # schema 15

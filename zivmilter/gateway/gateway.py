@@ -12,8 +12,9 @@ message) and applies the `Plan` it gets back. In between, in this order:
 
 A client retries a tempfailed message. Copies the MTA took before the tempfail go out all the
 same, so the store remembers each one as it is taken, under a retry key (envelope, decisions,
-Message-ID, content): the retry reuses the stored message and its links and hands over only
-what is still missing, one copy per recipient.
+Message-ID, content): the retry reuses the stored message and its links, the large attachments
+kept for its direct copies among them, and hands over only what is still missing, one copy per
+recipient.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.message import Message
@@ -58,7 +59,14 @@ from zivmilter.gateway.transaction import Plan, Transaction
 from zivmilter.keys import formats
 from zivmilter.mail import attachments, dsn, notification, parts
 from zivmilter.spool import spool_file
-from zivmilter.store import GatewayStore, NewMessage, NewPart, NewRecipient, SavedMessage
+from zivmilter.store import (
+    GatewayStore,
+    NewMessage,
+    NewPart,
+    NewRecipient,
+    SavedAttachment,
+    SavedMessage,
+)
 
 log = logging.getLogger("zivmilter.gateway")
 
@@ -213,16 +221,21 @@ class Gateway:
         taken: list[str] = []  # copies the MTA took in this try
         retry = False
         retry_key: str | None = None
+        # Large attachments earlier tries kept, by the gateway's key; None: no handover
+        remembered: Mapping[str, SavedAttachment] | None = None
         if delivered:
-            if _copy_count(delivered) > 1 or (reported and sender):
+            several = _copy_count(delivered) > 1 or (reported and sender)
+            if several or self._reinjects_all(delivered):
                 # Copies are handed over before the answer: a retry must know which. (A single
-                # copy stays in the transaction: a retry stores and notifies anew, none twice.) The
-                # digest reads tx.headers (kept as the MTA gave them) and the body, which the
-                # Subject rewrite leaves alone: the same as the client sent
+                # copy stays in the transaction, but for Sendmail's direct and encrypted ones: a
+                # retry stores and notifies anew, none twice.) The digest reads tx.headers (kept
+                # as the MTA gave them) and the body, which the Subject rewrite leaves alone: the
+                # same as the client sent
                 retry_key = _retry_key(tx, sender, result.decision.recipients, _content_digest(tx))
             before = None
             if retry_key is not None:
                 before = self.store.find_handover(retry_key, defaults.RETRY_WINDOW_SECONDS)
+                remembered = {} if before is None else before.attachments
             if before is not None:
                 retry = True
                 saved, handed = SavedMessage(before.message_id, before.tokens, 0), before.handed
@@ -235,7 +248,7 @@ class Gateway:
             else:
                 saved = self._store(tx, result, delivered, original, author, retry_key)
         try:
-            made = self._copies(tx, delivered, original, saved, author)
+            made = self._copies(tx, delivered, original, saved, author, handed, remembered)
             copies = [c for c in made if c.key not in handed]
             outgoing: list[Outgoing] = []
             kept = self._choose_kept(copies)
@@ -402,20 +415,26 @@ class Gateway:
         original: Message,
         saved: SavedMessage | None,
         author: str,
+        handed: frozenset[str],
+        remembered: Mapping[str, SavedAttachment] | None,
     ) -> list[_Copy]:
         """Direct groups first (one per level and next hop, strongest level first, the MX
-        before ntamx hosts), then one notification per recipient."""
+        before ntamx hosts), then one notification per recipient. The direct copies' content
+        is made only when one of them is still to go (`handed`: the keys of those an earlier
+        try handed over): a retry keeps no large attachment for a copy nobody gets."""
         copies: list[_Copy] = []
         groups: dict[tuple[Level, tuple[str, ...]], list[str]] = {}
         for d in delivered:
             if d.delivery is Delivery.DIRECT and d.level is not None:
                 groups.setdefault((d.level, d.next_hop), []).append(d.address)
-        direct = self._direct_content(tx, saved) if groups else None
         for level, next_hop in sorted(groups, key=lambda g: (-g[0].rank, g[1])):
             what = f"direct-{level.value} copy"
             if next_hop:
                 what += f" via {', '.join(next_hop)}"
-            copies.append(_Copy(tuple(groups[level, next_hop]), direct, level, what, next_hop))
+            copies.append(_Copy(tuple(groups[level, next_hop]), None, level, what, next_hop))
+        if any(c.key not in handed for c in copies):
+            direct = self._direct_content(tx, saved, remembered)
+            copies = [replace(c, content=direct) for c in copies]
         copies += self._encrypted(tx, delivered, original, author)
         for d in delivered:
             if d.delivery is not Delivery.NOTIFICATION or saved is None:
@@ -495,6 +514,14 @@ class Gateway:
         log.info("encrypted PDF (AES-256, the access code) for %s", d.address, extra=_ctx(tx))
         return _Copy((d.address,), mail, route, f"pdf-encrypted copy to {d.address}")
 
+    def _reinjects_all(self, delivered: Sequence[RecipientDecision]) -> bool:
+        """Whether even a single copy may be re-injected (`_choose_kept`): with Sendmail a
+        direct copy, and an encrypted one routed at a level, leaves through the relay, and a
+        retry must know whether it was taken and which attachments it links to."""
+        return self.cfg.milter.mta == "sendmail" and any(
+            d.delivery is not Delivery.NOTIFICATION for d in delivered
+        )
+
     def _choose_kept(self, copies: list[_Copy]) -> _Copy | None:
         """The copy that stays in the current transaction; the others are re-injected.
 
@@ -505,14 +532,38 @@ class Gateway:
             return next((c for c in copies if c.route is None), None)
         return copies[0] if copies else None
 
-    def _direct_content(self, tx: Transaction, saved: SavedMessage | None) -> bytes | None:
-        """The direct copy with large attachments replaced by links, or None to send it as is."""
+    def _direct_content(
+        self,
+        tx: Transaction,
+        saved: SavedMessage | None,
+        remembered: Mapping[str, SavedAttachment] | None,
+    ) -> bytes | None:
+        """The direct copy with large attachments replaced by links, or None to send it as is.
+
+        With a handover (`remembered`: what earlier tries of this message kept, by key; None:
+        no handover), each attachment is kept under a key of its own bytes, name and type, and
+        one an earlier try kept is not kept again: its link is the same as then, which a copy
+        of that try may carry (an uncertain hand-over), and the store holds it once."""
         if saved is None:
             return None
         base = self.cfg.portal.base_url.rstrip("/") + "/d/"
+        seen: dict[str, int] = {}  # the same attachment twice in a message: two, as ever
 
         def keep(filename: str, content_type: str, data: bytes) -> str:
-            kept = self.store.save_attachment(saved.id, filename, content_type, data)
+            mark = None
+            if remembered is not None:
+                digest = _attachment_digest(filename, content_type, data)
+                seen[digest] = seen.get(digest, 0) + 1
+                mark = f"{digest}/{seen[digest]}"
+                earlier = remembered.get(mark)
+                if earlier is not None:
+                    log.info(
+                        "large attachment %s kept by an earlier try: its link again",
+                        earlier.id,
+                        extra=_ctx(tx),
+                    )
+                    return base + earlier.token
+            kept = self.store.save_attachment(saved.id, filename, content_type, data, mark)
             # Its id, never its name: file names often name a patient (and outlive revoke here).
             log.info("large attachment %s kept for download", kept.id, extra=_ctx(tx))
             return base + kept.token
@@ -627,6 +678,16 @@ def _content_digest(tx: Transaction) -> str:
     for chunk in iter(lambda: tx.message.read(64 * 1024), b""):
         digest.update(chunk)
     tx.message.seek(0)
+    return digest.hexdigest()
+
+
+def _attachment_digest(filename: str, content_type: str, data: bytes) -> str:
+    """What makes a large attachment the same in a retry: its name, type and bytes (kept
+    sealed in the store, never in the clear: it would confirm a guessed file)."""
+    digest = hashlib.sha256()
+    for field in (filename, content_type):
+        digest.update(field.encode("utf-8", "surrogateescape") + b"\0")
+    digest.update(data)
     return digest.hexdigest()
 
 

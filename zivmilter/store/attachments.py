@@ -6,13 +6,15 @@ SQL is sqlite/attachments.py's and postgresql/attachments.py's.
 
 from __future__ import annotations
 
+import json
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from zivmilter import crypto, defaults
 from zivmilter.errors import StoreError
-from zivmilter.store.records import AttachmentRecord
+from zivmilter.store.records import AttachmentRecord, SavedAttachment
 from zivmilter.store.rows import MESSAGE_COLUMNS, dt, message_record
 from zivmilter.store.sealing import DataKey, Sealing
 
@@ -42,6 +44,24 @@ def new_attachment(sealing: Sealing, filename: str) -> NewAttachment:
     token = secrets.token_urlsafe(defaults.LINK_TOKEN_BYTES)
     sealed = key.seal_filename(attachment_id, filename)
     return NewAttachment(attachment_id, blob_id, key, sealed, token, crypto.token_hash(token))
+
+
+def handover_row(new: NewAttachment, message_id: str, handover: str) -> tuple[str, str, bytes]:
+    """The row that lets a client's retry find this attachment again (`handover`: the caller's
+    key for it), its token sealed under the attachment's own key: (attachment_id, message_id,
+    link)."""
+    link = json.dumps({"key": handover, "token": new.token}).encode()
+    return new.id, message_id, new.key.seal_handover_link(new.id, link)
+
+
+def handover_links(sealing: Sealing, rows: Iterable[Any]) -> dict[str, SavedAttachment]:
+    """A handover's attachments from (attachment_id, link, wrapped key) rows, by their key."""
+    out: dict[str, SavedAttachment] = {}
+    for aid, sealed, wrapped in rows:
+        key = sealing.data_key(bytes(wrapped))
+        link = json.loads(key.unseal_handover_link(str(aid), bytes(sealed)))
+        out[str(link["key"])] = SavedAttachment(str(aid), str(link["token"]))
+    return out
 
 
 def found(row: Any) -> str | None:

@@ -56,6 +56,7 @@ TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
                  "sent_at", "refused_at")),
     ("attachments", ("id", "message_id", "blob_id", "filename", "content_type", "token_hash",
                      "created_at", "wrapped_key")),
+    ("handover_attachments", ("attachment_id", "message_id", "link")),
     ("download_claims", ("id", "attachment_id", "address", "recipient_id", "created_at",
                          "otp_secret", "otp_sent_at", "otp_sends", "funded", "failed_streak",
                          "lockouts", "locked_until")),

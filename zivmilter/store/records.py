@@ -96,15 +96,20 @@ class SavedMessage:
 @dataclass(frozen=True, repr=False)
 class Handover:
     """A stored message found again for a client's retry (store/sqlite/handovers.py): its id,
-    the link tokens its notifications carry, and the copies the MTA already took (by the key
-    the gateway gave them)."""
+    the link tokens its notifications carry, the copies the MTA already took (by the key the
+    gateway gave them), and the large attachments an earlier try kept for its direct copies (by
+    the key the gateway gave them: `AttachmentStore.save_attachment(handover=...)`)."""
 
     message_id: str
     tokens: dict[str, str]  # normalized recipient address -> link token
     handed: frozenset[str]
+    attachments: Mapping[str, SavedAttachment] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # tokens are credentials: keep them out of logs
-        return f"Handover(message_id={self.message_id!r}, handed={len(self.handed)})"
+        return (
+            f"Handover(message_id={self.message_id!r}, handed={len(self.handed)},"
+            f" attachments={len(self.attachments)})"
+        )
 
 
 @dataclass(frozen=True)

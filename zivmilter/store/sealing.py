@@ -99,6 +99,14 @@ class DataKey:
     def unseal_filename(self, attachment_id: str, sealed: bytes) -> str:
         return crypto.unseal(self.field_key, sealed, _filename(attachment_id)).decode("utf-8")
 
+    def seal_handover_link(self, attachment_id: str, link: bytes) -> bytes:
+        """The gateway's key for the attachment and its token, kept while its message's
+        handover lasts: a client's retry puts the same link in its direct copy."""
+        return crypto.seal(self.field_key, link, _handover_link(attachment_id))
+
+    def unseal_handover_link(self, attachment_id: str, sealed: bytes) -> bytes:
+        return crypto.unseal(self.field_key, sealed, _handover_link(attachment_id))
+
 
 class Sealing:
     """The KEK's side: data keys wrapped and unwrapped, and what it seals itself.
@@ -330,6 +338,10 @@ def _subject(message_id: str) -> str:
 
 def _tokens(message_id: str) -> str:
     return f"handovers.tokens:{message_id}"
+
+
+def _handover_link(attachment_id: str) -> str:
+    return f"handover_attachments.link:{attachment_id}"
 
 
 def _portal_view(message_id: str) -> str:

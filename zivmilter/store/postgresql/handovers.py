@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from zivmilter.store import messages
+from zivmilter.store import attachments, messages
 from zivmilter.store.postgresql.connection import Cursor
 from zivmilter.store.postgresql.messages import MessagesMixin
 from zivmilter.store.records import Handover
@@ -42,11 +42,12 @@ class HandoversMixin(MessagesMixin):
 
     def find_handover(self, retry_key: str, window: float) -> Handover | None:
         """The newest live message stored under `retry_key` within the last `window` seconds
-        (a revoked or expired one is not reused), with the copies the MTA took.
+        (a revoked or expired one is not reused), with the copies the MTA took and the large
+        attachments kept for its direct copies.
 
-        Locking: none; one transaction reads the handover, the message's key and the marks
-        together. A revocation committing just after is the revocation's business: the reused
-        links are dead then, as the first try's would be."""
+        Locking: none; one transaction reads the handover, the message's key, the marks and
+        the attachments' links together. A revocation committing just after is the
+        revocation's business: the reused links are dead then, as the first try's would be."""
         now = int(self._now())
         with self._read() as cur:
             row = cur.execute(
@@ -64,9 +65,19 @@ class HandoversMixin(MessagesMixin):
             handed = cur.execute(
                 "SELECT copy FROM handed_copies WHERE message_id = %s", (message_id,)
             ).fetchall()
+            links = cur.execute(
+                "SELECT h.attachment_id, h.link, a.wrapped_key FROM handover_attachments h"
+                " JOIN attachments a ON a.id = h.attachment_id WHERE h.message_id = %s",
+                (message_id,),
+            ).fetchall()
         key = self._sealing.data_key(bytes(row[2]))
         tokens = messages.open_tokens(key, message_id, bytes(row[1]))
-        return Handover(message_id, tokens, frozenset(str(r[0]) for r in handed))
+        return Handover(
+            message_id,
+            tokens,
+            frozenset(str(r[0]) for r in handed),
+            attachments.handover_links(self._sealing, links),
+        )
 
     def mark_handed(self, message_id: str, copy: str) -> None:
         """The MTA took this copy of the message: a retry must not hand it over again.
@@ -81,14 +92,16 @@ class HandoversMixin(MessagesMixin):
             )
 
     def end_handover(self, message_id: str) -> None:
-        """The message went through: forget its retry key, sealed tokens and marks. The same
+        """The message went through: forget its retry key, sealed tokens, marks and kept
+        attachments' tokens (the attachments stay: the copies carry their links). The same
         message sent again later is a new message, as it was before retries were recognized.
 
-        Locking: none needed: both DELETEs in one transaction, of rows only this message's own
+        Locking: none needed: the DELETEs in one transaction, of rows only this message's own
         milter transaction writes (it ends the handover once it has answered)."""
         with self._lightly() as cur:
             cur.execute("DELETE FROM handovers WHERE message_id = %s", (message_id,))
             cur.execute("DELETE FROM handed_copies WHERE message_id = %s", (message_id,))
+            cur.execute("DELETE FROM handover_attachments WHERE message_id = %s", (message_id,))
 
     @contextlib.contextmanager
     def _lightly(self) -> Iterator[Cursor]:

@@ -314,6 +314,17 @@ _MIGRATIONS: tuple[str, ...] = (
         failed_at     BIGINT NOT NULL     -- the last wrong sign-in counted
     );
     """,
+    # 13: sqlite/schema.py version 19. The large attachments a try of a message kept for its
+    # direct copies, while the message's handover lasts: a client's retry puts the same links
+    # in its copies instead of storing them again (postgresql/handovers.py).
+    """
+    CREATE TABLE handover_attachments (
+        attachment_id TEXT PRIMARY KEY REFERENCES attachments (id) ON DELETE CASCADE,
+        message_id    TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        link          BYTEA NOT NULL       -- the gateway's key and the token, sealed
+    );                                     -- under the attachment's own key
+    CREATE INDEX handover_attachments_message ON handover_attachments (message_id);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

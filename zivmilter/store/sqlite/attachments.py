@@ -23,12 +23,18 @@ class AttachmentsMixin(MessagesMixin):
         filename: str,
         content_type: str,
         content: Content,
+        handover: str | None = None,
     ) -> SavedAttachment:
         """Keep a large attachment of a stored message for download; returns its token (the
         only time it exists). The gateway puts the link in the direct copies instead.
 
         It is sealed under a data key of its own, not the message's: revoking or expiring the
-        message destroys that key, and the direct copy's link must keep working."""
+        message destroys that key, and the direct copy's link must keep working.
+
+        With `handover` (the gateway's key for it) the token is kept too, sealed under the
+        attachment's key, in the same transaction, until the message's handover ends: a
+        client's retry of the message finds it (`find_handover`) and sends the same link
+        instead of storing the attachment again."""
         with self._lock:
             row = self._conn.execute(
                 "SELECT 1 FROM messages WHERE id = ? AND revoked_at IS NULL", (message_id,)
@@ -55,6 +61,12 @@ class AttachmentsMixin(MessagesMixin):
                         new.key.wrapped,
                     ),
                 )
+                if handover is not None:
+                    cur.execute(
+                        "INSERT INTO handover_attachments (attachment_id, message_id, link)"
+                        " VALUES (?, ?, ?)",
+                        attachments.handover_row(new, message_id, handover),
+                    )
                 audit(cur, now, message_id, None, "attachment-stored", new.id)
         except BaseException:
             self._remove_blob(blob.ref)

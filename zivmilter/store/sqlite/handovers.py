@@ -4,11 +4,14 @@ The milter tempfails a message when a copy could not be handed to the MTA; copie
 before that go out all the same. The client retries the whole message: the gateway finds the
 stored message by its retry key (a digest of envelope, decisions, Message-ID and content), reuses
 its links (the tokens, sealed with the message's field key: a notification already sent carries
-one) and leaves out the copies recorded here as taken. Once the milter answers with the
-message's plan, the handover ends: its rows (and the sealed tokens) go.
+one) and its large attachments kept for the direct copies (their tokens, sealed with each
+attachment's own key: a direct copy already sent may carry one; `handover_attachments`), and
+leaves out the copies recorded here as taken. Once the milter answers with the message's plan,
+the handover ends: its rows (and the sealed tokens) go; the attachments stay.
 
 Recognizing retries costs the milter's hot path no commit of its own: the handover is written in
-the message's own save (`NewMessage.retry_key`), and its end rides along the next grouped commit
+the message's own save (`NewMessage.retry_key`), an attachment's token in that attachment's save
+(`save_attachment(handover=...)`), and its end rides along the next grouped commit
 (`_defer`); until then this process already treats it as ended (`_ending`).
 
 Marks are written the moment the MTA took a copy, without an fsync of their own (WAL with
@@ -22,7 +25,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from zivmilter.store import messages
+from zivmilter.store import attachments, messages
 from zivmilter.store.records import Handover
 from zivmilter.store.sqlite.messages import MessagesMixin
 
@@ -44,7 +47,8 @@ class HandoversMixin(MessagesMixin):
 
     def find_handover(self, retry_key: str, window: float) -> Handover | None:
         """The newest live message stored under `retry_key` within the last `window` seconds
-        (a revoked or expired one is not reused), with the copies the MTA took."""
+        (a revoked or expired one is not reused), with the copies the MTA took and the large
+        attachments kept for its direct copies."""
         since = int(self._now() - window)
         with self._queue_lock:
             ending = set(self._ending)
@@ -66,7 +70,17 @@ class HandoversMixin(MessagesMixin):
                 handed = self._conn.execute(
                     "SELECT copy FROM handed_copies WHERE message_id = ?", (message_id,)
                 ).fetchall()
-            return Handover(str(message_id), tokens, frozenset(str(r[0]) for r in handed))
+                links = self._conn.execute(
+                    "SELECT h.attachment_id, h.link, a.wrapped_key FROM handover_attachments h"
+                    " JOIN attachments a ON a.id = h.attachment_id WHERE h.message_id = ?",
+                    (message_id,),
+                ).fetchall()
+            return Handover(
+                str(message_id),
+                tokens,
+                frozenset(str(r[0]) for r in handed),
+                attachments.handover_links(self._sealing, links),
+            )
         return None
 
     def mark_handed(self, message_id: str, copy: str) -> None:
@@ -81,12 +95,14 @@ class HandoversMixin(MessagesMixin):
         )
 
     def end_handover(self, message_id: str) -> None:
-        """The message went through: forget its retry key, sealed tokens and marks. The same
+        """The message went through: forget its retry key, sealed tokens, marks and kept
+        attachments' tokens (the attachments stay: the copies carry their links). The same
         message sent again later is a new message, as it was before retries were recognized."""
 
         def forget(cur: sqlite3.Cursor) -> None:
             cur.execute("DELETE FROM handovers WHERE message_id = ?", (message_id,))
             cur.execute("DELETE FROM handed_copies WHERE message_id = ?", (message_id,))
+            cur.execute("DELETE FROM handover_attachments WHERE message_id = ?", (message_id,))
             with self._queue_lock:
                 self._ending.discard(message_id)
 

@@ -299,6 +299,17 @@ _MIGRATIONS: tuple[str, ...] = (
         failed_at     INTEGER NOT NULL    -- the last wrong sign-in counted
     );
     """,
+    # 19: the large attachments a try of a message kept for its direct copies, while the
+    # message's handover lasts: a client's retry puts the same links in its copies instead of
+    # storing them again (store/sqlite/handovers.py)
+    """
+    CREATE TABLE handover_attachments (
+        attachment_id TEXT PRIMARY KEY REFERENCES attachments (id) ON DELETE CASCADE,
+        message_id    TEXT NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+        link          BLOB NOT NULL        -- the gateway's key and the token, sealed
+    );                                     -- under the attachment's own key
+    CREATE INDEX handover_attachments_message ON handover_attachments (message_id);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
