@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 
 from tests.harness.cli import zivmilter, zivmilter_in_process
+from tests.harness.messages import nested_message
+from zivmilter import defaults
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
@@ -303,3 +305,21 @@ def test_explain_says_a_message_over_max_message_bytes_is_refused(tmp_path: Path
             proc = run("explain", str(msg), "--config", str(cfg))
             assert proc.returncode == 0
             assert proc.stdout.startswith(f"Refused: {reply}") and "Why:" not in proc.stdout
+
+
+def test_explain_says_a_message_nested_too_deep_is_refused(tmp_path: Path) -> None:
+    # The milter's 554 5.6.0 before it reads any part; at the limit, the usual decisions.
+    head = b"From: alice@hospital.example\r\nTo: carol@oldmail.example\r\nSubject: fw\r\n"
+    text = b"Content-Type: text/plain\r\n\r\nthe innermost text\r\n"
+    cfg = str(EXAMPLES / "zivmilter.yaml")
+    msg = tmp_path / "nested.eml"
+    for depth, refused in ((defaults.MIME_NESTING_LIMIT, False), (400, True)):
+        msg.write_bytes(nested_message(depth, head, text))
+        out = json.loads(run("explain", str(msg), "--config", cfg, "--json").stdout)
+        assert ("refused" in out) is refused and ("recipients" in out) is not refused
+        proc = run("explain", str(msg), "--config", cfg)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr
+        if refused:
+            reply = "554 5.6.0 MIME nesting deeper than 100 levels, refused by zivmilter"
+            assert out["refused"]["reply"].startswith(reply)
+            assert proc.stdout.startswith(f"Refused: {reply}")

@@ -6,12 +6,14 @@ and the reply on a fault.
 
 from __future__ import annotations
 
+import base64
 import email
 import os
 import socket
 import tempfile
 from collections.abc import Sequence
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.policy import SMTP
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ import pytest
 from Milter import testctx
 
 from tests.fakes import Collecting, make_config
+from tests.harness.messages import nested_message
+from zivmilter import defaults
 from zivmilter.core.config import Config
 from zivmilter.core.facts import Facts, facts_from_mapping
 from zivmilter.delivery.reinject import Outgoing
@@ -64,7 +68,8 @@ def run(
     milter = ctx.getpriv()
     if helo is not None:
         milter.hello(helo)
-    ctx._msg = email.message_from_bytes(message)
+    # what TestCtx edits: the header fields (the body is not parsed, as the MTA holds it)
+    ctx._msg = BytesHeaderParser().parsebytes(message)
     assert milter.envfrom("<alice@hospital.example>") == Milter.CONTINUE
     for r in rcpts:
         milter.envrcpt(f"<{r}>")
@@ -501,7 +506,7 @@ def _drive(ctx: testctx.TestCtx, message: bytes, chunk: int, *params: str) -> Zi
     ctx._negotiate()
     Milter.connect_callback(ctx, "localhost", socket.AF_INET, ("127.0.0.1", 2525))
     milter: ZivMilter = ctx.getpriv()
-    ctx._msg = email.message_from_bytes(message)
+    ctx._msg = BytesHeaderParser().parsebytes(message)
     if milter.envfrom("<alice@hospital.example>", *params) != Milter.CONTINUE:
         return milter
     milter.envrcpt("<carol@oldmail.example>")
@@ -608,3 +613,89 @@ def test_a_declared_size_over_the_limit_is_refused_at_mail_from(
         assert len(sent.sent) + int(ctx._bodyreplaced) == 1  # carol's notification
     if expected == Milter.REJECT:
         assert sent.sent == []
+
+
+# -- MIME nesting (defaults.MIME_NESTING_LIMIT) -------------------------------------------------
+
+NESTED_HEAD = (
+    b"From: alice@hospital.example\r\n"
+    b"To: bob@partner.example, carol@oldmail.example, dave@pdf.example\r\n"
+    b"Subject: forwarded results\r\nMessage-ID: <nested@hospital.example>\r\n"
+    b"zivver-access-right: dave@pdf.example access-code tulip-42-meadow\r\n"
+)
+NESTED_RCPTS = ["bob@partner.example", "carol@oldmail.example", "dave@pdf.example"]
+SCAN = base64.encodebytes(bytes(range(256)) * 6000).replace(b"\n", b"\r\n")  # 2 MB encoded
+INNERMOST = (
+    b"Content-Type: application/pdf; name=scan.pdf\r\n"
+    b"Content-Disposition: attachment; filename=scan.pdf\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\n" + SCAN
+)
+
+
+def _every_walk(store: SqliteStore) -> Collecting:
+    """A gateway that walks a message's MIME tree every way it does: content rules on its text
+    and attachment names; bob a direct copy whose large attachment becomes a link; carol a
+    notification, the message (over 1 MiB) stored with its large part apart; dave an encrypted
+    PDF of it all."""
+    return use_gateway(
+        store,
+        make_config(
+            {
+                "policy": {
+                    "outbound_direct_delivery": {"domains": ["partner.example"]},
+                    "large_attachment_bytes": 100_000,
+                },
+                "submission": {"any_address_of_own_domains": True},
+                "selection": {
+                    "content": {"bsn": True, "scope": ["subject", "text", "attachment_names"]}
+                },
+                "encryption": {"pdf": True},
+            },
+            base={"organization": {"domains": ["hospital.example"]}},
+        ),
+        facts_from_mapping({"transport": {"partner.example": "pkix", "pdf.example": "tls"}}),
+    )
+
+
+def test_a_message_nested_to_the_limit_goes_through_every_walk(store: SqliteStore) -> None:
+    sent = _every_walk(store)
+    message = nested_message(defaults.MIME_NESTING_LIMIT, NESTED_HEAD, INNERMOST)
+    ctx = testctx.TestCtx()
+    assert run(ctx, NESTED_RCPTS, message) == Milter.ACCEPT, ctx._reply
+    # bob's direct copy stays in the transaction, its attachment a link
+    assert added(ctx, "X-Zivmilter-Route") == ["X-Zivmilter-Route: direct-pkix"]
+    assert ctx._bodyreplaced
+    kept = ctx._body.getvalue()
+    assert b"https://secure.example.org/d/" in kept and SCAN[:1000] not in kept
+    assert kept.count(b"--level-") == message.count(b"--level-")  # every level still there
+    whats = sorted(m.what for m in sent.sent)
+    assert whats == [
+        "notification to carol@oldmail.example",
+        "pdf-encrypted copy to dave@pdf.example",
+    ]
+    (saved,) = store.find_messages("nested@hospital.example")
+    assert store.recipients(saved.id)
+
+
+@pytest.mark.parametrize("depth", [defaults.MIME_NESTING_LIMIT + 1, 400, 2000])
+def test_a_message_nested_deeper_is_refused_for_good(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture, depth: int
+) -> None:
+    # 400 levels broke the direct copy's attachment links, 2000 the stored parts: a
+    # RecursionError, tempfail at every try, the message in the client's queue for days. Now
+    # a permanent refusal before anything is stored or sent, naming the limit.
+    sent = _every_walk(store)
+    message = nested_message(depth, NESTED_HEAD, INNERMOST)
+    caplog.set_level("INFO", logger="zivmilter")
+    ctx = testctx.TestCtx()
+    assert run(ctx, NESTED_RCPTS, message) == Milter.REJECT
+    code, xcode, text = ctx._reply
+    assert (code, xcode) == ("554", "5.6.0")
+    assert text == (
+        "MIME nesting deeper than 100 levels, refused by zivmilter (its limit, as Postfix's"
+        " mime_nesting_limit)"
+    )
+    (line,) = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert line.queue_id == "QID123" and "5.6.0" in line.getMessage()  # type: ignore[attr-defined]
+    assert sent.sent == [] and store.find_messages("nested@hospital.example") == []
+    assert "Traceback" not in caplog.text

@@ -13,10 +13,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.harness.messages import nested_message
 from tests.harness.postfix import PostfixInstance
 from tests.harness.sandbox import bind_mounted
 from tests.harness.sink import Sink
 from tests.harness.zivmilter import ZivmilterProcess, attach
+from zivmilter import defaults
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +46,20 @@ def gateway(sink: Sink) -> Iterator[tuple[PostfixInstance, ZivmilterProcess]]:
         yield pf, z
 
 
-def _nothing_kept(pf: PostfixInstance, z: ZivmilterProcess, sink: Sink, before: int) -> None:
-    time.sleep(1.5)
-    assert pf.queue() == [], "Postfix kept the refused message"
-    assert len(sink.received) == before, "something was delivered"
+def _stored(z: ZivmilterProcess) -> int:
     db = sqlite3.connect(str(z.store_path / "store.sqlite3"))
     try:
-        assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+        return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
     finally:
         db.close()
+
+
+def _nothing_kept(
+    pf: PostfixInstance, z: ZivmilterProcess, sink: Sink, before: tuple[int, int]
+) -> None:
+    time.sleep(1.5)
+    assert pf.queue() == [], "Postfix kept the refused message"
+    assert (len(sink.received), _stored(z)) == before, "something was delivered or stored"
 
 
 def test_a_message_over_max_message_bytes_is_refused_at_mail_from_and_at_the_end_of_data(
@@ -60,7 +67,7 @@ def test_a_message_over_max_message_bytes_is_refused_at_mail_from_and_at_the_end
 ) -> None:
     pf, z = gateway
     large = DATA + (b"z" * 76 + b"\r\n") * 3000  # 234 KB
-    before = len(sink.received)
+    before = len(sink.received), _stored(z)
     # smtplib declares the size (SIZE=, RFC 1870), as Postfix offers it: refused at MAIL FROM
     with (
         smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s,
@@ -84,4 +91,37 @@ def test_a_message_over_max_message_bytes_is_refused_at_mail_from_and_at_the_end
     # and a message under the limit goes through as before
     with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
         assert s.sendmail("alice@hospital.example", ["a@oldmail.example"], DATA) == {}
-    sink.wait_for(before + 1)
+    sink.wait_for(before[0] + 1)
+
+
+NESTED_HEAD = b"From: alice@hospital.example\r\nTo: a@oldmail.example\r\nSubject: fw\r\n"
+TEXT = b"Content-Type: text/plain\r\n\r\nthe innermost text\r\n"
+TOO_DEEP = (
+    b"554 5.6.0 MIME nesting deeper than 100 levels, refused by zivmilter (its limit, as"
+    b" Postfix's mime_nesting_limit)"
+)
+
+
+def test_a_message_nested_too_deep_is_refused_and_one_at_the_limit_goes_through(
+    gateway: tuple[PostfixInstance, ZivmilterProcess], sink: Sink
+) -> None:
+    # Multipart and attached messages in turn: 150 levels are 75 multipart ones, which Postfix's
+    # mime_nesting_limit (100, multipart only) lets through to zivmilter.
+    pf, z = gateway
+    before = len(sink.received), _stored(z)
+    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
+        s.ehlo()
+        assert s.mail("alice@hospital.example")[0] == 250
+        assert s.rcpt("a@oldmail.example")[0] == 250
+        code, text = s.data(nested_message(150, NESTED_HEAD, TEXT))
+    assert f"{code} ".encode() + text == TOO_DEEP
+    _nothing_kept(pf, z, sink, before)
+    (refused,) = [line for line in z.log().splitlines() if "refused: 554 5.6.0" in line]
+    assert re.search(r"\[[0-9A-F]{6,} ", refused), refused  # with its queue id
+    assert "Traceback" not in z.log()
+    # at the limit: secured as any other message (a@oldmail.example: a notification)
+    message = nested_message(defaults.MIME_NESTING_LIMIT, NESTED_HEAD, TEXT)
+    with smtplib.SMTP("127.0.0.1", pf.smtp_port, timeout=60) as s:
+        assert s.sendmail("alice@hospital.example", ["a@oldmail.example"], message) == {}
+    (arrived,) = sink.wait_for(before[0] + 1)[before[0] :]
+    assert b"the innermost text" not in arrived.data and b"/m/" in arrived.data

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import io
 import ipaddress
 import json
 import os
@@ -165,6 +166,13 @@ def _refusal(data: bytes, cfg: config_mod.Config) -> tuple[str, str] | None:
             " end of data"
         )
         return limits.too_big(limit), why
+    nesting = defaults.MIME_NESTING_LIMIT
+    if limits.mime_depth(io.BytesIO(data), nesting) > nesting:
+        why = (
+            f"its MIME parts (multipart, message/*) nest deeper than {nesting} levels; refused"
+            " before anything reads them, at the end of data"
+        )
+        return limits.too_deep(nesting), why
     return None
 
 
