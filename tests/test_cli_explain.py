@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from tests.harness.cli import zivmilter, zivmilter_in_process
+from tests.harness.messages import nested_message
+from zivmilter import defaults
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
@@ -278,3 +282,44 @@ def test_short_access_codes_are_used_but_warned_about(tmp_path: Path) -> None:
     )
     for secret in ("4711", "tulip-field-42"):
         assert secret not in text.stdout and secret not in as_json.stdout
+
+
+def test_explain_says_a_message_over_max_message_bytes_is_refused(tmp_path: Path) -> None:
+    # What the milter answers (552 5.3.4) before it decides anything: no recipient table. The
+    # size is counted as the MTA passes it (CRLF), the file saved with bare LF.
+    wire = (EXAMPLES / "secure-message.eml").read_bytes().replace(b"\r\n", b"\n")
+    size = len(wire) + wire.count(b"\n")
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(wire)
+    cfg = tmp_path / "small.yaml"
+    base = yaml.safe_load((EXAMPLES / "zivmilter.yaml").read_text())
+    for limit, refused in ((size, False), (size - 1, True)):
+        base["milter"]["max_message_bytes"] = limit
+        cfg.write_text(yaml.safe_dump(base))
+        out = json.loads(run("explain", str(msg), "--config", str(cfg), "--json").stdout)
+        assert ("refused" in out) is refused and ("recipients" in out) is not refused
+        if refused:
+            reply = f"552 5.3.4 message too big for zivmilter (over {limit} bytes,"
+            assert out["refused"]["reply"].startswith(reply)
+            assert f"the message is {size} bytes" in out["refused"]["reason"]
+            proc = run("explain", str(msg), "--config", str(cfg))
+            assert proc.returncode == 0
+            assert proc.stdout.startswith(f"Refused: {reply}") and "Why:" not in proc.stdout
+
+
+def test_explain_says_a_message_nested_too_deep_is_refused(tmp_path: Path) -> None:
+    # The milter's 554 5.6.0 before it reads any part; at the limit, the usual decisions.
+    head = b"From: alice@hospital.example\r\nTo: carol@oldmail.example\r\nSubject: fw\r\n"
+    text = b"Content-Type: text/plain\r\n\r\nthe innermost text\r\n"
+    cfg = str(EXAMPLES / "zivmilter.yaml")
+    msg = tmp_path / "nested.eml"
+    for depth, refused in ((defaults.MIME_NESTING_LIMIT, False), (400, True)):
+        msg.write_bytes(nested_message(depth, head, text))
+        out = json.loads(run("explain", str(msg), "--config", cfg, "--json").stdout)
+        assert ("refused" in out) is refused and ("recipients" in out) is not refused
+        proc = run("explain", str(msg), "--config", cfg)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr
+        if refused:
+            reply = "554 5.6.0 MIME nesting deeper than 100 levels, refused by zivmilter"
+            assert out["refused"]["reply"].startswith(reply)
+            assert proc.stdout.startswith(f"Refused: {reply}")

@@ -15,6 +15,7 @@ from Milter import testctx
 
 from tests.fakes import make_config
 from tests.harness.cli import zivmilter_in_process as zivmilter
+from tests.harness.messages import nested_message
 from tests.test_milter_adapter import run, use_gateway
 from zivmilter.core.facts import facts_from_mapping
 from zivmilter.store import SqliteStore
@@ -79,6 +80,24 @@ def test_scan_without_rules_is_an_error(tmp_path: Path) -> None:
     proc = zivmilter("scan", str(tmp_path / "m.eml"), "--config", str(cfg))
     assert proc.returncode == 2
     assert "no content rule is on (selection.content" in proc.stderr
+
+
+def test_scan_of_a_message_nested_too_deep_says_the_milters_refusal(
+    files: tuple[str, str], tmp_path: Path
+) -> None:
+    # The milter refuses such a message before reading it, and scan says so in one line (at
+    # 2000 levels the email package's parser raised RecursionError: a traceback).
+    cfg, _ = files
+    deep = tmp_path / "deep.eml"
+    head = b"From: alice@hospital.example\r\nTo: bob@partner.example\r\nSubject: fw\r\n"
+    deep.write_bytes(nested_message(2000, head, b"Content-Type: text/plain\r\n\r\nBSN\r\n"))
+    proc = zivmilter("scan", str(deep), "--config", cfg)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith(
+        f"{deep}: 554 5.6.0 MIME nesting deeper than 100 levels, refused by zivmilter (its"
+        " limit, as Postfix's mime_nesting_limit)"
+    )
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_explain_json_and_text(files: tuple[str, str]) -> None:

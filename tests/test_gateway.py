@@ -246,3 +246,33 @@ def test_a_retry_is_recognized_under_the_date_postfix_added_anew(store: SqliteSt
     gw.process(transaction(dated(31), ALICE, THREE))
     assert [o.what for o in retry.sent] == [f"notification to {THREE[2]}"]
     assert len(stored_all(store, "dated1")) == 1
+
+
+def test_a_bare_cr_cannot_hide_nesting_from_the_copy_that_is_stored(store: SqliteStore) -> None:
+    # A CR without its LF in a directive field ends the header block for the `email` parser:
+    # the message as passed parses as one text part, but the copy without the directive (the
+    # one stored and sent) has the Content-Type below it and nests 150 deep. That copy is
+    # measured too: refused for good, nothing stored or sent.
+    from tests.harness.messages import nested_message
+    from zivmilter.core import limits
+
+    deep = nested_message(150, b"", b"Content-Type: text/plain\r\n\r\ninnermost\r\n")
+    content_type, _, body = deep.partition(b"\r\n\r\n")
+    headers = [
+        ("From", "alice@hospital.example"),
+        ("To", "carol@oldmail.example"),
+        ("Message-ID", "<cr@hospital.example>"),
+        ("zivver-access-right", "carol@oldmail.example sms +31612345678\rX-hidden"),
+        ("Content-Type", content_type.decode().partition(": ")[2]),
+    ]
+    head = b"".join(f"{n}: {v}\r\n".encode() for n, v in headers) + b"\r\n"
+    assert limits.mime_depth(io.BytesIO(head + body), 100) == 0  # as passed: one part
+    gw = gateway(store)
+    tx = Transaction(
+        "QID1", "<alice@hospital.example>", ["<carol@oldmail.example>"], headers,
+        io.BytesIO(head + body), len(head), "127.0.0.1",
+    )  # fmt: skip
+    plan = gw.process(tx)
+    assert plan.reject is not None and plan.reject.startswith("554 5.6.0 MIME nesting deeper")
+    assert gw.reinjector.sent == []  # type: ignore[attr-defined]
+    assert store.find_messages("<cr@hospital.example>") == []

@@ -6,12 +6,14 @@ and the reply on a fault.
 
 from __future__ import annotations
 
+import base64
 import email
 import os
 import socket
 import tempfile
 from collections.abc import Sequence
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.policy import SMTP
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ import pytest
 from Milter import testctx
 
 from tests.fakes import Collecting, make_config
+from tests.harness.messages import nested_message
+from zivmilter import defaults
 from zivmilter.core.config import Config
 from zivmilter.core.facts import Facts, facts_from_mapping
 from zivmilter.delivery.reinject import Outgoing
@@ -64,7 +68,8 @@ def run(
     milter = ctx.getpriv()
     if helo is not None:
         milter.hello(helo)
-    ctx._msg = email.message_from_bytes(message)
+    # what TestCtx edits: the header fields (the body is not parsed, as the MTA holds it)
+    ctx._msg = BytesHeaderParser().parsebytes(message)
     assert milter.envfrom("<alice@hospital.example>") == Milter.CONTINUE
     for r in rcpts:
         milter.envrcpt(f"<{r}>")
@@ -488,3 +493,209 @@ def test_a_fault_while_spooling_answers_tempfail_at_the_end(
     assert f"ref {ref}" in caplog.text and "/nonexistent/zivmilter-tmp" in caplog.text
     assert sent.sent == [] and store.find_messages("spool@hospital.example") == []
     assert ctx.getpriv().spool is None  # closed
+
+
+# -- milter.max_message_bytes ------------------------------------------------------------------
+
+
+def _drive(ctx: testctx.TestCtx, message: bytes, chunk: int, *params: str) -> ZivMilter:
+    """Connect, MAIL FROM (with its ESMTP `params`) and RCPT as `run` does; then, if MAIL FROM
+    was taken, the message in body chunks of `chunk` bytes (libmilter's are up to 64 KiB)."""
+    ctx._setsymval("i", "QID123")
+    Milter.factory = ZivMilter
+    ctx._negotiate()
+    Milter.connect_callback(ctx, "localhost", socket.AF_INET, ("127.0.0.1", 2525))
+    milter: ZivMilter = ctx.getpriv()
+    ctx._msg = BytesHeaderParser().parsebytes(message)
+    if milter.envfrom("<alice@hospital.example>", *params) != Milter.CONTINUE:
+        return milter
+    milter.envrcpt("<carol@oldmail.example>")
+    milter.data()
+    head, _, body = message.partition(b"\r\n\r\n")
+    for name, value in email.message_from_bytes(head + b"\r\n\r\n").items():
+        milter.header(name, " " + value)
+    milter.eoh()
+    for start in range(0, len(body), chunk):
+        milter.body(body[start : start + chunk])
+    return milter
+
+
+def test_a_message_over_max_message_bytes_is_refused_and_not_kept(
+    store: SqliteStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 300 KB against a limit of 100 KB, spooled to disk above 16 KiB: once the count passes the
+    # limit the spool is gone and the rest is not written anywhere; the end of data refuses it
+    # for good (552 5.3.4: message too big), and nothing is stored or sent.
+    sent = use_gateway(
+        store,
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+    )
+    monkeypatch.setattr(ZivMilter, "max_message_bytes", 100_000)
+    monkeypatch.setattr(ZivMilter, "spool_threshold", 16 * 1024)
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    message = b"Message-ID: <big@hospital.example>\r\n" + MESSAGE + (b"y" * 98 + b"\r\n") * 3000
+    ctx = testctx.TestCtx()
+    ctx._setsymval("i", "QID123")
+    milter = _drive(ctx, message[: len(message) // 4], 8192)
+    assert milter.spool is not None and any(_spool_files(folder).values())  # on disk so far
+    for start in range(len(message) // 4, len(message), 8192):
+        milter.body(message[start : start + 8192])
+        if start > 110_000:
+            assert milter.spool is None and _spool_files(folder) == {}, "kept past the limit"
+    caplog.set_level("INFO", logger="zivmilter")
+    assert ctx._eom() == Milter.REJECT
+    code, xcode, text = ctx._reply
+    assert (code, xcode) == ("552", "5.3.4")
+    assert text == "message too big for zivmilter (over 100000 bytes, milter.max_message_bytes)"
+    (line,) = [r for r in caplog.records if "too big" in r.getMessage()]
+    assert line.queue_id == "QID123" and line.message_id == "<big@hospital.example>"  # type: ignore[attr-defined]
+    assert sent.sent == [] and store.find_messages("big@hospital.example") == []
+
+
+def test_max_message_bytes_counts_the_message_as_the_mta_passes_it(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Header fields and body as passed (CRLF line ends): a message of exactly the limit passes,
+    # one byte more does not. MESSAGE's fields are unfolded, so that is its length.
+    use_gateway(
+        store,
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+    )
+    for limit, expected in ((len(MESSAGE), Milter.ACCEPT), (len(MESSAGE) - 1, Milter.REJECT)):
+        monkeypatch.setattr(ZivMilter, "max_message_bytes", limit)
+        ctx = testctx.TestCtx()
+        assert run(ctx, ["carol@oldmail.example"]) == expected, limit
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        (("SIZE=100001",), Milter.REJECT),
+        (("BODY=8BITMIME", "size=250000"), Milter.REJECT),
+        (("SIZE=100000",), Milter.CONTINUE),
+        (("SIZE=",), Milter.CONTINUE),  # no number: the MTA judges the syntax, we count
+        (("BODY=8BITMIME",), Milter.CONTINUE),
+    ],
+)
+def test_a_declared_size_over_the_limit_is_refused_at_mail_from(
+    store: SqliteStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    params: tuple[str, ...],
+    expected: int,
+) -> None:
+    # RFC 1870: the client declares the size at MAIL FROM; pymilter passes ESMTP parameters to
+    # envfrom. Over the limit, the message is refused before a byte of it is sent.
+    sent = use_gateway(
+        store,
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+    )
+    monkeypatch.setattr(ZivMilter, "max_message_bytes", 100_000)
+    caplog.set_level("INFO", logger="zivmilter")
+    ctx = testctx.TestCtx()
+    _drive(ctx, MESSAGE, 65536, *params)
+    if expected == Milter.REJECT:
+        code, xcode, text = ctx._reply
+        assert (code, xcode) == ("552", "5.3.4") and "milter.max_message_bytes" in text
+        (line,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert line.endswith("at MAIL FROM") and "SIZE=" in line
+    else:
+        assert ctx._reply is None and "refused" not in caplog.text
+        assert ctx._eom() == Milter.ACCEPT
+        assert len(sent.sent) + int(ctx._bodyreplaced) == 1  # carol's notification
+    if expected == Milter.REJECT:
+        assert sent.sent == []
+
+
+# -- MIME nesting (defaults.MIME_NESTING_LIMIT) -------------------------------------------------
+
+NESTED_HEAD = (
+    b"From: alice@hospital.example\r\n"
+    b"To: bob@partner.example, carol@oldmail.example, dave@pdf.example\r\n"
+    b"Subject: forwarded results\r\nMessage-ID: <nested@hospital.example>\r\n"
+    b"zivver-access-right: dave@pdf.example access-code tulip-42-meadow\r\n"
+)
+NESTED_RCPTS = ["bob@partner.example", "carol@oldmail.example", "dave@pdf.example"]
+SCAN = base64.encodebytes(bytes(range(256)) * 6000).replace(b"\n", b"\r\n")  # 2 MB encoded
+INNERMOST = (
+    b"Content-Type: application/pdf; name=scan.pdf\r\n"
+    b"Content-Disposition: attachment; filename=scan.pdf\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\n" + SCAN
+)
+
+
+def _every_walk(store: SqliteStore) -> Collecting:
+    """A gateway that walks a message's MIME tree every way it does: content rules on its text
+    and attachment names; bob a direct copy whose large attachment becomes a link; carol a
+    notification, the message (over 1 MiB) stored with its large part apart; dave an encrypted
+    PDF of it all."""
+    return use_gateway(
+        store,
+        make_config(
+            {
+                "policy": {
+                    "outbound_direct_delivery": {"domains": ["partner.example"]},
+                    "large_attachment_bytes": 100_000,
+                },
+                "submission": {"any_address_of_own_domains": True},
+                "selection": {
+                    "content": {"bsn": True, "scope": ["subject", "text", "attachment_names"]}
+                },
+                "encryption": {"pdf": True},
+            },
+            base={"organization": {"domains": ["hospital.example"]}},
+        ),
+        facts_from_mapping({"transport": {"partner.example": "pkix", "pdf.example": "tls"}}),
+    )
+
+
+def test_a_message_nested_to_the_limit_goes_through_every_walk(store: SqliteStore) -> None:
+    sent = _every_walk(store)
+    message = nested_message(defaults.MIME_NESTING_LIMIT, NESTED_HEAD, INNERMOST)
+    ctx = testctx.TestCtx()
+    assert run(ctx, NESTED_RCPTS, message) == Milter.ACCEPT, ctx._reply
+    # bob's direct copy stays in the transaction, its attachment a link
+    assert added(ctx, "X-Zivmilter-Route") == ["X-Zivmilter-Route: direct-pkix"]
+    assert ctx._bodyreplaced
+    kept = ctx._body.getvalue()
+    assert b"https://secure.example.org/d/" in kept and SCAN[:1000] not in kept
+    assert kept.count(b"--level-") == message.count(b"--level-")  # every level still there
+    whats = sorted(m.what for m in sent.sent)
+    assert whats == [
+        "notification to carol@oldmail.example",
+        "pdf-encrypted copy to dave@pdf.example",
+    ]
+    (saved,) = store.find_messages("nested@hospital.example")
+    assert store.recipients(saved.id)
+
+
+@pytest.mark.parametrize("depth", [defaults.MIME_NESTING_LIMIT + 1, 400, 2000])
+def test_a_message_nested_deeper_is_refused_for_good(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture, depth: int
+) -> None:
+    # 400 levels broke the direct copy's attachment links, 2000 the stored parts: a
+    # RecursionError, tempfail at every try, the message in the client's queue for days. Now
+    # a permanent refusal before anything is stored or sent, naming the limit.
+    sent = _every_walk(store)
+    message = nested_message(depth, NESTED_HEAD, INNERMOST)
+    caplog.set_level("INFO", logger="zivmilter")
+    ctx = testctx.TestCtx()
+    assert run(ctx, NESTED_RCPTS, message) == Milter.REJECT
+    code, xcode, text = ctx._reply
+    assert (code, xcode) == ("554", "5.6.0")
+    assert text == (
+        "MIME nesting deeper than 100 levels, refused by zivmilter (its limit, as Postfix's"
+        " mime_nesting_limit)"
+    )
+    (line,) = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert line.queue_id == "QID123" and "5.6.0" in line.getMessage()  # type: ignore[attr-defined]
+    assert sent.sent == [] and store.find_messages("nested@hospital.example") == []
+    assert "Traceback" not in caplog.text

@@ -17,6 +17,10 @@ STORE_KEY_FILE = "/etc/zivmilter/store.key"
 MILTER_TIMEOUT = 600  # seconds libmilter waits on the MTA
 SPOOL_THRESHOLD = 1024 * 1024  # message bytes kept in memory before spooling to disk
 MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # refuse (5.3.4) above this; Postfix default is 10 MB
+# MIME parts within parts (multipart, message/*) deeper than this: refused (5.6.0), before the
+# `email` package's recursive parser and generator walk them (core/limits.py); Postfix's own
+# mime_nesting_limit is 100 too. Real mail seldom nests ten; Python's stack gives out near 250.
+MIME_NESTING_LIMIT = 100
 
 # --- re-injection to the milter-free Postfix listener -----------------------------------
 REINJECT_HOST = "127.0.0.1"

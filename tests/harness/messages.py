@@ -17,3 +17,32 @@ def plain_message(headers: str, body: str) -> bytes:
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
     )
     return (base + headers.replace("\n", "\r\n") + "\r\n" + body + "\r\n").encode()
+
+
+def nested_message(depth: int, headers: bytes, innermost: bytes) -> bytes:
+    """A message whose parts nest `depth` levels deep: multipart/mixed (a line of text and the
+    next level) and attached messages (message/rfc822) in turn, `innermost` (a part: its header
+    fields, a blank line, its body) at the bottom. `headers`: the message's own fields (CRLF)."""
+    part = innermost
+    for level in range(depth, 0, -1):
+        if level % 2:
+            b = b"level-%d" % level
+            part = (
+                b'Content-Type: multipart/mixed; boundary="' + b + b'"\r\n\r\n'
+                b"--"
+                + b
+                + b"\r\nContent-Type: text/plain\r\n\r\nlevel %d\r\n" % level
+                + b"--"
+                + b
+                + b"\r\n"
+                + part
+                + b"\r\n--"
+                + b
+                + b"--\r\n"
+            )
+        else:
+            part = (
+                b"Content-Type: message/rfc822\r\n\r\n"
+                b"From: alice@hospital.example\r\nSubject: Fw: level %d\r\n" % level + part
+            )
+    return headers + part

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import io
 import ipaddress
 import json
 import os
@@ -84,6 +85,15 @@ def _explain(
         headers = read_headers(data)
     except MessageError as exc:
         raise MessageError(f"{args.message}: {exc}") from None
+    refused = _refusal(data, cfg)
+    if refused is not None:  # the milter refuses it before anything else: no decision to show
+        from zivmilter.core.explain import refusal_json, render_refusal
+
+        if args.json:
+            print(json.dumps(refusal_json(*refused), indent=2, ensure_ascii=False))
+        else:
+            print(render_refusal(*refused))
+        return 0
     rcpts = args.rcpt or addresses(headers, "To", "Cc", "Bcc")
     if not rcpts:
         raise MessageError(f"{args.message}: no recipients: give --rcpt or add To/Cc/Bcc headers")
@@ -142,6 +152,28 @@ def _wire_bytes(data: bytes) -> int:
     """The message's size as the MTA would pass it to the milter: every line ending CRLF (a
     file saved with bare LF is that much shorter; the MTA's own trace fields not counted)."""
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def _refusal(data: bytes, cfg: config_mod.Config) -> tuple[str, str] | None:
+    """(reply, why) when the milter refuses the message before deciding anything (limits.py)."""
+    from zivmilter.core import limits
+
+    size, limit = _wire_bytes(data), cfg.milter.max_message_bytes
+    if size > limit:
+        why = (
+            f"the message is {size} bytes as the MTA passes it, over milter.max_message_bytes"
+            f" ({limit}); refused at MAIL FROM when the client declares its SIZE=, else at the"
+            " end of data"
+        )
+        return limits.too_big(limit), why
+    nesting = defaults.MIME_NESTING_LIMIT
+    if limits.mime_depth(io.BytesIO(data), nesting) > nesting:
+        why = (
+            f"its MIME parts (multipart, message/*) nest deeper than {nesting} levels; refused"
+            " before anything reads them, at the end of data"
+        )
+        return limits.too_deep(nesting), why
+    return None
 
 
 def _text_bytes(data: bytes, cfg: config_mod.Config) -> int:

@@ -8,10 +8,13 @@ matched, 1 when none did (as grep), 2 for a bad config or an unreadable message.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from typing import Any
 
+from zivmilter import defaults
 from zivmilter.core import config as config_mod
+from zivmilter.core import limits
 from zivmilter.core.bodytext import parts_of_message
 from zivmilter.core.explain import match_json, match_text
 from zivmilter.core.message import read_headers
@@ -34,6 +37,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         headers = read_headers(data)
     except MessageError as exc:
         raise MessageError(f"{args.message}: {exc}") from None
+    nesting = defaults.MIME_NESTING_LIMIT
+    if limits.mime_depth(io.BytesIO(data), nesting) > nesting:  # the milter reads none of it
+        raise MessageError(f"{args.message}: {limits.too_deep(nesting)}")
     # selection's own path: the subject as it reads it, and matches reported in either mode
     parts = parts_of_message(data, content.scope) + _attachment_text(data, cfg)
     matches = select(cfg.selection, headers, "", parts).matches

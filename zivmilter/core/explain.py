@@ -102,6 +102,21 @@ def render_json(result: Assessment, submission: SubmissionResult | None = None) 
     return json.dumps(to_json(result, submission), indent=2, ensure_ascii=False)
 
 
+def refusal_json(reply: str, reason: str) -> dict[str, Any]:
+    """A message the milter refuses before it decides anything (limits.py): no decision."""
+    return {"refused": {"reply": reply, "reason": reason}}
+
+
+def render_refusal(reply: str, reason: str) -> str:
+    return "\n".join(
+        [
+            f"Refused: {reply}",
+            f"  why: {reason}",
+            "  nothing of it is stored or sent: the client gets this reply, no recipient a copy",
+        ]
+    )
+
+
 def render_text(result: Assessment, submission: SubmissionResult | None = None) -> str:
     env = result.envelope
     lines = [f"Envelope sender: {env.sender or '<>'}"]

@@ -2,6 +2,8 @@
 
 The milter adapter (milter.py) hands over a `Transaction` (envelope, macros, headers, spooled
 message) and applies the `Plan` it gets back. In between, in this order:
+0. a message whose MIME parts nest deeper than the `email` package can walk is refused for good
+   (core/limits.py; the milter refuses one over milter.max_message_bytes itself);
 1. the policy core decides per recipient (assess.py — the same path `explain` shows);
 2. the content is encrypted into the store, durably, before anything is sent;
 3. notifications (one per recipient, personal link), direct copies (one per transport level
@@ -30,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from email.message import Message
 
 from zivmilter import defaults, metrics
-from zivmilter.core import submission
+from zivmilter.core import limits, submission
 from zivmilter.core.addresses import bare_address, envelope_recipients
 from zivmilter.core.assess import Assessment, assess
 from zivmilter.core.bodytext import parts_of_body, pdf_text_bytes
@@ -140,6 +142,10 @@ class Gateway:
             )
             log.error("%s", reply, extra=_ctx(tx))
             return Plan(reject=reply, summary=f"refused: {reply}")
+        # Before anything reads its parts: a message nested too deep for them is refused for
+        # good (5.6.0), not a fault to tempfail at every try (core/limits.py).
+        if _too_deep(tx, clean=False):
+            return _refused_too_deep()
         sender = bare_address(tx.sender)  # "" for the null sender
         verdict = submission.check(
             self.cfg,
@@ -178,6 +184,8 @@ class Gateway:
         if result.selection.new_subject is not None:
             set_subject(tx, result.selection.new_subject)
             subject_change = [("Subject", 1, result.selection.new_subject)]
+        if _bare_cr(tx) and _too_deep(tx, clean=True):
+            return _refused_too_deep()
         for warning in result.decision.warnings:
             log.warning("%s", warning, extra=_ctx(tx))
         self._log_pdf_refused(tx, result.decision.recipients, size, text_size)
@@ -689,6 +697,32 @@ def _attachment_digest(filename: str, content_type: str, data: bytes) -> str:
         digest.update(field.encode("utf-8", "surrogateescape") + b"\0")
     digest.update(data)
     return digest.hexdigest()
+
+
+def _too_deep(tx: Transaction, clean: bool) -> bool:
+    """Whether the message's MIME parts nest deeper than defaults.MIME_NESTING_LIMIT: the
+    message as the MTA passed it (`clean`: the copy that is stored and sent)."""
+    limit = defaults.MIME_NESTING_LIMIT
+    if clean:
+        with clean_copy(tx) as content:
+            depth = limits.mime_depth(content, limit)
+    else:
+        tx.message.seek(0)
+        depth = limits.mime_depth(tx.message, limit)
+    tx.message.seek(0)
+    return depth > limit
+
+
+def _bare_cr(tx: Transaction) -> bool:
+    """A CR without its LF in a header field: a line end to the `email` parser, so taking fields
+    out of the header block (directives, Bcc) or rewriting the Subject may change how the copy
+    that is stored and sent parses; that copy is measured again (never for ordinary mail)."""
+    return any("\r" in value.replace("\r\n", "") for _, value in tx.headers)
+
+
+def _refused_too_deep() -> Plan:
+    reply = limits.too_deep(defaults.MIME_NESTING_LIMIT)
+    return Plan(reject=reply, summary=f"refused: {reply}")
 
 
 def _message_bytes(tx: Transaction) -> int:

@@ -10,6 +10,14 @@ from typing import BinaryIO
 from zivmilter.core.message import utf8_text
 
 
+def message_id_of(headers: list[tuple[str, str]]) -> str:
+    """The Message-ID among header fields as the MTA gave them, as text; "-" without one."""
+    for name, value in headers:
+        if name.lower() == "message-id":
+            return utf8_text(value.strip())
+    return "-"
+
+
 @dataclass
 class Transaction:
     """What the MTA told the milter about one message."""
@@ -31,10 +39,7 @@ class Transaction:
     @property
     def message_id(self) -> str:
         """The Message-ID as text (raw 8-bit bytes read as UTF-8), for logs and the store."""
-        for name, value in self.headers:
-            if name.lower() == "message-id":
-                return utf8_text(value.strip())
-        return "-"
+        return message_id_of(self.headers)
 
 
 @dataclass

@@ -3,6 +3,8 @@
 Callbacks only collect what the MTA says (envelope, macros, headers, body into a spool file);
 end-of-message hands a `Transaction` to the gateway and applies the `Plan` it returns. No policy
 here. Any fault answers tempfail with a log reference, so the MTA keeps the message (SPEC 10).
+A message over `milter.max_message_bytes` is no fault but refused for good (core/limits.py):
+its spool is thrown away as its count passes the limit, and nothing after that is kept.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any, ClassVar
 
 import Milter
 
-from zivmilter import metrics
-from zivmilter.core import dkim
+from zivmilter import defaults, metrics
+from zivmilter.core import dkim, limits
 from zivmilter.errors import ZivmilterError
 from zivmilter.gateway import Gateway, Plan, Transaction
+from zivmilter.gateway.transaction import message_id_of
 from zivmilter.spool import spool_file
 
 log = logging.getLogger("zivmilter.milter")
@@ -33,12 +36,18 @@ def _crlf(text: str) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
+def _field(name: str, value: str) -> bytes:
+    """A header field as the spool keeps it (and as it counts towards the message's size)."""
+    return name.encode("ascii", "replace") + b":" + _crlf(value) + b"\r\n"
+
+
 @Milter.header_leading_space
 class ZivMilter(Milter.Base):
     """One instance per SMTP connection (libmilter calls the factory per connection)."""
 
     gateway: Gateway  # set on the class by `serve`
     spool_threshold: int = 1024 * 1024
+    max_message_bytes: int = defaults.MAX_MESSAGE_BYTES  # milter.max_message_bytes, by `serve`
     # Causes of a DKIM warning already logged, (domain, listener): once each per process.
     _dkim_warned: ClassVar[set[tuple[str, str]]] = set()
     _dkim_lock: ClassVar[threading.Lock] = threading.Lock()
@@ -58,6 +67,8 @@ class ZivMilter(Milter.Base):
         self.spool: Any = None
         self.body_offset = 0
         self.fault: str | None = None  # the log reference of a fault while spooling
+        self.size = 0  # bytes the MTA passed so far: header fields as spooled, and the body
+        self.too_big = False  # over max_message_bytes: nothing more is kept, refused at the end
 
     # -- collection ----------------------------------------------------------------------
     @Milter.noreply
@@ -77,6 +88,11 @@ class ZivMilter(Milter.Base):
         self._close_spool()
         self._reset()
         self.sender = mailfrom
+        declared = limits.declared_size(params)
+        if declared is not None and declared > self.max_message_bytes:
+            # refused before the client sends a byte of it (Postfix's own message_size_limit,
+            # when lower, refuses first)
+            return self._refuse_too_big(f"SIZE={declared} at MAIL FROM")
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -93,17 +109,20 @@ class ZivMilter(Milter.Base):
 
     @Milter.noreply
     def header(self, name: str, value: str) -> int:
-        self.headers.append((name, value))
+        if self._counted(len(_field(name, value))):
+            self.headers.append((name, value))
         return Milter.CONTINUE
 
     @Milter.noreply
     def eoh(self) -> int:
+        if not self._counted(2):  # the empty line after the header fields
+            return Milter.CONTINUE
         # lives until end of message or abort: closed in _close_spool. Above the threshold the
         # spool is on disk, encrypted under a key only this process holds (spool.py).
         try:
             self.spool = spool_file(self.spool_threshold)
             for name, value in self.headers:
-                self.spool.write(name.encode("ascii", "replace") + b":" + _crlf(value) + b"\r\n")
+                self.spool.write(_field(name, value))
             self.spool.write(b"\r\n")
             self.body_offset = self.spool.tell()
         except Exception:
@@ -112,12 +131,41 @@ class ZivMilter(Milter.Base):
 
     @Milter.noreply
     def body(self, chunk: bytes) -> int:
-        if self.spool is not None:  # None after a fault: the rest is not kept
+        # spool None: after a fault, or over max_message_bytes; the rest is not kept
+        if self._counted(len(chunk)) and self.spool is not None:
             try:
                 self.spool.write(chunk)
             except Exception:
                 self._spool_fault()
         return Milter.CONTINUE
+
+    def _counted(self, n: int) -> bool:
+        """Counts `n` more bytes of the message; False once it is over max_message_bytes. Then
+        what was spooled is thrown away and nothing more is kept (in memory or on disk): the
+        end of data refuses the message (the callbacks before it cannot answer)."""
+        self.size += n
+        if not self.too_big and self.size > self.max_message_bytes:
+            self.too_big = True
+            self._close_spool()
+        return not self.too_big
+
+    def _refuse_too_big(self, why: str) -> int:
+        """A permanent refusal (552 5.3.4) of a message over max_message_bytes: not a fault but
+        the message itself, the same at every try (limits.py). One log line, nothing kept."""
+        reply = limits.too_big(self.max_message_bytes)
+        log.info(
+            "refused: %s: %s",
+            reply,
+            why,
+            extra={
+                "queue_id": self.getsymval("i") or "-",
+                "message_id": message_id_of(self.headers),
+            },
+        )
+        code, status, text = reply.split(" ", 2)
+        self.setreply(code, status, text)
+        self._close_spool()
+        return Milter.REJECT
 
     def _spool_fault(self) -> None:
         """A fault while spooling (the temporary folder full or failing): logged now, answered
@@ -137,6 +185,9 @@ class ZivMilter(Milter.Base):
     def eom(self) -> int:
         queue_id = self.getsymval("i") or "-"
         started = time.monotonic()
+        if self.too_big:  # never spooled whole: never handled, nothing stored or sent
+            metrics.message("refused", started)
+            return self._refuse_too_big(f"{self.size} bytes passed")
         if self.spool is None and self.fault is None:
             self.eoh()  # a message without headers still has an end of headers
         if self.fault is not None:  # the message was not spooled whole: never handled
@@ -364,6 +415,7 @@ def serve(
 
     ZivMilter.gateway = gateway
     ZivMilter.spool_threshold = spool_threshold
+    ZivMilter.max_message_bytes = gateway.cfg.milter.max_message_bytes
     Milter.factory = ZivMilter
     listen("zivmilter", socket_spec, timeout)
     log.info("listening on %s", socket_spec, extra={"queue_id": "-", "message_id": "-"})
