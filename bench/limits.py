@@ -1,8 +1,10 @@
-"""Benchmark: what the MIME nesting check (core/limits.py mime_depth) costs per message, which
-the gateway runs on every message before anything else; beside it, what one parse of the same
-message by the `email` package costs (compat32), which the gateway does at least once for most
-secured mail with content rules or attachments. Shapes: a 5 KB letter, a 40 KB multipart with a
-PDF, a 20 MB attachment, 1,000 small attachments, and a message nested to the limit.
+"""Benchmark: what the MIME nesting check (core/limits.py deeper_than: the Content-Type fields
+that may name a multipart or message/* type counted, and a parse by the `email` package only
+where enough are) costs per message, which the gateway runs on every message before anything
+else; beside it, what one parse of the same message by the `email` package costs (compat32),
+which the gateway does at least once for most secured mail with content rules or attachments.
+Shapes: a 5 KB letter, a 40 KB multipart with a PDF, a 20 MB attachment, 1,000 small
+attachments, and a message nested to the limit.
 
 Run: .venv/bin/python bench/limits.py   (ROUNDS=5 to change the effort)
 On a loaded machine the figures are relative: compare the two columns of one run.
@@ -23,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from tests.harness.messages import nested_message
 from zivmilter import defaults
-from zivmilter.core.limits import mime_depth
+from zivmilter.core.limits import deeper_than
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 HEAD = (
@@ -72,12 +74,12 @@ def _best(fn: Callable[[], object], n: int) -> float:
 
 
 def main() -> None:
-    print(f"{'message':<22} {'bytes':>10} {'mime_depth us':>14} {'email parse us':>15}")
+    print(f"{'message':<22} {'bytes':>10} {'deeper_than us':>15} {'email parse us':>15}")
     for name, data in SHAPES.items():
         n = max(1, 2_000_000 // len(data))
-        scan = _best(lambda d=data: mime_depth(io.BytesIO(d), defaults.MIME_NESTING_LIMIT), n)
+        scan = _best(lambda d=data: deeper_than(io.BytesIO(d), defaults.MIME_NESTING_LIMIT), n)
         parse = _best(lambda d=data: BytesParser(policy=compat32).parsebytes(d), max(1, n // 4))
-        print(f"{name:<22} {len(data):>10} {scan:>14.0f} {parse:>15.0f}")
+        print(f"{name:<22} {len(data):>10} {scan:>15.0f} {parse:>15.0f}")
 
 
 if __name__ == "__main__":

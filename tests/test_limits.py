@@ -1,11 +1,13 @@
-"""core/limits.py: the MIME nesting depth as the `email` package would build the tree, measured
-without recursing past the limit; and every walk of the tree the gateway does holds at the
-limit (defaults.MIME_NESTING_LIMIT), where the messages that reach it stop.
+"""core/limits.py: the MIME nesting depth of the tree the `email` package builds, and the cheap
+bound (Content-Type fields named) that spares ordinary mail the parse; and every walk of the
+tree the gateway does holds at the limit (defaults.MIME_NESTING_LIMIT), where the messages that
+reach it stop.
 
-The depth is checked against the `email` package itself: the tree it builds, counted without
-recursion, under compat32 and policy.default, for generated messages (boundaries that are
-prefixes of others, missing delimiters, digests, delivery-status blocks, bare CR and LF, folded
-and RFC 2231 and encoded-word boundaries, "--" lines in text).
+Checked against the `email` package's trees counted here without recursion, under compat32 and
+policy.default, for generated messages (boundaries that are prefixes of others, missing
+delimiters, digests, delivery-status blocks, bare CR and LF, folded and RFC 2231 and
+encoded-word boundaries, "--" lines in text): the depth, and that the bound never rules out a
+message that is deeper.
 """
 
 from __future__ import annotations
@@ -173,10 +175,12 @@ def generated(r: random.Random, level: int = 0, bounds: tuple[bytes, ...] = ()) 
     return b"".join(fields) + (nl if r.random() < 0.9 else b"") + body
 
 
-@pytest.mark.parametrize("block", [limits._BLOCK, 1, 7])  # lines cut across reads too
+@pytest.mark.parametrize("block", [limits._BLOCK, 1, 7])  # names cut across reads too
 def test_depth_is_the_email_packages_for_generated_messages(
     block: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # and the cheap bound never says "cannot be deeper" of a message that is: deeper_than
+    # agrees with the depth for every limit
     monkeypatch.setattr(limits, "_BLOCK", block)
     r = random.Random(20261207)
     seen = set()
@@ -186,6 +190,8 @@ def test_depth_is_the_email_packages_for_generated_messages(
         seen.add(expected)
         for limit in (1000, 2, 0):
             assert depth(message, limit) == min(expected, limit + 1), message
+        for limit in range(expected + 2):
+            assert limits.deeper_than(io.BytesIO(message), limit) is (expected > limit), message
     assert max(seen) >= 6  # the shapes went deep enough to tell
 
 
@@ -204,46 +210,28 @@ def test_a_boundary_only_policy_default_reads_is_followed_with_it() -> None:
     assert depth(message, LIMIT) == LIMIT + 1 and depth(message, 1000) == 150
 
 
-def _field(r: random.Random) -> bytes:
-    chars = "abcXYZ019-_.!#$&+^`{|}~'*%=?;:@,<>()[]/\\\" \t"
-
-    def token(n: int) -> str:
-        pool = chars if r.random() < 0.3 else "abcXYZ019-_."
-        return "".join(r.choice(pool) for _ in range(n))
-
-    ctype = r.choice(["multipart", "MULTIPART", "text", "message", token(4)])
-    ctype += r.choice(["/", "/", "", "//"]) + r.choice(["mixed", "digest", "plain", token(4)])
-    text = r.choice(["Content-Type", "content-type", "Content-Type "]) + ":" + r.choice(["", " "])
-    text += ctype
-    for _ in range(r.randint(0, 3)):
-        name = r.choice(["boundary", "BOUNDARY", "charset", "name", token(5), "boundary*0"])
-        value = r.choice([
-            token(r.randint(1, 8)),
-            '"' + token(r.randint(0, 8)).replace('"', r.choice(['\\"', ""])) + '"',
-            r.choice(["=_x", "a b", "=?utf-8?q?x?=", '"=?utf-8?q?x?="', "x(c)", "'x'", "a@b", ""]),
-        ])  # fmt: skip
-        text += r.choice([";", "; ", " ;", ";\t"]) + name + r.choice(["=", " = "]) + value
-    return (text + r.choice(["", ";", " "]) + "\r\n").encode()
-
-
-def test_a_plain_content_type_reads_alike_under_both_policies() -> None:
-    # What lets the scan read a plain field with compat32 alone (limits._PLAIN_FIELD).
-    r = random.Random(7)
-    plain = 0
-    for _ in range(20_000):
-        field = _field(r)
-        if limits._PLAIN_FIELD.fullmatch(field):
-            plain += 1
-            for digest in (False, True):
-                compat = limits._read(field, digest, policy.compat32)
-                assert compat == limits._read(field, digest, policy.default), field
-    assert plain > 1000
-
-
 def test_a_message_nested_thousands_deep_is_counted_to_the_limit_only() -> None:
     message = nested_message(5000, HEAD, TEXT)
-    assert depth(message, LIMIT) == LIMIT + 1  # no RecursionError: the scan stops there
+    assert depth(message, LIMIT) == LIMIT + 1  # no RecursionError out of it
+    assert limits.deeper_than(io.BytesIO(message), LIMIT)
     assert depth(nested_message(LIMIT, HEAD, TEXT), LIMIT) == LIMIT
+    assert not limits.deeper_than(io.BytesIO(nested_message(LIMIT, HEAD, TEXT)), LIMIT)
+
+
+def test_ordinary_mail_is_not_parsed_for_its_depth(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Fifty levels need more than 25 Content-Type fields: a message naming fewer is not parsed
+    # (a 20 MB attachment costs a count of its bytes, not a parse); one naming more is.
+    def parsed(source: Any, limit: int) -> int:
+        raise AssertionError("parsed")
+
+    few = nested_message(10, HEAD, TEXT + base64.encodebytes(bytes(2_000_000)))
+    monkeypatch.setattr(limits, "mime_depth", parsed)
+    source = io.BytesIO(few)
+    source.seek(3)
+    assert not limits.deeper_than(source, 50)
+    assert source.tell() == 3  # left where it stood
+    with pytest.raises(AssertionError, match="parsed"):
+        limits.deeper_than(io.BytesIO(nested_message(30, HEAD, TEXT)), 50)
 
 
 def _with_frames(n: int, fn: Callable[[], Any]) -> Any:

@@ -167,7 +167,7 @@ def _refusal(data: bytes, cfg: config_mod.Config) -> tuple[str, str] | None:
         )
         return limits.too_big(limit), why
     nesting = defaults.MIME_NESTING_LIMIT
-    if limits.mime_depth(io.BytesIO(data), nesting) > nesting:
+    if limits.deeper_than(io.BytesIO(data), nesting):
         why = (
             f"its MIME parts (multipart, message/*) nest deeper than {nesting} levels; refused"
             " before anything reads them, at the end of data"

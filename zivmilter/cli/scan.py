@@ -38,7 +38,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except MessageError as exc:
         raise MessageError(f"{args.message}: {exc}") from None
     nesting = defaults.MIME_NESTING_LIMIT
-    if limits.mime_depth(io.BytesIO(data), nesting) > nesting:  # the milter reads none of it
+    if limits.deeper_than(io.BytesIO(data), nesting):  # the milter reads none of it
         raise MessageError(f"{args.message}: {limits.too_deep(nesting)}")
     # selection's own path: the subject as it reads it, and matches reported in either mode
     parts = parts_of_message(data, content.scope) + _attachment_text(data, cfg)

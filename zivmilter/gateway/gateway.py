@@ -705,12 +705,12 @@ def _too_deep(tx: Transaction, clean: bool) -> bool:
     limit = defaults.MIME_NESTING_LIMIT
     if clean:
         with clean_copy(tx) as content:
-            depth = limits.mime_depth(content, limit)
+            deeper = limits.deeper_than(content, limit)
     else:
         tx.message.seek(0)
-        depth = limits.mime_depth(tx.message, limit)
+        deeper = limits.deeper_than(tx.message, limit)
     tx.message.seek(0)
-    return depth > limit
+    return deeper
 
 
 def _bare_cr(tx: Transaction) -> bool:
