@@ -149,6 +149,7 @@ def create_app(portal: Portal, on_ready: Callable[[], object] | None = None) -> 
             if on_ready is not None:
                 on_ready()
             yield
+            gc.unfreeze()  # an app that ends in a process that goes on (tests) leaves no more
             tasks.cancel_scope.cancel()
 
     inner = Starlette(routes=routes, lifespan=lifespan)
