@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import email
 import functools
-import io
 import os
 import re
 import sqlite3
@@ -26,6 +25,7 @@ import pytest
 from tests.fakes import Collecting, make_config
 from tests.harness.flaky_listener import FlakyListener
 from tests.harness.postfix import free_port
+from tests.test_gateway import transaction
 from zivmilter import crypto
 from zivmilter.core.facts import facts_from_mapping
 from zivmilter.delivery.reinject import SmtpReinjector
@@ -163,20 +163,7 @@ def _message() -> bytes:
 
 
 def _transaction(rcpts: list[str]) -> Transaction:
-    raw = _message()
-    head = raw.partition(b"\r\n\r\n")[0]
-    headers: list[tuple[str, str]] = []
-    for line in head.decode().split("\r\n"):
-        if line[:1] in " \t":
-            name, value = headers[-1]
-            headers[-1] = (name, value + "\r\n" + line)
-        else:
-            name, _, value = line.partition(":")
-            headers.append((name, value.lstrip(" ")))
-    return Transaction(
-        "QID1", ALICE, [f"<{r}>" for r in rcpts], headers, io.BytesIO(raw), len(head) + 4,
-        "127.0.0.1",
-    )  # fmt: skip
+    return transaction(_message(), ALICE, rcpts)
 
 
 def _link(data: bytes) -> str:
