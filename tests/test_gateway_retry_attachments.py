@@ -26,6 +26,7 @@ from tests.fakes import Collecting, make_config
 from tests.harness.flaky_listener import FlakyListener
 from tests.harness.postfix import free_port
 from tests.test_gateway import transaction
+from tests.test_portal_app import csrf
 from zivmilter import crypto
 from zivmilter.core.facts import facts_from_mapping
 from zivmilter.delivery.reinject import SmtpReinjector
@@ -86,30 +87,19 @@ class World:
         here = target.group(1)
         page = client.get(here)
         assert page.status_code == 200, page.text
-        start = {"csrf": _csrf(page.text, "start"), "address": address}
+        start = {"csrf": csrf(page.text, "start"), "address": address}
         r = client.post(here + "start", data=start)
-        r = client.post(here + "send", data={"csrf": _csrf(r.text, "send")})
+        r = client.post(here + "send", data={"csrf": csrf(r.text, "send")})
         mail = self.portal_mail.sent[-1].content
         assert isinstance(mail, bytes)
         text = email.message_from_bytes(mail, policy=policy.default).get_body(("plain",))
         assert text is not None
         code = re.findall(r"\b\d{6}\b", text.get_content())[0]
-        r = client.post(here + "verify", data={"csrf": _csrf(r.text, "verify"), "code": code})
+        r = client.post(here + "verify", data={"csrf": csrf(r.text, "verify"), "code": code})
         assert r.status_code == 200 and 'id="download"' in r.text, r.text
         got = client.get(here + "file")
         assert got.status_code == 200
         return got.content
-
-
-def _csrf(html: str, action: str) -> str:
-    """The CSRF token of the page's form for `action`."""
-    found = re.search(
-        r'action="[^"]*/' + re.escape(action) + r'(?:\?csrf=[^"]*)?"[^>]*>\s*'
-        r'<input type="hidden" name="csrf" value="([^"]+)"',
-        html,
-    )
-    assert found, f"no form for {action}"
-    return found.group(1)
 
 
 @contextlib.contextmanager
