@@ -46,6 +46,16 @@ def use_gateway(store: SqliteStore, cfg: Config, facts: Facts, **kwargs: Any) ->
     return sent
 
 
+def use_own_domains_gateway(store: SqliteStore) -> Collecting:
+    """`use_gateway` where any address of the organization's domains may submit, with no
+    facts pinned: what most tests of the adapter's own behaviour need."""
+    return use_gateway(
+        store,
+        make_config({"submission": {"any_address_of_own_domains": True}}),
+        facts_from_mapping({}),
+    )
+
+
 def run(
     ctx: testctx.TestCtx,
     rcpts: list[str],
@@ -121,11 +131,7 @@ def test_a_kept_recipient_given_twice_is_never_removed(store: SqliteStore) -> No
     # smfi_delrcpt removes every recipient of that address (Postfix's cleanup_del_rcpt): a
     # delrcpt of the kept recipient's second, identical RCPT TO would leave the kept copy with
     # no recipient at all, the message accepted and lost. Another case of it may go.
-    use_gateway(
-        store,
-        make_config({"submission": {"any_address_of_own_domains": True}}),
-        facts_from_mapping({}),
-    )
+    use_own_domains_gateway(store)
     ctx = testctx.TestCtx()
     rcpts = ["carol@oldmail.example", "carol@oldmail.example", "Carol@oldmail.example"]
     assert run(ctx, rcpts) == Milter.ACCEPT
@@ -136,11 +142,7 @@ def test_a_kept_recipient_given_twice_is_never_removed(store: SqliteStore) -> No
 def test_log_never_shows_a_misplaced_secret(
     store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    use_gateway(
-        store,
-        make_config({"submission": {"any_address_of_own_domains": True}}),
-        facts_from_mapping({}),
-    )
+    use_own_domains_gateway(store)
     leaky = MESSAGE.replace(
         b"carol@oldmail.example sms +31612345678",
         b"carol@oldmail.example +31612345678\r\nzivver-access-right: sms +31687654321 carol",
@@ -156,11 +158,7 @@ def test_log_never_shows_a_misplaced_secret(
 
 
 def test_encoded_access_code_is_stored_decoded(store: SqliteStore) -> None:
-    use_gateway(
-        store,
-        make_config({"submission": {"any_address_of_own_domains": True}}),
-        facts_from_mapping({}),
-    )
+    use_own_domains_gateway(store)
     # As an application using the email package sends it: the code becomes an encoded word.
     msg = EmailMessage(policy=SMTP)
     msg["From"] = "alice@hospital.example"
@@ -428,11 +426,7 @@ def test_a_kept_notification_has_a_space_after_each_colon(store: SqliteStore) ->
     # One notification recipient: the notification replaces the message in this transaction,
     # its header fields added through libmilter. Written as the MTA writes them, each must read
     # `Name: value` as every mailer writes it (and as the re-injected notifications have it).
-    use_gateway(
-        store,
-        make_config({"submission": {"any_address_of_own_domains": True}}),
-        facts_from_mapping({}),
-    )
+    use_own_domains_gateway(store)
     ctx = _Recording()
     assert run(ctx, ["carol@oldmail.example"]) == Milter.ACCEPT
     assert ctx._bodyreplaced
@@ -449,11 +443,7 @@ def test_a_kept_notification_has_a_space_after_each_colon(store: SqliteStore) ->
 def test_a_short_access_code_is_used_and_logged_as_weak(
     store: SqliteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    use_gateway(
-        store,
-        make_config({"submission": {"any_address_of_own_domains": True}}),
-        facts_from_mapping({}),
-    )
+    use_own_domains_gateway(store)
     message = (
         b"From: alice@hospital.example\r\nTo: carol@oldmail.example\r\n"
         b"Message-ID: <short@hospital.example>\r\n"
@@ -477,11 +467,7 @@ def test_a_fault_while_spooling_answers_tempfail_at_the_end(
     # body callback (one the MTA wants no reply to), libmilter dropped the rest of the message
     # unanswered and the client waited for the MTA's milter timeout: the end of the message
     # must be answered with tempfail and a reference the log has.
-    sent = use_gateway(
-        store,
-        make_config({"submission": {"any_address_of_own_domains": True}}),
-        facts_from_mapping({}),
-    )
+    sent = use_own_domains_gateway(store)
     monkeypatch.setattr(ZivMilter, "spool_threshold", 4096)
     monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/zivmilter-tmp")
     message = b"Message-ID: <spool@hospital.example>\r\n" + MESSAGE + b"x" * 8192 + b"\r\n"
@@ -529,11 +515,7 @@ def test_a_message_over_max_message_bytes_is_refused_and_not_kept(
     # 300 KB against a limit of 100 KB, spooled to disk above 16 KiB: once the count passes the
     # limit the spool is gone and the rest is not written anywhere; the end of data refuses it
     # for good (552 5.3.4: message too big), and nothing is stored or sent.
-    sent = use_gateway(
-        store,
-        make_config({"submission": {"any_address_of_own_domains": True}}),
-        facts_from_mapping({}),
-    )
+    sent = use_own_domains_gateway(store)
     monkeypatch.setattr(ZivMilter, "max_message_bytes", 100_000)
     monkeypatch.setattr(ZivMilter, "spool_threshold", 16 * 1024)
     folder = tmp_path / "tmp"
@@ -563,11 +545,7 @@ def test_max_message_bytes_counts_the_message_as_the_mta_passes_it(
 ) -> None:
     # Header fields and body as passed (CRLF line ends): a message of exactly the limit passes,
     # one byte more does not. MESSAGE's fields are unfolded, so that is its length.
-    use_gateway(
-        store,
-        make_config({"submission": {"any_address_of_own_domains": True}}),
-        facts_from_mapping({}),
-    )
+    use_own_domains_gateway(store)
     for limit, expected in ((len(MESSAGE), Milter.ACCEPT), (len(MESSAGE) - 1, Milter.REJECT)):
         monkeypatch.setattr(ZivMilter, "max_message_bytes", limit)
         ctx = testctx.TestCtx()
@@ -593,11 +571,7 @@ def test_a_declared_size_over_the_limit_is_refused_at_mail_from(
 ) -> None:
     # RFC 1870: the client declares the size at MAIL FROM; pymilter passes ESMTP parameters to
     # envfrom. Over the limit, the message is refused before a byte of it is sent.
-    sent = use_gateway(
-        store,
-        make_config({"submission": {"any_address_of_own_domains": True}}),
-        facts_from_mapping({}),
-    )
+    sent = use_own_domains_gateway(store)
     monkeypatch.setattr(ZivMilter, "max_message_bytes", 100_000)
     caplog.set_level("INFO", logger="zivmilter")
     ctx = testctx.TestCtx()
